@@ -1,0 +1,2 @@
+//! http
+pub mod multipart;

@@ -1,0 +1,1 @@
+//! Our JSON: a strict RFC 8259 reader and a writer.
