@@ -1,1 +1,572 @@
-//! config
+//! Configuration in two stages: [`Settings`] is what the defaults, `./.env`, the environment and the
+//! command line said (as text, with where each value came from); [`Config`] is the validated, typed result
+//! that the rest of the gateway reads. An invalid value stops startup with an error naming the key.
+
+pub mod keys;
+pub mod limits;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use limits::Limits;
+
+use crate::security::cidr::Cidr;
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    DotEnv,
+    Env,
+    Flag,
+}
+
+/// Raw settings: key → (text, source). Secrets are redacted by `Debug`.
+#[derive(Clone, Default)]
+pub struct Settings {
+    values: HashMap<&'static str, (String, Source)>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for k in keys::KEYS {
+            if let Some((v, _)) = self.values.get(k.name) {
+                if k.secret && !v.is_empty() {
+                    m.entry(&k.name, &"***");
+                } else {
+                    m.entry(&k.name, v);
+                }
+            }
+        }
+        m.finish()
+    }
+}
+
+/// What the command line asked for besides settings.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+/// A configuration error; the message names the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Defaults only.
+    pub fn defaults() -> Settings {
+        let mut s = Settings::default();
+        for k in keys::KEYS {
+            s.values.insert(k.name, (k.default.to_string(), Source::Default));
+        }
+        s
+    }
+
+    /// Sets a value if `name` is a known key; returns false for unknown keys.
+    pub fn set(&mut self, name: &str, value: &str, source: Source) -> bool {
+        match keys::find(name) {
+            Some(k) => {
+                self.values.insert(k.name, (value.to_string(), source));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> &str {
+        self.values.get(name).map(|(v, _)| v.as_str()).unwrap_or("")
+    }
+
+    pub fn source(&self, name: &str) -> Source {
+        self.values.get(name).map(|(_, s)| *s).unwrap_or(Source::Default)
+    }
+
+    /// Reads `KEY=VALUE` lines (optional `export `, `#` comments, single or double quotes).
+    pub fn apply_dotenv_text(&mut self, text: &str) -> Result<(), ConfigError> {
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(ConfigError(format!(".env line {}: expected KEY=VALUE", i + 1)));
+            };
+            let k = k.trim();
+            let v = v.trim();
+            let v = if v.len() >= 2
+                && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+            {
+                &v[1..v.len() - 1]
+            } else {
+                // An unquoted value may carry a trailing comment.
+                v.split(" #").next().unwrap_or("").trim()
+            };
+            // Unknown keys in .env are allowed: the file is often shared with other tools.
+            self.set(k, v, Source::DotEnv);
+        }
+        Ok(())
+    }
+
+    /// Applies the process environment; `RUST_LOG` fills `LOG_LEVEL` when that is unset.
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) {
+        for k in keys::KEYS {
+            if let Some(v) = env.get(k.name) {
+                self.set(k.name, v, Source::Env);
+            }
+        }
+        if !env.contains_key("LOG_LEVEL") && self.source("LOG_LEVEL") == Source::Default {
+            if let Some(v) = env.get("RUST_LOG") {
+                // RUST_LOG may be `info` or `crate=debug,info`: take the last bare level.
+                if let Some(level) = v.split(',').filter(|p| !p.contains('=')).last() {
+                    self.set("LOG_LEVEL", level.trim(), Source::Env);
+                }
+            }
+        }
+    }
+
+    /// Applies `--key=value` / `--key value` flags. Returns Help/Version requests.
+    pub fn apply_args(&mut self, args: &[String]) -> Result<Option<Command>, ConfigError> {
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            match a.as_str() {
+                "--help" | "-h" => return Ok(Some(Command::Help)),
+                "--version" | "-V" => return Ok(Some(Command::Version)),
+                _ => {}
+            }
+            let Some(body) = a.strip_prefix("--") else {
+                return Err(ConfigError(format!("unexpected argument '{a}' (see --help)")));
+            };
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    i += 1;
+                    let Some(v) = args.get(i) else {
+                        return Err(ConfigError(format!("flag --{body} needs a value")));
+                    };
+                    (body.to_string(), v.clone())
+                }
+            };
+            let key = name.replace('-', "_").to_ascii_uppercase();
+            if !self.set(&key, &value, Source::Flag) {
+                return Err(ConfigError(format!("unknown flag --{name} (see --help)")));
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// How to reach PostgreSQL, before it is turned into connection parameters.
+#[derive(Clone)]
+pub struct DbSettings {
+    /// `DATABASE_URL`, when set (wins over the rest).
+    pub url: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for DbSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSettings")
+            .field("url", &self.url.as_ref().map(|_| "***"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Connection pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_per_pool: usize,
+    pub max_total: usize,
+    pub pool_idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub connection_idle_timeout: Duration,
+    pub wait_timeout: Duration,
+    pub max_waiting: usize,
+}
+
+/// `/call` settings.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    pub timeout: Duration,
+    pub schemas: Vec<String>,
+}
+
+/// Allowlists and the admin token.
+#[derive(Clone)]
+pub struct SecurityConfig {
+    pub allowed_networks: Vec<Cidr>,
+    pub trusted_proxies: Vec<Cidr>,
+    pub admin_token: Option<String>,
+    pub admin_ips: Vec<Cidr>,
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityConfig")
+            .field("allowed_networks", &self.allowed_networks)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("admin_ips", &self.admin_ips)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: Option<PathBuf>,
+    pub level: Level,
+    pub json: bool,
+}
+
+/// Deploy settings.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub workers: usize,
+    pub queue: usize,
+    pub parallelism: usize,
+    pub catalog_db: String,
+    pub archive_max_expanded_bytes: usize,
+    pub archive_max_entries: usize,
+    pub archive_max_file_bytes: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: DbSettings,
+    pub pool: PoolConfig,
+    pub call: CallConfig,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+    pub limits: Limits,
+    pub deploy: DeployConfig,
+    pub shutdown_grace: Duration,
+}
+
+fn invalid(s: &Settings, key: &str, expected: &str) -> ConfigError {
+    let v = s.get(key);
+    let shown = if keys::find(key).is_some_and(|k| k.secret) { "***" } else { v };
+    let from = match s.source(key) {
+        Source::Default => "default",
+        Source::DotEnv => ".env",
+        Source::Env => "environment",
+        Source::Flag => "command line",
+    };
+    ConfigError(format!("invalid value for {key}: '{shown}' (from {from}); expected {expected}"))
+}
+
+fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+    s: &Settings,
+    key: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    match s.get(key).trim().parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(invalid(s, key, &format!("a whole number from {min} to {max}"))),
+    }
+}
+
+fn millis(s: &Settings, key: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(num::<u64>(s, key, 1, 86_400_000)?))
+}
+
+fn secs(s: &Settings, key: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(num::<u64>(s, key, 1, 31_536_000)?))
+}
+
+fn opt(s: &Settings, key: &str) -> Option<String> {
+    let v = s.get(key);
+    if v.is_empty() { None } else { Some(v.to_string()) }
+}
+
+fn cidrs(s: &Settings, key: &str) -> Result<Vec<Cidr>, ConfigError> {
+    Cidr::parse_list(s.get(key)).map_err(|e| invalid(s, key, &format!("comma-separated CIDR blocks ({e})")))
+}
+
+/// A PostgreSQL identifier-ish name for our own databases.
+fn db_name(s: &Settings, key: &str) -> Result<String, ConfigError> {
+    let v = s.get(key);
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !v.as_bytes()[0].is_ascii_digit();
+    if ok { Ok(v.to_string()) } else { Err(invalid(s, key, "a lower-case identifier of at most 63 bytes")) }
+}
+
+impl Config {
+    /// Validates raw settings.
+    pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let host: IpAddr = s
+            .get("GATEWAY_HOST")
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| invalid(s, "GATEWAY_HOST", "an IPv4 or IPv6 address literal"))?;
+        let port = num::<u16>(s, "GATEWAY_PORT", 0, 65535)?;
+        let url = opt(s, "DATABASE_URL");
+        if let Some(u) = &url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(invalid(s, "DATABASE_URL", "a postgres:// or postgresql:// URL"));
+            }
+        }
+        let db = DbSettings {
+            url,
+            host: {
+                let h = s.get("DB_HOST").trim().to_string();
+                if h.is_empty() {
+                    return Err(invalid(s, "DB_HOST", "a host name, address or socket directory"));
+                }
+                h
+            },
+            port: num::<u16>(s, "DB_PORT", 1, 65535)?,
+            name: {
+                let n = s.get("DB_NAME").to_string();
+                if n.is_empty() {
+                    return Err(invalid(s, "DB_NAME", "a database name"));
+                }
+                n
+            },
+            user: {
+                let u = s.get("DB_USER").to_string();
+                if u.is_empty() {
+                    return Err(invalid(s, "DB_USER", "a role name"));
+                }
+                u
+            },
+            password: opt(s, "DB_PASSWORD"),
+            connect_timeout: millis(s, "DB_CONNECT_TIMEOUT_MS")?,
+        };
+        let pool = PoolConfig {
+            max_per_pool: num(s, "MAX_CONNECTIONS_PER_POOL", 1usize, 10_000)?,
+            max_total: num(s, "MAX_TOTAL_CONNECTIONS", 1usize, 100_000)?,
+            pool_idle_timeout: secs(s, "POOL_IDLE_TIMEOUT_SECS")?,
+            max_lifetime: secs(s, "POOL_MAX_LIFETIME_SECS")?,
+            connection_idle_timeout: secs(s, "CONNECTION_IDLE_TIMEOUT_SECS")?,
+            wait_timeout: millis(s, "POOL_WAIT_TIMEOUT_MS")?,
+            max_waiting: num(s, "POOL_MAX_WAITING", 0usize, 1_000_000)?,
+        };
+        if pool.max_per_pool > pool.max_total {
+            return Err(ConfigError(format!(
+                "invalid value for MAX_CONNECTIONS_PER_POOL: {} is more than MAX_TOTAL_CONNECTIONS ({})",
+                pool.max_per_pool, pool.max_total
+            )));
+        }
+        let schemas: Vec<String> =
+            s.get("CALL_SCHEMAS").split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+        if schemas.is_empty()
+            || schemas.iter().any(|x| !x.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+            || schemas.iter().any(|x| x.starts_with("pg_") || x == "information_schema")
+        {
+            return Err(invalid(s, "CALL_SCHEMAS", "comma-separated lower-case schema names, not pg_* schemas"));
+        }
+        let call = CallConfig {
+            timeout: millis(s, "CALL_TIMEOUT_MS")?,
+            schemas,
+        };
+        let security = SecurityConfig {
+            allowed_networks: cidrs(s, "ALLOWED_NETWORKS")?,
+            trusted_proxies: cidrs(s, "TRUSTED_PROXIES")?,
+            admin_token: match opt(s, "ADMIN_TOKEN") {
+                Some(t) if t.len() < 16 => {
+                    return Err(invalid(s, "ADMIN_TOKEN", "a token of at least 16 characters"));
+                }
+                t => t,
+            },
+            admin_ips: cidrs(s, "ALLOWED_ADMIN_IPS")?,
+        };
+        let level = match s.get("LOG_LEVEL").trim().to_ascii_lowercase().as_str() {
+            "error" => Level::Error,
+            "warn" | "warning" => Level::Warn,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            "trace" => Level::Trace,
+            _ => return Err(invalid(s, "LOG_LEVEL", "one of error, warn, info, debug, trace")),
+        };
+        let json = match s.get("LOG_FORMAT").trim() {
+            "text" => false,
+            "json" => true,
+            _ => return Err(invalid(s, "LOG_FORMAT", "text or json")),
+        };
+        let log = LogConfig {
+            dir: opt(s, "LOG_DIR").map(PathBuf::from),
+            level,
+            json,
+        };
+        let limits = Limits {
+            max_client_connections: num(s, "MAX_CLIENT_CONNECTIONS", 1usize, 1_000_000)?,
+            max_headers: num(s, "MAX_HEADERS", 8usize, 256)?,
+            max_head_bytes: num(s, "MAX_HEAD_BYTES", 1024usize, 1 << 20)?,
+            max_call_body_bytes: num(s, "MAX_CALL_BODY_BYTES", 64usize, 1 << 30)?,
+            max_upload_bytes: num(s, "MAX_UPLOAD_BYTES", 1024usize, 4 << 30)?,
+            max_json_depth: num(s, "MAX_JSON_DEPTH", 2usize, 512)?,
+            max_multipart_parts: num(s, "MAX_MULTIPART_PARTS", 1usize, 1024)?,
+            head_timeout: millis(s, "HEAD_TIMEOUT_MS")?,
+            body_timeout: millis(s, "BODY_TIMEOUT_MS")?,
+            keepalive_timeout: millis(s, "KEEPALIVE_TIMEOUT_MS")?,
+        };
+        let deploy = DeployConfig {
+            workers: num(s, "DEPLOY_WORKERS", 1usize, 256)?,
+            queue: num(s, "DEPLOY_QUEUE", 1usize, 100_000)?,
+            parallelism: match num(s, "DEPLOY_PARALLELISM", 0usize, 256)? {
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+                n => n,
+            },
+            catalog_db: db_name(s, "CATALOG_DB")?,
+            archive_max_expanded_bytes: num(s, "ARCHIVE_MAX_EXPANDED_BYTES", 1024usize, 16 << 30)?,
+            archive_max_entries: num(s, "ARCHIVE_MAX_ENTRIES", 1usize, 10_000_000)?,
+            archive_max_file_bytes: num(s, "ARCHIVE_MAX_FILE_BYTES", 1usize, 1 << 30)?,
+        };
+        Ok(Config {
+            listen: SocketAddr::new(host, port),
+            db,
+            pool,
+            call,
+            security,
+            log,
+            limits,
+            deploy,
+            shutdown_grace: secs(s, "SHUTDOWN_GRACE_SECS")?,
+        })
+    }
+
+    /// Defaults, for tests and embedding.
+    pub fn defaults() -> Config {
+        Config::from_settings(&Settings::defaults()).expect("defaults are valid")
+    }
+}
+
+/// Builds the configuration the way the binary does: defaults, then `.env` in `dir`, then `env`, then
+/// `args` (without the program name).
+pub fn load(dir: &Path, env: &HashMap<String, String>, args: &[String]) -> Result<Command, ConfigError> {
+    let mut s = Settings::defaults();
+    let dotenv = dir.join(".env");
+    match std::fs::read_to_string(&dotenv) {
+        Ok(text) => s.apply_dotenv_text(&text)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", dotenv.display()))),
+    }
+    s.apply_env(env);
+    if let Some(cmd) = s.apply_args(args)? {
+        return Ok(cmd);
+    }
+    Ok(Command::Run(Box::new(Config::from_settings(&s)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(env: &[(&str, &str)], args: &[&str]) -> Result<Config, ConfigError> {
+        let mut s = Settings::defaults();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        s.apply_env(&env);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        assert!(s.apply_args(&args)?.is_none());
+        Config::from_settings(&s)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.pool.max_per_pool, 10);
+        assert_eq!(c.pool.max_total, 200);
+    }
+
+    #[test]
+    fn precedence_env_then_flags() {
+        let c = run(&[("GATEWAY_PORT", "9100")], &[]).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        let c = run(&[("GATEWAY_PORT", "9100")], &["--gateway-port", "9200"]).unwrap();
+        assert_eq!(c.listen.port(), 9200);
+        let c = run(&[], &["--gateway-host=::1"]).unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9000");
+    }
+
+    #[test]
+    fn dotenv_is_lowest() {
+        let mut s = Settings::defaults();
+        s.apply_dotenv_text("# c\nexport GATEWAY_PORT=9300\nDB_USER='app'\nOTHER=1\n").unwrap();
+        let env: HashMap<String, String> = [("DB_USER".to_string(), "envuser".to_string())].into();
+        s.apply_env(&env);
+        let c = Config::from_settings(&s).unwrap();
+        assert_eq!(c.listen.port(), 9300);
+        assert_eq!(c.db.user, "envuser");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (k, v) in [
+            ("GATEWAY_PORT", "abc"),
+            ("GATEWAY_HOST", "nohost"),
+            ("MAX_CONNECTIONS_PER_POOL", "0"),
+            ("ALLOWED_NETWORKS", "10.0.0.0/99"),
+            ("LOG_LEVEL", "loud"),
+            ("CALL_SCHEMAS", "pg_catalog"),
+            ("DATABASE_URL", "mysql://x"),
+        ] {
+            let e = run(&[(k, v)], &[]).unwrap_err();
+            assert!(e.0.contains(k), "{e}");
+        }
+        let e = run(&[], &["--no-such-key=1"]).unwrap_err();
+        assert!(e.0.contains("no-such-key"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = run(
+            &[("DB_PASSWORD", "hunter2secret"), ("ADMIN_TOKEN", "tok-abcdefghijklmnop")],
+            &["--database-url=postgres://u:pw-secret@h/db"],
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2secret") && !d.contains("tok-abcdefghijklmnop") && !d.contains("pw-secret"));
+        let mut s = Settings::defaults();
+        s.set("DB_PASSWORD", "hunter2secret", Source::Env);
+        assert!(!format!("{s:?}").contains("hunter2secret"));
+    }
+
+    #[test]
+    fn rust_log_fills_level() {
+        let c = run(&[("RUST_LOG", "stonescriptdb=trace,debug")], &[]).unwrap();
+        assert_eq!(c.log.level, Level::Debug);
+    }
+}

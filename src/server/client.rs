@@ -1,0 +1,102 @@
+//! One client connection: its socket, buffers and the single state enum that says where it is in the
+//! request/response cycle. The transitions themselves are driven from `server/mod.rs`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::{Head, Method};
+use crate::http::router::Route;
+
+/// A request whose head was accepted and whose body is being received.
+#[derive(Debug)]
+pub struct Incoming {
+    pub head: Head,
+    pub route: Route,
+    pub client_ip: IpAddr,
+    pub body: Vec<u8>,
+    /// `Some` for chunked bodies.
+    pub chunked: Option<ChunkedDecoder>,
+    /// Bytes still expected for `Content-Length` bodies.
+    pub remaining: u64,
+    /// The route's body limit.
+    pub limit: usize,
+}
+
+/// Where a connection is. Exactly one of these at a time.
+#[derive(Debug)]
+pub enum Phase {
+    /// Between requests or reading a head.
+    Head,
+    /// Receiving a body.
+    Body(Box<Incoming>),
+    /// Dispatched; the response will come from the pool or a worker.
+    Waiting,
+    /// Streaming a chunked response (NDJSON progress); more chunks will come from a worker.
+    Streaming,
+    /// Flushing the last response; close when the write buffer is empty.
+    Closing,
+}
+
+/// What the request log line needs about the request in progress.
+#[derive(Debug, Clone)]
+pub struct ReqInfo {
+    pub method: Method,
+    pub path: String,
+    pub started: Instant,
+    pub minor_version: u8,
+    pub keep_alive: bool,
+}
+
+/// A client connection.
+#[derive(Debug)]
+pub struct Client {
+    /// The socket; only `server/` touches it.
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    /// Bytes read but not yet consumed (a partial head, pipelined requests).
+    pub rbuf: Vec<u8>,
+    /// Bytes to send; `wpos` of them are sent.
+    pub wbuf: Vec<u8>,
+    pub wpos: usize,
+    /// Bumped for every request so late completions for an old request are dropped.
+    pub generation: u64,
+    /// The request being answered, for the log line.
+    pub req: Option<ReqInfo>,
+    /// When the current wait (head, body, keep-alive idle) runs out.
+    pub deadline: Instant,
+    /// The peer sent EOF.
+    pub peer_closed: bool,
+    /// Reading was paused because `rbuf` reached its cap; resume after the next transition.
+    pub read_paused: bool,
+}
+
+impl Client {
+    pub fn new(sock: TcpStream, peer: SocketAddr, deadline: Instant) -> Client {
+        Client {
+            sock,
+            peer,
+            phase: Phase::Head,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            generation: 0,
+            req: None,
+            deadline,
+            peer_closed: false,
+            read_paused: false,
+        }
+    }
+
+    /// Whether a request is in progress (used by graceful shutdown and the janitor).
+    pub fn busy(&self) -> bool {
+        match self.phase {
+            Phase::Head => !self.rbuf.is_empty() || self.wpos < self.wbuf.len(),
+            Phase::Closing => self.wpos < self.wbuf.len(),
+            _ => true,
+        }
+    }
+}
