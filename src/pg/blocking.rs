@@ -1,0 +1,1 @@
+//! Blocking PostgreSQL client for worker threads.
