@@ -267,8 +267,9 @@ impl Client {
         })
     }
 
-    /// Bounds every socket read; a read that times out breaks the client (the response is
-    /// still in flight, so the protocol position is lost), so pair it with a cancel or a drop.
+    /// Bounds every socket read and write (`None` = wait forever). A timeout breaks the client:
+    /// the response is still in flight, so the protocol position is lost; cancel the statement
+    /// with a [`CancelToken`] and drop the client.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), PgError> {
         self.wire.stream.set_read_timeout(timeout)?;
         self.wire.stream.set_write_timeout(timeout)?;

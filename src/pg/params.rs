@@ -225,6 +225,10 @@ fn percent_decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
+    // NUL cannot travel in the startup packet and would otherwise surface far from its cause.
+    if out.contains(&0) {
+        return Err("NUL byte in database URL".to_string());
+    }
     String::from_utf8(out).map_err(|_| "percent escape in database URL is not UTF-8".to_string())
 }
 
@@ -301,6 +305,7 @@ mod tests {
         assert!(ConnectParams::from_url("postgres://u@h/d?sslmode=require").is_err());
         assert!(ConnectParams::from_url("postgres://h/d").is_err());
         assert!(ConnectParams::from_url("postgres://u:%zz@h/d").is_err());
+        assert!(ConnectParams::from_url("postgres://u%00x@h/d").is_err());
         let err = ConnectParams::from_url("postgres://u:secret@h:99999/d").unwrap_err();
         assert!(!err.contains("secret"));
     }

@@ -29,11 +29,13 @@ pub fn startup_message(params: &ConnectParams, out: &mut BytesMut) {
         ("TimeZone", "UTC"),
         ("extra_float_digits", "3"),
     ];
-    // Only fails on an interior NUL; the server would reject such a name anyway, and a
-    // truncated message would just produce a clear server-side error.
+    // Only fails on an interior NUL. Truncating at the NUL could log us in as a different
+    // role or database, so fail closed: a startup packet without a user is refused by the
+    // server with a clear FATAL.
+    let start = out.len();
     if frontend::startup_message(pairs, out).is_err() {
-        let safe = pairs.map(|(k, v)| (k, v.split('\0').next().unwrap_or("")));
-        let _ = frontend::startup_message(safe, out);
+        out.truncate(start);
+        let _ = frontend::startup_message([], out);
     }
 }
 
@@ -346,6 +348,15 @@ mod tests {
     }
 
     #[test]
+    fn startup_message_with_nul_fails_closed() {
+        let mut p = params(None);
+        p.user = "postgres\0evil".into();
+        let mut out = BytesMut::new();
+        startup_message(&p, &mut out);
+        assert_eq!(&out[..], &[0, 0, 0, 9, 0, 3, 0, 0, 0]);
+    }
+
+    #[test]
     fn trust_login() {
         let mut s = Startup::new(&params(None));
         let mut out = BytesMut::new();
@@ -469,6 +480,21 @@ mod tests {
         let server_first = b"r=notournonce,s=c2FsdA==,i=4096";
         assert!(matches!(
             s.on_message(auth(11, server_first), &mut out),
+            Err(PgError::Auth(_))
+        ));
+    }
+
+    #[test]
+    fn scram_refuses_absurd_iteration_count() {
+        // A hostile server could otherwise make us spin PBKDF2 for minutes (RUSTSEC-2026-0179).
+        let mut s = Startup::new(&params(Some("pw")));
+        let mut out = BytesMut::new();
+        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out)
+            .unwrap();
+        let nonce = std::str::from_utf8(&out[23..]).unwrap()["n,,n=,r=".len()..].to_string();
+        let server_first = format!("r={nonce}x,s=c2FsdA==,i=4000000000");
+        assert!(matches!(
+            s.on_message(auth(11, server_first.as_bytes()), &mut out),
             Err(PgError::Auth(_))
         ));
     }
