@@ -1,0 +1,591 @@
+//! Blocking PostgreSQL client for worker threads (deploys, catalog work): one socket, one
+//! request at a time, built on the sans-IO framing and startup in this module tree.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::IsNull;
+use postgres_protocol::message::backend::{CommandCompleteBody, Message};
+use postgres_protocol::message::frontend;
+
+use super::dberror::{DbError, PgError};
+use super::frame::{Backend, Column, data_row_fields, message_name, read_message};
+use super::params::{ConnectParams, Host};
+use super::startup::{SessionInfo, Startup, StartupStep, cancel_request, startup_message};
+
+/// How much the read buffer grows per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Either kind of socket the server may listen on.
+enum Stream {
+    /// TCP, with TCP_NODELAY set.
+    Tcp(TcpStream),
+    /// Local Unix socket.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn open(host: &Host, port: u16, timeout: Duration) -> Result<Stream, PgError> {
+        match host {
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Ok(Stream::Unix(UnixStream::connect(path)?))
+            }
+            Host::Tcp(name) => {
+                let mut last = None;
+                for addr in (name.as_str(), port).to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&addr, timeout) {
+                        Ok(s) => {
+                            // Requests are written whole; Nagle would only add latency.
+                            s.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(PgError::Io(last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")
+                })))
+            }
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    fn shutdown(&self) {
+        // Best effort: the peer may already be gone.
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// Socket plus its buffers: the part both startup and queries drive.
+struct Wire {
+    /// The connection.
+    stream: Stream,
+    /// Bytes read but not yet parsed into messages.
+    rbuf: BytesMut,
+    /// Encoded messages not yet written.
+    wbuf: BytesMut,
+}
+
+impl Wire {
+    fn flush(&mut self) -> Result<(), PgError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf)?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Backend, PgError> {
+        loop {
+            if let Some(m) = read_message(&mut self.rbuf)? {
+                return Ok(m);
+            }
+            let old = self.rbuf.len();
+            self.rbuf.resize(old + READ_CHUNK, 0);
+            let n = loop {
+                match self.stream.read(&mut self.rbuf[old..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.rbuf.truncate(old);
+                        return Err(PgError::Io(e));
+                    }
+                }
+            };
+            self.rbuf.truncate(old + n);
+            if n == 0 {
+                return Err(PgError::Closed);
+            }
+        }
+    }
+}
+
+/// A LISTEN notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// PID of the notifying backend.
+    pub process_id: i32,
+    /// Channel name.
+    pub channel: String,
+    /// Payload (may be empty).
+    pub payload: String,
+}
+
+/// Outcome of [`Client::query`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryResult {
+    /// Column names and type OIDs; empty for statements that return no rows.
+    pub columns: Vec<(String, u32)>,
+    /// Rows in text format; `None` is SQL NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Count from the command tag (`INSERT 0 5` → 5, `SELECT 3` → 3); 0 when it has none.
+    pub rows_affected: u64,
+}
+
+/// What is needed to cancel a client's running statement from another thread.
+#[derive(Clone, Debug)]
+pub struct CancelToken {
+    /// Server to send the CancelRequest to.
+    host: Host,
+    /// Its port.
+    port: u16,
+    /// Bound on the connect.
+    connect_timeout: Duration,
+    /// Target backend.
+    process_id: i32,
+    /// Its cancel secret.
+    secret_key: i32,
+}
+
+impl CancelToken {
+    /// Asks the server to cancel whatever the session is running; harmless if it is idle.
+    ///
+    /// The cancelled statement fails with SQLSTATE 57014 on the client's own connection.
+    pub fn cancel(&self) -> Result<(), PgError> {
+        let mut stream = Stream::open(&self.host, self.port, self.connect_timeout)?;
+        stream.set_read_timeout(Some(self.connect_timeout))?;
+        stream.set_write_timeout(Some(self.connect_timeout))?;
+        let mut buf = BytesMut::new();
+        cancel_request(self.process_id, self.secret_key, &mut buf);
+        stream.write_all(&buf)?;
+        // The server closes once it has handled the request; waiting for that means the
+        // cancel has been delivered by the time we return.
+        let mut sink = [0u8; 64];
+        loop {
+            match stream.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A blocking session. Not thread-safe by design: one worker owns it.
+pub struct Client {
+    /// Socket and buffers.
+    wire: Wire,
+    /// What startup told us; ParameterStatus updates land in `server_params`.
+    session: SessionInfo,
+    /// Where we connected, for cancel requests.
+    host: Host,
+    /// Port we connected to.
+    port: u16,
+    /// Connect timeout, reused for cancel connections.
+    connect_timeout: Duration,
+    /// Status byte of the last ReadyForQuery.
+    tx_status: u8,
+    /// NoticeResponses not yet drained.
+    notices: Vec<DbError>,
+    /// NotificationResponses not yet drained.
+    notifications: Vec<Notification>,
+    /// Set when the protocol position is unknown (I/O error, timeout, protocol violation, FATAL).
+    broken: bool,
+}
+
+impl Client {
+    /// Connects and authenticates. The whole handshake is bounded by `connect_timeout`
+    /// per socket operation.
+    pub fn connect(params: &ConnectParams) -> Result<Client, PgError> {
+        let stream = Stream::open(&params.host, params.port, params.connect_timeout)?;
+        stream.set_read_timeout(Some(params.connect_timeout))?;
+        stream.set_write_timeout(Some(params.connect_timeout))?;
+        let mut wire = Wire {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(1024),
+        };
+        startup_message(params, &mut wire.wbuf);
+        wire.flush()?;
+        let mut startup = Startup::new(params);
+        let session = loop {
+            let msg = wire.recv()?;
+            match startup.on_message(msg, &mut wire.wbuf)? {
+                StartupStep::Continue => wire.flush()?,
+                StartupStep::Ready(info) => break info,
+            }
+        };
+        wire.stream.set_read_timeout(None)?;
+        wire.stream.set_write_timeout(None)?;
+        Ok(Client {
+            wire,
+            session,
+            host: params.host.clone(),
+            port: params.port,
+            connect_timeout: params.connect_timeout,
+            tx_status: b'I',
+            notices: Vec::new(),
+            notifications: Vec::new(),
+            broken: false,
+        })
+    }
+
+    /// Bounds every socket read and write (`None` = wait forever). A timeout breaks the client:
+    /// the response is still in flight, so the protocol position is lost; cancel the statement
+    /// with a [`CancelToken`] and drop the client.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), PgError> {
+        self.wire.stream.set_read_timeout(timeout)?;
+        self.wire.stream.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Runs one or more `;`-separated statements with the simple query protocol.
+    pub fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
+        self.simple(sql, |_| {}).map(|_| ())
+    }
+
+    /// Runs `sql` with the simple query protocol and returns the rows of the last result set.
+    pub fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        let mut rows = Vec::new();
+        self.simple(sql, |event| match event {
+            SimpleEvent::NewResult => rows.clear(),
+            SimpleEvent::Row(r) => rows.push(r),
+        })?;
+        Ok(rows)
+    }
+
+    /// Runs one statement with the extended protocol; parameters and results are text.
+    ///
+    /// Parameter types are left for the server to infer, so write `$1::int` where it cannot.
+    pub fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<QueryResult, PgError> {
+        self.check()?;
+        let w = &mut self.wire.wbuf;
+        let start = w.len();
+        let encoded = frontend::parse("", sql, [], w)
+            .map_err(|e| PgError::Protocol(format!("cannot encode Parse: {e}")))
+            .and_then(|()| {
+                frontend::bind(
+                    "",
+                    "",
+                    [0i16],
+                    params.iter().copied(),
+                    |v, buf| match v {
+                        Some(s) => {
+                            buf.put_slice(s.as_bytes());
+                            Ok(IsNull::No)
+                        }
+                        None => Ok(IsNull::Yes),
+                    },
+                    [0i16],
+                    w,
+                )
+                .map_err(|_| PgError::Protocol("cannot encode Bind (too many parameters?)".into()))
+            })
+            .and_then(|()| {
+                frontend::describe(b'P', "", w)
+                    .and_then(|()| frontend::execute("", 0, w))
+                    .map_err(|e| PgError::Protocol(format!("cannot encode Execute: {e}")))
+            });
+        if let Err(e) = encoded {
+            // Nothing was sent, so the session is still in sync.
+            w.truncate(start);
+            return Err(e);
+        }
+        frontend::sync(w);
+        self.guard(|c| c.run_extended())
+    }
+
+    /// The first row of [`Client::query`], or `None` when it returned no rows.
+    pub fn query_one_opt(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Result<Option<Vec<Option<String>>>, PgError> {
+        Ok(self.query(sql, params)?.rows.into_iter().next())
+    }
+
+    /// `b'I'` idle, `b'T'` in a transaction, `b'E'` in a failed transaction.
+    pub fn transaction_status(&self) -> u8 {
+        self.tx_status
+    }
+
+    /// Takes the notices (RAISE NOTICE, warnings) received so far.
+    pub fn notices(&mut self) -> Vec<DbError> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Takes the LISTEN notifications received so far.
+    pub fn notifications(&mut self) -> Vec<Notification> {
+        std::mem::take(&mut self.notifications)
+    }
+
+    /// A handle that can cancel this session's running statement from another thread.
+    pub fn cancel_token(&self) -> CancelToken {
+        CancelToken {
+            host: self.host.clone(),
+            port: self.port,
+            connect_timeout: self.connect_timeout,
+            process_id: self.session.process_id,
+            secret_key: self.session.secret_key,
+        }
+    }
+
+    /// Session facts from startup, with later ParameterStatus changes applied.
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// Current value of a server-reported parameter (`server_version`, `TimeZone`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.session
+            .server_params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True once the connection can no longer be used; the pool must drop it.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Says goodbye politely so the server logs a clean disconnect.
+    pub fn close(mut self) {
+        if !self.broken {
+            frontend::terminate(&mut self.wire.wbuf);
+            let _ = self.wire.flush();
+        }
+        self.wire.stream.shutdown();
+    }
+
+    fn check(&self) -> Result<(), PgError> {
+        if self.broken {
+            Err(PgError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs a request and marks the client broken if the failure left the stream out of sync.
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client) -> Result<T, PgError>,
+    ) -> Result<T, PgError> {
+        let r = f(self);
+        if let Err(e) = &r {
+            let fatal = match e {
+                PgError::Db(db) => matches!(db.severity.as_str(), "FATAL" | "PANIC"),
+                _ => true,
+            };
+            if fatal {
+                self.broken = true;
+                self.wire.wbuf.clear();
+                self.wire.stream.shutdown();
+            }
+        }
+        r
+    }
+
+    /// Next message that belongs to the current request; asynchronous ones are absorbed.
+    fn next(&mut self) -> Result<Backend, PgError> {
+        loop {
+            match self.wire.recv()? {
+                Backend::Notice(n) => self.notices.push(n),
+                Backend::Message(Message::NotificationResponse(body)) => {
+                    let channel = body.channel().map_err(bad)?.to_string();
+                    let payload = body.message().map_err(bad)?.to_string();
+                    self.notifications.push(Notification {
+                        process_id: body.process_id(),
+                        channel,
+                        payload,
+                    });
+                }
+                Backend::Message(Message::ParameterStatus(body)) => {
+                    let name = body.name().map_err(bad)?;
+                    let value = body.value().map_err(bad)?.to_string();
+                    match self
+                        .session
+                        .server_params
+                        .iter_mut()
+                        .find(|(k, _)| k == name)
+                    {
+                        Some(slot) => slot.1 = value,
+                        None => self.session.server_params.push((name.to_string(), value)),
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn simple(&mut self, sql: &str, mut sink: impl FnMut(SimpleEvent)) -> Result<(), PgError> {
+        self.check()?;
+        frontend::query(sql, &mut self.wire.wbuf).map_err(|e| {
+            self.wire.wbuf.clear();
+            PgError::Protocol(format!("cannot encode Query: {e}"))
+        })?;
+        self.guard(|c| {
+            c.wire.flush()?;
+            let mut error = None;
+            loop {
+                match c.next()? {
+                    Backend::Message(Message::ReadyForQuery(b)) => {
+                        c.tx_status = b.status();
+                        return error.map_or(Ok(()), |e| Err(PgError::Db(e)));
+                    }
+                    // A FATAL ends the session; no ReadyForQuery will come.
+                    Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
+                        return Err(PgError::Db(e));
+                    }
+                    Backend::Error(e) => error = Some(e),
+                    Backend::RowDescription(_) => sink(SimpleEvent::NewResult),
+                    Backend::Message(Message::DataRow(row)) => {
+                        sink(SimpleEvent::Row(text_row(&row)?));
+                    }
+                    Backend::Message(Message::CommandComplete(_) | Message::EmptyQueryResponse) => {
+                    }
+                    // COPY needs a data source or sink we do not offer; refuse it cleanly and
+                    // let the server report the failure.
+                    Backend::Message(Message::CopyInResponse(_)) => {
+                        frontend::copy_fail("COPY FROM STDIN is not supported", &mut c.wire.wbuf)
+                            .map_err(bad)?;
+                        c.wire.flush()?;
+                    }
+                    Backend::Message(
+                        Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
+                    ) => {}
+                    other => return Err(unexpected(&other)),
+                }
+            }
+        })
+    }
+
+    fn run_extended(&mut self) -> Result<QueryResult, PgError> {
+        self.wire.flush()?;
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            match self.next()? {
+                Backend::Message(Message::ReadyForQuery(b)) => {
+                    self.tx_status = b.status();
+                    return match error {
+                        Some(e) => Err(PgError::Db(e)),
+                        None => Ok(result),
+                    };
+                }
+                Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
+                    return Err(PgError::Db(e));
+                }
+                // After an error the server skips to Sync; keep reading until ReadyForQuery.
+                Backend::Error(e) => error = Some(e),
+                Backend::Message(
+                    Message::ParseComplete | Message::BindComplete | Message::NoData,
+                ) => {}
+                Backend::RowDescription(cols) => {
+                    result.columns = cols
+                        .into_iter()
+                        .map(|Column { name, type_oid }| (name, type_oid))
+                        .collect();
+                }
+                Backend::Message(Message::DataRow(row)) => result.rows.push(text_row(&row)?),
+                Backend::Message(Message::CommandComplete(body)) => {
+                    result.rows_affected = rows_affected(&body)?;
+                }
+                Backend::Message(Message::EmptyQueryResponse | Message::PortalSuspended) => {}
+                Backend::Message(Message::CopyInResponse(_)) => {
+                    frontend::copy_fail("COPY FROM STDIN is not supported", &mut self.wire.wbuf)
+                        .map_err(bad)?;
+                    self.wire.flush()?;
+                }
+                Backend::Message(
+                    Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
+                ) => {}
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+}
+
+/// What the simple-query loop reports to its caller.
+enum SimpleEvent {
+    /// A RowDescription: a new result set starts.
+    NewResult,
+    /// One row of the current result set.
+    Row(Vec<Option<String>>),
+}
+
+fn text_row(
+    row: &postgres_protocol::message::backend::DataRowBody,
+) -> Result<Vec<Option<String>>, PgError> {
+    data_row_fields(row)?
+        .into_iter()
+        .map(|f| {
+            f.map(|b| {
+                String::from_utf8(b.to_vec())
+                    .map_err(|_| PgError::Protocol("text value is not UTF-8".into()))
+            })
+            .transpose()
+        })
+        .collect()
+}
+
+fn rows_affected(body: &CommandCompleteBody) -> Result<u64, PgError> {
+    let tag = body.tag().map_err(bad)?;
+    Ok(tag
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+fn unexpected(m: &Backend) -> PgError {
+    let name = match m {
+        Backend::Message(m) => message_name(m),
+        Backend::Error(_) => "ErrorResponse",
+        Backend::Notice(_) => "NoticeResponse",
+        Backend::RowDescription(_) => "RowDescription",
+        Backend::AuthSasl(_) => "AuthenticationSASL",
+    };
+    PgError::Protocol(format!("unexpected {name} in query response"))
+}
+
+fn bad(e: io::Error) -> PgError {
+    PgError::Protocol(e.to_string())
+}
