@@ -55,7 +55,8 @@ const FHCRC: u8 = 0x02;
 const FEXTRA: u8 = 0x04;
 const FNAME: u8 = 0x08;
 const FCOMMENT: u8 = 0x10;
-const RESERVED: u8 = 0xE0;
+// FTEXT is only a hint about the content: accepted, nothing to skip.
+const RESERVED: u8 = !(FTEXT | FHCRC | FEXTRA | FNAME | FCOMMENT);
 
 /// FNAME/FCOMMENT are unbounded zero-terminated strings in the format; cap them so
 /// a header cannot make us scan the whole upload looking for a NUL.
@@ -158,7 +159,6 @@ fn parse_header(input: &[u8], start: usize) -> Result<usize, GzipError> {
             format!("reserved gzip flag bits set ({flags:#04x})"),
         ));
     }
-    // FTEXT is only a hint about the content: accepted, nothing to skip.
     let mut pos = start + 10;
     if flags & FEXTRA != 0 {
         let x = input.get(pos..pos + 2).ok_or_else(truncated)?;
