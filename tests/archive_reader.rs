@@ -77,6 +77,16 @@ impl TarBuf {
         self
     }
     fn pax(&mut self, records: &[(&str, &[u8])], path: &str, data: &[u8]) -> &mut Self {
+        self.pax_sized(records, path, data, data.len() as u64)
+    }
+    /// Like `pax`, but the ustar header declares `header_size` whatever the data length.
+    fn pax_sized(
+        &mut self,
+        records: &[(&str, &[u8])],
+        path: &str,
+        data: &[u8],
+        header_size: u64,
+    ) -> &mut Self {
         let mut body = Vec::new();
         for (k, v) in records {
             let rest = format!(" {k}=").len() + v.len() + 1;
@@ -93,10 +103,14 @@ impl TarBuf {
         h.set_path("PaxHeaders/x").unwrap();
         h.set_cksum();
         self.0.append(&h, &body[..]).unwrap();
-        let mut h = header(Fmt::Ustar, EntryType::Regular, data.len() as u64);
+        let mut h = header(Fmt::Ustar, EntryType::Regular, header_size);
         h.set_path(path).unwrap();
         h.set_cksum();
-        self.0.append(&h, data).unwrap();
+        // Builder::append copies exactly header_size bytes, so write the data by hand.
+        let inner = self.0.get_mut();
+        inner.extend_from_slice(h.as_bytes());
+        inner.extend_from_slice(data);
+        inner.resize(inner.len().next_multiple_of(512), 0);
         self
     }
     fn tar(self) -> Vec<u8> {
@@ -295,6 +309,23 @@ fn pax_path_override_is_honoured() {
     let a = read(&t.tgz()).unwrap();
     assert_eq!(a.functions.len(), 1);
     assert_eq!(a.functions[0].path, long.trim_start_matches("postgresql/"));
+}
+
+#[test]
+fn pax_size_record_wins_over_header_size() {
+    // RUSTSEC-2026-0068: tar < 0.4.45 ignored pax `size` when the header size was
+    // non-zero, so the two parsers saw different file boundaries.
+    let body = b"CREATE TABLE real ();";
+    let size = body.len().to_string();
+    let mut t = TarBuf::new(Fmt::Ustar);
+    t.pax_sized(
+        &[("size", size.as_bytes())],
+        "postgresql/tables/a.sql",
+        body,
+        3,
+    );
+    let a = read(&t.tgz()).unwrap();
+    assert_eq!(a.tables[0].content, "CREATE TABLE real ();");
 }
 
 #[test]

@@ -295,12 +295,11 @@ fn check_header_name_fields(header: &tar::Header, shown: &str) -> Result<(), Arc
         fields.push(&ustar.prefix);
     }
     for field in fields {
-        if let Some(nul) = field.iter().position(|&b| b == 0) {
-            if field[nul..].iter().any(|&b| b != 0) {
-                return Err(ArchiveError::bad(format!(
-                    "entry name contains a NUL byte: {shown:?}"
-                )));
-            }
+        let after_nul = field.iter().position(|&b| b == 0).map(|nul| &field[nul..]);
+        if after_nul.is_some_and(|rest| rest.iter().any(|&b| b != 0)) {
+            return Err(ArchiveError::bad(format!(
+                "entry name contains a NUL byte: {shown:?}"
+            )));
         }
     }
     Ok(())
