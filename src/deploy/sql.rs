@@ -7,7 +7,9 @@
 //! bodies (`$$…$$`, `$tag$…$tag$`; `$1` is a parameter, not a tag), `--` line
 //! comments and nested `/* */` block comments. Unterminated constructs run to the
 //! end of the text rather than erroring: PostgreSQL will report them with a
-//! proper message when the statement is executed.
+//! proper message when the statement is executed. Plain `'…'` strings are read
+//! with `standard_conforming_strings = on` (the default since PostgreSQL 9.1):
+//! a backslash there is an ordinary character.
 //!
 //! Known limits of `BEGIN ATOMIC … END` tracking: the body ends at the first
 //! `END` keyword not closing a `CASE`. SQL-standard bodies may only contain
