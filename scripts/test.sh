@@ -72,7 +72,17 @@ port=""
 for attempt in 1 2 3; do
     port="$(pg_free_port)"
     if pg_cluster_start "${CLUSTER_DIR}" "${port}"; then
-        break
+        # PostgreSQL starts even if only one of 127.0.0.1/::1 could be bound.
+        if ! grep -q 'could not bind' "$(pg_logfile "${CLUSTER_DIR}")"; then
+            break
+        fi
+        pg_cluster_stop "${CLUSTER_DIR}"
+        if [[ "${attempt}" -lt 3 ]]; then
+            log "port ${port} is partly taken; retrying with another port"
+            continue
+        fi
+        log "could not bind a free port for the test cluster"
+        exit 1
     fi
     if [[ "${attempt}" -lt 3 ]] && grep -q 'already in use' "$(pg_logfile "${CLUSTER_DIR}")"; then
         log "port ${port} was taken meanwhile; retrying with another port"
