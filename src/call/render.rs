@@ -268,6 +268,144 @@ fn is_json_number(s: &[u8]) -> bool {
     i == n
 }
 
+/// Nesting levels tracked in a bitmask before spilling to the heap: real documents rarely exceed it,
+/// and the check then allocates nothing.
+const INLINE_LEVELS: usize = 128;
+
+/// Whether `b` is one complete RFC 8259 document (UTF-8, any nesting depth). PostgreSQL has already
+/// validated json/jsonb, but the bytes are embedded unquoted, so a corrupt value must not be able
+/// to break the surrounding response; the check is a single non-allocating pass for normal documents.
+fn is_json_document(b: &[u8]) -> bool {
+    if std::str::from_utf8(b).is_err() {
+        return false;
+    }
+    // Open containers: bit set = object. Levels past INLINE_LEVELS live in `spill`.
+    let mut bits: u128 = 0;
+    let mut spill: Vec<bool> = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\n' | b'\r' | b'\t') {
+            *i += 1;
+        }
+    };
+    let string = |i: &mut usize| -> bool {
+        if b.get(*i) != Some(&b'"') {
+            return false;
+        }
+        *i += 1;
+        while let Some(&c) = b.get(*i) {
+            *i += 1;
+            match c {
+                b'"' => return true,
+                b'\\' => match b.get(*i) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 1,
+                    Some(b'u') => {
+                        let hex = b.get(*i + 1..*i + 5);
+                        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                            return false;
+                        }
+                        *i += 5;
+                    }
+                    _ => return false,
+                },
+                0..=0x1f => return false,
+                _ => {}
+            }
+        }
+        false
+    };
+    'value: loop {
+        ws(&mut i);
+        match b.get(i) {
+            Some(&open @ (b'{' | b'[')) => {
+                i += 1;
+                ws(&mut i);
+                let close = if open == b'{' { b'}' } else { b']' };
+                if b.get(i) == Some(&close) {
+                    i += 1;
+                } else {
+                    let is_obj = open == b'{';
+                    if depth < INLINE_LEVELS {
+                        bits = (bits & !(1u128 << depth)) | (u128::from(is_obj) << depth);
+                    } else {
+                        spill.push(is_obj);
+                    }
+                    depth += 1;
+                    if is_obj {
+                        if !string(&mut i) {
+                            return false;
+                        }
+                        ws(&mut i);
+                        if b.get(i) != Some(&b':') {
+                            return false;
+                        }
+                        i += 1;
+                    }
+                    continue 'value;
+                }
+            }
+            Some(b'"') => {
+                if !string(&mut i) {
+                    return false;
+                }
+            }
+            Some(b't') if b[i..].starts_with(b"true") => i += 4,
+            Some(b'f') if b[i..].starts_with(b"false") => i += 5,
+            Some(b'n') if b[i..].starts_with(b"null") => i += 4,
+            Some(_) => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                if !is_json_number(&b[start..i]) {
+                    return false;
+                }
+            }
+            None => return false,
+        }
+        // After a value: close containers or move to the next member.
+        loop {
+            ws(&mut i);
+            if depth == 0 {
+                return i == b.len();
+            }
+            let top = depth - 1;
+            let is_obj = if top < INLINE_LEVELS {
+                bits & (1u128 << top) != 0
+            } else {
+                spill[top - INLINE_LEVELS]
+            };
+            match b.get(i) {
+                Some(b',') => {
+                    i += 1;
+                    if is_obj {
+                        ws(&mut i);
+                        if !string(&mut i) {
+                            return false;
+                        }
+                        ws(&mut i);
+                        if b.get(i) != Some(&b':') {
+                            return false;
+                        }
+                        i += 1;
+                    }
+                    continue 'value;
+                }
+                Some(b'}') if is_obj => {}
+                Some(b']') if !is_obj => {}
+                _ => return false,
+            }
+            i += 1;
+            depth -= 1;
+            if depth >= INLINE_LEVELS {
+                spill.pop();
+            }
+        }
+    }
+}
+
 fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, depth: usize) -> R {
     if depth > MAX_DEPTH {
         return Err(());
@@ -292,11 +430,13 @@ fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, de
                 write_lossy_string(raw, out);
             }
         }
-        Class::Json | Class::Jsonb => match std::str::from_utf8(raw) {
-            // PostgreSQL validated the document on input, so it is embedded as is.
-            Ok(s) if !s.trim().is_empty() => out.extend_from_slice(raw),
-            _ => write_lossy_string(raw, out),
-        },
+        Class::Json | Class::Jsonb => {
+            if is_json_document(raw) {
+                out.extend_from_slice(raw);
+            } else {
+                write_lossy_string(raw, out);
+            }
+        }
         Class::Timestamptz => write_timestamp(raw, true, out),
         Class::Timestamp => write_timestamp(raw, false, out),
         Class::Void => out.extend_from_slice(b"null"),
@@ -711,19 +851,13 @@ fn render_binary(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, 
             });
         }
         Class::Numeric => write_numeric(raw, out)?,
-        Class::Json => {
-            let s = std::str::from_utf8(raw).map_err(|_| ())?;
-            if s.trim().is_empty() {
-                return Err(());
-            }
-            out.extend_from_slice(raw);
-        }
+        Class::Json if is_json_document(raw) => out.extend_from_slice(raw),
+        // jsonb's binary form is a version byte (1) followed by the text form.
         Class::Jsonb => match raw.split_first() {
-            Some((1, doc)) if std::str::from_utf8(doc).is_ok_and(|s| !s.trim().is_empty()) => {
-                out.extend_from_slice(doc)
-            }
+            Some((1, doc)) if is_json_document(doc) => out.extend_from_slice(doc),
             _ => return Err(()),
         },
+        Class::Json => return Err(()),
         Class::Bytea => write_hex_string(raw, out),
         Class::Uuid => {
             if raw.len() != 16 {
@@ -911,4 +1045,694 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> R {
         out.truncate(frac_start + dscale);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::types::test_registry;
+
+    // OIDs of the test cluster's user types (see types::TEST_ROWS).
+    const MOOD: u32 = 16385;
+    const MOOD_ARR: u32 = 16384;
+    const INNER: u32 = 16391;
+    const INNER_ARR: u32 = 16390;
+    const OUTER: u32 = 16394;
+    const POSINT: u32 = 16396;
+    const TAGARR: u32 = 16399;
+    const WITHTS: u32 = 16402;
+    const DROPT: u32 = 16409;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn bin(oid: u32, h: &str) -> String {
+        let mut out = Vec::new();
+        render_value(oid, 1, Some(&hex(h)), &test_registry(), &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(json_ok(&s), "invalid JSON: {s}");
+        s
+    }
+
+    fn txt(oid: u32, t: &str) -> String {
+        let mut out = Vec::new();
+        render_value(oid, 0, Some(t.as_bytes()), &test_registry(), &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(json_ok(&s), "invalid JSON: {s}");
+        s
+    }
+
+    /// A strict RFC 8259 syntax check, so the fuzz tests can tell valid output from garbage.
+    fn json_ok(s: &str) -> bool {
+        fn ws(b: &[u8], i: &mut usize) {
+            while *i < b.len() && matches!(b[*i], b' ' | b'\n' | b'\r' | b'\t') {
+                *i += 1;
+            }
+        }
+        fn val(b: &[u8], i: &mut usize, d: usize) -> bool {
+            if d > 200 {
+                return false;
+            }
+            ws(b, i);
+            let ok = match b.get(*i) {
+                Some(b'{') | Some(b'[') => {
+                    let obj = b[*i] == b'{';
+                    let close = if obj { b'}' } else { b']' };
+                    *i += 1;
+                    ws(b, i);
+                    if b.get(*i) == Some(&close) {
+                        *i += 1;
+                        return true;
+                    }
+                    loop {
+                        if obj {
+                            ws(b, i);
+                            if b.get(*i) != Some(&b'"') || !string(b, i) {
+                                return false;
+                            }
+                            ws(b, i);
+                            if b.get(*i) != Some(&b':') {
+                                return false;
+                            }
+                            *i += 1;
+                        }
+                        if !val(b, i, d + 1) {
+                            return false;
+                        }
+                        ws(b, i);
+                        match b.get(*i) {
+                            Some(b',') => *i += 1,
+                            Some(c) if *c == close => {
+                                *i += 1;
+                                break true;
+                            }
+                            _ => return false,
+                        }
+                    }
+                }
+                Some(b'"') => string(b, i),
+                Some(b't') => lit(b, i, b"true"),
+                Some(b'f') => lit(b, i, b"false"),
+                Some(b'n') => lit(b, i, b"null"),
+                Some(_) => {
+                    let start = *i;
+                    while *i < b.len()
+                        && matches!(b[*i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    {
+                        *i += 1;
+                    }
+                    is_json_number(&b[start..*i])
+                }
+                None => false,
+            };
+            ok
+        }
+        fn lit(b: &[u8], i: &mut usize, l: &[u8]) -> bool {
+            let ok = b[*i..].starts_with(l);
+            *i += l.len();
+            ok
+        }
+        fn string(b: &[u8], i: &mut usize) -> bool {
+            *i += 1;
+            while let Some(&c) = b.get(*i) {
+                *i += 1;
+                match c {
+                    b'"' => return true,
+                    b'\\' => match b.get(*i) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 1,
+                        Some(b'u') => {
+                            if !b
+                                .get(*i + 1..*i + 5)
+                                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                            {
+                                return false;
+                            }
+                            *i += 5;
+                        }
+                        _ => return false,
+                    },
+                    c if c < 0x20 => return false,
+                    _ => {}
+                }
+            }
+            false
+        }
+        let b = s.as_bytes();
+        let mut i = 0;
+        let ok = val(b, &mut i, 0);
+        ws(b, &mut i);
+        ok && i == b.len()
+    }
+
+    #[test]
+    fn nulls_and_bools() {
+        let mut out = Vec::new();
+        render_value(types::INT4, 0, None, &test_registry(), &mut out);
+        assert_eq!(out, b"null");
+        assert_eq!(txt(types::BOOL, "t"), "true");
+        assert_eq!(txt(types::BOOL, "f"), "false");
+        assert_eq!(bin(types::BOOL, "01"), "true");
+        assert_eq!(txt(types::VOID, ""), "null");
+    }
+
+    #[test]
+    fn integers_exact() {
+        assert_eq!(
+            txt(types::INT8, "9223372036854775807"),
+            "9223372036854775807"
+        );
+        assert_eq!(
+            txt(types::INT8, "-9223372036854775808"),
+            "-9223372036854775808"
+        );
+        assert_eq!(bin(types::INT8, "7fffffffffffffff"), "9223372036854775807");
+        assert_eq!(bin(types::INT2, "ffff"), "-1");
+        assert_eq!(bin(types::INT4, "00000017"), "23");
+        assert_eq!(bin(types::OID, "ffffffff"), "4294967295");
+        assert_eq!(txt(types::OID, "4294967295"), "4294967295");
+        assert_eq!(txt(POSINT, "5"), "5");
+    }
+
+    #[test]
+    fn numeric_exact_text_and_binary() {
+        let big = "123456789012345678901234567890.123456789";
+        assert_eq!(txt(types::NUMERIC, big), big);
+        assert_eq!(
+            bin(
+                types::NUMERIC,
+                "000b000700000009000c0d801ed204d2162e23340d801ed204d2162e2328"
+            ),
+            big
+        );
+        assert_eq!(txt(types::NUMERIC, "NaN"), "\"NaN\"");
+        assert_eq!(txt(types::NUMERIC, "-Infinity"), "\"-Infinity\"");
+        assert_eq!(bin(types::NUMERIC, "00000000c0000000"), "\"NaN\"");
+        assert_eq!(bin(types::NUMERIC, "00000000d0000020"), "\"Infinity\"");
+        assert_eq!(bin(types::NUMERIC, "00000000f0000020"), "\"-Infinity\"");
+        assert_eq!(bin(types::NUMERIC, "0002ffff40000006000107d0"), "-0.000120");
+        assert_eq!(bin(types::NUMERIC, "0000000000000000"), "0");
+        assert_eq!(bin(types::NUMERIC, "00010001000000000001"), "10000");
+        assert_eq!(bin(types::NUMERIC, "000200000000000100011388"), "1.5");
+        assert_eq!(bin(types::NUMERIC, "0000000000000002"), "0.00");
+    }
+
+    #[test]
+    fn floats() {
+        assert_eq!(txt(types::FLOAT8, "0.1"), "0.1");
+        assert_eq!(txt(types::FLOAT8, "1e+100"), "1e+100");
+        assert_eq!(txt(types::FLOAT8, "1e-07"), "1e-07");
+        assert_eq!(txt(types::FLOAT8, "NaN"), "\"NaN\"");
+        assert_eq!(txt(types::FLOAT8, "Infinity"), "\"Infinity\"");
+        assert_eq!(txt(types::FLOAT4, "-Infinity"), "\"-Infinity\"");
+        assert_eq!(bin(types::FLOAT8, "3fb999999999999a"), "0.1");
+        assert_eq!(bin(types::FLOAT8, "7ff8000000000000"), "\"NaN\"");
+        assert_eq!(bin(types::FLOAT4, "3dcccccd"), "0.1");
+        // float8[] {0.1,NaN,1e100} from array_send.
+        assert_eq!(
+            bin(
+                1022,
+                "0000000100000000000002bd0000000300000001000000083fb999999999999a000000087ff80000000000000000000854b249ad2594c37d"
+            ),
+            "[0.1,\"NaN\",1e100]"
+        );
+    }
+
+    #[test]
+    fn strings_and_string_like_types() {
+        assert_eq!(txt(types::TEXT, "a \"q\" \\ \n"), r#""a \"q\" \\ \n""#);
+        assert_eq!(txt(types::VARCHAR, ""), "\"\"");
+        assert_eq!(txt(types::BPCHAR, "ab  "), "\"ab  \"");
+        assert_eq!(txt(MOOD, "sad ok"), "\"sad ok\"");
+        assert_eq!(
+            txt(types::UUID, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""
+        );
+        assert_eq!(
+            bin(types::UUID, "a0eebc999c0b4ef8bb6d6bb9bd380a11"),
+            "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""
+        );
+        assert_eq!(
+            txt(types::INTERVAL, "1 year 2 mons 3 days 04:05:06.5"),
+            "\"1 year 2 mons 3 days 04:05:06.5\""
+        );
+        assert_eq!(txt(types::INTERVAL, "-1 days"), "\"-1 days\"");
+        assert_eq!(txt(types::INET, "10.0.0.1/8"), "\"10.0.0.1/8\"");
+        assert_eq!(txt(types::MONEY, "$1,000.00"), "\"$1,000.00\"");
+        assert_eq!(txt(types::DATE, "2026-11-27"), "\"2026-11-27\"");
+        assert_eq!(txt(types::TIMETZ, "18:34:44+05:30"), "\"18:34:44+05:30\"");
+        assert_eq!(txt(types::BIT, "101"), "\"101\"");
+        assert_eq!(txt(3904, "[1,5)"), "\"[1,5)\"");
+        assert_eq!(txt(types::XML, "<a>x</a>"), "\"<a>x</a>\"");
+        assert_eq!(txt(99999, "whatever"), "\"whatever\"");
+        // Invalid UTF-8 still gives a string, never null.
+        assert_eq!(txt(types::TEXT, "x"), "\"x\"");
+        let mut out = Vec::new();
+        render_value(types::TEXT, 0, Some(b"a\xffb"), &test_registry(), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\u{fffd}b\"");
+    }
+
+    #[test]
+    fn bytea_both_forms() {
+        let reg = test_registry();
+        assert_eq!(column_format(types::BYTEA, &reg), 1);
+        assert_eq!(bin(types::BYTEA, "deadbeef"), r#""\\xdeadbeef""#);
+        assert_eq!(bin(types::BYTEA, ""), r#""\\x""#);
+        assert_eq!(txt(types::BYTEA, r"\xdeadbeef"), r#""\\xdeadbeef""#);
+        assert_eq!(txt(1001, r#"{"\\xdead"}"#), r#"["\\xdead"]"#);
+    }
+
+    #[test]
+    fn json_embedded() {
+        assert_eq!(
+            txt(types::JSONB, r#"{"a": "x", "b": [1, 2]}"#),
+            r#"{"a": "x", "b": [1, 2]}"#
+        );
+        assert_eq!(txt(types::JSON, " [1,\n2] "), " [1,\n2] ");
+        assert_eq!(
+            bin(
+                types::JSONB,
+                "017b2261223a202278222c202262223a205b312c20325d7d"
+            ),
+            r#"{"a": "x", "b": [1, 2]}"#
+        );
+        // Unknown jsonb version: the raw bytes as a hex string rather than guessing.
+        assert_eq!(bin(types::JSONB, "027b7d"), r#""\\x027b7d""#);
+        assert_eq!(
+            bin(
+                3807,
+                "000000010000000000000eda000000020000000100000009017b2261223a20317d00000005016e756c6c"
+            ),
+            r#"[{"a": 1},null]"#
+        );
+        assert_eq!(txt(3807, r#"{"{\"a\": 1}","\"s\""}"#), r#"[{"a": 1},"s"]"#);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            txt(types::TIMESTAMPTZ, "2026-11-27 18:34:44.549313+00"),
+            "\"2026-11-27T18:34:44.549313+00:00\""
+        );
+        assert_eq!(
+            txt(types::TIMESTAMPTZ, "2026-11-28 00:04:44.549313+05:30"),
+            "\"2026-11-28T00:04:44.549313+05:30\""
+        );
+        assert_eq!(
+            txt(types::TIMESTAMPTZ, "2026-11-27 15:34:44-03"),
+            "\"2026-11-27T15:34:44-03:00\""
+        );
+        assert_eq!(txt(types::TIMESTAMPTZ, "infinity"), "\"infinity\"");
+        assert_eq!(txt(types::TIMESTAMPTZ, "-infinity"), "\"-infinity\"");
+        assert_eq!(
+            txt(types::TIMESTAMPTZ, "0044-03-15 12:00:00+00 BC"),
+            "\"0044-03-15 12:00:00+00 BC\""
+        );
+        assert_eq!(
+            txt(types::TIMESTAMPTZ, "1890-01-01 00:00:00+00:53:28"),
+            "\"1890-01-01 00:00:00+00:53:28\""
+        );
+        assert_eq!(
+            txt(types::TIMESTAMP, "2026-11-27 18:34:44"),
+            "\"2026-11-27T18:34:44\""
+        );
+        assert_eq!(txt(types::TIMESTAMP, "infinity"), "\"infinity\"");
+        assert_eq!(
+            txt(types::TIMESTAMP, "0044-03-15 12:00:00 BC"),
+            "\"0044-03-15 12:00:00 BC\""
+        );
+        // timestamptz[] goes as text, elements rewritten the same way.
+        assert_eq!(column_format(1185, &test_registry()), 0);
+        assert_eq!(
+            txt(1185, r#"{"2026-01-02 03:04:05+00",NULL}"#),
+            r#"["2026-01-02T03:04:05+00:00",null]"#
+        );
+    }
+
+    const ARR2D: &str = r#"[["a,b","{"],["\"","\\"],[null,"NULL"],[""," sp "]]"#;
+
+    #[test]
+    fn arrays_2d_with_quoting() {
+        let reg = test_registry();
+        assert_eq!(column_format(1009, &reg), 1);
+        assert_eq!(
+            bin(
+                1009,
+                "0000000200000001000000190000000400000001000000020000000100000003612c62000000017b0000000122000000015cffffffff000000044e554c4c000000000000000420737020"
+            ),
+            ARR2D
+        );
+        assert_eq!(
+            txt(
+                1009,
+                r#"{{"a,b","{"},{"\"","\\"},{NULL,"NULL"},{""," sp "}}"#
+            ),
+            ARR2D
+        );
+        assert_eq!(txt(TAGARR, "{a,b}"), r#"["a","b"]"#);
+        assert_eq!(column_format(TAGARR, &reg), 1);
+    }
+
+    #[test]
+    fn arrays_bounds_empty_and_3d() {
+        assert_eq!(
+            bin(
+                1007,
+                "000000010000000000000017000000020000000200000004000000010000000400000002"
+            ),
+            "[1,2]"
+        );
+        assert_eq!(txt(1007, "[2:3]={1,2}"), "[1,2]");
+        assert_eq!(bin(1007, "000000000000000000000017"), "[]");
+        assert_eq!(txt(1007, "{}"), "[]");
+        assert_eq!(txt(1009, "{}"), "[]");
+        assert_eq!(
+            bin(
+                1007,
+                "0000000300000000000000170000000200000001000000010000000100000002000000010000000400000001000000040000000200000004000000030000000400000004"
+            ),
+            "[[[1,2]],[[3,4]]]"
+        );
+        assert_eq!(txt(1007, "{{{1,2}},{{3,4}}}"), "[[[1,2]],[[3,4]]]");
+        assert_eq!(
+            bin(
+                1231,
+                "0000000100000001000006a400000003000000010000000c000200000000000100011388ffffffff0000000a00010000400000000002"
+            ),
+            "[1.5,null,-2]"
+        );
+        assert_eq!(txt(1231, "{1.5,NULL,-2,NaN}"), r#"[1.5,null,-2,"NaN"]"#);
+        assert_eq!(
+            bin(
+                1000,
+                "000000010000000000000010000000020000000100000001010000000100"
+            ),
+            "[true,false]"
+        );
+        assert_eq!(txt(1000, "{t,f}"), "[true,false]");
+        assert_eq!(
+            txt(MOOD_ARR, r#"{happy,"sad ok"}"#),
+            r#"["happy","sad ok"]"#
+        );
+        assert_eq!(
+            txt(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
+            r#"["(1,1),(0,0)","(2,2),(1,1)"]"#
+        );
+    }
+
+    const OUTER_JSON: &str =
+        r#"{"id":7,"tags":["x y",null,"q\""],"inn":{"x":1,"y":"in,ner"},"m":"sad ok","n":3.25}"#;
+
+    #[test]
+    fn composites() {
+        let reg = test_registry();
+        assert_eq!(column_format(OUTER, &reg), 1);
+        assert_eq!(
+            bin(
+                OUTER,
+                "0000000500000014000000080000000000000007000003f100000025000000010000000100000019000000030000000100000003782079ffffffff000000027122000040070000001e000000020000001700000004000000010000001900000006696e2c6e65720000400100000006736164206f6b000006a40000000c0002000000000002000309c4"
+            ),
+            OUTER_JSON
+        );
+        assert_eq!(
+            txt(
+                OUTER,
+                r#"(7,"{""x y"",NULL,""q\\""""}","(1,""in,ner"")","sad ok",3.25)"#
+            ),
+            OUTER_JSON
+        );
+        let arr = r#"[{"x":1,"y":"a"},null,{"x":null,"y":""}]"#;
+        assert_eq!(
+            bin(
+                INNER_ARR,
+                "00000001000000010000400700000003000000010000001900000002000000170000000400000001000000190000000161ffffffff000000140000000200000017ffffffff0000001900000000"
+            ),
+            arr
+        );
+        assert_eq!(txt(INNER_ARR, r#"{"(1,a)",NULL,"(,\"\")"}"#), arr);
+        assert_eq!(txt(INNER, "(,)"), r#"{"x":null,"y":null}"#);
+        // Dropped attributes are absent on the wire; keys are escaped.
+        let dropt = r#"{"a":1,"we,ird \"name":[2]}"#;
+        assert_eq!(
+            bin(
+                DROPT,
+                "00000002000000170000000400000001000003ef0000001c00000001000000000000001700000001000000010000000400000002"
+            ),
+            dropt
+        );
+        assert_eq!(txt(DROPT, "(1,{2})"), dropt);
+        // A range field forces text for the whole column.
+        assert_eq!(column_format(WITHTS, &reg), 0);
+        assert_eq!(
+            txt(WITHTS, r#"("2026-01-02 03:04:05+00","[1,5)")"#),
+            r#"{"t":"2026-01-02T03:04:05+00:00","r":"[1,5)"}"#
+        );
+        // Field-count mismatch: the text itself, not a half-object.
+        assert_eq!(txt(INNER, "(1,a,b)"), r#""(1,a,b)""#);
+        assert_eq!(txt(INNER, "(1)"), r#""(1)""#);
+    }
+
+    #[test]
+    fn anonymous_records() {
+        assert_eq!(column_format(types::RECORD, &test_registry()), 0);
+        assert_eq!(
+            txt(types::RECORD, r#"(1,"a b",)"#),
+            r#"{"f1":"1","f2":"a b","f3":null}"#
+        );
+        assert_eq!(
+            txt(2287, r#"{"(1,x)",NULL}"#),
+            r#"[{"f1":"1","f2":"x"},null]"#
+        );
+    }
+
+    #[test]
+    fn rows_and_keys() {
+        let reg = test_registry();
+        assert_eq!(escaped_key("a\"b"), br#""a\"b":"#.to_vec());
+        let mut out = Vec::new();
+        render_row_object(
+            &[
+                ("id".into(), types::INT4, 0),
+                ("n\"m".into(), types::TEXT, 0),
+            ],
+            &[Some(b"1"), None],
+            &reg,
+            &mut out,
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"id":1,"n\"m":null}"#);
+        let cols = [
+            PreparedColumn::new("b", types::BYTEA, &reg),
+            PreparedColumn::new("t", 1009, &reg),
+        ];
+        assert_eq!(cols[0].format, 1);
+        let mut out = Vec::new();
+        render_row_prepared(
+            &cols,
+            &[Some(b"\x01"), Some(&hex("000000000000000000000019"))],
+            &reg,
+            &mut out,
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"b":"\\x01","t":[]}"#);
+    }
+
+    #[test]
+    fn malformed_input_falls_back_to_strings() {
+        assert_eq!(bin(types::INT4, "0001"), r#""\\x0001""#);
+        assert_eq!(bin(types::BOOL, "02"), r#""\\x02""#);
+        assert_eq!(bin(types::NUMERIC, "0001"), r#""\\x0001""#);
+        assert_eq!(
+            bin(types::NUMERIC, "00010000000000002710"),
+            r#""\\x00010000000000002710""#
+        );
+        assert_eq!(
+            bin(1007, "7fffffff00000000000000177fffffff00000001"),
+            r#""\\x7fffffff00000000000000177fffffff00000001""#
+        );
+        assert_eq!(txt(types::INT4, "12abc"), r#""12abc""#);
+        assert_eq!(txt(1007, "{1,2"), r#""{1,2""#);
+        assert_eq!(txt(1007, "{1,\"2}"), r#""{1,\"2}""#);
+        assert_eq!(txt(INNER, "(1,\"a"), r#""(1,\"a""#);
+        assert_eq!(txt(types::JSONB, ""), r#""""#);
+    }
+
+    /// Every captured binary value, truncated at every length and with bytes flipped, and random
+    /// bytes in both formats for every interesting type: never a panic, always valid JSON.
+    #[test]
+    fn fuzz_never_panics() {
+        let reg = test_registry();
+        let samples: &[(u32, &str)] = &[
+            (
+                OUTER,
+                "0000000500000014000000080000000000000007000003f100000025000000010000000100000019000000030000000100000003782079ffffffff000000027122000040070000001e000000020000001700000004000000010000001900000006696e2c6e65720000400100000006736164206f6b000006a40000000c0002000000000002000309c4",
+            ),
+            (
+                1009,
+                "0000000200000001000000190000000400000001000000020000000100000003612c62000000017b0000000122000000015cffffffff000000044e554c4c000000000000000420737020",
+            ),
+            (
+                INNER_ARR,
+                "00000001000000010000400700000003000000010000001900000002000000170000000400000001000000190000000161ffffffff000000140000000200000017ffffffff0000001900000000",
+            ),
+            (
+                types::NUMERIC,
+                "000b000700000009000c0d801ed204d2162e23340d801ed204d2162e2328",
+            ),
+            (
+                1022,
+                "0000000100000000000002bd0000000300000001000000083fb999999999999a000000087ff80000000000000000000854b249ad2594c37d",
+            ),
+        ];
+        let oids = [
+            types::BOOL,
+            types::INT2,
+            types::INT4,
+            types::INT8,
+            types::OID,
+            types::FLOAT4,
+            types::FLOAT8,
+            types::NUMERIC,
+            types::JSON,
+            types::JSONB,
+            types::BYTEA,
+            types::TIMESTAMPTZ,
+            types::TIMESTAMP,
+            types::UUID,
+            types::TEXT,
+            types::RECORD,
+            1007,
+            1009,
+            1231,
+            3807,
+            2287,
+            1185,
+            OUTER,
+            INNER,
+            INNER_ARR,
+            DROPT,
+            WITHTS,
+            MOOD,
+            POSINT,
+            TAGARR,
+        ];
+        let check = |oid: u32, fmt: i16, raw: &[u8]| {
+            let mut out = Vec::new();
+            render_value(oid, fmt, Some(raw), &reg, &mut out);
+            let s = String::from_utf8(out).expect("utf8");
+            assert!(json_ok(&s), "oid {oid} fmt {fmt} raw {raw:?}: {s}");
+            assert_ne!(s, "null");
+        };
+        for (oid, h) in samples {
+            let raw = hex(h);
+            for n in 0..=raw.len() {
+                check(*oid, 1, &raw[..n]);
+            }
+            for i in 0..raw.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut r = raw.clone();
+                    r[i] ^= flip;
+                    check(*oid, 1, &r);
+                }
+            }
+        }
+        let texts = [
+            r#"(7,"{""x y"",NULL,""q\\""""}","(1,""in,ner"")","sad ok",3.25)"#,
+            r#"{{"a,b","{"},{"\"","\\"},{NULL,"NULL"},{""," sp "}}"#,
+            r#"{"(1,a)",NULL,"(,\"\")"}"#,
+            "[2:3]={1,2}",
+            "2026-11-27 15:34:44-03",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for t in texts {
+            let t = t.as_bytes();
+            for &oid in &oids {
+                for n in 0..=t.len() {
+                    check(oid, 0, &t[..n]);
+                }
+            }
+        }
+        for _ in 0..3000 {
+            let len = (next() % 40) as usize;
+            let alphabet = b"{}()\",\\ NUL0123456789:-+.e\x00\xff\x01[]=";
+            let raw: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 3 == 0 {
+                        (r >> 8) as u8
+                    } else {
+                        alphabet[(r >> 8) as usize % alphabet.len()]
+                    }
+                })
+                .collect();
+            let oid = oids[(next() % oids.len() as u64) as usize];
+            check(oid, (next() % 2) as i16, &raw);
+        }
+    }
+}
+
+#[cfg(test)]
+mod json_check_tests {
+    use super::is_json_document as ok;
+
+    #[test]
+    fn accepts_documents() {
+        for d in [
+            "1",
+            "-0.5e+3",
+            "\"a\\u00e9\\n\"",
+            "true",
+            " null ",
+            "[]",
+            "{}",
+            "[1,[2,[3]]]",
+            "{\"a\": {\"b\": [1, {\"c\": null}]}, \"d\": \"x\"}",
+            "[\"\u{e9}\"]",
+        ] {
+            assert!(ok(d.as_bytes()), "{d}");
+        }
+        let deep = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+        assert!(ok(deep.as_bytes()));
+        let deep_obj = format!("{}1{}", "{\"k\":[".repeat(300), "]}".repeat(300));
+        assert!(ok(deep_obj.as_bytes()));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for d in [
+            "",
+            " ",
+            "(",
+            "[1,]",
+            "{\"a\"}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "01",
+            "1.",
+            "\"\\x\"",
+            "\"a",
+            "[1]]",
+            "{\"a\":1]",
+            "[\"\u{1}\"]",
+            "tru",
+            "nul",
+            "NaN",
+            "{1:2}",
+            "[1]x",
+        ] {
+            assert!(!ok(d.as_bytes()), "{d:?}");
+        }
+        assert!(!ok(b"\"\xff\""));
+        let unbalanced = format!("{}1{}", "[".repeat(200), "]".repeat(199));
+        assert!(!ok(unbalanced.as_bytes()));
+        let mixed = format!("{}1{}", "[".repeat(150), "}".repeat(150));
+        assert!(!ok(mixed.as_bytes()));
+    }
 }

@@ -647,3 +647,206 @@ fn text_array_1d(s: &str) -> Result<Vec<Option<String>>, String> {
         None => Ok(items),
     }
 }
+
+/// The catalog rows [`INTROSPECTION_SQL`] returned on a PostgreSQL 15 test cluster after:
+/// `CREATE TYPE mood AS ENUM ('happy','sad ok'); CREATE TYPE inner_t AS (x int4, y text);
+/// CREATE TYPE outer_t AS (id int8, tags text[], inn inner_t, m mood, n numeric);
+/// CREATE DOMAIN posint AS int4 CHECK (VALUE > 0); CREATE DOMAIN tagarr AS text[];
+/// CREATE TYPE withts AS (t timestamptz, r int4range);
+/// CREATE TYPE dropt AS (a int, gone text, "we,ird ""name" int[]); ALTER TYPE dropt DROP ATTRIBUTE gone;`
+#[cfg(test)]
+pub(crate) const TEST_ROWS: &[[&str; 7]] = &[
+    ["16384", "_mood", "b", "16385", "0", "{}", "{}"],
+    ["16385", "mood", "e", "0", "0", "{}", "{}"],
+    ["16390", "_inner_t", "b", "16391", "0", "{}", "{}"],
+    ["16391", "inner_t", "c", "0", "0", "{x,y}", "{23,25}"],
+    ["16393", "_outer_t", "b", "16394", "0", "{}", "{}"],
+    [
+        "16394",
+        "outer_t",
+        "c",
+        "0",
+        "0",
+        "{id,tags,inn,m,n}",
+        "{20,1009,16391,16385,1700}",
+    ],
+    ["16396", "posint", "d", "0", "23", "{}", "{}"],
+    ["16399", "tagarr", "d", "0", "1009", "{}", "{}"],
+    ["16402", "withts", "c", "0", "0", "{t,r}", "{1184,3904}"],
+    [
+        "16409",
+        "dropt",
+        "c",
+        "0",
+        "0",
+        r#"{a,"we,ird \"name"}"#,
+        "{23,1007}",
+    ],
+];
+
+#[cfg(test)]
+pub(crate) fn test_rows(rows: &[[&str; 7]]) -> Vec<Vec<Option<String>>> {
+    rows.iter()
+        .map(|r| r.iter().map(|c| Some(c.to_string())).collect())
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) fn test_registry() -> TypeRegistry {
+    let mut reg = TypeRegistry::new();
+    reg.add_rows(&test_rows(TEST_ROWS)).unwrap();
+    reg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_known() {
+        let reg = TypeRegistry::new();
+        for oid in [
+            BOOL,
+            BYTEA,
+            CHAR,
+            NAME,
+            INT8,
+            INT2,
+            INT4,
+            TEXT,
+            OID,
+            JSON,
+            XML,
+            FLOAT4,
+            FLOAT8,
+            MONEY,
+            INET,
+            CIDR,
+            MACADDR,
+            BPCHAR,
+            VARCHAR,
+            DATE,
+            TIME,
+            TIMESTAMP,
+            TIMESTAMPTZ,
+            INTERVAL,
+            TIMETZ,
+            BIT,
+            VARBIT,
+            NUMERIC,
+            UUID,
+            JSONB,
+            RECORD,
+            VOID,
+            UNKNOWN,
+        ] {
+            assert!(reg.get(oid).is_some(), "{oid}");
+        }
+        assert_eq!(reg.get(1007).unwrap().kind, TypeKind::Array { elem: INT4 });
+        assert_eq!(reg.get(1007).unwrap().name, "_int4");
+        assert_eq!(
+            reg.get(2287).unwrap().kind,
+            TypeKind::Array { elem: RECORD }
+        );
+        assert_eq!(reg.get(3807).unwrap().kind, TypeKind::Array { elem: JSONB });
+        assert_eq!(reg.get(3904).unwrap().kind, TypeKind::Range);
+        assert_eq!(reg.get(3910).unwrap().kind, TypeKind::Range);
+        assert_eq!(reg.get(INT4).unwrap().kind, TypeKind::Scalar);
+        // name and point have a typelem but are not arrays.
+        assert_eq!(reg.get(NAME).unwrap().kind, TypeKind::Scalar);
+        assert_eq!(reg.get(POINT).unwrap().kind, TypeKind::Scalar);
+        assert!(reg.get(16384).is_none());
+        assert!(reg.missing(&[INT4, 1009, 1185, 3807, 0]).is_empty());
+    }
+
+    #[test]
+    fn missing_loop_discovers_reachable_types() {
+        let mut reg = TypeRegistry::new();
+        assert_eq!(reg.missing(&[INT4, 16393, 16396]), vec![16393, 16396]);
+        let row = |oid: &str| {
+            TEST_ROWS
+                .iter()
+                .filter(|r| r[0] == oid)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        reg.add_rows(&test_rows(&row("16393"))).unwrap();
+        reg.add_rows(&test_rows(&row("16396"))).unwrap();
+        assert_eq!(reg.missing(&[INT4, 16393, 16396]), vec![16394]);
+        reg.add_rows(&test_rows(&row("16394"))).unwrap();
+        // outer_t's fields: text[] and numeric are builtin; inner_t and mood are not.
+        assert_eq!(reg.missing(&[16393, 16396]), vec![16391, 16385]);
+        reg.add_rows(&test_rows(&row("16391"))).unwrap();
+        reg.add_rows(&test_rows(&row("16385"))).unwrap();
+        assert!(reg.missing(&[16393, 16396]).is_empty());
+        // Builtin composite row types (e.g. pg_type, 71) are not in the static table.
+        assert_eq!(reg.missing(&[210]), vec![71]);
+    }
+
+    #[test]
+    fn add_rows_parses_every_kind() {
+        let reg = test_registry();
+        assert_eq!(reg.get(16385).unwrap().kind, TypeKind::Enum);
+        assert_eq!(
+            reg.get(16384).unwrap().kind,
+            TypeKind::Array { elem: 16385 }
+        );
+        assert_eq!(
+            reg.get(16396).unwrap().kind,
+            TypeKind::Domain { base: INT4 }
+        );
+        assert_eq!(
+            reg.get(16399).unwrap().kind,
+            TypeKind::Domain { base: 1009 }
+        );
+        assert_eq!(
+            reg.get(16394).unwrap().kind,
+            TypeKind::Composite {
+                fields: vec![
+                    ("id".into(), INT8),
+                    ("tags".into(), 1009),
+                    ("inn".into(), 16391),
+                    ("m".into(), 16385),
+                    ("n".into(), NUMERIC),
+                ]
+            }
+        );
+        assert_eq!(
+            reg.get(16409).unwrap().kind,
+            TypeKind::Composite {
+                fields: vec![("a".into(), INT4), ("we,ird \"name".into(), 1007)]
+            }
+        );
+        assert_eq!(reg.get(16394).unwrap().name, "outer_t");
+    }
+
+    #[test]
+    fn add_rows_rejects_bad_rows_atomically() {
+        let mut reg = TypeRegistry::new();
+        let good = test_rows(&[["20000", "e1", "e", "0", "0", "{}", "{}"]]);
+        let bad: &[[&str; 7]] = &[
+            ["x", "t", "b", "0", "0", "{}", "{}"],
+            ["20001", "t", "z", "0", "0", "{}", "{}"],
+            ["20001", "t", "c", "0", "0", "{a,b}", "{23}"],
+            ["20001", "t", "c", "0", "0", "{a}", "{x}"],
+            ["20001", "t", "c", "0", "0", "{a", "{23}"],
+            ["20001", "t", "c", "0", "0", "{{a}}", "{{23}}"],
+        ];
+        for b in bad {
+            let mut rows = good.clone();
+            rows.extend(test_rows(&[*b]));
+            assert!(reg.add_rows(&rows).is_err(), "{b:?}");
+            assert!(reg.get(20000).is_none());
+        }
+        assert!(reg.add_rows(&[vec![None; 7]]).is_err());
+        assert!(reg.add_rows(&[vec![Some("1".into())]]).is_err());
+        reg.add_rows(&good).unwrap();
+        assert_eq!(reg.get(20000).unwrap().kind, TypeKind::Enum);
+    }
+
+    #[test]
+    fn introspection_sql_shape() {
+        assert!(INTROSPECTION_SQL.contains("$1::text::pg_catalog.oid[]"));
+        assert!(!INTROSPECTION_SQL.contains("$2"));
+    }
+}
