@@ -308,3 +308,303 @@ pub fn write_json(v: &Value, out: &mut Vec<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::types::test_registry;
+
+    const MOOD: u32 = 16385;
+    const INNER: u32 = 16391;
+    const OUTER: u32 = 16394;
+    const OUTER_ARR: u32 = 16393;
+    const POSINT: u32 = 16396;
+    const TAGARR: u32 = 16399;
+    const DROPT: u32 = 16409;
+
+    fn n(s: &str) -> Value {
+        Value::Number(s.into())
+    }
+    fn s(s: &str) -> Value {
+        Value::String(s.into())
+    }
+    fn a(v: Vec<Value>) -> Value {
+        Value::Array(v)
+    }
+    fn o(v: Vec<(&str, Value)>) -> Value {
+        Value::Object(v.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    fn enc(v: &Value, oid: u32) -> Result<String, String> {
+        let mut out = Vec::new();
+        match encode_param(v, oid, &test_registry(), &mut out) {
+            Ok(true) => {
+                assert!(out.is_empty());
+                Ok("<NULL>".into())
+            }
+            Ok(false) => Ok(String::from_utf8(out).unwrap()),
+            Err(e) => Err(e.message),
+        }
+    }
+
+    #[test]
+    fn null_is_sql_null_for_every_type() {
+        for oid in [
+            types::INT4,
+            types::TEXT,
+            types::JSONB,
+            1009,
+            OUTER,
+            POSINT,
+            types::UUID,
+        ] {
+            assert_eq!(enc(&Value::Null, oid).unwrap(), "<NULL>");
+        }
+    }
+
+    #[test]
+    fn booleans() {
+        assert_eq!(enc(&Value::Bool(true), types::BOOL).unwrap(), "t");
+        assert_eq!(enc(&Value::Bool(false), types::BOOL).unwrap(), "f");
+        assert_eq!(enc(&s("yes"), types::BOOL).unwrap(), "yes");
+        assert_eq!(
+            enc(&n("1"), types::BOOL).unwrap_err(),
+            "expected a boolean, got a number"
+        );
+    }
+
+    #[test]
+    fn integers() {
+        assert_eq!(
+            enc(&n("9223372036854775807"), types::INT8).unwrap(),
+            "9223372036854775807"
+        );
+        assert_eq!(enc(&n("-5"), types::INT2).unwrap(), "-5");
+        assert_eq!(enc(&n("4294967295"), types::OID).unwrap(), "4294967295");
+        assert_eq!(
+            enc(&n("1.5"), types::INT4).unwrap_err(),
+            "expected an integer, got 1.5"
+        );
+        assert_eq!(
+            enc(&n("1e3"), types::INT8).unwrap_err(),
+            "expected an integer, got 1e3"
+        );
+        assert_eq!(enc(&s("42"), types::INT4).unwrap(), "42");
+        assert_eq!(
+            enc(&Value::Bool(true), types::INT4).unwrap_err(),
+            "expected an integer, got a boolean"
+        );
+        assert_eq!(
+            enc(&a(vec![]), types::INT4).unwrap_err(),
+            "expected an integer, got an array"
+        );
+        assert_eq!(
+            enc(&o(vec![]), types::INT4).unwrap_err(),
+            "expected an integer, got an object"
+        );
+        // Domains encode as their base type.
+        assert_eq!(enc(&n("5"), POSINT).unwrap(), "5");
+        assert_eq!(
+            enc(&n("5.5"), POSINT).unwrap_err(),
+            "expected an integer, got 5.5"
+        );
+    }
+
+    #[test]
+    fn decimals_keep_the_text_as_written() {
+        let big = "123456789012345678901234567890.123456789";
+        assert_eq!(enc(&n(big), types::NUMERIC).unwrap(), big);
+        assert_eq!(enc(&n("1E-400"), types::FLOAT8).unwrap(), "1E-400");
+        assert_eq!(enc(&n("0.1"), types::FLOAT4).unwrap(), "0.1");
+        assert_eq!(enc(&s("NaN"), types::FLOAT8).unwrap(), "NaN");
+        assert_eq!(
+            enc(&Value::Bool(false), types::NUMERIC).unwrap_err(),
+            "expected a number, got a boolean"
+        );
+    }
+
+    #[test]
+    fn text_like() {
+        assert_eq!(
+            enc(&s("héllo, \"world\""), types::TEXT).unwrap(),
+            "héllo, \"world\""
+        );
+        assert_eq!(enc(&s(""), types::VARCHAR).unwrap(), "");
+        assert_eq!(enc(&n("12.50"), types::TEXT).unwrap(), "12.50");
+        assert_eq!(enc(&Value::Bool(true), types::BPCHAR).unwrap(), "true");
+        assert_eq!(
+            enc(&a(vec![n("1"), s("a")]), types::TEXT).unwrap(),
+            r#"[1,"a"]"#
+        );
+        assert_eq!(
+            enc(&o(vec![("k", Value::Null)]), types::UNKNOWN).unwrap(),
+            r#"{"k":null}"#
+        );
+        assert_eq!(enc(&s("sad ok"), MOOD).unwrap(), "sad ok");
+        assert_eq!(enc(&s("x"), types::NAME).unwrap(), "x");
+        // An extension's base type (unknown to the registry) is treated as text.
+        assert_eq!(enc(&Value::Bool(false), 99999).unwrap(), "false");
+    }
+
+    #[test]
+    fn json_and_jsonb() {
+        assert_eq!(enc(&s("a"), types::JSON).unwrap(), r#""a""#);
+        assert_eq!(enc(&n("1.50"), types::JSONB).unwrap(), "1.50");
+        assert_eq!(enc(&Value::Bool(true), types::JSONB).unwrap(), "true");
+        assert_eq!(
+            enc(
+                &o(vec![("a", a(vec![n("1"), Value::Null, s("x\"\u{1}")]))]),
+                types::JSONB
+            )
+            .unwrap(),
+            r#"{"a":[1,null,"x\"\u0001"]}"#
+        );
+        // NUL is fine inside JSON text: it is escaped there.
+        assert_eq!(enc(&s("a\0"), types::JSON).unwrap(), r#""a\u0000""#);
+    }
+
+    #[test]
+    fn strict_types() {
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        assert_eq!(enc(&s(u), types::UUID).unwrap(), u);
+        assert_eq!(
+            enc(&s("2026-11-27T18:34:44+05:30"), types::TIMESTAMPTZ).unwrap(),
+            "2026-11-27T18:34:44+05:30"
+        );
+        assert_eq!(enc(&s("1 day"), types::INTERVAL).unwrap(), "1 day");
+        assert_eq!(enc(&s("[1,5)"), 3904).unwrap(), "[1,5)");
+        assert_eq!(enc(&s(r"\xdeadbeef"), types::BYTEA).unwrap(), r"\xdeadbeef");
+        assert_eq!(enc(&n("12.5"), types::MONEY).unwrap(), "12.5");
+        assert_eq!(
+            enc(&Value::Bool(true), types::UUID).unwrap_err(),
+            "expected a string, got a boolean"
+        );
+        assert_eq!(
+            enc(&a(vec![]), types::DATE).unwrap_err(),
+            "expected a string, got an array"
+        );
+        assert_eq!(
+            enc(&o(vec![]), 3904).unwrap_err(),
+            "expected a string, got an object"
+        );
+    }
+
+    #[test]
+    fn nul_bytes_rejected() {
+        let e = enc(&s("a\0b"), types::TEXT).unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        assert!(enc(&s("\0"), types::UUID).is_err());
+        let e = enc(&a(vec![s("ok"), s("x\0")]), 1009).unwrap_err();
+        assert!(e.starts_with("array element 2: "), "{e}");
+        let e = enc(&o(vec![("y", s("\0"))]), INNER).unwrap_err();
+        assert!(e.starts_with("field \"y\": "), "{e}");
+    }
+
+    /// Literal checked on PostgreSQL 15 to equal
+    /// `ARRAY[['a,b','{'],['"','\'],[NULL,'NULL'],['',' sp ']]`.
+    pub(crate) const ARR2D_LITERAL: &str = r#"{{"a,b","{"},{"\"","\\"},{NULL,"NULL"},{""," sp "}}"#;
+
+    #[test]
+    fn arrays() {
+        let v = a(vec![
+            a(vec![s("a,b"), s("{")]),
+            a(vec![s("\""), s("\\")]),
+            a(vec![Value::Null, s("NULL")]),
+            a(vec![s(""), s(" sp ")]),
+        ]);
+        assert_eq!(enc(&v, 1009).unwrap(), ARR2D_LITERAL);
+        assert_eq!(enc(&v, TAGARR).unwrap(), ARR2D_LITERAL);
+        assert_eq!(
+            enc(&a(vec![n("1"), Value::Null, n("-3")]), 1007).unwrap(),
+            r#"{"1",NULL,"-3"}"#
+        );
+        assert_eq!(enc(&a(vec![]), 1007).unwrap(), "{}");
+        assert_eq!(
+            enc(&a(vec![n("1"), n("1.5")]), 1016).unwrap_err(),
+            "array element 2: expected an integer, got 1.5"
+        );
+        assert_eq!(
+            enc(&a(vec![Value::Bool(true), s("f")]), 1000).unwrap(),
+            r#"{"t","f"}"#
+        );
+        assert_eq!(
+            enc(&a(vec![n("1.10"), s("NaN")]), 1231).unwrap(),
+            r#"{"1.10","NaN"}"#
+        );
+        assert_eq!(
+            enc(&a(vec![s("happy"), s("sad ok")]), 16384).unwrap(),
+            r#"{"happy","sad ok"}"#
+        );
+        // A string is the array literal itself.
+        assert_eq!(enc(&s("{1,2}"), 1007).unwrap(), "{1,2}");
+        assert_eq!(
+            enc(&n("1"), 1007).unwrap_err(),
+            "expected an array, got a number"
+        );
+        // json/jsonb elements: nested arrays are element values, strings become JSON strings.
+        assert_eq!(
+            enc(
+                &a(vec![
+                    o(vec![("a", n("1"))]),
+                    a(vec![n("1"), n("2")]),
+                    s("s"),
+                    Value::Null
+                ]),
+                3807
+            )
+            .unwrap(),
+            r#"{"{\"a\":1}","[1,2]","\"s\"",NULL}"#
+        );
+        // Text elements from non-strings use their JSON text.
+        assert_eq!(
+            enc(&a(vec![n("1"), o(vec![])]), 1009).unwrap(),
+            r#"{"1","{}"}"#
+        );
+    }
+
+    /// Literal checked on PostgreSQL 15 to equal
+    /// `row(7, ARRAY['x y',NULL,'q"'], row(1,'in,ner')::inner_t, 'sad ok', 3.25)::outer_t`.
+    const OUTER_LITERAL: &str =
+        r#"("7","{\"x y\",NULL,\"q\\\"\"}","(\"1\",\"in,ner\")","sad ok","3.25")"#;
+
+    #[test]
+    fn composites() {
+        let v = o(vec![
+            ("id", n("7")),
+            ("tags", a(vec![s("x y"), Value::Null, s("q\"")])),
+            ("inn", o(vec![("x", n("1")), ("y", s("in,ner"))])),
+            ("m", s("sad ok")),
+            ("n", n("3.25")),
+        ]);
+        assert_eq!(enc(&v, OUTER).unwrap(), OUTER_LITERAL);
+        // Missing and null fields are NULL; an empty string is not.
+        assert_eq!(enc(&o(vec![("y", s(""))]), INNER).unwrap(), r#"(,"")"#);
+        assert_eq!(enc(&o(vec![("x", Value::Null)]), INNER).unwrap(), "(,)");
+        assert_eq!(
+            enc(&o(vec![("z", n("1"))]), INNER).unwrap_err(),
+            "unknown field \"z\" for type inner_t"
+        );
+        assert_eq!(
+            enc(&o(vec![("x", n("1.5"))]), INNER).unwrap_err(),
+            "field \"x\": expected an integer, got 1.5"
+        );
+        assert_eq!(enc(&s("(1,a)"), INNER).unwrap(), "(1,a)");
+        assert_eq!(
+            enc(&a(vec![]), INNER).unwrap_err(),
+            "expected an object, got an array"
+        );
+        assert_eq!(
+            enc(
+                &o(vec![("we,ird \"name", a(vec![n("2")])), ("a", n("1"))]),
+                DROPT
+            )
+            .unwrap(),
+            r#"("1","{\"2\"}")"#
+        );
+        // Arrays of composites.
+        assert_eq!(
+            enc(&a(vec![o(vec![("id", n("1"))]), Value::Null]), OUTER_ARR).unwrap(),
+            r#"{"(\"1\",,,,)",NULL}"#
+        );
+    }
+}

@@ -9,7 +9,10 @@
 //!
 //! Rendering never fails: a value whose bytes do not parse as its type is written as a JSON string
 //! (the lossy UTF-8 text for text format, `"\\x<hex>"` for binary) instead of `null` or a panic.
-//! Array bounds are not kept: `'[2:3]={1,2}'` renders as `[1,2]`.
+//! Array bounds are not kept: `'[2:3]={1,2}'` renders as `[1,2]`. An anonymous `record` (2249)
+//! has no field names or types on the wire in text form, so it renders as `{"f1":"…","f2":…}` with
+//! every non-NULL field a string of its text form. `void` renders as `null` (it has no value).
+//! json/jsonb are embedded unquoted after a syntax check, so a corrupt document becomes a string.
 
 use std::io::Write;
 
@@ -208,7 +211,11 @@ pub fn render_value(
     }
 }
 
-type R = Result<(), ()>;
+/// A literal or binary value that does not parse as its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+type R = Result<(), Malformed>;
 
 fn write_lossy_string(raw: &[u8], out: &mut Vec<u8>) {
     write_string(out, &String::from_utf8_lossy(raw));
@@ -408,7 +415,7 @@ fn is_json_document(b: &[u8]) -> bool {
 
 fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, depth: usize) -> R {
     if depth > MAX_DEPTH {
-        return Err(());
+        return Err(Malformed);
     }
     match classify(oid, types) {
         Class::Bool => match raw {
@@ -467,7 +474,7 @@ fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, de
                         None => out.extend_from_slice(b"null"),
                         Some(e) => {
                             if render_text(elem, e, types, out, depth + 1).is_err() {
-                                inner = Err(());
+                                inner = Err(Malformed);
                             }
                         }
                     }
@@ -481,7 +488,7 @@ fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, de
             let mut inner: R = Ok(());
             walk_record(raw, &mut |field| {
                 let Some((name, ftype)) = fields.get(i) else {
-                    inner = Err(());
+                    inner = Err(Malformed);
                     return;
                 };
                 if i > 0 {
@@ -494,14 +501,14 @@ fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, de
                     None => out.extend_from_slice(b"null"),
                     Some(f) => {
                         if render_text(*ftype, f, types, out, depth + 1).is_err() {
-                            inner = Err(());
+                            inner = Err(Malformed);
                         }
                     }
                 }
             })?;
             inner?;
             if i != fields.len() {
-                return Err(());
+                return Err(Malformed);
             }
             out.push(b'}');
         }
@@ -615,12 +622,16 @@ pub fn walk_array(s: &[u8], delim: u8, f: &mut dyn FnMut(ArrayEvent<'_>)) -> R {
         c.skip_ws();
     }
     if c.peek() != Some(b'{') {
-        return Err(());
+        return Err(Malformed);
     }
     let mut scratch = Vec::new();
     walk_level(&mut c, delim, f, &mut scratch, 0)?;
     c.skip_ws();
-    if c.i == s.len() { Ok(()) } else { Err(()) }
+    if c.i == s.len() {
+        Ok(())
+    } else {
+        Err(Malformed)
+    }
 }
 
 fn walk_level(
@@ -631,7 +642,7 @@ fn walk_level(
     depth: usize,
 ) -> R {
     if depth > MAX_DEPTH {
-        return Err(());
+        return Err(Malformed);
     }
     // Caller saw '{'.
     c.i += 1;
@@ -645,20 +656,20 @@ fn walk_level(
     loop {
         c.skip_ws();
         match c.peek() {
-            None => return Err(()),
+            None => return Err(Malformed),
             Some(b'{') => walk_level(c, delim, f, scratch, depth + 1)?,
             Some(b'"') => {
                 c.i += 1;
                 scratch.clear();
                 loop {
                     match c.peek() {
-                        None => return Err(()),
+                        None => return Err(Malformed),
                         Some(b'"') => {
                             c.i += 1;
                             break;
                         }
                         Some(b'\\') => {
-                            let b = c.s.get(c.i + 1).copied().ok_or(())?;
+                            let b = c.s.get(c.i + 1).copied().ok_or(Malformed)?;
                             scratch.push(b);
                             c.i += 2;
                         }
@@ -681,7 +692,7 @@ fn walk_level(
                         escaped = true;
                         c.i += 1;
                         if c.peek().is_none() {
-                            return Err(());
+                            return Err(Malformed);
                         }
                     }
                     c.i += 1;
@@ -691,7 +702,7 @@ fn walk_level(
                     token = &token[..token.len() - 1];
                 }
                 if token.is_empty() {
-                    return Err(());
+                    return Err(Malformed);
                 }
                 if escaped {
                     scratch.clear();
@@ -719,7 +730,7 @@ fn walk_level(
                 f(ArrayEvent::Close);
                 return Ok(());
             }
-            _ => return Err(()),
+            _ => return Err(Malformed),
         }
     }
 }
@@ -729,7 +740,7 @@ pub fn walk_record(s: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> R {
     let mut c = Cursor { s, i: 0 };
     c.skip_ws();
     if c.peek() != Some(b'(') {
-        return Err(());
+        return Err(Malformed);
     }
     c.i += 1;
     let mut scratch = Vec::new();
@@ -738,7 +749,7 @@ pub fn walk_record(s: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> R {
         let mut seen = false;
         let mut in_quotes = false;
         loop {
-            let b = c.peek().ok_or(())?;
+            let b = c.peek().ok_or(Malformed)?;
             if in_quotes {
                 match b {
                     b'"' if c.s.get(c.i + 1) == Some(&b'"') => {
@@ -750,7 +761,7 @@ pub fn walk_record(s: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> R {
                         c.i += 1;
                     }
                     b'\\' => {
-                        scratch.push(c.s.get(c.i + 1).copied().ok_or(())?);
+                        scratch.push(c.s.get(c.i + 1).copied().ok_or(Malformed)?);
                         c.i += 2;
                     }
                     _ => {
@@ -769,7 +780,7 @@ pub fn walk_record(s: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> R {
                 }
                 b'\\' => {
                     seen = true;
-                    scratch.push(c.s.get(c.i + 1).copied().ok_or(())?);
+                    scratch.push(c.s.get(c.i + 1).copied().ok_or(Malformed)?);
                     c.i += 2;
                 }
                 _ => {
@@ -787,65 +798,69 @@ pub fn walk_record(s: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> R {
         }
     }
     c.skip_ws();
-    if c.i == s.len() { Ok(()) } else { Err(()) }
+    if c.i == s.len() {
+        Ok(())
+    } else {
+        Err(Malformed)
+    }
 }
 
-fn be_u32(b: &[u8], at: usize) -> Result<u32, ()> {
-    let s = b.get(at..at + 4).ok_or(())?;
+fn be_u32(b: &[u8], at: usize) -> Result<u32, Malformed> {
+    let s = b.get(at..at + 4).ok_or(Malformed)?;
     Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-fn be_i32(b: &[u8], at: usize) -> Result<i32, ()> {
+fn be_i32(b: &[u8], at: usize) -> Result<i32, Malformed> {
     be_u32(b, at).map(|v| v as i32)
 }
 
 /// One length-prefixed item (`-1` = NULL) starting at `*at`; advances `*at`.
-fn take_item<'a>(b: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, ()> {
+fn take_item<'a>(b: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, Malformed> {
     let len = be_i32(b, *at)?;
     *at += 4;
     if len == -1 {
         return Ok(None);
     }
-    let len = usize::try_from(len).map_err(|_| ())?;
-    let item = b.get(*at..*at + len).ok_or(())?;
+    let len = usize::try_from(len).map_err(|_| Malformed)?;
+    let item = b.get(*at..*at + len).ok_or(Malformed)?;
     *at += len;
     Ok(Some(item))
 }
 
 fn render_binary(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, depth: usize) -> R {
     if depth > MAX_DEPTH {
-        return Err(());
+        return Err(Malformed);
     }
     match classify(oid, types) {
         Class::Bool => match raw {
             [0] => out.extend_from_slice(b"false"),
             [1] => out.extend_from_slice(b"true"),
-            _ => return Err(()),
+            _ => return Err(Malformed),
         },
         Class::Int2 => {
-            let v = i16::from_be_bytes(raw.try_into().map_err(|_| ())?);
+            let v = i16::from_be_bytes(raw.try_into().map_err(|_| Malformed)?);
             let _ = write!(out, "{v}");
         }
         Class::Int4 => {
-            let v = i32::from_be_bytes(raw.try_into().map_err(|_| ())?);
+            let v = i32::from_be_bytes(raw.try_into().map_err(|_| Malformed)?);
             let _ = write!(out, "{v}");
         }
         Class::Oid => {
-            let v = u32::from_be_bytes(raw.try_into().map_err(|_| ())?);
+            let v = u32::from_be_bytes(raw.try_into().map_err(|_| Malformed)?);
             let _ = write!(out, "{v}");
         }
         Class::Int8 => {
-            let v = i64::from_be_bytes(raw.try_into().map_err(|_| ())?);
+            let v = i64::from_be_bytes(raw.try_into().map_err(|_| Malformed)?);
             let _ = write!(out, "{v}");
         }
         Class::Float4 => {
-            let v = f32::from_be_bytes(raw.try_into().map_err(|_| ())?);
+            let v = f32::from_be_bytes(raw.try_into().map_err(|_| Malformed)?);
             write_float(f64::from(v), v.is_finite(), out, |out| {
                 let _ = write!(out, "{v:?}");
             });
         }
         Class::Float8 => {
-            let v = f64::from_be_bytes(raw.try_into().map_err(|_| ())?);
+            let v = f64::from_be_bytes(raw.try_into().map_err(|_| Malformed)?);
             write_float(v, v.is_finite(), out, |out| {
                 let _ = write!(out, "{v:?}");
             });
@@ -855,13 +870,13 @@ fn render_binary(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, 
         // jsonb's binary form is a version byte (1) followed by the text form.
         Class::Jsonb => match raw.split_first() {
             Some((1, doc)) if is_json_document(doc) => out.extend_from_slice(doc),
-            _ => return Err(()),
+            _ => return Err(Malformed),
         },
-        Class::Json => return Err(()),
+        Class::Json => return Err(Malformed),
         Class::Bytea => write_hex_string(raw, out),
         Class::Uuid => {
             if raw.len() != 16 {
-                return Err(());
+                return Err(Malformed);
             }
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.push(b'"');
@@ -874,16 +889,16 @@ fn render_binary(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, 
             }
             out.push(b'"');
         }
-        Class::Text => write_string(out, std::str::from_utf8(raw).map_err(|_| ())?),
+        Class::Text => write_string(out, std::str::from_utf8(raw).map_err(|_| Malformed)?),
         // Never requested in binary (see column_format); no decoder, so the caller's hex fallback.
         Class::Timestamptz | Class::Timestamp | Class::Str | Class::Record | Class::Void => {
-            return Err(());
+            return Err(Malformed);
         }
         Class::Array { elem } => render_binary_array(elem, raw, types, out, depth)?,
         Class::Composite(fields) => {
             let n = be_i32(raw, 0)?;
             if usize::try_from(n).ok() != Some(fields.len()) {
-                return Err(());
+                return Err(Malformed);
             }
             let mut at = 4;
             out.push(b'{');
@@ -902,7 +917,7 @@ fn render_binary(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, 
                 }
             }
             if at != raw.len() {
-                return Err(());
+                return Err(Malformed);
             }
             out.push(b'}');
         }
@@ -936,25 +951,29 @@ fn render_binary_array(
         out.extend_from_slice(b"[]");
         return Ok(());
     }
-    let ndim = usize::try_from(ndim).map_err(|_| ())?;
+    let ndim = usize::try_from(ndim).map_err(|_| Malformed)?;
     if ndim > MAX_DEPTH {
-        return Err(());
+        return Err(Malformed);
     }
     // Header: ndim, has-null flag, element OID, then (size, lower bound) per dimension.
     let mut dims = [0usize; MAX_DEPTH];
     let mut total: usize = 1;
     for (d, dim) in dims.iter_mut().enumerate().take(ndim) {
-        let size = usize::try_from(be_i32(raw, 12 + d * 8)?).map_err(|_| ())?;
+        let size = usize::try_from(be_i32(raw, 12 + d * 8)?).map_err(|_| Malformed)?;
         *dim = size;
-        total = total.checked_mul(size).ok_or(())?;
+        total = total.checked_mul(size).ok_or(Malformed)?;
     }
     let mut at = 12 + ndim * 8;
     // Each element takes at least its 4-byte length, which bounds what a lying header can claim.
     if total > raw.len().saturating_sub(at) / 4 {
-        return Err(());
+        return Err(Malformed);
     }
     emit_dim(elem, raw, &dims[..ndim], &mut at, types, out, depth)?;
-    if at == raw.len() { Ok(()) } else { Err(()) }
+    if at == raw.len() {
+        Ok(())
+    } else {
+        Err(Malformed)
+    }
 }
 
 fn emit_dim(
@@ -986,8 +1005,8 @@ fn emit_dim(
 
 /// Binary numeric: ndigits, weight (of the first base-10000 digit), sign, display scale, digits.
 fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> R {
-    let hdr = |i: usize| -> Result<u16, ()> {
-        let s = raw.get(i..i + 2).ok_or(())?;
+    let hdr = |i: usize| -> Result<u16, Malformed> {
+        let s = raw.get(i..i + 2).ok_or(Malformed)?;
         Ok(u16::from_be_bytes([s[0], s[1]]))
     };
     let ndigits = hdr(0)? as i16;
@@ -1008,17 +1027,17 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> R {
             return Ok(());
         }
         0x0000 | 0x4000 => {}
-        _ => return Err(()),
+        _ => return Err(Malformed),
     }
-    let ndigits = usize::try_from(ndigits).map_err(|_| ())?;
+    let ndigits = usize::try_from(ndigits).map_err(|_| Malformed)?;
     if raw.len() != 8 + 2 * ndigits || dscale > 0x3FFF {
-        return Err(());
+        return Err(Malformed);
     }
-    let digit = |k: i32| -> Result<u16, ()> {
+    let digit = |k: i32| -> Result<u16, Malformed> {
         match usize::try_from(k) {
             Ok(k) if k < ndigits => {
                 let d = hdr(8 + 2 * k)?;
-                if d > 9999 { Err(()) } else { Ok(d) }
+                if d > 9999 { Err(Malformed) } else { Ok(d) }
             }
             _ => Ok(0),
         }
@@ -1098,7 +1117,7 @@ mod tests {
                 return false;
             }
             ws(b, i);
-            let ok = match b.get(*i) {
+            match b.get(*i) {
                 Some(b'{') | Some(b'[') => {
                     let obj = b[*i] == b'{';
                     let close = if obj { b'}' } else { b']' };
@@ -1148,8 +1167,7 @@ mod tests {
                     is_json_number(&b[start..*i])
                 }
                 None => false,
-            };
-            ok
+            }
         }
         fn lit(b: &[u8], i: &mut usize, l: &[u8]) -> bool {
             let ok = b[*i..].starts_with(l);

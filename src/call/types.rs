@@ -641,7 +641,7 @@ fn text_array_1d(s: &str) -> Result<Vec<Option<String>>, String> {
             items.push(e.map(|b| String::from_utf8_lossy(b).into_owned()));
         }
     })
-    .map_err(|()| format!("malformed array literal {s:?}"))?;
+    .map_err(|_| format!("malformed array literal {s:?}"))?;
     match err {
         Some(e) => Err(e),
         None => Ok(items),
