@@ -132,7 +132,7 @@ fn json_mutations() {
         b"[[[[[[[[[[[[[[[[",
         b"{\"a\":",
     ];
-    let mut rng = Rng(0x5EED_0F_150_4E77);
+    let mut rng = Rng(0x0005_EED0_F150_4E77);
     let (mut accepted, mut total) = (0usize, 0usize);
     for _ in 0..200_000 {
         let seed = &corpus[rng.below(corpus.len())];
@@ -248,7 +248,7 @@ fn content_type_mutations() {
         b"Multipart/Form-Data; charset=utf-8; boundary=\"a b:c\"",
     ];
     let tokens: &[&[u8]] = &[b";", b"\"", b"=", b" ", b"\\", b"boundary", b"\xc3\xa9"];
-    let mut rng = Rng(0xC0_47E7_7E);
+    let mut rng = Rng(0xC047_E77E);
     for _ in 0..20_000 {
         let seed = rng.pick(seeds);
         let input = mutate(&mut rng, seed, tokens);
