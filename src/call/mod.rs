@@ -1,5 +1,8 @@
-//! The `/call` hot path: the type registry, parameter encoding and row rendering.
+//! The `/call` hot path: request validation, the engine that runs calls on pooled backend
+//! connections, the type registry, parameter encoding and row rendering.
 
 pub mod encode;
+pub mod engine;
 pub mod render;
+pub mod request;
 pub mod types;

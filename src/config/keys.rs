@@ -59,6 +59,11 @@ pub const KEYS: &[Key] = &[
     key("POOL_WAIT_TIMEOUT_MS", "5000", "how long a call waits for a free connection before 503 pool_exhausted"),
     key("POOL_MAX_WAITING", "1024", "calls that may wait for a connection, per pool"),
     key("CALL_TIMEOUT_MS", "30000", "statement timeout of one /call; the backend query is cancelled after it"),
+    key(
+        "CALL_RESET_SESSION",
+        "true",
+        "pipeline RESET ALL behind every call so session settings never leak to the next call",
+    ),
     key("CALL_SCHEMAS", "public", "comma-separated schemas whose functions /call may run"),
     key("ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, "comma-separated CIDRs allowed to use the gateway"),
     key("TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed"),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub use limits::Limits;
 
+use crate::pg::params::{ConnectParams, Host};
 use crate::security::cidr::Cidr;
 
 /// Where a setting's value came from, for error messages.
@@ -214,6 +215,8 @@ pub struct PoolConfig {
 #[derive(Debug, Clone)]
 pub struct CallConfig {
     pub timeout: Duration,
+    /// `CALL_RESET_SESSION`: send `RESET ALL` behind every call.
+    pub reset_session: bool,
     pub schemas: Vec<String>,
 }
 
@@ -311,6 +314,14 @@ fn secs(s: &Settings, key: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(num::<u64>(s, key, 1, 31_536_000)?))
 }
 
+fn boolean(s: &Settings, key: &str) -> Result<bool, ConfigError> {
+    match s.get(key).trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(s, key, "true or false")),
+    }
+}
+
 fn opt(s: &Settings, key: &str) -> Option<String> {
     let v = s.get(key);
     if v.is_empty() { None } else { Some(v.to_string()) }
@@ -330,6 +341,32 @@ fn db_name(s: &Settings, key: &str) -> Result<String, ConfigError> {
     if ok { Ok(v.to_string()) } else { Err(invalid(s, key, "a lower-case identifier of at most 63 bytes")) }
 }
 
+impl DbSettings {
+    /// Connection parameters for the administrative database (`DB_NAME` or the URL's database).
+    pub fn connect_params(&self) -> ConnectParams {
+        if let Some(u) = &self.url {
+            if let Ok(mut p) = ConnectParams::from_url(u) {
+                p.connect_timeout = self.connect_timeout;
+                return p;
+            }
+        }
+        let host = if self.host.starts_with('/') {
+            Host::Unix(PathBuf::from(&self.host))
+        } else {
+            Host::Tcp(self.host.trim_start_matches('[').trim_end_matches(']').to_string())
+        };
+        ConnectParams {
+            host,
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            dbname: self.name.clone(),
+            application_name: "stonescriptdb-gateway".into(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
 impl Config {
     /// Validates raw settings.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
@@ -343,8 +380,8 @@ impl Config {
         let port = num::<u16>(s, "GATEWAY_PORT", 0, 65535)?;
         let url = opt(s, "DATABASE_URL");
         if let Some(u) = &url {
-            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                return Err(invalid(s, "DATABASE_URL", "a postgres:// or postgresql:// URL"));
+            if let Err(e) = ConnectParams::from_url(u) {
+                return Err(invalid(s, "DATABASE_URL", &format!("a postgres:// or postgresql:// URL ({e})")));
             }
         }
         let db = DbSettings {
@@ -399,6 +436,7 @@ impl Config {
         }
         let call = CallConfig {
             timeout: millis(s, "CALL_TIMEOUT_MS")?,
+            reset_session: boolean(s, "CALL_RESET_SESSION")?,
             schemas,
         };
         let security = SecurityConfig {

@@ -1,9 +1,11 @@
-//! pg
-//! PostgreSQL wire protocol: connection parameters, sans-IO framing and startup/auth, and the
-//! blocking client used by worker threads.
+//! PostgreSQL wire protocol: connection parameters, sans-IO framing and startup/auth, the
+//! non-blocking connection and pools used by the event loop, and the blocking client used by
+//! worker threads.
 
 pub mod blocking;
+pub mod conn;
 pub mod dberror;
 pub mod frame;
 pub mod params;
+pub mod pool;
 pub mod startup;

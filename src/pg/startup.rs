@@ -28,6 +28,7 @@ pub fn startup_message(params: &ConnectParams, out: &mut BytesMut) {
         ("DateStyle", "ISO"),
         ("TimeZone", "UTC"),
         ("extra_float_digits", "3"),
+        ("bytea_output", "hex"),
     ];
     // Only fails on an interior NUL. Truncating at the NUL could log us in as a different
     // role or database, so fail closed: a startup packet without a user is refused by the

@@ -197,7 +197,7 @@ impl Server {
                     if busy {
                         log::warn("shutdown deadline reached with requests in flight", &[]);
                     }
-                    self.app.shutdown();
+                    self.app.shutdown(&mut self.poll);
                     log::info("stopped", &[("uptime_s", &self.started.elapsed().as_secs())]);
                     return Ok(());
                 }
@@ -250,7 +250,7 @@ impl Server {
             match m {
                 Message::Complete { client, generation, response, invalidate } => {
                     for db in &invalidate {
-                        self.app.invalidate(db);
+                        self.app.invalidate(&mut self.poll, db);
                     }
                     self.deliver(vec![(client, generation, response)]);
                 }

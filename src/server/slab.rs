@@ -68,6 +68,10 @@ impl<T> Slab<T> {
         self.slots.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(k, _)| k).collect()
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
+        self.slots.iter_mut().enumerate().filter_map(|(k, s)| s.as_mut().map(|v| (k, v)))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.slots.iter().enumerate().filter_map(|(k, s)| s.as_ref().map(|v| (k, v)))
     }

@@ -1,0 +1,1036 @@
+//! The `/call` hot path on the event loop: picks a pooled backend connection, prepares the statement
+//! once per connection, sends Bind/Execute/Sync in one write, renders DataRows straight into the
+//! response body, and maps PostgreSQL errors. Also owns pool maintenance: wait queues, timeouts,
+//! cancellation, reconnect backoff and the total connection cap.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use fallible_iterator::FallibleIterator;
+use mio::{Poll, Token};
+use postgres_protocol::message::{backend::Message, frontend};
+
+use super::render::{PreparedColumn, render_row_prepared};
+use super::request::CallRequest;
+use super::types::{INTROSPECTION_SQL, TypeRegistry};
+use crate::config::Config;
+use crate::error::{ApiError, DbDetail, Kind};
+use crate::http::response::Response;
+use crate::pg::conn::{BackendConn, ConnState, Stmt};
+use crate::pg::dberror::{DbError, PgError};
+use crate::pg::frame::{Backend, Column, data_row_fields};
+use crate::pg::params::{ConnectParams, Host};
+use crate::pg::pool::{Pool, Pools};
+use crate::server::BACKEND_BASE;
+use crate::server::slab::Slab;
+
+/// A finished request: (client key, request generation, response).
+pub type Done = Vec<(usize, u64, Response)>;
+
+/// A call waiting for a connection.
+pub struct Waiter {
+    client: usize,
+    generation: u64,
+    req: CallRequest,
+    /// When it was accepted (for `execution_time_ms`).
+    started: Instant,
+    /// When waiting turns into 503 `pool_exhausted`.
+    deadline: Instant,
+}
+
+/// What a ReadyForQuery in the pipeline closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncPoint {
+    Prepare,
+    Introspect,
+    Execute,
+    Reset,
+}
+
+/// A statement being prepared.
+struct Pending {
+    name: String,
+    key: String,
+    param_oids: Vec<u32>,
+    columns: Vec<Column>,
+}
+
+/// A call running on a connection.
+struct Job {
+    client: usize,
+    generation: u64,
+    req: CallRequest,
+    started: Instant,
+    /// `CALL_TIMEOUT_MS` from the start of execution: then a CancelRequest goes out.
+    deadline: Instant,
+    /// Which of `CALL_SCHEMAS` is being tried.
+    schema_idx: usize,
+    /// Declared parameter types are in use (the call was ambiguous without).
+    declared: bool,
+    /// ReadyForQuery messages still expected, in order.
+    syncs: VecDeque<SyncPoint>,
+    /// The first error of the current sync group.
+    error: Option<DbError>,
+    pending: Option<Pending>,
+    stmt: Option<Arc<Stmt>>,
+    introspect_rounds: u8,
+    introspect_rows: Vec<Vec<Option<String>>>,
+    body: Vec<u8>,
+    rows: u64,
+    /// The client got its answer (or left); later results are dropped.
+    answered: bool,
+    /// Re-prepared once after 0A000/26000.
+    retried: bool,
+    cancel_sent: bool,
+}
+
+const BODY_HEAD: &[u8] = b"{\"rows\":[";
+
+/// The `/call` engine: pools, backend connections and the jobs running on them.
+pub struct CallEngine {
+    cfg: Arc<Config>,
+    base: ConnectParams,
+    tcp_addr: Option<SocketAddr>,
+    pools: Pools<Waiter>,
+    conns: Slab<BackendConn>,
+    /// Jobs by connection key.
+    jobs: Vec<Option<Job>>,
+    scratch: Vec<u8>,
+    /// Answers produced while handling events, handed to the server afterwards.
+    done: Done,
+}
+
+fn api_from_db(e: &DbError, database: &str) -> ApiError {
+    let kind = Kind::from_sqlstate(&e.code);
+    let message = match kind {
+        Kind::DatabaseNotFound => format!("database '{database}' does not exist"),
+        _ => e.message.clone(),
+    };
+    ApiError::new(kind, message)
+        .with_database(database)
+        .with_db(DbDetail { sqlstate: e.code.clone(), detail: e.detail.clone(), hint: e.hint.clone() })
+}
+
+fn api_from_pg(e: &PgError, database: &str) -> ApiError {
+    match e {
+        PgError::Db(d) => {
+            let mut a = api_from_db(d, database);
+            if d.code.starts_with("28") {
+                a.kind = Kind::ConnectionFailed;
+                a.message = format!("cannot log in to PostgreSQL: {}", d.message);
+            }
+            a
+        }
+        other => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection failed: {other}"))
+            .with_database(database),
+    }
+}
+
+/// Sends a CancelRequest on a fresh connection from a short-lived thread so the loop never blocks.
+fn send_cancel(params: &ConnectParams, tcp_addr: Option<SocketAddr>, pid: i32, key: i32) {
+    let mut buf = BytesMut::new();
+    crate::pg::startup::cancel_request(pid, key, &mut buf);
+    let params = params.clone();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let timeout = Duration::from_secs(5);
+        let res = match &params.host {
+            Host::Unix(_) => params
+                .socket_path()
+                .ok_or_else(|| std::io::Error::other("no socket"))
+                .and_then(std::os::unix::net::UnixStream::connect)
+                .and_then(|mut s| s.write_all(&buf)),
+            Host::Tcp(_) => tcp_addr
+                .ok_or_else(|| std::io::Error::other("no address"))
+                .and_then(|a| std::net::TcpStream::connect_timeout(&a, timeout))
+                .and_then(|mut s| s.write_all(&buf)),
+        };
+        if let Err(e) = res {
+            crate::log::warn("cancel request failed", &[("error", &e)]);
+        }
+    });
+}
+
+/// Appends Bind (text parameters, chosen result formats) for the unnamed portal.
+fn write_bind(out: &mut BytesMut, stmt: &str, params: &[Option<&[u8]>], formats: &[i16]) {
+    let start = out.len();
+    out.put_u8(b'B');
+    out.put_i32(0);
+    out.put_u8(0); // unnamed portal
+    out.put_slice(stmt.as_bytes());
+    out.put_u8(0);
+    out.put_i16(0); // all parameters in text format
+    out.put_i16(params.len() as i16);
+    for p in params {
+        match p {
+            None => out.put_i32(-1),
+            Some(b) => {
+                out.put_i32(b.len() as i32);
+                out.put_slice(b);
+            }
+        }
+    }
+    out.put_i16(formats.len() as i16);
+    for f in formats {
+        out.put_i16(*f);
+    }
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Execute of the unnamed portal, all rows, then Sync.
+const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4];
+
+impl CallEngine {
+    pub fn new(cfg: Arc<Config>, base: ConnectParams) -> CallEngine {
+        let tcp_addr = match &base.host {
+            Host::Tcp(h) => (h.as_str(), base.port).to_socket_addrs().ok().and_then(|mut a| a.next()),
+            Host::Unix(_) => None,
+        };
+        CallEngine {
+            cfg,
+            base,
+            tcp_addr,
+            pools: Pools::default(),
+            conns: Slab::default(),
+            jobs: Vec::new(),
+            scratch: vec![0; 64 * 1024],
+            done: Vec::new(),
+        }
+    }
+
+    /// Live backend connections.
+    pub fn total_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.pools.idle_total()
+    }
+
+    pub fn waiting_requests(&self) -> usize {
+        self.pools.waiting_total()
+    }
+
+    pub fn active_pools(&self) -> usize {
+        self.pools.pools.len()
+    }
+
+    pub fn busy(&self) -> bool {
+        self.jobs.iter().any(|j| j.as_ref().is_some_and(|j| !j.answered)) || self.pools.waiting_total() > 0
+    }
+
+    pub fn release_parked(&mut self) {
+        self.conns.release_parked();
+        self.pools.pools.release_parked();
+    }
+
+    fn job_mut(&mut self, conn: usize) -> Option<&mut Job> {
+        self.jobs.get_mut(conn).and_then(Option::as_mut)
+    }
+
+    fn take_done(&mut self) -> Done {
+        std::mem::take(&mut self.done)
+    }
+
+    fn answer(&mut self, client: usize, generation: u64, r: Response) {
+        self.done.push((client, generation, r));
+    }
+
+    /// Accepts a call. `Some` is an immediate answer; `None` means it will come through `Done` lists.
+    pub fn submit(&mut self, poll: &mut Poll, client: usize, generation: u64, req: CallRequest, now: Instant) -> Option<Response> {
+        let pool = self.pool_for(&req.database, now);
+        let p = self.pools.pools.get_mut(pool)?;
+        p.last_used = now;
+        let waiter = Waiter { client, generation, req, started: now, deadline: now + self.cfg.pool.wait_timeout };
+        if let Some(conn) = p.idle.pop() {
+            self.start_job(poll, conn, waiter, now);
+            return None;
+        }
+        if let Some(until) = p.backoff_until {
+            if now < until {
+                let e = ApiError::new(Kind::ConnectionFailed, "PostgreSQL is unreachable; retrying shortly")
+                    .with_database(&p.database);
+                return Some(Response::error(&e));
+            }
+        }
+        if p.waiting.len() >= self.cfg.pool.max_waiting {
+            let e = ApiError::new(Kind::PoolExhausted, "too many calls are waiting for this database")
+                .with_database(&p.database);
+            return Some(Response::error(&e));
+        }
+        p.waiting.push_back(waiter);
+        self.grow(poll, pool, now);
+        None
+    }
+
+    fn pool_for(&mut self, database: &str, now: Instant) -> usize {
+        if let Some(&k) = self.pools.by_key.get(database) {
+            return k;
+        }
+        let mut params = self.base.with_dbname(database);
+        params.application_name = "stonescriptdb-gateway".into();
+        let k = self.pools.pools.insert(Pool::new(database.to_string(), database.to_string(), params, now));
+        self.pools.by_key.insert(database.to_string(), k);
+        k
+    }
+
+    /// Opens connections for waiting calls while limits allow, making room under the total cap by
+    /// closing idle connections of the least recently used other pools.
+    fn grow(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        loop {
+            let Some(p) = self.pools.pools.get(pool) else { return };
+            let want = p.waiting.len().saturating_sub(p.connecting.len());
+            if want == 0 || p.size() >= self.cfg.pool.max_per_pool {
+                return;
+            }
+            if p.backoff_until.is_some_and(|u| now < u) {
+                return;
+            }
+            if self.conns.len() >= self.cfg.pool.max_total {
+                match self.pools.lru_pool_with_idle(pool) {
+                    Some(victim) => {
+                        // The oldest idle connection of that pool is the front of its LIFO list.
+                        let Some(v) = self.pools.pools.get_mut(victim) else { return };
+                        let c = v.idle.remove(0);
+                        self.close_conn(poll, c);
+                    }
+                    None => return,
+                }
+            }
+            if !self.open_conn(poll, pool, now) {
+                return;
+            }
+        }
+    }
+
+    fn open_conn(&mut self, poll: &mut Poll, pool: usize, now: Instant) -> bool {
+        let Some(p) = self.pools.pools.get_mut(pool) else { return false };
+        match BackendConn::connect(&p.params, self.tcp_addr, pool, now) {
+            Ok(mut c) => {
+                let key = self.conns.vacant_key();
+                if let Err(e) = c.sock.register(poll.registry(), Token(BACKEND_BASE + key)) {
+                    self.connect_failed(pool, &PgError::Io(e), now);
+                    return false;
+                }
+                let k = self.conns.insert(c);
+                debug_assert_eq!(k, key);
+                p.connecting.push(k);
+                if self.jobs.len() <= k {
+                    self.jobs.resize_with(k + 1, || None);
+                }
+                true
+            }
+            Err(e) => {
+                self.connect_failed(pool, &PgError::Io(e), now);
+                false
+            }
+        }
+    }
+
+    /// A connection attempt failed: waiting calls get the error when nothing else can serve them.
+    fn connect_failed(&mut self, pool: usize, err: &PgError, now: Instant) {
+        let Some(p) = self.pools.pools.get_mut(pool) else { return };
+        let e = api_from_pg(err, &p.database);
+        let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
+        if !fatal_for_pool {
+            p.note_connect_failure(now);
+            crate::log::warn("backend connect failed", &[("database", &p.database), ("error", &err)]);
+        }
+        if fatal_for_pool || (p.idle.is_empty() && p.busy.is_empty() && p.connecting.is_empty()) {
+            let waiters: Vec<Waiter> = p.waiting.drain(..).collect();
+            let r = Response::error(&e);
+            for w in waiters {
+                self.answer(w.client, w.generation, r.clone());
+            }
+        }
+        if fatal_for_pool {
+            self.maybe_drop_pool(pool);
+        }
+    }
+
+    fn maybe_drop_pool(&mut self, pool: usize) {
+        let Some(p) = self.pools.pools.get(pool) else { return };
+        if p.size() == 0 && p.waiting.is_empty() {
+            let key = p.key.clone();
+            self.pools.by_key.remove(&key);
+            self.pools.pools.remove(pool);
+        }
+    }
+
+    fn close_conn(&mut self, poll: &mut Poll, key: usize) {
+        if let Some(mut c) = self.conns.remove(key) {
+            if matches!(c.state, ConnState::Idle) {
+                let mut b = BytesMut::new();
+                frontend::terminate(&mut b);
+                c.wbuf.extend_from_slice(&b);
+                let _ = c.flush();
+            }
+            c.sock.deregister(poll.registry());
+            if let Some(p) = self.pools.pools.get_mut(c.pool) {
+                p.forget(key);
+            }
+        }
+        if let Some(slot) = self.jobs.get_mut(key) {
+            *slot = None;
+        }
+    }
+
+    /// A socket event on backend connection `key`.
+    pub fn backend_event(&mut self, poll: &mut Poll, key: usize, now: Instant) -> Done {
+        self.drive(poll, key, now);
+        self.take_done()
+    }
+
+    fn drive(&mut self, poll: &mut Poll, key: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let pool = c.pool;
+        if matches!(c.state, ConnState::Connecting) {
+            let params = match self.pools.pools.get(pool) {
+                Some(p) => p.params.clone(),
+                None => return,
+            };
+            if let Err(e) = c.finish_connect(&params) {
+                self.conn_broken(poll, key, e, now);
+                return;
+            }
+            if matches!(c.state, ConnState::Connecting) {
+                return;
+            }
+        }
+        if let Err(e) = c.flush() {
+            self.conn_broken(poll, key, e, now);
+            return;
+        }
+        let read = c.read_all(&mut self.scratch);
+        // Process what arrived even if the socket then failed: an ErrorResponse often precedes EOF.
+        let processed = self.process(poll, key, now);
+        let read = match (read, processed) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            _ => Ok(()),
+        };
+        if let Err(e) = read {
+            self.conn_broken(poll, key, e, now);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(key) {
+            if let Err(e) = c.flush() {
+                self.conn_broken(poll, key, e, now);
+            }
+        }
+    }
+
+    /// Handles buffered messages according to the connection state.
+    fn process(&mut self, poll: &mut Poll, key: usize, now: Instant) -> Result<(), PgError> {
+        loop {
+            let Some(c) = self.conns.get_mut(key) else { return Ok(()) };
+            match c.state {
+                ConnState::Startup(_) => {
+                    if !c.drive_startup()? {
+                        return Ok(());
+                    }
+                    let _ = c.flush();
+                    let pool = c.pool;
+                    if let Some(p) = self.pools.pools.get_mut(pool) {
+                        p.note_connect_success();
+                        p.set_idle(key);
+                    }
+                    self.hand_out(poll, pool, now);
+                }
+                ConnState::Idle => {
+                    // Only asynchronous messages arrive on an idle connection; an error here is
+                    // usually a FATAL before the server closes it.
+                    match c.next_message()? {
+                        None => return Ok(()),
+                        Some(Backend::Error(e)) => return Err(PgError::Db(e)),
+                        Some(_) => {}
+                    }
+                }
+                ConnState::Busy => {
+                    let Some(msg) = c.next_message()? else { return Ok(()) };
+                    self.on_job_message(poll, key, msg, now)?;
+                }
+                ConnState::Connecting | ConnState::Broken => return Ok(()),
+            }
+        }
+    }
+
+    /// A connection failed: answer its job, close it, and let waiters retry on others.
+    fn conn_broken(&mut self, poll: &mut Poll, key: usize, err: PgError, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        c.state = ConnState::Broken;
+        let pool = c.pool;
+        let was_startup = c.session.is_none();
+        if let Some(job) = self.jobs.get_mut(key).and_then(Option::take) {
+            if !job.answered {
+                let e = match &err {
+                    PgError::Db(d) => api_from_db(d, &job.req.database),
+                    _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
+                        .with_database(&job.req.database),
+                };
+                // A FATAL like 57P01 during a call is a connection failure, not the call's fault.
+                let e = if matches!(&err, PgError::Db(d) if d.severity == "FATAL" || d.severity == "PANIC") {
+                    ApiError { kind: Kind::ConnectionFailed, ..e }
+                } else {
+                    e
+                };
+                self.answer(job.client, job.generation, Response::error(&e));
+            }
+        }
+        self.close_conn(poll, key);
+        if was_startup {
+            self.connect_failed(pool, &err, now);
+        } else {
+            self.hand_out(poll, pool, now);
+        }
+    }
+
+    /// Gives idle connections of `pool` to its waiters; opens more if waiters remain.
+    fn hand_out(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        loop {
+            let Some(p) = self.pools.pools.get_mut(pool) else { return };
+            if p.waiting.is_empty() || p.idle.is_empty() {
+                break;
+            }
+            let w = p.waiting.pop_front().unwrap_or_else(|| unreachable!());
+            let conn = p.idle.pop().unwrap_or_else(|| unreachable!());
+            self.start_job(poll, conn, w, now);
+        }
+        let Some(p) = self.pools.pools.get(pool) else { return };
+        if !p.waiting.is_empty() {
+            self.grow(poll, pool, now);
+            return;
+        }
+        // Nobody here waits: if another pool is starved by the total cap, give it this slot.
+        if !p.idle.is_empty() && self.conns.len() >= self.cfg.pool.max_total {
+            let starved = self
+                .pools
+                .pools
+                .iter()
+                .find(|(k, q)| *k != pool && q.waiting.len() > q.connecting.len() && q.size() < self.cfg.pool.max_per_pool)
+                .map(|(k, _)| k);
+            if let Some(s) = starved {
+                let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
+                if let Some(c) = c {
+                    self.close_conn(poll, c);
+                }
+                self.grow(poll, s, now);
+            }
+        }
+    }
+
+    fn start_job(&mut self, poll: &mut Poll, conn: usize, w: Waiter, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        c.state = ConnState::Busy;
+        c.last_used = now;
+        let pool = c.pool;
+        if let Some(p) = self.pools.pools.get_mut(pool) {
+            p.set_busy(conn);
+        }
+        let job = Job {
+            client: w.client,
+            generation: w.generation,
+            req: w.req,
+            started: w.started,
+            deadline: now + self.cfg.call.timeout,
+            schema_idx: 0,
+            declared: false,
+            syncs: VecDeque::with_capacity(2),
+            error: None,
+            pending: None,
+            stmt: None,
+            introspect_rounds: 0,
+            introspect_rows: Vec::new(),
+            body: Vec::with_capacity(512),
+            rows: 0,
+            answered: false,
+            retried: false,
+            cancel_sent: false,
+        };
+        if self.jobs.len() <= conn {
+            self.jobs.resize_with(conn + 1, || None);
+        }
+        self.jobs[conn] = Some(job);
+        self.begin(poll, conn, now);
+    }
+
+    /// Executes from the cache or prepares first.
+    fn begin(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
+        let Some(job) = self.jobs.get(conn).and_then(Option::as_ref) else { return };
+        let Some(schema) = self.cfg.call.schemas.get(job.schema_idx) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let mut key = job.req.shape_key(schema);
+        let declared = c.ambiguous.contains(&key);
+        if declared {
+            key = job.req.typed_key(schema);
+        }
+        if let Some(stmt) = c.stmts.get(&key).cloned() {
+            if let Some(job) = self.job_mut(conn) {
+                job.stmt = Some(stmt);
+            }
+            self.send_execute(poll, conn, now);
+        } else {
+            self.send_prepare(conn, key, declared);
+        }
+        if let Some(c) = self.conns.get_mut(conn) {
+            if let Err(e) = c.flush() {
+                self.conn_broken(poll, conn, e, now);
+            }
+        }
+    }
+
+    fn send_prepare(&mut self, conn: usize, key: String, declared: bool) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
+        let schema = &self.cfg.call.schemas[job.schema_idx];
+        let name = c.next_stmt_name();
+        let sql = job.req.sql(schema);
+        let types = if declared { job.req.declared_types() } else { Vec::new() };
+        job.declared = declared;
+        let ok = frontend::parse(&name, &sql, types.iter().copied(), &mut c.wbuf).is_ok()
+            && frontend::describe(b'S', &name, &mut c.wbuf).is_ok();
+        debug_assert!(ok, "names and SQL are generated without NUL bytes");
+        frontend::sync(&mut c.wbuf);
+        job.syncs.push_back(SyncPoint::Prepare);
+        job.error = None;
+        job.pending = Some(Pending { name, key, param_oids: Vec::new(), columns: Vec::new() });
+    }
+
+    /// Encodes the parameters and sends Bind + Execute + Sync (+ RESET ALL) in one write.
+    fn send_execute(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
+        let Some(stmt) = job.stmt.clone() else { return };
+        let types = match self.pools.pools.get(c.pool) {
+            Some(p) => &p.types,
+            None => return,
+        };
+        // Encode every parameter into one buffer, then borrow slices for Bind.
+        let mut enc: Vec<u8> = Vec::with_capacity(64);
+        let mut spans: Vec<Option<(usize, usize)>> = Vec::with_capacity(job.req.params.len());
+        for (i, v) in job.req.params.iter().enumerate() {
+            let oid = stmt.param_oids.get(i).copied().unwrap_or(0);
+            let start = enc.len();
+            match super::encode::encode_param(v, oid, types, &mut enc) {
+                Ok(true) => spans.push(None),
+                Ok(false) => spans.push(Some((start, enc.len()))),
+                Err(pe) => {
+                    let arg = match &job.req.args {
+                        super::request::Args::Named(n) => format!("'{}'", n[i]),
+                        super::request::Args::Positional => format!("{} (${})", i + 1, i + 1),
+                    };
+                    let e = ApiError::new(Kind::InvalidParameter, format!("parameter {arg}: {}", pe.message))
+                        .with_database(&job.req.database);
+                    job.answered = true;
+                    let (client, g) = (job.client, job.generation);
+                    self.answer(client, g, Response::error(&e));
+                    self.finish_if_done(poll, conn, now);
+                    return;
+                }
+            }
+        }
+        let params: Vec<Option<&[u8]>> = spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])).collect();
+        write_bind(&mut c.wbuf, &stmt.name, &params, &stmt.formats);
+        c.wbuf.extend_from_slice(EXECUTE_SYNC);
+        job.syncs.push_back(SyncPoint::Execute);
+        if self.cfg.call.reset_session {
+            // Settings a function changed with set_config(..., false) or SET ROLE must not leak into the
+            // next call on this connection; pipelined, so it costs no extra round trip.
+            let _ = frontend::query("RESET ALL", &mut c.wbuf);
+            job.syncs.push_back(SyncPoint::Reset);
+        }
+        job.error = None;
+        job.body.clear();
+        job.body.extend_from_slice(BODY_HEAD);
+        job.rows = 0;
+    }
+
+    fn on_job_message(&mut self, poll: &mut Poll, conn: usize, msg: Backend, now: Instant) -> Result<(), PgError> {
+        let Some(c) = self.conns.get(conn) else { return Ok(()) };
+        let pool = c.pool;
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
+            return Err(PgError::Protocol("message on a busy connection without a job".into()));
+        };
+        let front = job.syncs.front().copied();
+        match msg {
+            Backend::Error(e) => {
+                if e.severity == "FATAL" || e.severity == "PANIC" {
+                    return Err(PgError::Db(e));
+                }
+                if job.error.is_none() {
+                    job.error = Some(e);
+                }
+            }
+            Backend::Notice(_) => {}
+            Backend::RowDescription(cols) => {
+                if let Some(p) = &mut job.pending {
+                    if front == Some(SyncPoint::Prepare) {
+                        p.columns = cols;
+                    }
+                }
+            }
+            Backend::AuthSasl(_) => return Err(PgError::Protocol("authentication request on a ready connection".into())),
+            Backend::Message(m) => match m {
+                Message::DataRow(row) => match front {
+                    Some(SyncPoint::Execute) if job.error.is_none() && !job.answered => {
+                        let vals = data_row_fields(&row)?;
+                        if let (Some(stmt), Some(p)) = (&job.stmt, self.pools.pools.get(pool)) {
+                            if job.rows > 0 {
+                                job.body.push(b',');
+                            }
+                            render_row_prepared(&stmt.columns, &vals, &p.types, &mut job.body);
+                            job.rows += 1;
+                        }
+                    }
+                    Some(SyncPoint::Introspect) => {
+                        let vals = data_row_fields(&row)?;
+                        job.introspect_rows.push(
+                            vals.iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect(),
+                        );
+                    }
+                    _ => {}
+                },
+                Message::ParameterDescription(pd) => {
+                    if let Some(p) = &mut job.pending {
+                        let mut it = pd.parameters();
+                        let mut oids = Vec::new();
+                        while let Ok(Some(o)) = it.next() {
+                            oids.push(o);
+                        }
+                        p.param_oids = oids;
+                    }
+                }
+                Message::NoData => {
+                    if let Some(p) = &mut job.pending {
+                        p.columns.clear();
+                    }
+                }
+                Message::ReadyForQuery(b) => {
+                    let status = b.status();
+                    if let Some(c) = self.conns.get_mut(conn) {
+                        c.tx_status = status;
+                    }
+                    let Some(point) = job.syncs.pop_front() else {
+                        return Err(PgError::Protocol("unexpected ReadyForQuery".into()));
+                    };
+                    self.on_sync(poll, conn, point, now);
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// One pipeline step finished (its ReadyForQuery arrived).
+    fn on_sync(&mut self, poll: &mut Poll, conn: usize, point: SyncPoint, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let pool = c.pool;
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
+        match point {
+            SyncPoint::Reset => {}
+            SyncPoint::Prepare => {
+                if let Some(e) = job.error.take() {
+                    job.pending = None;
+                    let more_schemas = job.schema_idx + 1 < self.cfg.call.schemas.len();
+                    if e.code == "42883" && more_schemas && !job.answered {
+                        job.schema_idx += 1;
+                        self.begin(poll, conn, now);
+                        return;
+                    }
+                    if e.code == "42725" && !job.declared && !job.answered {
+                        // Overloads PostgreSQL cannot choose between with untyped arguments: remember
+                        // the shape and declare types from the JSON values.
+                        let schema = &self.cfg.call.schemas[job.schema_idx];
+                        c.ambiguous.insert(job.req.shape_key(schema));
+                        self.begin(poll, conn, now);
+                        return;
+                    }
+                    let e = api_from_db(&e, &job.req.database);
+                    self.fail(poll, conn, e, now);
+                    return;
+                }
+                self.after_prepare(poll, conn, now);
+            }
+            SyncPoint::Introspect => {
+                let rows = std::mem::take(&mut job.introspect_rows);
+                let err = job.error.take();
+                if let Some(p) = self.pools.pools.get_mut(pool) {
+                    if let Some(e) = err {
+                        crate::log::warn("type introspection failed", &[("database", &p.database), ("error", &e)]);
+                    } else if let Err(e) = p.types.add_rows(&rows) {
+                        crate::log::warn("type introspection rows unreadable", &[("error", &e)]);
+                    }
+                }
+                self.after_prepare(poll, conn, now);
+            }
+            SyncPoint::Execute => {
+                if let Some(e) = job.error.take() {
+                    let stale = matches!(e.code.as_str(), "0A000" | "26000");
+                    if stale && !job.retried && !job.answered {
+                        // The function changed under a cached plan: prepare afresh once.
+                        job.retried = true;
+                        if let Some(stmt) = job.stmt.take() {
+                            c.stmts.retain(|_, s| !Arc::ptr_eq(s, &stmt));
+                            let _ = frontend::close(b'S', &stmt.name, &mut c.wbuf);
+                        }
+                        // The RESET ALL of the failed attempt is still in flight; it stays queued.
+                        self.begin(poll, conn, now);
+                        return;
+                    }
+                    let e = api_from_db(&e, &job.req.database);
+                    self.fail(poll, conn, e, now);
+                    return;
+                }
+                if !job.answered {
+                    job.answered = true;
+                    let mut body = std::mem::take(&mut job.body);
+                    body.extend_from_slice(b"],\"row_count\":");
+                    body.extend_from_slice(job.rows.to_string().as_bytes());
+                    body.extend_from_slice(b",\"execution_time_ms\":");
+                    let ms = now.saturating_duration_since(job.started).as_secs_f64() * 1000.0;
+                    body.extend_from_slice(format!("{ms:.3}").as_bytes());
+                    body.push(b'}');
+                    let (client, g) = (job.client, job.generation);
+                    self.answer(client, g, Response::json(200, body));
+                }
+            }
+        }
+        self.finish_if_done(poll, conn, now);
+    }
+
+    /// After Parse/Describe (and any type lookups): learn missing types, cache the statement, execute.
+    fn after_prepare(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
+        let Some(p) = self.pools.pools.get(c.pool) else { return };
+        let Some(pending) = &job.pending else { return };
+        let mut oids: Vec<u32> = pending.param_oids.clone();
+        oids.extend(pending.columns.iter().map(|c| c.type_oid));
+        let missing = p.types.missing(&oids);
+        if !missing.is_empty() && job.introspect_rounds < 4 {
+            job.introspect_rounds += 1;
+            let list = format!(
+                "{{{}}}",
+                missing.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(",")
+            );
+            let _ = frontend::parse("", INTROSPECTION_SQL, std::iter::empty(), &mut c.wbuf);
+            write_bind(&mut c.wbuf, "", &[Some(list.as_bytes())], &[0]);
+            c.wbuf.extend_from_slice(EXECUTE_SYNC);
+            job.syncs.push_back(SyncPoint::Introspect);
+            job.error = None;
+            if let Err(e) = c.flush() {
+                self.conn_broken(poll, conn, e, now);
+            }
+            return;
+        }
+        let Some(pending) = job.pending.take() else { return };
+        let types: &TypeRegistry = &p.types;
+        let columns: Vec<PreparedColumn> =
+            pending.columns.iter().map(|col| PreparedColumn::new(&col.name, col.type_oid, types)).collect();
+        let formats = columns.iter().map(|c| c.format).collect();
+        let stmt = Arc::new(Stmt { name: pending.name, param_oids: pending.param_oids, columns, formats });
+        c.stmts.insert(pending.key, stmt.clone());
+        job.stmt = Some(stmt);
+        self.send_execute(poll, conn, now);
+        if let Some(c) = self.conns.get_mut(conn) {
+            if let Err(e) = c.flush() {
+                self.conn_broken(poll, conn, e, now);
+            }
+        }
+    }
+
+    fn fail(&mut self, poll: &mut Poll, conn: usize, e: ApiError, now: Instant) {
+        if let Some(job) = self.job_mut(conn) {
+            if !job.answered {
+                job.answered = true;
+                let (client, g) = (job.client, job.generation);
+                self.answer(client, g, Response::error(&e));
+            }
+        }
+        self.finish_if_done(poll, conn, now);
+    }
+
+    /// When the pipeline is drained, the connection goes back to the pool (or is closed).
+    fn finish_if_done(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
+        let Some(job) = self.jobs.get(conn).and_then(Option::as_ref) else { return };
+        if !job.syncs.is_empty() {
+            return;
+        }
+        self.jobs[conn] = None;
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let pool = c.pool;
+        let too_old = now.saturating_duration_since(c.created) >= self.cfg.pool.max_lifetime;
+        if c.retire || c.tx_status != b'I' || too_old || !c.rbuf.is_empty() {
+            // Outside a transaction and in sync, or not reusable at all.
+            self.close_conn(poll, conn);
+            self.hand_out(poll, pool, now);
+            return;
+        }
+        c.state = ConnState::Idle;
+        c.last_used = now;
+        if let Some(p) = self.pools.pools.get_mut(pool) {
+            p.set_idle(conn);
+        }
+        self.hand_out(poll, pool, now);
+    }
+
+    /// The client of (`client`, `generation`) left: drop its wait or cancel its query.
+    pub fn client_gone(&mut self, client: usize, generation: u64) {
+        for (_, p) in self.pools.pools.iter_mut() {
+            p.waiting.retain(|w| !(w.client == client && w.generation == generation));
+        }
+        let mut cancel = None;
+        for (k, slot) in self.jobs.iter_mut().enumerate() {
+            if let Some(j) = slot {
+                if j.client == client && j.generation == generation && !j.answered {
+                    j.answered = true;
+                    if !j.cancel_sent {
+                        j.cancel_sent = true;
+                        cancel = Some(k);
+                    }
+                }
+            }
+        }
+        if let Some(k) = cancel {
+            self.cancel_conn(k);
+        }
+    }
+
+    fn cancel_conn(&self, conn: usize) {
+        let Some(c) = self.conns.get(conn) else { return };
+        let (Some(s), Some(p)) = (&c.session, self.pools.pools.get(c.pool)) else { return };
+        send_cancel(&p.params, self.tcp_addr, s.process_id, s.secret_key);
+    }
+
+    /// A deploy changed `database`: its cached statements and types are stale.
+    pub fn invalidate(&mut self, poll: &mut Poll, database: &str) {
+        let Some(&pool) = self.pools.by_key.get(database) else { return };
+        let (idle, busy) = match self.pools.pools.get_mut(pool) {
+            Some(p) => {
+                p.types = TypeRegistry::new();
+                (std::mem::take(&mut p.idle), p.busy.clone())
+            }
+            None => return,
+        };
+        for c in idle {
+            self.close_conn(poll, c);
+        }
+        for c in busy {
+            if let Some(c) = self.conns.get_mut(c) {
+                c.retire = true;
+            }
+        }
+    }
+
+    /// Timeouts: waits (503), call deadlines (cancel, then 504), idle and old connections, unused pools.
+    pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Done {
+        // Waiters past their deadline.
+        let mut expired = Vec::new();
+        for (_, p) in self.pools.pools.iter_mut() {
+            while p.waiting.front().is_some_and(|w| now >= w.deadline) {
+                if let Some(w) = p.waiting.pop_front() {
+                    expired.push((w, p.database.clone()));
+                }
+            }
+        }
+        for (w, db) in expired {
+            let e = ApiError::new(
+                Kind::PoolExhausted,
+                format!("no connection to '{db}' became free within {} ms", self.cfg.pool.wait_timeout.as_millis()),
+            )
+            .with_database(db);
+            self.answer(w.client, w.generation, Response::error(&e));
+        }
+        // Calls past CALL_TIMEOUT_MS: cancel; if the backend does not answer the cancel, give up on it.
+        let grace = Duration::from_secs(5);
+        let mut to_cancel = Vec::new();
+        let mut to_kill = Vec::new();
+        for (k, slot) in self.jobs.iter_mut().enumerate() {
+            let Some(j) = slot else { continue };
+            if now >= j.deadline && !j.cancel_sent {
+                j.cancel_sent = true;
+                to_cancel.push(k);
+            } else if now >= j.deadline + grace {
+                to_kill.push(k);
+            }
+        }
+        for k in to_cancel {
+            self.cancel_conn(k);
+        }
+        for k in to_kill {
+            let timeout = self.cfg.call.timeout;
+            if let Some(j) = self.job_mut(k) {
+                if !j.answered {
+                    j.answered = true;
+                    let e = ApiError::new(Kind::Timeout, format!("call exceeded {} ms", timeout.as_millis()))
+                        .with_database(&j.req.database);
+                    let (c, g) = (j.client, j.generation);
+                    self.answer(c, g, Response::error(&e));
+                }
+            }
+            let pool = self.conns.get(k).map(|c| c.pool);
+            self.close_conn(poll, k);
+            if let Some(p) = pool {
+                self.hand_out(poll, p, now);
+            }
+        }
+        // Idle connections past their idle timeout or lifetime.
+        let mut close = Vec::new();
+        for (_, p) in self.pools.pools.iter() {
+            for &c in &p.idle {
+                if let Some(conn) = self.conns.get(c) {
+                    if now.saturating_duration_since(conn.last_used) >= self.cfg.pool.connection_idle_timeout
+                        || now.saturating_duration_since(conn.created) >= self.cfg.pool.max_lifetime
+                    {
+                        close.push(c);
+                    }
+                }
+            }
+        }
+        for c in close {
+            self.close_conn(poll, c);
+        }
+        // Whole pools unused for POOL_IDLE_TIMEOUT_SECS.
+        let stale: Vec<usize> = self
+            .pools
+            .pools
+            .iter()
+            .filter(|(_, p)| {
+                p.busy.is_empty()
+                    && p.waiting.is_empty()
+                    && p.connecting.is_empty()
+                    && now.saturating_duration_since(p.last_used) >= self.cfg.pool.pool_idle_timeout
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for pool in stale {
+            let idle = self.pools.pools.get_mut(pool).map(|p| std::mem::take(&mut p.idle)).unwrap_or_default();
+            for c in idle {
+                self.close_conn(poll, c);
+            }
+            self.maybe_drop_pool(pool);
+        }
+        // Connections stuck connecting past the connect timeout.
+        let ct = self.cfg.db.connect_timeout;
+        let stuck: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.is_none() && now.saturating_duration_since(c.created) >= ct)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stuck {
+            self.conn_broken(poll, k, PgError::Protocol("connect timed out".into()), now);
+        }
+        self.take_done()
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn shutdown(&mut self, poll: &mut Poll) {
+        for k in self.conns.keys() {
+            self.close_conn(poll, k);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The `/call` request: `{platform, tenant_id, function, params}` validated into a [`CallRequest`], the
+//! SQL text it prepares and the key its prepared statement is cached under.
+
+use crate::error::{ApiError, Kind};
+use crate::json::Value;
+use crate::security::names;
+
+/// How arguments are passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Args {
+    /// `fn($1, $2, …)`.
+    Positional,
+    /// `fn(a => $1, b => $2)`; names in call order.
+    Named(Vec<String>),
+}
+
+/// A validated call.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub platform: String,
+    pub database: String,
+    pub function: String,
+    pub args: Args,
+    /// Argument values in `$n` order.
+    pub params: Vec<Value>,
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(Kind::InvalidRequest, msg)
+}
+
+fn opt_string<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        // Numeric tenant ids are common in existing clients; accept their text.
+        Some(Value::Number(n)) if key == "tenant_id" => Ok(Some(n)),
+        Some(v) => Err(invalid(format!("'{key}' must be a string, got {}", v.type_name()))),
+    }
+}
+
+impl CallRequest {
+    pub fn from_json(body: &Value) -> Result<CallRequest, ApiError> {
+        let platform = opt_string(body, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
+        let tenant = opt_string(body, "tenant_id")?;
+        let database = names::v1_database(platform, tenant)?;
+        let function = opt_string(body, "function")?.ok_or_else(|| invalid("'function' is required"))?;
+        if !names::is_function_name(function) {
+            return Err(invalid(format!(
+                "'function' must be a lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes), got '{}'",
+                function.chars().take(80).collect::<String>()
+            )));
+        }
+        let (args, params) = match body.get("params") {
+            None | Some(Value::Null) => (Args::Positional, Vec::new()),
+            Some(Value::Array(a)) => (Args::Positional, a.clone()),
+            Some(Value::Object(members)) => {
+                let mut names_ = Vec::with_capacity(members.len());
+                let mut vals = Vec::with_capacity(members.len());
+                for (k, v) in members {
+                    if !names::is_function_name(k) {
+                        return Err(invalid(format!("parameter name '{k}' is not a lower-case identifier")));
+                    }
+                    if names_.contains(k) {
+                        return Err(invalid(format!("parameter '{k}' is given twice")));
+                    }
+                    names_.push(k.clone());
+                    vals.push(v.clone());
+                }
+                (Args::Named(names_), vals)
+            }
+            Some(v) => {
+                return Err(invalid(format!("'params' must be an array or an object, got {}", v.type_name())));
+            }
+        };
+        if params.len() > 100 {
+            return Err(invalid("at most 100 parameters are accepted (PostgreSQL's FUNC_MAX_ARGS)"));
+        }
+        Ok(CallRequest { platform: platform.to_string(), database, function: function.to_string(), args, params })
+    }
+
+    /// What identifies the prepared statement on a connection: function, schema and argument shape.
+    pub fn shape_key(&self, schema: &str) -> String {
+        let mut k = String::with_capacity(self.function.len() + schema.len() + 16);
+        k.push_str(schema);
+        k.push('.');
+        k.push_str(&self.function);
+        match &self.args {
+            Args::Positional => {
+                k.push('/');
+                k.push_str(&self.params.len().to_string());
+            }
+            Args::Named(n) => {
+                k.push('(');
+                k.push_str(&n.join(","));
+                k.push(')');
+            }
+        }
+        k
+    }
+
+    /// A key refined by the JSON kinds of the arguments, for overloaded functions where PostgreSQL
+    /// needs declared parameter types to choose.
+    pub fn typed_key(&self, schema: &str) -> String {
+        let mut k = self.shape_key(schema);
+        k.push('|');
+        for v in &self.params {
+            k.push_str(json_kind_type(v).1);
+            k.push(',');
+        }
+        k
+    }
+
+    /// `SELECT * FROM "schema"."fn"($1, …)` or with `name => $n`. Names were validated as identifiers.
+    pub fn sql(&self, schema: &str) -> String {
+        let mut s = format!("SELECT * FROM \"{schema}\".\"{}\"(", self.function);
+        for i in 0..self.params.len() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            if let Args::Named(n) = &self.args {
+                s.push('"');
+                s.push_str(&n[i]);
+                s.push_str("\" => ");
+            }
+            s.push('$');
+            s.push_str(&(i + 1).to_string());
+        }
+        s.push(')');
+        s
+    }
+
+    /// Declared parameter types guessed from the JSON values, used only when PostgreSQL reported the
+    /// call ambiguous (SQLSTATE 42725) with unspecified types.
+    pub fn declared_types(&self) -> Vec<u32> {
+        self.params.iter().map(|v| json_kind_type(v).0).collect()
+    }
+}
+
+/// A JSON value's natural PostgreSQL type: (oid, name). `null` stays unknown (0).
+fn json_kind_type(v: &Value) -> (u32, &'static str) {
+    match v {
+        Value::Null => (0, "unknown"),
+        Value::Bool(_) => (16, "bool"),
+        Value::Number(n) => {
+            if n.contains(['.', 'e', 'E']) {
+                (1700, "numeric")
+            } else if n.parse::<i32>().is_ok() {
+                (23, "int4")
+            } else if n.parse::<i64>().is_ok() {
+                (20, "int8")
+            } else {
+                (1700, "numeric")
+            }
+        }
+        Value::String(_) => (25, "text"),
+        Value::Array(_) | Value::Object(_) => (3802, "jsonb"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::parse;
+
+    fn req(s: &str) -> Result<CallRequest, ApiError> {
+        CallRequest::from_json(&parse(s.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn databases() {
+        assert_eq!(req(r#"{"platform":"Acme","function":"f"}"#).unwrap().database, "acme_main");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":"","function":"f"}"#).unwrap().database, "acme_main");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":null,"function":"f"}"#).unwrap().database, "acme_main");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":"T-1","function":"f"}"#).unwrap().database, "acme_t_1");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":7,"function":"f"}"#).unwrap().database, "acme_7");
+    }
+
+    #[test]
+    fn sql_and_keys() {
+        let r = req(r#"{"platform":"a","function":"get_user","params":[1,"x"]}"#).unwrap();
+        assert_eq!(r.sql("public"), r#"SELECT * FROM "public"."get_user"($1, $2)"#);
+        assert_eq!(r.shape_key("public"), "public.get_user/2");
+        assert_eq!(r.typed_key("public"), "public.get_user/2|int4,text,");
+        let r = req(r#"{"platform":"a","function":"f","params":{"b":1,"a":2}}"#).unwrap();
+        assert_eq!(r.sql("public"), r#"SELECT * FROM "public"."f"("b" => $1, "a" => $2)"#);
+        assert_eq!(r.shape_key("public"), "public.f(b,a)");
+    }
+
+    #[test]
+    fn refusals() {
+        for s in [
+            r#"{"function":"f"}"#,
+            r#"{"platform":"a"}"#,
+            r#"{"platform":"a","function":"pg_catalog.version"}"#,
+            r#"{"platform":"a","function":"f; drop table x"}"#,
+            r#"{"platform":"a","function":"F"}"#,
+            r#"{"platform":"a","function":"f","params":"x"}"#,
+            r#"{"platform":"a","function":"f","params":{"A b":1}}"#,
+            r#"{"platform":1,"function":"f"}"#,
+        ] {
+            assert_eq!(req(s).unwrap_err().kind, Kind::InvalidRequest, "{s}");
+        }
+    }
+}
