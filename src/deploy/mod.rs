@@ -3,3 +3,5 @@
 pub mod archive;
 pub mod gzip;
 pub mod sql;
+pub mod workers;
+pub mod form;
