@@ -696,3 +696,61 @@ fn shutdown_without_traffic_returns_promptly() {
     g.stop().expect("run returns Ok");
     assert!(t.elapsed() < Duration::from_secs(2));
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Edge cases found while reading the server
+
+#[test]
+fn bare_lf_in_chunked_trailer_is_refused() {
+    // "0\r\n\n" ends the body for a peer that accepts bare LF; if we instead read on, the request after
+    // it is swallowed as a trailer: a desync between us and such a front proxy. Refuse it.
+    let g = start(&[]);
+    let mut c = open(g.addr);
+    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\nGET /admin/databases HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = expect_status(&mut c, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    expect_eof(&mut c);
+}
+
+#[test]
+fn pipelined_requests_then_half_close_are_all_answered() {
+    let g = start(&[]);
+    let mut c = open(g.addr);
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        batch.extend_from_slice(HEALTH);
+    }
+    c.send(&batch);
+    c.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    expect_status(&mut c, 200);
+    expect_status(&mut c, 200);
+    let last = expect_status(&mut c, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    expect_eof(&mut c);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    let g = start(&[("MAX_CLIENT_CONNECTIONS", "2")]);
+    let mut a = open(g.addr);
+    let mut b = open(g.addr);
+    a.send(HEALTH);
+    b.send(HEALTH);
+    expect_status(&mut a, 200);
+    expect_status(&mut b, 200);
+    let mut c = open(g.addr);
+    c.send(HEALTH);
+    expect_eof(&mut c);
+    drop(a);
+    // A freed slot is usable again.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut d = open(g.addr);
+        d.send(HEALTH);
+        if d.try_read_response().is_some_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
