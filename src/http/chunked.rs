@@ -117,7 +117,13 @@ impl ChunkedDecoder {
                     if line >= MAX_LINE {
                         return Err(bad("trailer too long"));
                     }
-                    if b == b'\r' { State::TrailerLf { empty } } else { State::Trailer { empty: false, line: line + 1 } }
+                    match b {
+                        b'\r' => State::TrailerLf { empty },
+                        // A bare LF ends the body for a peer that takes it as a line end, while we would read
+                        // on and swallow the next request as a trailer: refuse the ambiguity.
+                        b'\n' => return Err(bad("bare LF in trailer")),
+                        _ => State::Trailer { empty: false, line: line + 1 },
+                    }
                 }
                 State::TrailerLf { empty } => {
                     if b != b'\n' {
@@ -165,7 +171,9 @@ mod tests {
 
     #[test]
     fn errors() {
-        for b in [&b"zz\r\n"[..], b"4\r\nWikiXX", b"4\nWiki", b"ffffffffffffffffff\r\n"] {
+        let bad_bodies =
+            [&b"zz\r\n"[..], b"4\r\nWikiXX", b"4\nWiki", b"ffffffffffffffffff\r\n", b"0\r\n\n", b"0\r\nX: 1\n\r\n"];
+        for b in bad_bodies {
             assert!(ChunkedDecoder::new(100).feed(b, &mut Vec::new()).is_err(), "{b:?}");
         }
         let e = ChunkedDecoder::new(3).feed(b"4\r\nWiki\r\n0\r\n\r\n", &mut Vec::new()).unwrap_err();

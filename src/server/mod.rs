@@ -351,6 +351,12 @@ impl Server {
                     self.close(key);
                 }
                 Phase::Closing if c.wpos < c.wbuf.len() => {}
+                // Answers to earlier pipelined requests are still queued: send them, then close.
+                _ if c.wpos < c.wbuf.len() => {
+                    if let Some(c) = self.clients.get_mut(key) {
+                        c.phase = Phase::Closing;
+                    }
+                }
                 _ => self.close(key),
             }
         }
@@ -537,7 +543,9 @@ impl Server {
             Some(i) => (i.keep_alive, i.minor_version, i.method == Method::Head),
             None => (false, 1, false),
         };
-        let keep = keep_alive && !r.close && !shutting_down && !c.peer_closed;
+        // A peer that half-closed after pipelining still gets an answer to every complete request it sent;
+        // the connection closes after the last one.
+        let keep = keep_alive && !r.close && !shutting_down && !(c.peer_closed && c.rbuf.is_empty());
         response::write(&mut c.wbuf, &r, keep, minor, head_only);
         if let Some(i) = &info {
             let us = now.saturating_duration_since(i.started).as_micros();

@@ -118,6 +118,8 @@ impl Conn {
                 self.buf.extend_from_slice(&tmp[..n]);
                 true
             }
+            // A reset is the server closing too (e.g. it refused the connection at accept).
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
             Err(e) => panic!("read failed: {e}"),
         }
     }
