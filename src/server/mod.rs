@@ -515,7 +515,8 @@ impl Server {
             }
             BodyFraming::Chunked => (0, Some(ChunkedDecoder::new(limit))),
         };
-        let cap = if chunked.is_some() { 0 } else { remaining as usize };
+        // Reserve at most 64 KiB up front: a declared length is a promise, not a guarantee.
+        let cap = if chunked.is_some() { 0 } else { (remaining as usize).min(64 * 1024) };
         Ok(Box::new(Incoming { head, route, client_ip, body: Vec::with_capacity(cap), chunked, remaining, limit }))
     }
 

@@ -58,6 +58,8 @@ pub fn start(overrides: &[(&str, &str)]) -> Gateway {
 }
 
 pub fn start_with(cfg: Config) -> Gateway {
+    // The first gateway of the test process sets the log level for all of them.
+    let _ = stonescriptdb_gateway::log::init(&cfg.log);
     let (server, handle) = Server::bind(cfg).expect("bind");
     let addr = handle.addr;
     let thread = std::thread::spawn(move || server.run());
