@@ -1,1 +1,316 @@
-//! catalog
+//! The gateway's own records, kept in PostgreSQL (database `CATALOG_DB`): which databases the gateway
+//! created and for whom, every deploy run with its per-database results, and (v2) platforms and stored
+//! schemas. Shared safely by several gateway instances; used from worker threads with the blocking
+//! client, never from the event loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{ApiError, DbDetail, Kind};
+use crate::pg::blocking::Client;
+use crate::pg::dberror::PgError;
+use crate::pg::params::ConnectParams;
+
+/// Set once the catalog tables are known to exist in this process.
+static READY: AtomicBool = AtomicBool::new(false);
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS platforms (
+    name          text PRIMARY KEY,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    db_user       text,
+    db_password   text
+);
+CREATE TABLE IF NOT EXISTS schemas (
+    platform       text NOT NULL,
+    name           text NOT NULL,
+    archive        bytea NOT NULL,
+    checksum       text NOT NULL,
+    uploaded_at    timestamptz NOT NULL DEFAULT now(),
+    has_tables     boolean NOT NULL,
+    has_functions  boolean NOT NULL,
+    has_migrations boolean NOT NULL,
+    has_seeders    boolean NOT NULL,
+    version        integer NOT NULL,
+    PRIMARY KEY (platform, name)
+);
+CREATE TABLE IF NOT EXISTS databases (
+    name           text PRIMARY KEY,
+    platform       text NOT NULL,
+    kind           text NOT NULL CHECK (kind IN ('main', 'tenant', 'schema')),
+    tenant_id      text,
+    schema_name    text,
+    database_id    text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    last_run_id    text,
+    last_status    text,
+    last_deploy_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS databases_platform ON databases (platform, schema_name);
+CREATE TABLE IF NOT EXISTS runs (
+    id          text PRIMARY KEY,
+    kind        text NOT NULL,
+    platform    text,
+    schema_name text,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    status      text NOT NULL DEFAULT 'running',
+    total       integer NOT NULL DEFAULT 0,
+    gateway_pid integer
+);
+CREATE TABLE IF NOT EXISTS run_results (
+    run_id      text NOT NULL,
+    database    text NOT NULL,
+    status      text NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    result      jsonb NOT NULL,
+    PRIMARY KEY (run_id, database)
+);
+";
+
+/// Who a database belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub platform: String,
+    /// `main`, `tenant` or `schema`.
+    pub kind: String,
+    pub tenant_id: Option<String>,
+    pub schema_name: Option<String>,
+    pub database_id: Option<String>,
+}
+
+/// One row of `databases`.
+#[derive(Debug, Clone)]
+pub struct DatabaseRecord {
+    pub name: String,
+    pub owner: Owner,
+    pub created_at: String,
+    pub last_deploy_at: Option<String>,
+    pub last_status: Option<String>,
+}
+
+/// Maps a PostgreSQL failure in catalog work to an API error.
+pub fn pg_api(e: PgError, what: &str) -> ApiError {
+    match e {
+        PgError::Db(d) => {
+            let kind = match Kind::from_sqlstate(&d.code) {
+                Kind::ConnectionFailed => Kind::ConnectionFailed,
+                _ => Kind::QueryFailed,
+            };
+            ApiError::new(kind, format!("{what}: {}", d.message))
+                .with_db(DbDetail { sqlstate: d.code, detail: d.detail, hint: d.hint })
+        }
+        other => ApiError::new(Kind::ConnectionFailed, format!("{what}: {other}")),
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Whether a database of that name exists on the server.
+pub fn database_exists(admin: &mut Client, name: &str) -> Result<bool, ApiError> {
+    let r = admin
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[Some(name)])
+        .map_err(|e| pg_api(e, "cannot look up databases"))?;
+    Ok(!r.rows.is_empty())
+}
+
+/// Creates a database; `Ok(false)` when it already existed (also when another gateway won a race).
+pub fn create_database(admin: &mut Client, name: &str) -> Result<bool, ApiError> {
+    match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(name))) {
+        Ok(()) => Ok(true),
+        Err(PgError::Db(d)) if d.code == "42P04" => Ok(false),
+        Err(e) => Err(pg_api(e, &format!("cannot create database '{name}'"))),
+    }
+}
+
+/// Drops a database, disconnecting its sessions first (PostgreSQL ≥ 13).
+pub fn drop_database(admin: &mut Client, name: &str) -> Result<(), ApiError> {
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+        .map_err(|e| pg_api(e, &format!("cannot drop database '{name}'")))
+}
+
+/// A connection to the catalog database.
+pub struct Catalog {
+    pub client: Client,
+}
+
+impl Catalog {
+    /// Connects, creating the catalog database and its tables on first use.
+    pub fn open(admin_params: &ConnectParams, catalog_db: &str) -> Result<Catalog, ApiError> {
+        let params = admin_params.with_dbname(catalog_db);
+        let mut client = match Client::connect(&params) {
+            Ok(c) => c,
+            Err(PgError::Db(d)) if d.code == "3D000" => {
+                let mut admin = Client::connect(admin_params).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))?;
+                create_database(&mut admin, catalog_db)?;
+                admin.close();
+                Client::connect(&params).map_err(|e| pg_api(e, "cannot connect to the catalog"))?
+            }
+            Err(e) => return Err(pg_api(e, "cannot connect to the catalog")),
+        };
+        if !READY.load(Ordering::Acquire) {
+            // Two gateways may create the tables at once; a transaction-level lock serialises them.
+            let sql = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;"
+            );
+            client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
+            READY.store(true, Ordering::Release);
+        }
+        Ok(Catalog { client })
+    }
+
+    /// Who owns `name`, if the catalog knows it.
+    pub fn owner_of(&mut self, name: &str) -> Result<Option<Owner>, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT platform, kind, tenant_id, schema_name, database_id FROM databases WHERE name = $1",
+                &[Some(name)],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.into_iter().next().map(|row| Owner {
+            platform: row[0].clone().unwrap_or_default(),
+            kind: row[1].clone().unwrap_or_default(),
+            tenant_id: row[2].clone(),
+            schema_name: row[3].clone(),
+            database_id: row[4].clone(),
+        }))
+    }
+
+    /// Refuses a request whose database name is already recorded for someone else.
+    pub fn check_owner(&mut self, name: &str, want: &Owner) -> Result<(), ApiError> {
+        match self.owner_of(name)? {
+            Some(o) if o != *want => Err(ApiError::new(
+                Kind::NameConflict,
+                format!(
+                    "database '{name}' belongs to platform '{}' ({}{}); choose other names",
+                    o.platform,
+                    o.kind,
+                    o.tenant_id.as_deref().or(o.database_id.as_deref()).map(|t| format!(" '{t}'")).unwrap_or_default()
+                ),
+            )
+            .with_database(name)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records (or re-records) a database the gateway serves.
+    pub fn record_database(&mut self, name: &str, o: &Owner) -> Result<(), ApiError> {
+        self.client
+            .query(
+                "INSERT INTO databases (name, platform, kind, tenant_id, schema_name, database_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                &[
+                    Some(name),
+                    Some(&o.platform),
+                    Some(&o.kind),
+                    o.tenant_id.as_deref(),
+                    o.schema_name.as_deref(),
+                    o.database_id.as_deref(),
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot record the database"))
+    }
+
+    pub fn forget_database(&mut self, name: &str) -> Result<(), ApiError> {
+        self.client
+            .query("DELETE FROM databases WHERE name = $1", &[Some(name)])
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot update the catalog"))
+    }
+
+    /// Databases of a platform (optionally of one stored schema), main first, then by name.
+    pub fn databases(&mut self, platform: &str, schema: Option<&str>) -> Result<Vec<DatabaseRecord>, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT name, platform, kind, tenant_id, schema_name, database_id, \
+                        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                        to_char(last_deploy_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), last_status \
+                 FROM databases WHERE platform = $1 AND ($2::text IS NULL OR schema_name = $2) \
+                 ORDER BY kind <> 'main', name",
+                &[Some(platform), schema],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| DatabaseRecord {
+                name: row[0].clone().unwrap_or_default(),
+                owner: Owner {
+                    platform: row[1].clone().unwrap_or_default(),
+                    kind: row[2].clone().unwrap_or_default(),
+                    tenant_id: row[3].clone(),
+                    schema_name: row[4].clone(),
+                    database_id: row[5].clone(),
+                },
+                created_at: row[6].clone().unwrap_or_default(),
+                last_deploy_at: row[7].clone(),
+                last_status: row[8].clone(),
+            })
+            .collect())
+    }
+
+    /// Starts a run record; returns its id.
+    pub fn start_run(&mut self, kind: &str, platform: Option<&str>, schema: Option<&str>, total: usize) -> Result<String, ApiError> {
+        let id = new_run_id();
+        let total = total.to_string();
+        let pid = std::process::id().to_string();
+        self.client
+            .query(
+                "INSERT INTO runs (id, kind, platform, schema_name, total, gateway_pid) VALUES ($1, $2, $3, $4, $5::int, $6::int)",
+                &[Some(&id), Some(kind), platform, schema, Some(&total), Some(&pid)],
+            )
+            .map_err(|e| pg_api(e, "cannot record the run"))?;
+        Ok(id)
+    }
+
+    /// Records one database's result of a run and the database's last deploy.
+    pub fn record_result(&mut self, run: &str, database: &str, status: &str, result_json: &str) -> Result<(), ApiError> {
+        self.client
+            .query(
+                "WITH r AS (INSERT INTO run_results (run_id, database, status, result) VALUES ($1, $2, $3, $4::jsonb) \
+                 ON CONFLICT (run_id, database) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result, \
+                 finished_at = now() RETURNING 1) \
+                 UPDATE databases SET last_run_id = $1, last_status = $3, last_deploy_at = now() WHERE name = $2",
+                &[Some(run), Some(database), Some(status), Some(result_json)],
+            )
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot record the run result"))
+    }
+
+    pub fn finish_run(&mut self, run: &str, status: &str) -> Result<(), ApiError> {
+        self.client
+            .query("UPDATE runs SET finished_at = now(), status = $2 WHERE id = $1", &[Some(run), Some(status)])
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot finish the run"))
+    }
+
+    /// On start: runs left `running` by a gateway that stopped are marked `interrupted`.
+    pub fn mark_interrupted(&mut self) -> Result<u64, ApiError> {
+        let r = self
+            .client
+            .query(
+                "UPDATE runs SET status = 'interrupted', finished_at = now() \
+                 WHERE status = 'running' AND gateway_pid IS DISTINCT FROM $1::int",
+                &[Some(&std::process::id().to_string())],
+            )
+            .map_err(|e| pg_api(e, "cannot mark interrupted runs"))?;
+        Ok(r.rows_affected)
+    }
+}
+
+/// A run id unique enough across gateways: time plus process id plus a counter.
+pub fn new_run_id() -> String {
+    use std::sync::atomic::AtomicU64;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!(
+        "run-{:x}-{:x}-{:x}",
+        t.as_millis(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
