@@ -43,6 +43,7 @@ impl HealthProbe {
         let ok = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (ok2, stop2) = (ok.clone(), stop.clone());
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
         let _ = std::thread::Builder::new().name("pg-health".into()).spawn(move || {
             let mut client: Option<Client> = None;
             let mut was = None;
@@ -63,6 +64,7 @@ impl HealthProbe {
                     client = None;
                 }
                 ok2.store(good, Ordering::Relaxed);
+                let _ = first_tx.send(());
                 if was != Some(good) {
                     if good {
                         log::info("postgres reachable", &[]);
@@ -79,6 +81,9 @@ impl HealthProbe {
                 }
             }
         });
+        // A gateway that just started should not report "degraded" only because the first probe has
+        // not finished; wait for it briefly.
+        let _ = first_rx.recv_timeout(Duration::from_secs(1));
         HealthProbe { ok, stop }
     }
 }
