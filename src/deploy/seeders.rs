@@ -7,8 +7,8 @@
 //! To learn which rows a seeder defines without touching the real table, the statement is evaluated
 //! inside a savepoint where the real table has been renamed away and an empty table of the same
 //! shape (`LIKE … INCLUDING DEFAULTS, IDENTITY, GENERATED, INDEXES`) took its name — qualified or not,
-//! the statement's text then resolves to the stand-in. Its rows are copied into a temporary table
-//! that outlives the rollback to the savepoint. Rows are then matched by primary key (by all
+//! the statement's text then resolves to the stand-in. Its rows leave the savepoint as JSON text
+//! (whatever is written inside it is rolled back) and land in a temporary table made before it. Rows are then matched by primary key (by all
 //! columns when the table has none). Column defaults that call `nextval` advance the real sequence
 //! during that evaluation; seeders should give their keys explicitly.
 
@@ -122,13 +122,22 @@ fn evaluate(
             at,
         )?;
         cx.run_file_stmt(Kind::MigrationFailed, at)?;
-        cx.exec(
-            &format!("INSERT INTO {tmp} ({cols}) SELECT {cols} FROM {rel}"),
+        // The rows leave the savepoint as JSON text: anything written inside it is rolled back.
+        let rows = cx.query(
+            &format!("SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s"),
+            &[],
             at,
-        )
+        )?;
+        Ok(rows.rows[0][0].clone().unwrap_or_else(|| "[]".into()))
     })();
     cx.rollback_to(&sp)?;
-    r.map(|()| tmp)
+    let json = r?;
+    cx.query(
+        &format!("INSERT INTO {tmp} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{tmp}, $1::json)"),
+        &[Some(&json)],
+        at,
+    )?;
+    Ok(tmp)
 }
 
 fn is_insert(stmt: &Statement) -> bool {
@@ -158,11 +167,12 @@ pub(crate) fn run(
             let at = At::stmt("seeders", file, stmt);
             let t = target(cx, at)?;
             let rel = qualified(&t);
-            let idx = match results.iter().position(|r| r.table == rel) {
+            let shown = format!("{}.{}", t.0, t.1);
+            let idx = match results.iter().position(|r| r.table == shown) {
                 Some(i) => i,
                 None => {
                     results.push(SeederResult {
-                        table: rel.clone(),
+                        table: shown.clone(),
                         inserted: 0,
                         skipped: 0,
                     });
@@ -242,7 +252,7 @@ pub(crate) fn run(
                 )?;
                 results[idx].inserted += r.rows_affected;
                 report.seed_validation.reseeded += r.rows_affected;
-                cx.log_change("seed", &rel, "reseed", None)?;
+                cx.log_change("seed", &shown, "reseed", None)?;
             } else if !missing.is_empty() {
                 match report
                     .seed_validation

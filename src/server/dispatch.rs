@@ -26,7 +26,12 @@ impl App {
     }
 
     /// An event on a backend socket; returns finished client responses.
-    pub fn backend_event(&mut self, _poll: &mut Poll, _key: usize, _now: Instant) -> Vec<(usize, u64, Response)> {
+    pub fn backend_event(
+        &mut self,
+        _poll: &mut Poll,
+        _key: usize,
+        _now: Instant,
+    ) -> Vec<(usize, u64, Response)> {
         Vec::new()
     }
 
@@ -54,10 +59,17 @@ impl App {
 /// Parses a JSON request body: malformed → `invalid_json`, not an object → `invalid_request`.
 pub fn json_object(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::new(Kind::InvalidJson, "request body is empty; expected a JSON object"));
+        return Err(ApiError::new(
+            Kind::InvalidJson,
+            "request body is empty; expected a JSON object",
+        ));
     }
-    let v = json::parse_with_depth(body, max_depth)
-        .map_err(|e| ApiError::new(Kind::InvalidJson, format!("request body is not valid JSON: {e}")))?;
+    let v = json::parse_with_depth(body, max_depth).map_err(|e| {
+        ApiError::new(
+            Kind::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
     if !matches!(v, Value::Object(_)) {
         return Err(ApiError::new(
             Kind::InvalidRequest,
@@ -69,7 +81,12 @@ pub fn json_object(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
 
 impl Server {
     /// Runs the handler of a complete request. `None` means the answer comes later.
-    pub(super) fn dispatch(&mut self, _key: usize, _generation: u64, inc: Incoming) -> Option<Response> {
+    pub(super) fn dispatch(
+        &mut self,
+        _key: usize,
+        _generation: u64,
+        inc: Incoming,
+    ) -> Option<Response> {
         let result = match &inc.route {
             Route::Health => Ok(self.health()),
             other => Err(ApiError::new(
@@ -88,7 +105,10 @@ impl Server {
         let mut o = ObjectWriter::new(&mut body);
         o.str("status", "healthy");
         o.str("version", crate::VERSION);
-        o.u64("uptime_seconds", self.now.saturating_duration_since(self.started).as_secs());
+        o.u64(
+            "uptime_seconds",
+            self.now.saturating_duration_since(self.started).as_secs(),
+        );
         o.finish();
         Response::json(200, body)
     }
