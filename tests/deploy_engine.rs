@@ -391,3 +391,215 @@ fn missing_extension_is_named() {
     assert_eq!(e.kind, Kind::ExtensionNotAvailable);
     assert!(e.message.contains("no_such_ext"), "{}", e.message);
 }
+
+// ---------- priority 2 ----------
+
+#[test]
+fn enum_gains_a_value_other_type_changes_refused() {
+    let db = TestDb::new("enum");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    files.insert(
+        "types/user_status.sql".into(),
+        "CREATE TYPE user_status AS ENUM ('active', 'suspended', 'deleted');\n".into(),
+    );
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.types_deployed, ["public.user_status"]);
+    assert_eq!(
+        one(
+            &db,
+            "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = 'user_status'::regtype"
+        ),
+        "active,suspended,deleted"
+    );
+    files.insert(
+        "types/user_status.sql".into(),
+        "CREATE TYPE user_status AS ENUM ('deleted', 'active');\n".into(),
+    );
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert!(e.message.contains("migration"), "{}", e.message);
+}
+
+#[test]
+fn drift_refused_unless_forced_and_safe_columns_added() {
+    let db = TestDb::new("drift");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    // Safe: a new nullable column is added by the deployer itself.
+    let products = files["tables/products.sql"].replace(
+        "name varchar(200) NOT NULL,",
+        "name varchar(200) NOT NULL,\n    description text,",
+    );
+    files.insert("tables/products.sql".into(), products);
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert!(
+        r.schema_validation
+            .safe
+            .iter()
+            .any(|c| c.column.as_deref() == Some("description") && c.applied)
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'products' AND column_name = 'description'"
+        ),
+        "1"
+    );
+    // Dataloss: a column that exists in the database disappears from the file; narrowing a type.
+    let users = files["tables/users.sql"]
+        .replace("    display_name varchar(100),\n", "")
+        .replace(
+            "CREATE INDEX users_name_trgm ON users USING gin (display_name gin_trgm_ops);\n",
+            "",
+        );
+    let mut drifted = files.clone();
+    drifted.insert("tables/users.sql".into(), users);
+    drifted.insert(
+        "tables/products.sql".into(),
+        files["tables/products.sql"].replace("name varchar(200)", "name varchar(20)"),
+    );
+    let e = run(&db, &drifted, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::SchemaDrift, "{}", e.message);
+    assert!(
+        e.message.contains("display_name") && e.message.contains("name"),
+        "{}",
+        e.message
+    );
+    let mut forced = opts(SeedMode::RunIfEmpty);
+    forced.force = true;
+    let r = ok(&db, &drifted, &forced);
+    assert_eq!(
+        r.schema_validation.dataloss.len(),
+        2,
+        "{:?}",
+        r.schema_validation
+    );
+    // Forcing accepts the drift; it never drops or narrows anything itself.
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'display_name'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn missing_seed_rows_refused_or_reseeded() {
+    let db = TestDb::new("seeds");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    q(&db, "DELETE FROM products WHERE id = 2");
+    let e = run(&db, &files, &opts(SeedMode::Verify)).unwrap_err();
+    assert_eq!(e.kind, Kind::SeedDataMissing);
+    assert!(e.message.contains("public.products 2"), "{}", e.message);
+    let mut forced = opts(SeedMode::Verify);
+    forced.force = true;
+    let r = ok(&db, &files, &forced);
+    assert_eq!(r.seed_validation.missing[0].keys, ["2"]);
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "2");
+    let mut reseed = opts(SeedMode::Verify);
+    reseed.reseed = true;
+    let r = ok(&db, &files, &reseed);
+    assert_eq!(r.seed_validation.reseeded, 1);
+    assert_eq!(one(&db, "SELECT name FROM products WHERE id = 2"), "Gadget");
+    let r = ok(&db, &files, &opts(SeedMode::Verify));
+    assert!(r.seed_validation.missing.is_empty());
+}
+
+#[test]
+fn concurrent_deploys_apply_each_migration_once() {
+    let db = TestDb::new("concurrent");
+    let files = platform();
+    let name = db.name.clone();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let files = files.clone();
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&params(&name)).unwrap();
+                let r = deploy(&mut c, &name, &archive(&files), &opts(SeedMode::RunIfEmpty));
+                r.map(|r| r.migrations_applied.len()).map_err(|e| e.message)
+            })
+        })
+        .collect();
+    let applied: Vec<usize> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(applied.iter().sum::<usize>(), 3, "{applied:?}");
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM _stonescriptdb_gateway_migrations"
+        ),
+        "3"
+    );
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
+}
+
+#[test]
+fn no_transaction_migration_runs_after_commit() {
+    let db = TestDb::new("notx");
+    let mut files = platform();
+    files.insert(
+        "migrations/005_concurrently.sql".into(),
+        "-- gateway: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS products_name_idx ON products (name);\n".into(),
+    );
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(
+        r.no_transaction_migrations,
+        ["migrations/005_concurrently.sql"]
+    );
+    assert!(
+        r.migrations_applied
+            .contains(&"migrations/005_concurrently.sql".to_string())
+    );
+    assert_eq!(
+        one(&db, "SELECT to_regclass('products_name_idx') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT no_transaction FROM _stonescriptdb_gateway_migrations WHERE filename = 'migrations/005_concurrently.sql'"
+        ),
+        "t"
+    );
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert!(r.migrations_applied.is_empty() && r.no_transaction_migrations.is_empty());
+}
+
+#[test]
+fn blocked_drop_names_dependant_and_return_type_change_recreates() {
+    let db = TestDb::new("depend");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    // Return type change: integer → bigint needs DROP + CREATE.
+    let math = files["functions/math.sql"].replace(
+        "double_it(x integer) RETURNS integer",
+        "double_it(x integer) RETURNS bigint",
+    );
+    files.insert("functions/math.sql".into(), math);
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.functions_changed, ["public.double_it(integer)"]);
+    assert_eq!(one(&db, "SELECT pg_typeof(double_it(2))::text"), "bigint");
+    // A view made by a migration depends on a function the files no longer declare.
+    files.insert(
+        "migrations/040_view.sql".into(),
+        "CREATE VIEW answer AS SELECT to_be_removed() AS v;\n".into(),
+    );
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let math = files["functions/math.sql"].replace(
+        "CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';\n",
+        "",
+    );
+    files.insert("functions/math.sql".into(), math);
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::FunctionDeployFailed);
+    assert!(e.message.contains("view answer"), "{}", e.message);
+    assert_eq!(
+        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"),
+        "t"
+    );
+}

@@ -258,11 +258,11 @@ pub(crate) fn run(
                     .seed_validation
                     .missing
                     .iter_mut()
-                    .find(|m| m.table == rel)
+                    .find(|m| m.table == shown)
                 {
                     Some(m) => m.keys.extend(missing.iter().cloned()),
                     None => report.seed_validation.missing.push(MissingSeedRows {
-                        table: rel.clone(),
+                        table: shown.clone(),
                         keys: missing.clone(),
                     }),
                 }
