@@ -603,3 +603,22 @@ fn blocked_drop_names_dependant_and_return_type_change_recreates() {
         "t"
     );
 }
+
+// ---------- priority 3: database helpers ----------
+
+#[test]
+fn create_and_drop_database_helpers() {
+    use stonescriptdb_gateway::catalog::{create_database, database_exists, drop_database};
+    let name = format!("ssdb_deploy_helpers_{}", std::process::id());
+    let mut admin = Client::connect(&params("postgres")).unwrap();
+    let _ = drop_database(&mut admin, &name);
+    assert!(create_database(&mut admin, &name).unwrap());
+    assert!(!create_database(&mut admin, &name).unwrap());
+    assert!(database_exists(&mut admin, &name).unwrap());
+    let held = Client::connect(&params(&name)).unwrap();
+    assert!(drop_database(&mut admin, &name).unwrap());
+    assert!(!database_exists(&mut admin, &name).unwrap());
+    assert!(!drop_database(&mut admin, &name).unwrap());
+    drop(held);
+    admin.close();
+}
