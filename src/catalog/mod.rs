@@ -124,11 +124,16 @@ pub fn create_database(admin: &mut Client, name: &str) -> Result<bool, ApiError>
     }
 }
 
-/// Drops a database, disconnecting its sessions first (PostgreSQL ≥ 13).
-pub fn drop_database(admin: &mut Client, name: &str) -> Result<(), ApiError> {
+/// Drops a database, disconnecting its sessions first (PostgreSQL ≥ 13). `Ok(false)` when there was
+/// none.
+pub fn drop_database(admin: &mut Client, name: &str) -> Result<bool, ApiError> {
+    if !database_exists(admin, name)? {
+        return Ok(false);
+    }
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
-        .map_err(|e| pg_api(e, &format!("cannot drop database '{name}'")))
+        .map_err(|e| pg_api(e, &format!("cannot drop database '{name}'")))?;
+    Ok(true)
 }
 
 /// A connection to the catalog database.

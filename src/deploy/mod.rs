@@ -1,7 +1,15 @@
-//! Schema deployment: reading uploaded schema archives and the SQL text they carry.
+//! Schema deployment: reading uploaded schema archives, the SQL text they carry, applying them to a
+//! database (the engine and its steps), the deploy form, the worker threads, and the HTTP-facing
+//! operations (`service`).
 
 pub mod archive;
-pub mod gzip;
-pub mod sql;
-pub mod workers;
+pub mod engine;
 pub mod form;
+pub mod functions;
+pub mod gzip;
+pub mod seeders;
+pub mod sql;
+pub mod tables;
+pub mod tracking;
+pub mod types;
+pub mod workers;

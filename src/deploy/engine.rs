@@ -1,0 +1,778 @@
+//! The deploy engine: applies one schema archive to one database inside one transaction held under a
+//! per-database advisory lock, step by step (extensions, types, tables, migrations, functions,
+//! seeders), and produces the report the `/register` and `/migrate` routes return.
+//!
+//! Design choices worth knowing:
+//! - Everything except `-- gateway: no-transaction` migrations happens in one transaction; any error
+//!   rolls the whole database back, tracking tables included. `dry_run` runs the same transaction and
+//!   rolls it back, so the report says exactly what would change (no-transaction migrations are only
+//!   listed, never run, in a dry run).
+//! - No-transaction migrations run after the main transaction commits, one statement at a time in
+//!   autocommit mode, under the session-level form of the same advisory lock, and are recorded after.
+//! - Report arrays hold names (extension names, `schema.type`, table names, migration file names,
+//!   function signatures); `functions_deployed` and `functions_skipped` are counts.
+
+use std::time::Instant;
+
+use super::archive::{SchemaArchive, SqlFile};
+use super::sql::{self, Statement};
+use super::{functions, seeders, tables, tracking, types};
+use crate::error::{ApiError, DbDetail, Kind};
+use crate::json::{ArrayWriter, ObjectWriter, write_string};
+use crate::pg::blocking::{Client, QueryResult};
+use crate::pg::dberror::PgError;
+
+/// What to do with seeders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeedMode {
+    /// New database or `/register`: run each seeder statement whose table was empty.
+    RunIfEmpty,
+    /// `/migrate`: check that the rows the seeders define exist.
+    Verify,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    /// Accept schema drift and missing seed rows.
+    pub force: bool,
+    /// Run everything, then roll back.
+    pub dry_run: bool,
+    /// In [`SeedMode::Verify`], insert missing seed rows instead of refusing.
+    pub reseed: bool,
+    pub seed_mode: SeedMode,
+    /// Recorded in the changelog with every change.
+    pub run_id: String,
+}
+
+/// One table or column difference between the table files and the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub table: String,
+    /// `None` for a whole-table change.
+    pub column: Option<String>,
+    pub description: String,
+    /// True when the engine applied it (new table, new nullable/defaulted column).
+    pub applied: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaValidation {
+    pub safe: Vec<Change>,
+    pub dataloss: Vec<Change>,
+    pub incompatible: Vec<Change>,
+}
+
+impl SchemaValidation {
+    fn has_drift(&self) -> bool {
+        !self.dataloss.is_empty() || !self.incompatible.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeederResult {
+    /// `schema.table`.
+    pub table: String,
+    pub inserted: u64,
+    /// Rows not inserted because the table already had data (or, in verify mode, already present).
+    pub skipped: u64,
+}
+
+/// Rows a seeder defines that the table lacks, by primary key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingSeedRows {
+    pub table: String,
+    /// Each key rendered as PostgreSQL's row text, e.g. `(1)` or `(1,en)`.
+    pub keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedValidation {
+    /// True when the verify mode ran.
+    pub checked: bool,
+    pub missing: Vec<MissingSeedRows>,
+    /// Rows inserted because `reseed=true`.
+    pub reseeded: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeployReport {
+    pub database: String,
+    pub extensions_installed: Vec<String>,
+    pub types_deployed: Vec<String>,
+    pub tables_created: Vec<String>,
+    pub migrations_applied: Vec<String>,
+    /// Subset of `migrations_applied` that ran outside the main transaction, after it committed.
+    pub no_transaction_migrations: Vec<String>,
+    /// Functions of the archive now in place.
+    pub functions_total: usize,
+    pub functions_changed: Vec<String>,
+    pub functions_skipped: usize,
+    pub functions_dropped: Vec<String>,
+    pub seeders: Vec<SeederResult>,
+    pub seed_validation: SeedValidation,
+    pub schema_validation: SchemaValidation,
+    pub dry_run: bool,
+    pub execution_time_ms: u64,
+}
+
+fn names(a: &mut ArrayWriter<'_>, v: &[String]) {
+    for s in v {
+        a.str(s);
+    }
+}
+
+fn changes(o: &mut ObjectWriter<'_>, key: &str, v: &[Change]) {
+    let mut a = o.array(key);
+    for c in v {
+        let mut e = a.object();
+        e.str("table", &c.table);
+        e.opt_str("column", c.column.as_deref());
+        e.str("change", &c.description);
+        e.bool("applied", c.applied);
+    }
+}
+
+impl DeployReport {
+    /// Writes the `/register` response members except `status`, `database` and `created`.
+    pub fn write_fields(&self, o: &mut ObjectWriter) {
+        names(
+            &mut o.array("extensions_installed"),
+            &self.extensions_installed,
+        );
+        names(&mut o.array("types_deployed"), &self.types_deployed);
+        names(&mut o.array("tables_created"), &self.tables_created);
+        names(&mut o.array("migrations_applied"), &self.migrations_applied);
+        names(
+            &mut o.array("no_transaction_migrations"),
+            &self.no_transaction_migrations,
+        );
+        o.u64("functions_deployed", self.functions_total as u64);
+        o.u64("functions_changed", self.functions_changed.len() as u64);
+        names(
+            &mut o.array("functions_changed_names"),
+            &self.functions_changed,
+        );
+        o.u64("functions_skipped", self.functions_skipped as u64);
+        names(&mut o.array("functions_dropped"), &self.functions_dropped);
+        {
+            let mut a = o.array("seeders");
+            for s in &self.seeders {
+                let mut e = a.object();
+                e.str("table", &s.table);
+                e.u64("inserted", s.inserted);
+                e.u64("skipped", s.skipped);
+            }
+        }
+        if self.seed_validation.checked {
+            let mut sv = o.object("seed_validation");
+            sv.u64("reseeded", self.seed_validation.reseeded);
+            let mut a = sv.array("missing");
+            for m in &self.seed_validation.missing {
+                let mut e = a.object();
+                e.str("table", &m.table);
+                names(&mut e.array("keys"), &m.keys);
+            }
+        }
+        {
+            let mut sv = o.object("schema_validation");
+            changes(&mut sv, "safe", &self.schema_validation.safe);
+            changes(&mut sv, "dataloss", &self.schema_validation.dataloss);
+            changes(
+                &mut sv,
+                "incompatible",
+                &self.schema_validation.incompatible,
+            );
+        }
+        o.bool("dry_run", self.dry_run);
+        o.u64("execution_time_ms", self.execution_time_ms);
+    }
+}
+
+/// Shared state of one deploy: the session, names for errors and the changelog, savepoint numbering.
+pub(crate) struct Ctx<'a> {
+    pub c: &'a mut Client,
+    pub db: &'a str,
+    pub run_id: &'a str,
+    pub force: bool,
+    savepoints: u32,
+}
+
+/// Where a failure happened, for the error body.
+#[derive(Clone, Copy)]
+pub(crate) struct At<'a> {
+    pub step: &'static str,
+    pub file: Option<&'a str>,
+    pub stmt: Option<&'a Statement>,
+}
+
+impl<'a> At<'a> {
+    pub fn step(step: &'static str) -> At<'a> {
+        At {
+            step,
+            file: None,
+            stmt: None,
+        }
+    }
+    pub fn file(step: &'static str, file: &'a SqlFile) -> At<'a> {
+        At {
+            step,
+            file: Some(&file.path),
+            stmt: None,
+        }
+    }
+    pub fn stmt(step: &'static str, file: &'a SqlFile, stmt: &'a Statement) -> At<'a> {
+        At {
+            step,
+            file: Some(&file.path),
+            stmt: Some(stmt),
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Runs engine-written SQL (not file text).
+    pub fn exec(&mut self, sql: &str, at: At<'_>) -> Result<(), ApiError> {
+        self.c
+            .batch_execute(sql)
+            .map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        at: At<'_>,
+    ) -> Result<QueryResult, ApiError> {
+        self.c
+            .query(sql, params)
+            .map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+    }
+
+    /// Rows of a query whose columns are all non-null text (missing values become "").
+    pub fn rows(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        at: At<'_>,
+    ) -> Result<Vec<Vec<String>>, ApiError> {
+        Ok(self
+            .query(sql, params, at)?
+            .rows
+            .into_iter()
+            .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+            .collect())
+    }
+
+    /// Runs a statement from a file; errors carry the file's line.
+    pub fn run_file_stmt(&mut self, kind: Kind, at: At<'_>) -> Result<QueryResult, ApiError> {
+        let stmt = at.stmt.expect("file statement");
+        self.c
+            .query(&stmt.text, &[])
+            .or_else(|e| match e {
+                // Several statements in one (e.g. a DO block is fine, but `query` refuses
+                // multi-statement text only if the splitter missed a `;`); fall back to simple.
+                PgError::Db(ref d) if d.code == "42601" && d.message.contains("multiple") => self
+                    .c
+                    .batch_execute(&stmt.text)
+                    .map(|()| QueryResult::default()),
+                e => Err(e),
+            })
+            .map_err(|e| self.pg_error(kind, at, e, 0))
+    }
+
+    pub fn savepoint(&mut self) -> Result<String, ApiError> {
+        self.savepoints += 1;
+        let name = format!("ssdb_sp_{}", self.savepoints);
+        self.exec(&format!("SAVEPOINT {name}"), At::step("savepoint"))?;
+        Ok(name)
+    }
+
+    pub fn rollback_to(&mut self, sp: &str) -> Result<(), ApiError> {
+        self.exec(
+            &format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"),
+            At::step("savepoint"),
+        )
+    }
+
+    pub fn release(&mut self, sp: &str) -> Result<(), ApiError> {
+        self.exec(&format!("RELEASE SAVEPOINT {sp}"), At::step("savepoint"))
+    }
+
+    /// Turns a PostgreSQL error into the API error naming step, file and line. `shift` is the number
+    /// of characters we prepended to the statement text before sending it.
+    pub fn pg_error(&self, kind: Kind, at: At<'_>, e: PgError, shift: i64) -> ApiError {
+        let db = match &e {
+            PgError::Db(d) => Some(d.clone()),
+            _ => None,
+        };
+        let kind = match (&e, kind) {
+            (PgError::Io(_) | PgError::Closed, _) => Kind::ConnectionFailed,
+            (PgError::Db(d), _) if d.code.starts_with("08") || d.code.starts_with("57P") => {
+                Kind::ConnectionFailed
+            }
+            (_, k) => k,
+        };
+        let line = at.stmt.map(|s| {
+            let pos = db
+                .as_ref()
+                .and_then(|d| d.position)
+                .map(|p| (p as i64 - 1 - shift).max(0) as usize);
+            match pos {
+                Some(p) => s.line + s.text.chars().take(p).filter(|&ch| ch == '\n').count(),
+                None => s.line,
+            }
+        });
+        let msg = match &db {
+            Some(d) => d.message.clone(),
+            None => e.to_string(),
+        };
+        let mut text = format!("{} failed", at.step);
+        if let Some(f) = at.file {
+            text.push_str(&format!(" in {f}"));
+        }
+        if let Some(l) = line {
+            text.push_str(&format!(" at line {l}"));
+        }
+        text.push_str(": ");
+        text.push_str(&msg);
+        let mut err = located(ApiError::new(kind, text).with_database(self.db), at, line);
+        if let Some(d) = db {
+            err = err.with_db(DbDetail {
+                sqlstate: d.code,
+                detail: d.detail,
+                hint: d.hint,
+            });
+        }
+        err
+    }
+
+    /// An error of ours (not PostgreSQL's) at a place in the deploy.
+    pub fn fail(&self, kind: Kind, at: At<'_>, msg: impl Into<String>) -> ApiError {
+        let line = at.stmt.map(|s| s.line);
+        located(ApiError::new(kind, msg).with_database(self.db), at, line)
+    }
+
+    pub fn log_change(
+        &mut self,
+        kind: &str,
+        object: &str,
+        action: &str,
+        checksum: Option<&str>,
+    ) -> Result<(), ApiError> {
+        tracking::log_change(self, kind, object, action, checksum)
+    }
+}
+
+fn located(mut err: ApiError, at: At<'_>, line: Option<usize>) -> ApiError {
+    let mut s = Vec::new();
+    write_string(&mut s, at.step);
+    err = err.with_extra_json("step", String::from_utf8(s).unwrap_or_default());
+    if let Some(f) = at.file {
+        let mut s = Vec::new();
+        write_string(&mut s, f);
+        err = err.with_extra_json("file", String::from_utf8(s).unwrap_or_default());
+    }
+    if let Some(l) = line {
+        err = err.with_extra_json("line", l.to_string());
+    }
+    err
+}
+
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Applies `archive` to `database`, which `client` is connected to.
+pub fn deploy(
+    client: &mut Client,
+    database: &str,
+    archive: &SchemaArchive,
+    opts: &DeployOptions,
+) -> Result<DeployReport, ApiError> {
+    let started = Instant::now();
+    let mut report = DeployReport {
+        database: database.to_string(),
+        dry_run: opts.dry_run,
+        ..DeployReport::default()
+    };
+    let mut cx = Ctx {
+        c: client,
+        db: database,
+        run_id: &opts.run_id,
+        force: opts.force,
+        savepoints: 0,
+    };
+    if cx.c.transaction_status() != b'I' {
+        // A caller left a transaction open; ours must not nest into it.
+        let _ = cx.c.batch_execute("ROLLBACK");
+    }
+    cx.exec("BEGIN", At::step("begin"))?;
+    let pending = match main_transaction(&mut cx, archive, opts, &mut report) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = cx.c.batch_execute("ROLLBACK");
+            return Err(e);
+        }
+    };
+    if opts.dry_run {
+        cx.exec("ROLLBACK", At::step("rollback"))?;
+        report.no_transaction_migrations = pending.iter().map(|f| f.path.clone()).collect();
+    } else {
+        cx.exec("COMMIT", At::step("commit"))?;
+        for file in pending {
+            if run_no_transaction(&mut cx, file)? {
+                report.migrations_applied.push(file.path.clone());
+                report.no_transaction_migrations.push(file.path.clone());
+            }
+        }
+    }
+    report.execution_time_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Everything inside the main transaction; returns the no-transaction migrations still to run.
+fn main_transaction<'f>(
+    cx: &mut Ctx<'_>,
+    archive: &'f SchemaArchive,
+    opts: &DeployOptions,
+    report: &mut DeployReport,
+) -> Result<Vec<&'f SqlFile>, ApiError> {
+    let db = cx.db.to_string();
+    cx.query(
+        "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))",
+        &[Some(&db)],
+        At::step("lock"),
+    )?;
+    tracking::ensure_tables(cx)?;
+    extensions(cx, archive, report)?;
+    types::deploy_types(cx, archive, report)?;
+    let declared = tables::declare_and_create(cx, archive, report)?;
+    let pending = migrations(cx, archive, report)?;
+    tables::validate(cx, &declared, report)?;
+    if report.schema_validation.has_drift() && !opts.force {
+        let mut list = Vec::new();
+        for c in report
+            .schema_validation
+            .dataloss
+            .iter()
+            .chain(&report.schema_validation.incompatible)
+        {
+            match &c.column {
+                Some(col) => list.push(format!("{}.{}: {}", c.table, col, c.description)),
+                None => list.push(format!("{}: {}", c.table, c.description)),
+            }
+        }
+        return Err(cx
+            .fail(
+                Kind::SchemaDrift,
+                At::step("schema_validation"),
+                format!(
+                    "tables differ from the table files in ways that lose data or are incompatible: {}",
+                    list.join("; ")
+                ),
+            )
+            .with_extra_json("schema_validation", validation_json(&report.schema_validation)));
+    }
+    functions::deploy_functions(cx, archive, report)?;
+    seeders::run(cx, archive, opts, report)?;
+    Ok(pending)
+}
+
+fn validation_json(v: &SchemaValidation) -> String {
+    let mut out = Vec::new();
+    {
+        let mut o = ObjectWriter::new(&mut out);
+        changes(&mut o, "safe", &v.safe);
+        changes(&mut o, "dataloss", &v.dataloss);
+        changes(&mut o, "incompatible", &v.incompatible);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// An extension wanted by a file: name, optional pinned version and schema.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct WantedExtension {
+    pub name: String,
+    pub version: Option<String>,
+    pub schema: Option<String>,
+}
+
+/// Reads an extension file: the file name (without extension) names the extension, except in a
+/// `.txt` list where each non-comment line does; `-- version:` and `-- schema:` lines pin them.
+pub(crate) fn wanted_extensions(file: &SqlFile) -> Vec<WantedExtension> {
+    let mut version = None;
+    let mut schema = None;
+    let mut listed = Vec::new();
+    for line in file.content.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("--") {
+            let rest = rest.trim();
+            if let Some((k, v)) = rest.split_once(':') {
+                let v = v.trim().to_string();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "version" if !v.is_empty() => version = Some(v),
+                    "schema" if !v.is_empty() => schema = Some(v),
+                    _ => {}
+                }
+            }
+        } else if !t.is_empty() && file.name.to_ascii_lowercase().ends_with(".txt") {
+            listed.push(t.to_string());
+        }
+    }
+    let canonical = |n: &str| {
+        if n == "pgvector" {
+            "vector".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    if file.name.to_ascii_lowercase().ends_with(".txt") {
+        return listed
+            .iter()
+            .map(|n| WantedExtension {
+                name: canonical(n),
+                version: None,
+                schema: None,
+            })
+            .collect();
+    }
+    let stem = file
+        .name
+        .rsplit_once('.')
+        .map_or(file.name.as_str(), |(s, _)| s);
+    vec![WantedExtension {
+        name: canonical(stem),
+        version,
+        schema,
+    }]
+}
+
+fn extensions(
+    cx: &mut Ctx<'_>,
+    archive: &SchemaArchive,
+    report: &mut DeployReport,
+) -> Result<(), ApiError> {
+    for file in &archive.extensions {
+        let at = At::file("extensions", file);
+        for w in wanted_extensions(file) {
+            let available = cx.rows(
+                "SELECT (SELECT extversion FROM pg_extension WHERE extname = $1), \
+                 EXISTS (SELECT 1 FROM pg_available_extension_versions WHERE name = $1 \
+                         AND ($2::text IS NULL OR version = $2))",
+                &[Some(&w.name), w.version.as_deref()],
+                at,
+            )?;
+            let row = &available[0];
+            let installed = (!row[0].is_empty()).then(|| row[0].clone());
+            if installed.is_none()
+                || w.version
+                    .as_ref()
+                    .is_some_and(|v| Some(v) != installed.as_ref())
+            {
+                if row[1] != "t" {
+                    let what = match &w.version {
+                        Some(v) => format!("{} version {v}", w.name),
+                        None => w.name.clone(),
+                    };
+                    return Err(cx.fail(
+                        Kind::ExtensionNotAvailable,
+                        at,
+                        format!("extension {what} is not available on the server (pg_available_extensions)"),
+                    ));
+                }
+            }
+            let version = w
+                .version
+                .as_ref()
+                .map(|v| format!(" VERSION {}", quote_literal(v)));
+            match installed {
+                None => {
+                    let mut sql = String::new();
+                    if let Some(s) = &w.schema {
+                        sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)));
+                    }
+                    sql.push_str(&format!(
+                        "CREATE EXTENSION IF NOT EXISTS {}",
+                        quote_ident(&w.name)
+                    ));
+                    if let Some(s) = &w.schema {
+                        sql.push_str(&format!(" WITH SCHEMA {}", quote_ident(s)));
+                    }
+                    sql.push_str(version.as_deref().unwrap_or(""));
+                    cx.c.batch_execute(&sql)
+                        .map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 0))?;
+                    cx.log_change("extension", &w.name, "install", w.version.as_deref())?;
+                    report.extensions_installed.push(w.name.clone());
+                }
+                Some(v) if w.version.as_ref().is_some_and(|want| *want != v) => {
+                    let want = w.version.clone().unwrap_or_default();
+                    cx.exec(
+                        &format!(
+                            "ALTER EXTENSION {} UPDATE TO {}",
+                            quote_ident(&w.name),
+                            quote_literal(&want)
+                        ),
+                        at,
+                    )?;
+                    cx.log_change("extension", &w.name, "update", Some(&want))?;
+                    report.extensions_installed.push(w.name.clone());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn migration_checksum(file: &SqlFile) -> String {
+    sql::checksum(&sql::normalize_for_checksum(&file.content))
+}
+
+fn is_no_transaction(file: &SqlFile) -> bool {
+    sql::first_line_directive(&file.content)
+        .is_some_and(|d| d.eq_ignore_ascii_case("no-transaction"))
+}
+
+fn migrations<'f>(
+    cx: &mut Ctx<'_>,
+    archive: &'f SchemaArchive,
+    report: &mut DeployReport,
+) -> Result<Vec<&'f SqlFile>, ApiError> {
+    let applied = tracking::applied_migrations(cx)?;
+    // Refuse before applying anything: an edited file means the history is no longer what ran.
+    for file in &archive.migrations {
+        if let Some(old) = applied.get(&file.path) {
+            if *old != migration_checksum(file) {
+                return Err(cx.fail(
+                    Kind::MigrationChecksumMismatch,
+                    At::file("migrations", file),
+                    format!(
+                        "migration {} was edited after it was applied (checksum differs); add a new migration instead",
+                        file.path
+                    ),
+                ));
+            }
+        }
+    }
+    let mut pending = Vec::new();
+    for file in &archive.migrations {
+        if applied.contains_key(&file.path) {
+            continue;
+        }
+        if let Some(d) = sql::first_line_directive(&file.content) {
+            if !d.eq_ignore_ascii_case("no-transaction") {
+                return Err(cx.fail(
+                    Kind::MigrationFailed,
+                    At::file("migrations", file),
+                    format!("unknown directive `-- gateway: {d}`"),
+                ));
+            }
+        }
+        if is_no_transaction(file) {
+            pending.push(file);
+            continue;
+        }
+        let t0 = Instant::now();
+        for stmt in sql::split_statements(&file.content) {
+            cx.run_file_stmt(Kind::MigrationFailed, At::stmt("migrations", file, &stmt))?;
+        }
+        let ms = t0.elapsed().as_millis() as i64;
+        let ck = migration_checksum(file);
+        tracking::record_migration(cx, &file.path, &ck, ms, false)?;
+        cx.log_change("migration", &file.path, "apply", Some(&ck))?;
+        report.migrations_applied.push(file.path.clone());
+    }
+    Ok(pending)
+}
+
+/// Runs one no-transaction migration under the session advisory lock; false when another deploy
+/// applied it meanwhile.
+fn run_no_transaction(cx: &mut Ctx<'_>, file: &SqlFile) -> Result<bool, ApiError> {
+    let db = cx.db.to_string();
+    let at = At::file("migrations", file);
+    cx.query(
+        "SELECT pg_advisory_lock(hashtext('stonescriptdb:' || $1))",
+        &[Some(&db)],
+        at,
+    )?;
+    let result = (|| {
+        let applied = tracking::applied_migrations(cx)?;
+        let ck = migration_checksum(file);
+        if let Some(old) = applied.get(&file.path) {
+            if *old != ck {
+                return Err(cx.fail(
+                    Kind::MigrationChecksumMismatch,
+                    at,
+                    format!("migration {} was edited after it was applied", file.path),
+                ));
+            }
+            return Ok(false);
+        }
+        let t0 = Instant::now();
+        for stmt in sql::split_statements(&file.content) {
+            cx.run_file_stmt(Kind::MigrationFailed, At::stmt("migrations", file, &stmt))?;
+        }
+        let ms = t0.elapsed().as_millis() as i64;
+        cx.exec("BEGIN", at)?;
+        let r = tracking::record_migration(cx, &file.path, &ck, ms, true).and_then(|()| {
+            cx.log_change("migration", &file.path, "apply-no-transaction", Some(&ck))
+        });
+        match r {
+            Ok(()) => cx.exec("COMMIT", at)?,
+            Err(e) => {
+                let _ = cx.c.batch_execute("ROLLBACK");
+                return Err(e);
+            }
+        }
+        Ok(true)
+    })();
+    let _ = cx.c.query(
+        "SELECT pg_advisory_unlock(hashtext('stonescriptdb:' || $1))",
+        &[Some(&db)],
+    );
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::archive::Folder;
+
+    fn file(name: &str, content: &str) -> SqlFile {
+        SqlFile {
+            folder: Folder::Extensions,
+            path: format!("extensions/{name}"),
+            name: name.to_string(),
+            content: content.to_string(),
+        }
+    }
+
+    #[test]
+    fn extension_file_names_and_pins() {
+        let w = wanted_extensions(&file("pgvector.sql", "-- version: 0.5.1\n-- schema: ext\n"));
+        assert_eq!(
+            w,
+            vec![WantedExtension {
+                name: "vector".into(),
+                version: Some("0.5.1".into()),
+                schema: Some("ext".into())
+            }]
+        );
+        let w = wanted_extensions(&file("uuid-ossp.sql", ""));
+        assert_eq!(w[0].name, "uuid-ossp");
+        assert_eq!(w[0].version, None);
+        let w = wanted_extensions(&file("list.txt", "pg_trgm\n\n-- c\npgcrypto\n"));
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[1].name, "pgcrypto");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

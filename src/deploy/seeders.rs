@@ -1,0 +1,302 @@
+//! The seeders step: reference rows inserted into empty tables (new database, `/register`) or
+//! verified by primary key (`/migrate`).
+//!
+//! The target table of an `INSERT` is what PostgreSQL says it is: `EXPLAIN (VERBOSE, FORMAT JSON)`
+//! of the statement (planned, not executed) names the relation and its schema.
+//!
+//! To learn which rows a seeder defines without touching the real table, the statement is evaluated
+//! inside a savepoint where the real table has been renamed away and an empty table of the same
+//! shape (`LIKE … INCLUDING DEFAULTS, IDENTITY, GENERATED, INDEXES`) took its name — qualified or not,
+//! the statement's text then resolves to the stand-in. Its rows leave the savepoint as JSON text
+//! (whatever is written inside it is rolled back) and land in a temporary table made before it. Rows are then matched by primary key (by all
+//! columns when the table has none). Column defaults that call `nextval` advance the real sequence
+//! during that evaluation; seeders should give their keys explicitly.
+
+use std::collections::HashMap;
+
+use super::archive::SchemaArchive;
+use super::engine::{
+    At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident,
+};
+use super::sql::{self, Statement};
+use crate::error::{ApiError, Kind};
+use crate::json;
+
+/// (schema, relation) of an INSERT's target.
+fn target(cx: &mut Ctx<'_>, at: At<'_>) -> Result<(String, String), ApiError> {
+    let stmt = at.stmt.expect("seeder statement");
+    let res =
+        cx.c.query(
+            &format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", stmt.text),
+            &[],
+        )
+        .map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 31))?;
+    let text = res
+        .rows
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect::<Vec<String>>()
+        .join("\n");
+    let plan = json::parse(text.as_bytes()).ok();
+    let node = plan
+        .as_ref()
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.first())
+        .and_then(|v| v.get("Plan"));
+    let rel = node
+        .and_then(|n| n.get("Relation Name"))
+        .and_then(|v| v.as_str());
+    let schema = node.and_then(|n| n.get("Schema")).and_then(|v| v.as_str());
+    match (schema, rel) {
+        (Some(s), Some(r)) => Ok((s.to_string(), r.to_string())),
+        _ => Err(cx.fail(
+            Kind::MigrationFailed,
+            at,
+            "cannot tell the target table of this INSERT from its plan",
+        )),
+    }
+}
+
+fn qualified(t: &(String, String)) -> String {
+    format!("{}.{}", quote_ident(&t.0), quote_ident(&t.1))
+}
+
+/// Insertable columns (not generated, not dropped), quoted, in order.
+fn insertable_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, ApiError> {
+    Ok(cx
+        .rows(
+            "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 \
+             AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            &[Some(rel)],
+            at,
+        )?
+        .into_iter()
+        .map(|mut r| r.remove(0))
+        .collect())
+}
+
+fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, ApiError> {
+    let pk: Vec<String> = cx
+        .rows(
+            "SELECT quote_ident(a.attname) FROM pg_index i JOIN pg_attribute a \
+             ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) \
+             WHERE i.indrelid = $1::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[Some(rel)],
+            at,
+        )?
+        .into_iter()
+        .map(|mut r| r.remove(0))
+        .collect();
+    if pk.is_empty() {
+        insertable_columns(cx, rel, at)
+    } else {
+        Ok(pk)
+    }
+}
+
+/// Evaluates an INSERT into a stand-in table and returns the temporary table holding its rows.
+fn evaluate(
+    cx: &mut Ctx<'_>,
+    t: &(String, String),
+    n: usize,
+    at: At<'_>,
+) -> Result<String, ApiError> {
+    let rel = qualified(t);
+    let tmp = format!("pg_temp._ssdb_seed_{n}");
+    let real = format!("_ssdb_seed_real_{n}");
+    let cols = insertable_columns(cx, &rel, at)?.join(", ");
+    cx.exec(
+        &format!("CREATE TEMP TABLE _ssdb_seed_{n} (LIKE {rel} INCLUDING DEFAULTS) ON COMMIT DROP"),
+        at,
+    )?;
+    let sp = cx.savepoint()?;
+    let r = (|| {
+        cx.exec(
+            &format!(
+                "ALTER TABLE {rel} RENAME TO {real}; CREATE TABLE {rel} (LIKE {}.{real} \
+                 INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED INCLUDING INDEXES)",
+                quote_ident(&t.0)
+            ),
+            at,
+        )?;
+        cx.run_file_stmt(Kind::MigrationFailed, at)?;
+        // The rows leave the savepoint as JSON text: anything written inside it is rolled back.
+        let rows = cx.query(
+            &format!("SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s"),
+            &[],
+            at,
+        )?;
+        Ok(rows.rows[0][0].clone().unwrap_or_else(|| "[]".into()))
+    })();
+    cx.rollback_to(&sp)?;
+    let json = r?;
+    cx.query(
+        &format!("INSERT INTO {tmp} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{tmp}, $1::json)"),
+        &[Some(&json)],
+        at,
+    )?;
+    Ok(tmp)
+}
+
+fn is_insert(stmt: &Statement) -> bool {
+    let kw = sql::leading_keywords(&stmt.text, 1);
+    kw.first().is_some_and(|k| k == "INSERT")
+}
+
+pub(crate) fn run(
+    cx: &mut Ctx<'_>,
+    archive: &SchemaArchive,
+    opts: &DeployOptions,
+    report: &mut DeployReport,
+) -> Result<(), ApiError> {
+    let mut results: Vec<SeederResult> = Vec::new();
+    let mut empty_at_start: HashMap<String, bool> = HashMap::new();
+    let mut counter = 0usize;
+    let verify = opts.seed_mode == SeedMode::Verify;
+    for file in &archive.seeders {
+        let stmts = sql::split_statements(&file.content);
+        let mut inserted_any = false;
+        let mut others = Vec::new();
+        for stmt in &stmts {
+            if !is_insert(stmt) {
+                others.push(stmt);
+                continue;
+            }
+            let at = At::stmt("seeders", file, stmt);
+            let t = target(cx, at)?;
+            let rel = qualified(&t);
+            let shown = format!("{}.{}", t.0, t.1);
+            let idx = match results.iter().position(|r| r.table == shown) {
+                Some(i) => i,
+                None => {
+                    results.push(SeederResult {
+                        table: shown.clone(),
+                        inserted: 0,
+                        skipped: 0,
+                    });
+                    results.len() - 1
+                }
+            };
+            if !verify {
+                let empty = match empty_at_start.get(&rel) {
+                    Some(e) => *e,
+                    None => {
+                        let e =
+                            cx.rows(&format!("SELECT NOT EXISTS (SELECT 1 FROM {rel})"), &[], at)?
+                                [0][0]
+                                == "t";
+                        empty_at_start.insert(rel.clone(), e);
+                        e
+                    }
+                };
+                if empty {
+                    let r = cx.run_file_stmt(Kind::MigrationFailed, at)?;
+                    results[idx].inserted += r.rows_affected;
+                    inserted_any = true;
+                } else {
+                    counter += 1;
+                    let tmp = evaluate(cx, &t, counter, at)?;
+                    let n = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0].clone();
+                    results[idx].skipped += n.parse::<u64>().unwrap_or(0);
+                    cx.exec(&format!("DROP TABLE {tmp}"), at)?;
+                }
+                continue;
+            }
+            counter += 1;
+            let tmp = evaluate(cx, &t, counter, at)?;
+            let keys = key_columns(cx, &rel, at)?;
+            let cond = keys
+                .iter()
+                .map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let absent = format!("NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})");
+            let total = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0]
+                .parse::<u64>()
+                .unwrap_or(0);
+            let key_text = if keys.len() == 1 {
+                format!("s.{}::text", keys[0])
+            } else {
+                format!(
+                    "ROW({})::text",
+                    keys.iter()
+                        .map(|k| format!("s.{k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let missing: Vec<String> = cx
+                .rows(
+                    &format!("SELECT {key_text} FROM {tmp} s WHERE {absent} ORDER BY 1"),
+                    &[],
+                    at,
+                )?
+                .into_iter()
+                .map(|mut r| r.remove(0))
+                .collect();
+            if !missing.is_empty() && opts.reseed {
+                let cols = insertable_columns(cx, &rel, at)?.join(", ");
+                let scols = cols
+                    .split(", ")
+                    .map(|c| format!("s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let r = cx.query(
+                    &format!(
+                        "INSERT INTO {rel} ({cols}) SELECT {scols} FROM {tmp} s WHERE {absent}"
+                    ),
+                    &[],
+                    at,
+                )?;
+                results[idx].inserted += r.rows_affected;
+                report.seed_validation.reseeded += r.rows_affected;
+                cx.log_change("seed", &shown, "reseed", None)?;
+            } else if !missing.is_empty() {
+                match report
+                    .seed_validation
+                    .missing
+                    .iter_mut()
+                    .find(|m| m.table == shown)
+                {
+                    Some(m) => m.keys.extend(missing.iter().cloned()),
+                    None => report.seed_validation.missing.push(MissingSeedRows {
+                        table: shown.clone(),
+                        keys: missing.clone(),
+                    }),
+                }
+            }
+            results[idx].skipped += total - missing.len() as u64;
+            cx.exec(&format!("DROP TABLE {tmp}"), at)?;
+        }
+        if inserted_any {
+            for stmt in others {
+                cx.run_file_stmt(Kind::MigrationFailed, At::stmt("seeders", file, stmt))?;
+            }
+        }
+    }
+    for r in &results {
+        if r.inserted > 0 && !verify {
+            cx.log_change("seed", &r.table, "insert", None)?;
+        }
+    }
+    report.seeders = results;
+    if verify {
+        report.seed_validation.checked = true;
+        if !report.seed_validation.missing.is_empty() && !opts.force {
+            let list: Vec<String> = report
+                .seed_validation
+                .missing
+                .iter()
+                .map(|m| format!("{} {}", m.table, m.keys.join(", ")))
+                .collect();
+            return Err(cx.fail(
+                Kind::SeedDataMissing,
+                At::step("seeders"),
+                format!("rows defined by seeders are missing: {}", list.join("; ")),
+            ));
+        }
+    }
+    Ok(())
+}

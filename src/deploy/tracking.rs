@@ -1,0 +1,211 @@
+//! The gateway's tracking and audit tables inside each deployed database, and the reads and writes
+//! the engine makes on them. They live in `public` next to the schema they describe and are written
+//! in the deploy's own transaction, so a rolled-back deploy leaves no trace in them either.
+
+use std::collections::HashMap;
+
+use super::engine::{At, Ctx};
+use crate::error::ApiError;
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_migrations (
+    filename text PRIMARY KEY,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    duration_ms bigint NOT NULL DEFAULT 0,
+    no_transaction boolean NOT NULL DEFAULT false,
+    run_id text
+);
+CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_types (
+    name text PRIMARY KEY,
+    checksum text NOT NULL,
+    file text NOT NULL,
+    deployed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_tables (
+    name text PRIMARY KEY,
+    checksum text NOT NULL,
+    file text NOT NULL,
+    deployed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_functions (
+    signature text PRIMARY KEY,
+    kind text NOT NULL,
+    checksum text NOT NULL,
+    file text NOT NULL,
+    deployed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_changelog (
+    id bigserial PRIMARY KEY,
+    run_id text,
+    kind text NOT NULL,
+    object text NOT NULL,
+    action text NOT NULL,
+    checksum text,
+    forced boolean NOT NULL DEFAULT false,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
+/// Creates the tables when missing. Called after the advisory lock is held, so two first deploys
+/// cannot race on the catalog.
+pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
+    cx.exec(DDL, At::step("tracking"))
+}
+
+pub(crate) fn log_change(
+    cx: &mut Ctx<'_>,
+    kind: &str,
+    object: &str,
+    action: &str,
+    checksum: Option<&str>,
+) -> Result<(), ApiError> {
+    let run = cx.run_id.to_string();
+    let forced = if cx.force { "true" } else { "false" };
+    cx.query(
+        "INSERT INTO public._stonescriptdb_gateway_changelog (run_id, kind, object, action, checksum, forced) \
+         VALUES ($1, $2, $3, $4, $5, $6::boolean)",
+        &[Some(&run), Some(kind), Some(object), Some(action), checksum, Some(forced)],
+        At::step("tracking"),
+    )?;
+    Ok(())
+}
+
+/// File name → checksum of every recorded migration.
+pub(crate) fn applied_migrations(cx: &mut Ctx<'_>) -> Result<HashMap<String, String>, ApiError> {
+    Ok(cx
+        .rows(
+            "SELECT filename, checksum FROM public._stonescriptdb_gateway_migrations",
+            &[],
+            At::step("tracking"),
+        )?
+        .into_iter()
+        .map(|mut r| {
+            let ck = r.pop().unwrap_or_default();
+            (r.pop().unwrap_or_default(), ck)
+        })
+        .collect())
+}
+
+pub(crate) fn record_migration(
+    cx: &mut Ctx<'_>,
+    file: &str,
+    checksum: &str,
+    duration_ms: i64,
+    no_transaction: bool,
+) -> Result<(), ApiError> {
+    let run = cx.run_id.to_string();
+    let ms = duration_ms.to_string();
+    cx.query(
+        "INSERT INTO public._stonescriptdb_gateway_migrations \
+         (filename, checksum, duration_ms, no_transaction, run_id) VALUES ($1, $2, $3::bigint, $4::boolean, $5)",
+        &[
+            Some(file),
+            Some(checksum),
+            Some(&ms),
+            Some(if no_transaction { "true" } else { "false" }),
+            Some(&run),
+        ],
+        At::step("tracking"),
+    )?;
+    Ok(())
+}
+
+/// A tracked object: name → (checksum, file).
+pub(crate) fn tracked(
+    cx: &mut Ctx<'_>,
+    table: &str,
+) -> Result<HashMap<String, (String, String)>, ApiError> {
+    Ok(cx
+        .rows(
+            &format!("SELECT name, checksum, file FROM public._stonescriptdb_gateway_{table}"),
+            &[],
+            At::step("tracking"),
+        )?
+        .into_iter()
+        .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
+        .collect())
+}
+
+/// Upserts into `_stonescriptdb_gateway_types` or `_tables`.
+pub(crate) fn upsert(
+    cx: &mut Ctx<'_>,
+    table: &str,
+    name: &str,
+    checksum: &str,
+    file: &str,
+) -> Result<(), ApiError> {
+    cx.query(
+        &format!(
+            "INSERT INTO public._stonescriptdb_gateway_{table} (name, checksum, file) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, file = EXCLUDED.file, deployed_at = now()"
+        ),
+        &[Some(name), Some(checksum), Some(file)],
+        At::step("tracking"),
+    )?;
+    Ok(())
+}
+
+pub(crate) fn forget(cx: &mut Ctx<'_>, table: &str, name: &str) -> Result<(), ApiError> {
+    cx.query(
+        &format!("DELETE FROM public._stonescriptdb_gateway_{table} WHERE name = $1"),
+        &[Some(name)],
+        At::step("tracking"),
+    )?;
+    Ok(())
+}
+
+/// A tracked function.
+pub(crate) struct TrackedFunction {
+    pub signature: String,
+    pub kind: String,
+    pub checksum: String,
+    pub file: String,
+    /// Whether `to_regprocedure` still finds it.
+    pub exists: bool,
+}
+
+pub(crate) fn tracked_functions(cx: &mut Ctx<'_>) -> Result<Vec<TrackedFunction>, ApiError> {
+    Ok(cx
+        .rows(
+            "SELECT signature, kind, checksum, file, (to_regprocedure(signature) IS NOT NULL)::text \
+             FROM public._stonescriptdb_gateway_functions ORDER BY signature",
+            &[],
+            At::step("tracking"),
+        )?
+        .into_iter()
+        .map(|r| TrackedFunction {
+            signature: r[0].clone(),
+            kind: r[1].clone(),
+            checksum: r[2].clone(),
+            file: r[3].clone(),
+            exists: r[4] == "true",
+        })
+        .collect())
+}
+
+pub(crate) fn upsert_function(
+    cx: &mut Ctx<'_>,
+    signature: &str,
+    kind: &str,
+    checksum: &str,
+    file: &str,
+) -> Result<(), ApiError> {
+    cx.query(
+        "INSERT INTO public._stonescriptdb_gateway_functions (signature, kind, checksum, file) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (signature) DO UPDATE SET kind = EXCLUDED.kind, \
+         checksum = EXCLUDED.checksum, file = EXCLUDED.file, deployed_at = now()",
+        &[Some(signature), Some(kind), Some(checksum), Some(file)],
+        At::step("tracking"),
+    )?;
+    Ok(())
+}
+
+pub(crate) fn forget_function(cx: &mut Ctx<'_>, signature: &str) -> Result<(), ApiError> {
+    cx.query(
+        "DELETE FROM public._stonescriptdb_gateway_functions WHERE signature = $1",
+        &[Some(signature)],
+        At::step("tracking"),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,624 @@
+//! The deploy engine against a real PostgreSQL (started by `scripts/test.sh`): the sample platform in
+//! `tests/fixtures/platform/`, packed into a tar.gz here and read with the archive reader, deployed
+//! into a fresh database per test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use stonescriptdb_gateway::deploy::archive::{ArchiveLimits, SchemaArchive, read_archive};
+use stonescriptdb_gateway::deploy::engine::{DeployOptions, DeployReport, SeedMode, deploy};
+use stonescriptdb_gateway::error::{ApiError, Kind};
+use stonescriptdb_gateway::json::ObjectWriter;
+use stonescriptdb_gateway::pg::blocking::Client;
+use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
+
+// ---------- cluster and databases ----------
+
+fn params(db: &str) -> ConnectParams {
+    let port = std::env::var("TEST_PG_PORT")
+        .expect("TEST_PG_PORT is not set: run these tests through scripts/test.sh");
+    let host = std::env::var("TEST_PG_HOST").expect("TEST_PG_HOST is not set");
+    ConnectParams {
+        host: if host.starts_with('/') {
+            Host::Unix(PathBuf::from(host))
+        } else {
+            Host::Tcp(host)
+        },
+        port: port.parse().expect("numeric TEST_PG_PORT"),
+        user: std::env::var("TEST_PG_SUPERUSER").unwrap_or_else(|_| "postgres".into()),
+        password: None,
+        dbname: db.to_string(),
+        application_name: "deploy_engine_test".into(),
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A database of its own, dropped when the test ends (also on panic).
+struct TestDb {
+    name: String,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    fn new(tag: &str) -> TestDb {
+        let name = format!(
+            "ssdb_deploy_{tag}_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = Client::connect(&params("postgres")).expect("connect admin");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        admin.close();
+        TestDb { name }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&params(&self.name)).expect("connect test db")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&params("postgres")) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+            admin.close();
+        }
+    }
+}
+
+// ---------- archives ----------
+
+fn fixture_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/platform")
+}
+
+/// The sample platform as path (relative to `postgresql/`) → content.
+fn platform() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let root = fixture_root().join("postgresql");
+    for folder in std::fs::read_dir(&root).unwrap() {
+        let folder = folder.unwrap().path();
+        for f in std::fs::read_dir(&folder).unwrap() {
+            let f = f.unwrap().path();
+            let rel = f
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.insert(rel, std::fs::read_to_string(&f).unwrap());
+        }
+    }
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
+    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v
+}
+
+fn archive(files: &BTreeMap<String, String>) -> SchemaArchive {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes())
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    read_archive(&gzip(&tar), &ArchiveLimits::default()).expect("readable archive")
+}
+
+fn opts(mode: SeedMode) -> DeployOptions {
+    DeployOptions {
+        force: false,
+        dry_run: false,
+        reseed: false,
+        seed_mode: mode,
+        run_id: "test-run".into(),
+    }
+}
+
+fn run(
+    db: &TestDb,
+    files: &BTreeMap<String, String>,
+    o: &DeployOptions,
+) -> Result<DeployReport, ApiError> {
+    let mut c = db.client();
+    let r = deploy(&mut c, &db.name, &archive(files), o);
+    c.close();
+    r
+}
+
+fn ok(db: &TestDb, files: &BTreeMap<String, String>, o: &DeployOptions) -> DeployReport {
+    match run(db, files, o) {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "deploy failed: {:?} {} {:?} {:?}",
+            e.kind, e.message, e.db, e.extra
+        ),
+    }
+}
+
+fn q(db: &TestDb, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut c = db.client();
+    let r = c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.close();
+    r
+}
+
+fn one(db: &TestDb, sql: &str) -> String {
+    q(db, sql)[0][0].clone().unwrap_or_default()
+}
+
+/// Everything the tracking tables and user schema hold, to prove a failed deploy changed nothing.
+fn state(db: &TestDb) -> String {
+    one(
+        db,
+        "SELECT concat_ws(' | ', \
+           (SELECT string_agg(filename || ':' || checksum, ',' ORDER BY filename) FROM _stonescriptdb_gateway_migrations), \
+           (SELECT string_agg(signature || ':' || checksum, ',' ORDER BY signature) FROM _stonescriptdb_gateway_functions), \
+           (SELECT count(*) FROM _stonescriptdb_gateway_changelog), \
+           (SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace), \
+           (SELECT string_agg(proname, ',' ORDER BY proname) FROM pg_proc WHERE pronamespace = 'public'::regnamespace))",
+    )
+}
+
+// ---------- priority 1 ----------
+
+#[test]
+fn deploy_new_then_redeploy_skips_everything() {
+    let db = TestDb::new("basic");
+    let files = platform();
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let mut ext = r.extensions_installed.clone();
+    ext.sort();
+    assert_eq!(ext, ["pg_trgm", "pgcrypto", "uuid-ossp"]);
+    assert_eq!(r.types_deployed.len(), 3, "{:?}", r.types_deployed);
+    let mut t = r.tables_created.clone();
+    t.sort();
+    assert_eq!(t, ["categories", "orders", "products", "users"]);
+    assert_eq!(
+        r.migrations_applied,
+        [
+            "migrations/001_settings.sql",
+            "migrations/002_more.sql",
+            "migrations/010_index.sql"
+        ]
+    );
+    assert_eq!(r.functions_total, 13);
+    assert_eq!(r.functions_changed.len(), 13);
+    assert_eq!(r.functions_skipped, 0);
+    assert!(r.functions_dropped.is_empty());
+    let products = r
+        .seeders
+        .iter()
+        .find(|s| s.table == "public.products")
+        .unwrap();
+    assert_eq!((products.inserted, products.skipped), (3, 0));
+    assert!(r.schema_validation.dataloss.is_empty() && r.schema_validation.incompatible.is_empty());
+
+    // The functions work.
+    let id = one(&db, "SELECT create_user('a@example.com', 'Alice')");
+    assert_eq!(
+        q(&db, &format!("SELECT email FROM get_user({id})"))[0][0].as_deref(),
+        Some("a@example.com")
+    );
+    assert_eq!(one(&db, "SELECT add_numbers(1, 2)"), "3");
+    assert_eq!(one(&db, "SELECT add_numbers(1.5, 2)"), "3.5");
+    assert_eq!(one(&db, "SELECT add_numbers(1, 2, 3)"), "6");
+    assert_eq!(one(&db, "SELECT greet()"), "hello world!");
+    assert_eq!(one(&db, "SELECT product_count()"), "3");
+    assert_eq!(one(&db, "SELECT length(random_token())"), "16");
+    q(&db, "CALL set_setting('k', 'v')");
+    assert_eq!(
+        one(&db, "SELECT value FROM app_settings WHERE key = 'version'"),
+        "2"
+    );
+    assert_eq!(one(&db, "SELECT count(*) FROM find_users('Alice')"), "1");
+    // The self-reference and FK order made it through.
+    assert_eq!(
+        one(&db, "SELECT name FROM categories WHERE parent_id = 1"),
+        "child"
+    );
+
+    let mut buf = Vec::new();
+    {
+        let mut o = ObjectWriter::new(&mut buf);
+        r.write_fields(&mut o);
+    }
+    let json = String::from_utf8(buf).unwrap();
+    assert!(json.contains("\"functions_deployed\":13"), "{json}");
+    assert!(
+        json.contains("\"migrations_applied\":[\"migrations/001_settings.sql\""),
+        "{json}"
+    );
+
+    let before = one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog");
+    let r2 = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert!(r2.extensions_installed.is_empty());
+    assert!(r2.types_deployed.is_empty());
+    assert!(r2.tables_created.is_empty());
+    assert!(r2.migrations_applied.is_empty());
+    assert_eq!(r2.functions_total, 13);
+    assert_eq!(r2.functions_skipped, 13);
+    assert!(r2.functions_changed.is_empty() && r2.functions_dropped.is_empty());
+    let products = r2
+        .seeders
+        .iter()
+        .find(|s| s.table == "public.products")
+        .unwrap();
+    assert_eq!((products.inserted, products.skipped), (0, 3));
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
+    assert_eq!(
+        one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog"),
+        before
+    );
+}
+
+#[test]
+fn changes_apply_exactly_what_changed() {
+    let db = TestDb::new("changes");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    files.insert(
+        "migrations/011_flag.sql".into(),
+        "ALTER TABLE app_settings ADD COLUMN IF NOT EXISTS flag boolean;\n".into(),
+    );
+    let math = files["functions/math.sql"]
+        .replace("'SELECT a + b + c'", "'SELECT a + b + c + 0'")
+        .replace("CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';\n", "");
+    files.insert("functions/math.sql".into(), math);
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.migrations_applied, ["migrations/011_flag.sql"]);
+    assert_eq!(
+        r.functions_changed,
+        ["public.add_numbers(integer, integer, integer)"]
+    );
+    assert_eq!(r.functions_dropped, ["public.to_be_removed()"]);
+    assert_eq!(r.functions_total, 12);
+    assert_eq!(r.functions_skipped, 11);
+    assert_eq!(
+        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NULL"),
+        "t"
+    );
+    assert_eq!(one(&db, "SELECT add_numbers(1, 2, 3)"), "6");
+}
+
+#[test]
+fn edited_applied_migration_is_refused() {
+    let db = TestDb::new("edited");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let before = state(&db);
+    files.insert(
+        "migrations/002_more.sql".into(),
+        "UPDATE app_settings SET value = '3';\n".into(),
+    );
+    files.insert(
+        "migrations/020_new.sql".into(),
+        "CREATE TABLE never (id int);\n".into(),
+    );
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::MigrationChecksumMismatch);
+    assert!(
+        e.message.contains("migrations/002_more.sql"),
+        "{}",
+        e.message
+    );
+    assert_eq!(state(&db), before);
+}
+
+#[test]
+fn failing_migration_leaves_everything_unchanged() {
+    let db = TestDb::new("failing");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let before = state(&db);
+    files.insert(
+        "migrations/030_bad.sql".into(),
+        "CREATE TABLE half (id int);\n\nINSERT INTO half VALUES (1);\nSELECT 1/0;\n".into(),
+    );
+    files.insert(
+        "functions/extra.sql".into(),
+        "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1';".into(),
+    );
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::MigrationFailed);
+    assert_eq!(e.db.as_ref().unwrap().sqlstate, "22012");
+    let extra: Vec<_> = e.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert!(
+        extra.contains(&"file=\"migrations/030_bad.sql\"".to_string()),
+        "{extra:?}"
+    );
+    assert!(extra.contains(&"line=4".to_string()), "{extra:?}");
+    assert!(
+        extra.contains(&"step=\"migrations\"".to_string()),
+        "{extra:?}"
+    );
+    assert_eq!(state(&db), before);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let db = TestDb::new("dry");
+    let files = platform();
+    let mut o = opts(SeedMode::RunIfEmpty);
+    o.dry_run = true;
+    let r = ok(&db, &files, &o);
+    assert!(r.dry_run);
+    assert_eq!(r.tables_created.len(), 4);
+    assert_eq!(r.functions_changed.len(), 13);
+    assert_eq!(
+        one(
+            &db,
+            "SELECT to_regclass('_stonescriptdb_gateway_migrations') IS NULL"
+        ),
+        "t"
+    );
+    assert_eq!(one(&db, "SELECT to_regclass('users') IS NULL"), "t");
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn missing_extension_is_named() {
+    let db = TestDb::new("noext");
+    let mut files = platform();
+    files.insert("extensions/no_such_ext.sql".into(), String::new());
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::ExtensionNotAvailable);
+    assert!(e.message.contains("no_such_ext"), "{}", e.message);
+}
+
+// ---------- priority 2 ----------
+
+#[test]
+fn enum_gains_a_value_other_type_changes_refused() {
+    let db = TestDb::new("enum");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    files.insert(
+        "types/user_status.sql".into(),
+        "CREATE TYPE user_status AS ENUM ('active', 'suspended', 'deleted');\n".into(),
+    );
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.types_deployed, ["public.user_status"]);
+    assert_eq!(
+        one(
+            &db,
+            "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = 'user_status'::regtype"
+        ),
+        "active,suspended,deleted"
+    );
+    files.insert(
+        "types/user_status.sql".into(),
+        "CREATE TYPE user_status AS ENUM ('deleted', 'active');\n".into(),
+    );
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert!(e.message.contains("migration"), "{}", e.message);
+}
+
+#[test]
+fn drift_refused_unless_forced_and_safe_columns_added() {
+    let db = TestDb::new("drift");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    // Safe: a new nullable column is added by the deployer itself.
+    let products = files["tables/products.sql"].replace(
+        "name varchar(200) NOT NULL,",
+        "name varchar(200) NOT NULL,\n    description text,",
+    );
+    files.insert("tables/products.sql".into(), products);
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert!(
+        r.schema_validation
+            .safe
+            .iter()
+            .any(|c| c.column.as_deref() == Some("description") && c.applied)
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'products' AND column_name = 'description'"
+        ),
+        "1"
+    );
+    // Dataloss: a column that exists in the database disappears from the file; narrowing a type.
+    let users = files["tables/users.sql"]
+        .replace("    display_name varchar(100),\n", "")
+        .replace(
+            "CREATE INDEX users_name_trgm ON users USING gin (display_name gin_trgm_ops);\n",
+            "",
+        );
+    let mut drifted = files.clone();
+    drifted.insert("tables/users.sql".into(), users);
+    drifted.insert(
+        "tables/products.sql".into(),
+        files["tables/products.sql"].replace("name varchar(200)", "name varchar(20)"),
+    );
+    let e = run(&db, &drifted, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::SchemaDrift, "{}", e.message);
+    assert!(
+        e.message.contains("display_name") && e.message.contains("name"),
+        "{}",
+        e.message
+    );
+    let mut forced = opts(SeedMode::RunIfEmpty);
+    forced.force = true;
+    let r = ok(&db, &drifted, &forced);
+    assert_eq!(
+        r.schema_validation.dataloss.len(),
+        2,
+        "{:?}",
+        r.schema_validation
+    );
+    // Forcing accepts the drift; it never drops or narrows anything itself.
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'display_name'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn missing_seed_rows_refused_or_reseeded() {
+    let db = TestDb::new("seeds");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    q(&db, "DELETE FROM products WHERE id = 2");
+    let e = run(&db, &files, &opts(SeedMode::Verify)).unwrap_err();
+    assert_eq!(e.kind, Kind::SeedDataMissing);
+    assert!(e.message.contains("public.products 2"), "{}", e.message);
+    let mut forced = opts(SeedMode::Verify);
+    forced.force = true;
+    let r = ok(&db, &files, &forced);
+    assert_eq!(r.seed_validation.missing[0].keys, ["2"]);
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "2");
+    let mut reseed = opts(SeedMode::Verify);
+    reseed.reseed = true;
+    let r = ok(&db, &files, &reseed);
+    assert_eq!(r.seed_validation.reseeded, 1);
+    assert_eq!(one(&db, "SELECT name FROM products WHERE id = 2"), "Gadget");
+    let r = ok(&db, &files, &opts(SeedMode::Verify));
+    assert!(r.seed_validation.missing.is_empty());
+}
+
+#[test]
+fn concurrent_deploys_apply_each_migration_once() {
+    let db = TestDb::new("concurrent");
+    let files = platform();
+    let name = db.name.clone();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let files = files.clone();
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&params(&name)).unwrap();
+                let r = deploy(&mut c, &name, &archive(&files), &opts(SeedMode::RunIfEmpty));
+                r.map(|r| r.migrations_applied.len()).map_err(|e| e.message)
+            })
+        })
+        .collect();
+    let applied: Vec<usize> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(applied.iter().sum::<usize>(), 3, "{applied:?}");
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*) FROM _stonescriptdb_gateway_migrations"
+        ),
+        "3"
+    );
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
+}
+
+#[test]
+fn no_transaction_migration_runs_after_commit() {
+    let db = TestDb::new("notx");
+    let mut files = platform();
+    files.insert(
+        "migrations/005_concurrently.sql".into(),
+        "-- gateway: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS products_name_idx ON products (name);\n".into(),
+    );
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(
+        r.no_transaction_migrations,
+        ["migrations/005_concurrently.sql"]
+    );
+    assert!(
+        r.migrations_applied
+            .contains(&"migrations/005_concurrently.sql".to_string())
+    );
+    assert_eq!(
+        one(&db, "SELECT to_regclass('products_name_idx') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT no_transaction FROM _stonescriptdb_gateway_migrations WHERE filename = 'migrations/005_concurrently.sql'"
+        ),
+        "t"
+    );
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert!(r.migrations_applied.is_empty() && r.no_transaction_migrations.is_empty());
+}
+
+#[test]
+fn blocked_drop_names_dependant_and_return_type_change_recreates() {
+    let db = TestDb::new("depend");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    // Return type change: integer → bigint needs DROP + CREATE.
+    let math = files["functions/math.sql"].replace(
+        "double_it(x integer) RETURNS integer",
+        "double_it(x integer) RETURNS bigint",
+    );
+    files.insert("functions/math.sql".into(), math);
+    let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.functions_changed, ["public.double_it(integer)"]);
+    assert_eq!(one(&db, "SELECT pg_typeof(double_it(2))::text"), "bigint");
+    // A view made by a migration depends on a function the files no longer declare.
+    files.insert(
+        "migrations/040_view.sql".into(),
+        "CREATE VIEW answer AS SELECT to_be_removed() AS v;\n".into(),
+    );
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let math = files["functions/math.sql"].replace(
+        "CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';\n",
+        "",
+    );
+    files.insert("functions/math.sql".into(), math);
+    let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::FunctionDeployFailed);
+    assert!(e.message.contains("view answer"), "{}", e.message);
+    assert_eq!(
+        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"),
+        "t"
+    );
+}
+
+// ---------- priority 3: database helpers ----------
+
+#[test]
+fn create_and_drop_database_helpers() {
+    use stonescriptdb_gateway::catalog::{create_database, database_exists, drop_database};
+    let name = format!("ssdb_deploy_helpers_{}", std::process::id());
+    let mut admin = Client::connect(&params("postgres")).unwrap();
+    let _ = drop_database(&mut admin, &name);
+    assert!(create_database(&mut admin, &name).unwrap());
+    assert!(!create_database(&mut admin, &name).unwrap());
+    assert!(database_exists(&mut admin, &name).unwrap());
+    let held = Client::connect(&params(&name)).unwrap();
+    assert!(drop_database(&mut admin, &name).unwrap());
+    assert!(!database_exists(&mut admin, &name).unwrap());
+    assert!(!drop_database(&mut admin, &name).unwrap());
+    drop(held);
+    admin.close();
+}
