@@ -313,6 +313,9 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// Extra JSON members (already-encoded values), e.g. the step and file of a failed deploy.
     pub extra: Vec<(&'static str, String)>,
+    /// A status other than the table's, for the one documented case: `schema_extraction_failed` is 413
+    /// when an archive breaches a size limit.
+    pub status_override: Option<u16>,
 }
 
 impl ApiError {
@@ -325,6 +328,7 @@ impl ApiError {
             db: None,
             allow: None,
             extra: Vec::new(),
+            status_override: None,
         }
     }
 
@@ -350,7 +354,7 @@ impl ApiError {
     }
 
     pub fn status(&self) -> u16 {
-        self.kind.status()
+        self.status_override.unwrap_or(self.kind.status())
     }
 
     /// Seconds a client should wait before retrying, for retryable errors.

@@ -8,6 +8,7 @@ pub mod form;
 pub mod functions;
 pub mod gzip;
 pub mod seeders;
+pub mod service;
 pub mod sql;
 pub mod tables;
 pub mod tracking;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use mio::Poll;
 
 use super::client::Incoming;
-use super::{Notifier, Server};
+use super::{Message, Notifier, Server};
+use crate::deploy::service::{self, DeployCtx};
+use crate::deploy::workers::Workers;
 use crate::call::engine::CallEngine;
 use crate::call::request::CallRequest;
 use crate::config::Config;
@@ -30,6 +32,8 @@ pub struct App {
     health: HealthProbe,
     /// Deploy jobs handed to workers and not yet answered.
     pub(crate) deploys_in_flight: usize,
+    workers: Workers,
+    deploy: DeployCtx,
 }
 
 /// Whether PostgreSQL answers, checked off the loop by a small thread every second.
@@ -96,6 +100,8 @@ impl App {
             calls: CallEngine::new(cfg.clone(), params.clone()),
             health: HealthProbe::start(params),
             deploys_in_flight: 0,
+            workers: Workers::new(cfg.deploy.workers, cfg.deploy.queue)?,
+            deploy: DeployCtx::new(cfg.clone()),
         })
     }
 
@@ -116,6 +122,33 @@ impl App {
     pub fn shutdown(&mut self, poll: &mut Poll) {
         self.health.stop.store(true, Ordering::Relaxed);
         self.calls.shutdown(poll);
+        self.workers.shutdown();
+    }
+
+    /// Runs `op` on a deploy worker; its response comes back through the notifier. A full queue is
+    /// refused at once.
+    fn submit_deploy(
+        &mut self,
+        key: usize,
+        generation: u64,
+        op: impl FnOnce(&DeployCtx) -> (Response, Vec<String>) + Send + 'static,
+    ) -> Option<Response> {
+        let ctx = self.deploy.clone();
+        let notifier = self.notifier.clone();
+        let task = Box::new(move || {
+            let (response, invalidate) = op(&ctx);
+            notifier.send(Message::Complete { client: key, generation, response, invalidate });
+        });
+        match self.workers.try_submit(task) {
+            Ok(()) => {
+                self.deploys_in_flight += 1;
+                None
+            }
+            Err(_) => Some(Response::error(&ApiError::new(
+                Kind::DeployQueueFull,
+                "too many deploys are queued; retry shortly",
+            ))),
+        }
     }
 
     /// Drops cached statements of a database after a deploy changed it.
@@ -159,6 +192,22 @@ impl Server {
                 .and_then(|v| CallRequest::from_json(&v))
             {
                 Ok(req) => return self.app.calls.submit(&mut self.poll, key, generation, req, self.now),
+                Err(e) => Err(e),
+            },
+            Route::Register | Route::Migrate => {
+                let ct = inc.head.content_type.clone().unwrap_or_default();
+                let body = inc.body;
+                let register = inc.route == Route::Register;
+                return self.app.submit_deploy(key, generation, move |ctx| {
+                    if register { service::register(ctx, &ct, &body) } else { service::migrate(ctx, &ct, &body) }
+                });
+            }
+            Route::AdminDatabases => {
+                let platform = inc.head.query_param("platform");
+                return self.app.submit_deploy(key, generation, move |ctx| service::admin_databases(ctx, platform));
+            }
+            Route::AdminCreateTenant => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
+                Ok(v) => return self.app.submit_deploy(key, generation, move |ctx| service::create_tenant(ctx, &v)),
                 Err(e) => Err(e),
             },
             other => Err(ApiError::new(

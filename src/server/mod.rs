@@ -86,7 +86,6 @@ pub struct Server {
     pub(crate) addr: SocketAddr,
     clients: Slab<Client>,
     pub(crate) cfg: Arc<Config>,
-    pub(crate) notifier: Notifier,
     inbox: Receiver<Message>,
     signals: Option<mio::net::UnixStream>,
     /// Set once shutdown began: the time by which we exit regardless.
@@ -118,7 +117,6 @@ impl Server {
             addr,
             clients: Slab::default(),
             cfg,
-            notifier: notifier.clone(),
             inbox,
             signals: None,
             shutdown_deadline: None,
@@ -249,6 +247,7 @@ impl Server {
         while let Ok(m) = self.inbox.try_recv() {
             match m {
                 Message::Complete { client, generation, response, invalidate } => {
+                    self.app.deploys_in_flight = self.app.deploys_in_flight.saturating_sub(1);
                     for db in &invalidate {
                         self.app.invalidate(&mut self.poll, db);
                     }
