@@ -101,6 +101,8 @@ pub struct CallEngine {
     scratch: Vec<u8>,
     /// Answers produced while handling events, handed to the server afterwards.
     done: Done,
+    /// Platforms with a dedicated PostgreSQL role: platform → (user, password).
+    credentials: std::collections::HashMap<String, (String, Option<String>)>,
 }
 
 fn api_from_db(e: &DbError, database: &str) -> ApiError {
@@ -199,6 +201,20 @@ impl CallEngine {
             jobs: Vec::new(),
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
+            credentials: Default::default(),
+        }
+    }
+
+    /// Sets (or clears) a platform's dedicated role; later calls of that platform use pools keyed by
+    /// database and role.
+    pub fn set_credentials(&mut self, platform: &str, user: Option<String>, password: Option<String>) {
+        match user {
+            Some(u) => {
+                self.credentials.insert(platform.to_string(), (u, password));
+            }
+            None => {
+                self.credentials.remove(platform);
+            }
         }
     }
 
@@ -242,7 +258,8 @@ impl CallEngine {
 
     /// Accepts a call. `Some` is an immediate answer; `None` means it will come through `Done` lists.
     pub fn submit(&mut self, poll: &mut Poll, client: usize, generation: u64, req: CallRequest, now: Instant) -> Option<Response> {
-        let pool = self.pool_for(&req.database, now);
+        let role = crate::security::names::platform(&req.platform).ok().and_then(|p| self.credentials.get(&p).cloned());
+        let pool = self.pool_for(&req.database, role, now);
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
         let waiter = Waiter { client, generation, req, started: now, deadline: now + self.cfg.pool.wait_timeout };
@@ -267,14 +284,22 @@ impl CallEngine {
         None
     }
 
-    fn pool_for(&mut self, database: &str, now: Instant) -> usize {
-        if let Some(&k) = self.pools.by_key.get(database) {
+    fn pool_for(&mut self, database: &str, role: Option<(String, Option<String>)>, now: Instant) -> usize {
+        let key = match &role {
+            Some((u, _)) => format!("{database}@{u}"),
+            None => database.to_string(),
+        };
+        if let Some(&k) = self.pools.by_key.get(&key) {
             return k;
         }
         let mut params = self.base.with_dbname(database);
         params.application_name = "stonescriptdb-gateway".into();
-        let k = self.pools.pools.insert(Pool::new(database.to_string(), database.to_string(), params, now));
-        self.pools.by_key.insert(database.to_string(), k);
+        if let Some((u, p)) = role {
+            params.user = u;
+            params.password = p;
+        }
+        let k = self.pools.pools.insert(Pool::new(key.clone(), database.to_string(), params, now));
+        self.pools.by_key.insert(key, k);
         k
     }
 
@@ -907,20 +932,23 @@ impl CallEngine {
 
     /// A deploy changed `database`: its cached statements and types are stale.
     pub fn invalidate(&mut self, poll: &mut Poll, database: &str) {
-        let Some(&pool) = self.pools.by_key.get(database) else { return };
-        let (idle, busy) = match self.pools.pools.get_mut(pool) {
-            Some(p) => {
-                p.types = TypeRegistry::new();
-                (std::mem::take(&mut p.idle), p.busy.clone())
+        let pools: Vec<usize> =
+            self.pools.pools.iter().filter(|(_, p)| p.database == database).map(|(k, _)| k).collect();
+        for pool in pools {
+            let (idle, busy) = match self.pools.pools.get_mut(pool) {
+                Some(p) => {
+                    p.types = TypeRegistry::new();
+                    (std::mem::take(&mut p.idle), p.busy.clone())
+                }
+                None => continue,
+            };
+            for c in idle {
+                self.close_conn(poll, c);
             }
-            None => return,
-        };
-        for c in idle {
-            self.close_conn(poll, c);
-        }
-        for c in busy {
-            if let Some(c) = self.conns.get_mut(c) {
-                c.retire = true;
+            for c in busy {
+                if let Some(c) = self.conns.get_mut(c) {
+                    c.retire = true;
+                }
             }
         }
     }

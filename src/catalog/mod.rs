@@ -307,6 +307,252 @@ impl Catalog {
     }
 }
 
+/// A registered platform.
+#[derive(Clone)]
+pub struct PlatformRecord {
+    pub name: String,
+    pub registered_at: String,
+    pub db_user: Option<String>,
+    pub db_password: Option<String>,
+}
+
+impl std::fmt::Debug for PlatformRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformRecord")
+            .field("name", &self.name)
+            .field("db_user", &self.db_user)
+            .field("db_password", &self.db_password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// A stored schema version (without the archive bytes).
+#[derive(Debug, Clone)]
+pub struct SchemaRecord {
+    pub platform: String,
+    pub name: String,
+    pub checksum: String,
+    pub uploaded_at: String,
+    pub has_tables: bool,
+    pub has_functions: bool,
+    pub has_migrations: bool,
+    pub has_seeders: bool,
+    pub version: i64,
+}
+
+/// A run and its per-database results.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: String,
+    pub kind: String,
+    pub platform: Option<String>,
+    pub schema_name: Option<String>,
+    pub status: String,
+    pub total: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// (database, status, result JSON)
+    pub results: Vec<(String, String, String)>,
+}
+
+const TS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    let h = s.strip_prefix("\\x")?;
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok()).collect()
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + b.len() * 2);
+    s.push_str("\\x");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+fn bool_col(v: &Option<String>) -> bool {
+    v.as_deref() == Some("t")
+}
+
+impl Catalog {
+    /// Registers a platform; 409 when it exists.
+    pub fn register_platform(&mut self, name: &str, user: Option<&str>, password: Option<&str>) -> Result<(), ApiError> {
+        let r = self
+            .client
+            .query(
+                "INSERT INTO platforms (name, db_user, db_password) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                &[Some(name), user, password],
+            )
+            .map_err(|e| pg_api(e, "cannot register the platform"))?;
+        if r.rows_affected == 0 {
+            return Err(ApiError::new(Kind::PlatformAlreadyExists, format!("platform '{name}' is already registered")));
+        }
+        Ok(())
+    }
+
+    pub fn platform(&mut self, name: &str) -> Result<Option<PlatformRecord>, ApiError> {
+        let sql = format!("SELECT name, to_char(registered_at AT TIME ZONE 'UTC', {TS}), db_user, db_password FROM platforms WHERE name = $1");
+        let r = self.client.query(&sql, &[Some(name)]).map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.into_iter().next().map(|row| PlatformRecord {
+            name: row[0].clone().unwrap_or_default(),
+            registered_at: row[1].clone().unwrap_or_default(),
+            db_user: row[2].clone(),
+            db_password: row[3].clone(),
+        }))
+    }
+
+    /// The platform or 404.
+    pub fn require_platform(&mut self, name: &str) -> Result<PlatformRecord, ApiError> {
+        self.platform(name)?
+            .ok_or_else(|| ApiError::new(Kind::PlatformNotFound, format!("platform '{name}' is not registered")))
+    }
+
+    /// Every platform with its counts of schemas and databases.
+    pub fn platforms(&mut self) -> Result<Vec<(String, i64, i64)>, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT p.name, (SELECT count(*) FROM schemas s WHERE s.platform = p.name)::text, \
+                        (SELECT count(*) FROM databases d WHERE d.platform = p.name)::text \
+                 FROM platforms p ORDER BY p.name",
+                &[],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| {
+                let n = |i: usize| row[i].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+                (row[0].clone().unwrap_or_default(), n(1), n(2))
+            })
+            .collect())
+    }
+
+    /// Stores a new version of a schema atomically; returns the version number.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_schema(
+        &mut self,
+        platform: &str,
+        name: &str,
+        archive: &[u8],
+        checksum: &str,
+        has: [bool; 4],
+    ) -> Result<i64, ApiError> {
+        let hex = hex_encode(archive);
+        let b = |x: bool| if x { "true" } else { "false" };
+        let r = self
+            .client
+            .query(
+                "INSERT INTO schemas (platform, name, archive, checksum, has_tables, has_functions, has_migrations, \
+                 has_seeders, version) VALUES ($1, $2, $3::bytea, $4, $5::boolean, $6::boolean, $7::boolean, $8::boolean, 1) \
+                 ON CONFLICT (platform, name) DO UPDATE SET archive = EXCLUDED.archive, checksum = EXCLUDED.checksum, \
+                 uploaded_at = now(), has_tables = EXCLUDED.has_tables, has_functions = EXCLUDED.has_functions, \
+                 has_migrations = EXCLUDED.has_migrations, has_seeders = EXCLUDED.has_seeders, \
+                 version = schemas.version + 1 RETURNING version::text",
+                &[
+                    Some(platform),
+                    Some(name),
+                    Some(&hex),
+                    Some(checksum),
+                    Some(b(has[0])),
+                    Some(b(has[1])),
+                    Some(b(has[2])),
+                    Some(b(has[3])),
+                ],
+            )
+            .map_err(|e| pg_api(e, "cannot store the schema"))?;
+        Ok(r.rows.first().and_then(|row| row[0].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
+    pub fn schemas(&mut self, platform: &str) -> Result<Vec<SchemaRecord>, ApiError> {
+        let sql = format!(
+            "SELECT platform, name, checksum, to_char(uploaded_at AT TIME ZONE 'UTC', {TS}), has_tables, has_functions, \
+             has_migrations, has_seeders, version::text FROM schemas WHERE platform = $1 ORDER BY name"
+        );
+        let r = self.client.query(&sql, &[Some(platform)]).map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| SchemaRecord {
+                platform: row[0].clone().unwrap_or_default(),
+                name: row[1].clone().unwrap_or_default(),
+                checksum: row[2].clone().unwrap_or_default(),
+                uploaded_at: row[3].clone().unwrap_or_default(),
+                has_tables: bool_col(&row[4]),
+                has_functions: bool_col(&row[5]),
+                has_migrations: bool_col(&row[6]),
+                has_seeders: bool_col(&row[7]),
+                version: row[8].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// The stored archive of a schema or 404.
+    pub fn schema_archive(&mut self, platform: &str, name: &str) -> Result<(Vec<u8>, i64), ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT archive::text, version::text FROM schemas WHERE platform = $1 AND name = $2",
+                &[Some(platform), Some(name)],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        let row = r.rows.into_iter().next().ok_or_else(|| {
+            ApiError::new(Kind::SchemaNotFound, format!("platform '{platform}' has no schema '{name}'"))
+        })?;
+        let bytes = row[0]
+            .as_deref()
+            .and_then(hex_decode)
+            .ok_or_else(|| ApiError::new(Kind::Internal, "stored archive is unreadable"))?;
+        Ok((bytes, row[1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)))
+    }
+
+    /// A run with its per-database results.
+    pub fn run(&mut self, id: &str) -> Result<Option<RunRecord>, ApiError> {
+        let sql = format!(
+            "SELECT id, kind, platform, schema_name, status, total::text, to_char(started_at AT TIME ZONE 'UTC', {TS}), \
+             to_char(finished_at AT TIME ZONE 'UTC', {TS}) FROM runs WHERE id = $1"
+        );
+        let r = self.client.query(&sql, &[Some(id)]).map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        let Some(row) = r.rows.into_iter().next() else { return Ok(None) };
+        let res = self
+            .client
+            .query(
+                "SELECT database, status, result::text FROM run_results WHERE run_id = $1 ORDER BY finished_at, database",
+                &[Some(id)],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(Some(RunRecord {
+            id: row[0].clone().unwrap_or_default(),
+            kind: row[1].clone().unwrap_or_default(),
+            platform: row[2].clone(),
+            schema_name: row[3].clone(),
+            status: row[4].clone().unwrap_or_default(),
+            total: row[5].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+            started_at: row[6].clone().unwrap_or_default(),
+            finished_at: row[7].clone(),
+            results: res
+                .rows
+                .into_iter()
+                .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default(), r[2].clone().unwrap_or_default()))
+                .collect(),
+        }))
+    }
+
+    /// Platforms with dedicated credentials: (platform, user, password).
+    pub fn platform_credentials(&mut self) -> Result<Vec<(String, String, Option<String>)>, ApiError> {
+        let r = self
+            .client
+            .query("SELECT name, db_user, db_password FROM platforms WHERE db_user IS NOT NULL", &[])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| (row[0].clone().unwrap_or_default(), row[1].clone().unwrap_or_default(), row[2].clone()))
+            .collect())
+    }
+}
+
 /// A run id unique enough across gateways: time plus process id plus a counter.
 pub fn new_run_id() -> String {
     use std::sync::atomic::AtomicU64;

@@ -13,4 +13,5 @@ pub mod sql;
 pub mod tables;
 pub mod tracking;
 pub mod types;
+pub mod v2;
 pub mod workers;

@@ -23,6 +23,9 @@ use crate::security::names;
 pub struct DeployCtx {
     pub cfg: Arc<Config>,
     pub admin: ConnectParams,
+    /// A platform's dedicated PostgreSQL role (user, password): its databases are owned by and deployed
+    /// as that role.
+    pub role: Option<(String, Option<String>)>,
 }
 
 /// The response and the databases that changed.
@@ -35,7 +38,14 @@ fn err(e: ApiError) -> Outcome {
 impl DeployCtx {
     pub fn new(cfg: Arc<Config>) -> DeployCtx {
         let admin = cfg.db.connect_params();
-        DeployCtx { cfg, admin }
+        DeployCtx { cfg, admin, role: None }
+    }
+
+    /// The context for a platform, using its dedicated role when it has one.
+    pub fn for_platform(&self, p: &catalog::PlatformRecord) -> DeployCtx {
+        let mut c = self.clone();
+        c.role = p.db_user.clone().map(|u| (u, p.db_password.clone()));
+        c
     }
 
     fn limits(&self) -> ArchiveLimits {
@@ -64,7 +74,12 @@ impl DeployCtx {
     }
 
     fn connect(&self, database: &str) -> Result<Client, ApiError> {
-        Client::connect(&self.admin.with_dbname(database)).map_err(|e| {
+        let mut params = self.admin.with_dbname(database);
+        if let Some((user, password)) = &self.role {
+            params.user = user.clone();
+            params.password = password.clone();
+        }
+        Client::connect(&params).map_err(|e| {
             let mut a = pg_api(e, &format!("cannot connect to database '{database}'"));
             if a.db.as_ref().is_some_and(|d| d.sqlstate == "3D000") {
                 a.kind = Kind::DatabaseNotFound;
@@ -130,6 +145,16 @@ pub fn create_and_deploy(
             .with_database(name));
     }
     let created = !exists && catalog::create_database(&mut admin, name)?;
+    if created {
+        if let Some((user, _)) = &ctx.role {
+            // The platform's role owns its databases, so deploys and calls can run as that role.
+            let sql = format!("ALTER DATABASE \"{name}\" OWNER TO \"{}\"", user.replace('"', "\"\""));
+            if let Err(e) = admin.batch_execute(&sql) {
+                let _ = catalog::drop_database(&mut admin, name);
+                return Err(pg_api(e, "cannot give the database to the platform's role").with_database(name));
+            }
+        }
+    }
     if created || !opts.dry_run {
         cat.record_database(name, owner)?;
     }

@@ -11,6 +11,7 @@ use mio::Poll;
 use super::client::Incoming;
 use super::{Message, Notifier, Server};
 use crate::deploy::service::{self, DeployCtx};
+use crate::deploy::v2;
 use crate::deploy::workers::Workers;
 use crate::call::engine::CallEngine;
 use crate::call::request::CallRequest;
@@ -26,8 +27,7 @@ use crate::json::{self, ObjectWriter, Value};
 /// Everything the handlers own: the `/call` engine, the PostgreSQL health probe, worker handles.
 /// Lives inside the [`Server`].
 pub struct App {
-    #[allow(dead_code)]
-    notifier: Notifier,
+    pub(crate) notifier: Notifier,
     pub(crate) calls: CallEngine,
     health: HealthProbe,
     /// Deploy jobs handed to workers and not yet answered.
@@ -92,16 +92,58 @@ impl HealthProbe {
     }
 }
 
+/// Once at start: marks runs of gateways that stopped mid-run as interrupted. Then every 15 s: hands
+/// platforms' dedicated credentials to the loop, so instances sharing a catalog learn each other's
+/// registrations.
+fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier) {
+    let _ = std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
+        let mut marked = false;
+        let mut known: std::collections::HashMap<String, (String, Option<String>)> = Default::default();
+        loop {
+            if !marked {
+                match v2::mark_interrupted_runs(&ctx) {
+                    Ok(n) => {
+                        marked = true;
+                        if n > 0 {
+                            log::warn("runs interrupted by a stop were marked", &[("runs", &n)]);
+                        }
+                    }
+                    Err(e) => log::debug("catalog not reachable yet", &[("error", &e)]),
+                }
+            }
+            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                if let Ok(list) = cat.platform_credentials() {
+                    for (platform, user, password) in list {
+                        let v = (user.clone(), password.clone());
+                        if known.get(&platform) != Some(&v) {
+                            known.insert(platform.clone(), v);
+                            notifier.send(Message::Credentials { platform, user: Some(user), password });
+                        }
+                    }
+                }
+                cat.client.close();
+            }
+            std::thread::sleep(Duration::from_secs(15));
+            // The loop is gone once the notifier cannot deliver; then stop.
+            if !notifier.alive() {
+                return;
+            }
+        }
+    });
+}
+
 impl App {
     pub fn new(cfg: &Arc<Config>, notifier: Notifier) -> io::Result<App> {
         let params = cfg.db.connect_params();
+        let deploy = DeployCtx::new(cfg.clone());
+        start_catalog_sync(deploy.clone(), notifier.clone());
         Ok(App {
             notifier,
             calls: CallEngine::new(cfg.clone(), params.clone()),
             health: HealthProbe::start(params),
             deploys_in_flight: 0,
             workers: Workers::new(cfg.deploy.workers, cfg.deploy.queue)?,
-            deploy: DeployCtx::new(cfg.clone()),
+            deploy,
         })
     }
 
@@ -123,6 +165,64 @@ impl App {
         self.health.stop.store(true, Ordering::Relaxed);
         self.calls.shutdown(poll);
         self.workers.shutdown();
+    }
+
+    /// A v2 migrate: answered at the end, streamed as NDJSON lines, or answered 202 at once (`async`).
+    fn submit_v2_migrate(&mut self, key: usize, generation: u64, body: Value, all: bool, ndjson: bool) -> Option<Response> {
+        let ctx = self.deploy.clone();
+        let notifier = self.notifier.clone();
+        let is_async = body.get("async").and_then(Value::as_bool).unwrap_or(false);
+        let task = Box::new(move || {
+            let complete = |response: Response, invalidate: Vec<String>| {
+                notifier.send(Message::Complete { client: key, generation, response, invalidate });
+            };
+            let plan = match v2::plan_migrate(&ctx, &body, all) {
+                Ok(p) => p,
+                Err(e) => return complete(Response::error(&e), Vec::new()),
+            };
+            if is_async {
+                let mut answered = false;
+                let (resp, changed) = v2::run_migrate(
+                    &plan,
+                    &mut |run_id| {
+                        let mut b = Vec::new();
+                        let mut o = crate::json::ObjectWriter::new(&mut b);
+                        o.str("status", "running");
+                        o.str("run_id", run_id);
+                        o.u64("total", plan.databases.len() as u64);
+                        o.str("poll", &format!("/runs/{run_id}"));
+                        o.finish();
+                        complete(Response::json(202, b), Vec::new());
+                        answered = true;
+                    },
+                    v2::Progress::None,
+                );
+                if answered {
+                    notifier.send(Message::Invalidate(changed));
+                } else {
+                    complete(resp, changed);
+                }
+            } else if ndjson {
+                let chunk = |data: Vec<u8>| {
+                    notifier.send(Message::Chunk { client: key, generation, data, last: false });
+                };
+                let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::Lines(&chunk));
+                notifier.send(Message::Invalidate(changed));
+                let mut summary = resp.body;
+                summary.push(b'\n');
+                notifier.send(Message::Chunk { client: key, generation, data: summary, last: true });
+            } else {
+                let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::None);
+                complete(resp, changed);
+            }
+        });
+        match self.workers.try_submit(task) {
+            Ok(()) => {
+                self.deploys_in_flight += 1;
+                None
+            }
+            Err(_) => Some(Response::error(&ApiError::new(Kind::DeployQueueFull, "too many deploys are queued; retry shortly"))),
+        }
     }
 
     /// Runs `op` on a deploy worker; its response comes back through the notifier. A full queue is
@@ -210,10 +310,58 @@ impl Server {
                 Ok(v) => return self.app.submit_deploy(key, generation, move |ctx| service::create_tenant(ctx, &v)),
                 Err(e) => Err(e),
             },
-            other => Err(ApiError::new(
-                Kind::NotFound,
-                format!("{} is not available in this build yet", other.name()),
-            )),
+            Route::PlatformRegister => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
+                Ok(v) => {
+                    let notifier = self.app.notifier.clone();
+                    return self.app.submit_deploy(key, generation, move |ctx| {
+                        let out = v2::register_platform(ctx, &v);
+                        if out.0.status == 201 {
+                            if let (Some(p), Some(u)) =
+                                (v.get("platform").and_then(Value::as_str), v.get("db_user").and_then(Value::as_str))
+                            {
+                                if let Ok(p) = crate::security::names::platform(p) {
+                                    notifier.send(Message::Credentials {
+                                        platform: p,
+                                        user: Some(u.to_string()),
+                                        password: v.get("db_password").and_then(Value::as_str).map(str::to_string),
+                                    });
+                                }
+                            }
+                        }
+                        out
+                    });
+                }
+                Err(e) => Err(e),
+            },
+            Route::PlatformSchemaUpload(p) => {
+                let (p, ct, body) = (p.clone(), inc.head.content_type.clone().unwrap_or_default(), inc.body);
+                return self.app.submit_deploy(key, generation, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
+            }
+            Route::PlatformSchemas(p) => {
+                let p = p.clone();
+                return self.app.submit_deploy(key, generation, move |ctx| v2::list_schemas(ctx, &p));
+            }
+            Route::PlatformDatabases(p) => {
+                let (p, schema) = (p.clone(), inc.head.query_param("schema"));
+                return self.app.submit_deploy(key, generation, move |ctx| v2::list_databases(ctx, &p, schema));
+            }
+            Route::Platforms => return self.app.submit_deploy(key, generation, v2::list_platforms),
+            Route::Run(id) => {
+                let id = id.clone();
+                return self.app.submit_deploy(key, generation, move |ctx| v2::get_run(ctx, &id));
+            }
+            Route::DatabaseCreate => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
+                Ok(v) => return self.app.submit_deploy(key, generation, move |ctx| v2::create_database(ctx, &v)),
+                Err(e) => Err(e),
+            },
+            Route::V2Migrate | Route::V2MigrateAll => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
+                Ok(v) => {
+                    let all = inc.route == Route::V2MigrateAll;
+                    let ndjson = inc.head.accept.as_deref().is_some_and(|a| a.contains("application/x-ndjson"));
+                    return self.app.submit_v2_migrate(key, generation, v, all, ndjson);
+                }
+                Err(e) => Err(e),
+            },
         };
         Some(match result {
             Ok(r) => r,

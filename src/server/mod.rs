@@ -45,6 +45,10 @@ pub enum Message {
     Complete { client: usize, generation: u64, response: Response, invalidate: Vec<String> },
     /// A chunk of a streamed response; `last` ends the stream.
     Chunk { client: usize, generation: u64, data: Vec<u8>, last: bool },
+    /// Databases changed by work that answered its client earlier (async runs).
+    Invalidate(Vec<String>),
+    /// A platform's dedicated PostgreSQL role, for its `/call` pools (`None` user: back to the default).
+    Credentials { platform: String, user: Option<String>, password: Option<String> },
     /// Begin graceful shutdown.
     Shutdown,
 }
@@ -57,6 +61,11 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// False once the loop has exited.
+    pub fn alive(&self) -> bool {
+        self.tx.send(Message::Invalidate(Vec::new())).is_ok()
+    }
+
     pub fn send(&self, m: Message) {
         // The loop may have exited already; then there is nobody to tell.
         if self.tx.send(m).is_ok() {
@@ -253,7 +262,20 @@ impl Server {
                     }
                     self.deliver(vec![(client, generation, response)]);
                 }
-                Message::Chunk { client, generation, data, last } => self.stream_chunk(client, generation, data, last),
+                Message::Chunk { client, generation, data, last } => {
+                    if last {
+                        self.app.deploys_in_flight = self.app.deploys_in_flight.saturating_sub(1);
+                    }
+                    self.stream_chunk(client, generation, data, last)
+                }
+                Message::Invalidate(dbs) => {
+                    for db in &dbs {
+                        self.app.invalidate(&mut self.poll, db);
+                    }
+                }
+                Message::Credentials { platform, user, password } => {
+                    self.app.calls.set_credentials(&platform, user, password);
+                }
                 Message::Shutdown => self.begin_shutdown(),
             }
         }
