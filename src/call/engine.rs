@@ -101,6 +101,8 @@ pub struct CallEngine {
     scratch: Vec<u8>,
     /// Answers produced while handling events, handed to the server afterwards.
     done: Done,
+    /// Recorded owners: database → (platform, the tenant_id a call must give; None for main).
+    owners: std::collections::HashMap<String, (String, Option<String>)>,
     /// Platforms with a dedicated PostgreSQL role: platform → (user, password).
     credentials: std::collections::HashMap<String, (String, Option<String>)>,
 }
@@ -202,6 +204,31 @@ impl CallEngine {
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
             credentials: Default::default(),
+            owners: Default::default(),
+        }
+    }
+
+    /// Adds or refreshes ownership records from the catalog.
+    pub fn set_owners(&mut self, list: Vec<(String, String, Option<String>)>) {
+        for (name, platform, tenant) in list {
+            self.owners.insert(name, (platform, tenant));
+        }
+    }
+
+    /// A database recorded for another platform or tenant is never served, even when the names map
+    /// onto it (platform `a` tenant `b_main` and platform `a_b` both give `a_b_main`).
+    fn check_owner(&self, req: &CallRequest) -> Result<(), ApiError> {
+        let Some((platform, tenant)) = self.owners.get(&req.database) else { return Ok(()) };
+        let want_platform = crate::security::names::platform(&req.platform).unwrap_or_default();
+        let want_tenant = req.tenant.as_deref().filter(|t| !t.is_empty()).map(crate::security::names::sanitize);
+        if *platform == want_platform && *tenant == want_tenant {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Kind::NameConflict,
+                format!("database '{}' belongs to another platform or tenant", req.database),
+            )
+            .with_database(&req.database))
         }
     }
 
@@ -258,6 +285,9 @@ impl CallEngine {
 
     /// Accepts a call. `Some` is an immediate answer; `None` means it will come through `Done` lists.
     pub fn submit(&mut self, poll: &mut Poll, client: usize, generation: u64, req: CallRequest, now: Instant) -> Option<Response> {
+        if let Err(e) = self.check_owner(&req) {
+            return Some(Response::error(&e));
+        }
         let role = crate::security::names::platform(&req.platform).ok().and_then(|p| self.credentials.get(&p).cloned());
         let pool = self.pool_for(&req.database, role, now);
         let p = self.pools.pools.get_mut(pool)?;

@@ -18,6 +18,8 @@ pub enum Args {
 #[derive(Debug, Clone)]
 pub struct CallRequest {
     pub platform: String,
+    /// The tenant as given (`None` for the main database).
+    pub tenant: Option<String>,
     pub database: String,
     pub function: String,
     pub args: Args,
@@ -76,7 +78,10 @@ impl CallRequest {
         if params.len() > 100 {
             return Err(invalid("at most 100 parameters are accepted (PostgreSQL's FUNC_MAX_ARGS)"));
         }
-        Ok(CallRequest { platform: platform.to_string(), database, function: function.to_string(), args, params })
+        Ok(CallRequest {
+            platform: platform.to_string(),
+            tenant: tenant.filter(|t| !t.is_empty()).map(str::to_string),
+            database, function: function.to_string(), args, params })
     }
 
     /// What identifies the prepared statement on a connection: function, schema and argument shape.

@@ -553,6 +553,27 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Owners as `/call` checks them: database name → (platform, the `tenant_id` a call must give;
+    /// `None` for a main database). `names` limits the lookup; `None` reads all.
+    pub fn call_owners(&mut self, names: Option<&[String]>) -> Result<Vec<(String, String, Option<String>)>, ApiError> {
+        let list = names.map(|n| format!("{{{}}}", n.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(",")));
+        let r = self
+            .client
+            .query(
+                "SELECT name, platform, CASE kind WHEN 'main' THEN NULL WHEN 'tenant' THEN tenant_id \
+                 ELSE schema_name || '_' || database_id END FROM databases \
+                 WHERE $1::text[] IS NULL OR name = ANY($1::text[])",
+                &[list.as_deref()],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| (row[0].clone().unwrap_or_default(), row[1].clone().unwrap_or_default(), row[2].clone()))
+            .collect())
+    }
+}
+
 /// A run id unique enough across gateways: time plus process id plus a counter.
 pub fn new_run_id() -> String {
     use std::sync::atomic::AtomicU64;

@@ -112,6 +112,9 @@ fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier) {
                 }
             }
             if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                if let Ok(list) = cat.call_owners(None) {
+                    notifier.send(Message::Owners(list));
+                }
                 if let Ok(list) = cat.platform_credentials() {
                     for (platform, user, password) in list {
                         let v = (user.clone(), password.clone());
@@ -237,6 +240,15 @@ impl App {
         let notifier = self.notifier.clone();
         let task = Box::new(move || {
             let (response, invalidate) = op(&ctx);
+            if !invalidate.is_empty() {
+                // Databases this deploy created or changed: tell /call who owns them right away.
+                if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                    if let Ok(list) = cat.call_owners(Some(&invalidate)) {
+                        notifier.send(Message::Owners(list));
+                    }
+                    cat.client.close();
+                }
+            }
             notifier.send(Message::Complete { client: key, generation, response, invalidate });
         });
         match self.workers.try_submit(task) {

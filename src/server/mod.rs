@@ -49,6 +49,8 @@ pub enum Message {
     Invalidate(Vec<String>),
     /// A platform's dedicated PostgreSQL role, for its `/call` pools (`None` user: back to the default).
     Credentials { platform: String, user: Option<String>, password: Option<String> },
+    /// Who owns which database, for the `/call` ownership check: (name, platform, call tenant).
+    Owners(Vec<(String, String, Option<String>)>),
     /// Begin graceful shutdown.
     Shutdown,
 }
@@ -273,6 +275,7 @@ impl Server {
                         self.app.invalidate(&mut self.poll, db);
                     }
                 }
+                Message::Owners(list) => self.app.calls.set_owners(list),
                 Message::Credentials { platform, user, password } => {
                     self.app.calls.set_credentials(&platform, user, password);
                 }
