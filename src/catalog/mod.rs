@@ -3,15 +3,16 @@
 //! schemas. Shared safely by several gateway instances; used from worker threads with the blocking
 //! client, never from the event loop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use crate::error::{ApiError, DbDetail, Kind};
 use crate::pg::blocking::Client;
 use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 
-/// Set once the catalog tables are known to exist in this process.
-static READY: AtomicBool = AtomicBool::new(false);
+/// Catalog databases whose tables are known to exist (several only in tests, one per catalog name).
+static READY: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS platforms (
@@ -119,7 +120,8 @@ pub fn database_exists(admin: &mut Client, name: &str) -> Result<bool, ApiError>
 pub fn create_database(admin: &mut Client, name: &str) -> Result<bool, ApiError> {
     match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(name))) {
         Ok(()) => Ok(true),
-        Err(PgError::Db(d)) if d.code == "42P04" => Ok(false),
+        // 42P04, or 23505 when another session creates the same name at the same moment.
+        Err(PgError::Db(d)) if d.code == "42P04" || (d.code == "23505" && d.message.contains("pg_database")) => Ok(false),
         Err(e) => Err(pg_api(e, &format!("cannot create database '{name}'"))),
     }
 }
@@ -155,13 +157,16 @@ impl Catalog {
             }
             Err(e) => return Err(pg_api(e, "cannot connect to the catalog")),
         };
-        if !READY.load(Ordering::Acquire) {
+        let known = READY.lock().map(|r| r.iter().any(|n| n == catalog_db)).unwrap_or(false);
+        if !known {
             // Two gateways may create the tables at once; a transaction-level lock serialises them.
             let sql = format!(
                 "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;"
             );
             client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
-            READY.store(true, Ordering::Release);
+            if let Ok(mut r) = READY.lock() {
+                r.push(catalog_db.to_string());
+            }
         }
         Ok(Catalog { client })
     }

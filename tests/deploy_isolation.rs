@@ -1,0 +1,122 @@
+//! A long deploy runs on a worker thread: `/call` keeps being answered while it runs, and the loop
+//! drops cached statements of the deployed database when the deploy commits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use stonescriptdb_gateway::pg::blocking::Client;
+use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
+
+fn admin() -> Client {
+    let (host, port, user) = common::pg_env();
+    let p = ConnectParams {
+        host: Host::Unix(host.into()),
+        port,
+        user,
+        password: None,
+        dbname: "postgres".into(),
+        application_name: "deploy_isolation_test".into(),
+        connect_timeout: Duration::from_secs(5),
+    };
+    Client::connect(&p).expect("connect as superuser")
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
+    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v
+}
+
+fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
+    }
+    gzip(&b.into_inner().unwrap())
+}
+
+fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----isolation7d1f";
+    let mut body = Vec::new();
+    for (name, data) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if *name == "schema" {
+            body.extend_from_slice(b"; filename=\"s.tar.gz\"\r\nContent-Type: application/gzip");
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[test]
+fn calls_are_answered_while_a_long_deploy_runs() {
+    let mut a = admin();
+    let uniq = std::process::id();
+    let slow_platform = format!("iso_slow_{uniq}");
+    let fast_db = format!("iso_fast_{uniq}_main");
+    let catalog = format!("cat_iso_{uniq}");
+    a.batch_execute(&format!("DROP DATABASE IF EXISTS {fast_db} WITH (FORCE)")).unwrap();
+    a.batch_execute(&format!("CREATE DATABASE {fast_db}")).unwrap();
+    {
+        let (host, port, user) = common::pg_env();
+        let p = ConnectParams {
+            host: Host::Unix(host.into()),
+            port,
+            user,
+            password: None,
+            dbname: fast_db.clone(),
+            application_name: "deploy_isolation_test".into(),
+            connect_timeout: Duration::from_secs(5),
+        };
+        let mut c = Client::connect(&p).unwrap();
+        c.batch_execute("CREATE FUNCTION ping(x int) RETURNS int LANGUAGE sql AS $$ SELECT x $$").unwrap();
+    }
+    let g = common::start(&[("CATALOG_DB", &catalog)]);
+    let addr = g.addr;
+    let archive = tgz(&[
+        ("migrations/001_slow.sql", "SELECT pg_sleep(3);\nCREATE TABLE t (id int);"),
+        ("functions/f.sql", "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;"),
+    ]);
+    let deploy = std::thread::spawn({
+        let slow_platform = slow_platform.clone();
+        move || {
+            let (ct, body) = multipart(&[("platform", slow_platform.as_bytes()), ("schema", &archive)]);
+            let started = Instant::now();
+            let r = common::request(addr, "POST", "/register", &[("Content-Type", &ct)], &body);
+            (r, started.elapsed())
+        }
+    });
+    // While the deploy sleeps in its migration, calls on another database are answered.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut answered_during = 0;
+    while !deploy.is_finished() {
+        let r = common::post_json(addr, "/call", &format!(r#"{{"platform":"iso_fast_{uniq}","function":"ping","params":[7]}}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("\"ping\":7"), "{}", r.text());
+        if !deploy.is_finished() {
+            answered_during += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (r, took) = deploy.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(took >= Duration::from_secs(3), "the migration really was slow");
+    assert!(answered_during >= 5, "calls were answered while the deploy ran ({answered_during})");
+    // The deployed database serves its new function.
+    let r = common::post_json(addr, "/call", &format!(r#"{{"platform":"{slow_platform}","function":"answer"}}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(g);
+    for db in [fast_db, format!("{slow_platform}_main"), catalog] {
+        a.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
+    }
+}
