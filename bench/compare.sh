@@ -12,8 +12,9 @@
 #   BENCH_REPEAT      repetitions of the 16-connection lookup  (default 3)
 #   BENCH_CONNS       the "many connections" level             (default 16)
 #   BENCH_POOL        MAX_CONNECTIONS_PER_POOL of the gateway  (default 16)
-#   BENCH_PERF        1: record `perf record -g` of the gateway during one extra 16-connection lookup run
-#                     (needs perf); the report lands in the work directory
+#   BENCH_PERF        1: record `perf record -g` of the gateway during one extra C-connection lookup run,
+#                     then count its syscalls/context switches per request (perf stat) during two more
+#                     (C and 1 connection); needs perf; reports land in the (kept) work directory
 #   BENCH_KEEP_WORK   1: keep the work directory (logs, pgbench logs, perf data)
 #   GATEWAY_EXTRA_ENV extra KEY=VALUE words put in the gateway's environment (e.g. CALL_RESET_SESSION=false)
 #
@@ -162,6 +163,18 @@ sys_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 RESULTS="${WORK}/results"
 : >"${RESULTS}"
 
+# Dies with the gateway's exit status and log if it is gone.
+gw_alive() {
+    local status=0
+    if ! kill -0 "${GW_PID}" 2>/dev/null; then
+        wait "${GW_PID}" || status=$?
+        GW_PID=""
+        log "gateway log (${WORK}/gateway.log):"
+        tail -n 40 "${WORK}/gateway.log" >&2 || true
+        die "the gateway exited (status ${status}, $([[ ${status} -gt 128 ]] && kill -l $((status - 128)) 2>/dev/null)) before/while: $1"
+    fi
+}
+
 # pgbench_run LABEL SCRIPT CONNS
 pgbench_run() {
     local label="$1" script="$2" conns="$3" jobs out dir lat tps p50 p99 mean n
@@ -170,6 +183,7 @@ pgbench_run() {
     mkdir -p "${dir}"
     local -a base=("${PGBENCH}" -h "${DB_HOST}" -p "${DB_PORT}" -U "${DB_USER}" -M prepared -n
         -c "${conns}" -j "${jobs}" -f "${ROOT}/bench/${script}")
+    gw_alive "pgbench ${label}"
     if [[ "${W}" != 0 ]]; then
         "${base[@]}" -T "${W}" bench_main >/dev/null 2>&1 || true
     fi
@@ -204,6 +218,7 @@ pgbench_run() {
 # loadgen_run LABEL FUNCTION RAND CONNS
 loadgen_run() {
     local label="$1" fn="$2" rand="$3" conns="$4" out line rss t0 t1 cpu_us
+    gw_alive "loadgen ${label}"
     : >"${WORK}/rss-max"
     (
         max=0
@@ -227,6 +242,7 @@ loadgen_run() {
         die "loadgen failed or saw errors (${label})"
     }
     s1="$(sys_busy)"
+    gw_alive "loadgen ${label}"
     t1="$(gw_ticks)"
     out="$(cat "${WORK}/loadgen-${label}.out")"
     kill "${SAMPLER_PID}" 2>/dev/null || true
@@ -271,6 +287,24 @@ if [[ "${BENCH_PERF:-0}" == 1 ]]; then
     perf report -i "${WORK}/perf.data" --no-children --sort dso --stdio 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -n 20 >"${WORK}/perf-dso.txt" || true
     log "perf report: ${WORK}/perf-report.txt (by dso: ${WORK}/perf-dso.txt)"
+    # Syscalls and context switches of the gateway per request, at C and at 1 connection.
+    ev=raw_syscalls:sys_enter,context-switches
+    for sc in sendto recvfrom epoll_wait epoll_ctl writev read write; do
+        ev="${ev},syscalls:sys_enter_${sc}"
+    done
+    for conns in "${C}" 1; do
+        perf stat -x, -e "${ev}" -o "${WORK}/perf-stat-c${conns}.csv" -p "${GW_PID}" -- sleep "$((D + W))" \
+            >/dev/null 2>&1 &
+        perf_pid=$!
+        loadgen_run "stat-lookup-c${conns}" bench_get_item 1:10000 "${conns}"
+        wait "${perf_pid}" || true
+        n="$(awk -v r="$(awk -v k="stat-lookup-c${conns}" '$1 == "gateway" && $2 == k {print $4}' "${RESULTS}")" \
+            -v s="$((D + W))" 'BEGIN {printf "%.0f", r * s}')"
+        {
+            printf 'gateway events per request, %s connection(s), ~%s requests:\n' "${conns}" "${n}"
+            awk -F, -v n="${n}" '/^[0-9]/ {printf "  %-36s %8.2f\n", $3, $1 / n}' "${WORK}/perf-stat-c${conns}.csv"
+        } | tee -a "${WORK}/perf-syscalls.txt" >&2
+    done
 fi
 
 # --- summary -------------------------------------------------------------------------
@@ -329,3 +363,7 @@ summary() {
     printf ' Unix socket; +p50 = gw p50 - pg p50; cpu/req = gateway user+sys CPU per request)\n'
 }
 summary | tee "${WORK}/summary.txt"
+if [[ -f "${WORK}/perf-syscalls.txt" ]]; then
+    printf '\n'
+    cat "${WORK}/perf-syscalls.txt"
+fi
