@@ -134,6 +134,10 @@ LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format
 
 # --- gateway -------------------------------------------------------------------------
 
+# Run a copy under its own name: on a shared machine other people's `pkill stonescriptdb-gateway`
+# (seen here: the gateway exited 0 = graceful SIGTERM mid-run, log empty) must not end our run.
+cp "${GW_BIN}" "${WORK}/ssdb-bench-gw"
+GW_BIN="${WORK}/ssdb-bench-gw"
 GW_PORT="$(pg_free_port)"
 log "starting the gateway on 127.0.0.1:${GW_PORT} (pool ${POOL}, ${GATEWAY_EXTRA_ENV:-no extra env})"
 # shellcheck disable=SC2086  # GATEWAY_EXTRA_ENV is a list of KEY=VALUE words
