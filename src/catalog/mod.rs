@@ -3,6 +3,7 @@
 //! schemas. Shared safely by several gateway instances; used from worker threads with the blocking
 //! client, never from the event loop.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
@@ -11,8 +12,29 @@ use crate::pg::blocking::Client;
 use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 
-/// Catalog databases whose tables are known to exist (several only in tests, one per catalog name).
-static READY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Catalogs (server and database) whose tables are known to exist in this process. Keyed per catalog,
+/// not one flag: a process may serve several catalogs (tests, a changed `CATALOG_DB`), and a catalog
+/// database created by this very `open` has no tables yet whatever another catalog had.
+static READY: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn ready_key(p: &ConnectParams) -> String {
+    format!("{:?}|{}|{}", p.host, p.port, p.dbname)
+}
+
+fn is_ready(key: &str) -> bool {
+    READY.lock().map(|g| g.as_ref().is_some_and(|s| s.contains(key))).unwrap_or(false)
+}
+
+fn set_ready(key: String, ready: bool) {
+    if let Ok(mut g) = READY.lock() {
+        let set = g.get_or_insert_with(HashSet::new);
+        if ready {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+}
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS platforms (
@@ -147,9 +169,11 @@ impl Catalog {
     /// Connects, creating the catalog database and its tables on first use.
     pub fn open(admin_params: &ConnectParams, catalog_db: &str) -> Result<Catalog, ApiError> {
         let params = admin_params.with_dbname(catalog_db);
+        let key = ready_key(&params);
         let mut client = match Client::connect(&params) {
             Ok(c) => c,
             Err(PgError::Db(d)) if d.code == "3D000" => {
+                set_ready(key.clone(), false);
                 let mut admin = Client::connect(admin_params).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))?;
                 create_database(&mut admin, catalog_db)?;
                 admin.close();
@@ -157,16 +181,13 @@ impl Catalog {
             }
             Err(e) => return Err(pg_api(e, "cannot connect to the catalog")),
         };
-        let known = READY.lock().map(|r| r.iter().any(|n| n == catalog_db)).unwrap_or(false);
-        if !known {
+        if !is_ready(&key) {
             // Two gateways may create the tables at once; a transaction-level lock serialises them.
             let sql = format!(
                 "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;"
             );
             client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
-            if let Ok(mut r) = READY.lock() {
-                r.push(catalog_db.to_string());
-            }
+            set_ready(key, true);
         }
         Ok(Catalog { client })
     }

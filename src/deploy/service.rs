@@ -307,6 +307,13 @@ pub fn migrate_response(results: &[DbResult], started: Instant, extra: &dyn Fn(&
     let mut b = Vec::with_capacity(1024);
     let mut o = ObjectWriter::new(&mut b);
     o.str("status", status);
+    if let Some(first) = failed.first() {
+        // The cause at the top level too, so a client (or a shell script) sees why without walking
+        // `results`: the first failed database's code and message (each is in `results` as well).
+        o.str("error", first.kind.code());
+        o.str("message", &format!("{} of {} databases failed; first: {}", failed.len(), results.len(), first.message));
+        o.u64("failed_count", failed.len() as u64);
+    }
     extra(&mut o);
     {
         let mut a = o.array("databases_updated");
