@@ -3,15 +3,26 @@
 //! schemas. Shared safely by several gateway instances; used from worker threads with the blocking
 //! client, never from the event loop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use crate::error::{ApiError, DbDetail, Kind};
 use crate::pg::blocking::Client;
 use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 
-/// Set once the catalog tables are known to exist in this process.
-static READY: AtomicBool = AtomicBool::new(false);
+/// The catalogs (server and database) whose tables are known to exist in this process. Keyed per
+/// catalog: one process may serve several (tests, or a gateway whose CATALOG_DB changes).
+static READY: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn ready_key(p: &ConnectParams, catalog_db: &str) -> String {
+    let host = match &p.host {
+        crate::pg::params::Host::Tcp(h) => h.clone(),
+        crate::pg::params::Host::Unix(d) => d.display().to_string(),
+    };
+    format!("{host}:{}/{catalog_db}", p.port)
+}
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS platforms (
@@ -155,13 +166,17 @@ impl Catalog {
             }
             Err(e) => return Err(pg_api(e, "cannot connect to the catalog")),
         };
-        if !READY.load(Ordering::Acquire) {
+        let key = ready_key(admin_params, catalog_db);
+        let known = READY.lock().map(|r| r.as_ref().is_some_and(|set| set.contains(&key))).unwrap_or(false);
+        if !known {
             // Two gateways may create the tables at once; a transaction-level lock serialises them.
             let sql = format!(
                 "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;"
             );
             client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
-            READY.store(true, Ordering::Release);
+            if let Ok(mut r) = READY.lock() {
+                r.get_or_insert_with(HashSet::new).insert(key);
+            }
         }
         Ok(Catalog { client })
     }
