@@ -131,6 +131,9 @@ pub fn create_database(admin: &mut Client, name: &str) -> Result<bool, ApiError>
     match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(name))) {
         Ok(()) => Ok(true),
         Err(PgError::Db(d)) if d.code == "42P04" => Ok(false),
+        // Two concurrent CREATE DATABASE of one name: the loser fails on pg_database's unique index
+        // (23505) instead of 42P04 when both passed the existence check.
+        Err(PgError::Db(d)) if d.code == "23505" => Ok(false),
         Err(e) => Err(pg_api(e, &format!("cannot create database '{name}'"))),
     }
 }
