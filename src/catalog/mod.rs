@@ -287,15 +287,36 @@ impl Catalog {
     /// Starts a run record; returns its id.
     pub fn start_run(&mut self, kind: &str, platform: Option<&str>, schema: Option<&str>, total: usize) -> Result<String, ApiError> {
         let id = new_run_id();
+        self.start_run_as(&id, kind, platform, schema, total)?;
+        Ok(id)
+    }
+
+    /// Starts a run record with a given id. This session holds an advisory lock named after the run
+    /// until [`Catalog::finish_run`] (or until the session ends): a starting gateway marks a `running`
+    /// run `interrupted` only when nobody holds its lock. The lock is taken before the row exists, so
+    /// nobody ever sees a live run unlocked.
+    pub fn start_run_as(
+        &mut self,
+        id: &str,
+        kind: &str,
+        platform: Option<&str>,
+        schema: Option<&str>,
+        total: usize,
+    ) -> Result<(), ApiError> {
         let total = total.to_string();
         let pid = std::process::id().to_string();
         self.client
-            .query(
-                "INSERT INTO runs (id, kind, platform, schema_name, total, gateway_pid) VALUES ($1, $2, $3, $4, $5::int, $6::int)",
-                &[Some(&id), Some(kind), platform, schema, Some(&total), Some(&pid)],
-            )
-            .map_err(|e| pg_api(e, "cannot record the run"))?;
-        Ok(id)
+            .query("SELECT pg_advisory_lock(hashtext($1))", &[Some(id)])
+            .map_err(|e| pg_api(e, "cannot lock the run"))?;
+        let r = self.client.query(
+            "INSERT INTO runs (id, kind, platform, schema_name, total, gateway_pid) VALUES ($1, $2, $3, $4, $5::int, $6::int)",
+            &[Some(id), Some(kind), platform, schema, Some(&total), Some(&pid)],
+        );
+        if let Err(e) = r {
+            let _ = self.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(id)]);
+            return Err(pg_api(e, "cannot record the run"));
+        }
+        Ok(())
     }
 
     /// Records one database's result of a run and the database's last deploy.
@@ -312,11 +333,15 @@ impl Catalog {
             .map_err(|e| pg_api(e, "cannot record the run result"))
     }
 
+    /// Records the end of a run and releases its advisory lock (see [`Catalog::start_run_as`]).
     pub fn finish_run(&mut self, run: &str, status: &str) -> Result<(), ApiError> {
-        self.client
+        let r = self
+            .client
             .query("UPDATE runs SET finished_at = now(), status = $2 WHERE id = $1", &[Some(run), Some(status)])
             .map(|_| ())
-            .map_err(|e| pg_api(e, "cannot finish the run"))
+            .map_err(|e| pg_api(e, "cannot finish the run"));
+        let _ = self.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(run)]);
+        r
     }
 
     /// On start: runs left `running` by a gateway that stopped are marked `interrupted`.

@@ -145,6 +145,11 @@ pub fn create_and_deploy(
             .with_database(name));
     }
     let created = !exists && catalog::create_database(&mut admin, name)?;
+    if must_be_new && !created {
+        // Another request created it between the check and CREATE DATABASE: it is theirs.
+        return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
+            .with_database(name));
+    }
     if created {
         if let Some((user, _)) = &ctx.role {
             // The platform's role owns its databases, so deploys and calls can run as that role.

@@ -331,16 +331,10 @@ pub fn run_migrate(plan: &MigratePlan, on_started: &mut dyn FnMut(&str), progres
         Ok(c) => c,
         Err(e) => return err(e),
     };
-    let run_id = catalog::new_run_id();
-    // Lock first, then insert: a gateway starting now never sees this run unlocked.
-    let _ = c.client.query("SELECT pg_advisory_lock(hashtext($1))", &[Some(&run_id)]);
-    let total = plan.databases.len().to_string();
-    let pid = std::process::id().to_string();
-    if let Err(e) = c.client.query(
-        "INSERT INTO runs (id, kind, platform, schema_name, total, gateway_pid) VALUES ($1, 'v2_migrate', $2, $3, $4::int, $5::int)",
-        &[Some(&run_id), Some(&plan.platform), Some(&plan.schema), Some(&total), Some(&pid)],
-    ) {
-        return err(catalog::pg_api(e, "cannot record the run"));
+    // The run's id is the one the deploys write into each database's changelog.
+    let run_id = plan.opts.run_id.clone();
+    if let Err(e) = c.start_run_as(&run_id, "v2_migrate", Some(&plan.platform), Some(&plan.schema), plan.databases.len()) {
+        return err(e);
     }
     on_started(&run_id);
     let cat = Mutex::new(c);
@@ -368,7 +362,6 @@ pub fn run_migrate(plan: &MigratePlan, on_started: &mut dyn FnMut(&str), progres
     let status = if failed { "completed_with_errors" } else { "completed" };
     if let Ok(mut c) = cat.lock() {
         let _ = c.finish_run(run_id, status);
-        let _ = c.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(run_id)]);
     }
     let changed = results.iter().filter(|r| r.result.is_ok()).map(|r| r.database.clone()).collect();
     let resp = migrate_response(&results, started, &|o| {
