@@ -713,8 +713,9 @@ fn pipelined_requests_then_half_close_are_all_answered() {
     c.sock.shutdown(std::net::Shutdown::Write).unwrap();
     expect_status(&mut c, 200);
     expect_status(&mut c, 200);
-    let last = expect_status(&mut c, 200);
-    assert_eq!(last.header("connection"), Some("close"));
+    let _last = expect_status(&mut c, 200);
+    // Whether the last answer says `Connection: close` depends on whether the FIN arrived with the
+    // requests or a moment later; either way every answer is sent and then the connection is closed.
     expect_eof(&mut c);
 }
 

@@ -53,11 +53,17 @@ impl Workers {
         }
     }
 
-    /// Stops taking tasks and waits for the running ones.
-    pub fn shutdown(&mut self) {
+    /// Stops taking tasks and waits for the running ones until `deadline`; threads still busy then are
+    /// left to the process exit.
+    pub fn shutdown(&mut self, deadline: std::time::Instant) {
         self.tx = None;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

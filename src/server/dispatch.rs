@@ -95,7 +95,7 @@ impl HealthProbe {
 /// Once at start: marks runs of gateways that stopped mid-run as interrupted. Then every 15 s: hands
 /// platforms' dedicated credentials to the loop, so instances sharing a catalog learn each other's
 /// registrations.
-fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier) {
+fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
         let mut marked = false;
         let mut known: std::collections::HashMap<String, (String, Option<String>)> = Default::default();
@@ -126,7 +126,12 @@ fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier) {
                 }
                 cat.client.close();
             }
-            std::thread::sleep(Duration::from_secs(15));
+            for _ in 0..150 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             // The loop is gone once the notifier cannot deliver; then stop.
             if !notifier.alive() {
                 return;
@@ -139,11 +144,12 @@ impl App {
     pub fn new(cfg: &Arc<Config>, notifier: Notifier) -> io::Result<App> {
         let params = cfg.db.connect_params();
         let deploy = DeployCtx::new(cfg.clone());
-        start_catalog_sync(deploy.clone(), notifier.clone());
+        let health = HealthProbe::start(params.clone());
+        start_catalog_sync(deploy.clone(), notifier.clone(), health.stop.clone());
         Ok(App {
             notifier,
             calls: CallEngine::new(cfg.clone(), params.clone()),
-            health: HealthProbe::start(params),
+            health,
             deploys_in_flight: 0,
             workers: Workers::new(cfg.deploy.workers, cfg.deploy.queue)?,
             deploy,
@@ -164,17 +170,30 @@ impl App {
         self.calls.busy() || self.deploys_in_flight > 0
     }
 
-    pub fn shutdown(&mut self, poll: &mut Poll) {
+    pub fn shutdown(&mut self, poll: &mut Poll, deadline: Instant) {
         self.health.stop.store(true, Ordering::Relaxed);
         self.calls.shutdown(poll);
-        self.workers.shutdown();
+        // Deploys still running get what is left of the grace period; past it the process exits
+        // under them and PostgreSQL rolls their transactions back.
+        self.workers.shutdown(deadline);
     }
 
     /// A v2 migrate: answered at the end, streamed as NDJSON lines, or answered 202 at once (`async`).
     fn submit_v2_migrate(&mut self, key: usize, generation: u64, body: Value, all: bool, ndjson: bool) -> Option<Response> {
         let ctx = self.deploy.clone();
         let notifier = self.notifier.clone();
-        let is_async = body.get("async").and_then(Value::as_bool).unwrap_or(false);
+        let is_async = match body.get("async") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) if s == "true" || s == "1" => true,
+            Some(Value::String(s)) if s == "false" || s == "0" => false,
+            Some(v) => {
+                return Some(Response::error(&ApiError::new(
+                    Kind::InvalidRequest,
+                    format!("'async' must be a boolean, got {}", v.type_name()),
+                )));
+            }
+        };
         let task = Box::new(move || {
             let complete = |response: Response, invalidate: Vec<String>| {
                 notifier.send(Message::Complete { client: key, generation, response, invalidate });

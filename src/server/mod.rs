@@ -206,7 +206,7 @@ impl Server {
                     if busy {
                         log::warn("shutdown deadline reached with requests in flight", &[]);
                     }
-                    self.app.shutdown(&mut self.poll);
+                    self.app.shutdown(&mut self.poll, deadline);
                     log::info("stopped", &[("uptime_s", &self.started.elapsed().as_secs())]);
                     return Ok(());
                 }
