@@ -463,8 +463,9 @@ impl CallEngine {
         let read = c.read_all(&mut self.scratch);
         // Process what arrived even if the socket then failed: an ErrorResponse often precedes EOF.
         let processed = self.process(poll, key, now);
+        // The server's own error (e.g. FATAL 3D000) explains an EOF better than the EOF does.
         let read = match (read, processed) {
-            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (_, Err(e)) | (Err(e), Ok(())) => Err(e),
             _ => Ok(()),
         };
         if let Err(e) = read {
