@@ -2,6 +2,8 @@
 //! throwaway PostgreSQL cluster that `scripts/test.sh` starts.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
