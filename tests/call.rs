@@ -295,6 +295,11 @@ CREATE FUNCTION ov(x int) RETURNS text LANGUAGE sql AS $$ SELECT 'int:' || x $$;
 CREATE FUNCTION ov(x text) RETURNS text LANGUAGE sql AS $$ SELECT 'text:' || x $$;
 CREATE FUNCTION ov2(x int) RETURNS text LANGUAGE sql AS $$ SELECT 'int:' || x $$;
 CREATE FUNCTION ov2(x bigint) RETURNS text LANGUAGE sql AS $$ SELECT 'bigint:' || x $$;
+CREATE FUNCTION ovj(x jsonb) RETURNS text LANGUAGE sql AS $$ SELECT 'jsonb:' || (x ->> 'k') $$;
+CREATE FUNCTION ovj(x int) RETURNS text LANGUAGE sql AS $$ SELECT 'int:' || x $$;
+CREATE FUNCTION ovj(x int, y int) RETURNS text LANGUAGE sql AS $$ SELECT 'two:' || x || y $$;
+CREATE FUNCTION ovd(x date) RETURNS text LANGUAGE sql AS $$ SELECT 'date:' || x $$;
+CREATE FUNCTION ovd(x timestamptz) RETURNS text LANGUAGE sql AS $$ SELECT 'timestamptz' $$;
 CREATE FUNCTION do_nothing() RETURNS void LANGUAGE sql AS '';
 CREATE FUNCTION series(n int) RETURNS SETOF int LANGUAGE sql AS 'SELECT generate_series(1, n)';
 CREATE FUNCTION people() RETURNS TABLE(id int, name text) LANGUAGE sql AS
@@ -355,6 +360,25 @@ fn positional_named_overloads_and_function_kinds() {
         assert_eq!(
             scalar(&db.call(addr, "ov2", "[9000000000]")),
             json(r#""bigint:9000000000""#)
+        );
+        assert_eq!(
+            scalar(&db.call(addr, "ovj", r#"[{"k":"v"}]"#)),
+            json(r#""jsonb:v""#)
+        );
+        assert_eq!(scalar(&db.call(addr, "ovj", "[3]")), json(r#""int:3""#));
+        assert_eq!(scalar(&db.call(addr, "ovj", "[3, 4]")), json(r#""two:34""#));
+        // Declared text matches neither; untyped resolution picks the preferred type of the category.
+        assert_eq!(
+            scalar(&db.call(addr, "ovd", r#"["2024-01-02"]"#)),
+            json(r#""timestamptz""#)
+        );
+        // A string no overload takes, and a null that cannot pick one.
+        expect_error(&db.call(addr, "ov2", r#"["x"]"#), 404, "function_not_found");
+        let r = db.call(addr, "ov", "[null]");
+        assert!(
+            r.status == 200 || r.status == 404 || r.status == 500,
+            "{}",
+            r.text()
         );
     }
 

@@ -70,6 +70,12 @@ struct Job {
     schema_idx: usize,
     /// Declared parameter types are in use (the call was ambiguous without).
     declared: bool,
+    /// Prepare without declared types even though the shape is overloaded (the declared types
+    /// matched no overload); the declared attempt's error is kept for the answer.
+    untyped: bool,
+    declared_error: Option<DbError>,
+    /// Candidates of the function for this argument count, from the check sent with the first prepare.
+    overloads: Option<i64>,
     /// ReadyForQuery messages still expected, in order.
     syncs: VecDeque<SyncPoint>,
     /// The first error of the current sync group.
@@ -187,6 +193,15 @@ fn write_bind(out: &mut BytesMut, stmt: &str, params: &[Option<&[u8]>], formats:
     let len = (out.len() - start - 1) as i32;
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
+
+/// Functions of a name in a schema that a call with `$3` arguments could reach (defaults and
+/// VARIADIC counted). More than one means PostgreSQL would resolve the untyped call by its own
+/// preferences (an unknown argument prefers the string category: `f(int)`/`f(text)` called with `1`
+/// picks `f(text)`), so the call is prepared with types declared from the JSON values instead.
+const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
+     AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
 
 /// Execute of the unnamed portal, all rows, then Sync.
 const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4];
@@ -614,6 +629,9 @@ impl CallEngine {
             deadline: now + self.cfg.call.timeout,
             schema_idx: 0,
             declared: false,
+            untyped: false,
+            declared_error: None,
+            overloads: None,
             syncs: VecDeque::with_capacity(2),
             error: None,
             pending: None,
@@ -645,17 +663,19 @@ impl CallEngine {
             return;
         };
         let mut key = job.req.shape_key(schema);
-        let declared = c.ambiguous.contains(&key);
-        if declared {
+        let overloaded = c.ambiguous.contains(&key);
+        if overloaded {
+            // Cached per JSON kinds: `f(1)` and `f("x")` are different statements.
             key = job.req.typed_key(schema);
         }
+        let declared = overloaded && !job.untyped;
         if let Some(stmt) = c.stmts.get(&key).cloned() {
             if let Some(job) = self.job_mut(conn) {
                 job.stmt = Some(stmt);
             }
             self.send_execute(poll, conn, now);
         } else {
-            self.send_prepare(conn, key, declared);
+            self.send_prepare(conn, key, declared, !overloaded);
         }
         if let Some(c) = self.conns.get_mut(conn) {
             if let Err(e) = c.flush() {
@@ -664,7 +684,8 @@ impl CallEngine {
         }
     }
 
-    fn send_prepare(&mut self, conn: usize, key: String, declared: bool) {
+    /// Parse + Describe (+ the overload check when `check`) + Sync.
+    fn send_prepare(&mut self, conn: usize, key: String, declared: bool, check: bool) {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
@@ -683,7 +704,21 @@ impl CallEngine {
         let ok = frontend::parse(&name, &sql, types.iter().copied(), &mut c.wbuf).is_ok()
             && frontend::describe(b'S', &name, &mut c.wbuf).is_ok();
         debug_assert!(ok, "names and SQL are generated without NUL bytes");
-        frontend::sync(&mut c.wbuf);
+        job.overloads = None;
+        if check {
+            // Same sync group, so it costs no round trip; skipped by the server if Parse failed.
+            let nargs = job.req.params.len().to_string();
+            let _ = frontend::parse("", OVERLOAD_SQL, std::iter::empty(), &mut c.wbuf);
+            let fparams = [
+                Some(schema.as_bytes()),
+                Some(job.req.function.as_bytes()),
+                Some(nargs.as_bytes()),
+            ];
+            write_bind(&mut c.wbuf, "", &fparams, &[0]);
+            c.wbuf.extend_from_slice(EXECUTE_SYNC);
+        } else {
+            frontend::sync(&mut c.wbuf);
+        }
         job.syncs.push_back(SyncPoint::Prepare);
         job.error = None;
         job.pending = Some(Pending {
@@ -801,6 +836,15 @@ impl CallEngine {
                             job.rows += 1;
                         }
                     }
+                    Some(SyncPoint::Prepare) if job.error.is_none() => {
+                        let vals = data_row_fields(&row)?;
+                        job.overloads = vals
+                            .first()
+                            .copied()
+                            .flatten()
+                            .and_then(|b| std::str::from_utf8(b).ok())
+                            .and_then(|t| t.parse().ok());
+                    }
                     Some(SyncPoint::Introspect) => {
                         let vals = data_row_fields(&row)?;
                         job.introspect_rows.push(
@@ -854,15 +898,31 @@ impl CallEngine {
         match point {
             SyncPoint::Reset => {}
             SyncPoint::Prepare => {
-                if let Some(e) = job.error.take() {
+                if let Some(mut e) = job.error.take() {
                     job.pending = None;
-                    let more_schemas = job.schema_idx + 1 < self.cfg.call.schemas.len();
-                    if e.code == "42883" && more_schemas && !job.answered {
-                        job.schema_idx += 1;
+                    if e.code == "42883" && job.declared && !job.answered {
+                        // No overload takes the declared types (e.g. a string for a date): let
+                        // PostgreSQL resolve the call with untyped arguments after all.
+                        job.untyped = true;
+                        job.declared_error = Some(e);
                         self.begin(poll, conn, now);
                         return;
                     }
-                    if e.code == "42725" && !job.declared && !job.answered {
+                    if e.code == "42725" && job.untyped {
+                        // Untyped is ambiguous and declared matched nothing: the declared error says more.
+                        if let Some(d) = job.declared_error.take() {
+                            e = d;
+                        }
+                    }
+                    let more_schemas = job.schema_idx + 1 < self.cfg.call.schemas.len();
+                    if e.code == "42883" && more_schemas && !job.answered {
+                        job.schema_idx += 1;
+                        job.untyped = false;
+                        job.declared_error = None;
+                        self.begin(poll, conn, now);
+                        return;
+                    }
+                    if e.code == "42725" && !job.declared && !job.untyped && !job.answered {
                         // Overloads PostgreSQL cannot choose between with untyped arguments: remember
                         // the shape and declare types from the JSON values.
                         let schema = &self.cfg.call.schemas[job.schema_idx];
@@ -872,6 +932,20 @@ impl CallEngine {
                     }
                     let e = api_from_db(&e, &job.req.database);
                     self.fail(poll, conn, e, now);
+                    return;
+                }
+                if !job.declared
+                    && !job.untyped
+                    && job.overloads.take().is_some_and(|n| n > 1)
+                    && !job.answered
+                {
+                    // Overloaded: drop the untyped statement and prepare with declared types.
+                    if let Some(p) = job.pending.take() {
+                        let _ = frontend::close(b'S', &p.name, &mut c.wbuf);
+                    }
+                    let schema = &self.cfg.call.schemas[job.schema_idx];
+                    c.ambiguous.insert(job.req.shape_key(schema));
+                    self.begin(poll, conn, now);
                     return;
                 }
                 self.after_prepare(poll, conn, now);
