@@ -896,7 +896,12 @@ impl CallEngine {
             return;
         };
         match point {
-            SyncPoint::Reset => {}
+            SyncPoint::Reset => {
+                if job.error.take().is_some() {
+                    // RESET ALL did not run (e.g. a late cancel hit it): settings may have survived.
+                    c.retire = true;
+                }
+            }
             SyncPoint::Prepare => {
                 if let Some(mut e) = job.error.take() {
                     job.pending = None;
@@ -1080,10 +1085,18 @@ impl CallEngine {
         if !job.syncs.is_empty() {
             return;
         }
+        // A CancelRequest can reach the backend after this job is over (it travels on another
+        // socket, and the postmaster may signal twice); PostgreSQL then holds it while the backend
+        // waits for input and cancels the NEXT statement. A connection that had a cancel sent is
+        // therefore never reused.
+        let cancelled = job.cancel_sent;
         self.jobs[conn] = None;
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
+        if cancelled {
+            c.retire = true;
+        }
         let pool = c.pool;
         let too_old = now.saturating_duration_since(c.created) >= self.cfg.pool.max_lifetime;
         if c.retire || c.tx_status != b'I' || too_old || !c.rbuf.is_empty() {
