@@ -345,6 +345,10 @@ impl CallEngine {
                 return;
             }
             if self.conns.len() >= self.cfg.pool.max_total {
+                // Connections already on their way out free a slot when their backend has exited.
+                if self.closing_count() >= want {
+                    return;
+                }
                 match self.pools.lru_pool_with_idle(pool) {
                     Some(victim) => {
                         // The oldest idle connection of that pool is the front of its LIFO list.
@@ -352,10 +356,11 @@ impl CallEngine {
                             return;
                         };
                         let c = v.idle.remove(0);
-                        self.close_conn(poll, c);
+                        self.retire_conn(poll, c, now);
                     }
                     None => return,
                 }
+                continue;
             }
             if !self.open_conn(poll, pool, now) {
                 return;
@@ -423,6 +428,54 @@ impl CallEngine {
             let key = p.key.clone();
             self.pools.by_key.remove(&key);
             self.pools.pools.remove(pool);
+        }
+    }
+
+    fn closing_count(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, ConnState::Closing))
+            .count()
+    }
+
+    /// Ends a healthy connection gracefully: Terminate, leave its pool, and keep the socket (still
+    /// counted in the total) until the server closes it; see [`ConnState::Closing`].
+    fn retire_conn(&mut self, poll: &mut Poll, key: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut b = BytesMut::new();
+        frontend::terminate(&mut b);
+        c.wbuf.extend_from_slice(&b);
+        c.state = ConnState::Closing;
+        c.last_used = now;
+        let pool = c.pool;
+        let flushed = c.flush();
+        if let Some(p) = self.pools.pools.get_mut(pool) {
+            p.forget(key);
+        }
+        if let Some(slot) = self.jobs.get_mut(key) {
+            *slot = None;
+        }
+        if flushed.is_err() {
+            self.close_conn(poll, key);
+        }
+    }
+
+    /// A slot under the total cap came free: pools with unserved waiters may open connections.
+    fn grow_starved(&mut self, poll: &mut Poll, now: Instant) {
+        let starved: Vec<usize> = self
+            .pools
+            .pools
+            .iter()
+            .filter(|(_, q)| q.waiting.len() > q.connecting.len())
+            .map(|(k, _)| k)
+            .collect();
+        for s in starved {
+            if self.conns.len() >= self.cfg.pool.max_total {
+                return;
+            }
+            self.grow(poll, s, now);
         }
     }
 
@@ -525,6 +578,11 @@ impl CallEngine {
                     };
                     self.on_job_message(poll, key, msg, now)?;
                 }
+                ConnState::Closing => {
+                    // Whatever comes before the EOF no longer matters.
+                    while c.next_message()?.is_some() {}
+                    return Ok(());
+                }
                 ConnState::Connecting | ConnState::Broken => return Ok(()),
             }
         }
@@ -535,6 +593,12 @@ impl CallEngine {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        if matches!(c.state, ConnState::Closing) {
+            // The expected end of a retired connection: its backend is gone, its slot is free.
+            self.close_conn(poll, key);
+            self.grow_starved(poll, now);
+            return;
+        }
         c.state = ConnState::Broken;
         let pool = c.pool;
         let was_startup = c.session.is_none();
@@ -604,7 +668,7 @@ impl CallEngine {
             if let Some(s) = starved {
                 let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
                 if let Some(c) = c {
-                    self.close_conn(poll, c);
+                    self.retire_conn(poll, c, now);
                 }
                 self.grow(poll, s, now);
             }
@@ -1101,7 +1165,7 @@ impl CallEngine {
         let too_old = now.saturating_duration_since(c.created) >= self.cfg.pool.max_lifetime;
         if c.retire || c.tx_status != b'I' || too_old || !c.rbuf.is_empty() {
             // Outside a transaction and in sync, or not reusable at all.
-            self.close_conn(poll, conn);
+            self.retire_conn(poll, conn, now);
             self.hand_out(poll, pool, now);
             return;
         }
@@ -1267,6 +1331,22 @@ impl CallEngine {
                 self.close_conn(poll, c);
             }
             self.maybe_drop_pool(pool);
+        }
+        // Retired connections whose backend never closed the socket: drop them anyway.
+        let gone: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.state, ConnState::Closing)
+                    && now.saturating_duration_since(c.last_used) >= Duration::from_secs(5)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !gone.is_empty() {
+            for k in gone {
+                self.close_conn(poll, k);
+            }
+            self.grow_starved(poll, now);
         }
         // Connections stuck connecting past the connect timeout.
         let ct = self.cfg.db.connect_timeout;
