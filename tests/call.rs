@@ -1134,3 +1134,28 @@ fn a_late_cancel_never_hits_the_next_call() {
         wrong.first()
     );
 }
+
+#[test]
+fn client_disconnect_at_any_moment_leaves_no_running_query() {
+    // Leaving while the call is still being prepared (first call on a fresh connection: Parse,
+    // Describe, overload check, type lookups) must not let the function start afterwards.
+    let db = TestDb::new("ct_disconnect_any", SLOW);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "4")]);
+    let body = db.body("slow", Some("[30]"));
+    let req = format!(
+        "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for i in 0..24u64 {
+        let mut c = Conn::open(gw.addr);
+        c.send(req.as_bytes());
+        std::thread::sleep(Duration::from_micros(250 * i));
+        drop(c);
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || db.active_gateway_backends() == 0),
+        "queries still running for clients that left: {:?}",
+        db.gateway_backends()
+    );
+    assert_eq!(scalar(&db.call(gw.addr, "answer", "[]")), json("42"));
+}

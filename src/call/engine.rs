@@ -1077,6 +1077,26 @@ impl CallEngine {
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
             return;
         };
+        if job.answered || job.cancel_sent {
+            // The client left, or the deadline passed, while the statement was being prepared. A
+            // CancelRequest that arrived between the prepare steps found nothing to cancel, so the
+            // function must not be started now (it would run to its end for nobody).
+            if !job.answered {
+                job.answered = true;
+                let e = ApiError::new(
+                    Kind::Timeout,
+                    format!("call exceeded {} ms", self.cfg.call.timeout.as_millis()),
+                )
+                .with_database(&job.req.database);
+                let (client, g) = (job.client, job.generation);
+                self.answer(client, g, Response::error(&e));
+            }
+            if let Some(job) = self.job_mut(conn) {
+                job.pending = None;
+            }
+            self.finish_if_done(poll, conn, now);
+            return;
+        }
         let Some(p) = self.pools.pools.get(c.pool) else {
             return;
         };
