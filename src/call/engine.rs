@@ -91,6 +91,9 @@ struct Job {
     /// Re-prepared once after 0A000/26000.
     retried: bool,
     cancel_sent: bool,
+    /// When the first and the latest CancelRequest went out.
+    cancel_first: Option<Instant>,
+    cancel_last: Option<Instant>,
 }
 
 const BODY_HEAD: &[u8] = b"{\"rows\":[";
@@ -707,6 +710,8 @@ impl CallEngine {
             answered: false,
             retried: false,
             cancel_sent: false,
+            cancel_first: None,
+            cancel_last: None,
         };
         if self.jobs.len() <= conn {
             self.jobs.resize_with(conn + 1, || None);
@@ -801,6 +806,11 @@ impl CallEngine {
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
             return;
         };
+        if job.answered || job.cancel_sent {
+            // Nobody waits for it, or it is already past its deadline (see after_prepare).
+            self.abandon(poll, conn, now);
+            return;
+        }
         let Some(stmt) = job.stmt.clone() else { return };
         let types = match self.pools.pools.get(c.pool) {
             Some(p) => &p.types,
@@ -1069,6 +1079,30 @@ impl CallEngine {
         self.finish_if_done(poll, conn, now);
     }
 
+    /// The client left, or the deadline passed, before the function was started (while the
+    /// statement was being prepared). A CancelRequest that reached the backend between pipeline
+    /// steps found nothing to cancel, so the function must not be started now: it would run to its
+    /// end for nobody. Answers 504 when the client still waits; the connection is then retired
+    /// like any connection that had a cancel sent.
+    fn abandon(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
+        let timeout = self.cfg.call.timeout;
+        let Some(job) = self.job_mut(conn) else {
+            return;
+        };
+        job.pending = None;
+        if !job.answered {
+            job.answered = true;
+            let e = ApiError::new(
+                Kind::Timeout,
+                format!("call exceeded {} ms", timeout.as_millis()),
+            )
+            .with_database(&job.req.database);
+            let (client, g) = (job.client, job.generation);
+            self.answer(client, g, Response::error(&e));
+        }
+        self.finish_if_done(poll, conn, now);
+    }
+
     /// After Parse/Describe (and any type lookups): learn missing types, cache the statement, execute.
     fn after_prepare(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(conn) else {
@@ -1078,23 +1112,7 @@ impl CallEngine {
             return;
         };
         if job.answered || job.cancel_sent {
-            // The client left, or the deadline passed, while the statement was being prepared. A
-            // CancelRequest that arrived between the prepare steps found nothing to cancel, so the
-            // function must not be started now (it would run to its end for nobody).
-            if !job.answered {
-                job.answered = true;
-                let e = ApiError::new(
-                    Kind::Timeout,
-                    format!("call exceeded {} ms", self.cfg.call.timeout.as_millis()),
-                )
-                .with_database(&job.req.database);
-                let (client, g) = (job.client, job.generation);
-                self.answer(client, g, Response::error(&e));
-            }
-            if let Some(job) = self.job_mut(conn) {
-                job.pending = None;
-            }
-            self.finish_if_done(poll, conn, now);
+            self.abandon(poll, conn, now);
             return;
         }
         let Some(p) = self.pools.pools.get(c.pool) else {
@@ -1209,7 +1227,10 @@ impl CallEngine {
                 if j.client == client && j.generation == generation && !j.answered {
                     j.answered = true;
                     if !j.cancel_sent {
+                        let now = Instant::now();
                         j.cancel_sent = true;
+                        j.cancel_first = Some(now);
+                        j.cancel_last = Some(now);
                         cancel = Some(k);
                     }
                 }
@@ -1275,16 +1296,25 @@ impl CallEngine {
             self.answer(w.client, w.generation, Response::error(&e));
         }
         // Calls past CALL_TIMEOUT_MS: cancel; if the backend does not answer the cancel, give up on it.
+        // A CancelRequest only stops the statement running when it arrives; one that arrives while
+        // the backend waits for the next message of the pipeline is dropped. So it is repeated until
+        // the job ends.
         let grace = Duration::from_secs(5);
+        let resend = Duration::from_millis(300);
         let mut to_cancel = Vec::new();
         let mut to_kill = Vec::new();
         for (k, slot) in self.jobs.iter_mut().enumerate() {
             let Some(j) = slot else { continue };
             if now >= j.deadline && !j.cancel_sent {
                 j.cancel_sent = true;
+                j.cancel_first = Some(now);
+                j.cancel_last = Some(now);
                 to_cancel.push(k);
-            } else if now >= j.deadline + grace {
+            } else if j.cancel_first.is_some_and(|f| now >= f + grace) {
                 to_kill.push(k);
+            } else if j.cancel_last.is_some_and(|l| now >= l + resend) {
+                j.cancel_last = Some(now);
+                to_cancel.push(k);
             }
         }
         for k in to_cancel {
