@@ -114,12 +114,7 @@ impl Kind {
     /// The table itself.
     pub const fn row(self) -> Row {
         match self {
-            Kind::InvalidJson => row(
-                400,
-                "invalid_json",
-                false,
-                "the body is not well-formed JSON",
-            ),
+            Kind::InvalidJson => row(400, "invalid_json", false, "the body is not well-formed JSON"),
             Kind::InvalidRequest => row(
                 400,
                 "invalid_request",
@@ -139,81 +134,39 @@ impl Kind {
                 false,
                 "the path exists but not for this method; see the Allow header",
             ),
-            Kind::PayloadTooLarge => row(
-                413,
-                "payload_too_large",
-                false,
-                "the body exceeds the route's limit",
-            ),
+            Kind::PayloadTooLarge => row(413, "payload_too_large", false, "the body exceeds the route's limit"),
             Kind::HeadersTooLarge => row(
                 431,
                 "headers_too_large",
                 false,
                 "the request head has too many or too large header fields",
             ),
-            Kind::RequestTimeout => row(
-                408,
-                "request_timeout",
-                false,
-                "the request head or body came too slowly",
-            ),
-            Kind::LengthRequired => row(
-                411,
-                "length_required",
-                false,
-                "a body is required but none was declared",
-            ),
+            Kind::RequestTimeout => row(408, "request_timeout", false, "the request head or body came too slowly"),
+            Kind::LengthRequired => row(411, "length_required", false, "a body is required but none was declared"),
             Kind::UnsupportedMediaType => row(
                 415,
                 "unsupported_media_type",
                 false,
                 "the body has a Content-Type this route does not take",
             ),
-            Kind::Unauthorized => row(
-                403,
-                "unauthorized",
-                false,
-                "the client address is not allowed",
-            ),
-            Kind::AdminTokenInvalid => {
-                row(401, "invalid_token", false, "admin token missing or wrong")
-            }
+            Kind::Unauthorized => row(403, "unauthorized", false, "the client address is not allowed"),
+            Kind::AdminTokenInvalid => row(401, "invalid_token", false, "admin token missing or wrong"),
             Kind::AdminDisabled => row(
                 503,
                 "admin_disabled",
                 false,
                 "admin routes are off because no ADMIN_TOKEN is configured",
             ),
-            Kind::DatabaseNotFound => row(
-                404,
-                "database_not_found",
-                false,
-                "the target database does not exist",
-            ),
-            Kind::DatabaseAlreadyExists => row(
-                409,
-                "database_already_exists",
-                false,
-                "the database exists already",
-            ),
-            Kind::PlatformNotFound => row(
-                404,
-                "platform_not_found",
-                false,
-                "the platform is not registered",
-            ),
+            Kind::DatabaseNotFound => row(404, "database_not_found", false, "the target database does not exist"),
+            Kind::DatabaseAlreadyExists => row(409, "database_already_exists", false, "the database exists already"),
+            Kind::PlatformNotFound => row(404, "platform_not_found", false, "the platform is not registered"),
             Kind::PlatformAlreadyExists => row(
                 409,
                 "platform_already_exists",
                 false,
                 "the platform is registered already",
             ),
-            Kind::SchemaNotFound => row(
-                404,
-                "schema_not_found",
-                false,
-                "no stored schema of that name",
-            ),
+            Kind::SchemaNotFound => row(404, "schema_not_found", false, "no stored schema of that name"),
             Kind::FunctionNotFound => row(
                 404,
                 "function_not_found",
@@ -251,12 +204,7 @@ impl Kind {
                 true,
                 "serialization failure or deadlock (40001, 40P01); retry",
             ),
-            Kind::PermissionDenied => row(
-                403,
-                "permission_denied",
-                false,
-                "PostgreSQL refused access (42501)",
-            ),
+            Kind::PermissionDenied => row(403, "permission_denied", false, "PostgreSQL refused access (42501)"),
             Kind::ConnectionFailed => row(
                 503,
                 "connection_failed",
@@ -269,20 +217,10 @@ impl Kind {
                 true,
                 "no connection became free within the wait timeout",
             ),
-            Kind::DeployQueueFull => row(
-                503,
-                "deploy_queue_full",
-                true,
-                "too many deploys are queued",
-            ),
+            Kind::DeployQueueFull => row(503, "deploy_queue_full", true, "too many deploys are queued"),
             Kind::ShuttingDown => row(503, "shutting_down", true, "the gateway is stopping"),
             Kind::QueryFailed => row(500, "query_failed", false, "any other PostgreSQL error"),
-            Kind::MigrationFailed => row(
-                500,
-                "migration_failed",
-                false,
-                "a deploy step failed; nothing was kept",
-            ),
+            Kind::MigrationFailed => row(500, "migration_failed", false, "a deploy step failed; nothing was kept"),
             Kind::MigrationChecksumMismatch => row(
                 409,
                 "migration_checksum_mismatch",

@@ -24,19 +24,12 @@ pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
             Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("gateway.log"))?,
+                std::fs::OpenOptions::new().create(true).append(true).open(dir.join("gateway.log"))?,
             ))
         }
         None => None,
     };
-    let _ = LOGGER.set(Logger {
-        level: cfg.level,
-        json: cfg.json,
-        file,
-    });
+    let _ = LOGGER.set(Logger { level: cfg.level, json: cfg.json, file });
     Ok(())
 }
 
@@ -59,9 +52,7 @@ fn level_name(l: Level) -> &'static str {
 
 /// UTC time as `2026-11-27T18:34:44.549Z`, computed without a time crate.
 pub fn timestamp() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, dd) = civil_from_days(days);

@@ -35,21 +35,13 @@ fn logins_with_every_auth_method_over_tcp_and_socket() {
     ];
     for host in ["127.0.0.1", socket_dir.as_str()] {
         for (user, password) in roles {
-            let gw = start(&[
-                ("DB_HOST", host),
-                ("DB_USER", user),
-                ("DB_PASSWORD", password),
-            ]);
+            let gw = start(&[("DB_HOST", host), ("DB_USER", user), ("DB_PASSWORD", password)]);
             let r = db.call(gw.addr, "answer", "[]");
             assert_eq!(r.status, 200, "{user} via {host}: {}", r.text());
             assert_eq!(scalar(&r), json("42"), "{user} via {host}");
         }
         // A wrong password is a 503 connection_failed, not a hang or a 500.
-        let gw = start(&[
-            ("DB_HOST", host),
-            ("DB_USER", "ssdb_scram"),
-            ("DB_PASSWORD", "wrong"),
-        ]);
+        let gw = start(&[("DB_HOST", host), ("DB_USER", "ssdb_scram"), ("DB_PASSWORD", "wrong")]);
         let r = db.call(gw.addr, "answer", "[]");
         expect_error(&r, 503, "connection_failed");
     }
@@ -65,93 +57,33 @@ const TYPE_TABLE: &[(&str, &str, &str, &str)] = &[
     ("int2", "int2", "-32768", "-32768"),
     ("int4", "int4", "2147483647", "2147483647"),
     ("int8", "int8", "9223372036854775807", "9223372036854775807"),
-    (
-        "int8_min",
-        "int8",
-        "-9223372036854775808",
-        "-9223372036854775808",
-    ),
-    (
-        "numeric",
-        "numeric",
-        "123456789012345678901234567890.123456789",
-        "123456789012345678901234567890.123456789",
-    ),
+    ("int8_min", "int8", "-9223372036854775808", "-9223372036854775808"),
+    ("numeric", "numeric", "123456789012345678901234567890.123456789", "123456789012345678901234567890.123456789"),
     ("numeric_nan", "numeric", r#""NaN""#, r#""NaN""#),
     ("float4", "float4", "1.5", "1.5"),
     ("float4_nan", "float4", r#""NaN""#, r#""NaN""#),
     ("float8", "float8", "0.1", "0.1"),
     ("float8_inf", "float8", r#""Infinity""#, r#""Infinity""#),
     ("float8_ninf", "float8", r#""-Infinity""#, r#""-Infinity""#),
-    (
-        "text",
-        "text",
-        r#""héllo \"q\" \\ \n\t ☃""#,
-        r#""héllo \"q\" \\ \n\t ☃""#,
-    ),
+    ("text", "text", r#""héllo \"q\" \\ \n\t ☃""#, r#""héllo \"q\" \\ \n\t ☃""#),
     ("varchar", "varchar(20)", r#""abc""#, r#""abc""#),
     // Function argument and result typmods are dropped by PostgreSQL, so nothing pads here.
     ("bpchar", "char(4)", r#""ab""#, r#""ab""#),
-    (
-        "json",
-        "json",
-        r#"{"a":[1,2.5,{"b":null}],"c":"d"}"#,
-        r#"{"a":[1,2.5,{"b":null}],"c":"d"}"#,
-    ),
-    (
-        "jsonb",
-        "jsonb",
-        r#"{"a":[1,true],"n":{"x":"y"}}"#,
-        r#"{"a":[1,true],"n":{"x":"y"}}"#,
-    ),
+    ("json", "json", r#"{"a":[1,2.5,{"b":null}],"c":"d"}"#, r#"{"a":[1,2.5,{"b":null}],"c":"d"}"#),
+    ("jsonb", "jsonb", r#"{"a":[1,true],"n":{"x":"y"}}"#, r#"{"a":[1,true],"n":{"x":"y"}}"#),
     ("jsonb_scalar", "jsonb", r#""str""#, r#""str""#),
-    (
-        "uuid",
-        "uuid",
-        r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#,
-        r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#,
-    ),
+    ("uuid", "uuid", r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#, r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#),
     ("date", "date", r#""2024-02-29""#, r#""2024-02-29""#),
-    (
-        "ts",
-        "timestamp",
-        r#""2024-02-29 13:14:15.123456""#,
-        r#""2024-02-29T13:14:15.123456""#,
-    ),
-    (
-        "tstz",
-        "timestamptz",
-        r#""2024-02-29T13:14:15.5+02:00""#,
-        r#""2024-02-29T11:14:15.5+00:00""#,
-    ),
-    (
-        "interval",
-        "interval",
-        r#""1 day 02:03:04""#,
-        r#""1 day 02:03:04""#,
-    ),
+    ("ts", "timestamp", r#""2024-02-29 13:14:15.123456""#, r#""2024-02-29T13:14:15.123456""#),
+    ("tstz", "timestamptz", r#""2024-02-29T13:14:15.5+02:00""#, r#""2024-02-29T11:14:15.5+00:00""#),
+    ("interval", "interval", r#""1 day 02:03:04""#, r#""1 day 02:03:04""#),
     ("bytea", "bytea", r#""\\xdeadbeef00""#, r#""\\xdeadbeef00""#),
     ("inet", "inet", r#""192.168.0.1/24""#, r#""192.168.0.1/24""#),
     ("mood", "mood", r#""happy""#, r#""happy""#),
-    (
-        "pair",
-        "pair",
-        r#"{"a":1,"b":"x,y \"z\""}"#,
-        r#"{"a":1,"b":"x,y \"z\""}"#,
-    ),
-    (
-        "pair_nulls",
-        "pair",
-        r#"{"a":null,"b":null}"#,
-        r#"{"a":null,"b":null}"#,
-    ),
+    ("pair", "pair", r#"{"a":1,"b":"x,y \"z\""}"#, r#"{"a":1,"b":"x,y \"z\""}"#),
+    ("pair_nulls", "pair", r#"{"a":null,"b":null}"#, r#"{"a":null,"b":null}"#),
     ("int4_arr", "int4[]", "[[1,null],[3,4]]", "[[1,null],[3,4]]"),
-    (
-        "int8_arr",
-        "int8[]",
-        "[9223372036854775807,null]",
-        "[9223372036854775807,null]",
-    ),
+    ("int8_arr", "int8[]", "[9223372036854775807,null]", "[9223372036854775807,null]"),
     (
         "text_arr",
         "text[]",
@@ -159,12 +91,7 @@ const TYPE_TABLE: &[(&str, &str, &str, &str)] = &[
         r#"[["a,b","{"],["\"","\\"],["NULL",""],[null,"x y}"]]"#,
     ),
     ("empty_arr", "int4[]", "[]", "[]"),
-    (
-        "mood_arr",
-        "mood[]",
-        r#"["sad","happy"]"#,
-        r#"["sad","happy"]"#,
-    ),
+    ("mood_arr", "mood[]", r#"["sad","happy"]"#, r#"["sad","happy"]"#),
 ];
 
 const TYPE_SETUP: &str = "
@@ -202,9 +129,7 @@ fn row_value(r: &common::Resp) -> Value {
 fn type_table_as_parameters_and_results() {
     let mut setup = TYPE_SETUP.to_string();
     for (name, ty, _, _) in TYPE_TABLE {
-        setup.push_str(&format!(
-            "CREATE FUNCTION echo_{name}(x {ty}) RETURNS {ty} LANGUAGE sql AS 'SELECT x';\n"
-        ));
+        setup.push_str(&format!("CREATE FUNCTION echo_{name}(x {ty}) RETURNS {ty} LANGUAGE sql AS 'SELECT x';\n"));
     }
     let db = TestDb::new("ct_types", &setup);
     let gw = start(&[]);
@@ -219,27 +144,16 @@ fn type_table_as_parameters_and_results() {
         // `SELECT * FROM f()` spreads a composite result into its fields: the row is the value.
         let got = row_value(&r);
         if got != json(expected) {
-            failures.push(format!(
-                "{ty} {param}: got {}, want {expected}",
-                got.to_json()
-            ));
+            failures.push(format!("{ty} {param}: got {}, want {expected}", got.to_json()));
         }
         // NULL in, NULL out, for every type; and named arguments reach the same function.
         let r = db.call(gw.addr, &function, r#"{"x":null}"#);
-        let all_null = |v: &Value| {
-            v.is_null()
-                || v.as_object()
-                    .is_some_and(|o| o.iter().all(|(_, f)| f.is_null()))
-        };
+        let all_null = |v: &Value| v.is_null() || v.as_object().is_some_and(|o| o.iter().all(|(_, f)| f.is_null()));
         if r.status != 200 || !all_null(&row_value(&r)) {
             failures.push(format!("{ty} null: HTTP {} {}", r.status, r.text()));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "type table failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "type table failures:\n{}", failures.join("\n"));
 
     let r = db.call(gw.addr, "all_types", "[]");
     let rows = rows(&r);
@@ -255,18 +169,9 @@ fn type_table_as_parameters_and_results() {
     assert_eq!(rows[0], want, "first row: {}", rows[0].to_json());
     let nulls = rows[1].as_object().unwrap();
     assert_eq!(nulls.len(), 26);
-    assert!(
-        nulls.iter().all(|(_, v)| v.is_null()),
-        "second row must be all null: {}",
-        rows[1].to_json()
-    );
+    assert!(nulls.iter().all(|(_, v)| v.is_null()), "second row must be all null: {}", rows[1].to_json());
     // The column order is the function's.
-    let names: Vec<&str> = rows[0]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect();
+    let names: Vec<&str> = rows[0].as_object().unwrap().iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(&names[..4], &["b", "i2", "i4", "i8"]);
 }
 
@@ -314,11 +219,7 @@ fn positional_named_overloads_and_function_kinds() {
     let addr = gw.addr;
 
     // Absent, null and empty params.
-    for body in [
-        db.body("answer", None),
-        db.body("answer", Some("null")),
-        db.body("answer", Some("[]")),
-    ] {
+    for body in [db.body("answer", None), db.body("answer", Some("null")), db.body("answer", Some("[]"))] {
         let r = post_json(addr, "/call", &body);
         assert_eq!(rows(&r), vec![json(r#"{"answer":42}"#)], "{body}");
         assert_eq!(r.json().get("row_count"), Some(&json("1")));
@@ -326,60 +227,28 @@ fn positional_named_overloads_and_function_kinds() {
     }
 
     // Positional and named, in any order, with a default left out.
-    assert_eq!(
-        scalar(&db.call(addr, "named_fn", r#"[1, "x"]"#)),
-        json(r#""1-x""#)
-    );
-    assert_eq!(
-        scalar(&db.call(addr, "named_fn", r#"{"b":"y","a":2}"#)),
-        json(r#""2-y""#)
-    );
-    assert_eq!(
-        scalar(&db.call(addr, "named_fn", r#"{"a":3}"#)),
-        json(r#""3-dflt""#)
-    );
-    assert_eq!(
-        scalar(&db.call(addr, "named_fn", "[4]")),
-        json(r#""4-dflt""#)
-    );
+    assert_eq!(scalar(&db.call(addr, "named_fn", r#"[1, "x"]"#)), json(r#""1-x""#));
+    assert_eq!(scalar(&db.call(addr, "named_fn", r#"{"b":"y","a":2}"#)), json(r#""2-y""#));
+    assert_eq!(scalar(&db.call(addr, "named_fn", r#"{"a":3}"#)), json(r#""3-dflt""#));
+    assert_eq!(scalar(&db.call(addr, "named_fn", "[4]")), json(r#""4-dflt""#));
     // Unknown argument name → function_not_found.
-    expect_error(
-        &db.call(addr, "named_fn", r#"{"zz":1}"#),
-        404,
-        "function_not_found",
-    );
+    expect_error(&db.call(addr, "named_fn", r#"{"zz":1}"#), 404, "function_not_found");
 
     // Overloads, each more than once so the cached statements are exercised in both orders.
     for _ in 0..2 {
         assert_eq!(scalar(&db.call(addr, "ov", "[1]")), json(r#""int:1""#));
-        assert_eq!(
-            scalar(&db.call(addr, "ov", r#"["x"]"#)),
-            json(r#""text:x""#)
-        );
+        assert_eq!(scalar(&db.call(addr, "ov", r#"["x"]"#)), json(r#""text:x""#));
         assert_eq!(scalar(&db.call(addr, "ov2", "[1]")), json(r#""int:1""#));
-        assert_eq!(
-            scalar(&db.call(addr, "ov2", "[9000000000]")),
-            json(r#""bigint:9000000000""#)
-        );
-        assert_eq!(
-            scalar(&db.call(addr, "ovj", r#"[{"k":"v"}]"#)),
-            json(r#""jsonb:v""#)
-        );
+        assert_eq!(scalar(&db.call(addr, "ov2", "[9000000000]")), json(r#""bigint:9000000000""#));
+        assert_eq!(scalar(&db.call(addr, "ovj", r#"[{"k":"v"}]"#)), json(r#""jsonb:v""#));
         assert_eq!(scalar(&db.call(addr, "ovj", "[3]")), json(r#""int:3""#));
         assert_eq!(scalar(&db.call(addr, "ovj", "[3, 4]")), json(r#""two:34""#));
         // Declared text matches neither; untyped resolution picks the preferred type of the category.
-        assert_eq!(
-            scalar(&db.call(addr, "ovd", r#"["2024-01-02"]"#)),
-            json(r#""timestamptz""#)
-        );
+        assert_eq!(scalar(&db.call(addr, "ovd", r#"["2024-01-02"]"#)), json(r#""timestamptz""#));
         // A string no overload takes, and a null that cannot pick one.
         expect_error(&db.call(addr, "ov2", r#"["x"]"#), 404, "function_not_found");
         let r = db.call(addr, "ov", "[null]");
-        assert!(
-            r.status == 200 || r.status == 404 || r.status == 500,
-            "{}",
-            r.text()
-        );
+        assert!(r.status == 200 || r.status == 404 || r.status == 500, "{}", r.text());
     }
 
     // void: one column named after the function, null.
@@ -398,11 +267,7 @@ fn positional_named_overloads_and_function_kinds() {
     let r = db.call(addr, "people", "[]");
     assert_eq!(
         rows(&r),
-        vec![
-            json(r#"{"id":1,"name":"Ann"}"#),
-            json(r#"{"id":2,"name":"Bob"}"#),
-            json(r#"{"id":3,"name":null}"#)
-        ]
+        vec![json(r#"{"id":1,"name":"Ann"}"#), json(r#"{"id":2,"name":"Bob"}"#), json(r#"{"id":3,"name":null}"#)]
     );
     let r = db.call(addr, "no_rows", "[]");
     assert!(rows(&r).is_empty());
@@ -443,78 +308,30 @@ fn error_mappings() {
     let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "2")]);
     let addr = gw.addr;
 
-    let e = expect_error(
-        &db.call(addr, "no_such_function", "[]"),
-        404,
-        "function_not_found",
-    );
+    let e = expect_error(&db.call(addr, "no_such_function", "[]"), 404, "function_not_found");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""42883""#)));
     expect_error(&db.call(addr, "answer", "[1]"), 404, "function_not_found");
 
     let e = expect_error(&db.call(addr, "divide", "[1, 0]"), 400, "invalid_parameter");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""22012""#)));
-    expect_error(
-        &db.call(addr, "echo_uuid", r#"["not-a-uuid"]"#),
-        400,
-        "invalid_parameter",
-    );
-    expect_error(
-        &db.call(addr, "echo_int4", r#"["abc"]"#),
-        400,
-        "invalid_parameter",
-    );
-    expect_error(
-        &db.call(addr, "echo_int4", "[3000000000]"),
-        400,
-        "invalid_parameter",
-    );
+    expect_error(&db.call(addr, "echo_uuid", r#"["not-a-uuid"]"#), 400, "invalid_parameter");
+    expect_error(&db.call(addr, "echo_int4", r#"["abc"]"#), 400, "invalid_parameter");
+    expect_error(&db.call(addr, "echo_int4", "[3000000000]"), 400, "invalid_parameter");
     // A fraction for an int parameter is refused before PostgreSQL, naming the argument.
-    let e = expect_error(
-        &db.call(addr, "echo_int4", "[1.5]"),
-        400,
-        "invalid_parameter",
-    );
-    let msg = e
-        .get("message")
-        .and_then(|m| m.as_str())
-        .unwrap()
-        .to_string();
+    let e = expect_error(&db.call(addr, "echo_int4", "[1.5]"), 400, "invalid_parameter");
+    let msg = e.get("message").and_then(|m| m.as_str()).unwrap().to_string();
     assert!(msg.contains("$1"), "positional argument not named: {msg}");
-    let e = expect_error(
-        &db.call(addr, "echo_int4", r#"{"x":1.5}"#),
-        400,
-        "invalid_parameter",
-    );
-    let msg = e
-        .get("message")
-        .and_then(|m| m.as_str())
-        .unwrap()
-        .to_string();
+    let e = expect_error(&db.call(addr, "echo_int4", r#"{"x":1.5}"#), 400, "invalid_parameter");
+    let msg = e.get("message").and_then(|m| m.as_str()).unwrap().to_string();
     assert!(msg.contains("'x'"), "named argument not named: {msg}");
 
     assert_eq!(db.call(addr, "add_parent", "[1, 5]").status, 200);
-    let e = expect_error(
-        &db.call(addr, "add_parent", "[1, 5]"),
-        409,
-        "constraint_violation",
-    );
+    let e = expect_error(&db.call(addr, "add_parent", "[1, 5]"), 409, "constraint_violation");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""23505""#)));
-    assert!(
-        e.get("detail").is_some(),
-        "unique violation keeps PostgreSQL's detail: {}",
-        e.to_json()
-    );
-    let e = expect_error(
-        &db.call(addr, "add_child", "[1, 99]"),
-        409,
-        "constraint_violation",
-    );
+    assert!(e.get("detail").is_some(), "unique violation keeps PostgreSQL's detail: {}", e.to_json());
+    let e = expect_error(&db.call(addr, "add_child", "[1, 99]"), 409, "constraint_violation");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""23503""#)));
-    let e = expect_error(
-        &db.call(addr, "add_parent", "[2, -1]"),
-        409,
-        "constraint_violation",
-    );
+    let e = expect_error(&db.call(addr, "add_parent", "[2, -1]"), 409, "constraint_violation");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""23514""#)));
 
     let e = expect_error(&db.call(addr, "raiser", "[42]"), 400, "function_error");
@@ -525,19 +342,12 @@ fn error_mappings() {
     assert_eq!(e.get("database"), Some(&json(r#""ct_errors_main""#)));
     let e = expect_error(&db.call(addr, "raiser_plain", "[]"), 400, "function_error");
     assert_eq!(e.get("message"), Some(&json(r#""plain failure""#)));
-    assert!(
-        e.get("detail").is_none() && e.get("hint").is_none(),
-        "{}",
-        e.to_json()
-    );
+    assert!(e.get("detail").is_none() && e.get("hint").is_none(), "{}", e.to_json());
 
     let r = db.call(addr, "serial_fail", "[]");
     let e = expect_error(&r, 409, "conflict");
     assert_eq!(e.get("retryable"), Some(&Value::Bool(true)));
-    assert!(
-        r.header("retry-after").is_some(),
-        "conflict needs Retry-After"
-    );
+    assert!(r.header("retry-after").is_some(), "conflict needs Retry-After");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""40001""#)));
 
     let e = expect_error(&db.call(addr, "internal_fail", "[]"), 500, "query_failed");
@@ -550,51 +360,21 @@ fn error_mappings() {
     assert_eq!(scalar(&db.call(addr, "answer", "[]")), json("42"));
 
     // Unknown database, bad JSON, bad shape.
-    let r = post_json(
-        addr,
-        "/call",
-        r#"{"platform":"ct_errors_nope","function":"answer"}"#,
-    );
+    let r = post_json(addr, "/call", r#"{"platform":"ct_errors_nope","function":"answer"}"#);
     let e = expect_error(&r, 404, "database_not_found");
     assert_eq!(e.get("database"), Some(&json(r#""ct_errors_nope_main""#)));
-    let r = post_json(
-        addr,
-        "/call",
-        r#"{"platform":"ct_errors_nope","tenant_id":"t1","function":"answer"}"#,
-    );
+    let r = post_json(addr, "/call", r#"{"platform":"ct_errors_nope","tenant_id":"t1","function":"answer"}"#);
     expect_error(&r, 404, "database_not_found");
-    expect_error(
-        &post_json(addr, "/call", r#"{"platform":"ct_errors","function":"#),
-        400,
-        "invalid_json",
-    );
+    expect_error(&post_json(addr, "/call", r#"{"platform":"ct_errors","function":"#), 400, "invalid_json");
     expect_error(&post_json(addr, "/call", "[1,2]"), 400, "invalid_request");
-    expect_error(
-        &post_json(addr, "/call", &db.body("answer", Some(r#""x""#))),
-        400,
-        "invalid_request",
-    );
-    expect_error(
-        &post_json(addr, "/call", r#"{"function":"answer"}"#),
-        400,
-        "invalid_request",
-    );
-    expect_error(
-        &post_json(addr, "/call", &db.body("Answer; drop", None)),
-        400,
-        "invalid_request",
-    );
+    expect_error(&post_json(addr, "/call", &db.body("answer", Some(r#""x""#))), 400, "invalid_request");
+    expect_error(&post_json(addr, "/call", r#"{"function":"answer"}"#), 400, "invalid_request");
+    expect_error(&post_json(addr, "/call", &db.body("Answer; drop", None)), 400, "invalid_request");
     // The existing database still works after the unknown one was asked for.
     assert_eq!(scalar(&db.call(addr, "answer", "[]")), json("42"));
 
     // Nothing above may come back as a bare driver message.
-    for f in [
-        "no_such_function",
-        "divide",
-        "raiser",
-        "internal_fail",
-        "custom_fail",
-    ] {
+    for f in ["no_such_function", "divide", "raiser", "internal_fail", "custom_fail"] {
         let r = db.call(addr, f, if f == "divide" { "[1,0]" } else { "[]" });
         assert!(!r.text().contains("db error"), "{f}: {}", r.text());
     }
@@ -605,11 +385,7 @@ fn permission_denied_for_a_role_without_execute() {
     let db = TestDb::new("ct_perm", ERRORS_SETUP);
     let (socket_dir, _, _) = pg_env();
     let gw = start(&[("DB_HOST", &socket_dir), ("DB_USER", "ssdb_trust")]);
-    let e = expect_error(
-        &db.call(gw.addr, "secret_fn", "[]"),
-        403,
-        "permission_denied",
-    );
+    let e = expect_error(&db.call(gw.addr, "secret_fn", "[]"), 403, "permission_denied");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""42501""#)));
     assert_eq!(scalar(&db.call(gw.addr, "answer", "[]")), json("42"));
 }
@@ -641,10 +417,7 @@ fn backend_terminated_during_a_call_is_connection_failed() {
     let addr = gw.addr;
     let body = db.body("slow", Some("[20]"));
     let t = std::thread::spawn(move || post_json(addr, "/call", &body));
-    assert!(
-        eventually(Duration::from_secs(5), || db.active_gateway_backends() == 1),
-        "call never started"
-    );
+    assert!(eventually(Duration::from_secs(5), || db.active_gateway_backends() == 1), "call never started");
     let killed = common::db::query_col(
         "postgres",
         &format!(
@@ -667,20 +440,11 @@ fn backend_terminated_during_a_call_is_connection_failed() {
 
 #[test]
 fn replaced_function_with_new_return_type_is_reprepared() {
-    let db = TestDb::new(
-        "ct_replace",
-        "CREATE FUNCTION shape_fn(x int) RETURNS int LANGUAGE sql AS 'SELECT x';",
-    );
+    let db = TestDb::new("ct_replace", "CREATE FUNCTION shape_fn(x int) RETURNS int LANGUAGE sql AS 'SELECT x';");
     // One connection, so the second call runs on the connection holding the stale statement.
     let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1")]);
-    assert_eq!(
-        rows(&db.call(gw.addr, "shape_fn", "[7]")),
-        vec![json(r#"{"shape_fn":7}"#)]
-    );
-    assert_eq!(
-        rows(&db.call(gw.addr, "shape_fn", "[8]")),
-        vec![json(r#"{"shape_fn":8}"#)]
-    );
+    assert_eq!(rows(&db.call(gw.addr, "shape_fn", "[7]")), vec![json(r#"{"shape_fn":7}"#)]);
+    assert_eq!(rows(&db.call(gw.addr, "shape_fn", "[8]")), vec![json(r#"{"shape_fn":8}"#)]);
 
     db.exec(
         "DROP FUNCTION shape_fn(int);
@@ -691,39 +455,26 @@ fn replaced_function_with_new_return_type_is_reprepared() {
 
     // CREATE OR REPLACE with another body and the same type keeps working too.
     db.exec("CREATE OR REPLACE FUNCTION shape_fn(x int) RETURNS TABLE(a int, b text) LANGUAGE sql AS $$ SELECT x * 2, 'newer' $$;");
-    assert_eq!(
-        rows(&db.call(gw.addr, "shape_fn", "[5]")),
-        vec![json(r#"{"a":10,"b":"newer"}"#)]
-    );
+    assert_eq!(rows(&db.call(gw.addr, "shape_fn", "[5]")), vec![json(r#"{"a":10,"b":"newer"}"#)]);
 
     // Text result replaced by a different scalar type.
     db.exec(
         "DROP FUNCTION shape_fn(int);
          CREATE FUNCTION shape_fn(x int) RETURNS text LANGUAGE sql AS $$ SELECT 'v' || x $$;",
     );
-    assert_eq!(
-        rows(&db.call(gw.addr, "shape_fn", "[1]")),
-        vec![json(r#"{"shape_fn":"v1"}"#)]
-    );
+    assert_eq!(rows(&db.call(gw.addr, "shape_fn", "[1]")), vec![json(r#"{"shape_fn":"v1"}"#)]);
     // And a later call still uses a working statement.
-    assert_eq!(
-        rows(&db.call(gw.addr, "shape_fn", "[2]")),
-        vec![json(r#"{"shape_fn":"v2"}"#)]
-    );
+    assert_eq!(rows(&db.call(gw.addr, "shape_fn", "[2]")), vec![json(r#"{"shape_fn":"v2"}"#)]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pools
 
-const SLOW: &str =
-    "CREATE FUNCTION slow(s float8) RETURNS int LANGUAGE sql AS 'SELECT pg_sleep(s); SELECT 1';
+const SLOW: &str = "CREATE FUNCTION slow(s float8) RETURNS int LANGUAGE sql AS 'SELECT pg_sleep(s); SELECT 1';
                     CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';";
 
 /// Runs `f` every 25 ms on a thread until `stop`; returns the largest value it saw.
-fn sample_max(
-    stop: Arc<AtomicBool>,
-    f: impl Fn() -> usize + Send + 'static,
-) -> std::thread::JoinHandle<usize> {
+fn sample_max(stop: Arc<AtomicBool>, f: impl Fn() -> usize + Send + 'static) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let mut max = 0;
         while !stop.load(Ordering::Relaxed) {
@@ -735,11 +486,7 @@ fn sample_max(
 }
 
 fn gateway_backends_on(datnames: &[String]) -> usize {
-    let list = datnames
-        .iter()
-        .map(|d| format!("'{d}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let list = datnames.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(",");
     common::db::query_col(
         "postgres",
         &format!(
@@ -756,10 +503,7 @@ fn gateway_backends_on(datnames: &[String]) -> usize {
 #[test]
 fn per_pool_limit_is_never_exceeded() {
     let db = TestDb::new("ct_poollimit", SLOW);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "2"),
-        ("POOL_WAIT_TIMEOUT_MS", "20000"),
-    ]);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "2"), ("POOL_WAIT_TIMEOUT_MS", "20000")]);
     let stop = Arc::new(AtomicBool::new(false));
     let names = vec![db.name.clone()];
     let sampler = sample_max(stop.clone(), move || gateway_backends_on(&names));
@@ -781,22 +525,14 @@ fn per_pool_limit_is_never_exceeded() {
     assert!(max <= 2, "saw {max} backends for a pool of 2");
     assert!(max >= 1, "sampler saw no backends at all");
     // 10 calls of 0.3 s through 2 connections take at least 5 rounds.
-    assert!(
-        elapsed >= Duration::from_millis(1400),
-        "10 slow calls finished in {elapsed:?}: limit not applied"
-    );
+    assert!(elapsed >= Duration::from_millis(1400), "10 slow calls finished in {elapsed:?}: limit not applied");
 }
 
 #[test]
 fn total_limit_is_never_exceeded_across_pools() {
-    let dbs: Vec<TestDb> = (0..3)
-        .map(|i| TestDb::new(&format!("ct_totallimit{i}"), SLOW))
-        .collect();
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "3"),
-        ("MAX_TOTAL_CONNECTIONS", "3"),
-        ("POOL_WAIT_TIMEOUT_MS", "30000"),
-    ]);
+    let dbs: Vec<TestDb> = (0..3).map(|i| TestDb::new(&format!("ct_totallimit{i}"), SLOW)).collect();
+    let gw =
+        start(&[("MAX_CONNECTIONS_PER_POOL", "3"), ("MAX_TOTAL_CONNECTIONS", "3"), ("POOL_WAIT_TIMEOUT_MS", "30000")]);
     let stop = Arc::new(AtomicBool::new(false));
     let names: Vec<String> = dbs.iter().map(|d| d.name.clone()).collect();
     let sampler = sample_max(stop.clone(), move || gateway_backends_on(&names));
@@ -822,10 +558,7 @@ fn total_limit_is_never_exceeded_across_pools() {
     stop.store(true, Ordering::Relaxed);
     let max = sampler.join().unwrap();
     assert_eq!(ok.load(Ordering::Relaxed), 3 * 4 * 15);
-    assert!(
-        max <= 3,
-        "saw {max} gateway backends with MAX_TOTAL_CONNECTIONS=3"
-    );
+    assert!(max <= 3, "saw {max} gateway backends with MAX_TOTAL_CONNECTIONS=3");
     let h = request(gw.addr, "GET", "/health", &[], b"").json();
     let total: u64 = match h.get("total_connections") {
         Some(Value::Number(n)) => n.parse().unwrap(),
@@ -837,30 +570,18 @@ fn total_limit_is_never_exceeded_across_pools() {
 #[test]
 fn pool_wait_timeout_is_pool_exhausted_with_retry_after() {
     let db = TestDb::new("ct_poolwait", SLOW);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("POOL_WAIT_TIMEOUT_MS", "200"),
-    ]);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("POOL_WAIT_TIMEOUT_MS", "200")]);
     let addr = gw.addr;
     let body = db.body("slow", Some("[2]"));
     let holder = std::thread::spawn(move || post_json(addr, "/call", &body));
-    assert!(
-        eventually(Duration::from_secs(5), || db.active_gateway_backends() == 1),
-        "long call never started"
-    );
+    assert!(eventually(Duration::from_secs(5), || db.active_gateway_backends() == 1), "long call never started");
     let t = Instant::now();
     let r = db.call(addr, "answer", "[]");
     let waited = t.elapsed();
     let e = expect_error(&r, 503, "pool_exhausted");
     assert_eq!(e.get("retryable"), Some(&Value::Bool(true)));
-    assert!(
-        r.header("retry-after").is_some(),
-        "503 pool_exhausted needs Retry-After"
-    );
-    assert!(
-        waited >= Duration::from_millis(150) && waited < Duration::from_millis(1500),
-        "waited {waited:?}"
-    );
+    assert!(r.header("retry-after").is_some(), "503 pool_exhausted needs Retry-After");
+    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(1500), "waited {waited:?}");
     assert_eq!(scalar(&holder.join().unwrap()), json("1"));
     // Once the connection is free again, calls go through.
     assert_eq!(scalar(&db.call(addr, "answer", "[]")), json("42"));
@@ -872,19 +593,13 @@ fn pool_wait_timeout_is_pool_exhausted_with_retry_after() {
 #[test]
 fn call_timeout_cancels_the_backend_query() {
     let db = TestDb::new("ct_timeout", SLOW);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_TIMEOUT_MS", "300"),
-    ]);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_TIMEOUT_MS", "300")]);
     let t = Instant::now();
     let r = db.call(gw.addr, "slow", "[5]");
     let took = t.elapsed();
     let e = expect_error(&r, 504, "timeout");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""57014""#)));
-    assert!(
-        took < Duration::from_secs(2),
-        "timeout answered after {took:?}"
-    );
+    assert!(took < Duration::from_secs(2), "timeout answered after {took:?}");
     assert!(
         eventually(Duration::from_secs(2), || db.active_gateway_backends() == 0),
         "backend query still running: {:?}",
@@ -914,16 +629,12 @@ fn client_disconnect_cancels_the_backend_query() {
         body.len()
     );
     c.send(req.as_bytes());
-    assert!(
-        eventually(Duration::from_secs(5), || db.active_gateway_backends() == 1),
-        "call never started"
-    );
+    assert!(eventually(Duration::from_secs(5), || db.active_gateway_backends() == 1), "call never started");
     c.sock.flush().unwrap();
     drop(c);
     let t = Instant::now();
     assert!(
-        eventually(Duration::from_millis(1500), || db.active_gateway_backends()
-            == 0),
+        eventually(Duration::from_millis(1500), || db.active_gateway_backends() == 0),
         "backend query still active {:?} after the client left: {:?}",
         t.elapsed(),
         db.gateway_backends()
@@ -966,10 +677,7 @@ fn session_settings_do_not_leak_between_calls() {
     assert_eq!(db.gateway_backends().len(), 1);
 
     // Without the reset the setting does leak: proof that the test above can fail.
-    let gw2 = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_RESET_SESSION", "false"),
-    ]);
+    let gw2 = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_RESET_SESSION", "false")]);
     assert_eq!(scalar(&db.call(gw2.addr, "spoil", "[]")), json("1"));
     let r = db.call(gw2.addr, "settings", "[]");
     // statement_timeout=1ms may or may not kill this call; either way nothing was reset.
@@ -986,10 +694,7 @@ fn reset_all_cost() {
     let n = 2000;
     let mut report = Vec::new();
     for reset in ["true", "false"] {
-        let gw = start(&[
-            ("MAX_CONNECTIONS_PER_POOL", "1"),
-            ("CALL_RESET_SESSION", reset),
-        ]);
+        let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_RESET_SESSION", reset)]);
         let body = db.body("answer", Some("[]"));
         let req = format!(
             "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -1025,22 +730,12 @@ fn reset_all_cost() {
 
 #[test]
 fn health_reports_pools_and_connections() {
-    let dbs: Vec<TestDb> = (0..2)
-        .map(|i| TestDb::new(&format!("ct_health{i}"), SLOW))
-        .collect();
+    let dbs: Vec<TestDb> = (0..2).map(|i| TestDb::new(&format!("ct_health{i}"), SLOW)).collect();
     let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "2")]);
     let addr = gw.addr;
     // The probe runs every second.
     assert!(
-        eventually(Duration::from_secs(5), || request(
-            addr,
-            "GET",
-            "/health",
-            &[],
-            b""
-        )
-        .status
-            == 200),
+        eventually(Duration::from_secs(5), || request(addr, "GET", "/health", &[], b"").status == 200),
         "health never became 200"
     );
     for db in &dbs {
@@ -1048,17 +743,9 @@ fn health_reports_pools_and_connections() {
     }
     // The answer goes out before the pipelined RESET ALL completes; then the connection is idle.
     let idle = |n: &'static str| {
-        move || {
-            request(addr, "GET", "/health", &[], b"")
-                .json()
-                .get("idle_connections")
-                == Some(&json(n))
-        }
+        move || request(addr, "GET", "/health", &[], b"").json().get("idle_connections") == Some(&json(n))
     };
-    assert!(
-        eventually(Duration::from_secs(2), idle("2")),
-        "connections never became idle"
-    );
+    assert!(eventually(Duration::from_secs(2), idle("2")), "connections never became idle");
     let r = request(addr, "GET", "/health", &[], b"");
     let h = r.json();
     assert_eq!(h.get("status"), Some(&json(r#""healthy""#)), "{}", r.text());
@@ -1077,20 +764,13 @@ fn health_reports_pools_and_connections() {
         .collect();
     let seen = eventually(Duration::from_secs(3), || {
         let h = request(addr, "GET", "/health", &[], b"").json();
-        h.get("waiting_requests") == Some(&json("1"))
-            && h.get("total_connections") == Some(&json("3"))
+        h.get("waiting_requests") == Some(&json("1")) && h.get("total_connections") == Some(&json("3"))
     });
-    assert!(
-        seen,
-        "health never showed 1 waiting request and 3 connections"
-    );
+    assert!(seen, "health never showed 1 waiting request and 3 connections");
     for h in holders {
         assert_eq!(scalar(&h.join().unwrap()), json("1"));
     }
-    assert!(
-        eventually(Duration::from_secs(2), idle("3")),
-        "connections never became idle"
-    );
+    assert!(eventually(Duration::from_secs(2), idle("3")), "connections never became idle");
     let h = request(addr, "GET", "/health", &[], b"").json();
     assert_eq!(h.get("waiting_requests"), Some(&json("0")));
     assert_eq!(h.get("total_connections"), Some(&json("3")));
@@ -1105,20 +785,13 @@ fn a_late_cancel_never_hits_the_next_call() {
         "CREATE FUNCTION slow(s float8) RETURNS int LANGUAGE sql AS 'SELECT pg_sleep(s); SELECT 1';
          CREATE FUNCTION answer_slowish() RETURNS int LANGUAGE sql AS 'SELECT pg_sleep(0.03); SELECT 42';",
     );
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_TIMEOUT_MS", "100"),
-    ]);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_TIMEOUT_MS", "100")]);
     let mut wrong = Vec::new();
     for i in 0..40 {
         // 90..130 ms around the 100 ms timeout.
         let s = 0.09 + (i % 5) as f64 * 0.01;
         let r = db.call(gw.addr, "slow", &format!("[{s}]"));
-        assert!(
-            r.status == 200 || r.error_code() == "timeout",
-            "{}",
-            r.text()
-        );
+        assert!(r.status == 200 || r.error_code() == "timeout", "{}", r.text());
         let t = Instant::now();
         let r = db.call(gw.addr, "answer_slowish", "[]");
         // A call that really ran past its own deadline (a slow reconnect on a loaded machine) is not
@@ -1127,12 +800,7 @@ fn a_late_cancel_never_hits_the_next_call() {
             wrong.push(format!("after {:?}: {}", t.elapsed(), r.text()));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "{} innocent calls were hit: {:?}",
-        wrong.len(),
-        wrong.first()
-    );
+    assert!(wrong.is_empty(), "{} innocent calls were hit: {:?}", wrong.len(), wrong.first());
 }
 
 #[test]

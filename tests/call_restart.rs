@@ -22,25 +22,14 @@ fn postgres_restart_under_traffic() {
     let cluster = Cluster::new();
     {
         let mut admin = cluster.su("postgres");
-        admin
-            .batch_execute("CREATE DATABASE ct_restart_main")
-            .unwrap();
+        admin.batch_execute("CREATE DATABASE ct_restart_main").unwrap();
         let mut c = cluster.su("ct_restart_main");
-        c.batch_execute("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
-            .unwrap();
+        c.batch_execute("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'").unwrap();
     }
     let port = cluster.port.to_string();
     let socket = cluster.socket_dir();
-    let tcp = start(&[
-        ("DB_HOST", "127.0.0.1"),
-        ("DB_PORT", &port),
-        ("MAX_CONNECTIONS_PER_POOL", "4"),
-    ]);
-    let unix = start(&[
-        ("DB_HOST", &socket),
-        ("DB_PORT", &port),
-        ("MAX_CONNECTIONS_PER_POOL", "4"),
-    ]);
+    let tcp = start(&[("DB_HOST", "127.0.0.1"), ("DB_PORT", &port), ("MAX_CONNECTIONS_PER_POOL", "4")]);
+    let unix = start(&[("DB_HOST", &socket), ("DB_PORT", &port), ("MAX_CONNECTIONS_PER_POOL", "4")]);
     let addrs = [tcp.addr, unix.addr];
     for addr in addrs {
         let r = post_json(addr, "/call", BODY);
@@ -60,11 +49,7 @@ fn postgres_restart_under_traffic() {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     let r = post_json(addr, "/call", BODY);
-                    assert!(
-                        t.elapsed() < Duration::from_secs(8),
-                        "a call took {:?}",
-                        t.elapsed()
-                    );
+                    assert!(t.elapsed() < Duration::from_secs(8), "a call took {:?}", t.elapsed());
                     match r.status {
                         200 => ok += 1,
                         503 => {
@@ -87,35 +72,21 @@ fn postgres_restart_under_traffic() {
     for addr in addrs {
         let t = Instant::now();
         let r = post_json(addr, "/call", BODY);
-        assert_eq!(
-            (r.status, r.error_code().as_str()),
-            (503, "connection_failed"),
-            "{}",
-            r.text()
-        );
+        assert_eq!((r.status, r.error_code().as_str()), (503, "connection_failed"), "{}", r.text());
         assert!(r.header("retry-after").is_some());
-        assert!(
-            t.elapsed() < Duration::from_secs(6),
-            "answer while down took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(6), "answer while down took {:?}", t.elapsed());
     }
-    let degraded = common::db::eventually(Duration::from_secs(5), || {
-        request(tcp.addr, "GET", "/health", &[], b"").status == 503
-    });
+    let degraded =
+        common::db::eventually(Duration::from_secs(5), || request(tcp.addr, "GET", "/health", &[], b"").status == 503);
     assert!(degraded, "/health never reported PostgreSQL down");
     std::thread::sleep(Duration::from_millis(1500));
 
     cluster.start();
     let up = Instant::now();
     for addr in addrs {
-        let recovered = common::db::eventually(Duration::from_secs(15), || {
-            post_json(addr, "/call", BODY).status == 200
-        });
-        assert!(
-            recovered,
-            "gateway {addr} did not recover within 15 s of the restart"
-        );
+        let recovered =
+            common::db::eventually(Duration::from_secs(15), || post_json(addr, "/call", BODY).status == 200);
+        assert!(recovered, "gateway {addr} did not recover within 15 s of the restart");
     }
     println!("recovered {:?} after the restart", up.elapsed());
     // Keep the traffic going a little on the recovered pools.
@@ -135,15 +106,7 @@ fn postgres_restart_under_traffic() {
             assert_eq!(r.status, 200, "{}", r.text());
         }
         assert!(
-            common::db::eventually(Duration::from_secs(5), || request(
-                addr,
-                "GET",
-                "/health",
-                &[],
-                b""
-            )
-            .status
-                == 200),
+            common::db::eventually(Duration::from_secs(5), || request(addr, "GET", "/health", &[], b"").status == 200),
             "/health never recovered"
         );
     }

@@ -23,16 +23,8 @@ fn readme_and_env_example_list_every_key() {
     let readme = read("README.md");
     let example = read("scripts/.env.example");
     for k in KEYS {
-        assert!(
-            readme.contains(&format!("| `{}` |", k.name)),
-            "README.md lacks key {}",
-            k.name
-        );
-        assert!(
-            example.contains(&format!("# {}=", k.name)),
-            "scripts/.env.example lacks key {}",
-            k.name
-        );
+        assert!(readme.contains(&format!("| `{}` |", k.name)), "README.md lacks key {}", k.name);
+        assert!(example.contains(&format!("# {}=", k.name)), "scripts/.env.example lacks key {}", k.name);
     }
 }
 
@@ -41,8 +33,5 @@ fn readme_shows_the_two_commands() {
     let readme = read("README.md");
     assert!(readme.contains("scripts/run.sh") && readme.contains("scripts/test.sh"));
     let ci = read(".ci/run");
-    assert!(
-        ci.contains("scripts/test.sh"),
-        ".ci/run must call the README's test command"
-    );
+    assert!(ci.contains("scripts/test.sh"), ".ci/run must call the README's test command");
 }

@@ -120,11 +120,7 @@ fn api_from_db(e: &DbError, database: &str) -> ApiError {
     };
     ApiError::new(kind, message)
         .with_database(database)
-        .with_db(DbDetail {
-            sqlstate: e.code.clone(),
-            detail: e.detail.clone(),
-            hint: e.hint.clone(),
-        })
+        .with_db(DbDetail { sqlstate: e.code.clone(), detail: e.detail.clone(), hint: e.hint.clone() })
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -137,11 +133,8 @@ fn api_from_pg(e: &PgError, database: &str) -> ApiError {
             }
             a
         }
-        other => ApiError::new(
-            Kind::ConnectionFailed,
-            format!("PostgreSQL connection failed: {other}"),
-        )
-        .with_database(database),
+        other => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection failed: {other}"))
+            .with_database(database),
     }
 }
 
@@ -212,10 +205,7 @@ const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4]
 impl CallEngine {
     pub fn new(cfg: Arc<Config>, base: ConnectParams) -> CallEngine {
         let tcp_addr = match &base.host {
-            Host::Tcp(h) => (h.as_str(), base.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next()),
+            Host::Tcp(h) => (h.as_str(), base.port).to_socket_addrs().ok().and_then(|mut a| a.next()),
             Host::Unix(_) => None,
         };
         CallEngine {
@@ -248,10 +238,7 @@ impl CallEngine {
     }
 
     pub fn busy(&self) -> bool {
-        self.jobs
-            .iter()
-            .any(|j| j.as_ref().is_some_and(|j| !j.answered))
-            || self.pools.waiting_total() > 0
+        self.jobs.iter().any(|j| j.as_ref().is_some_and(|j| !j.answered)) || self.pools.waiting_total() > 0
     }
 
     pub fn release_parked(&mut self) {
@@ -272,44 +259,25 @@ impl CallEngine {
     }
 
     /// Accepts a call. `Some` is an immediate answer; `None` means it will come through `Done` lists.
-    pub fn submit(
-        &mut self,
-        poll: &mut Poll,
-        client: usize,
-        generation: u64,
-        req: CallRequest,
-        now: Instant,
-    ) -> Option<Response> {
+    pub fn submit(&mut self, poll: &mut Poll, client: usize, generation: u64, req: CallRequest, now: Instant) -> Option<Response> {
         let pool = self.pool_for(&req.database, now);
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
-        let waiter = Waiter {
-            client,
-            generation,
-            req,
-            started: now,
-            deadline: now + self.cfg.pool.wait_timeout,
-        };
+        let waiter = Waiter { client, generation, req, started: now, deadline: now + self.cfg.pool.wait_timeout };
         if let Some(conn) = p.idle.pop() {
             self.start_job(poll, conn, waiter, now);
             return None;
         }
         if let Some(until) = p.backoff_until {
             if now < until {
-                let e = ApiError::new(
-                    Kind::ConnectionFailed,
-                    "PostgreSQL is unreachable; retrying shortly",
-                )
-                .with_database(&p.database);
+                let e = ApiError::new(Kind::ConnectionFailed, "PostgreSQL is unreachable; retrying shortly")
+                    .with_database(&p.database);
                 return Some(Response::error(&e));
             }
         }
         if p.waiting.len() >= self.cfg.pool.max_waiting {
-            let e = ApiError::new(
-                Kind::PoolExhausted,
-                "too many calls are waiting for this database",
-            )
-            .with_database(&p.database);
+            let e = ApiError::new(Kind::PoolExhausted, "too many calls are waiting for this database")
+                .with_database(&p.database);
             return Some(Response::error(&e));
         }
         p.waiting.push_back(waiter);
@@ -323,12 +291,7 @@ impl CallEngine {
         }
         let mut params = self.base.with_dbname(database);
         params.application_name = "stonescriptdb-gateway".into();
-        let k = self.pools.pools.insert(Pool::new(
-            database.to_string(),
-            database.to_string(),
-            params,
-            now,
-        ));
+        let k = self.pools.pools.insert(Pool::new(database.to_string(), database.to_string(), params, now));
         self.pools.by_key.insert(database.to_string(), k);
         k
     }
@@ -337,9 +300,7 @@ impl CallEngine {
     /// closing idle connections of the least recently used other pools.
     fn grow(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
         loop {
-            let Some(p) = self.pools.pools.get(pool) else {
-                return;
-            };
+            let Some(p) = self.pools.pools.get(pool) else { return };
             let want = p.waiting.len().saturating_sub(p.connecting.len());
             if want == 0 || p.size() >= self.cfg.pool.max_per_pool {
                 return;
@@ -355,9 +316,7 @@ impl CallEngine {
                 match self.pools.lru_pool_with_idle(pool) {
                     Some(victim) => {
                         // The oldest idle connection of that pool is the front of its LIFO list.
-                        let Some(v) = self.pools.pools.get_mut(victim) else {
-                            return;
-                        };
+                        let Some(v) = self.pools.pools.get_mut(victim) else { return };
                         let c = v.idle.remove(0);
                         self.retire_conn(poll, c, now);
                     }
@@ -372,9 +331,7 @@ impl CallEngine {
     }
 
     fn open_conn(&mut self, poll: &mut Poll, pool: usize, now: Instant) -> bool {
-        let Some(p) = self.pools.pools.get_mut(pool) else {
-            return false;
-        };
+        let Some(p) = self.pools.pools.get_mut(pool) else { return false };
         match BackendConn::connect(&p.params, self.tcp_addr, pool, now) {
             Ok(mut c) => {
                 let key = self.conns.vacant_key();
@@ -399,17 +356,12 @@ impl CallEngine {
 
     /// A connection attempt failed: waiting calls get the error when nothing else can serve them.
     fn connect_failed(&mut self, pool: usize, err: &PgError, now: Instant) {
-        let Some(p) = self.pools.pools.get_mut(pool) else {
-            return;
-        };
+        let Some(p) = self.pools.pools.get_mut(pool) else { return };
         let e = api_from_pg(err, &p.database);
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
         if !fatal_for_pool {
             p.note_connect_failure(now);
-            crate::log::warn(
-                "backend connect failed",
-                &[("database", &p.database), ("error", &err)],
-            );
+            crate::log::warn("backend connect failed", &[("database", &p.database), ("error", &err)]);
         }
         if fatal_for_pool || (p.idle.is_empty() && p.busy.is_empty() && p.connecting.is_empty()) {
             let waiters: Vec<Waiter> = p.waiting.drain(..).collect();
@@ -424,9 +376,7 @@ impl CallEngine {
     }
 
     fn maybe_drop_pool(&mut self, pool: usize) {
-        let Some(p) = self.pools.pools.get(pool) else {
-            return;
-        };
+        let Some(p) = self.pools.pools.get(pool) else { return };
         if p.size() == 0 && p.waiting.is_empty() {
             let key = p.key.clone();
             self.pools.by_key.remove(&key);
@@ -435,18 +385,13 @@ impl CallEngine {
     }
 
     fn closing_count(&self) -> usize {
-        self.conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::Closing))
-            .count()
+        self.conns.iter().filter(|(_, c)| matches!(c.state, ConnState::Closing)).count()
     }
 
     /// Ends a healthy connection gracefully: Terminate, leave its pool, and keep the socket (still
     /// counted in the total) until the server closes it; see [`ConnState::Closing`].
     fn retire_conn(&mut self, poll: &mut Poll, key: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(key) else { return };
         let mut b = BytesMut::new();
         frontend::terminate(&mut b);
         c.wbuf.extend_from_slice(&b);
@@ -467,13 +412,8 @@ impl CallEngine {
 
     /// A slot under the total cap came free: pools with unserved waiters may open connections.
     fn grow_starved(&mut self, poll: &mut Poll, now: Instant) {
-        let starved: Vec<usize> = self
-            .pools
-            .pools
-            .iter()
-            .filter(|(_, q)| q.waiting.len() > q.connecting.len())
-            .map(|(k, _)| k)
-            .collect();
+        let starved: Vec<usize> =
+            self.pools.pools.iter().filter(|(_, q)| q.waiting.len() > q.connecting.len()).map(|(k, _)| k).collect();
         for s in starved {
             if self.conns.len() >= self.cfg.pool.max_total {
                 return;
@@ -507,9 +447,7 @@ impl CallEngine {
     }
 
     fn drive(&mut self, poll: &mut Poll, key: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(key) else { return };
         let pool = c.pool;
         if matches!(c.state, ConnState::Connecting) {
             let params = match self.pools.pools.get(pool) {
@@ -550,9 +488,7 @@ impl CallEngine {
     /// Handles buffered messages according to the connection state.
     fn process(&mut self, poll: &mut Poll, key: usize, now: Instant) -> Result<(), PgError> {
         loop {
-            let Some(c) = self.conns.get_mut(key) else {
-                return Ok(());
-            };
+            let Some(c) = self.conns.get_mut(key) else { return Ok(()) };
             match c.state {
                 ConnState::Startup(_) => {
                     if !c.drive_startup()? {
@@ -576,9 +512,7 @@ impl CallEngine {
                     }
                 }
                 ConnState::Busy => {
-                    let Some(msg) = c.next_message()? else {
-                        return Ok(());
-                    };
+                    let Some(msg) = c.next_message()? else { return Ok(()) };
                     self.on_job_message(poll, key, msg, now)?;
                 }
                 ConnState::Closing => {
@@ -593,9 +527,7 @@ impl CallEngine {
 
     /// A connection failed: answer its job, close it, and let waiters retry on others.
     fn conn_broken(&mut self, poll: &mut Poll, key: usize, err: PgError, now: Instant) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(key) else { return };
         if matches!(c.state, ConnState::Closing) {
             // The expected end of a retired connection: its backend is gone, its slot is free.
             self.close_conn(poll, key);
@@ -609,19 +541,12 @@ impl CallEngine {
             if !job.answered {
                 let e = match &err {
                     PgError::Db(d) => api_from_db(d, &job.req.database),
-                    _ => ApiError::new(
-                        Kind::ConnectionFailed,
-                        format!("PostgreSQL connection lost: {err}"),
-                    )
-                    .with_database(&job.req.database),
+                    _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
+                        .with_database(&job.req.database),
                 };
                 // A FATAL like 57P01 during a call is a connection failure, not the call's fault.
-                let e = if matches!(&err, PgError::Db(d) if d.severity == "FATAL" || d.severity == "PANIC")
-                {
-                    ApiError {
-                        kind: Kind::ConnectionFailed,
-                        ..e
-                    }
+                let e = if matches!(&err, PgError::Db(d) if d.severity == "FATAL" || d.severity == "PANIC") {
+                    ApiError { kind: Kind::ConnectionFailed, ..e }
                 } else {
                     e
                 };
@@ -639,9 +564,7 @@ impl CallEngine {
     /// Gives idle connections of `pool` to its waiters; opens more if waiters remain.
     fn hand_out(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
         loop {
-            let Some(p) = self.pools.pools.get_mut(pool) else {
-                return;
-            };
+            let Some(p) = self.pools.pools.get_mut(pool) else { return };
             if p.waiting.is_empty() || p.idle.is_empty() {
                 break;
             }
@@ -649,9 +572,7 @@ impl CallEngine {
             let conn = p.idle.pop().unwrap_or_else(|| unreachable!());
             self.start_job(poll, conn, w, now);
         }
-        let Some(p) = self.pools.pools.get(pool) else {
-            return;
-        };
+        let Some(p) = self.pools.pools.get(pool) else { return };
         if !p.waiting.is_empty() {
             self.grow(poll, pool, now);
             return;
@@ -662,11 +583,7 @@ impl CallEngine {
                 .pools
                 .pools
                 .iter()
-                .find(|(k, q)| {
-                    *k != pool
-                        && q.waiting.len() > q.connecting.len()
-                        && q.size() < self.cfg.pool.max_per_pool
-                })
+                .find(|(k, q)| *k != pool && q.waiting.len() > q.connecting.len() && q.size() < self.cfg.pool.max_per_pool)
                 .map(|(k, _)| k);
             if let Some(s) = starved {
                 let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
@@ -679,9 +596,7 @@ impl CallEngine {
     }
 
     fn start_job(&mut self, poll: &mut Poll, conn: usize, w: Waiter, now: Instant) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         c.state = ConnState::Busy;
         c.last_used = now;
         let pool = c.pool;
@@ -722,15 +637,9 @@ impl CallEngine {
 
     /// Executes from the cache or prepares first.
     fn begin(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
-        let Some(job) = self.jobs.get(conn).and_then(Option::as_ref) else {
-            return;
-        };
-        let Some(schema) = self.cfg.call.schemas.get(job.schema_idx) else {
-            return;
-        };
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+        let Some(job) = self.jobs.get(conn).and_then(Option::as_ref) else { return };
+        let Some(schema) = self.cfg.call.schemas.get(job.schema_idx) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         let mut key = job.req.shape_key(schema);
         let overloaded = c.ambiguous.contains(&key);
         if overloaded {
@@ -755,20 +664,12 @@ impl CallEngine {
 
     /// Parse + Describe (+ the overload check when `check`) + Sync.
     fn send_prepare(&mut self, conn: usize, key: String, declared: bool, check: bool) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
-        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         let schema = &self.cfg.call.schemas[job.schema_idx];
         let name = c.next_stmt_name();
         let sql = job.req.sql(schema);
-        let types = if declared {
-            job.req.declared_types()
-        } else {
-            Vec::new()
-        };
+        let types = if declared { job.req.declared_types() } else { Vec::new() };
         job.declared = declared;
         let ok = frontend::parse(&name, &sql, types.iter().copied(), &mut c.wbuf).is_ok()
             && frontend::describe(b'S', &name, &mut c.wbuf).is_ok();
@@ -778,11 +679,7 @@ impl CallEngine {
             // Same sync group, so it costs no round trip; skipped by the server if Parse failed.
             let nargs = job.req.params.len().to_string();
             let _ = frontend::parse("", OVERLOAD_SQL, std::iter::empty(), &mut c.wbuf);
-            let fparams = [
-                Some(schema.as_bytes()),
-                Some(job.req.function.as_bytes()),
-                Some(nargs.as_bytes()),
-            ];
+            let fparams = [Some(schema.as_bytes()), Some(job.req.function.as_bytes()), Some(nargs.as_bytes())];
             write_bind(&mut c.wbuf, "", &fparams, &[0]);
             c.wbuf.extend_from_slice(EXECUTE_SYNC);
         } else {
@@ -790,22 +687,13 @@ impl CallEngine {
         }
         job.syncs.push_back(SyncPoint::Prepare);
         job.error = None;
-        job.pending = Some(Pending {
-            name,
-            key,
-            param_oids: Vec::new(),
-            columns: Vec::new(),
-        });
+        job.pending = Some(Pending { name, key, param_oids: Vec::new(), columns: Vec::new() });
     }
 
     /// Encodes the parameters and sends Bind + Execute + Sync (+ RESET ALL) in one write.
     fn send_execute(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
-        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         if job.answered || job.cancel_sent {
             // Nobody waits for it, or it is already past its deadline (see after_prepare).
             self.abandon(poll, conn, now);
@@ -830,11 +718,8 @@ impl CallEngine {
                         super::request::Args::Named(n) => format!("'{}'", n[i]),
                         super::request::Args::Positional => format!("{} (${})", i + 1, i + 1),
                     };
-                    let e = ApiError::new(
-                        Kind::InvalidParameter,
-                        format!("parameter {arg}: {}", pe.message),
-                    )
-                    .with_database(&job.req.database);
+                    let e = ApiError::new(Kind::InvalidParameter, format!("parameter {arg}: {}", pe.message))
+                        .with_database(&job.req.database);
                     job.answered = true;
                     let (client, g) = (job.client, job.generation);
                     self.answer(client, g, Response::error(&e));
@@ -859,21 +744,11 @@ impl CallEngine {
         job.rows = 0;
     }
 
-    fn on_job_message(
-        &mut self,
-        poll: &mut Poll,
-        conn: usize,
-        msg: Backend,
-        now: Instant,
-    ) -> Result<(), PgError> {
-        let Some(c) = self.conns.get(conn) else {
-            return Ok(());
-        };
+    fn on_job_message(&mut self, poll: &mut Poll, conn: usize, msg: Backend, now: Instant) -> Result<(), PgError> {
+        let Some(c) = self.conns.get(conn) else { return Ok(()) };
         let pool = c.pool;
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
-            return Err(PgError::Protocol(
-                "message on a busy connection without a job".into(),
-            ));
+            return Err(PgError::Protocol("message on a busy connection without a job".into()));
         };
         let front = job.syncs.front().copied();
         match msg {
@@ -893,11 +768,7 @@ impl CallEngine {
                     }
                 }
             }
-            Backend::AuthSasl(_) => {
-                return Err(PgError::Protocol(
-                    "authentication request on a ready connection".into(),
-                ));
-            }
+            Backend::AuthSasl(_) => return Err(PgError::Protocol("authentication request on a ready connection".into())),
             Backend::Message(m) => match m {
                 Message::DataRow(row) => match front {
                     Some(SyncPoint::Execute) if job.error.is_none() && !job.answered => {
@@ -922,9 +793,7 @@ impl CallEngine {
                     Some(SyncPoint::Introspect) => {
                         let vals = data_row_fields(&row)?;
                         job.introspect_rows.push(
-                            vals.iter()
-                                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                                .collect(),
+                            vals.iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect(),
                         );
                     }
                     _ => {}
@@ -962,13 +831,9 @@ impl CallEngine {
 
     /// One pipeline step finished (its ReadyForQuery arrived).
     fn on_sync(&mut self, poll: &mut Poll, conn: usize, point: SyncPoint, now: Instant) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         let pool = c.pool;
-        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
-            return;
-        };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         match point {
             SyncPoint::Reset => {
                 if job.error.take().is_some() {
@@ -1013,11 +878,7 @@ impl CallEngine {
                     self.fail(poll, conn, e, now);
                     return;
                 }
-                if !job.declared
-                    && !job.untyped
-                    && job.overloads.take().is_some_and(|n| n > 1)
-                    && !job.answered
-                {
+                if !job.declared && !job.untyped && job.overloads.take().is_some_and(|n| n > 1) && !job.answered {
                     // Overloaded: drop the untyped statement and prepare with declared types.
                     if let Some(p) = job.pending.take() {
                         let _ = frontend::close(b'S', &p.name, &mut c.wbuf);
@@ -1034,10 +895,7 @@ impl CallEngine {
                 let err = job.error.take();
                 if let Some(p) = self.pools.pools.get_mut(pool) {
                     if let Some(e) = err {
-                        crate::log::warn(
-                            "type introspection failed",
-                            &[("database", &p.database), ("error", &e)],
-                        );
+                        crate::log::warn("type introspection failed", &[("database", &p.database), ("error", &e)]);
                     } else if let Err(e) = p.types.add_rows(&rows) {
                         crate::log::warn("type introspection rows unreadable", &[("error", &e)]);
                     }
@@ -1086,17 +944,12 @@ impl CallEngine {
     /// like any connection that had a cancel sent.
     fn abandon(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
         let timeout = self.cfg.call.timeout;
-        let Some(job) = self.job_mut(conn) else {
-            return;
-        };
+        let Some(job) = self.job_mut(conn) else { return };
         job.pending = None;
         if !job.answered {
             job.answered = true;
-            let e = ApiError::new(
-                Kind::Timeout,
-                format!("call exceeded {} ms", timeout.as_millis()),
-            )
-            .with_database(&job.req.database);
+            let e = ApiError::new(Kind::Timeout, format!("call exceeded {} ms", timeout.as_millis()))
+                .with_database(&job.req.database);
             let (client, g) = (job.client, job.generation);
             self.answer(client, g, Response::error(&e));
         }
@@ -1105,19 +958,13 @@ impl CallEngine {
 
     /// After Parse/Describe (and any type lookups): learn missing types, cache the statement, execute.
     fn after_prepare(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
-        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         if job.answered || job.cancel_sent {
             self.abandon(poll, conn, now);
             return;
         }
-        let Some(p) = self.pools.pools.get(c.pool) else {
-            return;
-        };
+        let Some(p) = self.pools.pools.get(c.pool) else { return };
         let Some(pending) = &job.pending else { return };
         let mut oids: Vec<u32> = pending.param_oids.clone();
         oids.extend(pending.columns.iter().map(|c| c.type_oid));
@@ -1126,11 +973,7 @@ impl CallEngine {
             job.introspect_rounds += 1;
             let list = format!(
                 "{{{}}}",
-                missing
-                    .iter()
-                    .map(|o| o.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                missing.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(",")
             );
             let _ = frontend::parse("", INTROSPECTION_SQL, std::iter::empty(), &mut c.wbuf);
             write_bind(&mut c.wbuf, "", &[Some(list.as_bytes())], &[0]);
@@ -1142,22 +985,12 @@ impl CallEngine {
             }
             return;
         }
-        let Some(pending) = job.pending.take() else {
-            return;
-        };
+        let Some(pending) = job.pending.take() else { return };
         let types: &TypeRegistry = &p.types;
-        let columns: Vec<PreparedColumn> = pending
-            .columns
-            .iter()
-            .map(|col| PreparedColumn::new(&col.name, col.type_oid, types))
-            .collect();
+        let columns: Vec<PreparedColumn> =
+            pending.columns.iter().map(|col| PreparedColumn::new(&col.name, col.type_oid, types)).collect();
         let formats = columns.iter().map(|c| c.format).collect();
-        let stmt = Arc::new(Stmt {
-            name: pending.name,
-            param_oids: pending.param_oids,
-            columns,
-            formats,
-        });
+        let stmt = Arc::new(Stmt { name: pending.name, param_oids: pending.param_oids, columns, formats });
         c.stmts.insert(pending.key, stmt.clone());
         job.stmt = Some(stmt);
         self.send_execute(poll, conn, now);
@@ -1181,9 +1014,7 @@ impl CallEngine {
 
     /// When the pipeline is drained, the connection goes back to the pool (or is closed).
     fn finish_if_done(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
-        let Some(job) = self.jobs.get(conn).and_then(Option::as_ref) else {
-            return;
-        };
+        let Some(job) = self.jobs.get(conn).and_then(Option::as_ref) else { return };
         if !job.syncs.is_empty() {
             return;
         }
@@ -1193,9 +1024,7 @@ impl CallEngine {
         // therefore never reused.
         let cancelled = job.cancel_sent;
         self.jobs[conn] = None;
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         if cancelled {
             c.retire = true;
         }
@@ -1218,8 +1047,7 @@ impl CallEngine {
     /// The client of (`client`, `generation`) left: drop its wait or cancel its query.
     pub fn client_gone(&mut self, client: usize, generation: u64) {
         for (_, p) in self.pools.pools.iter_mut() {
-            p.waiting
-                .retain(|w| !(w.client == client && w.generation == generation));
+            p.waiting.retain(|w| !(w.client == client && w.generation == generation));
         }
         let mut cancel = None;
         for (k, slot) in self.jobs.iter_mut().enumerate() {
@@ -1242,20 +1070,14 @@ impl CallEngine {
     }
 
     fn cancel_conn(&self, conn: usize) {
-        let Some(c) = self.conns.get(conn) else {
-            return;
-        };
-        let (Some(s), Some(p)) = (&c.session, self.pools.pools.get(c.pool)) else {
-            return;
-        };
+        let Some(c) = self.conns.get(conn) else { return };
+        let (Some(s), Some(p)) = (&c.session, self.pools.pools.get(c.pool)) else { return };
         send_cancel(&p.params, self.tcp_addr, s.process_id, s.secret_key);
     }
 
     /// A deploy changed `database`: its cached statements and types are stale.
     pub fn invalidate(&mut self, poll: &mut Poll, database: &str) {
-        let Some(&pool) = self.pools.by_key.get(database) else {
-            return;
-        };
+        let Some(&pool) = self.pools.by_key.get(database) else { return };
         let (idle, busy) = match self.pools.pools.get_mut(pool) {
             Some(p) => {
                 p.types = TypeRegistry::new();
@@ -1287,10 +1109,7 @@ impl CallEngine {
         for (w, db) in expired {
             let e = ApiError::new(
                 Kind::PoolExhausted,
-                format!(
-                    "no connection to '{db}' became free within {} ms",
-                    self.cfg.pool.wait_timeout.as_millis()
-                ),
+                format!("no connection to '{db}' became free within {} ms", self.cfg.pool.wait_timeout.as_millis()),
             )
             .with_database(db);
             self.answer(w.client, w.generation, Response::error(&e));
@@ -1325,11 +1144,8 @@ impl CallEngine {
             if let Some(j) = self.job_mut(k) {
                 if !j.answered {
                     j.answered = true;
-                    let e = ApiError::new(
-                        Kind::Timeout,
-                        format!("call exceeded {} ms", timeout.as_millis()),
-                    )
-                    .with_database(&j.req.database);
+                    let e = ApiError::new(Kind::Timeout, format!("call exceeded {} ms", timeout.as_millis()))
+                        .with_database(&j.req.database);
                     let (c, g) = (j.client, j.generation);
                     self.answer(c, g, Response::error(&e));
                 }
@@ -1345,8 +1161,7 @@ impl CallEngine {
         for (_, p) in self.pools.pools.iter() {
             for &c in &p.idle {
                 if let Some(conn) = self.conns.get(c) {
-                    if now.saturating_duration_since(conn.last_used)
-                        >= self.cfg.pool.connection_idle_timeout
+                    if now.saturating_duration_since(conn.last_used) >= self.cfg.pool.connection_idle_timeout
                         || now.saturating_duration_since(conn.created) >= self.cfg.pool.max_lifetime
                     {
                         close.push(c);
@@ -1371,12 +1186,7 @@ impl CallEngine {
             .map(|(k, _)| k)
             .collect();
         for pool in stale {
-            let idle = self
-                .pools
-                .pools
-                .get_mut(pool)
-                .map(|p| std::mem::take(&mut p.idle))
-                .unwrap_or_default();
+            let idle = self.pools.pools.get_mut(pool).map(|p| std::mem::take(&mut p.idle)).unwrap_or_default();
             for c in idle {
                 self.close_conn(poll, c);
             }

@@ -35,21 +35,16 @@ fn opt_string<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, ApiErro
         Some(Value::String(s)) => Ok(Some(s)),
         // Numeric tenant ids are common in existing clients; accept their text.
         Some(Value::Number(n)) if key == "tenant_id" => Ok(Some(n)),
-        Some(v) => Err(invalid(format!(
-            "'{key}' must be a string, got {}",
-            v.type_name()
-        ))),
+        Some(v) => Err(invalid(format!("'{key}' must be a string, got {}", v.type_name()))),
     }
 }
 
 impl CallRequest {
     pub fn from_json(body: &Value) -> Result<CallRequest, ApiError> {
-        let platform =
-            opt_string(body, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
+        let platform = opt_string(body, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
         let tenant = opt_string(body, "tenant_id")?;
         let database = names::v1_database(platform, tenant)?;
-        let function =
-            opt_string(body, "function")?.ok_or_else(|| invalid("'function' is required"))?;
+        let function = opt_string(body, "function")?.ok_or_else(|| invalid("'function' is required"))?;
         if !names::is_function_name(function) {
             return Err(invalid(format!(
                 "'function' must be a lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes), got '{}'",
@@ -64,9 +59,7 @@ impl CallRequest {
                 let mut vals = Vec::with_capacity(members.len());
                 for (k, v) in members {
                     if !names::is_function_name(k) {
-                        return Err(invalid(format!(
-                            "parameter name '{k}' is not a lower-case identifier"
-                        )));
+                        return Err(invalid(format!("parameter name '{k}' is not a lower-case identifier")));
                     }
                     if names_.contains(k) {
                         return Err(invalid(format!("parameter '{k}' is given twice")));
@@ -77,24 +70,13 @@ impl CallRequest {
                 (Args::Named(names_), vals)
             }
             Some(v) => {
-                return Err(invalid(format!(
-                    "'params' must be an array or an object, got {}",
-                    v.type_name()
-                )));
+                return Err(invalid(format!("'params' must be an array or an object, got {}", v.type_name())));
             }
         };
         if params.len() > 100 {
-            return Err(invalid(
-                "at most 100 parameters are accepted (PostgreSQL's FUNC_MAX_ARGS)",
-            ));
+            return Err(invalid("at most 100 parameters are accepted (PostgreSQL's FUNC_MAX_ARGS)"));
         }
-        Ok(CallRequest {
-            platform: platform.to_string(),
-            database,
-            function: function.to_string(),
-            args,
-            params,
-        })
+        Ok(CallRequest { platform: platform.to_string(), database, function: function.to_string(), args, params })
     }
 
     /// What identifies the prepared statement on a connection: function, schema and argument shape.
@@ -187,52 +169,21 @@ mod tests {
 
     #[test]
     fn databases() {
-        assert_eq!(
-            req(r#"{"platform":"Acme","function":"f"}"#)
-                .unwrap()
-                .database,
-            "acme_main"
-        );
-        assert_eq!(
-            req(r#"{"platform":"acme","tenant_id":"","function":"f"}"#)
-                .unwrap()
-                .database,
-            "acme_main"
-        );
-        assert_eq!(
-            req(r#"{"platform":"acme","tenant_id":null,"function":"f"}"#)
-                .unwrap()
-                .database,
-            "acme_main"
-        );
-        assert_eq!(
-            req(r#"{"platform":"acme","tenant_id":"T-1","function":"f"}"#)
-                .unwrap()
-                .database,
-            "acme_t_1"
-        );
-        assert_eq!(
-            req(r#"{"platform":"acme","tenant_id":7,"function":"f"}"#)
-                .unwrap()
-                .database,
-            "acme_7"
-        );
+        assert_eq!(req(r#"{"platform":"Acme","function":"f"}"#).unwrap().database, "acme_main");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":"","function":"f"}"#).unwrap().database, "acme_main");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":null,"function":"f"}"#).unwrap().database, "acme_main");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":"T-1","function":"f"}"#).unwrap().database, "acme_t_1");
+        assert_eq!(req(r#"{"platform":"acme","tenant_id":7,"function":"f"}"#).unwrap().database, "acme_7");
     }
 
     #[test]
     fn sql_and_keys() {
         let r = req(r#"{"platform":"a","function":"get_user","params":[1,"x"]}"#).unwrap();
-        assert_eq!(
-            r.sql("public"),
-            r#"SELECT * FROM "public"."get_user"($1, $2)"#
-        );
+        assert_eq!(r.sql("public"), r#"SELECT * FROM "public"."get_user"($1, $2)"#);
         assert_eq!(r.shape_key("public"), "public.get_user/2");
         assert_eq!(r.typed_key("public"), "public.get_user/2|int4,text,");
         let r = req(r#"{"platform":"a","function":"f","params":{"b":1,"a":2}}"#).unwrap();
-        assert_eq!(
-            r.sql("public"),
-            r#"SELECT * FROM "public"."f"("b" => $1, "a" => $2)"#
-        );
+        assert_eq!(r.sql("public"), r#"SELECT * FROM "public"."f"("b" => $1, "a" => $2)"#);
         assert_eq!(r.shape_key("public"), "public.f(b,a)");
     }
 

@@ -31,21 +31,12 @@ const fn secret(name: &'static str, help: &'static str) -> Key {
     }
 }
 
-pub const DEFAULT_ALLOWED_NETWORKS: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16";
+pub const DEFAULT_ALLOWED_NETWORKS: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16";
 
 /// Every key the gateway reads.
 pub const KEYS: &[Key] = &[
-    key(
-        "GATEWAY_HOST",
-        "127.0.0.1",
-        "address to listen on (IPv4 or IPv6 literal)",
-    ),
-    key(
-        "GATEWAY_PORT",
-        "9000",
-        "port to listen on (0 picks a free port)",
-    ),
+    key("GATEWAY_HOST", "127.0.0.1", "address to listen on (IPv4 or IPv6 literal)"),
+    key("GATEWAY_PORT", "9000", "port to listen on (0 picks a free port)"),
     secret(
         "DATABASE_URL",
         "postgres://user:password@host:port/dbname; when set it wins over the DB_* keys",
@@ -56,180 +47,49 @@ pub const KEYS: &[Key] = &[
         "PostgreSQL host name or address; a value starting with / is a Unix-socket directory",
     ),
     key("DB_PORT", "5432", "PostgreSQL port"),
-    key(
-        "DB_NAME",
-        "postgres",
-        "database used for administrative statements (CREATE DATABASE)",
-    ),
-    key(
-        "DB_USER",
-        "postgres",
-        "PostgreSQL role the gateway logs in as",
-    ),
+    key("DB_NAME", "postgres", "database used for administrative statements (CREATE DATABASE)"),
+    key("DB_USER", "postgres", "PostgreSQL role the gateway logs in as"),
     secret("DB_PASSWORD", "password of DB_USER"),
-    key(
-        "DB_CONNECT_TIMEOUT_MS",
-        "5000",
-        "time allowed to open a PostgreSQL connection",
-    ),
-    key(
-        "MAX_CONNECTIONS_PER_POOL",
-        "10",
-        "backend connections per database",
-    ),
-    key(
-        "MAX_TOTAL_CONNECTIONS",
-        "200",
-        "backend connections over all pools (hard cap)",
-    ),
-    key(
-        "POOL_IDLE_TIMEOUT_SECS",
-        "1800",
-        "a pool unused this long is closed",
-    ),
-    key(
-        "POOL_MAX_LIFETIME_SECS",
-        "3600",
-        "a backend connection older than this is closed when idle",
-    ),
-    key(
-        "CONNECTION_IDLE_TIMEOUT_SECS",
-        "600",
-        "an idle backend connection is closed after this long",
-    ),
-    key(
-        "POOL_WAIT_TIMEOUT_MS",
-        "5000",
-        "how long a call waits for a free connection before 503 pool_exhausted",
-    ),
-    key(
-        "POOL_MAX_WAITING",
-        "1024",
-        "calls that may wait for a connection, per pool",
-    ),
-    key(
-        "CALL_TIMEOUT_MS",
-        "30000",
-        "statement timeout of one /call; the backend query is cancelled after it",
-    ),
+    key("DB_CONNECT_TIMEOUT_MS", "5000", "time allowed to open a PostgreSQL connection"),
+    key("MAX_CONNECTIONS_PER_POOL", "10", "backend connections per database"),
+    key("MAX_TOTAL_CONNECTIONS", "200", "backend connections over all pools (hard cap)"),
+    key("POOL_IDLE_TIMEOUT_SECS", "1800", "a pool unused this long is closed"),
+    key("POOL_MAX_LIFETIME_SECS", "3600", "a backend connection older than this is closed when idle"),
+    key("CONNECTION_IDLE_TIMEOUT_SECS", "600", "an idle backend connection is closed after this long"),
+    key("POOL_WAIT_TIMEOUT_MS", "5000", "how long a call waits for a free connection before 503 pool_exhausted"),
+    key("POOL_MAX_WAITING", "1024", "calls that may wait for a connection, per pool"),
+    key("CALL_TIMEOUT_MS", "30000", "statement timeout of one /call; the backend query is cancelled after it"),
     key(
         "CALL_RESET_SESSION",
         "true",
         "pipeline RESET ALL behind every call so session settings never leak to the next call",
     ),
-    key(
-        "CALL_SCHEMAS",
-        "public",
-        "comma-separated schemas whose functions /call may run",
-    ),
-    key(
-        "ALLOWED_NETWORKS",
-        DEFAULT_ALLOWED_NETWORKS,
-        "comma-separated CIDRs allowed to use the gateway",
-    ),
-    key(
-        "TRUSTED_PROXIES",
-        "",
-        "comma-separated CIDRs whose X-Forwarded-For is believed",
-    ),
-    secret(
-        "ADMIN_TOKEN",
-        "bearer token for /admin/*; admin routes are off when unset",
-    ),
-    key(
-        "ALLOWED_ADMIN_IPS",
-        "127.0.0.0/8,::1/128",
-        "comma-separated CIDRs allowed to use /admin/*",
-    ),
-    key(
-        "LOG_DIR",
-        "",
-        "when set, logs are also appended to LOG_DIR/gateway.log",
-    ),
-    key(
-        "LOG_LEVEL",
-        "info",
-        "error, warn, info, debug or trace (RUST_LOG is read when unset)",
-    ),
+    key("CALL_SCHEMAS", "public", "comma-separated schemas whose functions /call may run"),
+    key("ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, "comma-separated CIDRs allowed to use the gateway"),
+    key("TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed"),
+    secret("ADMIN_TOKEN", "bearer token for /admin/*; admin routes are off when unset"),
+    key("ALLOWED_ADMIN_IPS", "127.0.0.0/8,::1/128", "comma-separated CIDRs allowed to use /admin/*"),
+    key("LOG_DIR", "", "when set, logs are also appended to LOG_DIR/gateway.log"),
+    key("LOG_LEVEL", "info", "error, warn, info, debug or trace (RUST_LOG is read when unset)"),
     key("LOG_FORMAT", "text", "text or json"),
-    key(
-        "MAX_CLIENT_CONNECTIONS",
-        "10000",
-        "open client connections; more are refused at accept",
-    ),
+    key("MAX_CLIENT_CONNECTIONS", "10000", "open client connections; more are refused at accept"),
     key("MAX_HEADERS", "64", "header fields in one request"),
-    key(
-        "MAX_HEAD_BYTES",
-        "16384",
-        "bytes of one request head (request line and headers)",
-    ),
-    key(
-        "MAX_CALL_BODY_BYTES",
-        "1048576",
-        "body bytes of /call and other JSON routes",
-    ),
-    key(
-        "MAX_UPLOAD_BYTES",
-        "52428800",
-        "body bytes of schema uploads (multipart routes)",
-    ),
+    key("MAX_HEAD_BYTES", "16384", "bytes of one request head (request line and headers)"),
+    key("MAX_CALL_BODY_BYTES", "1048576", "body bytes of /call and other JSON routes"),
+    key("MAX_UPLOAD_BYTES", "52428800", "body bytes of schema uploads (multipart routes)"),
     key("MAX_JSON_DEPTH", "64", "nesting depth of JSON bodies"),
-    key(
-        "MAX_MULTIPART_PARTS",
-        "32",
-        "parts in one multipart/form-data body",
-    ),
-    key(
-        "HEAD_TIMEOUT_MS",
-        "10000",
-        "time allowed to send a request head (408 after)",
-    ),
-    key(
-        "BODY_TIMEOUT_MS",
-        "60000",
-        "time allowed between body bytes (408 after)",
-    ),
-    key(
-        "KEEPALIVE_TIMEOUT_MS",
-        "75000",
-        "idle keep-alive connections are closed after this",
-    ),
-    key(
-        "SHUTDOWN_GRACE_SECS",
-        "30",
-        "on SIGTERM/SIGINT, in-flight requests get this long to finish",
-    ),
-    key(
-        "ARCHIVE_MAX_EXPANDED_BYTES",
-        "209715200",
-        "bytes a schema archive may expand to",
-    ),
-    key(
-        "ARCHIVE_MAX_ENTRIES",
-        "10000",
-        "entries in one schema archive",
-    ),
-    key(
-        "ARCHIVE_MAX_FILE_BYTES",
-        "10485760",
-        "bytes of one file in a schema archive",
-    ),
+    key("MAX_MULTIPART_PARTS", "32", "parts in one multipart/form-data body"),
+    key("HEAD_TIMEOUT_MS", "10000", "time allowed to send a request head (408 after)"),
+    key("BODY_TIMEOUT_MS", "60000", "time allowed between body bytes (408 after)"),
+    key("KEEPALIVE_TIMEOUT_MS", "75000", "idle keep-alive connections are closed after this"),
+    key("SHUTDOWN_GRACE_SECS", "30", "on SIGTERM/SIGINT, in-flight requests get this long to finish"),
+    key("ARCHIVE_MAX_EXPANDED_BYTES", "209715200", "bytes a schema archive may expand to"),
+    key("ARCHIVE_MAX_ENTRIES", "10000", "entries in one schema archive"),
+    key("ARCHIVE_MAX_FILE_BYTES", "10485760", "bytes of one file in a schema archive"),
     key("DEPLOY_WORKERS", "2", "threads that run deploys"),
-    key(
-        "DEPLOY_QUEUE",
-        "64",
-        "deploys that may wait for a worker (503 when full)",
-    ),
-    key(
-        "DEPLOY_PARALLELISM",
-        "0",
-        "databases migrated at once in a fleet run (0: number of CPUs)",
-    ),
-    key(
-        "CATALOG_DB",
-        "stonescriptdb_gateway",
-        "the gateway's own catalog database",
-    ),
+    key("DEPLOY_QUEUE", "64", "deploys that may wait for a worker (503 when full)"),
+    key("DEPLOY_PARALLELISM", "0", "databases migrated at once in a fleet run (0: number of CPUs)"),
+    key("CATALOG_DB", "stonescriptdb_gateway", "the gateway's own catalog database"),
 ];
 
 pub fn find(name: &str) -> Option<&'static Key> {
@@ -241,11 +101,7 @@ pub fn flag_name(name: &str) -> String {
     let mut s = String::with_capacity(name.len() + 2);
     s.push_str("--");
     for c in name.chars() {
-        s.push(if c == '_' {
-            '-'
-        } else {
-            c.to_ascii_lowercase()
-        });
+        s.push(if c == '_' { '-' } else { c.to_ascii_lowercase() });
     }
     s
 }
@@ -260,19 +116,8 @@ pub fn help_text() -> String {
         crate::VERSION
     ));
     for k in KEYS {
-        let def = if k.default.is_empty() {
-            "(unset)"
-        } else {
-            k.default
-        };
-        s.push_str(&format!(
-            "  {:<30} {}\n  {:<30}   {} [default: {}]\n",
-            k.name,
-            flag_name(k.name),
-            "",
-            k.help,
-            def
-        ));
+        let def = if k.default.is_empty() { "(unset)" } else { k.default };
+        s.push_str(&format!("  {:<30} {}\n  {:<30}   {} [default: {}]\n", k.name, flag_name(k.name), "", k.help, def));
     }
     s
 }

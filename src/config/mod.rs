@@ -71,8 +71,7 @@ impl Settings {
     pub fn defaults() -> Settings {
         let mut s = Settings::default();
         for k in keys::KEYS {
-            s.values
-                .insert(k.name, (k.default.to_string(), Source::Default));
+            s.values.insert(k.name, (k.default.to_string(), Source::Default));
         }
         s
     }
@@ -93,10 +92,7 @@ impl Settings {
     }
 
     pub fn source(&self, name: &str) -> Source {
-        self.values
-            .get(name)
-            .map(|(_, s)| *s)
-            .unwrap_or(Source::Default)
+        self.values.get(name).map(|(_, s)| *s).unwrap_or(Source::Default)
     }
 
     /// Reads `KEY=VALUE` lines (optional `export `, `#` comments, single or double quotes).
@@ -108,16 +104,12 @@ impl Settings {
             }
             let line = line.strip_prefix("export ").unwrap_or(line);
             let Some((k, v)) = line.split_once('=') else {
-                return Err(ConfigError(format!(
-                    ".env line {}: expected KEY=VALUE",
-                    i + 1
-                )));
+                return Err(ConfigError(format!(".env line {}: expected KEY=VALUE", i + 1)));
             };
             let k = k.trim();
             let v = v.trim();
             let v = if v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"'))
-                    || (v.starts_with('\'') && v.ends_with('\'')))
+                && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
             {
                 &v[1..v.len() - 1]
             } else {
@@ -158,9 +150,7 @@ impl Settings {
                 _ => {}
             }
             let Some(body) = a.strip_prefix("--") else {
-                return Err(ConfigError(format!(
-                    "unexpected argument '{a}' (see --help)"
-                )));
+                return Err(ConfigError(format!("unexpected argument '{a}' (see --help)")));
             };
             let (name, value) = match body.split_once('=') {
                 Some((n, v)) => (n.to_string(), v.to_string()),
@@ -294,20 +284,14 @@ pub struct Config {
 
 fn invalid(s: &Settings, key: &str, expected: &str) -> ConfigError {
     let v = s.get(key);
-    let shown = if keys::find(key).is_some_and(|k| k.secret) {
-        "***"
-    } else {
-        v
-    };
+    let shown = if keys::find(key).is_some_and(|k| k.secret) { "***" } else { v };
     let from = match s.source(key) {
         Source::Default => "default",
         Source::DotEnv => ".env",
         Source::Env => "environment",
         Source::Flag => "command line",
     };
-    ConfigError(format!(
-        "invalid value for {key}: '{shown}' (from {from}); expected {expected}"
-    ))
+    ConfigError(format!("invalid value for {key}: '{shown}' (from {from}); expected {expected}"))
 }
 
 fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
@@ -318,11 +302,7 @@ fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
 ) -> Result<T, ConfigError> {
     match s.get(key).trim().parse::<T>() {
         Ok(v) if v >= min && v <= max => Ok(v),
-        _ => Err(invalid(
-            s,
-            key,
-            &format!("a whole number from {min} to {max}"),
-        )),
+        _ => Err(invalid(s, key, &format!("a whole number from {min} to {max}"))),
     }
 }
 
@@ -344,16 +324,11 @@ fn boolean(s: &Settings, key: &str) -> Result<bool, ConfigError> {
 
 fn opt(s: &Settings, key: &str) -> Option<String> {
     let v = s.get(key);
-    if v.is_empty() {
-        None
-    } else {
-        Some(v.to_string())
-    }
+    if v.is_empty() { None } else { Some(v.to_string()) }
 }
 
 fn cidrs(s: &Settings, key: &str) -> Result<Vec<Cidr>, ConfigError> {
-    Cidr::parse_list(s.get(key))
-        .map_err(|e| invalid(s, key, &format!("comma-separated CIDR blocks ({e})")))
+    Cidr::parse_list(s.get(key)).map_err(|e| invalid(s, key, &format!("comma-separated CIDR blocks ({e})")))
 }
 
 /// A PostgreSQL identifier-ish name for our own databases.
@@ -361,18 +336,9 @@ fn db_name(s: &Settings, key: &str) -> Result<String, ConfigError> {
     let v = s.get(key);
     let ok = !v.is_empty()
         && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !v.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(v.to_string())
-    } else {
-        Err(invalid(
-            s,
-            key,
-            "a lower-case identifier of at most 63 bytes",
-        ))
-    }
+    if ok { Ok(v.to_string()) } else { Err(invalid(s, key, "a lower-case identifier of at most 63 bytes")) }
 }
 
 impl DbSettings {
@@ -387,12 +353,7 @@ impl DbSettings {
         let host = if self.host.starts_with('/') {
             Host::Unix(PathBuf::from(&self.host))
         } else {
-            Host::Tcp(
-                self.host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
-            )
+            Host::Tcp(self.host.trim_start_matches('[').trim_end_matches(']').to_string())
         };
         ConnectParams {
             host,
@@ -420,11 +381,7 @@ impl Config {
         let url = opt(s, "DATABASE_URL");
         if let Some(u) = &url {
             if let Err(e) = ConnectParams::from_url(u) {
-                return Err(invalid(
-                    s,
-                    "DATABASE_URL",
-                    &format!("a postgres:// or postgresql:// URL ({e})"),
-                ));
+                return Err(invalid(s, "DATABASE_URL", &format!("a postgres:// or postgresql:// URL ({e})")));
             }
         }
         let db = DbSettings {
@@ -432,11 +389,7 @@ impl Config {
             host: {
                 let h = s.get("DB_HOST").trim().to_string();
                 if h.is_empty() {
-                    return Err(invalid(
-                        s,
-                        "DB_HOST",
-                        "a host name, address or socket directory",
-                    ));
+                    return Err(invalid(s, "DB_HOST", "a host name, address or socket directory"));
                 }
                 h
             },
@@ -473,26 +426,13 @@ impl Config {
                 pool.max_per_pool, pool.max_total
             )));
         }
-        let schemas: Vec<String> = s
-            .get("CALL_SCHEMAS")
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect();
+        let schemas: Vec<String> =
+            s.get("CALL_SCHEMAS").split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
         if schemas.is_empty()
-            || schemas.iter().any(|x| {
-                !x.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            })
-            || schemas
-                .iter()
-                .any(|x| x.starts_with("pg_") || x == "information_schema")
+            || schemas.iter().any(|x| !x.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+            || schemas.iter().any(|x| x.starts_with("pg_") || x == "information_schema")
         {
-            return Err(invalid(
-                s,
-                "CALL_SCHEMAS",
-                "comma-separated lower-case schema names, not pg_* schemas",
-            ));
+            return Err(invalid(s, "CALL_SCHEMAS", "comma-separated lower-case schema names, not pg_* schemas"));
         }
         let call = CallConfig {
             timeout: millis(s, "CALL_TIMEOUT_MS")?,
@@ -504,11 +444,7 @@ impl Config {
             trusted_proxies: cidrs(s, "TRUSTED_PROXIES")?,
             admin_token: match opt(s, "ADMIN_TOKEN") {
                 Some(t) if t.len() < 16 => {
-                    return Err(invalid(
-                        s,
-                        "ADMIN_TOKEN",
-                        "a token of at least 16 characters",
-                    ));
+                    return Err(invalid(s, "ADMIN_TOKEN", "a token of at least 16 characters"));
                 }
                 t => t,
             },
@@ -520,13 +456,7 @@ impl Config {
             "info" => Level::Info,
             "debug" => Level::Debug,
             "trace" => Level::Trace,
-            _ => {
-                return Err(invalid(
-                    s,
-                    "LOG_LEVEL",
-                    "one of error, warn, info, debug, trace",
-                ));
-            }
+            _ => return Err(invalid(s, "LOG_LEVEL", "one of error, warn, info, debug, trace")),
         };
         let json = match s.get("LOG_FORMAT").trim() {
             "text" => false,
@@ -554,10 +484,7 @@ impl Config {
             workers: num(s, "DEPLOY_WORKERS", 1usize, 256)?,
             queue: num(s, "DEPLOY_QUEUE", 1usize, 100_000)?,
             parallelism: match num(s, "DEPLOY_PARALLELISM", 0usize, 256)? {
-                0 => std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-                    .max(2),
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
                 n => n,
             },
             catalog_db: db_name(s, "CATALOG_DB")?,
@@ -586,22 +513,13 @@ impl Config {
 
 /// Builds the configuration the way the binary does: defaults, then `.env` in `dir`, then `env`, then
 /// `args` (without the program name).
-pub fn load(
-    dir: &Path,
-    env: &HashMap<String, String>,
-    args: &[String],
-) -> Result<Command, ConfigError> {
+pub fn load(dir: &Path, env: &HashMap<String, String>, args: &[String]) -> Result<Command, ConfigError> {
     let mut s = Settings::defaults();
     let dotenv = dir.join(".env");
     match std::fs::read_to_string(&dotenv) {
         Ok(text) => s.apply_dotenv_text(&text)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(ConfigError(format!(
-                "cannot read {}: {e}",
-                dotenv.display()
-            )));
-        }
+        Err(e) => return Err(ConfigError(format!("cannot read {}: {e}", dotenv.display()))),
     }
     s.apply_env(env);
     if let Some(cmd) = s.apply_args(args)? {
@@ -616,10 +534,7 @@ mod tests {
 
     fn run(env: &[(&str, &str)], args: &[&str]) -> Result<Config, ConfigError> {
         let mut s = Settings::defaults();
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         s.apply_env(&env);
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         assert!(s.apply_args(&args)?.is_none());
@@ -647,8 +562,7 @@ mod tests {
     #[test]
     fn dotenv_is_lowest() {
         let mut s = Settings::defaults();
-        s.apply_dotenv_text("# c\nexport GATEWAY_PORT=9300\nDB_USER='app'\nOTHER=1\n")
-            .unwrap();
+        s.apply_dotenv_text("# c\nexport GATEWAY_PORT=9300\nDB_USER='app'\nOTHER=1\n").unwrap();
         let env: HashMap<String, String> = [("DB_USER".to_string(), "envuser".to_string())].into();
         s.apply_env(&env);
         let c = Config::from_settings(&s).unwrap();
@@ -677,19 +591,12 @@ mod tests {
     #[test]
     fn debug_hides_secrets() {
         let c = run(
-            &[
-                ("DB_PASSWORD", "hunter2secret"),
-                ("ADMIN_TOKEN", "tok-abcdefghijklmnop"),
-            ],
+            &[("DB_PASSWORD", "hunter2secret"), ("ADMIN_TOKEN", "tok-abcdefghijklmnop")],
             &["--database-url=postgres://u:pw-secret@h/db"],
         )
         .unwrap();
         let d = format!("{c:?}");
-        assert!(
-            !d.contains("hunter2secret")
-                && !d.contains("tok-abcdefghijklmnop")
-                && !d.contains("pw-secret")
-        );
+        assert!(!d.contains("hunter2secret") && !d.contains("tok-abcdefghijklmnop") && !d.contains("pw-secret"));
         let mut s = Settings::defaults();
         s.set("DB_PASSWORD", "hunter2secret", Source::Env);
         assert!(!format!("{s:?}").contains("hunter2secret"));

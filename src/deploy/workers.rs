@@ -22,32 +22,24 @@ impl Workers {
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("deploy-{i}"))
-                    .spawn(move || {
-                        loop {
-                            // Hold the lock only to take a task, never while running it.
-                            let task = match rx.lock() {
-                                Ok(r) => r.recv(),
-                                Err(_) => return,
-                            };
-                            match task {
-                                Ok(t) => {
-                                    // A panicking deploy must not take the worker down with it.
-                                    let _ =
-                                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(t));
-                                }
-                                Err(_) => return,
-                            }
+            handles.push(std::thread::Builder::new().name(format!("deploy-{i}")).spawn(move || {
+                loop {
+                    // Hold the lock only to take a task, never while running it.
+                    let task = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match task {
+                        Ok(t) => {
+                            // A panicking deploy must not take the worker down with it.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(t));
                         }
-                    })?,
-            );
+                        Err(_) => return,
+                    }
+                }
+            })?);
         }
-        Ok(Workers {
-            tx: Some(tx),
-            threads: handles,
-        })
+        Ok(Workers { tx: Some(tx), threads: handles })
     }
 
     /// Queues a task; `Err` gives it back when the queue is full.
@@ -81,13 +73,11 @@ mod tests {
         let (gate_tx, gate_rx) = channel::<()>();
         let (done_tx, done_rx) = channel::<u32>();
         let d1 = done_tx.clone();
-        assert!(
-            w.try_submit(Box::new(move || {
-                gate_rx.recv().unwrap();
-                d1.send(1).unwrap();
-            }))
-            .is_ok()
-        );
+        assert!(w.try_submit(Box::new(move || {
+            gate_rx.recv().unwrap();
+            d1.send(1).unwrap();
+        }))
+        .is_ok());
         // Give the worker time to take the first task so the queue slot is free.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let d2 = done_tx.clone();

@@ -9,29 +9,15 @@ const MAX_LINE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex size line; the value so far and bytes seen on the line.
-    Size {
-        value: u64,
-        digits: usize,
-        in_ext: bool,
-        line: usize,
-    },
+    Size { value: u64, digits: usize, in_ext: bool, line: usize },
     /// Expecting LF after the size line's CR.
-    SizeLf {
-        value: u64,
-    },
-    Data {
-        remaining: u64,
-    },
+    SizeLf { value: u64 },
+    Data { remaining: u64 },
     DataCr,
     DataLf,
     /// After the last chunk: trailer lines until an empty one. `empty` = nothing on this line yet.
-    Trailer {
-        empty: bool,
-        line: usize,
-    },
-    TrailerLf {
-        empty: bool,
-    },
+    Trailer { empty: bool, line: usize },
+    TrailerLf { empty: bool },
     Done,
 }
 
@@ -43,21 +29,13 @@ pub struct ChunkedDecoder {
 }
 
 fn bad(msg: &str) -> ApiError {
-    ApiError::new(
-        Kind::InvalidRequest,
-        format!("malformed chunked body: {msg}"),
-    )
+    ApiError::new(Kind::InvalidRequest, format!("malformed chunked body: {msg}"))
 }
 
 impl ChunkedDecoder {
     pub fn new(max_body: usize) -> ChunkedDecoder {
         ChunkedDecoder {
-            state: State::Size {
-                value: 0,
-                digits: 0,
-                in_ext: false,
-                line: 0,
-            },
+            state: State::Size { value: 0, digits: 0, in_ext: false, line: 0 },
             max_body,
         }
     }
@@ -74,33 +52,18 @@ impl ChunkedDecoder {
             let b = input[i];
             self.state = match self.state {
                 State::Done => return Ok(i),
-                State::Size {
-                    value,
-                    digits,
-                    in_ext,
-                    line,
-                } => {
+                State::Size { value, digits, in_ext, line } => {
                     if line >= MAX_LINE {
                         return Err(bad("chunk size line too long"));
                     }
                     match b {
                         b'\r' if digits > 0 => State::SizeLf { value },
-                        b';' | b' ' | b'\t' if digits > 0 => State::Size {
-                            value,
-                            digits,
-                            in_ext: true,
-                            line: line + 1,
-                        },
+                        b';' | b' ' | b'\t' if digits > 0 => State::Size { value, digits, in_ext: true, line: line + 1 },
                         _ if in_ext => {
                             if b == b'\n' || b < 0x20 && b != b'\t' {
                                 return Err(bad("bad chunk extension"));
                             }
-                            State::Size {
-                                value,
-                                digits,
-                                in_ext,
-                                line: line + 1,
-                            }
+                            State::Size { value, digits, in_ext, line: line + 1 }
                         }
                         _ => {
                             let d = match b {
@@ -112,12 +75,7 @@ impl ChunkedDecoder {
                             if digits >= 15 {
                                 return Err(bad("chunk size too large"));
                             }
-                            State::Size {
-                                value: value * 16 + d as u64,
-                                digits: digits + 1,
-                                in_ext,
-                                line: line + 1,
-                            }
+                            State::Size { value: value * 16 + d as u64, digits: digits + 1, in_ext, line: line + 1 }
                         }
                     }
                 }
@@ -126,17 +84,11 @@ impl ChunkedDecoder {
                         return Err(bad("expected LF after chunk size"));
                     }
                     if value == 0 {
-                        State::Trailer {
-                            empty: true,
-                            line: 0,
-                        }
+                        State::Trailer { empty: true, line: 0 }
                     } else {
                         if out.len() as u64 + value > self.max_body as u64 {
-                            return Err(ApiError::new(
-                                Kind::PayloadTooLarge,
-                                "request body is too large",
-                            )
-                            .with_cause("max_body_bytes"));
+                            return Err(ApiError::new(Kind::PayloadTooLarge, "request body is too large")
+                                .with_cause("max_body_bytes"));
                         }
                         State::Data { remaining: value }
                     }
@@ -146,11 +98,7 @@ impl ChunkedDecoder {
                     out.extend_from_slice(&input[i..i + take]);
                     i += take;
                     let left = remaining - take as u64;
-                    self.state = if left == 0 {
-                        State::DataCr
-                    } else {
-                        State::Data { remaining: left }
-                    };
+                    self.state = if left == 0 { State::DataCr } else { State::Data { remaining: left } };
                     continue;
                 }
                 State::DataCr => {
@@ -163,12 +111,7 @@ impl ChunkedDecoder {
                     if b != b'\n' {
                         return Err(bad("expected CRLF after chunk data"));
                     }
-                    State::Size {
-                        value: 0,
-                        digits: 0,
-                        in_ext: false,
-                        line: 0,
-                    }
+                    State::Size { value: 0, digits: 0, in_ext: false, line: 0 }
                 }
                 State::Trailer { empty, line } => {
                     if line >= MAX_LINE {
@@ -179,10 +122,7 @@ impl ChunkedDecoder {
                         // A bare LF ends the body for a peer that takes it as a line end, while we would read
                         // on and swallow the next request as a trailer: refuse the ambiguity.
                         b'\n' => return Err(bad("bare LF in trailer")),
-                        _ => State::Trailer {
-                            empty: false,
-                            line: line + 1,
-                        },
+                        _ => State::Trailer { empty: false, line: line + 1 },
                     }
                 }
                 State::TrailerLf { empty } => {
@@ -194,10 +134,7 @@ impl ChunkedDecoder {
                         self.state = State::Done;
                         return Ok(i);
                     }
-                    State::Trailer {
-                        empty: true,
-                        line: 0,
-                    }
+                    State::Trailer { empty: true, line: 0 }
                 }
             };
             i += 1;
@@ -212,8 +149,7 @@ mod tests {
 
     #[test]
     fn whole_and_bytewise() {
-        let body =
-            b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let mut d = ChunkedDecoder::new(1000);
         let mut out = Vec::new();
         let n = d.feed(body, &mut out).unwrap();
@@ -235,23 +171,12 @@ mod tests {
 
     #[test]
     fn errors() {
-        let bad_bodies = [
-            &b"zz\r\n"[..],
-            b"4\r\nWikiXX",
-            b"4\nWiki",
-            b"ffffffffffffffffff\r\n",
-            b"0\r\n\n",
-            b"0\r\nX: 1\n\r\n",
-        ];
+        let bad_bodies =
+            [&b"zz\r\n"[..], b"4\r\nWikiXX", b"4\nWiki", b"ffffffffffffffffff\r\n", b"0\r\n\n", b"0\r\nX: 1\n\r\n"];
         for b in bad_bodies {
-            assert!(
-                ChunkedDecoder::new(100).feed(b, &mut Vec::new()).is_err(),
-                "{b:?}"
-            );
+            assert!(ChunkedDecoder::new(100).feed(b, &mut Vec::new()).is_err(), "{b:?}");
         }
-        let e = ChunkedDecoder::new(3)
-            .feed(b"4\r\nWiki\r\n0\r\n\r\n", &mut Vec::new())
-            .unwrap_err();
+        let e = ChunkedDecoder::new(3).feed(b"4\r\nWiki\r\n0\r\n\r\n", &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind, Kind::PayloadTooLarge);
     }
 }

@@ -114,9 +114,7 @@ fn bad(message: &str) -> ApiError {
 }
 
 fn header_value(v: &[u8]) -> Result<&str, ApiError> {
-    std::str::from_utf8(v)
-        .map(str::trim)
-        .map_err(|_| bad("header value is not valid UTF-8"))
+    std::str::from_utf8(v).map(str::trim).map_err(|_| bad("header value is not valid UTF-8"))
 }
 
 /// Parses a head from the start of `buf`. `Ok(None)` means more bytes are needed; `Ok(Some((head, n)))`
@@ -130,26 +128,18 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_head_bytes {
-                return Err(
-                    ApiError::new(Kind::HeadersTooLarge, "request head is too large")
-                        .with_cause("max_head_bytes"),
-                );
+                return Err(ApiError::new(Kind::HeadersTooLarge, "request head is too large")
+                    .with_cause("max_head_bytes"));
             }
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(
-                ApiError::new(Kind::HeadersTooLarge, "too many header fields")
-                    .with_cause("max_headers"),
-            );
+            return Err(ApiError::new(Kind::HeadersTooLarge, "too many header fields").with_cause("max_headers"));
         }
         Err(e) => return Err(bad(&format!("malformed request head: {e}"))),
     };
     if n > limits.max_head_bytes {
-        return Err(
-            ApiError::new(Kind::HeadersTooLarge, "request head is too large")
-                .with_cause("max_head_bytes"),
-        );
+        return Err(ApiError::new(Kind::HeadersTooLarge, "request head is too large").with_cause("max_head_bytes"));
     }
     let method = Method::parse(req.method.unwrap_or(""));
     let target = req.path.unwrap_or("/");
@@ -183,9 +173,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
                 }
                 let len: u64 = part.parse().map_err(|_| bad("invalid Content-Length"))?;
                 match content_length {
-                    Some(prev) if prev != len => {
-                        return Err(bad("conflicting Content-Length headers"));
-                    }
+                    Some(prev) if prev != len => return Err(bad("conflicting Content-Length headers")),
                     _ => content_length = Some(len),
                 }
             }
@@ -228,15 +216,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         (Some(_), Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
         (Some(te), None) => {
             // Only exactly "chunked" is accepted: any other coding, or chunked not last, cannot be framed.
-            let codings: Vec<&str> = te
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
+            let codings: Vec<&str> = te.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             if codings != ["chunked"] {
-                return Err(bad(
-                    "unsupported Transfer-Encoding (only chunked is accepted)",
-                ));
+                return Err(bad("unsupported Transfer-Encoding (only chunked is accepted)"));
             }
             if minor_version == 0 {
                 return Err(bad("Transfer-Encoding is not allowed in HTTP/1.0"));
@@ -246,11 +228,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         (None, Some(0)) | (None, None) => BodyFraming::None,
         (None, Some(n)) => BodyFraming::Length(n),
     };
-    let keep_alive = if minor_version == 0 {
-        conn_keep_alive && !conn_close
-    } else {
-        !conn_close
-    };
+    let keep_alive = if minor_version == 0 { conn_keep_alive && !conn_close } else { !conn_close };
     Ok(Some((
         Head {
             method,
@@ -280,9 +258,7 @@ mod tests {
     #[test]
     fn simple_and_partial() {
         assert!(p("GET /health HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-        let (h, n) = p("GET /health?x=1 HTTP/1.1\r\nHost: x\r\n\r\nrest")
-            .unwrap()
-            .unwrap();
+        let (h, n) = p("GET /health?x=1 HTTP/1.1\r\nHost: x\r\n\r\nrest").unwrap().unwrap();
         assert_eq!(n, 37);
         assert_eq!(h.path, "/health");
         assert_eq!(h.query.as_deref(), Some("x=1"));
@@ -294,13 +270,9 @@ mod tests {
     fn http10_and_connection() {
         let (h, _) = p("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        let (h, _) = p("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (h, _) = p("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
         assert!(h.keep_alive);
-        let (h, _) = p("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (h, _) = p("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
     }
 
@@ -319,44 +291,28 @@ mod tests {
             let e = p(s).unwrap_err();
             assert_eq!(e.kind, Kind::InvalidRequest, "{s:?}");
         }
-        let (h, _) = p("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (h, _) = p("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.framing, BodyFraming::Length(3));
-        let (h, _) = p("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (h, _) = p("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.framing, BodyFraming::Chunked);
     }
 
     #[test]
     fn limits() {
-        let l = Limits {
-            max_headers: 8,
-            max_head_bytes: 1024,
-            ..Limits::default()
-        };
+        let l = Limits { max_headers: 8, max_head_bytes: 1024, ..Limits::default() };
         let mut s = String::from("GET / HTTP/1.1\r\n");
         for i in 0..9 {
             s.push_str(&format!("X-{i}: y\r\n"));
         }
         s.push_str("\r\n");
-        assert_eq!(
-            parse_head(s.as_bytes(), &l).unwrap_err().kind,
-            Kind::HeadersTooLarge
-        );
+        assert_eq!(parse_head(s.as_bytes(), &l).unwrap_err().kind, Kind::HeadersTooLarge);
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
-        assert_eq!(
-            parse_head(big.as_bytes(), &l).unwrap_err().kind,
-            Kind::HeadersTooLarge
-        );
+        assert_eq!(parse_head(big.as_bytes(), &l).unwrap_err().kind, Kind::HeadersTooLarge);
     }
 
     #[test]
     fn query_params() {
-        let (h, _) = p("GET /admin/databases?platform=a%20b&x=1 HTTP/1.1\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (h, _) = p("GET /admin/databases?platform=a%20b&x=1 HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.query_param("platform").as_deref(), Some("a b"));
         assert_eq!(h.query_param("nope"), None);
     }

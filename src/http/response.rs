@@ -86,13 +86,7 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 
 /// Serialises `r` into `out`. `keep_alive` is the connection's decision; HTTP/1.0 clients get
 /// `Connection: keep-alive` spelled out because they do not assume it. `head_only` omits the body (HEAD).
-pub fn write(
-    out: &mut Vec<u8>,
-    r: &Response,
-    keep_alive: bool,
-    minor_version: u8,
-    head_only: bool,
-) {
+pub fn write(out: &mut Vec<u8>, r: &Response, keep_alive: bool, minor_version: u8, head_only: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, r.status as u64);
     out.push(b' ');

@@ -41,9 +41,7 @@ impl Route {
             | Route::PlatformDatabases(_)
             | Route::Platforms
             | Route::Run(_) => BodyKind::None,
-            Route::Register | Route::Migrate | Route::PlatformSchemaUpload(_) => {
-                BodyKind::Multipart
-            }
+            Route::Register | Route::Migrate | Route::PlatformSchemaUpload(_) => BodyKind::Multipart,
             _ => BodyKind::Json,
         }
     }
@@ -75,16 +73,9 @@ impl Route {
 }
 
 fn segment(s: &str) -> Result<String, ApiError> {
-    let d = percent_decode(s)
-        .ok_or_else(|| ApiError::new(Kind::InvalidRequest, "malformed path segment"))?;
+    let d = percent_decode(s).ok_or_else(|| ApiError::new(Kind::InvalidRequest, "malformed path segment"))?;
     // A decoded segment must stay one segment: no separators, no dot-segments, no control bytes.
-    if d.is_empty()
-        || d == "."
-        || d == ".."
-        || d.contains('/')
-        || d.contains('\\')
-        || d.chars().any(char::is_control)
-    {
+    if d.is_empty() || d == "." || d == ".." || d.contains('/') || d.contains('\\') || d.chars().any(char::is_control) {
         return Err(ApiError::new(Kind::InvalidRequest, "invalid path segment"));
     }
     Ok(d)
@@ -92,11 +83,7 @@ fn segment(s: &str) -> Result<String, ApiError> {
 
 /// Resolves a request. `HEAD` is accepted wherever `GET` is.
 pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
-    let path = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
     let parts: Vec<&str> = path.split('/').skip(1).collect();
     let (route, allow): (Route, &'static str) = match parts.as_slice() {
         ["health"] => (Route::Health, "GET, HEAD"),
@@ -114,12 +101,7 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
         ["v2", "migrate"] => (Route::V2Migrate, "POST"),
         ["v2", "migrate-all"] => (Route::V2MigrateAll, "POST"),
         ["runs", id] => (Route::Run(segment(id)?), "GET, HEAD"),
-        _ => {
-            return Err(ApiError::new(
-                Kind::NotFound,
-                format!("no route for {path}"),
-            ));
-        }
+        _ => return Err(ApiError::new(Kind::NotFound, format!("no route for {path}"))),
     };
     let ok = match method {
         Method::Get | Method::Head => allow.starts_with("GET"),
@@ -151,24 +133,11 @@ mod tests {
             route(Method::Post, "/platform/my%20app/schema").unwrap(),
             Route::PlatformSchemaUpload("my app".into())
         );
-        assert_eq!(
-            route(Method::Get, "/nope").unwrap_err().kind,
-            Kind::NotFound
-        );
+        assert_eq!(route(Method::Get, "/nope").unwrap_err().kind, Kind::NotFound);
         let e = route(Method::Get, "/call").unwrap_err();
         assert_eq!(e.kind, Kind::MethodNotAllowed);
         assert_eq!(e.allow, Some("POST"));
-        assert_eq!(
-            route(Method::Get, "/platform/..%2Fetc/schemas")
-                .unwrap_err()
-                .kind,
-            Kind::InvalidRequest
-        );
-        assert_eq!(
-            route(Method::Get, "/platform/%2e%2e/schemas")
-                .unwrap_err()
-                .kind,
-            Kind::InvalidRequest
-        );
+        assert_eq!(route(Method::Get, "/platform/..%2Fetc/schemas").unwrap_err().kind, Kind::InvalidRequest);
+        assert_eq!(route(Method::Get, "/platform/%2e%2e/schemas").unwrap_err().kind, Kind::InvalidRequest);
     }
 }

@@ -124,22 +124,14 @@ pub struct BackendConn {
 
 impl BackendConn {
     /// Starts a non-blocking connect. The startup message is queued to go out once connected.
-    pub fn connect(
-        params: &ConnectParams,
-        tcp_addr: Option<SocketAddr>,
-        pool: usize,
-        now: Instant,
-    ) -> io::Result<BackendConn> {
+    pub fn connect(params: &ConnectParams, tcp_addr: Option<SocketAddr>, pool: usize, now: Instant) -> io::Result<BackendConn> {
         let sock = match &params.host {
             Host::Unix(_) => {
-                let path = params
-                    .socket_path()
-                    .ok_or_else(|| io::Error::other("no socket path"))?;
+                let path = params.socket_path().ok_or_else(|| io::Error::other("no socket path"))?;
                 Sock::Unix(mio::net::UnixStream::connect(path)?)
             }
             Host::Tcp(_) => {
-                let addr =
-                    tcp_addr.ok_or_else(|| io::Error::other("database host did not resolve"))?;
+                let addr = tcp_addr.ok_or_else(|| io::Error::other("database host did not resolve"))?;
                 let s = mio::net::TcpStream::connect(addr)?;
                 let _ = s.set_nodelay(true);
                 Sock::Tcp(s)
@@ -224,12 +216,8 @@ impl BackendConn {
     /// Drives the handshake with what is buffered. `Ok(true)` once the connection is ready.
     pub fn drive_startup(&mut self) -> Result<bool, PgError> {
         loop {
-            let ConnState::Startup(st) = &mut self.state else {
-                return Ok(false);
-            };
-            let Some(msg) = read_message(&mut self.rbuf)? else {
-                return Ok(false);
-            };
+            let ConnState::Startup(st) = &mut self.state else { return Ok(false) };
+            let Some(msg) = read_message(&mut self.rbuf)? else { return Ok(false) };
             match st.on_message(msg, &mut self.wbuf)? {
                 StartupStep::Continue => {}
                 StartupStep::Ready(info) => {

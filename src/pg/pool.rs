@@ -102,10 +102,7 @@ pub struct Pools<W> {
 
 impl<W> Default for Pools<W> {
     fn default() -> Self {
-        Pools {
-            pools: Slab::default(),
-            by_key: HashMap::new(),
-        }
+        Pools { pools: Slab::default(), by_key: HashMap::new() }
     }
 }
 
@@ -149,10 +146,7 @@ mod tests {
         p.connecting.push(2);
         p.set_idle(1);
         p.set_busy(2);
-        assert_eq!(
-            (p.connecting.len(), p.idle.len(), p.busy.len(), p.size()),
-            (0, 1, 1, 2)
-        );
+        assert_eq!((p.connecting.len(), p.idle.len(), p.busy.len(), p.size()), (0, 1, 1, 2));
         p.set_idle(2);
         assert_eq!(p.idle, vec![1, 2]);
         p.forget(1);

@@ -17,9 +17,7 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("'{s}' is not an IP address or CIDR block"))?;
+        let addr: IpAddr = a.parse().map_err(|_| format!("'{s}' is not an IP address or CIDR block"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
@@ -33,11 +31,7 @@ impl Cidr {
 
     /// Parses a comma-separated list; empty items are skipped.
     pub fn parse_list(s: &str) -> Result<Vec<Cidr>, String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(Cidr::parse)
-            .collect()
+        s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(Cidr::parse).collect()
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -51,19 +45,11 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix as u32)
-                };
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
                 u32::from(net) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix as u32)
-                };
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix as u32) };
                 u128::from(net) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -96,11 +82,7 @@ mod tests {
         assert!(!any_contains(&l, "172.32.0.1".parse().unwrap()));
         assert!(!any_contains(&l, "8.8.8.8".parse().unwrap()));
         assert!(!any_contains(&l, "::2".parse().unwrap()));
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
-        );
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
     }
 
     #[test]

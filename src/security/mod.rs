@@ -37,10 +37,7 @@ pub fn check_allowed(ip: IpAddr, cfg: &SecurityConfig) -> Result<(), ApiError> {
     if any_contains(&cfg.allowed_networks, ip) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            Kind::Unauthorized,
-            format!("address {ip} is not in ALLOWED_NETWORKS"),
-        ))
+        Err(ApiError::new(Kind::Unauthorized, format!("address {ip} is not in ALLOWED_NETWORKS")))
     }
 }
 
@@ -56,11 +53,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Admin routes: a configured token, a peer in `ALLOWED_ADMIN_IPS`, and `Authorization: Bearer <token>`.
-pub fn check_admin(
-    ip: IpAddr,
-    authorization: Option<&str>,
-    cfg: &SecurityConfig,
-) -> Result<(), ApiError> {
+pub fn check_admin(ip: IpAddr, authorization: Option<&str>, cfg: &SecurityConfig) -> Result<(), ApiError> {
     let Some(token) = &cfg.admin_token else {
         return Err(ApiError::new(
             Kind::AdminDisabled,
@@ -68,27 +61,15 @@ pub fn check_admin(
         ));
     };
     if !any_contains(&cfg.admin_ips, ip) {
-        return Err(ApiError::new(
-            Kind::Unauthorized,
-            format!("address {ip} is not in ALLOWED_ADMIN_IPS"),
-        ));
+        return Err(ApiError::new(Kind::Unauthorized, format!("address {ip} is not in ALLOWED_ADMIN_IPS")));
     }
     let given = authorization
-        .and_then(|a| {
-            a.strip_prefix("Bearer ")
-                .or_else(|| a.strip_prefix("bearer "))
-        })
+        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
         .map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            Kind::AdminTokenInvalid,
-            "admin token is wrong",
-        )),
-        None => Err(ApiError::new(
-            Kind::AdminTokenInvalid,
-            "missing Authorization: Bearer <ADMIN_TOKEN>",
-        )),
+        Some(_) => Err(ApiError::new(Kind::AdminTokenInvalid, "admin token is wrong")),
+        None => Err(ApiError::new(Kind::AdminTokenInvalid, "missing Authorization: Bearer <ADMIN_TOKEN>")),
     }
 }
 
@@ -103,14 +84,8 @@ mod tests {
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
         assert_eq!(client_ip(peer, Some("8.8.8.8"), &c), peer);
         c.trusted_proxies = cidr::Cidr::parse_list("10.1.1.0/24").unwrap();
-        assert_eq!(
-            client_ip(peer, Some("8.8.8.8"), &c),
-            "8.8.8.8".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_ip(peer, Some("1.1.1.1, 8.8.8.8, 10.1.1.7"), &c),
-            "8.8.8.8".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(peer, Some("8.8.8.8"), &c), "8.8.8.8".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, Some("1.1.1.1, 8.8.8.8, 10.1.1.7"), &c), "8.8.8.8".parse::<IpAddr>().unwrap());
     }
 
     #[test]
@@ -125,26 +100,12 @@ mod tests {
     fn admin_checks() {
         let mut c = Config::defaults().security;
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(
-            check_admin(lo, None, &c).unwrap_err().kind,
-            Kind::AdminDisabled
-        );
+        assert_eq!(check_admin(lo, None, &c).unwrap_err().kind, Kind::AdminDisabled);
         c.admin_token = Some("0123456789abcdef".into());
-        assert_eq!(
-            check_admin(lo, None, &c).unwrap_err().kind,
-            Kind::AdminTokenInvalid
-        );
-        assert_eq!(
-            check_admin(lo, Some("Bearer nope"), &c).unwrap_err().kind,
-            Kind::AdminTokenInvalid
-        );
+        assert_eq!(check_admin(lo, None, &c).unwrap_err().kind, Kind::AdminTokenInvalid);
+        assert_eq!(check_admin(lo, Some("Bearer nope"), &c).unwrap_err().kind, Kind::AdminTokenInvalid);
         assert!(check_admin(lo, Some("Bearer 0123456789abcdef"), &c).is_ok());
         let far: IpAddr = "10.0.0.5".parse().unwrap();
-        assert_eq!(
-            check_admin(far, Some("Bearer 0123456789abcdef"), &c)
-                .unwrap_err()
-                .kind,
-            Kind::Unauthorized
-        );
+        assert_eq!(check_admin(far, Some("Bearer 0123456789abcdef"), &c).unwrap_err().kind, Kind::Unauthorized);
     }
 }

@@ -11,27 +11,17 @@ pub fn sanitize(part: &str) -> String {
     part.chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            }
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }
         })
         .collect()
 }
 
 fn check_part(what: &str, v: &str) -> Result<(), ApiError> {
     if v.trim().is_empty() {
-        return Err(ApiError::new(
-            Kind::InvalidRequest,
-            format!("{what} must not be empty"),
-        ));
+        return Err(ApiError::new(Kind::InvalidRequest, format!("{what} must not be empty")));
     }
     if v.len() > MAX_IDENTIFIER_BYTES {
-        return Err(ApiError::new(
-            Kind::InvalidRequest,
-            format!("{what} is longer than 63 bytes"),
-        ));
+        return Err(ApiError::new(Kind::InvalidRequest, format!("{what} is longer than 63 bytes")));
     }
     Ok(())
 }
@@ -51,10 +41,7 @@ pub fn platform(p: &str) -> Result<String, ApiError> {
     check_part("platform", p)?;
     let s = sanitize(p);
     if s.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(ApiError::new(
-            Kind::InvalidRequest,
-            "platform must not start with a digit",
-        ));
+        return Err(ApiError::new(Kind::InvalidRequest, "platform must not start with a digit"));
     }
     Ok(s)
 }
@@ -83,8 +70,7 @@ pub fn v2_database(platform_name: &str, schema: &str, id: &str) -> Result<String
 pub fn is_function_name(f: &str) -> bool {
     !f.is_empty()
         && f.len() <= MAX_IDENTIFIER_BYTES
-        && f.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && f.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !f.as_bytes()[0].is_ascii_digit()
 }
 
@@ -96,14 +82,8 @@ mod tests {
     fn names() {
         assert_eq!(v1_database("MyApp", None).unwrap(), "myapp_main");
         assert_eq!(v1_database("MyApp", Some("")).unwrap(), "myapp_main");
-        assert_eq!(
-            v1_database("my-app", Some("Tenant.1")).unwrap(),
-            "my_app_tenant_1"
-        );
-        assert_eq!(
-            v2_database("p", "tenant_db", "42").unwrap(),
-            "p_tenant_db_42"
-        );
+        assert_eq!(v1_database("my-app", Some("Tenant.1")).unwrap(), "my_app_tenant_1");
+        assert_eq!(v2_database("p", "tenant_db", "42").unwrap(), "p_tenant_db_42");
         assert!(v1_database(&"a".repeat(60), Some("tenant")).is_err());
         assert!(v1_database("", None).is_err());
         assert!(v1_database("1abc", None).is_err());

@@ -13,13 +13,13 @@ use super::{Notifier, Server};
 use crate::call::engine::CallEngine;
 use crate::call::request::CallRequest;
 use crate::config::Config;
+use crate::log;
+use crate::pg::blocking::Client;
+use crate::pg::params::ConnectParams;
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::http::router::Route;
 use crate::json::{self, ObjectWriter, Value};
-use crate::log;
-use crate::pg::blocking::Client;
-use crate::pg::params::ConnectParams;
 
 /// Everything the handlers own: the `/call` engine, the PostgreSQL health probe, worker handles.
 /// Lives inside the [`Server`].
@@ -43,44 +43,42 @@ impl HealthProbe {
         let ok = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (ok2, stop2) = (ok.clone(), stop.clone());
-        let _ = std::thread::Builder::new()
-            .name("pg-health".into())
-            .spawn(move || {
-                let mut client: Option<Client> = None;
-                let mut was = None;
-                while !stop2.load(Ordering::Relaxed) {
-                    let good = match client.as_mut() {
-                        Some(c) if !c.is_broken() => c.simple_query("SELECT 1").is_ok(),
-                        _ => match Client::connect(&params) {
-                            Ok(mut c) => {
-                                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                                let r = c.simple_query("SELECT 1").is_ok();
-                                client = Some(c);
-                                r
-                            }
-                            Err(_) => false,
-                        },
-                    };
-                    if !good {
-                        client = None;
-                    }
-                    ok2.store(good, Ordering::Relaxed);
-                    if was != Some(good) {
-                        if good {
-                            log::info("postgres reachable", &[]);
-                        } else {
-                            log::warn("postgres unreachable", &[]);
+        let _ = std::thread::Builder::new().name("pg-health".into()).spawn(move || {
+            let mut client: Option<Client> = None;
+            let mut was = None;
+            while !stop2.load(Ordering::Relaxed) {
+                let good = match client.as_mut() {
+                    Some(c) if !c.is_broken() => c.simple_query("SELECT 1").is_ok(),
+                    _ => match Client::connect(&params) {
+                        Ok(mut c) => {
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                            let r = c.simple_query("SELECT 1").is_ok();
+                            client = Some(c);
+                            r
                         }
-                        was = Some(good);
-                    }
-                    for _ in 0..10 {
-                        if stop2.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                        Err(_) => false,
+                    },
+                };
+                if !good {
+                    client = None;
                 }
-            });
+                ok2.store(good, Ordering::Relaxed);
+                if was != Some(good) {
+                    if good {
+                        log::info("postgres reachable", &[]);
+                    } else {
+                        log::warn("postgres unreachable", &[]);
+                    }
+                    was = Some(good);
+                }
+                for _ in 0..10 {
+                    if stop2.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
         HealthProbe { ok, stop }
     }
 }
@@ -97,12 +95,7 @@ impl App {
     }
 
     /// An event on a backend socket; returns finished client responses.
-    pub fn backend_event(
-        &mut self,
-        poll: &mut Poll,
-        key: usize,
-        now: Instant,
-    ) -> Vec<(usize, u64, Response)> {
+    pub fn backend_event(&mut self, poll: &mut Poll, key: usize, now: Instant) -> Vec<(usize, u64, Response)> {
         self.calls.backend_event(poll, key, now)
     }
 
@@ -139,17 +132,10 @@ impl App {
 /// Parses a JSON request body: malformed → `invalid_json`, not an object → `invalid_request`.
 pub fn json_object(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::new(
-            Kind::InvalidJson,
-            "request body is empty; expected a JSON object",
-        ));
+        return Err(ApiError::new(Kind::InvalidJson, "request body is empty; expected a JSON object"));
     }
-    let v = json::parse_with_depth(body, max_depth).map_err(|e| {
-        ApiError::new(
-            Kind::InvalidJson,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
+    let v = json::parse_with_depth(body, max_depth)
+        .map_err(|e| ApiError::new(Kind::InvalidJson, format!("request body is not valid JSON: {e}")))?;
     if !matches!(v, Value::Object(_)) {
         return Err(ApiError::new(
             Kind::InvalidRequest,
@@ -161,23 +147,13 @@ pub fn json_object(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
 
 impl Server {
     /// Runs the handler of a complete request. `None` means the answer comes later.
-    pub(super) fn dispatch(
-        &mut self,
-        key: usize,
-        generation: u64,
-        inc: Incoming,
-    ) -> Option<Response> {
+    pub(super) fn dispatch(&mut self, key: usize, generation: u64, inc: Incoming) -> Option<Response> {
         let result = match &inc.route {
             Route::Health => Ok(self.health()),
             Route::Call => match json_object(&inc.body, self.cfg.limits.max_json_depth)
                 .and_then(|v| CallRequest::from_json(&v))
             {
-                Ok(req) => {
-                    return self
-                        .app
-                        .calls
-                        .submit(&mut self.poll, key, generation, req, self.now);
-                }
+                Ok(req) => return self.app.calls.submit(&mut self.poll, key, generation, req, self.now),
                 Err(e) => Err(e),
             },
             other => Err(ApiError::new(
@@ -198,10 +174,7 @@ impl Server {
         let mut o = ObjectWriter::new(&mut body);
         o.str("status", if connected { "healthy" } else { "degraded" });
         o.str("version", crate::VERSION);
-        o.u64(
-            "uptime_seconds",
-            self.now.saturating_duration_since(self.started).as_secs(),
-        );
+        o.u64("uptime_seconds", self.now.saturating_duration_since(self.started).as_secs());
         o.bool("postgres_connected", connected);
         o.u64("active_pools", c.active_pools() as u64);
         o.u64("total_connections", c.total_connections() as u64);

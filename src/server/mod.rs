@@ -8,8 +8,8 @@ pub mod slab;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -42,19 +42,9 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 /// A message from another thread to the loop.
 pub enum Message {
     /// A finished request: deliver `response` to client `client` if it still waits with `generation`.
-    Complete {
-        client: usize,
-        generation: u64,
-        response: Response,
-        invalidate: Vec<String>,
-    },
+    Complete { client: usize, generation: u64, response: Response, invalidate: Vec<String> },
     /// A chunk of a streamed response; `last` ends the stream.
-    Chunk {
-        client: usize,
-        generation: u64,
-        data: Vec<u8>,
-        last: bool,
-    },
+    Chunk { client: usize, generation: u64, data: Vec<u8>, last: bool },
     /// Begin graceful shutdown.
     Shutdown,
 }
@@ -116,8 +106,7 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
         let addr = listener.local_addr()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, inbox) = channel();
         let notifier = Notifier { tx, waker };
@@ -152,9 +141,7 @@ impl Server {
         signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
         signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write2)?;
         let mut read = mio::net::UnixStream::from_std(read);
-        self.poll
-            .registry()
-            .register(&mut read, SIGNALS, Interest::READABLE)?;
+        self.poll.registry().register(&mut read, SIGNALS, Interest::READABLE)?;
         self.signals = Some(read);
         Ok(())
     }
@@ -165,10 +152,7 @@ impl Server {
 
     /// Runs until shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
-        log::info(
-            "listening",
-            &[("addr", &self.addr), ("version", &crate::VERSION)],
-        );
+        log::info("listening", &[("addr", &self.addr), ("version", &crate::VERSION)]);
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.next_timeout();
@@ -185,9 +169,7 @@ impl Server {
                     WAKER => self.drain_inbox(),
                     SIGNALS => self.drain_signals(),
                     Token(t) if t >= BACKEND_BASE => {
-                        let done =
-                            self.app
-                                .backend_event(&mut self.poll, t - BACKEND_BASE, self.now);
+                        let done = self.app.backend_event(&mut self.poll, t - BACKEND_BASE, self.now);
                         self.deliver(done);
                     }
                     Token(t) if t >= CLIENT_BASE => {
@@ -216,10 +198,7 @@ impl Server {
                         log::warn("shutdown deadline reached with requests in flight", &[]);
                     }
                     self.app.shutdown(&mut self.poll);
-                    log::info(
-                        "stopped",
-                        &[("uptime_s", &self.started.elapsed().as_secs())],
-                    );
+                    log::info("stopped", &[("uptime_s", &self.started.elapsed().as_secs())]);
                     return Ok(());
                 }
             }
@@ -227,9 +206,7 @@ impl Server {
     }
 
     fn next_timeout(&self) -> Duration {
-        JANITOR_EVERY
-            .saturating_sub(Instant::now().saturating_duration_since(self.last_janitor))
-            .max(Duration::from_millis(1))
+        JANITOR_EVERY.saturating_sub(Instant::now().saturating_duration_since(self.last_janitor)).max(Duration::from_millis(1))
     }
 
     fn drain_signals(&mut self) {
@@ -271,23 +248,13 @@ impl Server {
     fn drain_inbox(&mut self) {
         while let Ok(m) = self.inbox.try_recv() {
             match m {
-                Message::Complete {
-                    client,
-                    generation,
-                    response,
-                    invalidate,
-                } => {
+                Message::Complete { client, generation, response, invalidate } => {
                     for db in &invalidate {
                         self.app.invalidate(&mut self.poll, db);
                     }
                     self.deliver(vec![(client, generation, response)]);
                 }
-                Message::Chunk {
-                    client,
-                    generation,
-                    data,
-                    last,
-                } => self.stream_chunk(client, generation, data, last),
+                Message::Chunk { client, generation, data, last } => self.stream_chunk(client, generation, data, last),
                 Message::Shutdown => self.begin_shutdown(),
             }
         }
@@ -295,17 +262,12 @@ impl Server {
 
     fn accept_all(&mut self) {
         loop {
-            let Some(listener) = &self.listener else {
-                return;
-            };
+            let Some(listener) = &self.listener else { return };
             match listener.accept() {
                 Ok((mut sock, peer)) => {
                     if self.clients.len() >= self.cfg.limits.max_client_connections {
                         // Over the limit: dropping the socket closes it; the client sees a reset.
-                        log::warn(
-                            "client connection refused: MAX_CLIENT_CONNECTIONS",
-                            &[("peer", &peer)],
-                        );
+                        log::warn("client connection refused: MAX_CLIENT_CONNECTIONS", &[("peer", &peer)]);
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
@@ -313,11 +275,7 @@ impl Server {
                     if self
                         .poll
                         .registry()
-                        .register(
-                            &mut sock,
-                            Token(CLIENT_BASE + key),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
+                        .register(&mut sock, Token(CLIENT_BASE + key), Interest::READABLE | Interest::WRITABLE)
                         .is_err()
                     {
                         continue;
@@ -342,24 +300,18 @@ impl Server {
         let l = &self.cfg.limits;
         match &c.phase {
             Phase::Head => l.max_head_bytes + SCRATCH,
-            Phase::Body(inc) => {
-                inc.limit.saturating_sub(inc.body.len()) + l.max_head_bytes + SCRATCH
-            }
+            Phase::Body(inc) => inc.limit.saturating_sub(inc.body.len()) + l.max_head_bytes + SCRATCH,
             Phase::Waiting | Phase::Streaming => l.max_head_bytes + SCRATCH,
             Phase::Closing => usize::MAX,
         }
     }
 
     fn client_readable(&mut self, key: usize) {
-        let Some(c) = self.clients.get(key) else {
-            return;
-        };
+        let Some(c) = self.clients.get(key) else { return };
         let cap = self.read_cap(c);
         let mut eof = false;
         let mut paused = false;
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.clients.get_mut(key) else { return };
         loop {
             if c.rbuf.len() >= cap {
                 paused = true;
@@ -389,9 +341,7 @@ impl Server {
             c.peer_closed = true;
         }
         self.advance(key);
-        let Some(c) = self.clients.get(key) else {
-            return;
-        };
+        let Some(c) = self.clients.get(key) else { return };
         if c.peer_closed {
             match c.phase {
                 // The client went away mid-call: the app cancels the backend query.
@@ -415,9 +365,7 @@ impl Server {
     /// Moves a connection forward with the bytes it has: parse heads, collect bodies, dispatch.
     fn advance(&mut self, key: usize) {
         loop {
-            let Some(c) = self.clients.get_mut(key) else {
-                return;
-            };
+            let Some(c) = self.clients.get_mut(key) else { return };
             match &mut c.phase {
                 Phase::Head => {
                     if c.rbuf.is_empty() {
@@ -467,9 +415,7 @@ impl Server {
                                     }
                                 }
                                 Ok(inc) => {
-                                    let Some(c) = self.clients.get_mut(key) else {
-                                        return;
-                                    };
+                                    let Some(c) = self.clients.get_mut(key) else { return };
                                     let has_body = inc.remaining > 0 || inc.chunked.is_some();
                                     if inc.head.expect_continue && has_body && c.rbuf.is_empty() {
                                         c.wbuf.extend_from_slice(CONTINUE);
@@ -516,9 +462,7 @@ impl Server {
                         }
                         return;
                     }
-                    let Phase::Body(inc) = std::mem::replace(&mut c.phase, Phase::Waiting) else {
-                        return;
-                    };
+                    let Phase::Body(inc) = std::mem::replace(&mut c.phase, Phase::Waiting) else { return };
                     let generation = c.generation;
                     match self.dispatch(key, generation, *inc) {
                         Some(r) => self.respond(key, r),
@@ -538,17 +482,12 @@ impl Server {
         head: crate::http::request::Head,
     ) -> Result<Box<Incoming>, (ApiError, bool)> {
         let has_body = head.framing != BodyFraming::None;
-        let client_ip = security::client_ip(
-            peer.ip(),
-            head.x_forwarded_for.as_deref(),
-            &self.cfg.security,
-        );
+        let client_ip = security::client_ip(peer.ip(), head.x_forwarded_for.as_deref(), &self.cfg.security);
         let fail = |e: ApiError| (e, has_body);
         security::check_allowed(client_ip, &self.cfg.security).map_err(fail)?;
         let route = router::route(head.method, &head.path).map_err(fail)?;
         if route.is_admin(&head.path) {
-            security::check_admin(client_ip, head.authorization.as_deref(), &self.cfg.security)
-                .map_err(fail)?;
+            security::check_admin(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
         }
         let limit = match route.body_kind() {
             BodyKind::Multipart => self.cfg.limits.max_upload_bytes,
@@ -568,11 +507,8 @@ impl Server {
             BodyFraming::Length(n) => {
                 if n > limit as u64 {
                     return Err(fail(
-                        ApiError::new(
-                            Kind::PayloadTooLarge,
-                            format!("body of {n} bytes exceeds the limit of {limit}"),
-                        )
-                        .with_cause("max_body_bytes"),
+                        ApiError::new(Kind::PayloadTooLarge, format!("body of {n} bytes exceeds the limit of {limit}"))
+                            .with_cause("max_body_bytes"),
                     ));
                 }
                 (n, None)
@@ -580,20 +516,8 @@ impl Server {
             BodyFraming::Chunked => (0, Some(ChunkedDecoder::new(limit))),
         };
         // Reserve at most 64 KiB up front: a declared length is a promise, not a guarantee.
-        let cap = if chunked.is_some() {
-            0
-        } else {
-            (remaining as usize).min(64 * 1024)
-        };
-        Ok(Box::new(Incoming {
-            head,
-            route,
-            client_ip,
-            body: Vec::with_capacity(cap),
-            chunked,
-            remaining,
-            limit,
-        }))
+        let cap = if chunked.is_some() { 0 } else { (remaining as usize).min(64 * 1024) };
+        Ok(Box::new(Incoming { head, route, client_ip, body: Vec::with_capacity(cap), chunked, remaining, limit }))
     }
 
     /// Hands finished responses to their clients, if those still wait for them.
@@ -614,9 +538,7 @@ impl Server {
     fn respond(&mut self, key: usize, r: Response) {
         let shutting_down = self.shutdown_deadline.is_some();
         let now = self.now;
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.clients.get_mut(key) else { return };
         let info = c.req.take();
         let (keep_alive, minor, head_only) = match &info {
             Some(i) => (i.keep_alive, i.minor_version, i.method == Method::Head),
@@ -624,8 +546,7 @@ impl Server {
         };
         // A peer that half-closed after pipelining still gets an answer to every complete request it sent;
         // the connection closes after the last one.
-        let keep =
-            keep_alive && !r.close && !shutting_down && !(c.peer_closed && c.rbuf.is_empty());
+        let keep = keep_alive && !r.close && !shutting_down && !(c.peer_closed && c.rbuf.is_empty());
         response::write(&mut c.wbuf, &r, keep, minor, head_only);
         if let Some(i) = &info {
             let us = now.saturating_duration_since(i.started).as_micros();
@@ -652,9 +573,7 @@ impl Server {
 
     /// Writes as much as the socket takes; closes when a closing connection is flushed.
     fn flush(&mut self, key: usize) {
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.clients.get_mut(key) else { return };
         let mut broken = false;
         while c.wpos < c.wbuf.len() {
             match c.sock.write(&c.wbuf[c.wpos..]) {
@@ -677,10 +596,7 @@ impl Server {
             if c.wbuf.capacity() > KEEP_CAPACITY {
                 c.wbuf = Vec::new();
             }
-            if matches!(c.phase, Phase::Head)
-                && c.rbuf.is_empty()
-                && c.rbuf.capacity() > KEEP_CAPACITY
-            {
+            if matches!(c.phase, Phase::Head) && c.rbuf.is_empty() && c.rbuf.capacity() > KEEP_CAPACITY {
                 c.rbuf = Vec::new();
             }
         }
@@ -705,9 +621,7 @@ impl Server {
     }
 
     fn stream_chunk(&mut self, key: usize, generation: u64, data: Vec<u8>, last: bool) {
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
+        let Some(c) = self.clients.get_mut(key) else { return };
         if c.generation != generation {
             return;
         }
@@ -724,8 +638,7 @@ impl Server {
         }
         if last {
             response::write_chunk(&mut c.wbuf, b"");
-            let keep =
-                c.req.as_ref().is_some_and(|r| r.keep_alive) && self.shutdown_deadline.is_none();
+            let keep = c.req.as_ref().is_some_and(|r| r.keep_alive) && self.shutdown_deadline.is_none();
             if let Some(i) = c.req.take() {
                 log::info(
                     "request",
@@ -735,10 +648,7 @@ impl Server {
                         ("path", &i.path),
                         ("status", &200),
                         ("streamed", &true),
-                        (
-                            "duration_us",
-                            &self.now.saturating_duration_since(i.started).as_micros(),
-                        ),
+                        ("duration_us", &self.now.saturating_duration_since(i.started).as_micros()),
                     ],
                 );
             }
@@ -762,18 +672,15 @@ impl Server {
     fn janitor(&mut self) {
         let now = self.now;
         for key in self.clients.keys() {
-            let Some(c) = self.clients.get(key) else {
-                continue;
-            };
+            let Some(c) = self.clients.get(key) else { continue };
             if now < c.deadline {
                 continue;
             }
             match &c.phase {
                 Phase::Head if c.rbuf.is_empty() && c.wbuf.is_empty() => self.close(key),
                 Phase::Head => {
-                    let e =
-                        ApiError::new(Kind::RequestTimeout, "request head not received in time")
-                            .with_cause("head_timeout");
+                    let e = ApiError::new(Kind::RequestTimeout, "request head not received in time")
+                        .with_cause("head_timeout");
                     if let Some(c) = self.clients.get_mut(key) {
                         c.rbuf.clear();
                         if c.req.is_none() {
@@ -789,9 +696,8 @@ impl Server {
                     self.respond(key, Response::error(&e).closing());
                 }
                 Phase::Body(_) => {
-                    let e =
-                        ApiError::new(Kind::RequestTimeout, "request body not received in time")
-                            .with_cause("body_timeout");
+                    let e = ApiError::new(Kind::RequestTimeout, "request body not received in time")
+                        .with_cause("body_timeout");
                     if let Some(c) = self.clients.get_mut(key) {
                         c.phase = Phase::Waiting;
                     }

@@ -12,12 +12,7 @@ pub struct Slab<T> {
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab {
-            slots: Vec::new(),
-            free: Vec::new(),
-            parked: Vec::new(),
-            len: 0,
-        }
+        Slab { slots: Vec::new(), free: Vec::new(), parked: Vec::new(), len: 0 }
     }
 }
 
@@ -70,26 +65,15 @@ impl<T> Slab<T> {
     }
 
     pub fn keys(&self) -> Vec<usize> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_some())
-            .map(|(k, _)| k)
-            .collect()
+        self.slots.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(k, _)| k).collect()
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
-        self.slots
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(k, s)| s.as_mut().map(|v| (k, v)))
+        self.slots.iter_mut().enumerate().filter_map(|(k, s)| s.as_mut().map(|v| (k, v)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(k, s)| s.as_ref().map(|v| (k, v)))
+        self.slots.iter().enumerate().filter_map(|(k, s)| s.as_ref().map(|v| (k, v)))
     }
 }
 

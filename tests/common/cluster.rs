@@ -22,15 +22,8 @@ fn root() -> PathBuf {
 /// Runs `script` in bash with the cluster library loaded; returns stdout, panics with stderr.
 fn lib_sh(bindir: &str, script: &str) -> String {
     let lib = root().join("scripts/lib/pg-cluster.sh");
-    let full = format!(
-        "set -euo pipefail\nsource '{}'\nPG_BINDIR='{bindir}'\n{script}",
-        lib.display()
-    );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&full)
-        .output()
-        .expect("run bash");
+    let full = format!("set -euo pipefail\nsource '{}'\nPG_BINDIR='{bindir}'\n{script}", lib.display());
+    let out = Command::new("bash").arg("-c").arg(&full).output().expect("run bash");
     assert!(
         out.status.success(),
         "cluster script failed ({}):\n{script}\nstderr:\n{}",
@@ -59,11 +52,7 @@ printf '%s %s\n' "$dir" "$port""#,
         );
         let mut it = out.lines().last().unwrap_or("").split_whitespace();
         let dir = PathBuf::from(it.next().expect("cluster dir"));
-        let port = it
-            .next()
-            .expect("cluster port")
-            .parse()
-            .expect("port number");
+        let port = it.next().expect("cluster port").parse().expect("port number");
         Cluster { dir, port, bindir }
     }
 
@@ -73,27 +62,17 @@ printf '%s %s\n' "$dir" "$port""#,
 
     /// Fast shutdown; returns when the server is gone.
     pub fn stop(&self) {
-        lib_sh(
-            &self.bindir,
-            &format!("pg_cluster_stop '{}'", self.dir.display()),
-        );
+        lib_sh(&self.bindir, &format!("pg_cluster_stop '{}'", self.dir.display()));
     }
 
     /// Starts again on the same port; returns when it accepts connections.
     pub fn start(&self) {
-        lib_sh(
-            &self.bindir,
-            &format!("pg_cluster_start '{}' {}", self.dir.display(), self.port),
-        );
+        lib_sh(&self.bindir, &format!("pg_cluster_start '{}' {}", self.dir.display(), self.port));
     }
 
     /// A superuser client on `dbname` over the socket.
     pub fn su(&self, dbname: &str) -> Client {
-        let url = format!(
-            "postgres://postgres@localhost:{}/{dbname}?host={}",
-            self.port,
-            self.socket_dir()
-        );
+        let url = format!("postgres://postgres@localhost:{}/{dbname}?host={}", self.port, self.socket_dir());
         let params = ConnectParams::from_url(&url).expect("cluster params");
         Client::connect(&params).unwrap_or_else(|e| panic!("connect to own cluster {dbname}: {e}"))
     }
@@ -101,16 +80,9 @@ printf '%s %s\n' "$dir" "$port""#,
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let script = format!(
-            "pg_cluster_stop '{0}' || true\nrm -rf -- '{0}'",
-            self.dir.display()
-        );
+        let script = format!("pg_cluster_stop '{0}' || true\nrm -rf -- '{0}'", self.dir.display());
         let lib = root().join("scripts/lib/pg-cluster.sh");
-        let full = format!(
-            "source '{}'\nPG_BINDIR='{}'\n{script}",
-            lib.display(),
-            self.bindir
-        );
+        let full = format!("source '{}'\nPG_BINDIR='{}'\n{script}", lib.display(), self.bindir);
         let _ = Command::new("bash").arg("-c").arg(&full).output();
     }
 }

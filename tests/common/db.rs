@@ -13,23 +13,19 @@ use super::{Resp, pg_env, post_json};
 /// Superuser connection parameters for `dbname` over the test cluster's Unix socket.
 pub fn su_params(dbname: &str) -> ConnectParams {
     let (host, port, user) = pg_env();
-    ConnectParams::from_url(&format!(
-        "postgres://{user}@localhost:{port}/{dbname}?host={host}"
-    ))
-    .expect("test connect params")
+    ConnectParams::from_url(&format!("postgres://{user}@localhost:{port}/{dbname}?host={host}"))
+        .expect("test connect params")
 }
 
 /// A superuser client on `dbname`.
 pub fn su(dbname: &str) -> Client {
-    Client::connect(&su_params(dbname))
-        .unwrap_or_else(|e| panic!("connect to {dbname} as superuser: {e}"))
+    Client::connect(&su_params(dbname)).unwrap_or_else(|e| panic!("connect to {dbname} as superuser: {e}"))
 }
 
 /// Runs `sql` (one or more statements) as the superuser in `dbname`.
 pub fn exec(dbname: &str, sql: &str) {
     let mut c = su(dbname);
-    c.batch_execute(sql)
-        .unwrap_or_else(|e| panic!("setup SQL failed in {dbname}: {e}\n{sql}"));
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("setup SQL failed in {dbname}: {e}\n{sql}"));
 }
 
 /// First column of every row of `sql`, run as the superuser in `dbname`.
@@ -56,16 +52,11 @@ impl TestDb {
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .expect("drop old test database");
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .expect("create test database");
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create test database");
         if !setup.is_empty() {
             exec(&name, setup);
         }
-        TestDb {
-            platform: platform.to_string(),
-            name,
-        }
+        TestDb { platform: platform.to_string(), name }
     }
 
     pub fn exec(&self, sql: &str) {
@@ -83,34 +74,20 @@ impl TestDb {
         c.simple_query(&sql)
             .expect("pg_stat_activity")
             .into_iter()
-            .map(|r| {
-                (
-                    r[0].clone().unwrap_or_default(),
-                    r[1].clone().unwrap_or_default(),
-                )
-            })
+            .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
             .collect()
     }
 
     /// Gateway backends on this database whose state is `active`.
     pub fn active_gateway_backends(&self) -> usize {
-        self.gateway_backends()
-            .iter()
-            .filter(|(s, _)| s == "active")
-            .count()
+        self.gateway_backends().iter().filter(|(s, _)| s == "active").count()
     }
 
     /// A `/call` body for `function` with `params` (JSON text, or `None` to leave it out).
     pub fn body(&self, function: &str, params: Option<&str>) -> String {
         match params {
-            Some(p) => format!(
-                r#"{{"platform":"{}","function":"{function}","params":{p}}}"#,
-                self.platform
-            ),
-            None => format!(
-                r#"{{"platform":"{}","function":"{function}"}}"#,
-                self.platform
-            ),
+            Some(p) => format!(r#"{{"platform":"{}","function":"{function}","params":{p}}}"#, self.platform),
+            None => format!(r#"{{"platform":"{}","function":"{function}"}}"#, self.platform),
         }
     }
 
@@ -123,28 +100,15 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut c) = Client::connect(&su_params("postgres")) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ));
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
         }
     }
 }
 
 /// The `rows` of a 200 response; panics with the body otherwise.
 pub fn rows(r: &Resp) -> Vec<Value> {
-    assert_eq!(
-        r.status,
-        200,
-        "expected 200, got {}: {}",
-        r.status,
-        r.text()
-    );
-    r.json()
-        .get("rows")
-        .and_then(|v| v.as_array())
-        .expect("rows array")
-        .to_vec()
+    assert_eq!(r.status, 200, "expected 200, got {}: {}", r.status, r.text());
+    r.json().get("rows").and_then(|v| v.as_array()).expect("rows array").to_vec()
 }
 
 /// The single value of the single column of the single row.
@@ -158,12 +122,7 @@ pub fn scalar(r: &Resp) -> Value {
 
 /// Asserts an error response: status, `error` code; returns the parsed body.
 pub fn expect_error(r: &Resp, status: u16, code: &str) -> Value {
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (status, code),
-        "body: {}",
-        r.text()
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (status, code), "body: {}", r.text());
     r.json()
 }
 

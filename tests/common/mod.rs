@@ -47,11 +47,7 @@ pub fn settings(overrides: &[(&str, &str)]) -> Settings {
     if let Ok(port) = std::env::var("TEST_PG_PORT") {
         s.set("DB_PORT", &port, Source::Flag);
     }
-    s.set(
-        "DB_USER",
-        &std::env::var("TEST_PG_SUPERUSER").unwrap_or_else(|_| "postgres".into()),
-        Source::Flag,
-    );
+    s.set("DB_USER", &std::env::var("TEST_PG_SUPERUSER").unwrap_or_else(|_| "postgres".into()), Source::Flag);
     s.set("LOG_LEVEL", "warn", Source::Flag);
     for (k, v) in overrides {
         assert!(s.set(k, v, Source::Flag), "unknown key {k}");
@@ -70,11 +66,7 @@ pub fn start_with(cfg: Config) -> Gateway {
     let (server, handle) = Server::bind(cfg).expect("bind");
     let addr = handle.addr;
     let thread = std::thread::spawn(move || server.run());
-    Gateway {
-        addr,
-        handle,
-        thread: Some(thread),
-    }
+    Gateway { addr, handle, thread: Some(thread) }
 }
 
 /// A parsed response.
@@ -87,10 +79,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -104,11 +93,7 @@ impl Resp {
 
     /// The `error` code of a JSON error body.
     pub fn error_code(&self) -> String {
-        self.json()
-            .get("error")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
+        self.json().get("error").and_then(|v| v.as_str()).unwrap_or("").to_string()
     }
 }
 
@@ -121,13 +106,9 @@ pub struct Conn {
 impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
         let sock = TcpStream::connect(addr).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         sock.set_nodelay(true).unwrap();
-        Conn {
-            sock,
-            buf: Vec::new(),
-        }
+        Conn { sock, buf: Vec::new() }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -150,8 +131,7 @@ impl Conn {
 
     /// Reads one response (Content-Length or chunked framing). Panics on EOF before a full response.
     pub fn read_response(&mut self) -> Resp {
-        self.try_read_response()
-            .expect("connection closed before a full response")
+        self.try_read_response().expect("connection closed before a full response")
     }
 
     pub fn try_read_response(&mut self) -> Option<Resp> {
@@ -175,17 +155,11 @@ impl Conn {
             })
             .collect();
         self.buf.drain(..head_end);
-        let mut r = Resp {
-            status,
-            headers,
-            body: Vec::new(),
-        };
+        let mut r = Resp { status, headers, body: Vec::new() };
         if status == 100 {
             return Some(r);
         }
-        if r.header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
+        if r.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             loop {
                 let line_end = loop {
                     if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
@@ -195,27 +169,20 @@ impl Conn {
                         return None;
                     }
                 };
-                let size =
-                    usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16)
-                        .unwrap();
+                let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16).unwrap();
                 while self.buf.len() < line_end + 2 + size + 2 {
                     if !self.fill() {
                         return None;
                     }
                 }
-                r.body
-                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                r.body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
                 self.buf.drain(..line_end + 2 + size + 2);
                 if size == 0 {
                     return Some(r);
                 }
             }
         }
-        let len: usize = r
-            .header("content-length")
-            .expect("content-length")
-            .parse()
-            .unwrap();
+        let len: usize = r.header("content-length").expect("content-length").parse().unwrap();
         while self.buf.len() < len {
             if !self.fill() {
                 return None;
@@ -232,18 +199,9 @@ impl Conn {
 }
 
 /// One request on a new connection with `Connection: close`.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut c = Conn::open(addr);
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -255,13 +213,7 @@ pub fn request(
 }
 
 pub fn post_json(addr: SocketAddr, path: &str, body: &str) -> Resp {
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
+    request(addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes())
 }
 
 /// Connection parameters for the test cluster; fails loudly when the suite was not started by
