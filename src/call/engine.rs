@@ -1018,10 +1018,10 @@ impl CallEngine {
         if !job.syncs.is_empty() {
             return;
         }
-        // A CancelRequest can reach the backend after this job is over (it travels on another
-        // socket, and the postmaster may signal twice); PostgreSQL then holds it while the backend
-        // waits for input and cancels the NEXT statement. A connection that had a cancel sent is
-        // therefore never reused.
+        // A CancelRequest travels on another socket from a helper thread and can reach the backend
+        // after this job is over, while the next job's statement runs, and cancel that one instead
+        // (tests/call.rs a_late_cancel_never_hits_the_next_call; it happened even when this job had
+        // already seen a 57014). A connection that had a cancel sent is therefore never reused.
         let cancelled = job.cancel_sent;
         self.jobs[conn] = None;
         let Some(c) = self.conns.get_mut(conn) else { return };
