@@ -70,6 +70,12 @@ struct Job {
     schema_idx: usize,
     /// Declared parameter types are in use (the call was ambiguous without).
     declared: bool,
+    /// Prepare without declared types even though the shape is overloaded (the declared types
+    /// matched no overload); the declared attempt's error is kept for the answer.
+    untyped: bool,
+    declared_error: Option<DbError>,
+    /// Candidates of the function for this argument count, from the check sent with the first prepare.
+    overloads: Option<i64>,
     /// ReadyForQuery messages still expected, in order.
     syncs: VecDeque<SyncPoint>,
     /// The first error of the current sync group.
@@ -85,6 +91,9 @@ struct Job {
     /// Re-prepared once after 0A000/26000.
     retried: bool,
     cancel_sent: bool,
+    /// When the first and the latest CancelRequest went out.
+    cancel_first: Option<Instant>,
+    cancel_last: Option<Instant>,
 }
 
 const BODY_HEAD: &[u8] = b"{\"rows\":[";
@@ -184,6 +193,15 @@ fn write_bind(out: &mut BytesMut, stmt: &str, params: &[Option<&[u8]>], formats:
     let len = (out.len() - start - 1) as i32;
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
+
+/// Functions of a name in a schema that a call with `$3` arguments could reach (defaults and
+/// VARIADIC counted). More than one means PostgreSQL would resolve the untyped call by its own
+/// preferences (an unknown argument prefers the string category: `f(int)`/`f(text)` called with `1`
+/// picks `f(text)`), so the call is prepared with types declared from the JSON values instead.
+const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
+     AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
 
 /// Execute of the unnamed portal, all rows, then Sync.
 const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4];
@@ -346,15 +364,20 @@ impl CallEngine {
                 return;
             }
             if self.conns.len() >= self.cfg.pool.max_total {
+                // Connections already on their way out free a slot when their backend has exited.
+                if self.closing_count() >= want {
+                    return;
+                }
                 match self.pools.lru_pool_with_idle(pool) {
                     Some(victim) => {
                         // The oldest idle connection of that pool is the front of its LIFO list.
                         let Some(v) = self.pools.pools.get_mut(victim) else { return };
                         let c = v.idle.remove(0);
-                        self.close_conn(poll, c);
+                        self.retire_conn(poll, c, now);
                     }
                     None => return,
                 }
+                continue;
             }
             if !self.open_conn(poll, pool, now) {
                 return;
@@ -413,6 +436,44 @@ impl CallEngine {
             let key = p.key.clone();
             self.pools.by_key.remove(&key);
             self.pools.pools.remove(pool);
+        }
+    }
+
+    fn closing_count(&self) -> usize {
+        self.conns.iter().filter(|(_, c)| matches!(c.state, ConnState::Closing)).count()
+    }
+
+    /// Ends a healthy connection gracefully: Terminate, leave its pool, and keep the socket (still
+    /// counted in the total) until the server closes it; see [`ConnState::Closing`].
+    fn retire_conn(&mut self, poll: &mut Poll, key: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let mut b = BytesMut::new();
+        frontend::terminate(&mut b);
+        c.wbuf.extend_from_slice(&b);
+        c.state = ConnState::Closing;
+        c.last_used = now;
+        let pool = c.pool;
+        let flushed = c.flush();
+        if let Some(p) = self.pools.pools.get_mut(pool) {
+            p.forget(key);
+        }
+        if let Some(slot) = self.jobs.get_mut(key) {
+            *slot = None;
+        }
+        if flushed.is_err() {
+            self.close_conn(poll, key);
+        }
+    }
+
+    /// A slot under the total cap came free: pools with unserved waiters may open connections.
+    fn grow_starved(&mut self, poll: &mut Poll, now: Instant) {
+        let starved: Vec<usize> =
+            self.pools.pools.iter().filter(|(_, q)| q.waiting.len() > q.connecting.len()).map(|(k, _)| k).collect();
+        for s in starved {
+            if self.conns.len() >= self.cfg.pool.max_total {
+                return;
+            }
+            self.grow(poll, s, now);
         }
     }
 
@@ -509,6 +570,11 @@ impl CallEngine {
                     let Some(msg) = c.next_message()? else { return Ok(()) };
                     self.on_job_message(poll, key, msg, now)?;
                 }
+                ConnState::Closing => {
+                    // Whatever comes before the EOF no longer matters.
+                    while c.next_message()?.is_some() {}
+                    return Ok(());
+                }
                 ConnState::Connecting | ConnState::Broken => return Ok(()),
             }
         }
@@ -517,6 +583,12 @@ impl CallEngine {
     /// A connection failed: answer its job, close it, and let waiters retry on others.
     fn conn_broken(&mut self, poll: &mut Poll, key: usize, err: PgError, now: Instant) {
         let Some(c) = self.conns.get_mut(key) else { return };
+        if matches!(c.state, ConnState::Closing) {
+            // The expected end of a retired connection: its backend is gone, its slot is free.
+            self.close_conn(poll, key);
+            self.grow_starved(poll, now);
+            return;
+        }
         c.state = ConnState::Broken;
         let pool = c.pool;
         let was_startup = c.session.is_none();
@@ -571,7 +643,7 @@ impl CallEngine {
             if let Some(s) = starved {
                 let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
                 if let Some(c) = c {
-                    self.close_conn(poll, c);
+                    self.retire_conn(poll, c, now);
                 }
                 self.grow(poll, s, now);
             }
@@ -594,6 +666,9 @@ impl CallEngine {
             deadline: now + self.cfg.call.timeout,
             schema_idx: 0,
             declared: false,
+            untyped: false,
+            declared_error: None,
+            overloads: None,
             syncs: VecDeque::with_capacity(2),
             error: None,
             pending: None,
@@ -605,6 +680,8 @@ impl CallEngine {
             answered: false,
             retried: false,
             cancel_sent: false,
+            cancel_first: None,
+            cancel_last: None,
         };
         if self.jobs.len() <= conn {
             self.jobs.resize_with(conn + 1, || None);
@@ -619,17 +696,19 @@ impl CallEngine {
         let Some(schema) = self.cfg.call.schemas.get(job.schema_idx) else { return };
         let Some(c) = self.conns.get_mut(conn) else { return };
         let mut key = job.req.shape_key(schema);
-        let declared = c.ambiguous.contains(&key);
-        if declared {
+        let overloaded = c.ambiguous.contains(&key);
+        if overloaded {
+            // Cached per JSON kinds: `f(1)` and `f("x")` are different statements.
             key = job.req.typed_key(schema);
         }
+        let declared = overloaded && !job.untyped;
         if let Some(stmt) = c.stmts.get(&key).cloned() {
             if let Some(job) = self.job_mut(conn) {
                 job.stmt = Some(stmt);
             }
             self.send_execute(poll, conn, now);
         } else {
-            self.send_prepare(conn, key, declared);
+            self.send_prepare(conn, key, declared, !overloaded);
         }
         if let Some(c) = self.conns.get_mut(conn) {
             if let Err(e) = c.flush() {
@@ -638,7 +717,8 @@ impl CallEngine {
         }
     }
 
-    fn send_prepare(&mut self, conn: usize, key: String, declared: bool) {
+    /// Parse + Describe (+ the overload check when `check`) + Sync.
+    fn send_prepare(&mut self, conn: usize, key: String, declared: bool, check: bool) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         let schema = &self.cfg.call.schemas[job.schema_idx];
@@ -649,7 +729,17 @@ impl CallEngine {
         let ok = frontend::parse(&name, &sql, types.iter().copied(), &mut c.wbuf).is_ok()
             && frontend::describe(b'S', &name, &mut c.wbuf).is_ok();
         debug_assert!(ok, "names and SQL are generated without NUL bytes");
-        frontend::sync(&mut c.wbuf);
+        job.overloads = None;
+        if check {
+            // Same sync group, so it costs no round trip; skipped by the server if Parse failed.
+            let nargs = job.req.params.len().to_string();
+            let _ = frontend::parse("", OVERLOAD_SQL, std::iter::empty(), &mut c.wbuf);
+            let fparams = [Some(schema.as_bytes()), Some(job.req.function.as_bytes()), Some(nargs.as_bytes())];
+            write_bind(&mut c.wbuf, "", &fparams, &[0]);
+            c.wbuf.extend_from_slice(EXECUTE_SYNC);
+        } else {
+            frontend::sync(&mut c.wbuf);
+        }
         job.syncs.push_back(SyncPoint::Prepare);
         job.error = None;
         job.pending = Some(Pending { name, key, param_oids: Vec::new(), columns: Vec::new() });
@@ -659,6 +749,11 @@ impl CallEngine {
     fn send_execute(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
+        if job.answered || job.cancel_sent {
+            // Nobody waits for it, or it is already past its deadline (see after_prepare).
+            self.abandon(poll, conn, now);
+            return;
+        }
         let Some(stmt) = job.stmt.clone() else { return };
         let types = match self.pools.pools.get(c.pool) {
             Some(p) => &p.types,
@@ -741,6 +836,15 @@ impl CallEngine {
                             job.rows += 1;
                         }
                     }
+                    Some(SyncPoint::Prepare) if job.error.is_none() => {
+                        let vals = data_row_fields(&row)?;
+                        job.overloads = vals
+                            .first()
+                            .copied()
+                            .flatten()
+                            .and_then(|b| std::str::from_utf8(b).ok())
+                            .and_then(|t| t.parse().ok());
+                    }
                     Some(SyncPoint::Introspect) => {
                         let vals = data_row_fields(&row)?;
                         job.introspect_rows.push(
@@ -786,17 +890,38 @@ impl CallEngine {
         let pool = c.pool;
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         match point {
-            SyncPoint::Reset => {}
+            SyncPoint::Reset => {
+                if job.error.take().is_some() {
+                    // RESET ALL did not run (e.g. a late cancel hit it): settings may have survived.
+                    c.retire = true;
+                }
+            }
             SyncPoint::Prepare => {
-                if let Some(e) = job.error.take() {
+                if let Some(mut e) = job.error.take() {
                     job.pending = None;
-                    let more_schemas = job.schema_idx + 1 < self.cfg.call.schemas.len();
-                    if e.code == "42883" && more_schemas && !job.answered {
-                        job.schema_idx += 1;
+                    if e.code == "42883" && job.declared && !job.answered {
+                        // No overload takes the declared types (e.g. a string for a date): let
+                        // PostgreSQL resolve the call with untyped arguments after all.
+                        job.untyped = true;
+                        job.declared_error = Some(e);
                         self.begin(poll, conn, now);
                         return;
                     }
-                    if e.code == "42725" && !job.declared && !job.answered {
+                    if e.code == "42725" && job.untyped {
+                        // Untyped is ambiguous and declared matched nothing: the declared error says more.
+                        if let Some(d) = job.declared_error.take() {
+                            e = d;
+                        }
+                    }
+                    let more_schemas = job.schema_idx + 1 < self.cfg.call.schemas.len();
+                    if e.code == "42883" && more_schemas && !job.answered {
+                        job.schema_idx += 1;
+                        job.untyped = false;
+                        job.declared_error = None;
+                        self.begin(poll, conn, now);
+                        return;
+                    }
+                    if e.code == "42725" && !job.declared && !job.untyped && !job.answered {
                         // Overloads PostgreSQL cannot choose between with untyped arguments: remember
                         // the shape and declare types from the JSON values.
                         let schema = &self.cfg.call.schemas[job.schema_idx];
@@ -806,6 +931,16 @@ impl CallEngine {
                     }
                     let e = api_from_db(&e, &job.req.database);
                     self.fail(poll, conn, e, now);
+                    return;
+                }
+                if !job.declared && !job.untyped && job.overloads.take().is_some_and(|n| n > 1) && !job.answered {
+                    // Overloaded: drop the untyped statement and prepare with declared types.
+                    if let Some(p) = job.pending.take() {
+                        let _ = frontend::close(b'S', &p.name, &mut c.wbuf);
+                    }
+                    let schema = &self.cfg.call.schemas[job.schema_idx];
+                    c.ambiguous.insert(job.req.shape_key(schema));
+                    self.begin(poll, conn, now);
                     return;
                 }
                 self.after_prepare(poll, conn, now);
@@ -857,10 +992,33 @@ impl CallEngine {
         self.finish_if_done(poll, conn, now);
     }
 
+    /// The client left, or the deadline passed, before the function was started (while the
+    /// statement was being prepared). A CancelRequest that reached the backend between pipeline
+    /// steps found nothing to cancel, so the function must not be started now: it would run to its
+    /// end for nobody. Answers 504 when the client still waits; the connection is then retired
+    /// like any connection that had a cancel sent.
+    fn abandon(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
+        let timeout = self.cfg.call.timeout;
+        let Some(job) = self.job_mut(conn) else { return };
+        job.pending = None;
+        if !job.answered {
+            job.answered = true;
+            let e = ApiError::new(Kind::Timeout, format!("call exceeded {} ms", timeout.as_millis()))
+                .with_database(&job.req.database);
+            let (client, g) = (job.client, job.generation);
+            self.answer(client, g, Response::error(&e));
+        }
+        self.finish_if_done(poll, conn, now);
+    }
+
     /// After Parse/Describe (and any type lookups): learn missing types, cache the statement, execute.
     fn after_prepare(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
+        if job.answered || job.cancel_sent {
+            self.abandon(poll, conn, now);
+            return;
+        }
         let Some(p) = self.pools.pools.get(c.pool) else { return };
         let Some(pending) = &job.pending else { return };
         let mut oids: Vec<u32> = pending.param_oids.clone();
@@ -915,13 +1073,21 @@ impl CallEngine {
         if !job.syncs.is_empty() {
             return;
         }
+        // A CancelRequest travels on another socket from a helper thread and can reach the backend
+        // after this job is over, while the next job's statement runs, and cancel that one instead
+        // (tests/call.rs a_late_cancel_never_hits_the_next_call; it happened even when this job had
+        // already seen a 57014). A connection that had a cancel sent is therefore never reused.
+        let cancelled = job.cancel_sent;
         self.jobs[conn] = None;
         let Some(c) = self.conns.get_mut(conn) else { return };
+        if cancelled {
+            c.retire = true;
+        }
         let pool = c.pool;
         let too_old = now.saturating_duration_since(c.created) >= self.cfg.pool.max_lifetime;
         if c.retire || c.tx_status != b'I' || too_old || !c.rbuf.is_empty() {
             // Outside a transaction and in sync, or not reusable at all.
-            self.close_conn(poll, conn);
+            self.retire_conn(poll, conn, now);
             self.hand_out(poll, pool, now);
             return;
         }
@@ -944,7 +1110,10 @@ impl CallEngine {
                 if j.client == client && j.generation == generation && !j.answered {
                     j.answered = true;
                     if !j.cancel_sent {
+                        let now = Instant::now();
                         j.cancel_sent = true;
+                        j.cancel_first = Some(now);
+                        j.cancel_last = Some(now);
                         cancel = Some(k);
                     }
                 }
@@ -1004,16 +1173,25 @@ impl CallEngine {
             self.answer(w.client, w.generation, Response::error(&e));
         }
         // Calls past CALL_TIMEOUT_MS: cancel; if the backend does not answer the cancel, give up on it.
+        // A CancelRequest only stops the statement running when it arrives; one that arrives while
+        // the backend waits for the next message of the pipeline is dropped. So it is repeated until
+        // the job ends.
         let grace = Duration::from_secs(5);
+        let resend = Duration::from_millis(300);
         let mut to_cancel = Vec::new();
         let mut to_kill = Vec::new();
         for (k, slot) in self.jobs.iter_mut().enumerate() {
             let Some(j) = slot else { continue };
             if now >= j.deadline && !j.cancel_sent {
                 j.cancel_sent = true;
+                j.cancel_first = Some(now);
+                j.cancel_last = Some(now);
                 to_cancel.push(k);
-            } else if now >= j.deadline + grace {
+            } else if j.cancel_first.is_some_and(|f| now >= f + grace) {
                 to_kill.push(k);
+            } else if j.cancel_last.is_some_and(|l| now >= l + resend) {
+                j.cancel_last = Some(now);
+                to_cancel.push(k);
             }
         }
         for k in to_cancel {
@@ -1071,6 +1249,22 @@ impl CallEngine {
                 self.close_conn(poll, c);
             }
             self.maybe_drop_pool(pool);
+        }
+        // Retired connections whose backend never closed the socket: drop them anyway.
+        let gone: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.state, ConnState::Closing)
+                    && now.saturating_duration_since(c.last_used) >= Duration::from_secs(5)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !gone.is_empty() {
+            for k in gone {
+                self.close_conn(poll, k);
+            }
+            self.grow_starved(poll, now);
         }
         // Connections stuck connecting past the connect timeout.
         let ct = self.cfg.db.connect_timeout;

@@ -72,6 +72,9 @@ pub enum ConnState {
     Idle,
     /// Running a job.
     Busy,
+    /// Terminate sent; kept (and counted against `MAX_TOTAL_CONNECTIONS`) until the server closes
+    /// the socket, so a replacement never runs next to a backend that has not exited yet.
+    Closing,
     /// Failed; will be closed and removed.
     Broken,
 }

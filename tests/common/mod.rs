@@ -2,6 +2,9 @@
 //! throwaway PostgreSQL cluster that `scripts/test.sh` starts.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod db;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;

@@ -1,0 +1,141 @@
+//! Test databases on the throwaway cluster: create one per test (uniquely named), run setup SQL as
+//! the superuser, look at `pg_stat_activity`, and drop it at the end.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use stonescriptdb_gateway::json::Value;
+use stonescriptdb_gateway::pg::blocking::Client;
+use stonescriptdb_gateway::pg::params::ConnectParams;
+
+use super::{Resp, pg_env, post_json};
+
+/// Superuser connection parameters for `dbname` over the test cluster's Unix socket.
+pub fn su_params(dbname: &str) -> ConnectParams {
+    let (host, port, user) = pg_env();
+    ConnectParams::from_url(&format!("postgres://{user}@localhost:{port}/{dbname}?host={host}"))
+        .expect("test connect params")
+}
+
+/// A superuser client on `dbname`.
+pub fn su(dbname: &str) -> Client {
+    Client::connect(&su_params(dbname)).unwrap_or_else(|e| panic!("connect to {dbname} as superuser: {e}"))
+}
+
+/// Runs `sql` (one or more statements) as the superuser in `dbname`.
+pub fn exec(dbname: &str, sql: &str) {
+    let mut c = su(dbname);
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("setup SQL failed in {dbname}: {e}\n{sql}"));
+}
+
+/// First column of every row of `sql`, run as the superuser in `dbname`.
+pub fn query_col(dbname: &str, sql: &str) -> Vec<Option<String>> {
+    let mut c = su(dbname);
+    c.simple_query(sql)
+        .unwrap_or_else(|e| panic!("query failed in {dbname}: {e}\n{sql}"))
+        .into_iter()
+        .map(|mut r| if r.is_empty() { None } else { r.swap_remove(0) })
+        .collect()
+}
+
+/// A database `{platform}_main` that lives as long as the value.
+pub struct TestDb {
+    pub platform: String,
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates `{platform}_main` afresh and runs `setup` in it.
+    pub fn new(platform: &str, setup: &str) -> TestDb {
+        let name = format!("{platform}_main");
+        let mut admin = su("postgres");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .expect("drop old test database");
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create test database");
+        if !setup.is_empty() {
+            exec(&name, setup);
+        }
+        TestDb { platform: platform.to_string(), name }
+    }
+
+    pub fn exec(&self, sql: &str) {
+        exec(&self.name, sql);
+    }
+
+    /// `(state, query)` of the gateway's backends on this database.
+    pub fn gateway_backends(&self) -> Vec<(String, String)> {
+        let mut c = su("postgres");
+        let sql = format!(
+            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity \
+             WHERE datname = '{}' AND application_name = 'stonescriptdb-gateway'",
+            self.name
+        );
+        c.simple_query(&sql)
+            .expect("pg_stat_activity")
+            .into_iter()
+            .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Gateway backends on this database whose state is `active`.
+    pub fn active_gateway_backends(&self) -> usize {
+        self.gateway_backends().iter().filter(|(s, _)| s == "active").count()
+    }
+
+    /// A `/call` body for `function` with `params` (JSON text, or `None` to leave it out).
+    pub fn body(&self, function: &str, params: Option<&str>) -> String {
+        match params {
+            Some(p) => format!(r#"{{"platform":"{}","function":"{function}","params":{p}}}"#, self.platform),
+            None => format!(r#"{{"platform":"{}","function":"{function}"}}"#, self.platform),
+        }
+    }
+
+    /// Calls `function` through the gateway at `addr`.
+    pub fn call(&self, addr: SocketAddr, function: &str, params: &str) -> Resp {
+        post_json(addr, "/call", &self.body(function, Some(params)))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = Client::connect(&su_params("postgres")) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// The `rows` of a 200 response; panics with the body otherwise.
+pub fn rows(r: &Resp) -> Vec<Value> {
+    assert_eq!(r.status, 200, "expected 200, got {}: {}", r.status, r.text());
+    r.json().get("rows").and_then(|v| v.as_array()).expect("rows array").to_vec()
+}
+
+/// The single value of the single column of the single row.
+pub fn scalar(r: &Resp) -> Value {
+    let rows = rows(r);
+    assert_eq!(rows.len(), 1, "expected one row: {}", r.text());
+    let obj = rows[0].as_object().expect("row object");
+    assert_eq!(obj.len(), 1, "expected one column: {}", r.text());
+    obj[0].1.clone()
+}
+
+/// Asserts an error response: status, `error` code; returns the parsed body.
+pub fn expect_error(r: &Resp, status: u16, code: &str) -> Value {
+    assert_eq!((r.status, r.error_code().as_str()), (status, code), "body: {}", r.text());
+    r.json()
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
