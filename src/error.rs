@@ -277,6 +277,8 @@ impl Kind {
     pub fn from_sqlstate(state: &str) -> Kind {
         match state {
             "42883" => Kind::FunctionNotFound,
+            // Overloads PostgreSQL cannot choose between for these arguments: the caller's input.
+            "42725" => Kind::InvalidParameter,
             "23505" | "23503" | "23514" | "23502" => Kind::ConstraintViolation,
             "P0001" => Kind::FunctionError,
             "57014" => Kind::Timeout,

@@ -106,6 +106,8 @@ pub struct Server {
     pub(crate) now: Instant,
     scratch: Vec<u8>,
     last_janitor: Instant,
+    /// Source of request ids (`generation`), increasing over all connections.
+    next_generation: u64,
     pub(crate) app: dispatch::App,
 }
 
@@ -135,6 +137,7 @@ impl Server {
             now,
             scratch: vec![0; SCRATCH],
             last_janitor: now,
+            next_generation: 0,
             app,
         };
         Ok((server, Handle { addr, notifier }))
@@ -426,7 +429,10 @@ impl Server {
                                 minor_version: head.minor_version,
                                 keep_alive: head.keep_alive,
                             });
-                            c.generation += 1;
+                            // Unique over the server's life, so a late answer for a closed connection can
+                            // never reach a new connection that reuses its slot.
+                            self.next_generation += 1;
+                            c.generation = self.next_generation;
                             let peer = c.peer;
                             match self.accept_head(peer, head) {
                                 Err((e, body_unread)) => {
