@@ -622,3 +622,21 @@ fn create_and_drop_database_helpers() {
     drop(held);
     admin.close();
 }
+
+/// Regression: a database that never had its schema (e.g. made by /admin/create-tenant) and is first
+/// deployed by a fleet /migrate gets its seed rows, instead of a 409 for rows that were never there.
+#[test]
+fn migrate_of_a_never_deployed_database_seeds_its_new_tables() {
+    let db = TestDb::new("verify_new");
+    let files = platform();
+    let rep = ok(&db, &files, &opts(SeedMode::Verify));
+    assert!(!rep.tables_created.is_empty());
+    let seeded: u64 = rep.seeders.iter().map(|s| s.inserted).sum();
+    assert!(seeded > 0, "seed rows inserted into the tables this deploy created: {:?}", rep.seeders);
+    assert!(rep.seed_validation.missing.is_empty(), "{:?}", rep.seed_validation);
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
+    // A second verify finds everything in place and inserts nothing.
+    let rep = ok(&db, &files, &opts(SeedMode::Verify));
+    assert_eq!(rep.seeders.iter().map(|s| s.inserted).sum::<u64>(), 0);
+    assert!(rep.seed_validation.missing.is_empty());
+}
