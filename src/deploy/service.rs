@@ -139,6 +139,12 @@ pub fn create_and_deploy(
     let mut cat = ctx.catalog()?;
     cat.check_owner(name, owner)?;
     let mut admin = ctx.admin_client()?;
+    // One create-and-first-deploy per database name at a time, across gateways: otherwise a request
+    // whose first deploy fails could drop the database another request is deploying to. The lock is
+    // the admin session's and ends with it.
+    admin
+        .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)])
+        .map_err(|e| pg_api(e, "cannot lock the database name"))?;
     let exists = catalog::database_exists(&mut admin, name)?;
     if exists && must_be_new {
         return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
