@@ -308,11 +308,27 @@ fn is_json_document(b: &[u8]) -> bool {
                 b'\\' => match b.get(*i) {
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 1,
                     Some(b'u') => {
-                        let hex = b.get(*i + 1..*i + 5);
-                        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                            return false;
+                        // An unpaired surrogate escape is grammatical but no string at all:
+                        // strict readers (ours included) refuse the whole document.
+                        let unit = |at: usize| {
+                            let h = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+                            if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                                return None;
+                            }
+                            u16::from_str_radix(h, 16).ok()
+                        };
+                        match unit(*i + 1) {
+                            Some(0xD800..=0xDBFF) => {
+                                if b.get(*i + 5..*i + 7) != Some(&b"\\u"[..])
+                                    || !matches!(unit(*i + 7), Some(0xDC00..=0xDFFF))
+                                {
+                                    return false;
+                                }
+                                *i += 11;
+                            }
+                            Some(0xDC00..=0xDFFF) | None => return false,
+                            Some(_) => *i += 5,
                         }
-                        *i += 5;
                     }
                     _ => return false,
                 },
@@ -1095,6 +1111,23 @@ mod tests {
         let s = String::from_utf8(out).unwrap();
         assert!(json_ok(&s), "invalid JSON: {s}");
         s
+    }
+
+    /// Found by the `call_render` fuzz property: a json value holding an unpaired surrogate
+    /// escape (PostgreSQL's `json` type stores it as written) was embedded unquoted, and strict
+    /// readers, our own `json::parse` among them, reject the whole response.
+    #[test]
+    fn json_with_unpaired_surrogate_becomes_a_string() {
+        for doc in [r#""\ude00""#, r#"["\ud83d"]"#, r#"{"a":"\ud83dx"}"#, r#""\ud83d\u0041""#] {
+            let out = txt(types::JSON, doc);
+            assert!(out.starts_with('"'), "{doc} -> {out}");
+            assert!(crate::json::parse(out.as_bytes()).is_ok(), "{out}");
+            let mut bin = Vec::new();
+            render_value(types::JSONB, 1, Some(&[&b"\x01"[..], doc.as_bytes()].concat()), &test_registry(), &mut bin);
+            assert!(bin.starts_with(b"\"\\\\x01"), "{}", String::from_utf8_lossy(&bin));
+        }
+        assert_eq!(txt(types::JSON, r#""\ud83d\ude00""#), r#""\ud83d\ude00""#);
+        assert_eq!(txt(types::JSON, r#"["\u00e9\uD83D\uDE00"]"#), r#"["\u00e9\uD83D\uDE00"]"#);
     }
 
     fn txt(oid: u32, t: &str) -> String {
