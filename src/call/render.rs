@@ -980,6 +980,11 @@ fn render_binary_array(
         total = total.checked_mul(size).ok_or(Malformed)?;
     }
     let mut at = 12 + ndim * 8;
+    // PostgreSQL sends an empty array as ndim 0, never as a zero-length dimension; allowing one
+    // would let `[huge, 0]` pass the size check below and emit `huge` empty brackets.
+    if total == 0 {
+        return Err(Malformed);
+    }
     // Each element takes at least its 4-byte length, which bounds what a lying header can claim.
     if total > raw.len().saturating_sub(at) / 4 {
         return Err(Malformed);
@@ -1128,6 +1133,22 @@ mod tests {
         }
         assert_eq!(txt(types::JSON, r#""\ud83d\ude00""#), r#""\ud83d\ude00""#);
         assert_eq!(txt(types::JSON, r#"["\u00e9\uD83D\uDE00"]"#), r#"["\u00e9\uD83D\uDE00"]"#);
+    }
+
+    /// Found while writing the `call_render` fuzz property's binary-array mode: a header with
+    /// dimensions `[2147483647, 0]` claims no elements, so it passed the size check, and 2^31
+    /// empty brackets (6.4 GB) were written for a 28-byte value.
+    #[test]
+    fn binary_array_with_zero_length_dimension_is_malformed() {
+        let mut raw = Vec::new();
+        for x in [2i32, 0, 23, i32::MAX, 1, 0, 1] {
+            raw.extend_from_slice(&x.to_be_bytes());
+        }
+        let mut out = Vec::new();
+        render_value(1007, 1, Some(&raw), &test_registry(), &mut out);
+        assert!(out.starts_with(b"\"\\\\x00000002"), "{}", String::from_utf8_lossy(&out[..40.min(out.len())]));
+        assert_eq!(bin(1007, "000000010000000000000017000000000000000100000000"), "\"\\\\x000000010000000000000017000000000000000100000000\"");
+        assert_eq!(bin(1007, "000000000000000000000017"), "[]");
     }
 
     fn txt(oid: u32, t: &str) -> String {
