@@ -1063,6 +1063,11 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> R {
             _ => Ok(0),
         }
     };
+    // PostgreSQL strips leading zero digits (zero itself has weight 0), so a zero first digit
+    // with more digits after it is not its output, and would print as `00000…`, not a number.
+    if weight > 0 && digit(0)? == 0 {
+        return Err(Malformed);
+    }
     if sign == 0x4000 {
         out.push(b'-');
     }
@@ -1149,6 +1154,17 @@ mod tests {
         assert!(out.starts_with(b"\"\\\\x00000002"), "{}", String::from_utf8_lossy(&out[..40.min(out.len())]));
         assert_eq!(bin(1007, "000000010000000000000017000000000000000100000000"), "\"\\\\x000000010000000000000017000000000000000100000000\"");
         assert_eq!(bin(1007, "000000000000000000000017"), "[]");
+    }
+
+    /// Found by the `call_render` fuzzer: a binary numeric with weight > 0 and a zero (or
+    /// absent) first digit, e.g. ndigits 0, weight 10496, printed `0` and then 10496 `0000`
+    /// groups: a number with leading zeros, which is not JSON.
+    #[test]
+    fn binary_numeric_with_leading_zero_digit_is_malformed() {
+        assert_eq!(bin(types::NUMERIC, "0000000100000000"), "\"\\\\x0000000100000000\"");
+        assert_eq!(bin(types::NUMERIC, "0002000100000000000004d2"), "\"\\\\x0002000100000000000004d2\"");
+        assert_eq!(bin(types::NUMERIC, "0002000100000000000104d2"), "11234");
+        assert_eq!(bin(types::NUMERIC, "0000000000000002"), "0.00");
     }
 
     fn txt(oid: u32, t: &str) -> String {
