@@ -208,11 +208,12 @@ fn encode_array(
     depth: usize,
 ) -> Result<(), ParamError> {
     let elem_is_json = matches!(classify(elem, types), PClass::Json);
+    let delim = array_delimiter(elem, types);
     let mut scratch = Vec::new();
     out.push(b'{');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(delim);
         }
         match item {
             Value::Null => out.extend_from_slice(b"NULL"),
@@ -235,6 +236,20 @@ fn encode_array(
     }
     out.push(b'}');
     Ok(())
+}
+
+/// The element separator PostgreSQL's array input expects: the element type's `typdelim`, which
+/// is `;` for box (its text form contains commas) and `,` for every other builtin. Domains
+/// inherit their base type's delimiter.
+fn array_delimiter(elem: u32, types: &TypeRegistry) -> u8 {
+    let mut oid = elem;
+    for _ in 0..MAX_DEPTH {
+        match types.get(oid).map(|t| &t.kind) {
+            Some(TypeKind::Domain { base }) => oid = *base,
+            _ => break,
+        }
+    }
+    if oid == types::BOX { b';' } else { b',' }
 }
 
 fn encode_record(
@@ -321,6 +336,21 @@ mod tests {
     const POSINT: u32 = 16396;
     const TAGARR: u32 = 16399;
     const DROPT: u32 = 16409;
+
+    /// Found by the `call_encode` fuzz property: box[] elements were joined with `,`, but box's
+    /// array delimiter is `;`, so PostgreSQL rejected any box[] argument with two or more boxes.
+    #[test]
+    fn box_array_uses_semicolon_delimiter() {
+        let reg = test_registry();
+        let v = Value::Array(vec![s("(1,2),(3,4)"), s("(5,6),(7,8)"), Value::Null]);
+        let mut out = Vec::new();
+        assert_eq!(encode_param(&v, 1020, &reg, &mut out), Ok(false));
+        assert_eq!(out, br#"{"(1,2),(3,4)";"(5,6),(7,8)";NULL}"#);
+        let v = Value::Array(vec![Value::Array(vec![s("(1,1),(0,0)")]), Value::Array(vec![s("(2,2),(0,0)")])]);
+        out.clear();
+        assert_eq!(encode_param(&v, 1020, &reg, &mut out), Ok(false));
+        assert_eq!(out, br#"{{"(1,1),(0,0)"};{"(2,2),(0,0)"}}"#);
+    }
 
     fn n(s: &str) -> Value {
         Value::Number(s.into())

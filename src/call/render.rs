@@ -308,11 +308,27 @@ fn is_json_document(b: &[u8]) -> bool {
                 b'\\' => match b.get(*i) {
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 1,
                     Some(b'u') => {
-                        let hex = b.get(*i + 1..*i + 5);
-                        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                            return false;
+                        // An unpaired surrogate escape is grammatical but no string at all:
+                        // strict readers (ours included) refuse the whole document.
+                        let unit = |at: usize| {
+                            let h = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+                            if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                                return None;
+                            }
+                            u16::from_str_radix(h, 16).ok()
+                        };
+                        match unit(*i + 1) {
+                            Some(0xD800..=0xDBFF) => {
+                                if b.get(*i + 5..*i + 7) != Some(&b"\\u"[..])
+                                    || !matches!(unit(*i + 7), Some(0xDC00..=0xDFFF))
+                                {
+                                    return false;
+                                }
+                                *i += 11;
+                            }
+                            Some(0xDC00..=0xDFFF) | None => return false,
+                            Some(_) => *i += 5,
                         }
-                        *i += 5;
                     }
                     _ => return false,
                 },
@@ -964,6 +980,11 @@ fn render_binary_array(
         total = total.checked_mul(size).ok_or(Malformed)?;
     }
     let mut at = 12 + ndim * 8;
+    // PostgreSQL sends an empty array as ndim 0, never as a zero-length dimension; allowing one
+    // would let `[huge, 0]` pass the size check below and emit `huge` empty brackets.
+    if total == 0 {
+        return Err(Malformed);
+    }
     // Each element takes at least its 4-byte length, which bounds what a lying header can claim.
     if total > raw.len().saturating_sub(at) / 4 {
         return Err(Malformed);
@@ -1042,6 +1063,11 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> R {
             _ => Ok(0),
         }
     };
+    // PostgreSQL strips leading zero digits (zero itself has weight 0), so a zero first digit
+    // with more digits after it is not its output, and would print as `00000…`, not a number.
+    if weight > 0 && digit(0)? == 0 {
+        return Err(Malformed);
+    }
     if sign == 0x4000 {
         out.push(b'-');
     }
@@ -1095,6 +1121,50 @@ mod tests {
         let s = String::from_utf8(out).unwrap();
         assert!(json_ok(&s), "invalid JSON: {s}");
         s
+    }
+
+    /// Found by the `call_render` fuzz property: a json value holding an unpaired surrogate
+    /// escape (PostgreSQL's `json` type stores it as written) was embedded unquoted, and strict
+    /// readers, our own `json::parse` among them, reject the whole response.
+    #[test]
+    fn json_with_unpaired_surrogate_becomes_a_string() {
+        for doc in [r#""\ude00""#, r#"["\ud83d"]"#, r#"{"a":"\ud83dx"}"#, r#""\ud83d\u0041""#] {
+            let out = txt(types::JSON, doc);
+            assert!(out.starts_with('"'), "{doc} -> {out}");
+            assert!(crate::json::parse(out.as_bytes()).is_ok(), "{out}");
+            let mut bin = Vec::new();
+            render_value(types::JSONB, 1, Some(&[&b"\x01"[..], doc.as_bytes()].concat()), &test_registry(), &mut bin);
+            assert!(bin.starts_with(b"\"\\\\x01"), "{}", String::from_utf8_lossy(&bin));
+        }
+        assert_eq!(txt(types::JSON, r#""\ud83d\ude00""#), r#""\ud83d\ude00""#);
+        assert_eq!(txt(types::JSON, r#"["\u00e9\uD83D\uDE00"]"#), r#"["\u00e9\uD83D\uDE00"]"#);
+    }
+
+    /// Found while writing the `call_render` fuzz property's binary-array mode: a header with
+    /// dimensions `[2147483647, 0]` claims no elements, so it passed the size check, and 2^31
+    /// empty brackets (6.4 GB) were written for a 28-byte value.
+    #[test]
+    fn binary_array_with_zero_length_dimension_is_malformed() {
+        let mut raw = Vec::new();
+        for x in [2i32, 0, 23, i32::MAX, 1, 0, 1] {
+            raw.extend_from_slice(&x.to_be_bytes());
+        }
+        let mut out = Vec::new();
+        render_value(1007, 1, Some(&raw), &test_registry(), &mut out);
+        assert!(out.starts_with(b"\"\\\\x00000002"), "{}", String::from_utf8_lossy(&out[..40.min(out.len())]));
+        assert_eq!(bin(1007, "000000010000000000000017000000000000000100000000"), "\"\\\\x000000010000000000000017000000000000000100000000\"");
+        assert_eq!(bin(1007, "000000000000000000000017"), "[]");
+    }
+
+    /// Found by the `call_render` fuzzer: a binary numeric with weight > 0 and a zero (or
+    /// absent) first digit, e.g. ndigits 0, weight 10496, printed `0` and then 10496 `0000`
+    /// groups: a number with leading zeros, which is not JSON.
+    #[test]
+    fn binary_numeric_with_leading_zero_digit_is_malformed() {
+        assert_eq!(bin(types::NUMERIC, "0000000100000000"), "\"\\\\x0000000100000000\"");
+        assert_eq!(bin(types::NUMERIC, "0002000100000000000004d2"), "\"\\\\x0002000100000000000004d2\"");
+        assert_eq!(bin(types::NUMERIC, "0002000100000000000104d2"), "11234");
+        assert_eq!(bin(types::NUMERIC, "0000000000000002"), "0.00");
     }
 
     fn txt(oid: u32, t: &str) -> String {

@@ -335,6 +335,13 @@ fn clean_path(path: &str) -> Result<Vec<String>, ArchiveError> {
                     "path with '..' in archive: {path:?}"
                 )));
             }
+            // `\` separates on Windows, so `a\..\..\b` climbs there even though it is one
+            // component here: refused too, or the name would mean two things.
+            p if p.split('\\').any(|s| s == "..") => {
+                return Err(ArchiveError::bad(format!(
+                    "path with '..' in archive: {path:?}"
+                )));
+            }
             p => parts.push(p.to_string()),
         }
     }
@@ -528,6 +535,16 @@ mod tests {
         assert!(clean_path("/etc/passwd").is_err());
         assert!(clean_path("a/../../b").is_err());
         assert!(clean_path("..").is_err());
+    }
+
+    /// Found by the `archive` fuzz property: `postgresql/migrations/a\..\..\b.sql` was
+    /// accepted, a name that climbs two levels wherever `\` is a separator.
+    #[test]
+    fn backslash_dotdot_is_refused() {
+        assert!(clean_path("postgresql/migrations/a\\..\\..\\b.sql").is_err());
+        assert!(clean_path("postgresql/tables/..\\x.sql").is_err());
+        assert!(clean_path("tables/x\\..").is_err());
+        assert_eq!(clean_path("tables/a..b\\c.sql").unwrap(), vec!["tables", "a..b\\c.sql"]);
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub fn split_statements(sql: &str) -> Vec<Statement> {
         if t.kind == Kind::Punct && text == ";" && !atomic {
             if let Some(f) = first {
                 out.push(Statement {
-                    text: sql[f..t.start].trim_end().to_string(),
+                    text: sql[f..t.start].trim_end_matches(|c: char| c.is_ascii_whitespace()).to_string(),
                     line: first_line,
                 });
             }
@@ -257,7 +257,7 @@ pub fn split_statements(sql: &str) -> Vec<Statement> {
     }
     if let Some(f) = first {
         out.push(Statement {
-            text: sql[f..].trim_end().to_string(),
+            text: sql[f..].trim_end_matches(|c: char| c.is_ascii_whitespace()).to_string(),
             line: first_line,
         });
     }
@@ -344,6 +344,18 @@ mod tests {
 
     fn texts(sql: &str) -> Vec<String> {
         split_statements(sql).into_iter().map(|s| s.text).collect()
+    }
+
+    /// Found by the `sql_split` fuzz property: statements were cut with `str::trim_end`, which
+    /// also strips Unicode spaces such as U+00A0 and U+3000. Those bytes are identifier
+    /// characters to the lexer (and to PostgreSQL), so an identifier ending in one lost it.
+    #[test]
+    fn statement_end_keeps_non_ascii_whitespace() {
+        let sql = "CREATE TABLE t\u{a0} (x int);\nCREATE TABLE u\u{3000}; SELECT 1\u{2028}\t\n";
+        assert_eq!(
+            texts(sql),
+            vec!["CREATE TABLE t\u{a0} (x int)", "CREATE TABLE u\u{3000}", "SELECT 1\u{2028}"]
+        );
     }
 
     #[test]
