@@ -64,7 +64,8 @@ pub fn read_message(buf: &mut BytesMut) -> Result<Option<Backend>, PgError> {
     }
     let total = len + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Grow with what arrives rather than trusting the declared length up front.
+        buf.reserve((total - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let body = &buf[5..total];
