@@ -20,10 +20,7 @@ use stonescriptdb_gateway::server::Server;
 const BOUNDARY: &str = "----ssdbBenchBoundary";
 
 fn env_num(k: &str, default: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// The schema: one table, one migration, a seeder and `n` functions; `variant` changes the body
@@ -39,10 +36,7 @@ fn schema(n: usize, variant: u32) -> Vec<(String, String)> {
             "migrations/001_index.sql".to_string(),
             "CREATE INDEX IF NOT EXISTS items_name_idx ON items (name);\n".to_string(),
         ),
-        (
-            "seeders/items.sql".to_string(),
-            "INSERT INTO items (id, name) VALUES (1, 'one'), (2, 'two');\n".to_string(),
-        ),
+        ("seeders/items.sql".to_string(), "INSERT INTO items (id, name) VALUES (1, 'one'), (2, 'two');\n".to_string()),
     ];
     for i in 0..n {
         let extra = if i == 0 { variant } else { 0 };
@@ -74,8 +68,7 @@ fn tgz(files: &[(String, String)]) -> Vec<u8> {
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes())
-            .unwrap();
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
     }
     gzip(&b.into_inner().unwrap())
 }
@@ -85,8 +78,7 @@ fn post(addr: SocketAddr, path: &str, fields: &[(&str, &str)], archive: &[u8]) -
     let mut body = Vec::new();
     for (k, v) in fields {
         body.extend_from_slice(
-            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
-                .as_bytes(),
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
         );
     }
     body.extend_from_slice(
@@ -109,17 +101,10 @@ fn post(addr: SocketAddr, path: &str, fields: &[(&str, &str)], archive: &[u8]) -
     s.write_all(&body).unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
     let status: u16 = std::str::from_utf8(&resp[9..12]).unwrap().parse().unwrap();
-    let v = json::parse(&resp[end + 4..]).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}",
-            String::from_utf8_lossy(&resp[end + 4..])
-        )
-    });
+    let v = json::parse(&resp[end + 4..])
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&resp[end + 4..])));
     (status, v)
 }
 
@@ -175,11 +160,7 @@ fn main() {
     let thread = std::thread::spawn(move || server.run());
 
     // Drops the bench databases when main ends, also when an assertion fails.
-    let cleanup = Cleanup {
-        params: admin_params,
-        platform: platform.clone(),
-        catalog: catalog.clone(),
-    };
+    let cleanup = Cleanup { params: admin_params, platform: platform.clone(), catalog: catalog.clone() };
 
     println!(
         "deploy bench: platform {platform}, {redeploys} redeploys, {tenants} tenants, DEPLOY_PARALLELISM {parallelism}"
@@ -191,10 +172,7 @@ fn main() {
     let (st, v) = post(addr, "/register", &[("platform", &platform)], &v0);
     assert_eq!(st, 200, "{}", v.to_json());
     assert_eq!(number(&v, "functions_deployed"), 100);
-    println!(
-        "(a) first register (new database, 100 functions): {:.1} ms",
-        t.elapsed().as_secs_f64() * 1000.0
-    );
+    println!("(a) first register (new database, 100 functions): {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     let mut times = Vec::new();
     for _ in 0..redeploys {
         let t = Instant::now();
@@ -210,12 +188,7 @@ fn main() {
         let t = Instant::now();
         for i in 0..tenants {
             let tenant = format!("t{i:04}");
-            let (st, v) = post(
-                addr,
-                "/register",
-                &[("platform", &platform), ("tenant_id", &tenant)],
-                &v0,
-            );
+            let (st, v) = post(addr, "/register", &[("platform", &platform), ("tenant_id", &tenant)], &v0);
             assert_eq!(st, 200, "{}", v.to_json());
         }
         let setup = t.elapsed();
@@ -229,10 +202,7 @@ fn main() {
         let (st, v) = post(addr, "/migrate", &[("platform", &platform)], &v1);
         let took = t.elapsed();
         assert_eq!(st, 200, "{}", v.to_json());
-        let dbs = v
-            .get("results")
-            .and_then(Value::as_array)
-            .map_or(0, |a| a.len());
+        let dbs = v.get("results").and_then(Value::as_array).map_or(0, |a| a.len());
         assert_eq!(dbs, tenants + 1, "main + tenants");
         assert_eq!(number(&v, "functions_updated"), dbs as u64);
         println!(
@@ -243,10 +213,7 @@ fn main() {
         let t = Instant::now();
         let (st, v) = post(addr, "/migrate", &[("platform", &platform)], &v1);
         assert_eq!(st, 200, "{}", v.to_json());
-        println!(
-            "(b) /migrate again, nothing changed: {:.2} s",
-            t.elapsed().as_secs_f64()
-        );
+        println!("(b) /migrate again, nothing changed: {:.2} s", t.elapsed().as_secs_f64());
     }
 
     handle.shutdown();
@@ -264,10 +231,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let t = Instant::now();
         let Ok(mut admin) = Client::connect(&self.params) else {
-            eprintln!(
-                "cleanup: cannot connect; drop databases {}_* and {} by hand",
-                self.platform, self.catalog
-            );
+            eprintln!("cleanup: cannot connect; drop databases {}_* and {} by hand", self.platform, self.catalog);
             return;
         };
         let rows = admin
@@ -279,14 +243,10 @@ impl Drop for Cleanup {
         let n = rows.len();
         for r in rows {
             if let Some(db) = &r[0] {
-                let _ =
-                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
             }
         }
         admin.close();
-        println!(
-            "cleanup: dropped {n} bench databases in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
+        println!("cleanup: dropped {n} bench databases in {:.1} s", t.elapsed().as_secs_f64());
     }
 }

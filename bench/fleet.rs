@@ -62,17 +62,12 @@ fn start(extra: &[(&str, &str)]) -> Gateway {
     let (server, handle) = Server::bind(cfg).expect("bind");
     let addr = handle.addr;
     let thread = std::thread::spawn(move || server.run());
-    Gateway {
-        addr,
-        handle,
-        thread: Some(thread),
-    }
+    Gateway { addr, handle, thread: Some(thread) }
 }
 
 fn admin() -> Client {
     let cfg = Config::from_settings(&settings(&[])).expect("valid configuration");
-    Client::connect(&cfg.db.connect_params())
-        .expect("connect to PostgreSQL (set TEST_PG_* or DB_*)")
+    Client::connect(&cfg.db.connect_params()).expect("connect to PostgreSQL (set TEST_PG_* or DB_*)")
 }
 
 /// One request with `Connection: close`; (status, body).
@@ -87,21 +82,14 @@ fn http(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8]) -> (u
     s.write_all(body).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
-    let end = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
-        + 4;
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
     let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
     (status, out[end..].to_vec())
 }
 
 fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     let (st, b) = http(addr, "POST", path, "application/json", body.as_bytes());
-    (
-        st,
-        json::parse(&b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&b))),
-    )
+    (st, json::parse(&b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&b))))
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -120,8 +108,7 @@ fn targz(files: &BTreeMap<String, String>) -> Vec<u8> {
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes())
-            .unwrap();
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
     }
     gzip(&b.into_inner().unwrap())
 }
@@ -141,7 +128,8 @@ fn schema(version: u32) -> BTreeMap<String, String> {
     );
     f.insert(
         "tables/events.sql".into(),
-        "CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, at timestamptz NOT NULL DEFAULT now());\n".into(),
+        "CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, at timestamptz NOT NULL DEFAULT now());\n"
+            .into(),
     );
     f.insert(
         "migrations/001_settings.sql".into(),
@@ -192,20 +180,12 @@ fn num(v: &Value, k: &str) -> i64 {
 /// Times one fleet migrate; checks every database succeeded with one function updated.
 fn timed_migrate(addr: SocketAddr, platform: &str, total: usize, label: &str) -> Duration {
     let t0 = Instant::now();
-    let (st, v) = post_json(
-        addr,
-        "/v2/migrate",
-        &format!(r#"{{"platform":"{platform}","schema_name":"tenant_db"}}"#),
-    );
+    let (st, v) = post_json(addr, "/v2/migrate", &format!(r#"{{"platform":"{platform}","schema_name":"tenant_db"}}"#));
     let took = t0.elapsed();
     assert_eq!(st, 200, "{}", v.to_json());
     let results = v.get("results").and_then(Value::as_array).unwrap();
     assert_eq!(results.len(), total);
-    assert_eq!(
-        num(&v, "functions_updated") as usize,
-        total,
-        "one changed function per database"
-    );
+    assert_eq!(num(&v, "functions_updated") as usize, total, "one changed function per database");
     println!(
         "{label:<34} {total} databases in {:>7.2} s  ({:.1} ms/database, {:.0} databases/s)",
         took.as_secs_f64(),
@@ -216,49 +196,31 @@ fn timed_migrate(addr: SocketAddr, platform: &str, total: usize, label: &str) ->
 }
 
 fn main() {
-    let total: usize = std::env::var("FLEET_DBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let total: usize = std::env::var("FLEET_DBS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
     let pid = std::process::id();
     let platform = format!("fleet_{pid:x}");
     let catalog = format!("fleet_bench_cat_{pid}");
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("fleet bench: {total} databases, {cpus} CPUs, catalog {catalog}, platform {platform}");
 
     let cleanup = || {
         let mut a = admin();
         let rows = a
-            .simple_query(&format!("SELECT datname FROM pg_database WHERE datname LIKE '{platform}\\_%' OR datname = '{catalog}'"))
+            .simple_query(&format!(
+                "SELECT datname FROM pg_database WHERE datname LIKE '{platform}\\_%' OR datname = '{catalog}'"
+            ))
             .unwrap();
         let t0 = Instant::now();
         for r in &rows {
-            let _ = a.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                r[0].as_deref().unwrap()
-            ));
+            let _ = a.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", r[0].as_deref().unwrap()));
         }
-        println!(
-            "dropped {} databases in {:.1} s",
-            rows.len(),
-            t0.elapsed().as_secs_f64()
-        );
+        println!("dropped {} databases in {:.1} s", rows.len(), t0.elapsed().as_secs_f64());
         a.close();
     };
 
     let result = std::panic::catch_unwind(|| {
-        let g = start(&[
-            ("CATALOG_DB", &catalog),
-            ("DEPLOY_WORKERS", "2"),
-            ("DEPLOY_QUEUE", "1024"),
-        ]);
-        let (st, v) = post_json(
-            g.addr,
-            "/platform/register",
-            &format!(r#"{{"platform":"{platform}"}}"#),
-        );
+        let g = start(&[("CATALOG_DB", &catalog), ("DEPLOY_WORKERS", "2"), ("DEPLOY_QUEUE", "1024")]);
+        let (st, v) = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{platform}"}}"#));
         assert_eq!(st, 201, "{}", v.to_json());
         upload(g.addr, &platform, 1);
 
@@ -275,7 +237,9 @@ fn main() {
                         let (st, v) = post_json(
                             g.addr,
                             "/database/create",
-                            &format!(r#"{{"platform":"{platform}","schema_name":"tenant_db","database_id":"t{i:04}"}}"#),
+                            &format!(
+                                r#"{{"platform":"{platform}","schema_name":"tenant_db","database_id":"t{i:04}"}}"#
+                            ),
                         );
                         assert_eq!(st, 201, "{}", v.to_json());
                         if (i + 1) % 100 == 0 {
@@ -285,20 +249,12 @@ fn main() {
                 });
             }
         });
-        println!(
-            "setup (not measured): created {total} databases in {:.1} s",
-            t0.elapsed().as_secs_f64()
-        );
+        println!("setup (not measured): created {total} databases in {:.1} s", t0.elapsed().as_secs_f64());
         drop(g);
 
         let g = start(&[("CATALOG_DB", &catalog)]);
         upload(g.addr, &platform, 2);
-        let default = timed_migrate(
-            g.addr,
-            &platform,
-            total,
-            &format!("migrate, DEPLOY_PARALLELISM=0 ({cpus})"),
-        );
+        let default = timed_migrate(g.addr, &platform, total, &format!("migrate, DEPLOY_PARALLELISM=0 ({cpus})"));
         drop(g);
 
         let g = start(&[("CATALOG_DB", &catalog), ("DEPLOY_PARALLELISM", "1")]);
@@ -312,11 +268,7 @@ fn main() {
         drop(g);
         println!(
             "target: <= 60 s for {total} databases with the default: {}",
-            if default.as_secs() <= 60 {
-                "met"
-            } else {
-                "MISSED"
-            }
+            if default.as_secs() <= 60 { "met" } else { "MISSED" }
         );
         let _ = one;
     });

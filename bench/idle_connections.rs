@@ -13,10 +13,7 @@ const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -34,12 +31,7 @@ fn health(s: &mut TcpStream, buf: &mut Vec<u8>) {
         };
         let head = std::str::from_utf8(&buf[..end]).unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
         if buf.len() >= end + 4 + len {
             return;
         }
@@ -55,10 +47,7 @@ fn open(addr: SocketAddr, buf: &mut Vec<u8>) -> TcpStream {
 }
 
 fn main() {
-    let n: usize = std::env::var("IDLE_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = std::env::var("IDLE_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let mut settings = Settings::defaults();
     for (k, v) in [
         ("GATEWAY_PORT", "0"),

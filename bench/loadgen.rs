@@ -65,9 +65,7 @@ struct Opts {
 }
 
 fn parse_secs(name: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = v
-        .parse()
-        .map_err(|_| format!("{name}: '{v}' is not a number of seconds"))?;
+    let s: f64 = v.parse().map_err(|_| format!("{name}: '{v}' is not a number of seconds"))?;
     if !(0.0..=86_400.0).contains(&s) {
         return Err(format!("{name}: {v} is out of range"));
     }
@@ -118,9 +116,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             "--addr" => o.addr = value()?,
             "--connections" | "-c" => {
                 let v = value()?;
-                o.connections = v
-                    .parse()
-                    .map_err(|_| format!("--connections: '{v}' is not a count"))?;
+                o.connections = v.parse().map_err(|_| format!("--connections: '{v}' is not a count"))?;
                 if o.connections == 0 || o.connections > 4096 {
                     return Err("--connections must be 1..=4096".into());
                 }
@@ -145,9 +141,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             }
             "--seed" => {
                 let v = value()?;
-                o.seed = v
-                    .parse()
-                    .map_err(|_| format!("--seed: '{v}' is not a number"))?;
+                o.seed = v.parse().map_err(|_| format!("--seed: '{v}' is not a number"))?;
             }
             _ => return Err(format!("unknown option '{a}' (try --help)")),
         }
@@ -206,11 +200,7 @@ impl Rng {
 
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         let span = hi - lo + 1;
-        if span == 0 {
-            self.next()
-        } else {
-            lo + self.next() % span
-        }
+        if span == 0 { self.next() } else { lo + self.next() % span }
     }
 }
 
@@ -225,18 +215,11 @@ struct Request {
 
 impl Request {
     fn new(path: &str, host: &str, template: &str, rand: (u64, u64)) -> Request {
-        let head_prefix = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: "
-        )
-        .into_bytes();
+        let head_prefix =
+            format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: ")
+                .into_bytes();
         let parts: Vec<String> = template.split("{rand}").map(str::to_string).collect();
-        let mut r = Request {
-            head_prefix,
-            parts,
-            rand,
-            buf: Vec::with_capacity(512),
-            body: Vec::new(),
-        };
+        let mut r = Request { head_prefix, parts, rand, buf: Vec::with_capacity(512), body: Vec::new() };
         if r.parts.len() == 1 {
             r.fill(&mut Rng(1));
         }
@@ -254,8 +237,7 @@ impl Request {
         }
         self.buf.clear();
         self.buf.extend_from_slice(&self.head_prefix);
-        self.buf
-            .extend_from_slice(self.body.len().to_string().as_bytes());
+        self.buf.extend_from_slice(self.body.len().to_string().as_bytes());
         self.buf.extend_from_slice(b"\r\n\r\n");
         self.buf.extend_from_slice(&self.body);
     }
@@ -290,11 +272,7 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 
 impl Reader {
     fn new() -> Reader {
-        Reader {
-            buf: vec![0; 64 * 1024],
-            start: 0,
-            end: 0,
-        }
+        Reader { buf: vec![0; 64 * 1024], start: 0, end: 0 }
     }
 
     fn fill(&mut self, s: &mut TcpStream) -> Result<(), String> {
@@ -342,14 +320,9 @@ impl Reader {
             };
             let v = v.trim();
             if k.eq_ignore_ascii_case("content-length") {
-                len = Some(
-                    v.parse::<usize>()
-                        .map_err(|_| format!("bad Content-Length '{v}'"))?,
-                );
+                len = Some(v.parse::<usize>().map_err(|_| format!("bad Content-Length '{v}'"))?);
             } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(format!(
-                    "Transfer-Encoding '{v}' is not supported by loadgen"
-                ));
+                return Err(format!("Transfer-Encoding '{v}' is not supported by loadgen"));
             } else if k.eq_ignore_ascii_case("connection") {
                 close = v.eq_ignore_ascii_case("close");
             }
@@ -376,12 +349,7 @@ impl Reader {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Response {
-            status,
-            close,
-            len: total,
-            snippet,
-        })
+        Ok(Response { status, close, len: total, snippet })
     }
 }
 
@@ -395,11 +363,9 @@ struct ThreadResult {
 }
 
 fn connect(addr: &SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let s = TcpStream::connect_timeout(addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| format!("timeout: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| format!("timeout: {e}"))?;
     Ok(s)
 }
 
@@ -411,10 +377,7 @@ fn worker(
     measure_to: Instant,
     stop: Arc<AtomicBool>,
 ) -> ThreadResult {
-    let mut r = ThreadResult {
-        latencies_ns: Vec::with_capacity(1 << 16),
-        ..Default::default()
-    };
+    let mut r = ThreadResult { latencies_ns: Vec::with_capacity(1 << 16), ..Default::default() };
     let mut rng = Rng(seed | 1);
     let mut stream: Option<TcpStream> = None;
     let mut reader = Reader::new();
@@ -435,13 +398,10 @@ fn worker(
             },
         };
         let t0 = Instant::now();
-        let outcome = s
-            .write_all(req.bytes(&mut rng))
-            .map_err(|e| format!("write: {e}"))
-            .and_then(|()| {
-                let resp = reader.response(s)?;
-                Ok(resp)
-            });
+        let outcome = s.write_all(req.bytes(&mut rng)).map_err(|e| format!("write: {e}")).and_then(|()| {
+            let resp = reader.response(s)?;
+            Ok(resp)
+        });
         let t1 = Instant::now();
         let in_window = t0 >= measure_from && t1 <= measure_to;
         match outcome {
@@ -454,11 +414,7 @@ fn worker(
                     }
                 }
                 if resp.status != 200 && r.first_error.is_none() {
-                    r.first_error = Some(format!(
-                        "HTTP {}: {}",
-                        resp.status,
-                        resp.snippet.unwrap_or_default()
-                    ));
+                    r.first_error = Some(format!("HTTP {}: {}", resp.status, resp.snippet.unwrap_or_default()));
                 }
                 if resp.close {
                     stream = None;
@@ -516,8 +472,7 @@ fn main() -> ExitCode {
         let mut req = Request::new(&o.path, &o.addr, &template, o.rand);
         let mut rng = Rng(o.seed | 1);
         let probe = connect(&addr).and_then(|mut s| {
-            s.write_all(req.bytes(&mut rng))
-                .map_err(|e| format!("write: {e}"))?;
+            s.write_all(req.bytes(&mut rng)).map_err(|e| format!("write: {e}"))?;
             let mut rd = Reader::new();
             let resp = rd.response(&mut s)?;
             Ok((resp.status, resp.snippet.unwrap_or_default()))
@@ -525,9 +480,7 @@ fn main() -> ExitCode {
         match probe {
             Ok((200, _)) => {}
             Ok((st, body)) => {
-                eprintln!(
-                    "loadgen: probe request got HTTP {st}: {body}\nbody template: {template}"
-                );
+                eprintln!("loadgen: probe request got HTTP {st}: {body}\nbody template: {template}");
                 return ExitCode::from(1);
             }
             Err(e) => {
@@ -555,10 +508,7 @@ fn main() -> ExitCode {
     for i in 0..o.connections {
         let req = Request::new(&o.path, &o.addr, &template, o.rand);
         let flag = Arc::clone(&stop);
-        let seed = o
-            .seed
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add(i as u64 * 7919 + 1);
+        let seed = o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 * 7919 + 1);
         let h = thread::Builder::new()
             .name(format!("conn-{i}"))
             .stack_size(256 * 1024)
@@ -626,9 +576,5 @@ fn main() -> ExitCode {
         us(p99),
         us(max)
     );
-    if errors > 0 || n == 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if errors > 0 || n == 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

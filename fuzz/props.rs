@@ -96,11 +96,7 @@ pub fn http_head(data: &[u8]) -> bool {
     };
     let first = parse_head(buf, &limits);
     let shown = format!("{first:?}");
-    assert_eq!(
-        shown,
-        format!("{:?}", parse_head(buf, &limits)),
-        "not deterministic"
-    );
+    assert_eq!(shown, format!("{:?}", parse_head(buf, &limits)), "not deterministic");
     match &first {
         Ok(Some((head, n))) => {
             assert!(*n <= buf.len(), "head of {n} bytes in {} bytes", buf.len());
@@ -108,18 +104,11 @@ pub fn http_head(data: &[u8]) -> bool {
             assert!(head.path.starts_with('/'));
             // The head is self-delimiting: its own bytes parse the same way.
             let own = parse_head(&buf[..*n], &limits);
-            assert_eq!(
-                format!("{own:?}"),
-                shown,
-                "head changes with what follows it"
-            );
+            assert_eq!(format!("{own:?}"), shown, "head changes with what follows it");
             // A reader that got the head in pieces must have waited, not failed, before.
             for len in [n - 1, n / 2, cut % n] {
                 let part = parse_head(&buf[..len], &limits);
-                assert!(
-                    matches!(part, Ok(None)),
-                    "prefix of {len}/{n} bytes: {part:?}"
-                );
+                assert!(matches!(part, Ok(None)), "prefix of {len}/{n} bytes: {part:?}");
             }
         }
         Ok(None) => assert!(
@@ -128,17 +117,11 @@ pub fn http_head(data: &[u8]) -> bool {
             buf.len(),
             limits.max_head_bytes
         ),
-        Err(e) => assert!(
-            matches!(e.kind, Kind::InvalidRequest | Kind::HeadersTooLarge),
-            "{e:?}"
-        ),
+        Err(e) => assert!(matches!(e.kind, Kind::InvalidRequest | Kind::HeadersTooLarge), "{e:?}"),
     }
     // The same bytes without the size limit: what is too long there must be 431 here.
     if buf.len() > limits.max_head_bytes {
-        let unlimited = Limits {
-            max_head_bytes: usize::MAX,
-            ..limits.clone()
-        };
+        let unlimited = Limits { max_head_bytes: usize::MAX, ..limits.clone() };
         let oversized = match parse_head(buf, &unlimited) {
             Ok(None) => true,
             Ok(Some((_, n))) => n > limits.max_head_bytes,
@@ -182,15 +165,8 @@ pub fn chunked(data: &[u8]) -> bool {
     cuts.sort_unstable();
     let (split_out, split) = run_chunked(body, &cuts, max);
     assert_eq!(whole, split, "outcome depends on read boundaries {cuts:?}");
-    assert_eq!(
-        whole_out, split_out,
-        "output depends on read boundaries {cuts:?}"
-    );
-    assert!(
-        whole_out.len() <= max,
-        "{} bytes out with max {max}",
-        whole_out.len()
-    );
+    assert_eq!(whole_out, split_out, "output depends on read boundaries {cuts:?}");
+    assert!(whole_out.len() <= max, "{} bytes out with max {max}", whole_out.len());
     let (bytewise_out, bytewise) = run_chunked(body, &(0..=body.len()).collect::<Vec<_>>(), max);
     assert_eq!(whole, bytewise, "bytewise outcome differs");
     assert_eq!(whole_out, bytewise_out, "bytewise output differs");
@@ -280,11 +256,7 @@ pub fn gzip(data: &[u8]) -> bool {
             let padding = usize::from(src.u8() % 4) * 7;
             let payload = src.rest();
             let mut gz = gzip_member(payload, level, flags);
-            assert_eq!(
-                gunzip(&gz, payload.len()).as_deref(),
-                Ok(payload),
-                "round trip"
-            );
+            assert_eq!(gunzip(&gz, payload.len()).as_deref(), Ok(payload), "round trip");
             if !payload.is_empty() {
                 let e = gunzip(&gz, payload.len() - 1).unwrap_err();
                 assert_eq!(e.kind, GzipErrorKind::TooLarge, "{e}");
@@ -292,17 +264,9 @@ pub fn gzip(data: &[u8]) -> bool {
             // Two members and zero padding decode to the concatenation.
             let at = split % (payload.len() + 1);
             gz = gzip_member(&payload[..at], level, flags);
-            gz.extend_from_slice(&gzip_member(
-                &payload[at..],
-                level.wrapping_add(3),
-                flags >> 1,
-            ));
+            gz.extend_from_slice(&gzip_member(&payload[at..], level.wrapping_add(3), flags >> 1));
             gz.resize(gz.len() + padding, 0);
-            assert_eq!(
-                gunzip(&gz, payload.len()).as_deref(),
-                Ok(payload),
-                "two members"
-            );
+            assert_eq!(gunzip(&gz, payload.len()).as_deref(), Ok(payload), "two members");
             true
         }
         _ => {
@@ -428,38 +392,15 @@ pub fn fuzz_tar(src: &mut Src<'_>) -> Vec<u8> {
         // the path checks have something to look at; the rest are drawn from hostile parts.
         let sane = style & 0x60 != 0x60;
         let parts: Vec<&str> = if sane {
-            let mut p = src
-                .pick(&[&["postgresql"][..], &["top", "postgresql"], &[]])
-                .to_vec();
-            p.push(src.pick(&[
-                "tables",
-                "functions",
-                "migrations",
-                "seeders",
-                "types",
-                "extensions",
-            ]));
-            p.push(src.pick(&[
-                "a.sql",
-                "b.pgsql",
-                "001_init.sql",
-                "list.txt",
-                "é.sql",
-                "C.PSSQL",
-                "a\\..\\..\\b.sql",
-            ]));
+            let mut p = src.pick(&[&["postgresql"][..], &["top", "postgresql"], &[]]).to_vec();
+            p.push(src.pick(&["tables", "functions", "migrations", "seeders", "types", "extensions"]));
+            p.push(src.pick(&["a.sql", "b.pgsql", "001_init.sql", "list.txt", "é.sql", "C.PSSQL", "a\\..\\..\\b.sql"]));
             p
         } else {
-            (0..1 + src.u8() % 5)
-                .map(|_| src.pick(COMPONENTS))
-                .collect()
+            (0..1 + src.u8() % 5).map(|_| src.pick(COMPONENTS)).collect()
         };
         let name = parts.join("/");
-        let kind = if sane {
-            src.pick(b"00\x007")
-        } else {
-            src.pick(TAR_KINDS)
-        };
+        let kind = if sane { src.pick(b"00\x007") } else { src.pick(TAR_KINDS) };
         let data: Vec<u8> = match src.u8() % 4 {
             0 => src.chunk(64).to_vec(),
             _ => src.pick(SQL_BODIES).to_vec(),
@@ -474,21 +415,13 @@ pub fn fuzz_tar(src: &mut Src<'_>) -> Vec<u8> {
             1 if parts.len() > 1 && !gnu => {
                 let (last, dirs) = parts.split_last().unwrap();
                 let prefix = dirs.join("/");
-                tar_push(
-                    &mut tar,
-                    &tar_header(last.as_bytes(), prefix.as_bytes(), kind, size, gnu),
-                    &data,
-                );
+                tar_push(&mut tar, &tar_header(last.as_bytes(), prefix.as_bytes(), kind, size, gnu), &data);
                 continue;
             }
             2 => {
                 let mut long = name.clone().into_bytes();
                 long.push(0);
-                tar_push(
-                    &mut tar,
-                    &tar_header(b"././@LongLink", b"", b'L', long.len() as u64, true),
-                    &long,
-                );
+                tar_push(&mut tar, &tar_header(b"././@LongLink", b"", b'L', long.len() as u64, true), &long);
             }
             3 => {
                 let rec = |k: &str, v: &str| {
@@ -503,19 +436,11 @@ pub fn fuzz_tar(src: &mut Src<'_>) -> Vec<u8> {
                 if style & 0x80 != 0 {
                     pax.push_str(&rec("size", &data.len().to_string()));
                 }
-                tar_push(
-                    &mut tar,
-                    &tar_header(b"PaxHeader", b"", b'x', pax.len() as u64, false),
-                    pax.as_bytes(),
-                );
+                tar_push(&mut tar, &tar_header(b"PaxHeader", b"", b'x', pax.len() as u64, false), pax.as_bytes());
             }
             _ => {}
         }
-        tar_push(
-            &mut tar,
-            &tar_header(name.as_bytes(), b"", kind, size, gnu),
-            &data,
-        );
+        tar_push(&mut tar, &tar_header(name.as_bytes(), b"", kind, size, gnu), &data);
     }
     if src.u8() % 8 != 0 {
         tar.resize(tar.len() + 1024, 0);
@@ -551,22 +476,13 @@ pub fn archive(data: &[u8]) -> bool {
             total += 1;
             assert_eq!(f.folder, folder);
             let p = &f.path;
-            assert!(
-                !p.starts_with('/') && !p.starts_with('\\'),
-                "absolute path {p:?}"
-            );
+            assert!(!p.starts_with('/') && !p.starts_with('\\'), "absolute path {p:?}");
             let comps: Vec<&str> = p.split('/').collect();
             assert!(comps.len() >= 2, "file outside any folder: {p:?}");
             assert_eq!(comps[0], folder.name(), "{p:?} filed under {folder:?}");
             for c in &comps {
-                assert!(
-                    !c.is_empty() && *c != "." && *c != "..",
-                    "unclean path {p:?}"
-                );
-                assert!(
-                    !c.split('\\').any(|s| s == ".."),
-                    "path {p:?} climbs with '\\'"
-                );
+                assert!(!c.is_empty() && *c != "." && *c != "..", "unclean path {p:?}");
+                assert!(!c.split('\\').any(|s| s == ".."), "path {p:?} climbs with '\\'");
                 assert!(!c.contains('\0'), "NUL in {p:?}");
             }
             assert_eq!(&f.name, comps.last().unwrap());
@@ -591,15 +507,8 @@ pub fn sql_split(data: &[u8]) -> bool {
         let t = &st.text;
         assert!(!t.is_empty());
         let ascii_ws = |c: char| c.is_ascii_whitespace();
-        assert!(
-            !t.starts_with(ascii_ws) && !t.ends_with(ascii_ws),
-            "statement not trimmed: {t:?}"
-        );
-        assert!(
-            (1..=lines).contains(&st.line),
-            "line {} of {lines}",
-            st.line
-        );
+        assert!(!t.starts_with(ascii_ws) && !t.ends_with(ascii_ws), "statement not trimmed: {t:?}");
+        assert!((1..=lines).contains(&st.line), "line {} of {lines}", st.line);
         // The text is a piece of the input, after the previous one, that ends where a token
         // ends: at the end, before whitespace, `;` or a comment (a match inside a comment may
         // come first, hence the search over every match).
@@ -618,22 +527,13 @@ pub fn sql_split(data: &[u8]) -> bool {
             }
             from = start + sql[start..].chars().next().map_or(1, char::len_utf8);
         }
-        pos = found
-            .unwrap_or_else(|| panic!("{t:?} is not a whole piece of the input after byte {pos}"));
+        pos = found.unwrap_or_else(|| panic!("{t:?} is not a whole piece of the input after byte {pos}"));
         let norm = normalize_for_checksum(t);
-        assert_eq!(
-            normalize_for_checksum(&norm),
-            norm,
-            "normalize not idempotent on {t:?}"
-        );
+        assert_eq!(normalize_for_checksum(&norm), norm, "normalize not idempotent on {t:?}");
     }
     assert_eq!(split_statements(&sql), stmts, "not deterministic");
     let norm = normalize_for_checksum(&sql);
-    assert_eq!(
-        normalize_for_checksum(&norm),
-        norm,
-        "normalize not idempotent"
-    );
+    assert_eq!(normalize_for_checksum(&norm), norm, "normalize not idempotent");
     !stmts.is_empty()
 }
 
@@ -670,11 +570,7 @@ fn fuzz_frames(src: &mut Src<'_>) -> Vec<u8> {
             }
             _ => body.extend_from_slice(src.chunk(256)),
         }
-        let len = if style & 0x80 == 0 {
-            body.len() as u32 + 4
-        } else {
-            src.u32()
-        };
+        let len = if style & 0x80 == 0 { body.len() as u32 + 4 } else { src.u32() };
         out.push(tag);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&body);
@@ -691,25 +587,15 @@ fn drain_frames(buf: &mut BytesMut, log: &mut Vec<String>) -> bool {
                 assert_eq!(&buf[..], &before[..], "Ok(None) changed the buffer");
                 if before.len() >= 5 {
                     let len = i32::from_be_bytes([before[1], before[2], before[3], before[4]]);
-                    assert!(
-                        before.len() < len as usize + 1,
-                        "complete frame left unread"
-                    );
+                    assert!(before.len() < len as usize + 1, "complete frame left unread");
                 }
                 return true;
             }
             Ok(Some(msg)) => {
                 let len = i32::from_be_bytes([before[1], before[2], before[3], before[4]]);
                 let total = usize::try_from(len).expect("negative length accepted") + 1;
-                assert!(
-                    total >= 5 && before.len() >= total,
-                    "decoded a partial frame"
-                );
-                assert_eq!(
-                    &buf[..],
-                    &before[total..],
-                    "did not consume exactly one frame"
-                );
+                assert!(total >= 5 && before.len() >= total, "decoded a partial frame");
+                assert_eq!(&buf[..], &before[total..], "did not consume exactly one frame");
                 if let Backend::Message(Message::DataRow(row)) = &msg {
                     let range = row.buffer().as_ptr_range();
                     if let Ok(fields) = data_row_fields(row) {
@@ -722,13 +608,9 @@ fn drain_frames(buf: &mut BytesMut, log: &mut Vec<String>) -> bool {
                 log.push(format!("{msg:?}"));
             }
             Err(e) => {
-                let len = before
-                    .get(1..5)
-                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                let len = before.get(1..5).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                 let rest_ok = buf[..] == before[..]
-                    || len
-                        .and_then(|l| usize::try_from(l).ok())
-                        .is_some_and(|l| before.get(l + 1..) == Some(&buf[..]));
+                    || len.and_then(|l| usize::try_from(l).ok()).is_some_and(|l| before.get(l + 1..) == Some(&buf[..]));
                 assert!(rest_ok, "error consumed a partial frame");
                 log.push(format!("error {e}"));
                 return false;
@@ -743,11 +625,7 @@ pub fn pg_frame(data: &[u8]) -> bool {
     let mut src = Src::new(data);
     let sel = src.u8();
     let step = 1 + usize::from(src.u8() % 32);
-    let bytes = if sel & 1 == 0 {
-        src.rest().to_vec()
-    } else {
-        fuzz_frames(&mut src)
-    };
+    let bytes = if sel & 1 == 0 { src.rest().to_vec() } else { fuzz_frames(&mut src) };
     let mut whole = Vec::new();
     let mut buf = BytesMut::from(&bytes[..]);
     drain_frames(&mut buf, &mut whole);
@@ -759,10 +637,7 @@ pub fn pg_frame(data: &[u8]) -> bool {
             break;
         }
     }
-    assert_eq!(
-        whole, pieces,
-        "messages depend on read boundaries (step {step})"
-    );
+    assert_eq!(whole, pieces, "messages depend on read boundaries (step {step})");
     whole.iter().any(|m| !m.starts_with("error"))
 }
 
@@ -781,50 +656,26 @@ pub fn registry() -> &'static TypeRegistry {
         let user = [
             (90001, "mood", TypeKind::Enum),
             (90002, "_mood", TypeKind::Array { elem: 90001 }),
-            (
-                90003,
-                "inner_t",
-                f(&[("x", types::INT4), ("y", types::TEXT)]),
-            ),
+            (90003, "inner_t", f(&[("x", types::INT4), ("y", types::TEXT)])),
             (90004, "_inner_t", TypeKind::Array { elem: 90003 }),
             (
                 90005,
                 "outer_t",
-                f(&[
-                    ("id", 20),
-                    ("tags", 1009),
-                    ("inn", 90003),
-                    ("m", 90001),
-                    ("n", 1700),
-                    ("j", 3802),
-                    ("b", 17),
-                ]),
+                f(&[("id", 20), ("tags", 1009), ("inn", 90003), ("m", 90001), ("n", 1700), ("j", 3802), ("b", 17)]),
             ),
             (90006, "posint", TypeKind::Domain { base: types::INT4 }),
             (90007, "tagarr", TypeKind::Domain { base: 1009 }),
-            (
-                90008,
-                "withts",
-                f(&[("t", types::TIMESTAMPTZ), ("r", 3904)]),
-            ),
+            (90008, "withts", f(&[("t", types::TIMESTAMPTZ), ("r", 3904)])),
             (90009, "selfref", f(&[("me", 90009), ("v", types::INT4)])),
             (90010, "loopdom", TypeKind::Domain { base: 90010 }),
             (90011, "_posint", TypeKind::Array { elem: 90006 }),
             (90012, "_outer_t", TypeKind::Array { elem: 90005 }),
-            (
-                90013,
-                "we\"ird",
-                f(&[("we,ird \"name", 1007), ("q", 1020), ("u", types::UUID)]),
-            ),
+            (90013, "we\"ird", f(&[("we,ird \"name", 1007), ("q", 1020), ("u", types::UUID)])),
             (90014, "_selfref", TypeKind::Array { elem: 90009 }),
             (90015, "_tagarr", TypeKind::Array { elem: 90007 }),
         ];
         for (oid, name, kind) in user {
-            reg.insert(TypeInfo {
-                oid,
-                name: name.to_string(),
-                kind,
-            });
+            reg.insert(TypeInfo { oid, name: name.to_string(), kind });
         }
         reg
     })
@@ -835,10 +686,7 @@ pub fn type_oids() -> &'static [u32] {
     static OIDS: OnceLock<Vec<u32>> = OnceLock::new();
     OIDS.get_or_init(|| {
         let reg = registry();
-        let mut v: Vec<u32> = (0..20_000)
-            .chain(90_001..90_016)
-            .filter(|&o| reg.get(o).is_some())
-            .collect();
+        let mut v: Vec<u32> = (0..20_000).chain(90_001..90_016).filter(|&o| reg.get(o).is_some()).collect();
         for o in [types::RECORD, types::VOID, types::UNKNOWN, 0, 77_777] {
             if !v.contains(&o) {
                 v.push(o);
@@ -888,10 +736,7 @@ pub fn call_render(data: &[u8]) -> bool {
     let mut out = Vec::new();
     render_value(oid, format, Some(&raw), reg, &mut out);
     if let Err(e) = json::parse_with_depth(&out, RENDER_JSON_DEPTH) {
-        panic!(
-            "oid {oid} format {format}: output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out)
-        );
+        panic!("oid {oid} format {format}: output is not JSON ({e}): {}", String::from_utf8_lossy(&out));
     }
     let mut again = Vec::new();
     render_value(oid, format, Some(&raw), reg, &mut again);
@@ -948,11 +793,7 @@ pub fn call_encode(data: &[u8]) -> bool {
     let (Some(elem), Value::Array(items)) = (array_elem(oid), &value) else {
         return false;
     };
-    assert!(
-        out.first() == Some(&b'{') && out.last() == Some(&b'}'),
-        "oid {oid}: {}",
-        String::from_utf8_lossy(&out)
-    );
+    assert!(out.first() == Some(&b'{') && out.last() == Some(&b'}'), "oid {oid}: {}", String::from_utf8_lossy(&out));
     let mut events = Vec::new();
     let walked = walk_array(&out, delimiter(elem), &mut |ev| {
         events.push(match ev {
@@ -962,20 +803,9 @@ pub fn call_encode(data: &[u8]) -> bool {
             ArrayEvent::Elem(Some(b)) => format!("={}", String::from_utf8_lossy(b)),
         })
     });
-    assert!(
-        walked.is_ok(),
-        "oid {oid} (elem {elem}): literal does not read back: {}",
-        String::from_utf8_lossy(&out)
-    );
-    let flat = items
-        .iter()
-        .all(|v| matches!(v, Value::String(_) | Value::Null));
-    if flat
-        && matches!(
-            elem,
-            types::TEXT | types::VARCHAR | types::BPCHAR | types::NAME
-        )
-    {
+    assert!(walked.is_ok(), "oid {oid} (elem {elem}): literal does not read back: {}", String::from_utf8_lossy(&out));
+    let flat = items.iter().all(|v| matches!(v, Value::String(_) | Value::Null));
+    if flat && matches!(elem, types::TEXT | types::VARCHAR | types::BPCHAR | types::NAME) {
         let want: Vec<String> = std::iter::once("{".to_string())
             .chain(items.iter().map(|v| match v {
                 Value::String(s) => format!("={s}"),
@@ -983,12 +813,7 @@ pub fn call_encode(data: &[u8]) -> bool {
             }))
             .chain(std::iter::once("}".to_string()))
             .collect();
-        assert_eq!(
-            events,
-            want,
-            "text[] elements changed in {}",
-            String::from_utf8_lossy(&out)
-        );
+        assert_eq!(events, want, "text[] elements changed in {}", String::from_utf8_lossy(&out));
     }
     true
 }
@@ -996,12 +821,7 @@ pub fn call_encode(data: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 // deploy_form
 
-const BOUNDARIES: &[&str] = &[
-    "x",
-    "------------------------5ae9e2bf3874f5b6",
-    "----PHPBoundary5f1a2b",
-    "a b",
-];
+const BOUNDARIES: &[&str] = &["x", "------------------------5ae9e2bf3874f5b6", "----PHPBoundary5f1a2b", "a b"];
 
 /// `DeployForm::parse`: no panic; an accepted archive is bytes of the body; flags and text
 /// fields come from the body too.
@@ -1022,10 +842,7 @@ pub fn deploy_form(data: &[u8]) -> bool {
         if let Some(a) = &form.archive {
             assert!(a.is_empty() || body.windows(a.len()).any(|w| w == &a[..]));
         }
-        for t in [&form.platform, &form.tenant_id, &form.schema_name]
-            .into_iter()
-            .flatten()
-        {
+        for t in [&form.platform, &form.tenant_id, &form.schema_name].into_iter().flatten() {
             assert_eq!(t.trim(), t);
         }
     }

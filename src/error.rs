@@ -59,12 +59,7 @@ pub struct Row {
 }
 
 const fn row(status: u16, code: &'static str, retryable: bool, meaning: &'static str) -> Row {
-    Row {
-        status,
-        code,
-        retryable,
-        meaning,
-    }
+    Row { status, code, retryable, meaning }
 }
 
 impl Kind {
@@ -128,44 +123,29 @@ impl Kind {
                 "a call parameter does not fit its PostgreSQL type (SQLSTATE class 22)",
             ),
             Kind::NotFound => row(404, "not_found", false, "no such path"),
-            Kind::MethodNotAllowed => row(
-                405,
-                "method_not_allowed",
-                false,
-                "the path exists but not for this method; see the Allow header",
-            ),
+            Kind::MethodNotAllowed => {
+                row(405, "method_not_allowed", false, "the path exists but not for this method; see the Allow header")
+            }
             Kind::PayloadTooLarge => row(413, "payload_too_large", false, "the body exceeds the route's limit"),
-            Kind::HeadersTooLarge => row(
-                431,
-                "headers_too_large",
-                false,
-                "the request head has too many or too large header fields",
-            ),
+            Kind::HeadersTooLarge => {
+                row(431, "headers_too_large", false, "the request head has too many or too large header fields")
+            }
             Kind::RequestTimeout => row(408, "request_timeout", false, "the request head or body came too slowly"),
             Kind::LengthRequired => row(411, "length_required", false, "a body is required but none was declared"),
-            Kind::UnsupportedMediaType => row(
-                415,
-                "unsupported_media_type",
-                false,
-                "the body has a Content-Type this route does not take",
-            ),
+            Kind::UnsupportedMediaType => {
+                row(415, "unsupported_media_type", false, "the body has a Content-Type this route does not take")
+            }
             Kind::Unauthorized => row(403, "unauthorized", false, "the client address is not allowed"),
             Kind::AdminTokenInvalid => row(401, "invalid_token", false, "admin token missing or wrong"),
-            Kind::AdminDisabled => row(
-                503,
-                "admin_disabled",
-                false,
-                "admin routes are off because no ADMIN_TOKEN is configured",
-            ),
+            Kind::AdminDisabled => {
+                row(503, "admin_disabled", false, "admin routes are off because no ADMIN_TOKEN is configured")
+            }
             Kind::DatabaseNotFound => row(404, "database_not_found", false, "the target database does not exist"),
             Kind::DatabaseAlreadyExists => row(409, "database_already_exists", false, "the database exists already"),
             Kind::PlatformNotFound => row(404, "platform_not_found", false, "the platform is not registered"),
-            Kind::PlatformAlreadyExists => row(
-                409,
-                "platform_already_exists",
-                false,
-                "the platform is registered already",
-            ),
+            Kind::PlatformAlreadyExists => {
+                row(409, "platform_already_exists", false, "the platform is registered already")
+            }
             Kind::SchemaNotFound => row(404, "schema_not_found", false, "no stored schema of that name"),
             Kind::FunctionNotFound => row(
                 404,
@@ -186,53 +166,28 @@ impl Kind {
                 false,
                 "unique, foreign-key or check constraint violated (23505, 23503, 23514)",
             ),
-            Kind::FunctionError => row(
-                400,
-                "function_error",
-                false,
-                "the function raised an exception (P0001); its message is passed on",
-            ),
-            Kind::Timeout => row(
-                504,
-                "timeout",
-                false,
-                "the call exceeded CALL_TIMEOUT_MS or was cancelled (57014)",
-            ),
-            Kind::Conflict => row(
-                409,
-                "conflict",
-                true,
-                "serialization failure or deadlock (40001, 40P01); retry",
-            ),
+            Kind::FunctionError => {
+                row(400, "function_error", false, "the function raised an exception (P0001); its message is passed on")
+            }
+            Kind::Timeout => row(504, "timeout", false, "the call exceeded CALL_TIMEOUT_MS or was cancelled (57014)"),
+            Kind::Conflict => row(409, "conflict", true, "serialization failure or deadlock (40001, 40P01); retry"),
             Kind::PermissionDenied => row(403, "permission_denied", false, "PostgreSQL refused access (42501)"),
-            Kind::ConnectionFailed => row(
-                503,
-                "connection_failed",
-                true,
-                "PostgreSQL is unreachable or restarting (class 08, 57P01-57P03)",
-            ),
-            Kind::PoolExhausted => row(
-                503,
-                "pool_exhausted",
-                true,
-                "no connection became free within the wait timeout",
-            ),
+            Kind::ConnectionFailed => {
+                row(503, "connection_failed", true, "PostgreSQL is unreachable or restarting (class 08, 57P01-57P03)")
+            }
+            Kind::PoolExhausted => {
+                row(503, "pool_exhausted", true, "no connection became free within the wait timeout")
+            }
             Kind::DeployQueueFull => row(503, "deploy_queue_full", true, "too many deploys are queued"),
             Kind::ShuttingDown => row(503, "shutting_down", true, "the gateway is stopping"),
             Kind::QueryFailed => row(500, "query_failed", false, "any other PostgreSQL error"),
             Kind::MigrationFailed => row(500, "migration_failed", false, "a deploy step failed; nothing was kept"),
-            Kind::MigrationChecksumMismatch => row(
-                409,
-                "migration_checksum_mismatch",
-                false,
-                "an applied migration file was edited",
-            ),
-            Kind::FunctionDeployFailed => row(
-                500,
-                "function_deploy_failed",
-                false,
-                "a function could not be created, replaced or dropped",
-            ),
+            Kind::MigrationChecksumMismatch => {
+                row(409, "migration_checksum_mismatch", false, "an applied migration file was edited")
+            }
+            Kind::FunctionDeployFailed => {
+                row(500, "function_deploy_failed", false, "a function could not be created, replaced or dropped")
+            }
             Kind::ExtensionNotAvailable => row(
                 400,
                 "extension_not_available",
@@ -245,12 +200,9 @@ impl Kind {
                 false,
                 "the uploaded archive is unreadable, hostile or over a limit (413 when over a limit)",
             ),
-            Kind::SchemaDrift => row(
-                409,
-                "schema_drift",
-                false,
-                "tables differ from the files in a way that loses data; use force=true",
-            ),
+            Kind::SchemaDrift => {
+                row(409, "schema_drift", false, "tables differ from the files in a way that loses data; use force=true")
+            }
             Kind::SeedDataMissing => row(
                 409,
                 "seed_data_missing",

@@ -23,9 +23,7 @@ pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
     let file = match &cfg.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
-            Some(Mutex::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(dir.join("gateway.log"))?,
-            ))
+            Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("gateway.log"))?))
         }
         None => None,
     };
@@ -56,13 +54,7 @@ pub fn timestamp() -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, dd) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.

@@ -3,9 +3,7 @@
 //! fixtures, hostile inputs, and a deterministic mutation loop.
 
 use std::path::PathBuf;
-use stonescriptdb_gateway::deploy::archive::{
-    ArchiveError, ArchiveLimits, Folder, SchemaArchive, read_archive,
-};
+use stonescriptdb_gateway::deploy::archive::{ArchiveError, ArchiveLimits, Folder, SchemaArchive, read_archive};
 use stonescriptdb_gateway::deploy::gzip::{GzipErrorKind, gunzip};
 use tar::{Builder, EntryType, Header};
 
@@ -33,11 +31,7 @@ fn header(fmt: Fmt, kind: EntryType, size: u64) -> Header {
     };
     h.set_entry_type(kind);
     h.set_size(size);
-    h.set_mode(if kind == EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
+    h.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
     h.set_mtime(0);
     h
 }
@@ -80,13 +74,7 @@ impl TarBuf {
         self.pax_sized(records, path, data, data.len() as u64)
     }
     /// Like `pax`, but the ustar header declares `header_size` whatever the data length.
-    fn pax_sized(
-        &mut self,
-        records: &[(&str, &[u8])],
-        path: &str,
-        data: &[u8],
-        header_size: u64,
-    ) -> &mut Self {
+    fn pax_sized(&mut self, records: &[(&str, &[u8])], path: &str, data: &[u8], header_size: u64) -> &mut Self {
         let mut body = Vec::new();
         for (k, v) in records {
             let rest = format!(" {k}=").len() + v.len() + 1;
@@ -144,17 +132,11 @@ fn paths(files: &[stonescriptdb_gateway::deploy::archive::SqlFile]) -> Vec<&str>
 }
 
 fn sample(t: &mut TarBuf, prefix: &str) {
-    t.file(
-        &format!("{prefix}tables/users.pgsql"),
-        b"CREATE TABLE users (id int);\n",
-    )
-    .file(&format!("{prefix}migrations/10_b.sql"), b"SELECT 10;")
-    .file(&format!("{prefix}migrations/2_a.sql"), b"SELECT 2;")
-    .file(
-        &format!("{prefix}functions/users/get_user.pgsql"),
-        b"SELECT 'f';",
-    )
-    .file(&format!("{prefix}README.md"), b"# readme");
+    t.file(&format!("{prefix}tables/users.pgsql"), b"CREATE TABLE users (id int);\n")
+        .file(&format!("{prefix}migrations/10_b.sql"), b"SELECT 10;")
+        .file(&format!("{prefix}migrations/2_a.sql"), b"SELECT 2;")
+        .file(&format!("{prefix}functions/users/get_user.pgsql"), b"SELECT 'f';")
+        .file(&format!("{prefix}README.md"), b"# readme");
 }
 
 // ---------- layouts ----------
@@ -162,17 +144,12 @@ fn sample(t: &mut TarBuf, prefix: &str) {
 #[test]
 fn gnu_with_directory_entries() {
     let mut t = TarBuf::new(Fmt::Gnu);
-    t.dir("postgresql/")
-        .dir("postgresql/tables/")
-        .dir("postgresql/migrations/");
+    t.dir("postgresql/").dir("postgresql/tables/").dir("postgresql/migrations/");
     sample(&mut t, "postgresql/");
     let up = t.tgz();
     let a = read(&up).unwrap();
     assert_eq!(paths(&a.tables), vec!["tables/users.pgsql"]);
-    assert_eq!(
-        paths(&a.migrations),
-        vec!["migrations/2_a.sql", "migrations/10_b.sql"]
-    );
+    assert_eq!(paths(&a.migrations), vec!["migrations/2_a.sql", "migrations/10_b.sql"]);
     assert_eq!(paths(&a.functions), vec!["functions/users/get_user.pgsql"]);
     assert_eq!(a.functions[0].name, "get_user.pgsql");
     assert_eq!(a.functions[0].folder, Folder::Functions);
@@ -196,11 +173,7 @@ fn dot_slash_prefix() {
     let mut t = TarBuf::new(Fmt::Gnu);
     t.raw(b"./", EntryType::Directory, b"")
         .raw(b"./postgresql/", EntryType::Directory, b"")
-        .raw(
-            b"./postgresql/tables/users.pgsql",
-            EntryType::Regular,
-            b"CREATE TABLE u ();",
-        )
+        .raw(b"./postgresql/tables/users.pgsql", EntryType::Regular, b"CREATE TABLE u ();")
         .raw(b"./postgresql/README.md", EntryType::Regular, b"hi");
     let a = read(&t.tgz()).unwrap();
     assert_eq!(paths(&a.tables), vec!["tables/users.pgsql"]);
@@ -214,14 +187,8 @@ fn single_top_folder_holding_postgresql() {
     sample(&mut t, "myapp/postgresql/");
     t.file("myapp/composer.json", b"{}");
     let a = read(&t.tgz()).unwrap();
-    assert_eq!(
-        paths(&a.migrations),
-        vec!["migrations/2_a.sql", "migrations/10_b.sql"]
-    );
-    assert_eq!(
-        a.ignored,
-        vec!["myapp/composer.json", "myapp/postgresql/README.md"]
-    );
+    assert_eq!(paths(&a.migrations), vec!["migrations/2_a.sql", "migrations/10_b.sql"]);
+    assert_eq!(a.ignored, vec!["myapp/composer.json", "myapp/postgresql/README.md"]);
 }
 
 #[test]
@@ -246,26 +213,17 @@ fn every_folder_extension_and_ignore_rule() {
     let mut t = TarBuf::new(Fmt::Gnu);
     t.file("postgresql/extensions/list.txt", b"pgcrypto\n")
         .file("postgresql/extensions/uuid.sql", b"CREATE EXTENSION x;")
-        .file(
-            "postgresql/types/role.pssql",
-            b"CREATE TYPE r AS ENUM ('a');",
-        )
+        .file("postgresql/types/role.pssql", b"CREATE TYPE r AS ENUM ('a');")
         .file("postgresql/seeders/s.sql", b"INSERT INTO t VALUES (1);")
         .file("postgresql/tables/notes.txt", b"not sql")
-        .file(
-            "postgresql/tables/._users.pgsql",
-            b"\x00\x05\x16\x07junk\xff",
-        )
+        .file("postgresql/tables/._users.pgsql", b"\x00\x05\x16\x07junk\xff")
         .file("postgresql/tables/.hidden/x.sql", b"x")
         .file("postgresql/views/v.sql", b"CREATE VIEW v AS SELECT 1;")
         .file("postgresql/root.sql", b"SELECT 1;")
         .file("postgresql/tables/b.sql", b"\xEF\xBB\xBFCREATE TABLE b ();")
         .file("postgresql/tables/a.SQL", b"CREATE TABLE a ();");
     let a = read(&t.tgz()).unwrap();
-    assert_eq!(
-        paths(&a.extensions),
-        vec!["extensions/list.txt", "extensions/uuid.sql"]
-    );
+    assert_eq!(paths(&a.extensions), vec!["extensions/list.txt", "extensions/uuid.sql"]);
     assert_eq!(paths(&a.types), vec!["types/role.pssql"]);
     assert_eq!(paths(&a.seeders), vec!["seeders/s.sql"]);
     assert_eq!(paths(&a.tables), vec!["tables/a.SQL", "tables/b.sql"]);
@@ -318,12 +276,7 @@ fn pax_size_record_wins_over_header_size() {
     let body = b"CREATE TABLE real ();";
     let size = body.len().to_string();
     let mut t = TarBuf::new(Fmt::Ustar);
-    t.pax_sized(
-        &[("size", size.as_bytes())],
-        "postgresql/tables/a.sql",
-        body,
-        3,
-    );
+    t.pax_sized(&[("size", size.as_bytes())], "postgresql/tables/a.sql", body, 3);
     let a = read(&t.tgz()).unwrap();
     assert_eq!(a.tables[0].content, "CREATE TABLE real ();");
 }
@@ -343,27 +296,20 @@ fn no_schema_files_is_an_error() {
     t.dir("postgresql/").file("postgresql/README.md", b"hi");
     assert!(err(&t.tgz()).reason.contains("no schema files found"));
     // An empty tar (just the end-of-archive blocks) as well.
-    assert!(
-        err(&TarBuf::new(Fmt::Gnu).tgz())
-            .reason
-            .contains("no schema files found")
-    );
+    assert!(err(&TarBuf::new(Fmt::Gnu).tgz()).reason.contains("no schema files found"));
 }
 
 #[test]
 fn duplicate_paths_are_an_error() {
     let mut t = TarBuf::new(Fmt::Gnu);
-    t.file("postgresql/tables/a.sql", b"1")
-        .file("./postgresql/tables/a.sql", b"2");
+    t.file("postgresql/tables/a.sql", b"1").file("./postgresql/tables/a.sql", b"2");
     assert!(err(&t.tgz()).reason.contains("duplicate"));
 }
 
 // ---------- real archivers ----------
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/fixtures/archives", name]
-        .iter()
-        .collect();
+    let p: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/fixtures/archives", name].iter().collect();
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -371,77 +317,36 @@ const LONG_FN: &str = "functions/users/a_function_with_a_deliberately_very_long_
 
 fn check_fixture(name: &str, with_long_name: bool, ignored: &[&str]) -> SchemaArchive {
     let a = read(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(
-        paths(&a.extensions),
-        vec!["extensions/extensions.txt"],
-        "{name}"
-    );
+    assert_eq!(paths(&a.extensions), vec!["extensions/extensions.txt"], "{name}");
     assert_eq!(paths(&a.types), vec!["types/user_role.pgsql"], "{name}");
     assert_eq!(paths(&a.tables), vec!["tables/users.pssql"], "{name}");
-    assert!(
-        a.tables[0].content.starts_with("CREATE TABLE users"),
-        "{name}: BOM"
-    );
-    assert_eq!(
-        paths(&a.migrations),
-        vec!["migrations/2_index.sql", "migrations/10_add_email.sql"],
-        "{name}"
-    );
+    assert!(a.tables[0].content.starts_with("CREATE TABLE users"), "{name}: BOM");
+    assert_eq!(paths(&a.migrations), vec!["migrations/2_index.sql", "migrations/10_add_email.sql"], "{name}");
     assert_eq!(paths(&a.seeders), vec!["seeders/users.sql"], "{name}");
     let fns = paths(&a.functions);
     assert!(fns.contains(&"functions/users/get_user.pgsql"), "{name}");
     assert_eq!(fns.contains(&LONG_FN), with_long_name, "{name}");
     assert_eq!(a.ignored, ignored, "{name}");
-    assert!(
-        a.functions
-            .iter()
-            .any(|f| f.content.contains("$$\n  SELECT * FROM users"))
-    );
+    assert!(a.functions.iter().any(|f| f.content.contains("$$\n  SELECT * FROM users")));
     a
 }
 
 #[test]
 fn gnu_tar_fixtures() {
-    check_fixture(
-        "gnu_postgresql.tar.gz",
-        true,
-        &["postgresql/README.md", "postgresql/tables/._users.pssql"],
-    );
+    check_fixture("gnu_postgresql.tar.gz", true, &["postgresql/README.md", "postgresql/tables/._users.pssql"]);
     check_fixture(
         "gnu_top_folder.tar.gz",
         true,
-        &[
-            "myapp/postgresql/README.md",
-            "myapp/postgresql/tables/._users.pssql",
-        ],
+        &["myapp/postgresql/README.md", "myapp/postgresql/tables/._users.pssql"],
     );
-    check_fixture(
-        "gnu_pax_dotslash.tar.gz",
-        true,
-        &[
-            "./postgresql/README.md",
-            "./postgresql/tables/._users.pssql",
-        ],
-    );
-    check_fixture(
-        "gnu_ustar_inside_folder.tar.gz",
-        false,
-        &["./README.md", "./tables/._users.pssql"],
-    );
-    check_fixture(
-        "gnu_files_only.tar.gz",
-        true,
-        &["postgresql/README.md", "postgresql/tables/._users.pssql"],
-    );
+    check_fixture("gnu_pax_dotslash.tar.gz", true, &["./postgresql/README.md", "./postgresql/tables/._users.pssql"]);
+    check_fixture("gnu_ustar_inside_folder.tar.gz", false, &["./README.md", "./tables/._users.pssql"]);
+    check_fixture("gnu_files_only.tar.gz", true, &["postgresql/README.md", "postgresql/tables/._users.pssql"]);
 }
 
 #[test]
 fn php_phardata_fixture() {
-    let a = check_fixture(
-        "php_phardata.tar.gz",
-        false,
-        &["postgresql/README.md", "postgresql/tables/._users.pssql"],
-    );
+    let a = check_fixture("php_phardata.tar.gz", false, &["postgresql/README.md", "postgresql/tables/._users.pssql"]);
     assert!(paths(&a.functions).contains(
         &"functions/reporting_and_analytics_functions_for_dashboards/monthly_active_user_statistics_by_region.pgsql"
     ));
@@ -461,10 +366,7 @@ fn gzip_bomb_single_member() {
     let zeros = vec![0u8; 16 << 20];
     let bomb = gzip(&zeros);
     assert!(bomb.len() < 64 << 10);
-    let limits = ArchiveLimits {
-        max_expanded_bytes: 1 << 20,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_expanded_bytes: 1 << 20, ..ArchiveLimits::default() };
     let e = err_with(&bomb, &limits);
     assert!(e.too_large, "{e:?}");
 }
@@ -477,48 +379,26 @@ fn gzip_bomb_one_gib_of_concatenated_members() {
     for _ in 0..1024 {
         bomb.extend_from_slice(&member);
     }
-    let limits = ArchiveLimits {
-        max_expanded_bytes: 32 << 20,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_expanded_bytes: 32 << 20, ..ArchiveLimits::default() };
     let e = err_with(&bomb, &limits);
     assert!(e.too_large, "{e:?}");
     // The inflater itself stops at the cap.
-    assert_eq!(
-        gunzip(&bomb, 32 << 20).unwrap_err().kind,
-        GzipErrorKind::TooLarge
-    );
+    assert_eq!(gunzip(&bomb, 32 << 20).unwrap_err().kind, GzipErrorKind::TooLarge);
 }
 
 #[test]
 fn upload_over_limit_is_too_large() {
     let up = valid_upload();
-    let limits = ArchiveLimits {
-        max_upload_bytes: up.len() - 1,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_upload_bytes: up.len() - 1, ..ArchiveLimits::default() };
     assert!(err_with(&up, &limits).too_large);
-    let limits = ArchiveLimits {
-        max_upload_bytes: up.len(),
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_upload_bytes: up.len(), ..ArchiveLimits::default() };
     assert!(read_archive(&up, &limits).is_ok());
 }
 
 #[test]
 fn truncated_gzip() {
     let up = valid_upload();
-    for cut in [
-        0,
-        1,
-        5,
-        10,
-        20,
-        up.len() / 2,
-        up.len() - 9,
-        up.len() - 4,
-        up.len() - 1,
-    ] {
+    for cut in [0, 1, 5, 10, 20, up.len() / 2, up.len() - 9, up.len() - 4, up.len() - 1] {
         let e = err(&up[..cut]);
         assert!(!e.too_large, "cut {cut}: {e:?}");
     }
@@ -593,19 +473,14 @@ fn traversal_absolute_and_nul_names_are_refused() {
     }
     // Traversal through a pax path and a NUL inside a GNU long name.
     let mut t = TarBuf::new(Fmt::Ustar);
-    t.pax(
-        &[("path", b"postgresql/../../etc/cron.d/x")],
-        "ok.sql",
-        b"x",
-    );
+    t.pax(&[("path", b"postgresql/../../etc/cron.d/x")], "ok.sql", b"x");
     assert!(err(&t.tgz()).reason.contains(".."));
     let mut t = TarBuf::new(Fmt::Gnu);
-    t.raw(
-        b"././@LongLink",
-        EntryType::GNULongName,
-        b"postgresql/tables/a\0b.sql\0",
-    )
-    .raw(b"placeholder", EntryType::Regular, b"x");
+    t.raw(b"././@LongLink", EntryType::GNULongName, b"postgresql/tables/a\0b.sql\0").raw(
+        b"placeholder",
+        EntryType::Regular,
+        b"x",
+    );
     assert!(err(&t.tgz()).reason.contains("NUL"));
 }
 
@@ -624,16 +499,10 @@ fn entry_count_limit() {
         t.file(&format!("postgresql/tables/t{i}.sql"), b"x");
     }
     let up = t.tgz();
-    let limits = ArchiveLimits {
-        max_entries: 19,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_entries: 19, ..ArchiveLimits::default() };
     let e = err_with(&up, &limits);
     assert!(e.too_large && e.reason.contains("entries"), "{e:?}");
-    let limits = ArchiveLimits {
-        max_entries: 20,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_entries: 20, ..ArchiveLimits::default() };
     assert_eq!(read_archive(&up, &limits).unwrap().tables.len(), 20);
 }
 
@@ -641,10 +510,7 @@ fn entry_count_limit() {
 fn file_size_limit_checked_from_header() {
     let mut t = TarBuf::new(Fmt::Gnu);
     t.file("postgresql/tables/big.sql", &[b'x'; 101]);
-    let limits = ArchiveLimits {
-        max_file_bytes: 100,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_file_bytes: 100, ..ArchiveLimits::default() };
     let e = err_with(&t.tgz(), &limits);
     assert!(e.too_large && e.reason.contains("big.sql"), "{e:?}");
 
@@ -662,19 +528,12 @@ fn file_size_limit_checked_from_header() {
 #[test]
 fn non_utf8_content_names_the_file() {
     let mut t = TarBuf::new(Fmt::Gnu);
-    t.file(
-        "postgresql/tables/latin1.sql",
-        b"INSERT INTO t VALUES ('caf\xe9');",
-    );
+    t.file("postgresql/tables/latin1.sql", b"INSERT INTO t VALUES ('caf\xe9');");
     let e = err(&t.tgz());
-    assert!(
-        e.reason.contains("latin1.sql") && e.reason.contains("UTF-8"),
-        "{e:?}"
-    );
+    assert!(e.reason.contains("latin1.sql") && e.reason.contains("UTF-8"), "{e:?}");
     // Ignored files may hold any bytes.
     let mut t = TarBuf::new(Fmt::Gnu);
-    t.file("postgresql/tables/ok.sql", b"SELECT 1;")
-        .file("postgresql/logo.png", b"\x89PNG\r\n\x1a\n\xff\xfe");
+    t.file("postgresql/tables/ok.sql", b"SELECT 1;").file("postgresql/logo.png", b"\x89PNG\r\n\x1a\n\xff\xfe");
     assert!(read(&t.tgz()).is_ok());
 }
 
@@ -737,17 +596,11 @@ fn mutations_never_panic() {
     let mut t = TarBuf::new(Fmt::Gnu);
     t.dir("postgresql/");
     sample(&mut t, "postgresql/");
-    t.file(
-        &format!("postgresql/functions/{}.pgsql", "l".repeat(120)),
-        b"SELECT 1;",
-    );
+    t.file(&format!("postgresql/functions/{}.pgsql", "l".repeat(120)), b"SELECT 1;");
     t.link(EntryType::Symlink, "postgresql/x", "y");
     let tar = t.tar();
     let tgz = gzip(&tar);
-    let limits = ArchiveLimits {
-        max_expanded_bytes: 1 << 20,
-        ..ArchiveLimits::default()
-    };
+    let limits = ArchiveLimits { max_expanded_bytes: 1 << 20, ..ArchiveLimits::default() };
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..2000 {
@@ -772,9 +625,6 @@ mod hex {
     use sha2::{Digest, Sha256};
 
     pub fn sha256(data: &[u8]) -> String {
-        Sha256::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
     }
 }

@@ -85,25 +85,15 @@ fn invalid_values_name_their_key() {
     let d = TempDir::new("invalid");
     assert_config_error(&run(cmd(&d).env("GATEWAY_PORT", "abc")), &["GATEWAY_PORT"]);
     assert_config_error(&run(cmd(&d).arg("--max-headers=nope")), &["MAX_HEADERS"]);
-    assert_config_error(
-        &run(cmd(&d).args(["--max-headers", "nope"])),
-        &["MAX_HEADERS"],
-    );
-    assert_config_error(
-        &run(cmd(&d).env("ALLOWED_NETWORKS", "10.0.0.0/99")),
-        &["ALLOWED_NETWORKS"],
-    );
+    assert_config_error(&run(cmd(&d).args(["--max-headers", "nope"])), &["MAX_HEADERS"]);
+    assert_config_error(&run(cmd(&d).env("ALLOWED_NETWORKS", "10.0.0.0/99")), &["ALLOWED_NETWORKS"]);
     assert_config_error(&run(cmd(&d).arg("--no-such-flag=1")), &["no-such-flag"]);
 }
 
 #[test]
 fn dotenv_in_the_working_directory_is_read() {
     let d = TempDir::new("dotenv");
-    std::fs::write(
-        d.0.join(".env"),
-        "# comment\nLOG_LEVEL=warn\nGATEWAY_PORT=not-a-port\n",
-    )
-    .unwrap();
+    std::fs::write(d.0.join(".env"), "# comment\nLOG_LEVEL=warn\nGATEWAY_PORT=not-a-port\n").unwrap();
     assert_config_error(&run(&mut cmd(&d)), &["GATEWAY_PORT", ".env"]);
     // The environment wins over .env: with a valid port from the environment, the error moves on.
     let o = run(cmd(&d).env("GATEWAY_PORT", "0").arg("--max-headers=nope"));
@@ -151,20 +141,10 @@ fn spawn_gateway(name: &str) -> Running {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = lines.recv_timeout(left).expect("no 'listening' log line");
         if let Some(rest) = line.split("listening addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<SocketAddr>()
-                .expect("address");
+            break rest.split_whitespace().next().unwrap().parse::<SocketAddr>().expect("address");
         }
     };
-    Running {
-        child,
-        lines,
-        addr,
-        _dir: d,
-    }
+    Running { child, lines, addr, _dir: d }
 }
 
 fn wait_exit(r: &mut Running, within: Duration) -> std::process::ExitStatus {
@@ -182,30 +162,20 @@ fn signal_finishes_in_flight_request(sig: &str) {
     let mut g = spawn_gateway(&sig.to_ascii_lowercase());
     let mut s = TcpStream::connect(g.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
-        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let pid = g.child.id().to_string();
-    let st = Command::new("kill")
-        .args([&format!("-{sig}"), &pid])
-        .status()
-        .expect("kill");
+    let st = Command::new("kill").args([&format!("-{sig}"), &pid]).status().expect("kill");
     assert!(st.success());
     // The loop notices the signal and stops accepting.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let line = g
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("no draining log");
+        let line = g.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no draining log");
         if line.contains("draining") {
             break;
         }
     }
-    assert!(
-        g.child.try_wait().unwrap().is_none(),
-        "exited with a request in flight"
-    );
+    assert!(g.child.try_wait().unwrap().is_none(), "exited with a request in flight");
     s.write_all(b"67890").unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
@@ -232,18 +202,11 @@ fn sigterm_when_idle_exits_at_once() {
     let mut g = spawn_gateway("idle");
     // An idle keep-alive connection must not hold up the exit.
     let mut s = TcpStream::connect(g.addr).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut b = [0u8; 512];
     assert!(s.read(&mut b).unwrap() > 0);
     let pid = g.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = wait_exit(&mut g, Duration::from_secs(5));
     assert!(status.success(), "exit status {status:?}");
 }

@@ -82,14 +82,7 @@ fn mutate(rng: &mut Rng, input: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
 
 /// Runs `check` on the seeds and `cases` more inputs (mostly mutated seeds, some fresh random
 /// bytes), and requires both outcomes (accepted / refused) to occur, or the run proves little.
-fn run(
-    name: &str,
-    seed: u64,
-    cases: usize,
-    seeds: &[Vec<u8>],
-    tokens: &[&[u8]],
-    check: fn(&[u8]) -> bool,
-) {
+fn run(name: &str, seed: u64, cases: usize, seeds: &[Vec<u8>], tokens: &[&[u8]], check: fn(&[u8]) -> bool) {
     let mut rng = Rng(seed);
     for seed in seeds {
         check(seed);
@@ -112,10 +105,7 @@ fn run(
         }
     }
     eprintln!("{name}: {accepted} of {cases} cases accepted");
-    assert!(
-        accepted > cases / 100 && accepted < cases,
-        "{name}: accepted {accepted} of {cases}"
-    );
+    assert!(accepted > cases / 100 && accepted < cases, "{name}: accepted {accepted} of {cases}");
 }
 
 fn with_prefix(prefix: &[u8], body: &[u8]) -> Vec<u8> {
@@ -154,14 +144,7 @@ fn http_head() {
         b"?",
         b"%",
     ];
-    run(
-        "http_head",
-        0x4EAD_0001,
-        20_000,
-        &seeds,
-        tokens,
-        props::http_head,
-    );
+    run("http_head", 0x4EAD_0001, 20_000, &seeds, tokens, props::http_head);
 }
 
 #[test]
@@ -174,46 +157,18 @@ fn chunked() {
     ];
     let mut seeds = Vec::new();
     for b in bodies {
-        for prefix in [
-            &[4u8, 0][..],
-            &[3, 3, 0, 2, 0, 7, 0, 30],
-            &[1, 1, 0, 5],
-            &[2, 0],
-        ] {
+        for prefix in [&[4u8, 0][..], &[3, 3, 0, 2, 0, 7, 0, 30], &[1, 1, 0, 5], &[2, 0]] {
             seeds.push(with_prefix(prefix, b));
         }
     }
-    let tokens: &[&[u8]] = &[
-        b"\r\n",
-        b"\r",
-        b"\n",
-        b";",
-        b"0\r\n\r\n",
-        b"f",
-        b"F",
-        b" ",
-        b"\t",
-        b"X: y\r\n",
-        b"ffffffffffffffff",
-    ];
-    run(
-        "chunked",
-        0xC4A1_0002,
-        20_000,
-        &seeds,
-        tokens,
-        props::chunked,
-    );
+    let tokens: &[&[u8]] =
+        &[b"\r\n", b"\r", b"\n", b";", b"0\r\n\r\n", b"f", b"F", b" ", b"\t", b"X: y\r\n", b"ffffffffffffffff"];
+    run("chunked", 0xC4A1_0002, 20_000, &seeds, tokens, props::chunked);
 }
 
 #[test]
 fn gzip() {
-    let payloads: &[&[u8]] = &[
-        b"",
-        b"hello gzip hello gzip hello gzip",
-        b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-        b"x",
-    ];
+    let payloads: &[&[u8]] = &[b"", b"hello gzip hello gzip hello gzip", b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", b"x"];
     let mut seeds = Vec::new();
     for p in payloads {
         for flags in [0u8, 0x1f, 0x0a] {
@@ -224,26 +179,14 @@ fn gzip() {
             seeds.push(raw);
         }
     }
-    let tokens: &[&[u8]] = &[
-        b"\x1f\x8b\x08\x00",
-        b"\0\0\0\0",
-        b"\xff\xff",
-        b"\x03\x00",
-        b"\x01\x00\x00\xff\xff",
-    ];
+    let tokens: &[&[u8]] = &[b"\x1f\x8b\x08\x00", b"\0\0\0\0", b"\xff\xff", b"\x03\x00", b"\x01\x00\x00\xff\xff"];
     run("gzip", 0x621F_0003, 4_000, &seeds, tokens, props::gzip);
 }
 
 fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut tar = Vec::new();
     for (name, data) in entries {
-        tar.extend_from_slice(&props::tar_header(
-            name.as_bytes(),
-            b"",
-            b'0',
-            data.len() as u64,
-            false,
-        ));
+        tar.extend_from_slice(&props::tar_header(name.as_bytes(), b"", b'0', data.len() as u64, false));
         tar.extend_from_slice(data);
         tar.resize(tar.len().div_ceil(512) * 512, 0);
     }
@@ -254,18 +197,12 @@ fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
 #[test]
 fn archive() {
     let mut seeds = vec![
-        with_prefix(
-            &[0],
-            &tar_gz(&[("postgresql/tables/a.sql", b"CREATE TABLE a (x int);")]),
-        ),
+        with_prefix(&[0], &tar_gz(&[("postgresql/tables/a.sql", b"CREATE TABLE a (x int);")])),
         with_prefix(
             &[0],
             &tar_gz(&[
                 ("top/postgresql/functions/f.pgsql", b"SELECT 1;"),
-                (
-                    "top/postgresql/migrations/2_x.sql",
-                    b"\xEF\xBB\xBFALTER TABLE a ADD y int;",
-                ),
+                ("top/postgresql/migrations/2_x.sql", b"\xEF\xBB\xBFALTER TABLE a ADD y int;"),
                 ("top/README.md", b"hi"),
             ]),
         ),
@@ -279,14 +216,7 @@ fn archive() {
         seeds.push(s);
     }
     let tokens: &[&[u8]] = &[b"\0", b"\x02", b"\x05", b"\x0a", b"\x13", b"\x18", b"\xff"];
-    run(
-        "archive",
-        0xA2C4_0004,
-        6_000,
-        &seeds,
-        tokens,
-        props::archive,
-    );
+    run("archive", 0xA2C4_0004, 6_000, &seeds, tokens, props::archive);
 }
 
 #[test]
@@ -328,14 +258,7 @@ fn sql_split() {
         b"\xc3\xa9",
         b"\x0c",
     ];
-    run(
-        "sql_split",
-        0x5A1_0005,
-        20_000,
-        &seeds,
-        tokens,
-        props::sql_split,
-    );
+    run("sql_split", 0x5A1_0005, 20_000, &seeds, tokens, props::sql_split);
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -363,41 +286,19 @@ fn pg_frame() {
     stream.extend(frame(b'C', b"SELECT 1\0"));
     stream.extend(frame(b'Z', b"I"));
     let mut rng = Rng(0x96F2_5EED);
-    let mut seeds = vec![
-        with_prefix(&[0, 3], &stream),
-        with_prefix(&[0, 0], &stream[..40]),
-    ];
+    let mut seeds = vec![with_prefix(&[0, 3], &stream), with_prefix(&[0, 0], &stream[..40])];
     for _ in 0..8 {
         let mut s = vec![1u8, rng.next() as u8];
         s.extend(rng.bytes(80));
         seeds.push(s);
     }
-    let tokens: &[&[u8]] = &[
-        b"\0\0\0\x04",
-        b"\xff\xff\xff\xff",
-        b"\0\0\0\0",
-        b"D",
-        b"T",
-        b"E",
-        b"R",
-        b"\0",
-    ];
-    run(
-        "pg_frame",
-        0x96F2_0006,
-        20_000,
-        &seeds,
-        tokens,
-        props::pg_frame,
-    );
+    let tokens: &[&[u8]] = &[b"\0\0\0\x04", b"\xff\xff\xff\xff", b"\0\0\0\0", b"D", b"T", b"E", b"R", b"\0"];
+    run("pg_frame", 0x96F2_0006, 20_000, &seeds, tokens, props::pg_frame);
 }
 
 /// The two selector bytes that make the call checks use `oid`.
 fn oid_prefix(oid: u32) -> [u8; 2] {
-    let i = props::type_oids()
-        .iter()
-        .position(|&o| o == oid)
-        .expect("oid in the registry");
+    let i = props::type_oids().iter().position(|&o| o == oid).expect("oid in the registry");
     (i as u16).to_be_bytes()
 }
 
@@ -413,21 +314,13 @@ fn call_render() {
     let cases: &[(u32, u8, &[u8])] = &[
         (1007, 0, b"{1,2,NULL,\"3\"}"),
         (1007, 1, &bin_int4_array),
-        (
-            1009,
-            0,
-            b"{{\"a,b\",\"{\"},{\"\\\"\",\"\\\\\"},{NULL,\"NULL\"},{\"\",\" sp \"}}",
-        ),
+        (1009, 0, b"{{\"a,b\",\"{\"},{\"\\\"\",\"\\\\\"},{NULL,\"NULL\"},{\"\",\" sp \"}}"),
         (1020, 0, b"{(1,2),(3,4);(5,6),(7,8)}"),
         (types::JSONB, 0, br#"{"a":[1,2.5e3,"\u00e9"],"b":null}"#),
         (types::JSONB, 1, b"\x01[true,false]"),
         (types::JSON, 0, b"\"\\ud83d\\ude00\""),
         (types::NUMERIC, 0, b"-12.5000"),
-        (
-            types::NUMERIC,
-            1,
-            b"\x00\x02\x00\x00\x40\x00\x00\x02\x00\x0c\x13\x88",
-        ),
+        (types::NUMERIC, 1, b"\x00\x02\x00\x00\x40\x00\x00\x02\x00\x0c\x13\x88"),
         (types::FLOAT8, 1, b"\x7f\xf8\0\0\0\0\0\0"),
         (types::TIMESTAMPTZ, 0, b"2026-11-27 18:34:44.5+05:30"),
         (types::TIMESTAMP, 0, b"2026-11-27 18:34:44"),
@@ -435,11 +328,7 @@ fn call_render() {
         (types::BYTEA, 1, b"\0\x01\xff"),
         (types::BOOL, 0, b"t"),
         (types::RECORD, 0, b"(1,\"a b\",,\"x\"\"y\")"),
-        (
-            90005,
-            0,
-            b"(7,\"{a,b}\",\"(1,x)\",happy,1.5,\"{}\",\"\\\\x00\")",
-        ),
+        (90005, 0, b"(7,\"{a,b}\",\"(1,x)\",happy,1.5,\"{}\",\"\\\\x00\")"),
         (90009, 0, b"(\"(,1)\",2)"),
         (90012, 0, b"{\"(1,{},\\\"(2,y)\\\",sad,0,null,)\"}"),
         (90013, 0, b"(\"{1,2}\",\"{(1,1),(0,0)}\",0123-4567)"),
@@ -448,10 +337,7 @@ fn call_render() {
     ];
     let mut seeds = Vec::new();
     for (oid, format, raw) in cases {
-        seeds.push(with_prefix(
-            &[oid_prefix(*oid)[0], oid_prefix(*oid)[1], *format],
-            raw,
-        ));
+        seeds.push(with_prefix(&[oid_prefix(*oid)[0], oid_prefix(*oid)[1], *format], raw));
     }
     // Binary-array mode: header built by the check, elements from the rest.
     for oid in [1007u32, 1009, 1016, 90004, 90011] {
@@ -479,14 +365,7 @@ fn call_render() {
         b"\x01",
         b"\x7f\xff\xff\xff",
     ];
-    run(
-        "call_render",
-        0xCA11_0007,
-        20_000,
-        &seeds,
-        tokens,
-        props::call_render,
-    );
+    run("call_render", 0xCA11_0007, 20_000, &seeds, tokens, props::call_render);
 }
 
 #[test]
@@ -500,10 +379,7 @@ fn call_encode() {
         (1000, "[true,false,null]"),
         (1231, "[1.5,-2e3,0]"),
         (90004, r#"[{"x":1,"y":"a"},{"y":null},null]"#),
-        (
-            90012,
-            r#"[{"id":1,"tags":["a","b"],"inn":{"x":2},"m":"happy","n":1.5,"j":{"k":[]},"b":"\\x00"}]"#,
-        ),
+        (90012, r#"[{"id":1,"tags":["a","b"],"inn":{"x":2},"m":"happy","n":1.5,"j":{"k":[]},"b":"\\x00"}]"#),
         (90014, r#"[{"me":{"me":{"v":1}},"v":2}]"#),
         (90015, r#"[["a"],["b","c"]]"#),
         (90007, r#"["x","y"]"#),
@@ -534,14 +410,7 @@ fn call_encode() {
         b"true",
         b"\"x\":",
     ];
-    run(
-        "call_encode",
-        0xE4C0_0008,
-        20_000,
-        &seeds,
-        tokens,
-        props::call_encode,
-    );
+    run("call_encode", 0xE4C0_0008, 20_000, &seeds, tokens, props::call_encode);
 }
 
 #[test]
@@ -553,10 +422,7 @@ fn deploy_form() {
          --{b}\r\nContent-Disposition: form-data; name=\"schema\"; filename=\"s.tar.gz\"\r\n\
          Content-Type: application/gzip\r\n\r\n\x1f\u{8b}data\r\n--{b}--\r\n"
     );
-    let seeds = vec![
-        with_prefix(&[0xf1], body.as_bytes()),
-        with_prefix(&[0x05], body.as_bytes()),
-    ];
+    let seeds = vec![with_prefix(&[0xf1], body.as_bytes()), with_prefix(&[0x05], body.as_bytes())];
     let delimiter = format!("\r\n--{b}");
     let tokens: &[&[u8]] = &[
         delimiter.as_bytes(),
@@ -568,12 +434,5 @@ fn deploy_form() {
         b"\xff",
         b"--",
     ];
-    run(
-        "deploy_form",
-        0xF0E4_0009,
-        10_000,
-        &seeds,
-        tokens,
-        props::deploy_form,
-    );
+    run("deploy_form", 0xF0E4_0009, 10_000, &seeds, tokens, props::deploy_form);
 }

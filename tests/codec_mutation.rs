@@ -80,26 +80,19 @@ fn mutate(rng: &mut Rng, input: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
 fn json_corpus() -> Vec<Vec<u8>> {
     let dir = match std::env::var_os("JSON_TEST_SUITE_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/conformance/json-test-suite/test_parsing"
-        )),
+        None => {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/json-test-suite/test_parsing"))
+        }
     };
     let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read JSON test suite at {}: {e}", dir.display()))
         .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("y_"))
-        })
+        .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("y_")))
         .map(|path| std::fs::read(path).expect("read case"))
         .collect();
     corpus.sort();
     assert_eq!(corpus.len(), 95, "y_ corpus incomplete");
-    corpus.push(
-        br#"{"platform":"demo","args":[1,-2.5e3,"\u00e9\ud83d\ude00",null,true,{"a":[]}]}"#
-            .to_vec(),
-    );
+    corpus.push(br#"{"platform":"demo","args":[1,-2.5e3,"\u00e9\ud83d\ude00",null,true,{"a":[]}]}"#.to_vec());
     corpus
 }
 
@@ -143,21 +136,14 @@ fn json_mutations() {
             accepted += 1;
             let written = value.to_json();
             let again = json::parse_with_depth(written.as_bytes(), depth);
-            assert_eq!(
-                again.as_ref(),
-                Ok(&value),
-                "input {input:?} wrote {written:?}"
-            );
+            assert_eq!(again.as_ref(), Ok(&value), "input {input:?} wrote {written:?}");
             // Accepted input is valid UTF-8 by construction.
             assert!(std::str::from_utf8(&input).is_ok());
         }
     }
     eprintln!("json: {accepted} of {total} mutants accepted");
     // The mutator must exercise both outcomes, or the test proves little.
-    assert!(
-        accepted > total / 50 && accepted < total,
-        "accepted {accepted} of {total}"
-    );
+    assert!(accepted > total / 50 && accepted < total, "accepted {accepted} of {total}");
 }
 
 const CURL_BODY: &[u8] = include_bytes!("fixtures/multipart/curl_form.bin");
@@ -173,25 +159,16 @@ fn php_body() -> Vec<u8> {
     .into_bytes();
     raw.extend_from_slice(b"\x1f\x8b\0\r\n--\r\n\0--");
     raw.extend_from_slice(
-        format!(
-            "\r\n--{b}\r\nContent-Disposition: form-data; name=platform\r\n\r\ndemo\r\n--{b}--\r\nepilogue"
-        )
-        .as_bytes(),
+        format!("\r\n--{b}\r\nContent-Disposition: form-data; name=platform\r\n\r\ndemo\r\n--{b}--\r\nepilogue")
+            .as_bytes(),
     );
     raw
 }
 
 #[test]
 fn multipart_mutations() {
-    let samples: Vec<(Vec<u8>, &str)> = vec![
-        (CURL_BODY.to_vec(), CURL_BOUNDARY),
-        (php_body(), PHP_BOUNDARY),
-    ];
-    let tight = MultipartLimits {
-        max_parts: 2,
-        max_part_header_bytes: 80,
-        max_headers_per_part: 1,
-    };
+    let samples: Vec<(Vec<u8>, &str)> = vec![(CURL_BODY.to_vec(), CURL_BOUNDARY), (php_body(), PHP_BOUNDARY)];
+    let tight = MultipartLimits { max_parts: 2, max_part_header_bytes: 80, max_headers_per_part: 1 };
     let mut rng = Rng(0xB0DA_17F0_11C7_0005);
     let (mut accepted, mut total) = (0usize, 0usize);
     for _ in 0..100_000 {
@@ -215,11 +192,7 @@ fn multipart_mutations() {
             b"\0",
         ];
         let input = mutate(&mut rng, body, tokens);
-        let limits = if rng.below(4) == 0 {
-            tight.clone()
-        } else {
-            MultipartLimits::default()
-        };
+        let limits = if rng.below(4) == 0 { tight.clone() } else { MultipartLimits::default() };
         total += 1;
         if let Ok(parts) = multipart::parse(&input, b, &limits) {
             accepted += 1;
@@ -235,10 +208,7 @@ fn multipart_mutations() {
         }
     }
     eprintln!("multipart: {accepted} of {total} mutants accepted");
-    assert!(
-        accepted > total / 50 && accepted < total,
-        "accepted {accepted} of {total}"
-    );
+    assert!(accepted > total / 50 && accepted < total, "accepted {accepted} of {total}");
 }
 
 #[test]

@@ -17,15 +17,10 @@ use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
 // ---------- cluster and databases ----------
 
 fn params(db: &str) -> ConnectParams {
-    let port = std::env::var("TEST_PG_PORT")
-        .expect("TEST_PG_PORT is not set: run these tests through scripts/test.sh");
+    let port = std::env::var("TEST_PG_PORT").expect("TEST_PG_PORT is not set: run these tests through scripts/test.sh");
     let host = std::env::var("TEST_PG_HOST").expect("TEST_PG_HOST is not set");
     ConnectParams {
-        host: if host.starts_with('/') {
-            Host::Unix(PathBuf::from(host))
-        } else {
-            Host::Tcp(host)
-        },
+        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
         port: port.parse().expect("numeric TEST_PG_PORT"),
         user: std::env::var("TEST_PG_SUPERUSER").unwrap_or_else(|_| "postgres".into()),
         password: None,
@@ -44,18 +39,10 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl TestDb {
     fn new(tag: &str) -> TestDb {
-        let name = format!(
-            "ssdb_deploy_{tag}_{}_{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("ssdb_deploy_{tag}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let mut admin = Client::connect(&params("postgres")).expect("connect admin");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         admin.close();
         TestDb { name }
     }
@@ -68,10 +55,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = Client::connect(&params("postgres")) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
             admin.close();
         }
     }
@@ -91,11 +75,7 @@ fn platform() -> BTreeMap<String, String> {
         let folder = folder.unwrap().path();
         for f in std::fs::read_dir(&folder).unwrap() {
             let f = f.unwrap().path();
-            let rel = f
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
             out.insert(rel, std::fs::read_to_string(&f).unwrap());
         }
     }
@@ -118,28 +98,17 @@ fn archive(files: &BTreeMap<String, String>) -> SchemaArchive {
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes())
-            .unwrap();
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
     }
     let tar = b.into_inner().unwrap();
     read_archive(&gzip(&tar), &ArchiveLimits::default()).expect("readable archive")
 }
 
 fn opts(mode: SeedMode) -> DeployOptions {
-    DeployOptions {
-        force: false,
-        dry_run: false,
-        reseed: false,
-        seed_mode: mode,
-        run_id: "test-run".into(),
-    }
+    DeployOptions { force: false, dry_run: false, reseed: false, seed_mode: mode, run_id: "test-run".into() }
 }
 
-fn run(
-    db: &TestDb,
-    files: &BTreeMap<String, String>,
-    o: &DeployOptions,
-) -> Result<DeployReport, ApiError> {
+fn run(db: &TestDb, files: &BTreeMap<String, String>, o: &DeployOptions) -> Result<DeployReport, ApiError> {
     let mut c = db.client();
     let r = deploy(&mut c, &db.name, &archive(files), o);
     c.close();
@@ -149,10 +118,7 @@ fn run(
 fn ok(db: &TestDb, files: &BTreeMap<String, String>, o: &DeployOptions) -> DeployReport {
     match run(db, files, o) {
         Ok(r) => r,
-        Err(e) => panic!(
-            "deploy failed: {:?} {} {:?} {:?}",
-            e.kind, e.message, e.db, e.extra
-        ),
+        Err(e) => panic!("deploy failed: {:?} {} {:?} {:?}", e.kind, e.message, e.db, e.extra),
     }
 }
 
@@ -196,30 +162,19 @@ fn deploy_new_then_redeploy_skips_everything() {
     assert_eq!(t, ["categories", "orders", "products", "users"]);
     assert_eq!(
         r.migrations_applied,
-        [
-            "migrations/001_settings.sql",
-            "migrations/002_more.sql",
-            "migrations/010_index.sql"
-        ]
+        ["migrations/001_settings.sql", "migrations/002_more.sql", "migrations/010_index.sql"]
     );
     assert_eq!(r.functions_total, 13);
     assert_eq!(r.functions_changed.len(), 13);
     assert_eq!(r.functions_skipped, 0);
     assert!(r.functions_dropped.is_empty());
-    let products = r
-        .seeders
-        .iter()
-        .find(|s| s.table == "public.products")
-        .unwrap();
+    let products = r.seeders.iter().find(|s| s.table == "public.products").unwrap();
     assert_eq!((products.inserted, products.skipped), (3, 0));
     assert!(r.schema_validation.dataloss.is_empty() && r.schema_validation.incompatible.is_empty());
 
     // The functions work.
     let id = one(&db, "SELECT create_user('a@example.com', 'Alice')");
-    assert_eq!(
-        q(&db, &format!("SELECT email FROM get_user({id})"))[0][0].as_deref(),
-        Some("a@example.com")
-    );
+    assert_eq!(q(&db, &format!("SELECT email FROM get_user({id})"))[0][0].as_deref(), Some("a@example.com"));
     assert_eq!(one(&db, "SELECT add_numbers(1, 2)"), "3");
     assert_eq!(one(&db, "SELECT add_numbers(1.5, 2)"), "3.5");
     assert_eq!(one(&db, "SELECT add_numbers(1, 2, 3)"), "6");
@@ -227,16 +182,10 @@ fn deploy_new_then_redeploy_skips_everything() {
     assert_eq!(one(&db, "SELECT product_count()"), "3");
     assert_eq!(one(&db, "SELECT length(random_token())"), "16");
     q(&db, "CALL set_setting('k', 'v')");
-    assert_eq!(
-        one(&db, "SELECT value FROM app_settings WHERE key = 'version'"),
-        "2"
-    );
+    assert_eq!(one(&db, "SELECT value FROM app_settings WHERE key = 'version'"), "2");
     assert_eq!(one(&db, "SELECT count(*) FROM find_users('Alice')"), "1");
     // The self-reference and FK order made it through.
-    assert_eq!(
-        one(&db, "SELECT name FROM categories WHERE parent_id = 1"),
-        "child"
-    );
+    assert_eq!(one(&db, "SELECT name FROM categories WHERE parent_id = 1"), "child");
 
     let mut buf = Vec::new();
     {
@@ -245,10 +194,7 @@ fn deploy_new_then_redeploy_skips_everything() {
     }
     let json = String::from_utf8(buf).unwrap();
     assert!(json.contains("\"functions_deployed\":13"), "{json}");
-    assert!(
-        json.contains("\"migrations_applied\":[\"migrations/001_settings.sql\""),
-        "{json}"
-    );
+    assert!(json.contains("\"migrations_applied\":[\"migrations/001_settings.sql\""), "{json}");
 
     let before = one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog");
     let r2 = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
@@ -259,17 +205,10 @@ fn deploy_new_then_redeploy_skips_everything() {
     assert_eq!(r2.functions_total, 13);
     assert_eq!(r2.functions_skipped, 13);
     assert!(r2.functions_changed.is_empty() && r2.functions_dropped.is_empty());
-    let products = r2
-        .seeders
-        .iter()
-        .find(|s| s.table == "public.products")
-        .unwrap();
+    let products = r2.seeders.iter().find(|s| s.table == "public.products").unwrap();
     assert_eq!((products.inserted, products.skipped), (0, 3));
     assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
-    assert_eq!(
-        one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog"),
-        before
-    );
+    assert_eq!(one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog"), before);
 }
 
 #[test]
@@ -287,17 +226,11 @@ fn changes_apply_exactly_what_changed() {
     files.insert("functions/math.sql".into(), math);
     let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
     assert_eq!(r.migrations_applied, ["migrations/011_flag.sql"]);
-    assert_eq!(
-        r.functions_changed,
-        ["public.add_numbers(integer, integer, integer)"]
-    );
+    assert_eq!(r.functions_changed, ["public.add_numbers(integer, integer, integer)"]);
     assert_eq!(r.functions_dropped, ["public.to_be_removed()"]);
     assert_eq!(r.functions_total, 12);
     assert_eq!(r.functions_skipped, 11);
-    assert_eq!(
-        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NULL"),
-        "t"
-    );
+    assert_eq!(one(&db, "SELECT to_regprocedure('to_be_removed()') IS NULL"), "t");
     assert_eq!(one(&db, "SELECT add_numbers(1, 2, 3)"), "6");
 }
 
@@ -307,21 +240,11 @@ fn edited_applied_migration_is_refused() {
     let mut files = platform();
     ok(&db, &files, &opts(SeedMode::RunIfEmpty));
     let before = state(&db);
-    files.insert(
-        "migrations/002_more.sql".into(),
-        "UPDATE app_settings SET value = '3';\n".into(),
-    );
-    files.insert(
-        "migrations/020_new.sql".into(),
-        "CREATE TABLE never (id int);\n".into(),
-    );
+    files.insert("migrations/002_more.sql".into(), "UPDATE app_settings SET value = '3';\n".into());
+    files.insert("migrations/020_new.sql".into(), "CREATE TABLE never (id int);\n".into());
     let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
     assert_eq!(e.kind, Kind::MigrationChecksumMismatch);
-    assert!(
-        e.message.contains("migrations/002_more.sql"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("migrations/002_more.sql"), "{}", e.message);
     assert_eq!(state(&db), before);
 }
 
@@ -335,23 +258,15 @@ fn failing_migration_leaves_everything_unchanged() {
         "migrations/030_bad.sql".into(),
         "CREATE TABLE half (id int);\n\nINSERT INTO half VALUES (1);\nSELECT 1/0;\n".into(),
     );
-    files.insert(
-        "functions/extra.sql".into(),
-        "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1';".into(),
-    );
+    files
+        .insert("functions/extra.sql".into(), "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1';".into());
     let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
     assert_eq!(e.kind, Kind::MigrationFailed);
     assert_eq!(e.db.as_ref().unwrap().sqlstate, "22012");
     let extra: Vec<_> = e.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    assert!(
-        extra.contains(&"file=\"migrations/030_bad.sql\"".to_string()),
-        "{extra:?}"
-    );
+    assert!(extra.contains(&"file=\"migrations/030_bad.sql\"".to_string()), "{extra:?}");
     assert!(extra.contains(&"line=4".to_string()), "{extra:?}");
-    assert!(
-        extra.contains(&"step=\"migrations\"".to_string()),
-        "{extra:?}"
-    );
+    assert!(extra.contains(&"step=\"migrations\"".to_string()), "{extra:?}");
     assert_eq!(state(&db), before);
 }
 
@@ -365,21 +280,9 @@ fn dry_run_changes_nothing() {
     assert!(r.dry_run);
     assert_eq!(r.tables_created.len(), 4);
     assert_eq!(r.functions_changed.len(), 13);
-    assert_eq!(
-        one(
-            &db,
-            "SELECT to_regclass('_stonescriptdb_gateway_migrations') IS NULL"
-        ),
-        "t"
-    );
+    assert_eq!(one(&db, "SELECT to_regclass('_stonescriptdb_gateway_migrations') IS NULL"), "t");
     assert_eq!(one(&db, "SELECT to_regclass('users') IS NULL"), "t");
-    assert_eq!(
-        one(
-            &db,
-            "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"
-        ),
-        "0"
-    );
+    assert_eq!(one(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"), "0");
 }
 
 #[test]
@@ -412,10 +315,7 @@ fn enum_gains_a_value_other_type_changes_refused() {
         ),
         "active,suspended,deleted"
     );
-    files.insert(
-        "types/user_status.sql".into(),
-        "CREATE TYPE user_status AS ENUM ('deleted', 'active');\n".into(),
-    );
+    files.insert("types/user_status.sql".into(), "CREATE TYPE user_status AS ENUM ('deleted', 'active');\n".into());
     let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
     assert!(e.message.contains("migration"), "{}", e.message);
 }
@@ -426,18 +326,11 @@ fn drift_refused_unless_forced_and_safe_columns_added() {
     let mut files = platform();
     ok(&db, &files, &opts(SeedMode::RunIfEmpty));
     // Safe: a new nullable column is added by the deployer itself.
-    let products = files["tables/products.sql"].replace(
-        "name varchar(200) NOT NULL,",
-        "name varchar(200) NOT NULL,\n    description text,",
-    );
+    let products = files["tables/products.sql"]
+        .replace("name varchar(200) NOT NULL,", "name varchar(200) NOT NULL,\n    description text,");
     files.insert("tables/products.sql".into(), products);
     let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
-    assert!(
-        r.schema_validation
-            .safe
-            .iter()
-            .any(|c| c.column.as_deref() == Some("description") && c.applied)
-    );
+    assert!(r.schema_validation.safe.iter().any(|c| c.column.as_deref() == Some("description") && c.applied));
     assert_eq!(
         one(
             &db,
@@ -448,10 +341,7 @@ fn drift_refused_unless_forced_and_safe_columns_added() {
     // Dataloss: a column that exists in the database disappears from the file; narrowing a type.
     let users = files["tables/users.sql"]
         .replace("    display_name varchar(100),\n", "")
-        .replace(
-            "CREATE INDEX users_name_trgm ON users USING gin (display_name gin_trgm_ops);\n",
-            "",
-        );
+        .replace("CREATE INDEX users_name_trgm ON users USING gin (display_name gin_trgm_ops);\n", "");
     let mut drifted = files.clone();
     drifted.insert("tables/users.sql".into(), users);
     drifted.insert(
@@ -460,20 +350,11 @@ fn drift_refused_unless_forced_and_safe_columns_added() {
     );
     let e = run(&db, &drifted, &opts(SeedMode::RunIfEmpty)).unwrap_err();
     assert_eq!(e.kind, Kind::SchemaDrift, "{}", e.message);
-    assert!(
-        e.message.contains("display_name") && e.message.contains("name"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("display_name") && e.message.contains("name"), "{}", e.message);
     let mut forced = opts(SeedMode::RunIfEmpty);
     forced.force = true;
     let r = ok(&db, &drifted, &forced);
-    assert_eq!(
-        r.schema_validation.dataloss.len(),
-        2,
-        "{:?}",
-        r.schema_validation
-    );
+    assert_eq!(r.schema_validation.dataloss.len(), 2, "{:?}", r.schema_validation);
     // Forcing accepts the drift; it never drops or narrows anything itself.
     assert_eq!(
         one(
@@ -523,18 +404,9 @@ fn concurrent_deploys_apply_each_migration_once() {
             })
         })
         .collect();
-    let applied: Vec<usize> = threads
-        .into_iter()
-        .map(|t| t.join().unwrap().unwrap())
-        .collect();
+    let applied: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
     assert_eq!(applied.iter().sum::<usize>(), 3, "{applied:?}");
-    assert_eq!(
-        one(
-            &db,
-            "SELECT count(*) FROM _stonescriptdb_gateway_migrations"
-        ),
-        "3"
-    );
+    assert_eq!(one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_migrations"), "3");
     assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
 }
 
@@ -544,21 +416,13 @@ fn no_transaction_migration_runs_after_commit() {
     let mut files = platform();
     files.insert(
         "migrations/005_concurrently.sql".into(),
-        "-- gateway: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS products_name_idx ON products (name);\n".into(),
+        "-- gateway: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS products_name_idx ON products (name);\n"
+            .into(),
     );
     let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
-    assert_eq!(
-        r.no_transaction_migrations,
-        ["migrations/005_concurrently.sql"]
-    );
-    assert!(
-        r.migrations_applied
-            .contains(&"migrations/005_concurrently.sql".to_string())
-    );
-    assert_eq!(
-        one(&db, "SELECT to_regclass('products_name_idx') IS NOT NULL"),
-        "t"
-    );
+    assert_eq!(r.no_transaction_migrations, ["migrations/005_concurrently.sql"]);
+    assert!(r.migrations_applied.contains(&"migrations/005_concurrently.sql".to_string()));
+    assert_eq!(one(&db, "SELECT to_regclass('products_name_idx') IS NOT NULL"), "t");
     assert_eq!(
         one(
             &db,
@@ -576,32 +440,22 @@ fn blocked_drop_names_dependant_and_return_type_change_recreates() {
     let mut files = platform();
     ok(&db, &files, &opts(SeedMode::RunIfEmpty));
     // Return type change: integer → bigint needs DROP + CREATE.
-    let math = files["functions/math.sql"].replace(
-        "double_it(x integer) RETURNS integer",
-        "double_it(x integer) RETURNS bigint",
-    );
+    let math = files["functions/math.sql"]
+        .replace("double_it(x integer) RETURNS integer", "double_it(x integer) RETURNS bigint");
     files.insert("functions/math.sql".into(), math);
     let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
     assert_eq!(r.functions_changed, ["public.double_it(integer)"]);
     assert_eq!(one(&db, "SELECT pg_typeof(double_it(2))::text"), "bigint");
     // A view made by a migration depends on a function the files no longer declare.
-    files.insert(
-        "migrations/040_view.sql".into(),
-        "CREATE VIEW answer AS SELECT to_be_removed() AS v;\n".into(),
-    );
+    files.insert("migrations/040_view.sql".into(), "CREATE VIEW answer AS SELECT to_be_removed() AS v;\n".into());
     ok(&db, &files, &opts(SeedMode::RunIfEmpty));
-    let math = files["functions/math.sql"].replace(
-        "CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';\n",
-        "",
-    );
+    let math = files["functions/math.sql"]
+        .replace("CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';\n", "");
     files.insert("functions/math.sql".into(), math);
     let e = run(&db, &files, &opts(SeedMode::RunIfEmpty)).unwrap_err();
     assert_eq!(e.kind, Kind::FunctionDeployFailed);
     assert!(e.message.contains("view answer"), "{}", e.message);
-    assert_eq!(
-        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"),
-        "t"
-    );
+    assert_eq!(one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"), "t");
 }
 
 // ---------- priority 3: database helpers ----------

@@ -22,11 +22,7 @@ const TOKEN: &str = "deploy-http-admin-token-0123456789";
 fn params(db: &str) -> ConnectParams {
     let (host, port, user) = common::pg_env();
     ConnectParams {
-        host: if host.starts_with('/') {
-            Host::Unix(PathBuf::from(host))
-        } else {
-            Host::Tcp(host)
-        },
+        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
         port,
         user,
         password: None,
@@ -38,39 +34,25 @@ fn params(db: &str) -> ConnectParams {
 
 fn q(db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
     let mut c = Client::connect(&params(db)).unwrap_or_else(|e| panic!("connect {db}: {e}"));
-    let r = c
-        .simple_query(sql)
-        .unwrap_or_else(|e| panic!("{db}: {sql}: {e}"));
+    let r = c.simple_query(sql).unwrap_or_else(|e| panic!("{db}: {sql}: {e}"));
     c.close();
     r
 }
 
 fn one(db: &str, sql: &str) -> String {
-    q(db, sql)
-        .first()
-        .and_then(|r| r.first().cloned())
-        .flatten()
-        .unwrap_or_default()
+    q(db, sql).first().and_then(|r| r.first().cloned()).flatten().unwrap_or_default()
 }
 
 fn db_exists(name: &str) -> bool {
-    one(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
-    ) == "1"
+    one("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")) == "1"
 }
 
 /// Databases whose names start with `prefix`.
 fn databases_with_prefix(prefix: &str) -> Vec<String> {
-    q(
-        "postgres",
-        &format!(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, '{prefix}') ORDER BY 1"
-        ),
-    )
-    .into_iter()
-    .filter_map(|r| r[0].clone())
-    .collect()
+    q("postgres", &format!("SELECT datname FROM pg_database WHERE starts_with(datname, '{prefix}') ORDER BY 1"))
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect()
 }
 
 /// Everything the tracking tables and the user schema hold, to prove a request changed nothing.
@@ -98,11 +80,7 @@ fn platform_files() -> BTreeMap<String, String> {
         let folder = folder.unwrap().path();
         for f in std::fs::read_dir(&folder).unwrap() {
             let f = f.unwrap().path();
-            let rel = f
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
             out.insert(rel, std::fs::read_to_string(&f).unwrap());
         }
     }
@@ -154,8 +132,7 @@ fn tar_of(files: &BTreeMap<String, String>, pack: Pack) -> Vec<u8> {
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes())
-            .unwrap();
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
     }
     b.into_inner().unwrap()
 }
@@ -207,20 +184,14 @@ fn multipart(fields: &[(&str, &str)], archive: Option<(&str, &[u8])>) -> Vec<u8>
     }
     for (k, v) in fields {
         b.extend_from_slice(
-            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
-                .as_bytes(),
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
         );
     }
     b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     b
 }
 
-fn post_form(
-    addr: SocketAddr,
-    path: &str,
-    fields: &[(&str, &str)],
-    archive: Option<&[u8]>,
-) -> Resp {
+fn post_form(addr: SocketAddr, path: &str, fields: &[(&str, &str)], archive: Option<&[u8]>) -> Resp {
     let body = multipart(fields, archive.map(|a| ("schema", a)));
     let ct = format!("multipart/form-data; boundary={BOUNDARY}");
     common::request(addr, "POST", path, &[("Content-Type", &ct)], &body)
@@ -235,9 +206,7 @@ fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
                 .as_array()
                 .and_then(|a| a.get(i))
                 .unwrap_or_else(|| panic!("no index {i} in {path}: {}", v.to_json())),
-            Err(_) => cur
-                .get(part)
-                .unwrap_or_else(|| panic!("no member {part} in {path}: {}", v.to_json())),
+            Err(_) => cur.get(part).unwrap_or_else(|| panic!("no member {part} in {path}: {}", v.to_json())),
         };
     }
     cur
@@ -251,25 +220,15 @@ fn num(v: &Value, path: &str) -> i64 {
 }
 
 fn text<'a>(v: &'a Value, path: &str) -> &'a str {
-    at(v, path)
-        .as_str()
-        .unwrap_or_else(|| panic!("{path} is not a string: {}", v.to_json()))
+    at(v, path).as_str().unwrap_or_else(|| panic!("{path} is not a string: {}", v.to_json()))
 }
 
 fn len(v: &Value, path: &str) -> usize {
-    at(v, path)
-        .as_array()
-        .unwrap_or_else(|| panic!("{path} is not an array: {}", v.to_json()))
-        .len()
+    at(v, path).as_array().unwrap_or_else(|| panic!("{path} is not an array: {}", v.to_json())).len()
 }
 
 fn strs(v: &Value, path: &str) -> Vec<String> {
-    at(v, path)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
+    at(v, path).as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
 }
 
 #[track_caller]
@@ -297,18 +256,10 @@ impl World {
             drop_db(&db);
         }
         drop_db(&catalog);
-        let mut o: Vec<(&str, &str)> = vec![
-            ("CATALOG_DB", &catalog),
-            ("ADMIN_TOKEN", TOKEN),
-            ("DEPLOY_WORKERS", "4"),
-        ];
+        let mut o: Vec<(&str, &str)> = vec![("CATALOG_DB", &catalog), ("ADMIN_TOKEN", TOKEN), ("DEPLOY_WORKERS", "4")];
         o.extend_from_slice(extra);
         let gw = common::start(&o);
-        World {
-            gw: Some(gw),
-            platform,
-            catalog,
-        }
+        World { gw: Some(gw), platform, catalog }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -337,25 +288,17 @@ impl World {
             self.addr(),
             method,
             path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
             body.as_bytes(),
         )
     }
 
     fn call(&self, tenant: Option<&str>, function: &str, params: &str) -> Resp {
-        let tenant = tenant
-            .map(|t| format!(",\"tenant_id\":\"{t}\""))
-            .unwrap_or_default();
+        let tenant = tenant.map(|t| format!(",\"tenant_id\":\"{t}\"")).unwrap_or_default();
         common::post_json(
             self.addr(),
             "/call",
-            &format!(
-                "{{\"platform\":\"{}\"{tenant},\"function\":\"{function}\",\"params\":{params}}}",
-                self.platform
-            ),
+            &format!("{{\"platform\":\"{}\"{tenant},\"function\":\"{function}\",\"params\":{params}}}", self.platform),
         )
     }
 }
@@ -389,10 +332,7 @@ fn changed(mut files: BTreeMap<String, String>) -> BTreeMap<String, String> {
     );
     let math = files["functions/math.sql"]
         .replace("'SELECT a + b + c'", "'SELECT a + b + c + 100'")
-        .replace(
-            "CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';",
-            "",
-        );
+        .replace("CREATE OR REPLACE FUNCTION to_be_removed() RETURNS integer LANGUAGE sql AS 'SELECT 42';", "");
     files.insert("functions/math.sql".into(), math);
     files
 }
@@ -415,11 +355,7 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
     assert_eq!(len(&v, "tables_created"), 4);
     assert_eq!(
         strs(&v, "migrations_applied"),
-        [
-            "migrations/001_settings.sql",
-            "migrations/002_more.sql",
-            "migrations/010_index.sql"
-        ]
+        ["migrations/001_settings.sql", "migrations/002_more.sql", "migrations/010_index.sql"]
     );
     assert_eq!(num(&v, "functions_deployed"), 13);
     assert_eq!(num(&v, "functions_changed"), 13);
@@ -454,10 +390,7 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
     assert_eq!(num(&v, "functions_deployed"), 13);
     // Nothing was written: the changelog did not grow and no catalog row (function, relation) was
     // rewritten — a CREATE OR REPLACE or ALTER would have given the row a new xmin.
-    assert_eq!(
-        one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog"),
-        changelog
-    );
+    assert_eq!(one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_changelog"), changelog);
     assert_eq!(state(&db), before);
 }
 
@@ -468,10 +401,8 @@ fn gnu_tar_with_directories_and_ustar_without_both_register() {
     for (tenant, pack) in [("gnu", Pack::GnuWithDirs), ("ustar", Pack::UstarNoDirs)] {
         let tar = tar_of(&files, pack);
         // Make sure the two shapes really differ the way they claim to.
-        let has_dirs = tar::Archive::new(&tar[..])
-            .entries()
-            .unwrap()
-            .any(|e| e.unwrap().header().entry_type().is_dir());
+        let has_dirs =
+            tar::Archive::new(&tar[..]).entries().unwrap().any(|e| e.unwrap().header().entry_type().is_dir());
         assert_eq!(has_dirs, pack == Pack::GnuWithDirs);
         let magic = &tar[257..263];
         assert_eq!(magic == b"ustar\0", pack == Pack::UstarNoDirs, "{magic:?}");
@@ -493,12 +424,7 @@ fn migrate_applies_replaces_and_drops_exactly_what_changed() {
     // Warm the /call statement cache so the migrate must invalidate it.
     let c = expect(&w.call(None, "add_numbers", "[1, 2, 3]"), 200);
     assert!(c.to_json().contains('6'), "{}", c.to_json());
-    let changelog = one(
-        &db,
-        "SELECT count(*)::int FROM _stonescriptdb_gateway_changelog",
-    )
-    .parse::<i64>()
-    .unwrap();
+    let changelog = one(&db, "SELECT count(*)::int FROM _stonescriptdb_gateway_changelog").parse::<i64>().unwrap();
 
     let v = expect(&w.migrate(&[], &tgz(&changed_fixture())), 200);
     assert_eq!(text(&v, "status"), "completed");
@@ -515,10 +441,7 @@ fn migrate_applies_replaces_and_drops_exactly_what_changed() {
 
     // In the database: exactly those three changes.
     assert_eq!(
-        one(
-            &db,
-            "SELECT string_agg(filename, ',' ORDER BY filename) FROM _stonescriptdb_gateway_migrations"
-        ),
+        one(&db, "SELECT string_agg(filename, ',' ORDER BY filename) FROM _stonescriptdb_gateway_migrations"),
         "migrations/001_settings.sql,migrations/002_more.sql,migrations/010_index.sql,migrations/011_flag.sql"
     );
     assert_eq!(
@@ -528,10 +451,7 @@ fn migrate_applies_replaces_and_drops_exactly_what_changed() {
         ),
         "1"
     );
-    assert_eq!(
-        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NULL"),
-        "t"
-    );
+    assert_eq!(one(&db, "SELECT to_regprocedure('to_be_removed()') IS NULL"), "t");
     assert_eq!(one(&db, "SELECT add_numbers(1, 2, 3)"), "106");
     assert_eq!(one(&db, "SELECT add_numbers(1, 2)"), "3");
     let new_changes = one(
@@ -567,20 +487,14 @@ fn edited_applied_migration_is_refused_naming_the_file() {
         "migrations/002_more.sql".into(),
         "UPDATE app_settings SET value = '3' WHERE key = 'version';\n".into(),
     );
-    files.insert(
-        "migrations/020_new.sql".into(),
-        "CREATE TABLE never (id int);\n".into(),
-    );
+    files.insert("migrations/020_new.sql".into(), "CREATE TABLE never (id int);\n".into());
     let archive = tgz(&files);
 
     let v = expect(&w.migrate(&[], &archive), 409);
     assert_eq!(text(&v, "status"), "failed");
     assert_eq!(text(&v, "error"), "migration_checksum_mismatch");
     assert_eq!(text(&v, "results.0.status"), "failed");
-    assert_eq!(
-        text(&v, "results.0.error.error"),
-        "migration_checksum_mismatch"
-    );
+    assert_eq!(text(&v, "results.0.error.error"), "migration_checksum_mismatch");
     assert_eq!(text(&v, "results.0.error.file"), "migrations/002_more.sql");
     assert!(text(&v, "results.0.error.message").contains("migrations/002_more.sql"));
 
@@ -604,10 +518,8 @@ fn migration_failing_halfway_changes_nothing() {
         "migrations/030_bad.sql".into(),
         "CREATE TABLE half (id int);\n\nINSERT INTO half VALUES (1);\nSELECT 1/0;\n".into(),
     );
-    files.insert(
-        "functions/extra.sql".into(),
-        "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1';".into(),
-    );
+    files
+        .insert("functions/extra.sql".into(), "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1';".into());
     let archive = tgz(&files);
 
     let r = w.register(&[], &archive);
@@ -643,10 +555,7 @@ fn concurrent_migrates_apply_each_migration_once() {
         "migrations/050_hits.sql".into(),
         "CREATE TABLE hits (n int);\nINSERT INTO hits VALUES (1);\nSELECT pg_sleep(0.5);\n".into(),
     );
-    files.insert(
-        "migrations/051_more_hits.sql".into(),
-        "INSERT INTO hits VALUES (2);\n".into(),
-    );
+    files.insert("migrations/051_more_hits.sql".into(), "INSERT INTO hits VALUES (2);\n".into());
     let archive = tgz(&files);
     let addr = w.addr();
     let platform = w.platform.clone();
@@ -654,9 +563,7 @@ fn concurrent_migrates_apply_each_migration_once() {
         .map(|_| {
             let archive = archive.clone();
             let platform = platform.clone();
-            std::thread::spawn(move || {
-                post_form(addr, "/migrate", &[("platform", &platform)], Some(&archive))
-            })
+            std::thread::spawn(move || post_form(addr, "/migrate", &[("platform", &platform)], Some(&archive)))
         })
         .collect();
     let mut applied = Vec::new();
@@ -666,11 +573,7 @@ fn concurrent_migrates_apply_each_migration_once() {
         applied.push(num(&v, "migrations_applied"));
     }
     applied.sort();
-    assert_eq!(
-        applied,
-        [0, 2],
-        "one run applied both, the other found them applied"
-    );
+    assert_eq!(applied, [0, 2], "one run applied both, the other found them applied");
     assert_eq!(
         one(
             &db,
@@ -679,10 +582,7 @@ fn concurrent_migrates_apply_each_migration_once() {
         ),
         "2"
     );
-    assert_eq!(
-        one(&db, "SELECT string_agg(n::text, ',' ORDER BY n) FROM hits"),
-        "1,2"
-    );
+    assert_eq!(one(&db, "SELECT string_agg(n::text, ',' ORDER BY n) FROM hits"), "1,2");
 }
 
 #[test]
@@ -699,19 +599,12 @@ fn fleet_of_twenty_with_one_broken_tenant() {
         );
         expect(&r, 201);
         let v = expect(&w.register(&[("tenant_id", t)], &archive), 200);
-        assert_eq!(
-            at(&v, "created").as_bool(),
-            Some(false),
-            "create-tenant made it"
-        );
+        assert_eq!(at(&v, "created").as_bool(), Some(false), "create-tenant made it");
     }
     let broken = format!("{}_t07", w.platform);
     q(&broken, "CREATE TABLE fleet_extra (id int)");
     let mut files2 = files.clone();
-    files2.insert(
-        "migrations/060_fleet.sql".into(),
-        "CREATE TABLE fleet_extra (id int, note text);\n".into(),
-    );
+    files2.insert("migrations/060_fleet.sql".into(), "CREATE TABLE fleet_extra (id int, note text);\n".into());
     let r = w.migrate(&[], &tgz(&files2));
     let v = expect(&r, 500);
     assert_eq!(text(&v, "status"), "completed_with_errors");
@@ -721,14 +614,9 @@ fn fleet_of_twenty_with_one_broken_tenant() {
     assert_eq!(len(&v, "databases_updated"), 19);
     assert_eq!(num(&v, "migrations_applied"), 19);
     let results = at(&v, "results").as_array().unwrap();
-    let failed: Vec<&Value> = results
-        .iter()
-        .filter(|r| r.get("status").and_then(Value::as_str) == Some("failed"))
-        .collect();
-    let ok = results
-        .iter()
-        .filter(|r| r.get("status").and_then(Value::as_str) == Some("success"))
-        .count();
+    let failed: Vec<&Value> =
+        results.iter().filter(|r| r.get("status").and_then(Value::as_str) == Some("failed")).collect();
+    let ok = results.iter().filter(|r| r.get("status").and_then(Value::as_str) == Some("success")).count();
     assert_eq!((ok, failed.len()), (19, 1), "{}", v.to_json());
     assert_eq!(text(failed[0], "database"), broken);
     assert_eq!(text(failed[0], "error.error"), "migration_failed");
@@ -772,13 +660,7 @@ fn fleet_of_twenty_with_one_broken_tenant() {
         ),
         "migration_failed"
     );
-    assert_eq!(
-        one(
-            &w.catalog,
-            &format!("SELECT last_status FROM databases WHERE name = '{broken}'")
-        ),
-        "failed"
-    );
+    assert_eq!(one(&w.catalog, &format!("SELECT last_status FROM databases WHERE name = '{broken}'")), "failed");
 }
 
 #[test]
@@ -809,10 +691,7 @@ fn enum_value_drift_seeds_and_dry_run_through_migrate() {
         "tables/users.sql".into(),
         files["tables/users.sql"]
             .replace("    display_name varchar(100),\n", "")
-            .replace(
-                "CREATE INDEX users_name_trgm ON users USING gin (display_name gin_trgm_ops);\n",
-                "",
-            ),
+            .replace("CREATE INDEX users_name_trgm ON users USING gin (display_name gin_trgm_ops);\n", ""),
     );
     let before = state(&db);
     let v = expect(&w.migrate(&[], &tgz(&drifted)), 409);
@@ -843,43 +722,26 @@ fn enum_value_drift_seeds_and_dry_run_through_migrate() {
     assert!(text(&v, "results.0.error.message").contains("products"));
     assert_eq!(one(&db, "SELECT count(*) FROM products"), "2");
     let v = expect(&w.migrate(&[("reseed", "true")], &tgz(&files)), 200);
-    assert_eq!(
-        num(&v, "seeder_validations.0.reseeded"),
-        1,
-        "{}",
-        v.to_json()
-    );
+    assert_eq!(num(&v, "seeder_validations.0.reseeded"), 1, "{}", v.to_json());
     assert_eq!(one(&db, "SELECT name FROM products WHERE id = 2"), "Gadget");
     let v = expect(&w.migrate(&[], &tgz(&files)), 200);
     assert_eq!(len(&v, "seeder_validations.0.missing"), 0);
 
     // dry_run: the report says what would change, the database keeps what it had.
     let before = state(&db);
-    let v = expect(
-        &w.migrate(&[("dry_run", "true")], &tgz(&changed(files.clone()))),
-        200,
-    );
+    let v = expect(&w.migrate(&[("dry_run", "true")], &tgz(&changed(files.clone()))), 200);
     assert_eq!(num(&v, "migrations_applied"), 1);
     assert_eq!(num(&v, "functions_updated"), 1);
     assert_eq!(num(&v, "functions_dropped"), 1);
-    let v = expect(
-        &w.register(&[("dry_run", "true")], &tgz(&changed(files.clone()))),
-        200,
-    );
+    let v = expect(&w.register(&[("dry_run", "true")], &tgz(&changed(files.clone()))), 200);
     assert_eq!(text(&v, "status"), "dry_run");
     assert_eq!(at(&v, "dry_run").as_bool(), Some(true));
     assert_eq!(len(&v, "migrations_applied"), 1);
     assert_eq!(state(&db), before);
-    assert_eq!(
-        one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"),
-        "t"
-    );
+    assert_eq!(one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"), "t");
 
     // dry_run of a new database: reported, then the database is gone again.
-    let v = expect(
-        &w.register(&[("dry_run", "true"), ("tenant_id", "dry")], &tgz(&files)),
-        200,
-    );
+    let v = expect(&w.register(&[("dry_run", "true"), ("tenant_id", "dry")], &tgz(&files)), 200);
     assert_eq!(text(&v, "status"), "dry_run");
     assert_eq!(num(&v, "functions_deployed"), 13);
     assert!(!db_exists(&format!("{}_dry", w.platform)));
@@ -887,29 +749,16 @@ fn enum_value_drift_seeds_and_dry_run_through_migrate() {
 
 #[test]
 fn hostile_archives_are_refused_before_any_database_exists() {
-    let w = World::new(
-        "hostile",
-        &[
-            ("ARCHIVE_MAX_EXPANDED_BYTES", "1000000"),
-            ("ARCHIVE_MAX_FILE_BYTES", "100000"),
-        ],
-    );
+    let w = World::new("hostile", &[("ARCHIVE_MAX_EXPANDED_BYTES", "1000000"), ("ARCHIVE_MAX_FILE_BYTES", "100000")]);
     let good = tgz(&platform_files());
     let mut bomb = BTreeMap::new();
     bomb.insert("functions/zeros.sql".to_string(), "\0".repeat(20_000_000));
     let bomb = tgz(&bomb);
     assert!(bomb.len() < 100_000, "a bomb is small: {}", bomb.len());
     let mut big = platform_files();
-    big.insert(
-        "functions/big.sql".to_string(),
-        format!("-- {}\n", "x".repeat(200_000)),
-    );
+    big.insert("functions/big.sql".to_string(), format!("-- {}\n", "x".repeat(200_000)));
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        (
-            "notgzip",
-            b"this is plain text, not a gzip stream".to_vec(),
-            400,
-        ),
+        ("notgzip", b"this is plain text, not a gzip stream".to_vec(), 400),
         ("truncated", good[..good.len() / 2].to_vec(), 400),
         ("bomb", bomb, 413),
         (
@@ -924,47 +773,24 @@ fn hostile_archives_are_refused_before_any_database_exists() {
         ),
         (
             "dotdot",
-            gzip(&tar_with_raw_name(
-                "postgresql/../../etc/cron.d/x.sql",
-                b"SELECT 1;",
-                tar::EntryType::Regular,
-                None,
-            )),
+            gzip(&tar_with_raw_name("postgresql/../../etc/cron.d/x.sql", b"SELECT 1;", tar::EntryType::Regular, None)),
             400,
         ),
         (
             "absolute",
-            gzip(&tar_with_raw_name(
-                "/postgresql/functions/x.sql",
-                b"SELECT 1;",
-                tar::EntryType::Regular,
-                None,
-            )),
+            gzip(&tar_with_raw_name("/postgresql/functions/x.sql", b"SELECT 1;", tar::EntryType::Regular, None)),
             400,
         ),
         ("bigfile", tgz(&big), 413),
     ];
     for (tenant, archive, status) in cases {
         for route in ["/register", "/migrate"] {
-            let r = post_form(
-                w.addr(),
-                route,
-                &[("platform", &w.platform), ("tenant_id", tenant)],
-                Some(&archive),
-            );
+            let r = post_form(w.addr(), route, &[("platform", &w.platform), ("tenant_id", tenant)], Some(&archive));
             assert_eq!(r.status, status, "{tenant} {route}: {}", r.text());
-            assert_eq!(
-                r.error_code(),
-                "schema_extraction_failed",
-                "{tenant}: {}",
-                r.text()
-            );
+            assert_eq!(r.error_code(), "schema_extraction_failed", "{tenant}: {}", r.text());
         }
     }
-    assert_eq!(
-        databases_with_prefix(&format!("{}_", w.platform)),
-        Vec::<String>::new()
-    );
+    assert_eq!(databases_with_prefix(&format!("{}_", w.platform)), Vec::<String>::new());
     // The same gateway takes a good archive.
     let v = expect(&w.register(&[], &good), 200);
     assert_eq!(at(&v, "created").as_bool(), Some(true));
@@ -978,30 +804,18 @@ fn platform_and_tenant_mapping_to_one_name_conflict() {
     let name = format!("{}_b_main", w.platform);
     assert_eq!(text(&v, "database"), name);
     let other = format!("{}_b", w.platform);
-    let r = post_form(
-        w.addr(),
-        "/register",
-        &[("platform", &other)],
-        Some(&archive),
-    );
+    let r = post_form(w.addr(), "/register", &[("platform", &other)], Some(&archive));
     let v = expect(&r, 409);
     assert_eq!(r.error_code(), "name_conflict");
     assert_eq!(text(&v, "database"), name);
-    let r = post_form(
-        w.addr(),
-        "/migrate",
-        &[("platform", &other)],
-        Some(&archive),
-    );
+    let r = post_form(w.addr(), "/migrate", &[("platform", &other)], Some(&archive));
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.error_code(), "name_conflict");
     // The first owner's database is untouched and still recorded as theirs.
     assert_eq!(
         one(
             &w.catalog,
-            &format!(
-                "SELECT platform || ' ' || kind || ' ' || tenant_id FROM databases WHERE name = '{name}'"
-            )
+            &format!("SELECT platform || ' ' || kind || ' ' || tenant_id FROM databases WHERE name = '{name}'")
         ),
         format!("{} tenant b_main", w.platform)
     );
@@ -1019,20 +833,8 @@ fn failed_first_deploy_drops_the_new_database() {
     );
     let r = w.register(&[], &tgz(&files));
     assert!(r.status >= 400, "{}", r.text());
-    assert!(
-        !db_exists(&w.main_db()),
-        "the new database was dropped again"
-    );
-    assert_eq!(
-        one(
-            &w.catalog,
-            &format!(
-                "SELECT count(*) FROM databases WHERE name = '{}'",
-                w.main_db()
-            )
-        ),
-        "0"
-    );
+    assert!(!db_exists(&w.main_db()), "the new database was dropped again");
+    assert_eq!(one(&w.catalog, &format!("SELECT count(*) FROM databases WHERE name = '{}'", w.main_db())), "0");
     // A retry starts clean.
     let v = expect(&w.register(&[], &tgz(&platform_files())), 200);
     assert_eq!(at(&v, "created").as_bool(), Some(true));
@@ -1054,41 +856,17 @@ fn admin_lists_databases_and_creates_tenants() {
     expect(&w.register(&[("tenant_id", "t2")], &archive), 200);
 
     // Without the token: refused.
-    let r = common::request(
-        w.addr(),
-        "GET",
-        &format!("/admin/databases?platform={}", w.platform),
-        &[],
-        b"",
-    );
+    let r = common::request(w.addr(), "GET", &format!("/admin/databases?platform={}", w.platform), &[], b"");
     assert_eq!(r.status, 401, "{}", r.text());
     let r = w.admin("GET", "/admin/create-tenant", "");
     assert_eq!(r.status, 405, "{}", r.text());
 
-    let v = expect(
-        &w.admin(
-            "GET",
-            &format!("/admin/databases?platform={}", w.platform),
-            "",
-        ),
-        200,
-    );
+    let v = expect(&w.admin("GET", &format!("/admin/databases?platform={}", w.platform), ""), 200);
     assert_eq!(num(&v, "count"), 3, "{}", v.to_json());
     assert_eq!(text(&v, "platform"), w.platform);
-    let names: Vec<String> = at(&v, "databases")
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| text(d, "name").to_string())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            w.main_db(),
-            format!("{}_t1", w.platform),
-            format!("{}_t2", w.platform)
-        ]
-    );
+    let names: Vec<String> =
+        at(&v, "databases").as_array().unwrap().iter().map(|d| text(d, "name").to_string()).collect();
+    assert_eq!(names, [w.main_db(), format!("{}_t1", w.platform), format!("{}_t2", w.platform)]);
     assert_eq!(text(&v, "databases.0.type"), "main");
     assert!(at(&v, "databases.0.tenant_id").is_null());
     assert_eq!(text(&v, "databases.1.type"), "tenant");
@@ -1130,20 +908,11 @@ fn malformed_requests_are_refused() {
         assert_eq!(r.error_code(), "invalid_request");
         assert!(r.text().contains("schema"), "{}", r.text());
         // Bad flag.
-        let r = post_form(
-            w.addr(),
-            route,
-            &[("platform", &w.platform), ("force", "maybe")],
-            Some(&archive),
-        );
+        let r = post_form(w.addr(), route, &[("platform", &w.platform), ("force", "maybe")], Some(&archive));
         assert_eq!(r.status, 400, "{route}: {}", r.text());
         assert_eq!(r.error_code(), "invalid_request");
         // Not multipart.
-        let r = common::post_json(
-            w.addr(),
-            route,
-            &format!("{{\"platform\":\"{}\"}}", w.platform),
-        );
+        let r = common::post_json(w.addr(), route, &format!("{{\"platform\":\"{}\"}}", w.platform));
         assert_eq!(r.status, 415, "{route}: {}", r.text());
         assert_eq!(r.error_code(), "unsupported_media_type");
         // Bad platform name.
@@ -1158,13 +927,7 @@ fn malformed_requests_are_refused() {
     // The `file` alias, fields after the file part.
     let body = multipart(&[("platform", &w.platform)], Some(("file", &archive)));
     let ct = format!("multipart/form-data; boundary={BOUNDARY}");
-    let r = common::request(
-        w.addr(),
-        "POST",
-        "/register",
-        &[("Content-Type", &ct)],
-        &body,
-    );
+    let r = common::request(w.addr(), "POST", "/register", &[("Content-Type", &ct)], &body);
     let v = expect(&r, 200);
     assert_eq!(text(&v, "status"), "ready");
     assert!(databases_with_prefix("9lives").is_empty());

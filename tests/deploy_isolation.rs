@@ -100,7 +100,11 @@ fn calls_are_answered_while_a_long_deploy_runs() {
     std::thread::sleep(Duration::from_millis(300));
     let mut answered_during = 0;
     while !deploy.is_finished() {
-        let r = common::post_json(addr, "/call", &format!(r#"{{"platform":"iso_fast_{uniq}","function":"ping","params":[7]}}"#));
+        let r = common::post_json(
+            addr,
+            "/call",
+            &format!(r#"{{"platform":"iso_fast_{uniq}","function":"ping","params":[7]}}"#),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.text().contains("\"ping\":7"), "{}", r.text());
         if !deploy.is_finished() {

@@ -15,20 +15,14 @@ const TOKEN: &str = "0123456789abcdef-admin";
 /// A connection whose reads give up after 5 s, so a server that fails to answer fails the test quickly.
 fn open(addr: SocketAddr) -> Conn {
     let c = Conn::open(addr);
-    c.sock
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    c.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c
 }
 
 /// Asserts the common shape of every response: framed by `Content-Length`, JSON typed and parseable.
 fn check_json(r: &Resp) {
     assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
-    let len: usize = r
-        .header("content-length")
-        .expect("Content-Length")
-        .parse()
-        .unwrap();
+    let len: usize = r.header("content-length").expect("Content-Length").parse().unwrap();
     assert_eq!(len, r.body.len());
     let _ = r.json();
 }
@@ -56,9 +50,7 @@ fn stays_open(c: &mut Conn, wait: Duration) -> bool {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => true,
         Err(_) => false,
     };
-    c.sock
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    c.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     open
 }
 
@@ -82,10 +74,7 @@ fn keep_alive_reuses_one_socket() {
     for _ in 0..3 {
         c.send(HEALTH);
         let r = expect_status(&mut c, 200);
-        assert_eq!(
-            r.json().get("status").and_then(|v| v.as_str()),
-            Some("healthy")
-        );
+        assert_eq!(r.json().get("status").and_then(|v| v.as_str()), Some("healthy"));
         assert_eq!(r.header("connection"), None);
     }
     assert!(stays_open(&mut c, Duration::from_millis(200)));
@@ -113,9 +102,7 @@ fn pipelined_requests_with_bodies_stay_framed() {
     let g = start(&[]);
     let mut c = open(g.addr);
     let mut batch = Vec::new();
-    batch.extend_from_slice(
-        b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\nGET /nope HTTP/1.1\r\n\r\n",
-    );
+    batch.extend_from_slice(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\nGET /nope HTTP/1.1\r\n\r\n");
     batch.extend_from_slice(HEALTH);
     c.send(&batch);
     let first = c.read_response();
@@ -161,10 +148,7 @@ fn http10_with_keep_alive_stays_open() {
 #[test]
 fn head_has_headers_but_no_body() {
     let g = start(&[]);
-    let get = status_of(
-        g.addr,
-        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    );
+    let get = status_of(g.addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let mut c = open(g.addr);
     c.send(b"HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
@@ -174,10 +158,7 @@ fn head_has_headers_but_no_body() {
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(body.is_empty(), "HEAD response carried a body: {body:?}");
     let lower = head.to_ascii_lowercase();
-    assert!(
-        lower.contains(&format!("content-length: {}", get.body.len())),
-        "{head}"
-    );
+    assert!(lower.contains(&format!("content-length: {}", get.body.len())), "{head}");
     assert!(lower.contains("content-type: application/json"), "{head}");
 }
 
@@ -237,13 +218,7 @@ fn expect_continue_then_large_body() {
 
 /// Sends a head with `Expect: 100-continue` and a declared body, never the body; the final answer must
 /// come at once (no 100 first), and the connection must then close.
-fn refused_before_body(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    extra: &str,
-    len: usize,
-) -> Resp {
+fn refused_before_body(addr: SocketAddr, method: &str, path: &str, extra: &str, len: usize) -> Resp {
     let mut c = open(addr);
     c.send(
         format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n{extra}\r\n")
@@ -263,34 +238,19 @@ fn expect_continue_refusals_come_before_the_body() {
     let r = refused_before_body(g.addr, "POST", "/call", "", 2 * 1024 * 1024);
     assert_eq!(r.status, 413);
     assert_eq!(r.error_code(), "payload_too_large");
-    assert_eq!(
-        refused_before_body(g.addr, "POST", "/nope", "", 10).status,
-        404
-    );
+    assert_eq!(refused_before_body(g.addr, "POST", "/nope", "", 10).status, 404);
     let r = refused_before_body(g.addr, "PUT", "/call", "", 10);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
     // No ADMIN_TOKEN configured: admin routes are off.
-    assert_eq!(
-        refused_before_body(g.addr, "POST", "/admin/create-tenant", "", 10).status,
-        503
-    );
+    assert_eq!(refused_before_body(g.addr, "POST", "/admin/create-tenant", "", 10).status, 503);
     // Multipart routes refuse other content types.
-    let r = refused_before_body(
-        g.addr,
-        "POST",
-        "/register",
-        "Content-Type: application/json\r\n",
-        10,
-    );
+    let r = refused_before_body(g.addr, "POST", "/register", "Content-Type: application/json\r\n", 10);
     assert_eq!(r.status, 415);
     drop(g);
 
     let g = start(&[("ADMIN_TOKEN", TOKEN)]);
-    assert_eq!(
-        refused_before_body(g.addr, "POST", "/admin/create-tenant", "", 10).status,
-        401
-    );
+    assert_eq!(refused_before_body(g.addr, "POST", "/admin/create-tenant", "", 10).status, 401);
     drop(g);
 
     let g = start(&[("ALLOWED_NETWORKS", "10.0.0.0/8")]);
@@ -307,11 +267,7 @@ fn refusal_with_body_already_sent_still_delivers_the_answer() {
     for _ in 0..20 {
         let mut c = open(g.addr);
         let body = vec![b'x'; 200 * 1024];
-        let mut req = format!(
-            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut req = format!("POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         req.extend_from_slice(&body[..32 * 1024]);
         c.send(&req);
         std::thread::sleep(Duration::from_millis(20));
@@ -351,8 +307,7 @@ fn chunked_body_across_writes_with_extensions_and_trailers() {
 
     // Same on a route that ignores its body, pipelined in one write.
     let mut c = open(g.addr);
-    let mut batch =
-        b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut batch = b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     batch.extend_from_slice(b"a\r\n0123456789\r\n0\r\n\r\n");
     batch.extend_from_slice(HEALTH);
     c.send(&batch);
@@ -440,23 +395,11 @@ fn too_many_headers_is_431() {
 fn oversized_head_is_431() {
     let g = start(&[("MAX_HEAD_BYTES", "2048")]);
     // Complete but too big.
-    let r = status_of(
-        g.addr,
-        &format!(
-            "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
-            "a".repeat(3000)
-        ),
-    );
+    let r = status_of(g.addr, &format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(3000)));
     assert_eq!(r.status, 431);
     // Incomplete and already too big: refused without waiting for the end of the head.
     let mut c = open(g.addr);
-    c.send(
-        format!(
-            "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}",
-            "a".repeat(3000)
-        )
-        .as_bytes(),
-    );
+    c.send(format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}", "a".repeat(3000)).as_bytes());
     expect_status(&mut c, 431);
     expect_eof(&mut c);
 }
@@ -482,16 +425,8 @@ fn slow_head_gets_408_then_close() {
     c.send(b"st: t\r\n");
     let r = expect_status(&mut c, 408);
     assert_eq!(r.error_code(), "request_timeout");
-    assert!(
-        t.elapsed() >= Duration::from_millis(290),
-        "408 came too early: {:?}",
-        t.elapsed()
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "408 came too late: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(290), "408 came too early: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "408 came too late: {:?}", t.elapsed());
     expect_eof(&mut c);
 }
 
@@ -515,11 +450,7 @@ fn idle_keep_alive_is_closed_silently() {
     expect_status(&mut c, 200);
     let t = Instant::now();
     expect_eof(&mut c);
-    assert!(
-        t.elapsed() >= Duration::from_millis(250),
-        "closed too early: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(250), "closed too early: {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(3));
     // A connection that never sent anything is idle too.
     let mut c = open(g.addr);
@@ -530,10 +461,7 @@ fn idle_keep_alive_is_closed_silently() {
 // Allowlist and admin token
 
 fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Resp {
-    status_of(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"),
-    )
+    status_of(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"))
 }
 
 #[test]
@@ -549,14 +477,8 @@ fn allowlist_refuses_other_networks() {
 
 #[test]
 fn forwarded_for_counts_only_from_trusted_proxies() {
-    let g = start(&[
-        ("ALLOWED_NETWORKS", "10.0.0.0/8"),
-        ("TRUSTED_PROXIES", "127.0.0.0/8"),
-    ]);
-    assert_eq!(
-        get_with(g.addr, "/health", "X-Forwarded-For: 10.1.2.3\r\n").status,
-        200
-    );
+    let g = start(&[("ALLOWED_NETWORKS", "10.0.0.0/8"), ("TRUSTED_PROXIES", "127.0.0.0/8")]);
+    assert_eq!(get_with(g.addr, "/health", "X-Forwarded-For: 10.1.2.3\r\n").status, 200);
     let r = get_with(g.addr, "/health", "X-Forwarded-For: 8.8.8.8\r\n");
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "unauthorized");
@@ -567,17 +489,9 @@ fn forwarded_for_counts_only_from_trusted_proxies() {
 #[test]
 fn admin_routes_are_off_without_a_token() {
     let g = start(&[]);
-    let r = get_with(
-        g.addr,
-        "/admin/databases",
-        &format!("Authorization: Bearer {TOKEN}\r\n"),
-    );
+    let r = get_with(g.addr, "/admin/databases", &format!("Authorization: Bearer {TOKEN}\r\n"));
     assert_eq!(r.status, 503);
-    assert!(
-        r.text().contains("ADMIN_TOKEN"),
-        "should say how to enable: {}",
-        r.text()
-    );
+    assert!(r.text().contains("ADMIN_TOKEN"), "should say how to enable: {}", r.text());
 }
 
 #[test]
@@ -586,40 +500,19 @@ fn admin_token_is_checked() {
     let r = get_with(g.addr, "/admin/databases", "");
     assert_eq!(r.status, 401);
     assert_eq!(r.error_code(), "invalid_token");
-    let r = get_with(
-        g.addr,
-        "/admin/databases",
-        "Authorization: Bearer wrong-token-wrong-token\r\n",
-    );
+    let r = get_with(g.addr, "/admin/databases", "Authorization: Bearer wrong-token-wrong-token\r\n");
     assert_eq!(r.status, 401);
     assert_eq!(r.error_code(), "invalid_token");
-    let r = get_with(
-        g.addr,
-        "/admin/databases",
-        &format!("Authorization: Basic {TOKEN}\r\n"),
-    );
+    let r = get_with(g.addr, "/admin/databases", &format!("Authorization: Basic {TOKEN}\r\n"));
     assert_eq!(r.status, 401);
-    let r = get_with(
-        g.addr,
-        "/admin/databases",
-        &format!("Authorization: Bearer {TOKEN}\r\n"),
-    );
-    assert!(
-        !matches!(r.status, 401 | 403 | 503),
-        "{} {}",
-        r.status,
-        r.text()
-    );
+    let r = get_with(g.addr, "/admin/databases", &format!("Authorization: Bearer {TOKEN}\r\n"));
+    assert!(!matches!(r.status, 401 | 403 | 503), "{} {}", r.status, r.text());
 }
 
 #[test]
 fn admin_allowlist_applies_even_with_the_right_token() {
     let g = start(&[("ADMIN_TOKEN", TOKEN), ("ALLOWED_ADMIN_IPS", "10.0.0.0/8")]);
-    let r = get_with(
-        g.addr,
-        "/admin/databases",
-        &format!("Authorization: Bearer {TOKEN}\r\n"),
-    );
+    let r = get_with(g.addr, "/admin/databases", &format!("Authorization: Bearer {TOKEN}\r\n"));
     assert_eq!(r.status, 403);
     // Non-admin routes are unaffected.
     assert_eq!(get_with(g.addr, "/health", "").status, 200);
@@ -636,8 +529,7 @@ fn wait_refused(addr: SocketAddr) {
             Err(_) => return,
             Ok(mut s) => {
                 let _ = std::io::Write::write_all(&mut s, HEALTH);
-                s.set_read_timeout(Some(Duration::from_millis(300)))
-                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
                 let mut b = [0u8; 1];
                 match s.read(&mut b) {
                     Ok(0) => return,
@@ -646,10 +538,7 @@ fn wait_refused(addr: SocketAddr) {
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "new connections are still served after shutdown"
-        );
+        assert!(Instant::now() < deadline, "new connections are still served after shutdown");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

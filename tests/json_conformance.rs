@@ -13,17 +13,16 @@ const EXPECTED_REJECT: usize = 188;
 fn suite_dir() -> PathBuf {
     match std::env::var_os("JSON_TEST_SUITE_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/conformance/json-test-suite/test_parsing"
-        )),
+        None => {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/json-test-suite/test_parsing"))
+        }
     }
 }
 
 fn cases() -> Vec<(String, Vec<u8>)> {
     let dir = suite_dir();
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read JSON test suite at {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read JSON test suite at {}: {e}", dir.display()));
     let mut cases: Vec<(String, Vec<u8>)> = entries
         .map(|entry| {
             let path = entry.expect("directory entry").path();
@@ -67,11 +66,7 @@ fn rejects_every_n_file() {
             Ok(v) => failures.push(format!("{name}: accepted as {}", v.to_json())),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "n_ files accepted:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "n_ files accepted:\n{}", failures.join("\n"));
     assert_eq!(rejected, EXPECTED_REJECT);
 }
 

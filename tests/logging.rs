@@ -64,10 +64,16 @@ fn log_lines_carry_requests_but_no_secrets() {
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     let r = request(
         &addr,
-        format!("GET /admin/databases?platform=logtest HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        format!(
+            "GET /admin/databases?platform=logtest HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
     );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    let r = request(&addr, "GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong-SECRET-guess\r\nConnection: close\r\n\r\n".into());
+    let r = request(
+        &addr,
+        "GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong-SECRET-guess\r\nConnection: close\r\n\r\n"
+            .into(),
+    );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let mut rest = String::new();
@@ -76,7 +82,8 @@ fn log_lines_carry_requests_but_no_secrets() {
 
     let file = std::fs::read_to_string(dir.join("logs/gateway.log")).expect("LOG_DIR/gateway.log");
     for line in file.lines() {
-        let v = stonescriptdb_gateway::json::parse(line.as_bytes()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v =
+            stonescriptdb_gateway::json::parse(line.as_bytes()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.get("ts").is_some() && v.get("level").is_some() && v.get("msg").is_some(), "{line}");
     }
     let requests: Vec<&str> = file.lines().filter(|l| l.contains("\"msg\":\"request\"")).collect();

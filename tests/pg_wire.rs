@@ -40,11 +40,7 @@ fn env() -> Env {
 fn params(user: &str, password: Option<&str>, tcp: bool) -> ConnectParams {
     let e = env();
     ConnectParams {
-        host: if tcp {
-            Host::Tcp(e.tcp_host)
-        } else {
-            Host::Unix(e.socket_dir)
-        },
+        host: if tcp { Host::Tcp(e.tcp_host) } else { Host::Unix(e.socket_dir) },
         port: e.port,
         user: user.to_string(),
         password: password.map(str::to_string),
@@ -76,8 +72,7 @@ const LOGINS: [(&str, Option<&str>); 4] = [
 fn logins_over_tcp_and_unix_socket() {
     for tcp in [true, false] {
         for (user, pw) in LOGINS {
-            let mut c = Client::connect(&params(user, pw, tcp))
-                .unwrap_or_else(|e| panic!("{user} tcp={tcp}: {e}"));
+            let mut c = Client::connect(&params(user, pw, tcp)).unwrap_or_else(|e| panic!("{user} tcp={tcp}: {e}"));
             assert_eq!(one(&mut c, "SELECT current_user").as_deref(), Some(user));
             assert_eq!(c.transaction_status(), b'I');
             assert!(c.session().server_version_num >= 90600);
@@ -95,10 +90,7 @@ fn session_settings_from_startup() {
     assert_eq!(one(&mut c, "SHOW TimeZone").as_deref(), Some("UTC"));
     assert_eq!(one(&mut c, "SHOW DateStyle").as_deref(), Some("ISO, MDY"));
     assert_eq!(one(&mut c, "SHOW extra_float_digits").as_deref(), Some("3"));
-    assert_eq!(
-        one(&mut c, "SHOW IntervalStyle").as_deref(),
-        Some("postgres")
-    );
+    assert_eq!(one(&mut c, "SHOW IntervalStyle").as_deref(), Some("postgres"));
 }
 
 #[test]
@@ -131,8 +123,7 @@ fn batch_execute_runs_every_statement() {
     assert_eq!(one(&mut c, "SELECT sum(x) FROM b").as_deref(), Some("51"));
     c.batch_execute("").unwrap();
     assert_eq!(
-        c.simple_query("SELECT 1; SELECT 2 UNION ALL SELECT NULL")
-            .unwrap(),
+        c.simple_query("SELECT 1; SELECT 2 UNION ALL SELECT NULL").unwrap(),
         vec![vec![Some("2".to_string())], vec![None]]
     );
 }
@@ -140,16 +131,11 @@ fn batch_execute_runs_every_statement() {
 #[test]
 fn error_mid_batch_leaves_client_usable() {
     let mut c = superuser();
-    let err = c
-        .batch_execute("CREATE TEMP TABLE e (x int); SELECT 1/0; INSERT INTO e VALUES (1)")
-        .unwrap_err();
+    let err = c.batch_execute("CREATE TEMP TABLE e (x int); SELECT 1/0; INSERT INTO e VALUES (1)").unwrap_err();
     assert_eq!(err.sqlstate(), Some("22012"));
     assert!(!c.is_broken());
     assert_eq!(c.transaction_status(), b'I');
-    assert_eq!(
-        one(&mut c, "SELECT 'still here'").as_deref(),
-        Some("still here")
-    );
+    assert_eq!(one(&mut c, "SELECT 'still here'").as_deref(), Some("still here"));
     // The multi-statement string was one implicit transaction, so the table is gone too.
     let err = c.query("SELECT * FROM e", &[]).unwrap_err();
     assert_eq!(err.sqlstate(), Some("42P01"));
@@ -173,49 +159,24 @@ fn extended_query_with_null_params_and_text_results() {
         .unwrap();
     assert_eq!(
         r.columns,
-        vec![
-            ("t".to_string(), 25),
-            ("n".to_string(), 23),
-            ("isnull".to_string(), 16),
-            ("nothing".to_string(), 25)
-        ]
+        vec![("t".to_string(), 25), ("n".to_string(), 23), ("isnull".to_string(), 16), ("nothing".to_string(), 25)]
     );
-    assert_eq!(
-        r.rows,
-        vec![vec![
-            Some("héllo ☃".to_string()),
-            Some("42".to_string()),
-            Some("t".to_string()),
-            None
-        ]]
-    );
+    assert_eq!(r.rows, vec![vec![Some("héllo ☃".to_string()), Some("42".to_string()), Some("t".to_string()), None]]);
     assert_eq!(r.rows_affected, 1);
 
     c.batch_execute("CREATE TEMP TABLE q (x int)").unwrap();
-    let r = c
-        .query(
-            "INSERT INTO q SELECT generate_series(1, $1::int)",
-            &[Some("5")],
-        )
-        .unwrap();
+    let r = c.query("INSERT INTO q SELECT generate_series(1, $1::int)", &[Some("5")]).unwrap();
     assert_eq!(r.rows_affected, 5);
     assert!(r.columns.is_empty() && r.rows.is_empty());
     let r = c.query("DELETE FROM q WHERE x > $1", &[Some("3")]).unwrap();
     assert_eq!(r.rows_affected, 2);
     assert_eq!(
-        c.query_one_opt("SELECT x FROM q WHERE x = $1", &[Some("2")])
-            .unwrap(),
+        c.query_one_opt("SELECT x FROM q WHERE x = $1", &[Some("2")]).unwrap(),
         Some(vec![Some("2".to_string())])
     );
-    assert_eq!(
-        c.query_one_opt("SELECT x FROM q WHERE x = 99", &[])
-            .unwrap(),
-        None
-    );
+    assert_eq!(c.query_one_opt("SELECT x FROM q WHERE x = 99", &[]).unwrap(), None);
 
-    let err = c
-        .query("SELECT $1::int", &[Some("not a number")])
-        .unwrap_err();
+    let err = c.query("SELECT $1::int", &[Some("not a number")]).unwrap_err();
     assert_eq!(err.sqlstate(), Some("22P02"));
     assert_eq!(c.transaction_status(), b'I');
     let err = c.query("SELEC 1", &[]).unwrap_err();
@@ -224,17 +185,13 @@ fn extended_query_with_null_params_and_text_results() {
         PgError::Db(e) => assert_eq!(e.position, Some(1)),
         other => panic!("{other}"),
     }
-    assert_eq!(
-        c.query("SELECT 7", &[]).unwrap().rows[0][0].as_deref(),
-        Some("7")
-    );
+    assert_eq!(c.query("SELECT 7", &[]).unwrap().rows[0][0].as_deref(), Some("7"));
 }
 
 #[test]
 fn notices_and_notifications_between_messages() {
     let mut c = superuser();
-    c.batch_execute("DO $$ BEGIN RAISE NOTICE 'note %', 1; RAISE WARNING 'careful'; END $$")
-        .unwrap();
+    c.batch_execute("DO $$ BEGIN RAISE NOTICE 'note %', 1; RAISE WARNING 'careful'; END $$").unwrap();
     let notices = c.notices();
     assert_eq!(notices.len(), 2);
     assert_eq!(notices[0].message, "note 1");
@@ -244,12 +201,7 @@ fn notices_and_notifications_between_messages() {
 
     c.batch_execute("LISTEN ssdb_chan").unwrap();
     c.batch_execute("NOTIFY ssdb_chan, 'hello'").unwrap();
-    let r = c
-        .query(
-            "SELECT pg_notify('ssdb_chan', $1), 5 AS five",
-            &[Some("again")],
-        )
-        .unwrap();
+    let r = c.query("SELECT pg_notify('ssdb_chan', $1), 5 AS five", &[Some("again")]).unwrap();
     assert_eq!(r.rows[0][1].as_deref(), Some("5"));
     let n = c.notifications();
     assert_eq!(n.len(), 2);
@@ -281,18 +233,14 @@ fn cancel_from_another_thread() {
         assert_eq!(r.unwrap_err().sqlstate(), Some("57014"));
         assert!(!c.is_broken());
         assert_eq!(c.transaction_status(), b'I');
-        assert_eq!(
-            one(&mut c, "SELECT 'reusable'").as_deref(),
-            Some("reusable")
-        );
+        assert_eq!(one(&mut c, "SELECT 'reusable'").as_deref(), Some("reusable"));
     }
 }
 
 #[test]
 fn read_timeout_breaks_the_client() {
     let mut c = superuser();
-    c.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let token = c.cancel_token();
     match c.batch_execute("SELECT pg_sleep(3)") {
         Err(PgError::Io(_)) => {}
@@ -308,9 +256,7 @@ fn fatal_error_breaks_the_client() {
     let mut victim = superuser();
     let pid = victim.session().process_id.to_string();
     let mut admin = superuser();
-    admin
-        .query("SELECT pg_terminate_backend($1::int)", &[Some(&pid)])
-        .unwrap();
+    admin.query("SELECT pg_terminate_backend($1::int)", &[Some(&pid)]).unwrap();
     let err = victim.simple_query("SELECT 1").unwrap_err();
     assert!(victim.is_broken(), "{err}");
 }

@@ -18,11 +18,7 @@ use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
 fn params(db: &str) -> ConnectParams {
     let (host, port, user) = common::pg_env();
     ConnectParams {
-        host: if host.starts_with('/') {
-            Host::Unix(PathBuf::from(host))
-        } else {
-            Host::Tcp(host)
-        },
+        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
         port,
         user,
         password: None,
@@ -36,10 +32,7 @@ fn one(db: &str, sql: &str) -> String {
     let mut c = Client::connect(&params(db)).unwrap();
     let r = c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     c.close();
-    r.first()
-        .and_then(|r| r.first().cloned())
-        .flatten()
-        .unwrap_or_default()
+    r.first().and_then(|r| r.first().cloned()).flatten().unwrap_or_default()
 }
 
 fn drop_db(name: &str) {
@@ -180,11 +173,7 @@ fn register_then_migrate_through_the_scripts() {
     let gw = common::start(&[("CATALOG_DB", &catalog)]);
     let url = format!("http://{}", gw.addr);
     let s = Scratch::new("ok");
-    let env = [
-        ("DB_GATEWAY_URL", url.as_str()),
-        ("PLATFORM_ID", platform.as_str()),
-        ("RETRY_DELAY", "0"),
-    ];
+    let env = [("DB_GATEWAY_URL", url.as_str()), ("PLATFORM_ID", platform.as_str()), ("RETRY_DELAY", "0")];
 
     let o = s.run("register-with-gateway.sh", &env);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -200,28 +189,18 @@ fn register_then_migrate_through_the_scripts() {
         assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());
 
         // A new migration, then the migrate script.
-        std::fs::write(
-            s.dir.join("src/postgresql/migrations/020_scripts.sql"),
-            "CREATE TABLE from_script (id int);\n",
-        )
-        .unwrap();
+        std::fs::write(s.dir.join("src/postgresql/migrations/020_scripts.sql"), "CREATE TABLE from_script (id int);\n")
+            .unwrap();
         let o = s.run("migrate-schema.sh", &env);
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(o.status.success(), "{}", show(&o));
         assert!(out.contains("status: completed"), "{}", show(&o));
         assert!(out.contains("migrations_applied: 1"), "{}", show(&o));
-        assert_eq!(
-            one(&main, "SELECT to_regclass('from_script') IS NOT NULL"),
-            "t"
-        );
+        assert_eq!(one(&main, "SELECT to_regclass('from_script') IS NOT NULL"), "t");
         assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());
 
         // A failed migration is reported and exits non-zero (once: 500 is not retried).
-        std::fs::write(
-            s.dir.join("src/postgresql/migrations/021_bad.sql"),
-            "SELECT 1/0;\n",
-        )
-        .unwrap();
+        std::fs::write(s.dir.join("src/postgresql/migrations/021_bad.sql"), "SELECT 1/0;\n").unwrap();
         let o = s.run("migrate-schema.sh", &env);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(o.status.code(), Some(1), "{}", show(&o));
@@ -249,12 +228,7 @@ fn client_errors_are_not_retried() {
     let started = Instant::now();
     let o = s.run(
         "register-with-gateway.sh",
-        &[
-            ("DB_GATEWAY_URL", &url),
-            ("PLATFORM_ID", "9-not-a-platform"),
-            ("RETRY_COUNT", "5"),
-            ("RETRY_DELAY", "3"),
-        ],
+        &[("DB_GATEWAY_URL", &url), ("PLATFORM_ID", "9-not-a-platform"), ("RETRY_COUNT", "5"), ("RETRY_DELAY", "3")],
     );
     let took = started.elapsed();
     drop(gw);
@@ -265,11 +239,7 @@ fn client_errors_are_not_retried() {
     assert!(err.contains("invalid_request"), "{}", show(&o));
     assert!(!err.contains("retrying"), "{}", show(&o));
     // One retry would have slept RETRY_DELAY (3 s) first.
-    assert!(
-        took < Duration::from_millis(2500),
-        "took {took:?}: {}",
-        show(&o)
-    );
+    assert!(took < Duration::from_millis(2500), "took {took:?}: {}", show(&o));
     assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());
 
     // Counted exactly on a server that always answers 404 (and, for contrast, 503).
@@ -336,11 +306,7 @@ fn unreachable_gateway_is_retried_then_fails() {
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     let o = s.run(
         "migrate-schema.sh",
-        &[
-            ("DB_GATEWAY_URL", "http://127.0.0.1:1"),
-            ("PLATFORM_ID", "acme"),
-            ("FORCE", "yes please"),
-        ],
+        &[("DB_GATEWAY_URL", "http://127.0.0.1:1"), ("PLATFORM_ID", "acme"), ("FORCE", "yes please")],
     );
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());

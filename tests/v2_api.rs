@@ -24,11 +24,7 @@ use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
 fn params(db: &str) -> ConnectParams {
     let (host, port, user) = common::pg_env();
     ConnectParams {
-        host: if host.starts_with('/') {
-            Host::Unix(PathBuf::from(host))
-        } else {
-            Host::Tcp(host)
-        },
+        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
         port,
         user,
         password: None,
@@ -45,9 +41,7 @@ fn pg(db: &str) -> Client {
 /// Rows of `sql` (simple protocol) in database `db`.
 fn q(db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
     let mut c = pg(db);
-    let r = c
-        .simple_query(sql)
-        .unwrap_or_else(|e| panic!("{db}: {sql}: {e}"));
+    let r = c.simple_query(sql).unwrap_or_else(|e| panic!("{db}: {sql}: {e}"));
     c.close();
     r
 }
@@ -57,21 +51,14 @@ fn one(db: &str, sql: &str) -> String {
 }
 
 fn exists(db: &str) -> bool {
-    one(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
-    ) == "1"
+    one("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")) == "1"
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this test process: `{tag}_{pid}{n}`.
 fn uniq(tag: &str) -> String {
-    format!(
-        "{tag}_{:x}{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{tag}_{:x}{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Drops the databases of the given platforms, the catalog and roles when the test ends (also on
@@ -100,9 +87,7 @@ impl Drop for Cleanup {
         };
         let mut dbs = vec![self.catalog.clone()];
         for p in &self.platforms {
-            if let Ok(rows) = c.simple_query(&format!(
-                "SELECT datname FROM pg_database WHERE datname LIKE '{p}\\_%'"
-            )) {
+            if let Ok(rows) = c.simple_query(&format!("SELECT datname FROM pg_database WHERE datname LIKE '{p}\\_%'")) {
                 dbs.extend(rows.into_iter().filter_map(|r| r[0].clone()));
             }
         }
@@ -119,9 +104,7 @@ impl Drop for Cleanup {
 // ---------- schema archives ----------
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/v2")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2").join(rel)
 }
 
 /// Files under `dir` as path relative to it → content.
@@ -171,8 +154,7 @@ fn targz(files: &BTreeMap<String, String>) -> Vec<u8> {
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes())
-            .unwrap();
+        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
     }
     gzip(&b.into_inner().unwrap())
 }
@@ -191,12 +173,7 @@ fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path, &[], b"")
 }
 
-fn upload(
-    addr: SocketAddr,
-    platform: &str,
-    schema: &str,
-    files: &BTreeMap<String, String>,
-) -> Resp {
+fn upload(addr: SocketAddr, platform: &str, schema: &str, files: &BTreeMap<String, String>) -> Resp {
     let boundary = "----v2apiTestBoundary7MA4YWxk";
     let mut body = Vec::new();
     body.extend_from_slice(
@@ -212,13 +189,7 @@ fn upload(
     body.extend_from_slice(&targz(files));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
-    request(
-        addr,
-        "POST",
-        &format!("/platform/{platform}/schema"),
-        &[("Content-Type", &ct)],
-        &body,
-    )
+    request(addr, "POST", &format!("/platform/{platform}/schema"), &[("Content-Type", &ct)], &body)
 }
 
 fn ok(r: &Resp, status: u16) -> Value {
@@ -242,20 +213,11 @@ fn n(v: &Value, key: &str) -> i64 {
 }
 
 fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("'{key}' is not an array in {}", v.to_json()))
+    v.get(key).and_then(Value::as_array).unwrap_or_else(|| panic!("'{key}' is not an array in {}", v.to_json()))
 }
 
 fn register(addr: SocketAddr, platform: &str) {
-    ok(
-        &post_json(
-            addr,
-            "/platform/register",
-            &format!(r#"{{"platform":"{platform}"}}"#),
-        ),
-        201,
-    );
+    ok(&post_json(addr, "/platform/register", &format!(r#"{{"platform":"{platform}"}}"#)), 201);
 }
 
 fn create(addr: SocketAddr, platform: &str, schema: &str, id: &str) -> Resp {
@@ -284,20 +246,12 @@ fn call(addr: SocketAddr, platform: &str, tenant: &str, function: &str, params: 
     post_json(
         addr,
         "/call",
-        &format!(
-            r#"{{"platform":"{platform}","tenant_id":"{tenant}","function":"{function}","params":{params}}}"#
-        ),
+        &format!(r#"{{"platform":"{platform}","tenant_id":"{tenant}","function":"{function}","params":{params}}}"#),
     )
 }
 
 /// The single value of a one-row, one-column `/call` answer, as JSON text.
-fn call_value(
-    addr: SocketAddr,
-    platform: &str,
-    tenant: &str,
-    function: &str,
-    params: &str,
-) -> String {
+fn call_value(addr: SocketAddr, platform: &str, tenant: &str, function: &str, params: &str) -> String {
     let v = ok(&call(addr, platform, tenant, function, params), 200);
     let rows = arr(&v, "rows");
     assert_eq!(rows.len(), 1, "{}", v.to_json());
@@ -318,11 +272,7 @@ fn wait_run(addr: SocketAddr, id: &str, within: Duration, done: impl Fn(&str) ->
         if done(&s(&v, "status")) {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "run {id} still {} after {within:?}",
-            s(&v, "status")
-        );
+        assert!(Instant::now() < deadline, "run {id} still {} after {within:?}", s(&v, "status"));
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -333,10 +283,7 @@ fn ids(prefix: &str, count: usize) -> Vec<String> {
 
 /// Result objects by database name.
 fn by_db(results: &[Value]) -> BTreeMap<String, Value> {
-    results
-        .iter()
-        .map(|r| (s(r, "database"), r.clone()))
-        .collect()
+    results.iter().map(|r| (s(r, "database"), r.clone())).collect()
 }
 
 // ---------- the flow ----------
@@ -349,37 +296,14 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
     let g = gateway(&cat, &[]);
 
     // Register; listed by /platforms and (with the token) /admin/platforms.
-    let v = ok(
-        &post_json(
-            g.addr,
-            "/platform/register",
-            &format!(r#"{{"platform":"{p}"}}"#),
-        ),
-        201,
-    );
+    let v = ok(&post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}"}}"#)), 201);
     assert_eq!(s(&v, "platform"), p);
-    assert_eq!(
-        v.get("has_dedicated_credentials"),
-        Some(&Value::Bool(false))
-    );
+    assert_eq!(v.get("has_dedicated_credentials"), Some(&Value::Bool(false)));
     let v = ok(&get(g.addr, "/platforms"), 200);
-    assert!(
-        arr(&v, "platforms").iter().any(|x| s(x, "name") == p),
-        "{}",
-        v.to_json()
-    );
+    assert!(arr(&v, "platforms").iter().any(|x| s(x, "name") == p), "{}", v.to_json());
     assert_eq!(get(g.addr, "/admin/platforms").status, 401);
     let auth = format!("Bearer {TOKEN}");
-    let v = ok(
-        &request(
-            g.addr,
-            "GET",
-            "/admin/platforms",
-            &[("Authorization", &auth)],
-            b"",
-        ),
-        200,
-    );
+    let v = ok(&request(g.addr, "GET", "/admin/platforms", &[("Authorization", &auth)], b""), 200);
     assert!(arr(&v, "platforms").iter().any(|x| s(x, "name") == p));
 
     // Two schema types.
@@ -398,36 +322,21 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
     assert_eq!(n(&v, "schema_version"), 1);
     let tenants = ids("t", 30);
     create_all(g.addr, &p, "tenant_db", &tenants);
-    let v = ok(
-        &get(g.addr, &format!("/platform/{p}/databases?schema=tenant_db")),
-        200,
-    );
+    let v = ok(&get(g.addr, &format!("/platform/{p}/databases?schema=tenant_db")), 200);
     assert_eq!(n(&v, "count"), 30, "{}", v.to_json());
     let v = ok(&get(g.addr, &format!("/platform/{p}/databases")), 200);
     assert_eq!(n(&v, "count"), 31);
 
     // /call reaches them with tenant_id = {schema_name}_{database_id}.
-    assert_eq!(
-        call_value(g.addr, &p, "main_db_main", "add_account", r#"["t01"]"#),
-        "1"
-    );
-    assert_eq!(
-        call_value(g.addr, &p, "main_db_main", "account_count", "[]"),
-        "1"
-    );
+    assert_eq!(call_value(g.addr, &p, "main_db_main", "add_account", r#"["t01"]"#), "1");
+    assert_eq!(call_value(g.addr, &p, "main_db_main", "account_count", "[]"), "1");
     for t in ["t01", "t02", "t29"] {
         let tenant = format!("tenant_db_{t}");
         call_value(g.addr, &p, &tenant, "add_note", r#"["hello"]"#);
         assert_eq!(call_value(g.addr, &p, &tenant, "note_count", "[]"), "1");
-        assert_eq!(
-            call_value(g.addr, &p, &tenant, "tenant_version", "[]"),
-            "\"v1\""
-        );
+        assert_eq!(call_value(g.addr, &p, &tenant, "tenant_version", "[]"), "\"v1\"");
     }
-    assert_eq!(
-        call_value(g.addr, &p, "tenant_db_t03", "note_count", "[]"),
-        "0"
-    );
+    assert_eq!(call_value(g.addr, &p, "tenant_db_t03", "note_count", "[]"), "0");
 
     // Break t17: the new migration creates `tags`, which now exists there.
     let broken = format!("{p}_tenant_db_t17");
@@ -436,24 +345,13 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
     let v = ok(&upload(g.addr, &p, "tenant_db", &tenant_v2()), 201);
     assert_eq!(n(&v, "version"), 2);
 
-    let r = migrate(
-        g.addr,
-        &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#),
-    );
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#));
     assert_ne!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(s(&v, "status"), "completed_with_errors");
     let results = by_db(arr(&v, "results"));
-    assert_eq!(
-        results.len(),
-        30,
-        "the main database is not a tenant_db database: {}",
-        v.to_json()
-    );
-    let failed: Vec<_> = results
-        .values()
-        .filter(|x| s(x, "status") == "failed")
-        .collect();
+    assert_eq!(results.len(), 30, "the main database is not a tenant_db database: {}", v.to_json());
+    let failed: Vec<_> = results.values().filter(|x| s(x, "status") == "failed").collect();
     assert_eq!(failed.len(), 1, "{}", v.to_json());
     assert_eq!(s(failed[0], "database"), broken);
     let e = failed[0].get("error").unwrap();
@@ -463,29 +361,18 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
         if *db != broken {
             assert_eq!(s(x, "status"), "success", "{}", x.to_json());
             assert_eq!(n(x, "migrations_applied"), 1, "{}", x.to_json());
-            assert_eq!(
-                n(x, "functions_updated"),
-                1,
-                "only tenant_version changed: {}",
-                x.to_json()
-            );
+            assert_eq!(n(x, "functions_updated"), 1, "only tenant_version changed: {}", x.to_json());
         }
     }
     assert_eq!(arr(&v, "databases_updated").len(), 29);
     let ver = v.get("verification").unwrap();
     assert_eq!(n(ver, "schema_version"), 2);
-    assert_eq!(
-        (n(ver, "databases_succeeded"), n(ver, "databases_failed")),
-        (29, 1)
-    );
+    assert_eq!((n(ver, "databases_succeeded"), n(ver, "databases_failed")), (29, 1));
 
     // The run and its 30 results are recorded.
     let run = s(&v, "run_id");
     assert_eq!(
-        one(
-            &cat,
-            &format!("SELECT status || ' ' || total || ' ' || kind FROM runs WHERE id = '{run}'")
-        ),
+        one(&cat, &format!("SELECT status || ' ' || total || ' ' || kind FROM runs WHERE id = '{run}'")),
         "completed_with_errors 30 v2_migrate"
     );
     assert_eq!(
@@ -498,60 +385,29 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
         "30 1"
     );
     let rv = ok(&get(g.addr, &format!("/runs/{run}")), 200);
-    assert_eq!(
-        (n(&rv, "total"), n(&rv, "done"), n(&rv, "failed")),
-        (30, 30, 1)
-    );
+    assert_eq!((n(&rv, "total"), n(&rv, "done"), n(&rv, "failed")), (30, 30, 1));
     // Each database's changelog names the run that changed it.
     let t01 = format!("{p}_tenant_db_t01");
     assert_eq!(
-        one(
-            &t01,
-            &format!(
-                "SELECT count(*) FROM _stonescriptdb_gateway_changelog WHERE run_id = '{run}'"
-            )
-        ),
+        one(&t01, &format!("SELECT count(*) FROM _stonescriptdb_gateway_changelog WHERE run_id = '{run}'")),
         "2",
         "migration + function of run {run}"
     );
 
     // The migrated tenants serve version 2 at once; the broken one still serves version 1 untouched.
-    assert_eq!(
-        call_value(g.addr, &p, "tenant_db_t01", "tenant_version", "[]"),
-        "\"v2\""
-    );
-    assert_eq!(
-        call_value(g.addr, &p, "tenant_db_t01", "note_count", "[]"),
-        "1"
-    );
-    assert_eq!(
-        call_value(g.addr, &p, "tenant_db_t17", "tenant_version", "[]"),
-        "\"v1\""
-    );
-    assert_eq!(
-        one(&broken, "SELECT value FROM settings WHERE key = 'schema'"),
-        "1"
-    );
-    assert_eq!(
-        one(&t01, "SELECT value FROM settings WHERE key = 'schema'"),
-        "2"
-    );
+    assert_eq!(call_value(g.addr, &p, "tenant_db_t01", "tenant_version", "[]"), "\"v2\"");
+    assert_eq!(call_value(g.addr, &p, "tenant_db_t01", "note_count", "[]"), "1");
+    assert_eq!(call_value(g.addr, &p, "tenant_db_t17", "tenant_version", "[]"), "\"v1\"");
+    assert_eq!(one(&broken, "SELECT value FROM settings WHERE key = 'schema'"), "1");
+    assert_eq!(one(&t01, "SELECT value FROM settings WHERE key = 'schema'"), "2");
 
     // Fix t17 and migrate just that one ("database_id"); the others are untouched by that run.
     q(&broken, "DROP TABLE tags");
-    let v = ok(
-        &migrate(
-            g.addr,
-            &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"t17"}}"#),
-        ),
-        200,
-    );
+    let v =
+        ok(&migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"t17"}}"#)), 200);
     assert_eq!(arr(&v, "results").len(), 1);
     assert_eq!(n(&arr(&v, "results")[0], "migrations_applied"), 1);
-    assert_eq!(
-        call_value(g.addr, &p, "tenant_db_t17", "tenant_version", "[]"),
-        "\"v2\""
-    );
+    assert_eq!(call_value(g.addr, &p, "tenant_db_t17", "tenant_version", "[]"), "\"v2\"");
 }
 
 // ---------- NDJSON progress ----------
@@ -570,8 +426,7 @@ fn read_chunk(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
         }
         fill(sock, buf);
     };
-    let size =
-        usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap().trim(), 16).unwrap();
+    let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap().trim(), 16).unwrap();
     while buf.len() < line_end + 2 + size + 2 {
         fill(sock, buf);
     }
@@ -592,16 +447,12 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
     create_all(g.addr, &p, "tenant_db", &tenants);
     // Each database takes at least 0.3 s in version 2, one at a time: the run lasts ≥ 3 s.
     let mut v2 = tenant_v2();
-    v2.insert(
-        "migrations/003_slow.sql".into(),
-        "SELECT pg_sleep(0.3);\n".into(),
-    );
+    v2.insert("migrations/003_slow.sql".into(), "SELECT pg_sleep(0.3);\n".into());
     ok(&upload(g.addr, &p, "tenant_db", &v2), 201);
 
     let body = format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#);
     let mut sock = TcpStream::connect(g.addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let started = Instant::now();
     sock.write_all(
         format!(
@@ -622,14 +473,9 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
         assert!(k > 0, "closed before the head");
         buf.extend_from_slice(&tmp[..k]);
     };
-    let head = String::from_utf8(buf.drain(..head_end).collect())
-        .unwrap()
-        .to_ascii_lowercase();
+    let head = String::from_utf8(buf.drain(..head_end).collect()).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(
-        head.contains("content-type: application/x-ndjson"),
-        "{head}"
-    );
+    assert!(head.contains("content-type: application/x-ndjson"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
 
@@ -641,15 +487,12 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
         pending.extend_from_slice(&chunk);
         while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
-            let v = stonescriptdb_gateway::json::parse(&line[..line.len() - 1])
-                .expect("each line is JSON");
+            let v = stonescriptdb_gateway::json::parse(&line[..line.len() - 1]).expect("each line is JSON");
             if lines.is_empty() {
                 // Received while the run is still recorded as running in the catalog.
                 running_at_first_line = Some(one(
                     &cat,
-                    &format!(
-                        "SELECT count(*) FROM runs WHERE platform = '{p}' AND status = 'running'"
-                    ),
+                    &format!("SELECT count(*) FROM runs WHERE platform = '{p}' AND status = 'running'"),
                 ));
             }
             lines.push((Instant::now(), v));
@@ -661,17 +504,10 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
     assert_eq!(n(first, "total"), 10);
     assert!(n(first, "done") < n(first, "total"), "{}", first.to_json());
     assert_eq!(s(first, "status"), "success");
-    assert_eq!(
-        running_at_first_line.as_deref(),
-        Some("1"),
-        "the first line came before the run ended"
-    );
+    assert_eq!(running_at_first_line.as_deref(), Some("1"), "the first line came before the run ended");
     // The remaining nine databases take ≥ 2.7 s after the first line; allow a wide margin.
     let gap = lines[10].0 - lines[0].0;
-    assert!(
-        gap >= Duration::from_millis(1500),
-        "first line only {gap:?} before the summary"
-    );
+    assert!(gap >= Duration::from_millis(1500), "first line only {gap:?} before the summary");
     for (i, (_, v)) in lines[..10].iter().enumerate() {
         assert_eq!(n(v, "done"), i as i64 + 1);
         assert_eq!(n(v, "migrations_applied"), 2, "{}", v.to_json());
@@ -680,10 +516,7 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
     assert_eq!(s(summary, "status"), "completed");
     assert_eq!(arr(summary, "results").len(), 10);
     let run = s(summary, "run_id");
-    assert_eq!(
-        one(&cat, &format!("SELECT status FROM runs WHERE id = '{run}'")),
-        "completed"
-    );
+    assert_eq!(one(&cat, &format!("SELECT status FROM runs WHERE id = '{run}'")), "completed");
     assert!(started.elapsed() >= Duration::from_secs(3));
 }
 
@@ -699,10 +532,7 @@ fn async_run_answers_202_and_is_polled_to_completion() {
     ok(&upload(g.addr, &p, "tenant_db", &tenant_v1()), 201);
     create_all(g.addr, &p, "tenant_db", &ids("a", 6));
     let mut v2 = tenant_v2();
-    v2.insert(
-        "migrations/003_slow.sql".into(),
-        "SELECT pg_sleep(0.2);\n".into(),
-    );
+    v2.insert("migrations/003_slow.sql".into(), "SELECT pg_sleep(0.2);\n".into());
     ok(&upload(g.addr, &p, "tenant_db", &v2), 201);
 
     let t0 = Instant::now();
@@ -715,11 +545,7 @@ fn async_run_answers_202_and_is_polled_to_completion() {
         202,
     );
     // Answered before the work (3 rounds of ≥ 0.2 s) could be done.
-    assert!(
-        t0.elapsed() < Duration::from_millis(600),
-        "202 took {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_millis(600), "202 took {:?}", t0.elapsed());
     assert_eq!(s(&v, "status"), "running");
     assert_eq!(n(&v, "total"), 6);
     let run = s(&v, "run_id");
@@ -727,9 +553,7 @@ fn async_run_answers_202_and_is_polled_to_completion() {
 
     let first = ok(&get(g.addr, &format!("/runs/{run}")), 200);
     assert!(["running", "completed"].contains(&s(&first, "status").as_str()));
-    let v = wait_run(g.addr, &run, Duration::from_secs(60), |st| {
-        st == "completed" || st == "completed_with_errors"
-    });
+    let v = wait_run(g.addr, &run, Duration::from_secs(60), |st| st == "completed" || st == "completed_with_errors");
     assert_eq!(s(&v, "status"), "completed", "{}", v.to_json());
     assert_eq!((n(&v, "total"), n(&v, "done"), n(&v, "failed")), (6, 6, 0));
     assert!(v.get("finished_at").is_some_and(|f| !f.is_null()));
@@ -741,10 +565,7 @@ fn async_run_answers_202_and_is_polled_to_completion() {
         assert_eq!(n(r, "migrations_applied"), 2, "{}", r.to_json());
     }
     // The async run's changes reached /call (cached statements were dropped).
-    assert_eq!(
-        call_value(g.addr, &p, "tenant_db_a03", "tenant_version", "[]"),
-        "\"v2\""
-    );
+    assert_eq!(call_value(g.addr, &p, "tenant_db_a03", "tenant_version", "[]"), "\"v2\"");
     // Unknown runs are 404.
     let r = get(g.addr, "/runs/run-does-not-exist");
     assert_eq!((r.status, r.error_code().as_str()), (404, "run_not_found"));
@@ -758,44 +579,26 @@ fn interrupted_run_is_marked_and_a_rerun_finishes_the_rest() {
     let cat = format!("cat_restart_{}", std::process::id());
     let _clean = Cleanup::new(&cat, &[&p]);
     let tenants = ids("r", 10);
-    let dbs: Vec<String> = tenants
-        .iter()
-        .map(|t| format!("{p}_tenant_db_{t}"))
-        .collect();
+    let dbs: Vec<String> = tenants.iter().map(|t| format!("{p}_tenant_db_{t}")).collect();
     let a = gateway(&cat, &[("DEPLOY_PARALLELISM", "1")]);
     register(a.addr, &p);
     ok(&upload(a.addr, &p, "tenant_db", &tenant_v1()), 201);
     create_all(a.addr, &p, "tenant_db", &tenants);
     let mut v2 = tenant_v2();
-    v2.insert(
-        "migrations/003_slow.sql".into(),
-        "SELECT pg_sleep(0.3);\n".into(),
-    );
+    v2.insert("migrations/003_slow.sql".into(), "SELECT pg_sleep(0.3);\n".into());
     ok(&upload(a.addr, &p, "tenant_db", &v2), 201);
 
     // A live run of gateway A is not marked interrupted by gateway B starting on the same catalog.
-    let v = ok(
-        &migrate(
-            a.addr,
-            &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","async":true}}"#),
-        ),
-        202,
-    );
+    let v = ok(&migrate(a.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","async":true}}"#)), 202);
     let live = s(&v, "run_id");
     wait_run(a.addr, &live, Duration::from_secs(30), |_| {
-        one(
-            &cat,
-            &format!("SELECT count(*) FROM run_results WHERE run_id = '{live}'"),
-        ) != "0"
+        one(&cat, &format!("SELECT count(*) FROM run_results WHERE run_id = '{live}'")) != "0"
     });
     let b = gateway(&cat, &[("DEPLOY_PARALLELISM", "1")]);
     // B's start-up check runs at once; give it time, then the run must still be A's.
     std::thread::sleep(Duration::from_millis(800));
     let st = s(&ok(&get(b.addr, &format!("/runs/{live}")), 200), "status");
-    assert_ne!(
-        st, "interrupted",
-        "a live run was marked interrupted by another gateway"
-    );
+    assert_ne!(st, "interrupted", "a live run was marked interrupted by another gateway");
     // Stopping A waits for its workers: the run completes.
     drop(a);
     let v = wait_run(b.addr, &live, Duration::from_secs(30), |st| st != "running");
@@ -810,7 +613,8 @@ fn interrupted_run_is_marked_and_a_rerun_finishes_the_rest() {
     );
     v3.insert(
         "functions/version.sql".into(),
-        "CREATE OR REPLACE FUNCTION tenant_version() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'v3' $$;\n".into(),
+        "CREATE OR REPLACE FUNCTION tenant_version() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'v3' $$;\n"
+            .into(),
     );
     ok(&upload(b.addr, &p, "tenant_db", &v3), 201);
     let crashed = format!("run-crashed-{p}");
@@ -823,10 +627,7 @@ fn interrupted_run_is_marked_and_a_rerun_finishes_the_rest() {
     );
     for t in &tenants[..4] {
         let v = ok(
-            &migrate(
-                b.addr,
-                &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"{t}"}}"#),
-            ),
+            &migrate(b.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"{t}"}}"#)),
             200,
         );
         let r = &arr(&v, "results")[0];
@@ -844,48 +645,26 @@ fn interrupted_run_is_marked_and_a_rerun_finishes_the_rest() {
 
     // A new gateway marks it interrupted.
     let c = gateway(&cat, &[("DEPLOY_PARALLELISM", "1")]);
-    let v = wait_run(c.addr, &crashed, Duration::from_secs(15), |st| {
-        st != "running"
-    });
+    let v = wait_run(c.addr, &crashed, Duration::from_secs(15), |st| st != "running");
     assert_eq!(s(&v, "status"), "interrupted");
     assert_eq!((n(&v, "total"), n(&v, "done")), (10, 4));
     assert!(v.get("finished_at").is_some_and(|f| !f.is_null()));
     // ... and leaves finished runs alone.
-    assert_eq!(
-        s(&ok(&get(c.addr, &format!("/runs/{live}")), 200), "status"),
-        "completed"
-    );
+    assert_eq!(s(&ok(&get(c.addr, &format!("/runs/{live}")), 200), "status"), "completed");
 
     // The same migrate again finishes the other six; the four already at version 3 are skipped.
-    let v = ok(
-        &migrate(
-            c.addr,
-            &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#),
-        ),
-        200,
-    );
+    let v = ok(&migrate(c.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#)), 200);
     let results = by_db(arr(&v, "results"));
     assert_eq!(results.len(), 10);
     for (i, db) in dbs.iter().enumerate() {
         let r = &results[db];
         assert_eq!(s(r, "status"), "success");
         let want = if i < 4 { (0, 0) } else { (1, 1) };
-        assert_eq!(
-            (n(r, "migrations_applied"), n(r, "functions_updated")),
-            want,
-            "{db}: {}",
-            r.to_json()
-        );
-        assert_eq!(
-            one(db, "SELECT count(*) FROM _stonescriptdb_gateway_migrations"),
-            "4"
-        );
+        assert_eq!((n(r, "migrations_applied"), n(r, "functions_updated")), want, "{db}: {}", r.to_json());
+        assert_eq!(one(db, "SELECT count(*) FROM _stonescriptdb_gateway_migrations"), "4");
     }
     assert_eq!(n(&v, "migrations_applied"), 6);
-    assert_eq!(
-        call_value(c.addr, &p, "tenant_db_r10", "tenant_version", "[]"),
-        "\"v3\""
-    );
+    assert_eq!(call_value(c.addr, &p, "tenant_db_r10", "tenant_version", "[]"), "\"v3\"");
 }
 
 // ---------- errors ----------
@@ -899,116 +678,52 @@ fn errors_names_conflicts_and_failed_creates() {
     let code = |r: &Resp| (r.status, r.error_code());
 
     register(g.addr, &p);
-    let r = post_json(
-        g.addr,
-        "/platform/register",
-        &format!(r#"{{"platform":"{p}"}}"#),
-    );
+    let r = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}"}}"#));
     assert_eq!(code(&r), (409, "platform_already_exists".into()));
     // Sanitised to the same name: also a duplicate.
-    let r = post_json(
-        g.addr,
-        "/platform/register",
-        &format!(r#"{{"platform":"{}"}}"#, p.to_uppercase()),
-    );
+    let r = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{}"}}"#, p.to_uppercase()));
     assert_eq!(code(&r), (409, "platform_already_exists".into()));
     ok(&upload(g.addr, &p, "tenant_db", &tenant_v1()), 201);
 
     // Unknown platform: upload, list, create, migrate.
     let ghost = uniq("ghost");
-    assert_eq!(
-        code(&upload(g.addr, &ghost, "tenant_db", &tenant_v1())),
-        (404, "platform_not_found".into())
-    );
-    assert_eq!(
-        code(&get(g.addr, &format!("/platform/{ghost}/schemas"))),
-        (404, "platform_not_found".into())
-    );
-    assert_eq!(
-        code(&get(g.addr, &format!("/platform/{ghost}/databases"))),
-        (404, "platform_not_found".into())
-    );
-    assert_eq!(
-        code(&create(g.addr, &ghost, "tenant_db", "x1")),
-        (404, "platform_not_found".into())
-    );
-    let r = migrate(
-        g.addr,
-        &format!(r#"{{"platform":"{ghost}","schema_name":"tenant_db"}}"#),
-    );
+    assert_eq!(code(&upload(g.addr, &ghost, "tenant_db", &tenant_v1())), (404, "platform_not_found".into()));
+    assert_eq!(code(&get(g.addr, &format!("/platform/{ghost}/schemas"))), (404, "platform_not_found".into()));
+    assert_eq!(code(&get(g.addr, &format!("/platform/{ghost}/databases"))), (404, "platform_not_found".into()));
+    assert_eq!(code(&create(g.addr, &ghost, "tenant_db", "x1")), (404, "platform_not_found".into()));
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{ghost}","schema_name":"tenant_db"}}"#));
     assert_eq!(code(&r), (404, "platform_not_found".into()));
     assert!(!exists(&format!("{ghost}_tenant_db_x1")));
 
     // Unknown schema.
-    assert_eq!(
-        code(&create(g.addr, &p, "nosuch", "x1")),
-        (404, "schema_not_found".into())
-    );
-    let r = migrate(
-        g.addr,
-        &format!(r#"{{"platform":"{p}","schema_name":"nosuch"}}"#),
-    );
+    assert_eq!(code(&create(g.addr, &p, "nosuch", "x1")), (404, "schema_not_found".into()));
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"nosuch"}}"#));
     assert_eq!(code(&r), (404, "schema_not_found".into()));
     assert!(!exists(&format!("{p}_nosuch_x1")));
     // A database that was never created from the schema.
-    let r = migrate(
-        g.addr,
-        &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"never"}}"#),
-    );
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"never"}}"#));
     assert_eq!(code(&r), (404, "database_not_found".into()));
 
     // Bad names.
-    let bad = |r: Resp, what: &str| {
-        assert_eq!(
-            code(&r),
-            (400, "invalid_request".into()),
-            "{what}: {}",
-            r.text()
-        )
-    };
+    let bad = |r: Resp, what: &str| assert_eq!(code(&r), (400, "invalid_request".into()), "{what}: {}", r.text());
+    bad(post_json(g.addr, "/platform/register", r#"{"platform":""}"#), "empty platform");
+    bad(post_json(g.addr, "/platform/register", r#"{"platform":"   "}"#), "blank platform");
     bad(
-        post_json(g.addr, "/platform/register", r#"{"platform":""}"#),
-        "empty platform",
-    );
-    bad(
-        post_json(g.addr, "/platform/register", r#"{"platform":"   "}"#),
-        "blank platform",
-    );
-    bad(
-        post_json(
-            g.addr,
-            "/platform/register",
-            &format!(r#"{{"platform":"{}"}}"#, "p".repeat(64)),
-        ),
+        post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{}"}}"#, "p".repeat(64))),
         "64-byte platform",
     );
-    bad(
-        post_json(g.addr, "/platform/register", r#"{"platform":"1abc"}"#),
-        "leading digit",
-    );
-    bad(
-        post_json(g.addr, "/platform/register", r#"{}"#),
-        "no platform",
-    );
+    bad(post_json(g.addr, "/platform/register", r#"{"platform":"1abc"}"#), "leading digit");
+    bad(post_json(g.addr, "/platform/register", r#"{}"#), "no platform");
     bad(upload(g.addr, &p, "", &tenant_v1()), "empty schema name");
-    bad(
-        upload(g.addr, &p, &"s".repeat(64), &tenant_v1()),
-        "64-byte schema name",
-    );
+    bad(upload(g.addr, &p, &"s".repeat(64), &tenant_v1()), "64-byte schema name");
     bad(create(g.addr, &p, "tenant_db", ""), "empty database_id");
     // Each part fits, the database name would not: {p}_tenant_db_{id} > 63 bytes.
     let long_id = "i".repeat(63 - p.len() - "_tenant_db_".len() + 1);
-    bad(
-        create(g.addr, &p, "tenant_db", &long_id),
-        "database name of 64 bytes",
-    );
+    bad(create(g.addr, &p, "tenant_db", &long_id), "database name of 64 bytes");
     assert!(!exists(&format!("{p}_tenant_db_{long_id}")[..63]));
     let fits = "i".repeat(63 - p.len() - "_tenant_db_".len());
     bad(
-        migrate(
-            g.addr,
-            &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"{long_id}"}}"#),
-        ),
+        migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"{long_id}"}}"#)),
         "migrate with a too-long name",
     );
     bad(
@@ -1019,10 +734,7 @@ fn errors_names_conflicts_and_failed_creates() {
         ),
         "array id",
     );
-    assert_eq!(
-        code(&post_json(g.addr, "/database/create", "{nope")),
-        (400, "invalid_json".into())
-    );
+    assert_eq!(code(&post_json(g.addr, "/database/create", "{nope")), (400, "invalid_json".into()));
 
     // Path traversal in path segments.
     for path in [
@@ -1034,10 +746,7 @@ fn errors_names_conflicts_and_failed_creates() {
     ] {
         bad(get(g.addr, path), path);
     }
-    bad(
-        upload(g.addr, "..%2F..%2Fetc", "tenant_db", &tenant_v1()),
-        "upload traversal",
-    );
+    bad(upload(g.addr, "..%2F..%2Fetc", "tenant_db", &tenant_v1()), "upload traversal");
 
     // Create: 201, then 409; the longest name that fits works.
     ok(&create(g.addr, &p, "tenant_db", "dup"), 201);
@@ -1056,19 +765,13 @@ fn errors_names_conflicts_and_failed_creates() {
     assert_eq!(s(&v, "database").len(), 63);
     // The admin route needs the token.
     let body = format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"adm"}}"#);
-    assert_eq!(
-        post_json(g.addr, "/admin/database/create", &body).status,
-        401
-    );
+    assert_eq!(post_json(g.addr, "/admin/database/create", &body).status, 401);
     let auth = format!("Bearer {TOKEN}");
     let r = request(
         g.addr,
         "POST",
         "/admin/database/create",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
         body.as_bytes(),
     );
     ok(&r, 201);
@@ -1080,18 +783,9 @@ fn errors_names_conflicts_and_failed_creates() {
     let r = create(g.addr, &p, "broken_db", "b1");
     assert_eq!(code(&r), (500, "migration_failed".into()), "{}", r.text());
     assert!(!exists(&format!("{p}_broken_db_b1")));
-    let v = ok(
-        &get(g.addr, &format!("/platform/{p}/databases?schema=broken_db")),
-        200,
-    );
+    let v = ok(&get(g.addr, &format!("/platform/{p}/databases?schema=broken_db")), 200);
     assert_eq!(n(&v, "count"), 0);
-    assert_eq!(
-        one(
-            &cat,
-            &format!("SELECT count(*) FROM databases WHERE name = '{p}_broken_db_b1'")
-        ),
-        "0"
-    );
+    assert_eq!(one(&cat, &format!("SELECT count(*) FROM databases WHERE name = '{p}_broken_db_b1'")), "0");
     // And can be retried once the schema is fixed.
     ok(&upload(g.addr, &p, "broken_db", &tenant_v1()), 201);
     ok(&create(g.addr, &p, "broken_db", "b1"), 201);
@@ -1106,11 +800,7 @@ fn errors_names_conflicts_and_failed_creates() {
     );
     assert_eq!(code(&r), (400, "schema_extraction_failed".into()));
     let v = ok(&get(g.addr, &format!("/platform/{p}/schemas")), 200);
-    let t = arr(&v, "schemas")
-        .iter()
-        .find(|x| s(x, "name") == "tenant_db")
-        .unwrap()
-        .clone();
+    let t = arr(&v, "schemas").iter().find(|x| s(x, "name") == "tenant_db").unwrap().clone();
     assert_eq!(n(&t, "version"), 1);
 }
 
@@ -1124,10 +814,7 @@ fn dedicated_credentials_own_the_database_and_serve_calls() {
     let password = format!("pw-{p}-Secret9");
     let mut clean = Cleanup::new(&cat, &[&p]);
     clean.roles.push(role.clone());
-    q(
-        "postgres",
-        &format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"),
-    );
+    q("postgres", &format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"));
     let g = gateway(&cat, &[]);
     let mut bodies = Vec::new();
 
@@ -1147,34 +834,13 @@ fn dedicated_credentials_own_the_database_and_serve_calls() {
     bodies.push(r.text());
     let db = format!("{p}_tenant_db_c1");
     assert_eq!(
-        one(
-            "postgres",
-            &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}'")
-        ),
+        one("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}'")),
         role
     );
     // Deployed as the role: it owns what the deploy created.
-    assert_eq!(
-        one(
-            &db,
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'"
-        ),
-        role
-    );
-    assert_eq!(
-        one(
-            &db,
-            "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'tenant_version'"
-        ),
-        role
-    );
-    assert_eq!(
-        one(
-            &db,
-            "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"
-        ),
-        "1"
-    );
+    assert_eq!(one(&db, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'"), role);
+    assert_eq!(one(&db, "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'tenant_version'"), role);
+    assert_eq!(one(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'"), "1");
 
     // A slow call: its backend logs in as the platform role.
     let addr = g.addr;
@@ -1192,64 +858,30 @@ fn dedicated_credentials_own_the_database_and_serve_calls() {
         if !rows.is_empty() {
             break rows;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the slow call never showed up in pg_stat_activity"
-        );
+        assert!(Instant::now() < deadline, "the slow call never showed up in pg_stat_activity");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(
-        users.iter().all(|r| r[0].as_deref() == Some(role.as_str())),
-        "{users:?}"
-    );
+    assert!(users.iter().all(|r| r[0].as_deref() == Some(role.as_str())), "{users:?}");
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     bodies.push(r.text());
     // Every backend of that database is the role's, none the superuser's.
-    let all = q(
-        "postgres",
-        &format!("SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = '{db}'"),
-    );
-    assert!(
-        all.iter().all(|r| r[0].as_deref() == Some(role.as_str())),
-        "{all:?}"
-    );
+    let all = q("postgres", &format!("SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = '{db}'"));
+    assert!(all.iter().all(|r| r[0].as_deref() == Some(role.as_str())), "{all:?}");
 
     // A migrate runs as the role too (the new table is the role's).
     ok(&upload(g.addr, &p, "tenant_db", &tenant_v2()), 201);
-    let r = migrate(
-        g.addr,
-        &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#),
-    );
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#));
     ok(&r, 200);
     bodies.push(r.text());
-    assert_eq!(
-        one(
-            &db,
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'tags'"
-        ),
-        role
-    );
+    assert_eq!(one(&db, "SELECT tableowner FROM pg_tables WHERE tablename = 'tags'"), role);
 
     // The password appears in no response.
-    for path in [
-        "/platforms".to_string(),
-        format!("/platform/{p}/schemas"),
-        format!("/platform/{p}/databases"),
-    ] {
+    for path in ["/platforms".to_string(), format!("/platform/{p}/schemas"), format!("/platform/{p}/databases")] {
         bodies.push(get(g.addr, &path).text());
     }
     let auth = format!("Bearer {TOKEN}");
-    bodies.push(
-        request(
-            g.addr,
-            "GET",
-            "/admin/platforms",
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .text(),
-    );
+    bodies.push(request(g.addr, "GET", "/admin/platforms", &[("Authorization", &auth)], b"").text());
     bodies.push(
         post_json(
             g.addr,
@@ -1300,16 +932,9 @@ fn two_gateways_on_one_catalog_apply_each_migration_once() {
     let (a, b) = (by_db(arr(&v1, "results")), by_db(arr(&v2, "results")));
     for t in &tenants {
         let db = format!("{p}_tenant_db_{t}");
+        assert_eq!(n(&a[&db], "migrations_applied") + n(&b[&db], "migrations_applied"), 2, "{db}");
         assert_eq!(
-            n(&a[&db], "migrations_applied") + n(&b[&db], "migrations_applied"),
-            2,
-            "{db}"
-        );
-        assert_eq!(
-            one(
-                &db,
-                "SELECT count(*) FROM _stonescriptdb_gateway_migrations"
-            ),
+            one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_migrations"),
             "3",
             "{db}: 001, 002, 003 once each"
         );
@@ -1320,10 +945,7 @@ fn two_gateways_on_one_catalog_apply_each_migration_once() {
             ),
             "3"
         );
-        assert_eq!(
-            one(&db, "SELECT count(*) FROM settings WHERE key = 'once'"),
-            "1"
-        );
+        assert_eq!(one(&db, "SELECT count(*) FROM settings WHERE key = 'once'"), "1");
     }
     // Two runs recorded, each with eight results.
     assert_eq!(

@@ -57,12 +57,9 @@ fn classify(oid: u32, types: &TypeRegistry) -> PClass<'_> {
             types::INT2 | types::INT4 | types::INT8 | types::OID => PClass::Int,
             types::FLOAT4 | types::FLOAT8 | types::NUMERIC => PClass::Decimal,
             types::JSON | types::JSONB => PClass::Json,
-            types::TEXT
-            | types::VARCHAR
-            | types::BPCHAR
-            | types::NAME
-            | types::CHAR
-            | types::UNKNOWN => PClass::TextLike,
+            types::TEXT | types::VARCHAR | types::BPCHAR | types::NAME | types::CHAR | types::UNKNOWN => {
+                PClass::TextLike
+            }
             types::BYTEA
             | types::XML
             | types::UUID
@@ -87,10 +84,7 @@ fn classify(oid: u32, types: &TypeRegistry) -> PClass<'_> {
                         continue;
                     }
                     TypeKind::Array { elem } => PClass::Array { elem: *elem },
-                    TypeKind::Composite { fields } => PClass::Composite {
-                        name: &info.name,
-                        fields,
-                    },
+                    TypeKind::Composite { fields } => PClass::Composite { name: &info.name, fields },
                     TypeKind::Range | TypeKind::Other => PClass::Strict,
                     TypeKind::Scalar | TypeKind::Enum => PClass::TextLike,
                 },
@@ -114,12 +108,7 @@ fn kind_name(v: &Value) -> &'static str {
 }
 
 /// Encodes one argument in text format into `out`. `Ok(true)` means SQL NULL (nothing written).
-pub fn encode_param(
-    value: &Value,
-    oid: u32,
-    types: &TypeRegistry,
-    out: &mut Vec<u8>,
-) -> Result<bool, ParamError> {
+pub fn encode_param(value: &Value, oid: u32, types: &TypeRegistry, out: &mut Vec<u8>) -> Result<bool, ParamError> {
     if matches!(value, Value::Null) {
         return Ok(true);
     }
@@ -129,9 +118,7 @@ pub fn encode_param(
 
 fn push_str(s: &str, out: &mut Vec<u8>) -> Result<(), ParamError> {
     if s.contains('\0') {
-        return err(
-            "string contains a NUL character (\\u0000), which PostgreSQL text cannot hold".into(),
-        );
+        return err("string contains a NUL character (\\u0000), which PostgreSQL text cannot hold".into());
     }
     out.extend_from_slice(s.as_bytes());
     Ok(())
@@ -150,9 +137,7 @@ fn encode_non_null(
     match (classify(oid, types), value) {
         (_, Value::Null) => return err("null is not allowed here".into()),
         (PClass::Json, v) => write_json(v, out),
-        (PClass::Array { elem }, Value::Array(items)) => {
-            encode_array(items, elem, types, out, depth)?
-        }
+        (PClass::Array { elem }, Value::Array(items)) => encode_array(items, elem, types, out, depth)?,
         (PClass::Composite { name, fields }, Value::Object(pairs)) => {
             encode_record(name, fields, pairs, types, out, depth)?
         }
@@ -165,12 +150,8 @@ fn encode_non_null(
             }
             out.extend_from_slice(n.as_bytes());
         }
-        (PClass::Decimal | PClass::Strict | PClass::TextLike, Value::Number(n)) => {
-            out.extend_from_slice(n.as_bytes())
-        }
-        (PClass::TextLike, Value::Bool(b)) => {
-            out.extend_from_slice(if *b { b"true" } else { b"false" })
-        }
+        (PClass::Decimal | PClass::Strict | PClass::TextLike, Value::Number(n)) => out.extend_from_slice(n.as_bytes()),
+        (PClass::TextLike, Value::Bool(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         (PClass::TextLike, v @ (Value::Array(_) | Value::Object(_))) => write_json(v, out),
         (PClass::Bool, v) => return err(format!("expected a boolean, got {}", kind_name(v))),
         (PClass::Int, v) => return err(format!("expected an integer, got {}", kind_name(v))),
@@ -225,11 +206,8 @@ fn encode_array(
             }
             v => {
                 scratch.clear();
-                encode_non_null(v, elem, types, &mut scratch, depth + 1).map_err(|e| {
-                    ParamError {
-                        message: format!("array element {}: {}", i + 1, e.message),
-                    }
-                })?;
+                encode_non_null(v, elem, types, &mut scratch, depth + 1)
+                    .map_err(|e| ParamError { message: format!("array element {}: {}", i + 1, e.message) })?;
                 push_quoted(&scratch, out);
             }
         }
@@ -260,10 +238,7 @@ fn encode_record(
     out: &mut Vec<u8>,
     depth: usize,
 ) -> Result<(), ParamError> {
-    if let Some((k, _)) = pairs
-        .iter()
-        .find(|(k, _)| !fields.iter().any(|(f, _)| f == k))
-    {
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !fields.iter().any(|(f, _)| f == k)) {
         return err(format!("unknown field \"{k}\" for type {type_name}"));
     }
     let mut scratch = Vec::new();
@@ -278,11 +253,8 @@ fn encode_record(
             None | Some(Value::Null) => {}
             Some(v) => {
                 scratch.clear();
-                encode_non_null(v, *ftype, types, &mut scratch, depth + 1).map_err(|e| {
-                    ParamError {
-                        message: format!("field \"{fname}\": {}", e.message),
-                    }
-                })?;
+                encode_non_null(v, *ftype, types, &mut scratch, depth + 1)
+                    .map_err(|e| ParamError { message: format!("field \"{fname}\": {}", e.message) })?;
                 push_quoted(&scratch, out);
             }
         }
@@ -379,15 +351,7 @@ mod tests {
 
     #[test]
     fn null_is_sql_null_for_every_type() {
-        for oid in [
-            types::INT4,
-            types::TEXT,
-            types::JSONB,
-            1009,
-            OUTER,
-            POSINT,
-            types::UUID,
-        ] {
+        for oid in [types::INT4, types::TEXT, types::JSONB, 1009, OUTER, POSINT, types::UUID] {
             assert_eq!(enc(&Value::Null, oid).unwrap(), "<NULL>");
         }
     }
@@ -397,47 +361,23 @@ mod tests {
         assert_eq!(enc(&Value::Bool(true), types::BOOL).unwrap(), "t");
         assert_eq!(enc(&Value::Bool(false), types::BOOL).unwrap(), "f");
         assert_eq!(enc(&s("yes"), types::BOOL).unwrap(), "yes");
-        assert_eq!(
-            enc(&n("1"), types::BOOL).unwrap_err(),
-            "expected a boolean, got a number"
-        );
+        assert_eq!(enc(&n("1"), types::BOOL).unwrap_err(), "expected a boolean, got a number");
     }
 
     #[test]
     fn integers() {
-        assert_eq!(
-            enc(&n("9223372036854775807"), types::INT8).unwrap(),
-            "9223372036854775807"
-        );
+        assert_eq!(enc(&n("9223372036854775807"), types::INT8).unwrap(), "9223372036854775807");
         assert_eq!(enc(&n("-5"), types::INT2).unwrap(), "-5");
         assert_eq!(enc(&n("4294967295"), types::OID).unwrap(), "4294967295");
-        assert_eq!(
-            enc(&n("1.5"), types::INT4).unwrap_err(),
-            "expected an integer, got 1.5"
-        );
-        assert_eq!(
-            enc(&n("1e3"), types::INT8).unwrap_err(),
-            "expected an integer, got 1e3"
-        );
+        assert_eq!(enc(&n("1.5"), types::INT4).unwrap_err(), "expected an integer, got 1.5");
+        assert_eq!(enc(&n("1e3"), types::INT8).unwrap_err(), "expected an integer, got 1e3");
         assert_eq!(enc(&s("42"), types::INT4).unwrap(), "42");
-        assert_eq!(
-            enc(&Value::Bool(true), types::INT4).unwrap_err(),
-            "expected an integer, got a boolean"
-        );
-        assert_eq!(
-            enc(&a(vec![]), types::INT4).unwrap_err(),
-            "expected an integer, got an array"
-        );
-        assert_eq!(
-            enc(&o(vec![]), types::INT4).unwrap_err(),
-            "expected an integer, got an object"
-        );
+        assert_eq!(enc(&Value::Bool(true), types::INT4).unwrap_err(), "expected an integer, got a boolean");
+        assert_eq!(enc(&a(vec![]), types::INT4).unwrap_err(), "expected an integer, got an array");
+        assert_eq!(enc(&o(vec![]), types::INT4).unwrap_err(), "expected an integer, got an object");
         // Domains encode as their base type.
         assert_eq!(enc(&n("5"), POSINT).unwrap(), "5");
-        assert_eq!(
-            enc(&n("5.5"), POSINT).unwrap_err(),
-            "expected an integer, got 5.5"
-        );
+        assert_eq!(enc(&n("5.5"), POSINT).unwrap_err(), "expected an integer, got 5.5");
     }
 
     #[test]
@@ -447,29 +387,17 @@ mod tests {
         assert_eq!(enc(&n("1E-400"), types::FLOAT8).unwrap(), "1E-400");
         assert_eq!(enc(&n("0.1"), types::FLOAT4).unwrap(), "0.1");
         assert_eq!(enc(&s("NaN"), types::FLOAT8).unwrap(), "NaN");
-        assert_eq!(
-            enc(&Value::Bool(false), types::NUMERIC).unwrap_err(),
-            "expected a number, got a boolean"
-        );
+        assert_eq!(enc(&Value::Bool(false), types::NUMERIC).unwrap_err(), "expected a number, got a boolean");
     }
 
     #[test]
     fn text_like() {
-        assert_eq!(
-            enc(&s("héllo, \"world\""), types::TEXT).unwrap(),
-            "héllo, \"world\""
-        );
+        assert_eq!(enc(&s("héllo, \"world\""), types::TEXT).unwrap(), "héllo, \"world\"");
         assert_eq!(enc(&s(""), types::VARCHAR).unwrap(), "");
         assert_eq!(enc(&n("12.50"), types::TEXT).unwrap(), "12.50");
         assert_eq!(enc(&Value::Bool(true), types::BPCHAR).unwrap(), "true");
-        assert_eq!(
-            enc(&a(vec![n("1"), s("a")]), types::TEXT).unwrap(),
-            r#"[1,"a"]"#
-        );
-        assert_eq!(
-            enc(&o(vec![("k", Value::Null)]), types::UNKNOWN).unwrap(),
-            r#"{"k":null}"#
-        );
+        assert_eq!(enc(&a(vec![n("1"), s("a")]), types::TEXT).unwrap(), r#"[1,"a"]"#);
+        assert_eq!(enc(&o(vec![("k", Value::Null)]), types::UNKNOWN).unwrap(), r#"{"k":null}"#);
         assert_eq!(enc(&s("sad ok"), MOOD).unwrap(), "sad ok");
         assert_eq!(enc(&s("x"), types::NAME).unwrap(), "x");
         // An extension's base type (unknown to the registry) is treated as text.
@@ -482,11 +410,7 @@ mod tests {
         assert_eq!(enc(&n("1.50"), types::JSONB).unwrap(), "1.50");
         assert_eq!(enc(&Value::Bool(true), types::JSONB).unwrap(), "true");
         assert_eq!(
-            enc(
-                &o(vec![("a", a(vec![n("1"), Value::Null, s("x\"\u{1}")]))]),
-                types::JSONB
-            )
-            .unwrap(),
+            enc(&o(vec![("a", a(vec![n("1"), Value::Null, s("x\"\u{1}")]))]), types::JSONB).unwrap(),
             r#"{"a":[1,null,"x\"\u0001"]}"#
         );
         // NUL is fine inside JSON text: it is escaped there.
@@ -497,26 +421,14 @@ mod tests {
     fn strict_types() {
         let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
         assert_eq!(enc(&s(u), types::UUID).unwrap(), u);
-        assert_eq!(
-            enc(&s("2026-11-27T18:34:44+05:30"), types::TIMESTAMPTZ).unwrap(),
-            "2026-11-27T18:34:44+05:30"
-        );
+        assert_eq!(enc(&s("2026-11-27T18:34:44+05:30"), types::TIMESTAMPTZ).unwrap(), "2026-11-27T18:34:44+05:30");
         assert_eq!(enc(&s("1 day"), types::INTERVAL).unwrap(), "1 day");
         assert_eq!(enc(&s("[1,5)"), 3904).unwrap(), "[1,5)");
         assert_eq!(enc(&s(r"\xdeadbeef"), types::BYTEA).unwrap(), r"\xdeadbeef");
         assert_eq!(enc(&n("12.5"), types::MONEY).unwrap(), "12.5");
-        assert_eq!(
-            enc(&Value::Bool(true), types::UUID).unwrap_err(),
-            "expected a string, got a boolean"
-        );
-        assert_eq!(
-            enc(&a(vec![]), types::DATE).unwrap_err(),
-            "expected a string, got an array"
-        );
-        assert_eq!(
-            enc(&o(vec![]), 3904).unwrap_err(),
-            "expected a string, got an object"
-        );
+        assert_eq!(enc(&Value::Bool(true), types::UUID).unwrap_err(), "expected a string, got a boolean");
+        assert_eq!(enc(&a(vec![]), types::DATE).unwrap_err(), "expected a string, got an array");
+        assert_eq!(enc(&o(vec![]), 3904).unwrap_err(), "expected a string, got an object");
     }
 
     #[test]
@@ -544,58 +456,27 @@ mod tests {
         ]);
         assert_eq!(enc(&v, 1009).unwrap(), ARR2D_LITERAL);
         assert_eq!(enc(&v, TAGARR).unwrap(), ARR2D_LITERAL);
-        assert_eq!(
-            enc(&a(vec![n("1"), Value::Null, n("-3")]), 1007).unwrap(),
-            r#"{"1",NULL,"-3"}"#
-        );
+        assert_eq!(enc(&a(vec![n("1"), Value::Null, n("-3")]), 1007).unwrap(), r#"{"1",NULL,"-3"}"#);
         assert_eq!(enc(&a(vec![]), 1007).unwrap(), "{}");
-        assert_eq!(
-            enc(&a(vec![n("1"), n("1.5")]), 1016).unwrap_err(),
-            "array element 2: expected an integer, got 1.5"
-        );
-        assert_eq!(
-            enc(&a(vec![Value::Bool(true), s("f")]), 1000).unwrap(),
-            r#"{"t","f"}"#
-        );
-        assert_eq!(
-            enc(&a(vec![n("1.10"), s("NaN")]), 1231).unwrap(),
-            r#"{"1.10","NaN"}"#
-        );
-        assert_eq!(
-            enc(&a(vec![s("happy"), s("sad ok")]), 16384).unwrap(),
-            r#"{"happy","sad ok"}"#
-        );
+        assert_eq!(enc(&a(vec![n("1"), n("1.5")]), 1016).unwrap_err(), "array element 2: expected an integer, got 1.5");
+        assert_eq!(enc(&a(vec![Value::Bool(true), s("f")]), 1000).unwrap(), r#"{"t","f"}"#);
+        assert_eq!(enc(&a(vec![n("1.10"), s("NaN")]), 1231).unwrap(), r#"{"1.10","NaN"}"#);
+        assert_eq!(enc(&a(vec![s("happy"), s("sad ok")]), 16384).unwrap(), r#"{"happy","sad ok"}"#);
         // A string is the array literal itself.
         assert_eq!(enc(&s("{1,2}"), 1007).unwrap(), "{1,2}");
-        assert_eq!(
-            enc(&n("1"), 1007).unwrap_err(),
-            "expected an array, got a number"
-        );
+        assert_eq!(enc(&n("1"), 1007).unwrap_err(), "expected an array, got a number");
         // json/jsonb elements: nested arrays are element values, strings become JSON strings.
         assert_eq!(
-            enc(
-                &a(vec![
-                    o(vec![("a", n("1"))]),
-                    a(vec![n("1"), n("2")]),
-                    s("s"),
-                    Value::Null
-                ]),
-                3807
-            )
-            .unwrap(),
+            enc(&a(vec![o(vec![("a", n("1"))]), a(vec![n("1"), n("2")]), s("s"), Value::Null]), 3807).unwrap(),
             r#"{"{\"a\":1}","[1,2]","\"s\"",NULL}"#
         );
         // Text elements from non-strings use their JSON text.
-        assert_eq!(
-            enc(&a(vec![n("1"), o(vec![])]), 1009).unwrap(),
-            r#"{"1","{}"}"#
-        );
+        assert_eq!(enc(&a(vec![n("1"), o(vec![])]), 1009).unwrap(), r#"{"1","{}"}"#);
     }
 
     /// Literal checked on PostgreSQL 15 to equal
     /// `row(7, ARRAY['x y',NULL,'q"'], row(1,'in,ner')::inner_t, 'sad ok', 3.25)::outer_t`.
-    const OUTER_LITERAL: &str =
-        r#"("7","{\"x y\",NULL,\"q\\\"\"}","(\"1\",\"in,ner\")","sad ok","3.25")"#;
+    const OUTER_LITERAL: &str = r#"("7","{\"x y\",NULL,\"q\\\"\"}","(\"1\",\"in,ner\")","sad ok","3.25")"#;
 
     #[test]
     fn composites() {
@@ -610,31 +491,15 @@ mod tests {
         // Missing and null fields are NULL; an empty string is not.
         assert_eq!(enc(&o(vec![("y", s(""))]), INNER).unwrap(), r#"(,"")"#);
         assert_eq!(enc(&o(vec![("x", Value::Null)]), INNER).unwrap(), "(,)");
-        assert_eq!(
-            enc(&o(vec![("z", n("1"))]), INNER).unwrap_err(),
-            "unknown field \"z\" for type inner_t"
-        );
-        assert_eq!(
-            enc(&o(vec![("x", n("1.5"))]), INNER).unwrap_err(),
-            "field \"x\": expected an integer, got 1.5"
-        );
+        assert_eq!(enc(&o(vec![("z", n("1"))]), INNER).unwrap_err(), "unknown field \"z\" for type inner_t");
+        assert_eq!(enc(&o(vec![("x", n("1.5"))]), INNER).unwrap_err(), "field \"x\": expected an integer, got 1.5");
         assert_eq!(enc(&s("(1,a)"), INNER).unwrap(), "(1,a)");
+        assert_eq!(enc(&a(vec![]), INNER).unwrap_err(), "expected an object, got an array");
         assert_eq!(
-            enc(&a(vec![]), INNER).unwrap_err(),
-            "expected an object, got an array"
-        );
-        assert_eq!(
-            enc(
-                &o(vec![("we,ird \"name", a(vec![n("2")])), ("a", n("1"))]),
-                DROPT
-            )
-            .unwrap(),
+            enc(&o(vec![("we,ird \"name", a(vec![n("2")])), ("a", n("1"))]), DROPT).unwrap(),
             r#"("1","{\"2\"}")"#
         );
         // Arrays of composites.
-        assert_eq!(
-            enc(&a(vec![o(vec![("id", n("1"))]), Value::Null]), OUTER_ARR).unwrap(),
-            r#"{"(\"1\",,,,)",NULL}"#
-        );
+        assert_eq!(enc(&a(vec![o(vec![("id", n("1"))]), Value::Null]), OUTER_ARR).unwrap(), r#"{"(\"1\",,,,)",NULL}"#);
     }
 }

@@ -122,9 +122,11 @@ fn api_from_db(e: &DbError, database: &str) -> ApiError {
         Kind::DatabaseNotFound => format!("database '{database}' does not exist"),
         _ => e.message.clone(),
     };
-    ApiError::new(kind, message)
-        .with_database(database)
-        .with_db(DbDetail { sqlstate: e.code.clone(), detail: e.detail.clone(), hint: e.hint.clone() })
+    ApiError::new(kind, message).with_database(database).with_db(DbDetail {
+        sqlstate: e.code.clone(),
+        detail: e.detail.clone(),
+        hint: e.hint.clone(),
+    })
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -302,7 +304,14 @@ impl CallEngine {
     }
 
     /// Accepts a call. `Some` is an immediate answer; `None` means it will come through `Done` lists.
-    pub fn submit(&mut self, poll: &mut Poll, client: usize, generation: u64, req: CallRequest, now: Instant) -> Option<Response> {
+    pub fn submit(
+        &mut self,
+        poll: &mut Poll,
+        client: usize,
+        generation: u64,
+        req: CallRequest,
+        now: Instant,
+    ) -> Option<Response> {
         if let Err(e) = self.check_owner(&req) {
             return Some(Response::error(&e));
         }
@@ -638,7 +647,9 @@ impl CallEngine {
                 .pools
                 .pools
                 .iter()
-                .find(|(k, q)| *k != pool && q.waiting.len() > q.connecting.len() && q.size() < self.cfg.pool.max_per_pool)
+                .find(|(k, q)| {
+                    *k != pool && q.waiting.len() > q.connecting.len() && q.size() < self.cfg.pool.max_per_pool
+                })
                 .map(|(k, _)| k);
             if let Some(s) = starved {
                 let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
@@ -823,7 +834,9 @@ impl CallEngine {
                     }
                 }
             }
-            Backend::AuthSasl(_) => return Err(PgError::Protocol("authentication request on a ready connection".into())),
+            Backend::AuthSasl(_) => {
+                return Err(PgError::Protocol("authentication request on a ready connection".into()));
+            }
             Backend::Message(m) => match m {
                 Message::DataRow(row) => match front {
                     Some(SyncPoint::Execute) if job.error.is_none() && !job.answered => {
@@ -847,9 +860,8 @@ impl CallEngine {
                     }
                     Some(SyncPoint::Introspect) => {
                         let vals = data_row_fields(&row)?;
-                        job.introspect_rows.push(
-                            vals.iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect(),
-                        );
+                        job.introspect_rows
+                            .push(vals.iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect());
                     }
                     _ => {}
                 },
@@ -1026,10 +1038,7 @@ impl CallEngine {
         let missing = p.types.missing(&oids);
         if !missing.is_empty() && job.introspect_rounds < 4 {
             job.introspect_rounds += 1;
-            let list = format!(
-                "{{{}}}",
-                missing.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(",")
-            );
+            let list = format!("{{{}}}", missing.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
             let _ = frontend::parse("", INTROSPECTION_SQL, std::iter::empty(), &mut c.wbuf);
             write_bind(&mut c.wbuf, "", &[Some(list.as_bytes())], &[0]);
             c.wbuf.extend_from_slice(EXECUTE_SYNC);

@@ -68,9 +68,7 @@ pub(crate) fn classify(oid: u32, types: &TypeRegistry) -> Class<'_> {
             types::TIMESTAMPTZ => Class::Timestamptz,
             types::TIMESTAMP => Class::Timestamp,
             types::UUID => Class::Uuid,
-            types::TEXT | types::VARCHAR | types::BPCHAR | types::NAME | types::UNKNOWN => {
-                Class::Text
-            }
+            types::TEXT | types::VARCHAR | types::BPCHAR | types::NAME | types::UNKNOWN => Class::Text,
             types::RECORD => Class::Record,
             types::VOID => Class::Void,
             _ => match types.get(oid).map(|t| &t.kind) {
@@ -141,11 +139,7 @@ pub struct PreparedColumn {
 
 impl PreparedColumn {
     pub fn new(name: &str, oid: u32, types: &TypeRegistry) -> Self {
-        PreparedColumn {
-            key: escaped_key(name),
-            oid,
-            format: column_format(oid, types),
-        }
+        PreparedColumn { key: escaped_key(name), oid, format: column_format(oid, types) }
     }
 }
 
@@ -188,13 +182,7 @@ pub fn render_row_prepared(
 }
 
 /// Appends one JSON value for a column value received in `format` (0 text, 1 binary).
-pub fn render_value(
-    oid: u32,
-    format: i16,
-    raw: Option<&[u8]>,
-    types: &TypeRegistry,
-    out: &mut Vec<u8>,
-) {
+pub fn render_value(oid: u32, format: i16, raw: Option<&[u8]>, types: &TypeRegistry, out: &mut Vec<u8>) {
     let Some(raw) = raw else {
         out.extend_from_slice(b"null");
         return;
@@ -378,8 +366,7 @@ fn is_json_document(b: &[u8]) -> bool {
             Some(b'n') if b[i..].starts_with(b"null") => i += 4,
             Some(_) => {
                 let start = i;
-                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                {
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
                     i += 1;
                 }
                 if !is_json_number(&b[start..i]) {
@@ -395,11 +382,7 @@ fn is_json_document(b: &[u8]) -> bool {
                 return i == b.len();
             }
             let top = depth - 1;
-            let is_obj = if top < INLINE_LEVELS {
-                bits & (1u128 << top) != 0
-            } else {
-                spill[top - INLINE_LEVELS]
-            };
+            let is_obj = if top < INLINE_LEVELS { bits & (1u128 << top) != 0 } else { spill[top - INLINE_LEVELS] };
             match b.get(i) {
                 Some(b',') => {
                     i += 1;
@@ -439,13 +422,7 @@ fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, de
             b"f" => out.extend_from_slice(b"false"),
             _ => write_lossy_string(raw, out),
         },
-        Class::Int2
-        | Class::Int4
-        | Class::Int8
-        | Class::Oid
-        | Class::Float4
-        | Class::Float8
-        | Class::Numeric => {
+        Class::Int2 | Class::Int4 | Class::Int8 | Class::Oid | Class::Float4 | Class::Float8 | Class::Numeric => {
             if is_json_number(raw) {
                 out.extend_from_slice(raw);
             } else {
@@ -552,9 +529,7 @@ fn render_text(oid: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, de
 /// `:00` so the result is ISO 8601 / RFC 3339. Anything else (infinity, BC dates, odd offsets with
 /// seconds) is written as the PostgreSQL text, which is what a client would have to interpret anyway.
 fn write_timestamp(raw: &[u8], with_offset: bool, out: &mut Vec<u8>) {
-    let plain = raw
-        .iter()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b':' | b'.' | b' '));
+    let plain = raw.iter().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b':' | b'.' | b' '));
     let Some(space) = raw.iter().position(|&b| b == b' ') else {
         return write_lossy_string(raw, out);
     };
@@ -643,11 +618,7 @@ pub fn walk_array(s: &[u8], delim: u8, f: &mut dyn FnMut(ArrayEvent<'_>)) -> R {
     let mut scratch = Vec::new();
     walk_level(&mut c, delim, f, &mut scratch, 0)?;
     c.skip_ws();
-    if c.i == s.len() {
-        Ok(())
-    } else {
-        Err(Malformed)
-    }
+    if c.i == s.len() { Ok(()) } else { Err(Malformed) }
 }
 
 fn walk_level(
@@ -814,11 +785,7 @@ pub fn walk_record(s: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> R {
         }
     }
     c.skip_ws();
-    if c.i == s.len() {
-        Ok(())
-    } else {
-        Err(Malformed)
-    }
+    if c.i == s.len() { Ok(()) } else { Err(Malformed) }
 }
 
 fn be_u32(b: &[u8], at: usize) -> Result<u32, Malformed> {
@@ -955,13 +922,7 @@ fn write_float(v: f64, finite: bool, out: &mut Vec<u8>, digits: impl FnOnce(&mut
     }
 }
 
-fn render_binary_array(
-    elem: u32,
-    raw: &[u8],
-    types: &TypeRegistry,
-    out: &mut Vec<u8>,
-    depth: usize,
-) -> R {
+fn render_binary_array(elem: u32, raw: &[u8], types: &TypeRegistry, out: &mut Vec<u8>, depth: usize) -> R {
     let ndim = be_i32(raw, 0)?;
     if ndim == 0 {
         out.extend_from_slice(b"[]");
@@ -990,11 +951,7 @@ fn render_binary_array(
         return Err(Malformed);
     }
     emit_dim(elem, raw, &dims[..ndim], &mut at, types, out, depth)?;
-    if at == raw.len() {
-        Ok(())
-    } else {
-        Err(Malformed)
-    }
+    if at == raw.len() { Ok(()) } else { Err(Malformed) }
 }
 
 fn emit_dim(
@@ -1109,10 +1066,7 @@ mod tests {
     const DROPT: u32 = 16409;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     fn bin(oid: u32, h: &str) -> String {
@@ -1152,7 +1106,10 @@ mod tests {
         let mut out = Vec::new();
         render_value(1007, 1, Some(&raw), &test_registry(), &mut out);
         assert!(out.starts_with(b"\"\\\\x00000002"), "{}", String::from_utf8_lossy(&out[..40.min(out.len())]));
-        assert_eq!(bin(1007, "000000010000000000000017000000000000000100000000"), "\"\\\\x000000010000000000000017000000000000000100000000\"");
+        assert_eq!(
+            bin(1007, "000000010000000000000017000000000000000100000000"),
+            "\"\\\\x000000010000000000000017000000000000000100000000\""
+        );
         assert_eq!(bin(1007, "000000000000000000000017"), "[]");
     }
 
@@ -1229,9 +1186,7 @@ mod tests {
                 Some(b'n') => lit(b, i, b"null"),
                 Some(_) => {
                     let start = *i;
-                    while *i < b.len()
-                        && matches!(b[*i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                    {
+                    while *i < b.len() && matches!(b[*i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
                         *i += 1;
                     }
                     is_json_number(&b[start..*i])
@@ -1253,10 +1208,7 @@ mod tests {
                     b'\\' => match b.get(*i) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 1,
                         Some(b'u') => {
-                            if !b
-                                .get(*i + 1..*i + 5)
-                                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-                            {
+                            if !b.get(*i + 1..*i + 5).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
                                 return false;
                             }
                             *i += 5;
@@ -1289,14 +1241,8 @@ mod tests {
 
     #[test]
     fn integers_exact() {
-        assert_eq!(
-            txt(types::INT8, "9223372036854775807"),
-            "9223372036854775807"
-        );
-        assert_eq!(
-            txt(types::INT8, "-9223372036854775808"),
-            "-9223372036854775808"
-        );
+        assert_eq!(txt(types::INT8, "9223372036854775807"), "9223372036854775807");
+        assert_eq!(txt(types::INT8, "-9223372036854775808"), "-9223372036854775808");
         assert_eq!(bin(types::INT8, "7fffffffffffffff"), "9223372036854775807");
         assert_eq!(bin(types::INT2, "ffff"), "-1");
         assert_eq!(bin(types::INT4, "00000017"), "23");
@@ -1309,13 +1255,7 @@ mod tests {
     fn numeric_exact_text_and_binary() {
         let big = "123456789012345678901234567890.123456789";
         assert_eq!(txt(types::NUMERIC, big), big);
-        assert_eq!(
-            bin(
-                types::NUMERIC,
-                "000b000700000009000c0d801ed204d2162e23340d801ed204d2162e2328"
-            ),
-            big
-        );
+        assert_eq!(bin(types::NUMERIC, "000b000700000009000c0d801ed204d2162e23340d801ed204d2162e2328"), big);
         assert_eq!(txt(types::NUMERIC, "NaN"), "\"NaN\"");
         assert_eq!(txt(types::NUMERIC, "-Infinity"), "\"-Infinity\"");
         assert_eq!(bin(types::NUMERIC, "00000000c0000000"), "\"NaN\"");
@@ -1359,14 +1299,8 @@ mod tests {
             txt(types::UUID, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
             "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""
         );
-        assert_eq!(
-            bin(types::UUID, "a0eebc999c0b4ef8bb6d6bb9bd380a11"),
-            "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""
-        );
-        assert_eq!(
-            txt(types::INTERVAL, "1 year 2 mons 3 days 04:05:06.5"),
-            "\"1 year 2 mons 3 days 04:05:06.5\""
-        );
+        assert_eq!(bin(types::UUID, "a0eebc999c0b4ef8bb6d6bb9bd380a11"), "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\"");
+        assert_eq!(txt(types::INTERVAL, "1 year 2 mons 3 days 04:05:06.5"), "\"1 year 2 mons 3 days 04:05:06.5\"");
         assert_eq!(txt(types::INTERVAL, "-1 days"), "\"-1 days\"");
         assert_eq!(txt(types::INET, "10.0.0.1/8"), "\"10.0.0.1/8\"");
         assert_eq!(txt(types::MONEY, "$1,000.00"), "\"$1,000.00\"");
@@ -1395,25 +1329,13 @@ mod tests {
 
     #[test]
     fn json_embedded() {
-        assert_eq!(
-            txt(types::JSONB, r#"{"a": "x", "b": [1, 2]}"#),
-            r#"{"a": "x", "b": [1, 2]}"#
-        );
+        assert_eq!(txt(types::JSONB, r#"{"a": "x", "b": [1, 2]}"#), r#"{"a": "x", "b": [1, 2]}"#);
         assert_eq!(txt(types::JSON, " [1,\n2] "), " [1,\n2] ");
-        assert_eq!(
-            bin(
-                types::JSONB,
-                "017b2261223a202278222c202262223a205b312c20325d7d"
-            ),
-            r#"{"a": "x", "b": [1, 2]}"#
-        );
+        assert_eq!(bin(types::JSONB, "017b2261223a202278222c202262223a205b312c20325d7d"), r#"{"a": "x", "b": [1, 2]}"#);
         // Unknown jsonb version: the raw bytes as a hex string rather than guessing.
         assert_eq!(bin(types::JSONB, "027b7d"), r#""\\x027b7d""#);
         assert_eq!(
-            bin(
-                3807,
-                "000000010000000000000eda000000020000000100000009017b2261223a20317d00000005016e756c6c"
-            ),
+            bin(3807, "000000010000000000000eda000000020000000100000009017b2261223a20317d00000005016e756c6c"),
             r#"[{"a": 1},null]"#
         );
         assert_eq!(txt(3807, r#"{"{\"a\": 1}","\"s\""}"#), r#"[{"a": 1},"s"]"#);
@@ -1421,43 +1343,19 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(
-            txt(types::TIMESTAMPTZ, "2026-11-27 18:34:44.549313+00"),
-            "\"2026-11-27T18:34:44.549313+00:00\""
-        );
-        assert_eq!(
-            txt(types::TIMESTAMPTZ, "2026-11-28 00:04:44.549313+05:30"),
-            "\"2026-11-28T00:04:44.549313+05:30\""
-        );
-        assert_eq!(
-            txt(types::TIMESTAMPTZ, "2026-11-27 15:34:44-03"),
-            "\"2026-11-27T15:34:44-03:00\""
-        );
+        assert_eq!(txt(types::TIMESTAMPTZ, "2026-11-27 18:34:44.549313+00"), "\"2026-11-27T18:34:44.549313+00:00\"");
+        assert_eq!(txt(types::TIMESTAMPTZ, "2026-11-28 00:04:44.549313+05:30"), "\"2026-11-28T00:04:44.549313+05:30\"");
+        assert_eq!(txt(types::TIMESTAMPTZ, "2026-11-27 15:34:44-03"), "\"2026-11-27T15:34:44-03:00\"");
         assert_eq!(txt(types::TIMESTAMPTZ, "infinity"), "\"infinity\"");
         assert_eq!(txt(types::TIMESTAMPTZ, "-infinity"), "\"-infinity\"");
-        assert_eq!(
-            txt(types::TIMESTAMPTZ, "0044-03-15 12:00:00+00 BC"),
-            "\"0044-03-15 12:00:00+00 BC\""
-        );
-        assert_eq!(
-            txt(types::TIMESTAMPTZ, "1890-01-01 00:00:00+00:53:28"),
-            "\"1890-01-01 00:00:00+00:53:28\""
-        );
-        assert_eq!(
-            txt(types::TIMESTAMP, "2026-11-27 18:34:44"),
-            "\"2026-11-27T18:34:44\""
-        );
+        assert_eq!(txt(types::TIMESTAMPTZ, "0044-03-15 12:00:00+00 BC"), "\"0044-03-15 12:00:00+00 BC\"");
+        assert_eq!(txt(types::TIMESTAMPTZ, "1890-01-01 00:00:00+00:53:28"), "\"1890-01-01 00:00:00+00:53:28\"");
+        assert_eq!(txt(types::TIMESTAMP, "2026-11-27 18:34:44"), "\"2026-11-27T18:34:44\"");
         assert_eq!(txt(types::TIMESTAMP, "infinity"), "\"infinity\"");
-        assert_eq!(
-            txt(types::TIMESTAMP, "0044-03-15 12:00:00 BC"),
-            "\"0044-03-15 12:00:00 BC\""
-        );
+        assert_eq!(txt(types::TIMESTAMP, "0044-03-15 12:00:00 BC"), "\"0044-03-15 12:00:00 BC\"");
         // timestamptz[] goes as text, elements rewritten the same way.
         assert_eq!(column_format(1185, &test_registry()), 0);
-        assert_eq!(
-            txt(1185, r#"{"2026-01-02 03:04:05+00",NULL}"#),
-            r#"["2026-01-02T03:04:05+00:00",null]"#
-        );
+        assert_eq!(txt(1185, r#"{"2026-01-02 03:04:05+00",NULL}"#), r#"["2026-01-02T03:04:05+00:00",null]"#);
     }
 
     const ARR2D: &str = r#"[["a,b","{"],["\"","\\"],[null,"NULL"],[""," sp "]]"#;
@@ -1473,26 +1371,14 @@ mod tests {
             ),
             ARR2D
         );
-        assert_eq!(
-            txt(
-                1009,
-                r#"{{"a,b","{"},{"\"","\\"},{NULL,"NULL"},{""," sp "}}"#
-            ),
-            ARR2D
-        );
+        assert_eq!(txt(1009, r#"{{"a,b","{"},{"\"","\\"},{NULL,"NULL"},{""," sp "}}"#), ARR2D);
         assert_eq!(txt(TAGARR, "{a,b}"), r#"["a","b"]"#);
         assert_eq!(column_format(TAGARR, &reg), 1);
     }
 
     #[test]
     fn arrays_bounds_empty_and_3d() {
-        assert_eq!(
-            bin(
-                1007,
-                "000000010000000000000017000000020000000200000004000000010000000400000002"
-            ),
-            "[1,2]"
-        );
+        assert_eq!(bin(1007, "000000010000000000000017000000020000000200000004000000010000000400000002"), "[1,2]");
         assert_eq!(txt(1007, "[2:3]={1,2}"), "[1,2]");
         assert_eq!(bin(1007, "000000000000000000000017"), "[]");
         assert_eq!(txt(1007, "{}"), "[]");
@@ -1513,26 +1399,13 @@ mod tests {
             "[1.5,null,-2]"
         );
         assert_eq!(txt(1231, "{1.5,NULL,-2,NaN}"), r#"[1.5,null,-2,"NaN"]"#);
-        assert_eq!(
-            bin(
-                1000,
-                "000000010000000000000010000000020000000100000001010000000100"
-            ),
-            "[true,false]"
-        );
+        assert_eq!(bin(1000, "000000010000000000000010000000020000000100000001010000000100"), "[true,false]");
         assert_eq!(txt(1000, "{t,f}"), "[true,false]");
-        assert_eq!(
-            txt(MOOD_ARR, r#"{happy,"sad ok"}"#),
-            r#"["happy","sad ok"]"#
-        );
-        assert_eq!(
-            txt(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
-            r#"["(1,1),(0,0)","(2,2),(1,1)"]"#
-        );
+        assert_eq!(txt(MOOD_ARR, r#"{happy,"sad ok"}"#), r#"["happy","sad ok"]"#);
+        assert_eq!(txt(1020, "{(1,1),(0,0);(2,2),(1,1)}"), r#"["(1,1),(0,0)","(2,2),(1,1)"]"#);
     }
 
-    const OUTER_JSON: &str =
-        r#"{"id":7,"tags":["x y",null,"q\""],"inn":{"x":1,"y":"in,ner"},"m":"sad ok","n":3.25}"#;
+    const OUTER_JSON: &str = r#"{"id":7,"tags":["x y",null,"q\""],"inn":{"x":1,"y":"in,ner"},"m":"sad ok","n":3.25}"#;
 
     #[test]
     fn composites() {
@@ -1545,13 +1418,7 @@ mod tests {
             ),
             OUTER_JSON
         );
-        assert_eq!(
-            txt(
-                OUTER,
-                r#"(7,"{""x y"",NULL,""q\\""""}","(1,""in,ner"")","sad ok",3.25)"#
-            ),
-            OUTER_JSON
-        );
+        assert_eq!(txt(OUTER, r#"(7,"{""x y"",NULL,""q\\""""}","(1,""in,ner"")","sad ok",3.25)"#), OUTER_JSON);
         let arr = r#"[{"x":1,"y":"a"},null,{"x":null,"y":""}]"#;
         assert_eq!(
             bin(
@@ -1586,14 +1453,8 @@ mod tests {
     #[test]
     fn anonymous_records() {
         assert_eq!(column_format(types::RECORD, &test_registry()), 0);
-        assert_eq!(
-            txt(types::RECORD, r#"(1,"a b",)"#),
-            r#"{"f1":"1","f2":"a b","f3":null}"#
-        );
-        assert_eq!(
-            txt(2287, r#"{"(1,x)",NULL}"#),
-            r#"[{"f1":"1","f2":"x"},null]"#
-        );
+        assert_eq!(txt(types::RECORD, r#"(1,"a b",)"#), r#"{"f1":"1","f2":"a b","f3":null}"#);
+        assert_eq!(txt(2287, r#"{"(1,x)",NULL}"#), r#"[{"f1":"1","f2":"x"},null]"#);
     }
 
     #[test]
@@ -1602,27 +1463,16 @@ mod tests {
         assert_eq!(escaped_key("a\"b"), br#""a\"b":"#.to_vec());
         let mut out = Vec::new();
         render_row_object(
-            &[
-                ("id".into(), types::INT4, 0),
-                ("n\"m".into(), types::TEXT, 0),
-            ],
+            &[("id".into(), types::INT4, 0), ("n\"m".into(), types::TEXT, 0)],
             &[Some(b"1"), None],
             &reg,
             &mut out,
         );
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"id":1,"n\"m":null}"#);
-        let cols = [
-            PreparedColumn::new("b", types::BYTEA, &reg),
-            PreparedColumn::new("t", 1009, &reg),
-        ];
+        let cols = [PreparedColumn::new("b", types::BYTEA, &reg), PreparedColumn::new("t", 1009, &reg)];
         assert_eq!(cols[0].format, 1);
         let mut out = Vec::new();
-        render_row_prepared(
-            &cols,
-            &[Some(b"\x01"), Some(&hex("000000000000000000000019"))],
-            &reg,
-            &mut out,
-        );
+        render_row_prepared(&cols, &[Some(b"\x01"), Some(&hex("000000000000000000000019"))], &reg, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"b":"\\x01","t":[]}"#);
     }
 
@@ -1631,10 +1481,7 @@ mod tests {
         assert_eq!(bin(types::INT4, "0001"), r#""\\x0001""#);
         assert_eq!(bin(types::BOOL, "02"), r#""\\x02""#);
         assert_eq!(bin(types::NUMERIC, "0001"), r#""\\x0001""#);
-        assert_eq!(
-            bin(types::NUMERIC, "00010000000000002710"),
-            r#""\\x00010000000000002710""#
-        );
+        assert_eq!(bin(types::NUMERIC, "00010000000000002710"), r#""\\x00010000000000002710""#);
         assert_eq!(
             bin(1007, "7fffffff00000000000000177fffffff00000001"),
             r#""\\x7fffffff00000000000000177fffffff00000001""#
@@ -1664,10 +1511,7 @@ mod tests {
                 INNER_ARR,
                 "00000001000000010000400700000003000000010000001900000002000000170000000400000001000000190000000161ffffffff000000140000000200000017ffffffff0000001900000000",
             ),
-            (
-                types::NUMERIC,
-                "000b000700000009000c0d801ed204d2162e23340d801ed204d2162e2328",
-            ),
+            (types::NUMERIC, "000b000700000009000c0d801ed204d2162e23340d801ed204d2162e2328"),
             (
                 1022,
                 "0000000100000000000002bd0000000300000001000000083fb999999999999a000000087ff80000000000000000000854b249ad2594c37d",
@@ -1753,11 +1597,7 @@ mod tests {
             let raw: Vec<u8> = (0..len)
                 .map(|_| {
                     let r = next();
-                    if r % 3 == 0 {
-                        (r >> 8) as u8
-                    } else {
-                        alphabet[(r >> 8) as usize % alphabet.len()]
-                    }
+                    if r % 3 == 0 { (r >> 8) as u8 } else { alphabet[(r >> 8) as usize % alphabet.len()] }
                 })
                 .collect();
             let oid = oids[(next() % oids.len() as u64) as usize];

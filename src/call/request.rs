@@ -81,7 +81,11 @@ impl CallRequest {
         Ok(CallRequest {
             platform: platform.to_string(),
             tenant: tenant.filter(|t| !t.is_empty()).map(str::to_string),
-            database, function: function.to_string(), args, params })
+            database,
+            function: function.to_string(),
+            args,
+            params,
+        })
     }
 
     /// What identifies the prepared statement on a connection: function, schema and argument shape.

@@ -512,14 +512,7 @@ impl TypeRegistry {
                 O => TypeKind::Other,
                 A(elem) => TypeKind::Array { elem },
             };
-            types.insert(
-                oid,
-                TypeInfo {
-                    oid,
-                    name: name.to_string(),
-                    kind,
-                },
-            );
+            types.insert(oid, TypeInfo { oid, name: name.to_string(), kind });
         }
         TypeRegistry { types }
     }
@@ -577,14 +570,11 @@ fn parse_row(row: &[Option<String>]) -> Result<TypeInfo, String> {
         return Err(format!("type row has {} columns, expected 7", row.len()));
     }
     let col = |i: usize, what: &str| -> Result<&str, String> {
-        row[i]
-            .as_deref()
-            .ok_or_else(|| format!("type row: {what} is NULL"))
+        row[i].as_deref().ok_or_else(|| format!("type row: {what} is NULL"))
     };
     let num = |i: usize, what: &str| -> Result<u32, String> {
         let s = col(i, what)?;
-        s.parse::<u32>()
-            .map_err(|_| format!("type row: bad {what} {s:?}"))
+        s.parse::<u32>().map_err(|_| format!("type row: bad {what} {s:?}"))
     };
     let oid = num(0, "oid")?;
     let name = col(1, "typname")?.to_string();
@@ -599,11 +589,7 @@ fn parse_row(row: &[Option<String>]) -> Result<TypeInfo, String> {
             let names = text_array_1d(col(5, "attribute names")?)?;
             let oids = text_array_1d(col(6, "attribute types")?)?;
             if names.len() != oids.len() {
-                return Err(format!(
-                    "type {oid}: {} names, {} types",
-                    names.len(),
-                    oids.len()
-                ));
+                return Err(format!("type {oid}: {} names, {} types", names.len(), oids.len()));
             }
             let mut fields = Vec::with_capacity(names.len());
             for (n, t) in names.into_iter().zip(oids) {
@@ -661,34 +647,16 @@ pub(crate) const TEST_ROWS: &[[&str; 7]] = &[
     ["16390", "_inner_t", "b", "16391", "0", "{}", "{}"],
     ["16391", "inner_t", "c", "0", "0", "{x,y}", "{23,25}"],
     ["16393", "_outer_t", "b", "16394", "0", "{}", "{}"],
-    [
-        "16394",
-        "outer_t",
-        "c",
-        "0",
-        "0",
-        "{id,tags,inn,m,n}",
-        "{20,1009,16391,16385,1700}",
-    ],
+    ["16394", "outer_t", "c", "0", "0", "{id,tags,inn,m,n}", "{20,1009,16391,16385,1700}"],
     ["16396", "posint", "d", "0", "23", "{}", "{}"],
     ["16399", "tagarr", "d", "0", "1009", "{}", "{}"],
     ["16402", "withts", "c", "0", "0", "{t,r}", "{1184,3904}"],
-    [
-        "16409",
-        "dropt",
-        "c",
-        "0",
-        "0",
-        r#"{a,"we,ird \"name"}"#,
-        "{23,1007}",
-    ],
+    ["16409", "dropt", "c", "0", "0", r#"{a,"we,ird \"name"}"#, "{23,1007}"],
 ];
 
 #[cfg(test)]
 pub(crate) fn test_rows(rows: &[[&str; 7]]) -> Vec<Vec<Option<String>>> {
-    rows.iter()
-        .map(|r| r.iter().map(|c| Some(c.to_string())).collect())
-        .collect()
+    rows.iter().map(|r| r.iter().map(|c| Some(c.to_string())).collect()).collect()
 }
 
 #[cfg(test)]
@@ -744,10 +712,7 @@ mod tests {
         }
         assert_eq!(reg.get(1007).unwrap().kind, TypeKind::Array { elem: INT4 });
         assert_eq!(reg.get(1007).unwrap().name, "_int4");
-        assert_eq!(
-            reg.get(2287).unwrap().kind,
-            TypeKind::Array { elem: RECORD }
-        );
+        assert_eq!(reg.get(2287).unwrap().kind, TypeKind::Array { elem: RECORD });
         assert_eq!(reg.get(3807).unwrap().kind, TypeKind::Array { elem: JSONB });
         assert_eq!(reg.get(3904).unwrap().kind, TypeKind::Range);
         assert_eq!(reg.get(3910).unwrap().kind, TypeKind::Range);
@@ -763,13 +728,7 @@ mod tests {
     fn missing_loop_discovers_reachable_types() {
         let mut reg = TypeRegistry::new();
         assert_eq!(reg.missing(&[INT4, 16393, 16396]), vec![16393, 16396]);
-        let row = |oid: &str| {
-            TEST_ROWS
-                .iter()
-                .filter(|r| r[0] == oid)
-                .copied()
-                .collect::<Vec<_>>()
-        };
+        let row = |oid: &str| TEST_ROWS.iter().filter(|r| r[0] == oid).copied().collect::<Vec<_>>();
         reg.add_rows(&test_rows(&row("16393"))).unwrap();
         reg.add_rows(&test_rows(&row("16396"))).unwrap();
         assert_eq!(reg.missing(&[INT4, 16393, 16396]), vec![16394]);
@@ -787,18 +746,9 @@ mod tests {
     fn add_rows_parses_every_kind() {
         let reg = test_registry();
         assert_eq!(reg.get(16385).unwrap().kind, TypeKind::Enum);
-        assert_eq!(
-            reg.get(16384).unwrap().kind,
-            TypeKind::Array { elem: 16385 }
-        );
-        assert_eq!(
-            reg.get(16396).unwrap().kind,
-            TypeKind::Domain { base: INT4 }
-        );
-        assert_eq!(
-            reg.get(16399).unwrap().kind,
-            TypeKind::Domain { base: 1009 }
-        );
+        assert_eq!(reg.get(16384).unwrap().kind, TypeKind::Array { elem: 16385 });
+        assert_eq!(reg.get(16396).unwrap().kind, TypeKind::Domain { base: INT4 });
+        assert_eq!(reg.get(16399).unwrap().kind, TypeKind::Domain { base: 1009 });
         assert_eq!(
             reg.get(16394).unwrap().kind,
             TypeKind::Composite {
@@ -813,9 +763,7 @@ mod tests {
         );
         assert_eq!(
             reg.get(16409).unwrap().kind,
-            TypeKind::Composite {
-                fields: vec![("a".into(), INT4), ("we,ird \"name".into(), 1007)]
-            }
+            TypeKind::Composite { fields: vec![("a".into(), INT4), ("we,ird \"name".into(), 1007)] }
         );
         assert_eq!(reg.get(16394).unwrap().name, "outer_t");
     }

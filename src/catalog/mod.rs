@@ -119,8 +119,11 @@ pub fn pg_api(e: PgError, what: &str) -> ApiError {
                 Kind::ConnectionFailed => Kind::ConnectionFailed,
                 _ => Kind::QueryFailed,
             };
-            ApiError::new(kind, format!("{what}: {}", d.message))
-                .with_db(DbDetail { sqlstate: d.code, detail: d.detail, hint: d.hint })
+            ApiError::new(kind, format!("{what}: {}", d.message)).with_db(DbDetail {
+                sqlstate: d.code,
+                detail: d.detail,
+                hint: d.hint,
+            })
         }
         other => ApiError::new(Kind::ConnectionFailed, format!("{what}: {other}")),
     }
@@ -143,7 +146,9 @@ pub fn create_database(admin: &mut Client, name: &str) -> Result<bool, ApiError>
     match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(name))) {
         Ok(()) => Ok(true),
         // 42P04, or 23505 when another session creates the same name at the same moment.
-        Err(PgError::Db(d)) if d.code == "42P04" || (d.code == "23505" && d.message.contains("pg_database")) => Ok(false),
+        Err(PgError::Db(d)) if d.code == "42P04" || (d.code == "23505" && d.message.contains("pg_database")) => {
+            Ok(false)
+        }
         Err(e) => Err(pg_api(e, &format!("cannot create database '{name}'"))),
     }
 }
@@ -183,9 +188,8 @@ impl Catalog {
         };
         if !is_ready(&key) {
             // Two gateways may create the tables at once; a transaction-level lock serialises them.
-            let sql = format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;"
-            );
+            let sql =
+                format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;");
             client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
             set_ready(key, true);
         }
@@ -285,7 +289,13 @@ impl Catalog {
     }
 
     /// Starts a run record; returns its id.
-    pub fn start_run(&mut self, kind: &str, platform: Option<&str>, schema: Option<&str>, total: usize) -> Result<String, ApiError> {
+    pub fn start_run(
+        &mut self,
+        kind: &str,
+        platform: Option<&str>,
+        schema: Option<&str>,
+        total: usize,
+    ) -> Result<String, ApiError> {
         let id = new_run_id();
         self.start_run_as(&id, kind, platform, schema, total)?;
         Ok(id)
@@ -320,7 +330,13 @@ impl Catalog {
     }
 
     /// Records one database's result of a run and the database's last deploy.
-    pub fn record_result(&mut self, run: &str, database: &str, status: &str, result_json: &str) -> Result<(), ApiError> {
+    pub fn record_result(
+        &mut self,
+        run: &str,
+        database: &str,
+        status: &str,
+        result_json: &str,
+    ) -> Result<(), ApiError> {
         self.client
             .query(
                 "WITH r AS (INSERT INTO run_results (run_id, database, status, result) VALUES ($1, $2, $3, $4::jsonb) \
@@ -431,7 +447,12 @@ fn bool_col(v: &Option<String>) -> bool {
 
 impl Catalog {
     /// Registers a platform; 409 when it exists.
-    pub fn register_platform(&mut self, name: &str, user: Option<&str>, password: Option<&str>) -> Result<(), ApiError> {
+    pub fn register_platform(
+        &mut self,
+        name: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<(), ApiError> {
         let r = self
             .client
             .query(
@@ -446,7 +467,9 @@ impl Catalog {
     }
 
     pub fn platform(&mut self, name: &str) -> Result<Option<PlatformRecord>, ApiError> {
-        let sql = format!("SELECT name, to_char(registered_at AT TIME ZONE 'UTC', {TS}), db_user, db_password FROM platforms WHERE name = $1");
+        let sql = format!(
+            "SELECT name, to_char(registered_at AT TIME ZONE 'UTC', {TS}), db_user, db_password FROM platforms WHERE name = $1"
+        );
         let r = self.client.query(&sql, &[Some(name)]).map_err(|e| pg_api(e, "catalog lookup failed"))?;
         Ok(r.rows.into_iter().next().map(|row| PlatformRecord {
             name: row[0].clone().unwrap_or_default(),
@@ -586,7 +609,13 @@ impl Catalog {
             results: res
                 .rows
                 .into_iter()
-                .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default(), r[2].clone().unwrap_or_default()))
+                .map(|r| {
+                    (
+                        r[0].clone().unwrap_or_default(),
+                        r[1].clone().unwrap_or_default(),
+                        r[2].clone().unwrap_or_default(),
+                    )
+                })
                 .collect(),
         }))
     }
@@ -630,10 +659,5 @@ pub fn new_run_id() -> String {
     use std::sync::atomic::AtomicU64;
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!(
-        "run-{:x}-{:x}-{:x}",
-        t.as_millis(),
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("run-{:x}-{:x}-{:x}", t.as_millis(), std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }

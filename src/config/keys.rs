@@ -14,21 +14,11 @@ pub struct Key {
 }
 
 const fn key(name: &'static str, default: &'static str, help: &'static str) -> Key {
-    Key {
-        name,
-        default,
-        help,
-        secret: false,
-    }
+    Key { name, default, help, secret: false }
 }
 
 const fn secret(name: &'static str, help: &'static str) -> Key {
-    Key {
-        name,
-        default: "",
-        help,
-        secret: true,
-    }
+    Key { name, default: "", help, secret: true }
 }
 
 pub const DEFAULT_ALLOWED_NETWORKS: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16";
@@ -37,15 +27,8 @@ pub const DEFAULT_ALLOWED_NETWORKS: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.1
 pub const KEYS: &[Key] = &[
     key("GATEWAY_HOST", "127.0.0.1", "address to listen on (IPv4 or IPv6 literal)"),
     key("GATEWAY_PORT", "9000", "port to listen on (0 picks a free port)"),
-    secret(
-        "DATABASE_URL",
-        "postgres://user:password@host:port/dbname; when set it wins over the DB_* keys",
-    ),
-    key(
-        "DB_HOST",
-        "localhost",
-        "PostgreSQL host name or address; a value starting with / is a Unix-socket directory",
-    ),
+    secret("DATABASE_URL", "postgres://user:password@host:port/dbname; when set it wins over the DB_* keys"),
+    key("DB_HOST", "localhost", "PostgreSQL host name or address; a value starting with / is a Unix-socket directory"),
     key("DB_PORT", "5432", "PostgreSQL port"),
     key("DB_NAME", "postgres", "database used for administrative statements (CREATE DATABASE)"),
     key("DB_USER", "postgres", "PostgreSQL role the gateway logs in as"),

@@ -463,11 +463,7 @@ impl Config {
             "json" => true,
             _ => return Err(invalid(s, "LOG_FORMAT", "text or json")),
         };
-        let log = LogConfig {
-            dir: opt(s, "LOG_DIR").map(PathBuf::from),
-            level,
-            json,
-        };
+        let log = LogConfig { dir: opt(s, "LOG_DIR").map(PathBuf::from), level, json };
         let limits = Limits {
             max_client_connections: num(s, "MAX_CLIENT_CONNECTIONS", 1usize, 1_000_000)?,
             max_headers: num(s, "MAX_HEADERS", 8usize, 256)?,

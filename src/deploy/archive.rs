@@ -44,14 +44,8 @@ pub enum Folder {
 }
 
 impl Folder {
-    pub const ALL: [Folder; 6] = [
-        Folder::Extensions,
-        Folder::Types,
-        Folder::Tables,
-        Folder::Migrations,
-        Folder::Functions,
-        Folder::Seeders,
-    ];
+    pub const ALL: [Folder; 6] =
+        [Folder::Extensions, Folder::Types, Folder::Tables, Folder::Migrations, Folder::Functions, Folder::Seeders];
 
     /// The folder's name inside `postgresql/`.
     pub fn name(self) -> &'static str {
@@ -71,9 +65,7 @@ impl Folder {
 
     fn accepts(self, file_name: &str) -> bool {
         let lower = file_name.to_ascii_lowercase();
-        let sql = [".pssql", ".pgsql", ".sql"]
-            .iter()
-            .any(|ext| lower.len() > ext.len() && lower.ends_with(ext));
+        let sql = [".pssql", ".pgsql", ".sql"].iter().any(|ext| lower.len() > ext.len() && lower.ends_with(ext));
         // Extension lists are sometimes kept as plain text, one name per line.
         sql || (self == Folder::Extensions && lower.len() > 4 && lower.ends_with(".txt"))
     }
@@ -138,17 +130,11 @@ pub struct ArchiveError {
 
 impl ArchiveError {
     fn bad(reason: impl Into<String>) -> Self {
-        ArchiveError {
-            reason: reason.into(),
-            too_large: false,
-        }
+        ArchiveError { reason: reason.into(), too_large: false }
     }
 
     fn large(reason: impl Into<String>) -> Self {
-        ArchiveError {
-            reason: reason.into(),
-            too_large: true,
-        }
+        ArchiveError { reason: reason.into(), too_large: true }
     }
 }
 
@@ -184,10 +170,7 @@ pub fn read_archive(upload: &[u8], limits: &ArchiveLimits) -> Result<SchemaArchi
     let tar_bytes = gunzip(upload, limits.max_expanded_bytes).map_err(|e| {
         let reason = format!("archive is not a valid gzip file: {}", e.message);
         if e.kind == GzipErrorKind::TooLarge {
-            ArchiveError::large(format!(
-                "archive expands beyond the limit of {} bytes",
-                limits.max_expanded_bytes
-            ))
+            ArchiveError::large(format!("archive expands beyond the limit of {} bytes", limits.max_expanded_bytes))
         } else {
             ArchiveError::bad(reason)
         }
@@ -210,10 +193,7 @@ fn read_tar(tar_bytes: &[u8], limits: &ArchiveLimits) -> Result<Vec<RawFile>, Ar
         let mut entry = entry.map_err(tar_error)?;
         count += 1;
         if count > limits.max_entries {
-            return Err(ArchiveError::large(format!(
-                "archive has more than {} entries",
-                limits.max_entries
-            )));
+            return Err(ArchiveError::large(format!("archive has more than {} entries", limits.max_entries)));
         }
         let path_bytes = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&path_bytes).into_owned();
@@ -230,14 +210,10 @@ fn read_tar(tar_bytes: &[u8], limits: &ArchiveLimits) -> Result<Vec<RawFile>, Ar
         }
         check_header_name_fields(entry.header(), &shown)?;
         if path_bytes.contains(&0) {
-            return Err(ArchiveError::bad(format!(
-                "entry name contains a NUL byte: {shown:?}"
-            )));
+            return Err(ArchiveError::bad(format!("entry name contains a NUL byte: {shown:?}")));
         }
         let Ok(path) = String::from_utf8(path_bytes) else {
-            return Err(ArchiveError::bad(format!(
-                "entry name is not valid UTF-8: {shown:?}"
-            )));
+            return Err(ArchiveError::bad(format!("entry name is not valid UTF-8: {shown:?}")));
         };
         let parts = clean_path(&path)?;
         match kind {
@@ -251,9 +227,7 @@ fn read_tar(tar_bytes: &[u8], limits: &ArchiveLimits) -> Result<Vec<RawFile>, Ar
             }
         }
         if parts.is_empty() {
-            return Err(ArchiveError::bad(format!(
-                "file entry {path:?} has no name"
-            )));
+            return Err(ArchiveError::bad(format!("file entry {path:?} has no name")));
         }
         // entry.size() already reflects a pax `size` override, and is known before any data is read.
         let size = entry.size();
@@ -264,24 +238,14 @@ fn read_tar(tar_bytes: &[u8], limits: &ArchiveLimits) -> Result<Vec<RawFile>, Ar
             )));
         }
         let mut data = Vec::with_capacity(size as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| ArchiveError::bad(format!("cannot read {path:?}: {e}")))?;
+        entry.read_to_end(&mut data).map_err(|e| ArchiveError::bad(format!("cannot read {path:?}: {e}")))?;
         if data.len() as u64 != size {
-            return Err(ArchiveError::bad(format!(
-                "archive is truncated inside {path:?}"
-            )));
+            return Err(ArchiveError::bad(format!("archive is truncated inside {path:?}")));
         }
         if !seen.insert(parts.clone()) {
-            return Err(ArchiveError::bad(format!(
-                "duplicate path in archive: {path:?}"
-            )));
+            return Err(ArchiveError::bad(format!("duplicate path in archive: {path:?}")));
         }
-        files.push(RawFile {
-            original: path,
-            parts,
-            data,
-        });
+        files.push(RawFile { original: path, parts, data });
     }
     Ok(files)
 }
@@ -297,9 +261,7 @@ fn check_header_name_fields(header: &tar::Header, shown: &str) -> Result<(), Arc
     for field in fields {
         let after_nul = field.iter().position(|&b| b == 0).map(|nul| &field[nul..]);
         if after_nul.is_some_and(|rest| rest.iter().any(|&b| b != 0)) {
-            return Err(ArchiveError::bad(format!(
-                "entry name contains a NUL byte: {shown:?}"
-            )));
+            return Err(ArchiveError::bad(format!("entry name contains a NUL byte: {shown:?}")));
         }
     }
     Ok(())
@@ -322,25 +284,19 @@ fn describe(kind: EntryType) -> &'static str {
 /// names flow into logs, records and error messages, and must mean one thing.
 fn clean_path(path: &str) -> Result<Vec<String>, ArchiveError> {
     if path.starts_with('/') || path.starts_with('\\') {
-        return Err(ArchiveError::bad(format!(
-            "absolute path in archive: {path:?}"
-        )));
+        return Err(ArchiveError::bad(format!("absolute path in archive: {path:?}")));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                return Err(ArchiveError::bad(format!(
-                    "path with '..' in archive: {path:?}"
-                )));
+                return Err(ArchiveError::bad(format!("path with '..' in archive: {path:?}")));
             }
             // `\` separates on Windows, so `a\..\..\b` climbs there even though it is one
             // component here: refused too, or the name would mean two things.
             p if p.split('\\').any(|s| s == "..") => {
-                return Err(ArchiveError::bad(format!(
-                    "path with '..' in archive: {path:?}"
-                )));
+                return Err(ArchiveError::bad(format!("path with '..' in archive: {path:?}")));
             }
             p => parts.push(p.to_string()),
         }
@@ -351,10 +307,7 @@ fn clean_path(path: &str) -> Result<Vec<String>, ArchiveError> {
 /// Map raw files onto the schema layout, decode the schema ones, and sort.
 fn arrange(raw: Vec<RawFile>, checksum: String) -> Result<SchemaArchive, ArchiveError> {
     let prefix = find_root(&raw)?;
-    let mut out = SchemaArchive {
-        checksum,
-        ..SchemaArchive::default()
-    };
+    let mut out = SchemaArchive { checksum, ..SchemaArchive::default() };
     for file in raw {
         let Some(rel) = file.parts.strip_prefix(prefix.as_slice()) else {
             out.ignored.push(file.original);
@@ -370,10 +323,7 @@ fn arrange(raw: Vec<RawFile>, checksum: String) -> Result<SchemaArchive, Archive
             out.ignored.push(file.original);
             continue;
         };
-        let bytes = file
-            .data
-            .strip_prefix(b"\xEF\xBB\xBF")
-            .unwrap_or(&file.data);
+        let bytes = file.data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&file.data);
         let content = match std::str::from_utf8(bytes) {
             Ok(text) => text.to_string(),
             Err(e) => {
@@ -385,12 +335,7 @@ fn arrange(raw: Vec<RawFile>, checksum: String) -> Result<SchemaArchive, Archive
             }
         };
         let name = rel[rel.len() - 1].clone();
-        out.files_mut(folder).push(SqlFile {
-            folder,
-            path: rel.join("/"),
-            name,
-            content,
-        });
+        out.files_mut(folder).push(SqlFile { folder, path: rel.join("/"), name, content });
     }
     if Folder::ALL.iter().all(|&f| out.files(f).is_empty()) {
         return Err(ArchiveError::bad(
@@ -412,26 +357,17 @@ fn arrange(raw: Vec<RawFile>, checksum: String) -> Result<SchemaArchive, Archive
 /// Where `postgresql/` sits: at the top, inside exactly one top folder, or
 /// absent (the archive was made from inside the folder itself).
 fn find_root(raw: &[RawFile]) -> Result<Vec<String>, ArchiveError> {
-    if raw
-        .iter()
-        .any(|f| f.parts.len() > 1 && f.parts[0] == "postgresql")
-    {
+    if raw.iter().any(|f| f.parts.len() > 1 && f.parts[0] == "postgresql") {
         return Ok(vec!["postgresql".to_string()]);
     }
-    let mut tops: Vec<&str> = raw
-        .iter()
-        .filter(|f| f.parts.len() > 2 && f.parts[1] == "postgresql")
-        .map(|f| f.parts[0].as_str())
-        .collect();
+    let mut tops: Vec<&str> =
+        raw.iter().filter(|f| f.parts.len() > 2 && f.parts[1] == "postgresql").map(|f| f.parts[0].as_str()).collect();
     tops.sort_unstable();
     tops.dedup();
     match tops.as_slice() {
         [] => Ok(Vec::new()),
         [top] => Ok(vec![top.to_string(), "postgresql".to_string()]),
-        many => Err(ArchiveError::bad(format!(
-            "several top folders hold a postgresql/ folder: {}",
-            many.join(", ")
-        ))),
+        many => Err(ArchiveError::bad(format!("several top folders hold a postgresql/ folder: {}", many.join(", ")))),
     }
 }
 
@@ -482,10 +418,7 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
             }
         }
     }
-    (x.len() - i)
-        .cmp(&(y.len() - j))
-        .then(padding)
-        .then_with(|| x.cmp(y))
+    (x.len() - i).cmp(&(y.len() - j)).then(padding).then_with(|| x.cmp(y))
 }
 
 fn trim_zeros(d: &[u8]) -> &[u8] {

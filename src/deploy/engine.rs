@@ -135,23 +135,14 @@ fn changes(o: &mut ObjectWriter<'_>, key: &str, v: &[Change]) {
 impl DeployReport {
     /// Writes the `/register` response members except `status`, `database` and `created`.
     pub fn write_fields(&self, o: &mut ObjectWriter) {
-        names(
-            &mut o.array("extensions_installed"),
-            &self.extensions_installed,
-        );
+        names(&mut o.array("extensions_installed"), &self.extensions_installed);
         names(&mut o.array("types_deployed"), &self.types_deployed);
         names(&mut o.array("tables_created"), &self.tables_created);
         names(&mut o.array("migrations_applied"), &self.migrations_applied);
-        names(
-            &mut o.array("no_transaction_migrations"),
-            &self.no_transaction_migrations,
-        );
+        names(&mut o.array("no_transaction_migrations"), &self.no_transaction_migrations);
         o.u64("functions_deployed", self.functions_total as u64);
         o.u64("functions_changed", self.functions_changed.len() as u64);
-        names(
-            &mut o.array("functions_changed_names"),
-            &self.functions_changed,
-        );
+        names(&mut o.array("functions_changed_names"), &self.functions_changed);
         o.u64("functions_skipped", self.functions_skipped as u64);
         names(&mut o.array("functions_dropped"), &self.functions_dropped);
         {
@@ -177,11 +168,7 @@ impl DeployReport {
             let mut sv = o.object("schema_validation");
             changes(&mut sv, "safe", &self.schema_validation.safe);
             changes(&mut sv, "dataloss", &self.schema_validation.dataloss);
-            changes(
-                &mut sv,
-                "incompatible",
-                &self.schema_validation.incompatible,
-            );
+            changes(&mut sv, "incompatible", &self.schema_validation.incompatible);
         }
         o.bool("dry_run", self.dry_run);
         o.u64("execution_time_ms", self.execution_time_ms);
@@ -207,54 +194,28 @@ pub(crate) struct At<'a> {
 
 impl<'a> At<'a> {
     pub fn step(step: &'static str) -> At<'a> {
-        At {
-            step,
-            file: None,
-            stmt: None,
-        }
+        At { step, file: None, stmt: None }
     }
     pub fn file(step: &'static str, file: &'a SqlFile) -> At<'a> {
-        At {
-            step,
-            file: Some(&file.path),
-            stmt: None,
-        }
+        At { step, file: Some(&file.path), stmt: None }
     }
     pub fn stmt(step: &'static str, file: &'a SqlFile, stmt: &'a Statement) -> At<'a> {
-        At {
-            step,
-            file: Some(&file.path),
-            stmt: Some(stmt),
-        }
+        At { step, file: Some(&file.path), stmt: Some(stmt) }
     }
 }
 
 impl<'a> Ctx<'a> {
     /// Runs engine-written SQL (not file text).
     pub fn exec(&mut self, sql: &str, at: At<'_>) -> Result<(), ApiError> {
-        self.c
-            .batch_execute(sql)
-            .map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+        self.c.batch_execute(sql).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
     }
 
-    pub fn query(
-        &mut self,
-        sql: &str,
-        params: &[Option<&str>],
-        at: At<'_>,
-    ) -> Result<QueryResult, ApiError> {
-        self.c
-            .query(sql, params)
-            .map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+    pub fn query(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<QueryResult, ApiError> {
+        self.c.query(sql, params).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
     }
 
     /// Rows of a query whose columns are all non-null text (missing values become "").
-    pub fn rows(
-        &mut self,
-        sql: &str,
-        params: &[Option<&str>],
-        at: At<'_>,
-    ) -> Result<Vec<Vec<String>>, ApiError> {
+    pub fn rows(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<Vec<Vec<String>>, ApiError> {
         Ok(self
             .query(sql, params, at)?
             .rows
@@ -271,10 +232,9 @@ impl<'a> Ctx<'a> {
             .or_else(|e| match e {
                 // Several statements in one (e.g. a DO block is fine, but `query` refuses
                 // multi-statement text only if the splitter missed a `;`); fall back to simple.
-                PgError::Db(ref d) if d.code == "42601" && d.message.contains("multiple") => self
-                    .c
-                    .batch_execute(&stmt.text)
-                    .map(|()| QueryResult::default()),
+                PgError::Db(ref d) if d.code == "42601" && d.message.contains("multiple") => {
+                    self.c.batch_execute(&stmt.text).map(|()| QueryResult::default())
+                }
                 e => Err(e),
             })
             .map_err(|e| self.pg_error(kind, at, e, 0))
@@ -288,10 +248,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn rollback_to(&mut self, sp: &str) -> Result<(), ApiError> {
-        self.exec(
-            &format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"),
-            At::step("savepoint"),
-        )
+        self.exec(&format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"), At::step("savepoint"))
     }
 
     pub fn release(&mut self, sp: &str) -> Result<(), ApiError> {
@@ -307,16 +264,11 @@ impl<'a> Ctx<'a> {
         };
         let kind = match (&e, kind) {
             (PgError::Io(_) | PgError::Closed, _) => Kind::ConnectionFailed,
-            (PgError::Db(d), _) if d.code.starts_with("08") || d.code.starts_with("57P") => {
-                Kind::ConnectionFailed
-            }
+            (PgError::Db(d), _) if d.code.starts_with("08") || d.code.starts_with("57P") => Kind::ConnectionFailed,
             (_, k) => k,
         };
         let line = at.stmt.map(|s| {
-            let pos = db
-                .as_ref()
-                .and_then(|d| d.position)
-                .map(|p| (p as i64 - 1 - shift).max(0) as usize);
+            let pos = db.as_ref().and_then(|d| d.position).map(|p| (p as i64 - 1 - shift).max(0) as usize);
             match pos {
                 Some(p) => s.line + s.text.chars().take(p).filter(|&ch| ch == '\n').count(),
                 None => s.line,
@@ -337,11 +289,7 @@ impl<'a> Ctx<'a> {
         text.push_str(&msg);
         let mut err = located(ApiError::new(kind, text).with_database(self.db), at, line);
         if let Some(d) = db {
-            err = err.with_db(DbDetail {
-                sqlstate: d.code,
-                detail: d.detail,
-                hint: d.hint,
-            });
+            err = err.with_db(DbDetail { sqlstate: d.code, detail: d.detail, hint: d.hint });
         }
         err
     }
@@ -394,18 +342,8 @@ pub fn deploy(
     opts: &DeployOptions,
 ) -> Result<DeployReport, ApiError> {
     let started = Instant::now();
-    let mut report = DeployReport {
-        database: database.to_string(),
-        dry_run: opts.dry_run,
-        ..DeployReport::default()
-    };
-    let mut cx = Ctx {
-        c: client,
-        db: database,
-        run_id: &opts.run_id,
-        force: opts.force,
-        savepoints: 0,
-    };
+    let mut report = DeployReport { database: database.to_string(), dry_run: opts.dry_run, ..DeployReport::default() };
+    let mut cx = Ctx { c: client, db: database, run_id: &opts.run_id, force: opts.force, savepoints: 0 };
     if cx.c.transaction_status() != b'I' {
         // A caller left a transaction open; ours must not nest into it.
         let _ = cx.c.batch_execute("ROLLBACK");
@@ -442,11 +380,7 @@ fn main_transaction<'f>(
     report: &mut DeployReport,
 ) -> Result<Vec<&'f SqlFile>, ApiError> {
     let db = cx.db.to_string();
-    cx.query(
-        "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))",
-        &[Some(&db)],
-        At::step("lock"),
-    )?;
+    cx.query("SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))", &[Some(&db)], At::step("lock"))?;
     tracking::ensure_tables(cx)?;
     extensions(cx, archive, report)?;
     types::deploy_types(cx, archive, report)?;
@@ -455,12 +389,7 @@ fn main_transaction<'f>(
     tables::validate(cx, &declared, report)?;
     if report.schema_validation.has_drift() && !opts.force {
         let mut list = Vec::new();
-        for c in report
-            .schema_validation
-            .dataloss
-            .iter()
-            .chain(&report.schema_validation.incompatible)
-        {
+        for c in report.schema_validation.dataloss.iter().chain(&report.schema_validation.incompatible) {
             match &c.column {
                 Some(col) => list.push(format!("{}.{}: {}", c.table, col, c.description)),
                 None => list.push(format!("{}: {}", c.table, c.description)),
@@ -524,38 +453,16 @@ pub(crate) fn wanted_extensions(file: &SqlFile) -> Vec<WantedExtension> {
         }
     }
     let canonical = |n: &str| {
-        if n == "pgvector" {
-            "vector".to_string()
-        } else {
-            n.to_string()
-        }
+        if n == "pgvector" { "vector".to_string() } else { n.to_string() }
     };
     if file.name.to_ascii_lowercase().ends_with(".txt") {
-        return listed
-            .iter()
-            .map(|n| WantedExtension {
-                name: canonical(n),
-                version: None,
-                schema: None,
-            })
-            .collect();
+        return listed.iter().map(|n| WantedExtension { name: canonical(n), version: None, schema: None }).collect();
     }
-    let stem = file
-        .name
-        .rsplit_once('.')
-        .map_or(file.name.as_str(), |(s, _)| s);
-    vec![WantedExtension {
-        name: canonical(stem),
-        version,
-        schema,
-    }]
+    let stem = file.name.rsplit_once('.').map_or(file.name.as_str(), |(s, _)| s);
+    vec![WantedExtension { name: canonical(stem), version, schema }]
 }
 
-fn extensions(
-    cx: &mut Ctx<'_>,
-    archive: &SchemaArchive,
-    report: &mut DeployReport,
-) -> Result<(), ApiError> {
+fn extensions(cx: &mut Ctx<'_>, archive: &SchemaArchive, report: &mut DeployReport) -> Result<(), ApiError> {
     for file in &archive.extensions {
         let at = At::file("extensions", file);
         for w in wanted_extensions(file) {
@@ -568,11 +475,7 @@ fn extensions(
             )?;
             let row = &available[0];
             let installed = (!row[0].is_empty()).then(|| row[0].clone());
-            if installed.is_none()
-                || w.version
-                    .as_ref()
-                    .is_some_and(|v| Some(v) != installed.as_ref())
-            {
+            if installed.is_none() || w.version.as_ref().is_some_and(|v| Some(v) != installed.as_ref()) {
                 if row[1] != "t" {
                     let what = match &w.version {
                         Some(v) => format!("{} version {v}", w.name),
@@ -585,37 +488,26 @@ fn extensions(
                     ));
                 }
             }
-            let version = w
-                .version
-                .as_ref()
-                .map(|v| format!(" VERSION {}", quote_literal(v)));
+            let version = w.version.as_ref().map(|v| format!(" VERSION {}", quote_literal(v)));
             match installed {
                 None => {
                     let mut sql = String::new();
                     if let Some(s) = &w.schema {
                         sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)));
                     }
-                    sql.push_str(&format!(
-                        "CREATE EXTENSION IF NOT EXISTS {}",
-                        quote_ident(&w.name)
-                    ));
+                    sql.push_str(&format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(&w.name)));
                     if let Some(s) = &w.schema {
                         sql.push_str(&format!(" WITH SCHEMA {}", quote_ident(s)));
                     }
                     sql.push_str(version.as_deref().unwrap_or(""));
-                    cx.c.batch_execute(&sql)
-                        .map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 0))?;
+                    cx.c.batch_execute(&sql).map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 0))?;
                     cx.log_change("extension", &w.name, "install", w.version.as_deref())?;
                     report.extensions_installed.push(w.name.clone());
                 }
                 Some(v) if w.version.as_ref().is_some_and(|want| *want != v) => {
                     let want = w.version.clone().unwrap_or_default();
                     cx.exec(
-                        &format!(
-                            "ALTER EXTENSION {} UPDATE TO {}",
-                            quote_ident(&w.name),
-                            quote_literal(&want)
-                        ),
+                        &format!("ALTER EXTENSION {} UPDATE TO {}", quote_ident(&w.name), quote_literal(&want)),
                         at,
                     )?;
                     cx.log_change("extension", &w.name, "update", Some(&want))?;
@@ -633,8 +525,7 @@ fn migration_checksum(file: &SqlFile) -> String {
 }
 
 fn is_no_transaction(file: &SqlFile) -> bool {
-    sql::first_line_directive(&file.content)
-        .is_some_and(|d| d.eq_ignore_ascii_case("no-transaction"))
+    sql::first_line_directive(&file.content).is_some_and(|d| d.eq_ignore_ascii_case("no-transaction"))
 }
 
 fn migrations<'f>(
@@ -694,11 +585,7 @@ fn migrations<'f>(
 fn run_no_transaction(cx: &mut Ctx<'_>, file: &SqlFile) -> Result<bool, ApiError> {
     let db = cx.db.to_string();
     let at = At::file("migrations", file);
-    cx.query(
-        "SELECT pg_advisory_lock(hashtext('stonescriptdb:' || $1))",
-        &[Some(&db)],
-        at,
-    )?;
+    cx.query("SELECT pg_advisory_lock(hashtext('stonescriptdb:' || $1))", &[Some(&db)], at)?;
     let result = (|| {
         let applied = tracking::applied_migrations(cx)?;
         let ck = migration_checksum(file);
@@ -718,9 +605,8 @@ fn run_no_transaction(cx: &mut Ctx<'_>, file: &SqlFile) -> Result<bool, ApiError
         }
         let ms = t0.elapsed().as_millis() as i64;
         cx.exec("BEGIN", at)?;
-        let r = tracking::record_migration(cx, &file.path, &ck, ms, true).and_then(|()| {
-            cx.log_change("migration", &file.path, "apply-no-transaction", Some(&ck))
-        });
+        let r = tracking::record_migration(cx, &file.path, &ck, ms, true)
+            .and_then(|()| cx.log_change("migration", &file.path, "apply-no-transaction", Some(&ck)));
         match r {
             Ok(()) => cx.exec("COMMIT", at)?,
             Err(e) => {
@@ -730,10 +616,7 @@ fn run_no_transaction(cx: &mut Ctx<'_>, file: &SqlFile) -> Result<bool, ApiError
         }
         Ok(true)
     })();
-    let _ = cx.c.query(
-        "SELECT pg_advisory_unlock(hashtext('stonescriptdb:' || $1))",
-        &[Some(&db)],
-    );
+    let _ = cx.c.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:' || $1))", &[Some(&db)]);
     result
 }
 
@@ -756,11 +639,7 @@ mod tests {
         let w = wanted_extensions(&file("pgvector.sql", "-- version: 0.5.1\n-- schema: ext\n"));
         assert_eq!(
             w,
-            vec![WantedExtension {
-                name: "vector".into(),
-                version: Some("0.5.1".into()),
-                schema: Some("ext".into())
-            }]
+            vec![WantedExtension { name: "vector".into(), version: Some("0.5.1".into()), schema: Some("ext".into()) }]
         );
         let w = wanted_extensions(&file("uuid-ossp.sql", ""));
         assert_eq!(w[0].name, "uuid-ossp");

@@ -22,10 +22,9 @@ fn flag(p: &Part<'_>) -> Result<bool, ApiError> {
     match t.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
-        other => Err(ApiError::new(
-            Kind::InvalidRequest,
-            format!("field '{}' must be true or false, got '{other}'", p.name),
-        )),
+        other => {
+            Err(ApiError::new(Kind::InvalidRequest, format!("field '{}' must be true or false, got '{other}'", p.name)))
+        }
     }
 }
 
@@ -101,7 +100,10 @@ Content-Disposition: form-data; name=\"force\"\r\n\r\ntrue\r\n--XyZ--\r\n";
     #[test]
     fn bad_flag_and_missing_fields() {
         let body = b"--b\r\nContent-Disposition: form-data; name=\"dry_run\"\r\n\r\nmaybe\r\n--b--\r\n";
-        assert_eq!(DeployForm::parse("multipart/form-data; boundary=b", body, 32).unwrap_err().kind, Kind::InvalidRequest);
+        assert_eq!(
+            DeployForm::parse("multipart/form-data; boundary=b", body, 32).unwrap_err().kind,
+            Kind::InvalidRequest
+        );
         let body = b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n";
         let f = DeployForm::parse("multipart/form-data; boundary=b", body, 32).unwrap();
         assert!(f.require_platform().is_err() && f.require_archive().is_err());

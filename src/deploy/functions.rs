@@ -31,18 +31,11 @@ const SNAPSHOT: &str = "SELECT oid::text || ':' || xmin::text FROM pg_proc \
      WHERE pronamespace <> 'pg_catalog'::regnamespace AND pronamespace <> 'information_schema'::regnamespace";
 
 fn snapshot(cx: &mut Ctx<'_>) -> Result<HashSet<String>, ApiError> {
-    Ok(cx
-        .rows(SNAPSHOT, &[], At::step("functions"))?
-        .into_iter()
-        .map(|mut r| r.pop().unwrap_or_default())
-        .collect())
+    Ok(cx.rows(SNAPSHOT, &[], At::step("functions"))?.into_iter().map(|mut r| r.pop().unwrap_or_default()).collect())
 }
 
 /// Signature and kind (`f`, `p`, …) of the routines whose catalog rows changed since `before`.
-fn written_since(
-    cx: &mut Ctx<'_>,
-    before: &HashSet<String>,
-) -> Result<Vec<(String, String)>, ApiError> {
+fn written_since(cx: &mut Ctx<'_>, before: &HashSet<String>) -> Result<Vec<(String, String)>, ApiError> {
     let after = snapshot(cx)?;
     let mut out = Vec::new();
     for key in after.difference(before) {
@@ -133,10 +126,7 @@ pub(crate) fn deploy_functions(
                     // claimed by this deploy until the statement goes through.
                     let mut done = false;
                     let mut blocked = None;
-                    for t in tracked
-                        .iter()
-                        .filter(|t| t.exists && !seen.contains(&t.signature))
-                    {
+                    for t in tracked.iter().filter(|t| t.exists && !seen.contains(&t.signature)) {
                         let sp2 = cx.savepoint()?;
                         if let Err(e) = drop_routine(cx, &t.signature, at) {
                             cx.rollback_to(&sp2)?;
@@ -160,12 +150,7 @@ pub(crate) fn deploy_functions(
                         if let Some(e) = blocked {
                             return Err(e);
                         }
-                        return Err(cx.pg_error(
-                            Kind::FunctionDeployFailed,
-                            at,
-                            PgError::Db(d),
-                            shift,
-                        ));
+                        return Err(cx.pg_error(Kind::FunctionDeployFailed, at, PgError::Db(d), shift));
                     }
                     action = "drop-and-create";
                 }
@@ -188,10 +173,7 @@ pub(crate) fn deploy_functions(
         }
         if file_changed {
             for stmt in others {
-                cx.run_file_stmt(
-                    Kind::FunctionDeployFailed,
-                    At::stmt("functions", file, stmt),
-                )?;
+                cx.run_file_stmt(Kind::FunctionDeployFailed, At::stmt("functions", file, stmt))?;
             }
         }
     }
@@ -200,11 +182,7 @@ pub(crate) fn deploy_functions(
             continue;
         }
         if t.exists {
-            let at = At {
-                step: "functions",
-                file: Some(&t.file),
-                stmt: None,
-            };
+            let at = At { step: "functions", file: Some(&t.file), stmt: None };
             drop_routine(cx, &t.signature, at)?;
             cx.log_change("function", &t.signature, "drop", Some(&t.checksum))?;
             report.functions_dropped.push(t.signature.clone());
@@ -221,18 +199,9 @@ mod tests {
 
     #[test]
     fn classifies_routine_statements() {
-        assert_eq!(
-            creates_routine("CREATE FUNCTION f() RETURNS int"),
-            Some(true)
-        );
-        assert_eq!(
-            creates_routine("create or replace procedure p()"),
-            Some(false)
-        );
+        assert_eq!(creates_routine("CREATE FUNCTION f() RETURNS int"), Some(true));
+        assert_eq!(creates_routine("create or replace procedure p()"), Some(false));
         assert_eq!(creates_routine("COMMENT ON FUNCTION f() IS 'x'"), None);
-        assert_eq!(
-            creates_routine("CREATE OR REPLACE VIEW v AS SELECT 1"),
-            None
-        );
+        assert_eq!(creates_routine("CREATE OR REPLACE VIEW v AS SELECT 1"), None);
     }
 }

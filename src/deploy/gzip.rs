@@ -35,10 +35,7 @@ pub struct GzipError {
 
 impl GzipError {
     fn new(kind: GzipErrorKind, message: impl Into<String>) -> Self {
-        GzipError {
-            kind,
-            message: message.into(),
-        }
+        GzipError { kind, message: message.into() }
     }
 }
 
@@ -70,10 +67,7 @@ const INITIAL_OUTPUT: usize = 64 * 1024;
 /// extra byte is how an overflow is detected without trusting ISIZE.
 pub fn gunzip(input: &[u8], max_output: usize) -> Result<Vec<u8>, GzipError> {
     if input.len() < 2 || input[0] != 0x1f || input[1] != 0x8b {
-        return Err(GzipError::new(
-            GzipErrorKind::NotGzip,
-            "missing gzip magic bytes 1f 8b",
-        ));
+        return Err(GzipError::new(GzipErrorKind::NotGzip, "missing gzip magic bytes 1f 8b"));
     }
     let mut out: Vec<u8> = Vec::new();
     let mut pos = 0usize;
@@ -94,21 +88,13 @@ pub fn gunzip(input: &[u8], max_output: usize) -> Result<Vec<u8>, GzipError> {
 }
 
 /// Decode one member starting at `start`, appending to `out`; returns the offset after its trailer.
-fn read_member(
-    input: &[u8],
-    start: usize,
-    out: &mut Vec<u8>,
-    max_output: usize,
-) -> Result<usize, GzipError> {
+fn read_member(input: &[u8], start: usize, out: &mut Vec<u8>, max_output: usize) -> Result<usize, GzipError> {
     let body = parse_header(input, start)?;
     let member_start = out.len();
     let consumed = inflate_into(&input[body..], out, member_start, max_output)?;
     let trailer = body + consumed;
     let Some(t) = input.get(trailer..trailer + 8) else {
-        return Err(GzipError::new(
-            GzipErrorKind::Truncated,
-            "input ends inside the gzip trailer",
-        ));
+        return Err(GzipError::new(GzipErrorKind::Truncated, "input ends inside the gzip trailer"));
     };
     let want_crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
     let want_size = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
@@ -133,31 +119,17 @@ fn read_member(
 
 /// Validate the fixed header and skip optional fields; returns the offset of the DEFLATE body.
 fn parse_header(input: &[u8], start: usize) -> Result<usize, GzipError> {
-    let truncated = || {
-        GzipError::new(
-            GzipErrorKind::Truncated,
-            "input ends inside the gzip header",
-        )
-    };
+    let truncated = || GzipError::new(GzipErrorKind::Truncated, "input ends inside the gzip header");
     let h = input.get(start..start + 10).ok_or_else(truncated)?;
     if h[0] != 0x1f || h[1] != 0x8b {
-        return Err(GzipError::new(
-            GzipErrorKind::NotGzip,
-            "missing gzip magic bytes 1f 8b",
-        ));
+        return Err(GzipError::new(GzipErrorKind::NotGzip, "missing gzip magic bytes 1f 8b"));
     }
     if h[2] != 8 {
-        return Err(GzipError::new(
-            GzipErrorKind::NotGzip,
-            format!("unsupported compression method {}", h[2]),
-        ));
+        return Err(GzipError::new(GzipErrorKind::NotGzip, format!("unsupported compression method {}", h[2])));
     }
     let flags = h[3];
     if flags & RESERVED != 0 {
-        return Err(GzipError::new(
-            GzipErrorKind::NotGzip,
-            format!("reserved gzip flag bits set ({flags:#04x})"),
-        ));
+        return Err(GzipError::new(GzipErrorKind::NotGzip, format!("reserved gzip flag bits set ({flags:#04x})")));
     }
     let mut pos = start + 10;
     if flags & FEXTRA != 0 {
@@ -227,8 +199,7 @@ fn inflate_into(
             out.reserve_exact(want - cur);
             out.resize(want, 0);
         }
-        let (status, used, written) =
-            decompress(&mut decomp, input, &mut out[member_start..], out_pos, flags);
+        let (status, used, written) = decompress(&mut decomp, input, &mut out[member_start..], out_pos, flags);
         out_pos += written;
         consumed_total += used;
         input = input.get(used..).unwrap_or(&[]);
@@ -244,33 +215,21 @@ fn inflate_into(
             TINFLStatus::HasMoreOutput => {
                 // Only a full buffer should ask for more room; anything else would spin.
                 if out.len() != member_start + out_pos && used == 0 && written == 0 {
-                    return Err(GzipError::new(
-                        GzipErrorKind::Corrupt,
-                        "DEFLATE decoder made no progress",
-                    ));
+                    return Err(GzipError::new(GzipErrorKind::Corrupt, "DEFLATE decoder made no progress"));
                 }
             }
             TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress => {
-                return Err(GzipError::new(
-                    GzipErrorKind::Truncated,
-                    "input ends inside the DEFLATE stream",
-                ));
+                return Err(GzipError::new(GzipErrorKind::Truncated, "input ends inside the DEFLATE stream"));
             }
             other => {
-                return Err(GzipError::new(
-                    GzipErrorKind::Corrupt,
-                    format!("invalid DEFLATE data ({other:?})"),
-                ));
+                return Err(GzipError::new(GzipErrorKind::Corrupt, format!("invalid DEFLATE data ({other:?})")));
             }
         }
     }
 }
 
 fn too_large(max_output: usize) -> GzipError {
-    GzipError::new(
-        GzipErrorKind::TooLarge,
-        format!("inflated data exceeds the limit of {max_output} bytes"),
-    )
+    GzipError::new(GzipErrorKind::TooLarge, format!("inflated data exceeds the limit of {max_output} bytes"))
 }
 
 #[cfg(test)]
@@ -330,10 +289,7 @@ mod tests {
         let mut g = gz(b"x", 0, &[]);
         g[2] = 7;
         assert_eq!(gunzip(&g, 10).unwrap_err().kind, GzipErrorKind::NotGzip);
-        assert_eq!(
-            gunzip(b"PK\x03\x04", 10).unwrap_err().kind,
-            GzipErrorKind::NotGzip
-        );
+        assert_eq!(gunzip(b"PK\x03\x04", 10).unwrap_err().kind, GzipErrorKind::NotGzip);
         assert_eq!(gunzip(b"", 10).unwrap_err().kind, GzipErrorKind::NotGzip);
     }
 
@@ -343,10 +299,7 @@ mod tests {
         let g = gz(&data, FNAME, b"f\0");
         for cut in 0..g.len() {
             let e = gunzip(&g[..cut], 1 << 20).unwrap_err();
-            assert!(
-                matches!(e.kind, GzipErrorKind::Truncated | GzipErrorKind::NotGzip),
-                "cut {cut}: {e}"
-            );
+            assert!(matches!(e.kind, GzipErrorKind::Truncated | GzipErrorKind::NotGzip), "cut {cut}: {e}");
         }
     }
 

@@ -15,9 +15,7 @@
 use std::collections::HashMap;
 
 use super::archive::SchemaArchive;
-use super::engine::{
-    At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident,
-};
+use super::engine::{At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident};
 use super::sql::{self, Statement};
 use crate::error::{ApiError, Kind};
 use crate::json;
@@ -26,35 +24,16 @@ use crate::json;
 fn target(cx: &mut Ctx<'_>, at: At<'_>) -> Result<(String, String), ApiError> {
     let stmt = at.stmt.expect("seeder statement");
     let res =
-        cx.c.query(
-            &format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", stmt.text),
-            &[],
-        )
-        .map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 31))?;
-    let text = res
-        .rows
-        .into_iter()
-        .flatten()
-        .flatten()
-        .collect::<Vec<String>>()
-        .join("\n");
+        cx.c.query(&format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", stmt.text), &[])
+            .map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 31))?;
+    let text = res.rows.into_iter().flatten().flatten().collect::<Vec<String>>().join("\n");
     let plan = json::parse(text.as_bytes()).ok();
-    let node = plan
-        .as_ref()
-        .and_then(|v| v.as_array())
-        .and_then(|a| a.first())
-        .and_then(|v| v.get("Plan"));
-    let rel = node
-        .and_then(|n| n.get("Relation Name"))
-        .and_then(|v| v.as_str());
+    let node = plan.as_ref().and_then(|v| v.as_array()).and_then(|a| a.first()).and_then(|v| v.get("Plan"));
+    let rel = node.and_then(|n| n.get("Relation Name")).and_then(|v| v.as_str());
     let schema = node.and_then(|n| n.get("Schema")).and_then(|v| v.as_str());
     match (schema, rel) {
         (Some(s), Some(r)) => Ok((s.to_string(), r.to_string())),
-        _ => Err(cx.fail(
-            Kind::MigrationFailed,
-            at,
-            "cannot tell the target table of this INSERT from its plan",
-        )),
+        _ => Err(cx.fail(Kind::MigrationFailed, at, "cannot tell the target table of this INSERT from its plan")),
     }
 }
 
@@ -89,28 +68,16 @@ fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, A
         .into_iter()
         .map(|mut r| r.remove(0))
         .collect();
-    if pk.is_empty() {
-        insertable_columns(cx, rel, at)
-    } else {
-        Ok(pk)
-    }
+    if pk.is_empty() { insertable_columns(cx, rel, at) } else { Ok(pk) }
 }
 
 /// Evaluates an INSERT into a stand-in table and returns the temporary table holding its rows.
-fn evaluate(
-    cx: &mut Ctx<'_>,
-    t: &(String, String),
-    n: usize,
-    at: At<'_>,
-) -> Result<String, ApiError> {
+fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<String, ApiError> {
     let rel = qualified(t);
     let tmp = format!("pg_temp._ssdb_seed_{n}");
     let real = format!("_ssdb_seed_real_{n}");
     let cols = insertable_columns(cx, &rel, at)?.join(", ");
-    cx.exec(
-        &format!("CREATE TEMP TABLE _ssdb_seed_{n} (LIKE {rel} INCLUDING DEFAULTS) ON COMMIT DROP"),
-        at,
-    )?;
+    cx.exec(&format!("CREATE TEMP TABLE _ssdb_seed_{n} (LIKE {rel} INCLUDING DEFAULTS) ON COMMIT DROP"), at)?;
     let sp = cx.savepoint()?;
     let r = (|| {
         cx.exec(
@@ -123,11 +90,7 @@ fn evaluate(
         )?;
         cx.run_file_stmt(Kind::MigrationFailed, at)?;
         // The rows leave the savepoint as JSON text: anything written inside it is rolled back.
-        let rows = cx.query(
-            &format!("SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s"),
-            &[],
-            at,
-        )?;
+        let rows = cx.query(&format!("SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s"), &[], at)?;
         Ok(rows.rows[0][0].clone().unwrap_or_else(|| "[]".into()))
     })();
     cx.rollback_to(&sp)?;
@@ -171,11 +134,7 @@ pub(crate) fn run(
             let idx = match results.iter().position(|r| r.table == shown) {
                 Some(i) => i,
                 None => {
-                    results.push(SeederResult {
-                        table: shown.clone(),
-                        inserted: 0,
-                        skipped: 0,
-                    });
+                    results.push(SeederResult { table: shown.clone(), inserted: 0, skipped: 0 });
                     results.len() - 1
                 }
             };
@@ -186,10 +145,7 @@ pub(crate) fn run(
                 let empty = match empty_at_start.get(&rel) {
                     Some(e) => *e,
                     None => {
-                        let e =
-                            cx.rows(&format!("SELECT NOT EXISTS (SELECT 1 FROM {rel})"), &[], at)?
-                                [0][0]
-                                == "t";
+                        let e = cx.rows(&format!("SELECT NOT EXISTS (SELECT 1 FROM {rel})"), &[], at)?[0][0] == "t";
                         empty_at_start.insert(rel.clone(), e);
                         e
                     }
@@ -210,46 +166,25 @@ pub(crate) fn run(
             counter += 1;
             let tmp = evaluate(cx, &t, counter, at)?;
             let keys = key_columns(cx, &rel, at)?;
-            let cond = keys
-                .iter()
-                .map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}"))
-                .collect::<Vec<_>>()
-                .join(" AND ");
+            let cond =
+                keys.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
             let absent = format!("NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})");
-            let total = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0]
-                .parse::<u64>()
-                .unwrap_or(0);
+            let total = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0].parse::<u64>().unwrap_or(0);
             let key_text = if keys.len() == 1 {
                 format!("s.{}::text", keys[0])
             } else {
-                format!(
-                    "ROW({})::text",
-                    keys.iter()
-                        .map(|k| format!("s.{k}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!("ROW({})::text", keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
             };
             let missing: Vec<String> = cx
-                .rows(
-                    &format!("SELECT {key_text} FROM {tmp} s WHERE {absent} ORDER BY 1"),
-                    &[],
-                    at,
-                )?
+                .rows(&format!("SELECT {key_text} FROM {tmp} s WHERE {absent} ORDER BY 1"), &[], at)?
                 .into_iter()
                 .map(|mut r| r.remove(0))
                 .collect();
             if !missing.is_empty() && opts.reseed {
                 let cols = insertable_columns(cx, &rel, at)?.join(", ");
-                let scols = cols
-                    .split(", ")
-                    .map(|c| format!("s.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let scols = cols.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
                 let r = cx.query(
-                    &format!(
-                        "INSERT INTO {rel} ({cols}) SELECT {scols} FROM {tmp} s WHERE {absent}"
-                    ),
+                    &format!("INSERT INTO {rel} ({cols}) SELECT {scols} FROM {tmp} s WHERE {absent}"),
                     &[],
                     at,
                 )?;
@@ -257,17 +192,12 @@ pub(crate) fn run(
                 report.seed_validation.reseeded += r.rows_affected;
                 cx.log_change("seed", &shown, "reseed", None)?;
             } else if !missing.is_empty() {
-                match report
-                    .seed_validation
-                    .missing
-                    .iter_mut()
-                    .find(|m| m.table == shown)
-                {
+                match report.seed_validation.missing.iter_mut().find(|m| m.table == shown) {
                     Some(m) => m.keys.extend(missing.iter().cloned()),
-                    None => report.seed_validation.missing.push(MissingSeedRows {
-                        table: shown.clone(),
-                        keys: missing.clone(),
-                    }),
+                    None => report
+                        .seed_validation
+                        .missing
+                        .push(MissingSeedRows { table: shown.clone(), keys: missing.clone() }),
                 }
             }
             results[idx].skipped += total - missing.len() as u64;
@@ -288,12 +218,8 @@ pub(crate) fn run(
     if verify {
         report.seed_validation.checked = true;
         if !report.seed_validation.missing.is_empty() && !opts.force {
-            let list: Vec<String> = report
-                .seed_validation
-                .missing
-                .iter()
-                .map(|m| format!("{} {}", m.table, m.keys.join(", ")))
-                .collect();
+            let list: Vec<String> =
+                report.seed_validation.missing.iter().map(|m| format!("{} {}", m.table, m.keys.join(", "))).collect();
             return Err(cx.fail(
                 Kind::SeedDataMissing,
                 At::step("seeders"),

@@ -147,14 +147,16 @@ pub fn create_and_deploy(
         .map_err(|e| pg_api(e, "cannot lock the database name"))?;
     let exists = catalog::database_exists(&mut admin, name)?;
     if exists && must_be_new {
-        return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
-            .with_database(name));
+        return Err(
+            ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
+        );
     }
     let created = !exists && catalog::create_database(&mut admin, name)?;
     if must_be_new && !created {
         // Another request created it between the check and CREATE DATABASE: it is theirs.
-        return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
-            .with_database(name));
+        return Err(
+            ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
+        );
     }
     if created {
         if let Some((user, _)) = &ctx.role {
@@ -177,12 +179,20 @@ pub fn create_and_deploy(
     let undo = created && (result.is_err() || opts.dry_run);
     if undo {
         if let Err(e) = catalog::drop_database(&mut admin, name) {
-            crate::log::error("could not drop a database after its failed first deploy", &[("database", &name), ("error", &e)]);
+            crate::log::error(
+                "could not drop a database after its failed first deploy",
+                &[("database", &name), ("error", &e)],
+            );
         }
         let _ = cat.forget_database(name);
     }
     let status = if result.is_ok() { "success" } else { "failed" };
-    if let Ok(run) = cat.start_run(if must_be_new { "create" } else { "register" }, Some(&owner.platform), owner.schema_name.as_deref(), 1) {
+    if let Ok(run) = cat.start_run(
+        if must_be_new { "create" } else { "register" },
+        Some(&owner.platform),
+        owner.schema_name.as_deref(),
+        1,
+    ) {
         if !undo {
             let _ = cat.record_result(&run, name, status, &result_json(name, &result));
         }

@@ -120,11 +120,7 @@ fn tokenize(sql: &str) -> Vec<Token> {
             i += 1;
             Kind::Punct
         };
-        out.push(Token {
-            kind,
-            start,
-            end: i,
-        });
+        out.push(Token { kind, start, end: i });
     }
     out
 }
@@ -352,10 +348,7 @@ mod tests {
     #[test]
     fn statement_end_keeps_non_ascii_whitespace() {
         let sql = "CREATE TABLE t\u{a0} (x int);\nCREATE TABLE u\u{3000}; SELECT 1\u{2028}\t\n";
-        assert_eq!(
-            texts(sql),
-            vec!["CREATE TABLE t\u{a0} (x int)", "CREATE TABLE u\u{3000}", "SELECT 1\u{2028}"]
-        );
+        assert_eq!(texts(sql), vec!["CREATE TABLE t\u{a0} (x int)", "CREATE TABLE u\u{3000}", "SELECT 1\u{2028}"]);
     }
 
     #[test]
@@ -376,22 +369,13 @@ mod tests {
     #[test]
     fn semicolons_in_strings_and_identifiers() {
         let sql = "SELECT 'a;b', 'it''s;', \"we;ird\"\"x;\" FROM t; SELECT 2";
-        assert_eq!(
-            texts(sql),
-            vec![
-                "SELECT 'a;b', 'it''s;', \"we;ird\"\"x;\" FROM t",
-                "SELECT 2"
-            ]
-        );
+        assert_eq!(texts(sql), vec!["SELECT 'a;b', 'it''s;', \"we;ird\"\"x;\" FROM t", "SELECT 2"]);
     }
 
     #[test]
     fn e_strings_use_backslash_escapes() {
         let sql = "SELECT E'\\';' AS x; SELECT e'a\\\\'; SELECT 3";
-        assert_eq!(
-            texts(sql),
-            vec!["SELECT E'\\';' AS x", "SELECT e'a\\\\'", "SELECT 3"]
-        );
+        assert_eq!(texts(sql), vec!["SELECT E'\\';' AS x", "SELECT e'a\\\\'", "SELECT 3"]);
         // In a standard string a backslash is literal, so the quote ends the string.
         assert_eq!(texts("SELECT '\\'; SELECT 2").len(), 2);
         // An identifier ending in e is not an E-string prefix.
@@ -421,14 +405,7 @@ mod tests {
     #[test]
     fn comments_line_and_nested_block() {
         let sql = "SELECT 1 /* outer /* inner; */ still; */ + 1; SELECT '--;' -- x;y\n; SELECT 3";
-        assert_eq!(
-            texts(sql),
-            vec![
-                "SELECT 1 /* outer /* inner; */ still; */ + 1",
-                "SELECT '--;' -- x;y",
-                "SELECT 3"
-            ]
-        );
+        assert_eq!(texts(sql), vec!["SELECT 1 /* outer /* inner; */ still; */ + 1", "SELECT '--;' -- x;y", "SELECT 3"]);
     }
 
     #[test]
@@ -442,26 +419,12 @@ mod tests {
         // Plain transaction BEGIN is not a body.
         assert_eq!(texts("BEGIN; SELECT 1; END;").len(), 3);
         // Comments between BEGIN and ATOMIC still open a body.
-        assert_eq!(
-            texts(
-                "CREATE PROCEDURE p() BEGIN /*x*/ ATOMIC INSERT INTO t VALUES (1); END; SELECT 1"
-            )
-            .len(),
-            2
-        );
+        assert_eq!(texts("CREATE PROCEDURE p() BEGIN /*x*/ ATOMIC INSERT INTO t VALUES (1); END; SELECT 1").len(), 2);
     }
 
     #[test]
     fn unterminated_constructs_do_not_panic() {
-        for sql in [
-            "SELECT 'abc",
-            "SELECT $x$ abc",
-            "/* never",
-            "SELECT \"x",
-            "E'\\",
-            "$",
-            "$a",
-        ] {
+        for sql in ["SELECT 'abc", "SELECT $x$ abc", "/* never", "SELECT \"x", "E'\\", "$", "$a"] {
             let st = split_statements(sql);
             assert!(st.len() <= 1);
             let _ = normalize_for_checksum(sql);
@@ -480,43 +443,25 @@ mod tests {
         let a = "CREATE   TABLE t (\n  x int, -- note\n  y text /* c */\n)";
         let b = "CREATE TABLE t ( x int, y text )";
         assert_eq!(normalize_for_checksum(a), normalize_for_checksum(b));
-        assert_eq!(
-            normalize_for_checksum(b),
-            "CREATE TABLE t ( x int, y text )"
-        );
+        assert_eq!(normalize_for_checksum(b), "CREATE TABLE t ( x int, y text )");
         // Inside literals and bodies nothing is touched.
         let f1 = "CREATE FUNCTION f() AS $$ SELECT  1 $$";
         let f2 = "CREATE FUNCTION f() AS $$ SELECT 1 $$";
         assert_ne!(normalize_for_checksum(f1), normalize_for_checksum(f2));
-        assert_ne!(
-            normalize_for_checksum("SELECT 'a  b'"),
-            normalize_for_checksum("SELECT 'a b'")
-        );
-        assert_ne!(
-            normalize_for_checksum("SELECT \"a  b\""),
-            normalize_for_checksum("SELECT \"a b\"")
-        );
+        assert_ne!(normalize_for_checksum("SELECT 'a  b'"), normalize_for_checksum("SELECT 'a b'"));
+        assert_ne!(normalize_for_checksum("SELECT \"a  b\""), normalize_for_checksum("SELECT \"a b\""));
         // A comment separates tokens.
         assert_eq!(normalize_for_checksum("SELECT/**/1"), "SELECT 1");
         // Keyword case is preserved.
-        assert_ne!(
-            normalize_for_checksum("select 1"),
-            normalize_for_checksum("SELECT 1")
-        );
+        assert_ne!(normalize_for_checksum("select 1"), normalize_for_checksum("SELECT 1"));
         // A `--` inside a string is not a comment.
         assert_eq!(normalize_for_checksum("SELECT '--x'  "), "SELECT '--x'");
     }
 
     #[test]
     fn checksum_is_sha256_hex() {
-        assert_eq!(
-            checksum(""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(
-            checksum("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(checksum(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(checksum("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -525,14 +470,8 @@ mod tests {
             first_line_directive("-- gateway: no-transaction\nCREATE INDEX CONCURRENTLY ..."),
             Some("no-transaction")
         );
-        assert_eq!(
-            first_line_directive("  --gateway:no-transaction  \r\nx"),
-            Some("no-transaction")
-        );
-        assert_eq!(
-            first_line_directive("\u{feff}--   Gateway :  no-transaction"),
-            Some("no-transaction")
-        );
+        assert_eq!(first_line_directive("  --gateway:no-transaction  \r\nx"), Some("no-transaction"));
+        assert_eq!(first_line_directive("\u{feff}--   Gateway :  no-transaction"), Some("no-transaction"));
         assert_eq!(first_line_directive("\n-- gateway: no-transaction"), None);
         assert_eq!(first_line_directive("-- a comment"), None);
         assert_eq!(first_line_directive("-- gateway:"), None);
@@ -547,10 +486,7 @@ mod tests {
             leading_keywords("/* x */ create or\n replace -- y\n function f()", 4),
             vec!["CREATE", "OR", "REPLACE", "FUNCTION"]
         );
-        assert_eq!(
-            leading_keywords("create table t(x int)", 10),
-            vec!["CREATE", "TABLE", "T"]
-        );
+        assert_eq!(leading_keywords("create table t(x int)", 10), vec!["CREATE", "TABLE", "T"]);
         assert_eq!(leading_keywords("CREATE TYPE x", 2), vec!["CREATE", "TYPE"]);
         assert_eq!(leading_keywords("create domain d", 0), Vec::<String>::new());
         assert_eq!(leading_keywords("-- only", 3), Vec::<String>::new());

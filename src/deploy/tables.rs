@@ -104,34 +104,19 @@ pub(crate) fn declare_and_create(
     report: &mut DeployReport,
 ) -> Result<Declared, ApiError> {
     let at = At::step("tables");
-    let r = cx.rows(
-        "SELECT current_setting('search_path'), current_schema()::text",
-        &[],
-        at,
-    )?;
+    let r = cx.rows("SELECT current_setting('search_path'), current_schema()::text", &[], at)?;
     let (path, schema) = (r[0][0].clone(), r[0][1].clone());
     let tracked = tracking::tracked(cx, "tables")?;
     if archive.tables.is_empty() {
-        return Ok(Declared {
-            schema,
-            tables: Vec::new(),
-            removed: Vec::new(),
-        });
+        return Ok(Declared { schema, tables: Vec::new(), removed: Vec::new() });
     }
-    let files: Vec<Vec<Statement>> = archive
-        .tables
-        .iter()
-        .map(|f| sql::split_statements(&f.content))
-        .collect();
+    let files: Vec<Vec<Statement>> = archive.tables.iter().map(|f| sql::split_statements(&f.content)).collect();
     cx.exec(
         &format!("DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}; SET LOCAL search_path TO {SCRATCH}, {path}"),
         at,
     )?;
-    let mut pending: Vec<(usize, &Statement)> = files
-        .iter()
-        .enumerate()
-        .flat_map(|(i, v)| v.iter().map(move |s| (i, s)))
-        .collect();
+    let mut pending: Vec<(usize, &Statement)> =
+        files.iter().enumerate().flat_map(|(i, v)| v.iter().map(move |s| (i, s))).collect();
     let mut ran: Vec<Ran<'_>> = Vec::new();
     let mut known: HashSet<String> = HashSet::new();
     loop {
@@ -144,15 +129,8 @@ pub(crate) fn declare_and_create(
                 Ok(_) => {
                     cx.release(&sp)?;
                     let now = scratch_tables(cx)?;
-                    let created: Vec<String> = now
-                        .into_iter()
-                        .filter(|t| known.insert(t.clone()))
-                        .collect();
-                    ran.push(Ran {
-                        file: i,
-                        stmt,
-                        created,
-                    });
+                    let created: Vec<String> = now.into_iter().filter(|t| known.insert(t.clone())).collect();
+                    ran.push(Ran { file: i, stmt, created });
                     progress = true;
                 }
                 // Qualified name of a table that exists: not ours to compare (see module docs).
@@ -163,12 +141,7 @@ pub(crate) fn declare_and_create(
                     last_err = Some((i, stmt, PgError::Db(d)));
                 }
                 Err(e) => {
-                    let err = cx.pg_error(
-                        Kind::MigrationFailed,
-                        At::stmt("tables", &archive.tables[i], stmt),
-                        e,
-                        0,
-                    );
+                    let err = cx.pg_error(Kind::MigrationFailed, At::stmt("tables", &archive.tables[i], stmt), e, 0);
                     return Err(err);
                 }
             }
@@ -179,12 +152,7 @@ pub(crate) fn declare_and_create(
         }
         if !progress {
             let (i, stmt, e) = last_err.expect("a pending statement failed");
-            let mut err = cx.pg_error(
-                Kind::MigrationFailed,
-                At::stmt("tables", &archive.tables[i], stmt),
-                e,
-                0,
-            );
+            let mut err = cx.pg_error(Kind::MigrationFailed, At::stmt("tables", &archive.tables[i], stmt), e, 0);
             err.message.push_str(
                 " (a foreign-key cycle or a reference to a table no file declares; close cycles with ALTER TABLE in a migration)",
             );
@@ -197,17 +165,10 @@ pub(crate) fn declare_and_create(
         for t in &r.created {
             let cols = columns(cx, &format!("{SCRATCH}.{}", quote_ident(t)))?;
             owner.insert(t.clone(), r.file);
-            tables.push(DeclaredTable {
-                name: t.clone(),
-                columns: cols,
-                created: false,
-            });
+            tables.push(DeclaredTable { name: t.clone(), columns: cols, created: false });
         }
     }
-    cx.exec(
-        &format!("SET LOCAL search_path TO {path}; DROP SCHEMA {SCRATCH} CASCADE"),
-        at,
-    )?;
+    cx.exec(&format!("SET LOCAL search_path TO {path}; DROP SCHEMA {SCRATCH} CASCADE"), at)?;
 
     let mut missing: HashSet<String> = HashSet::new();
     for t in &tables {
@@ -220,11 +181,7 @@ pub(crate) fn declare_and_create(
     // A file's extra statements (indexes, comments) run only when every table it declares is new.
     let new_files: HashSet<usize> = (0..archive.tables.len())
         .filter(|i| {
-            let mine: Vec<&String> = owner
-                .iter()
-                .filter(|(_, f)| *f == i)
-                .map(|(t, _)| t)
-                .collect();
+            let mine: Vec<&String> = owner.iter().filter(|(_, f)| *f == i).map(|(t, _)| t).collect();
             !mine.is_empty() && mine.iter().all(|t| missing.contains(*t))
         })
         .collect();
@@ -266,17 +223,9 @@ pub(crate) fn declare_and_create(
         t.created = missing.contains(&t.name);
     }
     let declared: HashSet<&String> = tables.iter().map(|t| &t.name).collect();
-    let mut removed: Vec<String> = tracked
-        .keys()
-        .filter(|t| !declared.contains(t))
-        .cloned()
-        .collect();
+    let mut removed: Vec<String> = tracked.keys().filter(|t| !declared.contains(t)).cloned().collect();
     removed.sort();
-    Ok(Declared {
-        schema,
-        tables,
-        removed,
-    })
+    Ok(Declared { schema, tables, removed })
 }
 
 /// How a column type change is classified.
@@ -342,20 +291,11 @@ pub(crate) fn classify_type_change(live: &str, declared: &str) -> Class {
 }
 
 fn change(table: &str, column: Option<&str>, description: String, applied: bool) -> Change {
-    Change {
-        table: table.to_string(),
-        column: column.map(str::to_string),
-        description,
-        applied,
-    }
+    Change { table: table.to_string(), column: column.map(str::to_string), description, applied }
 }
 
 /// Compares declarations with the live tables after the migrations ran; adds safe new columns.
-pub(crate) fn validate(
-    cx: &mut Ctx<'_>,
-    declared: &Declared,
-    report: &mut DeployReport,
-) -> Result<(), ApiError> {
+pub(crate) fn validate(cx: &mut Ctx<'_>, declared: &Declared, report: &mut DeployReport) -> Result<(), ApiError> {
     let at = At::step("schema_validation");
     for name in &declared.removed {
         let rel = format!("{}.{}", quote_ident(&declared.schema), quote_ident(name));
@@ -381,11 +321,7 @@ pub(crate) fn validate(
         for col in &t.columns {
             let Some(l) = live.iter().find(|l| l.name == col.name) else {
                 let v = &mut report.schema_validation;
-                if col
-                    .default
-                    .as_deref()
-                    .is_some_and(|d| d.contains("nextval("))
-                {
+                if col.default.as_deref().is_some_and(|d| d.contains("nextval(")) {
                     v.incompatible.push(change(
                         &t.name,
                         Some(&col.name),
@@ -400,11 +336,7 @@ pub(crate) fn validate(
                         false,
                     ));
                 } else {
-                    let mut sql = format!(
-                        "ALTER TABLE {rel} ADD COLUMN {} {}",
-                        quote_ident(&col.name),
-                        col.ty
-                    );
+                    let mut sql = format!("ALTER TABLE {rel} ADD COLUMN {} {}", quote_ident(&col.name), col.ty);
                     if let Some(d) = &col.default {
                         sql.push_str(&format!(" DEFAULT {d}"));
                     }
@@ -428,26 +360,13 @@ pub(crate) fn validate(
                 match classify_type_change(&l.ty, &col.ty) {
                     Class::Safe => v.safe.push(change(&t.name, Some(&col.name), d, false)),
                     Class::Dataloss => v.dataloss.push(change(&t.name, Some(&col.name), d, false)),
-                    Class::Incompatible => {
-                        v.incompatible
-                            .push(change(&t.name, Some(&col.name), d, false))
-                    }
+                    Class::Incompatible => v.incompatible.push(change(&t.name, Some(&col.name), d, false)),
                 }
             }
             if l.not_null && !col.not_null {
-                v.safe.push(change(
-                    &t.name,
-                    Some(&col.name),
-                    "drop NOT NULL".into(),
-                    false,
-                ));
+                v.safe.push(change(&t.name, Some(&col.name), "drop NOT NULL".into(), false));
             } else if !l.not_null && col.not_null {
-                v.dataloss.push(change(
-                    &t.name,
-                    Some(&col.name),
-                    "add NOT NULL".into(),
-                    false,
-                ));
+                v.dataloss.push(change(&t.name, Some(&col.name), "add NOT NULL".into(), false));
             }
         }
         let v = &mut report.schema_validation;
@@ -473,22 +392,13 @@ mod tests {
     fn type_change_classes() {
         assert_eq!(c("integer", "bigint"), Class::Safe);
         assert_eq!(c("bigint", "integer"), Class::Dataloss);
-        assert_eq!(
-            c("character varying(50)", "character varying(100)"),
-            Class::Safe
-        );
-        assert_eq!(
-            c("character varying(100)", "character varying(50)"),
-            Class::Dataloss
-        );
+        assert_eq!(c("character varying(50)", "character varying(100)"), Class::Safe);
+        assert_eq!(c("character varying(100)", "character varying(50)"), Class::Dataloss);
         assert_eq!(c("character varying(100)", "text"), Class::Safe);
         assert_eq!(c("text", "character varying(10)"), Class::Dataloss);
         assert_eq!(c("numeric(10,2)", "numeric(12,2)"), Class::Safe);
         assert_eq!(c("numeric(12,2)", "numeric(10,2)"), Class::Dataloss);
         assert_eq!(c("integer", "text"), Class::Incompatible);
-        assert_eq!(
-            c("timestamp without time zone", "timestamp with time zone"),
-            Class::Incompatible
-        );
+        assert_eq!(c("timestamp without time zone", "timestamp with time zone"), Class::Incompatible);
     }
 }

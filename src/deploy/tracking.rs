@@ -74,11 +74,7 @@ pub(crate) fn log_change(
 /// File name → checksum of every recorded migration.
 pub(crate) fn applied_migrations(cx: &mut Ctx<'_>) -> Result<HashMap<String, String>, ApiError> {
     Ok(cx
-        .rows(
-            "SELECT filename, checksum FROM public._stonescriptdb_gateway_migrations",
-            &[],
-            At::step("tracking"),
-        )?
+        .rows("SELECT filename, checksum FROM public._stonescriptdb_gateway_migrations", &[], At::step("tracking"))?
         .into_iter()
         .map(|mut r| {
             let ck = r.pop().unwrap_or_default();
@@ -99,23 +95,14 @@ pub(crate) fn record_migration(
     cx.query(
         "INSERT INTO public._stonescriptdb_gateway_migrations \
          (filename, checksum, duration_ms, no_transaction, run_id) VALUES ($1, $2, $3::bigint, $4::boolean, $5)",
-        &[
-            Some(file),
-            Some(checksum),
-            Some(&ms),
-            Some(if no_transaction { "true" } else { "false" }),
-            Some(&run),
-        ],
+        &[Some(file), Some(checksum), Some(&ms), Some(if no_transaction { "true" } else { "false" }), Some(&run)],
         At::step("tracking"),
     )?;
     Ok(())
 }
 
 /// A tracked object: name → (checksum, file).
-pub(crate) fn tracked(
-    cx: &mut Ctx<'_>,
-    table: &str,
-) -> Result<HashMap<String, (String, String)>, ApiError> {
+pub(crate) fn tracked(cx: &mut Ctx<'_>, table: &str) -> Result<HashMap<String, (String, String)>, ApiError> {
     Ok(cx
         .rows(
             &format!("SELECT name, checksum, file FROM public._stonescriptdb_gateway_{table}"),
@@ -128,13 +115,7 @@ pub(crate) fn tracked(
 }
 
 /// Upserts into `_stonescriptdb_gateway_types` or `_tables`.
-pub(crate) fn upsert(
-    cx: &mut Ctx<'_>,
-    table: &str,
-    name: &str,
-    checksum: &str,
-    file: &str,
-) -> Result<(), ApiError> {
+pub(crate) fn upsert(cx: &mut Ctx<'_>, table: &str, name: &str, checksum: &str, file: &str) -> Result<(), ApiError> {
     cx.query(
         &format!(
             "INSERT INTO public._stonescriptdb_gateway_{table} (name, checksum, file) VALUES ($1, $2, $3) \

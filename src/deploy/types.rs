@@ -32,11 +32,7 @@ const SNAPSHOT: &str = "SELECT t.oid::text || ':' || t.xmin::text FROM pg_type t
      WHERE t.typnamespace <> 'pg_catalog'::regnamespace AND t.typnamespace <> 'information_schema'::regnamespace";
 
 fn snapshot(cx: &mut Ctx<'_>) -> Result<HashSet<String>, ApiError> {
-    Ok(cx
-        .rows(SNAPSHOT, &[], At::step("types"))?
-        .into_iter()
-        .map(|mut r| r.pop().unwrap_or_default())
-        .collect())
+    Ok(cx.rows(SNAPSHOT, &[], At::step("types"))?.into_iter().map(|mut r| r.pop().unwrap_or_default()).collect())
 }
 
 /// Qualified names of the types created since `before`, leaving out the implicit array types.
@@ -178,11 +174,7 @@ fn alter_existing(cx: &mut Ctx<'_>, at: At<'_>, ck: &str) -> Result<Option<Strin
             at,
         )?;
         let Some(real) = real.into_iter().next() else {
-            return Err(cx.fail(
-                Kind::MigrationFailed,
-                at,
-                format!("type {typname} not found"),
-            ));
+            return Err(cx.fail(Kind::MigrationFailed, at, format!("type {typname} not found")));
         };
         let (old_oid, name) = (real[0].clone(), real[1].clone());
         let fp_new = cx.rows(FINGERPRINT, &[Some(&new_oid)], at)?[0][0].clone();
@@ -205,17 +197,11 @@ fn alter_existing(cx: &mut Ctx<'_>, at: At<'_>, ck: &str) -> Result<Option<Strin
             ),
         ))
     })();
-    cx.exec(
-        &format!("SET LOCAL search_path TO {path}; DROP SCHEMA IF EXISTS {SCRATCH} CASCADE"),
-        at,
-    )?;
+    cx.exec(&format!("SET LOCAL search_path TO {path}; DROP SCHEMA IF EXISTS {SCRATCH} CASCADE"), at)?;
     let (name, added) = result?;
     for label in &added {
         // `name` is already quoted by format('%I.%I').
-        cx.exec(
-            &format!("ALTER TYPE {name} ADD VALUE {}", quote_literal(label)),
-            at,
-        )?;
+        cx.exec(&format!("ALTER TYPE {name} ADD VALUE {}", quote_literal(label)), at)?;
         cx.log_change("type", &name, &format!("add-value {label}"), Some(ck))?;
     }
     if added.is_empty() {

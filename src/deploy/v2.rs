@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use super::engine::{DeployOptions, SeedMode};
 use super::form::DeployForm;
-use super::service::{DbResult, DeployCtx, Outcome, create_and_deploy, migrate_many, migrate_response, write_db_result};
+use super::service::{
+    DbResult, DeployCtx, Outcome, create_and_deploy, migrate_many, migrate_response, write_db_result,
+};
 use crate::catalog::{self, Catalog, Owner};
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
@@ -38,7 +40,9 @@ fn bool_field(body: &Value, key: &str) -> Result<bool, ApiError> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s == "true" || s == "1" => Ok(true),
         Some(Value::String(s)) if s == "false" || s == "0" => Ok(false),
-        Some(v) => Err(ApiError::new(Kind::InvalidRequest, format!("'{key}' must be a boolean, got {}", v.type_name()))),
+        Some(v) => {
+            Err(ApiError::new(Kind::InvalidRequest, format!("'{key}' must be a boolean, got {}", v.type_name())))
+        }
     }
 }
 
@@ -71,10 +75,7 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
         o.str("status", "registered");
         o.str("platform", &p);
         o.bool("has_dedicated_credentials", user.is_some());
-        o.str(
-            "message",
-            &format!("platform '{p}' registered; upload schemas with POST /platform/{p}/schema"),
-        );
+        o.str("message", &format!("platform '{p}' registered; upload schemas with POST /platform/{p}/schema"));
         o.finish();
         Ok((Response::json(201, b), Vec::new()))
     };
@@ -86,11 +87,10 @@ pub fn upload_schema(ctx: &DeployCtx, platform: &str, content_type: &str, body: 
     let run = || -> Result<Outcome, ApiError> {
         let p = names::platform(platform)?;
         let form = DeployForm::parse(content_type, body, ctx.cfg.limits.max_multipart_parts)?;
-        let name = schema_name(
-            form.schema_name
-                .as_deref()
-                .ok_or_else(|| ApiError::new(Kind::InvalidRequest, "form field 'schema_name' (or 'name') is required"))?,
-        )?;
+        let name =
+            schema_name(form.schema_name.as_deref().ok_or_else(|| {
+                ApiError::new(Kind::InvalidRequest, "form field 'schema_name' (or 'name') is required")
+            })?)?;
         let upload = form.require_archive()?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
         cat.require_platform(&p)?;
@@ -162,7 +162,8 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
         let schema = schema.filter(|s| !s.is_empty()).map(|s| schema_name(&s)).transpose()?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
         cat.require_platform(&p)?;
-        let recs: Vec<_> = cat.databases(&p, schema.as_deref())?.into_iter().filter(|r| r.owner.kind == "schema").collect();
+        let recs: Vec<_> =
+            cat.databases(&p, schema.as_deref())?.into_iter().filter(|r| r.owner.kind == "schema").collect();
         let mut b = Vec::new();
         let mut o = ObjectWriter::new(&mut b);
         o.str("platform", &p);
@@ -290,19 +291,22 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
             };
             match cat.owner_of(&name)? {
                 Some(o) if o == want => vec![name],
-                Some(_) => return Err(ApiError::new(Kind::NameConflict, format!("database '{name}' belongs to someone else")).with_database(name)),
-                None => {
-                    return Err(ApiError::new(Kind::DatabaseNotFound, format!("database '{name}' was not created from schema '{schema}'"))
+                Some(_) => {
+                    return Err(ApiError::new(Kind::NameConflict, format!("database '{name}' belongs to someone else"))
                         .with_database(name));
+                }
+                None => {
+                    return Err(ApiError::new(
+                        Kind::DatabaseNotFound,
+                        format!("database '{name}' was not created from schema '{schema}'"),
+                    )
+                    .with_database(name));
                 }
             }
         }
-        _ => cat
-            .databases(&p, Some(&schema))?
-            .into_iter()
-            .filter(|r| r.owner.kind == "schema")
-            .map(|r| r.name)
-            .collect(),
+        _ => {
+            cat.databases(&p, Some(&schema))?.into_iter().filter(|r| r.owner.kind == "schema").map(|r| r.name).collect()
+        }
     };
     let opts = DeployOptions {
         force: bool_field(body, "force")?,
@@ -325,7 +329,11 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
 
 /// Runs a planned migrate: records the run (its id goes to `on_started` first, e.g. for a 202), holds
 /// an advisory lock named after it while it runs, records each result as it finishes.
-pub fn run_migrate(plan: &MigratePlan, on_started: &mut dyn FnMut(&str), progress: Progress<'_>) -> (Response, Vec<String>) {
+pub fn run_migrate(
+    plan: &MigratePlan,
+    on_started: &mut dyn FnMut(&str),
+    progress: Progress<'_>,
+) -> (Response, Vec<String>) {
     let started = Instant::now();
     let mut c = match Catalog::open(&plan.ctx.admin, &plan.ctx.cfg.deploy.catalog_db) {
         Ok(c) => c,
@@ -333,7 +341,9 @@ pub fn run_migrate(plan: &MigratePlan, on_started: &mut dyn FnMut(&str), progres
     };
     // The run's id is the one the deploys write into each database's changelog.
     let run_id = plan.opts.run_id.clone();
-    if let Err(e) = c.start_run_as(&run_id, "v2_migrate", Some(&plan.platform), Some(&plan.schema), plan.databases.len()) {
+    if let Err(e) =
+        c.start_run_as(&run_id, "v2_migrate", Some(&plan.platform), Some(&plan.schema), plan.databases.len())
+    {
         return err(e);
     }
     on_started(&run_id);
@@ -383,9 +393,7 @@ pub fn run_migrate(plan: &MigratePlan, on_started: &mut dyn FnMut(&str), progres
 pub fn get_run(ctx: &DeployCtx, id: &str) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
-        let r = cat
-            .run(id)?
-            .ok_or_else(|| ApiError::new(Kind::RunNotFound, format!("no run '{id}'")))?;
+        let r = cat.run(id)?.ok_or_else(|| ApiError::new(Kind::RunNotFound, format!("no run '{id}'")))?;
         let mut b = Vec::with_capacity(512);
         let mut o = ObjectWriter::new(&mut b);
         o.str("run_id", &r.id);

@@ -79,11 +79,13 @@ mod tests {
         let (gate_tx, gate_rx) = channel::<()>();
         let (done_tx, done_rx) = channel::<u32>();
         let d1 = done_tx.clone();
-        assert!(w.try_submit(Box::new(move || {
-            gate_rx.recv().unwrap();
-            d1.send(1).unwrap();
-        }))
-        .is_ok());
+        assert!(
+            w.try_submit(Box::new(move || {
+                gate_rx.recv().unwrap();
+                d1.send(1).unwrap();
+            }))
+            .is_ok()
+        );
         // Give the worker time to take the first task so the queue slot is free.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let d2 = done_tx.clone();

@@ -9,15 +9,29 @@ const MAX_LINE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex size line; the value so far and bytes seen on the line.
-    Size { value: u64, digits: usize, in_ext: bool, line: usize },
+    Size {
+        value: u64,
+        digits: usize,
+        in_ext: bool,
+        line: usize,
+    },
     /// Expecting LF after the size line's CR.
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// After the last chunk: trailer lines until an empty one. `empty` = nothing on this line yet.
-    Trailer { empty: bool, line: usize },
-    TrailerLf { empty: bool },
+    Trailer {
+        empty: bool,
+        line: usize,
+    },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -34,10 +48,7 @@ fn bad(msg: &str) -> ApiError {
 
 impl ChunkedDecoder {
     pub fn new(max_body: usize) -> ChunkedDecoder {
-        ChunkedDecoder {
-            state: State::Size { value: 0, digits: 0, in_ext: false, line: 0 },
-            max_body,
-        }
+        ChunkedDecoder { state: State::Size { value: 0, digits: 0, in_ext: false, line: 0 }, max_body }
     }
 
     pub fn is_done(&self) -> bool {
@@ -58,7 +69,9 @@ impl ChunkedDecoder {
                     }
                     match b {
                         b'\r' if digits > 0 => State::SizeLf { value },
-                        b';' | b' ' | b'\t' if digits > 0 => State::Size { value, digits, in_ext: true, line: line + 1 },
+                        b';' | b' ' | b'\t' if digits > 0 => {
+                            State::Size { value, digits, in_ext: true, line: line + 1 }
+                        }
                         _ if in_ext => {
                             if b == b'\n' || b < 0x20 && b != b'\t' {
                                 return Err(bad("bad chunk extension"));

@@ -18,11 +18,7 @@ pub struct MultipartLimits {
 
 impl Default for MultipartLimits {
     fn default() -> Self {
-        MultipartLimits {
-            max_parts: 32,
-            max_part_header_bytes: 8192,
-            max_headers_per_part: 16,
-        }
+        MultipartLimits { max_parts: 32, max_part_header_bytes: 8192, max_headers_per_part: 16 }
     }
 }
 
@@ -57,17 +53,11 @@ pub struct MultipartError {
 
 impl MultipartError {
     fn bad(message: impl Into<String>) -> Self {
-        MultipartError {
-            message: message.into(),
-            too_large: false,
-        }
+        MultipartError { message: message.into(), too_large: false }
     }
 
     fn limit(message: impl Into<String>) -> Self {
-        MultipartError {
-            message: message.into(),
-            too_large: true,
-        }
+        MultipartError { message: message.into(), too_large: true }
     }
 }
 
@@ -88,13 +78,8 @@ pub fn find<'p, 'a>(parts: &'p [Part<'a>], name: &str) -> Option<&'p Part<'a>> {
 /// `multipart/form-data` (any case) with a `boundary` parameter, quoted or not.
 pub fn boundary(content_type: &str) -> Result<&str, MultipartError> {
     let media_type = content_type.split(';').next().unwrap_or_default();
-    if !media_type
-        .trim()
-        .eq_ignore_ascii_case("multipart/form-data")
-    {
-        return Err(MultipartError::bad(
-            "Content-Type is not multipart/form-data",
-        ));
+    if !media_type.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return Err(MultipartError::bad("Content-Type is not multipart/form-data"));
     }
     // Parameters start at the `;` (if any), which is where `next_param` expects to begin.
     let mut params = &content_type[media_type.len()..];
@@ -109,9 +94,7 @@ pub fn boundary(content_type: &str) -> Result<&str, MultipartError> {
     }
     let boundary = found.ok_or_else(|| MultipartError::bad("Content-Type has no boundary"))?;
     if !valid_boundary(boundary) {
-        return Err(MultipartError::bad(
-            "boundary must be 1 to 70 RFC 2046 characters, not ending in a space",
-        ));
+        return Err(MultipartError::bad("boundary must be 1 to 70 RFC 2046 characters, not ending in a space"));
     }
     Ok(boundary)
 }
@@ -133,9 +116,7 @@ fn next_param<'a>(rest: &mut &'a str) -> Result<Option<(&'a str, &'a str)>, Mult
             return Ok(None);
         }
         let Some(after) = s.strip_prefix(';') else {
-            return Err(MultipartError::bad(
-                "expected ';' between header parameters",
-            ));
+            return Err(MultipartError::bad("expected ';' between header parameters"));
         };
         let s = ows(after);
         // Tolerate `;;` and a trailing `;`, which some hand-built clients emit.
@@ -189,13 +170,8 @@ fn tail_at(body: &[u8], at: usize) -> Option<Tail> {
     if rest.starts_with(b"--") {
         return Some(Tail::Close);
     }
-    let padding = rest
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    rest[padding..]
-        .starts_with(b"\r\n")
-        .then_some(Tail::Part(at + padding + 2))
+    let padding = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    rest[padding..].starts_with(b"\r\n").then_some(Tail::Part(at + padding + 2))
 }
 
 /// Finds the next `CRLF--boundary` delimiter at or after `from`: its start and what follows.
@@ -215,11 +191,7 @@ fn next_delimiter(body: &[u8], needle: &[u8], from: usize) -> Option<(usize, Tai
 }
 
 /// Splits a multipart/form-data body into its parts.
-pub fn parse<'a>(
-    body: &'a [u8],
-    boundary: &str,
-    limits: &MultipartLimits,
-) -> Result<Vec<Part<'a>>, MultipartError> {
+pub fn parse<'a>(body: &'a [u8], boundary: &str, limits: &MultipartLimits) -> Result<Vec<Part<'a>>, MultipartError> {
     if !valid_boundary(boundary) {
         return Err(MultipartError::bad("invalid boundary"));
     }
@@ -228,11 +200,7 @@ pub fn parse<'a>(
     needle.extend_from_slice(boundary.as_bytes());
     let dash_boundary = &needle[2..];
 
-    let first = if body.starts_with(dash_boundary) {
-        tail_at(body, dash_boundary.len())
-    } else {
-        None
-    };
+    let first = if body.starts_with(dash_boundary) { tail_at(body, dash_boundary.len()) } else { None };
     let mut tail = match first {
         Some(tail) => tail,
         None => match next_delimiter(body, &needle, 0) {
@@ -245,22 +213,12 @@ pub fn parse<'a>(
     let mut parts = Vec::new();
     while let Tail::Part(start) = tail {
         if parts.len() == limits.max_parts {
-            return Err(MultipartError::limit(format!(
-                "more than {} parts",
-                limits.max_parts
-            )));
+            return Err(MultipartError::limit(format!("more than {} parts", limits.max_parts)));
         }
         let Some((end, next)) = next_delimiter(body, &needle, start) else {
-            return Err(MultipartError::bad(
-                "missing closing boundary (truncated body)",
-            ));
+            return Err(MultipartError::bad("missing closing boundary (truncated body)"));
         };
-        parts.push(part(
-            &body[start..end],
-            &mut headers,
-            limits,
-            parts.len() + 1,
-        )?);
+        parts.push(part(&body[start..end], &mut headers, limits, parts.len() + 1)?);
         tail = next;
     }
     Ok(parts)
@@ -283,9 +241,7 @@ fn part<'a>(
             )));
         }
         Ok(httparse::Status::Partial) => {
-            return Err(MultipartError::bad(format!(
-                "part {number}: headers not terminated by a blank line"
-            )));
+            return Err(MultipartError::bad(format!("part {number}: headers not terminated by a blank line")));
         }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(MultipartError::limit(format!(
@@ -294,9 +250,7 @@ fn part<'a>(
             )));
         }
         Err(e) => {
-            return Err(MultipartError::bad(format!(
-                "part {number}: malformed header ({e})"
-            )));
+            return Err(MultipartError::bad(format!("part {number}: malformed header ({e})")));
         }
     };
 
@@ -311,30 +265,23 @@ fn part<'a>(
             continue;
         };
         if slot.is_some() {
-            return Err(MultipartError::bad(format!(
-                "part {number}: duplicate {} header",
-                header.name
-            )));
+            return Err(MultipartError::bad(format!("part {number}: duplicate {} header", header.name)));
         }
-        let value = std::str::from_utf8(header.value).map_err(|_| {
-            MultipartError::bad(format!("part {number}: {} is not UTF-8", header.name))
-        })?;
+        let value = std::str::from_utf8(header.value)
+            .map_err(|_| MultipartError::bad(format!("part {number}: {} is not UTF-8", header.name)))?;
         *slot = Some(value.trim_matches([' ', '\t']));
     }
 
-    let disposition = disposition.ok_or_else(|| {
-        MultipartError::bad(format!("part {number}: no Content-Disposition header"))
-    })?;
+    let disposition =
+        disposition.ok_or_else(|| MultipartError::bad(format!("part {number}: no Content-Disposition header")))?;
     let (kind, _) = disposition.split_once(';').unwrap_or((disposition, ""));
     if !kind.trim_end().eq_ignore_ascii_case("form-data") {
-        return Err(MultipartError::bad(format!(
-            "part {number}: Content-Disposition is not form-data"
-        )));
+        return Err(MultipartError::bad(format!("part {number}: Content-Disposition is not form-data")));
     }
     let mut params = &disposition[kind.len()..];
     let (mut name, mut filename) = (None, None);
-    while let Some((key, value)) = next_param(&mut params)
-        .map_err(|e| MultipartError::bad(format!("part {number}: {}", e.message)))?
+    while let Some((key, value)) =
+        next_param(&mut params).map_err(|e| MultipartError::bad(format!("part {number}: {}", e.message)))?
     {
         let slot = if key.eq_ignore_ascii_case("name") {
             &mut name
@@ -344,20 +291,12 @@ fn part<'a>(
             continue;
         };
         if slot.replace(value).is_some() {
-            return Err(MultipartError::bad(format!(
-                "part {number}: duplicate {key} parameter"
-            )));
+            return Err(MultipartError::bad(format!("part {number}: duplicate {key} parameter")));
         }
     }
-    let name =
-        name.ok_or_else(|| MultipartError::bad(format!("part {number}: part without a name")))?;
+    let name = name.ok_or_else(|| MultipartError::bad(format!("part {number}: part without a name")))?;
 
-    Ok(Part {
-        name,
-        filename,
-        content_type,
-        data: &content[header_len..],
-    })
+    Ok(Part { name, filename, content_type, data: &content[header_len..] })
 }
 
 #[cfg(test)]
@@ -367,8 +306,7 @@ mod tests {
     const CURL_BODY: &[u8] = include_bytes!("../../tests/fixtures/multipart/curl_form.bin");
     const CURL_FILE: &[u8] = include_bytes!("../../tests/fixtures/multipart/curl_form_schema.bin");
     /// From the captured request's `Content-Type` header (curl 7.88.1).
-    const CURL_CONTENT_TYPE: &str =
-        "multipart/form-data; boundary=------------------------5ae9e2bf3874f5b6";
+    const CURL_CONTENT_TYPE: &str = "multipart/form-data; boundary=------------------------5ae9e2bf3874f5b6";
 
     fn parse_default<'a>(body: &'a [u8], b: &str) -> Result<Vec<Part<'a>>, MultipartError> {
         parse(body, b, &MultipartLimits::default())
@@ -387,29 +325,16 @@ mod tests {
 
     #[test]
     fn boundary_from_content_type() {
-        assert_eq!(
-            boundary(CURL_CONTENT_TYPE).unwrap(),
-            "------------------------5ae9e2bf3874f5b6"
-        );
+        assert_eq!(boundary(CURL_CONTENT_TYPE).unwrap(), "------------------------5ae9e2bf3874f5b6");
         assert_eq!(boundary("Multipart/Form-Data;boundary=abc").unwrap(), "abc");
+        assert_eq!(boundary("multipart/form-data; BOUNDARY=\"a b:c\"").unwrap(), "a b:c");
         assert_eq!(
-            boundary("multipart/form-data; BOUNDARY=\"a b:c\"").unwrap(),
-            "a b:c"
-        );
-        assert_eq!(
-            boundary("multipart/form-data; charset=utf-8; boundary=----PHPBoundary5f1a2b ")
-                .unwrap(),
+            boundary("multipart/form-data; charset=utf-8; boundary=----PHPBoundary5f1a2b ").unwrap(),
             "----PHPBoundary5f1a2b"
         );
-        assert_eq!(
-            boundary("multipart/form-data; x=\"q;uoted\"; boundary=z").unwrap(),
-            "z"
-        );
+        assert_eq!(boundary("multipart/form-data; x=\"q;uoted\"; boundary=z").unwrap(), "z");
         let seventy = "a".repeat(70);
-        assert_eq!(
-            boundary(&format!("multipart/form-data; boundary={seventy}")).unwrap(),
-            seventy
-        );
+        assert_eq!(boundary(&format!("multipart/form-data; boundary={seventy}")).unwrap(), seventy);
         for bad in [
             "multipart/mixed; boundary=abc",
             "application/json",
@@ -457,9 +382,8 @@ mod tests {
     #[test]
     fn boundary_text_not_after_crlf_stays_in_data() {
         let b = "------------------------d74496d66958873e";
-        let data = format!(
-            "\x1f\u{8b}\0--{b}\r\nX\n--{b}\r\nY\r--{b}--\r\nZ\r\n--{b}x\r\n\r\n--{b}-\r\n--{b}\t!\r\nend"
-        );
+        let data =
+            format!("\x1f\u{8b}\0--{b}\r\nX\n--{b}\r\nY\r--{b}--\r\nZ\r\n--{b}x\r\n\r\n--{b}-\r\n--{b}\t!\r\nend");
         let raw = body(
             b,
             &[
@@ -542,10 +466,7 @@ mod tests {
                     b"2",
                 ),
                 ("Content-Disposition: form-data; name=\"platform\"; ;", b"3"),
-                (
-                    "X-Other: ignored\r\nContent-Disposition: form-data; name=\"semi;colon\"",
-                    b"4",
-                ),
+                ("X-Other: ignored\r\nContent-Disposition: form-data; name=\"semi;colon\"", b"4"),
             ],
             "",
         );
@@ -593,19 +514,12 @@ mod tests {
     #[test]
     fn limits() {
         let field = "Content-Disposition: form-data; name=\"f\"";
-        let limits = MultipartLimits {
-            max_parts: 2,
-            max_part_header_bytes: 64,
-            max_headers_per_part: 2,
-        };
+        let limits = MultipartLimits { max_parts: 2, max_part_header_bytes: 64, max_headers_per_part: 2 };
         let two = body("b", &[(field, b"1"), (field, b"2")], "");
         assert_eq!(parse(&two, "b", &limits).unwrap().len(), 2);
         let three = body("b", &[(field, b"1"), (field, b"2"), (field, b"3")], "");
         let e = parse(&three, "b", &limits).unwrap_err();
-        assert!(
-            e.too_large && e.message.contains("more than 2 parts"),
-            "{e}"
-        );
+        assert!(e.too_large && e.message.contains("more than 2 parts"), "{e}");
 
         let long = format!("{field}\r\nX-Pad: {}", "p".repeat(40));
         let e = parse(&body("b", &[(&long, b"1")], ""), "b", &limits).unwrap_err();
@@ -617,33 +531,18 @@ mod tests {
 
         let many = format!("{field}\r\nA: 1\r\nB: 2");
         let e = parse(&body("b", &[(&many, b"1")], ""), "b", &limits).unwrap_err();
-        assert!(
-            e.too_large && e.message.contains("more than 2 headers"),
-            "{e}"
-        );
+        assert!(e.too_large && e.message.contains("more than 2 headers"), "{e}");
         assert_eq!(
             MultipartLimits::default(),
-            MultipartLimits {
-                max_parts: 32,
-                max_part_header_bytes: 8192,
-                max_headers_per_part: 16
-            }
+            MultipartLimits { max_parts: 32, max_part_header_bytes: 8192, max_headers_per_part: 16 }
         );
     }
 
     #[test]
     fn error_display() {
         let e = parse_default(b"", "x").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "multipart/form-data: no opening boundary found"
-        );
-        let part = Part {
-            name: "n",
-            filename: None,
-            content_type: None,
-            data: b"\xc3",
-        };
+        assert_eq!(e.to_string(), "multipart/form-data: no opening boundary found");
+        let part = Part { name: "n", filename: None, content_type: None, data: b"\xc3" };
         assert!(part.text().unwrap_err().message.contains("\"n\""));
     }
 }

@@ -128,8 +128,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_head_bytes {
-                return Err(ApiError::new(Kind::HeadersTooLarge, "request head is too large")
-                    .with_cause("max_head_bytes"));
+                return Err(
+                    ApiError::new(Kind::HeadersTooLarge, "request head is too large").with_cause("max_head_bytes")
+                );
             }
             return Ok(None);
         }

@@ -21,14 +21,7 @@ pub const JSON: &str = "application/json";
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response {
-            status,
-            content_type: JSON,
-            body,
-            allow: None,
-            retry_after: None,
-            close: false,
-        }
+        Response { status, content_type: JSON, body, allow: None, retry_after: None, close: false }
     }
 
     pub fn error(e: &ApiError) -> Response {

@@ -111,10 +111,8 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
     if ok {
         Ok(route)
     } else {
-        let mut e = ApiError::new(
-            Kind::MethodNotAllowed,
-            format!("{} is not allowed on {path}; use {allow}", method.as_str()),
-        );
+        let mut e =
+            ApiError::new(Kind::MethodNotAllowed, format!("{} is not allowed on {path}; use {allow}", method.as_str()));
         e.allow = Some(allow);
         Err(e)
     }

@@ -85,8 +85,7 @@ impl Value {
         self.write_to(&mut out);
         // Everything written comes from `str`s and ASCII punctuation, so this cannot fail; the
         // lossy fallback only keeps the function panic-free.
-        String::from_utf8(out)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// Appends the compact serialization to `out`. A [`Value::Number`] is written verbatim: a
@@ -142,10 +141,7 @@ mod tests {
         let v = parse(br#"[null,true,1.5,"s",[],{}]"#).unwrap();
         let items = v.as_array().unwrap();
         let names: Vec<_> = items.iter().map(Value::type_name).collect();
-        assert_eq!(
-            names,
-            ["null", "boolean", "number", "string", "array", "object"]
-        );
+        assert_eq!(names, ["null", "boolean", "number", "string", "array", "object"]);
         assert!(items[0].is_null());
         assert_eq!(items[1].as_bool(), Some(true));
         assert_eq!(items[3].as_str(), Some("s"));
@@ -158,10 +154,7 @@ mod tests {
     fn numbers_kept_exactly() {
         let text = r#"[12345678901234567890123.000100,-0,1E+400,-0.0e-0]"#;
         let v = parse(text.as_bytes()).unwrap();
-        assert_eq!(
-            v.as_array().unwrap()[0],
-            Value::Number("12345678901234567890123.000100".into())
-        );
+        assert_eq!(v.as_array().unwrap()[0], Value::Number("12345678901234567890123.000100".into()));
         assert_eq!(v.to_json(), text);
     }
 

@@ -36,16 +36,9 @@ pub fn parse(input: &[u8]) -> Result<Value, JsonError> {
 pub fn parse_with_depth(input: &[u8], max_depth: usize) -> Result<Value, JsonError> {
     // Validating UTF-8 once up front lets the string reader slice `text` freely, and rejects
     // bad bytes wherever they are (inside strings or not).
-    let text = std::str::from_utf8(input).map_err(|e| JsonError {
-        offset: e.valid_up_to(),
-        message: "invalid UTF-8",
-    })?;
-    Reader {
-        text,
-        bytes: input,
-        pos: 0,
-    }
-    .document(max_depth)
+    let text =
+        std::str::from_utf8(input).map_err(|e| JsonError { offset: e.valid_up_to(), message: "invalid UTF-8" })?;
+    Reader { text, bytes: input, pos: 0 }.document(max_depth)
 }
 
 /// An open container waiting for its next element.
@@ -63,10 +56,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn err<T>(&self, message: &'static str) -> Result<T, JsonError> {
-        Err(JsonError {
-            offset: self.pos,
-            message,
-        })
+        Err(JsonError { offset: self.pos, message })
     }
 
     fn peek(&self) -> Option<u8> {
@@ -313,10 +303,7 @@ impl Reader<'_> {
     fn lone_surrogate<T>(&self, offset: usize) -> Result<T, JsonError> {
         // A Rust `String` cannot hold an unpaired surrogate, and silently replacing it would
         // change the caller's data.
-        Err(JsonError {
-            offset,
-            message: "unpaired surrogate in \\u escape",
-        })
+        Err(JsonError { offset, message: "unpaired surrogate in \\u escape" })
     }
 
     fn hex4(&mut self) -> Result<u16, JsonError> {
@@ -347,10 +334,7 @@ mod tests {
     fn scalars_at_top_level() {
         assert_eq!(parse(b" null ").unwrap(), Value::Null);
         assert_eq!(parse(b"true").unwrap(), Value::Bool(true));
-        assert_eq!(
-            parse(b"\t\r\n-1.5e+3\n").unwrap(),
-            Value::Number("-1.5e+3".into())
-        );
+        assert_eq!(parse(b"\t\r\n-1.5e+3\n").unwrap(), Value::Number("-1.5e+3".into()));
         assert_eq!(parse(br#""x""#).unwrap(), Value::String("x".into()));
     }
 
@@ -405,27 +389,11 @@ mod tests {
 
     #[test]
     fn surrogates() {
-        assert_eq!(
-            parse(br#""\ud83d\ude00""#).unwrap(),
-            Value::String("\u{1F600}".into())
-        );
-        for bad in [
-            r#""\ud83d""#,
-            r#""\ud83dx""#,
-            r#""\ud83d\u0041""#,
-            r#""\ude00""#,
-            r#""\ud83d\ud83d""#,
-        ] {
-            assert_eq!(
-                rejects(bad).message,
-                "unpaired surrogate in \\u escape",
-                "{bad}"
-            );
+        assert_eq!(parse(br#""\ud83d\ude00""#).unwrap(), Value::String("\u{1F600}".into()));
+        for bad in [r#""\ud83d""#, r#""\ud83dx""#, r#""\ud83d\u0041""#, r#""\ude00""#, r#""\ud83d\ud83d""#] {
+            assert_eq!(rejects(bad).message, "unpaired surrogate in \\u escape", "{bad}");
         }
-        assert_eq!(
-            rejects(r#""\ud83d\u00"#).message,
-            "expected four hex digits in \\u escape"
-        );
+        assert_eq!(rejects(r#""\ud83d\u00"#).message, "expected four hex digits in \\u escape");
     }
 
     #[test]

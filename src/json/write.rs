@@ -40,11 +40,7 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
             // `s` is valid UTF-8, so an E2 lead byte is always followed by two more bytes.
             if bytes.get(i + 1) == Some(&0x80) && matches!(bytes.get(i + 2), Some(0xA8 | 0xA9)) {
                 out.extend_from_slice(&bytes[run_start..i]);
-                out.extend_from_slice(if bytes[i + 2] == 0xA8 {
-                    b"\\u2028"
-                } else {
-                    b"\\u2029"
-                });
+                out.extend_from_slice(if bytes[i + 2] == 0xA8 { b"\\u2028" } else { b"\\u2029" });
                 i += 3;
                 run_start = i;
             } else {
@@ -61,14 +57,7 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
             b'\t' => out.extend_from_slice(b"\\t"),
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 0xf) as usize],
-            ]),
+            _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]),
         }
         i += 1;
         run_start = i;
@@ -110,11 +99,8 @@ fn write_f64(out: &mut Vec<u8>, x: f64) {
     // used where it stays short (the same window JavaScript uses), exponent form elsewhere so
     // 1e300 does not become 301 characters.
     let magnitude = x.abs();
-    let written = if magnitude == 0.0 || (1e-7..1e21).contains(&magnitude) {
-        write!(out, "{x}")
-    } else {
-        write!(out, "{x:e}")
-    };
+    let written =
+        if magnitude == 0.0 || (1e-7..1e21).contains(&magnitude) { write!(out, "{x}") } else { write!(out, "{x:e}") };
     // Writing into a Vec cannot fail.
     debug_assert!(written.is_ok());
 }
@@ -318,10 +304,7 @@ mod tests {
         assert_eq!(quoted("\u{0}\u{1f}\u{7f}"), "\"\\u0000\\u001f\u{7f}\"");
         assert_eq!(quoted("x\u{2028}y\u{2029}z"), r#""x\u2028y\u2029z""#);
         // Other characters with an E2 lead byte are copied as they are.
-        assert_eq!(
-            quoted("\u{20ac}\u{2027}\u{202a}\u{2100}"),
-            "\"\u{20ac}\u{2027}\u{202a}\u{2100}\""
-        );
+        assert_eq!(quoted("\u{20ac}\u{2027}\u{202a}\u{2100}"), "\"\u{20ac}\u{2027}\u{202a}\u{2100}\"");
         assert_eq!(quoted("\u{e9}\u{1F600}"), "\"\u{e9}\u{1F600}\"");
     }
 
@@ -330,25 +313,13 @@ mod tests {
         // All strings of one char from a set covering every escape class, in all pairs.
         let chars: Vec<char> = (0u32..0x80)
             .filter_map(char::from_u32)
-            .chain([
-                '\u{e9}',
-                '\u{2027}',
-                '\u{2028}',
-                '\u{2029}',
-                '\u{20ac}',
-                '\u{ffff}',
-                '\u{10ffff}',
-            ])
+            .chain(['\u{e9}', '\u{2027}', '\u{2028}', '\u{2029}', '\u{20ac}', '\u{ffff}', '\u{10ffff}'])
             .collect();
         for &a in &chars {
             for &b in &chars {
                 let s: String = [a, b].iter().collect();
                 let text = quoted(&s);
-                assert_eq!(
-                    parse(text.as_bytes()).unwrap().as_str(),
-                    Some(s.as_str()),
-                    "{text}"
-                );
+                assert_eq!(parse(text.as_bytes()).unwrap().as_str(), Some(s.as_str()), "{text}");
             }
         }
     }
@@ -358,9 +329,7 @@ mod tests {
         let mut out = Vec::new();
         {
             let mut o = ObjectWriter::new(&mut out);
-            o.str("s", "a\"b")
-                .opt_str("none", None)
-                .opt_str("some", Some("x"));
+            o.str("s", "a\"b").opt_str("none", None).opt_str("some", Some("x"));
             o.u64("u", u64::MAX).i64("i", i64::MIN).i64("z", 0);
             o.bool("t", true).bool("f", false).null("n");
             o.raw("r", "[1,2]");
@@ -403,20 +372,10 @@ mod tests {
         assert_eq!(f(123456789.125), r#"{"x":123456789.125}"#);
         assert_eq!(f(f64::NAN), r#"{"x":null}"#);
         assert_eq!(f(f64::NEG_INFINITY), r#"{"x":null}"#);
-        for x in [
-            f64::MAX,
-            f64::MIN_POSITIVE,
-            5e-324,
-            1e21,
-            1e-7,
-            2.5e20,
-            -3.75,
-        ] {
+        for x in [f64::MAX, f64::MIN_POSITIVE, 5e-324, 1e21, 1e-7, 2.5e20, -3.75] {
             let text = f(x);
             let v = parse(text.as_bytes()).unwrap();
-            let Some(Value::Number(n)) = v.get("x") else {
-                panic!("{text}")
-            };
+            let Some(Value::Number(n)) = v.get("x") else { panic!("{text}") };
             assert_eq!(n.parse::<f64>().unwrap(), x, "{text}");
         }
     }

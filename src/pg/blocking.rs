@@ -46,9 +46,9 @@ impl Stream {
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(PgError::Io(last.unwrap_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")
-                })))
+                Err(PgError::Io(
+                    last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")),
+                ))
             }
         }
     }
@@ -237,11 +237,7 @@ impl Client {
         let stream = Stream::open(&params.host, params.port, params.connect_timeout)?;
         stream.set_read_timeout(Some(params.connect_timeout))?;
         stream.set_write_timeout(Some(params.connect_timeout))?;
-        let mut wire = Wire {
-            stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::with_capacity(1024),
-        };
+        let mut wire = Wire { stream, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024) };
         startup_message(params, &mut wire.wbuf);
         wire.flush()?;
         let mut startup = Startup::new(params);
@@ -374,11 +370,7 @@ impl Client {
 
     /// Current value of a server-reported parameter (`server_version`, `TimeZone`, ...).
     pub fn parameter(&self, name: &str) -> Option<&str> {
-        self.session
-            .server_params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.session.server_params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// True once the connection can no longer be used; the pool must drop it.
@@ -396,18 +388,11 @@ impl Client {
     }
 
     fn check(&self) -> Result<(), PgError> {
-        if self.broken {
-            Err(PgError::Closed)
-        } else {
-            Ok(())
-        }
+        if self.broken { Err(PgError::Closed) } else { Ok(()) }
     }
 
     /// Runs a request and marks the client broken if the failure left the stream out of sync.
-    fn guard<T>(
-        &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, PgError>,
-    ) -> Result<T, PgError> {
+    fn guard<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, PgError>) -> Result<T, PgError> {
         let r = f(self);
         if let Err(e) = &r {
             let fatal = match e {
@@ -431,21 +416,12 @@ impl Client {
                 Backend::Message(Message::NotificationResponse(body)) => {
                     let channel = body.channel().map_err(bad)?.to_string();
                     let payload = body.message().map_err(bad)?.to_string();
-                    self.notifications.push(Notification {
-                        process_id: body.process_id(),
-                        channel,
-                        payload,
-                    });
+                    self.notifications.push(Notification { process_id: body.process_id(), channel, payload });
                 }
                 Backend::Message(Message::ParameterStatus(body)) => {
                     let name = body.name().map_err(bad)?;
                     let value = body.value().map_err(bad)?.to_string();
-                    match self
-                        .session
-                        .server_params
-                        .iter_mut()
-                        .find(|(k, _)| k == name)
-                    {
+                    match self.session.server_params.iter_mut().find(|(k, _)| k == name) {
                         Some(slot) => slot.1 = value,
                         None => self.session.server_params.push((name.to_string(), value)),
                     }
@@ -479,18 +455,14 @@ impl Client {
                     Backend::Message(Message::DataRow(row)) => {
                         sink(SimpleEvent::Row(text_row(&row)?));
                     }
-                    Backend::Message(Message::CommandComplete(_) | Message::EmptyQueryResponse) => {
-                    }
+                    Backend::Message(Message::CommandComplete(_) | Message::EmptyQueryResponse) => {}
                     // COPY needs a data source or sink we do not offer; refuse it cleanly and
                     // let the server report the failure.
                     Backend::Message(Message::CopyInResponse(_)) => {
-                        frontend::copy_fail("COPY FROM STDIN is not supported", &mut c.wire.wbuf)
-                            .map_err(bad)?;
+                        frontend::copy_fail("COPY FROM STDIN is not supported", &mut c.wire.wbuf).map_err(bad)?;
                         c.wire.flush()?;
                     }
-                    Backend::Message(
-                        Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
-                    ) => {}
+                    Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
                     other => return Err(unexpected(&other)),
                 }
             }
@@ -515,14 +487,9 @@ impl Client {
                 }
                 // After an error the server skips to Sync; keep reading until ReadyForQuery.
                 Backend::Error(e) => error = Some(e),
-                Backend::Message(
-                    Message::ParseComplete | Message::BindComplete | Message::NoData,
-                ) => {}
+                Backend::Message(Message::ParseComplete | Message::BindComplete | Message::NoData) => {}
                 Backend::RowDescription(cols) => {
-                    result.columns = cols
-                        .into_iter()
-                        .map(|Column { name, type_oid }| (name, type_oid))
-                        .collect();
+                    result.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();
                 }
                 Backend::Message(Message::DataRow(row)) => result.rows.push(text_row(&row)?),
                 Backend::Message(Message::CommandComplete(body)) => {
@@ -530,13 +497,10 @@ impl Client {
                 }
                 Backend::Message(Message::EmptyQueryResponse | Message::PortalSuspended) => {}
                 Backend::Message(Message::CopyInResponse(_)) => {
-                    frontend::copy_fail("COPY FROM STDIN is not supported", &mut self.wire.wbuf)
-                        .map_err(bad)?;
+                    frontend::copy_fail("COPY FROM STDIN is not supported", &mut self.wire.wbuf).map_err(bad)?;
                     self.wire.flush()?;
                 }
-                Backend::Message(
-                    Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone,
-                ) => {}
+                Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}
                 other => return Err(unexpected(&other)),
             }
         }
@@ -551,28 +515,19 @@ enum SimpleEvent {
     Row(Vec<Option<String>>),
 }
 
-fn text_row(
-    row: &postgres_protocol::message::backend::DataRowBody,
-) -> Result<Vec<Option<String>>, PgError> {
+fn text_row(row: &postgres_protocol::message::backend::DataRowBody) -> Result<Vec<Option<String>>, PgError> {
     data_row_fields(row)?
         .into_iter()
         .map(|f| {
-            f.map(|b| {
-                String::from_utf8(b.to_vec())
-                    .map_err(|_| PgError::Protocol("text value is not UTF-8".into()))
-            })
-            .transpose()
+            f.map(|b| String::from_utf8(b.to_vec()).map_err(|_| PgError::Protocol("text value is not UTF-8".into())))
+                .transpose()
         })
         .collect()
 }
 
 fn rows_affected(body: &CommandCompleteBody) -> Result<u64, PgError> {
     let tag = body.tag().map_err(bad)?;
-    Ok(tag
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
+    Ok(tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0))
 }
 
 fn unexpected(m: &Backend) -> PgError {

@@ -124,7 +124,12 @@ pub struct BackendConn {
 
 impl BackendConn {
     /// Starts a non-blocking connect. The startup message is queued to go out once connected.
-    pub fn connect(params: &ConnectParams, tcp_addr: Option<SocketAddr>, pool: usize, now: Instant) -> io::Result<BackendConn> {
+    pub fn connect(
+        params: &ConnectParams,
+        tcp_addr: Option<SocketAddr>,
+        pool: usize,
+        now: Instant,
+    ) -> io::Result<BackendConn> {
         let sock = match &params.host {
             Host::Unix(_) => {
                 let path = params.socket_path().ok_or_else(|| io::Error::other("no socket path"))?;

@@ -43,14 +43,11 @@ impl DbError {
         let mut localized_severity = None;
         let mut rest = body;
         loop {
-            let (&ty, after) = rest
-                .split_first()
-                .ok_or_else(|| PgError::Protocol("error fields not terminated".into()))?;
+            let (&ty, after) =
+                rest.split_first().ok_or_else(|| PgError::Protocol("error fields not terminated".into()))?;
             if ty == 0 {
                 if !after.is_empty() {
-                    return Err(PgError::Protocol(
-                        "trailing bytes after error fields".into(),
-                    ));
+                    return Err(PgError::Protocol("trailing bytes after error fields".into()));
                 }
                 break;
             }

@@ -73,9 +73,7 @@ pub fn read_message(buf: &mut BytesMut) -> Result<Option<Backend>, PgError> {
         b'E' => Backend::Error(DbError::parse(body)?),
         b'N' => Backend::Notice(DbError::parse(body)?),
         b'T' => Backend::RowDescription(parse_row_description(body)?),
-        b'R' if body.len() >= 4
-            && i32::from_be_bytes([body[0], body[1], body[2], body[3]]) == AUTH_SASL =>
-        {
+        b'R' if body.len() >= 4 && i32::from_be_bytes([body[0], body[1], body[2], body[3]]) == AUTH_SASL => {
             Backend::AuthSasl(parse_mechanisms(&body[4..])?)
         }
         _ => {
@@ -156,19 +154,13 @@ fn protocol(e: std::io::Error) -> PgError {
 fn take_i32(b: &[u8]) -> Result<(i32, &[u8]), PgError> {
     match b.split_first_chunk::<4>() {
         Some((n, rest)) => Ok((i32::from_be_bytes(*n), rest)),
-        None => Err(PgError::Protocol(
-            "truncated integer in backend message".into(),
-        )),
+        None => Err(PgError::Protocol("truncated integer in backend message".into())),
     }
 }
 
 fn take_cstr(b: &[u8]) -> Result<(&str, &[u8]), PgError> {
-    let end = b
-        .iter()
-        .position(|&c| c == 0)
-        .ok_or_else(|| PgError::Protocol("string not NUL-terminated".into()))?;
-    let s = std::str::from_utf8(&b[..end])
-        .map_err(|_| PgError::Protocol("backend string is not UTF-8".into()))?;
+    let end = b.iter().position(|&c| c == 0).ok_or_else(|| PgError::Protocol("string not NUL-terminated".into()))?;
+    let s = std::str::from_utf8(&b[..end]).map_err(|_| PgError::Protocol("backend string is not UTF-8".into()))?;
     Ok((s, &b[end + 1..]))
 }
 
@@ -181,14 +173,9 @@ fn parse_row_description(body: &[u8]) -> Result<Vec<Column>, PgError> {
     for _ in 0..count {
         let (name, after) = take_cstr(rest)?;
         // table oid u32, column number i16, type oid u32, size i16, typmod i32, format i16
-        let fixed = after
-            .get(..18)
-            .ok_or_else(|| PgError::Protocol("truncated RowDescription field".into()))?;
+        let fixed = after.get(..18).ok_or_else(|| PgError::Protocol("truncated RowDescription field".into()))?;
         let type_oid = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
-        cols.push(Column {
-            name: name.to_string(),
-            type_oid,
-        });
+        cols.push(Column { name: name.to_string(), type_oid });
         rest = &after[18..];
     }
     if !rest.is_empty() {
@@ -208,9 +195,7 @@ fn parse_mechanisms(mut body: &[u8]) -> Result<Vec<String>, PgError> {
         out.push(name.to_string());
     }
     if !body.is_empty() {
-        return Err(PgError::Protocol(
-            "trailing bytes in AuthenticationSASL".into(),
-        ));
+        return Err(PgError::Protocol("trailing bytes in AuthenticationSASL".into()));
     }
     Ok(out)
 }
@@ -280,13 +265,7 @@ pub(crate) mod tests {
         }
         match read_message(&mut buf).unwrap() {
             Some(Backend::RowDescription(c)) => {
-                assert_eq!(
-                    c[0],
-                    Column {
-                        name: "a".into(),
-                        type_oid: 23
-                    }
-                );
+                assert_eq!(c[0], Column { name: "a".into(), type_oid: 23 });
                 assert_eq!(c[1].type_oid, 25);
             }
             other => panic!("{other:?}"),

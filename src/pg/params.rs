@@ -68,9 +68,7 @@ impl ConnectParams {
         let rest = url
             .strip_prefix("postgresql://")
             .or_else(|| url.strip_prefix("postgres://"))
-            .ok_or_else(|| {
-                "database URL must start with postgres:// or postgresql://".to_string()
-            })?;
+            .ok_or_else(|| "database URL must start with postgres:// or postgresql://".to_string())?;
 
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
@@ -99,18 +97,10 @@ impl ConnectParams {
             None
         } else {
             let decoded = percent_decode(&host_raw)?;
-            Some(if decoded.starts_with('/') {
-                Host::Unix(PathBuf::from(decoded))
-            } else {
-                Host::Tcp(decoded)
-            })
+            Some(if decoded.starts_with('/') { Host::Unix(PathBuf::from(decoded)) } else { Host::Tcp(decoded) })
         };
 
-        let mut dbname = if path.is_empty() {
-            None
-        } else {
-            Some(percent_decode(path)?)
-        };
+        let mut dbname = if path.is_empty() { None } else { Some(percent_decode(path)?) };
         let mut port = port.unwrap_or(DEFAULT_PORT);
         let mut application_name = DEFAULT_APPLICATION_NAME.to_string();
         let mut user = user;
@@ -121,22 +111,14 @@ impl ConnectParams {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v)?;
             match k {
-                "host" => {
-                    host = Some(if v.starts_with('/') {
-                        Host::Unix(PathBuf::from(v))
-                    } else {
-                        Host::Tcp(v)
-                    })
-                }
+                "host" => host = Some(if v.starts_with('/') { Host::Unix(PathBuf::from(v)) } else { Host::Tcp(v) }),
                 "port" => port = v.parse().map_err(|_| "invalid port in database URL")?,
                 "application_name" => application_name = v,
                 "user" => user = v,
                 "password" => password = Some(v),
                 "dbname" => dbname = Some(v),
                 "connect_timeout" => {
-                    let secs: u64 = v
-                        .parse()
-                        .map_err(|_| "invalid connect_timeout in database URL")?;
+                    let secs: u64 = v.parse().map_err(|_| "invalid connect_timeout in database URL")?;
                     connect_timeout = Duration::from_secs(secs.max(1));
                 }
                 // libpq accepts many knobs we do not implement; failing loudly beats a
@@ -150,23 +132,12 @@ impl ConnectParams {
         }
         let host = host.unwrap_or_else(|| Host::Tcp("localhost".to_string()));
         let dbname = dbname.unwrap_or_else(|| user.clone());
-        Ok(ConnectParams {
-            host,
-            port,
-            user,
-            password,
-            dbname,
-            application_name,
-            connect_timeout,
-        })
+        Ok(ConnectParams { host, port, user, password, dbname, application_name, connect_timeout })
     }
 
     /// Same server and credentials, another database.
     pub fn with_dbname(&self, db: &str) -> ConnectParams {
-        ConnectParams {
-            dbname: db.to_string(),
-            ..self.clone()
-        }
+        ConnectParams { dbname: db.to_string(), ..self.clone() }
     }
 
     /// Full path of the Unix socket file, `None` for TCP.
@@ -180,15 +151,10 @@ impl ConnectParams {
 
 fn split_host_port(hostport: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
-        let (h, after) = rest
-            .split_once(']')
-            .ok_or("unterminated [ in database URL host")?;
+        let (h, after) = rest.split_once(']').ok_or("unterminated [ in database URL host")?;
         let port = match after {
             "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or("garbage after ] in database URL host")?,
-            ),
+            p => Some(p.strip_prefix(':').ok_or("garbage after ] in database URL host")?),
         };
         (h.to_string(), port)
     } else {
@@ -199,10 +165,7 @@ fn split_host_port(hostport: &str) -> Result<(String, Option<u16>), String> {
     };
     let port = match port {
         None | Some("") => None,
-        Some(p) => Some(
-            p.parse::<u16>()
-                .map_err(|_| "invalid port in database URL".to_string())?,
-        ),
+        Some(p) => Some(p.parse::<u16>().map_err(|_| "invalid port in database URL".to_string())?),
     };
     Ok((host, port))
 }
@@ -213,9 +176,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or("truncated percent escape in database URL")?;
+            let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent escape in database URL")?;
             let hi = hex_val(hex[0]).ok_or("bad percent escape in database URL")?;
             let lo = hex_val(hex[1]).ok_or("bad percent escape in database URL")?;
             out.push(hi << 4 | lo);
@@ -278,24 +239,16 @@ mod tests {
     fn percent_encoded_socket_dir() {
         let p = ConnectParams::from_url("postgres://u@%2Frun%2Fpostgresql:5439/d").unwrap();
         assert_eq!(p.host, Host::Unix("/run/postgresql".into()));
-        assert_eq!(
-            p.socket_path(),
-            Some(PathBuf::from("/run/postgresql/.s.PGSQL.5439"))
-        );
+        assert_eq!(p.socket_path(), Some(PathBuf::from("/run/postgresql/.s.PGSQL.5439")));
     }
 
     #[test]
     fn query_host_and_application_name() {
-        let p = ConnectParams::from_url(
-            "postgres://u:x@/d?host=/var/run/postgresql&application_name=gw%20test",
-        )
-        .unwrap();
+        let p =
+            ConnectParams::from_url("postgres://u:x@/d?host=/var/run/postgresql&application_name=gw%20test").unwrap();
         assert_eq!(p.host, Host::Unix("/var/run/postgresql".into()));
         assert_eq!(p.application_name, "gw test");
-        assert_eq!(
-            p.socket_path(),
-            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5432"))
-        );
+        assert_eq!(p.socket_path(), Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5432")));
     }
 
     #[test]

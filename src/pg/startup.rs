@@ -117,37 +117,21 @@ impl Startup {
         Ok(step)
     }
 
-    fn transition(
-        &mut self,
-        state: State,
-        msg: Backend,
-        out: &mut BytesMut,
-    ) -> Result<(State, StartupStep), PgError> {
+    fn transition(&mut self, state: State, msg: Backend, out: &mut BytesMut) -> Result<(State, StartupStep), PgError> {
         let cont = StartupStep::Continue;
         match (state, msg) {
-            (State::Finished, m) => Err(PgError::Protocol(format!(
-                "{} after startup finished",
-                describe(&m)
-            ))),
+            (State::Finished, m) => Err(PgError::Protocol(format!("{} after startup finished", describe(&m)))),
             (_, Backend::Error(e)) => Err(PgError::Db(e)),
             // Notices during startup carry nothing a caller can act on.
             (s, Backend::Notice(_)) => Ok((s, cont)),
 
-            (State::AwaitAuthRequest, Backend::Message(Message::AuthenticationOk)) => {
-                Ok((State::Settling, cont))
-            }
-            (
-                State::AwaitAuthRequest,
-                Backend::Message(Message::AuthenticationCleartextPassword),
-            ) => {
+            (State::AwaitAuthRequest, Backend::Message(Message::AuthenticationOk)) => Ok((State::Settling, cont)),
+            (State::AwaitAuthRequest, Backend::Message(Message::AuthenticationCleartextPassword)) => {
                 let pw = self.password()?;
                 frontend::password_message(pw.as_bytes(), out).map_err(encode)?;
                 Ok((State::AwaitAuthOk, cont))
             }
-            (
-                State::AwaitAuthRequest,
-                Backend::Message(Message::AuthenticationMd5Password(body)),
-            ) => {
+            (State::AwaitAuthRequest, Backend::Message(Message::AuthenticationMd5Password(body))) => {
                 let pw = self.password()?;
                 let hashed = md5_hash(self.user.as_bytes(), pw.as_bytes(), body.salt());
                 frontend::password_message(hashed.as_bytes(), out).map_err(encode)?;
@@ -163,39 +147,25 @@ impl Startup {
                 }
                 let pw = self.password()?;
                 let scram = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out)
-                    .map_err(encode)?;
+                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out).map_err(encode)?;
                 Ok((State::SaslContinue(Box::new(scram)), cont))
             }
-            (
-                State::SaslContinue(mut scram),
-                Backend::Message(Message::AuthenticationSaslContinue(body)),
-            ) => {
-                scram
-                    .update(body.data())
-                    .map_err(|e| PgError::Auth(format!("bad SCRAM server-first-message: {e}")))?;
+            (State::SaslContinue(mut scram), Backend::Message(Message::AuthenticationSaslContinue(body))) => {
+                scram.update(body.data()).map_err(|e| PgError::Auth(format!("bad SCRAM server-first-message: {e}")))?;
                 frontend::sasl_response(scram.message(), out).map_err(encode)?;
                 Ok((State::SaslFinal(scram), cont))
             }
-            (
-                State::SaslFinal(mut scram),
-                Backend::Message(Message::AuthenticationSaslFinal(body)),
-            ) => {
+            (State::SaslFinal(mut scram), Backend::Message(Message::AuthenticationSaslFinal(body))) => {
                 // A server that cannot prove it knows the password may be an impostor.
-                scram.finish(body.data()).map_err(|e| {
-                    PgError::Auth(format!("server SCRAM signature did not verify: {e}"))
-                })?;
+                scram
+                    .finish(body.data())
+                    .map_err(|e| PgError::Auth(format!("server SCRAM signature did not verify: {e}")))?;
                 Ok((State::AwaitAuthOk, cont))
             }
             (State::AwaitAuthRequest, Backend::Message(m)) if is_auth_request(&m) => {
-                Err(PgError::Auth(format!(
-                    "unsupported authentication method {}",
-                    message_name(&m)
-                )))
+                Err(PgError::Auth(format!("unsupported authentication method {}", message_name(&m))))
             }
-            (State::AwaitAuthOk, Backend::Message(Message::AuthenticationOk)) => {
-                Ok((State::Settling, cont))
-            }
+            (State::AwaitAuthOk, Backend::Message(Message::AuthenticationOk)) => Ok((State::Settling, cont)),
 
             (State::Settling, Backend::Message(Message::ParameterStatus(body))) => {
                 let name = body.name().map_err(bad)?.to_string();
@@ -211,22 +181,16 @@ impl Startup {
                 self.info.secret_key = body.secret_key();
                 Ok((State::Settling, cont))
             }
-            (State::Settling, Backend::Message(Message::ReadyForQuery(_))) => Ok((
-                State::Finished,
-                StartupStep::Ready(std::mem::take(&mut self.info)),
-            )),
+            (State::Settling, Backend::Message(Message::ReadyForQuery(_))) => {
+                Ok((State::Finished, StartupStep::Ready(std::mem::take(&mut self.info))))
+            }
 
-            (_, m) => Err(PgError::Protocol(format!(
-                "unexpected {} during startup",
-                describe(&m)
-            ))),
+            (_, m) => Err(PgError::Protocol(format!("unexpected {} during startup", describe(&m)))),
         }
     }
 
     fn password(&self) -> Result<&str, PgError> {
-        self.password
-            .as_deref()
-            .ok_or_else(|| PgError::Auth("password required".into()))
+        self.password.as_deref().ok_or_else(|| PgError::Auth("password required".into()))
     }
 }
 
@@ -262,10 +226,7 @@ fn bad(e: std::io::Error) -> PgError {
 
 /// "15.4 (Debian 15.4-1.pgdg120+1)" → 150004, "9.6.24" → 90624, "17beta2" → 170000.
 pub fn parse_server_version(v: &str) -> u32 {
-    let numeric: &str = v
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()
-        .unwrap_or("");
+    let numeric: &str = v.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap_or("");
     let mut parts = numeric.split('.').map(|p| p.parse::<u32>().ok());
     let major = match parts.next().flatten() {
         Some(m) => m,
@@ -305,21 +266,12 @@ mod tests {
 
     fn settle(s: &mut Startup, out: &mut BytesMut) -> SessionInfo {
         let ps = msg(b'S', b"server_version\x0015.4 (Debian 15.4-1)\0");
-        assert!(matches!(
-            s.on_message(ps, out).unwrap(),
-            StartupStep::Continue
-        ));
+        assert!(matches!(s.on_message(ps, out).unwrap(), StartupStep::Continue));
         let mut k = 4242i32.to_be_bytes().to_vec();
         k.extend_from_slice(&(-7i32).to_be_bytes());
-        assert!(matches!(
-            s.on_message(msg(b'K', &k), out).unwrap(),
-            StartupStep::Continue
-        ));
+        assert!(matches!(s.on_message(msg(b'K', &k), out).unwrap(), StartupStep::Continue));
         let n = msg(b'N', b"SNOTICE\0C00000\0Mhello\0\0");
-        assert!(matches!(
-            s.on_message(n, out).unwrap(),
-            StartupStep::Continue
-        ));
+        assert!(matches!(s.on_message(n, out).unwrap(), StartupStep::Continue));
         match s.on_message(msg(b'Z', b"I"), out).unwrap() {
             StartupStep::Ready(info) => info,
             other => panic!("{other:?}"),
@@ -342,10 +294,7 @@ mod tests {
             assert!(text.contains(needle), "{needle:?} missing");
         }
         assert!(!text.contains("IntervalStyle"));
-        assert_eq!(
-            u32::from_be_bytes(out[..4].try_into().unwrap()) as usize,
-            out.len()
-        );
+        assert_eq!(u32::from_be_bytes(out[..4].try_into().unwrap()) as usize, out.len());
     }
 
     #[test]
@@ -361,10 +310,7 @@ mod tests {
     fn trust_login() {
         let mut s = Startup::new(&params(None));
         let mut out = BytesMut::new();
-        assert!(matches!(
-            s.on_message(auth(0, b""), &mut out).unwrap(),
-            StartupStep::Continue
-        ));
+        assert!(matches!(s.on_message(auth(0, b""), &mut out).unwrap(), StartupStep::Continue));
         assert!(out.is_empty());
         let info = settle(&mut s, &mut out);
         assert_eq!(info.process_id, 4242);
@@ -372,10 +318,7 @@ mod tests {
         assert_eq!(info.server_version_num, 150004);
         assert_eq!(info.server_params[0].0, "server_version");
         // Nothing may follow Ready on the same state machine.
-        assert!(matches!(
-            s.on_message(auth(0, b""), &mut out),
-            Err(PgError::Protocol(_))
-        ));
+        assert!(matches!(s.on_message(auth(0, b""), &mut out), Err(PgError::Protocol(_))));
     }
 
     #[test]
@@ -417,38 +360,25 @@ mod tests {
         assert_eq!(err.sqlstate(), Some("28P01"));
 
         let mut s = Startup::new(&params(Some("pw")));
-        assert!(matches!(
-            s.on_message(msg(b'Z', b"I"), &mut out),
-            Err(PgError::Protocol(_))
-        ));
+        assert!(matches!(s.on_message(msg(b'Z', b"I"), &mut out), Err(PgError::Protocol(_))));
         let mut s = Startup::new(&params(Some("pw")));
-        assert!(matches!(
-            s.on_message(auth(7, b""), &mut out),
-            Err(PgError::Auth(_))
-        ));
+        assert!(matches!(s.on_message(auth(7, b""), &mut out), Err(PgError::Auth(_))));
         // AuthenticationOk before the server proved itself in SCRAM is refused.
         let mut s = Startup::new(&params(Some("pw")));
-        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out)
-            .unwrap();
-        assert!(matches!(
-            s.on_message(auth(0, b""), &mut out),
-            Err(PgError::Protocol(_))
-        ));
+        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out).unwrap();
+        assert!(matches!(s.on_message(auth(0, b""), &mut out), Err(PgError::Protocol(_))));
     }
 
     #[test]
     fn scram_mechanism_choice_and_bad_server_signature() {
         let mut s = Startup::new(&params(Some("pw")));
         let mut out = BytesMut::new();
-        let err = s
-            .on_message(auth(10, b"SCRAM-SHA-256-PLUS\0\0"), &mut out)
-            .unwrap_err();
+        let err = s.on_message(auth(10, b"SCRAM-SHA-256-PLUS\0\0"), &mut out).unwrap_err();
         assert!(matches!(err, PgError::Auth(_)));
 
         let mut s = Startup::new(&params(Some("pw")));
         let mut out = BytesMut::new();
-        s.on_message(auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"), &mut out)
-            .unwrap();
+        s.on_message(auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"), &mut out).unwrap();
         // 'p', len, "SCRAM-SHA-256\0", i32 len, client-first-message
         assert_eq!(&out[5..19], b"SCRAM-SHA-256\0");
         let first = std::str::from_utf8(&out[23..]).unwrap().to_string();
@@ -456,13 +386,9 @@ mod tests {
         out.clear();
 
         let server_first = format!("r={nonce}SERVERNONCE,s=c2FsdHNhbHQ=,i=4096");
-        s.on_message(auth(11, server_first.as_bytes()), &mut out)
-            .unwrap();
+        s.on_message(auth(11, server_first.as_bytes()), &mut out).unwrap();
         let reply = std::str::from_utf8(&out[5..]).unwrap();
-        assert!(
-            reply.starts_with(&format!("c=biws,r={nonce}SERVERNONCE,p=")),
-            "{reply}"
-        );
+        assert!(reply.starts_with(&format!("c=biws,r={nonce}SERVERNONCE,p=")), "{reply}");
         out.clear();
 
         let forged = b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
@@ -476,13 +402,9 @@ mod tests {
     fn scram_rejects_foreign_nonce() {
         let mut s = Startup::new(&params(Some("pw")));
         let mut out = BytesMut::new();
-        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out)
-            .unwrap();
+        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out).unwrap();
         let server_first = b"r=notournonce,s=c2FsdA==,i=4096";
-        assert!(matches!(
-            s.on_message(auth(11, server_first), &mut out),
-            Err(PgError::Auth(_))
-        ));
+        assert!(matches!(s.on_message(auth(11, server_first), &mut out), Err(PgError::Auth(_))));
     }
 
     #[test]
@@ -490,14 +412,10 @@ mod tests {
         // A hostile server could otherwise make us spin PBKDF2 for minutes (RUSTSEC-2026-0179).
         let mut s = Startup::new(&params(Some("pw")));
         let mut out = BytesMut::new();
-        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out)
-            .unwrap();
+        s.on_message(auth(10, b"SCRAM-SHA-256\0\0"), &mut out).unwrap();
         let nonce = std::str::from_utf8(&out[23..]).unwrap()["n,,n=,r=".len()..].to_string();
         let server_first = format!("r={nonce}x,s=c2FsdA==,i=4000000000");
-        assert!(matches!(
-            s.on_message(auth(11, server_first.as_bytes()), &mut out),
-            Err(PgError::Auth(_))
-        ));
+        assert!(matches!(s.on_message(auth(11, server_first.as_bytes()), &mut out), Err(PgError::Auth(_))));
     }
 
     #[test]
@@ -513,9 +431,6 @@ mod tests {
     fn cancel_request_layout() {
         let mut out = BytesMut::new();
         cancel_request(1, 2, &mut out);
-        assert_eq!(
-            &out[..],
-            &[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0, 0, 2]
-        );
+        assert_eq!(&out[..], &[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0, 0, 2]);
     }
 }

@@ -63,9 +63,8 @@ pub fn check_admin(ip: IpAddr, authorization: Option<&str>, cfg: &SecurityConfig
     if !any_contains(&cfg.admin_ips, ip) {
         return Err(ApiError::new(Kind::Unauthorized, format!("address {ip} is not in ALLOWED_ADMIN_IPS")));
     }
-    let given = authorization
-        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
-        .map(str::trim);
+    let given =
+        authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer "))).map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(Kind::AdminTokenInvalid, "admin token is wrong")),

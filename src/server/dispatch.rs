@@ -10,19 +10,19 @@ use mio::Poll;
 
 use super::client::Incoming;
 use super::{Message, Notifier, Server};
-use crate::deploy::service::{self, DeployCtx};
-use crate::deploy::v2;
-use crate::deploy::workers::Workers;
 use crate::call::engine::CallEngine;
 use crate::call::request::CallRequest;
 use crate::config::Config;
-use crate::log;
-use crate::pg::blocking::Client;
-use crate::pg::params::ConnectParams;
+use crate::deploy::service::{self, DeployCtx};
+use crate::deploy::v2;
+use crate::deploy::workers::Workers;
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::http::router::Route;
 use crate::json::{self, ObjectWriter, Value};
+use crate::log;
+use crate::pg::blocking::Client;
+use crate::pg::params::ConnectParams;
 
 /// Everything the handlers own: the `/call` engine, the PostgreSQL health probe, worker handles.
 /// Lives inside the [`Server`].
@@ -179,7 +179,14 @@ impl App {
     }
 
     /// A v2 migrate: answered at the end, streamed as NDJSON lines, or answered 202 at once (`async`).
-    fn submit_v2_migrate(&mut self, key: usize, generation: u64, body: Value, all: bool, ndjson: bool) -> Option<Response> {
+    fn submit_v2_migrate(
+        &mut self,
+        key: usize,
+        generation: u64,
+        body: Value,
+        all: bool,
+        ndjson: bool,
+    ) -> Option<Response> {
         let ctx = self.deploy.clone();
         let notifier = self.notifier.clone();
         let is_async = match body.get("async") {
@@ -243,7 +250,10 @@ impl App {
                 self.deploys_in_flight += 1;
                 None
             }
-            Err(_) => Some(Response::error(&ApiError::new(Kind::DeployQueueFull, "too many deploys are queued; retry shortly"))),
+            Err(_) => Some(Response::error(&ApiError::new(
+                Kind::DeployQueueFull,
+                "too many deploys are queued; retry shortly",
+            ))),
         }
     }
 
@@ -319,12 +329,12 @@ impl Server {
     pub(super) fn dispatch(&mut self, key: usize, generation: u64, inc: Incoming) -> Option<Response> {
         let result = match &inc.route {
             Route::Health => Ok(self.health()),
-            Route::Call => match json_object(&inc.body, self.cfg.limits.max_json_depth)
-                .and_then(|v| CallRequest::from_json(&v))
-            {
-                Ok(req) => return self.app.calls.submit(&mut self.poll, key, generation, req, self.now),
-                Err(e) => Err(e),
-            },
+            Route::Call => {
+                match json_object(&inc.body, self.cfg.limits.max_json_depth).and_then(|v| CallRequest::from_json(&v)) {
+                    Ok(req) => return self.app.calls.submit(&mut self.poll, key, generation, req, self.now),
+                    Err(e) => Err(e),
+                }
+            }
             Route::Register | Route::Migrate => {
                 let ct = inc.head.content_type.clone().unwrap_or_default();
                 let body = inc.body;

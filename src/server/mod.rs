@@ -8,8 +8,8 @@ pub mod slab;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -218,7 +218,9 @@ impl Server {
     }
 
     fn next_timeout(&self) -> Duration {
-        JANITOR_EVERY.saturating_sub(Instant::now().saturating_duration_since(self.last_janitor)).max(Duration::from_millis(1))
+        JANITOR_EVERY
+            .saturating_sub(Instant::now().saturating_duration_since(self.last_janitor))
+            .max(Duration::from_millis(1))
     }
 
     fn drain_signals(&mut self) {
@@ -553,10 +555,8 @@ impl Server {
     /// Hands finished responses to their clients, if those still wait for them.
     fn deliver(&mut self, done: Vec<(usize, u64, Response)>) {
         for (key, generation, r) in done {
-            let ok = self
-                .clients
-                .get(key)
-                .is_some_and(|c| c.generation == generation && matches!(c.phase, Phase::Waiting));
+            let ok =
+                self.clients.get(key).is_some_and(|c| c.generation == generation && matches!(c.phase, Phase::Waiting));
             if ok {
                 self.respond(key, r);
                 self.advance(key);
