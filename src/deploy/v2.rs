@@ -292,8 +292,11 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
             match cat.owner_of(&name)? {
                 Some(o) if o == want => vec![name],
                 Some(_) => {
-                    return Err(ApiError::new(Kind::NameConflict, format!("database '{name}' belongs to someone else"))
-                        .with_database(name));
+                    return Err(ApiError::new(
+                        Kind::NameConflict,
+                        format!("database '{name}' belongs to someone else"),
+                    )
+                    .with_database(name));
                 }
                 None => {
                     return Err(ApiError::new(
