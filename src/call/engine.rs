@@ -47,7 +47,6 @@ enum SyncPoint {
     Prepare,
     Introspect,
     Execute,
-    Reset,
 }
 
 /// A statement being prepared.
@@ -204,6 +203,9 @@ const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
      AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
+
+/// Execute of the unnamed portal, all rows.
+const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
 
 /// Execute of the unnamed portal, all rows, then Sync.
 const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4];
@@ -505,12 +507,13 @@ impl CallEngine {
     }
 
     /// A socket event on backend connection `key`.
-    pub fn backend_event(&mut self, poll: &mut Poll, key: usize, now: Instant) -> Done {
-        self.drive(poll, key, now);
+    /// `readable` says the event reported data (or a hang-up, `hup`); a writable-only event only flushes.
+    pub fn backend_event(&mut self, poll: &mut Poll, key: usize, now: Instant, readable: bool, hup: bool) -> Done {
+        self.drive(poll, key, now, readable || hup, hup);
         self.take_done()
     }
 
-    fn drive(&mut self, poll: &mut Poll, key: usize, now: Instant) {
+    fn drive(&mut self, poll: &mut Poll, key: usize, now: Instant, readable: bool, hup: bool) {
         let Some(c) = self.conns.get_mut(key) else { return };
         let pool = c.pool;
         if matches!(c.state, ConnState::Connecting) {
@@ -530,7 +533,10 @@ impl CallEngine {
             self.conn_broken(poll, key, e, now);
             return;
         }
-        let read = c.read_all(&mut self.scratch);
+        if !readable {
+            return;
+        }
+        let read = c.read_all(&mut self.scratch, hup);
         // Process what arrived even if the socket then failed: an ErrorResponse often precedes EOF.
         let processed = self.process(poll, key, now);
         // The server's own error (e.g. FATAL 3D000) explains an EOF better than the EOF does.
@@ -796,14 +802,18 @@ impl CallEngine {
         }
         let params: Vec<Option<&[u8]>> = spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])).collect();
         write_bind(&mut c.wbuf, &stmt.name, &params, &stmt.formats);
-        c.wbuf.extend_from_slice(EXECUTE_SYNC);
-        job.syncs.push_back(SyncPoint::Execute);
         if self.cfg.call.reset_session {
             // Settings a function changed with set_config(..., false) or SET ROLE must not leak into the
-            // next call on this connection; pipelined, so it costs no extra round trip.
-            let _ = frontend::query("RESET ALL", &mut c.wbuf);
-            job.syncs.push_back(SyncPoint::Reset);
+            // next call on this connection. RESET ALL runs in the call's own implicit transaction, before
+            // its Sync: no extra round trip, transaction or ReadyForQuery. If the call fails, PostgreSQL
+            // skips to Sync and the rollback already undoes what the call set; if RESET ALL itself fails
+            // (a late cancel), the whole transaction rolls back and the call is answered with that error.
+            c.wbuf.extend_from_slice(EXECUTE);
+            let _ = frontend::parse("", "RESET ALL", std::iter::empty(), &mut c.wbuf);
+            write_bind(&mut c.wbuf, "", &[], &[]);
         }
+        c.wbuf.extend_from_slice(EXECUTE_SYNC);
+        job.syncs.push_back(SyncPoint::Execute);
         job.error = None;
         job.body.clear();
         job.body.extend_from_slice(BODY_HEAD);
@@ -902,12 +912,6 @@ impl CallEngine {
         let pool = c.pool;
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         match point {
-            SyncPoint::Reset => {
-                if job.error.take().is_some() {
-                    // RESET ALL did not run (e.g. a late cancel hit it): settings may have survived.
-                    c.retire = true;
-                }
-            }
             SyncPoint::Prepare => {
                 if let Some(mut e) = job.error.take() {
                     job.pending = None;

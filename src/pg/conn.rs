@@ -181,11 +181,20 @@ impl BackendConn {
 
     /// Reads until `WouldBlock`. EOF or a socket error is an error: a backend never closes cleanly
     /// on its own while we hold it.
-    pub fn read_all(&mut self, scratch: &mut [u8]) -> Result<(), PgError> {
+    ///
+    /// With `drain` false a short read ends the loop: the socket was empty a moment ago and
+    /// edge-triggered readiness reports any later byte, so the read that would only say `WouldBlock`
+    /// is saved. Pass `drain` when the event also reported a hang-up, so the EOF is seen now.
+    pub fn read_all(&mut self, scratch: &mut [u8], drain: bool) -> Result<(), PgError> {
         loop {
             match self.sock.read(scratch) {
                 Ok(0) => return Err(PgError::Closed),
-                Ok(n) => self.rbuf.extend_from_slice(&scratch[..n]),
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    if n < scratch.len() && !drain {
+                        return Ok(());
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),

@@ -157,8 +157,15 @@ impl App {
     }
 
     /// An event on a backend socket; returns finished client responses.
-    pub fn backend_event(&mut self, poll: &mut Poll, key: usize, now: Instant) -> Vec<(usize, u64, Response)> {
-        self.calls.backend_event(poll, key, now)
+    pub fn backend_event(
+        &mut self,
+        poll: &mut Poll,
+        key: usize,
+        now: Instant,
+        readable: bool,
+        hup: bool,
+    ) -> Vec<(usize, u64, Response)> {
+        self.calls.backend_event(poll, key, now, readable, hup)
     }
 
     pub fn release_parked(&mut self) {

@@ -181,14 +181,16 @@ impl Server {
                     WAKER => self.drain_inbox(),
                     SIGNALS => self.drain_signals(),
                     Token(t) if t >= BACKEND_BASE => {
-                        let done = self.app.backend_event(&mut self.poll, t - BACKEND_BASE, self.now);
+                        let hup = ev.is_read_closed() || ev.is_error();
+                        let done =
+                            self.app.backend_event(&mut self.poll, t - BACKEND_BASE, self.now, ev.is_readable(), hup);
                         self.deliver(done);
                     }
                     Token(t) if t >= CLIENT_BASE => {
                         let key = t - CLIENT_BASE;
                         // Spurious or stale events are harmless: every handler re-checks state.
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.client_readable(key);
+                            self.client_readable(key, ev.is_read_closed() || ev.is_error());
                         }
                         if ev.is_writable() {
                             self.flush(key);
@@ -335,7 +337,11 @@ impl Server {
         }
     }
 
-    fn client_readable(&mut self, key: usize) {
+    /// Reads what the client sent. A read shorter than the buffer means the socket was empty a moment
+    /// ago, and with edge-triggered readiness any later byte brings a new event, so the extra read
+    /// that would only return `WouldBlock` is skipped (one syscall per request). When the event also
+    /// reported the peer's FIN (`hup`), reading goes on to the end so the EOF is seen now.
+    fn client_readable(&mut self, key: usize, hup: bool) {
         let Some(c) = self.clients.get(key) else { return };
         let cap = self.read_cap(c);
         let mut eof = false;
@@ -356,6 +362,9 @@ impl Server {
                         continue; // discard: we are only flushing
                     }
                     c.rbuf.extend_from_slice(&self.scratch[..n]);
+                    if n < self.scratch.len() && !hup {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -490,7 +499,7 @@ impl Server {
                         if c.read_paused {
                             // The cap stopped reading before the body was in: read more now.
                             c.read_paused = false;
-                            self.client_readable(key);
+                            self.client_readable(key, true);
                         }
                         return;
                     }
@@ -646,7 +655,7 @@ impl Server {
         // A paused reader resumes once the connection is back between requests.
         if matches!(c.phase, Phase::Head) && c.read_paused {
             c.read_paused = false;
-            self.client_readable(key);
+            self.client_readable(key, true);
         }
     }
 
