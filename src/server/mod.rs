@@ -588,7 +588,8 @@ impl Server {
         let keep = keep_alive && !r.close && !shutting_down && !(c.peer_closed && c.rbuf.is_empty());
         response::write(&mut c.wbuf, &r, keep, minor, head_only);
         if let Some(i) = &info {
-            let us = now.saturating_duration_since(i.started).as_micros();
+            // The turn's clock is coarse for quick requests; the log line reads a fresh one.
+            let us = Instant::now().saturating_duration_since(i.started).as_micros();
             log::info(
                 "request",
                 &[
