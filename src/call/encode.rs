@@ -9,7 +9,7 @@
 //! when the element type is json/jsonb, where it is one element's value (so jsonb[] is 1-D only).
 
 use crate::call::types::{self, MAX_DEPTH, TypeKind, TypeRegistry};
-use crate::json::{Value, write_string};
+use crate::json::Value;
 
 /// Why one argument could not be encoded; the caller adds which argument it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +136,7 @@ fn encode_non_null(
     }
     match (classify(oid, types), value) {
         (_, Value::Null) => return err("null is not allowed here".into()),
-        (PClass::Json, v) => write_json(v, out),
+        (PClass::Json, v) => v.write_to(out),
         (PClass::Array { elem }, Value::Array(items)) => encode_array(items, elem, types, out, depth)?,
         (PClass::Composite { name, fields }, Value::Object(pairs)) => {
             encode_record(name, fields, pairs, types, out, depth)?
@@ -152,7 +152,7 @@ fn encode_non_null(
         }
         (PClass::Decimal | PClass::Strict | PClass::TextLike, Value::Number(n)) => out.extend_from_slice(n.as_bytes()),
         (PClass::TextLike, Value::Bool(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        (PClass::TextLike, v @ (Value::Array(_) | Value::Object(_))) => write_json(v, out),
+        (PClass::TextLike, v @ (Value::Array(_) | Value::Object(_))) => v.write_to(out),
         (PClass::Bool, v) => return err(format!("expected a boolean, got {}", kind_name(v))),
         (PClass::Int, v) => return err(format!("expected an integer, got {}", kind_name(v))),
         (PClass::Decimal, v) => return err(format!("expected a number, got {}", kind_name(v))),
@@ -261,39 +261,6 @@ fn encode_record(
     }
     out.push(b')');
     Ok(())
-}
-
-/// Compact JSON text of `v` (numbers as written, no whitespace).
-pub fn write_json(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => out.extend_from_slice(n.as_bytes()),
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json(item, out);
-            }
-            out.push(b']');
-        }
-        Value::Object(pairs) => {
-            out.push(b'{');
-            for (i, (k, item)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(out, k);
-                out.push(b':');
-                write_json(item, out);
-            }
-            out.push(b'}');
-        }
-    }
 }
 
 #[cfg(test)]

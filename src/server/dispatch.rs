@@ -252,6 +252,11 @@ impl App {
                 complete(resp, changed);
             }
         });
+        self.queue(task)
+    }
+
+    /// Hands a task to the deploy workers; a full queue is refused at once (503, retryable).
+    fn queue(&mut self, task: crate::deploy::workers::Task) -> Option<Response> {
         match self.workers.try_submit(task) {
             Ok(()) => {
                 self.deploys_in_flight += 1;
@@ -287,16 +292,7 @@ impl App {
             }
             notifier.send(Message::Complete { client: key, generation, response, invalidate });
         });
-        match self.workers.try_submit(task) {
-            Ok(()) => {
-                self.deploys_in_flight += 1;
-                None
-            }
-            Err(_) => Some(Response::error(&ApiError::new(
-                Kind::DeployQueueFull,
-                "too many deploys are queued; retry shortly",
-            ))),
-        }
+        self.queue(task)
     }
 
     /// Drops cached statements of a database after a deploy changed it.
