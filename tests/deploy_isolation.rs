@@ -124,3 +124,44 @@ fn calls_are_answered_while_a_long_deploy_runs() {
         a.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
     }
 }
+
+#[test]
+fn a_full_deploy_queue_is_refused_with_a_retryable_503() {
+    let mut a = admin();
+    let uniq = std::process::id();
+    let catalog = format!("cat_isoq_{uniq}");
+    let g = common::start(&[("CATALOG_DB", &catalog), ("DEPLOY_WORKERS", "1"), ("DEPLOY_QUEUE", "1")]);
+    let addr = g.addr;
+    let archive = tgz(&[("migrations/001_slow.sql", "SELECT pg_sleep(1.5);")]);
+    // One deploy runs, one waits in the queue, the rest find it full.
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let archive = archive.clone();
+            std::thread::spawn(move || {
+                let platform = format!("isoq_{uniq}_{i}");
+                let (ct, body) = multipart(&[("platform", platform.as_bytes()), ("schema", &archive)]);
+                std::thread::sleep(Duration::from_millis(100 * i as u64));
+                (platform, common::request(addr, "POST", "/register", &[("Content-Type", &ct)], &body))
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = results.iter().filter(|(_, r)| r.status == 200).count();
+    let full: Vec<_> = results.iter().filter(|(_, r)| r.status == 503).collect();
+    assert!(
+        ok >= 2,
+        "the running and the queued deploy succeed: {:?}",
+        results.iter().map(|(_, r)| r.text()).collect::<Vec<_>>()
+    );
+    assert!(!full.is_empty(), "some deploys found the queue full");
+    for (_, r) in &full {
+        assert_eq!(r.error_code(), "deploy_queue_full", "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(ok + full.len(), 4);
+    drop(g);
+    for (p, _) in &results {
+        a.batch_execute(&format!("DROP DATABASE IF EXISTS {p}_main WITH (FORCE)")).unwrap();
+    }
+    a.batch_execute(&format!("DROP DATABASE IF EXISTS {catalog} WITH (FORCE)")).unwrap();
+}
