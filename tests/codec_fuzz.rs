@@ -1,10 +1,10 @@
 //! Deterministic mutation testing of the codecs that have cargo-fuzz targets: HTTP heads, chunked
 //! bodies, gzip, schema archives, SQL splitting, PostgreSQL framing, `/call` rendering and
 //! parameter encoding, and the deploy form. The properties are the fuzz targets' own
-//! (`fuzz/props.rs`, compiled in here), so CI checks what the fuzzer checks: seeds are mutated
+//! (`tests/fuzz/props.rs`, compiled in here), so CI checks what the fuzzer checks: seeds are mutated
 //! by a fixed xorshift generator, many thousands of cases per codec, and nothing may panic.
 
-#[path = "../fuzz/props.rs"]
+#[path = "fuzz/props.rs"]
 mod props;
 
 use stonescriptdb_gateway::call::types;

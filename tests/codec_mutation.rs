@@ -2,7 +2,7 @@
 //! corpora are mutated many thousands of times; nothing may panic, and whatever parses must keep
 //! its invariants (JSON write → parse gives the same value; multipart parts lie inside the body).
 //!
-//! This is the always-on, reproducible companion to the coverage-guided targets under `fuzz/`.
+//! This is the always-on, reproducible companion to the coverage-guided targets under `tests/fuzz/`.
 
 use std::path::PathBuf;
 use stonescriptdb_gateway::http::multipart::{self, MultipartLimits};

@@ -1,5 +1,5 @@
 //! Fuzz target: read_message: no panic, whole frames only, same messages whatever the read boundaries.
-//! The property lives in `fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
+//! The property lives in `tests/fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
 #![no_main]
 
 #[path = "../props.rs"]

@@ -1,5 +1,5 @@
 //! Fuzz target: split_statements: in-order substrings of the input; normalize_for_checksum idempotent.
-//! The property lives in `fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
+//! The property lives in `tests/fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
 #![no_main]
 
 #[path = "../props.rs"]

@@ -1,5 +1,5 @@
 //! Fuzz target: parse_head: no panic, deterministic, consumed bytes within input and limit, 431 past max_head_bytes.
-//! The property lives in `fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
+//! The property lives in `tests/fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
 #![no_main]
 
 #[path = "../props.rs"]

@@ -1,5 +1,5 @@
 //! Fuzz target: gunzip: no panic, output within the cap; hand-built members round-trip.
-//! The property lives in `fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
+//! The property lives in `tests/fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
 #![no_main]
 
 #[path = "../props.rs"]

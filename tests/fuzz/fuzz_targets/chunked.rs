@@ -1,5 +1,5 @@
 //! Fuzz target: ChunkedDecoder: whole vs split reads give the same bytes and outcome; output within the limit.
-//! The property lives in `fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
+//! The property lives in `tests/fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
 #![no_main]
 
 #[path = "../props.rs"]

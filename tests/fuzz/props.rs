@@ -1,4 +1,4 @@
-//! Property checks shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and the
+//! Property checks shared by the cargo-fuzz targets (`tests/fuzz/fuzz_targets/*.rs`) and the
 //! deterministic mutation test (`tests/codec_fuzz.rs`), so CI checks exactly what the fuzzer
 //! checks. Every check takes raw bytes: leading bytes pick limits, types or a structured mode,
 //! the rest is the codec's input. A check panics only when the codec breaks a property (or

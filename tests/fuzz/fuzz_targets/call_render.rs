@@ -1,5 +1,5 @@
 //! Fuzz target: render_value: any bytes as any known type in either format render as JSON.
-//! The property lives in `fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
+//! The property lives in `tests/fuzz/props.rs`, shared with `tests/codec_fuzz.rs`.
 #![no_main]
 
 #[path = "../props.rs"]
