@@ -958,3 +958,42 @@ fn two_gateways_on_one_catalog_apply_each_migration_once() {
         "8,8"
     );
 }
+
+// ---------- stop_on_error ----------
+
+#[test]
+fn stop_on_error_stops_starting_databases_after_the_first_failure() {
+    let p = uniq("stop");
+    let cat = format!("cat_stop_{}", std::process::id());
+    let _clean = Cleanup::new(&cat, &[&p]);
+    // One database at a time, so "after the first failure" is well defined.
+    let g = gateway(&cat, &[("DEPLOY_PARALLELISM", "1")]);
+    register(g.addr, &p);
+    ok(&upload(g.addr, &p, "tenant_db", &tenant_v1()), 201);
+    let tenants = ids("t", 6);
+    create_all(g.addr, &p, "tenant_db", &tenants);
+    // The first database in catalog order breaks: the new migration creates `tags`, which exists there.
+    let first = format!("{p}_tenant_db_t01");
+    q(&first, "CREATE TABLE tags (x integer)");
+    ok(&upload(g.addr, &p, "tenant_db", &tenant_v2()), 201);
+
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","stop_on_error":true}}"#));
+    assert_ne!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let results = arr(&v, "results");
+    assert_eq!(results.len(), 1, "nothing was started after the failure: {}", v.to_json());
+    assert_eq!(s(&results[0], "database"), first);
+    assert_eq!(s(&results[0], "status"), "failed");
+    let ver = v.get("verification").expect("verification");
+    assert_eq!(n(ver, "databases_not_started"), 5, "{}", v.to_json());
+    // The others are untouched: still on version 1.
+    assert_eq!(one(&format!("{p}_tenant_db_t02"), "SELECT count(*) FROM pg_tables WHERE tablename = 'tags'"), "0");
+
+    // Without stop_on_error the run goes on past the broken database.
+    let r = migrate(g.addr, &format!(r#"{{"platform":"{p}","schema_name":"tenant_db"}}"#));
+    let v = r.json();
+    let results = by_db(arr(&v, "results"));
+    assert_eq!(results.len(), 6, "{}", v.to_json());
+    assert_eq!(results.values().filter(|x| s(x, "status") == "success").count(), 5);
+    assert_eq!(s(&results[&first], "status"), "failed");
+}
