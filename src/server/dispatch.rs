@@ -209,47 +209,74 @@ impl App {
             }
         };
         let task = Box::new(move || {
+            let answered = AtomicBool::new(false);
+            let streaming = AtomicBool::new(false);
             let complete = |response: Response, invalidate: Vec<String>| {
+                answered.store(true, Ordering::Relaxed);
                 notifier.send(Message::Complete { client: key, generation, response, invalidate });
             };
-            let plan = match v2::plan_migrate(&ctx, &body, all) {
-                Ok(p) => p,
-                Err(e) => return complete(Response::error(&e), Vec::new()),
-            };
-            if is_async {
-                let mut answered = false;
-                let (resp, changed) = v2::run_migrate(
-                    &plan,
-                    &mut |run_id| {
-                        let mut b = Vec::new();
-                        let mut o = crate::json::ObjectWriter::new(&mut b);
-                        o.str("status", "running");
-                        o.str("run_id", run_id);
-                        o.u64("total", plan.databases.len() as u64);
-                        o.str("poll", &format!("/runs/{run_id}"));
-                        o.finish();
-                        complete(Response::json(202, b), Vec::new());
-                        answered = true;
-                    },
-                    v2::Progress::None,
-                );
-                if answered {
-                    notifier.send(Message::Invalidate(changed));
+            let run = std::panic::AssertUnwindSafe(|| {
+                let plan = match v2::plan_migrate(&ctx, &body, all) {
+                    Ok(p) => p,
+                    Err(e) => return complete(Response::error(&e), Vec::new()),
+                };
+                if is_async {
+                    let mut answered = false;
+                    let (resp, changed) = v2::run_migrate(
+                        &plan,
+                        &mut |run_id| {
+                            let mut b = Vec::new();
+                            let mut o = crate::json::ObjectWriter::new(&mut b);
+                            o.str("status", "running");
+                            o.str("run_id", run_id);
+                            o.u64("total", plan.databases.len() as u64);
+                            o.str("poll", &format!("/runs/{run_id}"));
+                            o.finish();
+                            complete(Response::json(202, b), Vec::new());
+                            answered = true;
+                        },
+                        v2::Progress::None,
+                    );
+                    if answered {
+                        notifier.send(Message::Invalidate(changed));
+                    } else {
+                        complete(resp, changed);
+                    }
+                } else if ndjson {
+                    let chunk = |data: Vec<u8>| {
+                        streaming.store(true, Ordering::Relaxed);
+                        notifier.send(Message::Chunk { client: key, generation, data, last: false });
+                    };
+                    let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::Lines(&chunk));
+                    if streaming.load(Ordering::Relaxed) {
+                        notifier.send(Message::Invalidate(changed));
+                        let mut summary = resp.body;
+                        summary.push(b'\n');
+                        notifier.send(Message::Chunk { client: key, generation, data: summary, last: true });
+                    } else {
+                        // Nothing was streamed (no databases, or the run could not start): a plain
+                        // answer keeps its real status.
+                        complete(resp, changed);
+                    }
                 } else {
+                    let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::None);
                     complete(resp, changed);
                 }
-            } else if ndjson {
-                let chunk = |data: Vec<u8>| {
-                    notifier.send(Message::Chunk { client: key, generation, data, last: false });
-                };
-                let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::Lines(&chunk));
-                notifier.send(Message::Invalidate(changed));
-                let mut summary = resp.body;
-                summary.push(b'\n');
-                notifier.send(Message::Chunk { client: key, generation, data: summary, last: true });
-            } else {
-                let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::None);
-                complete(resp, changed);
+            });
+            if std::panic::catch_unwind(run).is_err() {
+                // A bug in a deploy must still end its client's request.
+                if streaming.load(Ordering::Relaxed) {
+                    let mut line = internal_panic().body();
+                    line.push(b'\n');
+                    notifier.send(Message::Chunk { client: key, generation, data: line, last: true });
+                } else if !answered.load(Ordering::Relaxed) {
+                    notifier.send(Message::Complete {
+                        client: key,
+                        generation,
+                        response: Response::error(&internal_panic()),
+                        invalidate: Vec::new(),
+                    });
+                }
             }
         });
         self.queue(task)
@@ -280,7 +307,9 @@ impl App {
         let ctx = self.deploy.clone();
         let notifier = self.notifier.clone();
         let task = Box::new(move || {
-            let (response, invalidate) = op(&ctx);
+            // A bug in a deploy must still answer its client, not leave it waiting for ever.
+            let (response, invalidate) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&ctx)))
+                .unwrap_or_else(|_| (Response::error(&internal_panic()), Vec::new()));
             if !invalidate.is_empty() {
                 // Databases this deploy created or changed: tell /call who owns them right away.
                 if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
@@ -309,6 +338,10 @@ impl App {
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
         self.calls.janitor(poll, now)
     }
+}
+
+fn internal_panic() -> ApiError {
+    ApiError::new(Kind::Internal, "the deploy stopped on an internal error; nothing after it was kept")
 }
 
 /// Parses a JSON request body: malformed → `invalid_json`, not an object → `invalid_request`.
