@@ -17,8 +17,9 @@ pub enum Args {
 /// A validated call.
 #[derive(Debug, Clone)]
 pub struct CallRequest {
+    /// The platform as database names use it (lower-cased, other characters `_`).
     pub platform: String,
-    /// The tenant as given (`None` for the main database).
+    /// The tenant as database names use it (`None` for the main database).
     pub tenant: Option<String>,
     pub database: String,
     pub function: String,
@@ -42,7 +43,15 @@ fn opt_string<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, ApiErro
 }
 
 impl CallRequest {
-    pub fn from_json(body: &Value) -> Result<CallRequest, ApiError> {
+    /// Takes the body apart: argument values are moved out, not copied.
+    pub fn from_json(mut body: Value) -> Result<CallRequest, ApiError> {
+        let params_value = match &mut body {
+            Value::Object(members) => {
+                members.iter_mut().rev().find(|(k, _)| k == "params").map(|(_, v)| std::mem::replace(v, Value::Null))
+            }
+            _ => None,
+        };
+        let body = &body;
         let platform = opt_string(body, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
         let tenant = opt_string(body, "tenant_id")?;
         let database = names::v1_database(platform, tenant)?;
@@ -53,21 +62,21 @@ impl CallRequest {
                 function.chars().take(80).collect::<String>()
             )));
         }
-        let (args, params) = match body.get("params") {
+        let (args, params) = match params_value {
             None | Some(Value::Null) => (Args::Positional, Vec::new()),
-            Some(Value::Array(a)) => (Args::Positional, a.clone()),
+            Some(Value::Array(a)) => (Args::Positional, a),
             Some(Value::Object(members)) => {
                 let mut names_ = Vec::with_capacity(members.len());
                 let mut vals = Vec::with_capacity(members.len());
                 for (k, v) in members {
-                    if !names::is_function_name(k) {
+                    if !names::is_function_name(&k) {
                         return Err(invalid(format!("parameter name '{k}' is not a lower-case identifier")));
                     }
-                    if names_.contains(k) {
+                    if names_.contains(&k) {
                         return Err(invalid(format!("parameter '{k}' is given twice")));
                     }
-                    names_.push(k.clone());
-                    vals.push(v.clone());
+                    names_.push(k);
+                    vals.push(v);
                 }
                 (Args::Named(names_), vals)
             }
@@ -79,8 +88,8 @@ impl CallRequest {
             return Err(invalid("at most 100 parameters are accepted (PostgreSQL's FUNC_MAX_ARGS)"));
         }
         Ok(CallRequest {
-            platform: platform.to_string(),
-            tenant: tenant.filter(|t| !t.is_empty()).map(str::to_string),
+            platform: names::platform(platform)?,
+            tenant: tenant.filter(|t| !t.is_empty()).map(names::sanitize),
             database,
             function: function.to_string(),
             args,
@@ -173,7 +182,7 @@ mod tests {
     use crate::json::parse;
 
     fn req(s: &str) -> Result<CallRequest, ApiError> {
-        CallRequest::from_json(&parse(s.as_bytes()).unwrap())
+        CallRequest::from_json(parse(s.as_bytes()).unwrap())
     }
 
     #[test]

@@ -366,7 +366,7 @@ impl Server {
         let result = match &inc.route {
             Route::Health => Ok(self.health()),
             Route::Call => {
-                match json_object(&inc.body, self.cfg.limits.max_json_depth).and_then(|v| CallRequest::from_json(&v)) {
+                match json_object(&inc.body, self.cfg.limits.max_json_depth).and_then(CallRequest::from_json) {
                     Ok(req) => return self.app.calls.submit(&mut self.poll, key, generation, req, self.now),
                     Err(e) => Err(e),
                 }
