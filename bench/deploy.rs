@@ -7,6 +7,9 @@
 //! 10), BENCH_TENANTS (default 200). Every database it creates (platform `bench_deploy_<pid>`) and its
 //! catalog database are dropped at the end.
 
+#[path = "../tests/common/archive.rs"]
+mod test_archive;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -50,27 +53,6 @@ fn schema(n: usize, variant: u32) -> Vec<(String, String)> {
         ));
     }
     files
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
-
-fn tgz(files: &[(String, String)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
-    }
-    gzip(&b.into_inner().unwrap())
 }
 
 /// One POST with a multipart form; returns status and JSON body.
@@ -167,7 +149,7 @@ fn main() {
     );
 
     // (a) unchanged redeploy of a 100-function schema.
-    let v0 = tgz(&schema(100, 0));
+    let v0 = test_archive::tgz(schema(100, 0));
     let t = Instant::now();
     let (st, v) = post(addr, "/register", &[("platform", &platform)], &v0);
     assert_eq!(st, 200, "{}", v.to_json());
@@ -197,7 +179,7 @@ fn main() {
             setup.as_secs_f64(),
             setup.as_secs_f64() * 1000.0 / tenants as f64
         );
-        let v1 = tgz(&schema(100, 1));
+        let v1 = test_archive::tgz(schema(100, 1));
         let t = Instant::now();
         let (st, v) = post(addr, "/migrate", &[("platform", &platform)], &v1);
         let took = t.elapsed();

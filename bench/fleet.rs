@@ -9,6 +9,9 @@
 //!
 //! `cargo bench --bench fleet`
 
+#[path = "../tests/common/archive.rs"]
+mod test_archive;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -92,27 +95,6 @@ fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     (st, json::parse(&b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&b))))
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
-
-fn targz(files: &BTreeMap<String, String>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
-    }
-    gzip(&b.into_inner().unwrap())
-}
-
 /// The small tenant schema; `version` changes the body of one function.
 fn schema(version: u32) -> BTreeMap<String, String> {
     let mut f = BTreeMap::new();
@@ -158,7 +140,7 @@ fn upload(addr: SocketAddr, platform: &str, version: u32) {
          --{boundary}\r\nContent-Disposition: form-data; name=\"schema\"; filename=\"s.tar.gz\"\r\n\r\n"
     )
     .into_bytes();
-    body.extend_from_slice(&targz(&schema(version)));
+    body.extend_from_slice(&test_archive::tgz(&schema(version)));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let (st, b) = http(
         addr,

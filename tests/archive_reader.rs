@@ -2,21 +2,16 @@
 //! `tar` crate and a hand-rolled gzip writer, real GNU tar / PHP PharData
 //! fixtures, hostile inputs, and a deterministic mutation loop.
 
+#[path = "common/archive.rs"]
+mod test_archive;
+
 use std::path::PathBuf;
 use stonescriptdb_gateway::deploy::archive::{ArchiveError, ArchiveLimits, Folder, SchemaArchive, read_archive};
 use stonescriptdb_gateway::deploy::gzip::{GzipErrorKind, gunzip};
 use tar::{Builder, EntryType, Header};
+use test_archive::gzip;
 
 // ---------- helpers ----------
-
-/// A single gzip member around `compress_to_vec`, so tests do not depend on the code under test.
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
 
 #[derive(Clone, Copy)]
 enum Fmt {

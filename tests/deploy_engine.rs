@@ -2,6 +2,9 @@
 //! `tests/fixtures/platform/`, packed into a tar.gz here and read with the archive reader, deployed
 //! into a fresh database per test.
 
+#[path = "common/archive.rs"]
+mod test_archive;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -82,26 +85,8 @@ fn platform() -> BTreeMap<String, String> {
     out
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
-
 fn archive(files: &BTreeMap<String, String>) -> SchemaArchive {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    read_archive(&gzip(&tar), &ArchiveLimits::default()).expect("readable archive")
+    read_archive(&test_archive::tgz(files), &ArchiveLimits::default()).expect("readable archive")
 }
 
 fn opts(mode: SeedMode) -> DeployOptions {

@@ -87,14 +87,6 @@ fn platform_files() -> BTreeMap<String, String> {
     out
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Pack {
     /// GNU headers with an entry for `postgresql/` and each folder, as GNU tar writes.
@@ -138,7 +130,7 @@ fn tar_of(files: &BTreeMap<String, String>, pack: Pack) -> Vec<u8> {
 }
 
 fn tgz(files: &BTreeMap<String, String>) -> Vec<u8> {
-    gzip(&tar_of(files, Pack::GnuWithDirs))
+    common::archive::gzip(&tar_of(files, Pack::GnuWithDirs))
 }
 
 /// A tar with one raw header whose name field is written as given (bypassing the `tar` crate's
@@ -406,7 +398,7 @@ fn gnu_tar_with_directories_and_ustar_without_both_register() {
         assert_eq!(has_dirs, pack == Pack::GnuWithDirs);
         let magic = &tar[257..263];
         assert_eq!(magic == b"ustar\0", pack == Pack::UstarNoDirs, "{magic:?}");
-        let v = expect(&w.register(&[("tenant_id", tenant)], &gzip(&tar)), 200);
+        let v = expect(&w.register(&[("tenant_id", tenant)], &common::archive::gzip(&tar)), 200);
         assert_eq!(text(&v, "database"), format!("{}_{tenant}", w.platform));
         assert_eq!(num(&v, "functions_deployed"), 13, "{tenant}");
         assert_eq!(len(&v, "tables_created"), 4, "{tenant}");
@@ -763,7 +755,7 @@ fn hostile_archives_are_refused_before_any_database_exists() {
         ("bomb", bomb, 413),
         (
             "symlink",
-            gzip(&tar_with_raw_name(
+            common::archive::gzip(&tar_with_raw_name(
                 "postgresql/functions/evil.sql",
                 b"",
                 tar::EntryType::Symlink,
@@ -773,12 +765,22 @@ fn hostile_archives_are_refused_before_any_database_exists() {
         ),
         (
             "dotdot",
-            gzip(&tar_with_raw_name("postgresql/../../etc/cron.d/x.sql", b"SELECT 1;", tar::EntryType::Regular, None)),
+            common::archive::gzip(&tar_with_raw_name(
+                "postgresql/../../etc/cron.d/x.sql",
+                b"SELECT 1;",
+                tar::EntryType::Regular,
+                None,
+            )),
             400,
         ),
         (
             "absolute",
-            gzip(&tar_with_raw_name("/postgresql/functions/x.sql", b"SELECT 1;", tar::EntryType::Regular, None)),
+            common::archive::gzip(&tar_with_raw_name(
+                "/postgresql/functions/x.sql",
+                b"SELECT 1;",
+                tar::EntryType::Regular,
+                None,
+            )),
             400,
         ),
         ("bigfile", tgz(&big), 413),

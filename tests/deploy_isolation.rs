@@ -22,26 +22,6 @@ fn admin() -> Client {
     Client::connect(&p).expect("connect as superuser")
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
-
-fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
-    }
-    gzip(&b.into_inner().unwrap())
-}
-
 fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "----isolation7d1f";
     let mut body = Vec::new();
@@ -83,7 +63,7 @@ fn calls_are_answered_while_a_long_deploy_runs() {
     }
     let g = common::start(&[("CATALOG_DB", &catalog)]);
     let addr = g.addr;
-    let archive = tgz(&[
+    let archive = common::archive::tgz([
         ("migrations/001_slow.sql", "SELECT pg_sleep(3);\nCREATE TABLE t (id int);"),
         ("functions/f.sql", "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;"),
     ]);
@@ -132,7 +112,7 @@ fn a_full_deploy_queue_is_refused_with_a_retryable_503() {
     let catalog = format!("cat_isoq_{uniq}");
     let g = common::start(&[("CATALOG_DB", &catalog), ("DEPLOY_WORKERS", "1"), ("DEPLOY_QUEUE", "1")]);
     let addr = g.addr;
-    let archive = tgz(&[("migrations/001_slow.sql", "SELECT pg_sleep(1.5);")]);
+    let archive = common::archive::tgz([("migrations/001_slow.sql", "SELECT pg_sleep(1.5);")]);
     // One deploy runs, one waits in the queue, the rest find it full.
     let threads: Vec<_> = (0..4)
         .map(|i| {

@@ -138,27 +138,6 @@ fn tenant_v2() -> BTreeMap<String, String> {
     f
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    v.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    v.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v
-}
-
-fn targz(files: &BTreeMap<String, String>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("postgresql/{path}"), content.as_bytes()).unwrap();
-    }
-    gzip(&b.into_inner().unwrap())
-}
-
 // ---------- HTTP ----------
 
 const TOKEN: &str = "v2-test-admin-token-0123456789";
@@ -186,7 +165,7 @@ fn upload(addr: SocketAddr, platform: &str, schema: &str, files: &BTreeMap<Strin
         )
         .as_bytes(),
     );
-    body.extend_from_slice(&targz(files));
+    body.extend_from_slice(&common::archive::tgz(files));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
     request(addr, "POST", &format!("/platform/{platform}/schema"), &[("Content-Type", &ct)], &body)

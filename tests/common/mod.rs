@@ -2,6 +2,7 @@
 //! throwaway PostgreSQL cluster that `scripts/test.sh` starts.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod cluster;
 pub mod db;
 
