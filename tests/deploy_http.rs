@@ -7,33 +7,18 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use common::{Gateway, Resp};
 use stonescriptdb_gateway::json::Value;
 use stonescriptdb_gateway::pg::blocking::Client;
-use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
 
 const TOKEN: &str = "deploy-http-admin-token-0123456789";
 
 // ---------- PostgreSQL ----------
 
-fn params(db: &str) -> ConnectParams {
-    let (host, port, user) = common::pg_env();
-    ConnectParams {
-        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
-        port,
-        user,
-        password: None,
-        dbname: db.to_string(),
-        application_name: "deploy_http_test".into(),
-        connect_timeout: Duration::from_secs(10),
-    }
-}
-
 fn q(db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
-    let mut c = Client::connect(&params(db)).unwrap_or_else(|e| panic!("connect {db}: {e}"));
+    let mut c = Client::connect(&common::db::su_params(db)).unwrap_or_else(|e| panic!("connect {db}: {e}"));
     let r = c.simple_query(sql).unwrap_or_else(|e| panic!("{db}: {sql}: {e}"));
     c.close();
     r
@@ -296,7 +281,7 @@ impl World {
 }
 
 fn drop_db(name: &str) {
-    if let Ok(mut c) = Client::connect(&params("postgres")) {
+    if let Ok(mut c) = Client::connect(&common::db::su_params("postgres")) {
         let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
         c.close();
     }

@@ -6,20 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use stonescriptdb_gateway::pg::blocking::Client;
-use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
 
 fn admin() -> Client {
-    let (host, port, user) = common::pg_env();
-    let p = ConnectParams {
-        host: Host::Unix(host.into()),
-        port,
-        user,
-        password: None,
-        dbname: "postgres".into(),
-        application_name: "deploy_isolation_test".into(),
-        connect_timeout: Duration::from_secs(5),
-    };
-    Client::connect(&p).expect("connect as superuser")
+    common::db::su("postgres")
 }
 
 fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
@@ -48,17 +37,7 @@ fn calls_are_answered_while_a_long_deploy_runs() {
     a.batch_execute(&format!("DROP DATABASE IF EXISTS {fast_db} WITH (FORCE)")).unwrap();
     a.batch_execute(&format!("CREATE DATABASE {fast_db}")).unwrap();
     {
-        let (host, port, user) = common::pg_env();
-        let p = ConnectParams {
-            host: Host::Unix(host.into()),
-            port,
-            user,
-            password: None,
-            dbname: fast_db.clone(),
-            application_name: "deploy_isolation_test".into(),
-            connect_timeout: Duration::from_secs(5),
-        };
-        let mut c = Client::connect(&p).unwrap();
+        let mut c = common::db::su(&fast_db);
         c.batch_execute("CREATE FUNCTION ping(x int) RETURNS int LANGUAGE sql AS $$ SELECT x $$").unwrap();
     }
     let g = common::start(&[("CATALOG_DB", &catalog)]);

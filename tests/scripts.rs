@@ -13,30 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use stonescriptdb_gateway::pg::blocking::Client;
-use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
-
-fn params(db: &str) -> ConnectParams {
-    let (host, port, user) = common::pg_env();
-    ConnectParams {
-        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
-        port,
-        user,
-        password: None,
-        dbname: db.to_string(),
-        application_name: "scripts_test".into(),
-        connect_timeout: Duration::from_secs(10),
-    }
-}
 
 fn one(db: &str, sql: &str) -> String {
-    let mut c = Client::connect(&params(db)).unwrap();
+    let mut c = Client::connect(&common::db::su_params(db)).unwrap();
     let r = c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     c.close();
     r.first().and_then(|r| r.first().cloned()).flatten().unwrap_or_default()
 }
 
 fn drop_db(name: &str) {
-    if let Ok(mut c) = Client::connect(&params("postgres")) {
+    if let Ok(mut c) = Client::connect(&common::db::su_params("postgres")) {
         let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
         c.close();
     }

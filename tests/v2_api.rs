@@ -17,25 +17,11 @@ use std::time::{Duration, Instant};
 use common::{Gateway, Resp, post_json, request};
 use stonescriptdb_gateway::json::Value;
 use stonescriptdb_gateway::pg::blocking::Client;
-use stonescriptdb_gateway::pg::params::{ConnectParams, Host};
 
 // ---------- PostgreSQL ----------
 
-fn params(db: &str) -> ConnectParams {
-    let (host, port, user) = common::pg_env();
-    ConnectParams {
-        host: if host.starts_with('/') { Host::Unix(PathBuf::from(host)) } else { Host::Tcp(host) },
-        port,
-        user,
-        password: None,
-        dbname: db.to_string(),
-        application_name: "v2_api_test".into(),
-        connect_timeout: Duration::from_secs(10),
-    }
-}
-
 fn pg(db: &str) -> Client {
-    Client::connect(&params(db)).unwrap_or_else(|e| panic!("connect {db}: {e}"))
+    Client::connect(&common::db::su_params(db)).unwrap_or_else(|e| panic!("connect {db}: {e}"))
 }
 
 /// Rows of `sql` (simple protocol) in database `db`.
@@ -82,7 +68,7 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let Ok(mut c) = Client::connect(&params("postgres")) else {
+        let Ok(mut c) = Client::connect(&common::db::su_params("postgres")) else {
             return;
         };
         let mut dbs = vec![self.catalog.clone()];
