@@ -109,6 +109,9 @@ pub struct CallEngine {
     scratch: Vec<u8>,
     /// Answers produced while handling events, handed to the server afterwards.
     done: Done,
+    /// Parameter encoding buffers, reused by every call.
+    param_buf: Vec<u8>,
+    param_spans: Vec<Option<(usize, usize)>>,
     /// Recorded owners: database → (platform, the tenant_id a call must give; None for main).
     owners: std::collections::HashMap<String, (String, Option<String>)>,
     /// Platforms with a dedicated PostgreSQL role: platform → (user, password).
@@ -169,7 +172,12 @@ fn send_cancel(params: &ConnectParams, tcp_addr: Option<SocketAddr>, pid: i32, k
 }
 
 /// Appends Bind (text parameters, chosen result formats) for the unnamed portal.
-fn write_bind(out: &mut BytesMut, stmt: &str, params: &[Option<&[u8]>], formats: &[i16]) {
+fn write_bind<'a>(
+    out: &mut BytesMut,
+    stmt: &str,
+    params: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+    formats: &[i16],
+) {
     let start = out.len();
     out.put_u8(b'B');
     out.put_i32(0);
@@ -227,6 +235,8 @@ impl CallEngine {
             done: Vec::new(),
             credentials: Default::default(),
             owners: Default::default(),
+            param_buf: Vec::with_capacity(256),
+            param_spans: Vec::with_capacity(16),
         }
     }
 
@@ -750,7 +760,7 @@ impl CallEngine {
             let nargs = job.req.params.len().to_string();
             let _ = frontend::parse("", OVERLOAD_SQL, std::iter::empty(), &mut c.wbuf);
             let fparams = [Some(schema.as_bytes()), Some(job.req.function.as_bytes()), Some(nargs.as_bytes())];
-            write_bind(&mut c.wbuf, "", &fparams, &[0]);
+            write_bind(&mut c.wbuf, "", fparams.iter().copied(), &[0]);
             c.wbuf.extend_from_slice(EXECUTE_SYNC);
         } else {
             frontend::sync(&mut c.wbuf);
@@ -774,9 +784,12 @@ impl CallEngine {
             Some(p) => &p.types,
             None => return,
         };
-        // Encode every parameter into one buffer, then borrow slices for Bind.
-        let mut enc: Vec<u8> = Vec::with_capacity(64);
-        let mut spans: Vec<Option<(usize, usize)>> = Vec::with_capacity(job.req.params.len());
+        // Encode every parameter into one buffer, then borrow slices for Bind. Both buffers are the
+        // engine's, reused from call to call.
+        let mut enc = std::mem::take(&mut self.param_buf);
+        let mut spans = std::mem::take(&mut self.param_spans);
+        enc.clear();
+        spans.clear();
         for (i, v) in job.req.params.iter().enumerate() {
             let oid = stmt.param_oids.get(i).copied().unwrap_or(0);
             let start = enc.len();
@@ -792,14 +805,17 @@ impl CallEngine {
                         .with_database(&job.req.database);
                     job.answered = true;
                     let (client, g) = (job.client, job.generation);
+                    self.param_buf = enc;
+                    self.param_spans = spans;
                     self.answer(client, g, Response::error(&e));
                     self.finish_if_done(poll, conn, now);
                     return;
                 }
             }
         }
-        let params: Vec<Option<&[u8]>> = spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])).collect();
-        write_bind(&mut c.wbuf, &stmt.name, &params, &stmt.formats);
+        write_bind(&mut c.wbuf, &stmt.name, spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])), &stmt.formats);
+        self.param_buf = enc;
+        self.param_spans = spans;
         if self.cfg.call.reset_session {
             // Settings a function changed with set_config(..., false) or SET ROLE must not leak into the
             // next call on this connection. RESET ALL runs in the call's own implicit transaction, before
@@ -808,7 +824,7 @@ impl CallEngine {
             // (a late cancel), the whole transaction rolls back and the call is answered with that error.
             c.wbuf.extend_from_slice(EXECUTE);
             let _ = frontend::parse("", "RESET ALL", std::iter::empty(), &mut c.wbuf);
-            write_bind(&mut c.wbuf, "", &[], &[]);
+            write_bind(&mut c.wbuf, "", std::iter::empty(), &[]);
         }
         c.wbuf.extend_from_slice(EXECUTE_SYNC);
         job.syncs.push_back(SyncPoint::Execute);
@@ -1042,7 +1058,7 @@ impl CallEngine {
             job.introspect_rounds += 1;
             let list = format!("{{{}}}", missing.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
             let _ = frontend::parse("", INTROSPECTION_SQL, std::iter::empty(), &mut c.wbuf);
-            write_bind(&mut c.wbuf, "", &[Some(list.as_bytes())], &[0]);
+            write_bind(&mut c.wbuf, "", [Some(list.as_bytes())].into_iter(), &[0]);
             c.wbuf.extend_from_slice(EXECUTE_SYNC);
             job.syncs.push_back(SyncPoint::Introspect);
             job.error = None;
