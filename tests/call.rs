@@ -660,7 +660,40 @@ LANGUAGE sql AS $$
            current_setting('statement_timeout')
 $$;
 CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
+DO $$ BEGIN CREATE ROLE ct_session_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT USAGE ON SCHEMA public TO ct_session_role;
+CREATE FUNCTION spoil_role() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN SET ROLE ct_session_role; RETURN 1; END $$;
+CREATE FUNCTION spoil_role_config() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN PERFORM set_config('role', 'ct_session_role', false); RETURN 1; END $$;
+CREATE FUNCTION spoil_auth() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN SET SESSION AUTHORIZATION ct_session_role; RETURN 1; END $$;
+CREATE FUNCTION whoami() RETURNS TABLE(cu text, su text) LANGUAGE sql AS $$
+    SELECT current_user::text, session_user::text
+$$;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO ct_session_role;
 ";
+
+#[test]
+fn role_changes_do_not_leak_between_calls() {
+    let db = TestDb::new("ct_session_role", SESSION_SETUP);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1")]);
+    let before = rows(&db.call(gw.addr, "whoami", "[]"));
+    assert_ne!(before[0].get("cu"), Some(&json(r#""ct_session_role""#)));
+    for spoil in ["spoil_role", "spoil_role_config", "spoil_auth"] {
+        assert_eq!(scalar(&db.call(gw.addr, spoil, "[]")), json("1"), "{spoil}");
+        let after = rows(&db.call(gw.addr, "whoami", "[]"));
+        assert_eq!(before, after, "{spoil} leaked into the next call");
+    }
+    // One pool connection at a time, and the one whose session user changed was replaced.
+    assert_eq!(db.gateway_backends().len(), 1);
+
+    // Without the reset the role does leak: the assertions above can fail.
+    let gw2 = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_RESET_SESSION", "false")]);
+    assert_eq!(scalar(&db.call(gw2.addr, "spoil_role", "[]")), json("1"));
+    let r = rows(&db.call(gw2.addr, "whoami", "[]"));
+    assert_eq!(r[0].get("cu"), Some(&json(r#""ct_session_role""#)));
+}
 
 #[test]
 fn session_settings_do_not_leak_between_calls() {

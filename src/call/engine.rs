@@ -212,6 +212,11 @@ const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
      WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
      AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
 
+/// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
+/// connection. `RESET ALL` leaves the role alone (it is marked not to be reset by it), hence the
+/// second statement.
+const RESET_STMTS: [(&str, &str); 2] = [("r_all", "RESET ALL"), ("r_role", "RESET ROLE")];
+
 /// Execute of the unnamed portal, all rows.
 const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
 
@@ -813,18 +818,29 @@ impl CallEngine {
                 }
             }
         }
+        let reset = self.cfg.call.reset_session;
+        if reset && !c.reset_prepared {
+            // Prepared once per connection, ahead of the call so that a failing call (which makes
+            // PostgreSQL skip to Sync) cannot skip them; prepared statements outlive a rollback.
+            for (name, sql) in RESET_STMTS {
+                let _ = frontend::parse(name, sql, std::iter::empty(), &mut c.wbuf);
+            }
+            c.reset_prepared = true;
+        }
         write_bind(&mut c.wbuf, &stmt.name, spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])), &stmt.formats);
         self.param_buf = enc;
         self.param_spans = spans;
-        if self.cfg.call.reset_session {
-            // Settings a function changed with set_config(..., false) or SET ROLE must not leak into the
-            // next call on this connection. RESET ALL runs in the call's own implicit transaction, before
-            // its Sync: no extra round trip, transaction or ReadyForQuery. If the call fails, PostgreSQL
-            // skips to Sync and the rollback already undoes what the call set; if RESET ALL itself fails
-            // (a late cancel), the whole transaction rolls back and the call is answered with that error.
-            c.wbuf.extend_from_slice(EXECUTE);
-            let _ = frontend::parse("", "RESET ALL", std::iter::empty(), &mut c.wbuf);
-            write_bind(&mut c.wbuf, "", std::iter::empty(), &[]);
+        if reset {
+            // Settings a function changed with set_config(..., false), SET or SET ROLE must not leak
+            // into the next call on this connection. The resets run in the call's own implicit
+            // transaction, before its Sync: no extra round trip, transaction or ReadyForQuery. If the
+            // call fails, PostgreSQL skips to Sync and the rollback already undoes what the call set;
+            // if a reset itself fails (a late cancel), the whole transaction rolls back and the call is
+            // answered with that error. SET SESSION AUTHORIZATION is caught by its ParameterStatus.
+            for (name, _) in RESET_STMTS {
+                c.wbuf.extend_from_slice(EXECUTE);
+                write_bind(&mut c.wbuf, name, std::iter::empty(), &[]);
+            }
         }
         c.wbuf.extend_from_slice(EXECUTE_SYNC);
         job.syncs.push_back(SyncPoint::Execute);
@@ -897,6 +913,20 @@ impl CallEngine {
                             oids.push(o);
                         }
                         p.param_oids = oids;
+                    }
+                }
+                Message::ParameterStatus(body) => {
+                    // SET SESSION AUTHORIZATION survives the resets: a connection whose session user
+                    // changed is not reused (the server reports every change of this setting).
+                    if body.name().ok() == Some("session_authorization") {
+                        if let Some(c) = self.conns.get_mut(conn) {
+                            let original = c.session.as_ref().and_then(|s| {
+                                s.server_params.iter().find(|(k, _)| k == "session_authorization").map(|(_, v)| v)
+                            });
+                            if original.map(String::as_str) != body.value().ok() {
+                                c.retire = true;
+                            }
+                        }
                     }
                 }
                 Message::NoData => {

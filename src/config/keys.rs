@@ -45,7 +45,7 @@ pub const KEYS: &[Key] = &[
     key(
         "CALL_RESET_SESSION",
         "true",
-        "pipeline RESET ALL behind every call so session settings never leak to the next call",
+        "run RESET ALL and RESET ROLE behind every call so session settings never leak to the next call",
     ),
     key("CALL_SCHEMAS", "public", "comma-separated schemas whose functions /call may run"),
     key("ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, "comma-separated CIDRs allowed to use the gateway"),

@@ -215,7 +215,7 @@ pub struct PoolConfig {
 #[derive(Debug, Clone)]
 pub struct CallConfig {
     pub timeout: Duration,
-    /// `CALL_RESET_SESSION`: send `RESET ALL` behind every call.
+    /// `CALL_RESET_SESSION`: run `RESET ALL` and `RESET ROLE` behind every call.
     pub reset_session: bool,
     pub schemas: Vec<String>,
 }

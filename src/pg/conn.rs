@@ -120,6 +120,8 @@ pub struct BackendConn {
     pub retire: bool,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
+    /// The session-reset statements are prepared on this connection.
+    pub reset_prepared: bool,
 }
 
 impl BackendConn {
@@ -158,6 +160,7 @@ impl BackendConn {
             next_stmt: 0,
             retire: false,
             tx_status: b'I',
+            reset_prepared: false,
         })
     }
 
