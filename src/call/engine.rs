@@ -39,6 +39,8 @@ pub struct Waiter {
     started: Instant,
     /// When waiting turns into 503 `pool_exhausted`.
     deadline: Instant,
+    /// Sent back to the pool once already after a cancel meant for another call stopped it.
+    requeued: bool,
 }
 
 /// What a ReadyForQuery in the pipeline closes.
@@ -89,10 +91,73 @@ struct Job {
     answered: bool,
     /// Re-prepared once after 0A000/26000.
     retried: bool,
+    /// See [`Waiter::requeued`].
+    requeued: bool,
+    /// When the backend began this call (sent it, or finished the one before it in the pipeline).
+    run_start: Instant,
     cancel_sent: bool,
     /// When the first and the latest CancelRequest went out.
     cancel_first: Option<Instant>,
     cancel_last: Option<Instant>,
+}
+
+impl Job {
+    fn new(w: Waiter, deadline: Instant, now: Instant) -> Job {
+        Job {
+            client: w.client,
+            generation: w.generation,
+            req: w.req,
+            started: w.started,
+            deadline,
+            schema_idx: 0,
+            declared: false,
+            untyped: false,
+            declared_error: None,
+            overloads: None,
+            syncs: VecDeque::with_capacity(2),
+            error: None,
+            pending: None,
+            stmt: None,
+            introspect_rounds: 0,
+            introspect_rows: Vec::new(),
+            body: Vec::with_capacity(512),
+            rows: 0,
+            answered: false,
+            retried: false,
+            requeued: w.requeued,
+            run_start: now,
+            cancel_sent: false,
+            cancel_first: None,
+            cancel_last: None,
+        }
+    }
+
+    /// Everything this job will send is sent: only its Execute's answer is outstanding, so calls
+    /// may be queued behind it without disturbing the order of the replies.
+    fn executing_only(&self) -> bool {
+        self.pending.is_none()
+            && self.stmt.is_some()
+            && self.syncs.len() == 1
+            && self.syncs.front() == Some(&SyncPoint::Execute)
+            && !self.answered
+            && !self.cancel_sent
+    }
+
+    fn expected_us(&self) -> Option<u64> {
+        self.stmt.as_ref().and_then(|s| s.expected_us())
+    }
+
+    /// The same call as a fresh waiter (it goes back to its pool to be sent again).
+    fn to_waiter(&self, deadline: Instant, requeued: bool) -> Waiter {
+        Waiter {
+            client: self.client,
+            generation: self.generation,
+            req: self.req.clone(),
+            started: self.started,
+            deadline,
+            requeued,
+        }
+    }
 }
 
 const BODY_HEAD: &[u8] = b"{\"rows\":[";
@@ -104,14 +169,19 @@ pub struct CallEngine {
     tcp_addr: Option<SocketAddr>,
     pools: Pools<Waiter>,
     conns: Slab<BackendConn>,
-    /// Jobs by connection key.
+    /// The job each connection is answering, by connection key.
     jobs: Vec<Option<Job>>,
+    /// Calls already sent behind that job (pipelined), oldest first, by connection key. Replies come
+    /// in this order; the front becomes the connection's job when the one before it is done.
+    queued: Vec<VecDeque<Job>>,
     scratch: Vec<u8>,
     /// Answers produced while handling events, handed to the server afterwards.
     done: Done,
     /// Parameter encoding buffers, reused by every call.
     param_buf: Vec<u8>,
     param_spans: Vec<Option<(usize, usize)>>,
+    /// Calls sent behind another call on a busy connection, since the start (`/health`).
+    pipelined: u64,
     /// Recorded owners: database → (platform, the tenant_id a call must give; None for main).
     owners: std::collections::HashMap<String, (String, Option<String>)>,
     /// Platforms with a dedicated PostgreSQL role: platform → (user, password).
@@ -223,6 +293,71 @@ const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
 /// Execute of the unnamed portal, all rows, then Sync.
 const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4];
 
+/// Encodes `job`'s parameters for its prepared statement and appends Bind + Execute (+ the session
+/// reset) + Sync to the connection's buffer. `Err` is the answer when a parameter does not fit its
+/// declared type; nothing is written then.
+fn write_execute(
+    cfg: &Config,
+    c: &mut BackendConn,
+    job: &mut Job,
+    types: &TypeRegistry,
+    enc: &mut Vec<u8>,
+    spans: &mut Vec<Option<(usize, usize)>>,
+) -> Result<(), ApiError> {
+    let Some(stmt) = job.stmt.clone() else {
+        return Err(ApiError::new(Kind::QueryFailed, "no prepared statement").with_database(&job.req.database));
+    };
+    // Every parameter goes into one buffer, then Bind borrows slices of it. Both buffers are the
+    // engine's, reused from call to call.
+    enc.clear();
+    spans.clear();
+    for (i, v) in job.req.params.iter().enumerate() {
+        let oid = stmt.param_oids.get(i).copied().unwrap_or(0);
+        let start = enc.len();
+        match super::encode::encode_param(v, oid, types, enc) {
+            Ok(true) => spans.push(None),
+            Ok(false) => spans.push(Some((start, enc.len()))),
+            Err(pe) => {
+                let arg = match &job.req.args {
+                    super::request::Args::Named(n) => format!("'{}'", n[i]),
+                    super::request::Args::Positional => format!("{} (${})", i + 1, i + 1),
+                };
+                return Err(ApiError::new(Kind::InvalidParameter, format!("parameter {arg}: {}", pe.message))
+                    .with_database(&job.req.database));
+            }
+        }
+    }
+    let reset = cfg.call.reset_session;
+    if reset && !c.reset_prepared {
+        // Prepared once per connection, ahead of the call so that a failing call (which makes
+        // PostgreSQL skip to Sync) cannot skip them; prepared statements outlive a rollback.
+        for (name, sql) in RESET_STMTS {
+            let _ = frontend::parse(name, sql, std::iter::empty(), &mut c.wbuf);
+        }
+        c.reset_prepared = true;
+    }
+    write_bind(&mut c.wbuf, &stmt.name, spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])), &stmt.formats);
+    if reset {
+        // Settings a function changed with set_config(..., false), SET or SET ROLE must not leak
+        // into the next call on this connection. The resets run in the call's own implicit
+        // transaction, before its Sync: no extra round trip, transaction or ReadyForQuery. If the
+        // call fails, PostgreSQL skips to Sync and the rollback already undoes what the call set;
+        // if a reset itself fails (a late cancel), the whole transaction rolls back and the call is
+        // answered with that error. SET SESSION AUTHORIZATION is caught by its ParameterStatus.
+        for (name, _) in RESET_STMTS {
+            c.wbuf.extend_from_slice(EXECUTE);
+            write_bind(&mut c.wbuf, name, std::iter::empty(), &[]);
+        }
+    }
+    c.wbuf.extend_from_slice(EXECUTE_SYNC);
+    job.syncs.push_back(SyncPoint::Execute);
+    job.error = None;
+    job.body.clear();
+    job.body.extend_from_slice(BODY_HEAD);
+    job.rows = 0;
+    Ok(())
+}
+
 impl CallEngine {
     pub fn new(cfg: Arc<Config>, base: ConnectParams) -> CallEngine {
         let tcp_addr = match &base.host {
@@ -236,6 +371,8 @@ impl CallEngine {
             pools: Pools::default(),
             conns: Slab::default(),
             jobs: Vec::new(),
+            queued: Vec::new(),
+            pipelined: 0,
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
             credentials: Default::default(),
@@ -293,12 +430,23 @@ impl CallEngine {
         self.pools.waiting_total()
     }
 
+    pub fn pipelined_calls(&self) -> u64 {
+        self.pipelined
+    }
+
     pub fn active_pools(&self) -> usize {
         self.pools.pools.len()
     }
 
     pub fn busy(&self) -> bool {
-        self.jobs.iter().any(|j| j.as_ref().is_some_and(|j| !j.answered)) || self.pools.waiting_total() > 0
+        self.jobs.iter().any(|j| j.as_ref().is_some_and(|j| !j.answered))
+            || self.queued.iter().flatten().any(|j| !j.answered)
+            || self.pools.waiting_total() > 0
+    }
+
+    /// Backend connections running calls, over all pools.
+    fn busy_connections(&self) -> usize {
+        self.pools.pools.iter().map(|(_, p)| p.busy.len()).sum()
     }
 
     pub fn release_parked(&mut self) {
@@ -334,7 +482,28 @@ impl CallEngine {
         let pool = self.pool_for(&req.database, role, now);
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
-        let waiter = Waiter { client, generation, req, started: now, deadline: now + self.cfg.pool.wait_timeout };
+        let waiter = Waiter {
+            client,
+            generation,
+            req,
+            started: now,
+            deadline: now + self.cfg.pool.wait_timeout,
+            requeued: false,
+        };
+        // While fewer backends are busy than the machine has cores, an idle connection runs the call
+        // at once. Beyond that, more busy backends only take turns on the same cores; queuing the
+        // call behind a short one on a busy connection saves a backend wake-up per call instead.
+        let has_idle = !p.idle.is_empty();
+        if has_idle && self.busy_connections() < self.cfg.call.busy_target {
+            let conn = self.pools.pools.get_mut(pool).and_then(|p| p.idle.pop())?;
+            self.start_job(poll, conn, waiter, now);
+            return None;
+        }
+        let waiter = match self.try_pipeline(poll, pool, waiter, now) {
+            Ok(()) => return None,
+            Err(w) => w,
+        };
+        let p = self.pools.pools.get_mut(pool)?;
         if let Some(conn) = p.idle.pop() {
             self.start_job(poll, conn, waiter, now);
             return None;
@@ -354,6 +523,82 @@ impl CallEngine {
         p.waiting.push_back(waiter);
         self.grow(poll, pool, now);
         None
+    }
+
+    /// Sends the call behind others on the busy connection of `pool` with the shortest expected
+    /// wait, if one qualifies: its statement is prepared there, the pipeline is shorter than
+    /// `CALL_PIPELINE_DEPTH`, every call in it has a known recent run time and together they are
+    /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Not while calls wait for this pool:
+    /// connections must drain to serve them in turn. `Err` gives the waiter back.
+    fn try_pipeline(&mut self, poll: &mut Poll, pool: usize, waiter: Waiter, now: Instant) -> Result<(), Waiter> {
+        let depth = self.cfg.call.pipeline_depth;
+        let Some(p) = self.pools.pools.get(pool) else { return Err(waiter) };
+        if depth <= 1 || p.busy.is_empty() || !p.waiting.is_empty() {
+            return Err(waiter);
+        }
+        let Some(schema) = self.cfg.call.schemas.first() else { return Err(waiter) };
+        let max_wait = u64::try_from(self.cfg.call.pipeline_max_wait.as_micros()).unwrap_or(u64::MAX);
+        let shape = waiter.req.shape_key(schema);
+        let mut typed: Option<String> = None;
+        let mut best: Option<(usize, u64, Arc<Stmt>)> = None;
+        for &conn in &p.busy {
+            let (Some(c), Some(head)) = (self.conns.get(conn), self.jobs.get(conn).and_then(Option::as_ref)) else {
+                continue;
+            };
+            let queue = self.queued.get(conn);
+            if c.retire || !matches!(c.state, ConnState::Busy) || !head.executing_only() {
+                continue;
+            }
+            if 1 + queue.map_or(0, VecDeque::len) >= depth {
+                continue;
+            }
+            let mut wait = Some(0u64);
+            for j in std::iter::once(head).chain(queue.into_iter().flatten()) {
+                wait = wait.zip(j.expected_us()).map(|(a, b)| a + b);
+            }
+            let Some(wait) = wait else { continue };
+            if wait > max_wait || best.as_ref().is_some_and(|b| b.1 <= wait) {
+                continue;
+            }
+            let stmt = if c.ambiguous.contains(&shape) {
+                let key = typed.get_or_insert_with(|| waiter.req.typed_key(schema));
+                c.stmts.get(key.as_str())
+            } else {
+                c.stmts.get(&shape)
+            };
+            if let Some(stmt) = stmt {
+                best = Some((conn, wait, stmt.clone()));
+            }
+        }
+        let Some((conn, _, stmt)) = best else { return Err(waiter) };
+        let mut job = Job::new(waiter, now + self.cfg.call.timeout, now);
+        job.stmt = Some(stmt);
+        let (Some(c), Some(p)) = (self.conns.get_mut(conn), self.pools.pools.get(pool)) else { return Ok(()) };
+        match write_execute(&self.cfg, c, &mut job, &p.types, &mut self.param_buf, &mut self.param_spans) {
+            Ok(()) => {
+                if self.queued.len() <= conn {
+                    self.queued.resize_with(conn + 1, VecDeque::new);
+                }
+                self.queued[conn].push_back(job);
+                self.pipelined += 1;
+                if let Err(e) = c.flush() {
+                    self.conn_broken(poll, conn, e, now);
+                }
+            }
+            Err(e) => self.answer(job.client, job.generation, Response::error(&e)),
+        }
+        Ok(())
+    }
+
+    /// Puts a call that has to be sent again at the front of its pool's queue.
+    fn requeue(&mut self, poll: &mut Poll, pool: usize, w: Waiter, now: Instant) {
+        let Some(p) = self.pools.pools.get_mut(pool) else {
+            let e = ApiError::new(Kind::ConnectionFailed, "PostgreSQL connection lost").with_database(&w.req.database);
+            self.answer(w.client, w.generation, Response::error(&e));
+            return;
+        };
+        p.waiting.push_front(w);
+        self.hand_out(poll, pool, now);
     }
 
     fn pool_for(&mut self, database: &str, role: Option<(String, Option<String>)>, now: Instant) -> usize {
@@ -423,6 +668,9 @@ impl CallEngine {
                 p.connecting.push(k);
                 if self.jobs.len() <= k {
                     self.jobs.resize_with(k + 1, || None);
+                }
+                if self.queued.len() <= k {
+                    self.queued.resize_with(k + 1, VecDeque::new);
                 }
                 true
             }
@@ -516,6 +764,14 @@ impl CallEngine {
         }
         if let Some(slot) = self.jobs.get_mut(key) {
             *slot = None;
+        }
+        // Calls sent behind a job that was given up on (e.g. it ignored its cancel): closing the
+        // connection rolls back whatever of them had started.
+        let queued = self.queued.get_mut(key).map(std::mem::take).unwrap_or_default();
+        for job in queued.into_iter().filter(|j| !j.answered) {
+            let e = ApiError::new(Kind::ConnectionFailed, "the PostgreSQL connection running this call was closed")
+                .with_database(&job.req.database);
+            self.answer(job.client, job.generation, Response::error(&e));
         }
     }
 
@@ -620,21 +876,21 @@ impl CallEngine {
         c.state = ConnState::Broken;
         let pool = c.pool;
         let was_startup = c.session.is_none();
-        if let Some(job) = self.jobs.get_mut(key).and_then(Option::take) {
-            if !job.answered {
-                let e = match &err {
-                    PgError::Db(d) => api_from_db(d, &job.req.database),
-                    _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
-                        .with_database(&job.req.database),
-                };
-                // A FATAL like 57P01 during a call is a connection failure, not the call's fault.
-                let e = if matches!(&err, PgError::Db(d) if d.severity == "FATAL" || d.severity == "PANIC") {
-                    ApiError { kind: Kind::ConnectionFailed, ..e }
-                } else {
-                    e
-                };
-                self.answer(job.client, job.generation, Response::error(&e));
-            }
+        let head = self.jobs.get_mut(key).and_then(Option::take);
+        let queued = self.queued.get_mut(key).map(std::mem::take).unwrap_or_default();
+        for job in head.into_iter().chain(queued).filter(|j| !j.answered) {
+            let e = match &err {
+                PgError::Db(d) => api_from_db(d, &job.req.database),
+                _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
+                    .with_database(&job.req.database),
+            };
+            // A FATAL like 57P01 during a call is a connection failure, not the call's fault.
+            let e = if matches!(&err, PgError::Db(d) if d.severity == "FATAL" || d.severity == "PANIC") {
+                ApiError { kind: Kind::ConnectionFailed, ..e }
+            } else {
+                e
+            };
+            self.answer(job.client, job.generation, Response::error(&e));
         }
         self.close_conn(poll, key);
         if was_startup {
@@ -688,31 +944,7 @@ impl CallEngine {
         if let Some(p) = self.pools.pools.get_mut(pool) {
             p.set_busy(conn);
         }
-        let job = Job {
-            client: w.client,
-            generation: w.generation,
-            req: w.req,
-            started: w.started,
-            deadline: now + self.cfg.call.timeout,
-            schema_idx: 0,
-            declared: false,
-            untyped: false,
-            declared_error: None,
-            overloads: None,
-            syncs: VecDeque::with_capacity(2),
-            error: None,
-            pending: None,
-            stmt: None,
-            introspect_rounds: 0,
-            introspect_rows: Vec::new(),
-            body: Vec::with_capacity(512),
-            rows: 0,
-            answered: false,
-            retried: false,
-            cancel_sent: false,
-            cancel_first: None,
-            cancel_last: None,
-        };
+        let job = Job::new(w, now + self.cfg.call.timeout, now);
         if self.jobs.len() <= conn {
             self.jobs.resize_with(conn + 1, || None);
         }
@@ -775,79 +1007,25 @@ impl CallEngine {
         job.pending = Some(Pending { name, key, param_oids: Vec::new(), columns: Vec::new() });
     }
 
-    /// Encodes the parameters and sends Bind + Execute + Sync (+ RESET ALL) in one write.
+    /// Sends the connection's job: Bind + Execute (+ the session reset) + Sync, in one write.
     fn send_execute(&mut self, poll: &mut Poll, conn: usize, now: Instant) {
-        let Some(c) = self.conns.get_mut(conn) else { return };
         let Some(job) = self.jobs.get_mut(conn).and_then(Option::as_mut) else { return };
         if job.answered || job.cancel_sent {
             // Nobody waits for it, or it is already past its deadline (see after_prepare).
             self.abandon(poll, conn, now);
             return;
         }
-        let Some(stmt) = job.stmt.clone() else { return };
-        let types = match self.pools.pools.get(c.pool) {
-            Some(p) => &p.types,
-            None => return,
+        let (Some(c), Some(job)) = (self.conns.get_mut(conn), self.jobs.get_mut(conn).and_then(Option::as_mut)) else {
+            return;
         };
-        // Encode every parameter into one buffer, then borrow slices for Bind. Both buffers are the
-        // engine's, reused from call to call.
-        let mut enc = std::mem::take(&mut self.param_buf);
-        let mut spans = std::mem::take(&mut self.param_spans);
-        enc.clear();
-        spans.clear();
-        for (i, v) in job.req.params.iter().enumerate() {
-            let oid = stmt.param_oids.get(i).copied().unwrap_or(0);
-            let start = enc.len();
-            match super::encode::encode_param(v, oid, types, &mut enc) {
-                Ok(true) => spans.push(None),
-                Ok(false) => spans.push(Some((start, enc.len()))),
-                Err(pe) => {
-                    let arg = match &job.req.args {
-                        super::request::Args::Named(n) => format!("'{}'", n[i]),
-                        super::request::Args::Positional => format!("{} (${})", i + 1, i + 1),
-                    };
-                    let e = ApiError::new(Kind::InvalidParameter, format!("parameter {arg}: {}", pe.message))
-                        .with_database(&job.req.database);
-                    job.answered = true;
-                    let (client, g) = (job.client, job.generation);
-                    self.param_buf = enc;
-                    self.param_spans = spans;
-                    self.answer(client, g, Response::error(&e));
-                    self.finish_if_done(poll, conn, now);
-                    return;
-                }
-            }
+        let Some(p) = self.pools.pools.get(c.pool) else { return };
+        job.run_start = now;
+        if let Err(e) = write_execute(&self.cfg, c, job, &p.types, &mut self.param_buf, &mut self.param_spans) {
+            job.answered = true;
+            let (client, g) = (job.client, job.generation);
+            self.answer(client, g, Response::error(&e));
+            self.finish_if_done(poll, conn, now);
         }
-        let reset = self.cfg.call.reset_session;
-        if reset && !c.reset_prepared {
-            // Prepared once per connection, ahead of the call so that a failing call (which makes
-            // PostgreSQL skip to Sync) cannot skip them; prepared statements outlive a rollback.
-            for (name, sql) in RESET_STMTS {
-                let _ = frontend::parse(name, sql, std::iter::empty(), &mut c.wbuf);
-            }
-            c.reset_prepared = true;
-        }
-        write_bind(&mut c.wbuf, &stmt.name, spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])), &stmt.formats);
-        self.param_buf = enc;
-        self.param_spans = spans;
-        if reset {
-            // Settings a function changed with set_config(..., false), SET or SET ROLE must not leak
-            // into the next call on this connection. The resets run in the call's own implicit
-            // transaction, before its Sync: no extra round trip, transaction or ReadyForQuery. If the
-            // call fails, PostgreSQL skips to Sync and the rollback already undoes what the call set;
-            // if a reset itself fails (a late cancel), the whole transaction rolls back and the call is
-            // answered with that error. SET SESSION AUTHORIZATION is caught by its ParameterStatus.
-            for (name, _) in RESET_STMTS {
-                c.wbuf.extend_from_slice(EXECUTE);
-                write_bind(&mut c.wbuf, name, std::iter::empty(), &[]);
-            }
-        }
-        c.wbuf.extend_from_slice(EXECUTE_SYNC);
-        job.syncs.push_back(SyncPoint::Execute);
-        job.error = None;
-        job.body.clear();
-        job.body.extend_from_slice(BODY_HEAD);
-        job.rows = 0;
     }
 
     fn on_job_message(&mut self, poll: &mut Poll, conn: usize, msg: Backend, now: Instant) -> Result<(), PgError> {
@@ -1020,6 +1198,7 @@ impl CallEngine {
             SyncPoint::Execute => {
                 if let Some(e) = job.error.take() {
                     let stale = matches!(e.code.as_str(), "0A000" | "26000");
+                    let pipelined = self.queued.get(conn).is_some_and(|q| !q.is_empty());
                     if stale && !job.retried && !job.answered {
                         // The function changed under a cached plan: prepare afresh once.
                         job.retried = true;
@@ -1027,13 +1206,33 @@ impl CallEngine {
                             c.stmts.retain(|_, s| !Arc::ptr_eq(s, &stmt));
                             let _ = frontend::close(b'S', &stmt.name, &mut c.wbuf);
                         }
-                        // The RESET ALL of the failed attempt is still in flight; it stays queued.
-                        self.begin(poll, conn, now);
+                        if !pipelined {
+                            self.begin(poll, conn, now);
+                            return;
+                        }
+                        // Calls already sent behind this one keep their place, so it cannot prepare
+                        // here; it goes back to the pool (its transaction rolled back: nothing ran).
+                        let w = job.to_waiter(now + self.cfg.pool.wait_timeout, job.requeued);
+                        job.answered = true;
+                        self.finish_if_done(poll, conn, now);
+                        self.requeue(poll, pool, w, now);
+                        return;
+                    }
+                    if e.code == "57014" && c.cancelled && !job.cancel_sent && !job.requeued && !job.answered {
+                        // A CancelRequest sent for an earlier call on this connection arrived late and
+                        // stopped this one. Its transaction rolled back, so it is sent again elsewhere.
+                        let w = job.to_waiter(now + self.cfg.pool.wait_timeout, true);
+                        job.answered = true;
+                        self.finish_if_done(poll, conn, now);
+                        self.requeue(poll, pool, w, now);
                         return;
                     }
                     let e = api_from_db(&e, &job.req.database);
                     self.fail(poll, conn, e, now);
                     return;
+                }
+                if let Some(stmt) = &job.stmt {
+                    stmt.note_run(now.saturating_duration_since(job.run_start));
                 }
                 if !job.answered {
                     job.answered = true;
@@ -1101,8 +1300,7 @@ impl CallEngine {
         let types: &TypeRegistry = &p.types;
         let columns: Vec<PreparedColumn> =
             pending.columns.iter().map(|col| PreparedColumn::new(&col.name, col.type_oid, types)).collect();
-        let formats = columns.iter().map(|c| c.format).collect();
-        let stmt = Arc::new(Stmt { name: pending.name, param_oids: pending.param_oids, columns, formats });
+        let stmt = Arc::new(Stmt::new(pending.name, pending.param_oids, columns));
         c.stmts.insert(pending.key, stmt.clone());
         job.stmt = Some(stmt);
         self.send_execute(poll, conn, now);
@@ -1140,6 +1338,18 @@ impl CallEngine {
         if cancelled {
             c.retire = true;
         }
+        if let Some(next) = self.queued.get_mut(conn).and_then(VecDeque::pop_front) {
+            if c.tx_status != b'I' {
+                // A function call in its own implicit transaction cannot leave one open; if the server
+                // says otherwise, the calls behind must not run inside it. Closing rolls it back.
+                self.jobs[conn] = Some(next);
+                let e = PgError::Protocol(format!("transaction status '{}' after a call", c.tx_status as char));
+                self.conn_broken(poll, conn, e, now);
+                return;
+            }
+            self.promote(conn, next, now);
+            return;
+        }
         let pool = c.pool;
         let too_old = now.saturating_duration_since(c.created) >= self.cfg.pool.max_lifetime;
         if c.retire || c.tx_status != b'I' || too_old || !c.rbuf.is_empty() {
@@ -1156,10 +1366,33 @@ impl CallEngine {
         self.hand_out(poll, pool, now);
     }
 
+    /// The next pipelined call becomes the connection's job: the backend starts it now.
+    fn promote(&mut self, conn: usize, mut job: Job, now: Instant) {
+        job.run_start = now;
+        job.deadline = now + self.cfg.call.timeout;
+        let gone = job.answered;
+        if gone {
+            // Its client left while it was queued: stop it like a running call.
+            job.cancel_sent = true;
+            job.cancel_first = Some(now);
+            job.cancel_last = Some(now);
+        }
+        self.jobs[conn] = Some(job);
+        if gone {
+            self.cancel_conn(conn);
+        }
+    }
+
     /// The client of (`client`, `generation`) left: drop its wait or cancel its query.
     pub fn client_gone(&mut self, client: usize, generation: u64) {
         for (_, p) in self.pools.pools.iter_mut() {
             p.waiting.retain(|w| !(w.client == client && w.generation == generation));
+        }
+        // A call still queued in a pipeline is cancelled when it starts (see `promote`).
+        for j in self.queued.iter_mut().flatten() {
+            if j.client == client && j.generation == generation {
+                j.answered = true;
+            }
         }
         let mut cancel = None;
         for (k, slot) in self.jobs.iter_mut().enumerate() {
@@ -1181,8 +1414,10 @@ impl CallEngine {
         }
     }
 
-    fn cancel_conn(&self, conn: usize) {
-        let Some(c) = self.conns.get(conn) else { return };
+    fn cancel_conn(&mut self, conn: usize) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        c.cancelled = true;
+        c.retire = true;
         let (Some(s), Some(p)) = (&c.session, self.pools.pools.get(c.pool)) else { return };
         send_cancel(&p.params, self.tcp_addr, s.process_id, s.secret_key);
     }

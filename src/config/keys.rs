@@ -47,6 +47,17 @@ pub const KEYS: &[Key] = &[
         "true",
         "run RESET ALL and RESET ROLE behind every call so session settings never leak to the next call",
     ),
+    key("CALL_PIPELINE_DEPTH", "8", "calls in flight on one backend connection under load; 1 turns pipelining off"),
+    key(
+        "CALL_PIPELINE_MAX_WAIT_US",
+        "2000",
+        "a call is queued behind others on a busy connection only if their recent run times add up to at most this",
+    ),
+    key(
+        "CALL_BUSY_TARGET",
+        "0",
+        "busy backend connections (all pools) before calls prefer pipelining to idle connections; 0 = CPU count",
+    ),
     key("CALL_SCHEMAS", "public", "comma-separated schemas whose functions /call may run"),
     key("ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, "comma-separated CIDRs allowed to use the gateway"),
     key("TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed"),

@@ -218,6 +218,13 @@ pub struct CallConfig {
     /// `CALL_RESET_SESSION`: run `RESET ALL` and `RESET ROLE` behind every call.
     pub reset_session: bool,
     pub schemas: Vec<String>,
+    /// `CALL_PIPELINE_DEPTH`: calls in flight on one backend connection (1 = no pipelining).
+    pub pipeline_depth: usize,
+    /// `CALL_PIPELINE_MAX_WAIT_US`: the expected wait a queued call may accept behind others.
+    pub pipeline_max_wait: Duration,
+    /// `CALL_BUSY_TARGET` with 0 resolved to the CPU count: below this many busy backend
+    /// connections a call takes an idle connection rather than a place in a pipeline.
+    pub busy_target: usize,
 }
 
 /// Allowlists and the admin token.
@@ -438,6 +445,12 @@ impl Config {
             timeout: millis(s, "CALL_TIMEOUT_MS")?,
             reset_session: boolean(s, "CALL_RESET_SESSION")?,
             schemas,
+            pipeline_depth: num(s, "CALL_PIPELINE_DEPTH", 1usize, 64)?,
+            pipeline_max_wait: Duration::from_micros(num::<u64>(s, "CALL_PIPELINE_MAX_WAIT_US", 0, 10_000_000)?),
+            busy_target: match num(s, "CALL_BUSY_TARGET", 0usize, 10_000)? {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
         };
         let security = SecurityConfig {
             allowed_networks: cidrs(s, "ALLOWED_NETWORKS")?,

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::event::Source;
@@ -90,6 +91,34 @@ pub struct Stmt {
     pub columns: Vec<crate::call::render::PreparedColumn>,
     /// Result format codes, in column order, for Bind.
     pub formats: Vec<i16>,
+    /// Recent run time in µs, exponentially weighted; `u32::MAX` until a first run has finished.
+    /// Decides whether other calls may queue behind this one (see `call/engine.rs`).
+    pub run_us: AtomicU32,
+}
+
+impl Stmt {
+    pub fn new(name: String, param_oids: Vec<u32>, columns: Vec<crate::call::render::PreparedColumn>) -> Stmt {
+        let formats = columns.iter().map(|c| c.format).collect();
+        Stmt { name, param_oids, columns, formats, run_us: AtomicU32::new(u32::MAX) }
+    }
+
+    /// The recent run time, once known.
+    pub fn expected_us(&self) -> Option<u64> {
+        match self.run_us.load(Ordering::Relaxed) {
+            u32::MAX => None,
+            us => Some(u64::from(us)),
+        }
+    }
+
+    /// Folds one run into the average (weight 1/4, so a slow spell shows within a few calls).
+    pub fn note_run(&self, took: Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX - 1).min(u32::MAX - 1);
+        let avg = match self.run_us.load(Ordering::Relaxed) {
+            u32::MAX => sample,
+            old => ((u64::from(old) * 3 + u64::from(sample)) / 4) as u32,
+        };
+        self.run_us.store(avg, Ordering::Relaxed);
+    }
 }
 
 /// One backend connection.
@@ -120,6 +149,9 @@ pub struct BackendConn {
     pub retire: bool,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
+    /// A CancelRequest was sent for a call on this connection. It may still arrive and stop a later
+    /// call, so the connection takes no new calls and is closed when its pipeline is done.
+    pub cancelled: bool,
     /// The session-reset statements are prepared on this connection.
     pub reset_prepared: bool,
 }
@@ -160,6 +192,7 @@ impl BackendConn {
             next_stmt: 0,
             retire: false,
             tx_status: b'I',
+            cancelled: false,
             reset_prepared: false,
         })
     }

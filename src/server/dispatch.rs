@@ -459,6 +459,7 @@ impl Server {
         o.u64("total_connections", c.total_connections() as u64);
         o.u64("idle_connections", c.idle_connections() as u64);
         o.u64("waiting_requests", c.waiting_requests() as u64);
+        o.u64("pipelined_calls", c.pipelined_calls());
         o.finish();
         Response::json(if connected { 200 } else { 503 }, body)
     }

@@ -1,0 +1,164 @@
+//! `/call` pipelining: calls sent behind another call on a busy backend connection keep their own
+//! transaction, errors and session reset; slow calls are not queued behind; a cancelled call does
+//! not take the calls behind it down. Runs against the cluster of `scripts/test.sh`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::db::{TestDb, expect_error, scalar};
+use common::{request, start};
+use stonescriptdb_gateway::json::{Value, parse};
+
+fn json(s: &str) -> Value {
+    parse(s.as_bytes()).unwrap_or_else(|e| panic!("bad JSON in test ({e}): {s}"))
+}
+
+fn pipelined_calls(addr: SocketAddr) -> u64 {
+    let r = request(addr, "GET", "/health", &[], b"");
+    match r.json().get("pipelined_calls") {
+        Some(Value::Number(n)) => n.parse().expect("a count"),
+        _ => panic!("no pipelined_calls in /health: {}", r.text()),
+    }
+}
+
+const ISOLATION: &str = "
+CREATE TABLE items (id int PRIMARY KEY);
+CREATE FUNCTION put(p int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO items VALUES (p);
+    PERFORM set_config('work_mem', '1MB', false);
+    IF p % 5 = 0 THEN RAISE EXCEPTION 'refused %', p; END IF;
+    RETURN p;
+END $$;
+CREATE FUNCTION mem() RETURNS text LANGUAGE sql AS $$ SELECT current_setting('work_mem') $$;
+";
+
+/// Many clients on a pool of two connections: every call gets its own answer, a failing call rolls
+/// back only itself, and no call sees another's setting. With depth 1 nothing is pipelined, which
+/// shows that the count (and so the pipelining the rest checks) is real.
+#[test]
+fn pipelined_calls_keep_their_own_results_errors_and_settings() {
+    for depth in ["8", "1"] {
+        let db = TestDb::new("ct_pipe_iso", ISOLATION);
+        let gw = start(&[
+            ("MAX_CONNECTIONS_PER_POOL", "2"),
+            ("CALL_BUSY_TARGET", "1"),
+            ("CALL_PIPELINE_DEPTH", depth),
+            ("CALL_PIPELINE_MAX_WAIT_US", "1000000"),
+        ]);
+        let addr = gw.addr;
+        assert_eq!(scalar(&db.call(addr, "put", "[-1]")), json("-1"));
+        assert_eq!(scalar(&db.call(addr, "mem", "[]")), json(r#""4MB""#));
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let body = |f: &str, p: &str| format!(r#"{{"platform":"ct_pipe_iso","function":"{f}","params":{p}}}"#);
+                thread::spawn(move || {
+                    for i in 0..40 {
+                        let id = t * 1000 + i + 1;
+                        let r = common::post_json(addr, "/call", &body("put", &format!("[{id}]")));
+                        if id % 5 == 0 {
+                            let e = expect_error(&r, 400, "function_error");
+                            let msg = e.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+                            assert_eq!(msg, format!("refused {id}"), "{}", r.text());
+                        } else {
+                            assert_eq!(scalar(&r), json(&id.to_string()), "{}", r.text());
+                        }
+                        if i % 4 == 0 {
+                            let r = common::post_json(addr, "/call", &body("mem", "[]"));
+                            assert_eq!(scalar(&r), json(r#""4MB""#), "a setting leaked");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("client thread");
+        }
+        // Exactly the calls that succeeded left a row.
+        let r = db.call(addr, "put", "[999999]");
+        assert_eq!(r.status, 200);
+        let got = common::db::su(&db.name)
+            .simple_query("SELECT count(*), count(*) FILTER (WHERE id % 5 = 0) FROM items")
+            .unwrap();
+        let want = 2 + 16 * 40 - 16 * 8;
+        assert_eq!(got[0][0].as_deref(), Some(want.to_string().as_str()), "rows after depth {depth}");
+        assert_eq!(got[0][1].as_deref(), Some("0"), "a failed call left its row (depth {depth})");
+        let b = db.gateway_backends();
+        assert!(b.len() <= 2, "depth {depth}: {b:?}");
+        let n = pipelined_calls(addr);
+        if depth == "1" {
+            assert_eq!(n, 0, "pipelined with CALL_PIPELINE_DEPTH=1");
+        } else {
+            assert!(n > 0, "nothing was pipelined");
+        }
+    }
+}
+
+const SLOW_FAST: &str = "
+CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(0.4)';
+CREATE FUNCTION fast() RETURNS int LANGUAGE sql AS 'SELECT 2';
+";
+
+/// A call is not queued behind one whose recent run time is above `CALL_PIPELINE_MAX_WAIT_US`; with
+/// a limit above it, it is (so the first half can fail).
+#[test]
+fn calls_are_not_queued_behind_slow_ones() {
+    let db = TestDb::new("ct_pipe_slow", SLOW_FAST);
+    for (max_wait, expect_pipelined) in [("2000", false), ("10000000", true)] {
+        let gw = start(&[
+            ("MAX_CONNECTIONS_PER_POOL", "1"),
+            ("CALL_BUSY_TARGET", "1"),
+            ("CALL_PIPELINE_MAX_WAIT_US", max_wait),
+        ]);
+        let addr = gw.addr;
+        // Both statements prepared and timed on the one connection.
+        assert_eq!(scalar(&db.call(addr, "slow", "[]")), json("1"));
+        assert_eq!(scalar(&db.call(addr, "fast", "[]")), json("2"));
+        let body = db.body("slow", Some("[]"));
+        let slow = thread::spawn(move || common::post_json(addr, "/call", &body));
+        thread::sleep(Duration::from_millis(150));
+        let t = Instant::now();
+        assert_eq!(scalar(&db.call(addr, "fast", "[]")), json("2"));
+        assert!(t.elapsed() >= Duration::from_millis(100), "fast did not wait for the only connection");
+        assert_eq!(slow.join().unwrap().status, 200);
+        assert_eq!(pipelined_calls(addr) > 0, expect_pipelined, "CALL_PIPELINE_MAX_WAIT_US={max_wait}");
+    }
+}
+
+const NAP: &str = "CREATE FUNCTION nap(ms int) RETURNS int LANGUAGE sql AS 'SELECT $1 FROM pg_sleep($1 / 1000.0)';";
+
+/// The running call hits `CALL_TIMEOUT_MS` and is cancelled; the calls pipelined behind it still run
+/// and answer 200 (also when the cancel reached one of them: it is sent again elsewhere).
+#[test]
+fn calls_behind_a_cancelled_call_still_succeed() {
+    let db = TestDb::new("ct_pipe_cancel", NAP);
+    let gw = start(&[
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_TIMEOUT_MS", "400"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+    ]);
+    let addr = gw.addr;
+    assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
+    let body = db.body("nap", Some("[5000]"));
+    let head = thread::spawn(move || common::post_json(addr, "/call", &body));
+    thread::sleep(Duration::from_millis(150));
+    let behind: Vec<_> = (0..4)
+        .map(|_| {
+            let body = db.body("nap", Some("[0]"));
+            thread::spawn(move || common::post_json(addr, "/call", &body))
+        })
+        .collect();
+    let r = head.join().unwrap();
+    expect_error(&r, 504, "timeout");
+    for t in behind {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(scalar(&r), json("0"));
+    }
+    assert!(pipelined_calls(addr) > 0, "nothing was pipelined behind the slow call");
+    assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
+}
