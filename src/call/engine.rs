@@ -180,6 +180,9 @@ pub struct CallEngine {
     /// Parameter encoding buffers, reused by every call.
     param_buf: Vec<u8>,
     param_spans: Vec<Option<(usize, usize)>>,
+    /// Connections given bytes during this loop turn; written out together at its end, so that
+    /// calls for the same backend arriving in one turn reach it in one write (one wake-up).
+    unflushed: Vec<usize>,
     /// Calls sent behind another call on a busy connection, since the start (`/health`).
     pipelined: u64,
     /// Recorded owners: database → (platform, the tenant_id a call must give; None for main).
@@ -373,6 +376,7 @@ impl CallEngine {
             jobs: Vec::new(),
             queued: Vec::new(),
             pipelined: 0,
+            unflushed: Vec::new(),
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
             credentials: Default::default(),
@@ -499,7 +503,7 @@ impl CallEngine {
             self.start_job(poll, conn, waiter, now);
             return None;
         }
-        let waiter = match self.try_pipeline(poll, pool, waiter, now) {
+        let waiter = match self.try_pipeline(pool, waiter, now) {
             Ok(()) => return None,
             Err(w) => w,
         };
@@ -530,7 +534,7 @@ impl CallEngine {
     /// `CALL_PIPELINE_DEPTH`, every call in it has a known recent run time and together they are
     /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Not while calls wait for this pool:
     /// connections must drain to serve them in turn. `Err` gives the waiter back.
-    fn try_pipeline(&mut self, poll: &mut Poll, pool: usize, waiter: Waiter, now: Instant) -> Result<(), Waiter> {
+    fn try_pipeline(&mut self, pool: usize, waiter: Waiter, now: Instant) -> Result<(), Waiter> {
         let depth = self.cfg.call.pipeline_depth;
         let Some(p) = self.pools.pools.get(pool) else { return Err(waiter) };
         if depth <= 1 || p.busy.is_empty() || !p.waiting.is_empty() {
@@ -581,13 +585,40 @@ impl CallEngine {
                 }
                 self.queued[conn].push_back(job);
                 self.pipelined += 1;
-                if let Err(e) = c.flush() {
-                    self.conn_broken(poll, conn, e, now);
-                }
+                self.defer_flush(conn);
             }
             Err(e) => self.answer(job.client, job.generation, Response::error(&e)),
         }
         Ok(())
+    }
+
+    fn defer_flush(&mut self, conn: usize) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            if !c.flush_queued {
+                c.flush_queued = true;
+                self.unflushed.push(conn);
+            }
+        }
+    }
+
+    /// End of a loop turn: writes what this turn queued for each backend connection.
+    pub fn flush_deferred(&mut self, poll: &mut Poll, now: Instant) -> Done {
+        let mut list = std::mem::take(&mut self.unflushed);
+        for &conn in &list {
+            let Some(c) = self.conns.get_mut(conn) else { continue };
+            if !std::mem::replace(&mut c.flush_queued, false) {
+                continue;
+            }
+            if let Err(e) = c.flush() {
+                self.conn_broken(poll, conn, e, now);
+            }
+        }
+        list.clear();
+        if self.unflushed.is_empty() {
+            // Keep the allocation for the next turn.
+            self.unflushed = list;
+        }
+        self.take_done()
     }
 
     /// Puts a call that has to be sent again at the front of its pool's queue.
@@ -972,11 +1003,7 @@ impl CallEngine {
         } else {
             self.send_prepare(conn, key, declared, !overloaded);
         }
-        if let Some(c) = self.conns.get_mut(conn) {
-            if let Err(e) = c.flush() {
-                self.conn_broken(poll, conn, e, now);
-            }
-        }
+        self.defer_flush(conn);
     }
 
     /// Parse + Describe (+ the overload check when `check`) + Sync.

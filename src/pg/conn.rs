@@ -149,6 +149,8 @@ pub struct BackendConn {
     pub retire: bool,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
+    /// In the engine's list of connections to flush at the end of the loop turn.
+    pub flush_queued: bool,
     /// A CancelRequest was sent for a call on this connection. It may still arrive and stop a later
     /// call, so the connection takes no new calls and is closed when its pipeline is done.
     pub cancelled: bool,
@@ -192,6 +194,7 @@ impl BackendConn {
             next_stmt: 0,
             retire: false,
             tx_status: b'I',
+            flush_queued: false,
             cancelled: false,
             reset_prepared: false,
         })

@@ -335,6 +335,11 @@ impl App {
     }
 
     /// Timeouts and pool maintenance; returns responses that became ready (e.g. 503 after a wait).
+    /// End of a loop turn: backend writes queued during it go out.
+    pub fn flush_backends(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
+        self.calls.flush_deferred(poll, now)
+    }
+
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
         self.calls.janitor(poll, now)
     }

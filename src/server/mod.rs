@@ -203,6 +203,8 @@ impl Server {
                 self.last_janitor = self.now;
                 self.janitor();
             }
+            let done = self.app.flush_backends(&mut self.poll, self.now);
+            self.deliver(done);
             self.clients.release_parked();
             self.app.release_parked();
             if let Some(deadline) = self.shutdown_deadline {
