@@ -162,3 +162,37 @@ fn calls_behind_a_cancelled_call_still_succeed() {
     assert!(pipelined_calls(addr) > 0, "nothing was pipelined behind the slow call");
     assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
 }
+
+/// A call whose client leaves while it is queued is cancelled when it starts, so it does not hold the
+/// connection for its whole run: the next call is served well before the abandoned one would end.
+#[test]
+fn a_queued_call_whose_client_left_is_cancelled_when_it_starts() {
+    let db = TestDb::new("ct_pipe_gone", NAP);
+    let gw = start(&[
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+    ]);
+    let addr = gw.addr;
+    assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
+    let before = pipelined_calls(addr);
+    let body = db.body("nap", Some("[500]"));
+    let head = thread::spawn(move || common::post_json(addr, "/call", &body));
+    thread::sleep(Duration::from_millis(150));
+    // Queued behind the running call, then abandoned.
+    let body = db.body("nap", Some("[4000]"));
+    let mut gone = common::Conn::open(addr);
+    gone.send(
+        format!(
+            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert!(common::db::eventually(Duration::from_secs(2), || pipelined_calls(addr) > before), "not pipelined");
+    drop(gone);
+    assert_eq!(scalar(&head.join().unwrap()), json("500"));
+    let t = Instant::now();
+    assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
+    assert!(t.elapsed() < Duration::from_millis(2500), "waited {:?} for the abandoned call", t.elapsed());
+}
