@@ -17,13 +17,15 @@
 #                     (C and 1 connection); needs perf; reports land in the (kept) work directory
 #   BENCH_KEEP_WORK   1: keep the work directory (logs, pgbench logs, perf data)
 #   GATEWAY_EXTRA_ENV extra KEY=VALUE words put in the gateway's environment (e.g. CALL_RESET_SESSION=false)
+#   BENCH_LOADGEN_THREADS  per-connection: the load generator's older mode, a blocking thread per connection
 #
 # What runs (in this order, each pgbench run immediately followed by the matching gateway run):
 #   lookup  bench_get_item(random 1..10000)    C=BENCH_CONNS, BENCH_REPEAT times
 #   lookup  bench_get_item(random 1..10000)    C=1
 #   list    bench_list_items(random 1..9001)   C=BENCH_CONNS   (1,000 rows per call)
 # pgbench: -M prepared -n -c C -j min(C,2) -T D --log (per-transaction latencies -> p50/p99);
-# gateway: bench/loadgen.rs (one thread per keep-alive connection, one request in flight each).
+# gateway: bench/loadgen.rs, one request in flight per keep-alive connection, the connections spread over
+#          min(C,2) threads like pgbench's -j (BENCH_LOADGEN_THREADS=per-connection: one thread each).
 # Everything started here is stopped on exit.
 set -euo pipefail
 
@@ -239,7 +241,10 @@ loadgen_run() {
     local TIMEFORMAT='%U %S' s0 s1 cli_us sys_us secs n
     t0="$(gw_ticks)"
     s0="$(sys_busy)"
-    { time "${LOADGEN}" --addr "127.0.0.1:${GW_PORT}" --connections "${conns}" --duration "${D}" \
+    # The same thread count as pgbench's -j: both clients multiplex their connections.
+    local threads=$((conns < 2 ? conns : 2))
+    [[ "${BENCH_LOADGEN_THREADS:-}" == "per-connection" ]] && threads=0
+    { time "${LOADGEN}" --addr "127.0.0.1:${GW_PORT}" --connections "${conns}" --threads "${threads}" --duration "${D}" \
         --warmup "${W}" --function "${fn}" --params '[{rand}]' --rand "${rand}" >"${WORK}/loadgen-${label}.out" 2>&1; } \
         2>"${WORK}/loadgen-${label}.time" || {
         cat "${WORK}/loadgen-${label}.out" >&2

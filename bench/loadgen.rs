@@ -1,9 +1,11 @@
 //! A small closed-loop HTTP/1.1 load generator for `POST /call`, std only.
 //!
-//! Every connection is a keep-alive `TcpStream` owned by its own thread and has exactly one request in
-//! flight: write the request, read the full response (head, then `Content-Length` body bytes), record
-//! the latency, repeat. One thread per connection keeps the latency honest (no client-side queueing
-//! behind other connections) and costs nothing while a thread waits in `read`.
+//! Every connection is keep-alive and has exactly one request in flight: write the request, read the
+//! full response (head, then `Content-Length` body bytes), record the latency, repeat. With
+//! `--threads N` below the connection count, N threads each multiplex their share of the connections
+//! on a `mio` poll, the way `pgbench -j N` spreads its clients over N threads; `bench/compare.sh` runs
+//! both clients that way so neither side pays for a thread wake-up per response that the other does
+//! not. Without it every connection gets its own thread and blocking socket.
 //!
 //! ```text
 //! cargo bench --bench loadgen -- --addr 127.0.0.1:9000 --connections 16 --duration 10 \
@@ -28,6 +30,8 @@ USAGE: cargo bench --bench loadgen -- [OPTIONS]
 OPTIONS:
   --addr HOST:PORT      gateway address                       [default: 127.0.0.1:9000]
   --connections N       keep-alive connections, one request in flight each  [default: 16]
+  --threads N           threads multiplexing the connections (as pgbench -j)
+                                                               [default: one per connection]
   --duration SECS       measured time (decimal allowed)        [default: 10]
   --warmup SECS         unmeasured time before it              [default: 2]
   --path PATH           request target                         [default: /call]
@@ -51,6 +55,8 @@ p90_us=.. p99_us=.. max_us=.. bytes_per_resp=..`.
 struct Opts {
     addr: String,
     connections: usize,
+    /// 0: one blocking thread per connection.
+    threads: usize,
     duration: Duration,
     warmup: Duration,
     path: String,
@@ -76,6 +82,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut o = Opts {
         addr: "127.0.0.1:9000".into(),
         connections: 16,
+        threads: 0,
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
         path: "/call".into(),
@@ -121,6 +128,10 @@ fn parse_args() -> Result<Option<Opts>, String> {
                     return Err("--connections must be 1..=4096".into());
                 }
             }
+            "--threads" | "-j" => {
+                let v = value()?;
+                o.threads = v.parse().map_err(|_| format!("--threads: '{v}' is not a count"))?;
+            }
             "--duration" | "-d" => o.duration = parse_secs("--duration", &value()?)?,
             "--warmup" => o.warmup = parse_secs("--warmup", &value()?)?,
             "--path" => o.path = value()?,
@@ -148,6 +159,9 @@ fn parse_args() -> Result<Option<Opts>, String> {
     }
     if o.duration.is_zero() {
         return Err("--duration must be > 0".into());
+    }
+    if o.threads >= o.connections {
+        o.threads = 0;
     }
     Ok(Some(o))
 }
@@ -275,7 +289,33 @@ impl Reader {
         Reader { buf: vec![0; 64 * 1024], start: 0, end: 0 }
     }
 
-    fn fill(&mut self, s: &mut TcpStream) -> Result<(), String> {
+    fn fill(&mut self, s: &mut impl Read) -> Result<(), String> {
+        match self.read_some(s) {
+            Ok(0) => Err("connection closed by server".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+
+    /// One `read` into the free space (`WouldBlock` passes through for non-blocking sockets).
+    fn read_some(&mut self, s: &mut impl Read) -> std::io::Result<usize> {
+        self.reserve();
+        let n = s.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    fn response(&mut self, s: &mut TcpStream) -> Result<Response, String> {
+        loop {
+            if let Some(r) = self.try_response()? {
+                return Ok(r);
+            }
+            self.fill(s)?;
+        }
+    }
+
+    /// Makes room for more bytes after `end`.
+    fn reserve(&mut self) {
         if self.end == self.buf.len() {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -286,23 +326,11 @@ impl Reader {
                 self.buf.resize(n, 0);
             }
         }
-        match s.read(&mut self.buf[self.end..]) {
-            Ok(0) => Err("connection closed by server".into()),
-            Ok(n) => {
-                self.end += n;
-                Ok(())
-            }
-            Err(e) => Err(format!("read: {e}")),
-        }
     }
 
-    fn response(&mut self, s: &mut TcpStream) -> Result<Response, String> {
-        let head_len = loop {
-            if let Some(h) = find_head_end(&self.buf[self.start..self.end]) {
-                break h;
-            }
-            self.fill(s)?;
-        };
+    /// The next complete response in the buffer, if there is one.
+    fn try_response(&mut self) -> Result<Option<Response>, String> {
+        let Some(head_len) = find_head_end(&self.buf[self.start..self.end]) else { return Ok(None) };
         let head = &self.buf[self.start..self.start + head_len];
         let text = std::str::from_utf8(head).map_err(|_| "response head is not UTF-8")?;
         let mut lines = text.split("\r\n");
@@ -329,7 +357,7 @@ impl Reader {
         }
         let len = len.ok_or("response without Content-Length")?;
         let total = head_len + len;
-        while self.end - self.start < total {
+        if self.end - self.start < total {
             if self.start + total > self.buf.len() {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
@@ -338,7 +366,7 @@ impl Reader {
                     self.buf.resize(total.next_power_of_two(), 0);
                 }
             }
-            self.fill(s)?;
+            return Ok(None);
         }
         let snippet = (status != 200).then(|| {
             let body = &self.buf[self.start + head_len..self.start + total];
@@ -349,7 +377,7 @@ impl Reader {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Response { status, close, len: total, snippet })
+        Ok(Some(Response { status, close, len: total, snippet }))
     }
 }
 
@@ -437,6 +465,175 @@ fn worker(
     r
 }
 
+/// One connection of a multiplexing thread.
+struct Slot {
+    sock: mio::net::TcpStream,
+    req: Request,
+    rng: Rng,
+    reader: Reader,
+    /// Bytes of the current request already written; `None` once it is all out.
+    written: Option<usize>,
+    t0: Instant,
+}
+
+impl Slot {
+    fn open(addr: &SocketAddr, req: Request, rng: Rng) -> Result<Slot, String> {
+        let s = connect(addr)?;
+        s.set_nonblocking(true).map_err(|e| format!("nonblocking: {e}"))?;
+        let sock = mio::net::TcpStream::from_std(s);
+        Ok(Slot { sock, req, rng, reader: Reader::new(), written: Some(0), t0: Instant::now() })
+    }
+
+    /// Writes what the socket takes of the current request.
+    fn write(&mut self) -> Result<(), String> {
+        while let Some(done) = self.written {
+            let bytes = self.req.buf.get(done..).unwrap_or_default();
+            if bytes.is_empty() {
+                self.written = None;
+                break;
+            }
+            match self.sock.write(bytes) {
+                Ok(0) => return Err("write: connection closed".into()),
+                Ok(n) => self.written = Some(done + n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the next request.
+    fn send_next(&mut self) -> Result<(), String> {
+        self.req.bytes(&mut self.rng);
+        self.written = Some(0);
+        self.t0 = Instant::now();
+        self.write()
+    }
+}
+
+/// `conns` connections on one thread, multiplexed with `mio` (edge-triggered: every socket is
+/// drained to `WouldBlock`).
+fn worker_mux(
+    addr: SocketAddr,
+    conns: Vec<(Request, u64)>,
+    measure_from: Instant,
+    measure_to: Instant,
+    stop: Arc<AtomicBool>,
+) -> ThreadResult {
+    use mio::{Events, Interest, Poll, Token};
+    let mut r = ThreadResult { latencies_ns: Vec::with_capacity(1 << 18), ..Default::default() };
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            r.errors += 1;
+            r.first_error = Some(format!("poll: {e}"));
+            return r;
+        }
+    };
+    let mut slots: Vec<Option<Slot>> = Vec::with_capacity(conns.len());
+    for (i, (req, seed)) in conns.into_iter().enumerate() {
+        let opened = Slot::open(&addr, req, Rng(seed | 1)).and_then(|mut sl| {
+            poll.registry()
+                .register(&mut sl.sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| format!("register: {e}"))?;
+            sl.send_next()?;
+            Ok(sl)
+        });
+        match opened {
+            Ok(sl) => slots.push(Some(sl)),
+            Err(e) => {
+                r.errors += 1;
+                r.first_error.get_or_insert(e);
+                slots.push(None);
+            }
+        }
+    }
+    let mut events = Events::with_capacity(1024);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < measure_to {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            r.first_error.get_or_insert(format!("poll: {e}"));
+            break;
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(Some(sl)) = slots.get_mut(i) else { continue };
+            let mut failed: Option<String> = None;
+            if sl.written.is_some() {
+                if let Err(e) = sl.write() {
+                    failed = Some(e);
+                }
+            }
+            // Drain the socket, then answer every complete response in the buffer.
+            loop {
+                if failed.is_some() {
+                    break;
+                }
+                match sl.reader.read_some(&mut sl.sock) {
+                    Ok(0) => failed = Some("connection closed by server".into()),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => failed = Some(format!("read: {e}")),
+                }
+            }
+            while failed.is_none() {
+                match sl.reader.try_response() {
+                    Ok(None) => break,
+                    Ok(Some(resp)) => {
+                        let t1 = Instant::now();
+                        if sl.t0 >= measure_from && t1 <= measure_to {
+                            r.latencies_ns.push((t1 - sl.t0).as_nanos() as u64);
+                            r.bytes += resp.len as u64;
+                            if resp.status != 200 {
+                                r.errors += 1;
+                            }
+                        }
+                        if resp.status != 200 && r.first_error.is_none() {
+                            r.first_error = Some(format!("HTTP {}: {}", resp.status, resp.snippet.unwrap_or_default()));
+                        }
+                        if resp.close {
+                            failed = Some("server closed the keep-alive connection".into());
+                        } else if t1 < measure_to {
+                            if let Err(e) = sl.send_next() {
+                                failed = Some(e);
+                            }
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                // Reconnect in place and go on; the failure counts once.
+                if sl.t0 >= measure_from {
+                    r.errors += 1;
+                }
+                r.first_error.get_or_insert(e);
+                r.reconnects += 1;
+                let _ = poll.registry().deregister(&mut sl.sock);
+                let Some(old) = slots[i].take() else { continue };
+                let reopened = Slot::open(&addr, old.req, old.rng).and_then(|mut sl| {
+                    poll.registry()
+                        .register(&mut sl.sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                        .map_err(|e| format!("register: {e}"))?;
+                    sl.send_next()?;
+                    Ok(sl)
+                });
+                match reopened {
+                    Ok(sl) => slots[i] = Some(sl),
+                    Err(e) => {
+                        r.first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
 fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -491,8 +688,9 @@ fn main() -> ExitCode {
     }
     if !o.quiet {
         println!(
-            "loadgen: {} connections, warmup {:.1}s, duration {:.1}s, {} {}",
+            "loadgen: {} connections on {} threads, warmup {:.1}s, duration {:.1}s, {} {}",
             o.connections,
+            if o.threads == 0 { o.connections } else { o.threads },
             o.warmup.as_secs_f64(),
             o.duration.as_secs_f64(),
             o.addr,
@@ -505,10 +703,30 @@ fn main() -> ExitCode {
     let measure_to = measure_from + o.duration;
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::with_capacity(o.connections);
-    for i in 0..o.connections {
+    let seed_of = |i: usize| o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 * 7919 + 1);
+    for t in 0..o.threads {
+        // Connection i goes to thread i % threads.
+        let conns: Vec<(Request, u64)> = (t..o.connections)
+            .step_by(o.threads)
+            .map(|i| (Request::new(&o.path, &o.addr, &template, o.rand), seed_of(i)))
+            .collect();
+        let flag = Arc::clone(&stop);
+        let h = thread::Builder::new()
+            .name(format!("mux-{t}"))
+            .spawn(move || worker_mux(addr, conns, measure_from, measure_to, flag));
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("loadgen: cannot spawn thread: {e}");
+                stop.store(true, Ordering::Relaxed);
+                return ExitCode::from(1);
+            }
+        }
+    }
+    for i in (0..o.connections).filter(|_| o.threads == 0) {
         let req = Request::new(&o.path, &o.addr, &template, o.rand);
         let flag = Arc::clone(&stop);
-        let seed = o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 * 7919 + 1);
+        let seed = seed_of(i);
         let h = thread::Builder::new()
             .name(format!("conn-{i}"))
             .stack_size(256 * 1024)
