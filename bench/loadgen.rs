@@ -390,6 +390,23 @@ struct ThreadResult {
     reconnects: u64,
 }
 
+impl ThreadResult {
+    /// Counts one response of a request sent at `t0` and read by `t1`; only requests that started
+    /// and ended inside the measured window are measured.
+    fn record(&mut self, resp: Response, t0: Instant, t1: Instant, window: (Instant, Instant)) {
+        if t0 >= window.0 && t1 <= window.1 {
+            self.latencies_ns.push((t1 - t0).as_nanos() as u64);
+            self.bytes += resp.len as u64;
+            if resp.status != 200 {
+                self.errors += 1;
+            }
+        }
+        if resp.status != 200 && self.first_error.is_none() {
+            self.first_error = Some(format!("HTTP {}: {}", resp.status, resp.snippet.unwrap_or_default()));
+        }
+    }
+}
+
 fn connect(addr: &SocketAddr) -> Result<TcpStream, String> {
     let s = TcpStream::connect_timeout(addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
@@ -434,17 +451,9 @@ fn worker(
         let in_window = t0 >= measure_from && t1 <= measure_to;
         match outcome {
             Ok(resp) => {
-                if in_window {
-                    r.latencies_ns.push((t1 - t0).as_nanos() as u64);
-                    r.bytes += resp.len as u64;
-                    if resp.status != 200 {
-                        r.errors += 1;
-                    }
-                }
-                if resp.status != 200 && r.first_error.is_none() {
-                    r.first_error = Some(format!("HTTP {}: {}", resp.status, resp.snippet.unwrap_or_default()));
-                }
-                if resp.close {
+                let close = resp.close;
+                r.record(resp, t0, t1, (measure_from, measure_to));
+                if close {
                     stream = None;
                     r.reconnects += 1;
                 }
@@ -477,11 +486,23 @@ struct Slot {
 }
 
 impl Slot {
-    fn open(addr: &SocketAddr, req: Request, rng: Rng) -> Result<Slot, String> {
+    /// Connects, registers under `token` and sends the first request.
+    fn open(
+        addr: &SocketAddr,
+        req: Request,
+        rng: Rng,
+        registry: &mio::Registry,
+        token: mio::Token,
+    ) -> Result<Slot, String> {
         let s = connect(addr)?;
         s.set_nonblocking(true).map_err(|e| format!("nonblocking: {e}"))?;
         let sock = mio::net::TcpStream::from_std(s);
-        Ok(Slot { sock, req, rng, reader: Reader::new(), written: Some(0), t0: Instant::now() })
+        let mut sl = Slot { sock, req, rng, reader: Reader::new(), written: Some(0), t0: Instant::now() };
+        registry
+            .register(&mut sl.sock, token, mio::Interest::READABLE | mio::Interest::WRITABLE)
+            .map_err(|e| format!("register: {e}"))?;
+        sl.send_next()?;
+        Ok(sl)
     }
 
     /// Writes what the socket takes of the current request.
@@ -521,7 +542,7 @@ fn worker_mux(
     measure_to: Instant,
     stop: Arc<AtomicBool>,
 ) -> ThreadResult {
-    use mio::{Events, Interest, Poll, Token};
+    use mio::{Events, Poll, Token};
     let mut r = ThreadResult { latencies_ns: Vec::with_capacity(1 << 18), ..Default::default() };
     let mut poll = match Poll::new() {
         Ok(p) => p,
@@ -533,14 +554,7 @@ fn worker_mux(
     };
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(conns.len());
     for (i, (req, seed)) in conns.into_iter().enumerate() {
-        let opened = Slot::open(&addr, req, Rng(seed | 1)).and_then(|mut sl| {
-            poll.registry()
-                .register(&mut sl.sock, Token(i), Interest::READABLE | Interest::WRITABLE)
-                .map_err(|e| format!("register: {e}"))?;
-            sl.send_next()?;
-            Ok(sl)
-        });
-        match opened {
+        match Slot::open(&addr, req, Rng(seed | 1), poll.registry(), Token(i)) {
             Ok(sl) => slots.push(Some(sl)),
             Err(e) => {
                 r.errors += 1;
@@ -585,17 +599,9 @@ fn worker_mux(
                     Ok(None) => break,
                     Ok(Some(resp)) => {
                         let t1 = Instant::now();
-                        if sl.t0 >= measure_from && t1 <= measure_to {
-                            r.latencies_ns.push((t1 - sl.t0).as_nanos() as u64);
-                            r.bytes += resp.len as u64;
-                            if resp.status != 200 {
-                                r.errors += 1;
-                            }
-                        }
-                        if resp.status != 200 && r.first_error.is_none() {
-                            r.first_error = Some(format!("HTTP {}: {}", resp.status, resp.snippet.unwrap_or_default()));
-                        }
-                        if resp.close {
+                        let close = resp.close;
+                        r.record(resp, sl.t0, t1, (measure_from, measure_to));
+                        if close {
                             failed = Some("server closed the keep-alive connection".into());
                         } else if t1 < measure_to {
                             if let Err(e) = sl.send_next() {
@@ -615,14 +621,7 @@ fn worker_mux(
                 r.reconnects += 1;
                 let _ = poll.registry().deregister(&mut sl.sock);
                 let Some(old) = slots[i].take() else { continue };
-                let reopened = Slot::open(&addr, old.req, old.rng).and_then(|mut sl| {
-                    poll.registry()
-                        .register(&mut sl.sock, Token(i), Interest::READABLE | Interest::WRITABLE)
-                        .map_err(|e| format!("register: {e}"))?;
-                    sl.send_next()?;
-                    Ok(sl)
-                });
-                match reopened {
+                match Slot::open(&addr, old.req, old.rng, poll.registry(), Token(i)) {
                     Ok(sl) => slots[i] = Some(sl),
                     Err(e) => {
                         r.first_error.get_or_insert(e);
@@ -704,33 +703,34 @@ fn main() -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::with_capacity(o.connections);
     let seed_of = |i: usize| o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 * 7919 + 1);
-    for t in 0..o.threads {
-        // Connection i goes to thread i % threads.
-        let conns: Vec<(Request, u64)> = (t..o.connections)
-            .step_by(o.threads)
-            .map(|i| (Request::new(&o.path, &o.addr, &template, o.rand), seed_of(i)))
-            .collect();
-        let flag = Arc::clone(&stop);
-        let h = thread::Builder::new()
-            .name(format!("mux-{t}"))
-            .spawn(move || worker_mux(addr, conns, measure_from, measure_to, flag));
-        match h {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                eprintln!("loadgen: cannot spawn thread: {e}");
-                stop.store(true, Ordering::Relaxed);
-                return ExitCode::from(1);
-            }
-        }
-    }
-    for i in (0..o.connections).filter(|_| o.threads == 0) {
-        let req = Request::new(&o.path, &o.addr, &template, o.rand);
-        let flag = Arc::clone(&stop);
-        let seed = seed_of(i);
-        let h = thread::Builder::new()
-            .name(format!("conn-{i}"))
-            .stack_size(256 * 1024)
-            .spawn(move || worker(addr, req, seed, measure_from, measure_to, flag));
+    // Connection i goes to thread i % threads; without --threads every connection has its own thread.
+    let spawned = if o.threads > 0 {
+        (0..o.threads)
+            .map(|t| {
+                let conns: Vec<(Request, u64)> = (t..o.connections)
+                    .step_by(o.threads)
+                    .map(|i| (Request::new(&o.path, &o.addr, &template, o.rand), seed_of(i)))
+                    .collect();
+                let flag = Arc::clone(&stop);
+                thread::Builder::new()
+                    .name(format!("mux-{t}"))
+                    .spawn(move || worker_mux(addr, conns, measure_from, measure_to, flag))
+            })
+            .collect::<Vec<_>>()
+    } else {
+        (0..o.connections)
+            .map(|i| {
+                let req = Request::new(&o.path, &o.addr, &template, o.rand);
+                let flag = Arc::clone(&stop);
+                let seed = seed_of(i);
+                thread::Builder::new()
+                    .name(format!("conn-{i}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || worker(addr, req, seed, measure_from, measure_to, flag))
+            })
+            .collect::<Vec<_>>()
+    };
+    for h in spawned {
         match h {
             Ok(h) => handles.push(h),
             Err(e) => {
