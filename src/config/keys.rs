@@ -47,7 +47,7 @@ pub const KEYS: &[Key] = &[
         "true",
         "run RESET ALL and RESET ROLE behind every call so session settings never leak to the next call",
     ),
-    key("CALL_PIPELINE_DEPTH", "8", "calls in flight on one backend connection under load; 1 turns pipelining off"),
+    key("CALL_PIPELINE_DEPTH", "4", "calls in flight on one backend connection under load; 1 turns pipelining off"),
     key(
         "CALL_PIPELINE_MAX_WAIT_US",
         "2000",

@@ -175,17 +175,14 @@ impl Server {
                 return Err(e);
             }
             self.now = Instant::now();
+            // Requests first, so the calls they start reach PostgreSQL (in one write per backend)
+            // before this turn spends its time sending answers; then PostgreSQL's replies.
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
                     WAKER => self.drain_inbox(),
                     SIGNALS => self.drain_signals(),
-                    Token(t) if t >= BACKEND_BASE => {
-                        let hup = ev.is_read_closed() || ev.is_error();
-                        let done =
-                            self.app.backend_event(&mut self.poll, t - BACKEND_BASE, self.now, ev.is_readable(), hup);
-                        self.deliver(done);
-                    }
+                    Token(t) if t >= BACKEND_BASE => {}
                     Token(t) if t >= CLIENT_BASE => {
                         let key = t - CLIENT_BASE;
                         // Spurious or stale events are harmless: every handler re-checks state.
@@ -198,6 +195,14 @@ impl Server {
                     }
                     _ => {}
                 }
+            }
+            let done = self.app.flush_backends(&mut self.poll, self.now);
+            self.deliver(done);
+            for ev in events.iter().filter(|ev| ev.token().0 >= BACKEND_BASE) {
+                let hup = ev.is_read_closed() || ev.is_error();
+                let key = ev.token().0 - BACKEND_BASE;
+                let done = self.app.backend_event(&mut self.poll, key, self.now, ev.is_readable(), hup);
+                self.deliver(done);
             }
             if self.now.duration_since(self.last_janitor) >= JANITOR_EVERY {
                 self.last_janitor = self.now;
