@@ -196,3 +196,40 @@ fn a_queued_call_whose_client_left_is_cancelled_when_it_starts() {
     assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
     assert!(t.elapsed() < Duration::from_millis(2500), "waited {:?} for the abandoned call", t.elapsed());
 }
+
+/// A cancel that reaches a pipelined call it was not meant for (here: sent by hand while the call
+/// behind a timed-out one runs on that connection) rolls that call back; the gateway sends it again
+/// on another connection instead of answering 504.
+#[test]
+fn a_call_stopped_by_a_cancel_meant_for_another_runs_again() {
+    let db = TestDb::new("ct_pipe_stray", NAP);
+    let gw = start(&[
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_TIMEOUT_MS", "600"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+    ]);
+    let addr = gw.addr;
+    assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
+    let before = pipelined_calls(addr);
+    let body = db.body("nap", Some("[5000]"));
+    let head = thread::spawn(move || common::post_json(addr, "/call", &body));
+    thread::sleep(Duration::from_millis(150));
+    let body = db.body("nap", Some("[400]"));
+    let behind = thread::spawn(move || common::post_json(addr, "/call", &body));
+    assert!(common::db::eventually(Duration::from_secs(2), || pipelined_calls(addr) > before), "not pipelined");
+    expect_error(&head.join().unwrap(), 504, "timeout");
+    // The call behind now runs on the connection that had a cancel sent; stop it from outside.
+    thread::sleep(Duration::from_millis(100));
+    let cancelled = common::db::su("postgres")
+        .simple_query(&format!(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = '{}' \
+             AND application_name = 'stonescriptdb-gateway' AND state = 'active' AND query LIKE '%nap%'",
+            db.name
+        ))
+        .unwrap();
+    assert_eq!(cancelled.len(), 1, "expected the call behind to be running");
+    let r = behind.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(scalar(&r), json("400"));
+}
