@@ -280,6 +280,13 @@ pg_cluster_start() {
         tail -n 40 "${logfile}" >&2 || true
         return 1
     fi
+    # A test cluster also listens on 127.0.0.1; PostgreSQL starts even when that bind failed.
+    if grep -q "^listen_addresses = '127.0.0.1" "${datadir}/postgresql.conf" \
+        && ! "${PG_BINDIR}/pg_isready" -q -h 127.0.0.1 -p "${port}" -U postgres -d postgres; then
+        pg_log "cluster does not accept TCP connections on 127.0.0.1:${port}; stopping it"
+        pg_as_owner "${PG_BINDIR}/pg_ctl" stop -m fast -w -D "${datadir}" >/dev/null 2>&1 || true
+        return 1
+    fi
 }
 
 # pg_cluster_wait DIR PORT [TIMEOUT_SECONDS] — pg_isready loop over the socket.
@@ -347,17 +354,24 @@ pg_port_in_use() {
     return 1
 }
 
-# Print a free TCP port in 20000-60000.
+# Print a free TCP port from 20000 up to the start of the local (ephemeral) port range.
 pg_free_port() {
-    local port i
+    local port i low=32768 span
+    # Below the kernel's range for outgoing connections' local ports: a port in it can be taken by
+    # any client socket between this check and the bind, and a PostgreSQL that then fails to bind
+    # 127.0.0.1 still starts on ::1 and the socket, refusing TCP connections to 127.0.0.1.
+    if [[ -r /proc/sys/net/ipv4/ip_local_port_range ]]; then
+        read -r low _ </proc/sys/net/ipv4/ip_local_port_range || low=32768
+    fi
+    span=$((low > 21024 ? low - 20000 : 1024))
     for ((i = 0; i < 200; i++)); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40001))
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % span))
         if ! pg_port_in_use "${port}"; then
             printf '%s\n' "${port}"
             return 0
         fi
     done
-    pg_die "no free TCP port found in 20000-60000"
+    pg_die "no free TCP port found from 20000 up to ${low}"
 }
 
 # --- test roles ----------------------------------------------------------------
