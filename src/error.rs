@@ -20,6 +20,7 @@ pub enum Kind {
     Unauthorized,
     AdminTokenInvalid,
     AdminDisabled,
+    InvalidPlatformKey,
     DatabaseNotFound,
     DatabaseAlreadyExists,
     PlatformNotFound,
@@ -42,6 +43,8 @@ pub enum Kind {
     MigrationChecksumMismatch,
     FunctionDeployFailed,
     ExtensionNotAvailable,
+    ExtensionNotAllowed,
+    RoleNotAllowed,
     SchemaExtractionFailed,
     SchemaDrift,
     SeedDataMissing,
@@ -78,6 +81,7 @@ impl Kind {
         Kind::Unauthorized,
         Kind::AdminTokenInvalid,
         Kind::AdminDisabled,
+        Kind::InvalidPlatformKey,
         Kind::DatabaseNotFound,
         Kind::DatabaseAlreadyExists,
         Kind::PlatformNotFound,
@@ -100,6 +104,8 @@ impl Kind {
         Kind::MigrationChecksumMismatch,
         Kind::FunctionDeployFailed,
         Kind::ExtensionNotAvailable,
+        Kind::ExtensionNotAllowed,
+        Kind::RoleNotAllowed,
         Kind::SchemaExtractionFailed,
         Kind::SchemaDrift,
         Kind::SeedDataMissing,
@@ -140,6 +146,12 @@ impl Kind {
             Kind::AdminDisabled => {
                 row(503, "admin_disabled", false, "admin routes are off because no ADMIN_TOKEN is configured")
             }
+            Kind::InvalidPlatformKey => row(
+                401,
+                "invalid_platform_key",
+                false,
+                "the platform has a key (or REQUIRE_PLATFORM_KEYS is on) and the request did not bring it",
+            ),
             Kind::DatabaseNotFound => row(404, "database_not_found", false, "the target database does not exist"),
             Kind::DatabaseAlreadyExists => row(409, "database_already_exists", false, "the database exists already"),
             Kind::PlatformNotFound => row(404, "platform_not_found", false, "the platform is not registered"),
@@ -193,6 +205,18 @@ impl Kind {
                 "extension_not_available",
                 false,
                 "an extension the schema needs is not installed on the server",
+            ),
+            Kind::ExtensionNotAllowed => row(
+                403,
+                "extension_not_allowed",
+                false,
+                "the schema needs an untrusted extension not in EXTENSIONS_ALLOWED, or puts one where /call reaches it",
+            ),
+            Kind::RoleNotAllowed => row(
+                403,
+                "role_not_allowed",
+                false,
+                "the PostgreSQL role named for a platform has rights a platform must not have (or is not the gateway's)",
             ),
             Kind::SchemaExtractionFailed => row(
                 400,
@@ -272,6 +296,22 @@ pub struct ApiError {
     pub status_override: Option<u16>,
 }
 
+/// Longest text an error body repeats from PostgreSQL or a cause: a function can raise a message of
+/// any size, and an error answer should stay an error answer, not a data channel.
+pub const MAX_ERROR_TEXT_BYTES: usize = 2048;
+
+/// `s` cut to [`MAX_ERROR_TEXT_BYTES`] on a character boundary, marked with `…` when cut.
+fn cut(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_ERROR_TEXT_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = MAX_ERROR_TEXT_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &s[..end]))
+}
+
 impl ApiError {
     pub fn new(kind: Kind, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -320,20 +360,20 @@ impl ApiError {
     pub fn write_body(&self, out: &mut Vec<u8>) {
         let mut o = ObjectWriter::new(out);
         o.str("error", self.kind.code());
-        o.str("message", &self.message);
+        o.str("message", &cut(&self.message));
         if let Some(d) = &self.database {
             o.str("database", d);
         }
         if let Some(c) = &self.cause {
-            o.str("cause", c);
+            o.str("cause", &cut(c));
         }
         if let Some(db) = &self.db {
             o.str("sqlstate", &db.sqlstate);
             if let Some(d) = &db.detail {
-                o.str("detail", d);
+                o.str("detail", &cut(d));
             }
             if let Some(h) = &db.hint {
-                o.str("hint", h);
+                o.str("hint", &cut(h));
             }
         }
         if self.kind.retryable() {
@@ -363,6 +403,16 @@ impl std::error::Error for ApiError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR_TEXT_BYTES);
+        let e = ApiError::new(Kind::FunctionError, long.clone());
+        let body = String::from_utf8(e.body()).unwrap();
+        assert!(body.len() < MAX_ERROR_TEXT_BYTES + 200, "{}", body.len());
+        assert!(body.contains('…'));
+        assert!(cut("short") == "short");
+    }
 
     #[test]
     fn codes_are_unique() {

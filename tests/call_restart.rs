@@ -21,10 +21,17 @@ fn postgres_restart_under_traffic() {
     let _ = common::pg_env();
     let cluster = Cluster::new();
     {
-        let mut admin = cluster.su("postgres");
-        admin.batch_execute("CREATE DATABASE ct_restart_main").unwrap();
+        let params = cluster.su_params("postgres");
+        let role = common::db::provision_on(
+            &params,
+            "ct_restart",
+            "ct_restart_main",
+            common::db::main_owner("ct_restart"),
+            common::db::DEFAULT_CATALOG,
+        );
         let mut c = cluster.su("ct_restart_main");
-        c.batch_execute("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'").unwrap();
+        c.batch_execute(&format!("SET ROLE {role}; CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'"))
+            .unwrap();
     }
     let port = cluster.port.to_string();
     let socket = cluster.socket_dir();

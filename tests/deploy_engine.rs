@@ -90,7 +90,14 @@ fn archive(files: &BTreeMap<String, String>) -> SchemaArchive {
 }
 
 fn opts(mode: SeedMode) -> DeployOptions {
-    DeployOptions { force: false, dry_run: false, reseed: false, seed_mode: mode, run_id: "test-run".into() }
+    DeployOptions {
+        force: false,
+        dry_run: false,
+        reseed: false,
+        seed_mode: mode,
+        run_id: "test-run".into(),
+        protected_schemas: vec!["public".into()],
+    }
 }
 
 fn run(db: &TestDb, files: &BTreeMap<String, String>, o: &DeployOptions) -> Result<DeployReport, ApiError> {

@@ -34,11 +34,14 @@ fn calls_are_answered_while_a_long_deploy_runs() {
     let slow_platform = format!("iso_slow_{uniq}");
     let fast_db = format!("iso_fast_{uniq}_main");
     let catalog = format!("cat_iso_{uniq}");
-    a.batch_execute(&format!("DROP DATABASE IF EXISTS {fast_db} WITH (FORCE)")).unwrap();
-    a.batch_execute(&format!("CREATE DATABASE {fast_db}")).unwrap();
+    let fast_platform = format!("iso_fast_{uniq}");
+    let role = common::db::provision(&fast_platform, &fast_db, common::db::main_owner(&fast_platform), &catalog);
     {
         let mut c = common::db::su(&fast_db);
-        c.batch_execute("CREATE FUNCTION ping(x int) RETURNS int LANGUAGE sql AS $$ SELECT x $$").unwrap();
+        c.batch_execute(&format!(
+            "SET ROLE {role}; CREATE FUNCTION ping(x int) RETURNS int LANGUAGE sql AS $$ SELECT x $$"
+        ))
+        .unwrap();
     }
     let g = common::start(&[("CATALOG_DB", &catalog)]);
     let addr = g.addr;

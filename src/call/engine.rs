@@ -16,6 +16,7 @@ use postgres_protocol::message::{backend::Message, frontend};
 use super::render::{PreparedColumn, render_row_prepared};
 use super::request::CallRequest;
 use super::types::{INTROSPECTION_SQL, TypeRegistry};
+use crate::catalog::CallOwner;
 use crate::config::Config;
 use crate::error::{ApiError, DbDetail, Kind};
 use crate::http::response::Response;
@@ -24,6 +25,7 @@ use crate::pg::dberror::{DbError, PgError};
 use crate::pg::frame::{Backend, Column, data_row_fields};
 use crate::pg::params::{ConnectParams, Host};
 use crate::pg::pool::{Pool, Pools};
+use crate::security::keys::{Credential, StoredKey};
 use crate::server::BACKEND_BASE;
 use crate::server::slab::Slab;
 
@@ -185,10 +187,56 @@ pub struct CallEngine {
     unflushed: Vec<usize>,
     /// Calls sent behind another call on a busy connection, since the start (`/health`).
     pipelined: u64,
-    /// Recorded owners: database → (platform, the tenant_id a call must give; None for main).
-    owners: std::collections::HashMap<String, (String, Option<String>)>,
-    /// Platforms with a dedicated PostgreSQL role: platform → (user, password).
-    credentials: std::collections::HashMap<String, (String, Option<String>)>,
+    /// Databases the catalog records: database → who may call it and as which role. A database that
+    /// is not here is never served (see [`CallEngine::admit`]).
+    owners: std::collections::HashMap<String, Owned>,
+    /// Databases the catalog was asked about and does not record, with when it said so.
+    unknown: std::collections::HashMap<String, Instant>,
+    /// Stored platform keys: platform → keys. A platform missing here has none.
+    keys: std::collections::HashMap<String, Vec<StoredKey>>,
+}
+
+/// A database as the catalog records it, for `/call`.
+#[derive(Debug, Clone)]
+struct Owned {
+    platform: String,
+    /// The `tenant_id` a call must give; `None` for a main database.
+    tenant: Option<String>,
+    /// The PostgreSQL role its calls log in as.
+    role: String,
+}
+
+/// What [`CallEngine::admit`] decided about a call before it runs.
+#[derive(Debug)]
+pub enum Admission {
+    /// Known, owned by the caller's platform and tenant, key (if any) presented.
+    Go,
+    /// The catalog must be asked first: the database is not known to this loop yet.
+    AskCatalog,
+    /// Refused, with the answer.
+    Refused(ApiError),
+}
+
+/// How long "the catalog does not record this database" is believed before asking again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+/// Bound on the remembered unknown names, so random names cannot grow memory.
+const UNKNOWN_MAX: usize = 10_000;
+
+/// The answer for a call to a database the catalog does not record.
+fn not_recorded(req: &CallRequest) -> ApiError {
+    let what = match &req.tenant {
+        Some(t) => format!("tenant '{t}' of platform '{}'", req.platform),
+        None => format!("platform '{}'", req.platform),
+    };
+    ApiError::new(
+        Kind::DatabaseNotFound,
+        format!(
+            "no database '{}' is registered for {what}; create it with POST /register (or /admin/create-tenant, \
+             /database/create) first",
+            req.database
+        ),
+    )
+    .with_database(&req.database)
 }
 
 fn api_from_db(e: &DbError, database: &str) -> ApiError {
@@ -379,46 +427,86 @@ impl CallEngine {
             unflushed: Vec::new(),
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
-            credentials: Default::default(),
             owners: Default::default(),
+            unknown: Default::default(),
+            keys: Default::default(),
             param_buf: Vec::with_capacity(256),
             param_spans: Vec::with_capacity(16),
         }
     }
 
     /// Adds or refreshes ownership records from the catalog.
-    pub fn set_owners(&mut self, list: Vec<(String, String, Option<String>)>) {
-        for (name, platform, tenant) in list {
-            self.owners.insert(name, (platform, tenant));
+    pub fn set_owners(&mut self, list: Vec<CallOwner>) {
+        for o in list {
+            self.unknown.remove(&o.database);
+            let role = match o.role {
+                Some(r) => r,
+                // Recorded before the platform's role was: the role the gateway derives for it.
+                None => format!("{}{}", self.cfg.security.role_prefix, o.platform),
+            };
+            self.owners.insert(o.database, Owned { platform: o.platform, tenant: o.tenant, role });
         }
     }
 
-    /// A database recorded for another platform or tenant is never served, even when the names map
-    /// onto it (platform `a` tenant `b_main` and platform `a_b` both give `a_b_main`).
-    fn check_owner(&self, req: &CallRequest) -> Result<(), ApiError> {
-        let Some((platform, tenant)) = self.owners.get(&req.database) else { return Ok(()) };
-        if *platform == req.platform && *tenant == req.tenant {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                Kind::NameConflict,
-                format!("database '{}' belongs to another platform or tenant", req.database),
-            )
-            .with_database(&req.database))
+    /// Remembers that the catalog does not record `database`.
+    pub fn set_unknown(&mut self, database: &str, now: Instant) {
+        if self.unknown.len() >= UNKNOWN_MAX {
+            self.unknown.retain(|_, at| now.saturating_duration_since(*at) < UNKNOWN_TTL);
+            if self.unknown.len() >= UNKNOWN_MAX {
+                self.unknown.clear();
+            }
+        }
+        self.unknown.insert(database.to_string(), now);
+    }
+
+    /// Replaces the keys of the platforms listed (`complete`: of every platform).
+    pub fn set_keys(&mut self, list: Vec<(String, Vec<StoredKey>)>, complete: bool) {
+        if complete {
+            self.keys.clear();
+        }
+        for (p, k) in list {
+            if k.is_empty() {
+                self.keys.remove(&p);
+            } else {
+                self.keys.insert(p, k);
+            }
         }
     }
 
-    /// Sets (or clears) a platform's dedicated role; later calls of that platform use pools keyed by
-    /// database and role.
-    pub fn set_credentials(&mut self, platform: &str, user: Option<String>, password: Option<String>) {
-        match user {
-            Some(u) => {
-                self.credentials.insert(platform.to_string(), (u, password));
-            }
-            None => {
-                self.credentials.remove(platform);
-            }
+    /// Decides whether a call may run, before it takes a connection: the database must be one the
+    /// catalog records, for this platform and tenant (platform `a` tenant `b_main` and platform `a_b` both
+    /// give `a_b_main`), and the caller must bring the platform's key when it has one.
+    pub fn admit(&self, req: &CallRequest, cred: &Credential, now: Instant) -> Admission {
+        let Some(o) = self.owners.get(&req.database) else {
+            return match self.unknown.get(&req.database) {
+                Some(at) if now.saturating_duration_since(*at) < UNKNOWN_TTL => Admission::Refused(not_recorded(req)),
+                _ => Admission::AskCatalog,
+            };
+        };
+        if o.platform != req.platform || o.tenant != req.tenant {
+            return Admission::Refused(
+                ApiError::new(
+                    Kind::NameConflict,
+                    format!(
+                        "database '{}' belongs to platform '{}'{}, not to this platform and tenant",
+                        req.database,
+                        o.platform,
+                        o.tenant.as_deref().map(|t| format!(" (tenant '{t}')")).unwrap_or_default()
+                    ),
+                )
+                .with_database(&req.database),
+            );
         }
+        let keys = self.keys.get(&o.platform).map(Vec::as_slice).unwrap_or(&[]);
+        match cred.allows(&o.platform, keys, self.cfg.security.require_platform_keys) {
+            Ok(()) => Admission::Go,
+            Err(e) => Admission::Refused(e),
+        }
+    }
+
+    /// `POOL_MAX_WAITING`: also bounds calls waiting for the catalog.
+    pub fn max_waiting(&self) -> usize {
+        self.cfg.pool.max_waiting
     }
 
     /// Live backend connections.
@@ -479,11 +567,11 @@ impl CallEngine {
         req: CallRequest,
         now: Instant,
     ) -> Option<Response> {
-        if let Err(e) = self.check_owner(&req) {
-            return Some(Response::error(&e));
-        }
-        let role = if self.credentials.is_empty() { None } else { self.credentials.get(&req.platform).cloned() };
-        let pool = self.pool_for(&req.database, role, now);
+        // Only admitted calls get here (see `admit`); the role is the recorded one.
+        let Some(role) = self.owners.get(&req.database).map(|o| o.role.clone()) else {
+            return Some(Response::error(&not_recorded(&req)));
+        };
+        let pool = self.pool_for(&req.database, &role, now);
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
         let waiter = Waiter {
@@ -632,20 +720,17 @@ impl CallEngine {
         self.hand_out(poll, pool, now);
     }
 
-    fn pool_for(&mut self, database: &str, role: Option<(String, Option<String>)>, now: Instant) -> usize {
-        let key = match &role {
-            Some((u, _)) => format!("{database}@{u}"),
-            None => database.to_string(),
-        };
+    /// The pool of `database` as `role`: a platform's calls log in as the platform's role, never as
+    /// the gateway's login, so nothing a function does can reach beyond that role's rights.
+    fn pool_for(&mut self, database: &str, role: &str, now: Instant) -> usize {
+        let key = format!("{database}@{role}");
         if let Some(&k) = self.pools.by_key.get(&key) {
             return k;
         }
         let mut params = self.base.with_dbname(database);
         params.application_name = "stonescriptdb-gateway".into();
-        if let Some((u, p)) = role {
-            params.user = u;
-            params.password = p;
-        }
+        params.user = role.to_string();
+        params.password = Some(crate::security::roles::password(&self.cfg.security.platform_secret, role));
         let k = self.pools.pools.insert(Pool::new(key.clone(), database.to_string(), params, now));
         self.pools.by_key.insert(key, k);
         k

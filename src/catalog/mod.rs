@@ -11,6 +11,9 @@ use crate::error::{ApiError, DbDetail, Kind};
 use crate::pg::blocking::Client;
 use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
+use crate::security::keys::StoredKey;
+
+pub mod lookup;
 
 /// Catalogs (server and database) whose tables are known to exist in this process. Keyed per catalog,
 /// not one flag: a process may serve several catalogs (tests, a changed `CATALOG_DB`), and a catalog
@@ -80,6 +83,20 @@ CREATE TABLE IF NOT EXISTS runs (
     total       integer NOT NULL DEFAULT 0,
     gateway_pid integer
 );
+CREATE TABLE IF NOT EXISTS platform_roles (
+    platform   text PRIMARY KEY,
+    role       text NOT NULL UNIQUE,
+    adopted    boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS platform_keys (
+    platform    text NOT NULL,
+    key_hash    text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    valid_until timestamptz,
+    PRIMARY KEY (platform, key_hash)
+);
+ALTER TABLE databases ADD COLUMN IF NOT EXISTS confined_at timestamptz;
 CREATE TABLE IF NOT EXISTS run_results (
     run_id      text NOT NULL,
     database    text NOT NULL,
@@ -181,6 +198,10 @@ impl Catalog {
                 set_ready(key.clone(), false);
                 let mut admin = Client::connect(admin_params).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))?;
                 create_database(&mut admin, catalog_db)?;
+                // Platform roles must not even connect to the gateway's records.
+                admin
+                    .batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(catalog_db)))
+                    .map_err(|e| pg_api(e, "cannot close the catalog to other roles"))?;
                 admin.close();
                 Client::connect(&params).map_err(|e| pg_api(e, "cannot connect to the catalog"))?
             }
@@ -375,22 +396,12 @@ impl Catalog {
 }
 
 /// A registered platform.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PlatformRecord {
     pub name: String,
     pub registered_at: String,
+    /// The role an admin named for this platform at registration, if any.
     pub db_user: Option<String>,
-    pub db_password: Option<String>,
-}
-
-impl std::fmt::Debug for PlatformRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PlatformRecord")
-            .field("name", &self.name)
-            .field("db_user", &self.db_user)
-            .field("db_password", &self.db_password.as_ref().map(|_| "***"))
-            .finish()
-    }
 }
 
 /// A stored schema version (without the archive bytes).
@@ -447,17 +458,12 @@ fn bool_col(v: &Option<String>) -> bool {
 
 impl Catalog {
     /// Registers a platform; 409 when it exists.
-    pub fn register_platform(
-        &mut self,
-        name: &str,
-        user: Option<&str>,
-        password: Option<&str>,
-    ) -> Result<(), ApiError> {
+    pub fn register_platform(&mut self, name: &str, user: Option<&str>) -> Result<(), ApiError> {
         let r = self
             .client
             .query(
-                "INSERT INTO platforms (name, db_user, db_password) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-                &[Some(name), user, password],
+                "INSERT INTO platforms (name, db_user) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[Some(name), user],
             )
             .map_err(|e| pg_api(e, "cannot register the platform"))?;
         if r.rows_affected == 0 {
@@ -468,14 +474,13 @@ impl Catalog {
 
     pub fn platform(&mut self, name: &str) -> Result<Option<PlatformRecord>, ApiError> {
         let sql = format!(
-            "SELECT name, to_char(registered_at AT TIME ZONE 'UTC', {TS}), db_user, db_password FROM platforms WHERE name = $1"
+            "SELECT name, to_char(registered_at AT TIME ZONE 'UTC', {TS}), db_user FROM platforms WHERE name = $1"
         );
         let r = self.client.query(&sql, &[Some(name)]).map_err(|e| pg_api(e, "catalog lookup failed"))?;
         Ok(r.rows.into_iter().next().map(|row| PlatformRecord {
             name: row[0].clone().unwrap_or_default(),
             registered_at: row[1].clone().unwrap_or_default(),
             db_user: row[2].clone(),
-            db_password: row[3].clone(),
         }))
     }
 
@@ -492,7 +497,7 @@ impl Catalog {
             .query(
                 "SELECT p.name, (SELECT count(*) FROM schemas s WHERE s.platform = p.name)::text, \
                         (SELECT count(*) FROM databases d WHERE d.platform = p.name)::text \
-                 FROM platforms p ORDER BY p.name",
+                 FROM (SELECT name FROM platforms UNION SELECT platform FROM databases) p ORDER BY p.name",
                 &[],
             )
             .map_err(|e| pg_api(e, "catalog lookup failed"))?;
@@ -619,38 +624,137 @@ impl Catalog {
                 .collect(),
         }))
     }
+}
 
-    /// Platforms with dedicated credentials: (platform, user, password).
-    pub fn platform_credentials(&mut self) -> Result<Vec<(String, String, Option<String>)>, ApiError> {
-        let r = self
-            .client
-            .query("SELECT name, db_user, db_password FROM platforms WHERE db_user IS NOT NULL", &[])
-            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
-        Ok(r.rows
-            .into_iter()
-            .map(|row| (row[0].clone().unwrap_or_default(), row[1].clone().unwrap_or_default(), row[2].clone()))
-            .collect())
-    }
+/// A database as `/call` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOwner {
+    pub database: String,
+    pub platform: String,
+    /// The `tenant_id` a call must give; `None` for a main database.
+    pub tenant: Option<String>,
+    /// The PostgreSQL role its calls log in as (`None`: the platform has no recorded role yet, the
+    /// derived name applies).
+    pub role: Option<String>,
 }
 
 impl Catalog {
-    /// Owners as `/call` checks them: database name → (platform, the `tenant_id` a call must give;
-    /// `None` for a main database). `names` limits the lookup; `None` reads all.
-    pub fn call_owners(&mut self, names: Option<&[String]>) -> Result<Vec<(String, String, Option<String>)>, ApiError> {
+    /// Owners as `/call` checks them. `names` limits the lookup; `None` reads all.
+    pub fn call_owners(&mut self, names: Option<&[String]>) -> Result<Vec<CallOwner>, ApiError> {
         let list = names.map(|n| format!("{{{}}}", n.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(",")));
         let r = self
             .client
             .query(
-                "SELECT name, platform, CASE kind WHEN 'main' THEN NULL WHEN 'tenant' THEN tenant_id \
-                 ELSE schema_name || '_' || database_id END FROM databases \
-                 WHERE $1::text[] IS NULL OR name = ANY($1::text[])",
+                "SELECT d.name, d.platform, CASE d.kind WHEN 'main' THEN NULL WHEN 'tenant' THEN d.tenant_id \
+                 ELSE d.schema_name || '_' || d.database_id END, r.role FROM databases d \
+                 LEFT JOIN platform_roles r ON r.platform = d.platform \
+                 WHERE $1::text[] IS NULL OR d.name = ANY($1::text[])",
                 &[list.as_deref()],
             )
             .map_err(|e| pg_api(e, "catalog lookup failed"))?;
         Ok(r.rows
             .into_iter()
-            .map(|row| (row[0].clone().unwrap_or_default(), row[1].clone().unwrap_or_default(), row[2].clone()))
+            .map(|row| CallOwner {
+                database: row[0].clone().unwrap_or_default(),
+                platform: row[1].clone().unwrap_or_default(),
+                tenant: row[2].clone(),
+                role: row[3].clone(),
+            })
             .collect())
+    }
+
+    /// The role recorded for a platform: (role, adopted).
+    pub fn platform_role(&mut self, platform: &str) -> Result<Option<(String, bool)>, ApiError> {
+        let r = self
+            .client
+            .query("SELECT role, adopted FROM platform_roles WHERE platform = $1", &[Some(platform)])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.into_iter().next().map(|row| (row[0].clone().unwrap_or_default(), row[1].as_deref() == Some("t"))))
+    }
+
+    /// Records that `platform` runs as `role`; 409 when another platform has that role.
+    pub fn record_platform_role(&mut self, platform: &str, role: &str, adopted: bool) -> Result<(), ApiError> {
+        let r = self.client.query(
+            "INSERT INTO platform_roles (platform, role, adopted) VALUES ($1, $2, $3::boolean) \
+             ON CONFLICT (platform) DO NOTHING",
+            &[Some(platform), Some(role), Some(if adopted { "true" } else { "false" })],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(crate::pg::dberror::PgError::Db(d)) if d.code == "23505" => {
+                Err(ApiError::new(Kind::NameConflict, format!("role '{role}' already belongs to another platform")))
+            }
+            Err(e) => Err(pg_api(e, "cannot record the platform's role")),
+        }
+    }
+
+    /// Every recorded platform role: (platform, role, adopted).
+    pub fn platform_roles(&mut self) -> Result<Vec<(String, String, bool)>, ApiError> {
+        let r = self
+            .client
+            .query("SELECT platform, role, adopted FROM platform_roles ORDER BY platform", &[])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| {
+                (row[0].clone().unwrap_or_default(), row[1].clone().unwrap_or_default(), row[2].as_deref() == Some("t"))
+            })
+            .collect())
+    }
+
+    /// Stored keys of a platform (or of every platform with `None`), expired ones left out:
+    /// (platform, key).
+    pub fn platform_keys(&mut self, platform: Option<&str>) -> Result<Vec<(String, StoredKey)>, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT platform, key_hash, extract(epoch FROM valid_until)::bigint::text FROM platform_keys \
+                 WHERE ($1::text IS NULL OR platform = $1) AND (valid_until IS NULL OR valid_until > now())",
+                &[platform],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row[0].clone().unwrap_or_default(),
+                    StoredKey {
+                        hash: row[1].clone().unwrap_or_default(),
+                        valid_until: row[2].as_deref().and_then(|v| v.parse().ok()),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Stores a new key hash for a platform. Keys it had stay valid for `grace_secs` more (0: not at all).
+    pub fn set_platform_key(&mut self, platform: &str, key_hash: &str, grace_secs: u64) -> Result<(), ApiError> {
+        let grace = grace_secs.to_string();
+        self.client
+            .batch_execute("BEGIN")
+            .and_then(|_| {
+                self.client.query(
+                    "DELETE FROM platform_keys WHERE platform = $1 AND (valid_until IS NOT NULL AND valid_until <= now() \
+                     OR $2::bigint = 0)",
+                    &[Some(platform), Some(&grace)],
+                )
+            })
+            .and_then(|_| {
+                self.client.query(
+                    "UPDATE platform_keys SET valid_until = least(coalesce(valid_until, 'infinity'), \
+                     now() + make_interval(secs => $2::bigint)) WHERE platform = $1",
+                    &[Some(platform), Some(&grace)],
+                )
+            })
+            .and_then(|_| {
+                self.client
+                    .query("INSERT INTO platform_keys (platform, key_hash) VALUES ($1, $2)", &[Some(platform), Some(key_hash)])
+            })
+            .and_then(|_| self.client.batch_execute("COMMIT"))
+            .map_err(|e| {
+                let _ = self.client.batch_execute("ROLLBACK");
+                pg_api(e, "cannot store the platform key")
+            })
     }
 }
 

@@ -63,6 +63,27 @@ pub const KEYS: &[Key] = &[
     key("TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed"),
     secret("ADMIN_TOKEN", "bearer token for /admin/*; admin routes are off when unset"),
     key("ALLOWED_ADMIN_IPS", "127.0.0.0/8,::1/128", "comma-separated CIDRs allowed to use /admin/*"),
+    secret(
+        "PLATFORM_SECRET",
+        "secret (32+ characters) the platform roles' passwords are derived from; all instances sharing a server \
+         must use the same; a random one per process when unset",
+    ),
+    key(
+        "PLATFORM_ROLE_PREFIX",
+        "ssdb_",
+        "prefix of the PostgreSQL role the gateway creates for each platform (role = prefix + platform)",
+    ),
+    key(
+        "EXTENSIONS_ALLOWED",
+        "",
+        "comma-separated untrusted extensions a deploy may install (created by the gateway's login); trusted ones \
+         need no listing",
+    ),
+    key(
+        "REQUIRE_PLATFORM_KEYS",
+        "false",
+        "true: every platform route needs the platform's key (Authorization: Bearer) or the admin token",
+    ),
     key("LOG_DIR", "", "when set, logs are also appended to LOG_DIR/gateway.log"),
     key("LOG_LEVEL", "info", "error, warn, info, debug or trace (RUST_LOG is read when unset)"),
     key("LOG_FORMAT", "text", "text or json"),

@@ -234,6 +234,14 @@ pub struct SecurityConfig {
     pub trusted_proxies: Vec<Cidr>,
     pub admin_token: Option<String>,
     pub admin_ips: Vec<Cidr>,
+    /// `PLATFORM_SECRET` (or a random per-process secret): the key platform role passwords are derived from.
+    pub platform_secret: std::sync::Arc<[u8]>,
+    /// `PLATFORM_ROLE_PREFIX`: platform `p` logs in as `{prefix}{p}`.
+    pub role_prefix: String,
+    /// `EXTENSIONS_ALLOWED`: untrusted extensions a deploy may install.
+    pub extensions_allowed: Vec<String>,
+    /// `REQUIRE_PLATFORM_KEYS`: no platform route without a key or the admin token.
+    pub require_platform_keys: bool,
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -243,6 +251,10 @@ impl std::fmt::Debug for SecurityConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("admin_ips", &self.admin_ips)
+            .field("platform_secret", &"***")
+            .field("role_prefix", &self.role_prefix)
+            .field("extensions_allowed", &self.extensions_allowed)
+            .field("require_platform_keys", &self.require_platform_keys)
             .finish()
     }
 }
@@ -437,9 +449,15 @@ impl Config {
             s.get("CALL_SCHEMAS").split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
         if schemas.is_empty()
             || schemas.iter().any(|x| !x.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
-            || schemas.iter().any(|x| x.starts_with("pg_") || x == "information_schema")
+            || schemas.iter().any(|x| {
+                x.starts_with("pg_") || x == "information_schema" || x == crate::security::roles::EXTENSION_SCHEMA
+            })
         {
-            return Err(invalid(s, "CALL_SCHEMAS", "comma-separated lower-case schema names, not pg_* schemas"));
+            return Err(invalid(
+                s,
+                "CALL_SCHEMAS",
+                "comma-separated lower-case schema names, not pg_* schemas nor the extensions schema",
+            ));
         }
         let call = CallConfig {
             timeout: millis(s, "CALL_TIMEOUT_MS")?,
@@ -462,6 +480,36 @@ impl Config {
                 t => t,
             },
             admin_ips: cidrs(s, "ALLOWED_ADMIN_IPS")?,
+            platform_secret: match opt(s, "PLATFORM_SECRET") {
+                Some(t) if t.len() < 32 => {
+                    return Err(invalid(s, "PLATFORM_SECRET", "a secret of at least 32 characters"));
+                }
+                Some(t) => std::sync::Arc::from(t.into_bytes()),
+                None => crate::security::random::process_secret(),
+            },
+            role_prefix: {
+                let p = s.get("PLATFORM_ROLE_PREFIX").trim().to_string();
+                let ok = !p.is_empty()
+                    && p.len() <= 16
+                    && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && !p.starts_with("pg_")
+                    && !p.as_bytes()[0].is_ascii_digit();
+                if !ok {
+                    return Err(invalid(
+                        s,
+                        "PLATFORM_ROLE_PREFIX",
+                        "1 to 16 characters of [a-z0-9_], not starting with a digit or pg_",
+                    ));
+                }
+                p
+            },
+            extensions_allowed: s
+                .get("EXTENSIONS_ALLOWED")
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+            require_platform_keys: boolean(s, "REQUIRE_PLATFORM_KEYS")?,
         };
         let level = match s.get("LOG_LEVEL").trim().to_ascii_lowercase().as_str() {
             "error" => Level::Error,

@@ -21,6 +21,7 @@ use crate::error::{ApiError, DbDetail, Kind};
 use crate::json::{ArrayWriter, ObjectWriter, write_string};
 use crate::pg::blocking::{Client, QueryResult};
 use crate::pg::dberror::PgError;
+use crate::security::roles::EXTENSION_SCHEMA;
 
 /// What to do with seeders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub struct DeployOptions {
     pub seed_mode: SeedMode,
     /// Recorded in the changelog with every change.
     pub run_id: String,
+    /// Schemas no extension may live in (`CALL_SCHEMAS`): `/call` must never reach an extension's
+    /// functions. Extensions are created in [`EXTENSION_SCHEMA`] unless a file pins another schema.
+    pub protected_schemas: Vec<String>,
 }
 
 /// One table or column difference between the table files and the database.
@@ -382,7 +386,7 @@ fn main_transaction<'f>(
     let db = cx.db.to_string();
     cx.query("SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))", &[Some(&db)], At::step("lock"))?;
     tracking::ensure_tables(cx)?;
-    extensions(cx, archive, report)?;
+    extensions(cx, archive, opts, report)?;
     types::deploy_types(cx, archive, report)?;
     let declared = tables::declare_and_create(cx, archive, report)?;
     let pending = migrations(cx, archive, report)?;
@@ -408,7 +412,46 @@ fn main_transaction<'f>(
     }
     functions::deploy_functions(cx, archive, report)?;
     seeders::run(cx, archive, opts, report)?;
+    extensions_out_of_reach(cx, &opts.protected_schemas)?;
     Ok(pending)
+}
+
+/// After every step: an extension that a migration created in a `/call` schema is moved out of it, or
+/// the deploy fails. Its functions would otherwise be callable through `/call`.
+fn extensions_out_of_reach(cx: &mut Ctx<'_>, protected: &[String]) -> Result<(), ApiError> {
+    if protected.is_empty() {
+        return Ok(());
+    }
+    let list = format!("{{{}}}", protected.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+    let found = cx.rows(
+        "SELECT e.extname, e.extrelocatable::text, n.nspname FROM pg_extension e \
+         JOIN pg_namespace n ON n.oid = e.extnamespace WHERE n.nspname = ANY($1::text[]) ORDER BY 1",
+        &[Some(&list)],
+        At::step("extensions"),
+    )?;
+    for row in found {
+        let (name, relocatable, schema) = (&row[0], row[1] == "true", &row[2]);
+        let refuse = |why: &str| {
+            ApiError::new(
+                Kind::ExtensionNotAllowed,
+                format!(
+                    "extension {name} is in schema {schema}, where /call could run its functions, and {why}; \
+                     install it from extensions/ (it goes to schema {EXTENSION_SCHEMA})"
+                ),
+            )
+            .with_database(cx.db)
+        };
+        if !relocatable {
+            return Err(refuse("it cannot be moved"));
+        }
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; ALTER EXTENSION {e} SET SCHEMA {s}",
+            s = quote_ident(EXTENSION_SCHEMA),
+            e = quote_ident(name)
+        );
+        cx.c.batch_execute(&sql).map_err(|_| refuse("moving it failed"))?;
+    }
+    Ok(())
 }
 
 fn validation_json(v: &SchemaValidation) -> String {
@@ -462,7 +505,12 @@ pub(crate) fn wanted_extensions(file: &SqlFile) -> Vec<WantedExtension> {
     vec![WantedExtension { name: canonical(stem), version, schema }]
 }
 
-fn extensions(cx: &mut Ctx<'_>, archive: &SchemaArchive, report: &mut DeployReport) -> Result<(), ApiError> {
+fn extensions(
+    cx: &mut Ctx<'_>,
+    archive: &SchemaArchive,
+    opts: &DeployOptions,
+    report: &mut DeployReport,
+) -> Result<(), ApiError> {
     for file in &archive.extensions {
         let at = At::file("extensions", file);
         for w in wanted_extensions(file) {
@@ -491,14 +539,24 @@ fn extensions(cx: &mut Ctx<'_>, archive: &SchemaArchive, report: &mut DeployRepo
             let version = w.version.as_ref().map(|v| format!(" VERSION {}", quote_literal(v)));
             match installed {
                 None => {
+                    let schema = w.schema.as_deref().unwrap_or(EXTENSION_SCHEMA);
+                    if opts.protected_schemas.iter().any(|p| p == schema) {
+                        return Err(cx.fail(
+                            Kind::ExtensionNotAllowed,
+                            at,
+                            format!(
+                                "extension {} may not go into schema {schema}: /call could run its functions there",
+                                w.name
+                            ),
+                        ));
+                    }
                     let mut sql = String::new();
-                    if let Some(s) = &w.schema {
-                        sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)));
-                    }
-                    sql.push_str(&format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(&w.name)));
-                    if let Some(s) = &w.schema {
-                        sql.push_str(&format!(" WITH SCHEMA {}", quote_ident(s)));
-                    }
+                    sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema)));
+                    sql.push_str(&format!(
+                        "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}",
+                        quote_ident(&w.name),
+                        quote_ident(schema)
+                    ));
                     sql.push_str(version.as_deref().unwrap_or(""));
                     cx.c.batch_execute(&sql).map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 0))?;
                     cx.log_change("extension", &w.name, "install", w.version.as_deref())?;

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod form;
 pub mod functions;
 pub mod gzip;
+pub mod isolate;
 pub mod seeders;
 pub mod service;
 pub mod sql;

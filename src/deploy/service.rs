@@ -16,16 +16,20 @@ use crate::http::response::Response;
 use crate::json::{ObjectWriter, Value};
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
-use crate::security::names;
+use crate::security::keys::{Credential, StoredKey};
+use crate::security::{names, roles};
 
-/// What a deploy operation needs: configuration and how to reach PostgreSQL as the gateway's role.
+/// What a deploy operation needs: configuration, how to reach PostgreSQL as the gateway's login, who
+/// asked, and (once [`DeployCtx::as_platform`] made sure of it) the platform role its SQL runs as.
 #[derive(Clone)]
 pub struct DeployCtx {
     pub cfg: Arc<Config>,
+    /// The gateway's own login: catalog, CREATE DATABASE, roles. Never runs platform SQL.
     pub admin: ConnectParams,
-    /// A platform's dedicated PostgreSQL role (user, password): its databases are owned by and deployed
-    /// as that role.
-    pub role: Option<(String, Option<String>)>,
+    /// The platform role this context's deploys log in as; `None` until [`DeployCtx::as_platform`].
+    pub role: Option<String>,
+    /// What the request presented (platform key or admin token).
+    pub cred: Credential,
 }
 
 /// The response and the databases that changed.
@@ -35,17 +39,70 @@ fn err(e: ApiError) -> Outcome {
     (Response::error(&e), Vec::new())
 }
 
+/// Databases no platform may ever have: PostgreSQL's own.
+const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
 impl DeployCtx {
     pub fn new(cfg: Arc<Config>) -> DeployCtx {
         let admin = cfg.db.connect_params();
-        DeployCtx { cfg, admin, role: None }
+        DeployCtx { cfg, admin, role: None, cred: Credential::default() }
     }
 
-    /// The context for a platform, using its dedicated role when it has one.
-    pub fn for_platform(&self, p: &catalog::PlatformRecord) -> DeployCtx {
-        let mut c = self.clone();
-        c.role = p.db_user.clone().map(|u| (u, p.db_password.clone()));
-        c
+    /// The same context for a request that presented `cred`.
+    pub fn with_credential(&self, cred: Credential) -> DeployCtx {
+        DeployCtx { cred, ..self.clone() }
+    }
+
+    /// Refuses a request on `platform` without its key (or the admin token) when one is needed.
+    pub fn authorize(&self, cat: &mut Catalog, platform: &str) -> Result<(), ApiError> {
+        let keys: Vec<StoredKey> = cat.platform_keys(Some(platform))?.into_iter().map(|(_, k)| k).collect();
+        self.cred.allows(platform, &keys, self.cfg.security.require_platform_keys)
+    }
+
+    /// Admin-only operations.
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.cred.admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Kind::AdminTokenInvalid,
+                format!("{what} needs the admin token (Authorization: Bearer <ADMIN_TOKEN>) from ALLOWED_ADMIN_IPS"),
+            ))
+        }
+    }
+
+    /// The role platform `platform` runs as: recorded, or derived from its name.
+    pub fn role_of(&self, cat: &mut Catalog, platform: &str) -> Result<(String, bool), ApiError> {
+        match cat.platform_role(platform)? {
+            Some(r) => Ok(r),
+            None => Ok((roles::role_name(&self.cfg.security.role_prefix, platform)?, false)),
+        }
+    }
+
+    /// Makes sure the platform's role exists and is fit (creating it on a first deploy), and returns a
+    /// context whose deploys log in as that role.
+    pub fn as_platform(&self, cat: &mut Catalog, platform: &str) -> Result<DeployCtx, ApiError> {
+        let (role, adopted) = self.role_of(cat, platform)?;
+        let mut admin = self.admin_client()?;
+        let r = roles::ensure_platform_role(&mut admin, platform, &role, &self.cfg.security.platform_secret, adopted);
+        admin.close();
+        r?;
+        cat.record_platform_role(platform, &role, adopted)?;
+        Ok(DeployCtx { role: Some(role), ..self.clone() })
+    }
+
+    /// A database name that no platform may use: PostgreSQL's own databases and the catalog.
+    pub fn check_reserved(&self, name: &str) -> Result<(), ApiError> {
+        if SYSTEM_DATABASES.contains(&name) || name == self.cfg.deploy.catalog_db {
+            return Err(ApiError::new(
+                Kind::NameConflict,
+                format!(
+                    "database name '{name}' is reserved (PostgreSQL's own or the gateway's catalog); choose other names"
+                ),
+            )
+            .with_database(name));
+        }
+        Ok(())
     }
 
     fn limits(&self) -> ArchiveLimits {
@@ -73,20 +130,111 @@ impl DeployCtx {
         Client::connect(&self.admin).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))
     }
 
+    /// A session in `database` as the platform role. Platform SQL runs only in such sessions.
     fn connect(&self, database: &str) -> Result<Client, ApiError> {
+        let role = self.role.as_deref().ok_or_else(|| {
+            ApiError::new(Kind::Internal, "a deploy session was asked for without a platform role")
+                .with_database(database)
+        })?;
         let mut params = self.admin.with_dbname(database);
-        if let Some((user, password)) = &self.role {
-            params.user = user.clone();
-            params.password = password.clone();
-        }
+        params.user = role.to_string();
+        params.password = Some(roles::password(&self.cfg.security.platform_secret, role));
         Client::connect(&params).map_err(|e| {
-            let mut a = pg_api(e, &format!("cannot connect to database '{database}'"));
+            let mut a = pg_api(e, &format!("cannot connect to database '{database}' as role '{role}'"));
             if a.db.as_ref().is_some_and(|d| d.sqlstate == "3D000") {
                 a.kind = Kind::DatabaseNotFound;
                 a.message = format!("database '{database}' does not exist");
             }
             a.with_database(database)
         })
+    }
+
+    /// Checks the archive's extensions before anything changes: trusted ones are installed by the platform
+    /// role, others only when `EXTENSIONS_ALLOWED` lists them. Returns the untrusted ones to install.
+    pub fn check_extensions(&self, archive: &SchemaArchive) -> Result<Vec<String>, ApiError> {
+        let wanted: Vec<_> = archive.extensions.iter().flat_map(super::engine::wanted_extensions).collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut admin = self.admin_client()?;
+        let mut untrusted = Vec::new();
+        for w in &wanted {
+            if let Some(s) = &w.schema {
+                if self.cfg.call.schemas.contains(s) {
+                    return Err(ApiError::new(
+                        Kind::ExtensionNotAllowed,
+                        format!("extension {} may not go into schema {s}: /call could run its functions there", w.name),
+                    ));
+                }
+            }
+            let r = admin
+                .query(
+                    "SELECT bool_or(trusted)::text FROM pg_available_extension_versions WHERE name = $1",
+                    &[Some(&w.name)],
+                )
+                .map_err(|e| pg_api(e, "cannot look up extensions"))?;
+            match r.rows.first().and_then(|row| row[0].as_deref()) {
+                // Not available at all: the deploy step says so with file and line.
+                None => {}
+                Some("true") => {}
+                Some(_) if self.cfg.security.extensions_allowed.contains(&w.name) => untrusted.push(w.name.clone()),
+                Some(_) => {
+                    return Err(ApiError::new(
+                        Kind::ExtensionNotAllowed,
+                        format!(
+                            "extension {} is not trusted (it can reach beyond the platform's databases); an operator \
+                             may allow it with EXTENSIONS_ALLOWED",
+                            w.name
+                        ),
+                    ));
+                }
+            }
+        }
+        admin.close();
+        Ok(untrusted)
+    }
+
+    /// Installs allowed untrusted extensions into `database` as the gateway's login (a platform role
+    /// cannot), into the extensions schema.
+    fn install_untrusted(&self, database: &str, names: &[String]) -> Result<(), ApiError> {
+        let role = self.role.as_deref().unwrap_or_default();
+        let mut c = Client::connect(&self.admin.with_dbname(database))
+            .map_err(|e| pg_api(e, &format!("cannot connect to database '{database}'")).with_database(database))?;
+        let mut sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r};",
+            s = roles::ident(roles::EXTENSION_SCHEMA),
+            r = roles::ident(role)
+        );
+        for n in names {
+            sql.push_str(&format!(
+                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};",
+                roles::ident(n),
+                roles::ident(roles::EXTENSION_SCHEMA)
+            ));
+        }
+        let r = c.batch_execute(&sql).map_err(|e| {
+            pg_api(e, "cannot install an allowed extension (the gateway's login may lack the right to)")
+                .with_database(database)
+        });
+        c.close();
+        r
+    }
+
+    /// Deploys `archive` to one database as the platform role.
+    pub fn deploy_one(
+        &self,
+        database: &str,
+        archive: &SchemaArchive,
+        opts: &DeployOptions,
+        untrusted: &[String],
+    ) -> Result<DeployReport, ApiError> {
+        if !untrusted.is_empty() && !opts.dry_run {
+            self.install_untrusted(database, untrusted)?;
+        }
+        let mut c = self.connect(database)?;
+        let r = deploy(&mut c, database, archive, opts);
+        c.close();
+        r
     }
 
     fn catalog(&self) -> Result<Catalog, ApiError> {
@@ -136,8 +284,14 @@ pub fn create_and_deploy(
     opts: &DeployOptions,
     must_be_new: bool,
 ) -> Result<(bool, DeployReport), ApiError> {
+    ctx.check_reserved(name)?;
     let mut cat = ctx.catalog()?;
     cat.check_owner(name, owner)?;
+    let recorded = cat.owner_of(name)?.is_some();
+    // Everything that can be refused is refused before anything is created.
+    let untrusted = ctx.check_extensions(archive)?;
+    let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
+    let role = ctx.role.clone().unwrap_or_default();
     let mut admin = ctx.admin_client()?;
     // One create-and-first-deploy per database name at a time, across gateways: otherwise a request
     // whose first deploy fails could drop the database another request is deploying to. The lock is
@@ -146,36 +300,30 @@ pub fn create_and_deploy(
         .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)])
         .map_err(|e| pg_api(e, "cannot lock the database name"))?;
     let exists = catalog::database_exists(&mut admin, name)?;
+    if exists && !recorded {
+        // Not the gateway's: serving it would hand someone else's database to this platform.
+        return Err(ApiError::new(
+            Kind::NameConflict,
+            format!("database '{name}' exists but was not created by the gateway; choose other names"),
+        )
+        .with_database(name));
+    }
     if exists && must_be_new {
         return Err(
             ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
         );
     }
-    let created = !exists && catalog::create_database(&mut admin, name)?;
+    let created = !exists && roles::create_platform_database(&mut admin, name, &role, &ctx.cfg.call.schemas)?;
     if must_be_new && !created {
         // Another request created it between the check and CREATE DATABASE: it is theirs.
         return Err(
             ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
         );
     }
-    if created {
-        if let Some((user, _)) = &ctx.role {
-            // The platform's role owns its databases, so deploys and calls can run as that role.
-            let sql = format!("ALTER DATABASE \"{name}\" OWNER TO \"{}\"", user.replace('"', "\"\""));
-            if let Err(e) = admin.batch_execute(&sql) {
-                let _ = catalog::drop_database(&mut admin, name);
-                return Err(pg_api(e, "cannot give the database to the platform's role").with_database(name));
-            }
-        }
-    }
     if created || !opts.dry_run {
         cat.record_database(name, owner)?;
     }
-    let result = ctx.connect(name).and_then(|mut c| {
-        let r = deploy(&mut c, name, archive, opts);
-        c.close();
-        r
-    });
+    let result = ctx.deploy_one(name, archive, opts, &untrusted);
     let undo = created && (result.is_err() || opts.dry_run);
     if undo {
         if let Err(e) = catalog::drop_database(&mut admin, name) {
@@ -207,14 +355,16 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let form = DeployForm::parse(content_type, body, ctx.cfg.limits.max_multipart_parts)?;
         let platform = form.require_platform()?.to_string();
-        let archive = ctx.read(form.require_archive()?)?;
         let (name, owner) = v1_owner(&platform, form.tenant_id.as_deref())?;
+        ctx.authorize(&mut ctx.catalog()?, &owner.platform)?;
+        let archive = ctx.read(form.require_archive()?)?;
         let opts = DeployOptions {
             force: form.force,
             dry_run: form.dry_run,
             reseed: form.reseed,
             seed_mode: SeedMode::RunIfEmpty,
             run_id: catalog::new_run_id(),
+            protected_schemas: ctx.cfg.call.schemas.clone(),
         };
         let (created, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, false)?;
         let mut b = Vec::with_capacity(1024);
@@ -243,11 +393,13 @@ pub struct DbResult {
 
 /// Deploys `archive` to each database, `parallelism` at a time, each in its own transaction, going on
 /// past failures unless `stop_on_error`. `on_done` sees each result as it finishes (progress).
+#[allow(clippy::too_many_arguments)]
 pub fn migrate_many(
     ctx: &DeployCtx,
     databases: &[String],
     archive: &SchemaArchive,
     opts: &DeployOptions,
+    untrusted: &[String],
     stop_on_error: bool,
     on_done: &(dyn Fn(&DbResult, usize, usize) + Sync),
 ) -> Vec<DbResult> {
@@ -265,11 +417,7 @@ pub fn migrate_many(
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(db) = databases.get(i) else { return };
-                    let result = ctx.connect(db).and_then(|mut c| {
-                        let r = deploy(&mut c, db, archive, opts);
-                        c.close();
-                        r
-                    });
+                    let result = ctx.deploy_one(db, archive, opts, untrusted);
                     if result.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -406,52 +554,61 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let form = DeployForm::parse(content_type, body, ctx.cfg.limits.max_multipart_parts)?;
         let platform = form.require_platform()?.to_string();
-        let archive = ctx.read(form.require_archive()?)?;
+        let p = names::platform(&platform)?;
         let mut cat = ctx.catalog()?;
-        let mut admin = ctx.admin_client()?;
+        ctx.authorize(&mut cat, &p)?;
+        let archive = ctx.read(form.require_archive()?)?;
+        // Only databases the catalog records for this platform: a database that merely has the right
+        // name was not made by the gateway and is never touched.
         let databases: Vec<String> = match form.tenant_id.as_deref() {
             Some(t) => {
                 let (name, owner) = v1_owner(&platform, Some(t))?;
+                ctx.check_reserved(&name)?;
                 cat.check_owner(&name, &owner)?;
-                if !catalog::database_exists(&mut admin, &name)? {
-                    return Err(ApiError::new(Kind::DatabaseNotFound, format!("database '{name}' does not exist"))
-                        .with_database(name));
+                if cat.owner_of(&name)?.is_none() {
+                    return Err(ApiError::new(
+                        Kind::DatabaseNotFound,
+                        format!(
+                            "platform '{p}' has no tenant database '{name}'; create it with POST /register \
+                             (platform, tenant_id, schema) or /admin/create-tenant"
+                        ),
+                    )
+                    .with_database(name));
                 }
                 vec![name]
             }
             None => {
                 let (main, owner) = v1_owner(&platform, None)?;
+                ctx.check_reserved(&main)?;
                 cat.check_owner(&main, &owner)?;
-                let p = names::platform(&platform)?;
                 let mut list = Vec::new();
-                if catalog::database_exists(&mut admin, &main)? {
-                    list.push(main.clone());
-                }
                 for rec in cat.databases(&p, None)? {
-                    if rec.owner.kind == "tenant" && !list.contains(&rec.name) {
+                    if (rec.owner.kind == "tenant" || rec.owner.kind == "main") && !list.contains(&rec.name) {
                         list.push(rec.name);
                     }
                 }
                 if list.is_empty() {
                     return Err(ApiError::new(
                         Kind::DatabaseNotFound,
-                        format!("platform '{p}' has no databases; register it first"),
+                        format!("platform '{p}' has no databases; register it first with POST /register"),
                     )
                     .with_database(main));
                 }
                 list
             }
         };
-        admin.close();
+        let untrusted = ctx.check_extensions(&archive)?;
+        let ctx = &ctx.as_platform(&mut cat, &p)?;
         let opts = DeployOptions {
             force: form.force,
             dry_run: form.dry_run,
             reseed: form.reseed,
             seed_mode: SeedMode::Verify,
             run_id: catalog::new_run_id(),
+            protected_schemas: ctx.cfg.call.schemas.clone(),
         };
         let run = cat.start_run("migrate", Some(&names::platform(&platform)?), None, databases.len())?;
-        let results = migrate_many(ctx, &databases, &archive, &opts, false, &|_, _, _| {});
+        let results = migrate_many(ctx, &databases, &archive, &opts, &untrusted, false, &|_, _, _| {});
         for r in &results {
             let status = if r.result.is_ok() { "success" } else { "failed" };
             let _ = cat.record_result(&run, &r.database, status, &result_json(&r.database, &r.result));
@@ -519,10 +676,13 @@ pub fn create_tenant(ctx: &DeployCtx, body: &Value) -> Outcome {
         let platform = get("platform").ok_or_else(|| ApiError::new(Kind::InvalidRequest, "'platform' is required"))?;
         let tenant = get("tenant_id").ok_or_else(|| ApiError::new(Kind::InvalidRequest, "'tenant_id' is required"))?;
         let (name, owner) = v1_owner(platform, Some(tenant))?;
+        ctx.check_reserved(&name)?;
         let mut cat = ctx.catalog()?;
         cat.check_owner(&name, &owner)?;
+        let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
+        let role = ctx.role.clone().unwrap_or_default();
         let mut admin = ctx.admin_client()?;
-        if !catalog::create_database(&mut admin, &name)? {
+        if !roles::create_platform_database(&mut admin, &name, &role, &ctx.cfg.call.schemas)? {
             return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
                 .with_database(name));
         }

@@ -14,7 +14,7 @@ use crate::catalog::{self, Catalog, Owner};
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::json::{ObjectWriter, Value};
-use crate::security::names;
+use crate::security::{keys, names, roles};
 
 fn err(e: ApiError) -> Outcome {
     (Response::error(&e), Vec::new())
@@ -54,28 +54,107 @@ fn schema_name(s: &str) -> Result<String, ApiError> {
     Ok(names::sanitize(s))
 }
 
-/// `POST /platform/register`.
+/// `POST /platform/register` `{"platform", "require_key"?, "db_user"?}`.
+///
+/// `db_user` names an existing role for the platform instead of the one the gateway creates: only
+/// with the admin token, only a role fit for a platform that no other platform has. `require_key`
+/// (always, under `REQUIRE_PLATFORM_KEYS`) answers once with the platform's key.
 pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let p = names::platform(required(body, "platform")?)?;
         let user = str_field(body, "db_user")?;
-        let password = str_field(body, "db_password")?;
-        if password.is_some() && user.is_none() {
-            return Err(ApiError::new(Kind::InvalidRequest, "'db_password' needs 'db_user'"));
+        if str_field(body, "db_password")?.is_some() {
+            return Err(ApiError::new(
+                Kind::InvalidRequest,
+                "'db_password' is not accepted: the gateway sets the platform role's password itself and stores it \
+                 nowhere",
+            ));
         }
+        let want_key = bool_field(body, "require_key")? || ctx.cfg.security.require_platform_keys;
         if let Some(u) = user {
-            if u.len() > 63 || u.contains('\0') {
+            ctx.require_admin("'db_user'")?;
+            if u.len() > 63 || u.contains('\0') || u.starts_with("pg_") {
                 return Err(ApiError::new(Kind::InvalidRequest, "'db_user' is not a valid role name"));
             }
         }
+        roles::role_name(&ctx.cfg.security.role_prefix, &p)?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
-        cat.register_platform(&p, user, password)?;
+        if cat.platform(&p)?.is_some() {
+            return Err(ApiError::new(Kind::PlatformAlreadyExists, format!("platform '{p}' is already registered")));
+        }
+        if !ctx.cred.admin && !cat.platform_keys(Some(&p))?.is_empty() {
+            // A v1 platform that has a key already: only its owner may register it for v2.
+            ctx.authorize(&mut cat, &p)?;
+        }
+        if let Some(u) = user {
+            if cat.platform_role(&p)?.is_some_and(|(r, _)| r != u) {
+                return Err(ApiError::new(
+                    Kind::NameConflict,
+                    format!("platform '{p}' already runs as another role; its databases belong to that role"),
+                ));
+            }
+            cat.record_platform_role(&p, u, true)?;
+        }
+        if let Err(e) = ctx.as_platform(&mut cat, &p) {
+            if user.is_some() {
+                let _ = cat.client.query("DELETE FROM platform_roles WHERE platform = $1 AND adopted", &[Some(&p)]);
+            }
+            return Err(e);
+        }
+        cat.register_platform(&p, user)?;
+        let key = if want_key {
+            let k = keys::new_key()?;
+            cat.set_platform_key(&p, &keys::hash(&k), 0)?;
+            Some(k)
+        } else {
+            None
+        };
         let mut b = Vec::new();
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", "registered");
         o.str("platform", &p);
-        o.bool("has_dedicated_credentials", user.is_some());
+        o.bool("has_dedicated_credentials", true);
+        if let Some(k) = &key {
+            o.str("api_key", k);
+            o.str(
+                "api_key_note",
+                "shown once; send it as Authorization: Bearer <api_key> on every route of this platform",
+            );
+        }
         o.str("message", &format!("platform '{p}' registered; upload schemas with POST /platform/{p}/schema"));
+        o.finish();
+        Ok((Response::json(201, b), Vec::new()))
+    };
+    run().unwrap_or_else(err)
+}
+
+/// `POST /admin/platforms/{platform}/key` `{"grace_seconds"?}`: gives a platform (v1 or v2, registered
+/// or not yet) a new key, answered once. Keys it had stay valid for `grace_seconds` (default 0).
+pub fn rotate_key(ctx: &DeployCtx, platform: &str, body: &Value) -> Outcome {
+    let run = || -> Result<Outcome, ApiError> {
+        ctx.require_admin("setting a platform key")?;
+        let p = names::platform(platform)?;
+        let grace = match body.get("grace_seconds") {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) => n.parse::<u64>().ok().filter(|g| *g <= 30 * 86_400).ok_or_else(|| {
+                ApiError::new(Kind::InvalidRequest, "'grace_seconds' must be a whole number from 0 to 2592000")
+            })?,
+            Some(v) => {
+                return Err(ApiError::new(
+                    Kind::InvalidRequest,
+                    format!("'grace_seconds' must be a number, got {}", v.type_name()),
+                ));
+            }
+        };
+        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let k = keys::new_key()?;
+        cat.set_platform_key(&p, &keys::hash(&k), grace)?;
+        let mut b = Vec::new();
+        let mut o = ObjectWriter::new(&mut b);
+        o.str("status", "key_set");
+        o.str("platform", &p);
+        o.str("api_key", &k);
+        o.u64("previous_keys_valid_for_seconds", grace);
         o.finish();
         Ok((Response::json(201, b), Vec::new()))
     };
@@ -93,6 +172,7 @@ pub fn upload_schema(ctx: &DeployCtx, platform: &str, content_type: &str, body: 
             })?)?;
         let upload = form.require_archive()?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         // The same reader and statement splitter as a deploy: a broken archive is refused before it
         // replaces a good one.
@@ -129,6 +209,7 @@ pub fn list_schemas(ctx: &DeployCtx, platform: &str) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let p = names::platform(platform)?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         let list = cat.schemas(&p)?;
         let mut b = Vec::new();
@@ -161,6 +242,7 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
         let p = names::platform(platform)?;
         let schema = schema.filter(|s| !s.is_empty()).map(|s| schema_name(&s)).transpose()?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         let recs: Vec<_> =
             cat.databases(&p, schema.as_deref())?.into_iter().filter(|r| r.owner.kind == "schema").collect();
@@ -187,6 +269,7 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
 /// `GET /platforms`.
 pub fn list_platforms(ctx: &DeployCtx) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
+        ctx.require_admin("listing every platform")?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
         let list = cat.platforms()?;
         let mut b = Vec::new();
@@ -215,7 +298,12 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
         let id_raw = required(body, "database_id")?;
         let name = names::v2_database(&p, &schema, id_raw)?;
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
-        let plat = cat.require_platform(&p)?;
+        // Creating databases is the platform's own business only when it proves who it is.
+        if cat.platform_keys(Some(&p))?.is_empty() {
+            ctx.require_admin(&format!("creating a database for platform '{p}', which has no key,"))?;
+        }
+        ctx.authorize(&mut cat, &p)?;
+        cat.require_platform(&p)?;
         let (bytes, version) = cat.schema_archive(&p, &schema)?;
         let archive = ctx.read(&bytes)?;
         let owner = Owner {
@@ -231,9 +319,10 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
             reseed: false,
             seed_mode: SeedMode::RunIfEmpty,
             run_id: catalog::new_run_id(),
+            protected_schemas: ctx.cfg.call.schemas.clone(),
         };
-        let dctx = ctx.for_platform(&plat);
-        let (_, report) = create_and_deploy(&dctx, &name, &owner, &archive, &opts, true)?;
+        drop(cat);
+        let (_, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, true)?;
         let mut b = Vec::with_capacity(1024);
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", "created");
@@ -267,7 +356,10 @@ pub struct MigratePlan {
     pub stop_on_error: bool,
     pub archive: super::archive::SchemaArchive,
     pub version: i64,
+    /// Deploys as the platform's role.
     pub ctx: DeployCtx,
+    /// Allowed untrusted extensions the gateway installs first.
+    pub untrusted: Vec<String>,
 }
 
 /// `POST /v2/migrate` and `/v2/migrate-all`: resolve the target databases from the catalog.
@@ -276,7 +368,8 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
     let schema = schema_name(required(body, "schema_name")?)?;
     let id = if all { None } else { str_field(body, "database_id")? };
     let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
-    let plat = cat.require_platform(&p)?;
+    ctx.authorize(&mut cat, &p)?;
+    cat.require_platform(&p)?;
     let (bytes, version) = cat.schema_archive(&p, &schema)?;
     let archive = ctx.read(&bytes)?;
     let databases: Vec<String> = match id {
@@ -317,7 +410,10 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
         reseed: bool_field(body, "reseed")?,
         seed_mode: SeedMode::Verify,
         run_id: catalog::new_run_id(),
+        protected_schemas: ctx.cfg.call.schemas.clone(),
     };
+    let untrusted = ctx.check_extensions(&archive)?;
+    let ctx = ctx.as_platform(&mut cat, &p)?;
     Ok(MigratePlan {
         platform: p,
         schema,
@@ -326,7 +422,8 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
         stop_on_error: bool_field(body, "stop_on_error")?,
         archive,
         version,
-        ctx: ctx.for_platform(&plat),
+        ctx,
+        untrusted,
     })
 }
 
@@ -369,7 +466,15 @@ pub fn run_migrate(
             send(line);
         }
     };
-    let results = migrate_many(&plan.ctx, &plan.databases, &plan.archive, &plan.opts, plan.stop_on_error, &on_done);
+    let results = migrate_many(
+        &plan.ctx,
+        &plan.databases,
+        &plan.archive,
+        &plan.opts,
+        &plan.untrusted,
+        plan.stop_on_error,
+        &on_done,
+    );
     let failed = results.iter().any(|r| r.result.is_err());
     let not_started = plan.databases.len() - results.len();
     let status = if failed { "completed_with_errors" } else { "completed" };
@@ -397,6 +502,10 @@ pub fn get_run(ctx: &DeployCtx, id: &str) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
         let r = cat.run(id)?.ok_or_else(|| ApiError::new(Kind::RunNotFound, format!("no run '{id}'")))?;
+        match &r.platform {
+            Some(p) => ctx.authorize(&mut cat, p)?,
+            None => ctx.require_admin("reading a run that belongs to no platform")?,
+        }
         let mut b = Vec::with_capacity(512);
         let mut o = ObjectWriter::new(&mut b);
         o.str("run_id", &r.id);

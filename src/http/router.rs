@@ -22,6 +22,8 @@ pub enum Route {
     V2Migrate,
     V2MigrateAll,
     Run(String),
+    AdminPlatformKey(String),
+    AdminIsolate,
 }
 
 /// What body a route expects; decides the size limit.
@@ -40,7 +42,8 @@ impl Route {
             | Route::PlatformSchemas(_)
             | Route::PlatformDatabases(_)
             | Route::Platforms
-            | Route::Run(_) => BodyKind::None,
+            | Route::Run(_)
+            | Route::AdminIsolate => BodyKind::None,
             Route::Register | Route::Migrate | Route::PlatformSchemaUpload(_) => BodyKind::Multipart,
             _ => BodyKind::Json,
         }
@@ -68,6 +71,8 @@ impl Route {
             Route::V2Migrate => "v2_migrate",
             Route::V2MigrateAll => "v2_migrate_all",
             Route::Run(_) => "run",
+            Route::AdminPlatformKey(_) => "admin_platform_key",
+            Route::AdminIsolate => "admin_isolate",
         }
     }
 }
@@ -93,6 +98,8 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
         ["admin", "databases"] => (Route::AdminDatabases, "GET, HEAD"),
         ["admin", "create-tenant"] => (Route::AdminCreateTenant, "POST"),
         ["admin", "platforms"] | ["platforms"] => (Route::Platforms, "GET, HEAD"),
+        ["admin", "platforms", p, "key"] => (Route::AdminPlatformKey(segment(p)?), "POST"),
+        ["admin", "isolate"] => (Route::AdminIsolate, "POST"),
         ["admin", "database", "create"] | ["database", "create"] => (Route::DatabaseCreate, "POST"),
         ["platform", "register"] => (Route::PlatformRegister, "POST"),
         ["platform", p, "schema"] => (Route::PlatformSchemaUpload(segment(p)?), "POST"),

@@ -2,7 +2,10 @@
 //! proxies), the admin token and admin allowlist, and the naming rules that keep platforms apart.
 
 pub mod cidr;
+pub mod keys;
 pub mod names;
+pub mod random;
+pub mod roles;
 
 use std::net::IpAddr;
 
@@ -12,11 +15,14 @@ use cidr::any_contains;
 
 /// The address a request is judged by. `X-Forwarded-For` is read right to left, skipping trusted
 /// proxies, and only when the peer itself is a trusted proxy; otherwise the peer address counts.
-pub fn client_ip(peer: IpAddr, xff: Option<&str>, cfg: &SecurityConfig) -> IpAddr {
+///
+/// An entry that is not an address, where the chain still speaks for a trusted proxy, refuses the
+/// request: falling back to the proxy's own address would let anyone behind it pass as the proxy.
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, cfg: &SecurityConfig) -> Result<IpAddr, ApiError> {
     if cfg.trusted_proxies.is_empty() || !any_contains(&cfg.trusted_proxies, peer) {
-        return peer;
+        return Ok(peer);
     }
-    let Some(xff) = xff else { return peer };
+    let Some(xff) = xff else { return Ok(peer) };
     let mut ip = peer;
     for part in xff.rsplit(',') {
         match part.trim().parse::<IpAddr>() {
@@ -26,11 +32,15 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, cfg: &SecurityConfig) -> IpAdd
                     break;
                 }
             }
-            // A garbled entry: stop at the last address we could trust.
-            Err(_) => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    Kind::InvalidRequest,
+                    "X-Forwarded-For from a trusted proxy holds an entry that is not an IP address",
+                ));
+            }
         }
     }
-    ip
+    Ok(ip)
 }
 
 pub fn check_allowed(ip: IpAddr, cfg: &SecurityConfig) -> Result<(), ApiError> {
@@ -81,10 +91,28 @@ mod tests {
     fn xff_only_from_trusted_proxies() {
         let mut c = Config::defaults().security;
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
-        assert_eq!(client_ip(peer, Some("8.8.8.8"), &c), peer);
+        assert_eq!(client_ip(peer, Some("8.8.8.8"), &c).unwrap(), peer);
         c.trusted_proxies = cidr::Cidr::parse_list("10.1.1.0/24").unwrap();
-        assert_eq!(client_ip(peer, Some("8.8.8.8"), &c), "8.8.8.8".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some("1.1.1.1, 8.8.8.8, 10.1.1.7"), &c), "8.8.8.8".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, Some("8.8.8.8"), &c).unwrap(), "8.8.8.8".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, Some("1.1.1.1, 8.8.8.8, 10.1.1.7"), &c).unwrap(),
+            "8.8.8.8".parse::<IpAddr>().unwrap()
+        );
+        // A peer that is not a trusted proxy: its header is ignored, garbled or not.
+        let stranger: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(client_ip(stranger, Some("8.8.8.8"), &c).unwrap(), stranger);
+        assert_eq!(client_ip(stranger, Some("garbage"), &c).unwrap(), stranger);
+    }
+
+    #[test]
+    fn garbled_xff_from_a_trusted_proxy_is_refused_not_replaced_by_the_proxy() {
+        let mut c = Config::defaults().security;
+        c.trusted_proxies = cidr::Cidr::parse_list("10.1.1.0/24").unwrap();
+        let proxy: IpAddr = "10.1.1.1".parse().unwrap();
+        assert_eq!(client_ip(proxy, Some("not-an-ip"), &c).unwrap_err().kind, Kind::InvalidRequest);
+        assert_eq!(client_ip(proxy, Some("8.8.8.8, bogus"), &c).unwrap_err().kind, Kind::InvalidRequest);
+        // Past the first untrusted address, what a client wrote further left does not matter.
+        assert_eq!(client_ip(proxy, Some("bogus, 8.8.8.8"), &c).unwrap(), "8.8.8.8".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -10,8 +10,11 @@ use mio::Poll;
 
 use super::client::Incoming;
 use super::{Message, Notifier, Server};
-use crate::call::engine::CallEngine;
+use std::collections::HashMap;
+
+use crate::call::engine::{Admission, CallEngine};
 use crate::call::request::CallRequest;
+use crate::catalog::lookup::{Lookups, Resolved};
 use crate::config::Config;
 use crate::deploy::service::{self, DeployCtx};
 use crate::deploy::v2;
@@ -23,6 +26,7 @@ use crate::json::{self, ObjectWriter, Value};
 use crate::log;
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
+use crate::security::keys::Credential;
 
 /// Everything the handlers own: the `/call` engine, the PostgreSQL health probe, worker handles.
 /// Lives inside the [`Server`].
@@ -34,6 +38,20 @@ pub struct App {
     pub(crate) deploys_in_flight: usize,
     workers: Workers,
     deploy: DeployCtx,
+    /// Asks the catalog about databases `/call` does not know yet.
+    lookups: Lookups,
+    /// Calls waiting for such an answer, by database.
+    pending: HashMap<String, Vec<PendingCall>>,
+    /// Their number, bounded by `POOL_MAX_WAITING`.
+    pending_count: usize,
+}
+
+/// A call waiting for the catalog to say who owns its database.
+struct PendingCall {
+    client: usize,
+    generation: u64,
+    req: CallRequest,
+    cred: Credential,
 }
 
 /// Whether PostgreSQL answers, checked off the loop by a small thread every second.
@@ -92,13 +110,27 @@ impl HealthProbe {
     }
 }
 
-/// Once at start: marks runs of gateways that stopped mid-run as interrupted. Then every 15 s: hands
-/// platforms' dedicated credentials to the loop, so instances sharing a catalog learn each other's
-/// registrations.
+/// Sends who owns which database and every platform's keys to the loop.
+fn send_catalog_state(cat: &mut crate::catalog::Catalog, notifier: &Notifier) {
+    if let Ok(list) = cat.call_owners(None) {
+        notifier.send(Message::Owners(list));
+    }
+    if let Ok(list) = cat.platform_keys(None) {
+        let mut by: HashMap<String, Vec<crate::security::keys::StoredKey>> = HashMap::new();
+        for (p, k) in list {
+            by.entry(p).or_default().push(k);
+        }
+        notifier.send(Message::Keys { keys: by.into_iter().collect(), complete: true });
+    }
+}
+
+/// Once at start: marks runs of gateways that stopped mid-run as interrupted, and brings databases
+/// deployed before platforms had roles under their roles. Then every 15 s: hands owners and keys to the
+/// loop, so instances sharing a catalog learn each other's registrations.
 fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
         let mut marked = false;
-        let mut known: std::collections::HashMap<String, (String, Option<String>)> = Default::default();
+        let mut isolated = false;
         loop {
             if !marked {
                 match v2::mark_interrupted_runs(&ctx) {
@@ -111,19 +143,34 @@ fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier, stop: Arc<AtomicBool>)
                     Err(e) => log::debug("catalog not reachable yet", &[("error", &e)]),
                 }
             }
-            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
-                if let Ok(list) = cat.call_owners(None) {
-                    notifier.send(Message::Owners(list));
-                }
-                if let Ok(list) = cat.platform_credentials() {
-                    for (platform, user, password) in list {
-                        let v = (user.clone(), password.clone());
-                        if known.get(&platform) != Some(&v) {
-                            known.insert(platform.clone(), v);
-                            notifier.send(Message::Credentials { platform, user: Some(user), password });
+            if !isolated {
+                match crate::deploy::isolate::isolate_all(&ctx, false) {
+                    Ok(r) => {
+                        isolated = true;
+                        for d in &r.databases {
+                            match &d.result {
+                                Ok(c) if c.problems.is_empty() => {
+                                    log::info("database confined to its platform's role", &[("database", &d.database)])
+                                }
+                                Ok(c) => log::warn(
+                                    "database only partly confined to its platform's role",
+                                    &[("database", &d.database), ("problems", &c.problems.join("; "))],
+                                ),
+                                Err(e) => log::warn(
+                                    "database could not be confined to its platform's role",
+                                    &[("database", &d.database), ("error", &e)],
+                                ),
+                            }
+                        }
+                        for (p, e) in &r.role_problems {
+                            log::warn("platform role refused", &[("platform", p), ("error", e)]);
                         }
                     }
+                    Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
                 }
+            }
+            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                send_catalog_state(&mut cat, &notifier);
                 cat.client.close();
             }
             for _ in 0..150 {
@@ -146,7 +193,18 @@ impl App {
         let deploy = DeployCtx::new(cfg.clone());
         let health = HealthProbe::start(params.clone());
         start_catalog_sync(deploy.clone(), notifier.clone(), health.stop.clone());
+        let lookups = {
+            let notifier = notifier.clone();
+            Lookups::start(
+                params.clone(),
+                cfg.deploy.catalog_db.clone(),
+                Box::new(move |r| notifier.send(Message::Resolved(r))),
+            )?
+        };
         Ok(App {
+            lookups,
+            pending: HashMap::new(),
+            pending_count: 0,
             notifier,
             calls: CallEngine::new(cfg.clone(), params.clone()),
             health,
@@ -190,11 +248,12 @@ impl App {
         &mut self,
         key: usize,
         generation: u64,
+        cred: Credential,
         body: Value,
         all: bool,
         ndjson: bool,
     ) -> Option<Response> {
-        let ctx = self.deploy.clone();
+        let ctx = self.deploy.with_credential(cred);
         let notifier = self.notifier.clone();
         let is_async = match body.get("async") {
             None | Some(Value::Null) => false,
@@ -302,26 +361,96 @@ impl App {
         &mut self,
         key: usize,
         generation: u64,
+        cred: Credential,
         op: impl FnOnce(&DeployCtx) -> (Response, Vec<String>) + Send + 'static,
     ) -> Option<Response> {
-        let ctx = self.deploy.clone();
+        let ctx = self.deploy.with_credential(cred);
         let notifier = self.notifier.clone();
         let task = Box::new(move || {
             // A bug in a deploy must still answer its client, not leave it waiting for ever.
             let (response, invalidate) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&ctx)))
                 .unwrap_or_else(|_| (Response::error(&internal_panic()), Vec::new()));
-            if !invalidate.is_empty() {
-                // Databases this deploy created or changed: tell /call who owns them right away.
+            if response.status < 300 {
+                // Databases this deploy created or changed, keys it set: tell /call right away.
                 if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
-                    if let Ok(list) = cat.call_owners(Some(&invalidate)) {
-                        notifier.send(Message::Owners(list));
-                    }
+                    send_catalog_state(&mut cat, &notifier);
                     cat.client.close();
                 }
             }
             notifier.send(Message::Complete { client: key, generation, response, invalidate });
         });
         self.queue(task)
+    }
+
+    /// A call that passed parsing: runs it, refuses it, or parks it until the catalog says who owns its
+    /// database.
+    fn call(
+        &mut self,
+        poll: &mut Poll,
+        key: usize,
+        generation: u64,
+        req: CallRequest,
+        cred: Credential,
+        now: Instant,
+    ) -> Option<Response> {
+        match self.calls.admit(&req, &cred, now) {
+            Admission::Go => self.calls.submit(poll, key, generation, req, now),
+            Admission::Refused(e) => Some(Response::error(&e)),
+            Admission::AskCatalog => {
+                if self.pending_count >= self.calls.max_waiting() {
+                    return Some(Response::error(&ApiError::new(
+                        Kind::PoolExhausted,
+                        "too many calls are waiting for the catalog; retry shortly",
+                    )));
+                }
+                let first = !self.pending.contains_key(&req.database);
+                if first && !self.lookups.ask(&req.database) {
+                    return Some(Response::error(&ApiError::new(Kind::Internal, "the catalog lookup thread is gone")));
+                }
+                self.pending_count += 1;
+                self.pending.entry(req.database.clone()).or_default().push(PendingCall {
+                    client: key,
+                    generation,
+                    req,
+                    cred,
+                });
+                None
+            }
+        }
+    }
+
+    /// The catalog answered about a database: the calls that waited on it run or are refused.
+    pub fn resolved(&mut self, poll: &mut Poll, r: Resolved, now: Instant) -> Vec<(usize, u64, Response)> {
+        let waiting = self.pending.remove(&r.database).unwrap_or_default();
+        self.pending_count = self.pending_count.saturating_sub(waiting.len());
+        match r.owner {
+            Ok(Some((owner, keys))) => {
+                let platform = owner.platform.clone();
+                self.calls.set_owners(vec![owner]);
+                self.calls.set_keys(vec![(platform, keys)], false);
+            }
+            Ok(None) => self.calls.set_unknown(&r.database, now),
+            Err(e) => {
+                let e = ApiError { kind: Kind::ConnectionFailed, ..e };
+                return waiting.into_iter().map(|w| (w.client, w.generation, Response::error(&e))).collect();
+            }
+        }
+        let mut out = Vec::new();
+        for w in waiting {
+            let answer = match self.calls.admit(&w.req, &w.cred, now) {
+                Admission::Go => self.calls.submit(poll, w.client, w.generation, w.req, now),
+                Admission::Refused(e) => Some(Response::error(&e)),
+                // Known neither as owned nor as unknown: only if the answer was lost; refuse, never guess.
+                Admission::AskCatalog => Some(Response::error(&ApiError::new(
+                    Kind::ConnectionFailed,
+                    "the catalog did not say who owns this database; retry",
+                ))),
+            };
+            if let Some(a) = answer {
+                out.push((w.client, w.generation, a));
+            }
+        }
+        out
     }
 
     /// Drops cached statements of a database after a deploy changed it.
@@ -368,79 +497,86 @@ pub fn json_object(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
 impl Server {
     /// Runs the handler of a complete request. `None` means the answer comes later.
     pub(super) fn dispatch(&mut self, key: usize, generation: u64, inc: Incoming) -> Option<Response> {
+        // A bearer value is either a platform key or the admin token; the admin check also wants the
+        // address in ALLOWED_ADMIN_IPS.
+        let auth = inc.head.authorization.as_deref();
+        let admin = auth.is_some() && crate::security::check_admin(inc.client_ip, auth, &self.cfg.security).is_ok();
+        let cred = Credential::from_header(auth, admin);
+        let depth = self.cfg.limits.max_json_depth;
         let result = match &inc.route {
             Route::Health => Ok(self.health()),
-            Route::Call => {
-                match json_object(&inc.body, self.cfg.limits.max_json_depth).and_then(CallRequest::from_json) {
-                    Ok(req) => return self.app.calls.submit(&mut self.poll, key, generation, req, self.now),
-                    Err(e) => Err(e),
-                }
-            }
+            Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json) {
+                Ok(req) => return self.app.call(&mut self.poll, key, generation, req, cred, self.now),
+                Err(e) => Err(e),
+            },
             Route::Register | Route::Migrate => {
                 let ct = inc.head.content_type.clone().unwrap_or_default();
                 let body = inc.body;
                 let register = inc.route == Route::Register;
-                return self.app.submit_deploy(key, generation, move |ctx| {
+                return self.app.submit_deploy(key, generation, cred, move |ctx| {
                     if register { service::register(ctx, &ct, &body) } else { service::migrate(ctx, &ct, &body) }
                 });
             }
             Route::AdminDatabases => {
                 let platform = inc.head.query_param("platform");
-                return self.app.submit_deploy(key, generation, move |ctx| service::admin_databases(ctx, platform));
+                return self
+                    .app
+                    .submit_deploy(key, generation, cred, move |ctx| service::admin_databases(ctx, platform));
             }
-            Route::AdminCreateTenant => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
-                Ok(v) => return self.app.submit_deploy(key, generation, move |ctx| service::create_tenant(ctx, &v)),
-                Err(e) => Err(e),
-            },
-            Route::PlatformRegister => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
+            Route::AdminCreateTenant => match json_object(&inc.body, depth) {
                 Ok(v) => {
-                    let notifier = self.app.notifier.clone();
-                    return self.app.submit_deploy(key, generation, move |ctx| {
-                        let out = v2::register_platform(ctx, &v);
-                        if out.0.status == 201 {
-                            if let (Some(p), Some(u)) =
-                                (v.get("platform").and_then(Value::as_str), v.get("db_user").and_then(Value::as_str))
-                            {
-                                if let Ok(p) = crate::security::names::platform(p) {
-                                    notifier.send(Message::Credentials {
-                                        platform: p,
-                                        user: Some(u.to_string()),
-                                        password: v.get("db_password").and_then(Value::as_str).map(str::to_string),
-                                    });
-                                }
-                            }
-                        }
-                        out
-                    });
+                    return self.app.submit_deploy(key, generation, cred, move |ctx| service::create_tenant(ctx, &v));
                 }
                 Err(e) => Err(e),
             },
+            Route::PlatformRegister => match json_object(&inc.body, depth) {
+                Ok(v) => {
+                    return self.app.submit_deploy(key, generation, cred, move |ctx| v2::register_platform(ctx, &v));
+                }
+                Err(e) => Err(e),
+            },
+            Route::AdminPlatformKey(p) => {
+                let body =
+                    if inc.body.is_empty() { Ok(Value::Object(Vec::new())) } else { json_object(&inc.body, depth) };
+                match body {
+                    Ok(v) => {
+                        let p = p.clone();
+                        return self.app.submit_deploy(key, generation, cred, move |ctx| v2::rotate_key(ctx, &p, &v));
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Route::AdminIsolate => {
+                return self.app.submit_deploy(key, generation, cred, crate::deploy::isolate::isolate_route);
+            }
             Route::PlatformSchemaUpload(p) => {
                 let (p, ct, body) = (p.clone(), inc.head.content_type.clone().unwrap_or_default(), inc.body);
-                return self.app.submit_deploy(key, generation, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
+                return self
+                    .app
+                    .submit_deploy(key, generation, cred, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
             }
             Route::PlatformSchemas(p) => {
                 let p = p.clone();
-                return self.app.submit_deploy(key, generation, move |ctx| v2::list_schemas(ctx, &p));
+                return self.app.submit_deploy(key, generation, cred, move |ctx| v2::list_schemas(ctx, &p));
             }
             Route::PlatformDatabases(p) => {
                 let (p, schema) = (p.clone(), inc.head.query_param("schema"));
-                return self.app.submit_deploy(key, generation, move |ctx| v2::list_databases(ctx, &p, schema));
+                return self.app.submit_deploy(key, generation, cred, move |ctx| v2::list_databases(ctx, &p, schema));
             }
-            Route::Platforms => return self.app.submit_deploy(key, generation, v2::list_platforms),
+            Route::Platforms => return self.app.submit_deploy(key, generation, cred, v2::list_platforms),
             Route::Run(id) => {
                 let id = id.clone();
-                return self.app.submit_deploy(key, generation, move |ctx| v2::get_run(ctx, &id));
+                return self.app.submit_deploy(key, generation, cred, move |ctx| v2::get_run(ctx, &id));
             }
-            Route::DatabaseCreate => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
-                Ok(v) => return self.app.submit_deploy(key, generation, move |ctx| v2::create_database(ctx, &v)),
+            Route::DatabaseCreate => match json_object(&inc.body, depth) {
+                Ok(v) => return self.app.submit_deploy(key, generation, cred, move |ctx| v2::create_database(ctx, &v)),
                 Err(e) => Err(e),
             },
-            Route::V2Migrate | Route::V2MigrateAll => match json_object(&inc.body, self.cfg.limits.max_json_depth) {
+            Route::V2Migrate | Route::V2MigrateAll => match json_object(&inc.body, depth) {
                 Ok(v) => {
                     let all = inc.route == Route::V2MigrateAll;
                     let ndjson = inc.head.accept.as_deref().is_some_and(|a| a.contains("application/x-ndjson"));
-                    return self.app.submit_v2_migrate(key, generation, v, all, ndjson);
+                    return self.app.submit_v2_migrate(key, generation, cred, v, all, ndjson);
                 }
                 Err(e) => Err(e),
             },

@@ -47,10 +47,12 @@ pub enum Message {
     Chunk { client: usize, generation: u64, data: Vec<u8>, last: bool },
     /// Databases changed by work that answered its client earlier (async runs).
     Invalidate(Vec<String>),
-    /// A platform's dedicated PostgreSQL role, for its `/call` pools (`None` user: back to the default).
-    Credentials { platform: String, user: Option<String>, password: Option<String> },
-    /// Who owns which database, for the `/call` ownership check: (name, platform, call tenant).
-    Owners(Vec<(String, String, Option<String>)>),
+    /// Who owns which database and as which role its calls run, for `/call`.
+    Owners(Vec<crate::catalog::CallOwner>),
+    /// Stored platform keys: of the platforms listed, or (`complete`) of every platform.
+    Keys { keys: Vec<(String, Vec<crate::security::keys::StoredKey>)>, complete: bool },
+    /// The catalog's answer about a database calls were waiting on.
+    Resolved(crate::catalog::lookup::Resolved),
     /// Begin graceful shutdown.
     Shutdown,
 }
@@ -290,8 +292,10 @@ impl Server {
                     }
                 }
                 Message::Owners(list) => self.app.calls.set_owners(list),
-                Message::Credentials { platform, user, password } => {
-                    self.app.calls.set_credentials(&platform, user, password);
+                Message::Keys { keys, complete } => self.app.calls.set_keys(keys, complete),
+                Message::Resolved(r) => {
+                    let answers = self.app.resolved(&mut self.poll, r, self.now);
+                    self.deliver(answers);
                 }
                 Message::Shutdown => self.begin_shutdown(),
             }
@@ -530,8 +534,9 @@ impl Server {
         head: crate::http::request::Head,
     ) -> Result<Box<Incoming>, (ApiError, bool)> {
         let has_body = head.framing != BodyFraming::None;
-        let client_ip = security::client_ip(peer.ip(), head.x_forwarded_for.as_deref(), &self.cfg.security);
         let fail = |e: ApiError| (e, has_body);
+        let client_ip =
+            security::client_ip(peer.ip(), head.x_forwarded_for.as_deref(), &self.cfg.security).map_err(fail)?;
         security::check_allowed(client_ip, &self.cfg.security).map_err(fail)?;
         let route = router::route(head.method, &head.path).map_err(fail)?;
         if route.is_admin(&head.path) {

@@ -70,11 +70,15 @@ printf '%s %s\n' "$dir" "$port""#,
         lib_sh(&self.bindir, &format!("pg_cluster_start '{}' {}", self.dir.display(), self.port));
     }
 
+    /// Superuser connection parameters for `dbname` over the socket.
+    pub fn su_params(&self, dbname: &str) -> ConnectParams {
+        let url = format!("postgres://postgres@localhost:{}/{dbname}?host={}", self.port, self.socket_dir());
+        ConnectParams::from_url(&url).expect("cluster params")
+    }
+
     /// A superuser client on `dbname` over the socket.
     pub fn su(&self, dbname: &str) -> Client {
-        let url = format!("postgres://postgres@localhost:{}/{dbname}?host={}", self.port, self.socket_dir());
-        let params = ConnectParams::from_url(&url).expect("cluster params");
-        Client::connect(&params).unwrap_or_else(|e| panic!("connect to own cluster {dbname}: {e}"))
+        Client::connect(&self.su_params(dbname)).unwrap_or_else(|e| panic!("connect to own cluster {dbname}: {e}"))
     }
 }
 

@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use stonescriptdb_gateway::catalog::{Catalog, Owner};
 use stonescriptdb_gateway::json::Value;
 use stonescriptdb_gateway::pg::blocking::Client;
 use stonescriptdb_gateway::pg::params::ConnectParams;
+use stonescriptdb_gateway::security::{random, roles};
 
 use super::{Resp, pg_env, post_json};
 
@@ -38,25 +40,66 @@ pub fn query_col(dbname: &str, sql: &str) -> Vec<Option<String>> {
         .collect()
 }
 
+/// The catalog a gateway uses when a test does not name one.
+pub const DEFAULT_CATALOG: &str = "stonescriptdb_gateway";
+
 /// A database `{platform}_main` that lives as long as the value.
 pub struct TestDb {
     pub platform: String,
     pub name: String,
+    /// The platform's PostgreSQL role, which owns the database and what `setup` made.
+    pub role: String,
+}
+
+/// Makes `name` a database of `platform` the way a deploy would: the platform's role (created by the
+/// gateway's own code), the database owned by it and closed to PUBLIC, recorded in `catalog`.
+pub fn provision(platform: &str, name: &str, owner: Owner, catalog: &str) -> String {
+    provision_on(&su_params("postgres"), platform, name, owner, catalog)
+}
+
+/// [`provision`] on the server that `admin_params` (a superuser on database `postgres`) reaches.
+pub fn provision_on(admin_params: &ConnectParams, platform: &str, name: &str, owner: Owner, catalog: &str) -> String {
+    let role = roles::role_name("ssdb_", platform).expect("role name");
+    let mut admin = Client::connect(admin_params).expect("superuser connection");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).expect("drop old test database");
+    roles::ensure_platform_role(&mut admin, platform, &role, &random::process_secret(), false)
+        .unwrap_or_else(|e| panic!("platform role {role}: {e}"));
+    roles::create_platform_database(&mut admin, name, &role, &["public".to_string()])
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    let mut cat = Catalog::open(admin_params, catalog).expect("catalog");
+    cat.forget_database(name).expect("forget");
+    cat.record_database(name, &owner).expect("record");
+    cat.record_platform_role(platform, &role, false).expect("record role");
+    role
+}
+
+/// The owner record of `{platform}_main`.
+pub fn main_owner(platform: &str) -> Owner {
+    Owner { platform: platform.to_string(), kind: "main".into(), tenant_id: None, schema_name: None, database_id: None }
 }
 
 impl TestDb {
-    /// Creates `{platform}_main` afresh and runs `setup` in it.
+    /// Creates `{platform}_main` afresh (recorded in the default catalog) and runs `setup` in it as the
+    /// platform's role.
     pub fn new(platform: &str, setup: &str) -> TestDb {
+        TestDb::in_catalog(platform, setup, DEFAULT_CATALOG)
+    }
+
+    /// Like [`TestDb::new`], recorded in `catalog`.
+    pub fn in_catalog(platform: &str, setup: &str, catalog: &str) -> TestDb {
         let name = format!("{platform}_main");
-        let mut admin = su("postgres");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .expect("drop old test database");
-        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create test database");
+        let owner = Owner {
+            platform: platform.to_string(),
+            kind: "main".into(),
+            tenant_id: None,
+            schema_name: None,
+            database_id: None,
+        };
+        let role = provision(platform, &name, owner, catalog);
         if !setup.is_empty() {
-            exec(&name, setup);
+            exec(&name, &format!("SET ROLE \"{role}\";\n{setup}"));
         }
-        TestDb { platform: platform.to_string(), name }
+        TestDb { platform: platform.to_string(), name, role }
     }
 
     pub fn exec(&self, sql: &str) {

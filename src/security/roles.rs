@@ -1,0 +1,448 @@
+//! Platform principals: each platform's own PostgreSQL role (its name, its password derived from the
+//! gateway's secret), how the gateway creates and checks it, and how a database is confined to it
+//! (owner, grants, objects, extensions). Runs on worker threads with the blocking client, always as
+//! the gateway's own login; platform SQL never runs in these sessions.
+
+use sha2::{Digest, Sha256};
+
+use crate::catalog::pg_api;
+use crate::error::{ApiError, Kind};
+use crate::pg::blocking::Client;
+use crate::security::names::MAX_IDENTIFIER_BYTES;
+use crate::security::random::hex;
+
+/// Where extensions go: outside every `CALL_SCHEMAS` entry, so `/call` can never reach their functions.
+pub const EXTENSION_SCHEMA: &str = "extensions";
+
+/// The comment the gateway puts on a role it created; a role without it is never taken over.
+fn mark(platform: &str) -> String {
+    format!("stonescriptdb-gateway platform role: {platform}")
+}
+
+/// Quotes an identifier for SQL text.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The role platform `platform` (already a sanitised name) logs in as.
+pub fn role_name(prefix: &str, platform: &str) -> Result<String, ApiError> {
+    let r = format!("{prefix}{platform}");
+    if r.len() > MAX_IDENTIFIER_BYTES {
+        return Err(ApiError::new(
+            Kind::InvalidRequest,
+            format!(
+                "platform name '{platform}' is too long: its PostgreSQL role '{r}' would exceed 63 bytes (at most {} \
+                 characters with PLATFORM_ROLE_PREFIX '{prefix}')",
+                MAX_IDENTIFIER_BYTES - prefix.len()
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+/// HMAC-SHA256 (RFC 2104) over SHA-256's 64-byte block.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&outer.finalize());
+    out
+}
+
+/// A platform role's password: derived, so it is stored nowhere and the same on every instance that
+/// shares `PLATFORM_SECRET`.
+pub fn password(secret: &[u8], role: &str) -> String {
+    hex(&hmac_sha256(secret, format!("stonescriptdb-gateway/platform-role/{role}").as_bytes()))
+}
+
+/// What PostgreSQL says about a role.
+#[derive(Debug, Clone, Default)]
+pub struct RoleFacts {
+    pub superuser: bool,
+    pub createdb: bool,
+    pub createrole: bool,
+    pub replication: bool,
+    pub bypassrls: bool,
+    pub login: bool,
+    pub comment: Option<String>,
+    /// Roles it is a member of (predefined roles included).
+    pub member_of: Vec<String>,
+}
+
+impl RoleFacts {
+    /// Why a platform must not run as this role; empty when it is fit.
+    pub fn unfit(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (bad, what) in [
+            (self.superuser, "SUPERUSER"),
+            (self.createdb, "CREATEDB"),
+            (self.createrole, "CREATEROLE"),
+            (self.replication, "REPLICATION"),
+            (self.bypassrls, "BYPASSRLS"),
+        ] {
+            if bad {
+                v.push(what.to_string());
+            }
+        }
+        if !self.login {
+            v.push("NOLOGIN".to_string());
+        }
+        for m in &self.member_of {
+            v.push(format!("member of {m}"));
+        }
+        v
+    }
+}
+
+/// The facts of `role`, `None` when there is no such role.
+pub fn role_facts(admin: &mut Client, role: &str) -> Result<Option<RoleFacts>, ApiError> {
+    let r = admin
+        .query(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin, \
+                    shobj_description(oid, 'pg_authid'), \
+                    (SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m \
+                     JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid) \
+             FROM pg_roles r WHERE rolname = $1",
+            &[Some(role)],
+        )
+        .map_err(|e| pg_api(e, "cannot look up roles"))?;
+    let Some(row) = r.rows.into_iter().next() else { return Ok(None) };
+    let t = |i: usize| row[i].as_deref() == Some("t");
+    Ok(Some(RoleFacts {
+        superuser: t(0),
+        createdb: t(1),
+        createrole: t(2),
+        replication: t(3),
+        bypassrls: t(4),
+        login: t(5),
+        comment: row[6].clone(),
+        member_of: row[7].as_deref().map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
+    }))
+}
+
+/// Whether the session user of `admin` is a superuser.
+pub fn is_superuser(admin: &mut Client) -> Result<bool, ApiError> {
+    let r = admin
+        .query("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .map_err(|e| pg_api(e, "cannot look up the gateway's login"))?;
+    Ok(r.rows.first().is_some_and(|row| row[0].as_deref() == Some("t")))
+}
+
+/// A SCRAM verifier of the password, so the password itself never appears in SQL text (and so in no
+/// server log line).
+fn verifier(secret: &[u8], role: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password(secret, role).as_bytes())
+}
+
+/// Creates the platform's role, or checks and refreshes the one that exists.
+///
+/// An existing role is used only when the gateway made it for this platform (its comment says so) or
+/// the catalog records it for this platform (`adopted`: an admin named it), and only while it has no
+/// attribute or membership a platform must not have. Its password is set to the derived one each time,
+/// so a changed `PLATFORM_SECRET` takes effect at the next deploy or start.
+pub fn ensure_platform_role(
+    admin: &mut Client,
+    platform: &str,
+    role: &str,
+    secret: &[u8],
+    adopted: bool,
+) -> Result<(), ApiError> {
+    // Two sessions changing one role at once fail with "tuple concurrently updated": take turns.
+    admin
+        .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:role:' || $1))", &[Some(role)])
+        .map_err(|e| pg_api(e, "cannot lock the platform role"))?;
+    let r = ensure_locked(admin, platform, role, secret, adopted);
+    let _ = admin.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:role:' || $1))", &[Some(role)]);
+    r
+}
+
+fn ensure_locked(admin: &mut Client, platform: &str, role: &str, secret: &[u8], adopted: bool) -> Result<(), ApiError> {
+    let mut facts = role_facts(admin, role)?;
+    if facts.is_none() {
+        let sql = format!(
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
+             PASSWORD {}",
+            ident(role),
+            literal(&verifier(secret, role))
+        );
+        match admin.batch_execute(&sql) {
+            Ok(()) => {
+                admin
+                    .batch_execute(&format!("COMMENT ON ROLE {} IS {}", ident(role), literal(&mark(platform))))
+                    .map_err(|e| pg_api(e, &format!("cannot mark role '{role}'")))?;
+            }
+            // Another gateway created it at the same moment: check it like any existing role.
+            Err(crate::pg::dberror::PgError::Db(d)) if d.code == "42710" || d.code == "23505" => {}
+            Err(e) => {
+                return Err(pg_api(e, &format!("cannot create the platform role '{role}'"))
+                    .with_cause("the gateway's login needs CREATEROLE (see README, Security model)".to_string()));
+            }
+        }
+        facts = role_facts(admin, role)?;
+    } else {
+        let f = facts.as_ref().cloned().unwrap_or_default();
+        let marked_for_other =
+            f.comment.as_deref().is_some_and(|c| c.starts_with(&mark("")) && c != mark(platform).as_str());
+        if marked_for_other || (!adopted && f.comment.as_deref() != Some(mark(platform).as_str())) {
+            return Err(ApiError::new(
+                Kind::NameConflict,
+                format!(
+                    "a PostgreSQL role named '{role}' already exists and was not created by the gateway for platform \
+                     '{platform}'; choose another platform name or drop that role"
+                ),
+            ));
+        }
+        admin
+            .batch_execute(&format!("ALTER ROLE {} PASSWORD {}", ident(role), literal(&verifier(secret, role))))
+            .map_err(|e| pg_api(e, &format!("cannot set the password of role '{role}'")))?;
+    }
+    let f = facts.ok_or_else(|| ApiError::new(Kind::Internal, format!("role '{role}' vanished while created")))?;
+    // The gateway itself may be a member (it needs that to give databases to the role); anything
+    // else the role belongs to is a right the platform would gain.
+    let unfit = f.unfit();
+    let current: Vec<String> = {
+        let r = admin.query("SELECT current_user::text", &[]).map_err(|e| pg_api(e, "cannot read current_user"))?;
+        r.rows.first().and_then(|row| row[0].clone()).into_iter().collect()
+    };
+    let unfit: Vec<String> =
+        unfit.into_iter().filter(|u| !current.iter().any(|c| *u == format!("member of {c}"))).collect();
+    if !unfit.is_empty() {
+        return Err(ApiError::new(
+            Kind::RoleNotAllowed,
+            format!("role '{role}' has rights a platform must not have: {}", unfit.join(", ")),
+        ));
+    }
+    if !is_superuser(admin)? {
+        // CREATE DATABASE … OWNER and ALTER … OWNER TO need the caller to be able to act as the new
+        // owner. The grant goes to the gateway's login only, never to another platform's role.
+        let member = admin
+            .query("SELECT pg_has_role(current_user, $1, 'MEMBER')", &[Some(role)])
+            .map_err(|e| pg_api(e, "cannot check role membership"))?;
+        if member.rows.first().is_none_or(|row| row[0].as_deref() != Some("t")) {
+            admin
+                .batch_execute(&format!("GRANT {} TO CURRENT_USER", ident(role)))
+                .map_err(|e| pg_api(e, &format!("cannot let the gateway act as role '{role}'")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Roles whose password this process has set with its secret (role, first bytes of the secret's hash).
+static REFRESHED: std::sync::Mutex<Option<std::collections::HashSet<(String, String)>>> = std::sync::Mutex::new(None);
+
+/// [`ensure_platform_role`] once per role and secret in this process: at start every recorded role gets
+/// the password this process derives (a new `PLATFORM_SECRET`, or a new random one, takes effect),
+/// and later calls of the same role cost nothing.
+pub fn ensure_once(
+    admin: &mut Client,
+    platform: &str,
+    role: &str,
+    secret: &[u8],
+    adopted: bool,
+) -> Result<(), ApiError> {
+    let key = (role.to_string(), hex(&Sha256::digest(secret)[..8]));
+    if REFRESHED.lock().map(|g| g.as_ref().is_some_and(|s| s.contains(&key))).unwrap_or(false) {
+        return Ok(());
+    }
+    ensure_platform_role(admin, platform, role, secret, adopted)?;
+    if let Ok(mut g) = REFRESHED.lock() {
+        g.get_or_insert_with(Default::default).insert(key);
+    }
+    Ok(())
+}
+
+/// Gives a database to its platform's role and closes it to everyone else. Idempotent.
+pub fn confine_database(
+    admin: &mut Client,
+    database: &str,
+    role: &str,
+    call_schemas: &[String],
+) -> Result<(), ApiError> {
+    let mut path = vec!["\"$user\"".to_string()];
+    path.extend(call_schemas.iter().map(|s| ident(s)));
+    path.push(ident(EXTENSION_SCHEMA));
+    let sql = format!(
+        "ALTER DATABASE {db} OWNER TO {r}; REVOKE ALL ON DATABASE {db} FROM PUBLIC; \
+         ALTER DATABASE {db} SET search_path TO {path}",
+        db = ident(database),
+        r = ident(role),
+        path = path.join(", ")
+    );
+    admin
+        .batch_execute(&sql)
+        .map_err(|e| pg_api(e, &format!("cannot give database '{database}' to role '{role}'")).with_database(database))
+}
+
+/// Creates a database owned by the platform's role, closed to PUBLIC. `Ok(false)` when it existed.
+pub fn create_platform_database(
+    admin: &mut Client,
+    database: &str,
+    role: &str,
+    call_schemas: &[String],
+) -> Result<bool, ApiError> {
+    let created = crate::catalog::create_database(admin, database)?;
+    if created {
+        if let Err(e) = confine_database(admin, database, role, call_schemas) {
+            let _ = crate::catalog::drop_database(admin, database);
+            return Err(e);
+        }
+    }
+    Ok(created)
+}
+
+/// What [`confine_objects`] changed in one database.
+#[derive(Debug, Default, Clone)]
+pub struct Confined {
+    pub objects_reassigned: usize,
+    pub extensions_moved: Vec<String>,
+    /// Problems that need a person (an extension that cannot move, an object the gateway cannot give away).
+    pub problems: Vec<String>,
+}
+
+/// Inside one database (`db` connected as the gateway's login): every schema, table, view, sequence,
+/// function and type that is not part of an extension becomes the platform role's, and extensions in
+/// a `/call` schema move to [`EXTENSION_SCHEMA`]. For databases deployed before platforms had roles.
+pub fn confine_objects(db: &mut Client, role: &str, call_schemas: &[String]) -> Result<Confined, ApiError> {
+    let mut out = Confined::default();
+    let user_schemas = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'";
+    let not_ext = |cls: &str, col: &str| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{cls}'::regclass AND d.objid = {col} \
+             AND d.deptype = 'e')"
+        )
+    };
+    let owner_is_not = "<> (SELECT oid FROM pg_roles WHERE rolname = $1)";
+    let queries = [
+        format!(
+            "SELECT 'SCHEMA ' || quote_ident(n.nspname) FROM pg_namespace n WHERE {user_schemas} \
+             AND n.nspowner {owner_is_not} AND n.nspowner <> 'pg_database_owner'::regrole AND {}",
+            not_ext("pg_namespace", "n.oid")
+        ),
+        // Sequences that belong to a column follow their table.
+        format!(
+            "SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE ' WHEN 'v' THEN 'VIEW ' WHEN 'm' THEN 'MATERIALIZED VIEW ' \
+                    WHEN 'f' THEN 'FOREIGN TABLE ' ELSE 'TABLE ' END || c.oid::regclass::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {user_schemas} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relowner {owner_is_not} \
+             AND {} AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                 AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))",
+            not_ext("pg_class", "c.oid")
+        ),
+        format!(
+            "SELECT 'ROUTINE ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE {user_schemas} AND p.proowner {owner_is_not} AND {}",
+            not_ext("pg_proc", "p.oid")
+        ),
+        // Enums, ranges, domains and standalone composite types; array and table row types follow.
+        format!(
+            "SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN ' ELSE 'TYPE ' END || t.oid::regtype::text \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE {user_schemas} AND t.typowner {owner_is_not} AND t.typelem = 0 \
+             AND (t.typtype IN ('e', 'r', 'd') OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) \
+             AND {}",
+            not_ext("pg_type", "t.oid")
+        ),
+    ];
+    for q in &queries {
+        let r = db.query(q, &[Some(role)]).map_err(|e| pg_api(e, "cannot list the database's objects"))?;
+        for row in r.rows {
+            let Some(obj) = row[0].as_deref() else { continue };
+            match db.batch_execute(&format!("ALTER {obj} OWNER TO {}", ident(role))) {
+                Ok(()) => out.objects_reassigned += 1,
+                Err(e) => out.problems.push(format!("{obj}: {e}")),
+            }
+        }
+    }
+    let list = format!("{{{}}}", call_schemas.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+    let r = db
+        .query(
+            "SELECT e.extname, e.extrelocatable FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+             WHERE n.nspname = ANY($1::text[])",
+            &[Some(&list)],
+        )
+        .map_err(|e| pg_api(e, "cannot list extensions"))?;
+    if !r.rows.is_empty() {
+        db.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r}",
+            s = ident(EXTENSION_SCHEMA),
+            r = ident(role)
+        ))
+        .map_err(|e| pg_api(e, "cannot create the extensions schema"))?;
+    }
+    for row in r.rows {
+        let name = row[0].clone().unwrap_or_default();
+        if row[1].as_deref() != Some("t") {
+            out.problems.push(format!("extension {name} is not relocatable and stays where /call can reach it"));
+            continue;
+        }
+        match db.batch_execute(&format!("ALTER EXTENSION {} SET SCHEMA {}", ident(&name), ident(EXTENSION_SCHEMA))) {
+            Ok(()) => out.extensions_moved.push(name),
+            Err(e) => out.problems.push(format!("extension {name}: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn hmac_with_a_long_key_hashes_it_first() {
+        // RFC 4231 test case 6: a 131-byte key.
+        let key = [0xaau8; 131];
+        let mac = hmac_sha256(&key, b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    }
+
+    #[test]
+    fn passwords_depend_on_secret_and_role() {
+        let a = password(b"one secret that is long enough....", "ssdb_a");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, password(b"one secret that is long enough....", "ssdb_a"));
+        assert_ne!(a, password(b"one secret that is long enough....", "ssdb_b"));
+        assert_ne!(a, password(b"another secret that is long enough", "ssdb_a"));
+    }
+
+    #[test]
+    fn role_names_are_prefixed_and_bounded() {
+        assert_eq!(role_name("ssdb_", "todos").unwrap(), "ssdb_todos");
+        assert!(role_name("ssdb_", &"a".repeat(58)).is_ok());
+        assert_eq!(role_name("ssdb_", &"a".repeat(59)).unwrap_err().kind, Kind::InvalidRequest);
+    }
+
+    #[test]
+    fn unfit_roles_name_their_rights() {
+        let f = RoleFacts { login: true, ..RoleFacts::default() };
+        assert!(f.unfit().is_empty());
+        let f = RoleFacts {
+            superuser: true,
+            createrole: true,
+            login: true,
+            member_of: vec!["pg_execute_server_program".into()],
+            ..RoleFacts::default()
+        };
+        assert_eq!(f.unfit(), vec!["SUPERUSER", "CREATEROLE", "member of pg_execute_server_program"]);
+        assert_eq!(RoleFacts::default().unfit(), vec!["NOLOGIN"]);
+    }
+}
