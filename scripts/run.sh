@@ -131,7 +131,18 @@ start_private_db() {
     export DB_HOST DB_PORT DB_USER
     DB_HOST="$(pg_socketdir "${dir}")"
     DB_PORT="${port}"
-    DB_USER=postgres
+    # The gateway logs in with the least rights that work (no superuser), as documented in the README.
+    # A catalog made by an older run belongs to postgres; that cluster keeps using postgres.
+    local -a psql=("${PG_BINDIR}/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "${DB_HOST}" -p "${port}" -U postgres -d postgres)
+    "${psql[@]}" -f "${ROOT}/scripts/gateway-login.sql" >/dev/null || die "could not create the gateway's login"
+    local catalog_owner
+    catalog_owner="$("${psql[@]}" -c "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'stonescriptdb_gateway'")"
+    if [[ -z "${catalog_owner}" || "${catalog_owner}" == stonescriptdb_gateway ]]; then
+        DB_USER=stonescriptdb_gateway
+    else
+        DB_USER=postgres
+        log "this private cluster's catalog was made by postgres; the gateway keeps logging in as postgres"
+    fi
     log "gateway will use the private cluster: DB_HOST=${DB_HOST} DB_PORT=${DB_PORT} DB_USER=${DB_USER}"
     log "it keeps running after the gateway exits; stop it with: scripts/run.sh --stop-db"
 }

@@ -33,17 +33,42 @@ fn logins_with_every_auth_method_over_tcp_and_socket() {
         ("ssdb_scram", "scram_secret"),
         ("ssdb_clear", "clear_secret"),
     ];
+    // The gateway's login reads its catalog (here one per login, owned by it) to learn who owns the
+    // database; calls then log in as the platform's role.
+    let (_, port, _) = pg_env();
+    let mut catalogs = Vec::new();
+    for (user, password) in roles {
+        let catalog = format!("cat_login_{user}_{}", std::process::id());
+        common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS {catalog}"));
+        common::db::exec("postgres", &format!("CREATE DATABASE {catalog} OWNER {user}"));
+        let params = stonescriptdb_gateway::pg::params::ConnectParams::from_url(&format!(
+            "postgres://{user}:{password}@localhost:{port}/postgres?host={socket_dir}"
+        ))
+        .unwrap();
+        let mut cat = stonescriptdb_gateway::catalog::Catalog::open(&params, &catalog).expect("catalog as the login");
+        cat.record_database(&db.name, &common::db::main_owner(&db.platform)).unwrap();
+        cat.record_platform_role(&db.platform, &db.role, false).unwrap();
+        catalogs.push(catalog);
+    }
     for host in ["127.0.0.1", socket_dir.as_str()] {
-        for (user, password) in roles {
-            let gw = start(&[("DB_HOST", host), ("DB_USER", user), ("DB_PASSWORD", password)]);
+        for ((user, password), catalog) in roles.iter().zip(&catalogs) {
+            let gw = start(&[("DB_HOST", host), ("DB_USER", user), ("DB_PASSWORD", password), ("CATALOG_DB", catalog)]);
             let r = db.call(gw.addr, "answer", "[]");
             assert_eq!(r.status, 200, "{user} via {host}: {}", r.text());
             assert_eq!(scalar(&r), json("42"), "{user} via {host}");
         }
         // A wrong password is a 503 connection_failed, not a hang or a 500.
-        let gw = start(&[("DB_HOST", host), ("DB_USER", "ssdb_scram"), ("DB_PASSWORD", "wrong")]);
+        let gw = start(&[
+            ("DB_HOST", host),
+            ("DB_USER", "ssdb_scram"),
+            ("DB_PASSWORD", "wrong"),
+            ("CATALOG_DB", &catalogs[2]),
+        ]);
         let r = db.call(gw.addr, "answer", "[]");
         expect_error(&r, 503, "connection_failed");
+    }
+    for c in catalogs {
+        common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS {c} WITH (FORCE)"));
     }
 }
 
@@ -297,8 +322,6 @@ CREATE FUNCTION internal_fail() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'data corrupted' USING ERRCODE = 'XX001'; END $$;
 CREATE FUNCTION custom_fail() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'custom state' USING ERRCODE = 'ZZ123'; END $$;
-CREATE FUNCTION secret_fn() RETURNS int LANGUAGE sql AS 'SELECT 1';
-REVOKE EXECUTE ON FUNCTION secret_fn() FROM PUBLIC;
 CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
 ";
 
@@ -382,9 +405,17 @@ fn error_mappings() {
 
 #[test]
 fn permission_denied_for_a_role_without_execute() {
-    let db = TestDb::new("ct_perm", ERRORS_SETUP);
-    let (socket_dir, _, _) = pg_env();
-    let gw = start(&[("DB_HOST", &socket_dir), ("DB_USER", "ssdb_trust")]);
+    // A function the platform's role may not execute: made by someone else, closed to PUBLIC.
+    let db = TestDb::with_su(
+        "ct_perm",
+        |_| {
+            "CREATE FUNCTION secret_fn() RETURNS int LANGUAGE sql AS 'SELECT 1';
+             REVOKE EXECUTE ON FUNCTION secret_fn() FROM PUBLIC;"
+                .to_string()
+        },
+        ERRORS_SETUP,
+    );
+    let gw = start(&[]);
     let e = expect_error(&db.call(gw.addr, "secret_fn", "[]"), 403, "permission_denied");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""42501""#)));
     assert_eq!(scalar(&db.call(gw.addr, "answer", "[]")), json("42"));
@@ -660,7 +691,6 @@ LANGUAGE sql AS $$
            current_setting('statement_timeout')
 $$;
 CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
-DO $$ BEGIN CREATE ROLE ct_session_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 GRANT USAGE ON SCHEMA public TO ct_session_role;
 CREATE FUNCTION spoil_role() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN SET ROLE ct_session_role; RETURN 1; END $$;
@@ -674,17 +704,31 @@ $$;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO ct_session_role;
 ";
 
+/// Superuser part of [`SESSION_SETUP`]: another role the platform's role may switch to.
+fn session_su(role: &str) -> String {
+    format!(
+        "DO $$ BEGIN CREATE ROLE ct_session_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT ct_session_role TO \"{role}\";"
+    )
+}
+
 #[test]
 fn role_changes_do_not_leak_between_calls() {
-    let db = TestDb::new("ct_session_role", SESSION_SETUP);
+    // The platform's role is made a member of another role here (the gateway never does that), so a
+    // function can switch roles at all.
+    let db = TestDb::with_su("ct_session_role", session_su, SESSION_SETUP);
     let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1")]);
     let before = rows(&db.call(gw.addr, "whoami", "[]"));
     assert_ne!(before[0].get("cu"), Some(&json(r#""ct_session_role""#)));
-    for spoil in ["spoil_role", "spoil_role_config", "spoil_auth"] {
+    assert_eq!(before[0].get("su"), Some(&Value::String(db.role.clone())), "calls log in as the platform role");
+    for spoil in ["spoil_role", "spoil_role_config"] {
         assert_eq!(scalar(&db.call(gw.addr, spoil, "[]")), json("1"), "{spoil}");
         let after = rows(&db.call(gw.addr, "whoami", "[]"));
         assert_eq!(before, after, "{spoil} leaked into the next call");
     }
+    // A session that logged in as the platform role cannot become anyone else.
+    expect_error(&db.call(gw.addr, "spoil_auth", "[]"), 403, "permission_denied");
+    assert_eq!(before, rows(&db.call(gw.addr, "whoami", "[]")));
     // One pool connection at a time, and the one whose session user changed was replaced.
     assert_eq!(db.gateway_backends().len(), 1);
 
@@ -697,14 +741,15 @@ fn role_changes_do_not_leak_between_calls() {
 
 #[test]
 fn session_settings_do_not_leak_between_calls() {
-    let db = TestDb::new("ct_session", SESSION_SETUP);
+    let db = TestDb::with_su("ct_session", session_su, SESSION_SETUP);
     let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1")]);
     let before = rows(&db.call(gw.addr, "settings", "[]"));
     assert_eq!(scalar(&db.call(gw.addr, "spoil", "[]")), json("1"));
     let after = rows(&db.call(gw.addr, "settings", "[]"));
     assert_eq!(before, after, "settings leaked into the next call");
     let s = &after[0];
-    assert_eq!(s.get("search_path"), Some(&json(r#""\"$user\", public""#)));
+    // The database's own setting (extensions are found, /call schemas first).
+    assert_eq!(s.get("search_path"), Some(&json(r#""\"$user\", public, extensions""#)));
     assert_eq!(s.get("work_mem"), Some(&json(r#""4MB""#)));
     assert_eq!(s.get("app"), Some(&json(r#""stonescriptdb-gateway""#)));
     assert_eq!(db.gateway_backends().len(), 1);

@@ -46,6 +46,10 @@ impl TestDb {
         let mut admin = Client::connect(&params("postgres")).expect("connect admin");
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        // What the gateway sets on a platform database: extensions live outside `public`.
+        admin
+            .batch_execute(&format!("ALTER DATABASE {name} SET search_path TO \"$user\", public, extensions"))
+            .unwrap();
         admin.close();
         TestDb { name }
     }

@@ -185,11 +185,15 @@ fn register(addr: SocketAddr, platform: &str) {
     ok(&post_json(addr, "/platform/register", &format!(r#"{{"platform":"{platform}"}}"#)), 201);
 }
 
+/// `/database/create` with the admin token: a platform without a key creates databases only that way.
 fn create(addr: SocketAddr, platform: &str, schema: &str, id: &str) -> Resp {
-    post_json(
+    let auth = format!("Bearer {TOKEN}");
+    request(
         addr,
+        "POST",
         "/database/create",
-        &format!(r#"{{"platform":"{platform}","schema_name":"{schema}","database_id":"{id}"}}"#),
+        &[("Content-Type", "application/json"), ("Authorization", &auth)],
+        format!(r#"{{"platform":"{platform}","schema_name":"{schema}","database_id":"{id}"}}"#).as_bytes(),
     )
 }
 
@@ -263,9 +267,10 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
     // Register; listed by /platforms and (with the token) /admin/platforms.
     let v = ok(&post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}"}}"#)), 201);
     assert_eq!(s(&v, "platform"), p);
-    assert_eq!(v.get("has_dedicated_credentials"), Some(&Value::Bool(false)));
-    let v = ok(&get(g.addr, "/platforms"), 200);
-    assert!(arr(&v, "platforms").iter().any(|x| s(x, "name") == p), "{}", v.to_json());
+    // Every platform has its own role now.
+    assert_eq!(v.get("has_dedicated_credentials"), Some(&Value::Bool(true)));
+    // Listing every platform is the admin's business.
+    assert_eq!(get(g.addr, "/platforms").status, 401);
     assert_eq!(get(g.addr, "/admin/platforms").status, 401);
     let auth = format!("Bearer {TOKEN}");
     let v = ok(&request(g.addr, "GET", "/admin/platforms", &[("Authorization", &auth)], b""), 200);
@@ -717,15 +722,17 @@ fn errors_names_conflicts_and_failed_creates() {
     ok(&create(g.addr, &p, "tenant_db", "dup"), 201);
     let r = create(g.addr, &p, "tenant_db", "dup");
     assert_eq!(code(&r), (409, "database_already_exists".into()));
+    assert_eq!(code(&create(g.addr, &p, "tenant_db", "DUP")).0, 409);
+    // A platform without a key creates databases only through the admin.
     assert_eq!(
         code(&post_json(
             g.addr,
             "/database/create",
-            &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"DUP"}}"#)
-        ))
-        .0,
-        409
+            &format!(r#"{{"platform":"{p}","schema_name":"tenant_db","database_id":"nokey"}}"#)
+        )),
+        (401, "invalid_token".into())
     );
+    assert!(!exists(&format!("{p}_tenant_db_nokey")));
     let v = ok(&create(g.addr, &p, "tenant_db", &fits), 201);
     assert_eq!(s(&v, "database").len(), 63);
     // The admin route needs the token.
@@ -782,15 +789,32 @@ fn dedicated_credentials_own_the_database_and_serve_calls() {
     q("postgres", &format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"));
     let g = gateway(&cat, &[]);
     let mut bodies = Vec::new();
+    let auth = format!("Bearer {TOKEN}");
+    let body = format!(r#"{{"platform":"{p}","db_user":"{role}"}}"#);
+    let admin_post = |path: &str, body: &str| {
+        request(
+            g.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json"), ("Authorization", &auth)],
+            body.as_bytes(),
+        )
+    };
 
-    let r = post_json(
-        g.addr,
-        "/platform/register",
-        &format!(r#"{{"platform":"{p}","db_user":"{role}","db_password":"{password}"}}"#),
-    );
+    // A client names the role only with the admin token, and never sends its password.
+    assert_eq!(post_json(g.addr, "/platform/register", &body).status, 401);
+    let with_pw = format!(r#"{{"platform":"{p}","db_user":"{role}","db_password":"{password}"}}"#);
+    assert_eq!(admin_post("/platform/register", &with_pw).status, 400);
+    // A superuser or another platform's role is refused.
+    let r = admin_post("/platform/register", &format!(r#"{{"platform":"{p}x","db_user":"postgres"}}"#));
+    assert_eq!((r.status, r.error_code()), (403, "role_not_allowed".to_string()), "{}", r.text());
+    let r = admin_post("/platform/register", &body);
     let v = ok(&r, 201);
     assert_eq!(v.get("has_dedicated_credentials"), Some(&Value::Bool(true)));
     bodies.push(r.text());
+    let other = uniq("credo");
+    let r = admin_post("/platform/register", &format!(r#"{{"platform":"{other}","db_user":"{role}"}}"#));
+    assert_eq!((r.status, r.error_code()), (409, "name_conflict".to_string()), "{}", r.text());
     let r = upload(g.addr, &p, "tenant_db", &tenant_v1());
     ok(&r, 201);
     bodies.push(r.text());
@@ -842,22 +866,15 @@ fn dedicated_credentials_own_the_database_and_serve_calls() {
     assert_eq!(one(&db, "SELECT tableowner FROM pg_tables WHERE tablename = 'tags'"), role);
 
     // The password appears in no response.
-    for path in ["/platforms".to_string(), format!("/platform/{p}/schemas"), format!("/platform/{p}/databases")] {
+    for path in [format!("/platform/{p}/schemas"), format!("/platform/{p}/databases")] {
         bodies.push(get(g.addr, &path).text());
     }
-    let auth = format!("Bearer {TOKEN}");
     bodies.push(request(g.addr, "GET", "/admin/platforms", &[("Authorization", &auth)], b"").text());
-    bodies.push(
-        post_json(
-            g.addr,
-            "/platform/register",
-            &format!(r#"{{"platform":"{p}","db_user":"{role}","db_password":"{password}"}}"#),
-        )
-        .text(),
-    );
     for b in &bodies {
         assert!(!b.contains(&password), "password leaked: {b}");
     }
+    // The catalog keeps no password.
+    assert_eq!(one(&cat, "SELECT count(*) FROM platforms WHERE db_password IS NOT NULL"), "0");
     drop(g);
 }
 

@@ -199,9 +199,11 @@ impl Catalog {
                 let mut admin = Client::connect(admin_params).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))?;
                 create_database(&mut admin, catalog_db)?;
                 // Platform roles must not even connect to the gateway's records.
-                admin
-                    .batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(catalog_db)))
-                    .map_err(|e| pg_api(e, "cannot close the catalog to other roles"))?;
+                match admin.batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(catalog_db))) {
+                    // Another gateway changed the same row at the same moment (it closes it too).
+                    Err(PgError::Db(d)) if d.code == "XX000" => {}
+                    r => r.map_err(|e| pg_api(e, "cannot close the catalog to other roles"))?,
+                }
                 admin.close();
                 Client::connect(&params).map_err(|e| pg_api(e, "cannot connect to the catalog"))?
             }
@@ -256,8 +258,8 @@ impl Catalog {
     pub fn record_database(&mut self, name: &str, o: &Owner) -> Result<(), ApiError> {
         self.client
             .query(
-                "INSERT INTO databases (name, platform, kind, tenant_id, schema_name, database_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO databases (name, platform, kind, tenant_id, schema_name, database_id, confined_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (name) DO NOTHING",
                 &[
                     Some(name),
                     Some(&o.platform),

@@ -269,6 +269,8 @@ impl<'a> Ctx<'a> {
         let kind = match (&e, kind) {
             (PgError::Io(_) | PgError::Closed, _) => Kind::ConnectionFailed,
             (PgError::Db(d), _) if d.code.starts_with("08") || d.code.starts_with("57P") => Kind::ConnectionFailed,
+            // The platform's SQL asked for a right its role does not have: its input is wrong, not us.
+            (PgError::Db(d), _) if d.code == "42501" => Kind::PermissionDenied,
             (_, k) => k,
         };
         let line = at.stmt.map(|s| {

@@ -34,9 +34,7 @@ pub fn isolate_all(ctx: &DeployCtx, all: bool) -> Result<Isolation, ApiError> {
     let mut out = Isolation::default();
     let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
     let mut admin = Client::connect(&ctx.admin).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))?;
-    admin
-        .batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", roles::ident(&ctx.cfg.deploy.catalog_db)))
-        .map_err(|e| pg_api(e, "cannot close the catalog to other roles"))?;
+    close_catalog(&mut admin, &ctx.cfg.deploy.catalog_db)?;
     // Dedicated credentials of the v2 API: the role is kept (adopted), the password forgotten.
     cat.client
         .batch_execute(
@@ -73,6 +71,23 @@ pub fn isolate_all(ctx: &DeployCtx, all: bool) -> Result<Isolation, ApiError> {
     }
     admin.close();
     Ok(out)
+}
+
+/// Takes PUBLIC's rights on the catalog away, when it still has them (two gateways starting together
+/// would otherwise change the same row at once).
+fn close_catalog(admin: &mut Client, catalog_db: &str) -> Result<(), ApiError> {
+    let open = admin
+        .query("SELECT has_database_privilege('public', $1, 'CONNECT')::text", &[Some(catalog_db)])
+        .map_err(|e| pg_api(e, "cannot check the catalog's grants"))?;
+    if open.rows.first().and_then(|r| r[0].as_deref()) != Some("true") {
+        return Ok(());
+    }
+    match admin.batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", roles::ident(catalog_db))) {
+        Ok(()) => Ok(()),
+        // Another gateway did it at the same moment.
+        Err(crate::pg::dberror::PgError::Db(d)) if d.code == "XX000" => Ok(()),
+        Err(e) => Err(pg_api(e, "cannot close the catalog to other roles")),
+    }
 }
 
 fn confine_one(

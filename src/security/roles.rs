@@ -174,7 +174,7 @@ fn ensure_locked(admin: &mut Client, platform: &str, role: &str, secret: &[u8], 
     let mut facts = role_facts(admin, role)?;
     if facts.is_none() {
         let sql = format!(
-            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT \
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT \
              PASSWORD {}",
             ident(role),
             literal(&verifier(secret, role))
@@ -207,7 +207,9 @@ fn ensure_locked(admin: &mut Client, platform: &str, role: &str, secret: &[u8], 
             ));
         }
         admin
-            .batch_execute(&format!("ALTER ROLE {} PASSWORD {}", ident(role), literal(&verifier(secret, role))))
+            // INHERIT: the owner's rights on its database's `public` schema come through the implicit
+            // pg_database_owner membership, which only an inheriting role receives.
+            .batch_execute(&format!("ALTER ROLE {} INHERIT PASSWORD {}", ident(role), literal(&verifier(secret, role))))
             .map_err(|e| pg_api(e, &format!("cannot set the password of role '{role}'")))?;
     }
     let f = facts.ok_or_else(|| ApiError::new(Kind::Internal, format!("role '{role}' vanished while created")))?;

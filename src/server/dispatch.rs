@@ -460,6 +460,14 @@ impl App {
 
     /// The client of request (`key`, `generation`) went away: cancel what runs for it.
     pub fn client_gone(&mut self, key: usize, generation: u64) {
+        // A call still waiting for the catalog must not start once its answer comes.
+        let mut removed = 0;
+        for list in self.pending.values_mut() {
+            let before = list.len();
+            list.retain(|w| !(w.client == key && w.generation == generation));
+            removed += before - list.len();
+        }
+        self.pending_count = self.pending_count.saturating_sub(removed);
         self.calls.client_gone(key, generation);
     }
 

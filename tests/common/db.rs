@@ -85,6 +85,17 @@ impl TestDb {
         TestDb::in_catalog(platform, setup, DEFAULT_CATALOG)
     }
 
+    /// Like [`TestDb::new`], first running `su_sql(role)` as the superuser (things a platform may not do
+    /// itself, such as creating other roles).
+    pub fn with_su(platform: &str, su_sql: impl Fn(&str) -> String, setup: &str) -> TestDb {
+        let db = TestDb::in_catalog(platform, "", DEFAULT_CATALOG);
+        db.exec(&su_sql(&db.role));
+        if !setup.is_empty() {
+            exec(&db.name, &format!("SET ROLE \"{}\";\n{setup}", db.role));
+        }
+        db
+    }
+
     /// Like [`TestDb::new`], recorded in `catalog`.
     pub fn in_catalog(platform: &str, setup: &str, catalog: &str) -> TestDb {
         let name = format!("{platform}_main");
