@@ -451,7 +451,7 @@ fn extensions_out_of_reach(cx: &mut Ctx<'_>, protected: &[String]) -> Result<(),
             s = quote_ident(EXTENSION_SCHEMA),
             e = quote_ident(name)
         );
-        cx.c.batch_execute(&sql).map_err(|_| refuse("moving it failed"))?;
+        cx.c.batch_execute(&sql).map_err(|e| refuse(&format!("moving it failed ({e})")))?;
     }
     Ok(())
 }

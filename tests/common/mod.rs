@@ -227,3 +227,20 @@ pub fn pg_env() -> (String, u16, String) {
     let user = std::env::var("TEST_PG_SUPERUSER").unwrap_or_else(|_| "postgres".into());
     (host, port.parse().unwrap(), user)
 }
+
+/// A multipart/form-data body: (content type, bytes). A field named `schema` is sent as a file.
+pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----ssdbtest5e2a";
+    let mut body = Vec::new();
+    for (name, data) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if *name == "schema" {
+            body.extend_from_slice(b"; filename=\"s.tar.gz\"\r\nContent-Type: application/gzip");
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
