@@ -5,10 +5,9 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Duration;
 
-use super::{CallOwner, Catalog};
+use super::{CallOwner, Catalog, StoredKey};
 use crate::error::ApiError;
 use crate::pg::params::ConnectParams;
-use crate::security::keys::StoredKey;
 
 /// The catalog's answer about one database.
 #[derive(Debug)]

@@ -11,7 +11,6 @@ use crate::error::{ApiError, DbDetail, Kind};
 use crate::pg::blocking::Client;
 use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
-use crate::security::keys::StoredKey;
 
 pub mod lookup;
 
@@ -626,6 +625,13 @@ impl Catalog {
                 .collect(),
         }))
     }
+}
+
+/// One stored key: its hash and, for a key being rotated out, until when it still counts (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub hash: String,
+    pub valid_until: Option<u64>,
 }
 
 /// A database as `/call` sees it.

@@ -15,6 +15,10 @@ pub use limits::Limits;
 use crate::pg::params::{ConnectParams, Host};
 use crate::security::cidr::Cidr;
 
+/// Where deploys put extensions: outside every `CALL_SCHEMAS` entry, so `/call` can never reach their
+/// functions.
+pub const EXTENSION_SCHEMA: &str = "extensions";
+
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -449,9 +453,7 @@ impl Config {
             s.get("CALL_SCHEMAS").split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
         if schemas.is_empty()
             || schemas.iter().any(|x| !x.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
-            || schemas.iter().any(|x| {
-                x.starts_with("pg_") || x == "information_schema" || x == crate::security::roles::EXTENSION_SCHEMA
-            })
+            || schemas.iter().any(|x| x.starts_with("pg_") || x == "information_schema" || x == EXTENSION_SCHEMA)
         {
             return Err(invalid(
                 s,

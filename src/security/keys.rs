@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::constant_time_eq;
 use super::random::{bytes, hex};
+pub use crate::catalog::StoredKey;
 use crate::error::{ApiError, Kind};
 
 /// Keys start with this, so a leaked one is recognisable in logs and secret scanners.
@@ -20,13 +21,6 @@ pub fn new_key() -> Result<String, ApiError> {
 /// The stored form of a key.
 pub fn hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
-}
-
-/// One stored key: its hash and, for a key being rotated out, until when it still counts (unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredKey {
-    pub hash: String,
-    pub valid_until: Option<u64>,
 }
 
 fn now_secs() -> u64 {

@@ -11,8 +11,7 @@ use crate::pg::blocking::Client;
 use crate::security::names::MAX_IDENTIFIER_BYTES;
 use crate::security::random::hex;
 
-/// Where extensions go: outside every `CALL_SCHEMAS` entry, so `/call` can never reach their functions.
-pub const EXTENSION_SCHEMA: &str = "extensions";
+pub use crate::config::EXTENSION_SCHEMA;
 
 /// The comment the gateway puts on a role it created; a role without it is never taken over.
 fn mark(platform: &str) -> String {
