@@ -3,28 +3,14 @@
 
 mod common;
 
+use common::multipart;
+
 use std::time::{Duration, Instant};
 
 use stonescriptdb_gateway::pg::blocking::Client;
 
 fn admin() -> Client {
     common::db::su("postgres")
-}
-
-fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
-    let boundary = "----isolation7d1f";
-    let mut body = Vec::new();
-    for (name, data) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
-        if *name == "schema" {
-            body.extend_from_slice(b"; filename=\"s.tar.gz\"\r\nContent-Type: application/gzip");
-        }
-        body.extend_from_slice(b"\r\n\r\n");
-        body.extend_from_slice(data);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 #[test]
