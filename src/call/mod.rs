@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod engine;
+pub mod literal;
 pub mod render;
 pub mod request;
 pub mod types;

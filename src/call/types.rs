@@ -60,9 +60,8 @@ pub const JSONB: u32 = 3802;
 /// OIDs below this are assigned by initdb; user-created types start here.
 pub const FIRST_USER_OID: u32 = 16384;
 
-/// How deep domain/array/composite chains are followed; a catalog cannot legitimately nest this deep,
-/// and the bound keeps a corrupt or cyclic registry from recursing forever.
-pub const MAX_DEPTH: usize = 32;
+/// How deep domain/array/composite chains are followed (the same bound as for literals).
+pub use super::literal::MAX_DEPTH;
 
 /// Looks up the catalog rows for a set of type OIDs. `$1` is text such as `{16385,16390}`.
 ///
@@ -615,15 +614,15 @@ fn text_array_1d(s: &str) -> Result<Vec<Option<String>>, String> {
     let mut items = Vec::new();
     let mut depth = 0usize;
     let mut err = None;
-    crate::call::render::walk_array(s.as_bytes(), b',', &mut |ev| match ev {
-        crate::call::render::ArrayEvent::Open => {
+    super::literal::walk_array(s.as_bytes(), b',', &mut |ev| match ev {
+        super::literal::ArrayEvent::Open => {
             depth += 1;
             if depth > 1 {
                 err = Some("nested array where a flat one was expected".to_string());
             }
         }
-        crate::call::render::ArrayEvent::Close => depth -= 1,
-        crate::call::render::ArrayEvent::Elem(e) => {
+        super::literal::ArrayEvent::Close => depth -= 1,
+        super::literal::ArrayEvent::Elem(e) => {
             items.push(e.map(|b| String::from_utf8_lossy(b).into_owned()));
         }
     })

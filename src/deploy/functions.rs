@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use super::archive::SchemaArchive;
-use super::engine::{At, Ctx, DeployReport};
+use super::context::{At, Ctx, DeployReport};
 use super::sql::{self, Statement};
 use super::tracking;
 use crate::error::{ApiError, Kind};

@@ -3,6 +3,7 @@
 //! operations (`service`).
 
 pub mod archive;
+pub mod context;
 pub mod engine;
 pub mod form;
 pub mod functions;

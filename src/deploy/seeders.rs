@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use super::archive::SchemaArchive;
-use super::engine::{At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident};
+use super::context::{At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident};
 use super::sql::{self, Statement};
 use crate::error::{ApiError, Kind};
 use crate::json;

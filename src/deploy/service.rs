@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::archive::{ArchiveLimits, SchemaArchive, read_archive};
-use super::engine::{DeployOptions, DeployReport, SeedMode, deploy};
+use super::context::{DeployOptions, DeployReport, SeedMode};
+use super::engine::deploy;
 use super::form::DeployForm;
 use crate::catalog::{self, Catalog, Owner, pg_api};
 use crate::config::Config;

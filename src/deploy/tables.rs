@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::archive::SchemaArchive;
-use super::engine::{At, Change, Ctx, DeployReport, quote_ident};
+use super::context::{At, Change, Ctx, DeployReport, quote_ident};
 use super::sql::{self, Statement};
 use super::tracking;
 use crate::error::{ApiError, Kind};

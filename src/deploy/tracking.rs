@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::engine::{At, Ctx};
+use super::context::{At, Ctx};
 use crate::error::ApiError;
 
 const DDL: &str = "
@@ -51,24 +51,6 @@ CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_changelog (
 /// cannot race on the catalog.
 pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
     cx.exec(DDL, At::step("tracking"))
-}
-
-pub(crate) fn log_change(
-    cx: &mut Ctx<'_>,
-    kind: &str,
-    object: &str,
-    action: &str,
-    checksum: Option<&str>,
-) -> Result<(), ApiError> {
-    let run = cx.run_id.to_string();
-    let forced = if cx.force { "true" } else { "false" };
-    cx.query(
-        "INSERT INTO public._stonescriptdb_gateway_changelog (run_id, kind, object, action, checksum, forced) \
-         VALUES ($1, $2, $3, $4, $5, $6::boolean)",
-        &[Some(&run), Some(kind), Some(object), Some(action), checksum, Some(forced)],
-        At::step("tracking"),
-    )?;
-    Ok(())
 }
 
 /// File name → checksum of every recorded migration.

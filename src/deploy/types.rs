@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 
 use super::archive::SchemaArchive;
-use super::engine::{At, Ctx, DeployReport, quote_ident, quote_literal};
+use super::context::{At, Ctx, DeployReport, quote_ident, quote_literal};
 use super::sql::{self, Statement};
 use super::tracking;
 use crate::error::{ApiError, Kind};

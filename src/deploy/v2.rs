@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::engine::{DeployOptions, SeedMode};
+use super::context::{DeployOptions, SeedMode};
 use super::form::DeployForm;
 use super::service::{
     DbResult, DeployCtx, Outcome, create_and_deploy, migrate_many, migrate_response, write_db_result,

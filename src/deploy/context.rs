@@ -1,0 +1,335 @@
+//! What every deploy step shares: the options and the report of a deploy, the step context (`Ctx`: the
+//! client inside the deploy's transaction, with error mapping that names the file and line) and SQL
+//! quoting. The steps and the engine that runs them import this; it imports none of them.
+
+use super::archive::SqlFile;
+use super::sql::Statement;
+use crate::error::{ApiError, DbDetail, Kind};
+use crate::json::{ArrayWriter, ObjectWriter, write_string};
+use crate::pg::blocking::{Client, QueryResult};
+use crate::pg::dberror::PgError;
+
+/// What to do with seeders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeedMode {
+    /// New database or `/register`: run each seeder statement whose table was empty.
+    RunIfEmpty,
+    /// `/migrate`: check that the rows the seeders define exist.
+    Verify,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    /// Accept schema drift and missing seed rows.
+    pub force: bool,
+    /// Run everything, then roll back.
+    pub dry_run: bool,
+    /// In [`SeedMode::Verify`], insert missing seed rows instead of refusing.
+    pub reseed: bool,
+    pub seed_mode: SeedMode,
+    /// Recorded in the changelog with every change.
+    pub run_id: String,
+    /// Schemas no extension may live in (`CALL_SCHEMAS`): `/call` must never reach an extension's
+    /// functions. Extensions are created in [`EXTENSION_SCHEMA`] unless a file pins another schema.
+    pub protected_schemas: Vec<String>,
+}
+
+/// One table or column difference between the table files and the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub table: String,
+    /// `None` for a whole-table change.
+    pub column: Option<String>,
+    pub description: String,
+    /// True when the engine applied it (new table, new nullable/defaulted column).
+    pub applied: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaValidation {
+    pub safe: Vec<Change>,
+    pub dataloss: Vec<Change>,
+    pub incompatible: Vec<Change>,
+}
+
+impl SchemaValidation {
+    pub(crate) fn has_drift(&self) -> bool {
+        !self.dataloss.is_empty() || !self.incompatible.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeederResult {
+    /// `schema.table`.
+    pub table: String,
+    pub inserted: u64,
+    /// Rows not inserted because the table already had data (or, in verify mode, already present).
+    pub skipped: u64,
+}
+
+/// Rows a seeder defines that the table lacks, by primary key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingSeedRows {
+    pub table: String,
+    /// Each key rendered as PostgreSQL's row text, e.g. `(1)` or `(1,en)`.
+    pub keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedValidation {
+    /// True when the verify mode ran.
+    pub checked: bool,
+    pub missing: Vec<MissingSeedRows>,
+    /// Rows inserted because `reseed=true`.
+    pub reseeded: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeployReport {
+    pub database: String,
+    pub extensions_installed: Vec<String>,
+    pub types_deployed: Vec<String>,
+    pub tables_created: Vec<String>,
+    pub migrations_applied: Vec<String>,
+    /// Subset of `migrations_applied` that ran outside the main transaction, after it committed.
+    pub no_transaction_migrations: Vec<String>,
+    /// Functions of the archive now in place.
+    pub functions_total: usize,
+    pub functions_changed: Vec<String>,
+    pub functions_skipped: usize,
+    pub functions_dropped: Vec<String>,
+    pub seeders: Vec<SeederResult>,
+    pub seed_validation: SeedValidation,
+    pub schema_validation: SchemaValidation,
+    pub dry_run: bool,
+    pub execution_time_ms: u64,
+}
+
+fn names(a: &mut ArrayWriter<'_>, v: &[String]) {
+    for s in v {
+        a.str(s);
+    }
+}
+
+pub(crate) fn changes(o: &mut ObjectWriter<'_>, key: &str, v: &[Change]) {
+    let mut a = o.array(key);
+    for c in v {
+        let mut e = a.object();
+        e.str("table", &c.table);
+        e.opt_str("column", c.column.as_deref());
+        e.str("change", &c.description);
+        e.bool("applied", c.applied);
+    }
+}
+
+impl DeployReport {
+    /// Writes the `/register` response members except `status`, `database` and `created`.
+    pub fn write_fields(&self, o: &mut ObjectWriter) {
+        names(&mut o.array("extensions_installed"), &self.extensions_installed);
+        names(&mut o.array("types_deployed"), &self.types_deployed);
+        names(&mut o.array("tables_created"), &self.tables_created);
+        names(&mut o.array("migrations_applied"), &self.migrations_applied);
+        names(&mut o.array("no_transaction_migrations"), &self.no_transaction_migrations);
+        o.u64("functions_deployed", self.functions_total as u64);
+        o.u64("functions_changed", self.functions_changed.len() as u64);
+        names(&mut o.array("functions_changed_names"), &self.functions_changed);
+        o.u64("functions_skipped", self.functions_skipped as u64);
+        names(&mut o.array("functions_dropped"), &self.functions_dropped);
+        {
+            let mut a = o.array("seeders");
+            for s in &self.seeders {
+                let mut e = a.object();
+                e.str("table", &s.table);
+                e.u64("inserted", s.inserted);
+                e.u64("skipped", s.skipped);
+            }
+        }
+        if self.seed_validation.checked {
+            let mut sv = o.object("seed_validation");
+            sv.u64("reseeded", self.seed_validation.reseeded);
+            let mut a = sv.array("missing");
+            for m in &self.seed_validation.missing {
+                let mut e = a.object();
+                e.str("table", &m.table);
+                names(&mut e.array("keys"), &m.keys);
+            }
+        }
+        {
+            let mut sv = o.object("schema_validation");
+            changes(&mut sv, "safe", &self.schema_validation.safe);
+            changes(&mut sv, "dataloss", &self.schema_validation.dataloss);
+            changes(&mut sv, "incompatible", &self.schema_validation.incompatible);
+        }
+        o.bool("dry_run", self.dry_run);
+        o.u64("execution_time_ms", self.execution_time_ms);
+    }
+}
+
+/// Shared state of one deploy: the session, names for errors and the changelog, savepoint numbering.
+pub(crate) struct Ctx<'a> {
+    pub c: &'a mut Client,
+    pub db: &'a str,
+    pub run_id: &'a str,
+    pub force: bool,
+    pub savepoints: u32,
+}
+
+/// Where a failure happened, for the error body.
+#[derive(Clone, Copy)]
+pub(crate) struct At<'a> {
+    pub step: &'static str,
+    pub file: Option<&'a str>,
+    pub stmt: Option<&'a Statement>,
+}
+
+impl<'a> At<'a> {
+    pub fn step(step: &'static str) -> At<'a> {
+        At { step, file: None, stmt: None }
+    }
+    pub fn file(step: &'static str, file: &'a SqlFile) -> At<'a> {
+        At { step, file: Some(&file.path), stmt: None }
+    }
+    pub fn stmt(step: &'static str, file: &'a SqlFile, stmt: &'a Statement) -> At<'a> {
+        At { step, file: Some(&file.path), stmt: Some(stmt) }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Runs engine-written SQL (not file text).
+    pub fn exec(&mut self, sql: &str, at: At<'_>) -> Result<(), ApiError> {
+        self.c.batch_execute(sql).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+    }
+
+    pub fn query(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<QueryResult, ApiError> {
+        self.c.query(sql, params).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+    }
+
+    /// Rows of a query whose columns are all non-null text (missing values become "").
+    pub fn rows(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<Vec<Vec<String>>, ApiError> {
+        Ok(self
+            .query(sql, params, at)?
+            .rows
+            .into_iter()
+            .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+            .collect())
+    }
+
+    /// Runs a statement from a file; errors carry the file's line.
+    pub fn run_file_stmt(&mut self, kind: Kind, at: At<'_>) -> Result<QueryResult, ApiError> {
+        let stmt = at.stmt.expect("file statement");
+        self.c
+            .query(&stmt.text, &[])
+            .or_else(|e| match e {
+                // Several statements in one (e.g. a DO block is fine, but `query` refuses
+                // multi-statement text only if the splitter missed a `;`); fall back to simple.
+                PgError::Db(ref d) if d.code == "42601" && d.message.contains("multiple") => {
+                    self.c.batch_execute(&stmt.text).map(|()| QueryResult::default())
+                }
+                e => Err(e),
+            })
+            .map_err(|e| self.pg_error(kind, at, e, 0))
+    }
+
+    pub fn savepoint(&mut self) -> Result<String, ApiError> {
+        self.savepoints += 1;
+        let name = format!("ssdb_sp_{}", self.savepoints);
+        self.exec(&format!("SAVEPOINT {name}"), At::step("savepoint"))?;
+        Ok(name)
+    }
+
+    pub fn rollback_to(&mut self, sp: &str) -> Result<(), ApiError> {
+        self.exec(&format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"), At::step("savepoint"))
+    }
+
+    pub fn release(&mut self, sp: &str) -> Result<(), ApiError> {
+        self.exec(&format!("RELEASE SAVEPOINT {sp}"), At::step("savepoint"))
+    }
+
+    /// Turns a PostgreSQL error into the API error naming step, file and line. `shift` is the number
+    /// of characters we prepended to the statement text before sending it.
+    pub fn pg_error(&self, kind: Kind, at: At<'_>, e: PgError, shift: i64) -> ApiError {
+        let db = match &e {
+            PgError::Db(d) => Some(d.clone()),
+            _ => None,
+        };
+        let kind = match (&e, kind) {
+            (PgError::Io(_) | PgError::Closed, _) => Kind::ConnectionFailed,
+            (PgError::Db(d), _) if d.code.starts_with("08") || d.code.starts_with("57P") => Kind::ConnectionFailed,
+            // The platform's SQL asked for a right its role does not have: its input is wrong, not us.
+            (PgError::Db(d), _) if d.code == "42501" => Kind::PermissionDenied,
+            (_, k) => k,
+        };
+        let line = at.stmt.map(|s| {
+            let pos = db.as_ref().and_then(|d| d.position).map(|p| (p as i64 - 1 - shift).max(0) as usize);
+            match pos {
+                Some(p) => s.line + s.text.chars().take(p).filter(|&ch| ch == '\n').count(),
+                None => s.line,
+            }
+        });
+        let msg = match &db {
+            Some(d) => d.message.clone(),
+            None => e.to_string(),
+        };
+        let mut text = format!("{} failed", at.step);
+        if let Some(f) = at.file {
+            text.push_str(&format!(" in {f}"));
+        }
+        if let Some(l) = line {
+            text.push_str(&format!(" at line {l}"));
+        }
+        text.push_str(": ");
+        text.push_str(&msg);
+        let mut err = located(ApiError::new(kind, text).with_database(self.db), at, line);
+        if let Some(d) = db {
+            err = err.with_db(DbDetail { sqlstate: d.code, detail: d.detail, hint: d.hint });
+        }
+        err
+    }
+
+    /// An error of ours (not PostgreSQL's) at a place in the deploy.
+    pub fn fail(&self, kind: Kind, at: At<'_>, msg: impl Into<String>) -> ApiError {
+        let line = at.stmt.map(|s| s.line);
+        located(ApiError::new(kind, msg).with_database(self.db), at, line)
+    }
+
+    pub fn log_change(
+        &mut self,
+        kind: &str,
+        object: &str,
+        action: &str,
+        checksum: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let run = self.run_id.to_string();
+        let forced = if self.force { "true" } else { "false" };
+        self.query(
+            "INSERT INTO public._stonescriptdb_gateway_changelog (run_id, kind, object, action, checksum, forced) \
+             VALUES ($1, $2, $3, $4, $5, $6::boolean)",
+            &[Some(&run), Some(kind), Some(object), Some(action), checksum, Some(forced)],
+            At::step("tracking"),
+        )?;
+        Ok(())
+    }
+}
+
+fn located(mut err: ApiError, at: At<'_>, line: Option<usize>) -> ApiError {
+    let mut s = Vec::new();
+    write_string(&mut s, at.step);
+    err = err.with_extra_json("step", String::from_utf8(s).unwrap_or_default());
+    if let Some(f) = at.file {
+        let mut s = Vec::new();
+        write_string(&mut s, f);
+        err = err.with_extra_json("file", String::from_utf8(s).unwrap_or_default());
+    }
+    if let Some(l) = line {
+        err = err.with_extra_json("line", l.to_string());
+    }
+    err
+}
+
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
