@@ -26,6 +26,7 @@ pub mod log;
 pub mod pg;
 pub mod security;
 pub mod server;
+pub mod slab;
 
 /// The version reported by `--version` and `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

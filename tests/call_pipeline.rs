@@ -46,6 +46,8 @@ fn pipelined_calls_keep_their_own_results_errors_and_settings() {
         let gw = start(&[
             ("MAX_CONNECTIONS_PER_POOL", "2"),
             ("CALL_BUSY_TARGET", "1"),
+            // Pipelining shares a connection between calls of one event loop.
+            ("GATEWAY_THREADS", "1"),
             ("CALL_PIPELINE_DEPTH", depth),
             ("CALL_PIPELINE_MAX_WAIT_US", "1000000"),
         ]);
@@ -111,6 +113,8 @@ fn calls_are_not_queued_behind_slow_ones() {
         let gw = start(&[
             ("MAX_CONNECTIONS_PER_POOL", "1"),
             ("CALL_BUSY_TARGET", "1"),
+            // Pipelining shares a connection between calls of one event loop.
+            ("GATEWAY_THREADS", "1"),
             ("CALL_PIPELINE_MAX_WAIT_US", max_wait),
         ]);
         let addr = gw.addr;
@@ -138,6 +142,8 @@ fn calls_behind_a_cancelled_call_still_succeed() {
     let gw = start(&[
         ("MAX_CONNECTIONS_PER_POOL", "1"),
         ("CALL_BUSY_TARGET", "1"),
+        // Pipelining shares a connection between calls of one event loop.
+        ("GATEWAY_THREADS", "1"),
         ("CALL_TIMEOUT_MS", "400"),
         ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
     ]);
@@ -171,6 +177,8 @@ fn a_queued_call_whose_client_left_is_cancelled_when_it_starts() {
     let gw = start(&[
         ("MAX_CONNECTIONS_PER_POOL", "1"),
         ("CALL_BUSY_TARGET", "1"),
+        // Pipelining shares a connection between calls of one event loop.
+        ("GATEWAY_THREADS", "1"),
         ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
     ]);
     let addr = gw.addr;
@@ -209,6 +217,8 @@ fn a_call_stopped_by_a_cancel_meant_for_another_runs_again() {
     let gw = start(&[
         ("MAX_CONNECTIONS_PER_POOL", "1"),
         ("CALL_BUSY_TARGET", "1"),
+        // Pipelining shares a connection between calls of one event loop.
+        ("GATEWAY_THREADS", "1"),
         ("CALL_TIMEOUT_MS", "1500"),
         ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
     ]);

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::pg::params::ConnectParams;
 
 /// The catalog's answer about one database.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Resolved {
     pub database: String,
     /// `Ok(None)`: the catalog does not record it. `Err`: the catalog could not be asked.

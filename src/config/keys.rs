@@ -27,6 +27,11 @@ pub const DEFAULT_ALLOWED_NETWORKS: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.1
 pub const KEYS: &[Key] = &[
     key("GATEWAY_HOST", "127.0.0.1", "address to listen on (IPv4 or IPv6 literal)"),
     key("GATEWAY_PORT", "9000", "port to listen on (0 picks a free port)"),
+    key(
+        "GATEWAY_THREADS",
+        "0",
+        "event loops, each on its own thread with its own client and PostgreSQL connections; 0 = CPU count",
+    ),
     secret("DATABASE_URL", "postgres://user:password@host:port/dbname; when set it wins over the DB_* keys"),
     key("DB_HOST", "localhost", "PostgreSQL host name or address; a value starting with / is a Unix-socket directory"),
     key("DB_PORT", "5432", "PostgreSQL port"),

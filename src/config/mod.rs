@@ -295,6 +295,8 @@ pub struct DeployConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `GATEWAY_THREADS` with 0 resolved to the CPU count.
+    pub threads: usize,
     pub db: DbSettings,
     pub pool: PoolConfig,
     pub call: CallConfig,
@@ -553,6 +555,10 @@ impl Config {
         };
         Ok(Config {
             listen: SocketAddr::new(host, port),
+            threads: match num(s, "GATEWAY_THREADS", 0usize, 1024)? {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
             db,
             pool,
             call,

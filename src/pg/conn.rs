@@ -1,13 +1,11 @@
 //! One non-blocking PostgreSQL connection driven by the event loop: its socket, its buffers, the
 //! startup handshake (shared sans-IO code in `startup.rs`) and the state enum that says whether it is
-//! connecting, idle, busy or broken. What a busy connection is doing belongs to the `/call` job.
+//! connecting, idle, busy or broken. What a busy connection is doing, its prepared statements and its
+//! pool belong to `call/backend.rs`.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use mio::event::Source;
@@ -80,55 +78,12 @@ pub enum ConnState {
     Broken,
 }
 
-/// A prepared statement cached on one connection.
-#[derive(Debug)]
-pub struct Stmt {
-    /// Server-side statement name (`s1`, `s2`, … per connection).
-    pub name: String,
-    /// Parameter types as PostgreSQL resolved them.
-    pub param_oids: Vec<u32>,
-    /// Result columns with their pre-escaped JSON keys and chosen formats.
-    pub columns: Vec<crate::call::render::PreparedColumn>,
-    /// Result format codes, in column order, for Bind.
-    pub formats: Vec<i16>,
-    /// Recent run time in µs, exponentially weighted; `u32::MAX` until a first run has finished.
-    /// Decides whether other calls may queue behind this one (see `call/engine.rs`).
-    pub run_us: AtomicU32,
-}
-
-impl Stmt {
-    pub fn new(name: String, param_oids: Vec<u32>, columns: Vec<crate::call::render::PreparedColumn>) -> Stmt {
-        let formats = columns.iter().map(|c| c.format).collect();
-        Stmt { name, param_oids, columns, formats, run_us: AtomicU32::new(u32::MAX) }
-    }
-
-    /// The recent run time, once known.
-    pub fn expected_us(&self) -> Option<u64> {
-        match self.run_us.load(Ordering::Relaxed) {
-            u32::MAX => None,
-            us => Some(u64::from(us)),
-        }
-    }
-
-    /// Folds one run into the average (weight 1/4, so a slow spell shows within a few calls).
-    pub fn note_run(&self, took: Duration) {
-        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX - 1).min(u32::MAX - 1);
-        let avg = match self.run_us.load(Ordering::Relaxed) {
-            u32::MAX => sample,
-            old => ((u64::from(old) * 3 + u64::from(sample)) / 4) as u32,
-        };
-        self.run_us.store(avg, Ordering::Relaxed);
-    }
-}
-
 /// One backend connection.
 pub struct BackendConn {
     /// The socket; registered under a backend token.
     pub sock: Sock,
     /// Connecting → Startup → Idle ⇄ Busy → Broken.
     pub state: ConnState,
-    /// Index of the pool this connection belongs to.
-    pub pool: usize,
     /// Received bytes not yet framed.
     pub rbuf: BytesMut,
     /// Bytes to send.
@@ -139,33 +94,13 @@ pub struct BackendConn {
     pub created: Instant,
     /// For `CONNECTION_IDLE_TIMEOUT_SECS`.
     pub last_used: Instant,
-    /// Prepared statements by call shape.
-    pub stmts: HashMap<String, Arc<Stmt>>,
-    /// Call shapes that PostgreSQL found ambiguous without declared types (overloads).
-    pub ambiguous: std::collections::HashSet<String>,
-    /// Counter for statement names.
-    pub next_stmt: u64,
-    /// Close instead of returning to the pool (e.g. the database was redeployed).
-    pub retire: bool,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
-    /// In the engine's list of connections to flush at the end of the loop turn.
-    pub flush_queued: bool,
-    /// A CancelRequest was sent for a call on this connection. It may still arrive and stop a later
-    /// call, so the connection takes no new calls and is closed when its pipeline is done.
-    pub cancelled: bool,
-    /// The session-reset statements are prepared on this connection.
-    pub reset_prepared: bool,
 }
 
 impl BackendConn {
     /// Starts a non-blocking connect. The startup message is queued to go out once connected.
-    pub fn connect(
-        params: &ConnectParams,
-        tcp_addr: Option<SocketAddr>,
-        pool: usize,
-        now: Instant,
-    ) -> io::Result<BackendConn> {
+    pub fn connect(params: &ConnectParams, tcp_addr: Option<SocketAddr>, now: Instant) -> io::Result<BackendConn> {
         let sock = match &params.host {
             Host::Unix(_) => {
                 let path = params.socket_path().ok_or_else(|| io::Error::other("no socket path"))?;
@@ -183,20 +118,12 @@ impl BackendConn {
         Ok(BackendConn {
             sock,
             state: ConnState::Connecting,
-            pool,
             rbuf: BytesMut::with_capacity(8192),
             wbuf,
             session: None,
             created: now,
             last_used: now,
-            stmts: HashMap::new(),
-            ambiguous: Default::default(),
-            next_stmt: 0,
-            retire: false,
             tx_status: b'I',
-            flush_queued: false,
-            cancelled: false,
-            reset_prepared: false,
         })
     }
 
@@ -280,10 +207,5 @@ impl BackendConn {
                 }
             }
         }
-    }
-
-    pub fn next_stmt_name(&mut self) -> String {
-        self.next_stmt += 1;
-        format!("s{}", self.next_stmt)
     }
 }

@@ -7,5 +7,4 @@ pub mod conn;
 pub mod dberror;
 pub mod frame;
 pub mod params;
-pub mod pool;
 pub mod startup;

@@ -1,49 +1,48 @@
-//! Routes a complete request to its handler. Quick handlers answer at once; `/call` goes to the backend
-//! pools on this loop; deploys go to worker threads and answer through the [`super::Notifier`].
+//! One loop's request handlers: routes a complete request to its handler. Quick handlers answer at
+//! once; `/call` goes to this loop's call engine; deploys go to the shared worker threads and answer
+//! through this loop's [`Notifier`].
 
-use std::io;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Poll;
 
 use super::client::Incoming;
-use super::{Message, Notifier, Server};
-use std::collections::HashMap;
-
-use crate::call::engine::{Admission, CallEngine};
+use super::notify::{Message, Notifier};
+use super::shared::{Shared, Stale, send_catalog_state};
+use crate::call::engine::{CallEngine, Done};
+use crate::call::owners::Admission;
 use crate::call::request::CallRequest;
-use crate::catalog::lookup::{Lookups, Resolved};
-use crate::config::Config;
+use crate::call::session::{Caller, Waiter};
+use crate::catalog::lookup::Resolved;
 use crate::deploy::service::{self, DeployCtx};
 use crate::deploy::v2;
-use crate::deploy::workers::Workers;
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::http::router::Route;
 use crate::json::{self, ObjectWriter, Value};
-use crate::log;
-use crate::pg::blocking::Client;
-use crate::pg::params::ConnectParams;
 use crate::security::keys::Credential;
 
-/// Everything the handlers own: the `/call` engine, the PostgreSQL health probe, worker handles.
-/// Lives inside the [`Server`].
+/// Everything one loop's handlers own: its `/call` engine and the calls waiting for the catalog.
 pub struct App {
+    /// This loop's index.
+    pub(crate) id: usize,
+    /// This loop, for answers that come back from other threads.
     pub(crate) notifier: Notifier,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) calls: CallEngine,
-    health: HealthProbe,
     /// Deploy jobs handed to workers and not yet answered.
     pub(crate) deploys_in_flight: usize,
-    workers: Workers,
-    deploy: DeployCtx,
-    /// Asks the catalog about databases `/call` does not know yet.
-    lookups: Lookups,
-    /// Calls waiting for such an answer, by database.
+    /// Calls waiting for the catalog to say who owns their database, by database.
     pending: HashMap<String, Vec<PendingCall>>,
     /// Their number, bounded by `POOL_MAX_WAITING`.
     pending_count: usize,
+    /// The last invalidation epoch this loop acted on.
+    seen_epoch: u64,
+    /// Calls handed to another loop and not answered yet: (client, generation) → that loop.
+    forwarded: HashMap<(usize, u64), usize>,
 }
 
 /// A call waiting for the catalog to say who owns its database.
@@ -54,164 +53,115 @@ struct PendingCall {
     cred: Credential,
 }
 
-/// Whether PostgreSQL answers, checked off the loop by a small thread every second.
-struct HealthProbe {
-    ok: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl HealthProbe {
-    fn start(params: ConnectParams) -> HealthProbe {
-        let ok = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok2, stop2) = (ok.clone(), stop.clone());
-        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
-        let _ = std::thread::Builder::new().name("pg-health".into()).spawn(move || {
-            let mut client: Option<Client> = None;
-            let mut was = None;
-            while !stop2.load(Ordering::Relaxed) {
-                let good = match client.as_mut() {
-                    Some(c) if !c.is_broken() => c.simple_query("SELECT 1").is_ok(),
-                    _ => match Client::connect(&params) {
-                        Ok(mut c) => {
-                            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                            let r = c.simple_query("SELECT 1").is_ok();
-                            client = Some(c);
-                            r
-                        }
-                        Err(_) => false,
-                    },
-                };
-                if !good {
-                    client = None;
-                }
-                ok2.store(good, Ordering::Relaxed);
-                let _ = first_tx.send(());
-                if was != Some(good) {
-                    if good {
-                        log::info("postgres reachable", &[]);
-                    } else {
-                        log::warn("postgres unreachable", &[]);
-                    }
-                    was = Some(good);
-                }
-                for _ in 0..10 {
-                    if stop2.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        });
-        // A gateway that just started should not report "degraded" only because the first probe has
-        // not finished; wait for it briefly.
-        let _ = first_rx.recv_timeout(Duration::from_secs(1));
-        HealthProbe { ok, stop }
-    }
-}
-
-/// Sends who owns which database and every platform's keys to the loop.
-fn send_catalog_state(cat: &mut crate::catalog::Catalog, notifier: &Notifier) {
-    if let Ok(list) = cat.call_owners(None) {
-        notifier.send(Message::Owners(list));
-    }
-    if let Ok(list) = cat.platform_keys(None) {
-        let mut by: HashMap<String, Vec<crate::security::keys::StoredKey>> = HashMap::new();
-        for (p, k) in list {
-            by.entry(p).or_default().push(k);
-        }
-        notifier.send(Message::Keys { keys: by.into_iter().collect(), complete: true });
-    }
-}
-
-/// Once at start: marks runs of gateways that stopped mid-run as interrupted, and brings databases
-/// deployed before platforms had roles under their roles. Then every 15 s: hands owners and keys to the
-/// loop, so instances sharing a catalog learn each other's registrations.
-fn start_catalog_sync(ctx: DeployCtx, notifier: Notifier, stop: Arc<AtomicBool>) {
-    let _ = std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
-        let mut marked = false;
-        let mut isolated = false;
-        loop {
-            if !marked {
-                match v2::mark_interrupted_runs(&ctx) {
-                    Ok(n) => {
-                        marked = true;
-                        if n > 0 {
-                            log::warn("runs interrupted by a stop were marked", &[("runs", &n)]);
-                        }
-                    }
-                    Err(e) => log::debug("catalog not reachable yet", &[("error", &e)]),
-                }
-            }
-            if !isolated {
-                match crate::deploy::isolate::isolate_all(&ctx, false) {
-                    Ok(r) => {
-                        isolated = true;
-                        for d in &r.databases {
-                            match &d.result {
-                                Ok(c) if c.problems.is_empty() => {
-                                    log::info("database confined to its platform's role", &[("database", &d.database)])
-                                }
-                                Ok(c) => log::warn(
-                                    "database only partly confined to its platform's role",
-                                    &[("database", &d.database), ("problems", &c.problems.join("; "))],
-                                ),
-                                Err(e) => log::warn(
-                                    "database could not be confined to its platform's role",
-                                    &[("database", &d.database), ("error", &e)],
-                                ),
-                            }
-                        }
-                        for (p, e) in &r.role_problems {
-                            log::warn("platform role refused", &[("platform", p), ("error", e)]);
-                        }
-                    }
-                    Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
-                }
-            }
-            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
-                send_catalog_state(&mut cat, &notifier);
-                cat.client.close();
-            }
-            for _ in 0..150 {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            // The loop is gone once the notifier cannot deliver; then stop.
-            if !notifier.alive() {
-                return;
-            }
-        }
-    });
-}
-
 impl App {
-    pub fn new(cfg: &Arc<Config>, notifier: Notifier) -> io::Result<App> {
-        let params = cfg.db.connect_params();
-        let deploy = DeployCtx::new(cfg.clone());
-        let health = HealthProbe::start(params.clone());
-        start_catalog_sync(deploy.clone(), notifier.clone(), health.stop.clone());
-        let lookups = {
-            let notifier = notifier.clone();
-            Lookups::start(
-                params.clone(),
-                cfg.deploy.catalog_db.clone(),
-                Box::new(move |r| notifier.send(Message::Resolved(r))),
-            )?
-        };
-        Ok(App {
-            lookups,
+    pub fn new(id: usize, shared: Arc<Shared>, notifier: Notifier, token_base: usize) -> App {
+        let cfg = shared.cfg.clone();
+        let calls = CallEngine::new(
+            id,
+            cfg.clone(),
+            cfg.db.connect_params(),
+            shared.budget.clone(),
+            shared.canceller.clone(),
+            token_base,
+            shared.loops.len(),
+        );
+        App {
+            id,
+            notifier,
+            seen_epoch: shared.invalidations.epoch(),
+            shared,
+            calls,
+            deploys_in_flight: 0,
             pending: HashMap::new(),
             pending_count: 0,
-            notifier,
-            calls: CallEngine::new(cfg.clone(), params.clone()),
-            health,
-            deploys_in_flight: 0,
-            workers: Workers::new(cfg.deploy.workers, cfg.deploy.queue)?,
-            deploy,
-        })
+            forwarded: HashMap::new(),
+        }
+    }
+
+    /// Answers for this loop's clients; the others go back to the loops that handed their calls over.
+    pub fn local(&mut self, done: Done) -> Vec<(usize, u64, Response)> {
+        let mut mine = Vec::with_capacity(done.len());
+        for (c, response) in done {
+            if c.loop_id == self.id {
+                mine.push((c.client, c.generation, response));
+            } else if let Some(n) = self.shared.loops.get(c.loop_id) {
+                n.send(Message::Answer { client: c.client, generation: c.generation, response });
+            }
+        }
+        mine
+    }
+
+    /// A call another loop handed over.
+    pub fn take_call(
+        &mut self,
+        poll: &mut Poll,
+        waiter: Waiter,
+        role: &str,
+        now: Instant,
+    ) -> Vec<(usize, u64, Response)> {
+        let done = self.calls.submit_forwarded(poll, waiter, role, now);
+        self.local(done)
+    }
+
+    /// The answer to a call this loop handed over came back.
+    pub fn call_answered(&mut self, client: usize, generation: u64) {
+        self.forwarded.remove(&(client, generation));
+    }
+
+    /// Drops cached statements of databases deploys changed since this loop last looked.
+    pub fn catch_up(&mut self, poll: &mut Poll) {
+        let inv = &self.shared.invalidations;
+        if inv.epoch() == self.seen_epoch {
+            return;
+        }
+        let (stale, epoch) = inv.since(self.seen_epoch);
+        self.seen_epoch = epoch;
+        match stale {
+            Stale::Databases(dbs) => {
+                for db in dbs {
+                    self.calls.invalidate(poll, &db);
+                }
+            }
+            Stale::Everything => self.calls.invalidate_all(poll),
+        }
+    }
+
+    /// Passes this loop's requests for room and calls it hands over to the others, and tells loops
+    /// their room is free. Returns answers for calls that could not be handed over.
+    pub fn send_to_loops(&mut self) -> Vec<(usize, u64, Response)> {
+        let mut failed = Vec::new();
+        for (to, w, role) in self.calls.take_forwards() {
+            let c = w.caller;
+            let sent = self.shared.loops.get(to).is_some_and(|n| n.send(Message::Call { waiter: Box::new(w), role }));
+            if sent {
+                self.forwarded.insert((c.client, c.generation), to);
+            } else {
+                let e = ApiError::new(Kind::PoolExhausted, "no connection became free for this call; retry shortly");
+                failed.push((c.client, c.generation, Response::error(&e)));
+            }
+        }
+        for ask in self.calls.take_room_asks() {
+            let from = self.id;
+            match ask.pool {
+                // Idle connections of that pool elsewhere may go; any loop may have one.
+                Some(pool) => {
+                    self.shared.loops.send_others(from, || Message::RoomWanted { from, pool: Some(pool.clone()) })
+                }
+                // Under the total cap, one slot is wanted: asked of the loop holding the most, which
+                // owes it when it has nothing idle (so several loops do not all give one up).
+                None => {
+                    if let Some(n) = self.shared.fullest_besides(from).and_then(|l| self.shared.loops.get(l)) {
+                        n.send(Message::RoomWanted { from, pool: None });
+                    }
+                }
+            }
+        }
+        for l in self.calls.take_room_freed() {
+            if let Some(n) = self.shared.loops.get(l) {
+                n.send(Message::RoomFreed);
+            }
+        }
+        failed
     }
 
     /// An event on a backend socket; returns finished client responses.
@@ -223,7 +173,8 @@ impl App {
         readable: bool,
         hup: bool,
     ) -> Vec<(usize, u64, Response)> {
-        self.calls.backend_event(poll, key, now, readable, hup)
+        let done = self.calls.backend_event(poll, key, now, readable, hup);
+        self.local(done)
     }
 
     pub fn release_parked(&mut self) {
@@ -235,12 +186,8 @@ impl App {
         self.calls.busy() || self.deploys_in_flight > 0
     }
 
-    pub fn shutdown(&mut self, poll: &mut Poll, deadline: Instant) {
-        self.health.stop.store(true, Ordering::Relaxed);
+    pub fn shutdown(&mut self, poll: &mut Poll) {
         self.calls.shutdown(poll);
-        // Deploys still running get what is left of the grace period; past it the process exits
-        // under them and PostgreSQL rolls their transactions back.
-        self.workers.shutdown(deadline);
     }
 
     /// A v2 migrate: answered at the end, streamed as NDJSON lines, or answered 202 at once (`async`).
@@ -253,8 +200,9 @@ impl App {
         all: bool,
         ndjson: bool,
     ) -> Option<Response> {
-        let ctx = self.deploy.with_credential(cred);
+        let ctx = self.shared.deploy.with_credential(cred);
         let notifier = self.notifier.clone();
+        let shared = self.shared.clone();
         let is_async = match body.get("async") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -272,7 +220,8 @@ impl App {
             let streaming = AtomicBool::new(false);
             let complete = |response: Response, invalidate: Vec<String>| {
                 answered.store(true, Ordering::Relaxed);
-                notifier.send(Message::Complete { client: key, generation, response, invalidate });
+                shared.invalidations.publish(&invalidate);
+                notifier.send(Message::Complete { client: key, generation, response });
             };
             let run = std::panic::AssertUnwindSafe(|| {
                 let plan = match v2::plan_migrate(&ctx, &body, all) {
@@ -297,7 +246,7 @@ impl App {
                         v2::Progress::None,
                     );
                     if answered {
-                        notifier.send(Message::Invalidate(changed));
+                        shared.invalidations.publish(&changed);
                     } else {
                         complete(resp, changed);
                     }
@@ -308,7 +257,7 @@ impl App {
                     };
                     let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::Lines(&chunk));
                     if streaming.load(Ordering::Relaxed) {
-                        notifier.send(Message::Invalidate(changed));
+                        shared.invalidations.publish(&changed);
                         let mut summary = resp.body;
                         summary.push(b'\n');
                         notifier.send(Message::Chunk { client: key, generation, data: summary, last: true });
@@ -333,7 +282,6 @@ impl App {
                         client: key,
                         generation,
                         response: Response::error(&internal_panic()),
-                        invalidate: Vec::new(),
                     });
                 }
             }
@@ -343,7 +291,8 @@ impl App {
 
     /// Hands a task to the deploy workers; a full queue is refused at once (503, retryable).
     fn queue(&mut self, task: crate::deploy::workers::Task) -> Option<Response> {
-        match self.workers.try_submit(task) {
+        let submitted = self.shared.workers.lock().unwrap_or_else(|p| p.into_inner()).try_submit(task);
+        match submitted {
             Ok(()) => {
                 self.deploys_in_flight += 1;
                 None
@@ -364,8 +313,9 @@ impl App {
         cred: Credential,
         op: impl FnOnce(&DeployCtx) -> (Response, Vec<String>) + Send + 'static,
     ) -> Option<Response> {
-        let ctx = self.deploy.with_credential(cred);
+        let ctx = self.shared.deploy.with_credential(cred);
         let notifier = self.notifier.clone();
+        let shared = self.shared.clone();
         let task = Box::new(move || {
             // A bug in a deploy must still answer its client, not leave it waiting for ever.
             let (response, invalidate) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&ctx)))
@@ -373,11 +323,13 @@ impl App {
             if response.status < 300 {
                 // Databases this deploy created or changed, keys it set: tell /call right away.
                 if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
-                    send_catalog_state(&mut cat, &notifier);
+                    send_catalog_state(&mut cat, &shared.loops);
                     cat.client.close();
                 }
             }
-            notifier.send(Message::Complete { client: key, generation, response, invalidate });
+            // Recorded before the answer goes out: see `Invalidations`.
+            shared.invalidations.publish(&invalidate);
+            notifier.send(Message::Complete { client: key, generation, response });
         });
         self.queue(task)
     }
@@ -393,8 +345,12 @@ impl App {
         cred: Credential,
         now: Instant,
     ) -> Option<Response> {
+        self.catch_up(poll);
         match self.calls.admit(&req, &cred, now) {
-            Admission::Go => self.calls.submit(poll, key, generation, req, now),
+            Admission::Go => {
+                let caller = Caller { loop_id: self.id, client: key, generation };
+                self.calls.submit(poll, caller, req, now)
+            }
             Admission::Refused(e) => Some(Response::error(&e)),
             Admission::AskCatalog => {
                 if self.pending_count >= self.calls.max_waiting() {
@@ -404,7 +360,7 @@ impl App {
                     )));
                 }
                 let first = !self.pending.contains_key(&req.database);
-                if first && !self.lookups.ask(&req.database) {
+                if first && !self.shared.lookups.ask(&req.database) {
                     return Some(Response::error(&ApiError::new(Kind::Internal, "the catalog lookup thread is gone")));
                 }
                 self.pending_count += 1;
@@ -420,25 +376,27 @@ impl App {
     }
 
     /// The catalog answered about a database: the calls that waited on it run or are refused.
-    pub fn resolved(&mut self, poll: &mut Poll, r: Resolved, now: Instant) -> Vec<(usize, u64, Response)> {
+    pub fn resolved(&mut self, poll: &mut Poll, r: &Resolved, now: Instant) -> Vec<(usize, u64, Response)> {
         let waiting = self.pending.remove(&r.database).unwrap_or_default();
         self.pending_count = self.pending_count.saturating_sub(waiting.len());
-        match r.owner {
+        match &r.owner {
             Ok(Some((owner, keys))) => {
-                let platform = owner.platform.clone();
-                self.calls.set_owners(vec![owner]);
-                self.calls.set_keys(vec![(platform, keys)], false);
+                self.calls.set_owners(vec![owner.clone()]);
+                self.calls.set_keys(vec![(owner.platform.clone(), keys.clone())], false);
             }
             Ok(None) => self.calls.set_unknown(&r.database, now),
             Err(e) => {
-                let e = ApiError { kind: Kind::ConnectionFailed, ..e };
+                let e = ApiError { kind: Kind::ConnectionFailed, ..e.clone() };
                 return waiting.into_iter().map(|w| (w.client, w.generation, Response::error(&e))).collect();
             }
         }
         let mut out = Vec::new();
         for w in waiting {
             let answer = match self.calls.admit(&w.req, &w.cred, now) {
-                Admission::Go => self.calls.submit(poll, w.client, w.generation, w.req, now),
+                Admission::Go => {
+                    let caller = Caller { loop_id: self.id, client: w.client, generation: w.generation };
+                    self.calls.submit(poll, caller, w.req, now)
+                }
                 Admission::Refused(e) => Some(Response::error(&e)),
                 // Known neither as owned nor as unknown: only if the answer was lost; refuse, never guess.
                 Admission::AskCatalog => Some(Response::error(&ApiError::new(
@@ -468,17 +426,25 @@ impl App {
             removed += before - list.len();
         }
         self.pending_count = self.pending_count.saturating_sub(removed);
-        self.calls.client_gone(key, generation);
+        let caller = Caller { loop_id: self.id, client: key, generation };
+        self.calls.client_gone(caller);
+        if let Some(to) = self.forwarded.remove(&(key, generation)) {
+            if let Some(n) = self.shared.loops.get(to) {
+                n.send(Message::CallGone(caller));
+            }
+        }
     }
 
     /// Timeouts and pool maintenance; returns responses that became ready (e.g. 503 after a wait).
     /// End of a loop turn: backend writes queued during it go out.
     pub fn flush_backends(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
-        self.calls.flush_deferred(poll, now)
+        let done = self.calls.flush_deferred(poll, now);
+        self.local(done)
     }
 
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
-        self.calls.janitor(poll, now)
+        let done = self.calls.janitor(poll, now);
+        self.local(done)
     }
 }
 
@@ -502,44 +468,50 @@ pub fn json_object(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-impl Server {
+impl App {
     /// Runs the handler of a complete request. `None` means the answer comes later.
-    pub(super) fn dispatch(&mut self, key: usize, generation: u64, inc: Incoming) -> Option<Response> {
+    pub fn dispatch(
+        &mut self,
+        poll: &mut Poll,
+        now: Instant,
+        key: usize,
+        generation: u64,
+        inc: Incoming,
+    ) -> Option<Response> {
+        let cfg = self.shared.cfg.clone();
         // A bearer value is either a platform key or the admin token; the admin check also wants the
         // address in ALLOWED_ADMIN_IPS.
         let auth = inc.head.authorization.as_deref();
-        let admin = auth.is_some() && crate::security::check_admin(inc.client_ip, auth, &self.cfg.security).is_ok();
+        let admin = auth.is_some() && crate::security::check_admin(inc.client_ip, auth, &cfg.security).is_ok();
         let cred = Credential::from_header(auth, admin);
-        let depth = self.cfg.limits.max_json_depth;
+        let depth = cfg.limits.max_json_depth;
         let result = match &inc.route {
-            Route::Health => Ok(self.health()),
+            Route::Health => Ok(self.health(now)),
             Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json) {
-                Ok(req) => return self.app.call(&mut self.poll, key, generation, req, cred, self.now),
+                Ok(req) => return self.call(poll, key, generation, req, cred, now),
                 Err(e) => Err(e),
             },
             Route::Register | Route::Migrate => {
                 let ct = inc.head.content_type.clone().unwrap_or_default();
                 let body = inc.body;
                 let register = inc.route == Route::Register;
-                return self.app.submit_deploy(key, generation, cred, move |ctx| {
+                return self.submit_deploy(key, generation, cred, move |ctx| {
                     if register { service::register(ctx, &ct, &body) } else { service::migrate(ctx, &ct, &body) }
                 });
             }
             Route::AdminDatabases => {
                 let platform = inc.head.query_param("platform");
-                return self
-                    .app
-                    .submit_deploy(key, generation, cred, move |ctx| service::admin_databases(ctx, platform));
+                return self.submit_deploy(key, generation, cred, move |ctx| service::admin_databases(ctx, platform));
             }
             Route::AdminCreateTenant => match json_object(&inc.body, depth) {
                 Ok(v) => {
-                    return self.app.submit_deploy(key, generation, cred, move |ctx| service::create_tenant(ctx, &v));
+                    return self.submit_deploy(key, generation, cred, move |ctx| service::create_tenant(ctx, &v));
                 }
                 Err(e) => Err(e),
             },
             Route::PlatformRegister => match json_object(&inc.body, depth) {
                 Ok(v) => {
-                    return self.app.submit_deploy(key, generation, cred, move |ctx| v2::register_platform(ctx, &v));
+                    return self.submit_deploy(key, generation, cred, move |ctx| v2::register_platform(ctx, &v));
                 }
                 Err(e) => Err(e),
             },
@@ -549,42 +521,40 @@ impl Server {
                 match body {
                     Ok(v) => {
                         let p = p.clone();
-                        return self.app.submit_deploy(key, generation, cred, move |ctx| v2::rotate_key(ctx, &p, &v));
+                        return self.submit_deploy(key, generation, cred, move |ctx| v2::rotate_key(ctx, &p, &v));
                     }
                     Err(e) => Err(e),
                 }
             }
             Route::AdminIsolate => {
-                return self.app.submit_deploy(key, generation, cred, crate::deploy::isolate::isolate_route);
+                return self.submit_deploy(key, generation, cred, crate::deploy::isolate::isolate_route);
             }
             Route::PlatformSchemaUpload(p) => {
                 let (p, ct, body) = (p.clone(), inc.head.content_type.clone().unwrap_or_default(), inc.body);
-                return self
-                    .app
-                    .submit_deploy(key, generation, cred, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
+                return self.submit_deploy(key, generation, cred, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
             }
             Route::PlatformSchemas(p) => {
                 let p = p.clone();
-                return self.app.submit_deploy(key, generation, cred, move |ctx| v2::list_schemas(ctx, &p));
+                return self.submit_deploy(key, generation, cred, move |ctx| v2::list_schemas(ctx, &p));
             }
             Route::PlatformDatabases(p) => {
                 let (p, schema) = (p.clone(), inc.head.query_param("schema"));
-                return self.app.submit_deploy(key, generation, cred, move |ctx| v2::list_databases(ctx, &p, schema));
+                return self.submit_deploy(key, generation, cred, move |ctx| v2::list_databases(ctx, &p, schema));
             }
-            Route::Platforms => return self.app.submit_deploy(key, generation, cred, v2::list_platforms),
+            Route::Platforms => return self.submit_deploy(key, generation, cred, v2::list_platforms),
             Route::Run(id) => {
                 let id = id.clone();
-                return self.app.submit_deploy(key, generation, cred, move |ctx| v2::get_run(ctx, &id));
+                return self.submit_deploy(key, generation, cred, move |ctx| v2::get_run(ctx, &id));
             }
             Route::DatabaseCreate => match json_object(&inc.body, depth) {
-                Ok(v) => return self.app.submit_deploy(key, generation, cred, move |ctx| v2::create_database(ctx, &v)),
+                Ok(v) => return self.submit_deploy(key, generation, cred, move |ctx| v2::create_database(ctx, &v)),
                 Err(e) => Err(e),
             },
             Route::V2Migrate | Route::V2MigrateAll => match json_object(&inc.body, depth) {
                 Ok(v) => {
                     let all = inc.route == Route::V2MigrateAll;
                     let ndjson = inc.head.accept.as_deref().is_some_and(|a| a.contains("application/x-ndjson"));
-                    return self.app.submit_v2_migrate(key, generation, cred, v, all, ndjson);
+                    return self.submit_v2_migrate(key, generation, cred, v, all, ndjson);
                 }
                 Err(e) => Err(e),
             },
@@ -595,20 +565,25 @@ impl Server {
         })
     }
 
-    fn health(&self) -> Response {
-        let connected = self.app.health.ok.load(Ordering::Relaxed);
-        let c = &self.app.calls;
+    fn health(&self, now: Instant) -> Response {
+        let connected = self.shared.health.ok.load(Ordering::Relaxed);
+        // This loop's own counts are current; the others' are as of their last turn.
+        if let Some(s) = self.shared.stats.get(self.id) {
+            s.publish(&self.calls.stats());
+        }
+        let c = self.shared.totals();
         let mut body = Vec::with_capacity(256);
         let mut o = ObjectWriter::new(&mut body);
         o.str("status", if connected { "healthy" } else { "degraded" });
         o.str("version", crate::VERSION);
-        o.u64("uptime_seconds", self.now.saturating_duration_since(self.started).as_secs());
+        o.u64("uptime_seconds", now.saturating_duration_since(self.shared.started).as_secs());
         o.bool("postgres_connected", connected);
-        o.u64("active_pools", c.active_pools() as u64);
-        o.u64("total_connections", c.total_connections() as u64);
-        o.u64("idle_connections", c.idle_connections() as u64);
-        o.u64("waiting_requests", c.waiting_requests() as u64);
-        o.u64("pipelined_calls", c.pipelined_calls());
+        o.u64("active_pools", c.pools as u64);
+        o.u64("total_connections", c.connections as u64);
+        o.u64("idle_connections", c.idle as u64);
+        o.u64("waiting_requests", c.waiting as u64);
+        o.u64("pipelined_calls", c.pipelined);
+        o.u64("event_loops", self.shared.loops.len() as u64);
         o.finish();
         Response::json(if connected { 200 } else { 503 }, body)
     }

@@ -1,0 +1,218 @@
+//! The connection limits shared by every event loop: `MAX_TOTAL_CONNECTIONS` over all pools and
+//! `MAX_CONNECTIONS_PER_POOL` per pool, each exact in sum over the loops. A loop takes a [`Permit`]
+//! before it connects and the permit gives the slot back when the connection is dropped, so no path
+//! that ends a connection can forget to. Also `POOL_MAX_WAITING` per pool, over all loops.
+//!
+//! Only connects, closes and queue changes touch these atomics; a call that finds an idle connection
+//! in its own loop never does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What one pool (`database@role`) holds over all loops.
+#[derive(Debug, Default)]
+pub struct PoolShare {
+    /// Connections in any state, Closing included (their backends may not have exited yet).
+    conns: AtomicUsize,
+    /// Calls waiting for a connection.
+    waiting: AtomicUsize,
+    /// Bit `i` set while loop `i` (below 64) holds connections of this pool: where a loop without
+    /// any can hand its calls when the pool's cap is taken.
+    holders: AtomicU64,
+}
+
+impl PoolShare {
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::Acquire)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Records whether loop `id` holds connections of this pool.
+    pub fn set_holder(&self, id: usize, holds: bool) {
+        if id >= 64 {
+            return;
+        }
+        if holds {
+            self.holders.fetch_or(1 << id, Ordering::AcqRel);
+        } else {
+            self.holders.fetch_and(!(1u64 << id), Ordering::AcqRel);
+        }
+    }
+
+    /// A loop other than `id` that holds connections of this pool, the next one after `id` first (so
+    /// that several loops without connections do not all pick the same one).
+    pub fn holder_besides(&self, id: usize) -> Option<usize> {
+        let mask = self.holders.load(Ordering::Acquire) & !(1u64.checked_shl(id as u32).unwrap_or(0));
+        if mask == 0 {
+            return None;
+        }
+        let shift = ((id + 1) % 64) as u32;
+        let rotated = mask.rotate_right(shift);
+        Some((rotated.trailing_zeros() + shift) as usize % 64)
+    }
+
+    /// Records a change in the number of this loop's waiters.
+    pub fn add_waiting(&self, delta: isize) {
+        if delta >= 0 {
+            self.waiting.fetch_add(delta as usize, Ordering::AcqRel);
+        } else {
+            self.waiting.fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+        }
+    }
+}
+
+/// Why a connection could not be opened now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `MAX_TOTAL_CONNECTIONS` is reached.
+    Total,
+    /// `MAX_CONNECTIONS_PER_POOL` is reached for this pool.
+    Pool,
+}
+
+/// The shared limits.
+#[derive(Debug)]
+pub struct Budget {
+    max_total: usize,
+    max_per_pool: usize,
+    total: AtomicUsize,
+    /// Pool key → its share; entries are created on first use and kept (a few bytes per pool).
+    shares: Mutex<HashMap<String, Arc<PoolShare>>>,
+}
+
+/// One connection slot, held by the connection for its whole life.
+#[derive(Debug)]
+pub struct Permit {
+    budget: Arc<Budget>,
+    share: Arc<PoolShare>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.share.conns.fetch_sub(1, Ordering::AcqRel);
+        self.budget.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Adds one to `n` if it stays at or below `max`.
+fn take(n: &AtomicUsize, max: usize) -> bool {
+    n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v < max).then_some(v + 1)).is_ok()
+}
+
+impl Budget {
+    pub fn new(max_total: usize, max_per_pool: usize) -> Arc<Budget> {
+        Arc::new(Budget { max_total, max_per_pool, total: AtomicUsize::new(0), shares: Mutex::new(HashMap::new()) })
+    }
+
+    /// The share of pool `key` (created when first asked for).
+    pub fn share(&self, key: &str) -> Arc<PoolShare> {
+        let mut m = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Takes a slot in the total and in the pool, or says which limit is reached.
+    pub fn try_take(self: &Arc<Self>, share: &Arc<PoolShare>) -> Result<Permit, Full> {
+        if !take(&share.conns, self.max_per_pool) {
+            return Err(Full::Pool);
+        }
+        if !take(&self.total, self.max_total) {
+            share.conns.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Total);
+        }
+        Ok(Permit { budget: self.clone(), share: share.clone() })
+    }
+
+    /// Connections held over all loops.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
+    pub fn max_per_pool(&self) -> usize {
+        self.max_per_pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_hold_and_permits_give_back() {
+        let b = Budget::new(3, 2);
+        let a = b.share("a@r");
+        let c = b.share("c@r");
+        let p1 = b.try_take(&a).unwrap();
+        let p2 = b.try_take(&a).unwrap();
+        assert_eq!(b.try_take(&a).unwrap_err(), Full::Pool);
+        let p3 = b.try_take(&c).unwrap();
+        assert_eq!(b.try_take(&c).unwrap_err(), Full::Total);
+        // A refusal by the total leaves the pool's count as it was.
+        assert_eq!(c.conns(), 1);
+        assert_eq!(b.total(), 3);
+        drop(p1);
+        assert_eq!((a.conns(), b.total()), (1, 2));
+        let p4 = b.try_take(&c).unwrap();
+        drop((p2, p3, p4));
+        assert_eq!((a.conns(), c.conns(), b.total()), (0, 0, 0));
+    }
+
+    #[test]
+    fn many_threads_never_exceed_the_limits() {
+        let b = Budget::new(8, 5);
+        let shares: Vec<_> = (0..3).map(|i| b.share(&format!("db{i}@r"))).collect();
+        let peak = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (b, shares, peak) = (b.clone(), shares.clone(), peak.clone());
+                s.spawn(move || {
+                    for i in 0..2000 {
+                        let share = &shares[(t + i) % 3];
+                        if let Ok(p) = b.try_take(share) {
+                            peak.fetch_max(b.total(), Ordering::Relaxed);
+                            assert!(share.conns() <= 5);
+                            drop(p);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.load(Ordering::Relaxed) <= 8);
+        assert_eq!(b.total(), 0);
+    }
+
+    #[test]
+    fn holders_are_found_starting_after_the_asking_loop() {
+        let s = PoolShare::default();
+        assert_eq!(s.holder_besides(0), None);
+        s.set_holder(2, true);
+        s.set_holder(5, true);
+        assert_eq!(s.holder_besides(0), Some(2));
+        assert_eq!(s.holder_besides(2), Some(5), "not itself");
+        assert_eq!(s.holder_besides(3), Some(5));
+        assert_eq!(s.holder_besides(6), Some(2), "wraps around");
+        s.set_holder(5, false);
+        assert_eq!(s.holder_besides(2), None);
+        s.set_holder(63, true);
+        assert_eq!(s.holder_besides(2), Some(63));
+        s.set_holder(70, true);
+        assert_eq!(s.holder_besides(63), Some(2), "loops past 63 are not tracked");
+    }
+
+    #[test]
+    fn waiting_counts_add_up() {
+        let b = Budget::new(1, 1);
+        let s = b.share("x");
+        s.add_waiting(3);
+        s.add_waiting(-2);
+        assert_eq!(s.waiting(), 1);
+        assert!(Arc::ptr_eq(&s, &b.share("x")));
+    }
+}

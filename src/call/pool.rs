@@ -1,0 +1,241 @@
+//! Connection pools of one event loop, one per (database, role). Membership follows state: a
+//! connection's key is in exactly one of `connecting`, `idle` or `busy`, placed there by
+//! [`Pool::place`] from its [`ConnState`] (the engine's one state-changing function calls it), and
+//! waiting calls sit in `waiting`; every count is the length of a collection. What a pool holds over
+//! all loops is its [`PoolShare`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::budget::PoolShare;
+use crate::pg::conn::ConnState;
+
+use crate::call::types::TypeRegistry;
+use crate::pg::params::ConnectParams;
+use crate::slab::Slab;
+
+/// One pool.
+pub struct Pool<W> {
+    /// `database` or `database@role`.
+    pub key: String,
+    pub database: String,
+    /// How to connect (database and role filled in).
+    pub params: ConnectParams,
+    /// Connections whose connect or startup is under way.
+    pub connecting: Vec<usize>,
+    /// Ready connections; the most recently used is last, so it is reused first (LIFO keeps warm
+    /// connections and their prepared statements hot and lets the others age out).
+    pub idle: Vec<usize>,
+    /// Connections running a job.
+    pub busy: Vec<usize>,
+    /// Calls waiting for a connection, oldest first. Changed only through the methods below, which
+    /// keep the share's count of waiters over all loops.
+    waiting: VecDeque<W>,
+    /// This pool over all loops: its connections and waiters.
+    pub share: Arc<PoolShare>,
+    /// Last time a call used this pool; the pool is closed after `POOL_IDLE_TIMEOUT_SECS`.
+    pub last_used: Instant,
+    /// Types learned from this database's catalog (enums, composites, domains …).
+    pub types: TypeRegistry,
+    /// After a failed connect, no new attempt before this instant (capped exponential backoff).
+    pub backoff_until: Option<Instant>,
+    /// The next backoff step.
+    pub backoff: Duration,
+    /// When this loop last asked the other loops for room for this pool.
+    pub room_asked: Option<Instant>,
+    /// This loop is marked in the share as holding connections of this pool.
+    holder: bool,
+}
+
+/// First and largest reconnect backoff.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl<W> Pool<W> {
+    pub fn new(key: String, database: String, params: ConnectParams, share: Arc<PoolShare>, now: Instant) -> Pool<W> {
+        Pool {
+            share,
+            key,
+            database,
+            params,
+            connecting: Vec::new(),
+            idle: Vec::new(),
+            busy: Vec::new(),
+            waiting: VecDeque::new(),
+            last_used: now,
+            types: TypeRegistry::new(),
+            backoff_until: None,
+            backoff: BACKOFF_MIN,
+            room_asked: None,
+            holder: false,
+        }
+    }
+
+    /// Connections this pool holds in any state.
+    pub fn size(&self) -> usize {
+        self.connecting.len() + self.idle.len() + self.busy.len()
+    }
+
+    /// Removes a connection key from whichever list holds it.
+    pub fn forget(&mut self, conn: usize) {
+        for list in [&mut self.connecting, &mut self.idle, &mut self.busy] {
+            if let Some(i) = list.iter().position(|&k| k == conn) {
+                list.remove(i);
+                return;
+            }
+        }
+    }
+
+    /// Puts a connection key in the list of its state: connecting (connect or startup), idle (last, so
+    /// it is reused first), busy, or none (closing, broken).
+    pub fn place(&mut self, conn: usize, state: &ConnState) {
+        self.forget(conn);
+        match state {
+            ConnState::Connecting | ConnState::Startup(_) => self.connecting.push(conn),
+            ConnState::Idle => self.idle.push(conn),
+            ConnState::Busy => self.busy.push(conn),
+            ConnState::Closing | ConnState::Broken => {}
+        }
+    }
+
+    /// Tells the share whether loop `id` holds connections of this pool, when that changed.
+    pub fn sync_holder(&mut self, id: usize) {
+        let holds = self.size() > 0;
+        if holds != self.holder {
+            self.holder = holds;
+            self.share.set_holder(id, holds);
+        }
+    }
+
+    pub fn waiting(&self) -> &VecDeque<W> {
+        &self.waiting
+    }
+
+    pub fn push_waiter(&mut self, w: W) {
+        self.waiting.push_back(w);
+        self.share.add_waiting(1);
+    }
+
+    /// A call that must go first (it was already running once).
+    pub fn push_waiter_front(&mut self, w: W) {
+        self.waiting.push_front(w);
+        self.share.add_waiting(1);
+    }
+
+    pub fn pop_waiter(&mut self) -> Option<W> {
+        let w = self.waiting.pop_front()?;
+        self.share.add_waiting(-1);
+        Some(w)
+    }
+
+    /// Keeps the waiters `keep` says to keep.
+    pub fn retain_waiters(&mut self, keep: impl FnMut(&W) -> bool) {
+        let before = self.waiting.len();
+        self.waiting.retain(keep);
+        self.share.add_waiting(self.waiting.len() as isize - before as isize);
+    }
+
+    pub fn drain_waiters(&mut self) -> Vec<W> {
+        let all: Vec<W> = self.waiting.drain(..).collect();
+        self.share.add_waiting(-(all.len() as isize));
+        all
+    }
+
+    /// A connect failed: back off before the next one.
+    pub fn note_connect_failure(&mut self, now: Instant) {
+        self.backoff_until = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    pub fn note_connect_success(&mut self) {
+        self.backoff_until = None;
+        self.backoff = BACKOFF_MIN;
+    }
+}
+
+/// All pools and all backend connections.
+pub struct Pools<W> {
+    pub pools: Slab<Pool<W>>,
+    pub by_key: HashMap<String, usize>,
+}
+
+impl<W> Default for Pools<W> {
+    fn default() -> Self {
+        Pools { pools: Slab::default(), by_key: HashMap::new() }
+    }
+}
+
+impl<W> Pools<W> {
+    pub fn idle_total(&self) -> usize {
+        self.pools.iter().map(|(_, p)| p.idle.len()).sum()
+    }
+
+    pub fn waiting_total(&self) -> usize {
+        self.pools.iter().map(|(_, p)| p.waiting.len()).sum()
+    }
+
+    /// The pool whose idle connection should be sacrificed to make room: least recently used first.
+    pub fn lru_pool_with_idle(&self, except: usize) -> Option<usize> {
+        self.pools
+            .iter()
+            .filter(|(k, p)| *k != except && !p.idle.is_empty())
+            .min_by_key(|(_, p)| p.last_used)
+            .map(|(k, _)| k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> ConnectParams {
+        ConnectParams::from_url("postgres://u@localhost/db").unwrap()
+    }
+
+    fn pool() -> Pool<u32> {
+        Pool::new("db@u".into(), "db".into(), params(), Arc::new(PoolShare::default()), Instant::now())
+    }
+
+    #[test]
+    fn membership_follows_state() {
+        let mut p = pool();
+        p.place(1, &ConnState::Connecting);
+        p.place(2, &ConnState::Connecting);
+        p.place(1, &ConnState::Idle);
+        p.place(2, &ConnState::Busy);
+        assert_eq!((p.connecting.len(), p.idle.len(), p.busy.len(), p.size()), (0, 1, 1, 2));
+        p.place(2, &ConnState::Idle);
+        assert_eq!(p.idle, vec![1, 2], "the most recently used is last");
+        p.place(1, &ConnState::Closing);
+        assert_eq!(p.size(), 1);
+        p.place(2, &ConnState::Broken);
+        assert_eq!(p.size(), 0);
+    }
+
+    #[test]
+    fn waiters_are_counted_in_the_share() {
+        let mut p = pool();
+        p.push_waiter(1);
+        p.push_waiter(2);
+        p.push_waiter_front(0);
+        assert_eq!(p.share.waiting(), 3);
+        assert_eq!(p.pop_waiter(), Some(0));
+        p.retain_waiters(|w| *w != 1);
+        assert_eq!(p.share.waiting(), 1);
+        assert_eq!(p.drain_waiters(), vec![2]);
+        assert_eq!(p.share.waiting(), 0);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let now = Instant::now();
+        let mut p = pool();
+        for _ in 0..20 {
+            p.note_connect_failure(now);
+        }
+        assert_eq!(p.backoff, BACKOFF_MAX);
+        p.note_connect_success();
+        assert_eq!(p.backoff, BACKOFF_MIN);
+    }
+}

@@ -1,0 +1,803 @@
+//! The `/call` protocol on one backend connection, without I/O: which statements are prepared there,
+//! the call it is answering and the calls pipelined behind it, and what each PostgreSQL message does
+//! to them. Messages come in, bytes to send are appended to the connection's buffer, and everything
+//! else the engine must do (answer a client, send a call back to its pool, send a CancelRequest, give
+//! the connection back, close it) comes out as [`Action`]s. The engine owns sockets and pools; this
+//! module is tested with scripted PostgreSQL replies.
+//!
+//! A call goes Preparing (Parse/Describe, with the overload check in the same sync group) →
+//! Introspecting (only for types the pool does not know yet) → Executing (Bind/Execute and the
+//! session reset) → Done. Each phase ends at its ReadyForQuery; after an error PostgreSQL skips to
+//! that Sync, so the phase's first error is kept and acted on there.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::{backend::Message, frontend};
+
+use super::cancel::CancelTimer;
+use super::render::{PreparedColumn, render_row_prepared};
+use super::request::{Args, CallRequest};
+use super::stmt::Stmt;
+use super::types::{INTROSPECTION_SQL, TypeRegistry};
+use crate::config::Config;
+use crate::error::{ApiError, DbDetail, Kind};
+use crate::http::response::Response;
+use crate::pg::dberror::{DbError, PgError};
+use crate::pg::frame::{Backend, Column, data_row_fields};
+
+/// Who waits for a call's answer: a client connection of an event loop, and which of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The loop that owns the client connection (a call may run on another loop's connection).
+    pub loop_id: usize,
+    pub client: usize,
+    pub generation: u64,
+}
+
+/// A call waiting for a connection.
+#[derive(Debug)]
+pub struct Waiter {
+    pub caller: Caller,
+    pub req: CallRequest,
+    /// When it was accepted (for `execution_time_ms`).
+    pub started: Instant,
+    /// When waiting turns into 503 `pool_exhausted`.
+    pub deadline: Instant,
+    /// Sent back to the pool once already after a cancel meant for another call stopped it.
+    pub requeued: bool,
+    /// Handed from one loop to another because only that loop had connections of the pool; a call
+    /// is handed on at most once, so it cannot travel in circles.
+    pub forwarded: bool,
+}
+
+/// A statement being prepared.
+#[derive(Debug)]
+pub struct Pending {
+    name: String,
+    key: String,
+    /// Prepared with parameter types declared from the JSON values.
+    declared: bool,
+    param_oids: Vec<u32>,
+    columns: Vec<Column>,
+    /// Candidates of the function for this argument count, from the check sent with the prepare.
+    overloads: Option<i64>,
+    /// Type lookups done for this statement so far.
+    introspect_rounds: u8,
+    introspect_rows: Vec<Vec<Option<String>>>,
+}
+
+/// Where a call is; each phase but `Done` waits for one ReadyForQuery.
+#[derive(Debug)]
+pub enum Phase {
+    Preparing(Pending),
+    Introspecting(Pending),
+    /// Bind/Execute sent; rows are rendered into `body` as they come.
+    Executing {
+        stmt: Arc<Stmt>,
+        body: Vec<u8>,
+        rows: u64,
+    },
+    /// Nothing outstanding.
+    Done,
+}
+
+/// How the next prepare of an overloaded call declares its parameter types.
+#[derive(Debug)]
+enum Typing {
+    /// Declared from the JSON values when the shape is known to be ambiguous, else untyped.
+    Auto,
+    /// Untyped even though the shape is ambiguous: the declared types matched no overload. The error
+    /// of the declared attempt is kept, as it explains more when the untyped one is ambiguous too.
+    Untyped(Option<DbError>),
+}
+
+/// A call on a connection.
+#[derive(Debug)]
+pub struct Job {
+    pub caller: Caller,
+    pub req: CallRequest,
+    pub started: Instant,
+    pub phase: Phase,
+    /// Which of `CALL_SCHEMAS` is being tried.
+    schema_idx: usize,
+    typing: Typing,
+    /// The first error of the current phase.
+    error: Option<DbError>,
+    /// The client got its answer (or left); later results are dropped.
+    pub answered: bool,
+    /// Re-prepared once after 0A000/26000.
+    retried: bool,
+    /// See [`Waiter::requeued`].
+    requeued: bool,
+    /// When the backend began this call (sent it, or finished the one before it in the pipeline).
+    run_start: Instant,
+    pub timer: CancelTimer,
+}
+
+impl Job {
+    pub fn new(w: Waiter, timeout: Duration, now: Instant) -> Job {
+        Job {
+            caller: w.caller,
+            req: w.req,
+            started: w.started,
+            phase: Phase::Done,
+            schema_idx: 0,
+            typing: Typing::Auto,
+            error: None,
+            answered: false,
+            retried: false,
+            requeued: w.requeued,
+            run_start: now,
+            timer: CancelTimer::new(now + timeout),
+        }
+    }
+
+    /// Everything this job will send is sent: only its Execute's answer is outstanding, so calls
+    /// may be queued behind it without disturbing the order of the replies.
+    pub fn executing_only(&self) -> bool {
+        matches!(self.phase, Phase::Executing { .. }) && !self.answered && !self.timer.sent()
+    }
+
+    /// The statement's recent run time, when executing one that has run before.
+    pub fn expected_us(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Executing { stmt, .. } => stmt.expected_us(),
+            _ => None,
+        }
+    }
+
+    /// The same call as a fresh waiter (it goes back to its pool to be sent again).
+    fn to_waiter(&self, deadline: Instant, requeued: bool) -> Waiter {
+        // It is sent again on this loop, which has connections of its pool: never handed on.
+        Waiter {
+            caller: self.caller,
+            req: self.req.clone(),
+            started: self.started,
+            deadline,
+            requeued,
+            forwarded: true,
+        }
+    }
+
+    fn is(&self, caller: Caller) -> bool {
+        self.caller == caller
+    }
+}
+
+/// What the engine must do after the session handled something.
+#[derive(Debug)]
+pub enum Action {
+    /// Deliver a response to its caller.
+    Answer(Caller, Response),
+    /// Put the call at the front of its pool's queue.
+    Requeue(Waiter),
+    /// Send a CancelRequest to this backend (the session is already marked cancelled).
+    Cancel,
+    /// Nothing is outstanding: the connection can go back to its pool (see [`Session::reusable`]).
+    Drained,
+    /// The connection cannot be used any more: close it and fail what runs on it.
+    Broken(PgError),
+}
+
+/// What the session needs besides itself: settings, the pool's types, the connection's send buffer,
+/// scratch space for parameters, and where actions go.
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub types: &'a mut TypeRegistry,
+    pub wbuf: &'a mut BytesMut,
+    pub enc: &'a mut Vec<u8>,
+    pub spans: &'a mut Vec<Option<(usize, usize)>>,
+    pub actions: &'a mut Vec<Action>,
+    pub now: Instant,
+}
+
+impl Ctx<'_> {
+    fn answer(&mut self, job: &Job, r: Response) {
+        self.actions.push(Action::Answer(job.caller, r));
+    }
+}
+
+/// The calls and statements of one connection.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Prepared statements by call shape.
+    pub stmts: HashMap<String, Arc<Stmt>>,
+    /// Call shapes that PostgreSQL found ambiguous without declared types (overloads).
+    pub ambiguous: HashSet<String>,
+    next_stmt: u64,
+    /// The session-reset statements are prepared on this connection.
+    reset_prepared: bool,
+    /// Last ReadyForQuery transaction status.
+    pub tx_status: u8,
+    /// The call being answered.
+    pub job: Option<Job>,
+    /// Calls already sent behind it (pipelined), oldest first; replies come in this order.
+    pub queued: VecDeque<Job>,
+    /// Close instead of returning to the pool (redeployed database, changed session user, cancel).
+    pub retire: bool,
+    /// A CancelRequest was sent for a call here. It may still arrive and stop a later call, so the
+    /// connection takes no new calls and is closed when its pipeline is done.
+    pub cancelled: bool,
+    /// `session_authorization` as the server reported it at startup.
+    pub session_user: Option<String>,
+}
+
+const BODY_HEAD: &[u8] = b"{\"rows\":[";
+
+/// Functions of a name in a schema that a call with `$3` arguments could reach (defaults and
+/// VARIADIC counted). More than one means PostgreSQL would resolve the untyped call by its own
+/// preferences (an unknown argument prefers the string category: `f(int)`/`f(text)` called with `1`
+/// picks `f(text)`), so the call is prepared with types declared from the JSON values instead.
+const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
+     AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
+
+/// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
+/// connection. `RESET ALL` leaves the role alone (it is marked not to be reset by it), hence the
+/// second statement.
+const RESET_STMTS: [(&str, &str); 2] = [("r_all", "RESET ALL"), ("r_role", "RESET ROLE")];
+
+/// Execute of the unnamed portal, all rows.
+const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+
+/// Execute of the unnamed portal, all rows, then Sync.
+const EXECUTE_SYNC: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4];
+
+/// Appends Bind (text parameters, chosen result formats) for the unnamed portal.
+fn write_bind<'a>(
+    out: &mut BytesMut,
+    stmt: &str,
+    params: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+    formats: &[i16],
+) {
+    let start = out.len();
+    out.put_u8(b'B');
+    out.put_i32(0);
+    out.put_u8(0); // unnamed portal
+    out.put_slice(stmt.as_bytes());
+    out.put_u8(0);
+    out.put_i16(0); // all parameters in text format
+    out.put_i16(params.len() as i16);
+    for p in params {
+        match p {
+            None => out.put_i32(-1),
+            Some(b) => {
+                out.put_i32(b.len() as i32);
+                out.put_slice(b);
+            }
+        }
+    }
+    out.put_i16(formats.len() as i16);
+    for f in formats {
+        out.put_i16(*f);
+    }
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The API error for a PostgreSQL error on a call to `database`.
+pub fn api_from_db(e: &DbError, database: &str) -> ApiError {
+    let kind = Kind::from_sqlstate(&e.code);
+    let message = match kind {
+        Kind::DatabaseNotFound => format!("database '{database}' does not exist"),
+        _ => e.message.clone(),
+    };
+    ApiError::new(kind, message).with_database(database).with_db(DbDetail {
+        sqlstate: e.code.clone(),
+        detail: e.detail.clone(),
+        hint: e.hint.clone(),
+    })
+}
+
+fn timeout_error(cfg: &Config, job: &Job) -> ApiError {
+    ApiError::new(Kind::Timeout, format!("call exceeded {} ms", cfg.call.timeout.as_millis()))
+        .with_database(&job.req.database)
+}
+
+impl Session {
+    pub fn new(session_user: Option<String>) -> Session {
+        Session { tx_status: b'I', session_user, ..Session::default() }
+    }
+
+    fn next_stmt_name(&mut self) -> String {
+        self.next_stmt += 1;
+        format!("s{}", self.next_stmt)
+    }
+
+    /// Whether a call that has not been answered runs or waits here.
+    pub fn busy(&self) -> bool {
+        self.job.iter().chain(self.queued.iter()).any(|j| !j.answered)
+    }
+
+    /// Whether the connection may take new calls once drained.
+    pub fn reusable(&self) -> bool {
+        !self.retire && self.tx_status == b'I'
+    }
+
+    /// Starts `job` on this idle connection: executes from the statement cache or prepares first.
+    pub fn start(&mut self, cx: &mut Ctx<'_>, job: Job) {
+        self.job = Some(job);
+        self.begin(cx);
+        self.finish_if_done(cx);
+    }
+
+    /// The prepared statement a pipelined call of this shape would use, if this connection has it.
+    pub fn cached_for(&self, req: &CallRequest, schema: &str) -> Option<&Arc<Stmt>> {
+        let shape = req.shape_key(schema);
+        if self.ambiguous.contains(&shape) { self.stmts.get(&req.typed_key(schema)) } else { self.stmts.get(&shape) }
+    }
+
+    /// Sends `job` behind the running call with the cached `stmt`. Returns false (with the answer
+    /// among the actions) when a parameter does not fit.
+    pub fn pipeline(&mut self, cx: &mut Ctx<'_>, mut job: Job, stmt: Arc<Stmt>) -> bool {
+        match self.write_execute(cx, &mut job, stmt) {
+            Ok(()) => {
+                self.queued.push_back(job);
+                true
+            }
+            Err(e) => {
+                cx.answer(&job, Response::error(&e));
+                false
+            }
+        }
+    }
+
+    /// Executes from the cache or prepares first.
+    fn begin(&mut self, cx: &mut Ctx<'_>) {
+        let Some(job) = self.job.as_ref() else { return };
+        let Some(schema) = cx.cfg.call.schemas.get(job.schema_idx) else { return };
+        let mut key = job.req.shape_key(schema);
+        let overloaded = self.ambiguous.contains(&key);
+        if overloaded {
+            // Cached per JSON kinds: `f(1)` and `f("x")` are different statements.
+            key = job.req.typed_key(schema);
+        }
+        let declared = overloaded && matches!(job.typing, Typing::Auto);
+        match self.stmts.get(&key).cloned() {
+            Some(stmt) => self.send_execute(cx, stmt),
+            None => self.send_prepare(cx, key, declared, !overloaded),
+        }
+    }
+
+    /// Parse + Describe (+ the overload check when `check`) + Sync.
+    fn send_prepare(&mut self, cx: &mut Ctx<'_>, key: String, declared: bool, check: bool) {
+        let name = self.next_stmt_name();
+        let Some(job) = self.job.as_mut() else { return };
+        let schema = &cx.cfg.call.schemas[job.schema_idx];
+        let sql = job.req.sql(schema);
+        let types = if declared { job.req.declared_types() } else { Vec::new() };
+        let ok = frontend::parse(&name, &sql, types.iter().copied(), cx.wbuf).is_ok()
+            && frontend::describe(b'S', &name, cx.wbuf).is_ok();
+        debug_assert!(ok, "names and SQL are generated without NUL bytes");
+        if check {
+            // Same sync group, so it costs no round trip; skipped by the server if Parse failed.
+            let nargs = job.req.params.len().to_string();
+            let _ = frontend::parse("", OVERLOAD_SQL, std::iter::empty(), cx.wbuf);
+            let fparams = [Some(schema.as_bytes()), Some(job.req.function.as_bytes()), Some(nargs.as_bytes())];
+            write_bind(cx.wbuf, "", fparams.iter().copied(), &[0]);
+            cx.wbuf.extend_from_slice(EXECUTE_SYNC);
+        } else {
+            frontend::sync(cx.wbuf);
+        }
+        job.error = None;
+        job.phase = Phase::Preparing(Pending {
+            name,
+            key,
+            declared,
+            param_oids: Vec::new(),
+            columns: Vec::new(),
+            overloads: None,
+            introspect_rounds: 0,
+            introspect_rows: Vec::new(),
+        });
+    }
+
+    /// Sends the head job with `stmt`: Bind + Execute (+ the session reset) + Sync.
+    fn send_execute(&mut self, cx: &mut Ctx<'_>, stmt: Arc<Stmt>) {
+        let Some(mut job) = self.job.take() else { return };
+        if job.answered || job.timer.sent() {
+            // Nobody waits for it, or it is already past its deadline (see `after_prepare`).
+            self.job = Some(job);
+            self.abandon(cx);
+            return;
+        }
+        job.run_start = cx.now;
+        if let Err(e) = self.write_execute(cx, &mut job, stmt) {
+            job.answered = true;
+            cx.answer(&job, Response::error(&e));
+        }
+        self.job = Some(job);
+    }
+
+    /// Encodes the parameters for `stmt` and appends Bind + Execute (+ the session reset) + Sync.
+    /// `Err` is the answer when a parameter does not fit its declared type; nothing is written then.
+    fn write_execute(&mut self, cx: &mut Ctx<'_>, job: &mut Job, stmt: Arc<Stmt>) -> Result<(), ApiError> {
+        // Every parameter goes into one buffer, then Bind borrows slices of it. Both buffers are the
+        // engine's, reused from call to call.
+        cx.enc.clear();
+        cx.spans.clear();
+        for (i, v) in job.req.params.iter().enumerate() {
+            let oid = stmt.param_oids.get(i).copied().unwrap_or(0);
+            let start = cx.enc.len();
+            match super::encode::encode_param(v, oid, cx.types, cx.enc) {
+                Ok(true) => cx.spans.push(None),
+                Ok(false) => cx.spans.push(Some((start, cx.enc.len()))),
+                Err(pe) => {
+                    let arg = match &job.req.args {
+                        Args::Named(n) => format!("'{}'", n[i]),
+                        Args::Positional => format!("{} (${})", i + 1, i + 1),
+                    };
+                    return Err(ApiError::new(Kind::InvalidParameter, format!("parameter {arg}: {}", pe.message))
+                        .with_database(&job.req.database));
+                }
+            }
+        }
+        let reset = cx.cfg.call.reset_session;
+        if reset && !self.reset_prepared {
+            // Prepared once per connection, ahead of the call so that a failing call (which makes
+            // PostgreSQL skip to Sync) cannot skip them; prepared statements outlive a rollback.
+            for (name, sql) in RESET_STMTS {
+                let _ = frontend::parse(name, sql, std::iter::empty(), cx.wbuf);
+            }
+            self.reset_prepared = true;
+        }
+        let (enc, spans) = (&*cx.enc, &*cx.spans);
+        write_bind(cx.wbuf, &stmt.name, spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])), &stmt.formats);
+        if reset {
+            // Settings a function changed with set_config(..., false), SET or SET ROLE must not leak
+            // into the next call on this connection. The resets run in the call's own implicit
+            // transaction, before its Sync: no extra round trip, transaction or ReadyForQuery. If the
+            // call fails, PostgreSQL skips to Sync and the rollback already undoes what the call set;
+            // if a reset itself fails (a late cancel), the whole transaction rolls back and the call is
+            // answered with that error. SET SESSION AUTHORIZATION is caught by its ParameterStatus.
+            for (name, _) in RESET_STMTS {
+                cx.wbuf.extend_from_slice(EXECUTE);
+                write_bind(cx.wbuf, name, std::iter::empty(), &[]);
+            }
+        }
+        cx.wbuf.extend_from_slice(EXECUTE_SYNC);
+        job.error = None;
+        let mut body = Vec::with_capacity(512);
+        body.extend_from_slice(BODY_HEAD);
+        job.phase = Phase::Executing { stmt, body, rows: 0 };
+        Ok(())
+    }
+
+    /// One message for the head job. `Err` means the connection is unusable.
+    pub fn on_message(&mut self, cx: &mut Ctx<'_>, msg: Backend) -> Result<(), PgError> {
+        let Some(job) = self.job.as_mut() else {
+            return Err(PgError::Protocol("message on a busy connection without a call".into()));
+        };
+        match msg {
+            Backend::Error(e) => {
+                if e.severity == "FATAL" || e.severity == "PANIC" {
+                    return Err(PgError::Db(e));
+                }
+                job.error.get_or_insert(e);
+            }
+            Backend::Notice(_) => {}
+            Backend::RowDescription(cols) => {
+                if let Phase::Preparing(p) = &mut job.phase {
+                    p.columns = cols;
+                }
+            }
+            Backend::AuthSasl(_) => {
+                return Err(PgError::Protocol("authentication request on a ready connection".into()));
+            }
+            Backend::Message(m) => match m {
+                Message::DataRow(row) => match &mut job.phase {
+                    Phase::Executing { stmt, body, rows } if job.error.is_none() && !job.answered => {
+                        let vals = data_row_fields(&row)?;
+                        if *rows > 0 {
+                            body.push(b',');
+                        }
+                        render_row_prepared(&stmt.columns, &vals, cx.types, body);
+                        *rows += 1;
+                    }
+                    Phase::Preparing(p) if job.error.is_none() => {
+                        let vals = data_row_fields(&row)?;
+                        p.overloads = vals
+                            .first()
+                            .copied()
+                            .flatten()
+                            .and_then(|b| std::str::from_utf8(b).ok())
+                            .and_then(|t| t.parse().ok());
+                    }
+                    Phase::Introspecting(p) => {
+                        let vals = data_row_fields(&row)?;
+                        p.introspect_rows
+                            .push(vals.iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect());
+                    }
+                    _ => {}
+                },
+                Message::ParameterDescription(pd) => {
+                    if let Phase::Preparing(p) = &mut job.phase {
+                        let mut it = pd.parameters();
+                        let mut oids = Vec::new();
+                        while let Ok(Some(o)) = it.next() {
+                            oids.push(o);
+                        }
+                        p.param_oids = oids;
+                    }
+                }
+                Message::ParameterStatus(body) => {
+                    // SET SESSION AUTHORIZATION survives the resets: a connection whose session user
+                    // changed is not reused (the server reports every change of this setting).
+                    if body.name().ok() == Some("session_authorization")
+                        && self.session_user.as_deref() != body.value().ok()
+                    {
+                        self.retire = true;
+                    }
+                }
+                Message::NoData => {
+                    if let Phase::Preparing(p) = &mut job.phase {
+                        p.columns.clear();
+                    }
+                }
+                Message::ReadyForQuery(b) => {
+                    self.tx_status = b.status();
+                    let phase = std::mem::replace(&mut job.phase, Phase::Done);
+                    match phase {
+                        Phase::Done => return Err(PgError::Protocol("unexpected ReadyForQuery".into())),
+                        Phase::Preparing(p) => self.prepared(cx, p),
+                        Phase::Introspecting(p) => self.introspected(cx, p),
+                        Phase::Executing { stmt, body, rows } => self.executed(cx, stmt, body, rows),
+                    }
+                    self.finish_if_done(cx);
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// The prepare's Sync arrived.
+    fn prepared(&mut self, cx: &mut Ctx<'_>, mut p: Pending) {
+        let Some(job) = self.job.as_mut() else { return };
+        let schemas = &cx.cfg.call.schemas;
+        let untyped = matches!(job.typing, Typing::Untyped(_));
+        if let Some(mut e) = job.error.take() {
+            if e.code == "42883" && p.declared && !job.answered {
+                // No overload takes the declared types (e.g. a string for a date): let PostgreSQL
+                // resolve the call with untyped arguments after all.
+                job.typing = Typing::Untyped(Some(e));
+                return self.begin(cx);
+            }
+            if e.code == "42725" && untyped {
+                // Untyped is ambiguous and declared matched nothing: the declared error says more.
+                if let Typing::Untyped(d) = &mut job.typing {
+                    if let Some(d) = d.take() {
+                        e = d;
+                    }
+                }
+            }
+            if e.code == "42883" && job.schema_idx + 1 < schemas.len() && !job.answered {
+                job.schema_idx += 1;
+                job.typing = Typing::Auto;
+                return self.begin(cx);
+            }
+            if e.code == "42725" && !p.declared && !untyped && !job.answered {
+                // Overloads PostgreSQL cannot choose between with untyped arguments: remember the
+                // shape and declare types from the JSON values.
+                self.ambiguous.insert(job.req.shape_key(&schemas[job.schema_idx]));
+                return self.begin(cx);
+            }
+            let e = api_from_db(&e, &job.req.database);
+            return self.fail(cx, e);
+        }
+        if !p.declared && !untyped && p.overloads.take().is_some_and(|n| n > 1) && !job.answered {
+            // Overloaded: drop the untyped statement and prepare with declared types.
+            let _ = frontend::close(b'S', &p.name, cx.wbuf);
+            self.ambiguous.insert(job.req.shape_key(&schemas[job.schema_idx]));
+            return self.begin(cx);
+        }
+        self.after_prepare(cx, p);
+    }
+
+    /// Type lookups for a prepared statement came back.
+    fn introspected(&mut self, cx: &mut Ctx<'_>, mut p: Pending) {
+        let Some(job) = self.job.as_mut() else { return };
+        let rows = std::mem::take(&mut p.introspect_rows);
+        match job.error.take() {
+            Some(e) => crate::log::warn("type introspection failed", &[("database", &job.req.database), ("error", &e)]),
+            None => {
+                if let Err(e) = cx.types.add_rows(&rows) {
+                    crate::log::warn("type introspection rows unreadable", &[("error", &e)]);
+                }
+            }
+        }
+        self.after_prepare(cx, p);
+    }
+
+    /// After Parse/Describe (and any type lookups): learn missing types, cache the statement, execute.
+    fn after_prepare(&mut self, cx: &mut Ctx<'_>, mut p: Pending) {
+        let Some(job) = self.job.as_mut() else { return };
+        if job.answered || job.timer.sent() {
+            return self.abandon(cx);
+        }
+        let mut oids: Vec<u32> = p.param_oids.clone();
+        oids.extend(p.columns.iter().map(|c| c.type_oid));
+        let missing = cx.types.missing(&oids);
+        if !missing.is_empty() && p.introspect_rounds < 4 {
+            p.introspect_rounds += 1;
+            let list = format!("{{{}}}", missing.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
+            let _ = frontend::parse("", INTROSPECTION_SQL, std::iter::empty(), cx.wbuf);
+            write_bind(cx.wbuf, "", [Some(list.as_bytes())].into_iter(), &[0]);
+            cx.wbuf.extend_from_slice(EXECUTE_SYNC);
+            job.error = None;
+            job.phase = Phase::Introspecting(p);
+            return;
+        }
+        let types: &TypeRegistry = cx.types;
+        let columns: Vec<PreparedColumn> =
+            p.columns.iter().map(|col| PreparedColumn::new(&col.name, col.type_oid, types)).collect();
+        let stmt = Arc::new(Stmt::new(p.name, p.param_oids, columns));
+        self.stmts.insert(p.key, stmt.clone());
+        self.send_execute(cx, stmt);
+    }
+
+    /// The execute's Sync arrived.
+    fn executed(&mut self, cx: &mut Ctx<'_>, stmt: Arc<Stmt>, mut body: Vec<u8>, rows: u64) {
+        let pipelined = !self.queued.is_empty();
+        let cancelled = self.cancelled;
+        let Some(job) = self.job.as_mut() else { return };
+        let now = cx.now;
+        if let Some(e) = job.error.take() {
+            let stale = matches!(e.code.as_str(), "0A000" | "26000");
+            if stale && !job.retried && !job.answered {
+                // The function changed under a cached plan: prepare afresh once.
+                job.retried = true;
+                self.stmts.retain(|_, s| !Arc::ptr_eq(s, &stmt));
+                let _ = frontend::close(b'S', &stmt.name, cx.wbuf);
+                if !pipelined {
+                    return self.begin(cx);
+                }
+                // Calls already sent behind this one keep their place, so it cannot prepare here; it
+                // goes back to the pool (its transaction rolled back: nothing ran).
+                let w = job.to_waiter(now + cx.cfg.pool.wait_timeout, job.requeued);
+                job.answered = true;
+                self.finish_if_done(cx);
+                cx.actions.push(Action::Requeue(w));
+                return;
+            }
+            if e.code == "57014" && cancelled && !job.timer.sent() && !job.requeued && !job.answered {
+                // A CancelRequest sent for an earlier call on this connection arrived late and stopped
+                // this one. Its transaction rolled back, so it is sent again elsewhere.
+                let w = job.to_waiter(now + cx.cfg.pool.wait_timeout, true);
+                job.answered = true;
+                self.finish_if_done(cx);
+                cx.actions.push(Action::Requeue(w));
+                return;
+            }
+            let e = api_from_db(&e, &job.req.database);
+            return self.fail(cx, e);
+        }
+        stmt.note_run(now.saturating_duration_since(job.run_start));
+        if !job.answered {
+            job.answered = true;
+            body.extend_from_slice(b"],\"row_count\":");
+            body.extend_from_slice(rows.to_string().as_bytes());
+            body.extend_from_slice(b",\"execution_time_ms\":");
+            let ms = now.saturating_duration_since(job.started).as_secs_f64() * 1000.0;
+            body.extend_from_slice(format!("{ms:.3}").as_bytes());
+            body.push(b'}');
+            cx.answer(job, Response::json(200, body));
+        }
+    }
+
+    /// The client left, or the deadline passed, before the function was started (while the statement
+    /// was being prepared). A CancelRequest that reached the backend between pipeline steps found
+    /// nothing to cancel, so the function must not be started now: it would run to its end for
+    /// nobody. Answers 504 when the client still waits; the connection is then retired like any
+    /// connection that had a cancel sent.
+    fn abandon(&mut self, cx: &mut Ctx<'_>) {
+        let Some(job) = self.job.as_mut() else { return };
+        job.phase = Phase::Done;
+        if !job.answered {
+            job.answered = true;
+            let e = timeout_error(cx.cfg, job);
+            cx.answer(job, Response::error(&e));
+        }
+    }
+
+    fn fail(&mut self, cx: &mut Ctx<'_>, e: ApiError) {
+        if let Some(job) = self.job.as_mut() {
+            if !job.answered {
+                job.answered = true;
+                cx.answer(job, Response::error(&e));
+            }
+        }
+    }
+
+    /// When the head job has nothing outstanding, the next pipelined call takes its place, or the
+    /// connection is drained.
+    fn finish_if_done(&mut self, cx: &mut Ctx<'_>) {
+        let Some(job) = self.job.as_ref() else { return };
+        if !matches!(job.phase, Phase::Done) {
+            return;
+        }
+        // A CancelRequest travels on another socket and can reach the backend after this job is over,
+        // while the next job's statement runs, and cancel that one instead (tests/call.rs
+        // a_late_cancel_never_hits_the_next_call). A connection that had a cancel sent is therefore
+        // never reused.
+        if job.timer.sent() {
+            self.retire = true;
+        }
+        self.job = None;
+        let Some(mut next) = self.queued.pop_front() else {
+            cx.actions.push(Action::Drained);
+            return;
+        };
+        if self.tx_status != b'I' {
+            // A function call in its own implicit transaction cannot leave one open; if the server
+            // says otherwise, the calls behind must not run inside it. Closing rolls it back.
+            let e = PgError::Protocol(format!("transaction status '{}' after a call", self.tx_status as char));
+            self.job = Some(next);
+            cx.actions.push(Action::Broken(e));
+            return;
+        }
+        // The backend starts the next call now.
+        next.run_start = cx.now;
+        next.timer = CancelTimer::new(cx.now + cx.cfg.call.timeout);
+        let gone = next.answered;
+        self.job = Some(next);
+        if gone {
+            // Its client left while it was queued: stop it like a running call.
+            self.cancel(cx);
+        }
+    }
+
+    /// Marks the head call cancelled and asks the engine to send a CancelRequest.
+    fn cancel(&mut self, cx: &mut Ctx<'_>) {
+        if let Some(j) = self.job.as_mut() {
+            j.timer.mark_sent(cx.now);
+        }
+        self.mark_cancelled();
+        cx.actions.push(Action::Cancel);
+    }
+
+    /// A CancelRequest goes out for this connection: it is never reused afterwards.
+    pub fn mark_cancelled(&mut self) {
+        self.cancelled = true;
+        self.retire = true;
+    }
+
+    /// The client of `caller` left. True when a CancelRequest must go out for the
+    /// call running here (see [`Session::mark_cancelled`]); a call still queued is cancelled when it
+    /// starts.
+    pub fn client_gone(&mut self, caller: Caller, now: Instant) -> bool {
+        for j in self.queued.iter_mut().filter(|j| j.is(caller)) {
+            j.answered = true;
+        }
+        let Some(j) = self.job.as_mut().filter(|j| j.is(caller) && !j.answered) else {
+            return false;
+        };
+        j.answered = true;
+        if j.timer.sent() {
+            return false;
+        }
+        j.timer.mark_sent(now);
+        self.mark_cancelled();
+        true
+    }
+
+    /// Every call here that still waits for an answer, taken out (the connection is going away).
+    pub fn take_unanswered(&mut self) -> Vec<Job> {
+        self.job.take().into_iter().chain(self.queued.drain(..)).filter(|j| !j.answered).collect()
+    }
+
+    /// Answers the head call with a timeout if it still waits (the engine is giving up on it).
+    pub fn time_out(&mut self, cfg: &Config) -> Option<(Caller, Response)> {
+        let j = self.job.as_mut().filter(|j| !j.answered)?;
+        j.answered = true;
+        Some((j.caller, Response::error(&timeout_error(cfg, j))))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,574 @@
+//! The call protocol driven by scripted PostgreSQL replies: every phase transition, and the bugs the
+//! integration tests pinned (re-prepare on 0A000, the late cancel, a changed session user).
+
+use super::*;
+use crate::config::{Config, Settings, Source};
+use crate::json::Value;
+use crate::pg::frame::read_message;
+
+const INT4: u32 = 23;
+const TEXT: u32 = 25;
+
+fn cfg_with(extra: &[(&str, &str)]) -> Config {
+    let mut s = Settings::defaults();
+    for (k, v) in extra {
+        assert!(s.set(k, v, Source::Flag));
+    }
+    Config::from_settings(&s).unwrap()
+}
+
+fn req(function: &str, params: Vec<Value>) -> CallRequest {
+    let body = Value::Object(vec![
+        ("platform".into(), Value::String("acme".into())),
+        ("function".into(), Value::String(function.into())),
+        ("params".into(), Value::Array(params)),
+    ]);
+    CallRequest::from_json(body).unwrap()
+}
+
+/// A session with everything a test needs around it.
+struct Rig {
+    cfg: Config,
+    types: TypeRegistry,
+    wbuf: BytesMut,
+    enc: Vec<u8>,
+    spans: Vec<Option<(usize, usize)>>,
+    actions: Vec<Action>,
+    now: Instant,
+    s: Session,
+    next_client: usize,
+}
+
+impl Rig {
+    fn new(extra: &[(&str, &str)]) -> Rig {
+        Rig {
+            cfg: cfg_with(extra),
+            types: TypeRegistry::new(),
+            wbuf: BytesMut::new(),
+            enc: Vec::new(),
+            spans: Vec::new(),
+            actions: Vec::new(),
+            now: Instant::now(),
+            s: Session::new(Some("ssdb_acme".into())),
+            next_client: 0,
+        }
+    }
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut Session, &mut Ctx<'_>) -> R) -> R {
+        let mut cx = Ctx {
+            cfg: &self.cfg,
+            types: &mut self.types,
+            wbuf: &mut self.wbuf,
+            enc: &mut self.enc,
+            spans: &mut self.spans,
+            actions: &mut self.actions,
+            now: self.now,
+        };
+        f(&mut self.s, &mut cx)
+    }
+
+    fn job(&mut self, r: CallRequest) -> Job {
+        self.next_client += 1;
+        let w = Waiter {
+            caller: Caller { loop_id: 0, client: self.next_client, generation: 1 },
+            req: r,
+            started: self.now,
+            deadline: self.now + Duration::from_secs(5),
+            requeued: false,
+            forwarded: false,
+        };
+        Job::new(w, self.cfg.call.timeout, self.now)
+    }
+
+    fn start(&mut self, r: CallRequest) {
+        let job = self.job(r);
+        self.with(|s, cx| s.start(cx, job));
+    }
+
+    /// Feeds PostgreSQL's bytes message by message.
+    fn reply(&mut self, bytes: Vec<u8>) -> Result<(), PgError> {
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Some(m) = read_message(&mut buf)? {
+            self.with(|s, cx| s.on_message(cx, m))?;
+        }
+        Ok(())
+    }
+
+    /// The frontend message tags written since the last call, in order.
+    fn sent(&mut self) -> Vec<u8> {
+        let mut tags = Vec::new();
+        let mut i = 0;
+        while i + 5 <= self.wbuf.len() {
+            tags.push(self.wbuf[i]);
+            let len = i32::from_be_bytes([self.wbuf[i + 1], self.wbuf[i + 2], self.wbuf[i + 3], self.wbuf[i + 4]]);
+            i += 1 + len as usize;
+        }
+        self.wbuf.clear();
+        tags
+    }
+
+    fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn parse_complete() -> Vec<u8> {
+    msg(b'1', &[])
+}
+fn bind_complete() -> Vec<u8> {
+    msg(b'2', &[])
+}
+fn close_complete() -> Vec<u8> {
+    msg(b'3', &[])
+}
+fn no_data() -> Vec<u8> {
+    msg(b'n', &[])
+}
+fn rfq(status: u8) -> Vec<u8> {
+    msg(b'Z', &[status])
+}
+fn command(tag: &str) -> Vec<u8> {
+    let mut b = tag.as_bytes().to_vec();
+    b.push(0);
+    msg(b'C', &b)
+}
+fn param_desc(oids: &[u32]) -> Vec<u8> {
+    let mut b = (oids.len() as i16).to_be_bytes().to_vec();
+    for o in oids {
+        b.extend_from_slice(&o.to_be_bytes());
+    }
+    msg(b't', &b)
+}
+fn row_desc(cols: &[(&str, u32)]) -> Vec<u8> {
+    let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+    for (name, oid) in cols {
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&0u32.to_be_bytes()); // table oid
+        b.extend_from_slice(&0i16.to_be_bytes()); // column number
+        b.extend_from_slice(&oid.to_be_bytes());
+        b.extend_from_slice(&4i16.to_be_bytes()); // size
+        b.extend_from_slice(&(-1i32).to_be_bytes()); // modifier
+        b.extend_from_slice(&0i16.to_be_bytes()); // format
+    }
+    msg(b'T', &b)
+}
+fn data_row(vals: &[Option<&str>]) -> Vec<u8> {
+    let mut b = (vals.len() as i16).to_be_bytes().to_vec();
+    for v in vals {
+        match v {
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(s) => {
+                b.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                b.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    msg(b'D', &b)
+}
+fn error(severity: &str, code: &str, text: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (f, v) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)] {
+        b.push(f);
+        b.extend_from_slice(v.as_bytes());
+        b.push(0);
+    }
+    b.push(0);
+    msg(b'E', &b)
+}
+fn param_status(name: &str, value: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.push(0);
+    b.extend_from_slice(value.as_bytes());
+    b.push(0);
+    msg(b'S', &b)
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// The replies to Parse/Describe + the overload check for `f(int4) → id int4`, with `overloads`
+/// candidates.
+fn prepare_ok(overloads: &str) -> Vec<u8> {
+    cat(&[
+        parse_complete(),
+        param_desc(&[INT4]),
+        row_desc(&[("id", INT4)]),
+        parse_complete(),
+        bind_complete(),
+        data_row(&[Some(overloads)]),
+        command("SELECT 1"),
+        rfq(b'I'),
+    ])
+}
+
+/// The replies to Bind/Execute + the two resets + Sync, with one row per value.
+fn execute_ok(values: &[&str]) -> Vec<u8> {
+    let mut v = vec![bind_complete()];
+    for x in values {
+        v.push(data_row(&[Some(x)]));
+    }
+    v.push(command(&format!("SELECT {}", values.len())));
+    for _ in 0..2 {
+        v.push(bind_complete());
+        v.push(command("RESET"));
+    }
+    v.push(rfq(b'I'));
+    cat(&v)
+}
+
+fn answers(actions: &[Action]) -> Vec<(usize, u16, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Answer(c, r) => Some((c.client, r.status, String::from_utf8_lossy(&r.body).into_owned())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn drained(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Drained))
+}
+
+/// Runs one call of `f(1)` from scratch to its answer.
+fn first_call(r: &mut Rig) {
+    r.start(req("f", vec![Value::Number("1".into())]));
+    assert_eq!(r.sent(), b"PDPBES".to_vec(), "Parse, Describe, overload check, Sync");
+    r.reply(prepare_ok("1")).unwrap();
+    assert_eq!(r.sent(), b"PPBEBEBES".to_vec(), "reset statements prepared once, then Bind/Execute + resets");
+    r.reply(execute_ok(&["7"])).unwrap();
+}
+
+#[test]
+fn a_first_call_prepares_then_executes_and_answers() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert_eq!(ans.len(), 1);
+    assert_eq!(ans[0].1, 200);
+    assert!(ans[0].2.starts_with(r#"{"rows":[{"id":7}],"row_count":1,"execution_time_ms":"#), "{}", ans[0].2);
+    assert!(drained(&a));
+    assert!(r.s.job.is_none());
+    assert_eq!(r.s.stmts.len(), 1);
+    assert!(r.s.reusable());
+}
+
+#[test]
+fn the_next_call_of_the_same_shape_uses_the_cached_statement() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    assert_eq!(r.sent(), b"BEBEBES".to_vec(), "no Parse for a cached statement");
+    r.reply(execute_ok(&["2", "3"])).unwrap();
+    let ans = answers(&r.take_actions());
+    assert!(ans[0].2.starts_with(r#"{"rows":[{"id":2},{"id":3}],"row_count":2"#), "{}", ans[0].2);
+}
+
+#[test]
+fn without_the_session_reset_only_bind_execute_sync_go_out() {
+    let mut r = Rig::new(&[("CALL_RESET_SESSION", "false")]);
+    r.start(req("f", vec![Value::Number("1".into())]));
+    r.sent();
+    r.reply(prepare_ok("1")).unwrap();
+    assert_eq!(r.sent(), b"BES".to_vec());
+}
+
+#[test]
+fn a_stale_plan_is_prepared_again_once() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "0A000", "cached plan must not change result type"), rfq(b'I')])).unwrap();
+    assert_eq!(r.sent(), b"CPDPBES".to_vec(), "Close of the stale statement, then a fresh prepare");
+    assert!(r.s.stmts.is_empty(), "the stale statement left the cache");
+    assert!(answers(&r.take_actions()).is_empty(), "the client is not answered yet");
+    r.reply(cat(&[close_complete(), prepare_ok("1")])).unwrap();
+    r.sent();
+    // A second stale plan is an answer, not a loop.
+    r.reply(cat(&[error("ERROR", "0A000", "cached plan must not change result type"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert_eq!(ans.len(), 1);
+    assert!(ans[0].2.contains("0A000"), "{}", ans[0].2);
+    assert!(drained(&a));
+}
+
+#[test]
+fn a_stale_plan_with_calls_pipelined_behind_goes_back_to_the_pool() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
+    let behind = r.job(req("f", vec![Value::Number("3".into())]));
+    let behind_client = behind.caller.client;
+    assert!(r.with(|s, cx| s.pipeline(cx, behind, stmt)));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "0A000", "cached plan must not change result type"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    let requeued: Vec<_> = a.iter().filter_map(|a| if let Action::Requeue(w) = a { Some(w) } else { None }).collect();
+    assert_eq!(requeued.len(), 1);
+    assert!(!requeued[0].requeued, "not a cancel victim");
+    assert!(answers(&a).is_empty());
+    assert_eq!(r.s.job.as_ref().map(|j| j.caller.client), Some(behind_client), "the call behind runs now");
+}
+
+#[test]
+fn a_missing_function_is_looked_up_in_the_next_schema_then_answered() {
+    let mut r = Rig::new(&[("CALL_SCHEMAS", "api,public")]);
+    r.start(req("g", vec![]));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "42883", "function api.g() does not exist"), rfq(b'I')])).unwrap();
+    assert_eq!(r.sent(), b"PDPBES".to_vec(), "prepared again for the second schema");
+    assert!(r.take_actions().is_empty());
+    r.reply(cat(&[error("ERROR", "42883", "function public.g() does not exist"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert_eq!(ans.len(), 1);
+    assert!(ans[0].2.contains("function_not_found"), "{}", ans[0].2);
+    assert!(drained(&a));
+}
+
+#[test]
+fn overloads_are_prepared_again_with_declared_types() {
+    let mut r = Rig::new(&[]);
+    r.start(req("h", vec![Value::Number("1".into())]));
+    r.sent();
+    r.reply(prepare_ok("2")).unwrap();
+    assert_eq!(r.sent(), b"CPDS".to_vec(), "untyped statement closed; declared prepare without the check");
+    assert!(r.s.ambiguous.contains("public.h/1"));
+    r.reply(cat(&[close_complete(), parse_complete(), param_desc(&[INT4]), row_desc(&[("id", INT4)]), rfq(b'I')]))
+        .unwrap();
+    assert_eq!(r.sent(), b"PPBEBEBES".to_vec());
+    assert!(r.s.stmts.keys().any(|k| k.starts_with("public.h/1|")), "{:?}", r.s.stmts.keys());
+}
+
+#[test]
+fn declared_types_that_match_no_overload_fall_back_to_untyped_and_keep_the_better_error() {
+    let mut r = Rig::new(&[]);
+    r.s.ambiguous.insert("public.h/1".into());
+    r.start(req("h", vec![Value::String("2024-01-01".into())]));
+    assert_eq!(r.sent(), b"PDS".to_vec());
+    r.reply(cat(&[error("ERROR", "42883", "function public.h(text) does not exist"), rfq(b'I')])).unwrap();
+    assert_eq!(r.sent(), b"PDS".to_vec(), "untyped prepare");
+    r.reply(cat(&[error("ERROR", "42725", "function public.h(unknown) is not unique"), rfq(b'I')])).unwrap();
+    let ans = answers(&r.take_actions());
+    assert!(ans[0].2.contains("h(text) does not exist"), "the declared attempt's error: {}", ans[0].2);
+}
+
+#[test]
+fn a_late_cancel_sends_the_call_again_elsewhere_once() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.s.cancelled = true;
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "57014", "canceling statement due to user request"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    let w = a.iter().find_map(|a| if let Action::Requeue(w) = a { Some(w) } else { None }).unwrap();
+    assert!(w.requeued, "marked, so a second late cancel is answered instead");
+    assert!(answers(&a).is_empty());
+    assert!(drained(&a));
+}
+
+#[test]
+fn a_cancel_for_a_call_itself_is_answered() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    let now = r.now;
+    r.s.job.as_mut().unwrap().timer.mark_sent(now);
+    r.s.mark_cancelled();
+    r.reply(cat(&[error("ERROR", "57014", "canceling statement due to statement timeout"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    assert!(!a.iter().any(|a| matches!(a, Action::Requeue(_))));
+    assert_eq!(answers(&a).len(), 1);
+    assert!(!r.s.reusable(), "a connection that had a cancel sent is never reused");
+}
+
+#[test]
+fn a_changed_session_user_retires_the_connection() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    let mut reply = vec![param_status("session_authorization", "postgres")];
+    reply.push(execute_ok(&["1"]));
+    r.reply(cat(&reply)).unwrap();
+    assert!(drained(&r.take_actions()));
+    assert!(!r.s.reusable());
+    // The same value as at startup changes nothing.
+    let mut r = Rig::new(&[]);
+    r.s.job = None;
+    first_call(&mut r);
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.reply(cat(&[param_status("session_authorization", "ssdb_acme"), execute_ok(&["1"])])).unwrap();
+    assert!(r.s.reusable());
+}
+
+#[test]
+fn pipelined_calls_are_answered_in_order_and_a_gone_client_is_cancelled_when_its_turn_comes() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    let head = r.s.job.as_ref().unwrap().caller.client;
+    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
+    let j2 = r.job(req("f", vec![Value::Number("3".into())]));
+    let j3 = r.job(req("f", vec![Value::Number("4".into())]));
+    let (c2, c3) = (j2.caller, j3.caller.client);
+    assert!(r.with(|s, cx| s.pipeline(cx, j2, stmt.clone())));
+    assert!(r.with(|s, cx| s.pipeline(cx, j3, stmt)));
+    assert_eq!(r.sent(), b"BEBEBESBEBEBESBEBEBES".to_vec());
+    assert!(!r.s.client_gone(c2, r.now), "a queued call needs no cancel yet");
+    r.reply(execute_ok(&["2"])).unwrap();
+    let a = r.take_actions();
+    assert_eq!(answers(&a).iter().map(|x| x.0).collect::<Vec<_>>(), vec![head]);
+    assert!(a.iter().any(|a| matches!(a, Action::Cancel)), "the gone client's call is stopped when it starts");
+    r.reply(cat(&[error("ERROR", "57014", "canceling statement due to user request"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    assert!(answers(&a).is_empty(), "nobody waits for the cancelled call");
+    assert!(!a.iter().any(|a| matches!(a, Action::Requeue(_))), "its own cancel is not a late one");
+    r.reply(execute_ok(&["4"])).unwrap();
+    let a = r.take_actions();
+    assert_eq!(answers(&a).iter().map(|x| x.0).collect::<Vec<_>>(), vec![c3]);
+    assert!(drained(&a));
+    assert!(!r.s.reusable());
+}
+
+#[test]
+fn an_open_transaction_after_a_call_breaks_the_pipeline() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
+    let j2 = r.job(req("f", vec![Value::Number("3".into())]));
+    assert!(r.with(|s, cx| s.pipeline(cx, j2, stmt)));
+    let mut reply = execute_ok(&["2"]);
+    let n = reply.len();
+    reply[n - 1] = b'T';
+    r.reply(reply).unwrap();
+    let a = r.take_actions();
+    assert!(a.iter().any(|a| matches!(a, Action::Broken(_))));
+    assert_eq!(r.s.take_unanswered().len(), 1, "the call behind is failed by the engine, not run");
+}
+
+#[test]
+fn a_call_past_its_deadline_during_prepare_is_never_started() {
+    let mut r = Rig::new(&[]);
+    r.start(req("f", vec![Value::Number("1".into())]));
+    r.sent();
+    let now = r.now;
+    r.s.job.as_mut().unwrap().timer.mark_sent(now);
+    r.reply(prepare_ok("1")).unwrap();
+    assert!(r.sent().is_empty(), "no Execute after the deadline");
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert_eq!(ans[0].1, 504);
+    assert!(drained(&a));
+}
+
+#[test]
+fn a_parameter_that_does_not_fit_is_answered_without_sending() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::String("a\0b".into())]));
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert_eq!(ans.len(), 1);
+    assert!(ans[0].2.contains("invalid_parameter"), "{}", ans[0].2);
+    assert!(drained(&a));
+    assert!(r.sent().iter().all(|t| *t != b'B'), "nothing bound");
+}
+
+#[test]
+fn protocol_violations_break_the_connection() {
+    let mut r = Rig::new(&[]);
+    assert!(r.reply(rfq(b'I')).is_err(), "a message without a call");
+    let mut r = Rig::new(&[]);
+    r.start(req("f", vec![Value::Number("1".into())]));
+    assert!(r.reply(error("FATAL", "57P01", "terminating connection")).is_err());
+}
+
+#[test]
+fn unknown_types_are_looked_up_before_the_statement_is_cached() {
+    let mut r = Rig::new(&[]);
+    r.start(req("f", vec![]));
+    r.sent();
+    let mood = 40_000;
+    r.reply(cat(&[
+        parse_complete(),
+        param_desc(&[]),
+        row_desc(&[("m", mood)]),
+        parse_complete(),
+        bind_complete(),
+        data_row(&[Some("1")]),
+        command("SELECT 1"),
+        rfq(b'I'),
+    ]))
+    .unwrap();
+    assert_eq!(r.sent(), b"PBES".to_vec(), "the introspection query");
+    assert!(r.s.stmts.is_empty());
+    // The lookup finds nothing usable: after four rounds the call runs anyway (values as text).
+    for _ in 0..3 {
+        r.reply(cat(&[parse_complete(), bind_complete(), command("SELECT 0"), rfq(b'I')])).unwrap();
+        assert_eq!(r.sent(), b"PBES".to_vec());
+    }
+    r.reply(cat(&[parse_complete(), bind_complete(), command("SELECT 0"), rfq(b'I')])).unwrap();
+    assert_eq!(r.sent(), b"PPBEBEBES".to_vec());
+    r.reply(cat(&[
+        bind_complete(),
+        data_row(&[Some("happy")]),
+        command("SELECT 1"),
+        bind_complete(),
+        command("RESET"),
+        bind_complete(),
+        command("RESET"),
+        rfq(b'I'),
+    ]))
+    .unwrap();
+    let ans = answers(&r.take_actions());
+    assert!(ans[0].2.starts_with(r#"{"rows":[{"m":"happy"}]"#), "{}", ans[0].2);
+    let _ = TEXT;
+}
+
+#[test]
+fn no_data_functions_answer_empty_rows() {
+    let mut r = Rig::new(&[("CALL_RESET_SESSION", "false")]);
+    r.start(req("p", vec![]));
+    r.sent();
+    r.reply(cat(&[
+        parse_complete(),
+        param_desc(&[]),
+        no_data(),
+        parse_complete(),
+        bind_complete(),
+        data_row(&[Some("1")]),
+        command("SELECT 1"),
+        rfq(b'I'),
+    ]))
+    .unwrap();
+    assert_eq!(r.sent(), b"BES".to_vec());
+    r.reply(cat(&[bind_complete(), command("SELECT 0"), rfq(b'I')])).unwrap();
+    let ans = answers(&r.take_actions());
+    assert!(ans[0].2.starts_with(r#"{"rows":[],"row_count":0"#), "{}", ans[0].2);
+}

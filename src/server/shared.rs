@@ -1,0 +1,365 @@
+//! What the event loops share, and the threads that serve all of them: the deploy workers, the
+//! PostgreSQL health probe, the catalog lookup and sync threads, the CancelRequest thread, the
+//! connection limits, the log of databases a deploy changed, and each loop's counts for `/health`.
+//! Nothing here is touched per request except two atomic loads (the invalidation epoch, and the
+//! client counts when a connection is accepted).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::notify::{Loops, Message};
+use crate::call::budget::Budget;
+use crate::call::cancel::Canceller;
+use crate::call::engine::Stats;
+use crate::catalog::lookup::Lookups;
+use crate::config::Config;
+use crate::deploy::service::DeployCtx;
+use crate::deploy::v2;
+use crate::deploy::workers::Workers;
+use crate::log;
+use crate::pg::blocking::Client;
+use crate::pg::params::ConnectParams;
+
+/// Databases that deploys changed, in order, numbered by an epoch. A deploy records its databases
+/// here before its response is sent, and every loop looks at the epoch before it runs a call, so no
+/// call that a client sends after seeing the response can use a statement prepared before the deploy.
+pub struct Invalidations {
+    epoch: AtomicU64,
+    log: Mutex<VecDeque<(u64, String)>>,
+}
+
+/// Entries kept; a loop that fell further behind drops all its cached statements instead.
+const INVALIDATIONS_KEPT: usize = 4096;
+
+/// What a loop must drop after the epoch it last saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stale {
+    Databases(Vec<String>),
+    /// The log no longer reaches back that far.
+    Everything,
+}
+
+impl Default for Invalidations {
+    fn default() -> Self {
+        Invalidations { epoch: AtomicU64::new(0), log: Mutex::new(VecDeque::new()) }
+    }
+}
+
+impl Invalidations {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn publish(&self, databases: &[String]) {
+        if databases.is_empty() {
+            return;
+        }
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        for db in databases {
+            let e = self.epoch.load(Ordering::Relaxed) + 1;
+            log.push_back((e, db.clone()));
+            while log.len() > INVALIDATIONS_KEPT {
+                log.pop_front();
+            }
+            // Published after the entry is in the log, under the lock: a reader that sees the new
+            // epoch finds its entry.
+            self.epoch.store(e, Ordering::Release);
+        }
+    }
+
+    /// What changed after epoch `seen`, and the epoch it brings the reader to.
+    pub fn since(&self, seen: u64) -> (Stale, u64) {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.epoch.load(Ordering::Acquire);
+        match log.front() {
+            Some((first, _)) if *first <= seen + 1 => {
+                let dbs = log.iter().filter(|(e, _)| *e > seen).map(|(_, d)| d.clone()).collect();
+                (Stale::Databases(dbs), now)
+            }
+            _ if now == seen => (Stale::Databases(Vec::new()), now),
+            _ => (Stale::Everything, now),
+        }
+    }
+}
+
+/// One loop's counts, published by the loop at the end of each turn.
+#[derive(Default)]
+pub struct LoopStats {
+    pools: AtomicUsize,
+    connections: AtomicUsize,
+    idle: AtomicUsize,
+    waiting: AtomicUsize,
+    pipelined: AtomicU64,
+    /// Client connections this loop serves (the accepting loop counts a hand-over at once).
+    pub clients: AtomicUsize,
+}
+
+impl LoopStats {
+    pub fn publish(&self, s: &Stats) {
+        self.pools.store(s.pools, Ordering::Relaxed);
+        self.connections.store(s.connections, Ordering::Relaxed);
+        self.idle.store(s.idle, Ordering::Relaxed);
+        self.waiting.store(s.waiting, Ordering::Relaxed);
+        self.pipelined.store(s.pipelined, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Stats {
+        Stats {
+            pools: self.pools.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            idle: self.idle.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            pipelined: self.pipelined.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Whether PostgreSQL answers, checked off the loops by a small thread every second.
+pub struct HealthProbe {
+    pub ok: Arc<AtomicBool>,
+}
+
+impl HealthProbe {
+    fn start(params: ConnectParams, stop: Arc<AtomicBool>) -> HealthProbe {
+        let ok = Arc::new(AtomicBool::new(false));
+        let ok2 = ok.clone();
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+        let _ = std::thread::Builder::new().name("pg-health".into()).spawn(move || {
+            let mut client: Option<Client> = None;
+            let mut was = None;
+            while !stop.load(Ordering::Relaxed) {
+                let good = match client.as_mut() {
+                    Some(c) if !c.is_broken() => c.simple_query("SELECT 1").is_ok(),
+                    _ => match Client::connect(&params) {
+                        Ok(mut c) => {
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                            let r = c.simple_query("SELECT 1").is_ok();
+                            client = Some(c);
+                            r
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if !good {
+                    client = None;
+                }
+                ok2.store(good, Ordering::Relaxed);
+                let _ = first_tx.send(());
+                if was != Some(good) {
+                    if good {
+                        log::info("postgres reachable", &[]);
+                    } else {
+                        log::warn("postgres unreachable", &[]);
+                    }
+                    was = Some(good);
+                }
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        // A gateway that just started should not report "degraded" only because the first probe has
+        // not finished; wait for it briefly.
+        let _ = first_rx.recv_timeout(Duration::from_secs(1));
+        HealthProbe { ok }
+    }
+}
+
+/// Everything the loops share.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub loops: Loops,
+    pub started: Instant,
+    pub health: HealthProbe,
+    pub workers: Mutex<Workers>,
+    pub lookups: Lookups,
+    pub budget: Arc<Budget>,
+    pub canceller: Canceller,
+    pub invalidations: Invalidations,
+    pub stats: Vec<LoopStats>,
+    pub deploy: DeployCtx,
+    /// Stops the helper threads at shutdown.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Starts the shared threads. `loops` must already address every loop.
+    pub fn start(cfg: Arc<Config>, loops: Loops) -> std::io::Result<Arc<Shared>> {
+        let params = cfg.db.connect_params();
+        let stop = Arc::new(AtomicBool::new(false));
+        let deploy = DeployCtx::new(cfg.clone());
+        let health = HealthProbe::start(params.clone(), stop.clone());
+        start_catalog_sync(deploy.clone(), loops.clone(), stop.clone());
+        let lookups = {
+            let loops = loops.clone();
+            Lookups::start(
+                params.clone(),
+                cfg.deploy.catalog_db.clone(),
+                Box::new(move |r| {
+                    // Every loop learns the answer; the ones with calls waiting on it run them.
+                    let r = Arc::new(r);
+                    loops.send_all(|| Message::Resolved(r.clone()));
+                }),
+            )?
+        };
+        let n = loops.len();
+        Ok(Arc::new(Shared {
+            budget: Budget::new(cfg.pool.max_total, cfg.pool.max_per_pool),
+            canceller: Canceller::start()?,
+            workers: Mutex::new(Workers::new(cfg.deploy.workers, cfg.deploy.queue)?),
+            started: Instant::now(),
+            stats: (0..n).map(|_| LoopStats::default()).collect(),
+            invalidations: Invalidations::default(),
+            health,
+            lookups,
+            deploy,
+            stop,
+            loops,
+            cfg,
+        }))
+    }
+
+    /// Counts summed over every loop.
+    pub fn totals(&self) -> Stats {
+        let mut t = Stats::default();
+        for s in &self.stats {
+            let s = s.read();
+            t.pools += s.pools;
+            t.connections += s.connections;
+            t.idle += s.idle;
+            t.waiting += s.waiting;
+            t.pipelined += s.pipelined;
+        }
+        t
+    }
+
+    /// Client connections over all loops.
+    pub fn clients(&self) -> usize {
+        self.stats.iter().map(|s| s.clients.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The loop with the fewest client connections.
+    pub fn least_loaded(&self) -> usize {
+        self.stats.iter().enumerate().min_by_key(|(_, s)| s.clients.load(Ordering::Relaxed)).map_or(0, |(i, _)| i)
+    }
+
+    /// The loop other than `id` with the most PostgreSQL connections.
+    pub fn fullest_besides(&self, id: usize) -> Option<usize> {
+        self.stats
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != id && s.connections.load(Ordering::Relaxed) > 0)
+            .max_by_key(|(_, s)| s.connections.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+    }
+
+    /// After the loops have stopped: deploys get until `deadline`, helper threads end.
+    pub fn shutdown(&self, deadline: Instant) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).shutdown(deadline);
+    }
+}
+
+/// Sends who owns which database and every platform's keys to every loop.
+pub fn send_catalog_state(cat: &mut crate::catalog::Catalog, loops: &Loops) {
+    if let Ok(list) = cat.call_owners(None) {
+        let list = Arc::new(list);
+        loops.send_all(|| Message::Owners(list.clone()));
+    }
+    if let Ok(list) = cat.platform_keys(None) {
+        let mut by: HashMap<String, Vec<crate::security::keys::StoredKey>> = HashMap::new();
+        for (p, k) in list {
+            by.entry(p).or_default().push(k);
+        }
+        let keys = Arc::new(by.into_iter().collect::<Vec<_>>());
+        loops.send_all(|| Message::Keys { keys: keys.clone(), complete: true });
+    }
+}
+
+/// Once at start: marks runs of gateways that stopped mid-run as interrupted, and brings databases
+/// deployed before platforms had roles under their roles. Then every 15 s: hands owners and keys to
+/// the loops, so instances sharing a catalog learn each other's registrations.
+fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new().name("catalog-sync".into()).spawn(move || {
+        let mut marked = false;
+        let mut isolated = false;
+        loop {
+            if !marked {
+                match v2::mark_interrupted_runs(&ctx) {
+                    Ok(n) => {
+                        marked = true;
+                        if n > 0 {
+                            log::warn("runs interrupted by a stop were marked", &[("runs", &n)]);
+                        }
+                    }
+                    Err(e) => log::debug("catalog not reachable yet", &[("error", &e)]),
+                }
+            }
+            if !isolated {
+                match crate::deploy::isolate::isolate_all(&ctx, false) {
+                    Ok(r) => {
+                        isolated = true;
+                        for d in &r.databases {
+                            match &d.result {
+                                Ok(c) if c.problems.is_empty() => {
+                                    log::info("database confined to its platform's role", &[("database", &d.database)])
+                                }
+                                Ok(c) => log::warn(
+                                    "database only partly confined to its platform's role",
+                                    &[("database", &d.database), ("problems", &c.problems.join("; "))],
+                                ),
+                                Err(e) => log::warn(
+                                    "database could not be confined to its platform's role",
+                                    &[("database", &d.database), ("error", &e)],
+                                ),
+                            }
+                        }
+                        for (p, e) in &r.role_problems {
+                            log::warn("platform role refused", &[("platform", p), ("error", e)]);
+                        }
+                    }
+                    Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
+                }
+            }
+            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                send_catalog_state(&mut cat, &loops);
+                cat.client.close();
+            }
+            for _ in 0..150 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_reach_readers_in_order_and_a_reader_far_behind_drops_everything() {
+        let inv = Invalidations::default();
+        let (s, e0) = inv.since(0);
+        assert_eq!((s, e0), (Stale::Databases(vec![]), 0));
+        inv.publish(&["a".into(), "b".into()]);
+        let (s, e1) = inv.since(e0);
+        assert_eq!(s, Stale::Databases(vec!["a".into(), "b".into()]));
+        assert_eq!(e1, 2);
+        inv.publish(&["c".into()]);
+        assert_eq!(inv.since(e1).0, Stale::Databases(vec!["c".into()]));
+        for i in 0..INVALIDATIONS_KEPT {
+            inv.publish(&[format!("d{i}")]);
+        }
+        assert_eq!(inv.since(e1).0, Stale::Everything);
+        let latest = inv.epoch();
+        assert_eq!(inv.since(latest).0, Stale::Databases(vec![]));
+    }
+}

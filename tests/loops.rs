@@ -1,0 +1,186 @@
+//! Several event loops: client connections are spread over them, the connection limits hold in sum
+//! over all of them (a loop without a connection of a full pool hands its calls to one that has), and
+//! a deploy's invalidation reaches every loop before its answer. Runs against the cluster of
+//! `scripts/test.sh`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::db::query_col;
+use common::{Conn, multipart, request, start};
+use stonescriptdb_gateway::json::Value;
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::AtomicU32;
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Drops a platform's main database when the test ends, however it ends.
+struct Platform(String);
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{}_main\" WITH (FORCE)", self.0));
+    }
+}
+
+fn deploy(addr: SocketAddr, path: &str, platform: &str, files: &[(&str, &str)]) -> common::Resp {
+    let archive = common::archive::tgz(files.iter().copied());
+    let (ct, body) = multipart(&[("platform", platform.as_bytes()), ("schema", &archive)]);
+    request(addr, "POST", path, &[("Content-Type", ct.as_str())], &body)
+}
+
+fn register(addr: SocketAddr, files: &[(&str, &str)]) -> Platform {
+    let p = Platform(uniq("lp"));
+    let r = deploy(addr, "/register", &p.0, files);
+    assert_eq!(r.status, 200, "{}", r.text());
+    p
+}
+
+fn call_body(platform: &str, function: &str) -> String {
+    format!(r#"{{"platform":"{platform}","function":"{function}","params":[]}}"#)
+}
+
+/// One `/call` on a kept-alive connection; returns the response.
+fn call_on(c: &mut Conn, platform: &str, function: &str) -> common::Resp {
+    let body = call_body(platform, function);
+    c.send(
+        format!(
+            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response()
+}
+
+fn scalar(r: &common::Resp) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    match r.json().get("rows").and_then(|v| v.as_array()).and_then(|a| a.first()).cloned() {
+        Some(Value::Object(m)) => m.into_iter().next().map(|(_, v)| v.to_json()).unwrap_or_default(),
+        other => panic!("no row: {other:?} in {}", r.text()),
+    }
+}
+
+fn health_num(addr: SocketAddr, field: &str) -> u64 {
+    let r = request(addr, "GET", "/health", &[], b"");
+    match r.json().get(field) {
+        Some(Value::Number(n)) => n.parse().unwrap(),
+        other => panic!("{field}: {other:?} in {}", r.text()),
+    }
+}
+
+const WHOAMI: &str = "CREATE FUNCTION whoami() RETURNS int LANGUAGE sql AS 'SELECT pg_backend_pid()';";
+const WHOAMI_V2: &str = "CREATE FUNCTION whoami() RETURNS int LANGUAGE sql AS 'SELECT pg_backend_pid() + 0';";
+const NAP: &str = "CREATE FUNCTION nap() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(0.003)';";
+
+/// Four client connections land on four loops, each of which opens its own PostgreSQL connection. A
+/// `/migrate` that changes the function answers only after every loop has dropped what it cached for
+/// the database: right after the answer, each connection's next call runs on a new backend.
+#[test]
+fn a_deploy_reaches_every_loop_before_its_answer() {
+    let g = start(&[("GATEWAY_THREADS", "4")]);
+    assert_eq!(health_num(g.addr, "event_loops"), 4);
+    let p = register(g.addr, &[("functions/whoami.sql", WHOAMI)]);
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(g.addr)).collect();
+    let before: Vec<String> = conns.iter_mut().map(|c| scalar(&call_on(c, &p.0, "whoami"))).collect();
+    let distinct: HashSet<&String> = before.iter().collect();
+    assert_eq!(distinct.len(), 4, "the four connections did not reach four loops: {before:?}");
+    assert_eq!(health_num(g.addr, "total_connections"), 4, "each loop holds its own backend");
+    let r = deploy(g.addr, "/migrate", &p.0, &[("functions/whoami.sql", WHOAMI_V2)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after: Vec<String> = conns.iter_mut().map(|c| scalar(&call_on(c, &p.0, "whoami"))).collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(a, b, "a loop still used a connection from before the deploy: {before:?} → {after:?}");
+    }
+}
+
+/// Counts the gateway's backends on `databases` every few milliseconds until stopped; returns the
+/// largest count seen.
+fn watch_backends(databases: Vec<String>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let list = databases.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(",");
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname IN ({list}) \
+             AND application_name = 'stonescriptdb-gateway'"
+        );
+        let mut max = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let n: usize = query_col("postgres", &sql)[0].as_deref().unwrap_or("0").parse().unwrap();
+            max = max.max(n);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        max
+    })
+}
+
+/// Clients on every loop call one database whose pool may have two connections: every call is
+/// answered 200, and PostgreSQL never sees more than two of the gateway's backends on it.
+#[test]
+fn one_pools_cap_holds_over_all_loops() {
+    let g = start(&[("GATEWAY_THREADS", "4"), ("MAX_CONNECTIONS_PER_POOL", "2"), ("POOL_WAIT_TIMEOUT_MS", "30000")]);
+    let p = register(g.addr, &[("functions/nap.sql", NAP)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_backends(vec![format!("{}_main", p.0)], stop.clone());
+    let ok = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (addr, platform, ok) = (g.addr, p.0.clone(), ok.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                for _ in 0..25 {
+                    let r = call_on(&mut c, &platform, "nap");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = watcher.join().unwrap();
+    assert_eq!(ok.load(Ordering::Relaxed), 300);
+    assert!((1..=2).contains(&max), "{max} backends on a pool capped at 2");
+    assert!(health_num(g.addr, "total_connections") <= 2);
+}
+
+/// Three databases, clients on every loop, and room for two connections in all: every call is
+/// answered 200 (loops give up connections to each other), and never more than two backends exist.
+#[test]
+fn the_total_cap_holds_over_all_loops_and_pools() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "4"),
+        ("MAX_TOTAL_CONNECTIONS", "2"),
+        ("MAX_CONNECTIONS_PER_POOL", "2"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
+    let platforms: Vec<Platform> = (0..3).map(|_| register(g.addr, &[("functions/nap.sql", NAP)])).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_backends(platforms.iter().map(|p| format!("{}_main", p.0)).collect(), stop.clone());
+    let clients: Vec<_> = (0..9)
+        .map(|i| {
+            let (addr, platform) = (g.addr, platforms[i % 3].0.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                for _ in 0..10 {
+                    let r = call_on(&mut c, &platform, "nap");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = watcher.join().unwrap();
+    assert!((1..=2).contains(&max), "{max} backends under a total cap of 2");
+}
