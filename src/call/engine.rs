@@ -368,6 +368,11 @@ impl CallEngine {
             if s.retire || !matches!(b.conn.state, ConnState::Busy) || !head.executing_only() {
                 continue;
             }
+            // A call running longer than a queued call may wait is slow this time, whatever its
+            // recent runs say: nothing joins it.
+            if head.running_for(now) > self.cfg.call.pipeline_max_wait {
+                continue;
+            }
             if 1 + s.queued.len() >= depth {
                 continue;
             }

@@ -142,6 +142,11 @@ impl Job {
         matches!(self.phase, Phase::Executing { .. }) && !self.answered && !self.timer.sent()
     }
 
+    /// How long the backend has been on this call.
+    pub fn running_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.run_start)
+    }
+
     /// The statement's recent run time, when executing one that has run before.
     pub fn expected_us(&self) -> Option<u64> {
         match &self.phase {

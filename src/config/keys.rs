@@ -39,7 +39,11 @@ pub const KEYS: &[Key] = &[
     key("DB_USER", "postgres", "PostgreSQL role the gateway logs in as"),
     secret("DB_PASSWORD", "password of DB_USER"),
     key("DB_CONNECT_TIMEOUT_MS", "5000", "time allowed to open a PostgreSQL connection"),
-    key("MAX_CONNECTIONS_PER_POOL", "10", "backend connections per database"),
+    key(
+        "MAX_CONNECTIONS_PER_POOL",
+        "0",
+        "backend connections per database over all event loops; 0 = twice GATEWAY_THREADS, at least 10",
+    ),
     key("MAX_TOTAL_CONNECTIONS", "200", "backend connections over all pools (hard cap)"),
     key("POOL_IDLE_TIMEOUT_SECS", "1800", "a pool unused this long is closed"),
     key("POOL_MAX_LIFETIME_SECS", "3600", "a backend connection older than this is closed when idle"),

@@ -436,9 +436,19 @@ impl Config {
             password: opt(s, "DB_PASSWORD"),
             connect_timeout: millis(s, "DB_CONNECT_TIMEOUT_MS")?,
         };
+        let threads = match num(s, "GATEWAY_THREADS", 0usize, 1024)? {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let max_total = num(s, "MAX_TOTAL_CONNECTIONS", 1usize, 100_000)?;
         let pool = PoolConfig {
-            max_per_pool: num(s, "MAX_CONNECTIONS_PER_POOL", 1usize, 10_000)?,
-            max_total: num(s, "MAX_TOTAL_CONNECTIONS", 1usize, 100_000)?,
+            // Automatic: room for every loop to hold connections of a busy database (fewer make loops
+            // hand their calls to each other), and never above the total.
+            max_per_pool: match num(s, "MAX_CONNECTIONS_PER_POOL", 0usize, 10_000)? {
+                0 => (2 * threads).max(10).min(max_total),
+                n => n,
+            },
+            max_total,
             pool_idle_timeout: secs(s, "POOL_IDLE_TIMEOUT_SECS")?,
             max_lifetime: secs(s, "POOL_MAX_LIFETIME_SECS")?,
             connection_idle_timeout: secs(s, "CONNECTION_IDLE_TIMEOUT_SECS")?,
@@ -555,10 +565,7 @@ impl Config {
         };
         Ok(Config {
             listen: SocketAddr::new(host, port),
-            threads: match num(s, "GATEWAY_THREADS", 0usize, 1024)? {
-                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-                n => n,
-            },
+            threads,
             db,
             pool,
             call,
@@ -610,7 +617,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::defaults();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.pool.max_per_pool, 10);
+        assert_eq!(c.pool.max_per_pool, (2 * c.threads).max(10));
         assert_eq!(c.pool.max_total, 200);
     }
 
@@ -640,7 +647,7 @@ mod tests {
         for (k, v) in [
             ("GATEWAY_PORT", "abc"),
             ("GATEWAY_HOST", "nohost"),
-            ("MAX_CONNECTIONS_PER_POOL", "0"),
+            ("MAX_CONNECTIONS_PER_POOL", "-1"),
             ("ALLOWED_NETWORKS", "10.0.0.0/99"),
             ("LOG_LEVEL", "loud"),
             ("CALL_SCHEMAS", "pg_catalog"),
