@@ -29,7 +29,7 @@ fn setup_db(superuser: &str, login: &str, extra: &[&str]) -> Output {
     let (host, port) = pg();
     let dir = std::env::temp_dir().join(format!("ssdb-setup-db-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    Command::new(BIN)
+    let out = Command::new(BIN)
         .env_clear()
         .current_dir(&dir)
         .args(["setup-db", "--superuser", superuser, "--host", &host, "--port", &port, "--login", login])
@@ -37,7 +37,9 @@ fn setup_db(superuser: &str, login: &str, extra: &[&str]) -> Output {
         .args(extra)
         .stdin(Stdio::null())
         .output()
-        .expect("run setup-db")
+        .expect("run setup-db");
+    let _ = std::fs::remove_dir_all(&dir);
+    out
 }
 
 fn text(o: &Output) -> (String, String) {
