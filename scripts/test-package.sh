@@ -61,6 +61,7 @@ chmod 0755 "${WORK}"
 CLUSTER_DIR=""
 GATEWAY_PID=""
 INSTALLED=0
+TOUCHED=0
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     local status=$?
@@ -72,6 +73,13 @@ cleanup() {
     if [[ "${INSTALLED}" -eq 1 ]]; then
         log "purging ${NAME} (cleanup)"
         dpkg --purge "${NAME}" >/dev/null 2>&1 || true
+    fi
+    if [[ "${TOUCHED}" -eq 1 ]]; then
+        # None of these existed before (checked above): whatever a failed purge left goes too.
+        getent passwd "${SVC_USER}" >/dev/null && userdel "${SVC_USER}" 2>/dev/null
+        getent group "${SVC_USER}" >/dev/null && groupdel "${SVC_USER}" 2>/dev/null
+        rm -rf -- "/etc/${NAME}" "/var/log/${NAME}" "/var/lib/${NAME}" \
+            "/etc/systemd/system/multi-user.target.wants/${NAME}.service"
     fi
     if [[ -n "${CLUSTER_DIR}" ]]; then
         pg_cluster_stop "${CLUSTER_DIR}" || true
@@ -198,6 +206,7 @@ calls_lack() { [[ "${FAKE_SYSTEMD}" -eq 0 ]] || ! grep -q "$1" "${WORK}/systemd-
 # --- install ----------------------------------------------------------------------------------------
 
 INSTALLED=1
+TOUCHED=1
 check "dpkg -i ${deb1##*/}" dpkg_with_systemd -i "${deb1}"
 check "dpkg says installed ${version}" \
     test "$(dpkg-query -W -f='${Status} ${Version}' "${NAME}")" = "install ok installed ${version}"
