@@ -70,17 +70,15 @@ fn check_open_files(cfg: &Config) {
         + cfg.deploy.workers
         + cfg.deploy.parallelism
         + FD_HEADROOM;
-    if let Some(limit) = open_files_limit() {
-        if limit < need {
-            log::warn(
-                "the open-files limit is below what the connection limits need",
-                &[
-                    ("limit", &limit),
-                    ("needed", &need),
-                    ("hint", &"raise LimitNOFILE (systemd unit) or ulimit -n, or lower MAX_CLIENT_CONNECTIONS"),
-                ],
-            );
-        }
+    if let Some(limit) = open_files_limit().filter(|&l| l < need) {
+        log::warn(
+            "the open-files limit is below what the connection limits need",
+            &[
+                ("limit", &limit),
+                ("needed", &need),
+                ("hint", &"raise LimitNOFILE (systemd unit) or ulimit -n, or lower MAX_CLIENT_CONNECTIONS"),
+            ],
+        );
     }
 }
 
