@@ -1,12 +1,13 @@
 //! Logging: one line per request and every lifecycle event, to stderr (journald collects it) and
-//! optionally to `LOG_DIR/gateway.log`, as text or JSON. Callers pass only what is safe to print: never
-//! passwords, tokens or call parameter values.
+//! optionally to `LOG_DIR/LOG_FILE_NAME` (`stonescriptdb-gateway.log` unless set), as text or JSON.
+//! Callers pass only what is safe to print: never passwords, tokens or call parameter values.
 
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::keys::{DEFAULT_LOG_FILE_NAME, OLD_LOG_FILE_NAME};
 use crate::config::{Level, LogConfig};
 use crate::json::write_string;
 
@@ -19,15 +20,30 @@ struct Logger {
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Installs the logger once; later calls (e.g. several gateways in one test process) keep the first.
+///
+/// Earlier versions always wrote `LOG_DIR/gateway.log`. That file is left alone; when it is there and
+/// the name is the new default, a warning says where the lines go now and how to keep the old name
+/// (`LOG_FILE_NAME=gateway.log`), so whoever still reads the old file finds out from the new one.
 pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
-    let file = match &cfg.dir {
-        Some(dir) => {
+    let mut old_file = None;
+    let file = match (&cfg.dir, cfg.file_path()) {
+        (Some(dir), Some(path)) => {
             std::fs::create_dir_all(dir)?;
-            Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("gateway.log"))?))
+            let old = dir.join(OLD_LOG_FILE_NAME);
+            if cfg.file_name == DEFAULT_LOG_FILE_NAME && old.is_file() {
+                old_file = Some((old, path.clone()));
+            }
+            Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?))
         }
-        None => None,
+        _ => None,
     };
     let _ = LOGGER.set(Logger { level: cfg.level, json: cfg.json, file });
+    if let Some((old, new)) = old_file {
+        warn(
+            "the log file has a new name; the old one is no longer written (LOG_FILE_NAME=gateway.log keeps the old name)",
+            &[("old", &old.display()), ("new", &new.display())],
+        );
+    }
     Ok(())
 }
 

@@ -1,14 +1,20 @@
-//! The `stonescriptdb-gateway` binary: read configuration, run the server, map failures to exit codes.
+//! The `stonescriptdb-gateway` binary: read configuration, run the server, map failures to exit codes;
+//! `setup-db` prepares PostgreSQL for it instead (see [`setup_db`]).
+
+mod setup_db;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use stonescriptdb_gateway::config::{self, Command};
+use stonescriptdb_gateway::config::{self, Command, Config};
 use stonescriptdb_gateway::server::Server;
 use stonescriptdb_gateway::{VERSION, log};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("setup-db") {
+        return ExitCode::from(setup_db::main(&args[1..]));
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let cfg = match config::load(&cwd, &env, &args) {
@@ -30,6 +36,7 @@ fn main() -> ExitCode {
         eprintln!("stonescriptdb-gateway: cannot open log file: {e}");
         return ExitCode::from(2);
     }
+    check_open_files(&cfg);
     let (mut server, _handle) = match Server::bind(*cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -48,4 +55,36 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Descriptors besides client and backend connections: listener, poll, waker, log file, deploy and
+/// catalog sessions, lookups.
+const FD_HEADROOM: usize = 64;
+
+/// Each client connection and each backend connection is an open file; a process limit below their sum
+/// (the default soft limit is 1024) makes accepts fail under load long before `MAX_CLIENT_CONNECTIONS`.
+/// Said at start, so it is found before the load arrives.
+fn check_open_files(cfg: &Config) {
+    let need = cfg.limits.max_client_connections
+        + cfg.pool.max_total
+        + cfg.deploy.workers
+        + cfg.deploy.parallelism
+        + FD_HEADROOM;
+    if let Some(limit) = open_files_limit().filter(|&l| l < need) {
+        log::warn(
+            "the open-files limit is below what the connection limits need",
+            &[
+                ("limit", &limit),
+                ("needed", &need),
+                ("hint", &"raise LimitNOFILE (systemd unit) or ulimit -n, or lower MAX_CLIENT_CONNECTIONS"),
+            ],
+        );
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` from `/proc/self/limits`; `None` when unlimited or unknown.
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }

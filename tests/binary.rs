@@ -64,6 +64,24 @@ fn help_lists_every_key() {
 }
 
 #[test]
+fn help_says_where_the_log_goes_and_names_setup_db() {
+    let d = TempDir::new("help-log");
+    let o = run(cmd(&d).arg("--help"));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("LOG_DIR/LOG_FILE_NAME"), "{out}");
+    assert!(out.contains("tail -f /var/log/stonescriptdb-gateway/stonescriptdb-gateway.log"), "{out}");
+    assert!(out.contains("journalctl -u stonescriptdb-gateway"), "{out}");
+    assert!(out.contains("setup-db"), "{out}");
+    let o = run(cmd(&d).args(["setup-db", "--help"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8(o.stdout).unwrap().contains("pg_hba.conf"));
+    let o = run(cmd(&d).args(["setup-db", "--no-such-flag=1"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(cmd(&d).args(["setup-db", "--login", "pg_evil"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
 fn version_prints_the_version() {
     let d = TempDir::new("version");
     let o = run(cmd(&d).arg("--version"));

@@ -1,4 +1,5 @@
-//! Logs: one line per request and lifecycle events, in JSON when asked, to `LOG_DIR/gateway.log` too,
+//! Logs: one line per request and lifecycle events, in JSON when asked, to
+//! `LOG_DIR/stonescriptdb-gateway.log` too (or `LOG_FILE_NAME`),
 //! and never a password, token or call parameter value.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,7 +81,9 @@ fn log_lines_carry_requests_but_no_secrets() {
     let _ = stderr.read_to_string(&mut rest);
     assert!(child.wait().unwrap().success());
 
-    let file = std::fs::read_to_string(dir.join("logs/gateway.log")).expect("LOG_DIR/gateway.log");
+    assert!(!dir.join("logs/gateway.log").exists(), "the old name is not written by default");
+    let file =
+        std::fs::read_to_string(dir.join("logs/stonescriptdb-gateway.log")).expect("LOG_DIR/stonescriptdb-gateway.log");
     for line in file.lines() {
         let v =
             stonescriptdb_gateway::json::parse(line.as_bytes()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -94,5 +97,94 @@ fn log_lines_carry_requests_but_no_secrets() {
         assert!(!file.contains(secret), "log file leaks {secret}");
         assert!(!rest.contains(secret), "stderr leaks {secret}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts the gateway with `LOG_DIR=dir` and `extra` settings, waits until it listens, stops it with
+/// SIGTERM and returns its stderr.
+fn start_and_stop(dir: &std::path::Path, extra: &[(&str, &str)]) -> String {
+    start_and_stop_with(dir, extra, None)
+}
+
+/// As [`start_and_stop`], under `ulimit -n open_files` when given.
+fn start_and_stop_with(dir: &std::path::Path, extra: &[(&str, &str)], open_files: Option<u32>) -> String {
+    let mut c = match open_files {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    c.env_clear().current_dir(dir).env("GATEWAY_PORT", "0").env("LOG_DIR", dir.join("logs"));
+    if let (Ok(h), Ok(p)) = (std::env::var("TEST_PG_HOST"), std::env::var("TEST_PG_PORT")) {
+        c.env("DB_HOST", h).env("DB_PORT", p);
+    }
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    let mut child = c.stdin(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the gateway");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "gateway exited early: {seen}");
+        seen.push_str(&line);
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = stderr.read_to_string(&mut seen);
+    assert!(child.wait().unwrap().success(), "{seen}");
+    seen
+}
+
+#[test]
+fn an_old_gateway_log_is_left_alone_and_the_new_file_says_so() {
+    let dir = std::env::temp_dir().join(format!("ssdb-log-old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(dir.join("logs/gateway.log"), "a line of an earlier version\n").unwrap();
+    let stderr = start_and_stop(&dir, &[]);
+    assert_eq!(std::fs::read_to_string(dir.join("logs/gateway.log")).unwrap(), "a line of an earlier version\n");
+    let new = std::fs::read_to_string(dir.join("logs/stonescriptdb-gateway.log")).expect("the new file");
+    for text in [&new, &stderr] {
+        assert!(text.contains("LOG_FILE_NAME=gateway.log keeps the old name"), "{text}");
+        assert!(text.contains("logs/gateway.log"), "{text}");
+    }
+    assert!(new.contains("listening"), "{new}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn log_file_name_gateway_log_keeps_the_old_file() {
+    let dir = std::env::temp_dir().join(format!("ssdb-log-keep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(dir.join("logs/gateway.log"), "earlier\n").unwrap();
+    let stderr = start_and_stop(&dir, &[("LOG_FILE_NAME", "gateway.log")]);
+    assert!(!stderr.contains("new name"), "{stderr}");
+    let old = std::fs::read_to_string(dir.join("logs/gateway.log")).unwrap();
+    assert!(old.starts_with("earlier\n") && old.contains("listening"), "appended to the old file: {old}");
+    assert!(!dir.join("logs/stonescriptdb-gateway.log").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_low_open_files_limit_is_reported_at_start() {
+    let dir = std::env::temp_dir().join(format!("ssdb-log-nofile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The default MAX_CLIENT_CONNECTIONS (10000) does not fit in 1000 descriptors …
+    let low = start_and_stop_with(&dir, &[], Some(1000));
+    assert!(low.contains("the open-files limit is below") && low.contains("limit=1000"), "{low}");
+    // … 200 clients do.
+    let fits = start_and_stop_with(
+        &dir,
+        &[("MAX_CLIENT_CONNECTIONS", "200"), ("MAX_TOTAL_CONNECTIONS", "100"), ("DEPLOY_PARALLELISM", "2")],
+        Some(1000),
+    );
+    assert!(!fits.contains("open-files limit"), "{fits}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,6 +21,13 @@ const fn secret(name: &'static str, help: &'static str) -> Key {
     Key { name, default: "", help, secret: true }
 }
 
+/// The log file's name in `LOG_DIR` unless `LOG_FILE_NAME` says otherwise (earlier versions wrote
+/// `gateway.log`).
+pub const DEFAULT_LOG_FILE_NAME: &str = "stonescriptdb-gateway.log";
+
+/// The name earlier versions gave the log file; see [`crate::log::init`].
+pub const OLD_LOG_FILE_NAME: &str = "gateway.log";
+
 pub const DEFAULT_ALLOWED_NETWORKS: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16";
 
 /// Every key the gateway reads.
@@ -93,7 +100,16 @@ pub const KEYS: &[Key] = &[
         "false",
         "true: every platform route needs the platform's key (Authorization: Bearer) or the admin token",
     ),
-    key("LOG_DIR", "", "when set, logs are also appended to LOG_DIR/gateway.log"),
+    key(
+        "LOG_DIR",
+        "",
+        "when set, logs are also appended to LOG_DIR/LOG_FILE_NAME (the Debian package sets /var/log/stonescriptdb-gateway)",
+    ),
+    key(
+        "LOG_FILE_NAME",
+        DEFAULT_LOG_FILE_NAME,
+        "name of the log file in LOG_DIR; gateway.log keeps the name of earlier versions",
+    ),
     key("LOG_LEVEL", "info", "error, warn, info, debug or trace (RUST_LOG is read when unset)"),
     key("LOG_FORMAT", "text", "text or json"),
     key("MAX_CLIENT_CONNECTIONS", "10000", "open client connections; more are refused at accept"),
@@ -143,5 +159,13 @@ pub fn help_text() -> String {
         let def = if k.default.is_empty() { "(unset)" } else { k.default };
         s.push_str(&format!("  {:<30} {}\n  {:<30}   {} [default: {}]\n", k.name, flag_name(k.name), "", k.help, def));
     }
+    s.push_str(&format!(
+        "\nLOGS:\n  Every line goes to stderr (under systemd: journalctl -u stonescriptdb-gateway -f) and, when\n  \
+         LOG_DIR is set, is also appended to LOG_DIR/LOG_FILE_NAME (default {DEFAULT_LOG_FILE_NAME}).\n  \
+         The Debian package sets LOG_DIR=/var/log/stonescriptdb-gateway, so:\n    \
+         tail -f /var/log/stonescriptdb-gateway/{DEFAULT_LOG_FILE_NAME}\n\n\
+         SUBCOMMANDS:\n  stonescriptdb-gateway setup-db [--help]\n    create or update the gateway's least-rights \
+         PostgreSQL login; run once as a PostgreSQL superuser\n"
+    ));
     s
 }

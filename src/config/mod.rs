@@ -274,9 +274,19 @@ pub enum Level {
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
+    /// `LOG_DIR`: where the log file goes; none means stderr only.
     pub dir: Option<PathBuf>,
+    /// `LOG_FILE_NAME`: the file's name in `dir`, a plain name (no `/`).
+    pub file_name: String,
     pub level: Level,
     pub json: bool,
+}
+
+impl LogConfig {
+    /// The log file, when `LOG_DIR` is set.
+    pub fn file_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(&self.file_name))
+    }
 }
 
 /// Deploy settings.
@@ -538,7 +548,11 @@ impl Config {
             "json" => true,
             _ => return Err(invalid(s, "LOG_FORMAT", "text or json")),
         };
-        let log = LogConfig { dir: opt(s, "LOG_DIR").map(PathBuf::from), level, json };
+        let file_name = s.get("LOG_FILE_NAME").trim().to_string();
+        if file_name.is_empty() || file_name == "." || file_name == ".." || file_name.contains(['/', '\0']) {
+            return Err(invalid(s, "LOG_FILE_NAME", "a file name without '/'"));
+        }
+        let log = LogConfig { dir: opt(s, "LOG_DIR").map(PathBuf::from), file_name, level, json };
         let limits = Limits {
             max_client_connections: num(s, "MAX_CLIENT_CONNECTIONS", 1usize, 1_000_000)?,
             max_headers: num(s, "MAX_HEADERS", 8usize, 256)?,
@@ -672,6 +686,22 @@ mod tests {
         let mut s = Settings::defaults();
         s.set("DB_PASSWORD", "hunter2secret", Source::Env);
         assert!(!format!("{s:?}").contains("hunter2secret"));
+    }
+
+    #[test]
+    fn log_file_name_defaults_to_the_guide_and_keeps_the_old_name_on_request() {
+        let c = run(&[("LOG_DIR", "/var/log/stonescriptdb-gateway")], &[]).unwrap();
+        assert_eq!(
+            c.log.file_path().unwrap(),
+            PathBuf::from("/var/log/stonescriptdb-gateway/stonescriptdb-gateway.log")
+        );
+        let c = run(&[("LOG_DIR", "/srv/logs"), ("LOG_FILE_NAME", "gateway.log")], &[]).unwrap();
+        assert_eq!(c.log.file_path().unwrap(), PathBuf::from("/srv/logs/gateway.log"));
+        assert_eq!(run(&[], &[]).unwrap().log.file_path(), None);
+        for bad in ["", "..", "a/b", "/etc/passwd"] {
+            let e = run(&[("LOG_FILE_NAME", bad)], &[]).unwrap_err();
+            assert!(e.0.contains("LOG_FILE_NAME"), "{e}");
+        }
     }
 
     #[test]
