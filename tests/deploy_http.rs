@@ -331,9 +331,10 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
     assert_eq!(len(&v, "types_deployed"), 3);
     assert_eq!(len(&v, "tables_created"), 4);
     assert_eq!(
-        strs(&v, "migrations_applied"),
+        strs(&v, "migrations_applied_names"),
         ["migrations/001_settings.sql", "migrations/002_more.sql", "migrations/010_index.sql"]
     );
+    assert_eq!(num(&v, "migrations_applied"), 3, "a count, as /migrate answers and clients read");
     assert_eq!(num(&v, "functions_deployed"), 13);
     assert_eq!(num(&v, "functions_changed"), 13);
     assert_eq!(num(&v, "functions_skipped"), 0);
@@ -356,12 +357,13 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
         "extensions_installed",
         "types_deployed",
         "tables_created",
-        "migrations_applied",
+        "migrations_applied_names",
         "functions_changed_names",
         "functions_dropped",
     ] {
         assert_eq!(len(&v, k), 0, "{k}: {}", v.to_json());
     }
+    assert_eq!(num(&v, "migrations_applied"), 0);
     assert_eq!(num(&v, "functions_changed"), 0);
     assert_eq!(num(&v, "functions_skipped"), num(&v, "functions_deployed"));
     assert_eq!(num(&v, "functions_deployed"), 13);
@@ -387,7 +389,8 @@ fn gnu_tar_with_directories_and_ustar_without_both_register() {
         assert_eq!(text(&v, "database"), format!("{}_{tenant}", w.platform));
         assert_eq!(num(&v, "functions_deployed"), 13, "{tenant}");
         assert_eq!(len(&v, "tables_created"), 4, "{tenant}");
-        assert_eq!(len(&v, "migrations_applied"), 3, "{tenant}");
+        assert_eq!(len(&v, "migrations_applied_names"), 3, "{tenant}");
+        assert_eq!(num(&v, "migrations_applied"), 3, "{tenant}");
         let c = expect(&w.call(Some(tenant), "product_count", "[]"), 200);
         assert!(c.to_json().contains('3'), "{}", c.to_json());
     }
@@ -405,6 +408,14 @@ fn migrate_applies_replaces_and_drops_exactly_what_changed() {
 
     let v = expect(&w.migrate(&[], &tgz(&changed_fixture())), 200);
     assert_eq!(text(&v, "status"), "completed");
+    assert_eq!(at(&v, "dry_run").as_bool(), Some(false));
+    // A platform deployed only through v1 routes is listed with the others.
+    let list = expect(&w.admin("GET", "/platforms", ""), 200);
+    assert!(
+        list.to_json().contains(&format!("\"name\":\"{}\"", w.platform)),
+        "v1 platform missing from /platforms: {}",
+        list.to_json()
+    );
     assert_eq!(text(&v, "platform"), w.platform);
     assert_eq!(strs(&v, "databases_updated"), [db.clone()]);
     assert_eq!(num(&v, "migrations_applied"), 1);
@@ -707,13 +718,16 @@ fn enum_value_drift_seeds_and_dry_run_through_migrate() {
     // dry_run: the report says what would change, the database keeps what it had.
     let before = state(&db);
     let v = expect(&w.migrate(&[("dry_run", "true")], &tgz(&changed(files.clone()))), 200);
+    assert_eq!(text(&v, "status"), "dry_run", "a dry run says it changed nothing: {}", v.to_json());
+    assert_eq!(at(&v, "dry_run").as_bool(), Some(true));
     assert_eq!(num(&v, "migrations_applied"), 1);
     assert_eq!(num(&v, "functions_updated"), 1);
     assert_eq!(num(&v, "functions_dropped"), 1);
     let v = expect(&w.register(&[("dry_run", "true")], &tgz(&changed(files.clone()))), 200);
     assert_eq!(text(&v, "status"), "dry_run");
     assert_eq!(at(&v, "dry_run").as_bool(), Some(true));
-    assert_eq!(len(&v, "migrations_applied"), 1);
+    assert_eq!(len(&v, "migrations_applied_names"), 1);
+    assert_eq!(num(&v, "migrations_applied"), 1);
     assert_eq!(state(&db), before);
     assert_eq!(one(&db, "SELECT to_regprocedure('to_be_removed()') IS NOT NULL"), "t");
 
@@ -825,7 +839,8 @@ fn failed_first_deploy_drops_the_new_database() {
     // A retry starts clean.
     let v = expect(&w.register(&[], &tgz(&platform_files())), 200);
     assert_eq!(at(&v, "created").as_bool(), Some(true));
-    assert_eq!(len(&v, "migrations_applied"), 3);
+    assert_eq!(len(&v, "migrations_applied_names"), 3);
+    assert_eq!(num(&v, "migrations_applied"), 3);
 }
 
 #[test]
@@ -918,4 +933,24 @@ fn malformed_requests_are_refused() {
     let v = expect(&r, 200);
     assert_eq!(text(&v, "status"), "ready");
     assert!(databases_with_prefix("9lives").is_empty());
+}
+
+/// A platform name given in another spelling (`Todos-App`) is normalised (`todos_app`), and the answers
+/// of /register and /migrate say which name the gateway uses.
+#[test]
+fn a_normalised_platform_name_is_reported() {
+    let w = World::new("norm", &[]);
+    let given = w.platform.replace('_', "-").to_uppercase();
+    let files: BTreeMap<String, String> =
+        [("functions/f.sql".to_string(), "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';".to_string())]
+            .into();
+    let archive = tgz(&files);
+    for route in ["/register", "/migrate"] {
+        let v = expect(&post_form(w.addr(), route, &[("platform", &given)], Some(&archive)), 200);
+        assert_eq!(text(&v, "platform"), w.platform, "{route}: {}", v.to_json());
+        assert_eq!(text(&v, "platform_given"), given, "{route}: {}", v.to_json());
+    }
+    // Given as the gateway writes it, nothing more is said.
+    let v = expect(&w.register(&[], &archive), 200);
+    assert!(v.get("platform_given").is_none(), "{}", v.to_json());
 }

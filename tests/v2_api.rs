@@ -307,6 +307,18 @@ fn flow_register_upload_create_call_migrate_with_one_broken_tenant() {
         assert_eq!(call_value(g.addr, &p, &tenant, "tenant_version", "[]"), "\"v1\"");
     }
     assert_eq!(call_value(g.addr, &p, "tenant_db_t03", "note_count", "[]"), "0");
+    // The tenant_id the admin listing shows is the one /call accepts.
+    let auth = format!("Bearer {TOKEN}");
+    let v =
+        ok(&request(g.addr, "GET", &format!("/admin/databases?platform={p}"), &[("Authorization", &auth)], b""), 200);
+    let t03 = format!("{p}_tenant_db_t03");
+    let listed = arr(&v, "databases")
+        .iter()
+        .find(|d| d.get("name").and_then(Value::as_str) == Some(t03.as_str()))
+        .and_then(|d| d.get("tenant_id").and_then(Value::as_str))
+        .unwrap_or_else(|| panic!("{t03} without a tenant_id in {}", v.to_json()))
+        .to_string();
+    assert_eq!(call_value(g.addr, &p, &listed, "note_count", "[]"), "0");
 
     // Break t17: the new migration creates `tags`, which now exists there.
     let broken = format!("{p}_tenant_db_t17");

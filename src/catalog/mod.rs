@@ -117,6 +117,30 @@ pub struct Owner {
     pub database_id: Option<String>,
 }
 
+impl Owner {
+    /// The `tenant_id` a `/call` to this database gives (`None` for a main database): a v1 tenant's
+    /// id, or `{schema_name}_{database_id}` for a database of a v2 schema.
+    pub fn call_tenant(&self) -> Option<String> {
+        match self.kind.as_str() {
+            "tenant" => self.tenant_id.clone(),
+            "schema" => Some(format!(
+                "{}_{}",
+                self.schema_name.as_deref().unwrap_or_default(),
+                self.database_id.as_deref().unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
+    /// How the owner is named in messages: `platform 'p'` or `platform 'p' (tenant 't')`.
+    pub fn describe(&self) -> String {
+        match self.call_tenant() {
+            Some(t) => format!("platform '{}' (tenant_id '{t}')", self.platform),
+            None => format!("platform '{}' (its main database)", self.platform),
+        }
+    }
+}
+
 /// One row of `databases`.
 #[derive(Debug, Clone)]
 pub struct DatabaseRecord {
@@ -241,12 +265,7 @@ impl Catalog {
         match self.owner_of(name)? {
             Some(o) if o != *want => Err(ApiError::new(
                 Kind::NameConflict,
-                format!(
-                    "database '{name}' belongs to platform '{}' ({}{}); choose other names",
-                    o.platform,
-                    o.kind,
-                    o.tenant_id.as_deref().or(o.database_id.as_deref()).map(|t| format!(" '{t}'")).unwrap_or_default()
-                ),
+                format!("database '{name}' belongs to {}; choose other names", o.describe()),
             )
             .with_database(name)),
             _ => Ok(()),

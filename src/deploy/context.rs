@@ -128,7 +128,9 @@ impl DeployReport {
         names(&mut o.array("extensions_installed"), &self.extensions_installed);
         names(&mut o.array("types_deployed"), &self.types_deployed);
         names(&mut o.array("tables_created"), &self.tables_created);
-        names(&mut o.array("migrations_applied"), &self.migrations_applied);
+        // A count, as in every other answer (clients compare it with -ge); the names beside it.
+        o.u64("migrations_applied", self.migrations_applied.len() as u64);
+        names(&mut o.array("migrations_applied_names"), &self.migrations_applied);
         names(&mut o.array("no_transaction_migrations"), &self.no_transaction_migrations);
         o.u64("functions_deployed", self.functions_total as u64);
         o.u64("functions_changed", self.functions_changed.len() as u64);

@@ -372,6 +372,11 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", if opts.dry_run { "dry_run" } else { "ready" });
         o.str("database", &name);
+        // As normalised (`Todos-App` → `todos_app`): the name calls and later deploys use.
+        o.str("platform", &owner.platform);
+        if owner.platform != platform {
+            o.str("platform_given", &platform);
+        }
         o.bool("created", created);
         report.write_fields(&mut o);
         if !archive.ignored.is_empty() {
@@ -455,15 +460,22 @@ pub fn write_db_result(o: &mut ObjectWriter<'_>, r: &DbResult) {
 }
 
 /// The body and status of a migrate over `results`.
-pub fn migrate_response(results: &[DbResult], started: Instant, extra: &dyn Fn(&mut ObjectWriter<'_>)) -> Response {
+/// A dry run's statuses say that nothing changed.
+pub fn migrate_response(
+    results: &[DbResult],
+    started: Instant,
+    dry_run: bool,
+    extra: &dyn Fn(&mut ObjectWriter<'_>),
+) -> Response {
     let failed: Vec<&ApiError> = results.iter().filter_map(|r| r.result.as_ref().err()).collect();
     let ok: Vec<&DbResult> = results.iter().filter(|r| r.result.is_ok()).collect();
-    let status = if failed.is_empty() {
-        "completed"
-    } else if ok.is_empty() {
-        "failed"
-    } else {
-        "completed_with_errors"
+    let status = match (failed.is_empty(), ok.is_empty(), dry_run) {
+        (true, _, false) => "completed",
+        (false, true, false) => "failed",
+        (false, false, false) => "completed_with_errors",
+        (true, _, true) => "dry_run",
+        (false, true, true) => "dry_run_failed",
+        (false, false, true) => "dry_run_with_errors",
     };
     let http = if failed.is_empty() {
         200
@@ -477,6 +489,7 @@ pub fn migrate_response(results: &[DbResult], started: Instant, extra: &dyn Fn(&
     let mut b = Vec::with_capacity(1024);
     let mut o = ObjectWriter::new(&mut b);
     o.str("status", status);
+    o.bool("dry_run", dry_run);
     if let Some(first) = failed.first() {
         // The cause at the top level too, so a client (or a shell script) sees why without walking
         // `results`: the first failed database's code and message (each is in `results` as well).
@@ -616,9 +629,16 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         }
         let any_failed = results.iter().any(|r| r.result.is_err());
         let _ = cat.finish_run(&run, if any_failed { "completed_with_errors" } else { "completed" });
-        let changed: Vec<String> = results.iter().filter(|r| r.result.is_ok()).map(|r| r.database.clone()).collect();
-        let resp = migrate_response(&results, started, &|o| {
-            o.str("platform", &platform);
+        let changed: Vec<String> = if opts.dry_run {
+            Vec::new()
+        } else {
+            results.iter().filter(|r| r.result.is_ok()).map(|r| r.database.clone()).collect()
+        };
+        let resp = migrate_response(&results, started, opts.dry_run, &|o| {
+            o.str("platform", &p);
+            if p != platform {
+                o.str("platform_given", &platform);
+            }
             o.str("run_id", &run);
         });
         Ok((resp, changed))
@@ -654,7 +674,8 @@ pub fn admin_databases(ctx: &DeployCtx, platform: Option<String>) -> Outcome {
                 let mut e = a.object();
                 e.str("name", &r.name);
                 e.str("type", if r.owner.kind == "main" { "main" } else { "tenant" });
-                e.opt_str("tenant_id", r.owner.tenant_id.as_deref().or(r.owner.database_id.as_deref()));
+                // The tenant_id a /call gives to reach this database.
+                e.opt_str("tenant_id", r.owner.call_tenant().as_deref());
                 match sizes.rows.iter().find(|row| row[0].as_deref() == Some(r.name.as_str())) {
                     Some(row) => e.raw("size_mb", row[1].as_deref().unwrap_or("null")),
                     None => e.null("size_mb"),

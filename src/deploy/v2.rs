@@ -481,8 +481,12 @@ pub fn run_migrate(
     if let Ok(mut c) = cat.lock() {
         let _ = c.finish_run(run_id, status);
     }
-    let changed = results.iter().filter(|r| r.result.is_ok()).map(|r| r.database.clone()).collect();
-    let resp = migrate_response(&results, started, &|o| {
+    let changed = if plan.opts.dry_run {
+        Vec::new()
+    } else {
+        results.iter().filter(|r| r.result.is_ok()).map(|r| r.database.clone()).collect()
+    };
+    let resp = migrate_response(&results, started, plan.opts.dry_run, &|o| {
         o.str("platform", &plan.platform);
         o.str("schema_name", &plan.schema);
         o.str("run_id", run_id);
