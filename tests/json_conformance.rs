@@ -10,17 +10,28 @@ use stonescriptdb_gateway::json;
 const EXPECTED_ACCEPT: usize = 95;
 const EXPECTED_REJECT: usize = 188;
 
-fn suite_dir() -> PathBuf {
-    match std::env::var_os("JSON_TEST_SUITE_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/json-test-suite/test_parsing"))
-        }
+/// The JSONTestSuite `test_parsing` folder: `JSON_TEST_SUITE_DIR`, else the shared conformance folder
+/// beside the checkout. `None` (the test is skipped, and says so) when neither is there, except under
+/// `CI=true`, where the data must be present.
+fn suite_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("JSON_TEST_SUITE_DIR") {
+        return Some(PathBuf::from(dir));
     }
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/json-test-suite/test_parsing"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the JSON test suite is missing at {} (set JSON_TEST_SUITE_DIR); CI must run these tests",
+        dir.display()
+    );
+    eprintln!("SKIP: no JSON test suite at {} (set JSON_TEST_SUITE_DIR to run this test)", dir.display());
+    None
 }
 
-fn cases() -> Vec<(String, Vec<u8>)> {
-    let dir = suite_dir();
+fn cases() -> Option<Vec<(String, Vec<u8>)>> {
+    let dir = suite_dir()?;
     let entries =
         std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read JSON test suite at {}: {e}", dir.display()));
     let mut cases: Vec<(String, Vec<u8>)> = entries
@@ -32,14 +43,15 @@ fn cases() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     cases.sort();
-    cases
+    Some(cases)
 }
 
 #[test]
 fn accepts_every_y_file_and_round_trips_it() {
     let mut accepted = 0;
     let mut failures = Vec::new();
-    for (name, bytes) in cases().iter().filter(|(n, _)| n.starts_with("y_")) {
+    let Some(all) = cases() else { return };
+    for (name, bytes) in all.iter().filter(|(n, _)| n.starts_with("y_")) {
         match json::parse(bytes) {
             Ok(value) => {
                 let written = value.to_json();
@@ -60,7 +72,8 @@ fn accepts_every_y_file_and_round_trips_it() {
 fn rejects_every_n_file() {
     let mut rejected = 0;
     let mut failures = Vec::new();
-    for (name, bytes) in cases().iter().filter(|(n, _)| n.starts_with("n_")) {
+    let Some(all) = cases() else { return };
+    for (name, bytes) in all.iter().filter(|(n, _)| n.starts_with("n_")) {
         match json::parse(bytes) {
             Err(_) => rejected += 1,
             Ok(v) => failures.push(format!("{name}: accepted as {}", v.to_json())),
@@ -73,7 +86,8 @@ fn rejects_every_n_file() {
 #[test]
 fn implementation_defined_files_do_not_panic() {
     let mut seen = 0;
-    for (name, bytes) in cases().iter().filter(|(n, _)| n.starts_with("i_")) {
+    let Some(all) = cases() else { return };
+    for (name, bytes) in all.iter().filter(|(n, _)| n.starts_with("i_")) {
         // Either answer is allowed; a panic fails the test. Accepted ones must still round-trip.
         if let Ok(value) = json::parse(bytes) {
             let again = json::parse(value.to_json().as_bytes());
