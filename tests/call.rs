@@ -333,7 +333,22 @@ fn error_mappings() {
 
     let e = expect_error(&db.call(addr, "no_such_function", "[]"), 404, "function_not_found");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""42883""#)));
-    expect_error(&db.call(addr, "answer", "[1]"), 404, "function_not_found");
+    let text = |e: &Value| e.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+    assert!(text(&e).contains("POST /migrate"), "says how to get it: {}", text(&e));
+    // The right name with the wrong arguments says what the function takes.
+    let e = expect_error(&db.call(addr, "answer", "[1]"), 404, "function_not_found");
+    assert!(
+        text(&e).contains("function answer exists in schema public but not for 1 positional argument"),
+        "{}",
+        text(&e)
+    );
+    assert!(text(&e).contains("it takes answer()"), "{}", text(&e));
+    // A misspelt name gets the functions that look meant, with their arguments.
+    let e = expect_error(&db.call(addr, "echo_int", "[1]"), 404, "function_not_found");
+    assert!(text(&e).contains("perhaps you meant echo_int4("), "{}", text(&e));
+    // A value PostgreSQL refuses names the parameter and the type it needed.
+    let e = expect_error(&db.call(addr, "echo_int4", r#"["abc"]"#), 400, "invalid_parameter");
+    assert!(text(&e).contains("parameter $1 (int4)"), "{}", text(&e));
 
     let e = expect_error(&db.call(addr, "divide", "[1, 0]"), 400, "invalid_parameter");
     assert_eq!(e.get("sqlstate"), Some(&json(r#""22012""#)));

@@ -327,6 +327,7 @@ fn chunked_body_over_the_limit_is_413() {
     }
     let r = expect_status(&mut c, 413);
     assert_eq!(r.error_code(), "payload_too_large");
+    assert!(r.text().contains("MAX_CALL_BODY_BYTES"), "the answer names the setting: {}", r.text());
     expect_eof(&mut c);
 }
 
@@ -411,6 +412,7 @@ fn body_over_the_limit_is_413() {
     c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n");
     let r = expect_status(&mut c, 413);
     assert_eq!(r.error_code(), "payload_too_large");
+    assert!(r.text().contains("limit of 1024 bytes set by MAX_CALL_BODY_BYTES"), "{}", r.text());
     expect_eof(&mut c);
 }
 

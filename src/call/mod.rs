@@ -8,6 +8,7 @@ pub mod budget;
 pub mod cancel;
 pub mod encode;
 pub mod engine;
+pub mod hints;
 pub mod literal;
 pub mod owners;
 pub mod pool;

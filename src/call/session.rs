@@ -20,7 +20,7 @@ use postgres_protocol::message::{backend::Message, frontend};
 
 use super::cancel::CancelTimer;
 use super::render::{PreparedColumn, render_row_prepared};
-use super::request::{Args, CallRequest};
+use super::request::CallRequest;
 use super::stmt::Stmt;
 use super::types::{INTROSPECTION_SQL, TypeRegistry};
 use crate::config::Config;
@@ -80,6 +80,12 @@ pub enum Phase {
         stmt: Arc<Stmt>,
         body: Vec<u8>,
         rows: u64,
+    },
+    /// The function does not exist: the functions of the call schemas are being listed, so the answer
+    /// can name the ones that look meant.
+    Suggesting {
+        error: DbError,
+        found: Vec<(String, String)>,
     },
     /// Nothing outstanding.
     Done,
@@ -433,10 +439,7 @@ impl Session {
                 Ok(true) => cx.spans.push(None),
                 Ok(false) => cx.spans.push(Some((start, cx.enc.len()))),
                 Err(pe) => {
-                    let arg = match &job.req.args {
-                        Args::Named(n) => format!("'{}'", n[i]),
-                        Args::Positional => format!("{} (${})", i + 1, i + 1),
-                    };
+                    let arg = super::hints::param_label(&job.req, i, oid, cx.types);
                     return Err(ApiError::new(Kind::InvalidParameter, format!("parameter {arg}: {}", pe.message))
                         .with_database(&job.req.database));
                 }
@@ -518,6 +521,17 @@ impl Session {
                         p.introspect_rows
                             .push(vals.iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect());
                     }
+                    Phase::Suggesting { found, .. } if job.error.is_none() => {
+                        let vals = data_row_fields(&row)?;
+                        let text = |i: usize| {
+                            vals.get(i)
+                                .copied()
+                                .flatten()
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                                .unwrap_or_default()
+                        };
+                        found.push((text(0), text(1)));
+                    }
                     _ => {}
                 },
                 Message::ParameterDescription(pd) => {
@@ -552,6 +566,7 @@ impl Session {
                         Phase::Preparing(p) => self.prepared(cx, p),
                         Phase::Introspecting(p) => self.introspected(cx, p),
                         Phase::Executing { stmt, body, rows } => self.executed(cx, stmt, body, rows),
+                        Phase::Suggesting { error, found } => self.suggested(cx, error, found),
                     }
                     self.finish_if_done(cx);
                 }
@@ -592,6 +607,10 @@ impl Session {
                 self.ambiguous.insert(job.req.shape_key(&schemas[job.schema_idx]));
                 return self.begin(cx);
             }
+            if e.code == "42883" && !p.declared && !untyped && !job.answered {
+                // Not a question of types (those keep PostgreSQL's words): name or arguments are wrong.
+                return self.suggest(cx, e);
+            }
             let e = api_from_db(&e, &job.req.database);
             return self.fail(cx, e);
         }
@@ -602,6 +621,31 @@ impl Session {
             return self.begin(cx);
         }
         self.after_prepare(cx, p);
+    }
+
+    /// Lists the functions of the call schemas (same sync group rules as any step) to explain a 42883.
+    fn suggest(&mut self, cx: &mut Ctx<'_>, error: DbError) {
+        let Some(job) = self.job.as_mut() else { return };
+        let schemas = format!("{{{}}}", cx.cfg.call.schemas.join(","));
+        let _ = frontend::parse("", super::hints::FUNCTIONS_SQL, std::iter::empty(), cx.wbuf);
+        write_bind(cx.wbuf, "", [Some(schemas.as_bytes())].into_iter(), &[0]);
+        cx.wbuf.extend_from_slice(EXECUTE_SYNC);
+        job.error = None;
+        job.phase = Phase::Suggesting { error, found: Vec::new() };
+    }
+
+    /// The function list came back: the answer names what exists.
+    fn suggested(&mut self, cx: &mut Ctx<'_>, error: DbError, found: Vec<(String, String)>) {
+        let Some(job) = self.job.as_mut() else { return };
+        let mut e = api_from_db(&error, &job.req.database);
+        if job.error.take().is_none() {
+            e.message = super::hints::not_found(&job.req, &cx.cfg.call.schemas, &found);
+            // PostgreSQL's hint (explicit type casts) misleads for a name or argument mistake.
+            if let Some(d) = e.db.as_mut() {
+                d.hint = None;
+            }
+        }
+        self.fail(cx, e);
     }
 
     /// Type lookups for a prepared statement came back.
@@ -679,8 +723,15 @@ impl Session {
                 cx.actions.push(Action::Requeue(w));
                 return;
             }
-            let e = api_from_db(&e, &job.req.database);
-            return self.fail(cx, e);
+            let mut api = api_from_db(&e, &job.req.database);
+            if let Some(i) = super::hints::bind_param_index(e.where_.as_deref()) {
+                // PostgreSQL rejected a value while binding it: say which parameter, and its type.
+                let oid = stmt.param_oids.get(i).copied().unwrap_or(0);
+                api.kind = Kind::InvalidParameter;
+                api.message =
+                    format!("parameter {}: {}", super::hints::param_label(&job.req, i, oid, cx.types), e.message);
+            }
+            return self.fail(cx, api);
         }
         stmt.note_run(now.saturating_duration_since(job.run_start));
         if !job.answered {

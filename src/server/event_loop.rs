@@ -489,6 +489,11 @@ impl Loop {
                             }
                             Err(e) => {
                                 c.rbuf.clear();
+                                let e = if e.kind == Kind::PayloadTooLarge {
+                                    too_large(None, inc.limit, inc.route.body_kind())
+                                } else {
+                                    e
+                                };
                                 self.respond(key, Response::error(&e).closing());
                                 return;
                             }
@@ -559,10 +564,7 @@ impl Loop {
             BodyFraming::None => (0, None),
             BodyFraming::Length(n) => {
                 if n > limit as u64 {
-                    return Err(fail(
-                        ApiError::new(Kind::PayloadTooLarge, format!("body of {n} bytes exceeds the limit of {limit}"))
-                            .with_cause("max_body_bytes"),
-                    ));
+                    return Err(fail(too_large(Some(n), limit, route.body_kind())));
                 }
                 (n, None)
             }
@@ -764,4 +766,18 @@ impl Loop {
         let done = self.app.janitor(&mut self.poll, now);
         self.deliver(done);
     }
+}
+
+/// 413 for a body over its route's limit, naming the setting that sets it.
+fn too_large(declared: Option<u64>, limit: usize, kind: BodyKind) -> ApiError {
+    let setting = match kind {
+        BodyKind::Multipart => "MAX_UPLOAD_BYTES",
+        BodyKind::Json | BodyKind::None => "MAX_CALL_BODY_BYTES",
+    };
+    let size = declared.map(|n| format!("of {n} bytes ")).unwrap_or_default();
+    ApiError::new(
+        Kind::PayloadTooLarge,
+        format!("request body {size}exceeds the limit of {limit} bytes set by {setting}"),
+    )
+    .with_cause("max_body_bytes")
 }

@@ -335,10 +335,24 @@ fn a_missing_function_is_looked_up_in_the_next_schema_then_answered() {
     assert_eq!(r.sent(), b"PDPBES".to_vec(), "prepared again for the second schema");
     assert!(r.take_actions().is_empty());
     r.reply(cat(&[error("ERROR", "42883", "function public.g() does not exist"), rfq(b'I')])).unwrap();
+    assert_eq!(r.sent(), b"PBES".to_vec(), "the functions of the call schemas are listed");
+    assert!(r.take_actions().is_empty());
+    r.reply(cat(&[
+        parse_complete(),
+        bind_complete(),
+        data_row(&[Some("gg"), Some("p_x integer")]),
+        data_row(&[Some("unrelated_thing"), Some("")]),
+        command("SELECT 2"),
+        rfq(b'I'),
+    ]))
+    .unwrap();
     let a = r.take_actions();
     let ans = answers(&a);
     assert_eq!(ans.len(), 1);
+    assert_eq!(ans[0].1, 404);
     assert!(ans[0].2.contains("function_not_found"), "{}", ans[0].2);
+    assert!(ans[0].2.contains("perhaps you meant gg(p_x integer)"), "{}", ans[0].2);
+    assert!(!ans[0].2.contains("unrelated_thing"), "{}", ans[0].2);
     assert!(drained(&a));
 }
 
@@ -571,4 +585,30 @@ fn no_data_functions_answer_empty_rows() {
     r.reply(cat(&[bind_complete(), command("SELECT 0"), rfq(b'I')])).unwrap();
     let ans = answers(&r.take_actions());
     assert!(ans[0].2.starts_with(r#"{"rows":[],"row_count":0"#), "{}", ans[0].2);
+}
+
+#[test]
+fn a_value_postgresql_refuses_at_bind_names_its_parameter_and_type() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::String("one".into())]));
+    r.sent();
+    let mut b = Vec::new();
+    for (f, v) in [
+        (b'S', "ERROR"),
+        (b'C', "22P02"),
+        (b'M', "invalid input syntax for type integer: \"one\""),
+        (b'W', "unnamed portal parameter $1 = '...'"),
+    ] {
+        b.push(f);
+        b.extend_from_slice(v.as_bytes());
+        b.push(0);
+    }
+    b.push(0);
+    r.reply(cat(&[msg(b'E', &b), rfq(b'I')])).unwrap();
+    let ans = answers(&r.take_actions());
+    assert_eq!(ans[0].1, 400);
+    assert!(ans[0].2.contains("invalid_parameter"), "{}", ans[0].2);
+    assert!(ans[0].2.contains("parameter $1 (int4): invalid input syntax"), "{}", ans[0].2);
 }
