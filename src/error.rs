@@ -197,8 +197,9 @@ impl Kind {
             Kind::MigrationChecksumMismatch => {
                 row(409, "migration_checksum_mismatch", false, "an applied migration file was edited")
             }
+            // The platform's function file is what is wrong (PostgreSQL refused it), not the gateway.
             Kind::FunctionDeployFailed => {
-                row(500, "function_deploy_failed", false, "a function could not be created, replaced or dropped")
+                row(422, "function_deploy_failed", false, "a function could not be created, replaced or dropped")
             }
             Kind::ExtensionNotAvailable => row(
                 400,

@@ -954,3 +954,27 @@ fn a_normalised_platform_name_is_reported() {
     let v = expect(&w.register(&[], &archive), 200);
     assert!(v.get("platform_given").is_none(), "{}", v.to_json());
 }
+
+/// A function file PostgreSQL refuses is the platform's mistake: 422 with the file and the line, and
+/// nothing of the deploy is kept.
+#[test]
+fn a_broken_function_file_is_422_with_file_and_line() {
+    let w = World::new("badfn", &[]);
+    let files: BTreeMap<String, String> = [
+        (
+            "functions/good.sql".to_string(),
+            "CREATE FUNCTION good() RETURNS int LANGUAGE sql AS 'SELECT 1';".to_string(),
+        ),
+        (
+            "functions/bad.sql".to_string(),
+            "-- a comment\n\nCREATE FUNCTION bad() RETURNS int LANGUAGE sql AS 'SELEC 1';\n".to_string(),
+        ),
+    ]
+    .into();
+    let r = w.register(&[], &tgz(&files));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.error_code(), "function_deploy_failed");
+    assert!(r.text().contains("functions/bad.sql"), "{}", r.text());
+    assert!(r.text().contains("line 3"), "{}", r.text());
+    assert!(!db_exists(&w.main_db()), "the new database was not kept");
+}
