@@ -105,7 +105,13 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
             line.push(b',');
             write_string(&mut line, k);
             line.push(b':');
-            write_string(&mut line, &v.to_string());
+            let v = v.to_string();
+            if is_plain_number(&v) || v == "true" || v == "false" {
+                // Counts, durations, statuses and flags keep their JSON types.
+                line.extend_from_slice(v.as_bytes());
+            } else {
+                write_string(&mut line, &v);
+            }
         }
         line.extend_from_slice(b"}\n");
     } else {
@@ -128,6 +134,17 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
     }
 }
 
+/// `0`, `42`, `-3`, `1.25`: written as a JSON number. Leading zeros (`007`, an id) stay text.
+fn is_plain_number(v: &str) -> bool {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+    all_digits(int) && (int == "0" || !int.starts_with('0')) && frac.is_none_or(all_digits)
+}
+
 pub fn error(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     event(Level::Error, msg, fields)
 }
@@ -147,6 +164,16 @@ pub fn debug(msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_flags_are_recognised_and_nothing_else() {
+        for v in ["0", "42", "-3", "1.25", "200"] {
+            assert!(is_plain_number(v), "{v}");
+        }
+        for v in ["", "-", "007", "1.", ".5", "1e3", "127.0.0.1", "12ab", "1.2.3"] {
+            assert!(!is_plain_number(v), "{v}");
+        }
+    }
 
     #[test]
     fn calendar() {

@@ -2,6 +2,8 @@
 //! `LOG_DIR/stonescriptdb-gateway.log` too (or `LOG_FILE_NAME`),
 //! and never a password, token or call parameter value.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -57,12 +59,35 @@ fn log_lines_carry_requests_but_no_secrets() {
         }
         assert!(started.elapsed() < Duration::from_secs(10), "no listening line");
     };
-    let body = format!(r#"{{"platform":"logtest","function":"nothing_here","params":["{param}"]}}"#);
+    let platform = format!("logtest_{}", std::process::id());
+    let body = format!(r#"{{"platform":"{platform}","function":"nothing_here","params":["{param}"]}}"#);
     let r = request(
         &addr,
         format!("POST /call HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
     );
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    // A deploy that works and one that fails: one line each.
+    let deploy = |files: &[(&str, &str)]| {
+        let archive = common::archive::tgz(files.iter().copied());
+        let (ct, body) = common::multipart(&[("platform", platform.as_bytes()), ("schema", &archive)]);
+        let mut raw =
+            format!("POST /register HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n", body.len())
+                .into_bytes();
+        raw.extend_from_slice(&body);
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&raw).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let r = deploy(&[
+        ("migrations/001_t.sql", "CREATE TABLE t (id int);"),
+        ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"),
+    ]);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = deploy(&[("functions/g.sql", "CREATE FUNCTION g() RETURNS int LANGUAGE sql AS 'SELEC 1';")]);
+    assert!(r.starts_with("HTTP/1.1 422"), "{r}");
     let r = request(
         &addr,
         format!(
@@ -90,7 +115,22 @@ fn log_lines_carry_requests_but_no_secrets() {
         assert!(v.get("ts").is_some() && v.get("level").is_some() && v.get("msg").is_some(), "{line}");
     }
     let requests: Vec<&str> = file.lines().filter(|l| l.contains("\"msg\":\"request\"")).collect();
-    assert!(requests.iter().any(|l| l.contains("\"path\":\"/call\"") && l.contains("\"status\":\"404\"")), "{file}");
+    let call = requests.iter().find(|l| l.contains("\"path\":\"/call\"")).unwrap_or_else(|| panic!("{file}"));
+    // Numbers stay numbers; the line says what failed, for which platform, database and function.
+    assert!(call.contains("\"status\":404"), "{call}");
+    assert!(call.contains("\"error\":\"database_not_found\""), "{call}");
+    assert!(call.contains(&format!("\"platform\":\"{platform}\"")), "{call}");
+    assert!(call.contains(&format!("\"database\":\"{platform}_main\"")), "{call}");
+    assert!(call.contains("\"function\":\"nothing_here\""), "{call}");
+    assert!(call.contains("\"duration_us\":"), "{call}");
+    let applied = file.lines().find(|l| l.contains("\"msg\":\"deploy applied\"")).unwrap_or_else(|| panic!("{file}"));
+    assert!(
+        applied.contains(&format!("\"database\":\"{platform}_main\"")) && applied.contains("\"migrations\":1"),
+        "{applied}"
+    );
+    let failed = file.lines().find(|l| l.contains("\"msg\":\"deploy failed\"")).unwrap_or_else(|| panic!("{file}"));
+    assert!(failed.contains("\"error\":\"function_deploy_failed\"") && failed.contains("functions/g.sql"), "{failed}");
+    common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{platform}_main\" WITH (FORCE)"));
     assert!(requests.iter().any(|l| l.contains("\"path\":\"/admin/databases\"")), "{file}");
     assert!(file.contains("\"msg\":\"stopped\""), "shutdown is logged: {file}");
     for secret in [token, password, param, "wrong-SECRET-guess", "SECRET"] {

@@ -599,7 +599,10 @@ impl CallEngine {
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
         if !fatal_for_pool {
             p.note_connect_failure(now);
-            crate::log::warn("backend connect failed", &[("database", &p.database), ("error", &err)]);
+            crate::log::warn(
+                "backend connect failed",
+                &[("database", &p.database), ("server", &p.params.target()), ("role", &p.params.user), ("error", &err)],
+            );
         }
         if fatal_for_pool || (p.idle.is_empty() && p.busy.is_empty() && p.connecting.is_empty()) {
             let r = Response::error(&e);

@@ -24,7 +24,8 @@ use crate::json::ObjectWriter;
 use crate::pg::blocking::Client;
 use crate::security::roles::EXTENSION_SCHEMA;
 
-/// Applies `archive` to `database`, which `client` is connected to.
+/// Applies `archive` to `database`, which `client` is connected to, and logs one line saying what
+/// was applied and how long it took, or which file failed and why.
 pub fn deploy(
     client: &mut Client,
     database: &str,
@@ -32,6 +33,36 @@ pub fn deploy(
     opts: &DeployOptions,
 ) -> Result<DeployReport, ApiError> {
     let started = Instant::now();
+    let result = apply(client, database, archive, opts, started);
+    let ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(r) => crate::log::info(
+            if opts.dry_run { "deploy checked (dry run, nothing kept)" } else { "deploy applied" },
+            &[
+                ("database", &database),
+                ("migrations", &r.migrations_applied.len()),
+                ("functions_changed", &r.functions_changed.len()),
+                ("functions_dropped", &r.functions_dropped.len()),
+                ("tables_created", &r.tables_created.len()),
+                ("seeded_rows", &r.seeders.iter().map(|s| s.inserted).sum::<u64>()),
+                ("duration_ms", &ms),
+            ],
+        ),
+        Err(e) => crate::log::warn(
+            "deploy failed",
+            &[("database", &database), ("error", &e.kind.code()), ("reason", &e.message), ("duration_ms", &ms)],
+        ),
+    }
+    result
+}
+
+fn apply(
+    client: &mut Client,
+    database: &str,
+    archive: &SchemaArchive,
+    opts: &DeployOptions,
+    started: Instant,
+) -> Result<DeployReport, ApiError> {
     let mut report = DeployReport { database: database.to_string(), dry_run: opts.dry_run, ..DeployReport::default() };
     let mut cx = Ctx { c: client, db: database, run_id: &opts.run_id, force: opts.force, savepoints: 0 };
     if cx.c.transaction_status() != b'I' {

@@ -15,17 +15,20 @@ pub struct Response {
     pub retry_after: Option<u32>,
     /// Close the connection after this response whatever the client asked (e.g. unread body).
     pub close: bool,
+    /// The stable error code of an error answer, for the request log.
+    pub code: Option<&'static str>,
 }
 
 pub const JSON: &str = "application/json";
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: JSON, body, allow: None, retry_after: None, close: false }
+        Response { status, content_type: JSON, body, allow: None, retry_after: None, close: false, code: None }
     }
 
     pub fn error(e: &ApiError) -> Response {
         let mut r = Response::json(e.status(), e.body());
+        r.code = Some(e.kind.code());
         r.allow = e.allow;
         r.retry_after = e.retry_after();
         r

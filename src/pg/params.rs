@@ -140,6 +140,15 @@ impl ConnectParams {
         ConnectParams { dbname: db.to_string(), ..self.clone() }
     }
 
+    /// Where the server is, for messages: `host:port` or the socket file's path (no credentials).
+    pub fn target(&self) -> String {
+        match &self.host {
+            Host::Tcp(h) if h.contains(':') => format!("[{h}]:{}", self.port),
+            Host::Tcp(h) => format!("{h}:{}", self.port),
+            Host::Unix(dir) => dir.join(format!(".s.PGSQL.{}", self.port)).display().to_string(),
+        }
+    }
+
     /// Full path of the Unix socket file, `None` for TCP.
     pub fn socket_path(&self) -> Option<PathBuf> {
         match &self.host {

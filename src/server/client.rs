@@ -48,6 +48,16 @@ pub struct ReqInfo {
     pub started: Instant,
     pub minor_version: u8,
     pub keep_alive: bool,
+    /// What a `/call` was for, for its log line (only filled when request lines are logged).
+    pub call: Option<Box<CallLog>>,
+}
+
+/// The names a request line of a `/call` carries (never a parameter value).
+#[derive(Debug, Default, Clone)]
+pub struct CallLog {
+    pub platform: String,
+    pub database: String,
+    pub function: String,
 }
 
 /// A client connection.

@@ -432,6 +432,7 @@ impl Loop {
                                     started: self.now,
                                     minor_version: 1,
                                     keep_alive: false,
+                                    call: None,
                                 });
                             }
                             return;
@@ -450,6 +451,7 @@ impl Loop {
                                 started,
                                 minor_version: head.minor_version,
                                 keep_alive: head.keep_alive,
+                                call: None,
                             });
                             // Unique over the server's life, so a late answer for a closed connection can
                             // never reach a new connection that reuses its slot.
@@ -521,7 +523,12 @@ impl Loop {
                     }
                     let Phase::Body(inc) = std::mem::replace(&mut c.phase, Phase::Waiting) else { return };
                     let generation = c.generation;
-                    match self.app.dispatch(&mut self.poll, self.now, key, generation, *inc) {
+                    let mut note = None;
+                    let answer = self.app.dispatch(&mut self.poll, self.now, key, generation, *inc, &mut note);
+                    if let Some(r) = self.clients.get_mut(key).and_then(|c| c.req.as_mut()) {
+                        r.call = note;
+                    }
+                    match answer {
                         Some(r) => self.respond(key, r),
                         None => return,
                     }
@@ -604,17 +611,25 @@ impl Loop {
         if let Some(i) = &info {
             // The turn's clock is coarse for quick requests; the log line reads a fresh one.
             let us = Instant::now().saturating_duration_since(i.started).as_micros();
-            log::info(
-                "request",
-                &[
-                    ("peer", &c.peer),
-                    ("method", &i.method.as_str()),
-                    ("path", &i.path),
-                    ("status", &r.status),
-                    ("bytes", &r.body.len()),
-                    ("duration_us", &us),
-                ],
-            );
+            let (method, bytes) = (i.method.as_str(), r.body.len());
+            let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
+                ("peer", &c.peer),
+                ("method", &method),
+                ("path", &i.path),
+                ("status", &r.status),
+                ("bytes", &bytes),
+                ("duration_us", &us),
+            ];
+            let code = r.code.unwrap_or("");
+            if r.code.is_some() {
+                fields.push(("error", &code));
+            }
+            if let Some(call) = &i.call {
+                fields.push(("platform", &call.platform));
+                fields.push(("database", &call.database));
+                fields.push(("function", &call.function));
+            }
+            log::info("request", &fields);
         }
         if keep {
             c.phase = Phase::Head;
@@ -745,6 +760,7 @@ impl Loop {
                                 started: now,
                                 minor_version: 1,
                                 keep_alive: false,
+                                call: None,
                             });
                         }
                     }

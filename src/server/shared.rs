@@ -129,17 +129,34 @@ impl HealthProbe {
         let _ = std::thread::Builder::new().name("pg-health".into()).spawn(move || {
             let mut client: Option<Client> = None;
             let mut was = None;
+            let target = params.target();
             while !stop.load(Ordering::Relaxed) {
+                let mut reason = String::new();
                 let good = match client.as_mut() {
-                    Some(c) if !c.is_broken() => c.simple_query("SELECT 1").is_ok(),
+                    Some(c) if !c.is_broken() => match c.simple_query("SELECT 1") {
+                        Ok(_) => true,
+                        Err(e) => {
+                            reason = e.to_string();
+                            false
+                        }
+                    },
                     _ => match Client::connect(&params) {
                         Ok(mut c) => {
                             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                            let r = c.simple_query("SELECT 1").is_ok();
+                            let r = match c.simple_query("SELECT 1") {
+                                Ok(_) => true,
+                                Err(e) => {
+                                    reason = e.to_string();
+                                    false
+                                }
+                            };
                             client = Some(c);
                             r
                         }
-                        Err(_) => false,
+                        Err(e) => {
+                            reason = e.to_string();
+                            false
+                        }
                     },
                 };
                 if !good {
@@ -149,9 +166,9 @@ impl HealthProbe {
                 let _ = first_tx.send(());
                 if was != Some(good) {
                     if good {
-                        log::info("postgres reachable", &[]);
+                        log::info("postgres reachable", &[("server", &target)]);
                     } else {
-                        log::warn("postgres unreachable", &[]);
+                        log::warn("postgres unreachable", &[("server", &target), ("reason", &reason)]);
                     }
                     was = Some(good);
                 }
