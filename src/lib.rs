@@ -13,6 +13,7 @@
 //! - [`catalog`]: the gateway's own records in PostgreSQL.
 //! - [`security`]: IP allowlist, admin token, naming rules.
 //! - [`log`]: request and lifecycle logging.
+//! - [`metrics`]: counters and histograms for `/metrics` and the status page, the Prometheus text format.
 #![forbid(unsafe_code)]
 
 pub mod call;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod log;
+pub mod metrics;
 pub mod pg;
 pub mod security;
 pub mod server;

@@ -9,6 +9,7 @@ pub mod form;
 pub mod functions;
 pub mod gzip;
 pub mod isolate;
+pub mod overview;
 pub mod seeders;
 pub mod service;
 pub mod sql;
