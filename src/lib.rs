@@ -2,6 +2,7 @@
 //! their stored-function calls.
 //!
 //! Module map (see the README for the architecture):
+//! - [`cli`]: the `deploy` and `migrate` subcommands (pack, upload, progress).
 //! - [`config`]: raw settings (env, `.env`, flags) → validated [`config::Config`]; every input limit.
 //! - [`error`]: the one table of error kinds → HTTP status, stable code, retryable flag.
 //! - [`server`]: the mio event loop; the only module that owns sockets.
@@ -18,6 +19,7 @@
 
 pub mod call;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod error;
