@@ -11,6 +11,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib/pg-cluster.sh
 source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=scripts/lib/test-tools.sh
+source "${ROOT}/scripts/lib/test-tools.sh"
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
@@ -35,6 +37,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 pg_ensure_installed
+# /metrics is checked with promtool, the status page in headless Chromium.
+tool_ensure promtool prometheus || true
+tool_ensure chromium chromium || true
 
 # --- throwaway cluster ------------------------------------------------------------
 

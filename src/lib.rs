@@ -2,6 +2,7 @@
 //! their stored-function calls.
 //!
 //! Module map (see the README for the architecture):
+//! - [`cli`]: the `deploy` and `migrate` subcommands (pack, upload, progress).
 //! - [`config`]: raw settings (env, `.env`, flags) → validated [`config::Config`]; every input limit.
 //! - [`error`]: the one table of error kinds → HTTP status, stable code, retryable flag.
 //! - [`server`]: the mio event loop; the only module that owns sockets.
@@ -13,16 +14,19 @@
 //! - [`catalog`]: the gateway's own records in PostgreSQL.
 //! - [`security`]: IP allowlist, admin token, naming rules.
 //! - [`log`]: request and lifecycle logging.
+//! - [`metrics`]: counters and histograms for `/metrics` and the status page, the Prometheus text format.
 #![forbid(unsafe_code)]
 
 pub mod call;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod error;
 pub mod http;
 pub mod json;
 pub mod log;
+pub mod metrics;
 pub mod pg;
 pub mod security;
 pub mod server;

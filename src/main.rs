@@ -1,5 +1,6 @@
 //! The `stonescriptdb-gateway` binary: read configuration, run the server, map failures to exit codes;
-//! `setup-db` prepares PostgreSQL for it instead (see [`setup_db`]).
+//! `setup-db` prepares PostgreSQL for it instead (see [`setup_db`]); `deploy` and `migrate` upload a
+//! schema folder to a running gateway (see [`stonescriptdb_gateway::cli`]).
 
 mod setup_db;
 
@@ -12,8 +13,11 @@ use stonescriptdb_gateway::{VERSION, log};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("setup-db") {
-        return ExitCode::from(setup_db::main(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("setup-db") => return ExitCode::from(setup_db::main(&args[1..])),
+        Some("deploy") => return ExitCode::from(stonescriptdb_gateway::cli::main(false, &args[1..])),
+        Some("migrate") => return ExitCode::from(stonescriptdb_gateway::cli::main(true, &args[1..])),
+        _ => {}
     }
     let env: HashMap<String, String> = std::env::vars().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());

@@ -24,6 +24,7 @@ use crate::catalog::CallOwner;
 use crate::config::Config;
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
+use crate::metrics::PoolSnapshot;
 use crate::pg::conn::{BackendConn, ConnState};
 use crate::pg::dberror::PgError;
 use crate::pg::frame::Backend as Msg;
@@ -52,6 +53,10 @@ pub struct Stats {
     pub idle: usize,
     pub waiting: usize,
     pub pipelined: u64,
+    /// Backend connections opened (startup finished) since the start.
+    pub connects: u64,
+    /// Connection attempts that failed since the start.
+    pub connect_failures: u64,
 }
 
 /// The `/call` engine: pools, backend connections and the calls running on them.
@@ -83,6 +88,9 @@ pub struct CallEngine {
     unflushed: Vec<usize>,
     /// Calls sent behind another call on a busy connection, since the start (`/health`).
     pipelined: u64,
+    /// See [`Stats::connects`] and [`Stats::connect_failures`].
+    connects: u64,
+    connect_failures: u64,
     /// Who may call which database (see [`Owners::admit`]).
     pub owners: Owners,
     /// Requests for room to send to the other loops.
@@ -143,6 +151,8 @@ impl CallEngine {
             canceller,
             busy_target,
             pipelined: 0,
+            connects: 0,
+            connect_failures: 0,
             unflushed: Vec::new(),
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
@@ -182,6 +192,8 @@ impl CallEngine {
             pools: self.pools.pools.len(),
             connections: self.backends.len(),
             pipelined: self.pipelined,
+            connects: self.connects,
+            connect_failures: self.connect_failures,
             ..Stats::default()
         };
         for (_, p) in self.pools.pools.iter() {
@@ -189,6 +201,23 @@ impl CallEngine {
             s.waiting += p.waiting().len();
         }
         s
+    }
+
+    /// Each pool of this loop for `/metrics` and the status page.
+    pub fn pool_snapshots(&self, now: Instant) -> Vec<PoolSnapshot> {
+        self.pools
+            .pools
+            .iter()
+            .map(|(_, p)| PoolSnapshot {
+                database: p.database.clone(),
+                idle: p.idle.len(),
+                busy: p.busy.len(),
+                waiting: p.waiting().len(),
+                pipelined: p.busy.iter().filter_map(|c| self.backends.get(*c)).map(|b| b.session.queued.len()).sum(),
+                calls: p.calls,
+                backoff_ms: p.backoff_until.map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64),
+            })
+            .collect()
     }
 
     pub fn busy(&self) -> bool {
@@ -314,6 +343,7 @@ impl CallEngine {
         let pool = self.pool_for(&waiter.req.database, role, now);
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
+        p.calls += 1;
         // While fewer backends are busy than this loop's share of the cores, an idle connection runs
         // the call at once. Beyond that, more busy backends only take turns on the same cores;
         // queuing the call behind a short one on a busy connection saves a backend wake-up per call.
@@ -594,6 +624,7 @@ impl CallEngine {
 
     /// A connection attempt failed: waiting calls get the error when nothing else can serve them.
     fn connect_failed(&mut self, pool: usize, err: &PgError, now: Instant) {
+        self.connect_failures += 1;
         let Some(p) = self.pools.pools.get_mut(pool) else { return };
         let e = api_from_pg(err, &p.database);
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
@@ -740,6 +771,7 @@ impl CallEngine {
                     if let Some(p) = self.pools.pools.get_mut(pool) {
                         p.note_connect_success();
                     }
+                    self.connects += 1;
                     self.set_state(key, ConnState::Idle);
                     self.hand_out(poll, pool, now);
                 }

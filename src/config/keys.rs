@@ -78,7 +78,21 @@ pub const KEYS: &[Key] = &[
     key("ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, "comma-separated CIDRs allowed to use the gateway"),
     key("TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed"),
     secret("ADMIN_TOKEN", "bearer token for /admin/*; admin routes are off when unset"),
-    key("ALLOWED_ADMIN_IPS", "127.0.0.0/8,::1/128", "comma-separated CIDRs allowed to use /admin/*"),
+    key(
+        "ALLOWED_ADMIN_IPS",
+        "127.0.0.0/8,::1/128",
+        "comma-separated CIDRs allowed to use /admin/*, /status and /metrics",
+    ),
+    secret(
+        "METRICS_TOKEN",
+        "bearer token /metrics wants besides an address in ALLOWED_ADMIN_IPS (the admin token also works); \
+         unset: the address alone decides",
+    ),
+    key(
+        "METRICS_TOP_DATABASES",
+        "20",
+        "databases named in the per-database pool metrics, those with the most calls; the rest are summed as other",
+    ),
     secret(
         "PLATFORM_SECRET",
         "secret (32+ characters) the platform roles' passwords are derived from; all instances sharing a server \

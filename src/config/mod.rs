@@ -246,6 +246,8 @@ pub struct SecurityConfig {
     pub extensions_allowed: Vec<String>,
     /// `REQUIRE_PLATFORM_KEYS`: no platform route without a key or the admin token.
     pub require_platform_keys: bool,
+    /// `METRICS_TOKEN`: when set, `/metrics` wants it (or the admin token).
+    pub metrics_token: Option<String>,
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -259,6 +261,7 @@ impl std::fmt::Debug for SecurityConfig {
             .field("role_prefix", &self.role_prefix)
             .field("extensions_allowed", &self.extensions_allowed)
             .field("require_platform_keys", &self.require_platform_keys)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -315,6 +318,8 @@ pub struct Config {
     pub limits: Limits,
     pub deploy: DeployConfig,
     pub shutdown_grace: Duration,
+    /// `METRICS_TOP_DATABASES`: databases named in `/metrics` pool figures; the rest are `other`.
+    pub metrics_top_databases: usize,
 }
 
 fn invalid(s: &Settings, key: &str, expected: &str) -> ConfigError {
@@ -534,6 +539,12 @@ impl Config {
                 .filter(|x| !x.is_empty())
                 .collect(),
             require_platform_keys: boolean(s, "REQUIRE_PLATFORM_KEYS")?,
+            metrics_token: match opt(s, "METRICS_TOKEN") {
+                Some(t) if t.len() < 16 => {
+                    return Err(invalid(s, "METRICS_TOKEN", "a token of at least 16 characters"));
+                }
+                t => t,
+            },
         };
         let level = match s.get("LOG_LEVEL").trim().to_ascii_lowercase().as_str() {
             "error" => Level::Error,
@@ -588,6 +599,7 @@ impl Config {
             limits,
             deploy,
             shutdown_grace: secs(s, "SHUTDOWN_GRACE_SECS")?,
+            metrics_top_databases: num(s, "METRICS_TOP_DATABASES", 1usize, 1000)?,
         })
     }
 

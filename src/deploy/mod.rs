@@ -9,6 +9,8 @@ pub mod form;
 pub mod functions;
 pub mod gzip;
 pub mod isolate;
+pub mod overview;
+pub mod pack;
 pub mod seeders;
 pub mod service;
 pub mod sql;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::json::{ObjectWriter, Value};
+use crate::metrics::DeployMetrics;
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
 use crate::security::keys::{Credential, StoredKey};
@@ -31,6 +32,8 @@ pub struct DeployCtx {
     pub role: Option<String>,
     /// What the request presented (platform key or admin token).
     pub cred: Credential,
+    /// Deploy counts for `/metrics` and the status page, shared by every context of this gateway.
+    pub metrics: Arc<DeployMetrics>,
 }
 
 /// The response and the databases that changed.
@@ -46,7 +49,7 @@ const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 impl DeployCtx {
     pub fn new(cfg: Arc<Config>) -> DeployCtx {
         let admin = cfg.db.connect_params();
-        DeployCtx { cfg, admin, role: None, cred: Credential::default() }
+        DeployCtx { cfg, admin, role: None, cred: Credential::default(), metrics: Arc::default() }
     }
 
     /// The same context for a request that presented `cred`.
@@ -235,6 +238,11 @@ impl DeployCtx {
         let mut c = self.connect(database)?;
         let r = deploy(&mut c, database, archive, opts);
         c.close();
+        if let Ok(rep) = &r {
+            if !rep.dry_run {
+                self.metrics.applied(rep.migrations_applied.len(), rep.functions_changed.len());
+            }
+        }
         r
     }
 
@@ -622,13 +630,19 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             protected_schemas: ctx.cfg.call.schemas.clone(),
         };
         let run = cat.start_run("migrate", Some(&names::platform(&platform)?), None, databases.len())?;
-        let results = migrate_many(ctx, &databases, &archive, &opts, &untrusted, false, &|_, _, _| {});
+        ctx.metrics.fleet_started(&run, &p, "", databases.len());
+        let progress = |r: &DbResult, done: usize, _total: usize| {
+            ctx.metrics.fleet_progress(&run, done, r.result.is_err());
+        };
+        let results = migrate_many(ctx, &databases, &archive, &opts, &untrusted, false, &progress);
         for r in &results {
             let status = if r.result.is_ok() { "success" } else { "failed" };
             let _ = cat.record_result(&run, &r.database, status, &result_json(&r.database, &r.result));
         }
         let any_failed = results.iter().any(|r| r.result.is_err());
-        let _ = cat.finish_run(&run, if any_failed { "completed_with_errors" } else { "completed" });
+        let status = if any_failed { "completed_with_errors" } else { "completed" };
+        let _ = cat.finish_run(&run, status);
+        ctx.metrics.fleet_finished(&run, status);
         let changed: Vec<String> = if opts.dry_run {
             Vec::new()
         } else {

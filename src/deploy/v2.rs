@@ -446,6 +446,7 @@ pub fn run_migrate(
     {
         return err(e);
     }
+    plan.ctx.metrics.fleet_started(&run_id, &plan.platform, &plan.schema, plan.databases.len());
     on_started(&run_id);
     let cat = Mutex::new(c);
     let run_id = run_id.as_str();
@@ -461,6 +462,7 @@ pub fn run_migrate(
         if let Ok(mut c) = cat.lock() {
             let _ = c.record_result(run_id, &r.database, status, &String::from_utf8_lossy(&line));
         }
+        plan.ctx.metrics.fleet_progress(run_id, done, r.result.is_err());
         if let Progress::Lines(send) = &progress {
             line.push(b'\n');
             send(line);
@@ -481,6 +483,7 @@ pub fn run_migrate(
     if let Ok(mut c) = cat.lock() {
         let _ = c.finish_run(run_id, status);
     }
+    plan.ctx.metrics.fleet_finished(run_id, status);
     let changed = if plan.opts.dry_run {
         Vec::new()
     } else {

@@ -1,7 +1,7 @@
 //! Responses: status line, the headers every response carries (`Content-Length`, `Content-Type`) and
 //! the body, serialised into a connection's write buffer.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Kind};
 
 /// A complete response waiting to be serialised.
 #[derive(Debug, Clone)]
@@ -15,22 +15,28 @@ pub struct Response {
     pub retry_after: Option<u32>,
     /// Close the connection after this response whatever the client asked (e.g. unread body).
     pub close: bool,
-    /// The stable error code of an error answer, for the request log.
-    pub code: Option<&'static str>,
+    /// The error kind of an error answer (counted by `/metrics`).
+    pub error: Option<Kind>,
+    /// One more header, e.g. `WWW-Authenticate` for the status page.
+    pub header: Option<(&'static str, &'static str)>,
 }
 
 pub const JSON: &str = "application/json";
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: JSON, body, allow: None, retry_after: None, close: false, code: None }
+        Response::with_type(status, JSON, body)
+    }
+
+    pub fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response { status, content_type, body, allow: None, retry_after: None, close: false, error: None, header: None }
     }
 
     pub fn error(e: &ApiError) -> Response {
         let mut r = Response::json(e.status(), e.body());
-        r.code = Some(e.kind.code());
         r.allow = e.allow;
         r.retry_after = e.retry_after();
+        r.error = Some(e.kind);
         r
     }
 
@@ -94,6 +100,12 @@ pub fn write(out: &mut Vec<u8>, r: &Response, keep_alive: bool, minor_version: u
     if let Some(a) = r.allow {
         out.extend_from_slice(b"\r\nAllow: ");
         out.extend_from_slice(a.as_bytes());
+    }
+    if let Some((name, value)) = r.header {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
     }
     if let Some(s) = r.retry_after {
         out.extend_from_slice(b"\r\nRetry-After: ");

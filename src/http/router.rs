@@ -24,7 +24,41 @@ pub enum Route {
     Run(String),
     AdminPlatformKey(String),
     AdminIsolate,
+    Metrics,
+    Status,
+    StatusData,
 }
+
+/// Route names in [`Route::slot`] order (labels of `/metrics`); requests that matched no route count
+/// in one more slot after these.
+pub const ROUTE_NAMES: [&str; 20] = [
+    "health",
+    "call",
+    "register",
+    "migrate",
+    "admin_databases",
+    "admin_create_tenant",
+    "platform_register",
+    "platform_schema_upload",
+    "platform_schemas",
+    "platform_databases",
+    "platforms",
+    "database_create",
+    "v2_migrate",
+    "v2_migrate_all",
+    "run",
+    "admin_platform_key",
+    "admin_isolate",
+    "metrics",
+    "status",
+    "status_data",
+];
+
+/// Counter slots per route: every route plus requests that matched none.
+pub const ROUTE_SLOTS: usize = ROUTE_NAMES.len() + 1;
+
+/// The slot of requests that matched no route (404, 405, or refused before routing).
+pub const UNMATCHED: usize = ROUTE_NAMES.len();
 
 /// What body a route expects; decides the size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +77,10 @@ impl Route {
             | Route::PlatformDatabases(_)
             | Route::Platforms
             | Route::Run(_)
-            | Route::AdminIsolate => BodyKind::None,
+            | Route::AdminIsolate
+            | Route::Metrics
+            | Route::Status
+            | Route::StatusData => BodyKind::None,
             Route::Register | Route::Migrate | Route::PlatformSchemaUpload(_) => BodyKind::Multipart,
             _ => BodyKind::Json,
         }
@@ -54,26 +91,39 @@ impl Route {
         path.starts_with("/admin/")
     }
 
-    pub fn name(&self) -> &'static str {
+    /// Index into [`ROUTE_NAMES`] and the per-route counters.
+    pub fn slot(&self) -> usize {
         match self {
-            Route::Health => "health",
-            Route::Call => "call",
-            Route::Register => "register",
-            Route::Migrate => "migrate",
-            Route::AdminDatabases => "admin_databases",
-            Route::AdminCreateTenant => "admin_create_tenant",
-            Route::PlatformRegister => "platform_register",
-            Route::PlatformSchemaUpload(_) => "platform_schema_upload",
-            Route::PlatformSchemas(_) => "platform_schemas",
-            Route::PlatformDatabases(_) => "platform_databases",
-            Route::Platforms => "platforms",
-            Route::DatabaseCreate => "database_create",
-            Route::V2Migrate => "v2_migrate",
-            Route::V2MigrateAll => "v2_migrate_all",
-            Route::Run(_) => "run",
-            Route::AdminPlatformKey(_) => "admin_platform_key",
-            Route::AdminIsolate => "admin_isolate",
+            Route::Health => 0,
+            Route::Call => 1,
+            Route::Register => 2,
+            Route::Migrate => 3,
+            Route::AdminDatabases => 4,
+            Route::AdminCreateTenant => 5,
+            Route::PlatformRegister => 6,
+            Route::PlatformSchemaUpload(_) => 7,
+            Route::PlatformSchemas(_) => 8,
+            Route::PlatformDatabases(_) => 9,
+            Route::Platforms => 10,
+            Route::DatabaseCreate => 11,
+            Route::V2Migrate => 12,
+            Route::V2MigrateAll => 13,
+            Route::Run(_) => 14,
+            Route::AdminPlatformKey(_) => 15,
+            Route::AdminIsolate => 16,
+            Route::Metrics => 17,
+            Route::Status => 18,
+            Route::StatusData => 19,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        ROUTE_NAMES[self.slot()]
+    }
+
+    /// Routes that take the admin token (or, for the status page, HTTP Basic with it as password).
+    pub fn needs_admin(&self, path: &str) -> bool {
+        self.is_admin(path) || matches!(self, Route::Status | Route::StatusData)
     }
 }
 
@@ -108,6 +158,9 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
         ["v2", "migrate"] => (Route::V2Migrate, "POST"),
         ["v2", "migrate-all"] => (Route::V2MigrateAll, "POST"),
         ["runs", id] => (Route::Run(segment(id)?), "GET, HEAD"),
+        ["metrics"] => (Route::Metrics, "GET, HEAD"),
+        ["status"] => (Route::Status, "GET, HEAD"),
+        ["status", "data"] => (Route::StatusData, "GET, HEAD"),
         _ => return Err(ApiError::new(Kind::NotFound, format!("no route for {path}"))),
     };
     let ok = match method {
@@ -144,5 +197,36 @@ mod tests {
         assert_eq!(e.allow, Some("POST"));
         assert_eq!(route(Method::Get, "/platform/..%2Fetc/schemas").unwrap_err().kind, Kind::InvalidRequest);
         assert_eq!(route(Method::Get, "/platform/%2e%2e/schemas").unwrap_err().kind, Kind::InvalidRequest);
+        assert_eq!(route(Method::Get, "/metrics").unwrap(), Route::Metrics);
+        assert_eq!(route(Method::Get, "/status/data").unwrap(), Route::StatusData);
+    }
+
+    #[test]
+    fn every_route_has_its_own_slot_and_name() {
+        let all = [
+            Route::Health,
+            Route::Call,
+            Route::Register,
+            Route::Migrate,
+            Route::AdminDatabases,
+            Route::AdminCreateTenant,
+            Route::PlatformRegister,
+            Route::PlatformSchemaUpload(String::new()),
+            Route::PlatformSchemas(String::new()),
+            Route::PlatformDatabases(String::new()),
+            Route::Platforms,
+            Route::DatabaseCreate,
+            Route::V2Migrate,
+            Route::V2MigrateAll,
+            Route::Run(String::new()),
+            Route::AdminPlatformKey(String::new()),
+            Route::AdminIsolate,
+            Route::Metrics,
+            Route::Status,
+            Route::StatusData,
+        ];
+        let slots: std::collections::HashSet<usize> = all.iter().map(Route::slot).collect();
+        assert_eq!(slots.len(), ROUTE_NAMES.len());
+        assert!(slots.iter().all(|s| *s < UNMATCHED));
     }
 }

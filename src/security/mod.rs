@@ -62,7 +62,54 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0 && a.len() == b.len()
 }
 
-/// Admin routes: a configured token, a peer in `ALLOWED_ADMIN_IPS`, and `Authorization: Bearer <token>`.
+/// The secret an `Authorization` header presents: a bearer token, or the password of HTTP Basic
+/// credentials (any user name; a browser can send only those).
+pub fn presented_secret(authorization: Option<&str>) -> Option<String> {
+    let a = authorization?.trim();
+    let (scheme, rest) = a.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = String::from_utf8(base64_decode(rest)?).ok()?;
+        let (_user, password) = decoded.split_once(':')?;
+        return Some(password.to_string());
+    }
+    None
+}
+
+/// Standard base64 (RFC 4648 §4) with or without padding; `None` for anything else.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    if bits >= 6 {
+        return None;
+    }
+    Some(out)
+}
+
+/// Admin routes: a configured token, a peer in `ALLOWED_ADMIN_IPS`, and the token as
+/// `Authorization: Bearer <token>` or as the password of HTTP Basic credentials.
 pub fn check_admin(ip: IpAddr, authorization: Option<&str>, cfg: &SecurityConfig) -> Result<(), ApiError> {
     let Some(token) = &cfg.admin_token else {
         return Err(ApiError::new(
@@ -73,12 +120,32 @@ pub fn check_admin(ip: IpAddr, authorization: Option<&str>, cfg: &SecurityConfig
     if !any_contains(&cfg.admin_ips, ip) {
         return Err(ApiError::new(Kind::Unauthorized, format!("address {ip} is not in ALLOWED_ADMIN_IPS")));
     }
-    let given =
-        authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer "))).map(str::trim);
-    match given {
+    match presented_secret(authorization) {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(Kind::AdminTokenInvalid, "admin token is wrong")),
         None => Err(ApiError::new(Kind::AdminTokenInvalid, "missing Authorization: Bearer <ADMIN_TOKEN>")),
+    }
+}
+
+/// `/metrics`: a peer in `ALLOWED_ADMIN_IPS`, and when `METRICS_TOKEN` is set, that token (or the admin
+/// token) presented as for admin routes. Without `METRICS_TOKEN` the address alone decides, so a
+/// Prometheus on the VM scrapes without a secret.
+pub fn check_metrics(ip: IpAddr, authorization: Option<&str>, cfg: &SecurityConfig) -> Result<(), ApiError> {
+    if !any_contains(&cfg.admin_ips, ip) {
+        return Err(ApiError::new(Kind::Unauthorized, format!("address {ip} is not in ALLOWED_ADMIN_IPS")));
+    }
+    let Some(token) = &cfg.metrics_token else { return Ok(()) };
+    let given = presented_secret(authorization);
+    let ok = given.as_deref().is_some_and(|g| {
+        constant_time_eq(g.as_bytes(), token.as_bytes())
+            || cfg.admin_token.as_deref().is_some_and(|a| constant_time_eq(g.as_bytes(), a.as_bytes()))
+    });
+    if ok {
+        Ok(())
+    } else if given.is_some() {
+        Err(ApiError::new(Kind::AdminTokenInvalid, "metrics token is wrong"))
+    } else {
+        Err(ApiError::new(Kind::AdminTokenInvalid, "missing Authorization: Bearer <METRICS_TOKEN>"))
     }
 }
 
@@ -134,5 +201,34 @@ mod tests {
         assert!(check_admin(lo, Some("Bearer 0123456789abcdef"), &c).is_ok());
         let far: IpAddr = "10.0.0.5".parse().unwrap();
         assert_eq!(check_admin(far, Some("Bearer 0123456789abcdef"), &c).unwrap_err().kind, Kind::Unauthorized);
+        // HTTP Basic: any user, the token as password ("any:0123456789abcdef", "u:wrong").
+        assert!(check_admin(lo, Some("Basic YW55OjAxMjM0NTY3ODlhYmNkZWY="), &c).is_ok());
+        assert_eq!(check_admin(lo, Some("Basic dTp3cm9uZw=="), &c).unwrap_err().kind, Kind::AdminTokenInvalid);
+        assert_eq!(check_admin(lo, Some("Basic !!!"), &c).unwrap_err().kind, Kind::AdminTokenInvalid);
+    }
+
+    #[test]
+    fn metrics_checks() {
+        let mut c = Config::defaults().security;
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let far: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(check_metrics(lo, None, &c).is_ok());
+        assert_eq!(check_metrics(far, None, &c).unwrap_err().kind, Kind::Unauthorized);
+        c.metrics_token = Some("metrics-secret".into());
+        c.admin_token = Some("0123456789abcdef".into());
+        assert_eq!(check_metrics(lo, None, &c).unwrap_err().kind, Kind::AdminTokenInvalid);
+        assert_eq!(check_metrics(lo, Some("Bearer nope"), &c).unwrap_err().kind, Kind::AdminTokenInvalid);
+        assert!(check_metrics(lo, Some("Bearer metrics-secret"), &c).is_ok());
+        assert!(check_metrics(lo, Some("Bearer 0123456789abcdef"), &c).is_ok());
+    }
+
+    #[test]
+    fn base64_roundtrips_known_values() {
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
+        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
+        assert_eq!(base64_decode("Zm9vYg").unwrap(), b"foob");
+        assert!(base64_decode("Z").is_none());
+        assert!(base64_decode("Zm9v YmFy").is_none());
     }
 }

@@ -215,7 +215,12 @@ impl App {
                 )));
             }
         };
+        let kind = if all { "v2_migrate_all" } else { "v2_migrate" };
         let task = Box::new(move || {
+            let started = Instant::now();
+            let record = |status: u16| {
+                ctx.metrics.run_finished(kind, outcome(status), started.elapsed().as_micros() as u64);
+            };
             let answered = AtomicBool::new(false);
             let streaming = AtomicBool::new(false);
             let complete = |response: Response, invalidate: Vec<String>| {
@@ -226,7 +231,11 @@ impl App {
             let run = std::panic::AssertUnwindSafe(|| {
                 let plan = match v2::plan_migrate(&ctx, &body, all) {
                     Ok(p) => p,
-                    Err(e) => return complete(Response::error(&e), Vec::new()),
+                    Err(e) => {
+                        let r = Response::error(&e);
+                        record(r.status);
+                        return complete(r, Vec::new());
+                    }
                 };
                 if is_async {
                     let mut answered = false;
@@ -245,6 +254,7 @@ impl App {
                         },
                         v2::Progress::None,
                     );
+                    record(resp.status);
                     if answered {
                         shared.invalidations.publish(&changed);
                     } else {
@@ -256,6 +266,7 @@ impl App {
                         notifier.send(Message::Chunk { client: key, generation, data, last: false });
                     };
                     let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::Lines(&chunk));
+                    record(resp.status);
                     if streaming.load(Ordering::Relaxed) {
                         shared.invalidations.publish(&changed);
                         let mut summary = resp.body;
@@ -268,6 +279,7 @@ impl App {
                     }
                 } else {
                     let (resp, changed) = v2::run_migrate(&plan, &mut |_| {}, v2::Progress::None);
+                    record(resp.status);
                     complete(resp, changed);
                 }
             });
@@ -313,13 +325,29 @@ impl App {
         cred: Credential,
         op: impl FnOnce(&DeployCtx) -> (Response, Vec<String>) + Send + 'static,
     ) -> Option<Response> {
+        self.submit_counted(key, generation, cred, None, op)
+    }
+
+    /// As [`App::submit_deploy`]; a `kind` counts the request as a deploy of that kind in `/metrics`.
+    fn submit_counted(
+        &mut self,
+        key: usize,
+        generation: u64,
+        cred: Credential,
+        kind: Option<&'static str>,
+        op: impl FnOnce(&DeployCtx) -> (Response, Vec<String>) + Send + 'static,
+    ) -> Option<Response> {
         let ctx = self.shared.deploy.with_credential(cred);
         let notifier = self.notifier.clone();
         let shared = self.shared.clone();
         let task = Box::new(move || {
+            let started = Instant::now();
             // A bug in a deploy must still answer its client, not leave it waiting for ever.
             let (response, invalidate) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&ctx)))
                 .unwrap_or_else(|_| (Response::error(&internal_panic()), Vec::new()));
+            if let Some(kind) = kind {
+                ctx.metrics.run_finished(kind, outcome(response.status), started.elapsed().as_micros() as u64);
+            }
             if response.status < 300 {
                 // Databases this deploy created or changed, keys it set: tell /call right away.
                 if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
@@ -448,6 +476,11 @@ impl App {
     }
 }
 
+/// A deploy's outcome label from its HTTP status.
+fn outcome(status: u16) -> &'static str {
+    if status < 300 { "success" } else { "failed" }
+}
+
 fn internal_panic() -> ApiError {
     ApiError::new(Kind::Internal, "the deploy stopped on an internal error; nothing after it was kept")
 }
@@ -488,6 +521,20 @@ impl App {
         let depth = cfg.limits.max_json_depth;
         let result = match &inc.route {
             Route::Health => Ok(self.health(now)),
+            Route::Metrics => {
+                self.publish_own(now);
+                Ok(super::status::metrics(&self.shared, now))
+            }
+            Route::Status => Ok(super::status::page()),
+            Route::StatusData => {
+                self.publish_own(now);
+                let live = super::status::live(&self.shared, now);
+                return self.submit_deploy(key, generation, cred, move |ctx| {
+                    let (mut r, changed) = crate::deploy::overview::status_data(ctx, &live);
+                    r.header = Some(("Cache-Control", "no-store"));
+                    (r, changed)
+                });
+            }
             Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json) {
                 Ok(req) => {
                     if crate::log::enabled(crate::config::Level::Info) {
@@ -505,7 +552,8 @@ impl App {
                 let ct = inc.head.content_type.clone().unwrap_or_default();
                 let body = inc.body;
                 let register = inc.route == Route::Register;
-                return self.submit_deploy(key, generation, cred, move |ctx| {
+                let kind = inc.route.name();
+                return self.submit_counted(key, generation, cred, Some(kind), move |ctx| {
                     if register { service::register(ctx, &ct, &body) } else { service::migrate(ctx, &ct, &body) }
                 });
             }
@@ -541,7 +589,9 @@ impl App {
             }
             Route::PlatformSchemaUpload(p) => {
                 let (p, ct, body) = (p.clone(), inc.head.content_type.clone().unwrap_or_default(), inc.body);
-                return self.submit_deploy(key, generation, cred, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
+                let kind = Some(inc.route.name());
+                return self
+                    .submit_counted(key, generation, cred, kind, move |ctx| v2::upload_schema(ctx, &p, &ct, &body));
             }
             Route::PlatformSchemas(p) => {
                 let p = p.clone();
@@ -557,7 +607,10 @@ impl App {
                 return self.submit_deploy(key, generation, cred, move |ctx| v2::get_run(ctx, &id));
             }
             Route::DatabaseCreate => match json_object(&inc.body, depth) {
-                Ok(v) => return self.submit_deploy(key, generation, cred, move |ctx| v2::create_database(ctx, &v)),
+                Ok(v) => {
+                    let kind = Some(inc.route.name());
+                    return self.submit_counted(key, generation, cred, kind, move |ctx| v2::create_database(ctx, &v));
+                }
                 Err(e) => Err(e),
             },
             Route::V2Migrate | Route::V2MigrateAll => match json_object(&inc.body, depth) {
@@ -575,9 +628,16 @@ impl App {
         })
     }
 
+    /// This loop's own counts are made current; the others' are as of their last turn.
+    fn publish_own(&self, now: Instant) {
+        if let Some(s) = self.shared.stats.get(self.id) {
+            s.publish(&self.calls.stats());
+            s.publish_pools(self.calls.pool_snapshots(now));
+        }
+    }
+
     fn health(&self, now: Instant) -> Response {
         let connected = self.shared.health.ok.load(Ordering::Relaxed);
-        // This loop's own counts are current; the others' are as of their last turn.
         if let Some(s) = self.shared.stats.get(self.id) {
             s.publish(&self.calls.stats());
         }

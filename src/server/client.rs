@@ -45,6 +45,8 @@ pub enum Phase {
 pub struct ReqInfo {
     pub method: Method,
     pub path: String,
+    /// The route's counter slot ([`crate::http::router::UNMATCHED`] until routed).
+    pub route: usize,
     pub started: Instant,
     pub minor_version: u8,
     pub keep_alive: bool,

@@ -23,7 +23,7 @@ use crate::error::{ApiError, Kind};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{BodyFraming, Method, parse_head};
 use crate::http::response::{self, CONTINUE, Response};
-use crate::http::router::{self, BodyKind};
+use crate::http::router::{self, BodyKind, Route};
 use crate::log;
 use crate::security;
 use crate::slab::Slab;
@@ -34,6 +34,8 @@ const SIGNALS: Token = Token(2);
 /// Client tokens start here; backend tokens live above `BACKEND_BASE`.
 const CLIENT_BASE: usize = 16;
 pub(super) const BACKEND_BASE: usize = 1 << 40;
+/// The counter slot of `/call`, whose answers also feed the latency histogram.
+const CALL_SLOT: usize = 1;
 /// How often the janitor looks at deadlines.
 const JANITOR_EVERY: Duration = Duration::from_millis(100);
 /// Bytes read per `read` call into the shared scratch buffer.
@@ -429,6 +431,7 @@ impl Loop {
                                 c.req = Some(ReqInfo {
                                     method: Method::Other,
                                     path: String::new(),
+                                    route: router::UNMATCHED,
                                     started: self.now,
                                     minor_version: 1,
                                     keep_alive: false,
@@ -448,6 +451,7 @@ impl Loop {
                             c.req = Some(ReqInfo {
                                 method: head.method,
                                 path: head.path.clone(),
+                                route: router::UNMATCHED,
                                 started,
                                 minor_version: head.minor_version,
                                 keep_alive: head.keep_alive,
@@ -458,9 +462,14 @@ impl Loop {
                             self.next_generation += 1;
                             c.generation = self.next_generation;
                             let peer = c.peer;
+                            // A browser asks for the status page's credentials only when challenged.
+                            let status_page = head.path == "/status" || head.path.starts_with("/status/");
                             match self.accept_head(peer, head) {
                                 Err((e, body_unread)) => {
-                                    let r = Response::error(&e);
+                                    let mut r = Response::error(&e);
+                                    if status_page && e.kind == Kind::AdminTokenInvalid {
+                                        r.header = Some(("WWW-Authenticate", "Basic realm=\"stonescriptdb-gateway\""));
+                                    }
                                     // Without reading the body we cannot find the next request.
                                     let r = if body_unread { r.closing() } else { r };
                                     self.respond(key, r);
@@ -470,6 +479,9 @@ impl Loop {
                                 }
                                 Ok(inc) => {
                                     let Some(c) = self.clients.get_mut(key) else { return };
+                                    if let Some(i) = c.req.as_mut() {
+                                        i.route = inc.route.slot();
+                                    }
                                     let has_body = inc.remaining > 0 || inc.chunked.is_some();
                                     if inc.head.expect_continue && has_body && c.rbuf.is_empty() {
                                         c.wbuf.extend_from_slice(CONTINUE);
@@ -551,8 +563,10 @@ impl Loop {
             security::client_ip(peer.ip(), head.x_forwarded_for.as_deref(), &self.cfg.security).map_err(fail)?;
         security::check_allowed(client_ip, &self.cfg.security).map_err(fail)?;
         let route = router::route(head.method, &head.path).map_err(fail)?;
-        if route.is_admin(&head.path) {
+        if route.needs_admin(&head.path) {
             security::check_admin(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
+        } else if route == Route::Metrics {
+            security::check_metrics(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
         }
         let limit = match route.body_kind() {
             BodyKind::Multipart => self.cfg.limits.max_upload_bytes,
@@ -611,6 +625,9 @@ impl Loop {
         if let Some(i) = &info {
             // The turn's clock is coarse for quick requests; the log line reads a fresh one.
             let us = Instant::now().saturating_duration_since(i.started).as_micros();
+            if let Some(s) = self.app.shared.stats.get(self.app.id) {
+                s.counters.request(i.route, r.status, i.route == CALL_SLOT, us as u64, r.error);
+            }
             let (method, bytes) = (i.method.as_str(), r.body.len());
             let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
                 ("peer", &c.peer),
@@ -620,8 +637,8 @@ impl Loop {
                 ("bytes", &bytes),
                 ("duration_us", &us),
             ];
-            let code = r.code.unwrap_or("");
-            if r.code.is_some() {
+            let code = r.error.map(|k| k.code()).unwrap_or("");
+            if r.error.is_some() {
                 fields.push(("error", &code));
             }
             if let Some(call) = &i.call {
@@ -709,6 +726,9 @@ impl Loop {
             response::write_chunk(&mut c.wbuf, b"");
             let keep = c.req.as_ref().is_some_and(|r| r.keep_alive) && self.shutdown_deadline.is_none();
             if let Some(i) = c.req.take() {
+                if let Some(s) = self.app.shared.stats.get(self.app.id) {
+                    s.counters.request(i.route, 200, false, 0, None);
+                }
                 log::info(
                     "request",
                     &[
@@ -757,6 +777,7 @@ impl Loop {
                             c.req = Some(ReqInfo {
                                 method: Method::Other,
                                 path: String::new(),
+                                route: router::UNMATCHED,
                                 started: now,
                                 minor_version: 1,
                                 keep_alive: false,
@@ -781,6 +802,9 @@ impl Loop {
         self.app.catch_up(&mut self.poll);
         let done = self.app.janitor(&mut self.poll, now);
         self.deliver(done);
+        if let Some(s) = self.app.shared.stats.get(self.app.id) {
+            s.publish_pools(self.app.calls.pool_snapshots(now));
+        }
     }
 }
 

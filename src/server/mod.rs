@@ -7,6 +7,7 @@ pub mod client;
 pub mod event_loop;
 pub mod notify;
 pub mod shared;
+pub mod status;
 
 use std::io;
 use std::net::SocketAddr;

@@ -2,7 +2,8 @@
 //! PostgreSQL health probe, the catalog lookup and sync threads, the CancelRequest thread, the
 //! connection limits, the log of databases a deploy changed, and each loop's counts for `/health`.
 //! Nothing here is touched per request except two atomic loads (the invalidation epoch, and the
-//! client counts when a connection is accepted).
+//! client counts when a connection is accepted) and the answering loop's own request counters
+//! ([`LoopStats::counters`], written only by that loop).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use crate::deploy::service::DeployCtx;
 use crate::deploy::v2;
 use crate::deploy::workers::Workers;
 use crate::log;
+use crate::metrics::{HistogramSnapshot, History, LoopCounters, PoolSnapshot, RequestTotals, fold_pools};
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
 
@@ -92,8 +94,15 @@ pub struct LoopStats {
     idle: AtomicUsize,
     waiting: AtomicUsize,
     pipelined: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
     /// Client connections this loop serves (the accepting loop counts a hand-over at once).
     pub clients: AtomicUsize,
+    /// Requests this loop answered, `/call` latency and errors; only this loop writes them.
+    pub counters: LoopCounters,
+    /// This loop's pools as of its last janitor turn (every 100 ms): a lock taken ten times a
+    /// second by the loop and once per scrape, never per request.
+    pub pools_snapshot: Mutex<Vec<PoolSnapshot>>,
 }
 
 impl LoopStats {
@@ -103,6 +112,12 @@ impl LoopStats {
         self.idle.store(s.idle, Ordering::Relaxed);
         self.waiting.store(s.waiting, Ordering::Relaxed);
         self.pipelined.store(s.pipelined, Ordering::Relaxed);
+        self.connects.store(s.connects, Ordering::Relaxed);
+        self.connect_failures.store(s.connect_failures, Ordering::Relaxed);
+    }
+
+    pub fn publish_pools(&self, pools: Vec<PoolSnapshot>) {
+        *self.pools_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = pools;
     }
 
     fn read(&self) -> Stats {
@@ -112,6 +127,8 @@ impl LoopStats {
             idle: self.idle.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             pipelined: self.pipelined.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -200,6 +217,8 @@ pub struct Shared {
     pub invalidations: Invalidations,
     pub stats: Vec<LoopStats>,
     pub deploy: DeployCtx,
+    /// The last minute of `/call` traffic, sampled every second (status page).
+    pub history: Arc<History>,
     /// Stops the helper threads at shutdown.
     pub stop: Arc<AtomicBool>,
 }
@@ -225,20 +244,51 @@ impl Shared {
             )?
         };
         let n = loops.len();
-        Ok(Arc::new(Shared {
+        let history = Arc::new(History::default());
+        let shared = Arc::new(Shared {
             budget: Budget::new(cfg.pool.max_total, cfg.pool.max_per_pool),
             canceller: Canceller::start()?,
             workers: Mutex::new(Workers::new(cfg.deploy.workers, cfg.deploy.queue)?),
             started: Instant::now(),
             stats: (0..n).map(|_| LoopStats::default()).collect(),
             invalidations: Invalidations::default(),
+            history,
             health,
             lookups,
             deploy,
             stop,
             loops,
             cfg,
-        }))
+        });
+        start_sampler(Arc::downgrade(&shared));
+        Ok(shared)
+    }
+
+    /// Request counters summed over every loop.
+    pub fn request_totals(&self) -> RequestTotals {
+        let mut t = RequestTotals::default();
+        for s in &self.stats {
+            s.counters.add_to(&mut t);
+        }
+        t
+    }
+
+    /// `/call` latency summed over every loop.
+    pub fn call_latency(&self) -> HistogramSnapshot {
+        let mut h = HistogramSnapshot::default();
+        for s in &self.stats {
+            s.counters.add_call_latency(&mut h);
+        }
+        h
+    }
+
+    /// Every loop's pools as last published, summed per database and folded to the top-N.
+    pub fn pools(&self) -> Vec<PoolSnapshot> {
+        let mut all = Vec::new();
+        for s in &self.stats {
+            all.extend(s.pools_snapshot.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        }
+        fold_pools(all, self.cfg.metrics_top_databases)
     }
 
     /// Counts summed over every loop.
@@ -251,6 +301,8 @@ impl Shared {
             t.idle += s.idle;
             t.waiting += s.waiting;
             t.pipelined += s.pipelined;
+            t.connects += s.connects;
+            t.connect_failures += s.connect_failures;
         }
         t
     }
@@ -280,6 +332,22 @@ impl Shared {
         self.stop.store(true, Ordering::Relaxed);
         self.workers.lock().unwrap_or_else(|p| p.into_inner()).shutdown(deadline);
     }
+}
+
+/// Once a second: the `/call` latency totals go into the one-minute history. Holds only a weak
+/// reference, so it ends with the server.
+fn start_sampler(shared: std::sync::Weak<Shared>) {
+    let _ = std::thread::Builder::new().name("stats-sampler".into()).spawn(move || {
+        loop {
+            let Some(s) = shared.upgrade() else { return };
+            if s.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            s.history.sample(s.started.elapsed().as_secs(), s.call_latency());
+            drop(s);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }
 
 /// Sends who owns which database and every platform's keys to every loop.

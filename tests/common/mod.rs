@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod cluster;
 pub mod db;
+pub mod tools;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,260 @@
+//! The Prometheus text exposition format, version 0.0.4: `# HELP` and `# TYPE` once per family, its
+//! samples together, label values escaped, histograms as cumulative `_bucket{le=…}` plus `_sum` and
+//! `_count`. No I/O: the caller gathers a [`Scrape`] and sends the bytes.
+
+use super::process::ProcessStats;
+use super::{DEPLOY_BOUNDS_US, DeploySnapshot, LATENCY_BOUNDS_US, PoolSnapshot, RequestTotals};
+use crate::error::Kind;
+use crate::http::router::ROUTE_NAMES;
+
+/// The media type scrapers ask for.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "stonescriptdb_gateway_";
+
+/// Everything one scrape reports.
+pub struct Scrape<'a> {
+    pub version: &'a str,
+    pub uptime_seconds: f64,
+    /// Unix time the process started.
+    pub start_time_seconds: f64,
+    pub postgres_up: bool,
+    pub event_loops: usize,
+    pub clients: usize,
+    pub requests: &'a RequestTotals,
+    /// Folded to the top-N (see [`super::fold_pools`]).
+    pub pools: &'a [PoolSnapshot],
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub deploy: &'a DeploySnapshot,
+    pub process: ProcessStats,
+}
+
+struct Out {
+    b: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.b.push_str("# HELP ");
+        self.b.push_str(PREFIX);
+        self.b.push_str(name);
+        self.b.push(' ');
+        self.b.push_str(help);
+        self.b.push_str("\n# TYPE ");
+        self.b.push_str(PREFIX);
+        self.b.push_str(name);
+        self.b.push(' ');
+        self.b.push_str(kind);
+        self.b.push('\n');
+    }
+
+    /// A family without the gateway prefix (the conventional `process_*` names).
+    fn plain_family(&mut self, name: &str, kind: &str, help: &str) {
+        self.b.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.b.push_str(PREFIX);
+        self.plain_sample(name, labels, value);
+    }
+
+    fn plain_sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.b.push_str(name);
+        if !labels.is_empty() {
+            self.b.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.b.push(',');
+                }
+                self.b.push_str(k);
+                self.b.push_str("=\"");
+                escape_into(&mut self.b, v);
+                self.b.push('"');
+            }
+            self.b.push('}');
+        }
+        self.b.push(' ');
+        self.b.push_str(&number(value));
+        self.b.push('\n');
+    }
+
+    /// Cumulative buckets from per-bucket `counts` (the last one is `+Inf`), then `_sum` and `_count`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], bounds_us: &[u64], counts: &[u64], sum_us: u64) {
+        let mut cum = 0u64;
+        for (i, c) in counts.iter().enumerate() {
+            cum += c;
+            let le = match bounds_us.get(i) {
+                Some(&b) => number(b as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            let mut l: Vec<(&str, &str)> = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &l, cum as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), labels, cum as f64);
+    }
+}
+
+/// `\`, `"` and newline are the only characters a label value escapes.
+fn escape_into(out: &mut String, v: &str) {
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Renders a scrape.
+pub fn render(s: &Scrape<'_>) -> String {
+    let mut o = Out { b: String::with_capacity(16 * 1024) };
+
+    o.family("build_info", "gauge", "Always 1; the version is a label.");
+    o.sample("build_info", &[("version", s.version)], 1.0);
+    o.family("uptime_seconds", "gauge", "Seconds since the gateway started.");
+    o.sample("uptime_seconds", &[], (s.uptime_seconds * 1000.0).round() / 1000.0);
+    o.family("postgres_up", "gauge", "1 when the background probe reached PostgreSQL in its last round.");
+    o.sample("postgres_up", &[], if s.postgres_up { 1.0 } else { 0.0 });
+    o.family("event_loops", "gauge", "Event loops (GATEWAY_THREADS).");
+    o.sample("event_loops", &[], s.event_loops as f64);
+    o.family("client_connections", "gauge", "Open client connections.");
+    o.sample("client_connections", &[], s.clients as f64);
+
+    o.family("http_requests_total", "counter", "Answered HTTP requests by route and status class.");
+    for (r, row) in s.requests.requests.iter().enumerate() {
+        let route = ROUTE_NAMES.get(r).copied().unwrap_or("unmatched");
+        for (c, n) in row.iter().enumerate() {
+            // Classes a route never answered stay out; 2xx is always there so a route shows at all.
+            if *n > 0 || c == 1 {
+                o.sample("http_requests_total", &[("route", route), ("class", CLASSES[c])], *n as f64);
+            }
+        }
+    }
+
+    o.family("call_duration_seconds", "histogram", "Time from a /call request's first byte to its answer.");
+    let h = &s.requests.call_latency;
+    o.histogram("call_duration_seconds", &[], &LATENCY_BOUNDS_US, &h.counts, h.sum_us);
+
+    o.family("call_errors_total", "counter", "/call answers that were errors, by stable error code.");
+    for k in Kind::ALL {
+        o.sample("call_errors_total", &[("code", k.code())], s.requests.call_errors[*k as usize] as f64);
+    }
+
+    o.family("pool_connections", "gauge", "Backend connections of the /call pools by database and state.");
+    for p in s.pools {
+        o.sample("pool_connections", &[("database", &p.database), ("state", "idle")], p.idle as f64);
+        o.sample("pool_connections", &[("database", &p.database), ("state", "busy")], p.busy as f64);
+    }
+    o.family("pool_waiting", "gauge", "Calls waiting for a backend connection, by database.");
+    for p in s.pools {
+        o.sample("pool_waiting", &[("database", &p.database)], p.waiting as f64);
+    }
+    o.family("pool_pipelined", "gauge", "Calls queued behind another call on a busy connection, by database.");
+    for p in s.pools {
+        o.sample("pool_pipelined", &[("database", &p.database)], p.pipelined as f64);
+    }
+    o.family("pool_backoff_seconds", "gauge", "Seconds until the next connect attempt of a database's pool.");
+    for p in s.pools {
+        o.sample("pool_backoff_seconds", &[("database", &p.database)], p.backoff_ms as f64 / 1000.0);
+    }
+    o.family("backend_connects_total", "counter", "Backend connections the /call pools opened.");
+    o.sample("backend_connects_total", &[], s.connects as f64);
+    o.family("backend_connect_failures_total", "counter", "Backend connection attempts that failed.");
+    o.sample("backend_connect_failures_total", &[], s.connect_failures as f64);
+
+    o.family("deploys_total", "counter", "Deploy requests by kind (route) and outcome.");
+    for ((kind, outcome), n) in &s.deploy.runs {
+        o.sample("deploys_total", &[("kind", kind), ("outcome", outcome)], *n as f64);
+    }
+    o.family("deploy_duration_seconds", "histogram", "Duration of deploy requests by kind (route).");
+    for (kind, counts, sum) in &s.deploy.durations {
+        o.histogram("deploy_duration_seconds", &[("kind", kind)], &DEPLOY_BOUNDS_US, counts, *sum);
+    }
+    o.family("migrations_applied_total", "counter", "Migration files applied to databases (not dry runs).");
+    o.sample("migrations_applied_total", &[], s.deploy.migrations_applied as f64);
+    o.family("functions_applied_total", "counter", "Functions created or replaced in databases (not dry runs).");
+    o.sample("functions_applied_total", &[], s.deploy.functions_applied as f64);
+
+    o.family("fleet_runs_in_progress", "gauge", "Fleet migrations this gateway is running.");
+    o.sample("fleet_runs_in_progress", &[], s.deploy.fleet.len() as f64);
+    o.family("fleet_run_databases_done", "gauge", "Databases a running fleet migration has finished.");
+    for r in &s.deploy.fleet {
+        let l = [("run_id", r.run_id.as_str()), ("platform", r.platform.as_str()), ("schema", r.schema.as_str())];
+        o.sample("fleet_run_databases_done", &l, r.done as f64);
+    }
+    o.family("fleet_run_databases_total", "gauge", "Databases a running fleet migration covers.");
+    for r in &s.deploy.fleet {
+        let l = [("run_id", r.run_id.as_str()), ("platform", r.platform.as_str()), ("schema", r.schema.as_str())];
+        o.sample("fleet_run_databases_total", &l, r.total as f64);
+    }
+
+    if let Some(v) = s.process.rss_bytes {
+        o.plain_family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        o.plain_sample("process_resident_memory_bytes", &[], v as f64);
+    }
+    if let Some(v) = s.process.open_fds {
+        o.plain_family("process_open_fds", "gauge", "Open file descriptors.");
+        o.plain_sample("process_open_fds", &[], v as f64);
+    }
+    if let Some(v) = s.process.max_fds {
+        o.plain_family("process_max_fds", "gauge", "Limit of open file descriptors.");
+        o.plain_sample("process_max_fds", &[], v as f64);
+    }
+    o.plain_family("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");
+    o.plain_sample("process_start_time_seconds", &[], s.start_time_seconds.floor());
+    o.b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_numbers_are_plain() {
+        let mut s = String::new();
+        escape_into(&mut s, "a\"b\\c\nd");
+        assert_eq!(s, "a\\\"b\\\\c\\nd");
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(0.00025), "0.00025");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_matches_inf() {
+        let totals = RequestTotals::default();
+        let mut totals2 = totals.clone();
+        totals2.call_latency.counts[0] = 2;
+        totals2.call_latency.counts[3] = 1;
+        totals2.call_latency.counts[super::super::LATENCY_SLOTS - 1] = 4;
+        let dep = DeploySnapshot::default();
+        let s = Scrape {
+            version: "1",
+            uptime_seconds: 1.0,
+            start_time_seconds: 0.0,
+            postgres_up: true,
+            event_loops: 1,
+            clients: 0,
+            requests: &totals2,
+            pools: &[],
+            connects: 0,
+            connect_failures: 0,
+            deploy: &dep,
+            process: ProcessStats::default(),
+        };
+        let t = render(&s);
+        assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"0.0001\"} 2\n"), "{t}");
+        assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"0.001\"} 3\n"), "{t}");
+        assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"+Inf\"} 7\n"), "{t}");
+        assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_count 7\n"), "{t}");
+    }
+}
