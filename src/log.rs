@@ -1,25 +1,56 @@
-//! Logging: one line per request and every lifecycle event, to stderr (journald collects it) and
-//! optionally to `LOG_DIR/LOG_FILE_NAME` (`stonescriptdb-gateway.log` unless set), as text or JSON.
+//! Logging: request lines (`LOG_REQUESTS`) and every lifecycle event, to stderr (journald collects it)
+//! and optionally to `LOG_DIR/LOG_FILE_NAME` (`stonescriptdb-gateway.log` unless set), as text or JSON.
+//! Callers only format and queue a line; one writer thread does the writing, so a stalled reader never
+//! blocks an event loop (lines are dropped and counted instead).
 //! Callers pass only what is safe to print: never passwords, tokens or call parameter values.
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::keys::{DEFAULT_LOG_FILE_NAME, OLD_LOG_FILE_NAME};
-use crate::config::{Level, LogConfig};
+use crate::config::{Level, LogConfig, RequestLog};
 use crate::json::write_string;
+
+/// Lines waiting for the writer thread. A stalled reader of stderr (a hung journald or pipe) fills
+/// it; then lines are dropped and counted instead of ever blocking an event loop.
+const QUEUE_LINES: usize = 16_384;
+
+enum Item {
+    Line(Arc<[u8]>),
+    /// Everything queued before it is written; then the sender is told.
+    Flush(SyncSender<()>),
+}
+
+/// One output (stderr, the file) with its own writer thread and queue, so a stalled stderr reader
+/// does not stop the file either.
+struct Sink {
+    tx: SyncSender<Item>,
+}
 
 struct Logger {
     level: Level,
     json: bool,
-    file: Option<Mutex<File>>,
+    requests: RequestLog,
+    slow_us: u128,
+    sinks: Vec<Sink>,
+    /// Lines a full queue refused, not yet reported; the first sink that can write reports them.
+    dropped: Arc<AtomicU64>,
+    dropped_total: AtomicU64,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
+/// Set by SIGHUP and SIGUSR1: the writer reopens the log file (after logrotate renamed it).
+static REOPEN: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
 /// Installs the logger once; later calls (e.g. several gateways in one test process) keep the first.
+/// Lines are written by threads of their own, one for stderr and one for the file when `LOG_DIR` is
+/// set.
 ///
 /// Earlier versions always wrote `LOG_DIR/gateway.log`. That file is left alone; when it is there and
 /// the name is the new default, a warning says where the lines go now and how to keep the old name
@@ -28,16 +59,36 @@ pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
     let mut old_file = None;
     let file = match (&cfg.dir, cfg.file_path()) {
         (Some(dir), Some(path)) => {
-            std::fs::create_dir_all(dir)?;
+            let named = |e: std::io::Error| {
+                std::io::Error::new(e.kind(), format!("{} (LOG_DIR={}): {e}", path.display(), dir.display()))
+            };
+            std::fs::create_dir_all(dir).map_err(named)?;
             let old = dir.join(OLD_LOG_FILE_NAME);
             if cfg.file_name == DEFAULT_LOG_FILE_NAME && old.is_file() {
                 old_file = Some((old, path.clone()));
             }
-            Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?))
+            Some((open(&path).map_err(named)?, path))
         }
         _ => None,
     };
-    let _ = LOGGER.set(Logger { level: cfg.level, json: cfg.json, file });
+    if LOGGER.get().is_some() {
+        return Ok(());
+    }
+    let dropped = Arc::new(AtomicU64::new(0));
+    let reopen = REOPEN.get_or_init(|| Arc::new(AtomicBool::new(false))).clone();
+    let mut sinks = vec![start_sink("log-stderr", Output::Stderr, dropped.clone())?];
+    if let Some((f, path)) = file {
+        sinks.push(start_sink("log-file", Output::File { file: f, path, reopen }, dropped.clone())?);
+    }
+    let _ = LOGGER.set(Logger {
+        level: cfg.level,
+        json: cfg.json,
+        requests: cfg.requests,
+        slow_us: cfg.slow.as_micros(),
+        sinks,
+        dropped,
+        dropped_total: AtomicU64::new(0),
+    });
     if let Some((old, new)) = old_file {
         warn(
             "the log file has a new name; the old one is no longer written (LOG_FILE_NAME=gateway.log keeps the old name)",
@@ -45,6 +96,96 @@ pub fn init(cfg: &LogConfig) -> std::io::Result<()> {
         );
     }
     Ok(())
+}
+
+fn open(path: &PathBuf) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+enum Output {
+    Stderr,
+    File { file: File, path: PathBuf, reopen: Arc<AtomicBool> },
+}
+
+impl Output {
+    fn write(&mut self, line: &[u8]) {
+        let _ = match self {
+            Output::Stderr => std::io::stderr().write_all(line),
+            Output::File { file, .. } => file.write_all(line),
+        };
+    }
+
+    /// After logrotate renamed the file: write to a new one under the configured name.
+    fn maybe_reopen(&mut self) {
+        let Output::File { file, path, reopen } = self else { return };
+        if !reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match open(path) {
+            Ok(f) => *file = f,
+            Err(e) => {
+                let line = format!("{} error cannot reopen the log file {}: {e}\n", timestamp(), path.display());
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+        }
+    }
+}
+
+fn start_sink(name: &str, mut out: Output, dropped: Arc<AtomicU64>) -> std::io::Result<Sink> {
+    let (tx, rx) = sync_channel::<Item>(QUEUE_LINES);
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        loop {
+            out.maybe_reopen();
+            let n = dropped.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                let line = format!("{} warn  log lines dropped (a log reader was too slow) dropped={n}\n", timestamp());
+                out.write(line.as_bytes());
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Item::Line(l)) => out.write(&l),
+                Ok(Item::Flush(done)) => {
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    })?;
+    Ok(Sink { tx })
+}
+
+/// Reopens the log file on SIGHUP and SIGUSR1 (as logrotate's `postrotate` sends), instead of the
+/// default action of those signals, which ends the process. Only the binary calls this.
+pub fn reopen_on_signals() -> std::io::Result<()> {
+    let flag = REOPEN.get_or_init(|| Arc::new(AtomicBool::new(false))).clone();
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag)?;
+    Ok(())
+}
+
+/// Waits (up to `within` in all) until every line logged so far is written: before the process exits.
+pub fn flush(within: Duration) {
+    let Some(l) = LOGGER.get() else { return };
+    let deadline = std::time::Instant::now() + within;
+    for sink in &l.sinks {
+        let (tx, rx) = sync_channel(1);
+        if sink.tx.try_send(Item::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+        }
+    }
+}
+
+/// Whether a request line is wanted for an answer with `status` that took `duration_us`.
+pub fn request_wanted(status: u16, duration_us: u128) -> bool {
+    let Some(l) = LOGGER.get() else { return enabled(Level::Info) };
+    if !enabled(Level::Info) {
+        return false;
+    }
+    match l.requests {
+        RequestLog::All => true,
+        RequestLog::Errors => status >= 400 || duration_us >= l.slow_us,
+        RequestLog::Off => false,
+    }
 }
 
 pub fn enabled(level: Level) -> bool {
@@ -126,12 +267,28 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
         }
         line.push(b'\n');
     }
-    let _ = std::io::stderr().write_all(&line);
-    if let Some(f) = LOGGER.get().and_then(|l| l.file.as_ref()) {
-        if let Ok(mut f) = f.lock() {
-            let _ = f.write_all(&line);
+    match LOGGER.get() {
+        Some(l) => {
+            let line: Arc<[u8]> = line.into();
+            for sink in &l.sinks {
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                    sink.tx.try_send(Item::Line(line.clone()))
+                {
+                    l.dropped.fetch_add(1, Ordering::Relaxed);
+                    l.dropped_total.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // Before `init`: nothing else writes yet.
+        None => {
+            let _ = std::io::stderr().write_all(&line);
         }
     }
+}
+
+/// Lines a sink dropped since the start because its queue was full.
+pub fn dropped_lines() -> u64 {
+    LOGGER.get().map_or(0, |l| l.dropped_total.load(Ordering::Relaxed))
 }
 
 /// `0`, `42`, `-3`, `1.25`: written as a JSON number. Leading zeros (`007`, an id) stay text.

@@ -6,6 +6,7 @@ mod setup_db;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use stonescriptdb_gateway::config::{self, Command, Config};
 use stonescriptdb_gateway::server::Server;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = log::init(&cfg.log) {
-        eprintln!("stonescriptdb-gateway: cannot open log file: {e}");
+        eprintln!("stonescriptdb-gateway: cannot open the log file {e}");
         return ExitCode::from(2);
     }
     check_open_files(&cfg);
@@ -45,20 +46,25 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             log::error("startup failed", &[("error", &e)]);
+            log::flush(Duration::from_secs(2));
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = server.watch_signals() {
+    if let Err(e) = server.watch_signals().and_then(|()| log::reopen_on_signals()) {
         log::error("cannot install signal handlers", &[("error", &e)]);
+        log::flush(Duration::from_secs(2));
         return ExitCode::from(1);
     }
-    match server.run() {
+    let code = match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error("event loop failed", &[("error", &e)]);
             ExitCode::from(1)
         }
-    }
+    };
+    // Lines still queued for the writer thread go out before the process ends.
+    log::flush(Duration::from_secs(2));
+    code
 }
 
 /// Descriptors besides client and backend connections: listener, poll, waker, log file, deploy and

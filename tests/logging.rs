@@ -43,6 +43,7 @@ fn log_lines_carry_requests_but_no_secrets() {
         .env("ADMIN_TOKEN", token)
         .env("LOG_DIR", dir.join("logs"))
         .env("LOG_FORMAT", "json")
+        .env("LOG_REQUESTS", "all")
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -226,5 +227,94 @@ fn a_low_open_files_limit_is_reported_at_start() {
         Some(1000),
     );
     assert!(!fits.contains("open-files limit"), "{fits}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts the binary on the test cluster with `env`; returns the child (stderr piped, unread) and the
+/// address it listens on, read from the log file in `dir`.
+fn spawn_with_file_log(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let (host, port) = (std::env::var("TEST_PG_HOST").unwrap(), std::env::var("TEST_PG_PORT").unwrap());
+    let mut c = Command::new(BIN);
+    c.env_clear().current_dir(dir).env("GATEWAY_PORT", "0").env("DB_HOST", host).env("DB_PORT", port);
+    c.env("LOG_DIR", dir.join("logs"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the gateway");
+    let log = dir.join("logs/stonescriptdb-gateway.log");
+    let started = Instant::now();
+    loop {
+        if let Some(i) =
+            std::fs::read_to_string(&log).ok().and_then(|f| f.find("addr=").map(|i| f[i + 5..].to_string()))
+        {
+            return (child, i.split_whitespace().next().unwrap().to_string());
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no listening line in {}", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A log reader that stops reading (a hung journald, a full pipe) never stops the gateway: with
+/// stderr never read, thousands of logged requests are all answered promptly, and the lines that
+/// did not fit are counted instead of written.
+#[test]
+fn a_stalled_log_reader_never_blocks_requests() {
+    let dir = std::env::temp_dir().join(format!("ssdb-log-stall-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, addr) = spawn_with_file_log(&dir, &[("LOG_REQUESTS", "all")]);
+    // Nobody reads the child's stderr: the pipe (64 KiB) fills after a few hundred lines.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    for i in 0..25_000 {
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let n = c.read(&mut buf).unwrap_or_else(|e| panic!("request {i} was not answered: {e}"));
+        assert!(n > 0 && buf.starts_with(b"HTTP/1.1 "), "request {i}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    assert!(child.wait().unwrap().success());
+    let file = std::fs::read_to_string(dir.join("logs/stonescriptdb-gateway.log")).unwrap();
+    assert!(file.contains("log lines dropped"), "the drop was not reported");
+    assert!(file.contains("stopped"), "the file kept being written while stderr was stalled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// logrotate renames the file and sends SIGHUP (or SIGUSR1): the gateway goes on, and writes to a new
+/// file under the configured name. Under LOG_REQUESTS=errors only failed (or slow) requests get a line.
+#[test]
+fn sighup_reopens_the_log_file_and_request_lines_can_be_errors_only() {
+    let dir = std::env::temp_dir().join(format!("ssdb-log-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, addr) = spawn_with_file_log(&dir, &[("LOG_REQUESTS", "errors")]);
+    let mut stderr = child.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+    });
+    let log = dir.join("logs/stonescriptdb-gateway.log");
+    std::fs::rename(&log, dir.join("logs/rotated.log")).unwrap();
+    for sig in ["-HUP", "-USR1"] {
+        let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(child.try_wait().unwrap().is_none(), "{sig} ended the gateway");
+    }
+    let ok = request(&addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into());
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let missing = request(&addr, "GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into());
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success());
+    drain.join().unwrap();
+    let new = std::fs::read_to_string(&log).expect("a new log file after SIGHUP");
+    assert!(new.contains("path=/nowhere"), "the failed request is logged: {new}");
+    assert!(!new.contains("path=/health"), "a quick 200 is not logged under LOG_REQUESTS=errors: {new}");
+    assert!(new.contains("stopped"), "{new}");
     let _ = std::fs::remove_dir_all(&dir);
 }

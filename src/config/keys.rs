@@ -126,6 +126,12 @@ pub const KEYS: &[Key] = &[
     ),
     key("LOG_LEVEL", "info", "error, warn, info, debug or trace (RUST_LOG is read when unset)"),
     key("LOG_FORMAT", "text", "text or json"),
+    key(
+        "LOG_REQUESTS",
+        "errors",
+        "request lines: all, errors (status 400 and above, and requests slower than LOG_SLOW_MS) or off",
+    ),
+    key("LOG_SLOW_MS", "1000", "a request slower than this gets a line under LOG_REQUESTS=errors"),
     key("MAX_CLIENT_CONNECTIONS", "10000", "open client connections; more are refused at accept"),
     key("MAX_HEADERS", "64", "header fields in one request"),
     key("MAX_HEAD_BYTES", "16384", "bytes of one request head (request line and headers)"),

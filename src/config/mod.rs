@@ -283,6 +283,21 @@ pub struct LogConfig {
     pub file_name: String,
     pub level: Level,
     pub json: bool,
+    /// `LOG_REQUESTS`: which requests get a line.
+    pub requests: RequestLog,
+    /// `LOG_SLOW_MS`: a request slower than this is logged under `LOG_REQUESTS=errors` too.
+    pub slow: Duration,
+}
+
+/// Which requests the log shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestLog {
+    /// Every request.
+    All,
+    /// Answers with status 400 and above, and slow ones.
+    Errors,
+    /// None.
+    Off,
 }
 
 impl LogConfig {
@@ -563,7 +578,20 @@ impl Config {
         if file_name.is_empty() || file_name == "." || file_name == ".." || file_name.contains(['/', '\0']) {
             return Err(invalid(s, "LOG_FILE_NAME", "a file name without '/'"));
         }
-        let log = LogConfig { dir: opt(s, "LOG_DIR").map(PathBuf::from), file_name, level, json };
+        let requests = match s.get("LOG_REQUESTS").to_ascii_lowercase().as_str() {
+            "all" => RequestLog::All,
+            "errors" => RequestLog::Errors,
+            "off" => RequestLog::Off,
+            _ => return Err(invalid(s, "LOG_REQUESTS", "all, errors or off")),
+        };
+        let log = LogConfig {
+            dir: opt(s, "LOG_DIR").map(PathBuf::from),
+            file_name,
+            level,
+            json,
+            requests,
+            slow: millis(s, "LOG_SLOW_MS")?,
+        };
         let limits = Limits {
             max_client_connections: num(s, "MAX_CLIENT_CONNECTIONS", 1usize, 1_000_000)?,
             max_headers: num(s, "MAX_HEADERS", 8usize, 256)?,

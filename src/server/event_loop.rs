@@ -646,7 +646,9 @@ impl Loop {
                 fields.push(("database", &call.database));
                 fields.push(("function", &call.function));
             }
-            log::info("request", &fields);
+            if log::request_wanted(r.status, us) {
+                log::info("request", &fields);
+            }
         }
         if keep {
             c.phase = Phase::Head;
@@ -729,17 +731,20 @@ impl Loop {
                 if let Some(s) = self.app.shared.stats.get(self.app.id) {
                     s.counters.request(i.route, 200, false, 0, None);
                 }
-                log::info(
-                    "request",
-                    &[
-                        ("peer", &c.peer),
-                        ("method", &i.method.as_str()),
-                        ("path", &i.path),
-                        ("status", &200),
-                        ("streamed", &true),
-                        ("duration_us", &self.now.saturating_duration_since(i.started).as_micros()),
-                    ],
-                );
+                let us = self.now.saturating_duration_since(i.started).as_micros();
+                if log::request_wanted(200, us) {
+                    log::info(
+                        "request",
+                        &[
+                            ("peer", &c.peer),
+                            ("method", &i.method.as_str()),
+                            ("path", &i.path),
+                            ("status", &200),
+                            ("streamed", &true),
+                            ("duration_us", &us),
+                        ],
+                    );
+                }
             }
             c.phase = if keep { Phase::Head } else { Phase::Closing };
             c.deadline = self.now + self.cfg.limits.keepalive_timeout;
