@@ -664,6 +664,38 @@ fn call_timeout_cancels_the_backend_query() {
     assert_eq!(scalar(&db.call(gw.addr, "slow", "[0]")), json("1"));
 }
 
+/// A backend that is frozen (SIGSTOP) cannot act on its cancel: the client still gets its 504 right
+/// after CALL_TIMEOUT_MS, not when the connection is given up on seconds later.
+#[test]
+fn a_frozen_backend_is_answered_at_the_timeout() {
+    let db = TestDb::new("ct_frozen", SLOW);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_TIMEOUT_MS", "300")]);
+    assert_eq!(scalar(&db.call(gw.addr, "answer", "[]")), json("42"));
+    let (addr, body) = (gw.addr, db.body("slow", Some("[4]")));
+    let t = Instant::now();
+    let call = std::thread::spawn(move || post_json(addr, "/call", &body));
+    let active = format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'stonescriptdb-gateway' \
+         AND state = 'active'",
+        db.name
+    );
+    let mut pid = String::new();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            pid = common::db::query_col("postgres", &active).into_iter().flatten().next().unwrap_or_default();
+            !pid.is_empty()
+        }),
+        "the call never started"
+    );
+    let stop = std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stop.success());
+    let r = call.join().unwrap();
+    let took = t.elapsed();
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    expect_error(&r, 504, "timeout");
+    assert!(took < Duration::from_millis(1500), "answered after {took:?}");
+}
+
 #[test]
 fn client_disconnect_cancels_the_backend_query() {
     let db = TestDb::new("ct_disconnect", SLOW);

@@ -19,6 +19,11 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
 /// pipeline is dropped by the server, so it is repeated this often until the call ends.
 pub const RESEND_EVERY: Duration = Duration::from_millis(300);
 
+/// After its deadline, how long a call waits for PostgreSQL to confirm the cancel (its answer then
+/// carries SQLSTATE 57014) before the client is answered 504 anyway: a frozen backend must not hold
+/// the answer.
+pub const ANSWER_GRACE: Duration = Duration::from_millis(250);
+
 /// What a call's timer says at a janitor pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -51,6 +56,11 @@ impl CancelTimer {
 
     pub fn sent(&self) -> bool {
         self.first.is_some()
+    }
+
+    /// Past the deadline by more than [`ANSWER_GRACE`]: the client gets its 504 now.
+    pub fn overdue(&self, now: Instant) -> bool {
+        now >= self.deadline + ANSWER_GRACE
     }
 
     /// Decides what is due at `now`, recording a cancel it asks for.
@@ -142,6 +152,14 @@ mod tests {
         assert_eq!(t.poll(t0 + Duration::from_millis(400)), Due::Cancel);
         assert_eq!(t.poll(t0 + Duration::from_millis(500)), Due::Nothing);
         assert_eq!(t.poll(t0 + Duration::from_millis(100) + GIVE_UP_AFTER), Due::GiveUp);
+    }
+
+    #[test]
+    fn the_answer_is_due_shortly_after_the_deadline() {
+        let t0 = Instant::now();
+        let t = CancelTimer::new(t0 + Duration::from_millis(100));
+        assert!(!t.overdue(t0 + Duration::from_millis(100)));
+        assert!(t.overdue(t0 + Duration::from_millis(100) + ANSWER_GRACE));
     }
 
     #[test]

@@ -984,6 +984,14 @@ impl CallEngine {
         let mut to_kill = Vec::new();
         for (k, b) in self.backends.iter_mut() {
             let Some(j) = b.session.job.as_mut() else { continue };
+            if !j.answered && j.timer.overdue(now) {
+                // The cancel was not confirmed in time (a frozen backend): answer at the timeout,
+                // not when the connection is finally given up on.
+                if let Some(answer) = b.session.time_out(&self.cfg) {
+                    self.done.push(answer);
+                }
+            }
+            let Some(j) = b.session.job.as_mut() else { continue };
             match j.timer.poll(now) {
                 Due::Nothing => {}
                 Due::Cancel => to_cancel.push(k),

@@ -210,7 +210,8 @@ mod tests {
         ]);
         let e = CallRequest::from_json(body).unwrap_err();
         assert!(e.message.contains("got 80000"), "{}", e.message);
-        let e = req(&format!(r#"{{"platform":"p","function":"f","params":[{}]}}"#, vec!["1"; 101].join(","))).unwrap_err();
+        let e =
+            req(&format!(r#"{{"platform":"p","function":"f","params":[{}]}}"#, vec!["1"; 101].join(","))).unwrap_err();
         assert!(e.message.contains("at most 100"), "{}", e.message);
     }
 
