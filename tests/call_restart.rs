@@ -86,7 +86,8 @@ fn postgres_restart_under_traffic() {
     let degraded =
         common::db::eventually(Duration::from_secs(5), || request(tcp.addr, "GET", "/health", &[], b"").status == 503);
     assert!(degraded, "/health never reported PostgreSQL down");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Long enough for the reconnect backoff to reach its 5 s cap.
+    std::thread::sleep(Duration::from_millis(6000));
 
     cluster.start();
     let up = Instant::now();
@@ -96,6 +97,8 @@ fn postgres_restart_under_traffic() {
         assert!(recovered, "gateway {addr} did not recover within 15 s of the restart");
     }
     println!("recovered {:?} after the restart", up.elapsed());
+    // The backoff grown during the outage does not outlast it: the health probe (every second) ends it.
+    assert!(up.elapsed() < Duration::from_millis(2500), "recovered only {:?} after the restart", up.elapsed());
     // Keep the traffic going a little on the recovered pools.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);

@@ -362,9 +362,17 @@ impl CallEngine {
             self.start_job(poll, conn, waiter, now);
             return None;
         }
-        if p.backoff_until.is_some_and(|until| now < until) {
-            let e = ApiError::new(Kind::ConnectionFailed, "PostgreSQL is unreachable; retrying shortly")
-                .with_database(&p.database);
+        if let Some(until) = p.backoff_until.filter(|u| now < *u) {
+            let e = ApiError::new(
+                Kind::ConnectionFailed,
+                format!(
+                    "cannot connect to PostgreSQL at {} ({}); the next attempt is in {} ms",
+                    p.params.target(),
+                    p.last_failure.as_deref().unwrap_or("connect failed"),
+                    until.saturating_duration_since(now).as_millis() + 1
+                ),
+            )
+            .with_database(&p.database);
             return Some(Response::error(&e));
         }
         if p.share.waiting() >= self.cfg.pool.max_waiting {
@@ -629,7 +637,7 @@ impl CallEngine {
         let e = api_from_pg(err, &p.database);
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
         if !fatal_for_pool {
-            p.note_connect_failure(now);
+            p.note_connect_failure(now, e.message.clone());
             crate::log::warn(
                 "backend connect failed",
                 &[("database", &p.database), ("server", &p.params.target()), ("role", &p.params.user), ("error", &err)],
@@ -950,6 +958,15 @@ impl CallEngine {
                 }
             }
         }
+    }
+
+    /// PostgreSQL answers again (the health probe says so): connects may go at once instead of
+    /// waiting out a backoff that grew while it was away.
+    pub fn end_backoffs(&mut self, poll: &mut Poll, now: Instant) {
+        for (_, p) in self.pools.pools.iter_mut() {
+            p.backoff_until = None;
+        }
+        self.grow_starved(poll, now);
     }
 
     /// Every database's cached statements are stale (this loop fell behind the invalidation log).

@@ -42,6 +42,8 @@ pub struct Pool<W> {
     pub backoff_until: Option<Instant>,
     /// The next backoff step.
     pub backoff: Duration,
+    /// Why the last connect failed, for the answers given while backing off.
+    pub last_failure: Option<String>,
     /// When this loop last asked the other loops for room for this pool.
     pub room_asked: Option<Instant>,
     /// This loop is marked in the share as holding connections of this pool.
@@ -69,6 +71,7 @@ impl<W> Pool<W> {
             types: TypeRegistry::new(),
             backoff_until: None,
             backoff: BACKOFF_MIN,
+            last_failure: None,
             room_asked: None,
             holder: false,
             calls: 0,
@@ -145,16 +148,33 @@ impl<W> Pool<W> {
         all
     }
 
-    /// A connect failed: back off before the next one.
-    pub fn note_connect_failure(&mut self, now: Instant) {
-        self.backoff_until = Some(now + self.backoff);
+    /// A connect failed: back off before the next one. Connects that fail together (several were
+    /// under way when PostgreSQL went away) are one round and lengthen the backoff once; the wait is
+    /// 75–100 % of the step, so pools (and gateways) do not retry in lockstep.
+    pub fn note_connect_failure(&mut self, now: Instant, cause: String) {
+        self.last_failure = Some(cause);
+        if self.backoff_until.is_some_and(|u| now < u) {
+            return;
+        }
+        let step = self.backoff.as_micros() as u64;
+        let wait = step - step / 4 * jitter(now) / 1000;
+        self.backoff_until = Some(now + Duration::from_micros(wait));
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
+    /// Any success ends the backoff.
     pub fn note_connect_success(&mut self) {
         self.backoff_until = None;
         self.backoff = BACKOFF_MIN;
+        self.last_failure = None;
     }
+}
+
+/// 0..1000, different from call to call (the clock's low bits; good enough to spread retries).
+fn jitter(now: Instant) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (now.elapsed().as_nanos() as u64);
+    (mixed >> 33) % 1000
 }
 
 /// All pools and all backend connections.
@@ -232,13 +252,30 @@ mod tests {
 
     #[test]
     fn backoff_is_capped() {
-        let now = Instant::now();
         let mut p = pool();
+        let mut now = Instant::now();
         for _ in 0..20 {
-            p.note_connect_failure(now);
+            p.note_connect_failure(now, "refused".into());
+            now = p.backoff_until.unwrap();
         }
         assert_eq!(p.backoff, BACKOFF_MAX);
         p.note_connect_success();
-        assert_eq!(p.backoff, BACKOFF_MIN);
+        assert_eq!((p.backoff, p.backoff_until, p.last_failure.clone()), (BACKOFF_MIN, None, None));
+    }
+
+    #[test]
+    fn connects_failing_together_are_one_round() {
+        let mut p = pool();
+        let now = Instant::now();
+        for _ in 0..10 {
+            p.note_connect_failure(now, "refused".into());
+        }
+        assert_eq!(p.backoff, BACKOFF_MIN * 2, "ten failures of one round double the step once");
+        let until = p.backoff_until.unwrap();
+        let wait = until - now;
+        assert!(wait <= BACKOFF_MIN && wait >= BACKOFF_MIN * 3 / 4, "{wait:?}");
+        p.note_connect_failure(until, "refused".into());
+        assert_eq!(p.backoff, BACKOFF_MIN * 4);
+        assert_eq!(p.last_failure.as_deref(), Some("refused"));
     }
 }
