@@ -696,6 +696,22 @@ fn a_frozen_backend_is_answered_at_the_timeout() {
     assert!(took < Duration::from_millis(1500), "answered after {took:?}");
 }
 
+/// A call still running when the drain's grace period ends is answered 503 `shutting_down`, not cut
+/// off without an answer.
+#[test]
+fn a_call_running_past_the_drain_deadline_gets_an_answer() {
+    let db = TestDb::new("ct_drain", SLOW);
+    let gw = start(&[("SHUTDOWN_GRACE_SECS", "1"), ("CALL_TIMEOUT_MS", "30000")]);
+    let (addr, body) = (gw.addr, db.body("slow", Some("[5]")));
+    let call = std::thread::spawn(move || post_json(addr, "/call", &body));
+    assert!(eventually(Duration::from_secs(3), || db.active_gateway_backends() == 1), "the call never started");
+    let t = Instant::now();
+    gw.handle.shutdown();
+    let r = call.join().unwrap();
+    expect_error(&r, 503, "shutting_down");
+    assert!(t.elapsed() < Duration::from_secs(3), "answered after {:?}", t.elapsed());
+}
+
 #[test]
 fn client_disconnect_cancels_the_backend_query() {
     let db = TestDb::new("ct_disconnect", SLOW);

@@ -569,6 +569,31 @@ fn shutdown_lets_an_in_flight_request_finish() {
     g.stop().expect("run returns Ok");
 }
 
+/// A request already on its way over a keep-alive connection that looked idle when the drain began is
+/// answered (served, or 503 `shutting_down` with `Connection: close`), never cut off; a new request
+/// on a connection that was busy when the drain began gets 503 `shutting_down`.
+#[test]
+fn shutdown_answers_requests_on_idle_connections() {
+    for _ in 0..5 {
+        let g = start(&[]);
+        let mut c = open(g.addr);
+        c.send(HEALTH);
+        expect_status(&mut c, 200);
+        c.send(HEALTH);
+        g.handle.shutdown();
+        let r = c.read_response();
+        match r.status {
+            200 => {}
+            503 => {
+                assert_eq!(r.error_code(), "shutting_down", "{}", r.text());
+                assert_eq!(r.header("connection"), Some("close"));
+            }
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+        g.stop().expect("run returns Ok");
+    }
+}
+
 #[test]
 fn shutdown_without_traffic_returns_promptly() {
     let g = start(&[]);

@@ -54,6 +54,8 @@ pub struct Loop {
     signals: Option<mio::net::UnixStream>,
     /// Set once shutdown began: the time by which we exit regardless.
     shutdown_deadline: Option<Instant>,
+    /// When the drain began: requests begun later are answered 503 `shutting_down`.
+    drain_started: Option<Instant>,
     /// The clock, read once per turn.
     now: Instant,
     scratch: Vec<u8>,
@@ -87,6 +89,7 @@ impl Loop {
             inbox,
             signals: None,
             shutdown_deadline: None,
+            drain_started: None,
             now,
             scratch: vec![0; SCRATCH],
             last_janitor: now,
@@ -173,6 +176,7 @@ impl Loop {
                 if !busy || self.now >= deadline {
                     if busy {
                         log::warn("shutdown deadline reached with requests in flight", &[("loop", &self.app.id)]);
+                        self.answer_all_shutting_down();
                     }
                     self.app.shutdown(&mut self.poll);
                     for key in self.clients.keys() {
@@ -217,16 +221,43 @@ impl Loop {
         let me = self.app.id;
         self.app.shared.loops.send_others(me, || Message::Shutdown);
         self.shutdown_deadline = Some(self.now + self.cfg.shutdown_grace);
+        self.drain_started = Some(self.now);
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        // Idle keep-alive connections have nothing in flight: close them now.
+        // Idle keep-alive connections: a request may already be on its way. What is there is read
+        // (and answered 503 shutting_down); a connection with nothing in flight is then closed,
+        // after a FIN so the client sees an orderly end rather than a reset.
         for key in self.clients.keys() {
             if self.clients.get(key).is_some_and(|c| !c.busy()) {
-                self.close(key);
+                self.client_readable(key, true);
+            }
+            if let Some(c) = self.clients.get_mut(key) {
+                if !c.busy() {
+                    let _ = c.sock.shutdown(std::net::Shutdown::Write);
+                    self.close(key);
+                }
             }
         }
         log::info("draining", &[("in_flight", &self.clients.len())]);
+    }
+
+    /// At the drain deadline: every request still waiting gets 503 `shutting_down` (its call may
+    /// still be running; the connection close rolls it back), written as far as the sockets take it.
+    fn answer_all_shutting_down(&mut self) {
+        let e = ApiError::new(Kind::ShuttingDown, "the gateway stopped before this request finished; retry");
+        for key in self.clients.keys() {
+            match self.clients.get(key).map(|c| &c.phase) {
+                Some(Phase::Waiting) => self.respond(key, Response::error(&e).closing()),
+                Some(Phase::Streaming) => {
+                    let generation = self.clients.get(key).map_or(0, |c| c.generation);
+                    let mut line = e.body();
+                    line.push(b'\n');
+                    self.stream_chunk(key, generation, line, true);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn drain_inbox(&mut self) {
@@ -534,6 +565,14 @@ impl Loop {
                         return;
                     }
                     let Phase::Body(inc) = std::mem::replace(&mut c.phase, Phase::Waiting) else { return };
+                    let started = c.req.as_ref().map_or(self.now, |r| r.started);
+                    if self.drain_started.is_some_and(|d| started >= d) {
+                        // Begun after the drain began: answered, never dropped, and the connection ends.
+                        // A request begun before it is served as usual.
+                        let e = ApiError::new(Kind::ShuttingDown, "the gateway is stopping; retry on another instance");
+                        self.respond(key, Response::error(&e).closing());
+                        return;
+                    }
                     let generation = c.generation;
                     let mut note = None;
                     let answer = self.app.dispatch(&mut self.poll, self.now, key, generation, *inc, &mut note);
