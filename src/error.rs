@@ -37,6 +37,8 @@ pub enum Kind {
     ConnectionFailed,
     PoolExhausted,
     DeployQueueFull,
+    UploadsBusy,
+    ResponseTooLarge,
     ShuttingDown,
     QueryFailed,
     MigrationFailed,
@@ -98,6 +100,8 @@ impl Kind {
         Kind::ConnectionFailed,
         Kind::PoolExhausted,
         Kind::DeployQueueFull,
+        Kind::UploadsBusy,
+        Kind::ResponseTooLarge,
         Kind::ShuttingDown,
         Kind::QueryFailed,
         Kind::MigrationFailed,
@@ -191,6 +195,12 @@ impl Kind {
                 row(503, "pool_exhausted", true, "no connection became free within the wait timeout")
             }
             Kind::DeployQueueFull => row(503, "deploy_queue_full", true, "too many deploys are queued"),
+            Kind::UploadsBusy => {
+                row(503, "uploads_busy", true, "request bodies being received use up MAX_UPLOADS_IN_FLIGHT_BYTES")
+            }
+            Kind::ResponseTooLarge => {
+                row(500, "response_too_large", false, "a function's result is larger than MAX_RESPONSE_BYTES")
+            }
             Kind::ShuttingDown => row(503, "shutting_down", true, "the gateway is stopping"),
             Kind::QueryFailed => row(500, "query_failed", false, "any other PostgreSQL error"),
             Kind::MigrationFailed => row(500, "migration_failed", false, "a deploy step failed; nothing was kept"),

@@ -41,7 +41,8 @@ fn main() -> ExitCode {
         eprintln!("stonescriptdb-gateway: cannot open the log file {e}");
         return ExitCode::from(2);
     }
-    check_open_files(&cfg);
+    let mut cfg = cfg;
+    check_open_files(&mut cfg);
     let (mut server, _handle) = match Server::bind(*cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -74,21 +75,23 @@ const FD_HEADROOM: usize = 64;
 /// Each client connection and each backend connection is an open file; a process limit below their sum
 /// (the default soft limit is 1024) makes accepts fail under load long before `MAX_CLIENT_CONNECTIONS`.
 /// Said at start, so it is found before the load arrives.
-fn check_open_files(cfg: &Config) {
-    let need = cfg.limits.max_client_connections
-        + cfg.pool.max_total
-        + cfg.deploy.workers
-        + cfg.deploy.parallelism
-        + FD_HEADROOM;
+fn check_open_files(cfg: &mut Config) {
+    let others = cfg.pool.max_total + cfg.deploy.workers + cfg.deploy.parallelism + FD_HEADROOM;
+    let need = cfg.limits.max_client_connections + others;
     if let Some(limit) = open_files_limit().filter(|&l| l < need) {
+        // Client connections are capped below the limit, with room kept for PostgreSQL connections:
+        // too many clients then get a refused connect, never a gateway that cannot open files.
+        let cap = limit.saturating_sub(others).max(1);
         log::warn(
-            "the open-files limit is below what the connection limits need",
+            "the open-files limit is below what the connection limits need; client connections are capped to fit",
             &[
                 ("limit", &limit),
                 ("needed", &need),
+                ("max_client_connections", &cap),
                 ("hint", &"raise LimitNOFILE (systemd unit) or ulimit -n, or lower MAX_CLIENT_CONNECTIONS"),
             ],
         );
+        cfg.limits.max_client_connections = cfg.limits.max_client_connections.min(cap);
     }
 }
 

@@ -660,3 +660,76 @@ fn connections_over_the_limit_are_refused() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Limits that keep one client from hurting the others
+
+#[test]
+fn connections_per_address_are_capped() {
+    let g = start(&[("MAX_CONNECTIONS_PER_ADDRESS", "3")]);
+    let mut held: Vec<Conn> = (0..3).map(|_| open(g.addr)).collect();
+    for c in &mut held {
+        c.send(HEALTH);
+        expect_status(c, 200);
+    }
+    // The fourth from the same address is refused at accept.
+    let mut extra = open(g.addr);
+    extra.send(HEALTH);
+    expect_eof(&mut extra);
+    // One closes: there is room again.
+    drop(held.pop());
+    let ok = common::db::eventually(Duration::from_secs(2), || {
+        let mut c = open(g.addr);
+        c.send(HEALTH);
+        c.try_read_response().is_some_and(|r| r.status == 200)
+    });
+    assert!(ok, "no room after a connection closed");
+}
+
+#[test]
+fn a_body_trickling_in_ends_at_the_total_body_timeout() {
+    let g = start(&[("BODY_TIMEOUT_MS", "5000"), ("BODY_TOTAL_TIMEOUT_MS", "1000")]);
+    let mut c = open(g.addr);
+    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
+    let t = Instant::now();
+    // One byte every 200 ms: never silent for BODY_TIMEOUT_MS, never done either.
+    let mut w = c.sock.try_clone().unwrap();
+    let drip = std::thread::spawn(move || {
+        use std::io::Write;
+        for _ in 0..20 {
+            if w.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let r = c.read_response();
+    let took = t.elapsed();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(took < Duration::from_millis(2500), "refused after {took:?}");
+    drip.join().unwrap();
+}
+
+#[test]
+fn bodies_in_flight_share_one_memory_budget() {
+    let g = start(&[("MAX_UPLOADS_IN_FLIGHT_BYTES", "2048")]);
+    // An unfinished body of 1500 bytes holds its share …
+    let mut first = open(g.addr);
+    first.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1500\r\n\r\n{\"platform\":");
+    std::thread::sleep(Duration::from_millis(200));
+    // … so a second one that would pass the budget is refused, retryable.
+    let mut second = open(g.addr);
+    second.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1500\r\n\r\n");
+    let r = second.read_response();
+    assert_eq!((r.status, r.error_code().as_str()), (503, "uploads_busy"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    // Once the first connection is gone its share is given back.
+    drop(first);
+    let ok = common::db::eventually(Duration::from_secs(2), || {
+        let mut c = open(g.addr);
+        c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1500\r\n\r\n");
+        c.send(&[b' '; 1500]);
+        c.try_read_response().is_some_and(|r| r.status != 503)
+    });
+    assert!(ok, "the budget was not given back");
+}

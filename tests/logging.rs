@@ -220,6 +220,7 @@ fn a_low_open_files_limit_is_reported_at_start() {
     // The default MAX_CLIENT_CONNECTIONS (10000) does not fit in 1000 descriptors …
     let low = start_and_stop_with(&dir, &[], Some(1000));
     assert!(low.contains("the open-files limit is below") && low.contains("limit=1000"), "{low}");
+    assert!(low.contains("client connections are capped to fit") && low.contains("max_client_connections="), "{low}");
     // … 200 clients do.
     let fits = start_and_stop_with(
         &dir,

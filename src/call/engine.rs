@@ -893,9 +893,16 @@ impl CallEngine {
         let Some(b) = self.backends.get_mut(key) else { return };
         let pool = b.pool;
         let too_old = now.saturating_duration_since(b.conn.created) >= self.cfg.pool.max_lifetime;
+        let full = self.budget.total() >= self.budget.max_total();
+        let starved_here =
+            full && self.pools.pools.iter().any(|(k, q)| k != pool && !q.waiting().is_empty() && q.size() == 0);
         if let Some(l) = self.owed.pop_front() {
             // Another loop starves under the total cap: its turn (this one served a call first).
             b.room_for = Some(l);
+            self.retire_conn(poll, key, now);
+        } else if starved_here {
+            // Under the total cap another pool of this loop has calls waiting and no connection at
+            // all: this one served a call, the slot goes round (it is grown when the backend exits).
             self.retire_conn(poll, key, now);
         } else if !b.session.reusable() || too_old || !b.conn.rbuf.is_empty() {
             // Outside a transaction and in sync, or not reusable at all.

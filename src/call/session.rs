@@ -117,6 +117,8 @@ pub struct Job {
     pub answered: bool,
     /// Re-prepared once after 0A000/26000.
     retried: bool,
+    /// The result outgrew `MAX_RESPONSE_BYTES`: the answer is an error.
+    too_large: bool,
     /// See [`Waiter::requeued`].
     requeued: bool,
     /// When the backend began this call (sent it, or finished the one before it in the pipeline).
@@ -136,6 +138,7 @@ impl Job {
             error: None,
             answered: false,
             retried: false,
+            too_large: false,
             requeued: w.requeued,
             run_start: now,
             timer: CancelTimer::new(now + timeout),
@@ -499,13 +502,18 @@ impl Session {
             }
             Backend::Message(m) => match m {
                 Message::DataRow(row) => match &mut job.phase {
-                    Phase::Executing { stmt, body, rows } if job.error.is_none() && !job.answered => {
+                    Phase::Executing { stmt, body, rows } if job.error.is_none() && !job.answered && !job.too_large => {
                         let vals = data_row_fields(&row)?;
                         if *rows > 0 {
                             body.push(b',');
                         }
                         render_row_prepared(&stmt.columns, &vals, cx.types, body);
                         *rows += 1;
+                        if body.len() > cx.cfg.limits.max_response_bytes {
+                            // Stop here and give the memory back; the rest of the rows are read and dropped.
+                            job.too_large = true;
+                            *body = Vec::new();
+                        }
                     }
                     Phase::Preparing(p) if job.error.is_none() => {
                         let vals = data_row_fields(&row)?;
@@ -734,6 +742,17 @@ impl Session {
             return self.fail(cx, api);
         }
         stmt.note_run(now.saturating_duration_since(job.run_start));
+        if job.too_large {
+            let e = ApiError::new(
+                Kind::ResponseTooLarge,
+                format!(
+                    "the result of {} is larger than MAX_RESPONSE_BYTES ({} bytes); return fewer rows (paginate)",
+                    job.req.function, cx.cfg.limits.max_response_bytes
+                ),
+            )
+            .with_database(&job.req.database);
+            return self.fail(cx, e);
+        }
         if !job.answered {
             job.answered = true;
             body.extend_from_slice(b"],\"row_count\":");

@@ -25,6 +25,14 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// `KEEPALIVE_TIMEOUT_MS`: idle time between requests before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// `MAX_CONNECTIONS_PER_ADDRESS`: client sockets from one IP (0 = no cap).
+    pub max_connections_per_address: usize,
+    /// `BODY_TOTAL_TIMEOUT_MS`: from the end of a head to the end of its body, however it trickles.
+    pub body_total_timeout: Duration,
+    /// `MAX_UPLOADS_IN_FLIGHT_BYTES`: body bytes being received over all connections (503 beyond).
+    pub max_uploads_in_flight_bytes: usize,
+    /// `MAX_RESPONSE_BYTES`: one `/call` answer (500 `response_too_large` beyond).
+    pub max_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +48,10 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
+            max_connections_per_address: 1000,
+            body_total_timeout: Duration::from_secs(300),
+            max_uploads_in_flight_bytes: 256 * 1024 * 1024,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }

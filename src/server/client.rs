@@ -23,6 +23,48 @@ pub struct Incoming {
     pub remaining: u64,
     /// The route's body limit.
     pub limit: usize,
+    /// This body's share of `MAX_UPLOADS_IN_FLIGHT_BYTES`.
+    pub budget: BodyBudget,
+    /// `BODY_TOTAL_TIMEOUT_MS` from the end of the head: the body must be in by then.
+    pub total_deadline: std::time::Instant,
+}
+
+/// Bytes of request bodies being received, counted over all loops against
+/// `MAX_UPLOADS_IN_FLIGHT_BYTES`; a body's bytes are given back when its `Incoming` is dropped
+/// (complete, refused, timed out or its connection closed).
+#[derive(Debug)]
+pub struct BodyBudget {
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    held: usize,
+}
+
+impl BodyBudget {
+    pub fn new(total: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> BodyBudget {
+        BodyBudget { total, held: 0 }
+    }
+
+    /// Holds `to` bytes in all (only ever grows); false, holding what it held, when that would pass `max`.
+    pub fn grow(&mut self, to: usize, max: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        if to <= self.held {
+            return true;
+        }
+        let add = to - self.held;
+        let ok = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(add).filter(|n| *n <= max))
+            .is_ok();
+        if ok {
+            self.held = to;
+        }
+        ok
+    }
+}
+
+impl Drop for BodyBudget {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Where a connection is. Exactly one of these at a time.

@@ -15,7 +15,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use super::app::App;
-use super::client::{Client, Incoming, Phase, ReqInfo};
+use super::client::{BodyBudget, Client, Incoming, Phase, ReqInfo};
 use super::notify::Message;
 use super::shared::Shared;
 use crate::config::Config;
@@ -312,6 +312,7 @@ impl Loop {
             .is_err()
         {
             self.count_clients(-1);
+            self.app.shared.release_address(peer.ip());
             return;
         }
         let deadline = self.now + self.cfg.limits.keepalive_timeout;
@@ -344,6 +345,10 @@ impl Loop {
                         log::warn("client connection refused: MAX_CLIENT_CONNECTIONS", &[("peer", &peer)]);
                         continue;
                     }
+                    if !shared.take_address(peer.ip()) {
+                        log::warn("client connection refused: MAX_CONNECTIONS_PER_ADDRESS", &[("peer", &peer)]);
+                        continue;
+                    }
                     let _ = sock.set_nodelay(true);
                     let target = shared.least_loaded();
                     if let Some(s) = shared.stats.get(target) {
@@ -356,6 +361,7 @@ impl Loop {
                             if let Some(s) = shared.stats.get(target) {
                                 s.clients.fetch_sub(1, Ordering::Relaxed);
                             }
+                            shared.release_address(peer.ip());
                         }
                     }
                 }
@@ -517,7 +523,7 @@ impl Loop {
                                     if inc.head.expect_continue && has_body && c.rbuf.is_empty() {
                                         c.wbuf.extend_from_slice(CONTINUE);
                                     }
-                                    c.deadline = self.now + self.cfg.limits.body_timeout;
+                                    c.deadline = (self.now + self.cfg.limits.body_timeout).min(inc.total_deadline);
                                     c.phase = Phase::Body(inc);
                                     self.flush(key);
                                 }
@@ -550,7 +556,16 @@ impl Loop {
                         inc.remaining -= take as u64;
                     }
                     if c.rbuf.len() != before {
-                        c.deadline = self.now + self.cfg.limits.body_timeout;
+                        // Silence is timed from the last byte, the whole body from its start: a body
+                        // trickling a byte at a time still ends at BODY_TOTAL_TIMEOUT_MS.
+                        c.deadline = (self.now + self.cfg.limits.body_timeout).min(inc.total_deadline);
+                    }
+                    if inc.chunked.is_some()
+                        && !inc.budget.grow(inc.body.len(), self.cfg.limits.max_uploads_in_flight_bytes)
+                    {
+                        c.rbuf.clear();
+                        self.respond(key, Response::error(&uploads_busy()).closing());
+                        return;
                     }
                     let complete = match &inc.chunked {
                         Some(d) => d.is_done(),
@@ -632,7 +647,22 @@ impl Loop {
         };
         // Reserve at most 64 KiB up front: a declared length is a promise, not a guarantee.
         let cap = if chunked.is_some() { 0 } else { (remaining as usize).min(64 * 1024) };
-        Ok(Box::new(Incoming { head, route, client_ip, body: Vec::with_capacity(cap), chunked, remaining, limit }))
+        let mut budget = BodyBudget::new(self.app.shared.uploads.clone());
+        if !budget.grow(remaining as usize, self.cfg.limits.max_uploads_in_flight_bytes) {
+            return Err(fail(uploads_busy()));
+        }
+        let total_deadline = self.now + self.cfg.limits.body_total_timeout;
+        Ok(Box::new(Incoming {
+            head,
+            route,
+            client_ip,
+            body: Vec::with_capacity(cap),
+            chunked,
+            remaining,
+            limit,
+            budget,
+            total_deadline,
+        }))
     }
 
     /// Hands finished responses to their clients, if those still wait for them.
@@ -798,6 +828,7 @@ impl Loop {
         if let Some(mut c) = self.clients.remove(key) {
             let _ = self.poll.registry().deregister(&mut c.sock);
             self.count_clients(-1);
+            self.app.shared.release_address(c.peer.ip());
         }
     }
 
@@ -864,4 +895,12 @@ fn too_large(declared: Option<u64>, limit: usize, kind: BodyKind) -> ApiError {
         format!("request body {size}exceeds the limit of {limit} bytes set by {setting}"),
     )
     .with_cause("max_body_bytes")
+}
+
+/// 503 for a body that would take request-body memory past `MAX_UPLOADS_IN_FLIGHT_BYTES`.
+fn uploads_busy() -> ApiError {
+    ApiError::new(
+        Kind::UploadsBusy,
+        "too many request bodies are being received at once (MAX_UPLOADS_IN_FLIGHT_BYTES); retry shortly",
+    )
 }

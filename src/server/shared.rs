@@ -221,6 +221,11 @@ pub struct Shared {
     pub history: Arc<History>,
     /// Stops the helper threads at shutdown.
     pub stop: Arc<AtomicBool>,
+    /// Request body bytes being received over all loops (`MAX_UPLOADS_IN_FLIGHT_BYTES`).
+    pub uploads: Arc<AtomicUsize>,
+    /// Open client connections by peer address (`MAX_CONNECTIONS_PER_ADDRESS`); only connects and
+    /// closes touch it.
+    per_address: Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 impl Shared {
@@ -258,6 +263,8 @@ impl Shared {
             deploy,
             stop,
             loops,
+            uploads: Arc::new(AtomicUsize::new(0)),
+            per_address: Mutex::new(HashMap::new()),
             cfg,
         });
         start_sampler(Arc::downgrade(&shared));
@@ -315,6 +322,30 @@ impl Shared {
     /// The loop with the fewest client connections.
     pub fn least_loaded(&self) -> usize {
         self.stats.iter().enumerate().min_by_key(|(_, s)| s.clients.load(Ordering::Relaxed)).map_or(0, |(i, _)| i)
+    }
+
+    /// Counts a client connection from `ip`; false (nothing counted) when that address already has
+    /// `MAX_CONNECTIONS_PER_ADDRESS` (0: no cap).
+    pub fn take_address(&self, ip: std::net::IpAddr) -> bool {
+        let max = self.cfg.limits.max_connections_per_address;
+        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A client connection from `ip` closed.
+    pub fn release_address(&self, ip: std::net::IpAddr) {
+        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
     }
 
     /// The loop other than `id` with the most PostgreSQL connections.

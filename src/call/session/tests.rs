@@ -612,3 +612,21 @@ fn a_value_postgresql_refuses_at_bind_names_its_parameter_and_type() {
     assert!(ans[0].2.contains("invalid_parameter"), "{}", ans[0].2);
     assert!(ans[0].2.contains("parameter $1 (int4): invalid input syntax"), "{}", ans[0].2);
 }
+
+#[test]
+fn a_result_past_max_response_bytes_is_an_error_and_its_rows_are_not_kept() {
+    let mut r = Rig::new(&[("MAX_RESPONSE_BYTES", "1024")]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    let values: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    r.reply(execute_ok(&refs)).unwrap();
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert_eq!(ans[0].1, 500);
+    assert!(ans[0].2.contains("response_too_large") && ans[0].2.contains("MAX_RESPONSE_BYTES"), "{}", ans[0].2);
+    assert!(drained(&a), "the connection stays usable");
+    assert!(r.s.reusable());
+}
