@@ -37,6 +37,7 @@ pub enum Kind {
     ConnectionFailed,
     PoolExhausted,
     DeployQueueFull,
+    DeployPlatformBusy,
     ShuttingDown,
     QueryFailed,
     MigrationFailed,
@@ -48,6 +49,10 @@ pub enum Kind {
     SchemaExtractionFailed,
     SchemaDrift,
     SeedDataMissing,
+    StatementNotAllowed,
+    TransactionEscaped,
+    DeployTimeout,
+    DatabaseLimitReached,
     Internal,
 }
 
@@ -98,6 +103,7 @@ impl Kind {
         Kind::ConnectionFailed,
         Kind::PoolExhausted,
         Kind::DeployQueueFull,
+        Kind::DeployPlatformBusy,
         Kind::ShuttingDown,
         Kind::QueryFailed,
         Kind::MigrationFailed,
@@ -109,6 +115,10 @@ impl Kind {
         Kind::SchemaExtractionFailed,
         Kind::SchemaDrift,
         Kind::SeedDataMissing,
+        Kind::StatementNotAllowed,
+        Kind::TransactionEscaped,
+        Kind::DeployTimeout,
+        Kind::DatabaseLimitReached,
         Kind::Internal,
     ];
 
@@ -191,6 +201,12 @@ impl Kind {
                 row(503, "pool_exhausted", true, "no connection became free within the wait timeout")
             }
             Kind::DeployQueueFull => row(503, "deploy_queue_full", true, "too many deploys are queued"),
+            Kind::DeployPlatformBusy => row(
+                503,
+                "deploy_platform_busy",
+                true,
+                "the platform already runs DEPLOY_MAX_PER_PLATFORM deploys; retry when one has finished",
+            ),
             Kind::ShuttingDown => row(503, "shutting_down", true, "the gateway is stopping"),
             Kind::QueryFailed => row(500, "query_failed", false, "any other PostgreSQL error"),
             Kind::MigrationFailed => row(500, "migration_failed", false, "a deploy step failed; nothing was kept"),
@@ -233,6 +249,30 @@ impl Kind {
                 "seed_data_missing",
                 false,
                 "rows defined by seeders are missing; use reseed=true or force=true",
+            ),
+            Kind::StatementNotAllowed => row(
+                400,
+                "statement_not_allowed",
+                false,
+                "a deploy file holds transaction control or COPY FROM STDIN; refused before anything ran (file, line)",
+            ),
+            Kind::TransactionEscaped => row(
+                500,
+                "deploy_transaction_escaped",
+                false,
+                "a statement ended the deploy's transaction; the message says what was kept",
+            ),
+            Kind::DeployTimeout => row(
+                504,
+                "deploy_timeout",
+                false,
+                "a deploy ran past DEPLOY_STATEMENT_TIMEOUT_MS or DEPLOY_TIMEOUT_SECS; it was rolled back",
+            ),
+            Kind::DatabaseLimitReached => row(
+                409,
+                "database_limit_reached",
+                false,
+                "the platform has MAX_DATABASES_PER_PLATFORM databases; no more are created",
             ),
             Kind::Internal => row(500, "internal_error", false, "a bug in the gateway"),
         }

@@ -34,6 +34,52 @@ pub struct DeployCtx {
     pub cred: Credential,
     /// Deploy counts for `/metrics` and the status page, shared by every context of this gateway.
     pub metrics: Arc<DeployMetrics>,
+    /// Deploys running per platform, shared by every context of this gateway.
+    pub slots: Arc<PlatformSlots>,
+}
+
+/// How many deploys each platform runs right now (`DEPLOY_MAX_PER_PLATFORM`): one platform's slow
+/// uploads must leave workers to the others.
+#[derive(Default)]
+pub struct PlatformSlots {
+    running: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One running deploy of a platform; dropping it frees the slot.
+pub struct Slot {
+    slots: Arc<PlatformSlots>,
+    platform: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.platform) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.platform);
+            }
+        }
+    }
+}
+
+/// `application_name` of every deploy session, so an operator (and the gateway at start) can tell
+/// them apart in `pg_stat_activity`.
+pub const DEPLOY_APPLICATION_NAME: &str = "stonescriptdb-gateway deploy";
+
+/// The `SET`s that bound a deploy session: `statement_timeout`, `idle_in_transaction_session_timeout`
+/// and, where the server has it (PostgreSQL 14+), `client_connection_check_interval`, so a deploy whose
+/// gateway died stops instead of running on to the end of its migration.
+pub fn session_limits(cfg: &crate::config::DeployConfig, server_version_num: u32) -> String {
+    let mut sql = format!(
+        "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {};",
+        cfg.statement_timeout.as_millis(),
+        cfg.idle_timeout.as_millis()
+    );
+    if server_version_num >= 140000 {
+        sql.push_str(&format!(" SET client_connection_check_interval = {};", cfg.connection_check.as_millis()));
+    }
+    sql
 }
 
 /// The response and the databases that changed.
@@ -49,12 +95,38 @@ const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 impl DeployCtx {
     pub fn new(cfg: Arc<Config>) -> DeployCtx {
         let admin = cfg.db.connect_params();
-        DeployCtx { cfg, admin, role: None, cred: Credential::default(), metrics: Arc::default() }
+        DeployCtx {
+            cfg,
+            admin,
+            role: None,
+            cred: Credential::default(),
+            metrics: Arc::default(),
+            slots: Arc::default(),
+        }
     }
 
     /// The same context for a request that presented `cred`.
     pub fn with_credential(&self, cred: Credential) -> DeployCtx {
         DeployCtx { cred, ..self.clone() }
+    }
+
+    /// Takes one of the platform's deploy slots, or refuses with a retryable 503 when it runs
+    /// `DEPLOY_MAX_PER_PLATFORM` deploys already (a fleet run takes one slot for all its databases).
+    pub fn claim(&self, platform: &str) -> Result<Slot, ApiError> {
+        let cap = self.cfg.deploy.max_per_platform;
+        let mut m = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(platform.to_string()).or_insert(0);
+        if *n >= cap {
+            return Err(ApiError::new(
+                Kind::DeployPlatformBusy,
+                format!(
+                    "platform '{platform}' already runs {n} deploys (DEPLOY_MAX_PER_PLATFORM is {cap}); retry when \
+                     one has finished"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Slot { slots: self.slots.clone(), platform: platform.to_string() })
     }
 
     /// Refuses a request on `platform` without its key (or the admin token) when one is needed.
@@ -143,14 +215,21 @@ impl DeployCtx {
         let mut params = self.admin.with_dbname(database);
         params.user = role.to_string();
         params.password = Some(roles::password(&self.cfg.security.platform_secret, role));
-        Client::connect(&params).map_err(|e| {
+        params.application_name = DEPLOY_APPLICATION_NAME.to_string();
+        let mut c = Client::connect(&params).map_err(|e| {
             let mut a = pg_api(e, &format!("cannot connect to database '{database}' as role '{role}'"));
             if a.db.as_ref().is_some_and(|d| d.sqlstate == "3D000") {
                 a.kind = Kind::DatabaseNotFound;
                 a.message = format!("database '{database}' does not exist");
             }
             a.with_database(database)
-        })
+        })?;
+        let setup = session_limits(&self.cfg.deploy, c.session().server_version_num);
+        if let Err(e) = c.batch_execute(&setup) {
+            c.close();
+            return Err(pg_api(e, "cannot set the deploy session's time limits").with_database(database));
+        }
+        Ok(c)
     }
 
     /// Checks the archive's extensions before anything changes: trusted ones are installed by the platform
@@ -236,8 +315,21 @@ impl DeployCtx {
             self.install_untrusted(database, untrusted)?;
         }
         let mut c = self.connect(database)?;
+        let pid = c.session().process_id;
         let r = deploy(&mut c, database, archive, opts);
         c.close();
+        if r.as_ref().is_err_and(|e| e.kind == Kind::DeployTimeout) {
+            // The backend may still be busy if the statement ignored the cancel (the watchdog cut our
+            // socket); end it so its locks go too. Only a deploy session of ours is ever signalled.
+            if let Ok(mut admin) = self.admin_client() {
+                let _ = admin.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int \
+                     AND application_name = $2 AND datname = $3",
+                    &[Some(&pid.to_string()), Some(DEPLOY_APPLICATION_NAME), Some(database)],
+                );
+                admin.close();
+            }
+        }
         if let Ok(rep) = &r {
             if !rep.dry_run {
                 self.metrics.applied(rep.migrations_applied.len(), rep.functions_changed.len());
@@ -366,6 +458,7 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let platform = form.require_platform()?.to_string();
         let (name, owner) = v1_owner(&platform, form.tenant_id.as_deref())?;
         ctx.authorize(&mut ctx.catalog()?, &owner.platform)?;
+        let _slot = ctx.claim(&owner.platform)?;
         let archive = ctx.read(form.require_archive()?)?;
         let opts = DeployOptions {
             force: form.force,
@@ -374,6 +467,7 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             seed_mode: SeedMode::RunIfEmpty,
             run_id: catalog::new_run_id(),
             protected_schemas: ctx.cfg.call.schemas.clone(),
+            time_limit: Some(ctx.cfg.deploy.timeout),
         };
         let (created, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, false)?;
         let mut b = Vec::with_capacity(1024);
@@ -579,6 +673,7 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let p = names::platform(&platform)?;
         let mut cat = ctx.catalog()?;
         ctx.authorize(&mut cat, &p)?;
+        let _slot = ctx.claim(&p)?;
         let archive = ctx.read(form.require_archive()?)?;
         // Only databases the catalog records for this platform: a database that merely has the right
         // name was not made by the gateway and is never touched.
@@ -628,6 +723,7 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             seed_mode: SeedMode::Verify,
             run_id: catalog::new_run_id(),
             protected_schemas: ctx.cfg.call.schemas.clone(),
+            time_limit: Some(ctx.cfg.deploy.timeout),
         };
         let run = cat.start_run("migrate", Some(&names::platform(&platform)?), None, databases.len())?;
         ctx.metrics.fleet_started(&run, &p, "", databases.len());
