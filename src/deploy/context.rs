@@ -288,7 +288,7 @@ impl<'a> Ctx<'a> {
                     Kind::TransactionEscaped,
                     at,
                     format!(
-                        "{place} left a transaction open ({tag}) in a no-transaction migration; it was rolled back, \
+                        "{place} left a transaction open in a no-transaction migration; it was rolled back, \
                          and the file's statements before it stay applied (a no-transaction file is not atomic); \
                          the file is not recorded as applied"
                     ),
@@ -374,17 +374,16 @@ impl<'a> Ctx<'a> {
         if let Some(esc) = self.escaped(at) {
             return esc;
         }
+        // Past the deadline, a cancelled statement or a socket the watchdog cut is the time limit.
+        if let Some((end, limit)) = self.deadline {
+            let cut = matches!(&e, PgError::Io(_) | PgError::Closed);
+            let cancelled = matches!(&e, PgError::Db(d) if d.code == "57014");
+            if (cut || cancelled) && Instant::now() >= end {
+                return self.timed_out(at, limit);
+            }
+        }
         if let PgError::Db(d) = &e {
             if d.code == "57014" {
-                if let Some((end, limit)) = self.deadline {
-                    if Instant::now() >= end {
-                        return self.timed_out(at, limit).with_db(DbDetail {
-                            sqlstate: d.code.clone(),
-                            detail: d.detail.clone(),
-                            hint: d.hint.clone(),
-                        });
-                    }
-                }
                 if d.message.contains("statement timeout") {
                     let kept =
                         if self.in_tx { "it was rolled back, nothing was kept" } else { "the file is not recorded" };

@@ -338,6 +338,57 @@ impl DeployCtx {
         r
     }
 
+    /// Creates `name` for `owner` (the caller holds the name's create lock on `admin`), recorded as
+    /// `creating` before it exists and with its OID right after, so a gateway killed at any point
+    /// leaves something the next start can clean up safely. Refuses past `MAX_DATABASES_PER_PLATFORM`.
+    /// `Ok(false)`: the database appeared meanwhile (not created by this call).
+    fn create_recorded(
+        &self,
+        cat: &mut Catalog,
+        admin: &mut Client,
+        name: &str,
+        owner: &Owner,
+        recorded: bool,
+    ) -> Result<bool, ApiError> {
+        let cap = self.cfg.deploy.max_databases_per_platform;
+        // Counting and recording under one per-platform lock, so parallel creations cannot both pass.
+        let quota_lock = format!("stonescriptdb:create-quota:{}", owner.platform);
+        admin
+            .query("SELECT pg_advisory_lock(hashtext($1))", &[Some(&quota_lock)])
+            .map_err(|e| pg_api(e, "cannot lock the platform's database count"))?;
+        let counted = (|| {
+            if cap > 0 && !recorded && cat.database_count(&owner.platform)? >= cap {
+                return Err(ApiError::new(
+                    Kind::DatabaseLimitReached,
+                    format!(
+                        "platform '{}' has {cap} databases, the most MAX_DATABASES_PER_PLATFORM allows; drop one or \
+                         ask the operator for a higher limit",
+                        owner.platform
+                    ),
+                )
+                .with_database(name));
+            }
+            cat.record_creating(name, owner)
+        })();
+        let _ = admin.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(&quota_lock)]);
+        counted?;
+        let role = self.role.clone().unwrap_or_default();
+        let created = roles::create_platform_database(admin, name, &role, &self.cfg.call.schemas);
+        match &created {
+            Ok(true) => {
+                if let Err(e) = cat.mark_created(name) {
+                    // The row stays `creating` without an OID: a clean-up then only drops a database
+                    // owned by the platform's role or the gateway's login (see clean_unfinished_creations).
+                    crate::log::warn("could not record a new database's OID", &[("database", &name), ("error", &e)]);
+                }
+            }
+            Ok(false) | Err(_) => {
+                let _ = if recorded { cat.mark_ready(name) } else { cat.forget_database(name) };
+            }
+        }
+        created
+    }
+
     fn catalog(&self) -> Result<Catalog, ApiError> {
         Catalog::open(&self.admin, &self.cfg.deploy.catalog_db)
     }
@@ -392,7 +443,6 @@ pub fn create_and_deploy(
     // Everything that can be refused is refused before anything is created.
     let untrusted = ctx.check_extensions(archive)?;
     let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
-    let role = ctx.role.clone().unwrap_or_default();
     let mut admin = ctx.admin_client()?;
     // One create-and-first-deploy per database name at a time, across gateways: otherwise a request
     // whose first deploy fails could drop the database another request is deploying to. The lock is
@@ -414,7 +464,7 @@ pub fn create_and_deploy(
             ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
         );
     }
-    let created = !exists && roles::create_platform_database(&mut admin, name, &role, &ctx.cfg.call.schemas)?;
+    let created = !exists && ctx.create_recorded(&mut cat, &mut admin, name, owner, recorded)?;
     if must_be_new && !created {
         // Another request created it between the check and CREATE DATABASE: it is theirs.
         return Err(
@@ -434,6 +484,11 @@ pub fn create_and_deploy(
             );
         }
         let _ = cat.forget_database(name);
+    } else if created {
+        // Still under the name's lock: a clean-up at start never sees a finished database as unfinished.
+        if let Err(e) = cat.mark_ready(name) {
+            crate::log::warn("could not mark a new database ready", &[("database", &name), ("error", &e)]);
+        }
     }
     let status = if result.is_ok() { "success" } else { "failed" };
     if let Ok(run) = cat.start_run(
@@ -449,6 +504,67 @@ pub fn create_and_deploy(
     }
     admin.close();
     result.map(|r| (created, r)).map_err(|e| e.with_database(name))
+}
+
+/// At start: databases whose creation never finished (a gateway killed during `/register`,
+/// `/database/create` or `/admin/create-tenant`) are dropped and forgotten. Only what the catalog
+/// marks `creating`, only when no live gateway holds the name's create lock, and only the database the
+/// gateway made: the OID it recorded, or (when it died before recording one) a database owned by the
+/// platform's role or the gateway's login. Anything else of that name is left alone and only the row
+/// goes. Returns the databases dropped; logs each.
+pub fn clean_unfinished_creations(ctx: &DeployCtx) -> Result<Vec<String>, ApiError> {
+    let mut cat = ctx.catalog()?;
+    let rows = cat.unfinished_creations()?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut admin = ctx.admin_client()?;
+    let mut dropped = Vec::new();
+    for (name, _) in rows {
+        let lock = admin
+            .query("SELECT pg_try_advisory_lock(hashtext('stonescriptdb:create:' || $1))::text", &[Some(&name)])
+            .map_err(|e| pg_api(e, "cannot lock the database name"))?;
+        if lock.rows.first().and_then(|r| r[0].as_deref()) != Some("true") {
+            continue; // a live gateway is creating it right now
+        }
+        let r = (|| -> Result<(), ApiError> {
+            // Read again under the lock: its creator may have finished in between.
+            let Some((state, oid)) = cat.creation_state(&name)? else { return Ok(()) };
+            if state != "creating" {
+                return Ok(());
+            }
+            let owner = cat.owner_of(&name)?.map(|o| o.platform).unwrap_or_default();
+            let role = ctx.role_of(&mut cat, &owner).map(|(r, _)| r).unwrap_or_default();
+            let ours = admin
+                .query(
+                    "SELECT d.oid::text, (d.oid::text = $2 OR ($2 IS NULL AND r.rolname IN ($3, current_user)))::text \
+                     FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = $1",
+                    &[Some(&name), oid.as_deref(), Some(&role)],
+                )
+                .map_err(|e| pg_api(e, "cannot look up databases"))?;
+            match ours.rows.first() {
+                Some(row) if row[1].as_deref() == Some("true") => {
+                    catalog::drop_database(&mut admin, &name)?;
+                    crate::log::warn(
+                        "dropped a database whose creation never finished (its gateway stopped during it)",
+                        &[("database", &name)],
+                    );
+                    dropped.push(name.clone());
+                }
+                Some(_) => crate::log::warn(
+                    "a database marked as being created is not the one the gateway made; left alone, only the \
+                     catalog row is removed",
+                    &[("database", &name)],
+                ),
+                None => {}
+            }
+            cat.forget_database(&name)
+        })();
+        let _ = admin.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:create:' || $1))", &[Some(&name)]);
+        r?;
+    }
+    admin.close();
+    Ok(dropped)
 }
 
 /// `POST /register`: create the database if missing, then the whole pipeline.
@@ -812,13 +928,21 @@ pub fn create_tenant(ctx: &DeployCtx, body: &Value) -> Outcome {
         let mut cat = ctx.catalog()?;
         cat.check_owner(&name, &owner)?;
         let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
-        let role = ctx.role.clone().unwrap_or_default();
         let mut admin = ctx.admin_client()?;
-        if !roles::create_platform_database(&mut admin, &name, &role, &ctx.cfg.call.schemas)? {
+        admin
+            .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(&name)])
+            .map_err(|e| pg_api(e, "cannot lock the database name"))?;
+        let recorded = cat.owner_of(&name)?.is_some();
+        if catalog::database_exists(&mut admin, &name)? {
             return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
                 .with_database(name));
         }
-        cat.record_database(&name, &owner)?;
+        if !ctx.create_recorded(&mut cat, &mut admin, &name, &owner, recorded)? {
+            return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
+                .with_database(name));
+        }
+        cat.mark_ready(&name)?;
+        admin.close();
         let mut b = Vec::new();
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", "created");
