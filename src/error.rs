@@ -39,6 +39,7 @@ pub enum Kind {
     DeployQueueFull,
     UploadsBusy,
     ResponseTooLarge,
+    DeployPlatformBusy,
     ShuttingDown,
     QueryFailed,
     MigrationFailed,
@@ -50,6 +51,10 @@ pub enum Kind {
     SchemaExtractionFailed,
     SchemaDrift,
     SeedDataMissing,
+    StatementNotAllowed,
+    TransactionEscaped,
+    DeployTimeout,
+    DatabaseLimitReached,
     Internal,
 }
 
@@ -102,6 +107,7 @@ impl Kind {
         Kind::DeployQueueFull,
         Kind::UploadsBusy,
         Kind::ResponseTooLarge,
+        Kind::DeployPlatformBusy,
         Kind::ShuttingDown,
         Kind::QueryFailed,
         Kind::MigrationFailed,
@@ -113,6 +119,10 @@ impl Kind {
         Kind::SchemaExtractionFailed,
         Kind::SchemaDrift,
         Kind::SeedDataMissing,
+        Kind::StatementNotAllowed,
+        Kind::TransactionEscaped,
+        Kind::DeployTimeout,
+        Kind::DatabaseLimitReached,
         Kind::Internal,
     ];
 
@@ -201,6 +211,12 @@ impl Kind {
             Kind::ResponseTooLarge => {
                 row(500, "response_too_large", false, "a function's result is larger than MAX_RESPONSE_BYTES")
             }
+            Kind::DeployPlatformBusy => row(
+                503,
+                "deploy_platform_busy",
+                true,
+                "the platform already runs DEPLOY_MAX_PER_PLATFORM deploys; retry when one has finished",
+            ),
             Kind::ShuttingDown => row(503, "shutting_down", true, "the gateway is stopping"),
             Kind::QueryFailed => row(500, "query_failed", false, "any other PostgreSQL error"),
             Kind::MigrationFailed => row(500, "migration_failed", false, "a deploy step failed; nothing was kept"),
@@ -243,6 +259,30 @@ impl Kind {
                 "seed_data_missing",
                 false,
                 "rows defined by seeders are missing; use reseed=true or force=true",
+            ),
+            Kind::StatementNotAllowed => row(
+                400,
+                "statement_not_allowed",
+                false,
+                "a deploy file holds transaction control or COPY FROM STDIN; refused before anything ran (file, line)",
+            ),
+            Kind::TransactionEscaped => row(
+                500,
+                "deploy_transaction_escaped",
+                false,
+                "a statement ended the deploy's transaction; the message says what was kept",
+            ),
+            Kind::DeployTimeout => row(
+                504,
+                "deploy_timeout",
+                false,
+                "a deploy ran past DEPLOY_STATEMENT_TIMEOUT_MS or DEPLOY_TIMEOUT_SECS; it was rolled back",
+            ),
+            Kind::DatabaseLimitReached => row(
+                409,
+                "database_limit_reached",
+                false,
+                "the platform has MAX_DATABASES_PER_PLATFORM databases; no more are created",
             ),
             Kind::Internal => row(500, "internal_error", false, "a bug in the gateway"),
         }

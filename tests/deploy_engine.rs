@@ -101,6 +101,7 @@ fn opts(mode: SeedMode) -> DeployOptions {
         seed_mode: mode,
         run_id: "test-run".into(),
         protected_schemas: vec!["public".into()],
+        time_limit: None,
     }
 }
 

@@ -96,6 +96,8 @@ CREATE TABLE IF NOT EXISTS platform_keys (
     PRIMARY KEY (platform, key_hash)
 );
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS confined_at timestamptz;
+ALTER TABLE databases ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'ready';
+ALTER TABLE databases ADD COLUMN IF NOT EXISTS created_oid oid;
 CREATE TABLE IF NOT EXISTS run_results (
     run_id      text NOT NULL,
     database    text NOT NULL,
@@ -289,6 +291,75 @@ impl Catalog {
             )
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot record the database"))
+    }
+
+    /// Records, before `CREATE DATABASE`, that the gateway is creating `name` (state `creating`). A
+    /// gateway killed before [`Catalog::mark_ready`] leaves the row so; the next start drops what it
+    /// created (see `service::clean_unfinished_creations`).
+    pub fn record_creating(&mut self, name: &str, o: &Owner) -> Result<(), ApiError> {
+        self.client
+            .query(
+                "INSERT INTO databases (name, platform, kind, tenant_id, schema_name, database_id, confined_at, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now(), 'creating') \
+                 ON CONFLICT (name) DO UPDATE SET state = 'creating', created_oid = NULL",
+                &[
+                    Some(name),
+                    Some(&o.platform),
+                    Some(&o.kind),
+                    o.tenant_id.as_deref(),
+                    o.schema_name.as_deref(),
+                    o.database_id.as_deref(),
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot record the database"))
+    }
+
+    /// Right after `CREATE DATABASE`: which database (by OID) the gateway made, so a clean-up never
+    /// drops another one of the same name.
+    pub fn mark_created(&mut self, name: &str) -> Result<(), ApiError> {
+        self.client
+            .query(
+                "UPDATE databases SET created_oid = (SELECT oid FROM pg_database WHERE datname = $1) WHERE name = $1",
+                &[Some(name)],
+            )
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot update the catalog"))
+    }
+
+    /// The database's creation (and first deploy) finished.
+    pub fn mark_ready(&mut self, name: &str) -> Result<(), ApiError> {
+        self.client
+            .query("UPDATE databases SET state = 'ready' WHERE name = $1", &[Some(name)])
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot update the catalog"))
+    }
+
+    /// Databases still marked `creating`: (name, OID the gateway recorded after creating it).
+    pub fn unfinished_creations(&mut self) -> Result<Vec<(String, Option<String>)>, ApiError> {
+        let r = self
+            .client
+            .query("SELECT name, created_oid::text FROM databases WHERE state = 'creating' ORDER BY name", &[])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.into_iter().map(|row| (row[0].clone().unwrap_or_default(), row[1].clone())).collect())
+    }
+
+    /// The state of one recorded database (`creating` or `ready`) and its recorded OID.
+    pub fn creation_state(&mut self, name: &str) -> Result<Option<(String, Option<String>)>, ApiError> {
+        let r = self
+            .client
+            .query("SELECT state, created_oid::text FROM databases WHERE name = $1", &[Some(name)])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.into_iter().next().map(|row| (row[0].clone().unwrap_or_default(), row[1].clone())))
+    }
+
+    /// How many databases the catalog records for a platform.
+    pub fn database_count(&mut self, platform: &str) -> Result<usize, ApiError> {
+        let r = self
+            .client
+            .query("SELECT count(*)::text FROM databases WHERE platform = $1", &[Some(platform)])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.first().and_then(|row| row[0].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     pub fn forget_database(&mut self, name: &str) -> Result<(), ApiError> {

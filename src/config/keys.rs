@@ -166,9 +166,44 @@ pub const KEYS: &[Key] = &[
     key("ARCHIVE_MAX_EXPANDED_BYTES", "209715200", "bytes a schema archive may expand to"),
     key("ARCHIVE_MAX_ENTRIES", "10000", "entries in one schema archive"),
     key("ARCHIVE_MAX_FILE_BYTES", "10485760", "bytes of one file in a schema archive"),
-    key("DEPLOY_WORKERS", "2", "threads that run deploys"),
+    key("DEPLOY_WORKERS", "4", "threads that run deploys"),
     key("DEPLOY_QUEUE", "64", "deploys that may wait for a worker (503 when full)"),
     key("DEPLOY_PARALLELISM", "0", "databases migrated at once in a fleet run (0: number of CPUs)"),
+    key(
+        "DEPLOY_MAX_PER_PLATFORM",
+        "2",
+        "deploys one platform may run at once (a fleet run counts once); never more than DEPLOY_WORKERS - 1, so \
+         other platforms always find a worker; more → 503 deploy_platform_busy",
+    ),
+    key(
+        "DEPLOY_STATEMENT_TIMEOUT_MS",
+        "300000",
+        "statement_timeout of deploy sessions: one statement of a deploy may run this long; 0 = no limit",
+    ),
+    key(
+        "DEPLOY_IDLE_TIMEOUT_MS",
+        "60000",
+        "idle_in_transaction_session_timeout of deploy sessions: PostgreSQL ends a deploy session whose \
+         transaction waits this long for the gateway; 0 = no limit",
+    ),
+    key(
+        "DEPLOY_TIMEOUT_SECS",
+        "900",
+        "time one deploy of one database may take in all; past it the deploy is cancelled and rolled back \
+         (504 deploy_timeout)",
+    ),
+    key(
+        "DEPLOY_CONNECTION_CHECK_MS",
+        "5000",
+        "client_connection_check_interval of deploy sessions (PostgreSQL 14+): a deploy whose gateway is \
+         gone stops within this long; 0 = off",
+    ),
+    key(
+        "MAX_DATABASES_PER_PLATFORM",
+        "0",
+        "databases the gateway creates for one platform (main, tenants, v2); 0 = no limit; more → 409 \
+         database_limit_reached",
+    ),
     key("CATALOG_DB", "stonescriptdb_gateway", "the gateway's own catalog database"),
 ];
 

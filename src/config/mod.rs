@@ -313,6 +313,18 @@ pub struct DeployConfig {
     pub workers: usize,
     pub queue: usize,
     pub parallelism: usize,
+    /// `DEPLOY_MAX_PER_PLATFORM`, already capped at `workers - 1` (at least 1).
+    pub max_per_platform: usize,
+    /// `DEPLOY_STATEMENT_TIMEOUT_MS`; zero = no limit.
+    pub statement_timeout: Duration,
+    /// `DEPLOY_IDLE_TIMEOUT_MS`; zero = no limit.
+    pub idle_timeout: Duration,
+    /// `DEPLOY_TIMEOUT_SECS`: one deploy of one database in all.
+    pub timeout: Duration,
+    /// `DEPLOY_CONNECTION_CHECK_MS`; zero = off.
+    pub connection_check: Duration,
+    /// `MAX_DATABASES_PER_PLATFORM`; 0 = no limit.
+    pub max_databases_per_platform: usize,
     pub catalog_db: String,
     pub archive_max_expanded_bytes: usize,
     pub archive_max_entries: usize,
@@ -608,8 +620,15 @@ impl Config {
             max_uploads_in_flight_bytes: num(s, "MAX_UPLOADS_IN_FLIGHT_BYTES", 1024usize, 1 << 40)?,
             max_response_bytes: num(s, "MAX_RESPONSE_BYTES", 1024usize, 1 << 34)?,
         };
+        let workers = num(s, "DEPLOY_WORKERS", 1usize, 256)?;
         let deploy = DeployConfig {
-            workers: num(s, "DEPLOY_WORKERS", 1usize, 256)?,
+            workers,
+            max_per_platform: num(s, "DEPLOY_MAX_PER_PLATFORM", 1usize, 256)?.min(workers.saturating_sub(1)).max(1),
+            statement_timeout: Duration::from_millis(num::<u64>(s, "DEPLOY_STATEMENT_TIMEOUT_MS", 0, 86_400_000)?),
+            idle_timeout: Duration::from_millis(num::<u64>(s, "DEPLOY_IDLE_TIMEOUT_MS", 0, 86_400_000)?),
+            timeout: secs(s, "DEPLOY_TIMEOUT_SECS")?,
+            connection_check: Duration::from_millis(num::<u64>(s, "DEPLOY_CONNECTION_CHECK_MS", 0, 86_400_000)?),
+            max_databases_per_platform: num(s, "MAX_DATABASES_PER_PLATFORM", 0usize, 1_000_000)?,
             queue: num(s, "DEPLOY_QUEUE", 1usize, 100_000)?,
             parallelism: match num(s, "DEPLOY_PARALLELISM", 0usize, 256)? {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),

@@ -2,6 +2,8 @@
 //! client inside the deploy's transaction, with error mapping that names the file and line) and SQL
 //! quoting. The steps and the engine that runs them import this; it imports none of them.
 
+use std::time::{Duration, Instant};
+
 use super::archive::SqlFile;
 use super::sql::Statement;
 use crate::error::{ApiError, DbDetail, Kind};
@@ -32,6 +34,9 @@ pub struct DeployOptions {
     /// Schemas no extension may live in (`CALL_SCHEMAS`): `/call` must never reach an extension's
     /// functions. Extensions are created in [`EXTENSION_SCHEMA`] unless a file pins another schema.
     pub protected_schemas: Vec<String>,
+    /// The whole deploy may take this long (`DEPLOY_TIMEOUT_SECS`); past it the running statement
+    /// is cancelled and the deploy fails with `deploy_timeout`. `None`: no limit.
+    pub time_limit: Option<Duration>,
 }
 
 /// One table or column difference between the table files and the database.
@@ -174,6 +179,12 @@ pub(crate) struct Ctx<'a> {
     pub run_id: &'a str,
     pub force: bool,
     pub savepoints: u32,
+    /// True while the engine holds a transaction open (the main one, or the short one that records a
+    /// no-transaction migration): after every statement the session must still be in it. False while
+    /// no-transaction migrations run: then no statement may leave one open.
+    pub in_tx: bool,
+    /// When the whole deploy must be over, and the limit it came from (for the message).
+    pub deadline: Option<(Instant, Duration)>,
 }
 
 /// Where a failure happened, for the error body.
@@ -199,11 +210,115 @@ impl<'a> At<'a> {
 impl<'a> Ctx<'a> {
     /// Runs engine-written SQL (not file text).
     pub fn exec(&mut self, sql: &str, at: At<'_>) -> Result<(), ApiError> {
-        self.c.batch_execute(sql).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+        self.c.batch_execute(sql).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))?;
+        self.check_tx(at)
     }
 
     pub fn query(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<QueryResult, ApiError> {
-        self.c.query(sql, params).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))
+        let r = self.c.query(sql, params).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))?;
+        self.check_tx(at)?;
+        Ok(r)
+    }
+
+    /// Opens the engine's transaction.
+    pub fn begin(&mut self, at: At<'_>) -> Result<(), ApiError> {
+        self.in_tx = false;
+        self.c.batch_execute("BEGIN").map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0))?;
+        self.in_tx = true;
+        self.check_tx(at)
+    }
+
+    /// Commits (or with `commit == false` rolls back) the engine's transaction.
+    pub fn end(&mut self, commit: bool, at: At<'_>) -> Result<(), ApiError> {
+        self.check_tx(at)?;
+        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+        let r = self.c.batch_execute(sql).map_err(|e| self.pg_error(Kind::MigrationFailed, at, e, 0));
+        self.in_tx = false;
+        r?;
+        // A COMMIT of a transaction that had failed answers ROLLBACK without an error.
+        if commit && self.c.last_command_tag() != "COMMIT" {
+            return Err(self.fail(
+                Kind::MigrationFailed,
+                at,
+                format!("the deploy's transaction did not commit (PostgreSQL answered {})", self.c.last_command_tag()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rolls back whatever transaction the session has, after a failure; never fails itself.
+    pub fn abandon(&mut self) {
+        if self.c.transaction_status() != b'I' {
+            let _ = self.c.batch_execute("ROLLBACK");
+        }
+        self.in_tx = false;
+    }
+
+    /// After a statement: the session must be where the engine expects it (see [`Ctx::in_tx`]).
+    pub fn check_tx(&self, at: At<'_>) -> Result<(), ApiError> {
+        match self.escaped(at) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for a session that is not where the engine expects it, if it is not.
+    fn escaped(&self, at: At<'_>) -> Option<ApiError> {
+        let status = self.c.transaction_status();
+        let tag = self.c.last_command_tag();
+        let place = describe(at);
+        if self.in_tx && status == b'I' {
+            let what = if tag.starts_with("ROLLBACK") {
+                format!(
+                    "{place} ended the deploy's transaction ({tag}): it was rolled back, so nothing this deploy did \
+                     was kept, and nothing after it ran"
+                )
+            } else {
+                format!(
+                    "{place} ended the deploy's transaction ({tag}): what this deploy did before it was COMMITTED \
+                     and stays in the database (migrations recorded before it stay recorded; this file is not \
+                     recorded as applied), and nothing after it ran; check the database before deploying again"
+                )
+            };
+            return Some(self.fail(Kind::TransactionEscaped, at, what).with_cause("transaction_ended"));
+        }
+        if !self.in_tx && status != b'I' {
+            return Some(
+                self.fail(
+                    Kind::TransactionEscaped,
+                    at,
+                    format!(
+                        "{place} left a transaction open in a no-transaction migration; it was rolled back, \
+                         and the file's statements before it stay applied (a no-transaction file is not atomic); \
+                         the file is not recorded as applied"
+                    ),
+                )
+                .with_cause("transaction_opened"),
+            );
+        }
+        None
+    }
+
+    /// Fails once the deploy is past its time limit.
+    pub fn check_deadline(&self, at: At<'_>) -> Result<(), ApiError> {
+        match self.deadline {
+            Some((end, limit)) if Instant::now() >= end => Err(self.timed_out(at, limit)),
+            _ => Ok(()),
+        }
+    }
+
+    fn timed_out(&self, at: At<'_>, limit: Duration) -> ApiError {
+        let kept = if self.in_tx {
+            "it was rolled back, nothing was kept"
+        } else {
+            "the no-transaction migration's statements before it stay applied; the file is not recorded"
+        };
+        self.fail(
+            Kind::DeployTimeout,
+            at,
+            format!("the deploy ran past DEPLOY_TIMEOUT_SECS ({} s) at {}; {kept}", limit.as_secs(), describe(at)),
+        )
+        .with_cause("deploy_timeout")
     }
 
     /// Rows of a query whose columns are all non-null text (missing values become "").
@@ -219,7 +334,9 @@ impl<'a> Ctx<'a> {
     /// Runs a statement from a file; errors carry the file's line.
     pub fn run_file_stmt(&mut self, kind: Kind, at: At<'_>) -> Result<QueryResult, ApiError> {
         let stmt = at.stmt.expect("file statement");
-        self.c
+        self.check_deadline(at)?;
+        let r = self
+            .c
             .query(&stmt.text, &[])
             .or_else(|e| match e {
                 // Several statements in one (e.g. a DO block is fine, but `query` refuses
@@ -229,7 +346,9 @@ impl<'a> Ctx<'a> {
                 }
                 e => Err(e),
             })
-            .map_err(|e| self.pg_error(kind, at, e, 0))
+            .map_err(|e| self.pg_error(kind, at, e, 0))?;
+        self.check_tx(at)?;
+        Ok(r)
     }
 
     pub fn savepoint(&mut self) -> Result<String, ApiError> {
@@ -250,6 +369,39 @@ impl<'a> Ctx<'a> {
     /// Turns a PostgreSQL error into the API error naming step, file and line. `shift` is the number
     /// of characters we prepended to the statement text before sending it.
     pub fn pg_error(&self, kind: Kind, at: At<'_>, e: PgError, shift: i64) -> ApiError {
+        // A failure after the transaction ended (e.g. RELEASE SAVEPOINT outside one) is that ending's
+        // consequence: say what really happened.
+        if let Some(esc) = self.escaped(at) {
+            return esc;
+        }
+        // Past the deadline, a cancelled statement or a socket the watchdog cut is the time limit.
+        if let Some((end, limit)) = self.deadline {
+            let cut = matches!(&e, PgError::Io(_) | PgError::Closed);
+            let cancelled = matches!(&e, PgError::Db(d) if d.code == "57014");
+            if (cut || cancelled) && Instant::now() >= end {
+                return self.timed_out(at, limit);
+            }
+        }
+        if let PgError::Db(d) = &e {
+            if d.code == "57014" {
+                if d.message.contains("statement timeout") {
+                    let kept =
+                        if self.in_tx { "it was rolled back, nothing was kept" } else { "the file is not recorded" };
+                    return self
+                        .fail(
+                            Kind::DeployTimeout,
+                            at,
+                            format!("{} ran past DEPLOY_STATEMENT_TIMEOUT_MS ({}); {kept}", describe(at), d.message),
+                        )
+                        .with_cause("statement_timeout")
+                        .with_db(DbDetail {
+                            sqlstate: d.code.clone(),
+                            detail: d.detail.clone(),
+                            hint: d.hint.clone(),
+                        });
+                }
+            }
+        }
         let db = match &e {
             PgError::Db(d) => Some(d.clone()),
             _ => None,
@@ -310,6 +462,15 @@ impl<'a> Ctx<'a> {
             At::step("tracking"),
         )?;
         Ok(())
+    }
+}
+
+/// `the statement at migrations/x.sql line 3`, `step commit`, … for messages.
+fn describe(at: At<'_>) -> String {
+    match (at.file, at.stmt) {
+        (Some(f), Some(s)) => format!("the statement at {f} line {}", s.line),
+        (Some(f), None) => format!("{} ({f})", at.step),
+        _ => format!("step {}", at.step),
     }
 }
 

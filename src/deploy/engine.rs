@@ -18,7 +18,7 @@ use super::archive::{SchemaArchive, SqlFile};
 use super::context::{At, Ctx, SchemaValidation, changes, quote_ident, quote_literal};
 pub use super::context::{DeployOptions, DeployReport, SeedMode};
 use super::sql;
-use super::{functions, seeders, tables, tracking, types};
+use super::{functions, seeders, tables, tracking, types, watchdog};
 use crate::error::{ApiError, Kind};
 use crate::json::ObjectWriter;
 use crate::pg::blocking::Client;
@@ -64,24 +64,29 @@ fn apply(
     started: Instant,
 ) -> Result<DeployReport, ApiError> {
     let mut report = DeployReport { database: database.to_string(), dry_run: opts.dry_run, ..DeployReport::default() };
-    let mut cx = Ctx { c: client, db: database, run_id: &opts.run_id, force: opts.force, savepoints: 0 };
+    refuse_statements(database, archive)?;
+    let deadline = opts.time_limit.map(|l| (started + l, l));
+    // Cancelled at the deadline, cut a little later: see `watchdog`.
+    let _watch = deadline.map(|(end, _)| watchdog::watch(end, client.cancel_token(), client.abort_handle().ok()));
+    let mut cx =
+        Ctx { c: client, db: database, run_id: &opts.run_id, force: opts.force, savepoints: 0, in_tx: false, deadline };
     if cx.c.transaction_status() != b'I' {
         // A caller left a transaction open; ours must not nest into it.
         let _ = cx.c.batch_execute("ROLLBACK");
     }
-    cx.exec("BEGIN", At::step("begin"))?;
+    cx.begin(At::step("begin"))?;
     let pending = match main_transaction(&mut cx, archive, opts, &mut report) {
         Ok(p) => p,
         Err(e) => {
-            let _ = cx.c.batch_execute("ROLLBACK");
+            cx.abandon();
             return Err(e);
         }
     };
     if opts.dry_run {
-        cx.exec("ROLLBACK", At::step("rollback"))?;
+        cx.end(false, At::step("rollback"))?;
         report.no_transaction_migrations = pending.iter().map(|f| f.path.clone()).collect();
     } else {
-        cx.exec("COMMIT", At::step("commit"))?;
+        cx.end(true, At::step("commit"))?;
         for file in pending {
             if run_no_transaction(&mut cx, file)? {
                 report.migrations_applied.push(file.path.clone());
@@ -91,6 +96,33 @@ fn apply(
     }
     report.execution_time_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Refuses, before anything runs, every statement a deploy never runs (see [`sql::refused_statement`]):
+/// transaction control anywhere, and `COPY … FROM STDIN`. Extension files are not run as SQL.
+fn refuse_statements(database: &str, archive: &SchemaArchive) -> Result<(), ApiError> {
+    let files = [&archive.types, &archive.tables, &archive.migrations, &archive.functions, &archive.seeders];
+    for file in files.into_iter().flatten() {
+        for stmt in sql::split_statements(&file.content) {
+            if let Some(why) = sql::refused_statement(&stmt.text) {
+                let e = ApiError::new(
+                    Kind::StatementNotAllowed,
+                    format!("{} line {}: {why}; nothing was run", file.path, stmt.line),
+                )
+                .with_database(database);
+                return Err(with_place(e, file, stmt.line));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn with_place(e: ApiError, file: &SqlFile, line: usize) -> ApiError {
+    let mut f = Vec::new();
+    crate::json::write_string(&mut f, &file.path);
+    e.with_extra_json("step", "\"check\"".into())
+        .with_extra_json("file", String::from_utf8(f).unwrap_or_default())
+        .with_extra_json("line", line.to_string())
 }
 
 /// Everything inside the main transaction; returns the no-transaction migrations still to run.
@@ -379,18 +411,15 @@ fn run_no_transaction(cx: &mut Ctx<'_>, file: &SqlFile) -> Result<bool, ApiError
             cx.run_file_stmt(Kind::MigrationFailed, At::stmt("migrations", file, &stmt))?;
         }
         let ms = t0.elapsed().as_millis() as i64;
-        cx.exec("BEGIN", at)?;
-        let r = tracking::record_migration(cx, &file.path, &ck, ms, true)
-            .and_then(|()| cx.log_change("migration", &file.path, "apply-no-transaction", Some(&ck)));
-        match r {
-            Ok(()) => cx.exec("COMMIT", at)?,
-            Err(e) => {
-                let _ = cx.c.batch_execute("ROLLBACK");
-                return Err(e);
-            }
-        }
+        cx.begin(at)?;
+        tracking::record_migration(cx, &file.path, &ck, ms, true)?;
+        cx.log_change("migration", &file.path, "apply-no-transaction", Some(&ck))?;
+        cx.end(true, at)?;
         Ok(true)
     })();
+    if result.is_err() {
+        cx.abandon();
+    }
     let _ = cx.c.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:' || $1))", &[Some(&db)]);
     result
 }

@@ -118,7 +118,10 @@ pub(crate) fn deploy_functions(
             let sp = cx.savepoint()?;
             let mut action = "create-or-replace";
             match cx.c.query(&text, &[]) {
-                Ok(_) => cx.release(&sp)?,
+                Ok(_) => {
+                    cx.check_tx(at)?;
+                    cx.release(&sp)?
+                }
                 Err(PgError::Db(d)) if d.code == "42P13" => {
                     cx.rollback_to(&sp)?;
                     // Return type or parameter names changed: PostgreSQL needs a drop first. Which
@@ -135,6 +138,7 @@ pub(crate) fn deploy_functions(
                         }
                         match cx.c.query(&text, &[]) {
                             Ok(_) => {
+                                cx.check_tx(at)?;
                                 cx.release(&sp2)?;
                                 cx.log_change("function", &t.signature, "drop-for-recreate", None)?;
                                 done = true;

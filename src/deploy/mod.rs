@@ -18,4 +18,5 @@ pub mod tables;
 pub mod tracking;
 pub mod types;
 pub mod v2;
+pub mod watchdog;
 pub mod workers;

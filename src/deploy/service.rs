@@ -34,6 +34,52 @@ pub struct DeployCtx {
     pub cred: Credential,
     /// Deploy counts for `/metrics` and the status page, shared by every context of this gateway.
     pub metrics: Arc<DeployMetrics>,
+    /// Deploys running per platform, shared by every context of this gateway.
+    pub slots: Arc<PlatformSlots>,
+}
+
+/// How many deploys each platform runs right now (`DEPLOY_MAX_PER_PLATFORM`): one platform's slow
+/// uploads must leave workers to the others.
+#[derive(Default)]
+pub struct PlatformSlots {
+    running: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One running deploy of a platform; dropping it frees the slot.
+pub struct Slot {
+    slots: Arc<PlatformSlots>,
+    platform: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.platform) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.platform);
+            }
+        }
+    }
+}
+
+/// `application_name` of every deploy session, so an operator (and the gateway at start) can tell
+/// them apart in `pg_stat_activity`.
+pub const DEPLOY_APPLICATION_NAME: &str = "stonescriptdb-gateway deploy";
+
+/// The `SET`s that bound a deploy session: `statement_timeout`, `idle_in_transaction_session_timeout`
+/// and, where the server has it (PostgreSQL 14+), `client_connection_check_interval`, so a deploy whose
+/// gateway died stops instead of running on to the end of its migration.
+pub fn session_limits(cfg: &crate::config::DeployConfig, server_version_num: u32) -> String {
+    let mut sql = format!(
+        "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {};",
+        cfg.statement_timeout.as_millis(),
+        cfg.idle_timeout.as_millis()
+    );
+    if server_version_num >= 140000 {
+        sql.push_str(&format!(" SET client_connection_check_interval = {};", cfg.connection_check.as_millis()));
+    }
+    sql
 }
 
 /// The response and the databases that changed.
@@ -49,12 +95,38 @@ const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 impl DeployCtx {
     pub fn new(cfg: Arc<Config>) -> DeployCtx {
         let admin = cfg.db.connect_params();
-        DeployCtx { cfg, admin, role: None, cred: Credential::default(), metrics: Arc::default() }
+        DeployCtx {
+            cfg,
+            admin,
+            role: None,
+            cred: Credential::default(),
+            metrics: Arc::default(),
+            slots: Arc::default(),
+        }
     }
 
     /// The same context for a request that presented `cred`.
     pub fn with_credential(&self, cred: Credential) -> DeployCtx {
         DeployCtx { cred, ..self.clone() }
+    }
+
+    /// Takes one of the platform's deploy slots, or refuses with a retryable 503 when it runs
+    /// `DEPLOY_MAX_PER_PLATFORM` deploys already (a fleet run takes one slot for all its databases).
+    pub fn claim(&self, platform: &str) -> Result<Slot, ApiError> {
+        let cap = self.cfg.deploy.max_per_platform;
+        let mut m = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(platform.to_string()).or_insert(0);
+        if *n >= cap {
+            return Err(ApiError::new(
+                Kind::DeployPlatformBusy,
+                format!(
+                    "platform '{platform}' already runs {n} deploys (DEPLOY_MAX_PER_PLATFORM is {cap}); retry when \
+                     one has finished"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Slot { slots: self.slots.clone(), platform: platform.to_string() })
     }
 
     /// Refuses a request on `platform` without its key (or the admin token) when one is needed.
@@ -143,14 +215,21 @@ impl DeployCtx {
         let mut params = self.admin.with_dbname(database);
         params.user = role.to_string();
         params.password = Some(roles::password(&self.cfg.security.platform_secret, role));
-        Client::connect(&params).map_err(|e| {
+        params.application_name = DEPLOY_APPLICATION_NAME.to_string();
+        let mut c = Client::connect(&params).map_err(|e| {
             let mut a = pg_api(e, &format!("cannot connect to database '{database}' as role '{role}'"));
             if a.db.as_ref().is_some_and(|d| d.sqlstate == "3D000") {
                 a.kind = Kind::DatabaseNotFound;
                 a.message = format!("database '{database}' does not exist");
             }
             a.with_database(database)
-        })
+        })?;
+        let setup = session_limits(&self.cfg.deploy, c.session().server_version_num);
+        if let Err(e) = c.batch_execute(&setup) {
+            c.close();
+            return Err(pg_api(e, "cannot set the deploy session's time limits").with_database(database));
+        }
+        Ok(c)
     }
 
     /// Checks the archive's extensions before anything changes: trusted ones are installed by the platform
@@ -236,14 +315,78 @@ impl DeployCtx {
             self.install_untrusted(database, untrusted)?;
         }
         let mut c = self.connect(database)?;
+        let pid = c.session().process_id;
         let r = deploy(&mut c, database, archive, opts);
         c.close();
+        if r.as_ref().is_err_and(|e| e.kind == Kind::DeployTimeout) {
+            // The backend may still be busy if the statement ignored the cancel (the watchdog cut our
+            // socket); end it so its locks go too. Only a deploy session of ours is ever signalled.
+            if let Ok(mut admin) = self.admin_client() {
+                let _ = admin.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int \
+                     AND application_name = $2 AND datname = $3",
+                    &[Some(&pid.to_string()), Some(DEPLOY_APPLICATION_NAME), Some(database)],
+                );
+                admin.close();
+            }
+        }
         if let Ok(rep) = &r {
             if !rep.dry_run {
                 self.metrics.applied(rep.migrations_applied.len(), rep.functions_changed.len());
             }
         }
         r
+    }
+
+    /// Creates `name` for `owner` (the caller holds the name's create lock on `admin`), recorded as
+    /// `creating` before it exists and with its OID right after, so a gateway killed at any point
+    /// leaves something the next start can clean up safely. Refuses past `MAX_DATABASES_PER_PLATFORM`.
+    /// `Ok(false)`: the database appeared meanwhile (not created by this call).
+    fn create_recorded(
+        &self,
+        cat: &mut Catalog,
+        admin: &mut Client,
+        name: &str,
+        owner: &Owner,
+        recorded: bool,
+    ) -> Result<bool, ApiError> {
+        let cap = self.cfg.deploy.max_databases_per_platform;
+        // Counting and recording under one per-platform lock, so parallel creations cannot both pass.
+        let quota_lock = format!("stonescriptdb:create-quota:{}", owner.platform);
+        admin
+            .query("SELECT pg_advisory_lock(hashtext($1))", &[Some(&quota_lock)])
+            .map_err(|e| pg_api(e, "cannot lock the platform's database count"))?;
+        let counted = (|| {
+            if cap > 0 && !recorded && cat.database_count(&owner.platform)? >= cap {
+                return Err(ApiError::new(
+                    Kind::DatabaseLimitReached,
+                    format!(
+                        "platform '{}' has {cap} databases, the most MAX_DATABASES_PER_PLATFORM allows; drop one or \
+                         ask the operator for a higher limit",
+                        owner.platform
+                    ),
+                )
+                .with_database(name));
+            }
+            cat.record_creating(name, owner)
+        })();
+        let _ = admin.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(&quota_lock)]);
+        counted?;
+        let role = self.role.clone().unwrap_or_default();
+        let created = roles::create_platform_database(admin, name, &role, &self.cfg.call.schemas);
+        match &created {
+            Ok(true) => {
+                if let Err(e) = cat.mark_created(name) {
+                    // The row stays `creating` without an OID: a clean-up then only drops a database
+                    // owned by the platform's role or the gateway's login (see clean_unfinished_creations).
+                    crate::log::warn("could not record a new database's OID", &[("database", &name), ("error", &e)]);
+                }
+            }
+            Ok(false) | Err(_) => {
+                let _ = if recorded { cat.mark_ready(name) } else { cat.forget_database(name) };
+            }
+        }
+        created
     }
 
     fn catalog(&self) -> Result<Catalog, ApiError> {
@@ -300,7 +443,6 @@ pub fn create_and_deploy(
     // Everything that can be refused is refused before anything is created.
     let untrusted = ctx.check_extensions(archive)?;
     let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
-    let role = ctx.role.clone().unwrap_or_default();
     let mut admin = ctx.admin_client()?;
     // One create-and-first-deploy per database name at a time, across gateways: otherwise a request
     // whose first deploy fails could drop the database another request is deploying to. The lock is
@@ -322,7 +464,7 @@ pub fn create_and_deploy(
             ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
         );
     }
-    let created = !exists && roles::create_platform_database(&mut admin, name, &role, &ctx.cfg.call.schemas)?;
+    let created = !exists && ctx.create_recorded(&mut cat, &mut admin, name, owner, recorded)?;
     if must_be_new && !created {
         // Another request created it between the check and CREATE DATABASE: it is theirs.
         return Err(
@@ -342,6 +484,11 @@ pub fn create_and_deploy(
             );
         }
         let _ = cat.forget_database(name);
+    } else if created {
+        // Still under the name's lock: a clean-up at start never sees a finished database as unfinished.
+        if let Err(e) = cat.mark_ready(name) {
+            crate::log::warn("could not mark a new database ready", &[("database", &name), ("error", &e)]);
+        }
     }
     let status = if result.is_ok() { "success" } else { "failed" };
     if let Ok(run) = cat.start_run(
@@ -359,6 +506,67 @@ pub fn create_and_deploy(
     result.map(|r| (created, r)).map_err(|e| e.with_database(name))
 }
 
+/// At start: databases whose creation never finished (a gateway killed during `/register`,
+/// `/database/create` or `/admin/create-tenant`) are dropped and forgotten. Only what the catalog
+/// marks `creating`, only when no live gateway holds the name's create lock, and only the database the
+/// gateway made: the OID it recorded, or (when it died before recording one) a database owned by the
+/// platform's role or the gateway's login. Anything else of that name is left alone and only the row
+/// goes. Returns the databases dropped; logs each.
+pub fn clean_unfinished_creations(ctx: &DeployCtx) -> Result<Vec<String>, ApiError> {
+    let mut cat = ctx.catalog()?;
+    let rows = cat.unfinished_creations()?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut admin = ctx.admin_client()?;
+    let mut dropped = Vec::new();
+    for (name, _) in rows {
+        let lock = admin
+            .query("SELECT pg_try_advisory_lock(hashtext('stonescriptdb:create:' || $1))::text", &[Some(&name)])
+            .map_err(|e| pg_api(e, "cannot lock the database name"))?;
+        if lock.rows.first().and_then(|r| r[0].as_deref()) != Some("true") {
+            continue; // a live gateway is creating it right now
+        }
+        let r = (|| -> Result<(), ApiError> {
+            // Read again under the lock: its creator may have finished in between.
+            let Some((state, oid)) = cat.creation_state(&name)? else { return Ok(()) };
+            if state != "creating" {
+                return Ok(());
+            }
+            let owner = cat.owner_of(&name)?.map(|o| o.platform).unwrap_or_default();
+            let role = ctx.role_of(&mut cat, &owner).map(|(r, _)| r).unwrap_or_default();
+            let ours = admin
+                .query(
+                    "SELECT d.oid::text, (d.oid::text = $2 OR ($2 IS NULL AND r.rolname IN ($3, current_user)))::text \
+                     FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = $1",
+                    &[Some(&name), oid.as_deref(), Some(&role)],
+                )
+                .map_err(|e| pg_api(e, "cannot look up databases"))?;
+            match ours.rows.first() {
+                Some(row) if row[1].as_deref() == Some("true") => {
+                    catalog::drop_database(&mut admin, &name)?;
+                    crate::log::warn(
+                        "dropped a database whose creation never finished (its gateway stopped during it)",
+                        &[("database", &name)],
+                    );
+                    dropped.push(name.clone());
+                }
+                Some(_) => crate::log::warn(
+                    "a database marked as being created is not the one the gateway made; left alone, only the \
+                     catalog row is removed",
+                    &[("database", &name)],
+                ),
+                None => {}
+            }
+            cat.forget_database(&name)
+        })();
+        let _ = admin.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:create:' || $1))", &[Some(&name)]);
+        r?;
+    }
+    admin.close();
+    Ok(dropped)
+}
+
 /// `POST /register`: create the database if missing, then the whole pipeline.
 pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
@@ -366,6 +574,7 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let platform = form.require_platform()?.to_string();
         let (name, owner) = v1_owner(&platform, form.tenant_id.as_deref())?;
         ctx.authorize(&mut ctx.catalog()?, &owner.platform)?;
+        let _slot = ctx.claim(&owner.platform)?;
         let archive = ctx.read(form.require_archive()?)?;
         let opts = DeployOptions {
             force: form.force,
@@ -374,6 +583,7 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             seed_mode: SeedMode::RunIfEmpty,
             run_id: catalog::new_run_id(),
             protected_schemas: ctx.cfg.call.schemas.clone(),
+            time_limit: Some(ctx.cfg.deploy.timeout),
         };
         let (created, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, false)?;
         let mut b = Vec::with_capacity(1024);
@@ -579,6 +789,7 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let p = names::platform(&platform)?;
         let mut cat = ctx.catalog()?;
         ctx.authorize(&mut cat, &p)?;
+        let _slot = ctx.claim(&p)?;
         let archive = ctx.read(form.require_archive()?)?;
         // Only databases the catalog records for this platform: a database that merely has the right
         // name was not made by the gateway and is never touched.
@@ -628,6 +839,7 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             seed_mode: SeedMode::Verify,
             run_id: catalog::new_run_id(),
             protected_schemas: ctx.cfg.call.schemas.clone(),
+            time_limit: Some(ctx.cfg.deploy.timeout),
         };
         let run = cat.start_run("migrate", Some(&names::platform(&platform)?), None, databases.len())?;
         ctx.metrics.fleet_started(&run, &p, "", databases.len());
@@ -716,13 +928,21 @@ pub fn create_tenant(ctx: &DeployCtx, body: &Value) -> Outcome {
         let mut cat = ctx.catalog()?;
         cat.check_owner(&name, &owner)?;
         let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
-        let role = ctx.role.clone().unwrap_or_default();
         let mut admin = ctx.admin_client()?;
-        if !roles::create_platform_database(&mut admin, &name, &role, &ctx.cfg.call.schemas)? {
+        admin
+            .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(&name)])
+            .map_err(|e| pg_api(e, "cannot lock the database name"))?;
+        let recorded = cat.owner_of(&name)?.is_some();
+        if catalog::database_exists(&mut admin, &name)? {
             return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
                 .with_database(name));
         }
-        cat.record_database(&name, &owner)?;
+        if !ctx.create_recorded(&mut cat, &mut admin, &name, &owner, recorded)? {
+            return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
+                .with_database(name));
+        }
+        cat.mark_ready(&name)?;
+        admin.close();
         let mut b = Vec::new();
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", "created");

@@ -334,9 +334,91 @@ pub fn leading_keywords(stmt: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// Why a deploy never runs this statement, or `None` when it may run.
+///
+/// - Transaction control (`BEGIN`, `START TRANSACTION`, `COMMIT`, `END`, `ROLLBACK`, `ABORT`,
+///   `SAVEPOINT`, `RELEASE`, `PREPARE TRANSACTION`, `COMMIT/ROLLBACK PREPARED`): a deploy is one
+///   transaction that the engine opens and ends; a file that ends it would commit half a deploy and run
+///   the rest in autocommit, and one that opens its own would leave the engine's bookkeeping wrong.
+/// - `COPY … FROM STDIN`: the data would have to come from the client, which a deploy has no stream
+///   for (put the rows in an `INSERT` instead).
+///
+/// Only the statement's own words count: the same words inside a string, a dollar-quoted function
+/// body or a comment are not seen.
+pub fn refused_statement(stmt: &str) -> Option<String> {
+    let words: Vec<(Kind, String)> = tokenize(stmt)
+        .into_iter()
+        .filter(is_significant)
+        .map(|t| (t.kind, stmt[t.start..t.end].to_ascii_uppercase()))
+        .collect();
+    let word = |i: usize| words.get(i).filter(|(k, _)| *k == Kind::Word).map(|(_, w)| w.as_str());
+    let first = word(0)?;
+    let control = match (first, word(1)) {
+        ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE", _) => true,
+        ("PREPARE", Some("TRANSACTION")) => true,
+        _ => false,
+    };
+    if control {
+        return Some(format!(
+            "{first} is transaction control: a deploy runs in one transaction that the gateway opens and ends, \
+             so files may not begin, end or split it (remove the statement; a file that must run outside the \
+             transaction starts with `-- gateway: no-transaction`)"
+        ));
+    }
+    if first == "COPY" {
+        let from_stdin = words
+            .windows(2)
+            .any(|w| w[0].0 == Kind::Word && w[0].1 == "FROM" && w[1].0 == Kind::Word && w[1].1 == "STDIN");
+        if from_stdin {
+            return Some(
+                "COPY … FROM STDIN reads rows from the client, and a deploy has none to send; \
+                 write the rows as INSERT statements (a seeder or a migration)"
+                    .to_string(),
+            );
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_statements() {
+        for s in [
+            "BEGIN",
+            "begin isolation level serializable",
+            "START TRANSACTION",
+            "COMMIT",
+            "commit prepared 'x'",
+            "END",
+            "ROLLBACK",
+            "rollback to savepoint a",
+            "ABORT",
+            "SAVEPOINT a",
+            "RELEASE a",
+            "PREPARE TRANSACTION 'x'",
+            "/* c */ COMMIT",
+            "COPY t (a) FROM STDIN",
+            "copy t from stdin with (format csv)",
+        ] {
+            assert!(refused_statement(s).is_some(), "{s}");
+        }
+        for s in [
+            "DO $$ BEGIN COMMIT; END $$",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+            "SELECT 'COMMIT'",
+            "COPY t TO STDOUT",
+            "COPY t FROM '/tmp/x'",
+            "PREPARE p AS SELECT 1",
+            "CALL p()",
+            "INSERT INTO t VALUES ('FROM STDIN')",
+            "",
+        ] {
+            assert!(refused_statement(s).is_none(), "{s}");
+        }
+    }
 
     fn texts(sql: &str) -> Vec<String> {
         split_statements(sql).into_iter().map(|s| s.text).collect()

@@ -127,6 +127,7 @@ pub(crate) fn declare_and_create(
             let sp = cx.savepoint()?;
             match cx.c.query(&stmt.text, &[]) {
                 Ok(_) => {
+                    cx.check_tx(At::stmt("tables", &archive.tables[i], stmt))?;
                     cx.release(&sp)?;
                     let now = scratch_tables(cx)?;
                     let created: Vec<String> = now.into_iter().filter(|t| known.insert(t.clone())).collect();

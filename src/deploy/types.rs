@@ -103,6 +103,7 @@ pub(crate) fn deploy_types(
             let sp = cx.savepoint()?;
             match cx.c.query(&stmt.text, &[]) {
                 Ok(_) => {
+                    cx.check_tx(at)?;
                     cx.release(&sp)?;
                     for name in created_since(cx, &before)? {
                         tracking::upsert(cx, "types", &name, &ck, &file.path)?;

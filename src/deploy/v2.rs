@@ -305,6 +305,7 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
         ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         let (bytes, version) = cat.schema_archive(&p, &schema)?;
+        let _slot = ctx.claim(&p)?;
         let archive = ctx.read(&bytes)?;
         let owner = Owner {
             platform: p.clone(),
@@ -320,6 +321,7 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
             seed_mode: SeedMode::RunIfEmpty,
             run_id: catalog::new_run_id(),
             protected_schemas: ctx.cfg.call.schemas.clone(),
+            time_limit: Some(ctx.cfg.deploy.timeout),
         };
         drop(cat);
         let (_, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, true)?;
@@ -360,6 +362,8 @@ pub struct MigratePlan {
     pub ctx: DeployCtx,
     /// Allowed untrusted extensions the gateway installs first.
     pub untrusted: Vec<String>,
+    /// The platform's deploy slot, held until the run (and the plan) ends.
+    pub slot: super::service::Slot,
 }
 
 /// `POST /v2/migrate` and `/v2/migrate-all`: resolve the target databases from the catalog.
@@ -371,6 +375,7 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
     ctx.authorize(&mut cat, &p)?;
     cat.require_platform(&p)?;
     let (bytes, version) = cat.schema_archive(&p, &schema)?;
+    let slot = ctx.claim(&p)?;
     let archive = ctx.read(&bytes)?;
     let databases: Vec<String> = match id {
         Some(id) if id != "all" => {
@@ -411,6 +416,7 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
         seed_mode: SeedMode::Verify,
         run_id: catalog::new_run_id(),
         protected_schemas: ctx.cfg.call.schemas.clone(),
+        time_limit: Some(ctx.cfg.deploy.timeout),
     };
     let untrusted = ctx.check_extensions(&archive)?;
     let ctx = ctx.as_platform(&mut cat, &p)?;
@@ -424,6 +430,7 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
         version,
         ctx,
         untrusted,
+        slot,
     })
 }
 

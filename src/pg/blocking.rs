@@ -67,6 +67,13 @@ impl Stream {
         }
     }
 
+    fn try_clone(&self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
+        }
+    }
+
     fn shutdown(&self) {
         // Best effort: the peer may already be gone.
         let _ = match self {
@@ -208,6 +215,21 @@ impl CancelToken {
     }
 }
 
+/// Cuts a client's socket from another thread: a read or write the owner is blocked in fails at once
+/// and the client is broken. For statements that ignore cancel requests (a PL/pgSQL loop may catch
+/// `query_canceled`).
+pub struct AbortHandle {
+    /// A second descriptor of the client's socket.
+    stream: Stream,
+}
+
+impl AbortHandle {
+    /// Shuts the socket down in both directions; the server sees the client gone.
+    pub fn abort(&self) {
+        self.stream.shutdown();
+    }
+}
+
 /// A blocking session. Not thread-safe by design: one worker owns it.
 pub struct Client {
     /// Socket and buffers.
@@ -222,6 +244,8 @@ pub struct Client {
     connect_timeout: Duration,
     /// Status byte of the last ReadyForQuery.
     tx_status: u8,
+    /// Tag of the last CommandComplete (`COMMIT`, `ROLLBACK`, `INSERT 0 1`…).
+    last_tag: String,
     /// NoticeResponses not yet drained.
     notices: Vec<DbError>,
     /// NotificationResponses not yet drained.
@@ -257,6 +281,7 @@ impl Client {
             port: params.port,
             connect_timeout: params.connect_timeout,
             tx_status: b'I',
+            last_tag: String::new(),
             notices: Vec::new(),
             notifications: Vec::new(),
             broken: false,
@@ -342,6 +367,12 @@ impl Client {
         self.tx_status
     }
 
+    /// The command tag of the last statement that completed (`COMMIT`, `ROLLBACK`, `CREATE TABLE`…):
+    /// after a transaction ended unexpectedly it says whether it was committed or rolled back.
+    pub fn last_command_tag(&self) -> &str {
+        &self.last_tag
+    }
+
     /// Takes the notices (RAISE NOTICE, warnings) received so far.
     pub fn notices(&mut self) -> Vec<DbError> {
         std::mem::take(&mut self.notices)
@@ -361,6 +392,11 @@ impl Client {
             process_id: self.session.process_id,
             secret_key: self.session.secret_key,
         }
+    }
+
+    /// A handle that can cut this session's socket from another thread.
+    pub fn abort_handle(&self) -> Result<AbortHandle, PgError> {
+        Ok(AbortHandle { stream: self.wire.stream.try_clone()? })
     }
 
     /// Session facts from startup, with later ParameterStatus changes applied.
@@ -455,7 +491,10 @@ impl Client {
                     Backend::Message(Message::DataRow(row)) => {
                         sink(SimpleEvent::Row(text_row(&row)?));
                     }
-                    Backend::Message(Message::CommandComplete(_) | Message::EmptyQueryResponse) => {}
+                    Backend::Message(Message::CommandComplete(body)) => {
+                        c.last_tag = body.tag().map_err(bad)?.to_string();
+                    }
+                    Backend::Message(Message::EmptyQueryResponse) => {}
                     // COPY needs a data source or sink we do not offer; refuse it cleanly and
                     // let the server report the failure.
                     Backend::Message(Message::CopyInResponse(_)) => {
@@ -494,10 +533,16 @@ impl Client {
                 Backend::Message(Message::DataRow(row)) => result.rows.push(text_row(&row)?),
                 Backend::Message(Message::CommandComplete(body)) => {
                     result.rows_affected = rows_affected(&body)?;
+                    self.last_tag = body.tag().map_err(bad)?.to_string();
                 }
                 Backend::Message(Message::EmptyQueryResponse | Message::PortalSuspended) => {}
+                // The Sync sent behind Execute was swallowed by copy-in mode (the server ignores Sync
+                // there), and after CopyFail an extended-protocol COPY waits for a Sync before it
+                // answers ReadyForQuery: send one more, or both sides wait for each other forever.
+                // https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-COPY
                 Backend::Message(Message::CopyInResponse(_)) => {
                     frontend::copy_fail("COPY FROM STDIN is not supported", &mut self.wire.wbuf).map_err(bad)?;
+                    frontend::sync(&mut self.wire.wbuf);
                     self.wire.flush()?;
                 }
                 Backend::Message(Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone) => {}

@@ -409,6 +409,8 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                 match v2::mark_interrupted_runs(&ctx) {
                     Ok(n) => {
                         marked = true;
+                        let _ = crate::deploy::service::clean_unfinished_creations(&ctx)
+                            .map_err(|e| log::warn("unfinished database creations not cleaned up", &[("error", &e)]));
                         if n > 0 {
                             log::warn("runs interrupted by a stop were marked", &[("runs", &n)]);
                         }
