@@ -184,3 +184,65 @@ fn the_total_cap_holds_over_all_loops_and_pools() {
     let max = watcher.join().unwrap();
     assert!((1..=2).contains(&max), "{max} backends under a total cap of 2");
 }
+
+const SLOW_AND_QUICK: &str = "CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(3)';
+CREATE FUNCTION quick() RETURNS int LANGUAGE sql AS 'SELECT 2';";
+
+/// One platform whose databases all run slow functions cannot take every connection: with
+/// MAX_CONNECTIONS_PER_PLATFORM below the total, another platform's cheap call is served at once.
+#[test]
+fn one_platform_cannot_take_every_connection() {
+    let g = start(&[
+        ("MAX_TOTAL_CONNECTIONS", "3"),
+        ("MAX_CONNECTIONS_PER_POOL", "2"),
+        ("MAX_CONNECTIONS_PER_PLATFORM", "2"),
+        ("POOL_WAIT_TIMEOUT_MS", "10000"),
+        // The cap within one loop; how loops share room is what the tests above check.
+        ("GATEWAY_THREADS", "1"),
+    ]);
+    let busy = register(g.addr, &[("functions/f.sql", SLOW_AND_QUICK)]);
+    let mut dbs = vec![format!("{}_main", busy.0)];
+    for t in ["t1", "t2"] {
+        let archive = common::archive::tgz([("functions/f.sql", SLOW_AND_QUICK)]);
+        let (ct, body) =
+            multipart(&[("platform", busy.0.as_bytes()), ("tenant_id", t.as_bytes()), ("schema", &archive)]);
+        let r = request(g.addr, "POST", "/register", &[("Content-Type", ct.as_str())], &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        dbs.push(format!("{}_{t}", busy.0));
+    }
+    let other = register(g.addr, &[("functions/f.sql", SLOW_AND_QUICK)]);
+    // One slow call per database of the busy platform: without the cap they would hold all three
+    // connections.
+    let slow: Vec<_> = ["", r#","tenant_id":"t1""#, r#","tenant_id":"t2""#]
+        .into_iter()
+        .map(|t| {
+            let (addr, body) = (g.addr, format!(r#"{{"platform":"{}"{t},"function":"slow","params":[]}}"#, busy.0));
+            std::thread::spawn(move || {
+                let r = common::post_json(addr, "/call", &body);
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    let list = dbs.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(",");
+    let running = || {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname IN ({list}) AND state = 'active' \
+             AND application_name = 'stonescriptdb-gateway'"
+        );
+        query_col("postgres", &sql)[0].as_deref().unwrap_or("0").parse::<usize>().unwrap()
+    };
+    assert!(common::db::eventually(Duration::from_secs(3), || running() >= 2), "the slow calls did not start");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(running(), 2, "the platform runs more calls than its share of connections");
+    let t = std::time::Instant::now();
+    let r = common::post_json(g.addr, "/call", &call_body(&other.0, "quick"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_millis(1500), "the other platform waited {:?}", t.elapsed());
+    for s in slow {
+        let (status, text) = s.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    for db in &dbs[1..] {
+        common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
+    }
+}

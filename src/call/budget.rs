@@ -20,6 +20,8 @@ pub struct PoolShare {
     /// Bit `i` set while loop `i` (below 64) holds connections of this pool: where a loop without
     /// any can hand its calls when the pool's cap is taken.
     holders: AtomicU64,
+    /// Connections of every pool of the same platform (role), for `MAX_CONNECTIONS_PER_PLATFORM`.
+    platform: Arc<AtomicUsize>,
 }
 
 impl PoolShare {
@@ -72,6 +74,8 @@ pub enum Full {
     Total,
     /// `MAX_CONNECTIONS_PER_POOL` is reached for this pool.
     Pool,
+    /// `MAX_CONNECTIONS_PER_PLATFORM` is reached for this pool's platform.
+    Platform,
 }
 
 /// The shared limits.
@@ -79,9 +83,12 @@ pub enum Full {
 pub struct Budget {
     max_total: usize,
     max_per_pool: usize,
+    max_per_platform: usize,
     total: AtomicUsize,
     /// Pool key → its share; entries are created on first use and kept (a few bytes per pool).
     shares: Mutex<HashMap<String, Arc<PoolShare>>>,
+    /// Platform (role) → its connections over all its pools.
+    platforms: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 /// One connection slot, held by the connection for its whole life.
@@ -94,6 +101,7 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.share.conns.fetch_sub(1, Ordering::AcqRel);
+        self.share.platform.fetch_sub(1, Ordering::AcqRel);
         self.budget.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -104,26 +112,52 @@ fn take(n: &AtomicUsize, max: usize) -> bool {
 }
 
 impl Budget {
-    pub fn new(max_total: usize, max_per_pool: usize) -> Arc<Budget> {
-        Arc::new(Budget { max_total, max_per_pool, total: AtomicUsize::new(0), shares: Mutex::new(HashMap::new()) })
+    pub fn new(max_total: usize, max_per_pool: usize, max_per_platform: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            max_total,
+            max_per_pool,
+            max_per_platform,
+            total: AtomicUsize::new(0),
+            shares: Mutex::new(HashMap::new()),
+            platforms: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// The share of pool `key` (created when first asked for).
-    pub fn share(&self, key: &str) -> Arc<PoolShare> {
+    /// The share of pool `key` of `platform` (created when first asked for).
+    pub fn share(&self, key: &str, platform: &str) -> Arc<PoolShare> {
         let mut m = self.shares.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(key.to_string()).or_default().clone()
+        if let Some(s) = m.get(key) {
+            return s.clone();
+        }
+        let platform = {
+            let mut p = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
+            p.entry(platform.to_string()).or_default().clone()
+        };
+        let s = Arc::new(PoolShare { platform, ..PoolShare::default() });
+        m.insert(key.to_string(), s.clone());
+        s
     }
 
-    /// Takes a slot in the total and in the pool, or says which limit is reached.
+    /// Takes a slot in the pool, its platform and the total, or says which limit is reached.
     pub fn try_take(self: &Arc<Self>, share: &Arc<PoolShare>) -> Result<Permit, Full> {
         if !take(&share.conns, self.max_per_pool) {
             return Err(Full::Pool);
         }
+        if !take(&share.platform, self.max_per_platform) {
+            share.conns.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Platform);
+        }
         if !take(&self.total, self.max_total) {
             share.conns.fetch_sub(1, Ordering::AcqRel);
+            share.platform.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Total);
         }
         Ok(Permit { budget: self.clone(), share: share.clone() })
+    }
+
+    /// Whether the platform of `share` holds all the connections it may.
+    pub fn platform_full(&self, share: &PoolShare) -> bool {
+        share.platform.load(Ordering::Acquire) >= self.max_per_platform
     }
 
     /// Connections held over all loops.
@@ -146,9 +180,9 @@ mod tests {
 
     #[test]
     fn limits_hold_and_permits_give_back() {
-        let b = Budget::new(3, 2);
-        let a = b.share("a@r");
-        let c = b.share("c@r");
+        let b = Budget::new(3, 2, 3);
+        let a = b.share("a@r", "r");
+        let c = b.share("c@q", "q");
         let p1 = b.try_take(&a).unwrap();
         let p2 = b.try_take(&a).unwrap();
         assert_eq!(b.try_take(&a).unwrap_err(), Full::Pool);
@@ -166,8 +200,8 @@ mod tests {
 
     #[test]
     fn many_threads_never_exceed_the_limits() {
-        let b = Budget::new(8, 5);
-        let shares: Vec<_> = (0..3).map(|i| b.share(&format!("db{i}@r"))).collect();
+        let b = Budget::new(8, 5, 8);
+        let shares: Vec<_> = (0..3).map(|i| b.share(&format!("db{i}@r"), "r")).collect();
         let peak = Arc::new(AtomicUsize::new(0));
         std::thread::scope(|s| {
             for t in 0..8 {
@@ -208,11 +242,24 @@ mod tests {
 
     #[test]
     fn waiting_counts_add_up() {
-        let b = Budget::new(1, 1);
-        let s = b.share("x");
+        let b = Budget::new(1, 1, 1);
+        let s = b.share("x", "r");
         s.add_waiting(3);
         s.add_waiting(-2);
         assert_eq!(s.waiting(), 1);
-        assert!(Arc::ptr_eq(&s, &b.share("x")));
+        assert!(Arc::ptr_eq(&s, &b.share("x", "r")));
+    }
+
+    #[test]
+    fn one_platform_cannot_take_every_connection() {
+        let b = Budget::new(10, 5, 3);
+        let (a1, a2, other) = (b.share("a1@ra", "ra"), b.share("a2@ra", "ra"), b.share("o@rb", "rb"));
+        let held: Vec<_> = [&a1, &a1, &a2].iter().map(|s| b.try_take(s).unwrap()).collect();
+        assert_eq!(b.try_take(&a2).unwrap_err(), Full::Platform);
+        assert_eq!(a2.conns(), 1, "a refusal by the platform leaves the pool's count as it was");
+        assert!(b.platform_full(&a1));
+        assert!(b.try_take(&other).is_ok(), "another platform still gets a connection");
+        drop(held);
+        assert!(!b.platform_full(&a1));
     }
 }

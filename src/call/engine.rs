@@ -486,7 +486,7 @@ impl CallEngine {
         params.application_name = "stonescriptdb-gateway".into();
         params.user = role.to_string();
         params.password = Some(crate::security::roles::password(&self.cfg.security.platform_secret, role));
-        let share = self.budget.share(&key);
+        let share = self.budget.share(&key, role);
         let k = self.pools.pools.insert(Pool::new(key.clone(), database.to_string(), params, share, now));
         self.pools.by_key.insert(key, k);
         k
@@ -521,6 +521,29 @@ impl CallEngine {
                     }
                     if share.conns() > local {
                         self.ask_room(pool, true, now);
+                    }
+                    return;
+                }
+                Err(Full::Platform) => {
+                    if local == 0 {
+                        if let Some(to) = share.holder_besides(self.loop_id) {
+                            self.forward_waiters(pool, to);
+                            return;
+                        }
+                    }
+                    // Room among this platform's own connections: an idle one of its least recently
+                    // used other pool here goes; otherwise the calls wait for one to drain.
+                    let role = self.pools.pools.get(pool).map(|p| p.params.user.clone()).unwrap_or_default();
+                    let victim = self
+                        .pools
+                        .pools
+                        .iter()
+                        .filter(|(k, p)| *k != pool && !p.idle.is_empty() && p.params.user == role)
+                        .min_by_key(|(_, p)| p.last_used)
+                        .map(|(k, _)| k);
+                    if let Some(v) = victim.and_then(|v| self.pools.pools.get_mut(v)) {
+                        let c = v.idle.remove(0);
+                        self.retire_conn(poll, c, now);
                     }
                     return;
                 }
@@ -894,8 +917,15 @@ impl CallEngine {
         let pool = b.pool;
         let too_old = now.saturating_duration_since(b.conn.created) >= self.cfg.pool.max_lifetime;
         let full = self.budget.total() >= self.budget.max_total();
+        let (platform_full, role) = match self.pools.pools.get(pool) {
+            Some(p) => (self.budget.platform_full(&p.share), p.params.user.clone()),
+            None => (false, String::new()),
+        };
         let starved_here =
-            full && self.pools.pools.iter().any(|(k, q)| k != pool && !q.waiting().is_empty() && q.size() == 0);
+            (full || platform_full)
+                && self.pools.pools.iter().any(|(k, q)| {
+                    k != pool && !q.waiting().is_empty() && q.size() == 0 && (full || q.params.user == role)
+                });
         if let Some(l) = self.owed.pop_front() {
             // Another loop starves under the total cap: its turn (this one served a call first).
             b.room_for = Some(l);

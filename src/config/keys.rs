@@ -52,6 +52,11 @@ pub const KEYS: &[Key] = &[
         "backend connections per database over all event loops; 0 = twice GATEWAY_THREADS, at least 10",
     ),
     key("MAX_TOTAL_CONNECTIONS", "200", "backend connections over all pools (hard cap)"),
+    key(
+        "MAX_CONNECTIONS_PER_PLATFORM",
+        "0",
+        "backend connections of all databases of one platform together; 0 = three quarters of MAX_TOTAL_CONNECTIONS, at least MAX_CONNECTIONS_PER_POOL",
+    ),
     key("POOL_IDLE_TIMEOUT_SECS", "1800", "a pool unused this long is closed"),
     key("POOL_MAX_LIFETIME_SECS", "3600", "a backend connection older than this is closed when idle"),
     key("CONNECTION_IDLE_TIMEOUT_SECS", "600", "an idle backend connection is closed after this long"),

@@ -208,6 +208,8 @@ impl std::fmt::Debug for DbSettings {
 pub struct PoolConfig {
     pub max_per_pool: usize,
     pub max_total: usize,
+    /// `MAX_CONNECTIONS_PER_PLATFORM` with 0 resolved: all pools of one platform together.
+    pub max_per_platform: usize,
     pub pool_idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub connection_idle_timeout: Duration,
@@ -491,12 +493,19 @@ impl Config {
                 n => n,
             },
             max_total,
+            // Automatic: three quarters of the total, so other platforms keep room, but never less
+            // than one pool may hold. Resolved below, once the pool size is known.
+            max_per_platform: num(s, "MAX_CONNECTIONS_PER_PLATFORM", 0usize, 100_000)?,
             pool_idle_timeout: secs(s, "POOL_IDLE_TIMEOUT_SECS")?,
             max_lifetime: secs(s, "POOL_MAX_LIFETIME_SECS")?,
             connection_idle_timeout: secs(s, "CONNECTION_IDLE_TIMEOUT_SECS")?,
             wait_timeout: millis(s, "POOL_WAIT_TIMEOUT_MS")?,
             max_waiting: num(s, "POOL_MAX_WAITING", 0usize, 1_000_000)?,
         };
+        let mut pool = pool;
+        if pool.max_per_platform == 0 {
+            pool.max_per_platform = (pool.max_total * 3 / 4).max(pool.max_per_pool).max(1);
+        }
         if pool.max_per_pool > pool.max_total {
             return Err(ConfigError(format!(
                 "invalid value for MAX_CONNECTIONS_PER_POOL: {} is more than MAX_TOTAL_CONNECTIONS ({})",

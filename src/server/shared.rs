@@ -251,7 +251,7 @@ impl Shared {
         let n = loops.len();
         let history = Arc::new(History::default());
         let shared = Arc::new(Shared {
-            budget: Budget::new(cfg.pool.max_total, cfg.pool.max_per_pool),
+            budget: Budget::new(cfg.pool.max_total, cfg.pool.max_per_pool, cfg.pool.max_per_platform),
             canceller: Canceller::start()?,
             workers: Mutex::new(Workers::new(cfg.deploy.workers, cfg.deploy.queue)?),
             started: Instant::now(),
