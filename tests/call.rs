@@ -739,6 +739,50 @@ fn client_disconnect_cancels_the_backend_query() {
 // ---------------------------------------------------------------------------------------------
 // Session hygiene
 
+const LEFTOVERS: &str = "
+CREATE TABLE items (id int);
+INSERT INTO items VALUES (1), (2), (3);
+CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM items';
+CREATE FUNCTION leave_things() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    CREATE TEMP TABLE items (id int);
+    PERFORM pg_advisory_lock(4242);
+    LISTEN leftovers;
+    RETURN 1;
+END $$;
+CREATE FUNCTION deallocate_all() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN EXECUTE 'DEALLOCATE ALL'; RETURN 1; END $$;
+CREATE FUNCTION leftovers() RETURNS TABLE(locks bigint, channels bigint) LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+           (SELECT count(*) FROM pg_listening_channels())
+$$;
+";
+
+/// What a function leaves in its session besides settings: a temporary table shadowing a real one,
+/// a session advisory lock, a LISTEN, and our own prepared statements deallocated. None of it reaches
+/// the next call on that connection, and the connection keeps working.
+#[test]
+fn temp_tables_locks_listens_and_deallocate_do_not_leak() {
+    let db = TestDb::new("ct_leftovers", LEFTOVERS);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("GATEWAY_THREADS", "1")]);
+    assert_eq!(scalar(&db.call(gw.addr, "item_count", "[]")), json("3"));
+    assert_eq!(scalar(&db.call(gw.addr, "leave_things", "[]")), json("1"));
+    // The real table again, not the empty temporary one.
+    assert_eq!(scalar(&db.call(gw.addr, "item_count", "[]")), json("3"));
+    let r = rows(&db.call(gw.addr, "leftovers", "[]"));
+    assert_eq!(r[0].get("locks"), Some(&json("0")), "{r:?}");
+    assert_eq!(r[0].get("channels"), Some(&json("0")), "{r:?}");
+    // DEALLOCATE ALL removes the statements the gateway prepared, the session reset's among them: that
+    // call is rolled back and says why; the connection prepares everything again and goes on.
+    let e = db.call(gw.addr, "deallocate_all", "[]");
+    assert_eq!(e.status, 500, "{}", e.text());
+    assert!(e.text().contains("DEALLOCATE"), "{}", e.text());
+    for _ in 0..3 {
+        assert_eq!(scalar(&db.call(gw.addr, "item_count", "[]")), json("3"));
+    }
+    assert_eq!(db.gateway_backends().len(), 1, "the same connection went on serving");
+}
+
 const SESSION_SETUP: &str = "
 CREATE FUNCTION spoil() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN

@@ -80,6 +80,8 @@ pub enum Phase {
         stmt: Arc<Stmt>,
         body: Vec<u8>,
         rows: u64,
+        /// The call's own CommandComplete arrived: later rows are the reset's, not the answer's.
+        done: bool,
     },
     /// The function does not exist: the functions of the call schemas are being listed, so the answer
     /// can name the ones that look meant.
@@ -225,6 +227,8 @@ pub struct Session {
     next_stmt: u64,
     /// The session-reset statements are prepared on this connection.
     reset_prepared: bool,
+    /// After a 26000: some of them may still exist, so they are closed before being prepared again.
+    reset_close_first: bool,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
     /// The call being answered.
@@ -252,9 +256,18 @@ const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
      AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
 
 /// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
-/// connection. `RESET ALL` leaves the role alone (it is marked not to be reset by it), hence the
-/// second statement.
-const RESET_STMTS: [(&str, &str); 2] = [("r_all", "RESET ALL"), ("r_role", "RESET ROLE")];
+/// connection: settings (`RESET ALL` leaves the role alone, it is marked not to be reset by it, hence
+/// the second), temporary tables a function made (they would shadow real tables for the next call),
+/// session advisory locks and `LISTEN`s. (`DISCARD ALL` would do all of it but cannot run inside the
+/// call's transaction, and it would drop our prepared statements too.) Prepared statements a function
+/// made or dropped are handled where they show: a 26000 makes the connection prepare everything again.
+pub const RESET_STMTS: [(&str, &str); 5] = [
+    ("r_all", "RESET ALL"),
+    ("r_role", "RESET ROLE"),
+    ("r_temp", "DISCARD TEMP"),
+    ("r_locks", "SELECT pg_catalog.pg_advisory_unlock_all()"),
+    ("r_listen", "UNLISTEN *"),
+];
 
 /// Execute of the unnamed portal, all rows.
 const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
@@ -453,9 +466,13 @@ impl Session {
             // Prepared once per connection, ahead of the call so that a failing call (which makes
             // PostgreSQL skip to Sync) cannot skip them; prepared statements outlive a rollback.
             for (name, sql) in RESET_STMTS {
+                if self.reset_close_first {
+                    let _ = frontend::close(b'S', name, cx.wbuf);
+                }
                 let _ = frontend::parse(name, sql, std::iter::empty(), cx.wbuf);
             }
             self.reset_prepared = true;
+            self.reset_close_first = false;
         }
         let (enc, spans) = (&*cx.enc, &*cx.spans);
         write_bind(cx.wbuf, &stmt.name, spans.iter().map(|s| s.map(|(a, b)| &enc[a..b])), &stmt.formats);
@@ -475,7 +492,7 @@ impl Session {
         job.error = None;
         let mut body = Vec::with_capacity(512);
         body.extend_from_slice(BODY_HEAD);
-        job.phase = Phase::Executing { stmt, body, rows: 0 };
+        job.phase = Phase::Executing { stmt, body, rows: 0, done: false };
         Ok(())
     }
 
@@ -502,7 +519,9 @@ impl Session {
             }
             Backend::Message(m) => match m {
                 Message::DataRow(row) => match &mut job.phase {
-                    Phase::Executing { stmt, body, rows } if job.error.is_none() && !job.answered && !job.too_large => {
+                    Phase::Executing { stmt, body, rows, done: false }
+                        if job.error.is_none() && !job.answered && !job.too_large =>
+                    {
                         let vals = data_row_fields(&row)?;
                         if *rows > 0 {
                             body.push(b',');
@@ -566,6 +585,11 @@ impl Session {
                         p.columns.clear();
                     }
                 }
+                Message::CommandComplete(_) => {
+                    if let Phase::Executing { done, .. } = &mut job.phase {
+                        *done = true;
+                    }
+                }
                 Message::ReadyForQuery(b) => {
                     self.tx_status = b.status();
                     let phase = std::mem::replace(&mut job.phase, Phase::Done);
@@ -573,7 +597,7 @@ impl Session {
                         Phase::Done => return Err(PgError::Protocol("unexpected ReadyForQuery".into())),
                         Phase::Preparing(p) => self.prepared(cx, p),
                         Phase::Introspecting(p) => self.introspected(cx, p),
-                        Phase::Executing { stmt, body, rows } => self.executed(cx, stmt, body, rows),
+                        Phase::Executing { stmt, body, rows, .. } => self.executed(cx, stmt, body, rows),
                         Phase::Suggesting { error, found } => self.suggested(cx, error, found),
                     }
                     self.finish_if_done(cx);
@@ -706,6 +730,13 @@ impl Session {
         let now = cx.now;
         if let Some(e) = job.error.take() {
             let stale = matches!(e.code.as_str(), "0A000" | "26000");
+            if e.code == "26000" {
+                // A prepared statement of ours is gone: a function ran DEALLOCATE ALL (or DEALLOCATE
+                // of one of ours). Trust none of them; everything is prepared again as needed.
+                self.stmts.clear();
+                self.reset_prepared = false;
+                self.reset_close_first = true;
+            }
             if stale && !job.retried && !job.answered {
                 // The function changed under a cached plan: prepare afresh once.
                 job.retried = true;
@@ -732,6 +763,13 @@ impl Session {
                 return;
             }
             let mut api = api_from_db(&e, &job.req.database);
+            if e.code == "26000" {
+                api.message = format!(
+                    "{}: the function removed prepared statements the gateway uses (DEALLOCATE); its work was \
+                     rolled back, and the connection prepares them again",
+                    e.message
+                );
+            }
             if let Some(i) = super::hints::bind_param_index(e.where_.as_deref()) {
                 // PostgreSQL rejected a value while binding it: say which parameter, and its type.
                 let oid = stmt.param_oids.get(i).copied().unwrap_or(0);

@@ -191,6 +191,28 @@ fn param_status(name: &str, value: &str) -> Vec<u8> {
     msg(b'S', &b)
 }
 
+/// Bind/Execute of the call, then of each reset statement, then Sync.
+fn exec_tags() -> Vec<u8> {
+    let mut t = b"B".to_vec();
+    for _ in RESET_STMTS {
+        t.extend_from_slice(b"EB");
+    }
+    t.extend_from_slice(b"ES");
+    t
+}
+
+/// `times` calls sent one after the other.
+fn exec_tags_n(times: usize) -> Vec<u8> {
+    exec_tags().repeat(times)
+}
+
+/// The reset statements prepared (once per connection), then the call.
+fn first_exec_tags() -> Vec<u8> {
+    let mut t = vec![b'P'; RESET_STMTS.len()];
+    t.extend(exec_tags());
+    t
+}
+
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
@@ -217,9 +239,15 @@ fn execute_ok(values: &[&str]) -> Vec<u8> {
         v.push(data_row(&[Some(x)]));
     }
     v.push(command(&format!("SELECT {}", values.len())));
-    for _ in 0..2 {
+    for (_, sql) in RESET_STMTS {
         v.push(bind_complete());
-        v.push(command("RESET"));
+        if sql.starts_with("SELECT") {
+            // The reset's own row must not end up in the answer.
+            v.push(data_row(&[Some("")]));
+            v.push(command("SELECT 1"));
+        } else {
+            v.push(command("RESET"));
+        }
     }
     v.push(rfq(b'I'));
     cat(&v)
@@ -244,7 +272,7 @@ fn first_call(r: &mut Rig) {
     r.start(req("f", vec![Value::Number("1".into())]));
     assert_eq!(r.sent(), b"PDPBES".to_vec(), "Parse, Describe, overload check, Sync");
     r.reply(prepare_ok("1")).unwrap();
-    assert_eq!(r.sent(), b"PPBEBEBES".to_vec(), "reset statements prepared once, then Bind/Execute + resets");
+    assert_eq!(r.sent(), first_exec_tags(), "reset statements prepared once, then Bind/Execute + resets");
     r.reply(execute_ok(&["7"])).unwrap();
 }
 
@@ -269,7 +297,7 @@ fn the_next_call_of_the_same_shape_uses_the_cached_statement() {
     first_call(&mut r);
     r.take_actions();
     r.start(req("f", vec![Value::Number("2".into())]));
-    assert_eq!(r.sent(), b"BEBEBES".to_vec(), "no Parse for a cached statement");
+    assert_eq!(r.sent(), exec_tags(), "no Parse for a cached statement");
     r.reply(execute_ok(&["2", "3"])).unwrap();
     let ans = answers(&r.take_actions());
     assert!(ans[0].2.starts_with(r#"{"rows":[{"id":2},{"id":3}],"row_count":2"#), "{}", ans[0].2);
@@ -366,7 +394,7 @@ fn overloads_are_prepared_again_with_declared_types() {
     assert!(r.s.ambiguous.contains("public.h/1"));
     r.reply(cat(&[close_complete(), parse_complete(), param_desc(&[INT4]), row_desc(&[("id", INT4)]), rfq(b'I')]))
         .unwrap();
-    assert_eq!(r.sent(), b"PPBEBEBES".to_vec());
+    assert_eq!(r.sent(), first_exec_tags());
     assert!(r.s.stmts.keys().any(|k| k.starts_with("public.h/1|")), "{:?}", r.s.stmts.keys());
 }
 
@@ -450,7 +478,7 @@ fn pipelined_calls_are_answered_in_order_and_a_gone_client_is_cancelled_when_its
     let (c2, c3) = (j2.caller, j3.caller.client);
     assert!(r.with(|s, cx| s.pipeline(cx, j2, stmt.clone())));
     assert!(r.with(|s, cx| s.pipeline(cx, j3, stmt)));
-    assert_eq!(r.sent(), b"BEBEBESBEBEBESBEBEBES".to_vec());
+    assert_eq!(r.sent(), exec_tags_n(3));
     assert!(!r.s.client_gone(c2, r.now), "a queued call needs no cancel yet");
     r.reply(execute_ok(&["2"])).unwrap();
     let a = r.take_actions();
@@ -548,18 +576,8 @@ fn unknown_types_are_looked_up_before_the_statement_is_cached() {
         assert_eq!(r.sent(), b"PBES".to_vec());
     }
     r.reply(cat(&[parse_complete(), bind_complete(), command("SELECT 0"), rfq(b'I')])).unwrap();
-    assert_eq!(r.sent(), b"PPBEBEBES".to_vec());
-    r.reply(cat(&[
-        bind_complete(),
-        data_row(&[Some("happy")]),
-        command("SELECT 1"),
-        bind_complete(),
-        command("RESET"),
-        bind_complete(),
-        command("RESET"),
-        rfq(b'I'),
-    ]))
-    .unwrap();
+    assert_eq!(r.sent(), first_exec_tags());
+    r.reply(execute_ok(&["happy"])).unwrap();
     let ans = answers(&r.take_actions());
     assert!(ans[0].2.starts_with(r#"{"rows":[{"m":"happy"}]"#), "{}", ans[0].2);
     let _ = TEXT;
@@ -629,4 +647,25 @@ fn a_result_past_max_response_bytes_is_an_error_and_its_rows_are_not_kept() {
     assert!(ans[0].2.contains("response_too_large") && ans[0].2.contains("MAX_RESPONSE_BYTES"), "{}", ans[0].2);
     assert!(drained(&a), "the connection stays usable");
     assert!(r.s.reusable());
+}
+
+#[test]
+fn a_function_that_deallocates_our_statements_makes_the_connection_prepare_everything_again() {
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    r.take_actions();
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "26000", "prepared statement \"r_all\" does not exist"), rfq(b'I')])).unwrap();
+    assert!(r.s.stmts.is_empty(), "no statement of this connection is trusted");
+    assert_eq!(r.sent(), b"CPDPBES".to_vec(), "the call is prepared again");
+    r.reply(cat(&[close_complete(), prepare_ok("1")])).unwrap();
+    let mut want = b"CP".repeat(RESET_STMTS.len());
+    want.extend(exec_tags());
+    assert_eq!(r.sent(), want, "the reset statements are closed (some may exist) and prepared again");
+    let mut reply: Vec<Vec<u8>> = (0..RESET_STMTS.len()).flat_map(|_| [close_complete(), parse_complete()]).collect();
+    reply.push(execute_ok(&["5"]));
+    r.reply(cat(&reply)).unwrap();
+    let ans = answers(&r.take_actions());
+    assert!(ans[0].2.starts_with(r#"{"rows":[{"id":5}]"#), "{}", ans[0].2);
 }
