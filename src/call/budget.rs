@@ -22,6 +22,8 @@ pub struct PoolShare {
     holders: AtomicU64,
     /// Connections of every pool of the same platform (role), for `MAX_CONNECTIONS_PER_PLATFORM`.
     platform: Arc<AtomicUsize>,
+    /// Calls waiting in every pool of the same platform, for `MAX_WAITING_PER_PLATFORM`.
+    platform_waiting: Arc<AtomicUsize>,
 }
 
 impl PoolShare {
@@ -59,11 +61,18 @@ impl PoolShare {
 
     /// Records a change in the number of this loop's waiters.
     pub fn add_waiting(&self, delta: isize) {
-        if delta >= 0 {
-            self.waiting.fetch_add(delta as usize, Ordering::AcqRel);
-        } else {
-            self.waiting.fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+        for n in [&self.waiting, &*self.platform_waiting] {
+            if delta >= 0 {
+                n.fetch_add(delta as usize, Ordering::AcqRel);
+            } else {
+                n.fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+            }
         }
+    }
+
+    /// Calls waiting in all pools of this pool's platform.
+    pub fn platform_waiting(&self) -> usize {
+        self.platform_waiting.load(Ordering::Acquire)
     }
 }
 
@@ -87,8 +96,8 @@ pub struct Budget {
     total: AtomicUsize,
     /// Pool key → its share; entries are created on first use and kept (a few bytes per pool).
     shares: Mutex<HashMap<String, Arc<PoolShare>>>,
-    /// Platform (role) → its connections over all its pools.
-    platforms: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Platform (role) → its connections and its waiting calls over all its pools.
+    platforms: Mutex<HashMap<String, (Arc<AtomicUsize>, Arc<AtomicUsize>)>>,
 }
 
 /// One connection slot, held by the connection for its whole life.
@@ -129,11 +138,11 @@ impl Budget {
         if let Some(s) = m.get(key) {
             return s.clone();
         }
-        let platform = {
+        let (platform, platform_waiting) = {
             let mut p = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
             p.entry(platform.to_string()).or_default().clone()
         };
-        let s = Arc::new(PoolShare { platform, ..PoolShare::default() });
+        let s = Arc::new(PoolShare { platform, platform_waiting, ..PoolShare::default() });
         m.insert(key.to_string(), s.clone());
         s
     }
@@ -248,6 +257,9 @@ mod tests {
         s.add_waiting(-2);
         assert_eq!(s.waiting(), 1);
         assert!(Arc::ptr_eq(&s, &b.share("x", "r")));
+        let other_pool_same_platform = b.share("y", "r");
+        other_pool_same_platform.add_waiting(2);
+        assert_eq!((s.platform_waiting(), other_pool_same_platform.waiting()), (3, 2));
     }
 
     #[test]

@@ -380,6 +380,14 @@ impl CallEngine {
                 .with_database(&p.database);
             return Some(Response::error(&e));
         }
+        if p.share.platform_waiting() >= self.cfg.pool.max_waiting_per_platform {
+            let e = ApiError::new(
+                Kind::PoolExhausted,
+                "too many calls of this platform are waiting for connections (MAX_WAITING_PER_PLATFORM)",
+            )
+            .with_database(&p.database);
+            return Some(Response::error(&e));
+        }
         p.push_waiter(waiter);
         self.grow(poll, pool, now);
         None

@@ -62,6 +62,11 @@ pub const KEYS: &[Key] = &[
     key("CONNECTION_IDLE_TIMEOUT_SECS", "600", "an idle backend connection is closed after this long"),
     key("POOL_WAIT_TIMEOUT_MS", "5000", "how long a call waits for a free connection before 503 pool_exhausted"),
     key("POOL_MAX_WAITING", "1024", "calls that may wait for a connection, per pool"),
+    key(
+        "MAX_WAITING_PER_PLATFORM",
+        "0",
+        "calls that may wait for a connection in all pools of one platform together; 0 = four times POOL_MAX_WAITING",
+    ),
     key("CALL_TIMEOUT_MS", "30000", "statement timeout of one /call; the backend query is cancelled after it"),
     key(
         "CALL_RESET_SESSION",

@@ -215,6 +215,8 @@ pub struct PoolConfig {
     pub connection_idle_timeout: Duration,
     pub wait_timeout: Duration,
     pub max_waiting: usize,
+    /// `MAX_WAITING_PER_PLATFORM` with 0 resolved: calls waiting in all pools of one platform.
+    pub max_waiting_per_platform: usize,
 }
 
 /// `/call` settings.
@@ -501,8 +503,12 @@ impl Config {
             connection_idle_timeout: secs(s, "CONNECTION_IDLE_TIMEOUT_SECS")?,
             wait_timeout: millis(s, "POOL_WAIT_TIMEOUT_MS")?,
             max_waiting: num(s, "POOL_MAX_WAITING", 0usize, 1_000_000)?,
+            max_waiting_per_platform: num(s, "MAX_WAITING_PER_PLATFORM", 0usize, 10_000_000)?,
         };
         let mut pool = pool;
+        if pool.max_waiting_per_platform == 0 {
+            pool.max_waiting_per_platform = pool.max_waiting.saturating_mul(4);
+        }
         if pool.max_per_platform == 0 {
             pool.max_per_platform = (pool.max_total * 3 / 4).max(pool.max_per_pool).max(1);
         }
