@@ -246,3 +246,46 @@ fn one_platform_cannot_take_every_connection() {
         common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
     }
 }
+
+/// Calls waiting for connections are bounded per platform too: once one platform has
+/// MAX_WAITING_PER_PLATFORM calls queued over its databases, its next call is refused at once
+/// (retryable) instead of queuing without end.
+#[test]
+fn waiting_calls_are_capped_per_platform() {
+    let g = start(&[
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("MAX_WAITING_PER_PLATFORM", "1"),
+        ("POOL_WAIT_TIMEOUT_MS", "10000"),
+        ("GATEWAY_THREADS", "1"),
+    ]);
+    let p = register(g.addr, &[("functions/f.sql", SLOW_AND_QUICK)]);
+    let archive = common::archive::tgz([("functions/f.sql", SLOW_AND_QUICK)]);
+    let (ct, body) = multipart(&[("platform", p.0.as_bytes()), ("tenant_id", b"t1"), ("schema", &archive)]);
+    let r = request(g.addr, "POST", "/register", &[("Content-Type", ct.as_str())], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tenant = format!("{}_t1", p.0);
+    let send = |t: &str, f: &str| {
+        let (addr, body) = (g.addr, format!(r#"{{"platform":"{}"{t},"function":"{f}","params":[]}}"#, p.0));
+        std::thread::spawn(move || common::post_json(addr, "/call", &body).status)
+    };
+    // One slow call per database takes its only connection (one after the other: a call waiting for
+    // its connection to open counts as waiting too) …
+    let main_running = send("", "slow");
+    assert!(common::db::eventually(Duration::from_secs(3), || health_num(g.addr, "total_connections") == 1));
+    let tenant_running = send(r#","tenant_id":"t1""#, "slow");
+    assert!(common::db::eventually(Duration::from_secs(3), || health_num(g.addr, "total_connections") == 2));
+    // … a second call for the main database waits: the platform's one waiting place is taken …
+    let waiting = send("", "quick");
+    assert!(common::db::eventually(Duration::from_secs(3), || health_num(g.addr, "waiting_requests") == 1));
+    // … so a waiting call for its other database is refused at once.
+    let t = std::time::Instant::now();
+    let body = format!(r#"{{"platform":"{}","tenant_id":"t1","function":"quick","params":[]}}"#, p.0);
+    let r = common::post_json(g.addr, "/call", &body);
+    assert_eq!((r.status, r.error_code().as_str()), (503, "pool_exhausted"), "{}", r.text());
+    assert!(r.text().contains("MAX_WAITING_PER_PLATFORM"), "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    for h in [main_running, tenant_running, waiting] {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{tenant}\" WITH (FORCE)"));
+}
