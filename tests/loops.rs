@@ -185,7 +185,7 @@ fn the_total_cap_holds_over_all_loops_and_pools() {
     assert!((1..=2).contains(&max), "{max} backends under a total cap of 2");
 }
 
-const SLOW_AND_QUICK: &str = "CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(3)';
+const SLOW_AND_QUICK: &str = "CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(4)';
 CREATE FUNCTION quick() RETURNS int LANGUAGE sql AS 'SELECT 2';";
 
 /// One platform whose databases all run slow functions cannot take every connection: with
@@ -266,17 +266,29 @@ fn waiting_calls_are_capped_per_platform() {
     let tenant = format!("{}_t1", p.0);
     let send = |t: &str, f: &str| {
         let (addr, body) = (g.addr, format!(r#"{{"platform":"{}"{t},"function":"{f}","params":[]}}"#, p.0));
-        std::thread::spawn(move || common::post_json(addr, "/call", &body).status)
+        std::thread::spawn(move || {
+            let r = common::post_json(addr, "/call", &body);
+            (r.status, r.text())
+        })
     };
     // One slow call per database takes its only connection (one after the other: a call waiting for
     // its connection to open counts as waiting too) …
     let main_running = send("", "slow");
-    assert!(common::db::eventually(Duration::from_secs(3), || health_num(g.addr, "total_connections") == 1));
+    // Connected and running (a call waiting for its connection to open counts as waiting).
+    let settled = |conns: u64| {
+        common::db::eventually(Duration::from_secs(10), || {
+            health_num(g.addr, "total_connections") == conns && health_num(g.addr, "waiting_requests") == 0
+        })
+    };
+    assert!(settled(1));
     let tenant_running = send(r#","tenant_id":"t1""#, "slow");
-    assert!(common::db::eventually(Duration::from_secs(3), || health_num(g.addr, "total_connections") == 2));
+    if !settled(2) {
+        let health = request(g.addr, "GET", "/health", &[], b"").text();
+        panic!("the tenant call did not get its connection: {health}; it answered {:?}", tenant_running.join());
+    }
     // … a second call for the main database waits: the platform's one waiting place is taken …
     let waiting = send("", "quick");
-    assert!(common::db::eventually(Duration::from_secs(3), || health_num(g.addr, "waiting_requests") == 1));
+    assert!(common::db::eventually(Duration::from_secs(10), || health_num(g.addr, "waiting_requests") == 1));
     // … so a waiting call for its other database is refused at once.
     let t = std::time::Instant::now();
     let body = format!(r#"{{"platform":"{}","tenant_id":"t1","function":"quick","params":[]}}"#, p.0);
@@ -285,7 +297,8 @@ fn waiting_calls_are_capped_per_platform() {
     assert!(r.text().contains("MAX_WAITING_PER_PLATFORM"), "{}", r.text());
     assert!(t.elapsed() < Duration::from_secs(1));
     for h in [main_running, tenant_running, waiting] {
-        assert_eq!(h.join().unwrap(), 200);
+        let (status, text) = h.join().unwrap();
+        assert_eq!(status, 200, "{text}");
     }
     common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{tenant}\" WITH (FORCE)"));
 }
