@@ -121,6 +121,20 @@ mod tests {
     }
 
     #[test]
+    fn every_live_key_is_compared_in_constant_time_whichever_matches() {
+        use crate::security::ct_probe;
+        let keys = [stored("k1"), stored("k2"), stored("k3")];
+        ct_probe::take();
+        for given in ["k1", "k3", "nope"] {
+            let r = Credential::from_header(Some(&format!("Bearer {given}")), false).allows("p", &keys, false);
+            assert_eq!(r.is_ok(), given != "nope", "{given}");
+            let (calls, steps) = ct_probe::take();
+            assert_eq!(calls, keys.len(), "{given}: not every stored key was compared through constant_time_eq");
+            assert_eq!(steps, keys.len() * 64, "{given}");
+        }
+    }
+
+    #[test]
     fn a_rotated_out_key_counts_until_its_grace_ends() {
         let now = now_secs();
         let keys = [stored("new"), StoredKey { hash: hash("old"), valid_until: Some(now + 60) }];
