@@ -580,6 +580,22 @@ fn a_good_migration_then_a_failing_one_leave_nothing_behind() {
     );
 }
 
+/// A session handed to the engine inside an open transaction (left by its caller): what that
+/// transaction did is not the deploy's, and must not be committed with it.
+#[test]
+fn a_transaction_the_caller_left_open_is_not_committed_by_the_deploy() {
+    let db = TestDb::new("open_tx");
+    let files = platform();
+    let mut c = db.client();
+    c.batch_execute("BEGIN; CREATE TABLE left_open (id int); INSERT INTO left_open VALUES (1)").unwrap();
+    assert_eq!(c.transaction_status(), b'T');
+    let r = deploy(&mut c, &db.name, &archive(&files), &opts(SeedMode::RunIfEmpty));
+    c.close();
+    assert!(r.is_ok(), "{:?}", r.err().map(|e| e.message));
+    assert_eq!(one(&db, "SELECT to_regclass('left_open') IS NULL"), "t", "the caller's open work was committed");
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
+}
+
 // ---------- issue 15: no-transaction migrations when two deploys race ----------
 
 /// The deploy lock's key, as the engine computes it.

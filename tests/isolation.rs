@@ -229,6 +229,9 @@ fn the_catalog_and_databases_the_gateway_did_not_make_are_never_platform_databas
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
     let r = deploy(g.addr, "/register", &p, Some("gateway"), &[("functions/w.sql", WHOAMI)], None);
     assert_eq!(code(&r), (409, "name_conflict".into()), "{}", r.text());
+    // Refused before anything was made: the platform, new here, got no role.
+    assert_eq!(one("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = 'ssdb_{p}'")), "0");
+    assert_eq!(one(&cat, &format!("SELECT count(*) FROM platform_roles WHERE platform = '{p}'")), "0");
     let body = format!(r#"{{"platform":"{p}","tenant_id":"gateway","function":"whoami","params":[]}}"#);
     assert_eq!(code(&post_json(g.addr, "/call", &body)).0, 404);
 

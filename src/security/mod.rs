@@ -146,6 +146,18 @@ mod tests {
     }
 
     #[test]
+    fn only_addresses_in_allowed_networks_pass() {
+        let mut c = Config::defaults().security;
+        c.allowed_networks = cidr::Cidr::parse_list("10.0.0.0/8, ::1/128").unwrap();
+        for ok in ["10.2.3.4", "::1", "::ffff:10.9.9.9"] {
+            assert!(check_allowed(ok.parse().unwrap(), &c).is_ok(), "{ok}");
+        }
+        for refused in ["11.0.0.1", "127.0.0.1", "::2"] {
+            assert_eq!(check_allowed(refused.parse().unwrap(), &c).unwrap_err().kind, Kind::Unauthorized, "{refused}");
+        }
+    }
+
+    #[test]
     fn ct_eq() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(constant_time_eq(b"", b""));
