@@ -149,6 +149,7 @@ fn deploy_new_then_redeploy_skips_everything() {
     let db = TestDb::new("basic");
     let files = platform();
     let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.database, db.name);
     let mut ext = r.extensions_installed.clone();
     ext.sort();
     assert_eq!(ext, ["pg_trgm", "pgcrypto", "uuid-ossp"]);
@@ -614,28 +615,6 @@ fn race(
 ) -> (Result<DeployReport, ApiError>, Result<DeployReport, ApiError>) {
     let mut holder = db.client();
     holder.simple_query(&format!("SELECT pg_advisory_lock({})", deploy_lock(db))).unwrap();
-    // Until the deploy named `app` waits for a lock; on failure, says what the sessions were doing.
-    let queued = |app: &str, deploy: &std::thread::JoinHandle<_>| {
-        let sql = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND wait_event_type = 'Lock'"
-        );
-        let end = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < end && !deploy.is_finished() {
-            if one(db, &sql) == "1" {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let sessions = q(
-            db,
-            &format!(
-                "SELECT application_name, state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity \
-                 WHERE datname = '{}'",
-                db.name
-            ),
-        );
-        panic!("the deploy {app} never queued on the deploy lock (finished: {}): {sessions:?}", deploy.is_finished());
-    };
     let spawn = |app: &str, files: &BTreeMap<String, String>| {
         let (name, app, archive) = (db.name.clone(), app.to_string(), archive(files));
         std::thread::spawn(move || {
@@ -648,12 +627,39 @@ fn race(
         })
     };
     let a = spawn("ssdb_race_first", first);
-    queued("ssdb_race_first", &a);
+    queued(&mut holder, db, "ssdb_race_first", &a);
     let b = spawn("ssdb_race_second", second);
-    queued("ssdb_race_second", &b);
+    queued(&mut holder, db, "ssdb_race_second", &b);
     holder.simple_query(&format!("SELECT pg_advisory_unlock({})", deploy_lock(db))).unwrap();
     holder.close();
     (a.join().expect("first deploy panicked"), b.join().expect("second deploy panicked"))
+}
+
+/// Returns once the deploy named `app` waits for a lock; on failure, says what the sessions were doing.
+/// Asks through `holder` (the session holding the deploy lock) rather than a new connection per look.
+fn queued<T>(holder: &mut Client, db: &TestDb, app: &str, deploy: &std::thread::JoinHandle<T>) {
+    // This database only: the other race test names its deploys the same and may run at the same time.
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{app}' \
+         AND wait_event_type = 'Lock'",
+        db.name
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < end && !deploy.is_finished() {
+        let n = holder.simple_query(&sql).expect("pg_stat_activity");
+        if n[0][0].as_deref() == Some("1") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sessions = holder
+        .simple_query(&format!(
+            "SELECT application_name, state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity \
+             WHERE datname = '{}'",
+            db.name
+        ))
+        .expect("pg_stat_activity");
+    panic!("the deploy {app} never queued on the deploy lock (finished: {}): {sessions:?}", deploy.is_finished());
 }
 
 fn with_no_tx(files: &BTreeMap<String, String>, sql: &str) -> BTreeMap<String, String> {
