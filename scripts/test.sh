@@ -6,6 +6,11 @@
 # ARGS go to `cargo nextest run` (or `cargo test` when nextest is missing).
 # --keep (or KEEP_CLUSTER=1) leaves the cluster running afterwards and prints
 # how to reach and remove it.
+#
+# Time limits: nextest reads .config/nextest.toml, which gives every test its
+# own limit. `cargo test` has no per-test limit: the fallback bounds the whole
+# run instead (TEST_FALLBACK_TIMEOUT seconds, default 1800; 0 = none), so a hang
+# still fails, but without the name of the test that hung.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -146,6 +151,7 @@ status=0
 if cargo nextest --version >/dev/null 2>&1; then
     # Not an error while the suite is still empty.
     export NEXTEST_NO_TESTS="${NEXTEST_NO_TESTS:-warn}"
+    # Per-test time limits come from .config/nextest.toml (the default profile).
     log "running: cargo nextest run --workspace --no-fail-fast ${locked[*]} ${skip_shared[*]} $*"
     cargo nextest run --workspace --no-fail-fast "${locked[@]}" "${skip_shared[@]}" "$@" || status=$?
     # nextest does not run doctests; run them too unless a selection was given.
@@ -158,8 +164,18 @@ if cargo nextest --version >/dev/null 2>&1; then
         fi
     fi
 else
-    log "running: cargo test --workspace --no-fail-fast ${locked[*]} $*"
-    cargo test --workspace --no-fail-fast "${locked[@]}" "$@" || status=$?
+    # No per-test time limit without nextest; bound the whole run (see the header).
+    limit=()
+    fallback_timeout="${TEST_FALLBACK_TIMEOUT:-1800}"
+    if [[ "${fallback_timeout}" != 0 ]] && command -v timeout >/dev/null 2>&1; then
+        limit=(timeout --kill-after=30 "${fallback_timeout}")
+    fi
+    log "cargo-nextest not found: tests have no per-test time limit (install: cargo install cargo-nextest --locked)"
+    log "running: ${limit[*]} cargo test --workspace --no-fail-fast ${locked[*]} $*"
+    "${limit[@]}" cargo test --workspace --no-fail-fast "${locked[@]}" "$@" || status=$?
+    if [[ "${status}" -eq 124 ]]; then
+        log "the test run did not finish within ${fallback_timeout} s (TEST_FALLBACK_TIMEOUT)"
+    fi
 fi
 
 if [[ "${status}" -eq 0 ]]; then

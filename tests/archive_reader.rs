@@ -502,12 +502,30 @@ fn entry_count_limit() {
 }
 
 #[test]
+fn path_length_limit_is_exact() {
+    // A GNU long name, so the builder does not cut it at 100 bytes.
+    let path = format!("postgresql/functions/{}.sql", "f".repeat(150));
+    let mut t = TarBuf::new(Fmt::Gnu);
+    t.file(&path, b"SELECT 1;");
+    let up = t.tgz();
+    let limits = ArchiveLimits { max_path_bytes: path.len(), ..ArchiveLimits::default() };
+    assert_eq!(read_archive(&up, &limits).unwrap().functions.len(), 1);
+    let limits = ArchiveLimits { max_path_bytes: path.len() - 1, ..ArchiveLimits::default() };
+    let e = err_with(&up, &limits);
+    assert!(!e.too_large && e.reason.contains("longer than"), "{e:?}");
+}
+
+#[test]
 fn file_size_limit_checked_from_header() {
     let mut t = TarBuf::new(Fmt::Gnu);
     t.file("postgresql/tables/big.sql", &[b'x'; 101]);
     let limits = ArchiveLimits { max_file_bytes: 100, ..ArchiveLimits::default() };
     let e = err_with(&t.tgz(), &limits);
     assert!(e.too_large && e.reason.contains("big.sql"), "{e:?}");
+    // Exactly the limit is allowed.
+    let mut t = TarBuf::new(Fmt::Gnu);
+    t.file("postgresql/tables/fits.sql", &[b'x'; 100]);
+    assert_eq!(read_archive(&t.tgz(), &limits).unwrap().tables[0].content.len(), 100);
 
     // A header claiming 8 GiB with no data behind it must fail on the header alone.
     let mut h = header(Fmt::Gnu, EntryType::Regular, 0);

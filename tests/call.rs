@@ -866,21 +866,49 @@ fn session_settings_do_not_leak_between_calls() {
     assert_eq!(s.get("app"), Some(&json(r#""stonescriptdb-gateway""#)));
     assert_eq!(db.gateway_backends().len(), 1);
 
-    // Without the reset the setting does leak: proof that the test above can fail.
+    assert_eq!(backends_named(&db, "leaked"), 0, "the reset left the spoiled application_name");
+
+    // Without the reset the settings do leak: proof that the test above can fail.
     let gw2 = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_RESET_SESSION", "false")]);
     assert_eq!(scalar(&db.call(gw2.addr, "spoil", "[]")), json("1"));
+    // Seen from outside, with no call through the spoiled session: PostgreSQL reports its name.
+    assert!(
+        eventually(Duration::from_secs(5), || backends_named(&db, "leaked") == 1),
+        "without the reset the spoiled application_name should stay: {:?}",
+        db.gateway_backends()
+    );
     let r = db.call(gw2.addr, "settings", "[]");
-    // statement_timeout=1ms may or may not kill this call; either way nothing was reset.
     if r.status == 200 {
-        assert_eq!(rows(&r)[0].get("work_mem"), Some(&json(r#""1MB""#)));
+        let s = &rows(&r)[0];
+        assert_eq!(s.get("work_mem"), Some(&json(r#""1MB""#)), "{}", r.text());
+        assert_eq!(s.get("search_path"), Some(&json(r#""pg_temp""#)), "{}", r.text());
+        assert_eq!(s.get("app"), Some(&json(r#""leaked""#)), "{}", r.text());
+        assert_eq!(s.get("statement_timeout"), Some(&json(r#""1ms""#)), "{}", r.text());
     } else {
+        // The leaked statement_timeout=1ms may cancel this call before it answers. Only that timer
+        // gives PostgreSQL's "statement timeout" reason: the gateway's own timeout cancels with
+        // "user request", and statement_timeout is 0 unless the spoiled value is still in force.
         expect_error(&r, 504, "timeout");
+        assert!(r.text().contains("statement timeout"), "a 504 that is not the leaked timer: {}", r.text());
     }
 }
 
+/// Gateway sessions on `db` whose application_name is `name`, as PostgreSQL reports them.
+fn backends_named(db: &TestDb, name: &str) -> usize {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{name}'", db.name);
+    common::db::query_col("postgres", &sql)[0].as_deref().unwrap_or("0").parse().unwrap()
+}
+
+/// Functions that change a setting for the rest of the session and read it back.
+const WORK_MEM: &str = "
+CREATE FUNCTION spoil_work_mem() RETURNS text LANGUAGE sql AS $$ SELECT set_config('work_mem', '1MB', false) $$;
+CREATE FUNCTION work_mem() RETURNS text LANGUAGE sql AS $$ SELECT current_setting('work_mem') $$;
+";
+
 #[test]
 fn reset_all_cost() {
-    let db = TestDb::new("ct_resetcost", ANSWER);
+    let db = TestDb::new("ct_resetcost", &format!("{ANSWER}{WORK_MEM}"));
     let n = 2000;
     let mut report = Vec::new();
     for reset in ["true", "false"] {
@@ -903,6 +931,26 @@ fn reset_all_cost() {
             assert_eq!(r.status, 200, "{}", r.text());
         }
         let took = t.elapsed();
+        // The cost measured is the reset's only if this session really was reset after every call
+        // (and really was not without it): a setting one call changes must not reach the next.
+        let mut call = |function: &str| {
+            let body = db.body(function, Some("[]"));
+            let req = format!(
+                "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            c.send(req.as_bytes());
+            scalar(&c.read_response())
+        };
+        let before = call("work_mem");
+        assert_ne!(before, json(r#""1MB""#));
+        assert_eq!(call("spoil_work_mem"), json(r#""1MB""#));
+        let after = call("work_mem");
+        if reset == "true" {
+            assert_eq!(after, before, "CALL_RESET_SESSION=true, yet a setting leaked into the next call");
+        } else {
+            assert_eq!(after, json(r#""1MB""#), "CALL_RESET_SESSION=false, yet the setting was reset");
+        }
         report.push(format!(
             "CALL_RESET_SESSION={reset}: {n} sequential calls in {:.1} ms ({:.1} µs/call)",
             took.as_secs_f64() * 1000.0,

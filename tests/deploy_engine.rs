@@ -150,6 +150,7 @@ fn deploy_new_then_redeploy_skips_everything() {
     let db = TestDb::new("basic");
     let files = platform();
     let r = ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.database, db.name);
     let mut ext = r.extensions_installed.clone();
     ext.sort();
     assert_eq!(ext, ["pg_trgm", "pgcrypto", "uuid-ossp"]);
@@ -491,4 +492,214 @@ fn migrate_of_a_never_deployed_database_seeds_its_new_tables() {
     let rep = ok(&db, &files, &opts(SeedMode::Verify));
     assert_eq!(rep.seeders.iter().map(|s| s.inserted).sum::<u64>(), 0);
     assert!(rep.seed_validation.missing.is_empty());
+}
+
+// ---------- issue 15: a deploy that fails leaves nothing behind ----------
+//
+// PostgreSQL aborts a transaction on its own errors, so a COMMIT after one of those still rolls back.
+// The errors the engine raises itself (schema drift, missing seed rows, an unknown directive) leave the
+// transaction healthy: only the engine's ROLLBACK keeps what ran before them out of the database.
+
+/// Files that change the database before the step that fails: a new table, a migration and a function.
+fn with_changes_before_the_failure(mut files: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    files.insert("tables/notes.sql".into(), "CREATE TABLE notes (id integer PRIMARY KEY, body text);\n".into());
+    files.insert(
+        "migrations/020_good.sql".into(),
+        "CREATE TABLE made_by_020 (id int);\nUPDATE app_settings SET value = '20' WHERE key = 'version';\n".into(),
+    );
+    files.insert(
+        "functions/later.sql".into(),
+        "CREATE FUNCTION added_later() RETURNS int LANGUAGE sql AS 'SELECT 20';\n".into(),
+    );
+    files
+}
+
+/// Nothing of [`with_changes_before_the_failure`] is in the database, and nothing else changed.
+fn assert_nothing_left(db: &TestDb, before: &str, failure: &str) {
+    assert_eq!(state(db), before, "the deploy that failed on {failure} left something behind");
+    assert_eq!(one(db, "SELECT value FROM app_settings WHERE key = 'version'"), "2");
+    assert_eq!(one(db, "SELECT to_regclass('made_by_020') IS NULL AND to_regclass('notes') IS NULL"), "t");
+}
+
+#[test]
+fn schema_drift_refusal_rolls_back_what_ran_before_it() {
+    let db = TestDb::new("drift_rb");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let before = state(&db);
+    let mut drifted = with_changes_before_the_failure(files.clone());
+    drifted.insert("tables/products.sql".into(), files["tables/products.sql"].replace("varchar(200)", "varchar(20)"));
+    let e = run(&db, &drifted, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(e.kind, Kind::SchemaDrift, "{}", e.message);
+    assert!(e.db.is_none(), "the engine's own error, not PostgreSQL's: {:?}", e.db);
+    assert_nothing_left(&db, &before, "schema drift");
+    // The same files without the drift deploy: the refusal was the drift's alone.
+    let r = ok(&db, &with_changes_before_the_failure(files), &opts(SeedMode::RunIfEmpty));
+    assert_eq!(r.migrations_applied, ["migrations/020_good.sql"]);
+}
+
+#[test]
+fn missing_seed_rows_refusal_rolls_back_what_ran_before_it() {
+    let db = TestDb::new("seed_rb");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    q(&db, "DELETE FROM products WHERE id = 2");
+    let before = state(&db);
+    let e = run(&db, &with_changes_before_the_failure(files.clone()), &opts(SeedMode::Verify)).unwrap_err();
+    assert_eq!(e.kind, Kind::SeedDataMissing, "{}", e.message);
+    assert!(e.db.is_none(), "the engine's own error, not PostgreSQL's: {:?}", e.db);
+    assert_nothing_left(&db, &before, "missing seed rows");
+    assert_eq!(one(&db, "SELECT to_regprocedure('added_later()') IS NULL"), "t");
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "2");
+}
+
+#[test]
+fn a_good_migration_then_a_failing_one_leave_nothing_behind() {
+    let db = TestDb::new("good_bad");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let before = state(&db);
+    // The second migration fails in PostgreSQL, then on a check of the engine's own.
+    for (bad, kind) in [
+        ("INSERT INTO made_by_020 VALUES (1);\nSELECT 1/0;\n", Kind::MigrationFailed),
+        ("-- gateway: sometimes\nINSERT INTO made_by_020 VALUES (1);\n", Kind::MigrationFailed),
+    ] {
+        let mut next = with_changes_before_the_failure(files.clone());
+        next.insert("migrations/021_bad.sql".into(), bad.into());
+        let e = run(&db, &next, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+        assert_eq!(e.kind, kind, "{bad}: {}", e.message);
+        assert!(e.extra.iter().any(|(k, v)| *k == "file" && v.contains("021_bad.sql")), "{:?}", e.extra);
+        assert_nothing_left(&db, &before, bad);
+    }
+    // On a database that never had a deploy, not even the tracking tables stay.
+    let fresh = TestDb::new("good_bad_new");
+    let mut next = files.clone();
+    next.insert("migrations/021_bad.sql".into(), "SELECT 1/0;\n".into());
+    run(&fresh, &next, &opts(SeedMode::RunIfEmpty)).unwrap_err();
+    assert_eq!(
+        one(&fresh, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"),
+        "0",
+        "tables of the failed first deploy stayed"
+    );
+}
+
+/// A session handed to the engine inside an open transaction (left by its caller): what that
+/// transaction did is not the deploy's, and must not be committed with it.
+#[test]
+fn a_transaction_the_caller_left_open_is_not_committed_by_the_deploy() {
+    let db = TestDb::new("open_tx");
+    let files = platform();
+    let mut c = db.client();
+    c.batch_execute("BEGIN; CREATE TABLE left_open (id int); INSERT INTO left_open VALUES (1)").unwrap();
+    assert_eq!(c.transaction_status(), b'T');
+    let r = deploy(&mut c, &db.name, &archive(&files), &opts(SeedMode::RunIfEmpty));
+    c.close();
+    assert!(r.is_ok(), "{:?}", r.err().map(|e| e.message));
+    assert_eq!(one(&db, "SELECT to_regclass('left_open') IS NULL"), "t", "the caller's open work was committed");
+    assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
+}
+
+// ---------- issue 15: no-transaction migrations when two deploys race ----------
+
+/// The deploy lock's key, as the engine computes it.
+fn deploy_lock(db: &TestDb) -> String {
+    format!("hashtext('stonescriptdb:{}')", db.name)
+}
+
+/// Runs `first` and `second` at once, in a known order: both wait on the deploy lock held here, in
+/// that order, so both pass their main transaction (where the no-transaction migration is not yet
+/// applied) before either runs it. `first` runs it; `second` then finds it applied.
+#[allow(clippy::result_large_err)] // the engine's own result type, passed through
+fn race(
+    db: &TestDb,
+    first: &BTreeMap<String, String>,
+    second: &BTreeMap<String, String>,
+) -> (Result<DeployReport, ApiError>, Result<DeployReport, ApiError>) {
+    let mut holder = db.client();
+    holder.simple_query(&format!("SELECT pg_advisory_lock({})", deploy_lock(db))).unwrap();
+    let spawn = |app: &str, files: &BTreeMap<String, String>| {
+        let (name, app, archive) = (db.name.clone(), app.to_string(), archive(files));
+        std::thread::spawn(move || {
+            let mut p = params(&name);
+            p.application_name = app;
+            let mut c = Client::connect(&p).expect("connect");
+            let r = deploy(&mut c, &name, &archive, &opts(SeedMode::RunIfEmpty));
+            c.close();
+            r
+        })
+    };
+    let a = spawn("ssdb_race_first", first);
+    queued(&mut holder, db, "ssdb_race_first", &a);
+    let b = spawn("ssdb_race_second", second);
+    queued(&mut holder, db, "ssdb_race_second", &b);
+    holder.simple_query(&format!("SELECT pg_advisory_unlock({})", deploy_lock(db))).unwrap();
+    holder.close();
+    (a.join().expect("first deploy panicked"), b.join().expect("second deploy panicked"))
+}
+
+/// Returns once the deploy named `app` waits for a lock; on failure, says what the sessions were doing.
+/// Asks through `holder` (the session holding the deploy lock) rather than a new connection per look.
+fn queued<T>(holder: &mut Client, db: &TestDb, app: &str, deploy: &std::thread::JoinHandle<T>) {
+    // This database only: the other race test names its deploys the same and may run at the same time.
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{app}' \
+         AND wait_event_type = 'Lock'",
+        db.name
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < end && !deploy.is_finished() {
+        let n = holder.simple_query(&sql).expect("pg_stat_activity");
+        if n[0][0].as_deref() == Some("1") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sessions = holder
+        .simple_query(&format!(
+            "SELECT application_name, state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity \
+             WHERE datname = '{}'",
+            db.name
+        ))
+        .expect("pg_stat_activity");
+    panic!("the deploy {app} never queued on the deploy lock (finished: {}): {sessions:?}", deploy.is_finished());
+}
+
+fn with_no_tx(files: &BTreeMap<String, String>, sql: &str) -> BTreeMap<String, String> {
+    let mut f = files.clone();
+    f.insert("migrations/050_race.sql".into(), format!("-- gateway: no-transaction\n{sql}\n"));
+    f
+}
+
+/// Regression (issue 15): nothing failed when the no-transaction path skipped its own look at what
+/// was applied, which matters only when a second deploy ran the same file meanwhile.
+#[test]
+fn racing_deploys_run_a_no_transaction_migration_once() {
+    let db = TestDb::new("race_same");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    // Running this twice fails (the table exists), so a second run cannot go unnoticed.
+    let same = with_no_tx(&files, "CREATE TABLE race_once (id int);");
+    let (a, b) = race(&db, &same, &same);
+    let (a, b) = (a.expect("first deploy"), b.expect("second deploy"));
+    assert_eq!(a.no_transaction_migrations, ["migrations/050_race.sql"]);
+    assert!(b.no_transaction_migrations.is_empty(), "ran twice: {:?}", b.no_transaction_migrations);
+    assert!(!b.migrations_applied.contains(&"migrations/050_race.sql".to_string()));
+    assert_eq!(one(&db, "SELECT count(*) FROM _stonescriptdb_gateway_migrations WHERE filename LIKE '%050%'"), "1");
+}
+
+/// The loser of the race brought another text of the same file: it is refused as edited, not counted
+/// as applied, and its text never runs.
+#[test]
+fn racing_deploys_with_different_texts_of_a_no_transaction_migration_refuse_the_second() {
+    let db = TestDb::new("race_diff");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    let first = with_no_tx(&files, "CREATE TABLE race_first (id int);");
+    let second = with_no_tx(&files, "CREATE TABLE race_second (id int);");
+    let (a, b) = race(&db, &first, &second);
+    assert_eq!(a.expect("first deploy").no_transaction_migrations, ["migrations/050_race.sql"]);
+    let e = b.expect_err("the second deploy's text of 050_race.sql differs from the applied one");
+    assert_eq!(e.kind, Kind::MigrationChecksumMismatch, "{}", e.message);
+    assert!(e.message.contains("050_race.sql"), "{}", e.message);
+    assert_eq!(one(&db, "SELECT to_regclass('race_first') IS NOT NULL AND to_regclass('race_second') IS NULL"), "t");
 }

@@ -740,7 +740,14 @@ fn enum_value_drift_seeds_and_dry_run_through_migrate() {
 
 #[test]
 fn hostile_archives_are_refused_before_any_database_exists() {
-    let w = World::new("hostile", &[("ARCHIVE_MAX_EXPANDED_BYTES", "1000000"), ("ARCHIVE_MAX_FILE_BYTES", "100000")]);
+    let w = World::new(
+        "hostile",
+        &[
+            ("ARCHIVE_MAX_EXPANDED_BYTES", "1000000"),
+            ("ARCHIVE_MAX_FILE_BYTES", "100000"),
+            ("ARCHIVE_MAX_ENTRIES", "40"),
+        ],
+    );
     let good = tgz(&platform_files());
     let mut bomb = BTreeMap::new();
     bomb.insert("functions/zeros.sql".to_string(), "\0".repeat(20_000_000));
@@ -748,6 +755,20 @@ fn hostile_archives_are_refused_before_any_database_exists() {
     assert!(bomb.len() < 100_000, "a bomb is small: {}", bomb.len());
     let mut big = platform_files();
     big.insert("functions/big.sql".to_string(), format!("-- {}\n", "x".repeat(200_000)));
+    // Each limit set here must be the one that refuses (the defaults would let these through): more
+    // entries than ARCHIVE_MAX_ENTRIES, and files each under ARCHIVE_MAX_FILE_BYTES that together
+    // expand past ARCHIVE_MAX_EXPANDED_BYTES.
+    let mut many = platform_files();
+    for i in 0..30 {
+        many.insert(
+            format!("functions/f{i}.sql"),
+            format!("CREATE FUNCTION f{i}() RETURNS int LANGUAGE sql AS 'SELECT {i}';"),
+        );
+    }
+    let mut wide = BTreeMap::new();
+    for i in 0..15 {
+        wide.insert(format!("functions/w{i}.sql"), format!("-- {}\n", "y".repeat(90_000)));
+    }
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("notgzip", b"this is plain text, not a gzip stream".to_vec(), 400),
         ("truncated", good[..good.len() / 2].to_vec(), 400),
@@ -783,6 +804,8 @@ fn hostile_archives_are_refused_before_any_database_exists() {
             400,
         ),
         ("bigfile", tgz(&big), 413),
+        ("many", tgz(&many), 413),
+        ("wide", tgz(&wide), 413),
     ];
     for (tenant, archive, status) in cases {
         for route in ["/register", "/migrate"] {

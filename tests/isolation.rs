@@ -229,6 +229,9 @@ fn the_catalog_and_databases_the_gateway_did_not_make_are_never_platform_databas
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
     let r = deploy(g.addr, "/register", &p, Some("gateway"), &[("functions/w.sql", WHOAMI)], None);
     assert_eq!(code(&r), (409, "name_conflict".into()), "{}", r.text());
+    // Refused before anything was made: the platform, new here, got no role.
+    assert_eq!(one("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = 'ssdb_{p}'")), "0");
+    assert_eq!(one(&cat, &format!("SELECT count(*) FROM platform_roles WHERE platform = '{p}'")), "0");
     let body = format!(r#"{{"platform":"{p}","tenant_id":"gateway","function":"whoami","params":[]}}"#);
     assert_eq!(code(&post_json(g.addr, "/call", &body)).0, 404);
 
@@ -481,4 +484,89 @@ fn a_garbled_forwarded_for_from_a_trusted_proxy_is_refused() {
     let r = request(g2.addr, "GET", "/health", &[("X-Forwarded-For", "not-an-address")], b"");
     assert_ne!(r.status, 400);
     assert_ne!(r.status, 403);
+}
+
+/// Regression (issue 15): nothing failed when the ownership check of `/call` was switched off. Names
+/// collide by construction: platform `x` with tenant `b_main` maps to `x_b_main`, the main database of
+/// platform `x_b`; and platform `x`'s main database is also what its tenant `main` maps to. A call must
+/// reach only a database the catalog records for the platform *and* tenant it names.
+#[test]
+fn a_call_reaches_only_the_database_of_the_platform_and_tenant_it_names() {
+    let x = uniq("own");
+    let xb = format!("{x}_b");
+    let cat = uniq("cat_own");
+    let _clean = Cleanup(vec![cat.clone(), format!("{x}_main"), format!("{xb}_main")]);
+    let files = [
+        ("tables/hits.sql", "CREATE TABLE hits (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());"),
+        (
+            "functions/touch.sql",
+            "CREATE FUNCTION touch() RETURNS text LANGUAGE sql AS \
+             $$ INSERT INTO hits DEFAULT VALUES; SELECT current_database()::text $$;",
+        ),
+    ];
+    let g = start(&[("CATALOG_DB", cat.as_str())]);
+    for p in [&x, &xb] {
+        let r = register(g.addr, p, &files);
+        assert_eq!(r.status, 200, "{p}: {}", r.text());
+    }
+    let hits = |db: &str| one(db, "SELECT count(*) FROM hits");
+    let attempt = |addr: SocketAddr, tenant: &str| {
+        let body = format!(r#"{{"platform":"{x}","tenant_id":"{tenant}","function":"touch","params":[]}}"#);
+        post_json(addr, "/call", &body)
+    };
+    // Asked of the gateway that made the databases, then of one that learns the owners at start-up.
+    let g2 = start(&[("CATALOG_DB", cat.as_str())]);
+    for addr in [g.addr, g2.addr] {
+        // Platform x, tenant b_main: the name is platform x_b's main database.
+        let r = attempt(addr, "b_main");
+        assert_eq!(code(&r), (409, "name_conflict".into()), "another platform's database answered: {}", r.text());
+        // Platform x, tenant main: the name is x's own main database, which belongs to no tenant.
+        let r = attempt(addr, "main");
+        assert_eq!(code(&r), (409, "name_conflict".into()), "the main database answered a tenant: {}", r.text());
+    }
+    assert_eq!(hits(&format!("{xb}_main")), "0", "a refused call ran in platform {xb}'s database");
+    assert_eq!(hits(&format!("{x}_main")), "0", "a refused call ran in the main database");
+    // Each platform still reaches its own database.
+    for (p, db) in [(&x, format!("{x}_main")), (&xb, format!("{xb}_main"))] {
+        assert_eq!(first_value(&call(g2.addr, p, "touch", "[]", None)), Value::String(db.clone()));
+        assert_eq!(hits(&db), "1");
+    }
+}
+
+/// Regression (issue 15): nothing failed when `X-Forwarded-For` was believed from any peer, because
+/// the tests used an empty `TRUSTED_PROXIES` or a trusted peer. Here the list is not empty and the
+/// test's own address (127.0.0.1) is not on it: the header must change nothing, whether it would let a
+/// request in or keep it out. The same headers from a trusted peer are believed, so the gateway does
+/// read them.
+#[test]
+fn forwarded_for_from_a_peer_that_is_no_trusted_proxy_is_ignored() {
+    let cat = uniq("cat_xff");
+    let _clean = Cleanup(vec![cat.clone()]);
+    let admin = format!("Bearer {TOKEN}");
+    let inside = [("X-Forwarded-For", "10.1.2.3")];
+    let outside = [("X-Forwarded-For", "203.0.113.9")];
+    let admin_inside = [("X-Forwarded-For", "10.1.2.3"), ("Authorization", admin.as_str())];
+    for (proxies, believed) in [("192.0.2.0/24, 198.51.100.7", false), ("192.0.2.0/24, 127.0.0.1/32", true)] {
+        let only_10 = [("TRUSTED_PROXIES", proxies), ("ALLOWED_NETWORKS", "10.0.0.0/8")];
+        let admin_10 = [
+            ("TRUSTED_PROXIES", proxies),
+            ("ALLOWED_ADMIN_IPS", "10.0.0.0/8"),
+            ("ADMIN_TOKEN", TOKEN),
+            ("CATALOG_DB", cat.as_str()),
+        ];
+        // Only 10/8 may use the gateway; the header claims an address there.
+        let g = start(&only_10);
+        let r = request(g.addr, "GET", "/health", &inside, b"");
+        let want = if believed { (200, String::new()) } else { (403, "unauthorized".into()) };
+        assert_eq!(code(&r), want, "TRUSTED_PROXIES={proxies}: {}", r.text());
+        // Only 10/8 may use admin routes; the header claims an address there, with the right token.
+        let g = start(&admin_10);
+        let r = request(g.addr, "GET", "/admin/platforms", &admin_inside, b"");
+        assert_eq!(code(&r), want, "TRUSTED_PROXIES={proxies}: {}", r.text());
+        // The header names an address outside ALLOWED_NETWORKS (the defaults); the peer is inside.
+        let g = start(&[("TRUSTED_PROXIES", proxies)]);
+        let r = request(g.addr, "GET", "/health", &outside, b"");
+        let want = if believed { (403, "unauthorized".into()) } else { (200, String::new()) };
+        assert_eq!(code(&r), want, "TRUSTED_PROXIES={proxies}: {}", r.text());
+    }
 }

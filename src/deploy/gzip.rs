@@ -323,6 +323,34 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_covers_members_of_every_size_together() {
+        // Whatever the split between two members, one byte over the cap is refused and the cap
+        // itself is accepted.
+        for a in 1..=6usize {
+            for b in 1..=6usize {
+                let first: Vec<u8> = (0..a).map(|i| b'a' + i as u8).collect();
+                let second: Vec<u8> = (0..b).map(|i| b'A' + i as u8).collect();
+                let mut g = gz(&first, 0, &[]);
+                g.extend_from_slice(&gz(&second, 0, &[]));
+                let whole = [first.clone(), second.clone()].concat();
+                assert_eq!(gunzip(&g, a + b).unwrap(), whole, "{a}+{b}");
+                assert_eq!(gunzip(&g, a + b - 1).unwrap_err().kind, GzipErrorKind::TooLarge, "{a}+{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn output_memory_stays_within_the_cap() {
+        // The buffer grows by doubling from INITIAL_OUTPUT; its capacity must never pass cap + 1.
+        for len in [INITIAL_OUTPUT + 1, 150_000, 3 * INITIAL_OUTPUT] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let out = gunzip(&gz(&data, 0, &[]), len).unwrap();
+            assert_eq!(out, data);
+            assert!(out.capacity() <= len + 1, "{len} bytes kept in a buffer of {}", out.capacity());
+        }
+    }
+
+    #[test]
     fn bomb_never_allocates_past_cap() {
         let data = vec![0u8; 8 << 20];
         let g = gz(&data, 0, &[]);

@@ -86,6 +86,27 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_blocks_compare_only_their_prefix() {
+        let l = Cidr::parse_list("fd00::/8, 2001:db8:1::/48").unwrap();
+        assert!(any_contains(&l, "fd12:3456::1".parse().unwrap()));
+        assert!(!any_contains(&l, "fe00::1".parse().unwrap()));
+        assert!(any_contains(&l, "2001:db8:1:ffff::9".parse().unwrap()));
+        assert!(!any_contains(&l, "2001:db8:2::1".parse().unwrap()));
+        // A whole address: its last bit counts too.
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::".parse().unwrap()));
+        assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn shown_as_address_and_prefix() {
+        assert_eq!(Cidr::parse(" 10.0.0.0/8 ").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(Cidr::parse("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(Cidr::parse("::1").unwrap().to_string(), "::1/128");
+    }
+
+    #[test]
     fn bad_input() {
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());

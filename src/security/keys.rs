@@ -91,6 +91,11 @@ mod tests {
         StoredKey { hash: hash(key), valid_until: None }
     }
 
+    /// The clock read here, not through the code under test.
+    fn wall_clock() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
     #[test]
     fn keys_are_random_prefixed_and_hashed() {
         let a = new_key().unwrap();
@@ -121,12 +126,32 @@ mod tests {
     }
 
     #[test]
+    fn every_live_key_is_compared_in_constant_time_whichever_matches() {
+        use crate::security::ct_probe;
+        let keys = [stored("k1"), stored("k2"), stored("k3")];
+        ct_probe::take();
+        for given in ["k1", "k3", "nope"] {
+            let r = Credential::from_header(Some(&format!("Bearer {given}")), false).allows("p", &keys, false);
+            assert_eq!(r.is_ok(), given != "nope", "{given}");
+            let (calls, steps) = ct_probe::take();
+            assert_eq!(calls, keys.len(), "{given}: not every stored key was compared through constant_time_eq");
+            assert_eq!(steps, keys.len() * 64, "{given}");
+        }
+    }
+
+    #[test]
     fn a_rotated_out_key_counts_until_its_grace_ends() {
-        let now = now_secs();
+        let now = wall_clock();
         let keys = [stored("new"), StoredKey { hash: hash("old"), valid_until: Some(now + 60) }];
         assert!(Credential::from_header(Some("Bearer old"), false).allows("p", &keys, false).is_ok());
         let expired = [stored("new"), StoredKey { hash: hash("old"), valid_until: Some(now.saturating_sub(1)) }];
         assert!(Credential::from_header(Some("Bearer old"), false).allows("p", &expired, false).is_err());
         assert!(Credential::from_header(Some("Bearer new"), false).allows("p", &expired, false).is_ok());
+    }
+
+    #[test]
+    fn a_grace_that_ends_this_second_is_over() {
+        let keys = [stored("new"), StoredKey { hash: hash("old"), valid_until: Some(wall_clock()) }];
+        assert!(Credential::from_header(Some("Bearer old"), false).allows("p", &keys, false).is_err());
     }
 }

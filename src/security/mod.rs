@@ -51,15 +51,45 @@ pub fn check_allowed(ip: IpAddr, cfg: &SecurityConfig) -> Result<(), ApiError> {
     }
 }
 
-/// Compares without an early exit so the time taken does not reveal how much of a token matched.
+/// The one comparison for secrets (the admin token, platform key hashes). Every byte of the longer
+/// input is read and the differences are folded together with no early exit, so the time taken
+/// depends on the lengths only, never on how much of a token matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    #[cfg(test)]
+    ct_probe::call();
+    let mut diff = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xff);
-        diff |= x ^ y;
+        #[cfg(test)]
+        ct_probe::step();
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
     }
-    diff == 0 && a.len() == b.len()
+    // Keeps the optimiser from turning the fold back into a compare that stops at the first difference.
+    std::hint::black_box(diff) == 0
+}
+
+/// Counts, per thread, the calls of [`constant_time_eq`] and the bytes it read, so unit tests can see
+/// that a secret went through it and that it read every byte whatever the first difference.
+#[cfg(test)]
+pub(crate) mod ct_probe {
+    use std::cell::Cell;
+
+    thread_local! {
+        static CALLS: Cell<usize> = const { Cell::new(0) };
+        static STEPS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub fn call() {
+        CALLS.with(|c| c.set(c.get() + 1));
+    }
+
+    pub fn step() {
+        STEPS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// `(calls, bytes read)` since the last `take` on this thread.
+    pub fn take() -> (usize, usize) {
+        (CALLS.with(|c| c.replace(0)), STEPS.with(|c| c.replace(0)))
+    }
 }
 
 /// The secret an `Authorization` header presents: a bearer token, or the password of HTTP Basic
@@ -183,11 +213,68 @@ mod tests {
     }
 
     #[test]
+    fn only_addresses_in_allowed_networks_pass() {
+        let mut c = Config::defaults().security;
+        c.allowed_networks = cidr::Cidr::parse_list("10.0.0.0/8, ::1/128").unwrap();
+        for ok in ["10.2.3.4", "::1", "::ffff:10.9.9.9"] {
+            assert!(check_allowed(ok.parse().unwrap(), &c).is_ok(), "{ok}");
+        }
+        for refused in ["11.0.0.1", "127.0.0.1", "::2"] {
+            assert_eq!(check_allowed(refused.parse().unwrap(), &c).unwrap_err().kind, Kind::Unauthorized, "{refused}");
+        }
+    }
+
+    #[test]
     fn ct_eq() {
         assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"xbc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
         assert!(!constant_time_eq(b"", b"a"));
+        // A shorter input is not equal to a longer one padded with zero bytes.
+        assert!(!constant_time_eq(b"ab", b"ab\0"));
+        // Two differences must not cancel each other out.
+        assert!(!constant_time_eq(b"ab", b"ba"));
+        // Lengths that differ by a multiple of 256.
+        assert!(!constant_time_eq(&[7u8; 3], &[7u8; 259]));
+        assert!(constant_time_eq(&[0xffu8; 300], &[0xffu8; 300]));
+    }
+
+    #[test]
+    fn ct_eq_reads_every_byte_wherever_the_first_difference_is() {
+        let token = b"0123456789abcdef0123456789abcdef";
+        ct_probe::take();
+        for at in [0, 1, 15, 31] {
+            let mut other = *token;
+            other[at] ^= 0x20;
+            assert!(!constant_time_eq(&other, token));
+            assert_eq!(ct_probe::take(), (1, token.len()), "difference at byte {at}");
+        }
+        assert!(constant_time_eq(token, token));
+        assert_eq!(ct_probe::take(), (1, token.len()));
+        // A length mismatch is not a shortcut either: the longer input is read to its end.
+        assert!(!constant_time_eq(b"x", token));
+        assert_eq!(ct_probe::take(), (1, token.len()));
+    }
+
+    #[test]
+    fn the_admin_token_is_compared_only_in_constant_time() {
+        let mut c = Config::defaults().security;
+        let token = "0123456789abcdef";
+        c.admin_token = Some(token.into());
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        ct_probe::take();
+        for given in ["Xnope-same-lengt", "0123456789abcdeX", "short", "0123456789abcdef-and-more"] {
+            let header = format!("Bearer {given}");
+            assert_eq!(check_admin(lo, Some(&header), &c).unwrap_err().kind, Kind::AdminTokenInvalid, "{given}");
+            let (calls, steps) = ct_probe::take();
+            assert_eq!(calls, 1, "'{given}' was not compared through constant_time_eq");
+            assert_eq!(steps, given.len().max(token.len()), "{given}");
+        }
+        assert!(check_admin(lo, Some("Bearer 0123456789abcdef"), &c).is_ok());
+        assert_eq!(ct_probe::take(), (1, token.len()), "the right token goes through it too");
     }
 
     #[test]

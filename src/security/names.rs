@@ -92,4 +92,19 @@ mod tests {
         assert!(!is_function_name("Get"));
         assert!(!is_function_name("2x"));
     }
+
+    #[test]
+    fn sixty_three_bytes_fit_sixty_four_do_not() {
+        let p63 = "a".repeat(63);
+        assert_eq!(platform(&p63).unwrap(), p63);
+        assert!(platform(&"a".repeat(64)).is_err());
+        // `_main` makes 58 + 5 = 63 bytes.
+        assert_eq!(v1_database(&"b".repeat(58), None).unwrap().len(), 63);
+        assert!(v1_database(&"b".repeat(59), None).is_err());
+        assert_eq!(v1_database("p", Some(&"t".repeat(61))).unwrap().len(), 63);
+        assert!(v1_database("p", Some(&"t".repeat(62))).is_err());
+        assert!(v1_database("p", Some(&"t".repeat(64))).is_err());
+        assert_eq!(v2_database("p", "s", &"d".repeat(59)).unwrap().len(), 63);
+        assert!(v2_database("p", "s", &"d".repeat(60)).is_err());
+    }
 }
