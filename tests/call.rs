@@ -838,11 +838,7 @@ fn role_changes_do_not_leak_between_calls() {
     assert_eq!(before, rows(&db.call(gw.addr, "whoami", "[]")));
     // One pool connection at a time, and the one whose session user changed was replaced (a replaced
     // backend may show in pg_stat_activity for a moment after its socket closed).
-    assert!(
-        eventually(Duration::from_secs(2), || db.gateway_backends().len() == 1),
-        "{:?}",
-        db.gateway_backends()
-    );
+    assert!(eventually(Duration::from_secs(2), || db.gateway_backends().len() == 1), "{:?}", db.gateway_backends());
 
     // Without the reset the role does leak: the assertions above can fail.
     let gw2 = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_RESET_SESSION", "false")]);
