@@ -5,10 +5,11 @@
 #
 #   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive (default: all three)
 #
-# A habit, not a CI step: a run takes about an hour on 2 cores. The survivors of each group, with the
-# counts and the exact command, go to bench/results/mutants-guards.txt (rewritten by every run that
-# covers all groups; a run of some groups writes bench/results/mutants-guards-partial.txt). Review
-# them in bench/results/mutants-guards-review.md: a new test, or why the mutant is harmless.
+# A habit, not a CI step: a run of all three groups takes about 45 minutes on 2 cores. The survivors
+# of each group, with the counts and the exact command, go to bench/results/mutants-guards.txt
+# (rewritten by every run that covers all groups; a run of some groups writes
+# bench/results/mutants-guards-partial.txt). Review them in bench/results/mutants-guards-review.md:
+# a new test, or why the mutant is harmless.
 #
 # Environment (all optional):
 #   TEST_PG_HOST, TEST_PG_PORT, ...   use this cluster (e.g. one left by `scripts/test.sh --keep`,
