@@ -3,7 +3,7 @@
 # turned around, a check returning Ok(()), a `||` made `&&`) and runs the tests that cover it. A
 # mutant no test catches is a guard that could be switched off unnoticed.
 #
-#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive (default: all three)
+#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call (default: all)
 #
 # A habit, not a CI step: a run of all three groups takes about 45 minutes on 2 cores. The survivors
 # of each group, with the counts and the exact command, go to bench/results/mutants-guards.txt
@@ -39,14 +39,14 @@ command -v cargo-mutants >/dev/null 2>&1 ||
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest not found; install it with: cargo install cargo-nextest --locked"
 
-GROUPS_ALL=(security deploy archive)
+GROUPS_ALL=(security deploy archive call)
 if [[ $# -eq 0 ]]; then
     set -- "${GROUPS_ALL[@]}"
 fi
 for g in "$@"; do
     case "${g}" in
-        security | deploy | archive) ;;
-        *) die "unknown group '${g}' (security, deploy, archive)" ;;
+        security | deploy | archive | call) ;;
+        *) die "unknown group '${g}' (security, deploy, archive, call)" ;;
     esac
 done
 
@@ -60,6 +60,7 @@ group_files() {
         security) echo "src/security/mod.rs src/security/keys.rs src/security/cidr.rs src/security/names.rs src/security/roles.rs" ;;
         deploy) echo "src/deploy/engine.rs src/catalog/mod.rs src/deploy/service.rs" ;;
         archive) echo "src/deploy/archive.rs src/deploy/gzip.rs" ;;
+        call) echo "src/call/owners.rs src/call/session.rs" ;;
     esac
 }
 
@@ -76,6 +77,9 @@ group_re() {
         # The limits: upload size, expanded size (the inflater's cap), entry count, path and file
         # sizes, and the entry checks of the tar reader.
         archive) echo '(in |replace )(read_archive|read_tar|inflate_into|too_large)( |$)' ;;
+        # /call's ownership check and the session reset (and the cancel bookkeeping that retires a
+        # connection a late cancel could hit), judged by their scripted-reply unit tests.
+        call) echo '(in |replace )(Owners::admit|Session::write_execute|Session::finish_if_done|Session::mark_cancelled|Session::reusable)( |$)' ;;
     esac
 }
 
@@ -84,6 +88,7 @@ group_targets() {
         security) echo "--lib" ;;
         deploy) echo "--test deploy_engine --test isolation --test deploy_http" ;;
         archive) echo "--lib --test archive_reader" ;;
+        call) echo "--lib" ;;
     esac
 }
 
@@ -92,6 +97,7 @@ group_filter() {
         security) echo 'kind(lib) & test(/^security::/)' ;;
         deploy) echo 'binary(deploy_engine) | (binary(isolation) & test(/catalog_and_databases|a_call_reaches|platform_keys_lock|keys_can_be_required/)) | (binary(deploy_http) & test(/conflict|failed_first_deploy|migration_failing|edited_applied|hostile/))' ;;
         archive) echo '(kind(lib) & test(/^deploy::(gzip|archive)::/)) | binary(archive_reader)' ;;
+        call) echo 'kind(lib) & test(/^call::(owners|session)::/)' ;;
     esac
 }
 
