@@ -187,6 +187,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(o.admit(&call("x", Some("t1")), &anyone, now), Admission::Go));
+        // Same platform, other tenant, same database name: tenant `main` of `x` is `x_main`.
+        o.set_owners(vec![owner("x_main", "x", None)]);
+        match o.admit(&call("x", Some("main")), &anyone, now) {
+            Admission::Refused(e) => assert_eq!(e.kind, Kind::NameConflict),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(o.admit(&call("x", None), &anyone, now), Admission::Go));
         assert!(matches!(o.admit(&call("x", Some("t2")), &anyone, now), Admission::AskCatalog));
         o.set_unknown("x_t2", now);
         match o.admit(&call("x", Some("t2")), &anyone, now) {

@@ -480,10 +480,14 @@ fn pipelined_calls_are_answered_in_order_and_a_gone_client_is_cancelled_when_its
     assert!(r.with(|s, cx| s.pipeline(cx, j3, stmt)));
     assert_eq!(r.sent(), exec_tags_n(3));
     assert!(!r.s.client_gone(c2, r.now), "a queued call needs no cancel yet");
+    r.now += Duration::from_millis(50);
     r.reply(execute_ok(&["2"])).unwrap();
     let a = r.take_actions();
     assert_eq!(answers(&a).iter().map(|x| x.0).collect::<Vec<_>>(), vec![head]);
     assert!(a.iter().any(|a| matches!(a, Action::Cancel)), "the gone client's call is stopped when it starts");
+    assert!(r.s.cancelled, "a connection that had a cancel sent is marked so");
+    let promoted = r.s.job.as_ref().unwrap();
+    assert_eq!(promoted.timer.deadline, r.now + r.cfg.call.timeout, "its timeout runs from when it starts");
     r.reply(cat(&[error("ERROR", "57014", "canceling statement due to user request"), rfq(b'I')])).unwrap();
     let a = r.take_actions();
     assert!(answers(&a).is_empty(), "nobody waits for the cancelled call");
