@@ -188,19 +188,24 @@ impl CallEngine {
 
     /// This loop's counts.
     pub fn stats(&self) -> Stats {
-        let mut s = Stats {
+        let mut s = self.counts();
+        for (_, p) in self.pools.pools.iter() {
+            s.idle += p.idle.len();
+            s.waiting += p.waiting().len();
+        }
+        s
+    }
+
+    /// The counts that cost nothing to read (no walk over the pools): `idle` and `waiting` are 0.
+    pub fn counts(&self) -> Stats {
+        Stats {
             pools: self.pools.pools.len(),
             connections: self.backends.len(),
             pipelined: self.pipelined,
             connects: self.connects,
             connect_failures: self.connect_failures,
             ..Stats::default()
-        };
-        for (_, p) in self.pools.pools.iter() {
-            s.idle += p.idle.len();
-            s.waiting += p.waiting().len();
         }
-        s
     }
 
     /// Each pool of this loop for `/metrics` and the status page.

@@ -168,8 +168,9 @@ impl Loop {
             self.deliver(failed);
             self.clients.release_parked();
             self.app.release_parked();
+            // Cheap counts every turn; the walk over the pools (idle, waiting) in the janitor.
             if let Some(s) = self.app.shared.stats.get(self.app.id) {
-                s.publish(&self.app.calls.stats());
+                s.publish_counts(&self.app.calls.counts());
             }
             if let Some(deadline) = self.shutdown_deadline {
                 let busy = self.clients.iter().any(|(_, c)| c.busy()) || self.app.busy();
@@ -877,6 +878,9 @@ impl Loop {
         self.app.catch_up(&mut self.poll);
         let done = self.app.janitor(&mut self.poll, now);
         self.deliver(done);
+        if let Some(s) = self.app.shared.stats.get(self.app.id) {
+            s.publish(&self.app.calls.stats());
+        }
         if let Some(s) = self.app.shared.stats.get(self.app.id) {
             s.publish_pools(self.app.calls.pool_snapshots(now));
         }

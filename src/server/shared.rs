@@ -107,10 +107,16 @@ pub struct LoopStats {
 
 impl LoopStats {
     pub fn publish(&self, s: &Stats) {
-        self.pools.store(s.pools, Ordering::Relaxed);
-        self.connections.store(s.connections, Ordering::Relaxed);
+        self.publish_counts(s);
         self.idle.store(s.idle, Ordering::Relaxed);
         self.waiting.store(s.waiting, Ordering::Relaxed);
+    }
+
+    /// The counts every turn can afford (see `CallEngine::counts`); idle and waiting stay as the
+    /// last full publish left them.
+    pub fn publish_counts(&self, s: &Stats) {
+        self.pools.store(s.pools, Ordering::Relaxed);
+        self.connections.store(s.connections, Ordering::Relaxed);
         self.pipelined.store(s.pipelined, Ordering::Relaxed);
         self.connects.store(s.connects, Ordering::Relaxed);
         self.connect_failures.store(s.connect_failures, Ordering::Relaxed);
