@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use mio::Poll;
 
-use super::client::{CallLog, Incoming};
+use super::client::Incoming;
 use super::notify::{Message, Notifier};
 use super::shared::{Shared, Stale, send_catalog_state};
 use crate::call::engine::{CallEngine, Done};
@@ -518,7 +518,7 @@ impl App {
         key: usize,
         generation: u64,
         inc: Incoming,
-        note: &mut Option<Box<CallLog>>,
+        note: &mut Option<Vec<u8>>,
     ) -> Option<Response> {
         let cfg = self.shared.cfg.clone();
         // A bearer value is either a platform key or the admin token; the admin check also wants the
@@ -545,13 +545,7 @@ impl App {
             }
             Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json) {
                 Ok(req) => {
-                    if crate::log::enabled(crate::config::Level::Info) {
-                        *note = Some(Box::new(CallLog {
-                            platform: req.platform.clone(),
-                            database: req.database.clone(),
-                            function: req.function.clone(),
-                        }));
-                    }
+                    *note = Some(inc.body);
                     return self.call(poll, key, generation, req, cred, now);
                 }
                 Err(e) => Err(e),

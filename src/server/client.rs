@@ -92,16 +92,9 @@ pub struct ReqInfo {
     pub started: Instant,
     pub minor_version: u8,
     pub keep_alive: bool,
-    /// What a `/call` was for, for its log line (only filled when request lines are logged).
-    pub call: Option<Box<CallLog>>,
-}
-
-/// The names a request line of a `/call` carries (never a parameter value).
-#[derive(Debug, Default, Clone)]
-pub struct CallLog {
-    pub platform: String,
-    pub database: String,
-    pub function: String,
+    /// A `/call`'s body, kept (moved, not copied) so that a request line, when one is written,
+    /// can name the platform, database and function; read only then.
+    pub call: Option<Vec<u8>>,
 }
 
 /// A client connection.

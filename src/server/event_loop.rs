@@ -18,6 +18,7 @@ use super::app::App;
 use super::client::{BodyBudget, Client, Incoming, Phase, ReqInfo};
 use super::notify::Message;
 use super::shared::Shared;
+use crate::call::request::CallRequest;
 use crate::config::Config;
 use crate::error::{ApiError, Kind};
 use crate::http::chunked::ChunkedDecoder;
@@ -698,26 +699,8 @@ impl Loop {
             if let Some(s) = self.app.shared.stats.get(self.app.id) {
                 s.counters.request(i.route, r.status, i.route == CALL_SLOT, us as u64, r.error);
             }
-            let (method, bytes) = (i.method.as_str(), r.body.len());
-            let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
-                ("peer", &c.peer),
-                ("method", &method),
-                ("path", &i.path),
-                ("status", &r.status),
-                ("bytes", &bytes),
-                ("duration_us", &us),
-            ];
-            let code = r.error.map(|k| k.code()).unwrap_or("");
-            if r.error.is_some() {
-                fields.push(("error", &code));
-            }
-            if let Some(call) = &i.call {
-                fields.push(("platform", &call.platform));
-                fields.push(("database", &call.database));
-                fields.push(("function", &call.function));
-            }
             if log::request_wanted(r.status, us) {
-                log::info("request", &fields);
+                log_request(c.peer, i, &r, us);
             }
         }
         if keep {
@@ -907,4 +890,29 @@ fn uploads_busy() -> ApiError {
         Kind::UploadsBusy,
         "too many request bodies are being received at once (MAX_UPLOADS_IN_FLIGHT_BYTES); retry shortly",
     )
+}
+
+/// Writes a request line. For a `/call` it names the platform, database and function, read again from
+/// the body only now: most answers get no line, so the hot path copies nothing for it.
+fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
+    let (method, bytes) = (i.method.as_str(), r.body.len());
+    let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
+        ("peer", &peer),
+        ("method", &method),
+        ("path", &i.path),
+        ("status", &r.status),
+        ("bytes", &bytes),
+        ("duration_us", &us),
+    ];
+    let code = r.error.map(|k| k.code()).unwrap_or("");
+    if r.error.is_some() {
+        fields.push(("error", &code));
+    }
+    let call = i.call.as_deref().and_then(|b| crate::json::parse(b).ok()).and_then(|v| CallRequest::from_json(v).ok());
+    if let Some(call) = &call {
+        fields.push(("platform", &call.platform));
+        fields.push(("database", &call.database));
+        fields.push(("function", &call.function));
+    }
+    log::info("request", &fields);
 }
