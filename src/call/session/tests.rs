@@ -276,6 +276,14 @@ fn first_call(r: &mut Rig) {
     r.reply(execute_ok(&["7"])).unwrap();
 }
 
+/// A rig whose connection has run one call (statement and resets prepared), its answer taken.
+fn warmed(extra: &[(&str, &str)]) -> Rig {
+    let mut r = Rig::new(extra);
+    first_call(&mut r);
+    r.take_actions();
+    r
+}
+
 #[test]
 fn a_first_call_prepares_then_executes_and_answers() {
     let mut r = Rig::new(&[]);
@@ -293,9 +301,7 @@ fn a_first_call_prepares_then_executes_and_answers() {
 
 #[test]
 fn the_next_call_of_the_same_shape_uses_the_cached_statement() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     assert_eq!(r.sent(), exec_tags(), "no Parse for a cached statement");
     r.reply(execute_ok(&["2", "3"])).unwrap();
@@ -314,9 +320,7 @@ fn without_the_session_reset_only_bind_execute_sync_go_out() {
 
 #[test]
 fn a_stale_plan_is_prepared_again_once() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     r.sent();
     r.reply(cat(&[error("ERROR", "0A000", "cached plan must not change result type"), rfq(b'I')])).unwrap();
@@ -336,9 +340,7 @@ fn a_stale_plan_is_prepared_again_once() {
 
 #[test]
 fn a_stale_plan_with_calls_pipelined_behind_goes_back_to_the_pool() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
     let behind = r.job(req("f", vec![Value::Number("3".into())]));
@@ -413,9 +415,7 @@ fn declared_types_that_match_no_overload_fall_back_to_untyped_and_keep_the_bette
 
 #[test]
 fn a_late_cancel_sends_the_call_again_elsewhere_once() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.s.cancelled = true;
     r.start(req("f", vec![Value::Number("2".into())]));
     r.sent();
@@ -429,9 +429,7 @@ fn a_late_cancel_sends_the_call_again_elsewhere_once() {
 
 #[test]
 fn a_cancel_for_a_call_itself_is_answered() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     r.sent();
     let now = r.now;
@@ -446,9 +444,7 @@ fn a_cancel_for_a_call_itself_is_answered() {
 
 #[test]
 fn a_changed_session_user_retires_the_connection() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     r.sent();
     let mut reply = vec![param_status("session_authorization", "postgres")];
@@ -457,9 +453,7 @@ fn a_changed_session_user_retires_the_connection() {
     assert!(drained(&r.take_actions()));
     assert!(!r.s.reusable());
     // The same value as at startup changes nothing.
-    let mut r = Rig::new(&[]);
-    r.s.job = None;
-    first_call(&mut r);
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     r.reply(cat(&[param_status("session_authorization", "ssdb_acme"), execute_ok(&["1"])])).unwrap();
     assert!(r.s.reusable());
@@ -467,9 +461,7 @@ fn a_changed_session_user_retires_the_connection() {
 
 #[test]
 fn pipelined_calls_are_answered_in_order_and_a_gone_client_is_cancelled_when_its_turn_comes() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     let head = r.s.job.as_ref().unwrap().caller.client;
     let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
@@ -501,9 +493,7 @@ fn pipelined_calls_are_answered_in_order_and_a_gone_client_is_cancelled_when_its
 
 #[test]
 fn an_open_transaction_after_a_call_breaks_the_pipeline() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
     let j2 = r.job(req("f", vec![Value::Number("3".into())]));
@@ -534,9 +524,7 @@ fn a_call_past_its_deadline_during_prepare_is_never_started() {
 
 #[test]
 fn a_parameter_that_does_not_fit_is_answered_without_sending() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::String("a\0b".into())]));
     let a = r.take_actions();
     let ans = answers(&a);
@@ -611,9 +599,7 @@ fn no_data_functions_answer_empty_rows() {
 
 #[test]
 fn a_value_postgresql_refuses_at_bind_names_its_parameter_and_type() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::String("one".into())]));
     r.sent();
     let mut b = Vec::new();
@@ -637,9 +623,7 @@ fn a_value_postgresql_refuses_at_bind_names_its_parameter_and_type() {
 
 #[test]
 fn a_result_past_max_response_bytes_is_an_error_and_its_rows_are_not_kept() {
-    let mut r = Rig::new(&[("MAX_RESPONSE_BYTES", "1024")]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[("MAX_RESPONSE_BYTES", "1024")]);
     r.start(req("f", vec![Value::Number("2".into())]));
     r.sent();
     let values: Vec<String> = (0..500).map(|i| i.to_string()).collect();
@@ -655,9 +639,7 @@ fn a_result_past_max_response_bytes_is_an_error_and_its_rows_are_not_kept() {
 
 #[test]
 fn a_function_that_deallocates_our_statements_makes_the_connection_prepare_everything_again() {
-    let mut r = Rig::new(&[]);
-    first_call(&mut r);
-    r.take_actions();
+    let mut r = warmed(&[]);
     r.start(req("f", vec![Value::Number("2".into())]));
     r.sent();
     r.reply(cat(&[error("ERROR", "26000", "prepared statement \"r_all\" does not exist"), rfq(b'I')])).unwrap();
