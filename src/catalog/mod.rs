@@ -119,6 +119,18 @@ pub struct Owner {
     pub database_id: Option<String>,
 }
 
+/// The parameters `$1`..`$6` of a `databases` row: name, platform, kind, tenant, schema, database id.
+fn owner_row<'a>(name: &'a str, o: &'a Owner) -> [Option<&'a str>; 6] {
+    [
+        Some(name),
+        Some(&o.platform),
+        Some(&o.kind),
+        o.tenant_id.as_deref(),
+        o.schema_name.as_deref(),
+        o.database_id.as_deref(),
+    ]
+}
+
 impl Owner {
     /// The `tenant_id` a `/call` to this database gives (`None` for a main database): a v1 tenant's
     /// id, or `{schema_name}_{database_id}` for a database of a v2 schema.
@@ -280,14 +292,7 @@ impl Catalog {
             .query(
                 "INSERT INTO databases (name, platform, kind, tenant_id, schema_name, database_id, confined_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (name) DO NOTHING",
-                &[
-                    Some(name),
-                    Some(&o.platform),
-                    Some(&o.kind),
-                    o.tenant_id.as_deref(),
-                    o.schema_name.as_deref(),
-                    o.database_id.as_deref(),
-                ],
+                &owner_row(name, o),
             )
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot record the database"))
@@ -302,14 +307,7 @@ impl Catalog {
                 "INSERT INTO databases (name, platform, kind, tenant_id, schema_name, database_id, confined_at, state) \
                  VALUES ($1, $2, $3, $4, $5, $6, now(), 'creating') \
                  ON CONFLICT (name) DO UPDATE SET state = 'creating', created_oid = NULL",
-                &[
-                    Some(name),
-                    Some(&o.platform),
-                    Some(&o.kind),
-                    o.tenant_id.as_deref(),
-                    o.schema_name.as_deref(),
-                    o.database_id.as_deref(),
-                ],
+                &owner_row(name, o),
             )
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot record the database"))
