@@ -468,16 +468,7 @@ fn spawn_gateway(catalog: &str) -> (Child, SocketAddr) {
         .spawn()
         .expect("start the gateway");
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let started = Instant::now();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "gateway exited early");
-        if let Some(i) = line.find("\"addr\":\"") {
-            let rest = &line[i + 8..];
-            break rest[..rest.find('"').unwrap()].parse().unwrap();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "no listening line");
-    };
+    let addr = common::listening_addr(&mut stderr).parse().unwrap();
     // Keep draining stderr so the gateway never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sink = String::new();

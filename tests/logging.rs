@@ -50,16 +50,7 @@ fn log_lines_carry_requests_but_no_secrets() {
         .expect("start the gateway");
     // The first log line names the address.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let started = Instant::now();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "gateway exited early");
-        if let Some(i) = line.find("\"addr\":\"") {
-            let rest = &line[i + 8..];
-            break rest[..rest.find('"').unwrap()].to_string();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "no listening line");
-    };
+    let addr = common::listening_addr(&mut stderr);
     let platform = format!("logtest_{}", std::process::id());
     let body = format!(r#"{{"platform":"{platform}","function":"nothing_here","params":["{param}"]}}"#);
     let r = request(

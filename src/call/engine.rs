@@ -848,9 +848,14 @@ impl CallEngine {
     fn conn_broken(&mut self, poll: &mut Poll, key: usize, err: PgError, now: Instant) {
         let Some(b) = self.backends.get(key) else { return };
         if matches!(b.conn.state, ConnState::Closing) {
-            // The expected end of a retired connection: its backend is gone, its slot is free.
+            // The expected end of a retired connection: its backend is gone, its slot is free. A slot
+            // given up for another loop is left to that loop (told by `RoomFreed`): taking it back
+            // here at once would starve it.
+            let for_other = b.room_for.is_some();
             self.close_conn(poll, key);
-            self.grow_starved(poll, now);
+            if !for_other {
+                self.grow_starved(poll, now);
+            }
             return;
         }
         let (pool, was_startup) = (b.pool, b.conn.session.is_none());

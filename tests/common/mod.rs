@@ -245,3 +245,18 @@ pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
+
+/// Reads a gateway's JSON log lines (stderr of the real binary, `LOG_FORMAT=json`) until the one that
+/// names the address it listens on; returns that address.
+pub fn listening_addr(stderr: &mut impl std::io::BufRead) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "gateway exited early");
+        if let Some(i) = line.find("\"addr\":\"") {
+            let rest = &line[i + 8..];
+            return rest[..rest.find('"').unwrap()].to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no listening line");
+    }
+}
