@@ -783,6 +783,41 @@ fn temp_tables_locks_listens_and_deallocate_do_not_leak() {
     assert_eq!(db.gateway_backends().len(), 1, "the same connection went on serving");
 }
 
+const SQL_PREPARE: &str = "
+CREATE FUNCTION prepare_x() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN EXECUTE 'PREPARE x AS SELECT 1'; RETURN 1; END $$;
+CREATE FUNCTION sql_prepared() RETURNS bigint LANGUAGE sql AS
+    'SELECT count(*) FROM pg_prepared_statements WHERE from_sql';
+";
+
+/// A statement a function prepares with SQL `PREPARE` does not outlive the call: the same function
+/// runs again on the same connection (a second `PREPARE x` would fail with 42P05), and a later call
+/// finds no SQL-level prepared statement.
+#[test]
+fn sql_prepared_statements_do_not_outlive_the_call() {
+    let db = TestDb::new("ct_sqlprep", SQL_PREPARE);
+    let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("GATEWAY_THREADS", "1")]);
+    assert_eq!(scalar(&db.call(gw.addr, "sql_prepared", "[]")), json("0"));
+    for i in 0..2 {
+        let r = db.call(gw.addr, "prepare_x", "[]");
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+    }
+    assert_eq!(scalar(&db.call(gw.addr, "sql_prepared", "[]")), json("0"), "a PREPARE outlived its call");
+    // The connection dropped them and goes on: our own statements are prepared again as needed.
+    for _ in 0..3 {
+        assert_eq!(scalar(&db.call(gw.addr, "prepare_x", "[]")), json("1"));
+        assert_eq!(scalar(&db.call(gw.addr, "sql_prepared", "[]")), json("0"));
+    }
+    assert_eq!(db.gateway_backends().len(), 1, "the same connection went on serving");
+
+    // Without the reset the statement does stay: proof that the test above can fail.
+    let gw2 = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("GATEWAY_THREADS", "1"), ("CALL_RESET_SESSION", "false")]);
+    assert_eq!(scalar(&db.call(gw2.addr, "prepare_x", "[]")), json("1"));
+    assert_eq!(scalar(&db.call(gw2.addr, "sql_prepared", "[]")), json("1"));
+    let e = db.call(gw2.addr, "prepare_x", "[]");
+    assert!(e.text().contains("42P05"), "{}", e.text());
+}
+
 const SESSION_SETUP: &str = "
 CREATE FUNCTION spoil() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN

@@ -256,3 +256,44 @@ fn a_call_stopped_by_a_cancel_meant_for_another_runs_again() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_ne!(scalar(&r), json(&pid), "the call was not sent again on another connection");
 }
+
+const PREP_AFTER: &str = "
+CREATE FUNCTION prep_after(ms int, make bool) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(ms / 1000.0);
+    IF make THEN EXECUTE 'PREPARE x AS SELECT 1'; END IF;
+    RETURN ms;
+END $$;
+CREATE FUNCTION sql_prepared() RETURNS bigint LANGUAGE sql AS
+    'SELECT count(*) FROM pg_prepared_statements WHERE from_sql';
+";
+
+/// A call pipelined behind one that leaves a SQL-level prepared statement was sent before the session
+/// reset found it: its own `PREPARE` of that name fails (42P05), it is rolled back and sent again once
+/// the connection dropped the leftover, and answers 200.
+#[test]
+fn a_call_behind_one_that_left_a_prepared_statement_runs_again_cleanly() {
+    let db = TestDb::new("ct_pipe_prep", PREP_AFTER);
+    let gw = start(&[
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        // Pipelining shares a connection between calls of one event loop.
+        ("GATEWAY_THREADS", "1"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+    ]);
+    let addr = gw.addr;
+    // The statement is prepared and has a recent run time, so calls may queue behind it.
+    for _ in 0..3 {
+        assert_eq!(scalar(&db.call(addr, "prep_after", "[0, false]")), json("0"));
+    }
+    let before = pipelined_calls(addr);
+    let body = db.body("prep_after", Some("[400, true]"));
+    let head = thread::spawn(move || common::post_json(addr, "/call", &body));
+    thread::sleep(Duration::from_millis(150));
+    let r = db.call(addr, "prep_after", "[0, true]");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(scalar(&r), json("0"));
+    assert_eq!(scalar(&head.join().unwrap()), json("400"));
+    assert!(pipelined_calls(addr) > before, "the second call was not pipelined behind the first");
+    assert_eq!(scalar(&db.call(addr, "sql_prepared", "[]")), json("0"), "a PREPARE outlived its call");
+}

@@ -80,8 +80,9 @@ pub enum Phase {
         stmt: Arc<Stmt>,
         body: Vec<u8>,
         rows: u64,
-        /// The call's own CommandComplete arrived: later rows are the reset's, not the answer's.
-        done: bool,
+        /// CommandCompletes so far: the call's own first, then one per reset statement. Rows after the
+        /// first are the reset's, not the answer's; which reset they belong to is told by this count.
+        completes: u8,
     },
     /// The function does not exist: the functions of the call schemas are being listed, so the answer
     /// can name the ones that look meant.
@@ -229,6 +230,10 @@ pub struct Session {
     reset_prepared: bool,
     /// After a 26000: some of them may still exist, so they are closed before being prepared again.
     reset_close_first: bool,
+    /// The session reset found prepared statements a function made with SQL `PREPARE`: the next call
+    /// started here sends `DEALLOCATE ALL` first (and prepares ours again). Set, the connection
+    /// takes no pipelined calls, as its statement cache is emptied.
+    deallocate: bool,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
     /// The call being answered.
@@ -258,16 +263,29 @@ const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
 /// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
 /// connection: settings (`RESET ALL` leaves the role alone, it is marked not to be reset by it, hence
 /// the second), temporary tables a function made (they would shadow real tables for the next call),
-/// session advisory locks and `LISTEN`s. (`DISCARD ALL` would do all of it but cannot run inside the
-/// call's transaction, and it would drop our prepared statements too.) Prepared statements a function
-/// made or dropped are handled where they show: a 26000 makes the connection prepare everything again.
-pub const RESET_STMTS: [(&str, &str); 5] = [
+/// session advisory locks, `LISTEN`s, and a look for prepared statements made with SQL `PREPARE`.
+/// (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it would drop
+/// our prepared statements too.)
+///
+/// SQL-level prepared statements share one namespace with ours, so the only way to drop them all is
+/// `DEALLOCATE ALL`, which takes ours with them. Doing that after every call would mean preparing
+/// everything again for every call; instead the last statement lists them (no row in the normal
+/// case, and a function that prepares nothing is the normal case), and only a connection where one
+/// showed up sends `DEALLOCATE ALL` before its next call (see [`Session::deallocate`]). Prepared
+/// statements a function dropped are handled where they show: a 26000 makes the connection prepare
+/// everything again.
+pub const RESET_STMTS: [(&str, &str); 6] = [
     ("r_all", "RESET ALL"),
     ("r_role", "RESET ROLE"),
     ("r_temp", "DISCARD TEMP"),
     ("r_locks", "SELECT pg_catalog.pg_advisory_unlock_all()"),
     ("r_listen", "UNLISTEN *"),
+    ("r_prep", "SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql"),
 ];
+
+/// Index in [`RESET_STMTS`] of the look for SQL-level prepared statements: its rows arrive after
+/// this many reset CommandCompletes (plus the call's own).
+const PREPARED_CHECK: usize = 5;
 
 /// Execute of the unnamed portal, all rows.
 const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
@@ -378,6 +396,18 @@ impl Session {
     fn begin(&mut self, cx: &mut Ctx<'_>) {
         let Some(job) = self.job.as_ref() else { return };
         let Some(schema) = cx.cfg.call.schemas.get(job.schema_idx) else { return };
+        if self.deallocate {
+            // An earlier call left SQL-level prepared statements. Nothing is pipelined behind a call
+            // that begins here, so they go now, ahead of the prepare and in its sync group (it cannot
+            // fail); ours go with them and are prepared again as calls need them.
+            self.deallocate = false;
+            self.stmts.clear();
+            self.reset_prepared = false;
+            self.reset_close_first = false;
+            let _ = frontend::parse("", "DEALLOCATE ALL", std::iter::empty(), cx.wbuf);
+            write_bind(cx.wbuf, "", std::iter::empty(), &[]);
+            cx.wbuf.extend_from_slice(EXECUTE);
+        }
         let mut key = job.req.shape_key(schema);
         let overloaded = self.ambiguous.contains(&key);
         if overloaded {
@@ -492,7 +522,7 @@ impl Session {
         job.error = None;
         let mut body = Vec::with_capacity(512);
         body.extend_from_slice(BODY_HEAD);
-        job.phase = Phase::Executing { stmt, body, rows: 0, done: false };
+        job.phase = Phase::Executing { stmt, body, rows: 0, completes: 0 };
         Ok(())
     }
 
@@ -519,7 +549,7 @@ impl Session {
             }
             Backend::Message(m) => match m {
                 Message::DataRow(row) => match &mut job.phase {
-                    Phase::Executing { stmt, body, rows, done: false }
+                    Phase::Executing { stmt, body, rows, completes: 0 }
                         if job.error.is_none() && !job.answered && !job.too_large =>
                     {
                         let vals = data_row_fields(&row)?;
@@ -533,6 +563,13 @@ impl Session {
                             job.too_large = true;
                             *body = Vec::new();
                         }
+                    }
+                    Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1 => {
+                        // A prepared statement made with SQL PREPARE outlives the call: the connection
+                        // drops them all before its next call (see RESET_STMTS). Its cache of our
+                        // statements is emptied now, so no call is pipelined onto it meanwhile.
+                        self.deallocate = true;
+                        self.stmts.clear();
                     }
                     Phase::Preparing(p) if job.error.is_none() => {
                         let vals = data_row_fields(&row)?;
@@ -586,8 +623,8 @@ impl Session {
                     }
                 }
                 Message::CommandComplete(_) => {
-                    if let Phase::Executing { done, .. } = &mut job.phase {
-                        *done = true;
+                    if let Phase::Executing { completes, .. } = &mut job.phase {
+                        *completes = completes.saturating_add(1);
                     }
                 }
                 Message::ReadyForQuery(b) => {
@@ -756,6 +793,16 @@ impl Session {
             if e.code == "57014" && cancelled && !job.timer.sent() && !job.requeued && !job.answered {
                 // A CancelRequest sent for an earlier call on this connection arrived late and stopped
                 // this one. Its transaction rolled back, so it is sent again elsewhere.
+                let w = job.to_waiter(now + cx.cfg.pool.wait_timeout, true);
+                job.answered = true;
+                self.finish_if_done(cx);
+                cx.actions.push(Action::Requeue(w));
+                return;
+            }
+            if e.code == "42P05" && self.deallocate && !job.requeued && !job.answered {
+                // The function's PREPARE met a statement of the same name that an earlier call on this
+                // connection left (this call was already sent behind it when the reset found it). Its
+                // transaction rolled back: it runs again once the connection has dropped them.
                 let w = job.to_waiter(now + cx.cfg.pool.wait_timeout, true);
                 job.answered = true;
                 self.finish_if_done(cx);

@@ -71,7 +71,7 @@ pub const KEYS: &[Key] = &[
     key(
         "CALL_RESET_SESSION",
         "true",
-        "run RESET ALL and RESET ROLE behind every call so session settings never leak to the next call",
+        "reset the session behind every call (settings, role, temporary tables, advisory locks, LISTEN, SQL-prepared statements) so nothing leaks to the next call",
     ),
     key("CALL_PIPELINE_DEPTH", "4", "calls in flight on one backend connection under load; 1 turns pipelining off"),
     key(

@@ -232,16 +232,26 @@ fn prepare_ok(overloads: &str) -> Vec<u8> {
     ])
 }
 
-/// The replies to Bind/Execute + the two resets + Sync, with one row per value.
+/// The replies to Bind/Execute + the resets + Sync, with one row per value.
 fn execute_ok(values: &[&str]) -> Vec<u8> {
+    execute_leaving(values, &[])
+}
+
+/// As [`execute_ok`], the function having left SQL-level prepared statements named `left`.
+fn execute_leaving(values: &[&str], left: &[&str]) -> Vec<u8> {
     let mut v = vec![bind_complete()];
     for x in values {
         v.push(data_row(&[Some(x)]));
     }
     v.push(command(&format!("SELECT {}", values.len())));
-    for (_, sql) in RESET_STMTS {
+    for (i, (_, sql)) in RESET_STMTS.iter().enumerate() {
         v.push(bind_complete());
-        if sql.starts_with("SELECT") {
+        if i == PREPARED_CHECK {
+            for name in left {
+                v.push(data_row(&[Some(name)]));
+            }
+            v.push(command(&format!("SELECT {}", left.len())));
+        } else if sql.starts_with("SELECT") {
             // The reset's own row must not end up in the answer.
             v.push(data_row(&[Some("")]));
             v.push(command("SELECT 1"));
@@ -654,4 +664,66 @@ fn a_function_that_deallocates_our_statements_makes_the_connection_prepare_every
     r.reply(cat(&reply)).unwrap();
     let ans = answers(&r.take_actions());
     assert!(ans[0].2.starts_with(r#"{"rows":[{"id":5}]"#), "{}", ans[0].2);
+}
+
+#[test]
+fn the_look_for_sql_prepared_statements_is_the_reset_statement_its_rows_are_read_for() {
+    assert_eq!(RESET_STMTS[PREPARED_CHECK].0, "r_prep");
+    assert!(RESET_STMTS[PREPARED_CHECK].1.contains("from_sql"));
+}
+
+#[test]
+fn prepared_statements_a_function_left_are_deallocated_before_the_next_call() {
+    let mut r = warmed(&[]);
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(execute_leaving(&["2"], &["mine"])).unwrap();
+    let a = r.take_actions();
+    let ans = answers(&a);
+    assert!(
+        ans[0].2.starts_with(r#"{"rows":[{"id":2}],"row_count":1"#),
+        "the check's row is not the answer's: {}",
+        ans[0].2
+    );
+    assert!(drained(&a));
+    assert!(r.s.reusable(), "the connection is cleaned, not thrown away");
+    assert!(
+        r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").is_none(),
+        "nothing is pipelined onto it"
+    );
+    r.start(req("f", vec![Value::Number("3".into())]));
+    assert_eq!(r.sent(), b"PBEPDPBES".to_vec(), "DEALLOCATE ALL, then the call prepared again in the same sync group");
+    r.reply(cat(&[parse_complete(), bind_complete(), command("DEALLOCATE ALL"), prepare_ok("1")])).unwrap();
+    assert_eq!(r.sent(), first_exec_tags(), "the reset statements are prepared again (none is left to close)");
+    r.reply(execute_ok(&["3"])).unwrap();
+    let ans = answers(&r.take_actions());
+    assert!(ans[0].2.starts_with(r#"{"rows":[{"id":3}]"#), "{}", ans[0].2);
+    r.start(req("f", vec![Value::Number("4".into())]));
+    assert_eq!(r.sent(), exec_tags(), "clean again: the cached statement, no DEALLOCATE");
+}
+
+#[test]
+fn a_call_sent_behind_one_that_left_a_prepared_statement_runs_again_when_its_prepare_collides() {
+    let mut r = warmed(&[]);
+    r.start(req("f", vec![Value::Number("2".into())]));
+    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
+    let behind = r.job(req("f", vec![Value::Number("3".into())]));
+    assert!(r.with(|s, cx| s.pipeline(cx, behind, stmt)));
+    r.sent();
+    r.reply(execute_leaving(&["2"], &["x"])).unwrap();
+    assert_eq!(answers(&r.take_actions()).len(), 1, "the head is answered");
+    r.reply(cat(&[error("ERROR", "42P05", "prepared statement \"x\" already exists"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    let w = a.iter().find_map(|a| if let Action::Requeue(w) = a { Some(w) } else { None }).expect("sent again");
+    assert!(w.requeued, "only once");
+    assert!(answers(&a).is_empty());
+    assert!(drained(&a));
+    // Its own collision, on a clean connection, is its answer.
+    let mut r = warmed(&[]);
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "42P05", "prepared statement \"x\" already exists"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    assert!(!a.iter().any(|a| matches!(a, Action::Requeue(_))));
+    assert!(answers(&a)[0].2.contains("42P05"));
 }
