@@ -263,29 +263,35 @@ const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
 /// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
 /// connection: settings (`RESET ALL` leaves the role alone, it is marked not to be reset by it, hence
 /// the second), temporary tables a function made (they would shadow real tables for the next call),
-/// session advisory locks, `LISTEN`s, and a look for prepared statements made with SQL `PREPARE`.
-/// (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it would drop
-/// our prepared statements too.)
+/// session advisory locks with a look for prepared statements made with SQL `PREPARE`, and
+/// `LISTEN`s. (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it
+/// would drop our prepared statements too.)
 ///
 /// SQL-level prepared statements share one namespace with ours, so the only way to drop them all is
 /// `DEALLOCATE ALL`, which takes ours with them. Doing that after every call would mean preparing
-/// everything again for every call; instead the last statement lists them (no row in the normal
-/// case, and a function that prepares nothing is the normal case), and only a connection where one
-/// showed up sends `DEALLOCATE ALL` before its next call (see [`Session::deallocate`]). Prepared
-/// statements a function dropped are handled where they show: a 26000 makes the connection prepare
-/// everything again.
-pub const RESET_STMTS: [(&str, &str); 6] = [
+/// everything again for every call (0.41 of the throughput of a 1-row call, see
+/// `bench/results/2026-11-30T0325Z-reset-prepared-ab.txt`); instead the lock reset also says whether
+/// a function left one (a function that prepares nothing is the normal case), and only a connection
+/// where one showed up sends `DEALLOCATE ALL` before its next call (see [`Session::deallocate`]).
+/// The look costs ~10 % of that call's throughput (…T0332Z); it shares the lock reset's statement,
+/// which saves messages, not time. Prepared statements a function dropped are handled where they
+/// show: a 26000 makes the connection prepare everything again.
+pub const RESET_STMTS: [(&str, &str); 5] = [
     ("r_all", "RESET ALL"),
     ("r_role", "RESET ROLE"),
     ("r_temp", "DISCARD TEMP"),
-    ("r_locks", "SELECT pg_catalog.pg_advisory_unlock_all()"),
+    (
+        "r_locks",
+        "SELECT pg_catalog.pg_advisory_unlock_all(), \
+         EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)",
+    ),
     ("r_listen", "UNLISTEN *"),
-    ("r_prep", "SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql"),
 ];
 
-/// Index in [`RESET_STMTS`] of the look for SQL-level prepared statements: its rows arrive after
-/// this many reset CommandCompletes (plus the call's own).
-const PREPARED_CHECK: usize = 5;
+/// Index in [`RESET_STMTS`] of the statement whose row says (second column `t`) that SQL-level
+/// prepared statements exist: its row arrives after this many reset CommandCompletes (plus the
+/// call's own).
+const PREPARED_CHECK: usize = 3;
 
 /// Execute of the unnamed portal, all rows.
 const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
@@ -565,11 +571,14 @@ impl Session {
                         }
                     }
                     Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1 => {
-                        // A prepared statement made with SQL PREPARE outlives the call: the connection
-                        // drops them all before its next call (see RESET_STMTS). Its cache of our
-                        // statements is emptied now, so no call is pipelined onto it meanwhile.
-                        self.deallocate = true;
-                        self.stmts.clear();
+                        if data_row_fields(&row)?.get(1).copied().flatten() == Some(b"t".as_slice()) {
+                            // A prepared statement made with SQL PREPARE outlives the call: the
+                            // connection drops them all before its next call (see RESET_STMTS). Its
+                            // cache of our statements is emptied now, so no call is pipelined onto it
+                            // meanwhile.
+                            self.deallocate = true;
+                            self.stmts.clear();
+                        }
                     }
                     Phase::Preparing(p) if job.error.is_none() => {
                         let vals = data_row_fields(&row)?;
