@@ -297,3 +297,79 @@ fn a_call_behind_one_that_left_a_prepared_statement_runs_again_cleanly() {
     assert!(pipelined_calls(addr) > before, "the second call was not pipelined behind the first");
     assert_eq!(scalar(&db.call(addr, "sql_prepared", "[]")), json("0"), "a PREPARE outlived its call");
 }
+
+/// Sends SIGCONT to a stopped backend when dropped, so a failing test does not leave it frozen.
+struct Thaw(String);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// Calls pipelined behind a call whose backend freezes (SIGSTOP: it cannot even act on its cancel)
+/// are answered 504 `timeout` at their own `CALL_TIMEOUT_MS` (plus the grace a cancel gets), not
+/// when the frozen connection is given up on seconds later.
+#[test]
+fn calls_pipelined_behind_a_frozen_call_are_answered_at_their_own_timeout() {
+    let db = TestDb::new("ct_pipe_frozen", NAP_PID);
+    let gw = start(&[
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        // Pipelining shares a connection between calls of one event loop.
+        ("GATEWAY_THREADS", "1"),
+        ("CALL_TIMEOUT_MS", "500"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+    ]);
+    let addr = gw.addr;
+    for _ in 0..3 {
+        assert_eq!(db.call(addr, "nap_pid", "[0]").status, 200);
+    }
+    let before = pipelined_calls(addr);
+    let body = db.body("nap_pid", Some("[3000]"));
+    let head = thread::spawn(move || common::post_json(addr, "/call", &body));
+    let active = format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'stonescriptdb-gateway' \
+         AND state = 'active' AND query LIKE '%nap_pid%'",
+        db.name
+    );
+    let mut pid = String::new();
+    assert!(
+        common::db::eventually(Duration::from_secs(2), || {
+            let rows = common::db::su("postgres").simple_query(&active).unwrap();
+            pid = rows.first().and_then(|r| r[0].clone()).unwrap_or_default();
+            !pid.is_empty()
+        }),
+        "the first call never started"
+    );
+    let stopped = std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stopped.success());
+    let _thaw = Thaw(pid);
+    let behind: Vec<_> = (0..3)
+        .map(|_| {
+            let body = db.body("nap_pid", Some("[0]"));
+            thread::spawn(move || {
+                let t = Instant::now();
+                let r = common::post_json(addr, "/call", &body);
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    assert!(
+        common::db::eventually(Duration::from_secs(1), || pipelined_calls(addr) >= before + 3),
+        "not pipelined behind the frozen call"
+    );
+    expect_error(&head.join().unwrap(), 504, "timeout");
+    for t in behind {
+        let (r, took) = t.join().unwrap();
+        expect_error(&r, 504, "timeout");
+        // 500 ms + 250 ms of grace + a janitor pass; the connection is only given up on 5 s after the
+        // frozen call's cancel.
+        assert!(took < Duration::from_millis(2000), "a call behind the frozen one was answered after {took:?}");
+    }
+    drop(_thaw);
+    assert!(
+        common::db::eventually(Duration::from_secs(10), || db.call(addr, "nap_pid", "[0]").status == 200),
+        "the pool did not recover after the backend went on"
+    );
+}

@@ -1056,12 +1056,14 @@ impl CallEngine {
         let mut to_kill = Vec::new();
         for (k, b) in self.backends.iter_mut() {
             let Some(j) = b.session.job.as_mut() else { continue };
-            if !j.answered && j.timer.overdue(now) {
+            if j.timer.overdue(now) {
                 // The cancel was not confirmed in time (a frozen backend): answer at the timeout,
-                // not when the connection is finally given up on.
+                // not when the connection is finally given up on. The calls pipelined behind it
+                // cannot run before it ends: each is answered once its own timeout is past too.
                 if let Some(answer) = b.session.time_out(&self.cfg) {
                     self.done.push(answer);
                 }
+                b.session.time_out_queued(&self.cfg, now, &mut self.done);
             }
             let Some(j) = b.session.job.as_mut() else { continue };
             match j.timer.poll(now) {

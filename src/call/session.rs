@@ -960,6 +960,18 @@ impl Session {
         self.job.take().into_iter().chain(self.queued.drain(..)).filter(|j| !j.answered).collect()
     }
 
+    /// Answers with a timeout the calls pipelined behind the head whose own timeout (counted from
+    /// when they were sent) is past by the grace a cancel gets, see [`CancelTimer::overdue`]. They
+    /// are on the wire: they cannot be taken back and sent elsewhere, as the backend may still run
+    /// them once it goes on; what they return then is dropped (a call answered while queued is
+    /// cancelled when its turn comes).
+    pub fn time_out_queued(&mut self, cfg: &Config, now: Instant, out: &mut Vec<(Caller, Response)>) {
+        for j in self.queued.iter_mut().filter(|j| !j.answered && j.timer.overdue(now)) {
+            j.answered = true;
+            out.push((j.caller, Response::error(&timeout_error(cfg, j))));
+        }
+    }
+
     /// Answers the head call with a timeout if it still waits (the engine is giving up on it).
     pub fn time_out(&mut self, cfg: &Config) -> Option<(Caller, Response)> {
         let j = self.job.as_mut().filter(|j| !j.answered)?;

@@ -726,3 +726,37 @@ fn a_call_sent_behind_one_that_left_a_prepared_statement_runs_again_when_its_pre
     assert!(!a.iter().any(|a| matches!(a, Action::Requeue(_))));
     assert!(answers(&a)[0].2.contains("42P05"));
 }
+
+#[test]
+fn calls_queued_behind_a_stuck_call_are_answered_at_their_own_timeout_and_their_results_dropped() {
+    let mut r = warmed(&[("CALL_TIMEOUT_MS", "500")]);
+    let t0 = r.now;
+    r.start(req("f", vec![Value::Number("2".into())]));
+    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
+    r.now += Duration::from_millis(100);
+    let behind = r.job(req("f", vec![Value::Number("3".into())]));
+    let behind_client = behind.caller.client;
+    assert!(r.with(|s, cx| s.pipeline(cx, behind, stmt)));
+    r.sent();
+    let cfg = r.cfg.clone();
+    let grace = crate::call::cancel::ANSWER_GRACE;
+    let mut out = Vec::new();
+    r.s.time_out_queued(&cfg, t0 + Duration::from_millis(500) + grace, &mut out);
+    assert!(out.is_empty(), "its own timeout is not past yet");
+    r.s.time_out_queued(&cfg, t0 + Duration::from_millis(600) + grace, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0.client, out[0].1.status), (behind_client, 504));
+    assert!(String::from_utf8_lossy(&out[0].1.body).contains("\"timeout\""));
+    r.s.time_out_queued(&cfg, t0 + Duration::from_secs(2), &mut out);
+    assert_eq!(out.len(), 1, "answered once");
+    // The stuck call goes on after all: the one behind is stopped when its turn comes, and what it
+    // returns reaches nobody.
+    r.reply(execute_ok(&["2"])).unwrap();
+    let a = r.take_actions();
+    assert_eq!(answers(&a).len(), 1, "only the head's own answer");
+    assert!(a.iter().any(|a| matches!(a, Action::Cancel)));
+    r.reply(execute_ok(&["3"])).unwrap();
+    let a = r.take_actions();
+    assert!(answers(&a).is_empty());
+    assert!(drained(&a));
+}
