@@ -1,22 +1,30 @@
 //! PostgreSQL stopped and started under traffic: calls fail fast with 503 `connection_failed` (and
-//! `Retry-After`) while it is down and succeed again afterwards without restarting the gateway.
+//! `Retry-After`) while it is down and succeed again within a second of it being ready, without
+//! restarting the gateway, however long it was away.
 //!
 //! Runs against its own throwaway cluster (tests/common/cluster.rs), never the shared one, so other
 //! test binaries running in parallel are not disturbed.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::{post_json, request, start};
+use common::{Gateway, post_json, request, start};
+use stonescriptdb_gateway::pg::blocking::Client;
 
 const BODY: &str = r#"{"platform":"ct_restart","function":"answer","params":[]}"#;
 
-#[test]
-fn postgres_restart_under_traffic() {
+/// How soon after PostgreSQL is ready again calls must succeed (issue 10).
+const BACK_WITHIN: Duration = Duration::from_secs(1);
+
+/// A private cluster with the `ct_restart` platform and two gateways on it, one over TCP and one over
+/// the Unix socket, each with a first call done.
+fn setup() -> (Cluster, Gateway, Gateway) {
     // Fail (not skip) outside scripts/test.sh, like every database test.
     let _ = common::pg_env();
     let cluster = Cluster::new();
@@ -37,16 +45,17 @@ fn postgres_restart_under_traffic() {
     let socket = cluster.socket_dir();
     let tcp = start(&[("DB_HOST", "127.0.0.1"), ("DB_PORT", &port), ("MAX_CONNECTIONS_PER_POOL", "4")]);
     let unix = start(&[("DB_HOST", &socket), ("DB_PORT", &port), ("MAX_CONNECTIONS_PER_POOL", "4")]);
-    let addrs = [tcp.addr, unix.addr];
-    for addr in addrs {
+    for addr in [tcp.addr, unix.addr] {
         let r = post_json(addr, "/call", BODY);
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    (cluster, tcp, unix)
+}
 
-    // Background traffic on both gateways for the whole test: every answer must be 200 or a 503
-    // connection_failed with Retry-After, and come back quickly.
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = addrs
+/// Background traffic, two clients per gateway until `stop`: every answer must be 200 or a 503
+/// connection_failed with Retry-After, and come back quickly. Each thread returns (200s, 503s).
+fn traffic(addrs: &[SocketAddr], stop: &Arc<AtomicBool>) -> Vec<JoinHandle<(usize, usize)>> {
+    addrs
         .iter()
         .flat_map(|&addr| (0..2).map(move |_| addr))
         .map(|addr| {
@@ -71,9 +80,84 @@ fn postgres_restart_under_traffic() {
                 (ok, down)
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Stops the traffic; every thread must have succeeded at some point, and together they must have
+/// seen the outage.
+fn end_traffic(stop: &AtomicBool, threads: Vec<JoinHandle<(usize, usize)>>) {
+    stop.store(true, Ordering::Relaxed);
+    let mut total_down = 0;
+    for t in threads {
+        let (ok, down) = t.join().unwrap();
+        assert!(ok > 0, "a traffic thread never succeeded");
+        total_down += down;
+    }
+    assert!(total_down > 0, "traffic never saw the outage");
+}
+
+/// Watches PostgreSQL go away and come back with a client of its own that asks every few
+/// milliseconds: the instants of the last good query before and of the first good one after.
+fn watch(cluster: &Cluster) -> JoinHandle<(Instant, Instant)> {
+    let params = cluster.su_params("postgres");
+    std::thread::spawn(move || {
+        let asks = |c: &mut Option<Client>| {
+            if c.as_ref().is_none_or(|c| c.is_broken()) {
+                *c = Client::connect(&params).ok();
+            }
+            c.as_mut().is_some_and(|c| c.simple_query("SELECT 1").is_ok())
+        };
+        let mut client = None;
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut last_good = Instant::now();
+        while asks(&mut client) {
+            last_good = Instant::now();
+            assert!(Instant::now() < end, "PostgreSQL never went away");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        while !asks(&mut client) {
+            assert!(Instant::now() < end, "PostgreSQL never came back");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (last_good, Instant::now())
+    })
+}
+
+/// Calls each gateway until one succeeds; the instant it did (panics after 15 s).
+fn first_success(addr: SocketAddr) -> Instant {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        if post_json(addr, "/call", BODY).status == 200 {
+            return Instant::now();
+        }
+        assert!(Instant::now() < end, "gateway {addr} did not recover within 15 s of the restart");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Steady again: every call succeeds and /health says so.
+fn all_good(addrs: &[SocketAddr]) {
+    for &addr in addrs {
+        for _ in 0..20 {
+            let r = post_json(addr, "/call", BODY);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        assert!(
+            common::db::eventually(Duration::from_secs(5), || request(addr, "GET", "/health", &[], b"").status == 200),
+            "/health never recovered"
+        );
+    }
+}
+
+#[test]
+fn postgres_restart_under_traffic() {
+    let (cluster, tcp, unix) = setup();
+    let addrs = [tcp.addr, unix.addr];
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = traffic(&addrs, &stop);
     std::thread::sleep(Duration::from_millis(300));
 
+    let watcher = watch(&cluster);
     cluster.stop();
     // While it is down: 503 connection_failed, retryable, quickly, on both transports.
     for addr in addrs {
@@ -90,34 +174,46 @@ fn postgres_restart_under_traffic() {
     std::thread::sleep(Duration::from_millis(6000));
 
     cluster.start();
-    let up = Instant::now();
+    let (_, ready) = watcher.join().unwrap();
     for addr in addrs {
-        let recovered =
-            common::db::eventually(Duration::from_secs(15), || post_json(addr, "/call", BODY).status == 200);
-        assert!(recovered, "gateway {addr} did not recover within 15 s of the restart");
+        let took = first_success(addr).saturating_duration_since(ready);
+        println!("{addr}: calls succeed {took:?} after PostgreSQL was ready");
+        // The backoff grown during the outage does not outlast it: the health probe, asking every
+        // tenth of a second while PostgreSQL is away, ends it.
+        assert!(took < BACK_WITHIN, "{addr}: calls failed until {took:?} after PostgreSQL was ready");
     }
-    println!("recovered {:?} after the restart", up.elapsed());
-    // The backoff grown during the outage does not outlast it: the health probe (every second) ends it.
-    assert!(up.elapsed() < Duration::from_millis(2500), "recovered only {:?} after the restart", up.elapsed());
     // Keep the traffic going a little on the recovered pools.
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let mut total_down = 0;
-    for t in traffic {
-        let (ok, down) = t.join().unwrap();
-        assert!(ok > 0, "a traffic thread never succeeded");
-        total_down += down;
+    end_traffic(&stop, threads);
+    all_good(&addrs);
+}
+
+/// The issue's case: a restart of a fraction of a second (fast shutdown, start at once) under load.
+/// Calls succeed again within a second of PostgreSQL answering a query again (see [`watch`]).
+#[test]
+fn a_quick_restart_under_load_is_served_again_within_a_second_of_postgres_being_ready() {
+    let (cluster, tcp, unix) = setup();
+    let addrs = [tcp.addr, unix.addr];
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = traffic(&addrs, &stop);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let watcher = watch(&cluster);
+    cluster.restart();
+    let returned = Instant::now();
+    let (last_good, ready) = watcher.join().unwrap();
+    let backs: Vec<Instant> = addrs.iter().map(|&a| first_success(a)).collect();
+    println!(
+        "PostgreSQL away for {:?} (last good query to first good one); restart() returned {:?} after it was ready",
+        ready - last_good,
+        returned.saturating_duration_since(ready)
+    );
+    for (addr, back) in addrs.iter().zip(backs) {
+        let took = back.saturating_duration_since(ready);
+        println!("{addr}: calls succeed {took:?} after PostgreSQL was ready");
+        assert!(took < BACK_WITHIN, "{addr}: calls failed until {took:?} after PostgreSQL was ready");
     }
-    assert!(total_down > 0, "traffic never saw the outage");
-    // Steady again: every call succeeds.
-    for addr in addrs {
-        for _ in 0..20 {
-            let r = post_json(addr, "/call", BODY);
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
-        assert!(
-            common::db::eventually(Duration::from_secs(5), || request(addr, "GET", "/health", &[], b"").status == 200),
-            "/health never recovered"
-        );
-    }
+    std::thread::sleep(Duration::from_millis(300));
+    end_traffic(&stop, threads);
+    all_good(&addrs);
 }

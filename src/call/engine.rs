@@ -666,6 +666,14 @@ impl CallEngine {
         }
     }
 
+    /// A connect of `pool` succeeded: the other pools of this loop that backed off because the same
+    /// server was away may connect at once (see [`Pools::server_is_back`]).
+    fn server_is_back(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        if self.pools.server_is_back(pool) {
+            self.grow_starved(poll, now);
+        }
+    }
+
     /// A connection attempt failed: waiting calls get the error when nothing else can serve them.
     fn connect_failed(&mut self, pool: usize, err: &PgError, now: Instant) {
         self.connect_failures += 1;
@@ -673,6 +681,12 @@ impl CallEngine {
         let e = api_from_pg(err, &p.database);
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
         if !fatal_for_pool {
+            p.server_away = match err {
+                PgError::Io(_) | PgError::Closed | PgError::Protocol(_) => true,
+                // 57P0x: shutting down, starting up, in recovery; 08: the connection itself failed.
+                PgError::Db(d) => d.code.starts_with("57P") || d.code.starts_with("08"),
+                PgError::Auth(_) => false,
+            };
             p.note_connect_failure(now, e.message.clone());
             crate::log::warn(
                 "backend connect failed",
@@ -818,6 +832,7 @@ impl CallEngine {
                     self.connects += 1;
                     self.set_state(key, ConnState::Idle);
                     self.hand_out(poll, pool, now);
+                    self.server_is_back(poll, pool, now);
                 }
                 ConnState::Idle => {
                     // Only asynchronous messages arrive on an idle connection; an error here is

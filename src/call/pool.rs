@@ -44,6 +44,10 @@ pub struct Pool<W> {
     pub backoff: Duration,
     /// Why the last connect failed, for the answers given while backing off.
     pub last_failure: Option<String>,
+    /// The last failed connect found the server away (refused, cut off, timed out, starting up or
+    /// shutting down), not a fault of this pool's own (its login, its database): a connect of any
+    /// pool to the same server that succeeds ends this pool's backoff too.
+    pub server_away: bool,
     /// When this loop last asked the other loops for room for this pool.
     pub room_asked: Option<Instant>,
     /// This loop is marked in the share as holding connections of this pool.
@@ -72,6 +76,7 @@ impl<W> Pool<W> {
             backoff_until: None,
             backoff: BACKOFF_MIN,
             last_failure: None,
+            server_away: false,
             room_asked: None,
             holder: false,
             calls: 0,
@@ -167,6 +172,12 @@ impl<W> Pool<W> {
         self.backoff_until = None;
         self.backoff = BACKOFF_MIN;
         self.last_failure = None;
+        self.server_away = false;
+    }
+
+    /// Whether this pool connects to the same server as `other` (whatever database and role).
+    pub fn same_server(&self, other: &Pool<W>) -> bool {
+        self.params.host == other.params.host && self.params.port == other.params.port
     }
 }
 
@@ -196,6 +207,26 @@ impl<W> Pools<W> {
 
     pub fn waiting_total(&self) -> usize {
         self.pools.iter().map(|(_, p)| p.waiting.len()).sum()
+    }
+
+    /// A connect of pool `back` succeeded: the other pools that back off because the same server was
+    /// away may connect at once, as their backoff grew while it was away and would outlast it (the
+    /// step stays, should it go away again). True when one did. A walk over the pools per connect,
+    /// which is rare next to calls.
+    pub fn server_is_back(&mut self, back: usize) -> bool {
+        let Some(b) = self.pools.get(back) else { return false };
+        let others: Vec<usize> = self
+            .pools
+            .iter()
+            .filter(|(k, p)| *k != back && p.server_away && p.backoff_until.is_some() && p.same_server(b))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &others {
+            if let Some(p) = self.pools.get_mut(*k) {
+                p.backoff_until = None;
+            }
+        }
+        !others.is_empty()
     }
 
     /// The pool whose idle connection should be sacrificed to make room: least recently used first.
@@ -261,6 +292,32 @@ mod tests {
         assert_eq!(p.backoff, BACKOFF_MAX);
         p.note_connect_success();
         assert_eq!((p.backoff, p.backoff_until, p.last_failure.clone()), (BACKOFF_MIN, None, None));
+    }
+
+    #[test]
+    fn a_connect_that_succeeds_ends_the_backoffs_of_pools_the_same_server_was_away_for() {
+        let mut pools: Pools<u32> = Pools::default();
+        let on = |url: &str| ConnectParams::from_url(url).unwrap();
+        let now = Instant::now();
+        let mut add = |url: &str, away: bool| {
+            let mut p: Pool<u32> = Pool::new("k".into(), "db".into(), on(url), Arc::new(PoolShare::default()), now);
+            p.note_connect_failure(now, "refused".into());
+            p.server_away = away;
+            pools.pools.insert(p)
+        };
+        let back = add("postgres://a@localhost/one", true);
+        let same = add("postgres://b@localhost/two", true);
+        let own_fault = add("postgres://c@localhost/three", false);
+        let other_server = add("postgres://a@otherhost/one", true);
+        let other_port = add("postgres://a@localhost:5433/one", true);
+        pools.pools.get_mut(back).unwrap().note_connect_success();
+        assert!(pools.server_is_back(back));
+        let until = |k: usize| pools.pools.get(k).unwrap().backoff_until;
+        assert_eq!(until(same), None, "another database and role on the same server");
+        assert!(until(own_fault).is_some(), "a pool's own fault (its login) keeps its backoff");
+        assert!(until(other_server).is_some() && until(other_port).is_some(), "another server keeps its backoff");
+        assert_eq!(pools.pools.get(same).unwrap().backoff, BACKOFF_MIN * 2, "the step stays");
+        assert!(!pools.server_is_back(back), "nothing left to end");
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub struct App {
     seen_epoch: u64,
     /// Calls handed to another loop and not answered yet: (client, generation) → that loop.
     forwarded: HashMap<(usize, u64), usize>,
-    /// What the health probe said at the last janitor pass.
-    postgres_up: bool,
+    /// The health probe's count of PostgreSQL's returns that this loop acted on.
+    recoveries_seen: u64,
 }
 
 /// A call waiting for the catalog to say who owns its database.
@@ -77,7 +77,7 @@ impl App {
             pending: HashMap::new(),
             pending_count: 0,
             forwarded: HashMap::new(),
-            postgres_up: true,
+            recoveries_seen: 0,
         }
     }
 
@@ -474,11 +474,11 @@ impl App {
     }
 
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
-        let up = self.shared.health.ok.load(Ordering::Relaxed);
-        if up && !self.postgres_up {
+        let recoveries = self.shared.health.recoveries.load(Ordering::Acquire);
+        if recoveries != self.recoveries_seen {
+            self.recoveries_seen = recoveries;
             self.calls.end_backoffs(poll, now);
         }
-        self.postgres_up = up;
         let done = self.calls.janitor(poll, now);
         self.local(done)
     }

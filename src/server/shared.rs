@@ -139,15 +139,28 @@ impl LoopStats {
     }
 }
 
-/// Whether PostgreSQL answers, checked off the loops by a small thread every second.
+/// How often the probe asks while PostgreSQL answers, and while it does not: one connect attempt per
+/// tenth of a second while it is away is nothing for a server, and its return is then seen (and the
+/// pools' reconnect backoffs ended, see `App::janitor`) within that tenth, not after a backoff that
+/// grew while it was away (issue 10: a 130 ms restart cost seconds of 503s).
+const PROBE_EVERY_UP: Duration = Duration::from_secs(1);
+const PROBE_EVERY_DOWN: Duration = Duration::from_millis(100);
+
+/// Whether PostgreSQL answers, checked off the loops by a small thread.
 pub struct HealthProbe {
     pub ok: Arc<AtomicBool>,
+    /// How many times the probe found PostgreSQL answering again after a failed round. Counted, not
+    /// only flagged, so that a loop whose janitor never saw `ok` false (an outage shorter than its
+    /// pass) still learns of it.
+    pub recoveries: Arc<AtomicU64>,
 }
 
 impl HealthProbe {
     fn start(params: ConnectParams, stop: Arc<AtomicBool>) -> HealthProbe {
         let ok = Arc::new(AtomicBool::new(false));
         let ok2 = ok.clone();
+        let recoveries = Arc::new(AtomicU64::new(0));
+        let recoveries2 = recoveries.clone();
         let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
         let _ = std::thread::Builder::new().name("pg-health".into()).spawn(move || {
             let mut client: Option<Client> = None;
@@ -186,6 +199,9 @@ impl HealthProbe {
                     client = None;
                 }
                 ok2.store(good, Ordering::Relaxed);
+                if good && was == Some(false) {
+                    recoveries2.fetch_add(1, Ordering::Release);
+                }
                 let _ = first_tx.send(());
                 if was != Some(good) {
                     if good {
@@ -195,7 +211,8 @@ impl HealthProbe {
                     }
                     was = Some(good);
                 }
-                for _ in 0..10 {
+                let pause = if good { PROBE_EVERY_UP } else { PROBE_EVERY_DOWN };
+                for _ in 0..pause.as_millis().div_ceil(100) {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -206,7 +223,7 @@ impl HealthProbe {
         // A gateway that just started should not report "degraded" only because the first probe has
         // not finished; wait for it briefly.
         let _ = first_rx.recv_timeout(Duration::from_secs(1));
-        HealthProbe { ok }
+        HealthProbe { ok, recoveries }
     }
 }
 

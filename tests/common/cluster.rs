@@ -70,6 +70,15 @@ printf '%s %s\n' "$dir" "$port""#,
         lib_sh(&self.bindir, &format!("pg_cluster_start '{}' {}", self.dir.display(), self.port));
     }
 
+    /// Fast shutdown, then started again on the same port at once (a restart of the service);
+    /// returns when it accepts connections again.
+    pub fn restart(&self) {
+        lib_sh(
+            &self.bindir,
+            &format!("pg_cluster_stop '{0}'\npg_cluster_start '{0}' {1}", self.dir.display(), self.port),
+        );
+    }
+
     /// Superuser connection parameters for `dbname` over the socket.
     pub fn su_params(&self, dbname: &str) -> ConnectParams {
         let url = format!("postgres://postgres@localhost:{}/{dbname}?host={}", self.port, self.socket_dir());
