@@ -3,7 +3,7 @@
 //! PostgreSQL message means for a call is decided in [`super::session`]; this module carries out the
 //! [`Action`]s that come back. It never blocks: CancelRequests go through [`super::cancel`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use super::backend::{self, Backend};
 use super::budget::{Budget, Full, Permit};
 use super::cancel::{Canceller, Due, Target};
 use super::owners::{Admission, Owners, not_recorded};
-use super::pool::{Pool, Pools};
+use super::pool::{CallTarget, Pool, Pools};
 use super::request::CallRequest;
 use super::session::{Action, Caller, Ctx, Job, Session, Waiter, api_from_db};
 use super::stmt::Stmt;
@@ -30,6 +30,7 @@ use crate::pg::dberror::PgError;
 use crate::pg::frame::Backend as Msg;
 use crate::pg::params::{ConnectParams, Host};
 use crate::security::keys::{Credential, StoredKey};
+use crate::servers::{DEFAULT_SERVER, Servers};
 use crate::slab::Slab;
 
 /// Finished requests and their answers.
@@ -102,6 +103,11 @@ pub struct CallEngine {
     /// Loops that asked for room under the total cap when this loop had no idle connection: the next
     /// connection that finishes a call here is closed for them.
     owed: VecDeque<usize>,
+    /// Every server and replica (shared with the health monitor and the deploy workers).
+    servers: Arc<Servers>,
+    /// Whether each function only reads (STABLE or IMMUTABLE), per database, as learned when it was
+    /// prepared: such calls may go to a replica. Forgotten when a deploy changes the database.
+    read_only: HashMap<String, HashMap<String, bool>>,
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -130,6 +136,7 @@ impl CallEngine {
         canceller: Canceller,
         token_base: usize,
         loops: usize,
+        servers: Arc<Servers>,
     ) -> CallEngine {
         let tcp_addr = match &base.host {
             Host::Tcp(h) => (h.as_str(), base.port).to_socket_addrs().ok().and_then(|mut a| a.next()),
@@ -162,6 +169,8 @@ impl CallEngine {
             param_spans: Vec::with_capacity(16),
             room_asks: Vec::new(),
             room_freed: Vec::new(),
+            servers,
+            read_only: HashMap::new(),
         }
     }
 
@@ -290,6 +299,7 @@ impl CallEngine {
             spans: &mut self.param_spans,
             actions: &mut self.actions,
             now,
+            replica: p.replica.is_some(),
         };
         let r = f(&mut b.session, &mut cx);
         self.apply(poll, key, now);
@@ -313,6 +323,25 @@ impl CallEngine {
                 Action::Cancel => self.send_cancel(key),
                 Action::Drained => self.drained(poll, key, now),
                 Action::Broken(e) => self.conn_broken(poll, key, e, now),
+                Action::Learned { function, read_only } => {
+                    if let Some(db) =
+                        self.backends.get(key).and_then(|b| self.pools.pools.get(b.pool)).map(|p| p.database.clone())
+                    {
+                        self.read_only.entry(db).or_default().insert(function, read_only);
+                    }
+                }
+                Action::Reroute(w) => {
+                    let role = self
+                        .backends
+                        .get(key)
+                        .and_then(|b| self.pools.pools.get(b.pool))
+                        .map(|p| p.params.user.clone());
+                    crate::log::warn(
+                        "a call on a replica tried to write (its function is labelled STABLE or IMMUTABLE); sent to the primary",
+                        &[("database", &w.req.database), ("function", &w.req.function)],
+                    );
+                    self.reroute(poll, w, role.as_deref().unwrap_or_default(), now);
+                }
             }
         }
         if self.actions.is_empty() {
@@ -345,7 +374,11 @@ impl CallEngine {
 
     /// Runs the call on an idle connection, behind a short call, or queues it for a connection.
     fn run(&mut self, poll: &mut Poll, waiter: Waiter, role: &str, now: Instant) -> Option<Response> {
-        let pool = self.pool_for(&waiter.req.database, role, now);
+        let target = self.route(&waiter.req);
+        let pool = match self.pool_for(&waiter.req.database, role, &target, now) {
+            Ok(p) => p,
+            Err(e) => return Some(Response::error(&e)),
+        };
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
         p.calls += 1;
@@ -488,21 +521,74 @@ impl CallEngine {
         self.hand_out(poll, pool, now);
     }
 
-    /// The pool of `database` as `role`: a platform's calls log in as the platform's role, never as
-    /// the gateway's login, so nothing a function does can reach beyond that role's rights.
-    fn pool_for(&mut self, database: &str, role: &str, now: Instant) -> usize {
-        let key = format!("{database}@{role}");
-        if let Some(&k) = self.pools.by_key.get(&key) {
-            return k;
+    /// Runs a call again on its database's primary (a replica failed it or could not be reached);
+    /// answers at once when that cannot start.
+    fn reroute(&mut self, poll: &mut Poll, mut w: Waiter, role: &str, now: Instant) {
+        w.req.primary = true;
+        let caller = w.caller;
+        if let Some(r) = self.run(poll, w, role, now) {
+            self.answer(caller, r);
         }
-        let mut params = self.base.with_dbname(database);
+    }
+
+    /// Where a call goes: its database's server; a replica of it when `READ_REPLICAS` is on, the
+    /// function is known to only read, the caller did not ask for the primary, and a replica is
+    /// usable (reachable and within `MAX_REPLICA_LAG_MS`).
+    fn route(&self, req: &CallRequest) -> CallTarget {
+        let server = self.owners.server_of(&req.database).cloned().unwrap_or_else(|| Arc::from(DEFAULT_SERVER));
+        let mut t = CallTarget { server, replica: None };
+        if self.cfg.servers.read_replicas
+            && !req.primary
+            && self.read_only.get(&req.database).and_then(|f| f.get(&req.function)) == Some(&true)
+        {
+            t.replica = self.servers.get(&t.server).and_then(|s| s.pick_replica());
+        }
+        t
+    }
+
+    /// The pool of `database` as `role` on `target`: a platform's calls log in as the platform's role,
+    /// never as the gateway's login, so nothing a function does can reach beyond that role's rights.
+    fn pool_for(&mut self, database: &str, role: &str, target: &CallTarget, now: Instant) -> Result<usize, ApiError> {
+        let key = match (&*target.server, target.replica) {
+            (DEFAULT_SERVER, None) => format!("{database}@{role}"),
+            (s, None) => format!("{s}/{database}@{role}"),
+            (s, Some(i)) => format!("{s}~{i}/{database}@{role}"),
+        };
+        if let Some(&k) = self.pools.by_key.get(&key) {
+            return Ok(k);
+        }
+        let Some(server) = self.servers.get(&target.server) else {
+            return Err(ApiError::new(
+                Kind::ConnectionFailed,
+                format!(
+                    "database '{database}' is on server '{}', which this gateway does not know yet; retry shortly",
+                    target.server
+                ),
+            )
+            .with_database(database));
+        };
+        let (mut params, addr, budget_key) = match target.replica {
+            None => (server.params(self.servers.base()), server.addr, target.server.to_string()),
+            Some(i) => {
+                let r = &server.replicas[i];
+                let p = server.replica_params(i, self.servers.base()).unwrap_or_else(|| server.params(&self.base));
+                (p, r.addr, format!("{}~{}", target.server, r.endpoint.label()))
+            }
+        };
+        params.dbname = database.to_string();
         params.application_name = "stonescriptdb-gateway".into();
         params.user = role.to_string();
         params.password = Some(crate::security::roles::password(&self.cfg.security.platform_secret, role));
-        let share = self.budget.share(&key, role);
-        let k = self.pools.pools.insert(Pool::new(key.clone(), database.to_string(), params, share, now));
+        let share = self.budget.share_on(&key, role, &budget_key);
+        let mut pool = Pool::new(key.clone(), database.to_string(), params, share, now);
+        pool.server = Arc::from(budget_key);
+        pool.replica = target.replica;
+        pool.tcp_addr =
+            if target.replica.is_none() && &*target.server == DEFAULT_SERVER { self.tcp_addr } else { addr };
+        pool.target = target.clone();
+        let k = self.pools.pools.insert(pool);
         self.pools.by_key.insert(key, k);
-        k
+        Ok(k)
     }
 
     /// Opens connections for waiting calls while the shared limits allow. Under the total cap, room
@@ -534,6 +620,23 @@ impl CallEngine {
                     }
                     if share.conns() > local {
                         self.ask_room(pool, true, now);
+                    }
+                    return;
+                }
+                Err(Full::Server) => {
+                    // Room among the connections to this server: an idle one of this loop's least
+                    // recently used other pool there goes; otherwise the calls wait for one to drain.
+                    let server = self.pools.pools.get(pool).map(|p| p.server.clone());
+                    let victim = self
+                        .pools
+                        .pools
+                        .iter()
+                        .filter(|(k, p)| *k != pool && !p.idle.is_empty() && Some(&p.server) == server.as_ref())
+                        .min_by_key(|(_, p)| p.last_used)
+                        .map(|(k, _)| k);
+                    if let Some(v) = victim.and_then(|v| self.pools.pools.get_mut(v)) {
+                        let c = v.idle.remove(0);
+                        self.retire_conn(poll, c, now);
                     }
                     return;
                 }
@@ -647,11 +750,11 @@ impl CallEngine {
 
     fn open_conn(&mut self, poll: &mut Poll, pool: usize, permit: Permit, now: Instant) -> bool {
         let Some(p) = self.pools.pools.get_mut(pool) else { return false };
-        match BackendConn::connect(&p.params, self.tcp_addr, now) {
+        match BackendConn::connect(&p.params, p.tcp_addr, now) {
             Ok(mut c) => {
                 let key = self.backends.vacant_key();
                 if let Err(e) = c.sock.register(poll.registry(), Token(self.token_base + key)) {
-                    self.connect_failed(pool, &PgError::Io(e), now);
+                    self.connect_failed(poll, pool, &PgError::Io(e), now);
                     return false;
                 }
                 let k = self.backends.insert(Backend::new(c, pool, permit));
@@ -660,17 +763,37 @@ impl CallEngine {
                 true
             }
             Err(e) => {
-                self.connect_failed(pool, &PgError::Io(e), now);
+                self.connect_failed(poll, pool, &PgError::Io(e), now);
                 false
             }
         }
     }
 
     /// A connection attempt failed: waiting calls get the error when nothing else can serve them.
-    fn connect_failed(&mut self, pool: usize, err: &PgError, now: Instant) {
+    fn connect_failed(&mut self, poll: &mut Poll, pool: usize, err: &PgError, now: Instant) {
         self.connect_failures += 1;
         let Some(p) = self.pools.pools.get_mut(pool) else { return };
         let e = api_from_pg(err, &p.database);
+        if let Some(i) = p.replica {
+            // A replica that cannot be reached takes no reads until the monitor sees it well again;
+            // the calls waiting for it go to the primary instead of failing.
+            if let Some(s) = self.servers.get(&p.target.server) {
+                if let Some(r) = s.replicas.get(i) {
+                    r.mark_failed(&format!("connect failed: {}", e.message));
+                }
+            }
+            crate::log::warn(
+                "replica connect failed; its reads go to the primary",
+                &[("database", &p.database), ("server", &p.params.target()), ("error", &err)],
+            );
+            p.note_connect_failure(now, e.message.clone());
+            let role = p.params.user.clone();
+            let waiters = p.drain_waiters();
+            for w in waiters {
+                self.reroute(poll, w, &role, now);
+            }
+            return;
+        }
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
         if !fatal_for_pool {
             p.note_connect_failure(now, e.message.clone());
@@ -861,7 +984,14 @@ impl CallEngine {
         let (pool, was_startup) = (b.pool, b.conn.session.is_none());
         self.set_state(key, ConnState::Broken);
         let jobs = self.backends.get_mut(key).map(|b| b.session.take_unanswered()).unwrap_or_default();
+        let on_replica = self.pools.pools.get(pool).and_then(|p| p.replica.map(|_| p.params.user.clone()));
         for job in jobs {
+            if let Some(role) = &on_replica {
+                // Reads only: running it again on the primary cannot do anything twice.
+                let w = job.to_waiter(now + self.cfg.pool.wait_timeout, false);
+                self.reroute(poll, w, role, now);
+                continue;
+            }
             let e = match &err {
                 PgError::Db(d) => api_from_db(d, &job.req.database),
                 _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
@@ -877,7 +1007,7 @@ impl CallEngine {
         }
         self.close_conn(poll, key);
         if was_startup {
-            self.connect_failed(pool, &err, now);
+            self.connect_failed(poll, pool, &err, now);
         } else {
             self.hand_out(poll, pool, now);
         }
@@ -994,6 +1124,7 @@ impl CallEngine {
 
     /// A deploy changed `database`: its cached statements and types are stale.
     pub fn invalidate(&mut self, poll: &mut Poll, database: &str) {
+        self.read_only.remove(database);
         let pools: Vec<usize> =
             self.pools.pools.iter().filter(|(_, p)| p.database == database).map(|(k, _)| k).collect();
         for pool in pools {

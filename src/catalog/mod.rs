@@ -13,6 +13,7 @@ use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 
 pub mod lookup;
+pub mod servers;
 
 /// Catalogs (server and database) whose tables are known to exist in this process. Keyed per catalog,
 /// not one flag: a process may serve several catalogs (tests, a changed `CATALOG_DB`), and a catalog
@@ -248,8 +249,10 @@ impl Catalog {
         };
         if !is_ready(&key) {
             // Two gateways may create the tables at once; a transaction-level lock serialises them.
-            let sql =
-                format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;");
+            let sql = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} {} COMMIT;",
+                servers::SCHEMA_SQL
+            );
             client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
             set_ready(key, true);
         }
@@ -313,14 +316,11 @@ impl Catalog {
             .map_err(|e| pg_api(e, "cannot record the database"))
     }
 
-    /// Right after `CREATE DATABASE`: which database (by OID) the gateway made, so a clean-up never
-    /// drops another one of the same name.
-    pub fn mark_created(&mut self, name: &str) -> Result<(), ApiError> {
+    /// Right after `CREATE DATABASE`: which database (by OID, as its server reports it) the gateway
+    /// made, so a clean-up never drops another one of the same name.
+    pub fn mark_created(&mut self, name: &str, oid: Option<&str>) -> Result<(), ApiError> {
         self.client
-            .query(
-                "UPDATE databases SET created_oid = (SELECT oid FROM pg_database WHERE datname = $1) WHERE name = $1",
-                &[Some(name)],
-            )
+            .query("UPDATE databases SET created_oid = $2::oid WHERE name = $1", &[Some(name), oid])
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot update the catalog"))
     }
@@ -732,6 +732,8 @@ pub struct CallOwner {
     /// The PostgreSQL role its calls log in as (`None`: the platform has no recorded role yet, the
     /// derived name applies).
     pub role: Option<String>,
+    /// The server that holds it.
+    pub server: String,
 }
 
 impl Catalog {
@@ -742,7 +744,7 @@ impl Catalog {
             .client
             .query(
                 "SELECT d.name, d.platform, CASE d.kind WHEN 'main' THEN NULL WHEN 'tenant' THEN d.tenant_id \
-                 ELSE d.schema_name || '_' || d.database_id END, r.role FROM databases d \
+                 ELSE d.schema_name || '_' || d.database_id END, r.role, d.server FROM databases d \
                  LEFT JOIN platform_roles r ON r.platform = d.platform \
                  WHERE $1::text[] IS NULL OR d.name = ANY($1::text[])",
                 &[list.as_deref()],
@@ -755,6 +757,7 @@ impl Catalog {
                 platform: row[1].clone().unwrap_or_default(),
                 tenant: row[2].clone(),
                 role: row[3].clone(),
+                server: row[4].clone().unwrap_or_else(|| crate::servers::DEFAULT_SERVER.to_string()),
             })
             .collect())
     }

@@ -66,6 +66,7 @@ impl App {
             shared.canceller.clone(),
             token_base,
             shared.loops.len(),
+            shared.servers.clone(),
         );
         App {
             id,
@@ -353,7 +354,7 @@ impl App {
             }
             if response.status < 300 {
                 // Databases this deploy created or changed, keys it set: tell /call right away.
-                if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                if let Ok(mut cat) = ctx.catalog() {
                     send_catalog_state(&mut cat, &shared.loops);
                     cat.client.close();
                 }
@@ -543,7 +544,12 @@ impl App {
                     (r, changed)
                 });
             }
-            Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json) {
+            Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json).and_then(|mut r| {
+                if let Some(c) = inc.head.consistency.as_deref() {
+                    r.primary |= crate::call::request::consistency_primary(c)?;
+                }
+                Ok(r)
+            }) {
                 Ok(req) => {
                     *note = Some(inc.body);
                     return self.call(poll, key, generation, req, cred, now);

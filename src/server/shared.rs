@@ -23,6 +23,7 @@ use crate::log;
 use crate::metrics::{HistogramSnapshot, History, LoopCounters, PoolSnapshot, RequestTotals, fold_pools};
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
+use crate::servers::Servers;
 
 /// Databases that deploys changed, in order, numbered by an epoch. A deploy records its databases
 /// here before its response is sent, and every loop looks at the epoch before it runs a call, so no
@@ -223,6 +224,8 @@ pub struct Shared {
     pub invalidations: Invalidations,
     pub stats: Vec<LoopStats>,
     pub deploy: DeployCtx,
+    /// Every PostgreSQL server and replica (also inside `deploy`).
+    pub servers: Arc<Servers>,
     /// The last minute of `/call` traffic, sampled every second (status page).
     pub history: Arc<History>,
     /// Stops the helper threads at shutdown.
@@ -239,7 +242,9 @@ impl Shared {
     pub fn start(cfg: Arc<Config>, loops: Loops) -> std::io::Result<Arc<Shared>> {
         let params = cfg.db.connect_params();
         let stop = Arc::new(AtomicBool::new(false));
-        let deploy = DeployCtx::new(cfg.clone());
+        let servers = Servers::new(params.clone(), cfg.servers.default_replicas.clone());
+        crate::servers::health::start(servers.clone(), cfg.servers.max_lag, cfg.servers.check_interval)?;
+        let deploy = DeployCtx::with_servers(cfg.clone(), servers.clone());
         let health = HealthProbe::start(params.clone(), stop.clone());
         start_catalog_sync(deploy.clone(), loops.clone(), stop.clone());
         let lookups = {
@@ -257,7 +262,12 @@ impl Shared {
         let n = loops.len();
         let history = Arc::new(History::default());
         let shared = Arc::new(Shared {
-            budget: Budget::new(cfg.pool.max_total, cfg.pool.max_per_pool, cfg.pool.max_per_platform),
+            budget: Budget::with_server_cap(
+                cfg.pool.max_total,
+                cfg.pool.max_per_pool,
+                cfg.pool.max_per_platform,
+                cfg.pool.max_per_server,
+            ),
             canceller: Canceller::start()?,
             workers: Mutex::new(Workers::new(cfg.deploy.workers, cfg.deploy.queue)?),
             started: Instant::now(),
@@ -270,6 +280,7 @@ impl Shared {
             stop,
             loops,
             uploads: Arc::new(AtomicUsize::new(0)),
+            servers,
             per_address: Mutex::new(HashMap::new()),
             cfg,
         });
@@ -450,7 +461,12 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                     Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
                 }
             }
-            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+            if let Ok(mut cat) = ctx.catalog() {
+                // Servers other gateways added, or whose state changed.
+                match cat.servers() {
+                    Ok(defs) => ctx.servers.replace(defs),
+                    Err(e) => log::debug("servers not read from the catalog", &[("error", &e)]),
+                }
                 send_catalog_state(&mut cat, &loops);
                 cat.client.close();
             }
