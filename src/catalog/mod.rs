@@ -164,6 +164,8 @@ pub struct DatabaseRecord {
     pub created_at: String,
     pub last_deploy_at: Option<String>,
     pub last_status: Option<String>,
+    /// The server that holds it.
+    pub server: String,
 }
 
 /// Maps a PostgreSQL failure in catalog work to an API error.
@@ -374,7 +376,7 @@ impl Catalog {
             .query(
                 "SELECT name, platform, kind, tenant_id, schema_name, database_id, \
                         to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                        to_char(last_deploy_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), last_status \
+                        to_char(last_deploy_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), last_status, server \
                  FROM databases WHERE platform = $1 AND ($2::text IS NULL OR schema_name = $2) \
                  ORDER BY kind <> 'main', name",
                 &[Some(platform), schema],
@@ -394,6 +396,7 @@ impl Catalog {
                 created_at: row[6].clone().unwrap_or_default(),
                 last_deploy_at: row[7].clone(),
                 last_status: row[8].clone(),
+                server: row[9].clone().unwrap_or_else(|| crate::servers::DEFAULT_SERVER.to_string()),
             })
             .collect())
     }

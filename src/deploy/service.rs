@@ -706,7 +706,10 @@ pub fn clean_unfinished_creations(ctx: &DeployCtx) -> Result<Vec<String>, ApiErr
         unlock_name(&mut cat, &name);
         if let Err(e) = r {
             // One server that cannot be reached leaves its rows for a later start; the rest go on.
-            crate::log::warn("an unfinished database creation could not be cleaned up", &[("database", &name), ("error", &e)]);
+            crate::log::warn(
+                "an unfinished database creation could not be cleaned up",
+                &[("database", &name), ("error", &e)],
+            );
         }
     }
     Ok(dropped)
@@ -782,7 +785,10 @@ pub fn migrate_many(
     // Each database is deployed on its own server; the platform's role is made sure of once per
     // server other than the one the context was made on.
     let placed: Result<HashMap<String, String>, ApiError> = ctx.catalog().and_then(|mut c| {
-        databases.iter().map(|d| Ok((d.clone(), c.server_of(d)?.unwrap_or_else(|| DEFAULT_SERVER.to_string())))).collect()
+        databases
+            .iter()
+            .map(|d| Ok((d.clone(), c.server_of(d)?.unwrap_or_else(|| DEFAULT_SERVER.to_string()))))
+            .collect()
     });
     let on_servers: Mutex<HashMap<String, Result<DeployCtx, ApiError>>> = Mutex::new(HashMap::new());
     let ctx_for = |db: &str| -> Result<DeployCtx, ApiError> {
@@ -1051,16 +1057,28 @@ pub fn admin_databases(ctx: &DeployCtx, platform: Option<String>) -> Outcome {
         let p = names::platform(&platform)?;
         let mut cat = ctx.catalog()?;
         let recs = cat.databases(&p, None)?;
-        let names_: Vec<&str> = recs.iter().map(|r| r.name.as_str()).collect();
-        let list = format!("{{{}}}", names_.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(","));
-        let sizes = cat
-            .client
-            .query(
-                "SELECT datname::text, round(pg_database_size(datname) / 1048576.0, 2)::text \
-                 FROM pg_database WHERE datname = ANY($1::text[])",
-                &[Some(&list)],
-            )
-            .map_err(|e| pg_api(e, "cannot read database sizes"))?;
+        // Sizes are asked of each database's own server; one that cannot be reached gives nulls.
+        let mut sizes: Vec<Vec<Option<String>>> = Vec::new();
+        let mut servers_: Vec<&str> = recs.iter().map(|r| r.server.as_str()).collect();
+        servers_.sort_unstable();
+        servers_.dedup();
+        for server in servers_ {
+            let names_: Vec<&str> = recs.iter().filter(|r| r.server == server).map(|r| r.name.as_str()).collect();
+            let list = format!("{{{}}}", names_.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(","));
+            let sql = "SELECT datname::text, round(pg_database_size(datname) / 1048576.0, 2)::text \
+                       FROM pg_database WHERE datname = ANY($1::text[])";
+            let rows = if server == DEFAULT_SERVER {
+                cat.client.query(sql, &[Some(&list)]).map_err(|e| pg_api(e, "cannot read database sizes"))?.rows
+            } else {
+                let found = ctx.on_server(server).and_then(|c| c.admin_client()).ok().and_then(|mut c| {
+                    let r = c.query(sql, &[Some(&list)]).ok();
+                    c.close();
+                    r
+                });
+                found.map(|r| r.rows).unwrap_or_default()
+            };
+            sizes.extend(rows);
+        }
         let mut b = Vec::with_capacity(512);
         let mut o = ObjectWriter::new(&mut b);
         o.str("platform", &p);
@@ -1072,12 +1090,13 @@ pub fn admin_databases(ctx: &DeployCtx, platform: Option<String>) -> Outcome {
                 e.str("type", if r.owner.kind == "main" { "main" } else { "tenant" });
                 // The tenant_id a /call gives to reach this database.
                 e.opt_str("tenant_id", r.owner.call_tenant().as_deref());
-                match sizes.rows.iter().find(|row| row[0].as_deref() == Some(r.name.as_str())) {
+                match sizes.iter().find(|row| row[0].as_deref() == Some(r.name.as_str())) {
                     Some(row) => e.raw("size_mb", row[1].as_deref().unwrap_or("null")),
                     None => e.null("size_mb"),
                 };
                 e.str("created_at", &r.created_at);
                 e.opt_str("last_deploy", r.last_deploy_at.as_deref());
+                e.str("server", &r.server);
             }
         }
         o.u64("count", recs.len() as u64);

@@ -257,6 +257,7 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
                 e.str("database_name", &r.name);
                 e.opt_str("schema_name", r.owner.schema_name.as_deref());
                 e.str("created_at", &r.created_at);
+                e.str("server", &r.server);
             }
         }
         o.u64("count", recs.len() as u64);

@@ -595,6 +595,29 @@ impl App {
             Route::AdminIsolate => {
                 return self.submit_deploy(key, generation, cred, crate::deploy::isolate::isolate_route);
             }
+            Route::AdminServers => return self.submit_deploy(key, generation, cred, crate::deploy::servers::list),
+            Route::AdminServerAdd => match json_object(&inc.body, depth) {
+                Ok(v) => {
+                    return self.submit_deploy(key, generation, cred, move |ctx| crate::deploy::servers::add(ctx, &v));
+                }
+                Err(e) => Err(e),
+            },
+            Route::AdminServerDrain(n) | Route::AdminServerActivate(n) => {
+                let (n, state) = (
+                    n.clone(),
+                    match inc.route {
+                        Route::AdminServerDrain(_) => crate::servers::ServerState::Draining,
+                        _ => crate::servers::ServerState::Active,
+                    },
+                );
+                return self.submit_deploy(key, generation, cred, move |ctx| {
+                    crate::deploy::servers::set_state(ctx, &n, state)
+                });
+            }
+            Route::AdminServerDelete(n) => {
+                let n = n.clone();
+                return self.submit_deploy(key, generation, cred, move |ctx| crate::deploy::servers::remove(ctx, &n));
+            }
             Route::PlatformSchemaUpload(p) => {
                 let (p, ct, body) = (p.clone(), inc.head.content_type.clone().unwrap_or_default(), inc.body);
                 let kind = Some(inc.route.name());
