@@ -685,6 +685,26 @@ impl App {
         o.u64("waiting_requests", c.waiting as u64);
         o.u64("pipelined_calls", c.pipelined);
         o.u64("event_loops", self.shared.loops.len() as u64);
+        {
+            // Every server and replica as the health monitor last saw it.
+            let mut a = o.array("servers");
+            for srv in self.shared.servers.all() {
+                let mut e = a.object();
+                e.str("name", &srv.def.name);
+                e.str("state", if srv.reachable() { srv.def.state.as_str() } else { "down" });
+                e.bool("reachable", srv.reachable());
+                let mut r = e.array("replicas");
+                for rep in &srv.replicas {
+                    let mut x = r.object();
+                    x.str("address", &rep.endpoint.label());
+                    x.bool("usable", rep.usable());
+                    match rep.lag_ms() {
+                        Some(l) => x.u64("lag_ms", l),
+                        None => x.null("lag_ms"),
+                    };
+                }
+            }
+        }
         o.finish();
         Response::json(if connected { 200 } else { 503 }, body)
     }
