@@ -108,6 +108,8 @@ pub struct CallEngine {
     /// Whether each function only reads (STABLE or IMMUTABLE), per database, as learned when it was
     /// prepared: such calls may go to a replica. Forgotten when a deploy changes the database.
     read_only: HashMap<String, HashMap<String, bool>>,
+    /// Calls answered and write retries, per server or replica key (see [`Pool::server`]).
+    served: HashMap<Arc<str>, (u64, u64)>,
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -171,6 +173,7 @@ impl CallEngine {
             room_freed: Vec::new(),
             servers,
             read_only: HashMap::new(),
+            served: HashMap::new(),
         }
     }
 
@@ -193,6 +196,17 @@ impl CallEngine {
     /// `POOL_MAX_WAITING`: also bounds calls waiting for the catalog.
     pub fn max_waiting(&self) -> usize {
         self.cfg.pool.max_waiting
+    }
+
+    /// Calls answered per server and replica since this loop started.
+    pub fn served(&self) -> Vec<crate::metrics::ServedCount> {
+        self.served
+            .iter()
+            .map(|(k, &(calls, write_retries))| {
+                let (server, replica) = k.split_once('~').unwrap_or((k, ""));
+                crate::metrics::ServedCount { server: server.into(), replica: replica.into(), calls, write_retries }
+            })
+            .collect()
     }
 
     /// This loop's counts.
@@ -312,9 +326,21 @@ impl CallEngine {
             return;
         }
         let mut actions = std::mem::take(&mut self.actions);
+        let server = self.backends.get(key).and_then(|b| self.pools.pools.get(b.pool)).map(|p| p.server.clone());
         for a in actions.drain(..) {
             match a {
-                Action::Answer(c, r) => self.answer(c, r),
+                Action::Answer(c, mut r) => {
+                    if let Some(s) = &server {
+                        match self.served.get_mut(s) {
+                            Some(n) => n.0 += 1,
+                            None => {
+                                self.served.insert(s.clone(), (1, 0));
+                            }
+                        }
+                        r.served_by = Some(s.clone());
+                    }
+                    self.answer(c, r)
+                }
                 Action::Requeue(w) => {
                     if let Some(pool) = self.backends.get(key).map(|b| b.pool) {
                         self.requeue(poll, pool, w, now);
@@ -331,6 +357,9 @@ impl CallEngine {
                     }
                 }
                 Action::Reroute(w) => {
+                    if let Some(s) = &server {
+                        self.served.entry(s.clone()).or_default().1 += 1;
+                    }
                     let role = self
                         .backends
                         .get(key)

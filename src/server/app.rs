@@ -664,6 +664,7 @@ impl App {
         if let Some(s) = self.shared.stats.get(self.id) {
             s.publish(&self.calls.stats());
             s.publish_pools(self.calls.pool_snapshots(now));
+            s.publish_served(self.calls.served());
         }
     }
 

@@ -866,6 +866,7 @@ impl Loop {
         }
         if let Some(s) = self.app.shared.stats.get(self.app.id) {
             s.publish_pools(self.app.calls.pool_snapshots(now));
+            s.publish_served(self.app.calls.served());
         }
     }
 }
@@ -913,6 +914,16 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         fields.push(("platform", &call.platform));
         fields.push(("database", &call.database));
         fields.push(("function", &call.function));
+    }
+    let (server, replica) = match r.served_by.as_deref() {
+        Some(s) => s.split_once('~').unwrap_or((s, "")),
+        None => ("", ""),
+    };
+    if !server.is_empty() {
+        fields.push(("server", &server));
+    }
+    if !replica.is_empty() {
+        fields.push(("replica", &replica));
     }
     log::info("request", &fields);
 }

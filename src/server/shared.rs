@@ -20,7 +20,9 @@ use crate::deploy::service::DeployCtx;
 use crate::deploy::v2;
 use crate::deploy::workers::Workers;
 use crate::log;
-use crate::metrics::{HistogramSnapshot, History, LoopCounters, PoolSnapshot, RequestTotals, fold_pools};
+use crate::metrics::{
+    HistogramSnapshot, History, LoopCounters, PoolSnapshot, RequestTotals, ServedCount, ServerHealth, fold_pools,
+};
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
 use crate::servers::Servers;
@@ -104,6 +106,8 @@ pub struct LoopStats {
     /// This loop's pools as of its last janitor turn (every 100 ms): a lock taken ten times a
     /// second by the loop and once per scrape, never per request.
     pub pools_snapshot: Mutex<Vec<PoolSnapshot>>,
+    /// This loop's calls per server and replica, as of its last janitor turn.
+    pub served_snapshot: Mutex<Vec<ServedCount>>,
 }
 
 impl LoopStats {
@@ -125,6 +129,10 @@ impl LoopStats {
 
     pub fn publish_pools(&self, pools: Vec<PoolSnapshot>) {
         *self.pools_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = pools;
+    }
+
+    pub fn publish_served(&self, served: Vec<ServedCount>) {
+        *self.served_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = served;
     }
 
     fn read(&self) -> Stats {
@@ -313,6 +321,37 @@ impl Shared {
             all.extend(s.pools_snapshot.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         }
         fold_pools(all, self.cfg.metrics_top_databases)
+    }
+
+    /// Calls per server and replica, summed over every loop.
+    pub fn served(&self) -> Vec<ServedCount> {
+        let mut all = Vec::new();
+        for s in &self.stats {
+            crate::metrics::fold_served(&mut all, &s.served_snapshot.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        all
+    }
+
+    /// Every server and replica as the health monitor last saw it.
+    pub fn server_health(&self) -> Vec<ServerHealth> {
+        let mut out = Vec::new();
+        for s in self.servers.all() {
+            out.push(ServerHealth {
+                server: s.def.name.clone(),
+                replica: String::new(),
+                up: s.reachable(),
+                lag_ms: None,
+            });
+            for r in &s.replicas {
+                out.push(ServerHealth {
+                    server: s.def.name.clone(),
+                    replica: r.endpoint.label(),
+                    up: r.usable(),
+                    lag_ms: r.lag_ms(),
+                });
+            }
+        }
+        out
     }
 
     /// Counts summed over every loop.
