@@ -66,7 +66,7 @@ printf '%s %s\n' "$dir" "$port""#,
 pport={pport}
 hba="$(pg_datadir "$primary")/pg_hba.conf"
 if ! grep -q '^local replication' "$hba"; then
-    pg_as_owner bash -c "printf 'local replication all trust\n' >> '$hba'"
+    printf 'local replication all trust\n' | pg_as_owner tee -a "$hba" >/dev/null
     pg_as_owner "$PG_BINDIR/pg_ctl" reload -D "$(pg_datadir "$primary")" >/dev/null
 fi
 dir="$(mktemp -d /tmp/ssdb-replica.XXXXXX)"
@@ -74,7 +74,7 @@ mkdir -p "$dir/log" "$dir/socket"
 chmod 755 "$dir"
 if pg_is_root; then chown -R postgres: "$dir"; fi
 pg_as_owner "$PG_BINDIR/pg_basebackup" -h "$(pg_socketdir "$primary")" -p "$pport" -U postgres     -D "$(pg_datadir "$dir")" -R -X stream >"$dir/log/basebackup.log" 2>&1
-pg_as_owner bash -c "printf "unix_socket_directories = '%s'\n" '$(pg_socketdir "$dir")' >> '$(pg_datadir "$dir")/postgresql.conf'"
+printf "unix_socket_directories = '%s'\n" "$(pg_socketdir "$dir")" | pg_as_owner tee -a "$(pg_datadir "$dir")/postgresql.conf" >/dev/null
 for attempt in 1 2 3; do
     port="$(pg_free_port)"
     if pg_cluster_start "$dir" "$port"; then break; fi
