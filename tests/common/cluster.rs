@@ -73,15 +73,15 @@ dir="$(mktemp -d /tmp/ssdb-replica.XXXXXX)"
 mkdir -p "$dir/log" "$dir/socket"
 chmod 755 "$dir"
 if pg_is_root; then chown -R postgres: "$dir"; fi
-pg_as_owner "$PG_BINDIR/pg_basebackup" -h "$(pg_socketdir "$primary")" -p "$pport" -U postgres     -D "$(pg_datadir "$dir")" -R -X stream >"$dir/log/basebackup.log" 2>&1
+pg_as_owner "$PG_BINDIR/pg_basebackup" -h "$(pg_socketdir "$primary")" -p "$pport" -U postgres \
+    -D "$(pg_datadir "$dir")" -R -X stream -c fast >"$dir/log/basebackup.log" 2>&1
 printf "unix_socket_directories = '%s'\n" "$(pg_socketdir "$dir")" | pg_as_owner tee -a "$(pg_datadir "$dir")/postgresql.conf" >/dev/null
 for attempt in 1 2 3; do
     port="$(pg_free_port)"
     if pg_cluster_start "$dir" "$port"; then break; fi
     [[ "$attempt" -lt 3 ]] || exit 1
 done
-printf '%s %s
-' "$dir" "$port""#,
+printf '%s %s\n' "$dir" "$port""#,
                 primary = self.dir.display(),
                 pport = self.port
             ),
