@@ -307,7 +307,6 @@ fn reads_of_stable_functions_go_to_a_fresh_replica_and_fall_back_to_the_primary(
         let (_, on_replica) = place_of(&call(addr, plat, None, "where_am_i"));
         assert!(!on_replica);
     }
-    drop {:?}", t0.elapsed());
     pc.close();
     drop(g);
 }
