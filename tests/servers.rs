@@ -227,6 +227,20 @@ fn databases_spread_over_servers_and_each_is_served_where_it_lives() {
     s.start();
     assert!(eventually(Duration::from_secs(10), || call(addr, plat, Some("t1"), "where_am_i").status == 200));
     assert!(databases_on(&s, "spread_t10").is_empty(), "nothing was made on s2 while it was down");
+
+    // s2 holds 3 and default 6 now: placement by count picks s2, a platform's default server or a
+    // named one wins over it.
+    let r = admin(addr, "POST", "/admin/create-tenant", r#"{"platform":"spread","tenant_id":"ct","server":"default"}"#);
+    assert_eq!((r.status, server_of(&r)), (201, "default".into()), "{}", r.text());
+    assert_eq!(
+        server_of(&admin(addr, "POST", "/admin/create-tenant", r#"{"platform":"spread","tenant_id":"cu"}"#)),
+        "s2"
+    );
+    let r = admin(addr, "POST", "/platform/register", r#"{"platform":"pinned","server":"default"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(server_of(&register(addr, "pinned", None, None, &tgz)), "default");
+    let r = common::post_json(addr, "/platform/register", r#"{"platform":"pinned2","server":"s2"}"#);
+    assert_eq!(r.status, 401, "only an operator pins a platform: {}", r.text());
     assert!(metrics(addr).contains("stonescriptdb_gateway_server_calls_total{server=\"s2\",replica=\"\"}"));
     drop(g);
 }

@@ -78,7 +78,15 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
             }
         }
         roles::role_name(&ctx.cfg.security.role_prefix, &p)?;
+        let server = str_field(body, "server")?.filter(|s| !s.is_empty());
         let mut cat = ctx.catalog()?;
+        if let Some(s) = server {
+            // Where the platform's new databases go unless a request names a server: an operator's choice.
+            ctx.require_admin("'server'")?;
+            if !cat.servers()?.iter().any(|d| d.name == s) {
+                return Err(crate::catalog::servers::not_found(s));
+            }
+        }
         if cat.platform(&p)?.is_some() {
             return Err(ApiError::new(Kind::PlatformAlreadyExists, format!("platform '{p}' is already registered")));
         }
@@ -102,6 +110,9 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
             return Err(e);
         }
         cat.register_platform(&p, user)?;
+        if server.is_some() {
+            cat.set_platform_default_server(&p, server)?;
+        }
         let key = if want_key {
             let k = keys::new_key()?;
             cat.set_platform_key(&p, &keys::hash(&k), 0)?;
@@ -114,6 +125,9 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
         o.str("status", "registered");
         o.str("platform", &p);
         o.bool("has_dedicated_credentials", true);
+        if let Some(s) = server {
+            o.str("default_server", s);
+        }
         if let Some(k) = &key {
             o.str("api_key", k);
             o.str(
