@@ -130,6 +130,7 @@ fn api_from_pg(e: &PgError, database: &str) -> ApiError {
 impl CallEngine {
     /// `loops` engines share `budget` and `canceller`; `token_base` places backend tokens in the
     /// loop's token space.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         loop_id: usize,
         cfg: Arc<Config>,

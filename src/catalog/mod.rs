@@ -99,6 +99,19 @@ CREATE TABLE IF NOT EXISTS platform_keys (
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS confined_at timestamptz;
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'ready';
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS created_oid oid;
+CREATE TABLE IF NOT EXISTS servers (
+    name        text PRIMARY KEY,
+    host        text NOT NULL,
+    port        integer NOT NULL,
+    db_user     text,
+    db_password text,
+    weight      integer NOT NULL DEFAULT 1 CHECK (weight >= 0),
+    state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining')),
+    replicas    text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE databases ADD COLUMN IF NOT EXISTS server text NOT NULL DEFAULT 'default';
+ALTER TABLE platforms ADD COLUMN IF NOT EXISTS default_server text;
 CREATE TABLE IF NOT EXISTS run_results (
     run_id      text NOT NULL,
     database    text NOT NULL,
@@ -251,10 +264,8 @@ impl Catalog {
         };
         if !is_ready(&key) {
             // Two gateways may create the tables at once; a transaction-level lock serialises them.
-            let sql = format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} {} COMMIT;",
-                servers::SCHEMA_SQL
-            );
+            let sql =
+                format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;");
             client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
             set_ready(key, true);
         }

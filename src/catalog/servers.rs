@@ -6,22 +6,6 @@ use super::{Catalog, pg_api};
 use crate::error::{ApiError, Kind};
 use crate::servers::{DEFAULT_SERVER, Endpoint, ServerDef, ServerState};
 
-pub(super) const SCHEMA_SQL: &str = "
-CREATE TABLE IF NOT EXISTS servers (
-    name        text PRIMARY KEY,
-    host        text NOT NULL,
-    port        integer NOT NULL,
-    db_user     text,
-    db_password text,
-    weight      integer NOT NULL DEFAULT 1 CHECK (weight >= 0),
-    state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining')),
-    replicas    text NOT NULL DEFAULT '',
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-ALTER TABLE databases ADD COLUMN IF NOT EXISTS server text NOT NULL DEFAULT 'default';
-ALTER TABLE platforms ADD COLUMN IF NOT EXISTS default_server text;
-";
-
 fn def_from_row(row: &[Option<String>]) -> ServerDef {
     let text = |i: usize| row.get(i).cloned().flatten();
     ServerDef {
