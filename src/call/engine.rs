@@ -110,6 +110,8 @@ pub struct CallEngine {
     read_only: HashMap<String, HashMap<String, bool>>,
     /// Calls answered and write retries, per server or replica key (see [`Pool::server`]).
     served: HashMap<Arc<str>, (u64, u64)>,
+    /// Reads sent towards replicas by this loop: spreads them over a server's replicas in turn.
+    replica_turn: std::cell::Cell<usize>,
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -175,6 +177,7 @@ impl CallEngine {
             servers,
             read_only: HashMap::new(),
             served: HashMap::new(),
+            replica_turn: std::cell::Cell::new(0),
         }
     }
 
@@ -571,7 +574,9 @@ impl CallEngine {
             && !req.primary
             && self.read_only.get(&req.database).and_then(|f| f.get(&req.function)) == Some(&true)
         {
-            t.replica = self.servers.get(&t.server).and_then(|s| s.pick_replica());
+            let turn = self.replica_turn.get();
+            self.replica_turn.set(turn.wrapping_add(1));
+            t.replica = self.servers.get(&t.server).and_then(|s| s.pick_replica(turn));
         }
         t
     }

@@ -7,7 +7,7 @@ pub mod health;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::pg::params::{ConnectParams, Host};
@@ -113,8 +113,6 @@ pub struct ReplicaHealth {
     lag_ms: AtomicU64,
     /// Why it is not usable, for `/health`.
     reason: RwLock<Option<String>>,
-    /// Calls it served (for `/metrics`).
-    pub calls: AtomicU64,
 }
 
 impl ReplicaHealth {
@@ -125,7 +123,6 @@ impl ReplicaHealth {
             usable: AtomicBool::new(false),
             lag_ms: AtomicU64::new(u64::MAX),
             reason: RwLock::new(Some("not checked yet".into())),
-            calls: AtomicU64::new(0),
         }
     }
 
@@ -168,23 +165,12 @@ pub struct Server {
     pub replicas: Vec<Arc<ReplicaHealth>>,
     /// The primary answered the monitor's last check (`true` until checked).
     reachable: AtomicBool,
-    /// Spreads reads over the usable replicas.
-    next_replica: AtomicUsize,
-    /// Calls its primary served (for `/metrics`).
-    pub calls: AtomicU64,
 }
 
 impl Server {
     fn new(def: ServerDef) -> Server {
         let replicas = def.replicas.iter().cloned().map(|e| Arc::new(ReplicaHealth::new(e))).collect();
-        Server {
-            addr: def.endpoint.resolve(),
-            def,
-            replicas,
-            reachable: AtomicBool::new(true),
-            next_replica: AtomicUsize::new(0),
-            calls: AtomicU64::new(0),
-        }
+        Server { addr: def.endpoint.resolve(), def, replicas, reachable: AtomicBool::new(true) }
     }
 
     pub fn reachable(&self) -> bool {
@@ -195,14 +181,14 @@ impl Server {
         self.reachable.store(up, Ordering::Release);
     }
 
-    /// The next usable replica, round robin; `None` sends the call to the primary.
-    pub fn pick_replica(&self) -> Option<usize> {
+    /// The first usable replica from `turn` on (callers count turns themselves, so that loops do
+    /// not share a counter); `None` sends the call to the primary.
+    pub fn pick_replica(&self, turn: usize) -> Option<usize> {
         let n = self.replicas.len();
         if n == 0 {
             return None;
         }
-        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| (start + i) % n).find(|&i| self.replicas[i].usable())
+        (0..n).map(|i| (turn + i) % n).find(|&i| self.replicas[i].usable())
     }
 
     /// Admin connection parameters: the gateway's login unless the server has its own.
@@ -379,13 +365,13 @@ mod tests {
         let mut d = def("s", 1, ServerState::Active);
         d.replicas = vec![Endpoint { host: "r1".into(), port: 1 }, Endpoint { host: "r2".into(), port: 2 }];
         let s = Server::new(d);
-        assert_eq!(s.pick_replica(), None, "unchecked replicas are not used");
+        assert_eq!(s.pick_replica(0), None, "unchecked replicas are not used");
         s.replicas[0].set(true, Some(0), None);
         s.replicas[1].set(true, Some(3), None);
-        let picks: Vec<_> = (0..4).map(|_| s.pick_replica().unwrap()).collect();
-        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+        let picks: Vec<_> = (0..4).map(|t| s.pick_replica(t).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
         s.replicas[0].mark_failed("refused");
-        assert!((0..4).all(|_| s.pick_replica() == Some(1)));
+        assert!((0..4).all(|t| s.pick_replica(t) == Some(1)));
         assert_eq!(s.replicas[0].lag_ms(), None);
         assert_eq!(s.replicas[0].reason().as_deref(), Some("refused"));
     }
