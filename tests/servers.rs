@@ -324,3 +324,60 @@ fn reads_of_stable_functions_go_to_a_fresh_replica_and_fall_back_to_the_primary(
     pc.close();
     drop(g);
 }
+
+#[test]
+fn connections_to_one_server_stay_under_its_cap() {
+    let p = Cluster::new();
+    let g = start_on(
+        &p,
+        &[("MAX_CONNECTIONS_PER_SERVER", "3"), ("MAX_CONNECTIONS_PER_POOL", "5"), ("CALL_PIPELINE_DEPTH", "1")],
+    );
+    let addr = g.addr;
+    let sleepy = "CREATE OR REPLACE FUNCTION nap() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(0.3) $$;";
+    let tgz = archive(&[("nap", sleepy)]);
+    for t in ["a", "b"] {
+        assert_eq!(register(addr, "capped", Some(t), None, &tgz).status, 200);
+    }
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        let params = p.su_params("postgres");
+        std::thread::spawn(move || {
+            let mut c = stonescriptdb_gateway::pg::blocking::Client::connect(&params).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: usize = c
+                    .simple_query(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stonescriptdb-gateway' AND datname LIKE 'capped%'",
+                    )
+                    .unwrap()[0][0]
+                    .as_deref()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let t = if i % 2 == 0 { "a" } else { "b" };
+            std::thread::spawn(move || {
+                let r = call(addr, "capped", Some(t), "nap");
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    let statuses: Vec<(u16, String)> = calls.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert_eq!(
+        statuses.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![200; 8],
+        "the calls wait for a connection, none fails: {statuses:?}"
+    );
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=3).contains(&peak), "{peak} connections to the server (cap 3)");
+    drop(g);
+}

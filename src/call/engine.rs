@@ -39,11 +39,12 @@ pub type Done = Vec<(Caller, Response)>;
 /// How often a loop short of room asks the other loops again, per pool.
 const ROOM_ASK_EVERY: Duration = Duration::from_millis(20);
 
-/// A request to the other loops: close an idle connection (of `pool`, or of any pool when `None`) so
-/// that this loop can open one under the shared limits.
+/// A request to the other loops: close an idle connection (of `pool`, of any pool on `server`, or of
+/// any pool when both are `None`) so that this loop can open one under the shared limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomAsk {
     pub pool: Option<String>,
+    pub server: Option<Arc<str>>,
 }
 
 /// Counts for `/health`.
@@ -412,6 +413,15 @@ impl CallEngine {
             Ok(p) => p,
             Err(e) => return Some(Response::error(&e)),
         };
+        if target.replica.is_some()
+            && self.pools.pools.get(pool).is_some_and(|p| p.backoff_until.is_some_and(|u| now < u))
+        {
+            // The replica refused a connect a moment ago (down, or it has not replayed this database's
+            // creation yet): the primary answers instead of an error.
+            let mut w = waiter;
+            w.req.primary = true;
+            return self.run(poll, w, role, now);
+        }
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
         p.calls += 1;
@@ -669,9 +679,13 @@ impl CallEngine {
                         .filter(|(k, p)| *k != pool && !p.idle.is_empty() && Some(&p.server) == server.as_ref())
                         .min_by_key(|(_, p)| p.last_used)
                         .map(|(k, _)| k);
-                    if let Some(v) = victim.and_then(|v| self.pools.pools.get_mut(v)) {
-                        let c = v.idle.remove(0);
-                        self.retire_conn(poll, c, now);
+                    match victim.and_then(|v| self.pools.pools.get_mut(v)) {
+                        Some(v) => {
+                            let c = v.idle.remove(0);
+                            self.retire_conn(poll, c, now);
+                        }
+                        // Other loops may hold that server's idle connections.
+                        None => self.ask_server_room(pool, now),
                     }
                     return;
                 }
@@ -752,12 +766,47 @@ impl CallEngine {
             return;
         }
         p.room_asked = Some(now);
-        self.room_asks.push(RoomAsk { pool: this_pool.then(|| p.key.clone()) });
+        self.room_asks.push(RoomAsk { pool: this_pool.then(|| p.key.clone()), server: None });
+    }
+
+    /// Asks the other loops for a slot on the server of `pool` (at most every [`ROOM_ASK_EVERY`]).
+    fn ask_server_room(&mut self, pool: usize, now: Instant) {
+        let Some(p) = self.pools.pools.get_mut(pool) else { return };
+        if p.room_asked.is_some_and(|at| now.saturating_duration_since(at) < ROOM_ASK_EVERY) {
+            return;
+        }
+        p.room_asked = Some(now);
+        self.room_asks.push(RoomAsk { pool: None, server: Some(p.server.clone()) });
     }
 
     /// Another loop (`for_loop`) needs room: closes this loop's oldest idle connection of `pool` (of
     /// the least recently used pool when `None`), if there is one.
-    pub fn make_room(&mut self, poll: &mut Poll, pool: Option<&str>, for_loop: usize, now: Instant) {
+    pub fn make_room(
+        &mut self,
+        poll: &mut Poll,
+        pool: Option<&str>,
+        server: Option<&str>,
+        for_loop: usize,
+        now: Instant,
+    ) {
+        if let Some(server) = server {
+            // Under one server's cap: this loop's least recently used idle connection to that server
+            // goes, if it has one; nothing is owed (the asking loop's janitor asks again).
+            let victim = self
+                .pools
+                .pools
+                .iter()
+                .filter(|(_, p)| !p.idle.is_empty() && p.waiting().is_empty() && &*p.server == server)
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(k, _)| k);
+            if let Some(c) = victim.and_then(|v| self.pools.pools.get_mut(v)).map(|p| p.idle.remove(0)) {
+                if let Some(b) = self.backends.get_mut(c) {
+                    b.room_for = Some(for_loop);
+                }
+                self.retire_conn(poll, c, now);
+            }
+            return;
+        }
         let victim = match pool {
             Some(key) => self
                 .pools
@@ -1066,13 +1115,20 @@ impl CallEngine {
         }
         // Nobody here waits: if another pool of this loop is starved by the total cap, give it
         // this slot.
-        if !p.idle.is_empty() && self.budget.total() >= self.budget.max_total() {
+        let total_full = self.budget.total() >= self.budget.max_total();
+        if !p.idle.is_empty() && (total_full || self.budget.server_full(&p.share)) {
             let max_per_pool = self.budget.max_per_pool();
+            let server = p.server.clone();
             let starved = self
                 .pools
                 .pools
                 .iter()
-                .find(|(k, q)| *k != pool && q.waiting().len() > q.connecting.len() && q.share.conns() < max_per_pool)
+                .find(|(k, q)| {
+                    *k != pool
+                        && q.waiting().len() > q.connecting.len()
+                        && q.share.conns() < max_per_pool
+                        && (total_full || q.server == server)
+                })
                 .map(|(k, _)| k);
             if let Some(s) = starved {
                 let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
