@@ -156,6 +156,9 @@ fn databases_spread_over_servers_and_each_is_served_where_it_lives() {
     }
     assert_eq!(placed, ["default", "s2", "default", "s2"]);
     assert_eq!(server_of(&register(addr, plat, Some("t4"), Some("s2"), &tgz)), "s2");
+    let r = register(addr, plat, Some("t4"), Some("default"), &tgz);
+    assert_eq!(r.status, 409, "a database does not move: {}", r.text());
+    assert_eq!(server_of(&register(addr, plat, Some("t4"), Some("s2"), &tgz)), "s2", "redeploy where it lives");
     assert_eq!(server_of(&register(addr, plat, Some("t5"), None, &tgz)), "default", "3 on default, 3 on s2");
     assert_eq!(server_of(&register(addr, plat, Some("t6"), None, &tgz)), "default");
     let r = register(addr, plat, Some("t9"), Some("nope"), &tgz);

@@ -487,6 +487,13 @@ fn place(
         })
     };
     if let Some(server) = cat.server_of(name)? {
+        if requested.is_some_and(|r| r != server) {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                format!("database '{name}' lives on server '{server}'; a database never moves between servers"),
+            )
+            .with_database(name));
+        }
         let c = ctx.on_server(&server)?;
         let admin = connect(&c)?;
         return Ok((c, admin));
