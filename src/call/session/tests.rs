@@ -224,13 +224,18 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 /// The replies to Parse/Describe + the overload check for `f(int4) → id int4`, with `overloads`
 /// candidates.
 fn prepare_ok(overloads: &str) -> Vec<u8> {
+    prepare_reply(&[Some(overloads)])
+}
+
+/// The replies to Parse/Describe + the overload check whose row is `check_row`.
+fn prepare_reply(check_row: &[Option<&str>]) -> Vec<u8> {
     cat(&[
         parse_complete(),
         param_desc(&[INT4]),
         row_desc(&[("id", INT4)]),
         parse_complete(),
         bind_complete(),
-        data_row(&[Some(overloads)]),
+        data_row(check_row),
         command("SELECT 1"),
         rfq(b'I'),
     ])
@@ -662,16 +667,7 @@ fn a_function_that_deallocates_our_statements_makes_the_connection_prepare_every
 
 /// Replies to Parse/Describe + the overload check, with the candidates' highest volatility.
 fn prepare_ok_volatility(volatility: &str) -> Vec<u8> {
-    cat(&[
-        parse_complete(),
-        param_desc(&[INT4]),
-        row_desc(&[("id", INT4)]),
-        parse_complete(),
-        bind_complete(),
-        data_row(&[Some("1"), Some(volatility)]),
-        command("SELECT 1"),
-        rfq(b'I'),
-    ])
+    prepare_reply(&[Some("1"), Some(volatility)])
 }
 
 fn learned(actions: &[Action]) -> Vec<(String, bool)> {
