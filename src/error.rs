@@ -55,6 +55,10 @@ pub enum Kind {
     TransactionEscaped,
     DeployTimeout,
     DatabaseLimitReached,
+    ServerNotFound,
+    ServerAlreadyExists,
+    ServerInUse,
+    ServerUnreachable,
     Internal,
 }
 
@@ -123,6 +127,10 @@ impl Kind {
         Kind::TransactionEscaped,
         Kind::DeployTimeout,
         Kind::DatabaseLimitReached,
+        Kind::ServerNotFound,
+        Kind::ServerAlreadyExists,
+        Kind::ServerInUse,
+        Kind::ServerUnreachable,
         Kind::Internal,
     ];
 
@@ -283,6 +291,24 @@ impl Kind {
                 "database_limit_reached",
                 false,
                 "the platform has MAX_DATABASES_PER_PLATFORM databases; no more are created",
+            ),
+            Kind::ServerNotFound => {
+                row(404, "server_not_found", false, "no PostgreSQL server of that name is recorded")
+            }
+            Kind::ServerAlreadyExists => {
+                row(409, "server_already_exists", false, "a server of that name is recorded already")
+            }
+            Kind::ServerInUse => row(
+                409,
+                "server_in_use",
+                false,
+                "the server still holds databases (move or drop them first; drain it to stop new ones)",
+            ),
+            Kind::ServerUnreachable => row(
+                400,
+                "server_unreachable",
+                false,
+                "the gateway could not connect to the server being added; the message names the reason",
             ),
             Kind::Internal => row(500, "internal_error", false, "a bug in the gateway"),
         }

@@ -13,6 +13,7 @@
 //! - [`deploy`]: archive reading and the schema deployment pipeline (runs on worker threads).
 //! - [`catalog`]: the gateway's own records in PostgreSQL.
 //! - [`security`]: IP allowlist, admin token, naming rules.
+//! - [`servers`]: the PostgreSQL servers and replicas databases live on, placement, replica health.
 //! - [`log`]: request and lifecycle logging.
 //! - [`metrics`]: counters and histograms for `/metrics` and the status page, the Prometheus text format.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pg;
 pub mod security;
 pub mod server;
+pub mod servers;
 pub mod slab;
 
 /// The version reported by `--version` and `/health`.

@@ -1,5 +1,6 @@
 //! The connection limits shared by every event loop: `MAX_TOTAL_CONNECTIONS` over all pools and
-//! `MAX_CONNECTIONS_PER_POOL` per pool, each exact in sum over the loops. A loop takes a [`Permit`]
+//! `MAX_CONNECTIONS_PER_POOL` per pool, `MAX_CONNECTIONS_PER_PLATFORM` per platform and
+//! `MAX_CONNECTIONS_PER_SERVER` per PostgreSQL server or replica, each exact in sum over the loops. A loop takes a [`Permit`]
 //! before it connects and the permit gives the slot back when the connection is dropped, so no path
 //! that ends a connection can forget to. Also `POOL_MAX_WAITING` per pool, over all loops.
 //!
@@ -24,6 +25,8 @@ pub struct PoolShare {
     platform: Arc<AtomicUsize>,
     /// Calls waiting in every pool of the same platform, for `MAX_WAITING_PER_PLATFORM`.
     platform_waiting: Arc<AtomicUsize>,
+    /// Connections of every pool on the same server (or replica), for `MAX_CONNECTIONS_PER_SERVER`.
+    server: Arc<AtomicUsize>,
 }
 
 impl PoolShare {
@@ -85,6 +88,8 @@ pub enum Full {
     Pool,
     /// `MAX_CONNECTIONS_PER_PLATFORM` is reached for this pool's platform.
     Platform,
+    /// `MAX_CONNECTIONS_PER_SERVER` is reached for this pool's server.
+    Server,
 }
 
 /// The shared limits.
@@ -93,11 +98,14 @@ pub struct Budget {
     max_total: usize,
     max_per_pool: usize,
     max_per_platform: usize,
+    max_per_server: usize,
     total: AtomicUsize,
     /// Pool key → its share; entries are created on first use and kept (a few bytes per pool).
     shares: Mutex<HashMap<String, Arc<PoolShare>>>,
     /// Platform (role) → its connections and its waiting calls over all its pools.
     platforms: Mutex<HashMap<String, (Arc<AtomicUsize>, Arc<AtomicUsize>)>>,
+    /// Server (or replica) → its connections over all pools.
+    servers: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 /// One connection slot, held by the connection for its whole life.
@@ -111,6 +119,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.share.conns.fetch_sub(1, Ordering::AcqRel);
         self.share.platform.fetch_sub(1, Ordering::AcqRel);
+        self.share.server.fetch_sub(1, Ordering::AcqRel);
         self.budget.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -122,18 +131,34 @@ fn take(n: &AtomicUsize, max: usize) -> bool {
 
 impl Budget {
     pub fn new(max_total: usize, max_per_pool: usize, max_per_platform: usize) -> Arc<Budget> {
+        Budget::with_server_cap(max_total, max_per_pool, max_per_platform, max_total)
+    }
+
+    pub fn with_server_cap(
+        max_total: usize,
+        max_per_pool: usize,
+        max_per_platform: usize,
+        max_per_server: usize,
+    ) -> Arc<Budget> {
         Arc::new(Budget {
             max_total,
             max_per_pool,
             max_per_platform,
+            max_per_server,
             total: AtomicUsize::new(0),
             shares: Mutex::new(HashMap::new()),
             platforms: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The share of pool `key` of `platform` (created when first asked for).
+    /// The share of pool `key` of `platform` on the default server (created when first asked for).
     pub fn share(&self, key: &str, platform: &str) -> Arc<PoolShare> {
+        self.share_on(key, platform, crate::servers::DEFAULT_SERVER)
+    }
+
+    /// The share of pool `key` of `platform` on `server` (a server name, or a replica's key).
+    pub fn share_on(&self, key: &str, platform: &str, server: &str) -> Arc<PoolShare> {
         let mut m = self.shares.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = m.get(key) {
             return s.clone();
@@ -142,7 +167,9 @@ impl Budget {
             let mut p = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
             p.entry(platform.to_string()).or_default().clone()
         };
-        let s = Arc::new(PoolShare { platform, platform_waiting, ..PoolShare::default() });
+        let server =
+            self.servers.lock().unwrap_or_else(|p| p.into_inner()).entry(server.to_string()).or_default().clone();
+        let s = Arc::new(PoolShare { platform, platform_waiting, server, ..PoolShare::default() });
         m.insert(key.to_string(), s.clone());
         s
     }
@@ -156,10 +183,18 @@ impl Budget {
             share.conns.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Platform);
         }
+        // The total before the server: with one server (cap = total by default) a full gateway is
+        // `Total`, which other loops help with.
         if !take(&self.total, self.max_total) {
             share.conns.fetch_sub(1, Ordering::AcqRel);
             share.platform.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Total);
+        }
+        if !take(&share.server, self.max_per_server) {
+            share.conns.fetch_sub(1, Ordering::AcqRel);
+            share.platform.fetch_sub(1, Ordering::AcqRel);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Server);
         }
         Ok(Permit { budget: self.clone(), share: share.clone() })
     }
@@ -167,6 +202,11 @@ impl Budget {
     /// Whether the platform of `share` holds all the connections it may.
     pub fn platform_full(&self, share: &PoolShare) -> bool {
         share.platform.load(Ordering::Acquire) >= self.max_per_platform
+    }
+
+    /// Whether the server of `share` holds all the connections it may.
+    pub fn server_full(&self, share: &PoolShare) -> bool {
+        share.server.load(Ordering::Acquire) >= self.max_per_server
     }
 
     /// Connections held over all loops.
@@ -260,6 +300,27 @@ mod tests {
         let other_pool_same_platform = b.share("y", "r");
         other_pool_same_platform.add_waiting(2);
         assert_eq!((s.platform_waiting(), other_pool_same_platform.waiting()), (3, 2));
+    }
+
+    #[test]
+    fn one_server_holds_at_most_its_cap() {
+        let b = Budget::with_server_cap(10, 5, 10, 3);
+        let (a, c, other) =
+            (b.share_on("s1/a@r", "r", "s1"), b.share_on("s1/c@q", "q", "s1"), b.share_on("s2/a@r", "r", "s2"));
+        let held: Vec<_> = [&a, &a, &c].iter().map(|s| b.try_take(s).unwrap()).collect();
+        assert_eq!(b.try_take(&c).unwrap_err(), Full::Server);
+        assert_eq!(
+            (c.conns(), c.platform.load(Ordering::Acquire)),
+            (1, 1),
+            "a refusal by the server leaves the rest as it was"
+        );
+        assert!(b.server_full(&a));
+        let o = b.try_take(&other).expect("another server still gets a connection");
+        drop(held);
+        assert!(!b.server_full(&a));
+        assert_eq!(b.total(), 1);
+        drop(o);
+        assert_eq!(other.server.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! PostgreSQL message means for a call is decided in [`super::session`]; this module carries out the
 //! [`Action`]s that come back. It never blocks: CancelRequests go through [`super::cancel`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use super::backend::{self, Backend};
 use super::budget::{Budget, Full, Permit};
 use super::cancel::{Canceller, Due, Target};
 use super::owners::{Admission, Owners, not_recorded};
-use super::pool::{Pool, Pools};
+use super::pool::{CallTarget, Pool, Pools};
 use super::request::CallRequest;
 use super::session::{Action, Caller, Ctx, Job, Session, Waiter, api_from_db};
 use super::stmt::Stmt;
@@ -30,6 +30,7 @@ use crate::pg::dberror::PgError;
 use crate::pg::frame::Backend as Msg;
 use crate::pg::params::{ConnectParams, Host};
 use crate::security::keys::{Credential, StoredKey};
+use crate::servers::{DEFAULT_SERVER, Servers};
 use crate::slab::Slab;
 
 /// Finished requests and their answers.
@@ -38,11 +39,12 @@ pub type Done = Vec<(Caller, Response)>;
 /// How often a loop short of room asks the other loops again, per pool.
 const ROOM_ASK_EVERY: Duration = Duration::from_millis(20);
 
-/// A request to the other loops: close an idle connection (of `pool`, or of any pool when `None`) so
-/// that this loop can open one under the shared limits.
+/// A request to the other loops: close an idle connection (of `pool`, of any pool on `server`, or of
+/// any pool when both are `None`) so that this loop can open one under the shared limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomAsk {
     pub pool: Option<String>,
+    pub server: Option<Arc<str>>,
 }
 
 /// Counts for `/health`.
@@ -102,6 +104,15 @@ pub struct CallEngine {
     /// Loops that asked for room under the total cap when this loop had no idle connection: the next
     /// connection that finishes a call here is closed for them.
     owed: VecDeque<usize>,
+    /// Every server and replica (shared with the health monitor and the deploy workers).
+    servers: Arc<Servers>,
+    /// Whether each function only reads (STABLE or IMMUTABLE), per database, as learned when it was
+    /// prepared: such calls may go to a replica. Forgotten when a deploy changes the database.
+    read_only: HashMap<String, HashMap<String, bool>>,
+    /// Calls answered and write retries, per server or replica key (see [`Pool::server`]).
+    served: HashMap<Arc<str>, (u64, u64)>,
+    /// Reads sent towards replicas by this loop: spreads them over a server's replicas in turn.
+    replica_turn: std::cell::Cell<usize>,
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -122,6 +133,7 @@ fn api_from_pg(e: &PgError, database: &str) -> ApiError {
 impl CallEngine {
     /// `loops` engines share `budget` and `canceller`; `token_base` places backend tokens in the
     /// loop's token space.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         loop_id: usize,
         cfg: Arc<Config>,
@@ -130,6 +142,7 @@ impl CallEngine {
         canceller: Canceller,
         token_base: usize,
         loops: usize,
+        servers: Arc<Servers>,
     ) -> CallEngine {
         let tcp_addr = match &base.host {
             Host::Tcp(h) => (h.as_str(), base.port).to_socket_addrs().ok().and_then(|mut a| a.next()),
@@ -162,6 +175,10 @@ impl CallEngine {
             param_spans: Vec::with_capacity(16),
             room_asks: Vec::new(),
             room_freed: Vec::new(),
+            servers,
+            read_only: HashMap::new(),
+            served: HashMap::new(),
+            replica_turn: std::cell::Cell::new(0),
         }
     }
 
@@ -184,6 +201,17 @@ impl CallEngine {
     /// `POOL_MAX_WAITING`: also bounds calls waiting for the catalog.
     pub fn max_waiting(&self) -> usize {
         self.cfg.pool.max_waiting
+    }
+
+    /// Calls answered per server and replica since this loop started.
+    pub fn served(&self) -> Vec<crate::metrics::ServedCount> {
+        self.served
+            .iter()
+            .map(|(k, &(calls, write_retries))| {
+                let (server, replica) = k.split_once('~').unwrap_or((k, ""));
+                crate::metrics::ServedCount { server: server.into(), replica: replica.into(), calls, write_retries }
+            })
+            .collect()
     }
 
     /// This loop's counts.
@@ -290,6 +318,7 @@ impl CallEngine {
             spans: &mut self.param_spans,
             actions: &mut self.actions,
             now,
+            replica: p.replica.is_some(),
         };
         let r = f(&mut b.session, &mut cx);
         self.apply(poll, key, now);
@@ -302,9 +331,21 @@ impl CallEngine {
             return;
         }
         let mut actions = std::mem::take(&mut self.actions);
+        let server = self.backends.get(key).and_then(|b| self.pools.pools.get(b.pool)).map(|p| p.server.clone());
         for a in actions.drain(..) {
             match a {
-                Action::Answer(c, r) => self.answer(c, r),
+                Action::Answer(c, mut r) => {
+                    if let Some(s) = &server {
+                        match self.served.get_mut(s) {
+                            Some(n) => n.0 += 1,
+                            None => {
+                                self.served.insert(s.clone(), (1, 0));
+                            }
+                        }
+                        r.served_by = Some(s.clone());
+                    }
+                    self.answer(c, r)
+                }
                 Action::Requeue(w) => {
                     if let Some(pool) = self.backends.get(key).map(|b| b.pool) {
                         self.requeue(poll, pool, w, now);
@@ -313,6 +354,28 @@ impl CallEngine {
                 Action::Cancel => self.send_cancel(key),
                 Action::Drained => self.drained(poll, key, now),
                 Action::Broken(e) => self.conn_broken(poll, key, e, now),
+                Action::Learned { function, read_only } => {
+                    if let Some(db) =
+                        self.backends.get(key).and_then(|b| self.pools.pools.get(b.pool)).map(|p| p.database.clone())
+                    {
+                        self.read_only.entry(db).or_default().insert(function, read_only);
+                    }
+                }
+                Action::Reroute(w) => {
+                    if let Some(s) = &server {
+                        self.served.entry(s.clone()).or_default().1 += 1;
+                    }
+                    let role = self
+                        .backends
+                        .get(key)
+                        .and_then(|b| self.pools.pools.get(b.pool))
+                        .map(|p| p.params.user.clone());
+                    crate::log::warn(
+                        "a call on a replica tried to write (its function is labelled STABLE or IMMUTABLE); sent to the primary",
+                        &[("database", &w.req.database), ("function", &w.req.function)],
+                    );
+                    self.reroute(poll, w, role.as_deref().unwrap_or_default(), now);
+                }
             }
         }
         if self.actions.is_empty() {
@@ -345,7 +408,20 @@ impl CallEngine {
 
     /// Runs the call on an idle connection, behind a short call, or queues it for a connection.
     fn run(&mut self, poll: &mut Poll, waiter: Waiter, role: &str, now: Instant) -> Option<Response> {
-        let pool = self.pool_for(&waiter.req.database, role, now);
+        let target = self.route(&waiter.req);
+        let pool = match self.pool_for(&waiter.req.database, role, &target, now) {
+            Ok(p) => p,
+            Err(e) => return Some(Response::error(&e)),
+        };
+        if target.replica.is_some()
+            && self.pools.pools.get(pool).is_some_and(|p| p.backoff_until.is_some_and(|u| now < u))
+        {
+            // The replica refused a connect a moment ago (down, or it has not replayed this database's
+            // creation yet): the primary answers instead of an error.
+            let mut w = waiter;
+            w.req.primary = true;
+            return self.run(poll, w, role, now);
+        }
         let p = self.pools.pools.get_mut(pool)?;
         p.last_used = now;
         p.calls += 1;
@@ -488,21 +564,76 @@ impl CallEngine {
         self.hand_out(poll, pool, now);
     }
 
-    /// The pool of `database` as `role`: a platform's calls log in as the platform's role, never as
-    /// the gateway's login, so nothing a function does can reach beyond that role's rights.
-    fn pool_for(&mut self, database: &str, role: &str, now: Instant) -> usize {
-        let key = format!("{database}@{role}");
-        if let Some(&k) = self.pools.by_key.get(&key) {
-            return k;
+    /// Runs a call again on its database's primary (a replica failed it or could not be reached);
+    /// answers at once when that cannot start.
+    fn reroute(&mut self, poll: &mut Poll, mut w: Waiter, role: &str, now: Instant) {
+        w.req.primary = true;
+        let caller = w.caller;
+        if let Some(r) = self.run(poll, w, role, now) {
+            self.answer(caller, r);
         }
-        let mut params = self.base.with_dbname(database);
+    }
+
+    /// Where a call goes: its database's server; a replica of it when `READ_REPLICAS` is on, the
+    /// function is known to only read, the caller did not ask for the primary, and a replica is
+    /// usable (reachable and within `MAX_REPLICA_LAG_MS`).
+    fn route(&self, req: &CallRequest) -> CallTarget {
+        let server = self.owners.server_of(&req.database).cloned().unwrap_or_else(|| Arc::from(DEFAULT_SERVER));
+        let mut t = CallTarget { server, replica: None };
+        if self.cfg.servers.read_replicas
+            && !req.primary
+            && self.read_only.get(&req.database).and_then(|f| f.get(&req.function)) == Some(&true)
+        {
+            let turn = self.replica_turn.get();
+            self.replica_turn.set(turn.wrapping_add(1));
+            t.replica = self.servers.get(&t.server).and_then(|s| s.pick_replica(turn));
+        }
+        t
+    }
+
+    /// The pool of `database` as `role` on `target`: a platform's calls log in as the platform's role,
+    /// never as the gateway's login, so nothing a function does can reach beyond that role's rights.
+    fn pool_for(&mut self, database: &str, role: &str, target: &CallTarget, now: Instant) -> Result<usize, ApiError> {
+        let key = match (&*target.server, target.replica) {
+            (DEFAULT_SERVER, None) => format!("{database}@{role}"),
+            (s, None) => format!("{s}/{database}@{role}"),
+            (s, Some(i)) => format!("{s}~{i}/{database}@{role}"),
+        };
+        if let Some(&k) = self.pools.by_key.get(&key) {
+            return Ok(k);
+        }
+        let Some(server) = self.servers.get(&target.server) else {
+            return Err(ApiError::new(
+                Kind::ConnectionFailed,
+                format!(
+                    "database '{database}' is on server '{}', which this gateway does not know yet; retry shortly",
+                    target.server
+                ),
+            )
+            .with_database(database));
+        };
+        let (mut params, addr, budget_key) = match target.replica {
+            None => (server.params(self.servers.base()), server.addr, target.server.to_string()),
+            Some(i) => {
+                let r = &server.replicas[i];
+                let p = server.replica_params(i, self.servers.base()).unwrap_or_else(|| server.params(&self.base));
+                (p, r.addr, format!("{}~{}", target.server, r.endpoint.label()))
+            }
+        };
+        params.dbname = database.to_string();
         params.application_name = "stonescriptdb-gateway".into();
         params.user = role.to_string();
         params.password = Some(crate::security::roles::password(&self.cfg.security.platform_secret, role));
-        let share = self.budget.share(&key, role);
-        let k = self.pools.pools.insert(Pool::new(key.clone(), database.to_string(), params, share, now));
+        let share = self.budget.share_on(&key, role, &budget_key);
+        let mut pool = Pool::new(key.clone(), database.to_string(), params, share, now);
+        pool.server = Arc::from(budget_key);
+        pool.replica = target.replica;
+        pool.tcp_addr =
+            if target.replica.is_none() && &*target.server == DEFAULT_SERVER { self.tcp_addr } else { addr };
+        pool.target = target.clone();
+        let k = self.pools.pools.insert(pool);
         self.pools.by_key.insert(key, k);
-        k
+        Ok(k)
     }
 
     /// Opens connections for waiting calls while the shared limits allow. Under the total cap, room
@@ -534,6 +665,27 @@ impl CallEngine {
                     }
                     if share.conns() > local {
                         self.ask_room(pool, true, now);
+                    }
+                    return;
+                }
+                Err(Full::Server) => {
+                    // Room among the connections to this server: an idle one of this loop's least
+                    // recently used other pool there goes; otherwise the calls wait for one to drain.
+                    let server = self.pools.pools.get(pool).map(|p| p.server.clone());
+                    let victim = self
+                        .pools
+                        .pools
+                        .iter()
+                        .filter(|(k, p)| *k != pool && !p.idle.is_empty() && Some(&p.server) == server.as_ref())
+                        .min_by_key(|(_, p)| p.last_used)
+                        .map(|(k, _)| k);
+                    match victim.and_then(|v| self.pools.pools.get_mut(v)) {
+                        Some(v) => {
+                            let c = v.idle.remove(0);
+                            self.retire_conn(poll, c, now);
+                        }
+                        // Other loops may hold that server's idle connections.
+                        None => self.ask_server_room(pool, now),
                     }
                     return;
                 }
@@ -614,12 +766,47 @@ impl CallEngine {
             return;
         }
         p.room_asked = Some(now);
-        self.room_asks.push(RoomAsk { pool: this_pool.then(|| p.key.clone()) });
+        self.room_asks.push(RoomAsk { pool: this_pool.then(|| p.key.clone()), server: None });
+    }
+
+    /// Asks the other loops for a slot on the server of `pool` (at most every [`ROOM_ASK_EVERY`]).
+    fn ask_server_room(&mut self, pool: usize, now: Instant) {
+        let Some(p) = self.pools.pools.get_mut(pool) else { return };
+        if p.room_asked.is_some_and(|at| now.saturating_duration_since(at) < ROOM_ASK_EVERY) {
+            return;
+        }
+        p.room_asked = Some(now);
+        self.room_asks.push(RoomAsk { pool: None, server: Some(p.server.clone()) });
     }
 
     /// Another loop (`for_loop`) needs room: closes this loop's oldest idle connection of `pool` (of
     /// the least recently used pool when `None`), if there is one.
-    pub fn make_room(&mut self, poll: &mut Poll, pool: Option<&str>, for_loop: usize, now: Instant) {
+    pub fn make_room(
+        &mut self,
+        poll: &mut Poll,
+        pool: Option<&str>,
+        server: Option<&str>,
+        for_loop: usize,
+        now: Instant,
+    ) {
+        if let Some(server) = server {
+            // Under one server's cap: this loop's least recently used idle connection to that server
+            // goes, if it has one; nothing is owed (the asking loop's janitor asks again).
+            let victim = self
+                .pools
+                .pools
+                .iter()
+                .filter(|(_, p)| !p.idle.is_empty() && p.waiting().is_empty() && &*p.server == server)
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(k, _)| k);
+            if let Some(c) = victim.and_then(|v| self.pools.pools.get_mut(v)).map(|p| p.idle.remove(0)) {
+                if let Some(b) = self.backends.get_mut(c) {
+                    b.room_for = Some(for_loop);
+                }
+                self.retire_conn(poll, c, now);
+            }
+            return;
+        }
         let victim = match pool {
             Some(key) => self
                 .pools
@@ -647,11 +834,11 @@ impl CallEngine {
 
     fn open_conn(&mut self, poll: &mut Poll, pool: usize, permit: Permit, now: Instant) -> bool {
         let Some(p) = self.pools.pools.get_mut(pool) else { return false };
-        match BackendConn::connect(&p.params, self.tcp_addr, now) {
+        match BackendConn::connect(&p.params, p.tcp_addr, now) {
             Ok(mut c) => {
                 let key = self.backends.vacant_key();
                 if let Err(e) = c.sock.register(poll.registry(), Token(self.token_base + key)) {
-                    self.connect_failed(pool, &PgError::Io(e), now);
+                    self.connect_failed(poll, pool, &PgError::Io(e), now);
                     return false;
                 }
                 let k = self.backends.insert(Backend::new(c, pool, permit));
@@ -660,7 +847,7 @@ impl CallEngine {
                 true
             }
             Err(e) => {
-                self.connect_failed(pool, &PgError::Io(e), now);
+                self.connect_failed(poll, pool, &PgError::Io(e), now);
                 false
             }
         }
@@ -675,10 +862,30 @@ impl CallEngine {
     }
 
     /// A connection attempt failed: waiting calls get the error when nothing else can serve them.
-    fn connect_failed(&mut self, pool: usize, err: &PgError, now: Instant) {
+    fn connect_failed(&mut self, poll: &mut Poll, pool: usize, err: &PgError, now: Instant) {
         self.connect_failures += 1;
         let Some(p) = self.pools.pools.get_mut(pool) else { return };
         let e = api_from_pg(err, &p.database);
+        if let Some(i) = p.replica {
+            // A replica that cannot be reached takes no reads until the monitor sees it well again;
+            // the calls waiting for it go to the primary instead of failing.
+            if let Some(s) = self.servers.get(&p.target.server) {
+                if let Some(r) = s.replicas.get(i) {
+                    r.mark_failed(&format!("connect failed: {}", e.message));
+                }
+            }
+            crate::log::warn(
+                "replica connect failed; its reads go to the primary",
+                &[("database", &p.database), ("server", &p.params.target()), ("error", &err)],
+            );
+            p.note_connect_failure(now, e.message.clone());
+            let role = p.params.user.clone();
+            let waiters = p.drain_waiters();
+            for w in waiters {
+                self.reroute(poll, w, &role, now);
+            }
+            return;
+        }
         let fatal_for_pool = e.kind == Kind::DatabaseNotFound;
         if !fatal_for_pool {
             p.server_away = match err {
@@ -876,7 +1083,14 @@ impl CallEngine {
         let (pool, was_startup) = (b.pool, b.conn.session.is_none());
         self.set_state(key, ConnState::Broken);
         let jobs = self.backends.get_mut(key).map(|b| b.session.take_unanswered()).unwrap_or_default();
+        let on_replica = self.pools.pools.get(pool).and_then(|p| p.replica.map(|_| p.params.user.clone()));
         for job in jobs {
+            if let Some(role) = &on_replica {
+                // Reads only: running it again on the primary cannot do anything twice.
+                let w = job.to_waiter(now + self.cfg.pool.wait_timeout, false);
+                self.reroute(poll, w, role, now);
+                continue;
+            }
             let e = match &err {
                 PgError::Db(d) => api_from_db(d, &job.req.database),
                 _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
@@ -892,7 +1106,7 @@ impl CallEngine {
         }
         self.close_conn(poll, key);
         if was_startup {
-            self.connect_failed(pool, &err, now);
+            self.connect_failed(poll, pool, &err, now);
         } else {
             self.hand_out(poll, pool, now);
         }
@@ -916,13 +1130,20 @@ impl CallEngine {
         }
         // Nobody here waits: if another pool of this loop is starved by the total cap, give it
         // this slot.
-        if !p.idle.is_empty() && self.budget.total() >= self.budget.max_total() {
+        let total_full = self.budget.total() >= self.budget.max_total();
+        if !p.idle.is_empty() && (total_full || self.budget.server_full(&p.share)) {
             let max_per_pool = self.budget.max_per_pool();
+            let server = p.server.clone();
             let starved = self
                 .pools
                 .pools
                 .iter()
-                .find(|(k, q)| *k != pool && q.waiting().len() > q.connecting.len() && q.share.conns() < max_per_pool)
+                .find(|(k, q)| {
+                    *k != pool
+                        && q.waiting().len() > q.connecting.len()
+                        && q.share.conns() < max_per_pool
+                        && (total_full || q.server == server)
+                })
                 .map(|(k, _)| k);
             if let Some(s) = starved {
                 let c = self.pools.pools.get_mut(pool).map(|p| p.idle.remove(0));
@@ -1009,6 +1230,7 @@ impl CallEngine {
 
     /// A deploy changed `database`: its cached statements and types are stale.
     pub fn invalidate(&mut self, poll: &mut Poll, database: &str) {
+        self.read_only.remove(database);
         let pools: Vec<usize> =
             self.pools.pools.iter().filter(|(_, p)| p.database == database).map(|(k, _)| k).collect();
         for pool in pools {

@@ -19,6 +19,8 @@ struct Owned {
     tenant: Option<String>,
     /// The PostgreSQL role its calls log in as (shared: taken on every call without allocating).
     role: Arc<str>,
+    /// The server that holds it.
+    server: Arc<str>,
 }
 
 /// What [`Owners::admit`] decided about a call before it runs.
@@ -79,6 +81,11 @@ impl Owners {
         self.owners.get(database).map(|o| o.role.clone())
     }
 
+    /// The server that holds `database`, if the catalog records it.
+    pub fn server_of(&self, database: &str) -> Option<&Arc<str>> {
+        self.owners.get(database).map(|o| &o.server)
+    }
+
     /// Adds or refreshes ownership records from the catalog.
     pub fn set_owners(&mut self, list: Vec<CallOwner>) {
         for o in list {
@@ -88,7 +95,12 @@ impl Owners {
                 // Recorded before the platform's role was: the role the gateway derives for it.
                 None => format!("{}{}", self.role_prefix, o.platform),
             };
-            self.owners.insert(o.database, Owned { platform: o.platform, tenant: o.tenant, role: Arc::from(role) });
+            let server = match self.owners.get(&o.database) {
+                Some(cur) if *cur.server == *o.server => cur.server.clone(),
+                _ => Arc::from(o.server),
+            };
+            self.owners
+                .insert(o.database, Owned { platform: o.platform, tenant: o.tenant, role: Arc::from(role), server });
         }
     }
 
@@ -171,6 +183,7 @@ mod tests {
             platform: platform.into(),
             tenant: tenant.map(str::to_string),
             role: Some(format!("ssdb_{platform}")),
+            server: crate::servers::DEFAULT_SERVER.into(),
         }
     }
 

@@ -15,11 +15,27 @@ use crate::call::types::TypeRegistry;
 use crate::pg::params::ConnectParams;
 use crate::slab::Slab;
 
+/// Where a call runs: its database's server, or one of that server's replicas.
+#[derive(Debug, Clone)]
+pub struct CallTarget {
+    pub server: Arc<str>,
+    pub replica: Option<usize>,
+}
+
 /// One pool.
 pub struct Pool<W> {
     /// `database` or `database@role`.
     pub key: String,
     pub database: String,
+    /// Where its connections go: the server's name, or `server~host:port` for a replica (also its
+    /// key in the per-server budget).
+    pub server: Arc<str>,
+    /// Its connections go to a replica: reads only.
+    pub replica: Option<usize>,
+    /// The server (and replica) its calls were routed to.
+    pub target: CallTarget,
+    /// The TCP address to dial, resolved off the loop (`None` for a Unix socket).
+    pub tcp_addr: Option<std::net::SocketAddr>,
     /// How to connect (database and role filled in).
     pub params: ConnectParams,
     /// Connections whose connect or startup is under way.
@@ -66,6 +82,10 @@ impl<W> Pool<W> {
             share,
             key,
             database,
+            server: Arc::from(crate::servers::DEFAULT_SERVER),
+            replica: None,
+            target: CallTarget { server: Arc::from(crate::servers::DEFAULT_SERVER), replica: None },
+            tcp_addr: None,
             params,
             connecting: Vec::new(),
             idle: Vec::new(),

@@ -29,6 +29,21 @@ pub struct CallRequest {
     pub args: Args,
     /// Argument values in `$n` order.
     pub params: Vec<Value>,
+    /// Must run on the primary even when the function only reads (`"consistency": "primary"` or
+    /// `X-Consistency: primary`; also set when a replica refused a write).
+    pub primary: bool,
+}
+
+/// Reads a `consistency` value: `primary` (read your writes) or `any` (a replica may answer).
+pub fn consistency_primary(v: &str) -> Result<bool, ApiError> {
+    match v {
+        "primary" => Ok(true),
+        "any" => Ok(false),
+        other => Err(invalid(format!(
+            "'consistency' must be \"primary\" or \"any\", got '{}'",
+            other.chars().take(40).collect::<String>()
+        ))),
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -59,6 +74,10 @@ impl CallRequest {
         let tenant = opt_string(body, "tenant_id")?;
         let database = names::v1_database(platform, tenant)?;
         let function = opt_string(body, "function")?.ok_or_else(|| invalid("'function' is required"))?;
+        let primary = match opt_string(body, "consistency")? {
+            Some(c) => consistency_primary(c)?,
+            None => false,
+        };
         if !names::is_function_name(function) {
             return Err(invalid(format!(
                 "'function' must be a lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes), got '{}'",
@@ -107,6 +126,7 @@ impl CallRequest {
             function: function.to_string(),
             args,
             params,
+            primary,
         })
     }
 

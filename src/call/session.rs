@@ -65,6 +65,8 @@ pub struct Pending {
     columns: Vec<Column>,
     /// Candidates of the function for this argument count, from the check sent with the prepare.
     overloads: Option<i64>,
+    /// The most volatile of those candidates (`i`, `s` or `v`), from the same check.
+    volatility: Option<u8>,
     /// Type lookups done for this statement so far.
     introspect_rounds: u8,
     introspect_rows: Vec<Vec<Option<String>>>,
@@ -168,7 +170,7 @@ impl Job {
     }
 
     /// The same call as a fresh waiter (it goes back to its pool to be sent again).
-    fn to_waiter(&self, deadline: Instant, requeued: bool) -> Waiter {
+    pub fn to_waiter(&self, deadline: Instant, requeued: bool) -> Waiter {
         // It is sent again on this loop, which has connections of its pool: never handed on.
         Waiter {
             caller: self.caller,
@@ -198,6 +200,10 @@ pub enum Action {
     Drained,
     /// The connection cannot be used any more: close it and fail what runs on it.
     Broken(PgError),
+    /// A prepare found out whether `function` only reads (STABLE/IMMUTABLE) in this database.
+    Learned { function: String, read_only: bool },
+    /// A read-only-labelled call wrote on a replica (25006): run it again on the primary.
+    Reroute(Waiter),
 }
 
 /// What the session needs besides itself: settings, the pool's types, the connection's send buffer,
@@ -210,6 +216,8 @@ pub struct Ctx<'a> {
     pub spans: &'a mut Vec<Option<(usize, usize)>>,
     pub actions: &'a mut Vec<Action>,
     pub now: Instant,
+    /// The connection is to a replica (reads only).
+    pub replica: bool,
 }
 
 impl Ctx<'_> {
@@ -254,8 +262,10 @@ const BODY_HEAD: &[u8] = b"{\"rows\":[";
 /// Functions of a name in a schema that a call with `$3` arguments could reach (defaults and
 /// VARIADIC counted). More than one means PostgreSQL would resolve the untyped call by its own
 /// preferences (an unknown argument prefers the string category: `f(int)`/`f(text)` called with `1`
-/// picks `f(text)`), so the call is prepared with types declared from the JSON values instead.
-const OVERLOAD_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_proc p \
+/// picks `f(text)`), so the call is prepared with types declared from the JSON values instead. The
+/// second column is the most volatile of them (`v` > `s` > `i`): only a function that cannot write
+/// (STABLE or IMMUTABLE) may be sent to a replica.
+const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text) FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
      AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
@@ -455,6 +465,7 @@ impl Session {
             param_oids: Vec::new(),
             columns: Vec::new(),
             overloads: None,
+            volatility: None,
             introspect_rounds: 0,
             introspect_rows: Vec::new(),
         });
@@ -588,6 +599,7 @@ impl Session {
                             .flatten()
                             .and_then(|b| std::str::from_utf8(b).ok())
                             .and_then(|t| t.parse().ok());
+                        p.volatility = vals.get(1).copied().flatten().and_then(|b| b.first().copied());
                     }
                     Phase::Introspecting(p) => {
                         let vals = data_row_fields(&row)?;
@@ -691,6 +703,9 @@ impl Session {
             }
             let e = api_from_db(&e, &job.req.database);
             return self.fail(cx, e);
+        }
+        if let Some(v) = p.volatility.take() {
+            cx.actions.push(Action::Learned { function: job.req.function.clone(), read_only: v == b's' || v == b'i' });
         }
         if !p.declared && !untyped && p.overloads.take().is_some_and(|n| n > 1) && !job.answered {
             // Overloaded: drop the untyped statement and prepare with declared types.
@@ -816,6 +831,16 @@ impl Session {
                 job.answered = true;
                 self.finish_if_done(cx);
                 cx.actions.push(Action::Requeue(w));
+                return;
+            }
+            if e.code == "25006" && cx.replica && !job.answered {
+                // The function is labelled STABLE or IMMUTABLE but wrote: on a replica that fails
+                // before anything changes, so the call runs again on the primary, once.
+                let mut w = job.to_waiter(now + cx.cfg.pool.wait_timeout, job.requeued);
+                w.req.primary = true;
+                job.answered = true;
+                self.finish_if_done(cx);
+                cx.actions.push(Action::Reroute(w));
                 return;
             }
             let mut api = api_from_db(&e, &job.req.database);

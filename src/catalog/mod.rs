@@ -13,6 +13,7 @@ use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 
 pub mod lookup;
+pub mod servers;
 
 /// Catalogs (server and database) whose tables are known to exist in this process. Keyed per catalog,
 /// not one flag: a process may serve several catalogs (tests, a changed `CATALOG_DB`), and a catalog
@@ -98,6 +99,19 @@ CREATE TABLE IF NOT EXISTS platform_keys (
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS confined_at timestamptz;
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'ready';
 ALTER TABLE databases ADD COLUMN IF NOT EXISTS created_oid oid;
+CREATE TABLE IF NOT EXISTS servers (
+    name        text PRIMARY KEY,
+    host        text NOT NULL,
+    port        integer NOT NULL,
+    db_user     text,
+    db_password text,
+    weight      integer NOT NULL DEFAULT 1 CHECK (weight >= 0),
+    state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining')),
+    replicas    text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE databases ADD COLUMN IF NOT EXISTS server text NOT NULL DEFAULT 'default';
+ALTER TABLE platforms ADD COLUMN IF NOT EXISTS default_server text;
 CREATE TABLE IF NOT EXISTS run_results (
     run_id      text NOT NULL,
     database    text NOT NULL,
@@ -163,6 +177,8 @@ pub struct DatabaseRecord {
     pub created_at: String,
     pub last_deploy_at: Option<String>,
     pub last_status: Option<String>,
+    /// The server that holds it.
+    pub server: String,
 }
 
 /// Maps a PostgreSQL failure in catalog work to an API error.
@@ -313,14 +329,11 @@ impl Catalog {
             .map_err(|e| pg_api(e, "cannot record the database"))
     }
 
-    /// Right after `CREATE DATABASE`: which database (by OID) the gateway made, so a clean-up never
-    /// drops another one of the same name.
-    pub fn mark_created(&mut self, name: &str) -> Result<(), ApiError> {
+    /// Right after `CREATE DATABASE`: which database (by OID, as its server reports it) the gateway
+    /// made, so a clean-up never drops another one of the same name.
+    pub fn mark_created(&mut self, name: &str, oid: Option<&str>) -> Result<(), ApiError> {
         self.client
-            .query(
-                "UPDATE databases SET created_oid = (SELECT oid FROM pg_database WHERE datname = $1) WHERE name = $1",
-                &[Some(name)],
-            )
+            .query("UPDATE databases SET created_oid = $2::oid WHERE name = $1", &[Some(name), oid])
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot update the catalog"))
     }
@@ -374,7 +387,7 @@ impl Catalog {
             .query(
                 "SELECT name, platform, kind, tenant_id, schema_name, database_id, \
                         to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                        to_char(last_deploy_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), last_status \
+                        to_char(last_deploy_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), last_status, server \
                  FROM databases WHERE platform = $1 AND ($2::text IS NULL OR schema_name = $2) \
                  ORDER BY kind <> 'main', name",
                 &[Some(platform), schema],
@@ -394,6 +407,7 @@ impl Catalog {
                 created_at: row[6].clone().unwrap_or_default(),
                 last_deploy_at: row[7].clone(),
                 last_status: row[8].clone(),
+                server: row[9].clone().unwrap_or_else(|| crate::servers::DEFAULT_SERVER.to_string()),
             })
             .collect())
     }
@@ -732,6 +746,8 @@ pub struct CallOwner {
     /// The PostgreSQL role its calls log in as (`None`: the platform has no recorded role yet, the
     /// derived name applies).
     pub role: Option<String>,
+    /// The server that holds it.
+    pub server: String,
 }
 
 impl Catalog {
@@ -742,7 +758,7 @@ impl Catalog {
             .client
             .query(
                 "SELECT d.name, d.platform, CASE d.kind WHEN 'main' THEN NULL WHEN 'tenant' THEN d.tenant_id \
-                 ELSE d.schema_name || '_' || d.database_id END, r.role FROM databases d \
+                 ELSE d.schema_name || '_' || d.database_id END, r.role, d.server FROM databases d \
                  LEFT JOIN platform_roles r ON r.platform = d.platform \
                  WHERE $1::text[] IS NULL OR d.name = ANY($1::text[])",
                 &[list.as_deref()],
@@ -755,6 +771,7 @@ impl Catalog {
                 platform: row[1].clone().unwrap_or_default(),
                 tenant: row[2].clone(),
                 role: row[3].clone(),
+                server: row[4].clone().unwrap_or_else(|| crate::servers::DEFAULT_SERVER.to_string()),
             })
             .collect())
     }

@@ -47,11 +47,36 @@ pub const KEYS: &[Key] = &[
     secret("DB_PASSWORD", "password of DB_USER"),
     key("DB_CONNECT_TIMEOUT_MS", "5000", "time allowed to open a PostgreSQL connection"),
     key(
+        "DB_REPLICAS",
+        "",
+        "streaming replicas of the default server, comma-separated host:port (reads may go there with READ_REPLICAS)",
+    ),
+    key(
+        "READ_REPLICAS",
+        "off",
+        "on: /call of a STABLE or IMMUTABLE function goes to a replica of its database's server when one is within MAX_REPLICA_LAG_MS",
+    ),
+    key(
+        "MAX_REPLICA_LAG_MS",
+        "1000",
+        "a replica further behind its primary than this gets no reads until it catches up",
+    ),
+    key(
+        "REPLICA_CHECK_INTERVAL_MS",
+        "1000",
+        "how often the gateway checks each server and measures each replica's lag",
+    ),
+    key(
         "MAX_CONNECTIONS_PER_POOL",
         "0",
         "backend connections per database over all event loops; 0 = twice GATEWAY_THREADS, at least 10",
     ),
     key("MAX_TOTAL_CONNECTIONS", "200", "backend connections over all pools (hard cap)"),
+    key(
+        "MAX_CONNECTIONS_PER_SERVER",
+        "0",
+        "backend connections to one PostgreSQL server (or one replica) over all pools; 0 = MAX_TOTAL_CONNECTIONS",
+    ),
     key(
         "MAX_CONNECTIONS_PER_PLATFORM",
         "0",

@@ -217,6 +217,8 @@ pub struct PoolConfig {
     pub max_waiting: usize,
     /// `MAX_WAITING_PER_PLATFORM` with 0 resolved: calls waiting in all pools of one platform.
     pub max_waiting_per_platform: usize,
+    /// `MAX_CONNECTIONS_PER_SERVER` with 0 resolved to the total.
+    pub max_per_server: usize,
 }
 
 /// `/call` settings.
@@ -351,6 +353,20 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `METRICS_TOP_DATABASES`: databases named in `/metrics` pool figures; the rest are `other`.
     pub metrics_top_databases: usize,
+    pub servers: ServersConfig,
+}
+
+/// Several servers and replicas.
+#[derive(Debug, Clone)]
+pub struct ServersConfig {
+    /// `DB_REPLICAS`: replicas of the default server.
+    pub default_replicas: Vec<crate::servers::Endpoint>,
+    /// `READ_REPLICAS`.
+    pub read_replicas: bool,
+    /// `MAX_REPLICA_LAG_MS`.
+    pub max_lag: Duration,
+    /// `REPLICA_CHECK_INTERVAL_MS`.
+    pub check_interval: Duration,
 }
 
 fn invalid(s: &Settings, key: &str, expected: &str) -> ConfigError {
@@ -504,6 +520,10 @@ impl Config {
             wait_timeout: millis(s, "POOL_WAIT_TIMEOUT_MS")?,
             max_waiting: num(s, "POOL_MAX_WAITING", 0usize, 1_000_000)?,
             max_waiting_per_platform: num(s, "MAX_WAITING_PER_PLATFORM", 0usize, 10_000_000)?,
+            max_per_server: match num(s, "MAX_CONNECTIONS_PER_SERVER", 0usize, 100_000)? {
+                0 => max_total,
+                n => n,
+            },
         };
         let mut pool = pool;
         if pool.max_waiting_per_platform == 0 {
@@ -666,6 +686,18 @@ impl Config {
             deploy,
             shutdown_grace: secs(s, "SHUTDOWN_GRACE_SECS")?,
             metrics_top_databases: num(s, "METRICS_TOP_DATABASES", 1usize, 1000)?,
+            servers: ServersConfig {
+                default_replicas: s
+                    .get("DB_REPLICAS")
+                    .split(',')
+                    .filter(|x| !x.trim().is_empty())
+                    .map(crate::servers::Endpoint::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| invalid(s, "DB_REPLICAS", "comma-separated host:port"))?,
+                read_replicas: boolean(s, "READ_REPLICAS")?,
+                max_lag: Duration::from_millis(num::<u64>(s, "MAX_REPLICA_LAG_MS", 0, 86_400_000)?),
+                check_interval: millis(s, "REPLICA_CHECK_INTERVAL_MS")?,
+            },
         })
     }
 

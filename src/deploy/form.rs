@@ -10,6 +10,8 @@ pub struct DeployForm {
     pub platform: Option<String>,
     pub tenant_id: Option<String>,
     pub schema_name: Option<String>,
+    /// The server a new database goes to (see `GET /admin/servers`); placement chooses when absent.
+    pub server: Option<String>,
     /// The uploaded archive bytes.
     pub archive: Option<Vec<u8>>,
     pub force: bool,
@@ -49,6 +51,7 @@ impl DeployForm {
                 "platform" => f.platform = Some(text(p)?),
                 "tenant_id" => f.tenant_id = Some(text(p)?).filter(|s| !s.is_empty()),
                 "schema_name" | "name" => f.schema_name = Some(text(p)?),
+                "server" => f.server = Some(text(p)?).filter(|s| !s.is_empty()),
                 "schema" | "file" => {
                     if f.archive.is_some() {
                         return Err(ApiError::new(Kind::InvalidRequest, "more than one schema archive in the form"));

@@ -32,7 +32,7 @@ pub struct Isolation {
 /// confines each recorded database that exists.
 pub fn isolate_all(ctx: &DeployCtx, all: bool) -> Result<Isolation, ApiError> {
     let mut out = Isolation::default();
-    let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+    let mut cat = ctx.catalog()?;
     let mut admin = Client::connect(&ctx.admin).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))?;
     close_catalog(&mut admin, &ctx.cfg.deploy.catalog_db)?;
     // Dedicated credentials of the v2 API: the role is kept (adopted), the password forgotten.
@@ -56,8 +56,10 @@ pub fn isolate_all(ctx: &DeployCtx, all: bool) -> Result<Isolation, ApiError> {
     let todo = cat
         .client
         .query(
+            // Only the default server's: databases on other servers were made by this version,
+            // confined from the start (the pass is for databases made before platforms had roles).
             "SELECT name, platform FROM databases WHERE ($1::boolean OR confined_at IS NULL) \
-             AND name IN (SELECT datname FROM pg_database) ORDER BY name",
+             AND server = 'default' AND name IN (SELECT datname FROM pg_database) ORDER BY name",
             &[Some(if all { "true" } else { "false" })],
         )
         .map_err(|e| pg_api(e, "catalog lookup failed"))?;

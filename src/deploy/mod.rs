@@ -12,6 +12,7 @@ pub mod isolate;
 pub mod overview;
 pub mod pack;
 pub mod seeders;
+pub mod servers;
 pub mod service;
 pub mod sql;
 pub mod tables;

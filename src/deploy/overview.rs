@@ -3,7 +3,7 @@
 //! traffic) is gathered on the event loop and handed in already encoded.
 
 use super::service::{DeployCtx, Outcome};
-use crate::catalog::{Catalog, pg_api};
+use crate::catalog::pg_api;
 use crate::error::ApiError;
 use crate::http::response::Response;
 use crate::json::ObjectWriter;
@@ -35,7 +35,7 @@ pub fn status_data(ctx: &DeployCtx, live: &[u8]) -> Outcome {
 }
 
 fn read_catalog(ctx: &DeployCtx) -> Result<(String, String), ApiError> {
-    let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+    let mut cat = ctx.catalog()?;
     // One statement each, built as JSON by PostgreSQL: sizes come from pg_database (a shared catalog,
     // readable from the catalog database), the last deploy from the catalog's own records.
     let platforms = cat

@@ -2,6 +2,7 @@
 //! `/admin/create-tenant`). Each runs on a worker thread with blocking connections and returns the
 //! response plus the databases whose cached `/call` statements must be dropped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,16 +21,26 @@ use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
 use crate::security::keys::{Credential, StoredKey};
 use crate::security::{names, roles};
+use crate::servers::{DEFAULT_SERVER, Servers};
 
 /// What a deploy operation needs: configuration, how to reach PostgreSQL as the gateway's login, who
 /// asked, and (once [`DeployCtx::as_platform`] made sure of it) the platform role its SQL runs as.
 #[derive(Clone)]
 pub struct DeployCtx {
     pub cfg: Arc<Config>,
-    /// The gateway's own login: catalog, CREATE DATABASE, roles. Never runs platform SQL.
+    /// The gateway's own login on the server this context works on (see [`DeployCtx::on_server`]):
+    /// CREATE DATABASE, roles. Never runs platform SQL.
     pub admin: ConnectParams,
+    /// The gateway's login on the default server, which holds the catalog.
+    pub catalog_admin: ConnectParams,
+    /// Every known server.
+    pub servers: Arc<Servers>,
+    /// The server `admin` reaches.
+    pub server: String,
     /// The platform role this context's deploys log in as; `None` until [`DeployCtx::as_platform`].
     pub role: Option<String>,
+    /// The platform of `role`.
+    pub platform: Option<String>,
     /// What the request presented (platform key or admin token).
     pub cred: Credential,
     /// Deploy counts for `/metrics` and the status page, shared by every context of this gateway.
@@ -95,10 +106,21 @@ const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 impl DeployCtx {
     pub fn new(cfg: Arc<Config>) -> DeployCtx {
         let admin = cfg.db.connect_params();
+        let servers = Servers::new(admin.clone(), cfg.servers.default_replicas.clone());
+        DeployCtx::with_servers(cfg, servers)
+    }
+
+    /// A context that shares `servers` with the rest of the gateway.
+    pub fn with_servers(cfg: Arc<Config>, servers: Arc<Servers>) -> DeployCtx {
+        let admin = cfg.db.connect_params();
         DeployCtx {
             cfg,
+            catalog_admin: admin.clone(),
             admin,
+            servers,
+            server: DEFAULT_SERVER.to_string(),
             role: None,
+            platform: None,
             cred: Credential::default(),
             metrics: Arc::default(),
             slots: Arc::default(),
@@ -164,7 +186,7 @@ impl DeployCtx {
         admin.close();
         r?;
         cat.record_platform_role(platform, &role, adopted)?;
-        Ok(DeployCtx { role: Some(role), ..self.clone() })
+        Ok(DeployCtx { role: Some(role), platform: Some(platform.to_string()), ..self.clone() })
     }
 
     /// A database name that no platform may use: PostgreSQL's own databases and the catalog.
@@ -368,7 +390,8 @@ impl DeployCtx {
                 )
                 .with_database(name));
             }
-            cat.record_creating(name, owner)
+            cat.record_creating(name, owner)?;
+            cat.set_server_of(name, &self.server)
         })();
         let _ = admin.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(&quota_lock)]);
         counted?;
@@ -376,7 +399,12 @@ impl DeployCtx {
         let created = roles::create_platform_database(admin, name, &role, &self.cfg.call.schemas);
         match &created {
             Ok(true) => {
-                if let Err(e) = cat.mark_created(name) {
+                let oid = admin
+                    .query("SELECT oid::text FROM pg_database WHERE datname = $1", &[Some(name)])
+                    .ok()
+                    .and_then(|r| r.rows.into_iter().next())
+                    .and_then(|row| row[0].clone());
+                if let Err(e) = cat.mark_created(name, oid.as_deref()) {
                     // The row stays `creating` without an OID: a clean-up then only drops a database
                     // owned by the platform's role or the gateway's login (see clean_unfinished_creations).
                     crate::log::warn("could not record a new database's OID", &[("database", &name), ("error", &e)]);
@@ -389,9 +417,129 @@ impl DeployCtx {
         created
     }
 
-    fn catalog(&self) -> Result<Catalog, ApiError> {
-        Catalog::open(&self.admin, &self.cfg.deploy.catalog_db)
+    /// The catalog (always on the default server).
+    pub fn catalog(&self) -> Result<Catalog, ApiError> {
+        Catalog::open(&self.catalog_admin, &self.cfg.deploy.catalog_db)
     }
+
+    /// The same context working on server `name`. A server this process has not heard of yet (another
+    /// gateway added it) is looked up in the catalog.
+    pub fn on_server(&self, name: &str) -> Result<DeployCtx, ApiError> {
+        if name == self.server {
+            return Ok(self.clone());
+        }
+        let s = match self.servers.get(name) {
+            Some(s) => s,
+            None => {
+                let defs = self.catalog()?.servers()?;
+                self.servers.replace(defs);
+                self.servers.get(name).ok_or_else(|| crate::catalog::servers::not_found(name))?
+            }
+        };
+        Ok(DeployCtx { admin: s.params(self.servers.base()), server: name.to_string(), ..self.clone() })
+    }
+
+    /// Makes sure this context's platform role exists on its server (a server that got the platform's
+    /// first database there, or a fleet run reaching a server the role was never made on).
+    pub fn ensure_role_here(&self) -> Result<(), ApiError> {
+        let (Some(role), Some(platform)) = (self.role.as_deref(), self.platform.as_deref()) else { return Ok(()) };
+        let mut admin = self.admin_client()?;
+        let r = roles::ensure_platform_role(&mut admin, platform, role, &self.cfg.security.platform_secret, false);
+        admin.close();
+        r
+    }
+}
+
+/// Takes the create lock of database `name` on the catalog session (held until it is released or
+/// the session ends): one creation per name at a time, whichever server it goes to.
+fn lock_name(cat: &mut Catalog, name: &str) -> Result<(), ApiError> {
+    cat.client
+        .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)])
+        .map(|_| ())
+        .map_err(|e| pg_api(e, "cannot lock the database name"))
+}
+
+fn unlock_name(cat: &mut Catalog, name: &str) {
+    let _ = cat.client.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)]);
+}
+
+/// The server database `name` lives on, or goes to, with an admin session there. A recorded
+/// database stays where it is. A new one goes to `requested` if given, else to the platform's default
+/// server, else to the active server with the fewest databases for its weight; when a server chosen
+/// that way cannot be reached the next one is tried, so a server that is down gets nothing and leaves
+/// nothing behind. A requested server must be recorded, active and reachable.
+fn place(
+    ctx: &DeployCtx,
+    cat: &mut Catalog,
+    name: &str,
+    platform: &str,
+    requested: Option<&str>,
+) -> Result<(DeployCtx, Client), ApiError> {
+    let defs = cat.servers()?;
+    ctx.servers.replace(defs.clone());
+    let connect = |c: &DeployCtx| {
+        c.admin_client().map_err(|e| {
+            ApiError::new(
+                Kind::ConnectionFailed,
+                format!("server '{}' ({}) cannot be reached: {}", c.server, c.admin.target(), e.message),
+            )
+            .with_database(name)
+        })
+    };
+    if let Some(server) = cat.server_of(name)? {
+        if requested.is_some_and(|r| r != server) {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                format!("database '{name}' lives on server '{server}'; a database never moves between servers"),
+            )
+            .with_database(name));
+        }
+        let c = ctx.on_server(&server)?;
+        let admin = connect(&c)?;
+        return Ok((c, admin));
+    }
+    let preferred = match requested {
+        Some(r) => Some(r.to_string()),
+        None => cat.platform_default_server(platform)?,
+    };
+    if let Some(want) = preferred {
+        let Some(d) = defs.iter().find(|d| d.name == want) else {
+            return Err(crate::catalog::servers::not_found(&want).with_database(name));
+        };
+        if d.state != crate::servers::ServerState::Active {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                format!("server '{want}' is {}: it takes no new databases", d.state.as_str()),
+            )
+            .with_database(name));
+        }
+        let c = ctx.on_server(&want)?;
+        let admin = connect(&c)?;
+        return Ok((c, admin));
+    }
+    let counts = cat.databases_per_server()?;
+    let candidates: Vec<(crate::servers::ServerDef, u64)> = defs
+        .into_iter()
+        .map(|d| {
+            let n = counts.iter().find(|(s, _)| *s == d.name).map_or(0, |(_, n)| *n);
+            (d, n)
+        })
+        .collect();
+    let mut last = None;
+    for server in crate::servers::placement_order(&candidates) {
+        let c = ctx.on_server(&server)?;
+        match connect(&c) {
+            Ok(admin) => return Ok((c, admin)),
+            Err(e) => {
+                crate::log::warn("server skipped for a new database", &[("server", &server), ("error", &e)]);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ApiError::new(Kind::ConnectionFailed, "no active server takes new databases (all are draining)")
+            .with_database(name)
+    }))
 }
 
 fn v1_owner(platform: &str, tenant: Option<&str>) -> Result<(String, Owner), ApiError> {
@@ -435,21 +583,20 @@ pub fn create_and_deploy(
     archive: &SchemaArchive,
     opts: &DeployOptions,
     must_be_new: bool,
-) -> Result<(bool, DeployReport), ApiError> {
+    server: Option<&str>,
+) -> Result<(bool, DeployReport, String), ApiError> {
     ctx.check_reserved(name)?;
     let mut cat = ctx.catalog()?;
     cat.check_owner(name, owner)?;
+    // One create-and-first-deploy per database name at a time, across gateways and servers:
+    // otherwise a request whose first deploy fails could drop the database another request is
+    // deploying to. The lock is the catalog session's and ends with it.
+    lock_name(&mut cat, name)?;
     let recorded = cat.owner_of(name)?.is_some();
     // Everything that can be refused is refused before anything is created.
     let untrusted = ctx.check_extensions(archive)?;
-    let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
-    let mut admin = ctx.admin_client()?;
-    // One create-and-first-deploy per database name at a time, across gateways: otherwise a request
-    // whose first deploy fails could drop the database another request is deploying to. The lock is
-    // the admin session's and ends with it.
-    admin
-        .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)])
-        .map_err(|e| pg_api(e, "cannot lock the database name"))?;
+    let (placed, mut admin) = place(ctx, &mut cat, name, &owner.platform, server)?;
+    let ctx = &placed.as_platform(&mut cat, &owner.platform)?;
     let exists = catalog::database_exists(&mut admin, name)?;
     if exists && !recorded {
         // Not the gateway's: serving it would hand someone else's database to this platform.
@@ -503,7 +650,7 @@ pub fn create_and_deploy(
         let _ = cat.finish_run(&run, status);
     }
     admin.close();
-    result.map(|r| (created, r)).map_err(|e| e.with_database(name))
+    result.map(|r| (created, r, ctx.server.clone())).map_err(|e| e.with_database(name))
 }
 
 /// At start: databases whose creation never finished (a gateway killed during `/register`,
@@ -518,16 +665,18 @@ pub fn clean_unfinished_creations(ctx: &DeployCtx) -> Result<Vec<String>, ApiErr
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut admin = ctx.admin_client()?;
     let mut dropped = Vec::new();
     for (name, _) in rows {
-        let lock = admin
+        let lock = cat
+            .client
             .query("SELECT pg_try_advisory_lock(hashtext('stonescriptdb:create:' || $1))::text", &[Some(&name)])
             .map_err(|e| pg_api(e, "cannot lock the database name"))?;
         if lock.rows.first().and_then(|r| r[0].as_deref()) != Some("true") {
             continue; // a live gateway is creating it right now
         }
         let r = (|| -> Result<(), ApiError> {
+            let server = cat.server_of(&name)?.unwrap_or_else(|| DEFAULT_SERVER.to_string());
+            let mut admin = ctx.on_server(&server)?.admin_client()?;
             // Read again under the lock: its creator may have finished in between.
             let Some((state, oid)) = cat.creation_state(&name)? else { return Ok(()) };
             if state != "creating" {
@@ -558,12 +707,18 @@ pub fn clean_unfinished_creations(ctx: &DeployCtx) -> Result<Vec<String>, ApiErr
                 ),
                 None => {}
             }
+            admin.close();
             cat.forget_database(&name)
         })();
-        let _ = admin.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:create:' || $1))", &[Some(&name)]);
-        r?;
+        unlock_name(&mut cat, &name);
+        if let Err(e) = r {
+            // One server that cannot be reached leaves its rows for a later start; the rest go on.
+            crate::log::warn(
+                "an unfinished database creation could not be cleaned up",
+                &[("database", &name), ("error", &e)],
+            );
+        }
     }
-    admin.close();
     Ok(dropped)
 }
 
@@ -585,7 +740,8 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             protected_schemas: ctx.cfg.call.schemas.clone(),
             time_limit: Some(ctx.cfg.deploy.timeout),
         };
-        let (created, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, false)?;
+        let (created, report, server) =
+            create_and_deploy(ctx, &name, &owner, &archive, &opts, false, form.server.as_deref())?;
         let mut b = Vec::with_capacity(1024);
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", if opts.dry_run { "dry_run" } else { "ready" });
@@ -596,6 +752,7 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             o.str("platform_given", &platform);
         }
         o.bool("created", created);
+        o.str("server", &server);
         report.write_fields(&mut o);
         if !archive.ignored.is_empty() {
             let mut a = o.array("ignored_files");
@@ -632,6 +789,32 @@ pub fn migrate_many(
     let results: Mutex<Vec<Option<DbResult>>> = Mutex::new((0..databases.len()).map(|_| None).collect());
     let finished = AtomicUsize::new(0);
     let workers = ctx.cfg.deploy.parallelism.clamp(1, databases.len().max(1));
+    // Each database is deployed on its own server; the platform's role is made sure of once per
+    // server other than the one the context was made on.
+    let placed: Result<HashMap<String, String>, ApiError> = ctx.catalog().and_then(|mut c| {
+        databases
+            .iter()
+            .map(|d| Ok((d.clone(), c.server_of(d)?.unwrap_or_else(|| DEFAULT_SERVER.to_string()))))
+            .collect()
+    });
+    let on_servers: Mutex<HashMap<String, Result<DeployCtx, ApiError>>> = Mutex::new(HashMap::new());
+    let ctx_for = |db: &str| -> Result<DeployCtx, ApiError> {
+        let server = match &placed {
+            Ok(m) => m.get(db).cloned().unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            Err(e) => return Err(e.clone()),
+        };
+        if server == ctx.server {
+            return Ok(ctx.clone());
+        }
+        let mut m = on_servers.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(server.clone())
+            .or_insert_with(|| {
+                let c = ctx.on_server(&server)?;
+                c.ensure_role_here()?;
+                Ok(c)
+            })
+            .clone()
+    };
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -641,7 +824,7 @@ pub fn migrate_many(
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(db) = databases.get(i) else { return };
-                    let result = ctx.deploy_one(db, archive, opts, untrusted);
+                    let result = ctx_for(db).and_then(|c| c.deploy_one(db, archive, opts, untrusted));
                     if result.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -881,16 +1064,28 @@ pub fn admin_databases(ctx: &DeployCtx, platform: Option<String>) -> Outcome {
         let p = names::platform(&platform)?;
         let mut cat = ctx.catalog()?;
         let recs = cat.databases(&p, None)?;
-        let names_: Vec<&str> = recs.iter().map(|r| r.name.as_str()).collect();
-        let list = format!("{{{}}}", names_.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(","));
-        let sizes = cat
-            .client
-            .query(
-                "SELECT datname::text, round(pg_database_size(datname) / 1048576.0, 2)::text \
-                 FROM pg_database WHERE datname = ANY($1::text[])",
-                &[Some(&list)],
-            )
-            .map_err(|e| pg_api(e, "cannot read database sizes"))?;
+        // Sizes are asked of each database's own server; one that cannot be reached gives nulls.
+        let mut sizes: Vec<Vec<Option<String>>> = Vec::new();
+        let mut servers_: Vec<&str> = recs.iter().map(|r| r.server.as_str()).collect();
+        servers_.sort_unstable();
+        servers_.dedup();
+        for server in servers_ {
+            let names_: Vec<&str> = recs.iter().filter(|r| r.server == server).map(|r| r.name.as_str()).collect();
+            let list = format!("{{{}}}", names_.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(","));
+            let sql = "SELECT datname::text, round(pg_database_size(datname) / 1048576.0, 2)::text \
+                       FROM pg_database WHERE datname = ANY($1::text[])";
+            let rows = if server == DEFAULT_SERVER {
+                cat.client.query(sql, &[Some(&list)]).map_err(|e| pg_api(e, "cannot read database sizes"))?.rows
+            } else {
+                let found = ctx.on_server(server).and_then(|c| c.admin_client()).ok().and_then(|mut c| {
+                    let r = c.query(sql, &[Some(&list)]).ok();
+                    c.close();
+                    r
+                });
+                found.map(|r| r.rows).unwrap_or_default()
+            };
+            sizes.extend(rows);
+        }
         let mut b = Vec::with_capacity(512);
         let mut o = ObjectWriter::new(&mut b);
         o.str("platform", &p);
@@ -902,12 +1097,13 @@ pub fn admin_databases(ctx: &DeployCtx, platform: Option<String>) -> Outcome {
                 e.str("type", if r.owner.kind == "main" { "main" } else { "tenant" });
                 // The tenant_id a /call gives to reach this database.
                 e.opt_str("tenant_id", r.owner.call_tenant().as_deref());
-                match sizes.rows.iter().find(|row| row[0].as_deref() == Some(r.name.as_str())) {
+                match sizes.iter().find(|row| row[0].as_deref() == Some(r.name.as_str())) {
                     Some(row) => e.raw("size_mb", row[1].as_deref().unwrap_or("null")),
                     None => e.null("size_mb"),
                 };
                 e.str("created_at", &r.created_at);
                 e.opt_str("last_deploy", r.last_deploy_at.as_deref());
+                e.str("server", &r.server);
             }
         }
         o.u64("count", recs.len() as u64);
@@ -923,16 +1119,19 @@ pub fn create_tenant(ctx: &DeployCtx, body: &Value) -> Outcome {
         let get = |k: &str| body.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
         let platform = get("platform").ok_or_else(|| ApiError::new(Kind::InvalidRequest, "'platform' is required"))?;
         let tenant = get("tenant_id").ok_or_else(|| ApiError::new(Kind::InvalidRequest, "'tenant_id' is required"))?;
+        let server = match body.get("server") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
+            Some(_) => return Err(ApiError::new(Kind::InvalidRequest, "'server' must be a server name")),
+        };
         let (name, owner) = v1_owner(platform, Some(tenant))?;
         ctx.check_reserved(&name)?;
         let mut cat = ctx.catalog()?;
         cat.check_owner(&name, &owner)?;
-        let ctx = &ctx.as_platform(&mut cat, &owner.platform)?;
-        let mut admin = ctx.admin_client()?;
-        admin
-            .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(&name)])
-            .map_err(|e| pg_api(e, "cannot lock the database name"))?;
+        lock_name(&mut cat, &name)?;
         let recorded = cat.owner_of(&name)?.is_some();
+        let (placed, mut admin) = place(ctx, &mut cat, &name, &owner.platform, server)?;
+        let ctx = &placed.as_platform(&mut cat, &owner.platform)?;
         if catalog::database_exists(&mut admin, &name)? {
             return Err(ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists"))
                 .with_database(name));
@@ -949,6 +1148,7 @@ pub fn create_tenant(ctx: &DeployCtx, body: &Value) -> Outcome {
         o.str("database", &name);
         o.str("platform", &owner.platform);
         o.opt_str("tenant_id", owner.tenant_id.as_deref());
+        o.str("server", &ctx.server);
         o.finish();
         Ok((Response::json(201, b), Vec::new()))
     };

@@ -10,7 +10,7 @@ use super::form::DeployForm;
 use super::service::{
     DbResult, DeployCtx, Outcome, create_and_deploy, migrate_many, migrate_response, write_db_result,
 };
-use crate::catalog::{self, Catalog, Owner};
+use crate::catalog::{self, Owner};
 use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::json::{ObjectWriter, Value};
@@ -78,7 +78,15 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
             }
         }
         roles::role_name(&ctx.cfg.security.role_prefix, &p)?;
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let server = str_field(body, "server")?.filter(|s| !s.is_empty());
+        let mut cat = ctx.catalog()?;
+        if let Some(s) = server {
+            // Where the platform's new databases go unless a request names a server: an operator's choice.
+            ctx.require_admin("'server'")?;
+            if !cat.servers()?.iter().any(|d| d.name == s) {
+                return Err(crate::catalog::servers::not_found(s));
+            }
+        }
         if cat.platform(&p)?.is_some() {
             return Err(ApiError::new(Kind::PlatformAlreadyExists, format!("platform '{p}' is already registered")));
         }
@@ -102,6 +110,9 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
             return Err(e);
         }
         cat.register_platform(&p, user)?;
+        if server.is_some() {
+            cat.set_platform_default_server(&p, server)?;
+        }
         let key = if want_key {
             let k = keys::new_key()?;
             cat.set_platform_key(&p, &keys::hash(&k), 0)?;
@@ -114,6 +125,9 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
         o.str("status", "registered");
         o.str("platform", &p);
         o.bool("has_dedicated_credentials", true);
+        if let Some(s) = server {
+            o.str("default_server", s);
+        }
         if let Some(k) = &key {
             o.str("api_key", k);
             o.str(
@@ -146,7 +160,7 @@ pub fn rotate_key(ctx: &DeployCtx, platform: &str, body: &Value) -> Outcome {
                 ));
             }
         };
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         let k = keys::new_key()?;
         cat.set_platform_key(&p, &keys::hash(&k), grace)?;
         let mut b = Vec::new();
@@ -171,7 +185,7 @@ pub fn upload_schema(ctx: &DeployCtx, platform: &str, content_type: &str, body: 
                 ApiError::new(Kind::InvalidRequest, "form field 'schema_name' (or 'name') is required")
             })?)?;
         let upload = form.require_archive()?;
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         // The same reader and statement splitter as a deploy: a broken archive is refused before it
@@ -208,7 +222,7 @@ pub fn upload_schema(ctx: &DeployCtx, platform: &str, content_type: &str, body: 
 pub fn list_schemas(ctx: &DeployCtx, platform: &str) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let p = names::platform(platform)?;
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         let list = cat.schemas(&p)?;
@@ -241,7 +255,7 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
     let run = || -> Result<Outcome, ApiError> {
         let p = names::platform(platform)?;
         let schema = schema.filter(|s| !s.is_empty()).map(|s| schema_name(&s)).transpose()?;
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         ctx.authorize(&mut cat, &p)?;
         cat.require_platform(&p)?;
         let recs: Vec<_> =
@@ -257,6 +271,7 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
                 e.str("database_name", &r.name);
                 e.opt_str("schema_name", r.owner.schema_name.as_deref());
                 e.str("created_at", &r.created_at);
+                e.str("server", &r.server);
             }
         }
         o.u64("count", recs.len() as u64);
@@ -270,7 +285,7 @@ pub fn list_databases(ctx: &DeployCtx, platform: &str, schema: Option<String>) -
 pub fn list_platforms(ctx: &DeployCtx) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         ctx.require_admin("listing every platform")?;
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         let list = cat.platforms()?;
         let mut b = Vec::new();
         let mut o = ObjectWriter::new(&mut b);
@@ -297,7 +312,7 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
         let schema = schema_name(required(body, "schema_name")?)?;
         let id_raw = required(body, "database_id")?;
         let name = names::v2_database(&p, &schema, id_raw)?;
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         // Creating databases is the platform's own business only when it proves who it is.
         if cat.platform_keys(Some(&p))?.is_empty() {
             ctx.require_admin(&format!("creating a database for platform '{p}', which has no key,"))?;
@@ -324,7 +339,8 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
             time_limit: Some(ctx.cfg.deploy.timeout),
         };
         drop(cat);
-        let (_, report) = create_and_deploy(ctx, &name, &owner, &archive, &opts, true)?;
+        let server = str_field(body, "server")?.filter(|s| !s.is_empty());
+        let (_, report, server) = create_and_deploy(ctx, &name, &owner, &archive, &opts, true, server)?;
         let mut b = Vec::with_capacity(1024);
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", "created");
@@ -334,6 +350,7 @@ pub fn create_database(ctx: &DeployCtx, body: &Value) -> Outcome {
         o.str("database_id", owner.database_id.as_deref().unwrap_or(""));
         o.i64("schema_version", version);
         o.bool("created", true);
+        o.str("server", &server);
         report.write_fields(&mut o);
         o.finish();
         Ok((Response::json(201, b), vec![name]))
@@ -371,7 +388,7 @@ pub fn plan_migrate(ctx: &DeployCtx, body: &Value, all: bool) -> Result<MigrateP
     let p = names::platform(required(body, "platform")?)?;
     let schema = schema_name(required(body, "schema_name")?)?;
     let id = if all { None } else { str_field(body, "database_id")? };
-    let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+    let mut cat = ctx.catalog()?;
     ctx.authorize(&mut cat, &p)?;
     cat.require_platform(&p)?;
     let (bytes, version) = cat.schema_archive(&p, &schema)?;
@@ -442,7 +459,7 @@ pub fn run_migrate(
     progress: Progress<'_>,
 ) -> (Response, Vec<String>) {
     let started = Instant::now();
-    let mut c = match Catalog::open(&plan.ctx.admin, &plan.ctx.cfg.deploy.catalog_db) {
+    let mut c = match plan.ctx.catalog() {
         Ok(c) => c,
         Err(e) => return err(e),
     };
@@ -514,7 +531,7 @@ pub fn run_migrate(
 /// `GET /runs/{id}`.
 pub fn get_run(ctx: &DeployCtx, id: &str) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
-        let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+        let mut cat = ctx.catalog()?;
         let r = cat.run(id)?.ok_or_else(|| ApiError::new(Kind::RunNotFound, format!("no run '{id}'")))?;
         match &r.platform {
             Some(p) => ctx.authorize(&mut cat, p)?,
@@ -546,7 +563,7 @@ pub fn get_run(ctx: &DeployCtx, id: &str) -> Outcome {
 
 /// Marks runs whose gateway is gone as interrupted: a live run holds an advisory lock named after it.
 pub fn mark_interrupted_runs(ctx: &DeployCtx) -> Result<usize, ApiError> {
-    let mut cat = Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db)?;
+    let mut cat = ctx.catalog()?;
     let r = cat
         .client
         .query("SELECT id FROM runs WHERE status = 'running'", &[])

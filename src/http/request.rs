@@ -67,6 +67,8 @@ pub struct Head {
     pub authorization: Option<String>,
     pub x_forwarded_for: Option<String>,
     pub accept: Option<String>,
+    /// `X-Consistency` (for `/call`: `primary` keeps a read on the primary).
+    pub consistency: Option<String>,
 }
 
 impl Head {
@@ -162,6 +164,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
     let mut authorization = None;
     let mut xff: Option<String> = None;
     let mut accept = None;
+    let mut consistency = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -210,6 +213,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
             });
         } else if name.eq_ignore_ascii_case("accept") {
             accept = Some(header_value(h.value)?.to_string());
+        } else if name.eq_ignore_ascii_case("x-consistency") {
+            consistency = Some(header_value(h.value)?.trim().to_ascii_lowercase());
         }
     }
 
@@ -238,6 +243,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
             minor_version,
             framing,
             keep_alive,
+            consistency,
             expect_continue: expect_continue && minor_version == 1,
             content_type,
             authorization,

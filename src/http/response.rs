@@ -19,6 +19,9 @@ pub struct Response {
     pub error: Option<Kind>,
     /// One more header, e.g. `WWW-Authenticate` for the status page.
     pub header: Option<(&'static str, &'static str)>,
+    /// For a `/call`: the server (`name`, or `name~host:port` for a replica) that answered it, for the
+    /// request log.
+    pub served_by: Option<std::sync::Arc<str>>,
 }
 
 pub const JSON: &str = "application/json";
@@ -29,7 +32,17 @@ impl Response {
     }
 
     pub fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
-        Response { status, content_type, body, allow: None, retry_after: None, close: false, error: None, header: None }
+        Response {
+            status,
+            content_type,
+            body,
+            allow: None,
+            retry_after: None,
+            close: false,
+            error: None,
+            header: None,
+            served_by: None,
+        }
     }
 
     pub fn error(e: &ApiError) -> Response {

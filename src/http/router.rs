@@ -27,11 +27,16 @@ pub enum Route {
     Metrics,
     Status,
     StatusData,
+    AdminServers,
+    AdminServerAdd,
+    AdminServerDrain(String),
+    AdminServerActivate(String),
+    AdminServerDelete(String),
 }
 
 /// Route names in [`Route::slot`] order (labels of `/metrics`); requests that matched no route count
 /// in one more slot after these.
-pub const ROUTE_NAMES: [&str; 20] = [
+pub const ROUTE_NAMES: [&str; 25] = [
     "health",
     "call",
     "register",
@@ -52,6 +57,11 @@ pub const ROUTE_NAMES: [&str; 20] = [
     "metrics",
     "status",
     "status_data",
+    "admin_servers",
+    "admin_server_add",
+    "admin_server_drain",
+    "admin_server_activate",
+    "admin_server_delete",
 ];
 
 /// Counter slots per route: every route plus requests that matched none.
@@ -80,7 +90,11 @@ impl Route {
             | Route::AdminIsolate
             | Route::Metrics
             | Route::Status
-            | Route::StatusData => BodyKind::None,
+            | Route::StatusData
+            | Route::AdminServers
+            | Route::AdminServerDrain(_)
+            | Route::AdminServerActivate(_)
+            | Route::AdminServerDelete(_) => BodyKind::None,
             Route::Register | Route::Migrate | Route::PlatformSchemaUpload(_) => BodyKind::Multipart,
             _ => BodyKind::Json,
         }
@@ -114,6 +128,11 @@ impl Route {
             Route::Metrics => 17,
             Route::Status => 18,
             Route::StatusData => 19,
+            Route::AdminServers => 20,
+            Route::AdminServerAdd => 21,
+            Route::AdminServerDrain(_) => 22,
+            Route::AdminServerActivate(_) => 23,
+            Route::AdminServerDelete(_) => 24,
         }
     }
 
@@ -150,6 +169,11 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
         ["admin", "platforms"] | ["platforms"] => (Route::Platforms, "GET, HEAD"),
         ["admin", "platforms", p, "key"] => (Route::AdminPlatformKey(segment(p)?), "POST"),
         ["admin", "isolate"] => (Route::AdminIsolate, "POST"),
+        ["admin", "servers"] if method == Method::Post => (Route::AdminServerAdd, "GET, HEAD, POST"),
+        ["admin", "servers"] => (Route::AdminServers, "GET, HEAD, POST"),
+        ["admin", "servers", n, "drain"] => (Route::AdminServerDrain(segment(n)?), "POST"),
+        ["admin", "servers", n, "activate"] => (Route::AdminServerActivate(segment(n)?), "POST"),
+        ["admin", "servers", n] => (Route::AdminServerDelete(segment(n)?), "DELETE"),
         ["admin", "database", "create"] | ["database", "create"] => (Route::DatabaseCreate, "POST"),
         ["platform", "register"] => (Route::PlatformRegister, "POST"),
         ["platform", p, "schema"] => (Route::PlatformSchemaUpload(segment(p)?), "POST"),
@@ -163,11 +187,7 @@ pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
         ["status", "data"] => (Route::StatusData, "GET, HEAD"),
         _ => return Err(ApiError::new(Kind::NotFound, format!("no route for {path}"))),
     };
-    let ok = match method {
-        Method::Get | Method::Head => allow.starts_with("GET"),
-        Method::Post => allow == "POST",
-        _ => false,
-    };
+    let ok = allow.split(", ").any(|m| m == method.as_str());
     if ok {
         Ok(route)
     } else {
@@ -199,6 +219,12 @@ mod tests {
         assert_eq!(route(Method::Get, "/platform/%2e%2e/schemas").unwrap_err().kind, Kind::InvalidRequest);
         assert_eq!(route(Method::Get, "/metrics").unwrap(), Route::Metrics);
         assert_eq!(route(Method::Get, "/status/data").unwrap(), Route::StatusData);
+        assert_eq!(route(Method::Get, "/admin/servers").unwrap(), Route::AdminServers);
+        assert_eq!(route(Method::Post, "/admin/servers").unwrap(), Route::AdminServerAdd);
+        assert_eq!(route(Method::Delete, "/admin/servers").unwrap_err().allow, Some("GET, HEAD, POST"));
+        assert_eq!(route(Method::Delete, "/admin/servers/b").unwrap(), Route::AdminServerDelete("b".into()));
+        assert_eq!(route(Method::Get, "/admin/servers/b").unwrap_err().allow, Some("DELETE"));
+        assert_eq!(route(Method::Post, "/admin/servers/b/drain").unwrap(), Route::AdminServerDrain("b".into()));
     }
 
     #[test]
@@ -224,6 +250,11 @@ mod tests {
             Route::Metrics,
             Route::Status,
             Route::StatusData,
+            Route::AdminServers,
+            Route::AdminServerAdd,
+            Route::AdminServerDrain(String::new()),
+            Route::AdminServerActivate(String::new()),
+            Route::AdminServerDelete(String::new()),
         ];
         let slots: std::collections::HashSet<usize> = all.iter().map(Route::slot).collect();
         assert_eq!(slots.len(), ROUTE_NAMES.len());

@@ -199,6 +199,41 @@ impl Default for RequestTotals {
     }
 }
 
+/// Calls answered through one server (or one replica of it), over a loop's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServedCount {
+    pub server: String,
+    /// The replica's `host:port`; empty for the server's primary.
+    pub replica: String,
+    pub calls: u64,
+    /// Calls a replica refused as writes (25006) and the primary ran again.
+    pub write_retries: u64,
+}
+
+/// Adds `more` into `into`, matching on server and replica.
+pub fn fold_served(into: &mut Vec<ServedCount>, more: &[ServedCount]) {
+    for m in more {
+        match into.iter_mut().find(|c| c.server == m.server && c.replica == m.replica) {
+            Some(c) => {
+                c.calls += m.calls;
+                c.write_retries += m.write_retries;
+            }
+            None => into.push(m.clone()),
+        }
+    }
+}
+
+/// One server or replica as the health monitor last saw it.
+#[derive(Clone, Debug, Default)]
+pub struct ServerHealth {
+    pub server: String,
+    /// Empty for the primary.
+    pub replica: String,
+    pub up: bool,
+    /// Replay lag (replicas only, when measured).
+    pub lag_ms: Option<u64>,
+}
+
 /// One pool of one loop, as the loop last published it (every janitor turn).
 #[derive(Clone, Debug, Default)]
 pub struct PoolSnapshot {

@@ -3,7 +3,9 @@
 //! `_count`. No I/O: the caller gathers a [`Scrape`] and sends the bytes.
 
 use super::process::ProcessStats;
-use super::{DEPLOY_BOUNDS_US, DeploySnapshot, LATENCY_BOUNDS_US, PoolSnapshot, RequestTotals};
+use super::{
+    DEPLOY_BOUNDS_US, DeploySnapshot, LATENCY_BOUNDS_US, PoolSnapshot, RequestTotals, ServedCount, ServerHealth,
+};
 use crate::error::Kind;
 use crate::http::router::ROUTE_NAMES;
 
@@ -29,6 +31,9 @@ pub struct Scrape<'a> {
     pub connect_failures: u64,
     pub deploy: &'a DeploySnapshot,
     pub process: ProcessStats,
+    /// Calls per server and replica, summed over loops.
+    pub served: &'a [ServedCount],
+    pub servers: &'a [ServerHealth],
 }
 
 struct Out {
@@ -173,6 +178,41 @@ pub fn render(s: &Scrape<'_>) -> String {
     o.family("backend_connect_failures_total", "counter", "Backend connection attempts that failed.");
     o.sample("backend_connect_failures_total", &[], s.connect_failures as f64);
 
+    o.family(
+        "server_calls_total",
+        "counter",
+        "Calls answered per PostgreSQL server; replica is empty for the primary.",
+    );
+    for c in s.served {
+        o.sample("server_calls_total", &[("server", &c.server), ("replica", &c.replica)], c.calls as f64);
+    }
+    o.family(
+        "replica_write_retries_total",
+        "counter",
+        "Calls a replica refused as writes (a STABLE/IMMUTABLE label that was wrong), run again on the primary.",
+    );
+    for c in s.served.iter().filter(|c| !c.replica.is_empty()) {
+        o.sample(
+            "replica_write_retries_total",
+            &[("server", &c.server), ("replica", &c.replica)],
+            c.write_retries as f64,
+        );
+    }
+    o.family(
+        "server_up",
+        "gauge",
+        "1 when the health monitor reaches the server (or replica) and, for a replica, reads may go there.",
+    );
+    for h in s.servers {
+        o.sample("server_up", &[("server", &h.server), ("replica", &h.replica)], if h.up { 1.0 } else { 0.0 });
+    }
+    o.family("replica_lag_seconds", "gauge", "Replay lag of each replica as the gateway measured it.");
+    for h in s.servers.iter().filter(|h| !h.replica.is_empty()) {
+        if let Some(l) = h.lag_ms {
+            o.sample("replica_lag_seconds", &[("server", &h.server), ("replica", &h.replica)], l as f64 / 1000.0);
+        }
+    }
+
     o.family("deploys_total", "counter", "Deploy requests by kind (route) and outcome.");
     for ((kind, outcome), n) in &s.deploy.runs {
         o.sample("deploys_total", &[("kind", kind), ("outcome", outcome)], *n as f64);
@@ -250,11 +290,23 @@ mod tests {
             connect_failures: 0,
             deploy: &dep,
             process: ProcessStats::default(),
+            served: &[ServedCount { server: "s2".into(), replica: "10.0.0.3:5432".into(), calls: 5, write_retries: 1 }],
+            servers: &[],
         };
         let t = render(&s);
         assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"0.0001\"} 2\n"), "{t}");
         assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"0.001\"} 3\n"), "{t}");
         assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"+Inf\"} 7\n"), "{t}");
         assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_count 7\n"), "{t}");
+        assert!(
+            t.contains("stonescriptdb_gateway_server_calls_total{server=\"s2\",replica=\"10.0.0.3:5432\"} 5\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "stonescriptdb_gateway_replica_write_retries_total{server=\"s2\",replica=\"10.0.0.3:5432\"} 1\n"
+            ),
+            "{t}"
+        );
     }
 }

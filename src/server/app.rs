@@ -66,6 +66,7 @@ impl App {
             shared.canceller.clone(),
             token_base,
             shared.loops.len(),
+            shared.servers.clone(),
         );
         App {
             id,
@@ -145,16 +146,27 @@ impl App {
         }
         for ask in self.calls.take_room_asks() {
             let from = self.id;
+            if let Some(server) = ask.server {
+                // Under one server's cap: any loop may hold an idle connection to it.
+                self.shared.loops.send_others(from, || Message::RoomWanted {
+                    from,
+                    pool: None,
+                    server: Some(server.clone()),
+                });
+                continue;
+            }
             match ask.pool {
                 // Idle connections of that pool elsewhere may go; any loop may have one.
-                Some(pool) => {
-                    self.shared.loops.send_others(from, || Message::RoomWanted { from, pool: Some(pool.clone()) })
-                }
+                Some(pool) => self.shared.loops.send_others(from, || Message::RoomWanted {
+                    from,
+                    pool: Some(pool.clone()),
+                    server: None,
+                }),
                 // Under the total cap, one slot is wanted: asked of the loop holding the most, which
                 // owes it when it has nothing idle (so several loops do not all give one up).
                 None => {
                     if let Some(n) = self.shared.fullest_besides(from).and_then(|l| self.shared.loops.get(l)) {
-                        n.send(Message::RoomWanted { from, pool: None });
+                        n.send(Message::RoomWanted { from, pool: None, server: None });
                     }
                 }
             }
@@ -353,7 +365,7 @@ impl App {
             }
             if response.status < 300 {
                 // Databases this deploy created or changed, keys it set: tell /call right away.
-                if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+                if let Ok(mut cat) = ctx.catalog() {
                     send_catalog_state(&mut cat, &shared.loops);
                     cat.client.close();
                 }
@@ -543,7 +555,12 @@ impl App {
                     (r, changed)
                 });
             }
-            Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json) {
+            Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json).and_then(|mut r| {
+                if let Some(c) = inc.head.consistency.as_deref() {
+                    r.primary |= crate::call::request::consistency_primary(c)?;
+                }
+                Ok(r)
+            }) {
                 Ok(req) => {
                     *note = Some(inc.body);
                     return self.call(poll, key, generation, req, cred, now);
@@ -588,6 +605,29 @@ impl App {
             }
             Route::AdminIsolate => {
                 return self.submit_deploy(key, generation, cred, crate::deploy::isolate::isolate_route);
+            }
+            Route::AdminServers => return self.submit_deploy(key, generation, cred, crate::deploy::servers::list),
+            Route::AdminServerAdd => match json_object(&inc.body, depth) {
+                Ok(v) => {
+                    return self.submit_deploy(key, generation, cred, move |ctx| crate::deploy::servers::add(ctx, &v));
+                }
+                Err(e) => Err(e),
+            },
+            Route::AdminServerDrain(n) | Route::AdminServerActivate(n) => {
+                let (n, state) = (
+                    n.clone(),
+                    match inc.route {
+                        Route::AdminServerDrain(_) => crate::servers::ServerState::Draining,
+                        _ => crate::servers::ServerState::Active,
+                    },
+                );
+                return self.submit_deploy(key, generation, cred, move |ctx| {
+                    crate::deploy::servers::set_state(ctx, &n, state)
+                });
+            }
+            Route::AdminServerDelete(n) => {
+                let n = n.clone();
+                return self.submit_deploy(key, generation, cred, move |ctx| crate::deploy::servers::remove(ctx, &n));
             }
             Route::PlatformSchemaUpload(p) => {
                 let (p, ct, body) = (p.clone(), inc.head.content_type.clone().unwrap_or_default(), inc.body);
@@ -635,6 +675,7 @@ impl App {
         if let Some(s) = self.shared.stats.get(self.id) {
             s.publish(&self.calls.stats());
             s.publish_pools(self.calls.pool_snapshots(now));
+            s.publish_served(self.calls.served());
         }
     }
 
@@ -656,6 +697,26 @@ impl App {
         o.u64("waiting_requests", c.waiting as u64);
         o.u64("pipelined_calls", c.pipelined);
         o.u64("event_loops", self.shared.loops.len() as u64);
+        {
+            // Every server and replica as the health monitor last saw it.
+            let mut a = o.array("servers");
+            for srv in self.shared.servers.all() {
+                let mut e = a.object();
+                e.str("name", &srv.def.name);
+                e.str("state", if srv.reachable() { srv.def.state.as_str() } else { "down" });
+                e.bool("reachable", srv.reachable());
+                let mut r = e.array("replicas");
+                for rep in &srv.replicas {
+                    let mut x = r.object();
+                    x.str("address", &rep.endpoint.label());
+                    x.bool("usable", rep.usable());
+                    match rep.lag_ms() {
+                        Some(l) => x.u64("lag_ms", l),
+                        None => x.null("lag_ms"),
+                    };
+                }
+            }
+        }
         o.finish();
         Response::json(if connected { 200 } else { 503 }, body)
     }

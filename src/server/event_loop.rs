@@ -294,8 +294,8 @@ impl Loop {
                     let answers = self.app.resolved(&mut self.poll, &r, self.now);
                     self.deliver(answers);
                 }
-                Message::RoomWanted { from, pool } => {
-                    self.app.calls.make_room(&mut self.poll, pool.as_deref(), from, self.now);
+                Message::RoomWanted { from, pool, server } => {
+                    self.app.calls.make_room(&mut self.poll, pool.as_deref(), server.as_deref(), from, self.now);
                 }
                 Message::RoomFreed => self.app.calls.grow_starved(&mut self.poll, self.now),
                 Message::Shutdown => self.begin_shutdown(),
@@ -866,6 +866,7 @@ impl Loop {
         }
         if let Some(s) = self.app.shared.stats.get(self.app.id) {
             s.publish_pools(self.app.calls.pool_snapshots(now));
+            s.publish_served(self.app.calls.served());
         }
     }
 }
@@ -913,6 +914,16 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         fields.push(("platform", &call.platform));
         fields.push(("database", &call.database));
         fields.push(("function", &call.function));
+    }
+    let (server, replica) = match r.served_by.as_deref() {
+        Some(s) => s.split_once('~').unwrap_or((s, "")),
+        None => ("", ""),
+    };
+    if !server.is_empty() {
+        fields.push(("server", &server));
+    }
+    if !replica.is_empty() {
+        fields.push(("replica", &replica));
     }
     log::info("request", &fields);
 }

@@ -35,7 +35,7 @@ pub enum Message {
     Resolved(Arc<Resolved>),
     /// Loop `from` needs room under the connection limits: close an idle connection (of `pool`, or
     /// of any pool) if there is one.
-    RoomWanted { from: usize, pool: Option<String> },
+    RoomWanted { from: usize, pool: Option<String>, server: Option<std::sync::Arc<str>> },
     /// A slot this loop asked for is free.
     RoomFreed,
     /// Begin graceful shutdown.

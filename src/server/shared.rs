@@ -20,9 +20,12 @@ use crate::deploy::service::DeployCtx;
 use crate::deploy::v2;
 use crate::deploy::workers::Workers;
 use crate::log;
-use crate::metrics::{HistogramSnapshot, History, LoopCounters, PoolSnapshot, RequestTotals, fold_pools};
+use crate::metrics::{
+    HistogramSnapshot, History, LoopCounters, PoolSnapshot, RequestTotals, ServedCount, ServerHealth, fold_pools,
+};
 use crate::pg::blocking::Client;
 use crate::pg::params::ConnectParams;
+use crate::servers::Servers;
 
 /// Databases that deploys changed, in order, numbered by an epoch. A deploy records its databases
 /// here before its response is sent, and every loop looks at the epoch before it runs a call, so no
@@ -103,6 +106,8 @@ pub struct LoopStats {
     /// This loop's pools as of its last janitor turn (every 100 ms): a lock taken ten times a
     /// second by the loop and once per scrape, never per request.
     pub pools_snapshot: Mutex<Vec<PoolSnapshot>>,
+    /// This loop's calls per server and replica, as of its last janitor turn.
+    pub served_snapshot: Mutex<Vec<ServedCount>>,
 }
 
 impl LoopStats {
@@ -124,6 +129,10 @@ impl LoopStats {
 
     pub fn publish_pools(&self, pools: Vec<PoolSnapshot>) {
         *self.pools_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = pools;
+    }
+
+    pub fn publish_served(&self, served: Vec<ServedCount>) {
+        *self.served_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = served;
     }
 
     fn read(&self) -> Stats {
@@ -240,6 +249,8 @@ pub struct Shared {
     pub invalidations: Invalidations,
     pub stats: Vec<LoopStats>,
     pub deploy: DeployCtx,
+    /// Every PostgreSQL server and replica (also inside `deploy`).
+    pub servers: Arc<Servers>,
     /// The last minute of `/call` traffic, sampled every second (status page).
     pub history: Arc<History>,
     /// Stops the helper threads at shutdown.
@@ -256,7 +267,9 @@ impl Shared {
     pub fn start(cfg: Arc<Config>, loops: Loops) -> std::io::Result<Arc<Shared>> {
         let params = cfg.db.connect_params();
         let stop = Arc::new(AtomicBool::new(false));
-        let deploy = DeployCtx::new(cfg.clone());
+        let servers = Servers::new(params.clone(), cfg.servers.default_replicas.clone());
+        crate::servers::health::start(servers.clone(), cfg.servers.max_lag, cfg.servers.check_interval)?;
+        let deploy = DeployCtx::with_servers(cfg.clone(), servers.clone());
         let health = HealthProbe::start(params.clone(), stop.clone());
         start_catalog_sync(deploy.clone(), loops.clone(), stop.clone());
         let lookups = {
@@ -274,7 +287,12 @@ impl Shared {
         let n = loops.len();
         let history = Arc::new(History::default());
         let shared = Arc::new(Shared {
-            budget: Budget::new(cfg.pool.max_total, cfg.pool.max_per_pool, cfg.pool.max_per_platform),
+            budget: Budget::with_server_cap(
+                cfg.pool.max_total,
+                cfg.pool.max_per_pool,
+                cfg.pool.max_per_platform,
+                cfg.pool.max_per_server,
+            ),
             canceller: Canceller::start()?,
             workers: Mutex::new(Workers::new(cfg.deploy.workers, cfg.deploy.queue)?),
             started: Instant::now(),
@@ -287,6 +305,7 @@ impl Shared {
             stop,
             loops,
             uploads: Arc::new(AtomicUsize::new(0)),
+            servers,
             per_address: Mutex::new(HashMap::new()),
             cfg,
         });
@@ -319,6 +338,37 @@ impl Shared {
             all.extend(s.pools_snapshot.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         }
         fold_pools(all, self.cfg.metrics_top_databases)
+    }
+
+    /// Calls per server and replica, summed over every loop.
+    pub fn served(&self) -> Vec<ServedCount> {
+        let mut all = Vec::new();
+        for s in &self.stats {
+            crate::metrics::fold_served(&mut all, &s.served_snapshot.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        all
+    }
+
+    /// Every server and replica as the health monitor last saw it.
+    pub fn server_health(&self) -> Vec<ServerHealth> {
+        let mut out = Vec::new();
+        for s in self.servers.all() {
+            out.push(ServerHealth {
+                server: s.def.name.clone(),
+                replica: String::new(),
+                up: s.reachable(),
+                lag_ms: None,
+            });
+            for r in &s.replicas {
+                out.push(ServerHealth {
+                    server: s.def.name.clone(),
+                    replica: r.endpoint.label(),
+                    up: r.usable(),
+                    lag_ms: r.lag_ms(),
+                });
+            }
+        }
+        out
     }
 
     /// Counts summed over every loop.
@@ -467,7 +517,12 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                     Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
                 }
             }
-            if let Ok(mut cat) = crate::catalog::Catalog::open(&ctx.admin, &ctx.cfg.deploy.catalog_db) {
+            if let Ok(mut cat) = ctx.catalog() {
+                // Servers other gateways added, or whose state changed.
+                match cat.servers() {
+                    Ok(defs) => ctx.servers.replace(defs),
+                    Err(e) => log::debug("servers not read from the catalog", &[("error", &e)]),
+                }
                 send_catalog_state(&mut cat, &loops);
                 cat.client.close();
             }

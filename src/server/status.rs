@@ -40,6 +40,8 @@ pub fn metrics(shared: &Shared, now: Instant) -> Response {
         connect_failures: totals.connect_failures,
         deploy: &deploy,
         process: metrics::process::read(),
+        served: &shared.served(),
+        servers: &shared.server_health(),
     };
     Response::with_type(200, text::CONTENT_TYPE, text::render(&scrape).into_bytes())
 }

@@ -37,6 +37,8 @@ struct Rig {
     now: Instant,
     s: Session,
     next_client: usize,
+    /// The connection is to a replica.
+    replica: bool,
 }
 
 impl Rig {
@@ -51,6 +53,7 @@ impl Rig {
             now: Instant::now(),
             s: Session::new(Some("ssdb_acme".into())),
             next_client: 0,
+            replica: false,
         }
     }
 
@@ -63,6 +66,7 @@ impl Rig {
             spans: &mut self.spans,
             actions: &mut self.actions,
             now: self.now,
+            replica: self.replica,
         };
         f(&mut self.s, &mut cx)
     }
@@ -220,13 +224,18 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 /// The replies to Parse/Describe + the overload check for `f(int4) → id int4`, with `overloads`
 /// candidates.
 fn prepare_ok(overloads: &str) -> Vec<u8> {
+    prepare_reply(&[Some(overloads)])
+}
+
+/// The replies to Parse/Describe + the overload check whose row is `check_row`.
+fn prepare_reply(check_row: &[Option<&str>]) -> Vec<u8> {
     cat(&[
         parse_complete(),
         param_desc(&[INT4]),
         row_desc(&[("id", INT4)]),
         parse_complete(),
         bind_complete(),
-        data_row(&[Some(overloads)]),
+        data_row(check_row),
         command("SELECT 1"),
         rfq(b'I'),
     ])
@@ -759,4 +768,69 @@ fn calls_queued_behind_a_stuck_call_are_answered_at_their_own_timeout_and_their_
     let a = r.take_actions();
     assert!(answers(&a).is_empty());
     assert!(drained(&a));
+}
+
+/// Replies to Parse/Describe + the overload check, with the candidates' highest volatility.
+fn prepare_ok_volatility(volatility: &str) -> Vec<u8> {
+    prepare_reply(&[Some("1"), Some(volatility)])
+}
+
+fn learned(actions: &[Action]) -> Vec<(String, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Learned { function, read_only } => Some((function.clone(), *read_only)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_prepare_tells_whether_the_function_only_reads() {
+    for (v, read_only) in [("s", true), ("i", true), ("v", false)] {
+        let mut r = Rig::new(&[]);
+        r.start(req("f", vec![Value::Number("1".into())]));
+        r.sent();
+        r.reply(prepare_ok_volatility(v)).unwrap();
+        assert_eq!(learned(&r.take_actions()), vec![("f".to_string(), read_only)], "provolatile {v}");
+    }
+    // No volatility column (or none found): nothing is learned, so the call stays on the primary.
+    let mut r = Rig::new(&[]);
+    first_call(&mut r);
+    assert!(learned(&r.take_actions()).is_empty());
+}
+
+#[test]
+fn a_write_refused_by_a_replica_goes_back_to_the_primary_once() {
+    let mut r = warmed(&[]);
+    r.replica = true;
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(cat(&[
+        bind_complete(),
+        error("ERROR", "25006", "cannot execute INSERT in a read-only transaction"),
+        rfq(b'I'),
+    ]))
+    .unwrap();
+    let a = r.take_actions();
+    assert!(answers(&a).is_empty(), "the client gets no error: {:?}", answers(&a));
+    let rerouted: Vec<&Waiter> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Reroute(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rerouted.len(), 1);
+    assert!(rerouted[0].req.primary, "the retry must not land on a replica again");
+    assert!(drained(&a));
+
+    // On a primary the same error is the answer.
+    let mut r = warmed(&[]);
+    r.start(req("f", vec![Value::Number("2".into())]));
+    r.sent();
+    r.reply(cat(&[bind_complete(), error("ERROR", "25006", "read-only"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    assert!(!a.iter().any(|x| matches!(x, Action::Reroute(_))));
+    assert_eq!(answers(&a).len(), 1);
 }
