@@ -262,11 +262,11 @@ fn reads_of_stable_functions_go_to_a_fresh_replica_and_fall_back_to_the_primary(
     assert!(eventually(Duration::from_secs(10), || health().contains("\"usable\":true")), "{}", health());
 
     // A STABLE function is read on the replica once the gateway knows its volatility.
+    let on_replica = (replica.port.to_string(), true);
     assert!(
-        eventually(Duration::from_secs(10), || place_of(&call(addr, plat, None, "where_am_i")).1),
+        eventually(Duration::from_secs(10), || place_of(&call(addr, plat, None, "where_am_i")) == on_replica),
         "a STABLE call never reached the replica"
     );
-    assert_eq!(place_of(&call(addr, plat, None, "where_am_i")).0, replica.port.to_string());
     for _ in 0..5 {
         assert!(!place_of(&call(addr, plat, None, "where_am_i_v")).1, "a VOLATILE call went to the replica");
         let body = place_of(&call_with(addr, plat, None, "where_am_i", ",\"consistency\":\"primary\"", &[]));

@@ -361,8 +361,8 @@ impl CallEngine {
                         self.read_only.entry(db).or_default().insert(function, read_only);
                     }
                 }
-                Action::Reroute(w) => {
-                    if let Some(s) = &server {
+                Action::Reroute { waiter: w, wrote } => {
+                    if let Some(s) = server.as_ref().filter(|_| wrote) {
                         self.served.entry(s.clone()).or_default().1 += 1;
                     }
                     let role = self
@@ -370,10 +370,17 @@ impl CallEngine {
                         .get(key)
                         .and_then(|b| self.pools.pools.get(b.pool))
                         .map(|p| p.params.user.clone());
-                    crate::log::warn(
-                        "a call on a replica tried to write (its function is labelled STABLE or IMMUTABLE); sent to the primary",
-                        &[("database", &w.req.database), ("function", &w.req.function)],
-                    );
+                    if wrote {
+                        crate::log::warn(
+                            "a call on a replica tried to write (its function is labelled STABLE or IMMUTABLE); sent to the primary",
+                            &[("database", &w.req.database), ("function", &w.req.function)],
+                        );
+                    } else {
+                        crate::log::debug(
+                            "a replica lacks what a call needs (not replayed yet); sent to the primary",
+                            &[("database", &w.req.database), ("function", &w.req.function)],
+                        );
+                    }
                     self.reroute(poll, w, role.as_deref().unwrap_or_default(), now);
                 }
             }

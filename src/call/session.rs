@@ -202,8 +202,10 @@ pub enum Action {
     Broken(PgError),
     /// A prepare found out whether `function` only reads (STABLE/IMMUTABLE) in this database.
     Learned { function: String, read_only: bool },
-    /// A read-only-labelled call wrote on a replica (25006): run it again on the primary.
-    Reroute(Waiter),
+    /// A call a replica could not run: run it again on the primary. `wrote`: the replica refused a
+    /// write (25006, the function's STABLE/IMMUTABLE label is wrong); otherwise the replica lacks
+    /// something the primary has (class 42: a function or table it has not replayed yet).
+    Reroute { waiter: Waiter, wrote: bool },
 }
 
 /// What the session needs besides itself: settings, the pool's types, the connection's send buffer,
@@ -302,6 +304,13 @@ pub const RESET_STMTS: [(&str, &str); 5] = [
 /// prepared statements exist: its row arrives after this many reset CommandCompletes (plus the
 /// call's own).
 const PREPARED_CHECK: usize = 3;
+
+/// Errors after which a call that ran on a replica runs again on the primary: a refused write
+/// (25006), or class 42 (an object the replica has not replayed yet, e.g. a function just deployed).
+/// Reads only ran there, so running them again does nothing twice.
+fn replica_lacks(sqlstate: &str) -> bool {
+    sqlstate == "25006" || sqlstate.starts_with("42")
+}
 
 /// Execute of the unnamed portal, all rows.
 const EXECUTE: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
@@ -672,6 +681,15 @@ impl Session {
         let schemas = &cx.cfg.call.schemas;
         let untyped = matches!(job.typing, Typing::Untyped(_));
         if let Some(mut e) = job.error.take() {
+            if cx.replica && replica_lacks(&e.code) && !job.answered {
+                // The replica may not have replayed the function (or a type) yet: the primary knows.
+                let mut w = job.to_waiter(cx.now + cx.cfg.pool.wait_timeout, job.requeued);
+                w.req.primary = true;
+                job.answered = true;
+                self.finish_if_done(cx);
+                cx.actions.push(Action::Reroute { waiter: w, wrote: false });
+                return;
+            }
             if e.code == "42883" && p.declared && !job.answered {
                 // No overload takes the declared types (e.g. a string for a date): let PostgreSQL
                 // resolve the call with untyped arguments after all.
@@ -833,14 +851,15 @@ impl Session {
                 cx.actions.push(Action::Requeue(w));
                 return;
             }
-            if e.code == "25006" && cx.replica && !job.answered {
-                // The function is labelled STABLE or IMMUTABLE but wrote: on a replica that fails
-                // before anything changes, so the call runs again on the primary, once.
+            if cx.replica && replica_lacks(&e.code) && !job.answered {
+                // A write refused (the function is labelled STABLE or IMMUTABLE but wrote: on a replica
+                // that fails before anything changes), or something the replica has not replayed
+                // yet: the call runs again on the primary, once.
                 let mut w = job.to_waiter(now + cx.cfg.pool.wait_timeout, job.requeued);
                 w.req.primary = true;
                 job.answered = true;
                 self.finish_if_done(cx);
-                cx.actions.push(Action::Reroute(w));
+                cx.actions.push(Action::Reroute { waiter: w, wrote: e.code == "25006" });
                 return;
             }
             let mut api = api_from_db(&e, &job.req.database);

@@ -817,7 +817,7 @@ fn a_write_refused_by_a_replica_goes_back_to_the_primary_once() {
     let rerouted: Vec<&Waiter> = a
         .iter()
         .filter_map(|x| match x {
-            Action::Reroute(w) => Some(w),
+            Action::Reroute { waiter, wrote: true } => Some(waiter),
             _ => None,
         })
         .collect();
@@ -831,6 +831,19 @@ fn a_write_refused_by_a_replica_goes_back_to_the_primary_once() {
     r.sent();
     r.reply(cat(&[bind_complete(), error("ERROR", "25006", "read-only"), rfq(b'I')])).unwrap();
     let a = r.take_actions();
-    assert!(!a.iter().any(|x| matches!(x, Action::Reroute(_))));
+    assert!(!a.iter().any(|x| matches!(x, Action::Reroute { .. })));
     assert_eq!(answers(&a).len(), 1);
+}
+
+#[test]
+fn a_function_a_replica_has_not_replayed_yet_is_asked_of_the_primary() {
+    let mut r = Rig::new(&[]);
+    r.replica = true;
+    r.start(req("f", vec![Value::Number("1".into())]));
+    r.sent();
+    r.reply(cat(&[error("ERROR", "42883", "function f(unknown) does not exist"), rfq(b'I')])).unwrap();
+    let a = r.take_actions();
+    assert!(answers(&a).is_empty(), "{:?}", answers(&a));
+    assert!(a.iter().any(|x| matches!(x, Action::Reroute { waiter, wrote: false } if waiter.req.primary)), "{a:?}");
+    assert_eq!(r.sent(), Vec::<u8>::new(), "no suggestion query on the replica");
 }
