@@ -319,6 +319,7 @@ impl CallEngine {
             actions: &mut self.actions,
             now,
             replica: p.replica.is_some(),
+            look_for_prepared: p.may_prepare,
         };
         let r = f(&mut b.session, &mut cx);
         self.apply(poll, key, now);
@@ -354,10 +355,11 @@ impl CallEngine {
                 Action::Cancel => self.send_cancel(key),
                 Action::Drained => self.drained(poll, key, now),
                 Action::Broken(e) => self.conn_broken(poll, key, e, now),
-                Action::Learned { function, read_only } => {
-                    if let Some(db) =
-                        self.backends.get(key).and_then(|b| self.pools.pools.get(b.pool)).map(|p| p.database.clone())
-                    {
+                Action::Learned { function, read_only, may_prepare } => {
+                    let pool = self.backends.get(key).and_then(|b| self.pools.pools.get_mut(b.pool));
+                    if let Some(p) = pool {
+                        p.may_prepare = may_prepare;
+                        let db = p.database.clone();
                         self.read_only.entry(db).or_default().insert(function, read_only);
                     }
                 }
@@ -1244,6 +1246,8 @@ impl CallEngine {
             let (idle, busy) = match self.pools.pools.get_mut(pool) {
                 Some(p) => {
                     p.types = super::types::TypeRegistry::new();
+                    // The deploy may have brought functions that prepare statements.
+                    p.may_prepare = true;
                     (std::mem::take(&mut p.idle), p.busy.clone())
                 }
                 None => continue,

@@ -67,6 +67,8 @@ pub struct Pending {
     overloads: Option<i64>,
     /// The most volatile of those candidates (`i`, `s` or `v`), from the same check.
     volatility: Option<u8>,
+    /// Some function of the database mentions PREPARE (same check).
+    may_prepare: bool,
     /// Type lookups done for this statement so far.
     introspect_rounds: u8,
     introspect_rows: Vec<Vec<Option<String>>>,
@@ -200,8 +202,9 @@ pub enum Action {
     Drained,
     /// The connection cannot be used any more: close it and fail what runs on it.
     Broken(PgError),
-    /// A prepare found out whether `function` only reads (STABLE/IMMUTABLE) in this database.
-    Learned { function: String, read_only: bool },
+    /// A prepare found out whether `function` only reads (STABLE/IMMUTABLE) in this database, and
+    /// whether any function there can prepare statements (see [`OVERLOAD_SQL`]).
+    Learned { function: String, read_only: bool, may_prepare: bool },
     /// A call a replica could not run: run it again on the primary. `wrote`: the replica refused a
     /// write (25006, the function's STABLE/IMMUTABLE label is wrong); otherwise the replica lacks
     /// something the primary has (class 42: a function or table it has not replayed yet).
@@ -220,6 +223,8 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// The connection is to a replica (reads only).
     pub replica: bool,
+    /// The reset looks for SQL-level prepared statements (see [`LOOK_STMT`]).
+    pub look_for_prepared: bool,
 }
 
 impl Ctx<'_> {
@@ -266,9 +271,13 @@ const BODY_HEAD: &[u8] = b"{\"rows\":[";
 /// preferences (an unknown argument prefers the string category: `f(int)`/`f(text)` called with `1`
 /// picks `f(text)`), so the call is prepared with types declared from the JSON values instead. The
 /// second column is the most volatile of them (`v` > `s` > `i`): only a function that cannot write
-/// (STABLE or IMMUTABLE) may be sent to a replica.
-const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text) FROM pg_catalog.pg_proc p \
-     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+/// (STABLE or IMMUTABLE) may be sent to a replica. The third says whether any function of the
+/// database outside `pg_catalog` written in SQL or a procedural language mentions `PREPARE` (see
+/// [`LOOK_STMT`]): only then can a call leave an SQL-level prepared statement behind.
+const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text), \
+     (SELECT EXISTS (SELECT FROM pg_catalog.pg_proc q WHERE q.prolang NOT IN (12, 13) \
+        AND q.pronamespace <> 'pg_catalog'::regnamespace AND q.prosrc ~* 'prepare')) \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
      AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
 
@@ -285,20 +294,26 @@ const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text) FROM pg_ca
 /// `bench/results/2026-11-30T0325Z-reset-prepared-ab.txt`); instead the lock reset also says whether
 /// a function left one (a function that prepares nothing is the normal case), and only a connection
 /// where one showed up sends `DEALLOCATE ALL` before its next call (see [`Session::deallocate`]).
-/// The look costs ~10 % of that call's throughput (…T0332Z); it shares the lock reset's statement,
-/// which saves messages, not time. Prepared statements a function dropped are handled where they
-/// show: a 26000 makes the connection prepare everything again.
+/// The look costs ~10 % of that call's throughput (…T0332Z), so it runs only on pools of databases
+/// where a function can prepare statements: one whose source mentions `PREPARE` (learned with the
+/// overload check, see [`OVERLOAD_SQL`]; until known, and after every deploy, the look runs). Then
+/// the lock reset is [`LOOK_STMT`] instead of `r_locks`. Prepared statements a function dropped are
+/// handled where they show: a 26000 makes the connection prepare everything again.
 pub const RESET_STMTS: [(&str, &str); 5] = [
     ("r_all", "RESET ALL"),
     ("r_role", "RESET ROLE"),
     ("r_temp", "DISCARD TEMP"),
-    (
-        "r_locks",
-        "SELECT pg_catalog.pg_advisory_unlock_all(), \
-         EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)",
-    ),
+    ("r_locks", "SELECT pg_catalog.pg_advisory_unlock_all()"),
     ("r_listen", "UNLISTEN *"),
 ];
+
+/// The lock reset with the look for SQL-level prepared statements, in place of `r_locks` (see
+/// [`RESET_STMTS`]).
+pub const LOOK_STMT: (&str, &str) = (
+    "r_look",
+    "SELECT pg_catalog.pg_advisory_unlock_all(), \
+     EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)",
+);
 
 /// Index in [`RESET_STMTS`] of the statement whose row says (second column `t`) that SQL-level
 /// prepared statements exist: its row arrives after this many reset CommandCompletes (plus the
@@ -475,6 +490,7 @@ impl Session {
             columns: Vec::new(),
             overloads: None,
             volatility: None,
+            may_prepare: true,
             introspect_rounds: 0,
             introspect_rows: Vec::new(),
         });
@@ -521,7 +537,7 @@ impl Session {
         if reset && !self.reset_prepared {
             // Prepared once per connection, ahead of the call so that a failing call (which makes
             // PostgreSQL skip to Sync) cannot skip them; prepared statements outlive a rollback.
-            for (name, sql) in RESET_STMTS {
+            for (name, sql) in RESET_STMTS.into_iter().chain([LOOK_STMT]) {
                 if self.reset_close_first {
                     let _ = frontend::close(b'S', name, cx.wbuf);
                 }
@@ -539,7 +555,8 @@ impl Session {
             // call fails, PostgreSQL skips to Sync and the rollback already undoes what the call set;
             // if a reset itself fails (a late cancel), the whole transaction rolls back and the call is
             // answered with that error. SET SESSION AUTHORIZATION is caught by its ParameterStatus.
-            for (name, _) in RESET_STMTS {
+            for (i, (name, _)) in RESET_STMTS.into_iter().enumerate() {
+                let name = if i == PREPARED_CHECK && cx.look_for_prepared { LOOK_STMT.0 } else { name };
                 cx.wbuf.extend_from_slice(EXECUTE);
                 write_bind(cx.wbuf, name, std::iter::empty(), &[]);
             }
@@ -609,6 +626,7 @@ impl Session {
                             .and_then(|b| std::str::from_utf8(b).ok())
                             .and_then(|t| t.parse().ok());
                         p.volatility = vals.get(1).copied().flatten().and_then(|b| b.first().copied());
+                        p.may_prepare = vals.get(2).copied().flatten() != Some(b"f".as_slice());
                     }
                     Phase::Introspecting(p) => {
                         let vals = data_row_fields(&row)?;
@@ -723,7 +741,11 @@ impl Session {
             return self.fail(cx, e);
         }
         if let Some(v) = p.volatility.take() {
-            cx.actions.push(Action::Learned { function: job.req.function.clone(), read_only: v == b's' || v == b'i' });
+            cx.actions.push(Action::Learned {
+                function: job.req.function.clone(),
+                read_only: v == b's' || v == b'i',
+                may_prepare: p.may_prepare,
+            });
         }
         if !p.declared && !untyped && p.overloads.take().is_some_and(|n| n > 1) && !job.answered {
             // Overloaded: drop the untyped statement and prepare with declared types.

@@ -39,6 +39,8 @@ struct Rig {
     next_client: usize,
     /// The connection is to a replica.
     replica: bool,
+    /// The pool's database may leave SQL-level prepared statements (the reset looks for them).
+    look: bool,
 }
 
 impl Rig {
@@ -54,6 +56,7 @@ impl Rig {
             s: Session::new(Some("ssdb_acme".into())),
             next_client: 0,
             replica: false,
+            look: true,
         }
     }
 
@@ -67,6 +70,7 @@ impl Rig {
             actions: &mut self.actions,
             now: self.now,
             replica: self.replica,
+            look_for_prepared: self.look,
         };
         f(&mut self.s, &mut cx)
     }
@@ -212,7 +216,7 @@ fn exec_tags_n(times: usize) -> Vec<u8> {
 
 /// The reset statements prepared (once per connection), then the call.
 fn first_exec_tags() -> Vec<u8> {
-    let mut t = vec![b'P'; RESET_STMTS.len()];
+    let mut t = vec![b'P'; RESET_STMTS.len() + 1];
     t.extend(exec_tags());
     t
 }
@@ -664,10 +668,10 @@ fn a_function_that_deallocates_our_statements_makes_the_connection_prepare_every
     assert!(r.s.stmts.is_empty(), "no statement of this connection is trusted");
     assert_eq!(r.sent(), b"CPDPBES".to_vec(), "the call is prepared again");
     r.reply(cat(&[close_complete(), prepare_ok("1")])).unwrap();
-    let mut want = b"CP".repeat(RESET_STMTS.len());
+    let mut want = b"CP".repeat(RESET_STMTS.len() + 1);
     want.extend(exec_tags());
     assert_eq!(r.sent(), want, "the reset statements are closed (some may exist) and prepared again");
-    let mut reply: Vec<Vec<u8>> = (0..RESET_STMTS.len()).flat_map(|_| [close_complete(), parse_complete()]).collect();
+    let mut reply: Vec<Vec<u8>> = (0..=RESET_STMTS.len()).flat_map(|_| [close_complete(), parse_complete()]).collect();
     reply.push(execute_ok(&["5"]));
     r.reply(cat(&reply)).unwrap();
     let ans = answers(&r.take_actions());
@@ -677,7 +681,8 @@ fn a_function_that_deallocates_our_statements_makes_the_connection_prepare_every
 #[test]
 fn the_look_for_sql_prepared_statements_is_the_reset_statement_its_rows_are_read_for() {
     assert_eq!(RESET_STMTS[PREPARED_CHECK].0, "r_locks");
-    assert!(RESET_STMTS[PREPARED_CHECK].1.contains("from_sql"));
+    assert!(LOOK_STMT.1.contains("from_sql") && LOOK_STMT.1.contains("pg_advisory_unlock_all"));
+    assert!(!RESET_STMTS[PREPARED_CHECK].1.contains("from_sql"));
 }
 
 #[test]
@@ -779,7 +784,7 @@ fn learned(actions: &[Action]) -> Vec<(String, bool)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Learned { function, read_only } => Some((function.clone(), *read_only)),
+            Action::Learned { function, read_only, .. } => Some((function.clone(), *read_only)),
             _ => None,
         })
         .collect()
@@ -846,4 +851,46 @@ fn a_function_a_replica_has_not_replayed_yet_is_asked_of_the_primary() {
     assert!(answers(&a).is_empty(), "{:?}", answers(&a));
     assert!(a.iter().any(|x| matches!(x, Action::Reroute { waiter, wrote: false } if waiter.req.primary)), "{a:?}");
     assert_eq!(r.sent(), Vec::<u8>::new(), "no suggestion query on the replica");
+}
+
+/// Whether the bytes sent bind the statement `name`.
+fn binds(sent: &[u8], name: &str) -> bool {
+    let mut needle = vec![0u8];
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(0);
+    sent.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+#[test]
+fn the_reset_looks_for_prepared_statements_only_where_a_function_can_prepare() {
+    for look in [true, false] {
+        let mut r = warmed(&[]);
+        r.look = look;
+        r.start(req("f", vec![Value::Number("2".into())]));
+        let sent = r.wbuf.to_vec();
+        assert_eq!(binds(&sent, LOOK_STMT.0), look, "look {look}");
+        assert_eq!(binds(&sent, "r_locks"), !look, "look {look}");
+        r.sent();
+        r.reply(execute_ok(&["2"])).unwrap();
+        assert_eq!(answers(&r.take_actions()).len(), 1);
+    }
+}
+
+#[test]
+fn a_prepare_tells_whether_any_function_of_the_database_mentions_prepare() {
+    for (col, may) in [("f", false), ("t", true)] {
+        let mut r = Rig::new(&[]);
+        r.start(req("f", vec![Value::Number("1".into())]));
+        r.sent();
+        r.reply(prepare_reply(&[Some("1"), Some("s"), Some(col)])).unwrap();
+        let got: Vec<bool> = r
+            .take_actions()
+            .iter()
+            .filter_map(|a| match a {
+                Action::Learned { may_prepare, .. } => Some(*may_prepare),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![may], "third column {col}");
+    }
 }
