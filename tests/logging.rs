@@ -78,6 +78,12 @@ fn log_lines_carry_requests_but_no_secrets() {
         ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"),
     ]);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body = format!(r#"{{"platform":"{platform}","function":"f"}}"#);
+    let r = request(
+        &addr,
+        format!("POST /call HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let r = deploy(&[("functions/g.sql", "CREATE FUNCTION g() RETURNS int LANGUAGE sql AS 'SELEC 1';")]);
     assert!(r.starts_with("HTTP/1.1 422"), "{r}");
     let r = request(
@@ -115,6 +121,13 @@ fn log_lines_carry_requests_but_no_secrets() {
     assert!(call.contains(&format!("\"database\":\"{platform}_main\"")), "{call}");
     assert!(call.contains("\"function\":\"nothing_here\""), "{call}");
     assert!(call.contains("\"duration_us\":"), "{call}");
+    // An answered call names the server that answered it.
+    let served = requests
+        .iter()
+        .find(|l| l.contains("\"path\":\"/call\"") && l.contains("\"status\":200"))
+        .unwrap_or_else(|| panic!("{file}"));
+    assert!(served.contains("\"server\":\"default\"") && served.contains("\"function\":\"f\""), "{served}");
+    assert!(!call.contains("\"server\""), "a call refused before it reached a server names none: {call}");
     let applied = file.lines().find(|l| l.contains("\"msg\":\"deploy applied\"")).unwrap_or_else(|| panic!("{file}"));
     assert!(
         applied.contains(&format!("\"database\":\"{platform}_main\"")) && applied.contains("\"migrations\":1"),

@@ -244,6 +244,34 @@ fn databases_spread_over_servers_and_each_is_served_where_it_lives() {
     assert_eq!(server_of(&register(addr, "pinned", None, None, &tgz)), "default");
     let r = common::post_json(addr, "/platform/register", r#"{"platform":"pinned2","server":"s2"}"#);
     assert_eq!(r.status, 401, "only an operator pins a platform: {}", r.text());
+
+    // v2: /database/create takes `server` too, and fleet databases are listed with theirs.
+    assert_eq!(common::post_json(addr, "/platform/register", r#"{"platform":"vtwo"}"#).status, 201);
+    let (ct, body) = common::multipart(&[("schema_name", b"app"), ("schema", &tgz)]);
+    let r = common::request(addr, "POST", "/platform/vtwo/schema", &[("Content-Type", &ct)], &body);
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    let create = |id: &str, server: &str| {
+        let extra = if server.is_empty() { String::new() } else { format!(r#","server":"{server}""#) };
+        admin(
+            addr,
+            "POST",
+            "/database/create",
+            &format!(r#"{{"platform":"vtwo","schema_name":"app","database_id":"{id}"{extra}}}"#),
+        )
+    };
+    assert_eq!(server_of(&create("d1", "default")), "default");
+    assert_eq!(server_of(&create("d2", "s2")), "s2");
+    assert_eq!(databases_on(&s, "vtwo_"), ["vtwo_app_d2"]);
+    let listed = admin(addr, "GET", "/platform/vtwo/databases", "").json();
+    let servers: Vec<String> = listed
+        .get("databases")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|d| d.get("server").and_then(Value::as_str).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(servers, ["default", "s2"]);
+    assert_eq!(place_of(&call(addr, "vtwo", Some("app_d2"), "where_am_i")).0, s.port.to_string());
     assert!(metrics(addr).contains("stonescriptdb_gateway_server_calls_total{server=\"s2\",replica=\"\"}"));
     drop(g);
 }
