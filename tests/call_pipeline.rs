@@ -227,20 +227,7 @@ fn a_call_stopped_by_a_cancel_meant_for_another_runs_again() {
     let before = pipelined_calls(addr);
     let body = db.body("nap_pid", Some("[5000]"));
     let head = thread::spawn(move || common::post_json(addr, "/call", &body));
-    let active = format!(
-        "SELECT pid FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'stonescriptdb-gateway' \
-         AND state = 'active' AND query LIKE '%nap_pid%'",
-        db.name
-    );
-    let mut pid = String::new();
-    assert!(
-        common::db::eventually(Duration::from_secs(2), || {
-            let rows = common::db::su("postgres").simple_query(&active).unwrap();
-            pid = rows.first().and_then(|r| r[0].clone()).unwrap_or_default();
-            !pid.is_empty()
-        }),
-        "the first call never started"
-    );
+    let pid = running_backend(&db);
     let body = db.body("nap_pid", Some("[800]"));
     let behind = thread::spawn(move || common::post_json(addr, "/call", &body));
     assert!(common::db::eventually(Duration::from_secs(2), || pipelined_calls(addr) > before), "not pipelined");
@@ -328,20 +315,7 @@ fn calls_pipelined_behind_a_frozen_call_are_answered_at_their_own_timeout() {
     let before = pipelined_calls(addr);
     let body = db.body("nap_pid", Some("[3000]"));
     let head = thread::spawn(move || common::post_json(addr, "/call", &body));
-    let active = format!(
-        "SELECT pid FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'stonescriptdb-gateway' \
-         AND state = 'active' AND query LIKE '%nap_pid%'",
-        db.name
-    );
-    let mut pid = String::new();
-    assert!(
-        common::db::eventually(Duration::from_secs(2), || {
-            let rows = common::db::su("postgres").simple_query(&active).unwrap();
-            pid = rows.first().and_then(|r| r[0].clone()).unwrap_or_default();
-            !pid.is_empty()
-        }),
-        "the first call never started"
-    );
+    let pid = running_backend(&db);
     let stopped = std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     assert!(stopped.success());
     let _thaw = Thaw(pid);
@@ -372,4 +346,23 @@ fn calls_pipelined_behind_a_frozen_call_are_answered_at_their_own_timeout() {
         common::db::eventually(Duration::from_secs(10), || db.call(addr, "nap_pid", "[0]").status == 200),
         "the pool did not recover after the backend went on"
     );
+}
+
+/// The backend pid running a `nap_pid` call of `db`, once one is running.
+fn running_backend(db: &TestDb) -> String {
+    let active = format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'stonescriptdb-gateway' \
+         AND state = 'active' AND query LIKE '%nap_pid%'",
+        db.name
+    );
+    let mut pid = String::new();
+    assert!(
+        common::db::eventually(Duration::from_secs(2), || {
+            let rows = common::db::su("postgres").simple_query(&active).unwrap();
+            pid = rows.first().and_then(|r| r[0].clone()).unwrap_or_default();
+            !pid.is_empty()
+        }),
+        "the first call never started"
+    );
+    pid
 }
