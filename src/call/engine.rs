@@ -359,8 +359,10 @@ impl CallEngine {
                     let pool = self.backends.get(key).and_then(|b| self.pools.pools.get_mut(b.pool));
                     if let Some(p) = pool {
                         p.may_prepare = may_prepare;
-                        let db = p.database.clone();
-                        self.read_only.entry(db).or_default().insert(function, read_only);
+                        if self.cfg.servers.read_replicas {
+                            let db = p.database.clone();
+                            self.read_only.entry(db).or_default().insert(function, read_only);
+                        }
                     }
                 }
                 Action::Reroute { waiter: w, wrote } => {
@@ -923,9 +925,14 @@ impl CallEngine {
     fn maybe_drop_pool(&mut self, pool: usize) {
         let Some(p) = self.pools.pools.get(pool) else { return };
         if p.size() == 0 && p.waiting().is_empty() {
-            let key = p.key.clone();
+            let (key, database) = (p.key.clone(), p.database.clone());
             self.pools.by_key.remove(&key);
             self.pools.pools.remove(pool);
+            // What was learned about its functions goes with the database's last pool here, so a
+            // fleet of tenants called once each does not grow it without bound.
+            if !self.pools.pools.iter().any(|(_, q)| q.database == database) {
+                self.read_only.remove(&database);
+            }
         }
     }
 
