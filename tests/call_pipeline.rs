@@ -228,15 +228,30 @@ fn a_call_stopped_by_a_cancel_meant_for_another_runs_again() {
     let body = db.body("nap_pid", Some("[5000]"));
     let head = thread::spawn(move || common::post_json(addr, "/call", &body));
     let pid = running_backend(&db);
+    let started = |pid: &str| {
+        let rows = common::db::su("postgres")
+            .simple_query(&format!(
+                "SELECT query_start::text FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'"
+            ))
+            .unwrap();
+        rows.first().and_then(|r| r[0].clone())
+    };
+    let head_start = started(&pid).expect("the first call runs");
     let body = db.body("nap_pid", Some("[800]"));
     let behind = thread::spawn(move || common::post_json(addr, "/call", &body));
     assert!(common::db::eventually(Duration::from_secs(2), || pipelined_calls(addr) > before), "not pipelined");
     expect_error(&head.join().unwrap(), 504, "timeout");
-    // The call behind now runs on that backend, unless the gateway's own cancel already hit it.
-    thread::sleep(Duration::from_millis(100));
+    // The call behind now runs on that backend (a query started after the first one's), unless the
+    // gateway's own cancel already hit it and sent it elsewhere. Only then is it cancelled from here,
+    // so a slow machine cannot make this cancel land on the first call instead.
+    let behind_runs_there = common::db::eventually(Duration::from_secs(3), || {
+        started(&pid).is_some_and(|s| s != head_start) || behind.is_finished()
+    });
+    assert!(behind_runs_there, "the call behind neither started on that backend nor finished");
     common::db::su("postgres")
         .simple_query(&format!(
-            "SELECT pg_cancel_backend({pid}) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'"
+            "SELECT pg_cancel_backend({pid}) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active' \
+             AND query_start::text <> '{head_start}'"
         ))
         .unwrap();
     let r = behind.join().unwrap();
