@@ -110,13 +110,7 @@ CREATE FUNCTION fast() RETURNS int LANGUAGE sql AS 'SELECT 2';
 fn calls_are_not_queued_behind_slow_ones() {
     let db = TestDb::new("ct_pipe_slow", SLOW_FAST);
     for (max_wait, expect_pipelined) in [("2000", false), ("10000000", true)] {
-        let gw = start(&[
-            ("MAX_CONNECTIONS_PER_POOL", "1"),
-            ("CALL_BUSY_TARGET", "1"),
-            // Pipelining shares a connection between calls of one event loop.
-            ("GATEWAY_THREADS", "1"),
-            ("CALL_PIPELINE_MAX_WAIT_US", max_wait),
-        ]);
+        let gw = one_connection(&[("CALL_PIPELINE_MAX_WAIT_US", max_wait)]);
         let addr = gw.addr;
         // Both statements prepared and timed on the one connection.
         assert_eq!(scalar(&db.call(addr, "slow", "[]")), json("1"));
@@ -139,14 +133,7 @@ const NAP: &str = "CREATE FUNCTION nap(ms int) RETURNS int LANGUAGE sql AS 'SELE
 #[test]
 fn calls_behind_a_cancelled_call_still_succeed() {
     let db = TestDb::new("ct_pipe_cancel", NAP);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_BUSY_TARGET", "1"),
-        // Pipelining shares a connection between calls of one event loop.
-        ("GATEWAY_THREADS", "1"),
-        ("CALL_TIMEOUT_MS", "400"),
-        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
-    ]);
+    let gw = one_connection(&[("CALL_TIMEOUT_MS", "400")]);
     let addr = gw.addr;
     assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
     let body = db.body("nap", Some("[5000]"));
@@ -174,13 +161,7 @@ fn calls_behind_a_cancelled_call_still_succeed() {
 #[test]
 fn a_queued_call_whose_client_left_is_cancelled_when_it_starts() {
     let db = TestDb::new("ct_pipe_gone", NAP);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_BUSY_TARGET", "1"),
-        // Pipelining shares a connection between calls of one event loop.
-        ("GATEWAY_THREADS", "1"),
-        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
-    ]);
+    let gw = one_connection(&[]);
     let addr = gw.addr;
     assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
     let before = pipelined_calls(addr);
@@ -214,14 +195,7 @@ const NAP_PID: &str = "CREATE FUNCTION nap_pid(ms int) RETURNS int LANGUAGE sql 
 #[test]
 fn a_call_stopped_by_a_cancel_meant_for_another_runs_again() {
     let db = TestDb::new("ct_pipe_stray", NAP_PID);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_BUSY_TARGET", "1"),
-        // Pipelining shares a connection between calls of one event loop.
-        ("GATEWAY_THREADS", "1"),
-        ("CALL_TIMEOUT_MS", "1500"),
-        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
-    ]);
+    let gw = one_connection(&[("CALL_TIMEOUT_MS", "1500")]);
     let addr = gw.addr;
     assert_eq!(db.call(addr, "nap_pid", "[0]").status, 200);
     let before = pipelined_calls(addr);
@@ -276,13 +250,7 @@ CREATE FUNCTION sql_prepared() RETURNS bigint LANGUAGE sql AS
 #[test]
 fn a_call_behind_one_that_left_a_prepared_statement_runs_again_cleanly() {
     let db = TestDb::new("ct_pipe_prep", PREP_AFTER);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_BUSY_TARGET", "1"),
-        // Pipelining shares a connection between calls of one event loop.
-        ("GATEWAY_THREADS", "1"),
-        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
-    ]);
+    let gw = one_connection(&[]);
     let addr = gw.addr;
     // The statement is prepared and has a recent run time, so calls may queue behind it.
     for _ in 0..3 {
@@ -315,14 +283,7 @@ impl Drop for Thaw {
 #[test]
 fn calls_pipelined_behind_a_frozen_call_are_answered_at_their_own_timeout() {
     let db = TestDb::new("ct_pipe_frozen", NAP_PID);
-    let gw = start(&[
-        ("MAX_CONNECTIONS_PER_POOL", "1"),
-        ("CALL_BUSY_TARGET", "1"),
-        // Pipelining shares a connection between calls of one event loop.
-        ("GATEWAY_THREADS", "1"),
-        ("CALL_TIMEOUT_MS", "500"),
-        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
-    ]);
+    let gw = one_connection(&[("CALL_TIMEOUT_MS", "500")]);
     let addr = gw.addr;
     for _ in 0..3 {
         assert_eq!(db.call(addr, "nap_pid", "[0]").status, 200);
@@ -380,4 +341,18 @@ fn running_backend(db: &TestDb) -> String {
         "the first call never started"
     );
     pid
+}
+
+/// A gateway whose calls to a database all share one connection of one event loop, with pipelining
+/// allowed behind any call (`CALL_PIPELINE_MAX_WAIT_US` 10 s unless `extra` says otherwise).
+fn one_connection(extra: &[(&str, &str)]) -> common::Gateway {
+    let mut o = vec![
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        // Pipelining shares a connection between calls of one event loop.
+        ("GATEWAY_THREADS", "1"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+    ];
+    o.extend_from_slice(extra);
+    start(&o)
 }
