@@ -118,6 +118,17 @@ impl Rig {
     fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
     }
+
+    /// Starts `f(2)` and pipelines `f(3)` behind it on the cached statement; returns the client of
+    /// the call behind.
+    fn start_with_one_behind(&mut self) -> usize {
+        self.start(req("f", vec![Value::Number("2".into())]));
+        let stmt = self.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
+        let behind = self.job(req("f", vec![Value::Number("3".into())]));
+        let client = behind.caller.client;
+        assert!(self.with(|s, cx| s.pipeline(cx, behind, stmt)));
+        client
+    }
 }
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -363,11 +374,7 @@ fn a_stale_plan_is_prepared_again_once() {
 #[test]
 fn a_stale_plan_with_calls_pipelined_behind_goes_back_to_the_pool() {
     let mut r = warmed(&[]);
-    r.start(req("f", vec![Value::Number("2".into())]));
-    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
-    let behind = r.job(req("f", vec![Value::Number("3".into())]));
-    let behind_client = behind.caller.client;
-    assert!(r.with(|s, cx| s.pipeline(cx, behind, stmt)));
+    let behind_client = r.start_with_one_behind();
     r.sent();
     r.reply(cat(&[error("ERROR", "0A000", "cached plan must not change result type"), rfq(b'I')])).unwrap();
     let a = r.take_actions();
@@ -516,10 +523,7 @@ fn pipelined_calls_are_answered_in_order_and_a_gone_client_is_cancelled_when_its
 #[test]
 fn an_open_transaction_after_a_call_breaks_the_pipeline() {
     let mut r = warmed(&[]);
-    r.start(req("f", vec![Value::Number("2".into())]));
-    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
-    let j2 = r.job(req("f", vec![Value::Number("3".into())]));
-    assert!(r.with(|s, cx| s.pipeline(cx, j2, stmt)));
+    r.start_with_one_behind();
     let mut reply = execute_ok(&["2"]);
     let n = reply.len();
     reply[n - 1] = b'T';
@@ -718,10 +722,7 @@ fn prepared_statements_a_function_left_are_deallocated_before_the_next_call() {
 #[test]
 fn a_call_sent_behind_one_that_left_a_prepared_statement_runs_again_when_its_prepare_collides() {
     let mut r = warmed(&[]);
-    r.start(req("f", vec![Value::Number("2".into())]));
-    let stmt = r.s.cached_for(&req("f", vec![Value::Number("3".into())]), "public").cloned().unwrap();
-    let behind = r.job(req("f", vec![Value::Number("3".into())]));
-    assert!(r.with(|s, cx| s.pipeline(cx, behind, stmt)));
+    r.start_with_one_behind();
     r.sent();
     r.reply(execute_leaving(&["2"], &["x"])).unwrap();
     assert_eq!(answers(&r.take_actions()).len(), 1, "the head is answered");
