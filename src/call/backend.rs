@@ -15,7 +15,7 @@ pub struct Backend {
     pub pool: usize,
     /// Its slot under `MAX_TOTAL_CONNECTIONS` / `MAX_CONNECTIONS_PER_POOL`, given back when the
     /// backend is dropped.
-    _permit: Permit,
+    permit: Option<Permit>,
     /// In the engine's list of connections to flush at the end of the loop turn.
     pub flush_queued: bool,
     /// Retired so that another loop could connect: that loop is told once this slot is free.
@@ -24,7 +24,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(conn: BackendConn, pool: usize, permit: Permit) -> Backend {
-        Backend { conn, session: Session::new(None), pool, _permit: permit, flush_queued: false, room_for: None }
+        Backend { conn, session: Session::new(None), pool, permit: Some(permit), flush_queued: false, room_for: None }
+    }
+
+    /// The connection's slot, taken out to be handed to another loop (see [`Backend::room_for`]).
+    pub fn take_permit(&mut self) -> Option<Permit> {
+        self.permit.take()
     }
 }
 

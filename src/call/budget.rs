@@ -124,6 +124,34 @@ impl Drop for Permit {
     }
 }
 
+/// One unit of `MAX_TOTAL_CONNECTIONS` held for a loop that asked for room: a loop that closes a
+/// connection for another hands its slot over as this, so no third loop can take it in between.
+/// Dropping it gives the unit back.
+#[derive(Debug)]
+pub struct TotalSlot {
+    budget: Arc<Budget>,
+}
+
+impl Drop for TotalSlot {
+    fn drop(&mut self) {
+        self.budget.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Permit {
+    /// Gives back what the connection held of its pool, platform and server, and keeps its unit of
+    /// the total for another connection.
+    pub fn into_total_slot(self) -> TotalSlot {
+        let slot = TotalSlot { budget: self.budget.clone() };
+        self.share.conns.fetch_sub(1, Ordering::AcqRel);
+        self.share.platform.fetch_sub(1, Ordering::AcqRel);
+        self.share.server.fetch_sub(1, Ordering::AcqRel);
+        // The total stays taken: it moved into `slot`.
+        std::mem::forget(self);
+        slot
+    }
+}
+
 /// Adds one to `n` if it stays at or below `max`.
 fn take(n: &AtomicUsize, max: usize) -> bool {
     n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v < max).then_some(v + 1)).is_ok()
@@ -196,6 +224,25 @@ impl Budget {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Full::Server);
         }
+        Ok(Permit { budget: self.clone(), share: share.clone() })
+    }
+
+    /// Like [`Budget::try_take`] with the total already held in `slot`; the slot comes back when
+    /// another limit is reached.
+    pub fn take_with(self: &Arc<Self>, share: &Arc<PoolShare>, slot: TotalSlot) -> Result<Permit, (Full, TotalSlot)> {
+        if !take(&share.conns, self.max_per_pool) {
+            return Err((Full::Pool, slot));
+        }
+        if !take(&share.platform, self.max_per_platform) {
+            share.conns.fetch_sub(1, Ordering::AcqRel);
+            return Err((Full::Platform, slot));
+        }
+        if !take(&share.server, self.max_per_server) {
+            share.conns.fetch_sub(1, Ordering::AcqRel);
+            share.platform.fetch_sub(1, Ordering::AcqRel);
+            return Err((Full::Server, slot));
+        }
+        std::mem::forget(slot);
         Ok(Permit { budget: self.clone(), share: share.clone() })
     }
 
@@ -300,6 +347,23 @@ mod tests {
         let other_pool_same_platform = b.share("y", "r");
         other_pool_same_platform.add_waiting(2);
         assert_eq!((s.platform_waiting(), other_pool_same_platform.waiting()), (3, 2));
+    }
+
+    #[test]
+    fn a_slot_handed_over_keeps_the_total_and_frees_the_rest() {
+        let b = Budget::new(1, 1, 1);
+        let (a, c) = (b.share("a@r", "r"), b.share("c@q", "q"));
+        let slot = b.try_take(&a).unwrap().into_total_slot();
+        assert_eq!((a.conns(), b.total()), (0, 1), "the pool's count is free, the total is held");
+        assert_eq!(b.try_take(&c).unwrap_err(), Full::Total, "nobody else can take the slot");
+        let p = b.take_with(&c, slot).unwrap();
+        assert_eq!((c.conns(), b.total()), (1, 1));
+        drop(p);
+        assert_eq!(b.total(), 0);
+        let slot = b.try_take(&a).unwrap().into_total_slot();
+        let _held = b.try_take(&a).map(|_| ()).unwrap_err();
+        drop(slot);
+        assert_eq!((a.conns(), b.total()), (0, 0), "a slot nobody used gives the unit back");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use mio::{Poll, Token};
 use postgres_protocol::message::frontend;
 
 use super::backend::{self, Backend};
-use super::budget::{Budget, Full, Permit};
+use super::budget::{Budget, Full, Permit, TotalSlot};
 use super::cancel::{Canceller, Due, Target};
 use super::owners::{Admission, Owners, not_recorded};
 use super::pool::{CallTarget, Pool, Pools};
@@ -98,7 +98,7 @@ pub struct CallEngine {
     /// Requests for room to send to the other loops.
     room_asks: Vec<RoomAsk>,
     /// Loops to tell that a slot they asked for is free.
-    room_freed: Vec<usize>,
+    room_freed: Vec<(usize, TotalSlot)>,
     /// Calls to hand to another loop (which holds the pool's connections), with the role they run as.
     forwards: Vec<(usize, Waiter, Arc<str>)>,
     /// Loops that asked for room under the total cap when this loop had no idle connection: the next
@@ -286,7 +286,7 @@ impl CallEngine {
     }
 
     /// Loops whose requested slot is now free.
-    pub fn take_room_freed(&mut self) -> Vec<usize> {
+    pub fn take_room_freed(&mut self) -> Vec<(usize, TotalSlot)> {
         std::mem::take(&mut self.room_freed)
     }
 
@@ -956,6 +956,33 @@ impl CallEngine {
     }
 
     /// A slot under the limits came free: pools with unserved waiters may open connections.
+    /// A slot another loop gave up for this one: the first pool here with calls waiting beyond its
+    /// connects gets a connection on it; when none can use it, it is given back.
+    pub fn take_slot(&mut self, poll: &mut Poll, slot: TotalSlot, now: Instant) {
+        let mut slot = Some(slot);
+        let starved: Vec<usize> =
+            self.pools.pools.iter().filter(|(_, q)| q.waiting().len() > q.connecting.len()).map(|(k, _)| k).collect();
+        for pool in starved {
+            let Some(s) = slot.take() else { break };
+            let Some(share) = self.pools.pools.get(pool).map(|p| p.share.clone()) else {
+                slot = Some(s);
+                continue;
+            };
+            if self.pools.pools.get(pool).is_some_and(|p| p.backoff_until.is_some_and(|u| now < u)) {
+                slot = Some(s);
+                continue;
+            }
+            match self.budget.take_with(&share, s) {
+                Ok(permit) => {
+                    self.open_conn(poll, pool, permit, now);
+                }
+                Err((_, s)) => slot = Some(s),
+            }
+        }
+        drop(slot);
+        self.grow_starved(poll, now);
+    }
+
     pub fn grow_starved(&mut self, poll: &mut Poll, now: Instant) {
         let starved: Vec<usize> =
             self.pools.pools.iter().filter(|(_, q)| q.waiting().len() > q.connecting.len()).map(|(k, _)| k).collect();
@@ -986,7 +1013,11 @@ impl CallEngine {
             self.answer(job.caller, Response::error(&e));
         }
         if let Some(l) = b.room_for {
-            self.room_freed.push(l);
+            // The slot goes to the loop it was given up for, held on the way, so that no other loop
+            // can take it in between (under load that could starve the asking loop for long).
+            if let Some(p) = b.take_permit() {
+                self.room_freed.push((l, p.into_total_slot()));
+            }
         }
     }
 

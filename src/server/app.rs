@@ -171,9 +171,10 @@ impl App {
                 }
             }
         }
-        for l in self.calls.take_room_freed() {
+        for (l, slot) in self.calls.take_room_freed() {
+            // Dropped (given back) if that loop is gone.
             if let Some(n) = self.shared.loops.get(l) {
-                n.send(Message::RoomFreed);
+                n.send(Message::RoomFreed(slot));
             }
         }
         failed

@@ -297,7 +297,7 @@ impl Loop {
                 Message::RoomWanted { from, pool, server } => {
                     self.app.calls.make_room(&mut self.poll, pool.as_deref(), server.as_deref(), from, self.now);
                 }
-                Message::RoomFreed => self.app.calls.grow_starved(&mut self.poll, self.now),
+                Message::RoomFreed(slot) => self.app.calls.take_slot(&mut self.poll, slot, self.now),
                 Message::Shutdown => self.begin_shutdown(),
             }
         }

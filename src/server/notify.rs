@@ -37,7 +37,7 @@ pub enum Message {
     /// of any pool) if there is one.
     RoomWanted { from: usize, pool: Option<String>, server: Option<std::sync::Arc<str>> },
     /// A slot this loop asked for is free.
-    RoomFreed,
+    RoomFreed(crate::call::budget::TotalSlot),
     /// Begin graceful shutdown.
     Shutdown,
 }
