@@ -133,6 +133,10 @@ fn databases_spread_over_servers_and_each_is_served_where_it_lives() {
     let p = Cluster::new();
     let s = Cluster::new();
     let g = start_on(&p, &[]);
+    // A second gateway on the same catalog, started (and through its first catalog pass, which reads
+    // the servers; the next is 15 s later) before the server is added.
+    let g2 = start_on(&p, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
     let addr = g.addr;
     let plat = "spread";
     let tgz = archive(&[("where_am_i", WHERE_STABLE)]);
@@ -170,6 +174,8 @@ fn databases_spread_over_servers_and_each_is_served_where_it_lives() {
     assert_eq!(databases_on(&p, "spread_"), ["spread_main", "spread_t2", "spread_t5", "spread_t6"]);
     for (t, port) in [(None, p.port), (Some("t1"), s.port), (Some("t2"), p.port), (Some("t4"), s.port)] {
         assert_eq!(place_of(&call(addr, plat, t, "where_am_i")).0, port.to_string(), "tenant {t:?}");
+        // The other gateway learns of s2 with its first call there, not 15 s later.
+        assert_eq!(place_of(&call(g2.addr, plat, t, "where_am_i")).0, port.to_string(), "other gateway, {t:?}");
     }
     let listing = admin(addr, "GET", "/admin/databases?platform=spread", "").json();
     let dbs = listing.get("databases").and_then(Value::as_array).unwrap().to_vec();
@@ -273,6 +279,7 @@ fn databases_spread_over_servers_and_each_is_served_where_it_lives() {
     assert_eq!(servers, ["default", "s2"]);
     assert_eq!(place_of(&call(addr, "vtwo", Some("app_d2"), "where_am_i")).0, s.port.to_string());
     assert!(metrics(addr).contains("stonescriptdb_gateway_server_calls_total{server=\"s2\",replica=\"\"}"));
+    drop(g2);
     drop(g);
 }
 

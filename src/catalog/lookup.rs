@@ -24,15 +24,17 @@ pub struct Lookups {
 
 impl Lookups {
     /// Starts the thread; each answer goes to `deliver`.
+    /// `servers` learns from here of a server another gateway added, before a call needs it.
     pub fn start(
         admin: ConnectParams,
         catalog_db: String,
+        servers: std::sync::Arc<crate::servers::Servers>,
         deliver: Box<dyn Fn(Resolved) + Send>,
     ) -> std::io::Result<Lookups> {
         let (tx, rx) = channel::<String>();
         std::thread::Builder::new()
             .name("catalog-lookup".into())
-            .spawn(move || serve(rx, &admin, &catalog_db, &*deliver))?;
+            .spawn(move || serve(rx, &admin, &catalog_db, &servers, &*deliver))?;
         Ok(Lookups { tx })
     }
 
@@ -42,13 +44,27 @@ impl Lookups {
     }
 }
 
-fn resolve(cat: &mut Catalog, database: &str) -> Result<Option<(CallOwner, Vec<StoredKey>)>, ApiError> {
+fn resolve(
+    cat: &mut Catalog,
+    servers: &crate::servers::Servers,
+    database: &str,
+) -> Result<Option<(CallOwner, Vec<StoredKey>)>, ApiError> {
     let Some(o) = cat.call_owners(Some(&[database.to_string()]))?.into_iter().next() else { return Ok(None) };
+    if servers.get(&o.server).is_none() {
+        // A server another gateway added: known here before the call that needs it runs.
+        servers.replace(cat.servers()?);
+    }
     let keys = cat.platform_keys(Some(&o.platform))?.into_iter().map(|(_, k)| k).collect();
     Ok(Some((o, keys)))
 }
 
-fn serve(rx: Receiver<String>, admin: &ConnectParams, catalog_db: &str, deliver: &dyn Fn(Resolved)) {
+fn serve(
+    rx: Receiver<String>,
+    admin: &ConnectParams,
+    catalog_db: &str,
+    servers: &crate::servers::Servers,
+    deliver: &dyn Fn(Resolved),
+) {
     let mut cat: Option<Catalog> = None;
     while let Ok(database) = rx.recv() {
         let mut owner = Err(crate::error::ApiError::new(crate::error::Kind::Internal, "not asked"));
@@ -67,7 +83,7 @@ fn serve(rx: Receiver<String>, admin: &ConnectParams, catalog_db: &str, deliver:
                 };
             }
             let Some(c) = cat.as_mut() else { continue };
-            owner = resolve(c, &database);
+            owner = resolve(c, servers, &database);
             if owner.is_ok() || !c.client.is_broken() {
                 break;
             }

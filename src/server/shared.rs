@@ -277,6 +277,7 @@ impl Shared {
             Lookups::start(
                 params.clone(),
                 cfg.deploy.catalog_db.clone(),
+                servers.clone(),
                 Box::new(move |r| {
                     // Every loop learns the answer; the ones with calls waiting on it run them.
                     let r = Arc::new(r);
