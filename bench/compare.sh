@@ -106,15 +106,7 @@ else
     pg_ensure_installed
     CLUSTER_DIR="$(mktemp -d /tmp/ssdb-bench-pg.XXXXXX)"
     pg_cluster_init "${CLUSTER_DIR}" test
-    started=0
-    for _ in 1 2 3; do
-        DB_PORT="$(pg_free_port)"
-        if pg_cluster_start "${CLUSTER_DIR}" "${DB_PORT}"; then
-            started=1
-            break
-        fi
-    done
-    [[ "${started}" == 1 ]] || die "could not start the throwaway cluster"
+    DB_PORT="$(pg_cluster_start_free "${CLUSTER_DIR}")" || die "could not start the throwaway cluster"
     DB_HOST="$(pg_socketdir "${CLUSTER_DIR}")"
     DB_USER=postgres
 fi

@@ -59,24 +59,10 @@ pg_ensure_installed
 
 PRIMARY="$(mktemp -d /tmp/ssdb-bench-pg.XXXXXX)"
 pg_cluster_init "${PRIMARY}" test
-for _ in 1 2 3; do
-    PPORT="$(pg_free_port)"
-    pg_cluster_start "${PRIMARY}" "${PPORT}" && break
-done
-printf 'local replication all trust\n' | pg_as_owner tee -a "$(pg_datadir "${PRIMARY}")/pg_hba.conf" >/dev/null
-pg_as_owner "${PG_BINDIR}/pg_ctl" reload -D "$(pg_datadir "${PRIMARY}")" >/dev/null
+PPORT="$(pg_cluster_start_free "${PRIMARY}")" || die "could not start the primary"
 REPLICA="$(mktemp -d /tmp/ssdb-bench-replica.XXXXXX)"
-mkdir -p "${REPLICA}/log" "${REPLICA}/socket"
-chmod 0755 "${REPLICA}"
-if pg_is_root; then chown -R postgres: "${REPLICA}"; fi
-pg_as_owner "${PG_BINDIR}/pg_basebackup" -h "$(pg_socketdir "${PRIMARY}")" -p "${PPORT}" -U postgres \
-    -D "$(pg_datadir "${REPLICA}")" -R -X stream -c fast
-printf "unix_socket_directories = '%s'\n" "$(pg_socketdir "${REPLICA}")" \
-    | pg_as_owner tee -a "$(pg_datadir "${REPLICA}")/postgresql.conf" >/dev/null
-for _ in 1 2 3; do
-    RPORT="$(pg_free_port)"
-    pg_cluster_start "${REPLICA}" "${RPORT}" && break
-done
+pg_replica_init "${PRIMARY}" "${PPORT}" "${REPLICA}" || die "could not make the replica"
+RPORT="$(pg_cluster_start_free "${REPLICA}")" || die "could not start the replica"
 DB_HOST="$(pg_socketdir "${PRIMARY}")"
 PSQL="${PG_BINDIR}/psql"
 export PSQL

@@ -289,6 +289,46 @@ pg_cluster_start() {
     fi
 }
 
+# pg_cluster_start_free DIR — starts DIR on a free port, trying three ports (one can be taken between
+# the check and the bind); prints the port.
+pg_cluster_start_free() {
+    local dir="$1" port attempt
+    for attempt in 1 2 3; do
+        port="$(pg_free_port)"
+        if pg_cluster_start "${dir}" "${port}" >&2; then
+            printf '%s\n' "${port}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# pg_replica_init PRIMARY_DIR PRIMARY_PORT DIR — DIR becomes a streaming replica of the running
+# cluster in PRIMARY_DIR (pg_basebackup -R with a fast checkpoint: a spread one can wait minutes),
+# with its own socket directory; start it with pg_cluster_start_free. Lets the primary accept
+# replication connections over its socket first.
+pg_replica_init() {
+    local primary="$1" pport="$2" dir="$3" hba
+    hba="$(pg_datadir "${primary}")/pg_hba.conf"
+    if ! grep -q '^local replication' "${hba}"; then
+        printf 'local replication all trust\n' | pg_as_owner tee -a "${hba}" >/dev/null
+        pg_as_owner "${PG_BINDIR}/pg_ctl" reload -D "$(pg_datadir "${primary}")" >/dev/null
+    fi
+    mkdir -p "${dir}/log" "$(pg_socketdir "${dir}")"
+    chmod 0755 "${dir}"
+    if pg_is_root; then
+        chown -R postgres: "${dir}"
+    fi
+    pg_log "basebackup of ${primary} into ${dir}"
+    if ! pg_as_owner "${PG_BINDIR}/pg_basebackup" -h "$(pg_socketdir "${primary}")" -p "${pport}" -U postgres \
+        -D "$(pg_datadir "${dir}")" -R -X stream -c fast >"${dir}/log/basebackup.log" 2>&1; then
+        tail -n 20 "${dir}/log/basebackup.log" >&2 || true
+        return 1
+    fi
+    printf "unix_socket_directories = '%s'\n" "$(pg_socketdir "${dir}")" \
+        | pg_as_owner tee -a "$(pg_datadir "${dir}")/postgresql.conf" >/dev/null
+}
+
 # pg_cluster_wait DIR PORT [TIMEOUT_SECONDS] — pg_isready loop over the socket.
 pg_cluster_wait() {
     local dir="$1" port="$2" timeout="${3:-30}" socketdir i

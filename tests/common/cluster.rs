@@ -42,54 +42,33 @@ impl Cluster {
             &bindir,
             r#"dir="$(mktemp -d /tmp/ssdb-own-pg.XXXXXX)"
 pg_cluster_init "$dir" test
-for attempt in 1 2 3; do
-    port="$(pg_free_port)"
-    if pg_cluster_start "$dir" "$port"; then break; fi
-    [[ "$attempt" -lt 3 ]] || exit 1
-done
+port="$(pg_cluster_start_free "$dir")"
 pg_test_roles "$dir" "$port"
 printf '%s %s\n' "$dir" "$port""#,
         );
-        let mut it = out.lines().last().unwrap_or("").split_whitespace();
-        let dir = PathBuf::from(it.next().expect("cluster dir"));
-        let port = it.next().expect("cluster port").parse().expect("port number");
-        Cluster { dir, port, bindir }
+        Cluster::from_output(&out, bindir)
     }
 
     /// A streaming replica of this cluster (`pg_basebackup -R`), started on its own port and socket
     /// directory, listening on 127.0.0.1 like its primary; returns once it accepts connections.
     pub fn replica(&self) -> Cluster {
-        let out = lib_sh(
-            &self.bindir,
-            &format!(
-                r#"primary='{primary}'
-pport={pport}
-hba="$(pg_datadir "$primary")/pg_hba.conf"
-if ! grep -q '^local replication' "$hba"; then
-    printf 'local replication all trust\n' | pg_as_owner tee -a "$hba" >/dev/null
-    pg_as_owner "$PG_BINDIR/pg_ctl" reload -D "$(pg_datadir "$primary")" >/dev/null
-fi
-dir="$(mktemp -d /tmp/ssdb-replica.XXXXXX)"
-mkdir -p "$dir/log" "$dir/socket"
-chmod 755 "$dir"
-if pg_is_root; then chown -R postgres: "$dir"; fi
-pg_as_owner "$PG_BINDIR/pg_basebackup" -h "$(pg_socketdir "$primary")" -p "$pport" -U postgres \
-    -D "$(pg_datadir "$dir")" -R -X stream -c fast >"$dir/log/basebackup.log" 2>&1
-printf "unix_socket_directories = '%s'\n" "$(pg_socketdir "$dir")" | pg_as_owner tee -a "$(pg_datadir "$dir")/postgresql.conf" >/dev/null
-for attempt in 1 2 3; do
-    port="$(pg_free_port)"
-    if pg_cluster_start "$dir" "$port"; then break; fi
-    [[ "$attempt" -lt 3 ]] || exit 1
-done
+        let script = format!(
+            r#"dir="$(mktemp -d /tmp/ssdb-replica.XXXXXX)"
+pg_replica_init '{}' {} "$dir"
+port="$(pg_cluster_start_free "$dir")"
 printf '%s %s\n' "$dir" "$port""#,
-                primary = self.dir.display(),
-                pport = self.port
-            ),
+            self.dir.display(),
+            self.port
         );
+        Cluster::from_output(&lib_sh(&self.bindir, &script), self.bindir.clone())
+    }
+
+    /// The cluster a script described with its last line, `DIR PORT`.
+    fn from_output(out: &str, bindir: String) -> Cluster {
         let mut it = out.lines().last().unwrap_or("").split_whitespace();
-        let dir = PathBuf::from(it.next().expect("replica dir"));
-        let port = it.next().expect("replica port").parse().expect("port number");
-        Cluster { dir, port, bindir: self.bindir.clone() }
+        let dir = PathBuf::from(it.next().expect("cluster dir"));
+        let port = it.next().expect("cluster port").parse().expect("port number");
+        Cluster { dir, port, bindir }
     }
 
     pub fn socket_dir(&self) -> String {
