@@ -217,8 +217,6 @@ pub struct Servers {
     /// The gateway's own login on the default server (`DB_*`/`DATABASE_URL`).
     base: ConnectParams,
     map: RwLock<HashMap<String, Arc<Server>>>,
-    /// Bumped on every change, so the monitor notices new servers and replicas.
-    generation: AtomicU64,
 }
 
 impl Servers {
@@ -235,7 +233,7 @@ impl Servers {
         };
         let mut map = HashMap::new();
         map.insert(DEFAULT_SERVER.to_string(), Arc::new(Server::new(def)));
-        Arc::new(Servers { base, map: RwLock::new(map), generation: AtomicU64::new(0) })
+        Arc::new(Servers { base, map: RwLock::new(map) })
     }
 
     pub fn base(&self) -> &ConnectParams {
@@ -253,17 +251,18 @@ impl Servers {
         v
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     /// Puts the catalog's definitions in place. The default server keeps its connection settings
     /// from the configuration; its state and weight come from the catalog. A definition that did not
     /// change keeps its live state (replica health, counters).
     pub fn replace(&self, defs: Vec<ServerDef>) {
-        let Ok(mut m) = self.map.write() else { return };
+        // Built outside the lock: a new entry resolves its host names, which may take a while, and
+        // the loops read the map on their way.
+        let current: HashMap<String, Arc<Server>> = match self.map.read() {
+            Ok(m) => m.clone(),
+            Err(_) => return,
+        };
+        let default = current.get(DEFAULT_SERVER).cloned();
         let mut next: HashMap<String, Arc<Server>> = HashMap::new();
-        let default = m.get(DEFAULT_SERVER).cloned();
         for mut d in defs {
             if d.name == DEFAULT_SERVER {
                 let Some(cur) = &default else { continue };
@@ -272,7 +271,7 @@ impl Servers {
                 d.password = None;
                 d.replicas = cur.def.replicas.clone();
             }
-            let s = match m.get(&d.name) {
+            let s = match current.get(&d.name) {
                 Some(cur) if cur.def == d => cur.clone(),
                 _ => Arc::new(Server::new(d)),
             };
@@ -283,8 +282,8 @@ impl Servers {
                 next.insert(DEFAULT_SERVER.to_string(), d);
             }
         }
+        let Ok(mut m) = self.map.write() else { return };
         *m = next;
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
