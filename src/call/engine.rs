@@ -112,7 +112,11 @@ pub struct CallEngine {
     /// Calls answered and write retries, per server or replica key (see [`Pool::server`]).
     served: HashMap<Arc<str>, (u64, u64)>,
     /// Reads sent towards replicas by this loop: spreads them over a server's replicas in turn.
-    replica_turn: std::cell::Cell<usize>,
+    replica_turn: usize,
+    /// The servers this loop routed reads to, as of [`Servers::generation`] `server_gen`: routing
+    /// reads them here, never taking the shared map's lock.
+    server_cache: HashMap<Arc<str>, Arc<crate::servers::Server>>,
+    server_gen: u64,
 }
 
 fn api_from_pg(e: &PgError, database: &str) -> ApiError {
@@ -178,7 +182,9 @@ impl CallEngine {
             servers,
             read_only: HashMap::new(),
             served: HashMap::new(),
-            replica_turn: std::cell::Cell::new(0),
+            replica_turn: 0,
+            server_cache: HashMap::new(),
+            server_gen: 0,
         }
     }
 
@@ -588,18 +594,32 @@ impl CallEngine {
     /// Where a call goes: its database's server; a replica of it when `READ_REPLICAS` is on, the
     /// function is known to only read, the caller did not ask for the primary, and a replica is
     /// usable (reachable and within `MAX_REPLICA_LAG_MS`).
-    fn route(&self, req: &CallRequest) -> CallTarget {
+    fn route(&mut self, req: &CallRequest) -> CallTarget {
         let server = self.owners.server_of(&req.database).cloned().unwrap_or_else(|| Arc::from(DEFAULT_SERVER));
         let mut t = CallTarget { server, replica: None };
         if self.cfg.servers.read_replicas
             && !req.primary
             && self.read_only.get(&req.database).and_then(|f| f.get(&req.function)) == Some(&true)
         {
-            let turn = self.replica_turn.get();
-            self.replica_turn.set(turn.wrapping_add(1));
-            t.replica = self.servers.get(&t.server).and_then(|s| s.pick_replica(turn));
+            let turn = self.replica_turn;
+            self.replica_turn = turn.wrapping_add(1);
+            t.replica = self.cached_server(&t.server).and_then(|s| s.pick_replica(turn));
         }
         t
+    }
+
+    /// Server `name` from this loop's copy, refreshed when the shared map changed.
+    fn cached_server(&mut self, name: &Arc<str>) -> Option<&Arc<crate::servers::Server>> {
+        let generation = self.servers.generation();
+        if generation != self.server_gen {
+            self.server_cache.clear();
+            self.server_gen = generation;
+        }
+        if !self.server_cache.contains_key(name) {
+            let s = self.servers.get(name)?;
+            self.server_cache.insert(name.clone(), s);
+        }
+        self.server_cache.get(name)
     }
 
     /// The pool of `database` as `role` on `target`: a platform's calls log in as the platform's role,

@@ -217,6 +217,9 @@ pub struct Servers {
     /// The gateway's own login on the default server (`DB_*`/`DATABASE_URL`).
     base: ConnectParams,
     map: RwLock<HashMap<String, Arc<Server>>>,
+    /// Bumped by every [`Servers::replace`]: a loop keeps its own copy of the entries it uses and
+    /// reads this (a plain load) to know when to drop it, so no call takes the lock.
+    generation: AtomicU64,
 }
 
 impl Servers {
@@ -233,7 +236,7 @@ impl Servers {
         };
         let mut map = HashMap::new();
         map.insert(DEFAULT_SERVER.to_string(), Arc::new(Server::new(def)));
-        Arc::new(Servers { base, map: RwLock::new(map) })
+        Arc::new(Servers { base, map: RwLock::new(map), generation: AtomicU64::new(0) })
     }
 
     pub fn base(&self) -> &ConnectParams {
@@ -242,6 +245,10 @@ impl Servers {
 
     pub fn get(&self, name: &str) -> Option<Arc<Server>> {
         self.map.read().ok()?.get(name).cloned()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Every server, `default` first, then by name.
@@ -284,6 +291,7 @@ impl Servers {
         }
         let Ok(mut m) = self.map.write() else { return };
         *m = next;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
