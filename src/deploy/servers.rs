@@ -204,6 +204,7 @@ pub fn add(ctx: &DeployCtx, body: &Value) -> Outcome {
 pub fn set_state(ctx: &DeployCtx, name: &str, state: ServerState) -> Outcome {
     let run = || -> Result<Outcome, ApiError> {
         let mut cat = ctx.catalog()?;
+        // Makes sure the default server has its row, so that it can be drained too.
         cat.servers()?;
         cat.set_server_state(name, state)?;
         ctx.servers.replace(cat.servers()?);
