@@ -331,6 +331,12 @@ fn migration_checksum(file: &SqlFile) -> String {
     sql::checksum(&sql::normalize_for_checksum(&file.content))
 }
 
+/// Whether a recorded checksum is this file's: ours (of the normalised text), or the one
+/// stonescriptdb-gateway 1.x recorded (SHA-256 of the file's exact text).
+fn same_migration(recorded: &str, file: &SqlFile) -> bool {
+    recorded == migration_checksum(file) || recorded == sql::checksum(&file.content)
+}
+
 fn is_no_transaction(file: &SqlFile) -> bool {
     sql::first_line_directive(&file.content).is_some_and(|d| d.eq_ignore_ascii_case("no-transaction"))
 }
@@ -344,7 +350,7 @@ fn migrations<'f>(
     // Refuse before applying anything: an edited file means the history is no longer what ran.
     for file in &archive.migrations {
         if let Some(old) = applied.get(&file.path) {
-            if *old != migration_checksum(file) {
+            if !same_migration(old, file) {
                 return Err(cx.fail(
                     Kind::MigrationChecksumMismatch,
                     At::file("migrations", file),
@@ -397,7 +403,7 @@ fn run_no_transaction(cx: &mut Ctx<'_>, file: &SqlFile) -> Result<bool, ApiError
         let applied = tracking::applied_migrations(cx)?;
         let ck = migration_checksum(file);
         if let Some(old) = applied.get(&file.path) {
-            if *old != ck {
+            if !same_migration(old, file) {
                 return Err(cx.fail(
                     Kind::MigrationChecksumMismatch,
                     at,

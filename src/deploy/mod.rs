@@ -18,6 +18,7 @@ pub mod sql;
 pub mod tables;
 pub mod tracking;
 pub mod types;
+pub mod upstream;
 pub mod v2;
 pub mod watchdog;
 pub mod workers;

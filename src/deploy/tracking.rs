@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::context::{At, Ctx};
+use super::upstream;
 use crate::error::ApiError;
 
 const DDL: &str = "
@@ -49,14 +50,35 @@ CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_changelog (
 
 /// Creates the tables when missing. Called after the advisory lock is held, so two first deploys
 /// cannot race on the catalog.
+///
+/// Tables the 1.x gateway left (or ours, before the old columns were added) are then brought to the
+/// shared superset layout ([`upstream::upgrade_sql`]); rows one side wrote get the other side's keys.
 pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
-    cx.exec(DDL, At::step("tracking"))
+    let at = At::step("tracking");
+    let before = upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?);
+    if before.len() < upstream::TABLES.len() {
+        cx.exec(DDL, at)?;
+    }
+    let cols = if before.len() < upstream::TABLES.len() {
+        upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?)
+    } else {
+        before
+    };
+    let mut sql = upstream::upgrade_sql(&cols);
+    if sql.is_empty() {
+        sql = upstream::fill_sql(&cols);
+    }
+    for stmt in sql {
+        cx.exec(&stmt, at)?;
+    }
+    Ok(())
 }
 
 /// File name → checksum of every recorded migration.
 pub(crate) fn applied_migrations(cx: &mut Ctx<'_>) -> Result<HashMap<String, String>, ApiError> {
     Ok(cx
-        .rows("SELECT filename, checksum FROM public._stonescriptdb_gateway_migrations", &[], At::step("tracking"))?
+        .rows("SELECT pg_catalog.coalesce(filename, 'migrations/' || migration_file), checksum \
+             FROM public._stonescriptdb_gateway_migrations", &[], At::step("tracking"))?
         .into_iter()
         .map(|mut r| {
             let ck = r.pop().unwrap_or_default();
@@ -76,8 +98,17 @@ pub(crate) fn record_migration(
     let ms = duration_ms.to_string();
     cx.query(
         "INSERT INTO public._stonescriptdb_gateway_migrations \
-         (filename, checksum, duration_ms, no_transaction, run_id) VALUES ($1, $2, $3::bigint, $4::boolean, $5)",
-        &[Some(file), Some(checksum), Some(&ms), Some(if no_transaction { "true" } else { "false" }), Some(&run)],
+         (filename, checksum, duration_ms, no_transaction, run_id, migration_file) \
+         VALUES ($1, $2, $3::bigint, $4::boolean, $5, $6)",
+        &[
+            Some(file),
+            Some(checksum),
+            Some(&ms),
+            Some(if no_transaction { "true" } else { "false" }),
+            Some(&run),
+            // The name 1.x looks for, so a move back finds every migration applied here.
+            Some(upstream::upstream_migration_name(file)),
+        ],
         At::step("tracking"),
     )?;
     Ok(())
@@ -87,7 +118,7 @@ pub(crate) fn record_migration(
 pub(crate) fn tracked(cx: &mut Ctx<'_>, table: &str) -> Result<HashMap<String, (String, String)>, ApiError> {
     Ok(cx
         .rows(
-            &format!("SELECT name, checksum, file FROM public._stonescriptdb_gateway_{table}"),
+            &format!("SELECT name, checksum, file FROM public._stonescriptdb_gateway_{table} WHERE name IS NOT NULL"),
             &[],
             At::step("tracking"),
         )?
@@ -96,12 +127,25 @@ pub(crate) fn tracked(cx: &mut Ctx<'_>, table: &str) -> Result<HashMap<String, (
         .collect())
 }
 
-/// Upserts into `_stonescriptdb_gateway_types` or `_tables`.
+/// Upserts into `_stonescriptdb_gateway_types` or `_tables`, with the 1.x columns filled too.
 pub(crate) fn upsert(cx: &mut Ctx<'_>, table: &str, name: &str, checksum: &str, file: &str) -> Result<(), ApiError> {
+    let (old_key, extra_col, extra_val) = if table == "types" {
+        (
+            "type_name",
+            ", type_kind",
+            ", pg_catalog.coalesce((SELECT CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'c' THEN 'composite' \
+             WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range' ELSE 'other' END FROM pg_catalog.pg_type t \
+             WHERE t.oid = pg_catalog.to_regtype($1)), 'other')",
+        )
+    } else {
+        ("table_name", "", "")
+    };
     cx.query(
         &format!(
-            "INSERT INTO public._stonescriptdb_gateway_{table} (name, checksum, file) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, file = EXCLUDED.file, deployed_at = now()"
+            "INSERT INTO public._stonescriptdb_gateway_{table} (name, checksum, file, {old_key}, source_file{extra_col}) \
+             VALUES ($1, $2, $3, $1, $3{extra_val}) \
+             ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, file = EXCLUDED.file, \
+             source_file = EXCLUDED.source_file, deployed_at = now()"
         ),
         &[Some(name), Some(checksum), Some(file)],
         At::step("tracking"),
@@ -132,7 +176,7 @@ pub(crate) fn tracked_functions(cx: &mut Ctx<'_>) -> Result<Vec<TrackedFunction>
     Ok(cx
         .rows(
             "SELECT signature, kind, checksum, file, (to_regprocedure(signature) IS NOT NULL)::text \
-             FROM public._stonescriptdb_gateway_functions ORDER BY signature",
+             FROM public._stonescriptdb_gateway_functions WHERE kind IS NOT NULL ORDER BY signature",
             &[],
             At::step("tracking"),
         )?

@@ -1,0 +1,241 @@
+//! The tracking tables as stonescriptdb-gateway 1.x left them, and the one layout both read: the same
+//! table names with a superset of both column sets. [`upgrade_sql`] turns whatever a database holds
+//! (the old layout, ours, or a mix after a move back and forth) into that superset; it only ever adds
+//! columns and indexes, relaxes an old NOT NULL this gateway does not fill, and copies keys from one
+//! side to the other, so no recorded history is lost and the old gateway can still read its tables.
+//! See `vendor-notes/upstream-gateway.md` for the choice.
+
+use std::collections::{HashMap, HashSet};
+
+/// The five tracking tables, without their `_stonescriptdb_gateway_` prefix.
+pub const TABLES: [&str; 5] = ["migrations", "types", "tables", "functions", "changelog"];
+
+/// Full name of a tracking table, schema-qualified (the deploy session's search path is the
+/// platform's, the adopt session's is `pg_catalog`).
+pub fn qualified(table: &str) -> String {
+    format!("public._stonescriptdb_gateway_{table}")
+}
+
+/// Column → type (with default) each layout puts in each table. Columns that are keys on one side
+/// are added nullable on the other; uniqueness then comes from an index (see [`upgrade_sql`]).
+fn columns(table: &str) -> &'static [(&'static str, &'static str)] {
+    match table {
+        "migrations" => &[
+            // ours
+            ("filename", "text"),
+            ("checksum", "text"),
+            ("applied_at", "timestamptz DEFAULT now()"),
+            ("duration_ms", "bigint NOT NULL DEFAULT 0"),
+            ("no_transaction", "boolean NOT NULL DEFAULT false"),
+            ("run_id", "text"),
+            // 1.x
+            ("migration_file", "text"),
+        ],
+        "types" => &[
+            ("name", "text"),
+            ("checksum", "text"),
+            ("file", "text"),
+            ("deployed_at", "timestamptz DEFAULT now()"),
+            ("type_name", "text"),
+            ("type_kind", "text"),
+            ("source_file", "text"),
+        ],
+        "tables" => &[
+            ("name", "text"),
+            ("checksum", "text"),
+            ("file", "text"),
+            ("deployed_at", "timestamptz DEFAULT now()"),
+            ("table_name", "text"),
+            ("source_file", "text"),
+        ],
+        "functions" => &[
+            ("signature", "text"),
+            ("kind", "text"),
+            ("checksum", "text"),
+            ("file", "text"),
+            ("deployed_at", "timestamptz DEFAULT now()"),
+            ("function_name", "text"),
+            ("param_types", "text[]"),
+            ("return_type", "text"),
+            ("body_checksum", "text"),
+            ("source_file", "text"),
+        ],
+        "changelog" => &[
+            ("run_id", "text"),
+            ("kind", "text"),
+            ("object", "text"),
+            ("action", "text"),
+            ("checksum", "text"),
+            ("forced", "boolean NOT NULL DEFAULT false"),
+            ("changed_at", "timestamptz DEFAULT now()"),
+            ("change_type", "text"),
+            ("object_name", "text"),
+            ("change_detail", "jsonb"),
+            ("executed_at", "timestamptz DEFAULT now()"),
+        ],
+        _ => &[],
+    }
+}
+
+/// Old columns that were NOT NULL and that this gateway's rows leave empty; and ours that the old
+/// gateway's rows leave empty (when it runs again after a way back).
+fn relaxed(table: &str) -> &'static [&'static str] {
+    match table {
+        "functions" => &["function_name", "param_types", "return_type", "body_checksum", "source_file", "kind", "file"],
+        "changelog" => &["change_type", "object_name", "kind", "object", "action"],
+        _ => &[],
+    }
+}
+
+/// Copies a row's key from the side that wrote it to the side that did not, so each gateway finds
+/// every row. Idempotent (`WHERE … IS NULL`) and cheap on tables that are already whole.
+fn fills(table: &str) -> Vec<String> {
+    let t = qualified(table);
+    match table {
+        "migrations" => vec![
+            // 1.x recorded bare file names of `migrations/`; our paths are relative to `postgresql/`.
+            format!("UPDATE {t} SET filename = 'migrations/' || migration_file WHERE filename IS NULL AND migration_file IS NOT NULL"),
+            format!(
+                "UPDATE {t} SET migration_file = pg_catalog.regexp_replace(filename, '^migrations/', '') \
+                 WHERE migration_file IS NULL AND filename IS NOT NULL"
+            ),
+        ],
+        "types" => vec![
+            format!("UPDATE {t} SET name = type_name WHERE name IS NULL AND type_name IS NOT NULL"),
+            format!("UPDATE {t} SET file = pg_catalog.coalesce(source_file, '') WHERE file IS NULL"),
+        ],
+        "tables" => vec![
+            format!("UPDATE {t} SET name = table_name WHERE name IS NULL AND table_name IS NOT NULL"),
+            format!("UPDATE {t} SET file = pg_catalog.coalesce(source_file, '') WHERE file IS NULL"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Unique indexes the superset needs for the keys the other side's writes rely on.
+fn indexes(table: &str) -> Vec<String> {
+    let t = qualified(table);
+    let idx = |name: &str, cols: &str| {
+        format!("CREATE UNIQUE INDEX IF NOT EXISTS _stonescriptdb_gateway_{table}_{name}_key ON {t} ({cols})")
+    };
+    match table {
+        "migrations" => vec![idx("filename", "filename"), idx("migration_file", "migration_file")],
+        "types" => vec![idx("name", "name"), idx("type_name", "type_name")],
+        "tables" => vec![idx("name", "name"), idx("table_name", "table_name")],
+        "functions" => vec![idx("signature", "signature")],
+        _ => Vec::new(),
+    }
+}
+
+/// Which of the tracking tables exist and with which columns: the query, and its rows folded.
+pub const COLUMNS_SQL: &str = "SELECT substr(c.relname, 24), a.attname::text FROM pg_catalog.pg_attribute a \
+     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname LIKE '\\_stonescriptdb\\_gateway\\_%' \
+     AND a.attnum > 0 AND NOT a.attisdropped";
+
+/// Table → its columns, from rows of [`COLUMNS_SQL`].
+pub fn fold(rows: Vec<Vec<String>>) -> HashMap<String, HashSet<String>> {
+    let mut m: HashMap<String, HashSet<String>> = HashMap::new();
+    for mut r in rows {
+        if r.len() == 2 {
+            let col = r.pop().unwrap_or_default();
+            m.entry(r.pop().unwrap_or_default()).or_default().insert(col);
+        }
+    }
+    m
+}
+
+/// Whether a database carries the 1.x layout somewhere (its `migrations` table keyed by file name).
+pub fn has_upstream_layout(cols: &HashMap<String, HashSet<String>>) -> bool {
+    cols.get("migrations").is_some_and(|c| c.contains("migration_file"))
+}
+
+/// The statements that make every existing tracking table the superset, in order; empty when
+/// nothing is missing (then only [`fill_sql`] is worth running).
+pub fn upgrade_sql(cols: &HashMap<String, HashSet<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let Some(have) = cols.get(table) else { continue };
+        let missing: Vec<&(&str, &str)> = columns(table).iter().filter(|(c, _)| !have.contains(*c)).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let t = qualified(table);
+        for (c, ty) in &missing {
+            out.push(format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {ty}"));
+        }
+        for c in relaxed(table) {
+            out.push(format!("ALTER TABLE {t} ALTER COLUMN {c} DROP NOT NULL"));
+        }
+        if table == "migrations" && !have.contains("id") {
+            // 1.x lists its history `ORDER BY id`.
+            out.push(format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS id bigserial"));
+        }
+        out.extend(fills(table));
+        out.extend(indexes(table));
+    }
+    out
+}
+
+/// The copy of keys between the two sides, for tables already in the superset layout (rows the
+/// old gateway wrote after a move back have only its own columns).
+pub fn fill_sql(cols: &HashMap<String, HashSet<String>>) -> Vec<String> {
+    TABLES.iter().filter(|t| cols.contains_key(**t)).flat_map(|t| fills(t)).collect()
+}
+
+/// The file name 1.x would record for one of our migration paths.
+pub fn upstream_migration_name(path: &str) -> &str {
+    path.strip_prefix("migrations/").unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(t: &[(&str, &[&str])]) -> HashMap<String, HashSet<String>> {
+        t.iter().map(|(n, c)| (n.to_string(), c.iter().map(|s| s.to_string()).collect())).collect()
+    }
+
+    #[test]
+    fn the_old_layout_gains_our_columns_and_keeps_its_own() {
+        let old = layout(&[
+            ("migrations", &["id", "migration_file", "checksum", "applied_at"]),
+            ("functions", &["id", "function_name", "signature", "param_types", "return_type", "body_checksum", "source_file", "deployed_at"]),
+        ]);
+        assert!(has_upstream_layout(&old));
+        let sql = upgrade_sql(&old).join(";\n");
+        assert!(sql.contains("ADD COLUMN IF NOT EXISTS filename text"));
+        assert!(sql.contains("ADD COLUMN IF NOT EXISTS duration_ms bigint NOT NULL DEFAULT 0"));
+        assert!(!sql.contains("ADD COLUMN IF NOT EXISTS migration_file"));
+        assert!(!sql.contains("id bigserial"), "the old table has its id");
+        assert!(sql.contains("SET filename = 'migrations/' || migration_file"));
+        assert!(sql.contains("ALTER COLUMN function_name DROP NOT NULL"));
+        assert!(sql.contains("_functions_signature_key ON public._stonescriptdb_gateway_functions (signature)"));
+        assert!(!sql.contains("DROP COLUMN") && !sql.contains("DELETE"));
+    }
+
+    #[test]
+    fn our_layout_gains_the_old_columns_once() {
+        let ours = layout(&[("migrations", &["filename", "checksum", "applied_at", "duration_ms", "no_transaction", "run_id"])]);
+        assert!(!has_upstream_layout(&ours));
+        let sql = upgrade_sql(&ours).join(";\n");
+        assert!(sql.contains("ADD COLUMN IF NOT EXISTS migration_file text"));
+        assert!(sql.contains("id bigserial"));
+        let mut whole = ours.clone();
+        whole.get_mut("migrations").unwrap().extend(["migration_file".to_string(), "id".to_string()]);
+        assert!(upgrade_sql(&whole).is_empty());
+        assert_eq!(fill_sql(&whole).len(), 2);
+    }
+
+    #[test]
+    fn migration_paths_map_to_bare_names() {
+        assert_eq!(upstream_migration_name("migrations/001_init.pssql"), "001_init.pssql");
+        assert_eq!(upstream_migration_name("migrations/sub/x.sql"), "sub/x.sql");
+    }
+
+    #[test]
+    fn fold_groups_columns_by_table() {
+        let m = fold(vec![vec!["migrations".into(), "id".into()], vec!["migrations".into(), "checksum".into()]]);
+        assert_eq!(m["migrations"].len(), 2);
+    }
+}
