@@ -1,7 +1,9 @@
 //! The `stonescriptdb-gateway` binary: read configuration, run the server, map failures to exit codes;
-//! `setup-db` prepares PostgreSQL for it instead (see [`setup_db`]); `deploy` and `migrate` upload a
+//! `setup-db` prepares PostgreSQL for it instead (see [`setup_db`]); `adopt` and `release` take over the
+//! databases of stonescriptdb-gateway 1.x and give them back (see [`adopt`]); `deploy` and `migrate` upload a
 //! schema folder to a running gateway (see [`stonescriptdb_gateway::cli`]).
 
+mod adopt;
 mod setup_db;
 
 use std::collections::HashMap;
@@ -16,6 +18,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("setup-db") => return ExitCode::from(setup_db::main(&args[1..])),
+        Some("adopt") => return ExitCode::from(adopt::adopt_main(&args[1..])),
+        Some("release") => return ExitCode::from(adopt::release_main(&args[1..])),
         Some("deploy") => return ExitCode::from(stonescriptdb_gateway::cli::main(false, &args[1..])),
         Some("migrate") => return ExitCode::from(stonescriptdb_gateway::cli::main(true, &args[1..])),
         _ => {}

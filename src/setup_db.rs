@@ -54,19 +54,19 @@ PostgreSQL refused (not a superuser, unreachable), 2 on a usage error.
 
 /// What the command line asked for.
 #[derive(Debug, Default, PartialEq)]
-struct Options {
-    superuser: Option<String>,
+pub(crate) struct Options {
+    pub(crate) superuser: Option<String>,
     host: Option<String>,
     port: Option<u16>,
-    login: Option<String>,
+    pub(crate) login: Option<String>,
     new_password: bool,
     env_file: Option<PathBuf>,
     /// Gateway settings given as flags, passed to the settings parser.
     settings: Vec<String>,
-    help: bool,
+    pub(crate) help: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
+pub(crate) fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
     let mut i = 0;
     while i < args.len() {
@@ -170,7 +170,7 @@ fn hba_lines(login: &str, gateway: &Host) -> Vec<String> {
 
 /// The gateway's settings the way the binary reads them: defaults, the env file (or `./.env`), the
 /// environment, then the flags.
-fn gateway_config(o: &Options, env: &HashMap<String, String>, cwd: &Path) -> Result<Config, String> {
+pub(crate) fn gateway_config(o: &Options, env: &HashMap<String, String>, cwd: &Path) -> Result<Config, String> {
     let mut s = Settings::defaults();
     let file = o.env_file.clone().unwrap_or_else(|| cwd.join(".env"));
     match std::fs::read_to_string(&file) {
@@ -216,7 +216,22 @@ pub fn main(args: &[String]) -> u8 {
         }
     };
     let gateway = cfg.db.connect_params();
+    let su = superuser_params(&o, &gateway, &env);
+    match run(&su, &gateway, &login, o.new_password, cfg.deploy.catalog_db.as_str()) {
+        Ok(fragment) => {
+            print!("{fragment}");
+            0
+        }
+        Err(e) => {
+            eprintln!("setup-db: {e}");
+            1
+        }
+    }
+}
 
+/// How to reach PostgreSQL as the superuser: `--superuser`, `--host`, `--port`, else from the
+/// gateway's own settings (its socket directory, or Debian's when the server listens there).
+pub(crate) fn superuser_params(o: &Options, gateway: &ConnectParams, env: &HashMap<String, String>) -> ConnectParams {
     let mut su = gateway.clone();
     su.user = o.superuser.clone().unwrap_or_else(|| "postgres".into());
     su.password = env.get("PGPASSWORD").filter(|p| !p.is_empty()).cloned();
@@ -232,16 +247,7 @@ pub fn main(args: &[String]) -> u8 {
             Host::Tcp(h) => Host::Tcp(h.clone()),
         },
     };
-    match run(&su, &gateway, &login, o.new_password, cfg.deploy.catalog_db.as_str()) {
-        Ok(fragment) => {
-            print!("{fragment}");
-            0
-        }
-        Err(e) => {
-            eprintln!("setup-db: {e}");
-            1
-        }
-    }
+    su
 }
 
 fn one(c: &mut Client, sql: &str, params: &[Option<&str>]) -> Result<Option<String>, String> {

@@ -49,8 +49,10 @@ pub fn not_recorded(req: &CallRequest) -> ApiError {
         Kind::DatabaseNotFound,
         format!(
             "no database '{}' is registered for {what}; create it with POST /register (or /admin/create-tenant, \
-             /database/create) first",
-            req.database
+             /database/create) first; a database of that name made by stonescriptdb-gateway 1.x is served after \
+             `{}`",
+            req.database,
+            crate::deploy::upstream::adopt_command(&req.platform)
         ),
     )
     .with_database(&req.database)

@@ -600,11 +600,8 @@ pub fn create_and_deploy(
     let exists = catalog::database_exists(&mut admin, name)?;
     if exists && !recorded {
         // Not the gateway's: serving it would hand someone else's database to this platform.
-        return Err(ApiError::new(
-            Kind::NameConflict,
-            format!("database '{name}' exists but was not created by the gateway; choose other names"),
-        )
-        .with_database(name));
+        return Err(ApiError::new(Kind::NameConflict, super::upstream::unrecorded_message(name, &owner.platform))
+            .with_database(name));
     }
     if exists && must_be_new {
         return Err(
@@ -982,6 +979,13 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
                 ctx.check_reserved(&name)?;
                 cat.check_owner(&name, &owner)?;
                 if cat.owner_of(&name)?.is_none() {
+                    if super::upstream::database_exists(&mut cat.client, &name) {
+                        return Err(ApiError::new(
+                            Kind::DatabaseNotFound,
+                            super::upstream::unrecorded_message(&name, &p),
+                        )
+                        .with_database(name));
+                    }
                     return Err(ApiError::new(
                         Kind::DatabaseNotFound,
                         format!(
@@ -1004,6 +1008,13 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
                     }
                 }
                 if list.is_empty() {
+                    if super::upstream::database_exists(&mut cat.client, &main) {
+                        return Err(ApiError::new(
+                            Kind::DatabaseNotFound,
+                            super::upstream::unrecorded_message(&main, &p),
+                        )
+                        .with_database(main));
+                    }
                     return Err(ApiError::new(
                         Kind::DatabaseNotFound,
                         format!("platform '{p}' has no databases; register it first with POST /register"),

@@ -77,8 +77,12 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
 /// File name → checksum of every recorded migration.
 pub(crate) fn applied_migrations(cx: &mut Ctx<'_>) -> Result<HashMap<String, String>, ApiError> {
     Ok(cx
-        .rows("SELECT pg_catalog.coalesce(filename, 'migrations/' || migration_file), checksum \
-             FROM public._stonescriptdb_gateway_migrations", &[], At::step("tracking"))?
+        .rows(
+            "SELECT pg_catalog.coalesce(filename, 'migrations/' || migration_file), checksum \
+             FROM public._stonescriptdb_gateway_migrations",
+            &[],
+            At::step("tracking"),
+        )?
         .into_iter()
         .map(|mut r| {
             let ck = r.pop().unwrap_or_default();

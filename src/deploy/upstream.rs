@@ -94,7 +94,9 @@ fn fills(table: &str) -> Vec<String> {
     match table {
         "migrations" => vec![
             // 1.x recorded bare file names of `migrations/`; our paths are relative to `postgresql/`.
-            format!("UPDATE {t} SET filename = 'migrations/' || migration_file WHERE filename IS NULL AND migration_file IS NOT NULL"),
+            format!(
+                "UPDATE {t} SET filename = 'migrations/' || migration_file WHERE filename IS NULL AND migration_file IS NOT NULL"
+            ),
             format!(
                 "UPDATE {t} SET migration_file = pg_catalog.regexp_replace(filename, '^migrations/', '') \
                  WHERE migration_file IS NULL AND filename IS NOT NULL"
@@ -188,6 +190,28 @@ pub fn upstream_migration_name(path: &str) -> &str {
     path.strip_prefix("migrations/").unwrap_or(path)
 }
 
+/// The command that takes over databases the catalog does not record, for messages.
+pub fn adopt_command(platform: &str) -> String {
+    format!("stonescriptdb-gateway adopt --platform {platform}")
+}
+
+/// The message for a database that exists but the catalog does not record: made by 1.x (or by hand),
+/// so it is served only after `adopt`.
+pub fn unrecorded_message(database: &str, platform: &str) -> String {
+    format!(
+        "database '{database}' exists but this gateway's catalog does not record it (a database made by \
+         stonescriptdb-gateway 1.x, or by hand); take it over with `{}` as a PostgreSQL superuser (README: \
+         Moving from stonescriptdb-gateway 1.x), or choose other names",
+        adopt_command(platform)
+    )
+}
+
+/// Whether `database` exists on the server `c` is connected to.
+pub fn database_exists(c: &mut crate::pg::blocking::Client, database: &str) -> bool {
+    c.query("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[Some(database)])
+        .is_ok_and(|r| !r.rows.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +224,19 @@ mod tests {
     fn the_old_layout_gains_our_columns_and_keeps_its_own() {
         let old = layout(&[
             ("migrations", &["id", "migration_file", "checksum", "applied_at"]),
-            ("functions", &["id", "function_name", "signature", "param_types", "return_type", "body_checksum", "source_file", "deployed_at"]),
+            (
+                "functions",
+                &[
+                    "id",
+                    "function_name",
+                    "signature",
+                    "param_types",
+                    "return_type",
+                    "body_checksum",
+                    "source_file",
+                    "deployed_at",
+                ],
+            ),
         ]);
         assert!(has_upstream_layout(&old));
         let sql = upgrade_sql(&old).join(";\n");
@@ -216,7 +252,10 @@ mod tests {
 
     #[test]
     fn our_layout_gains_the_old_columns_once() {
-        let ours = layout(&[("migrations", &["filename", "checksum", "applied_at", "duration_ms", "no_transaction", "run_id"])]);
+        let ours = layout(&[(
+            "migrations",
+            &["filename", "checksum", "applied_at", "duration_ms", "no_transaction", "run_id"],
+        )]);
         assert!(!has_upstream_layout(&ours));
         let sql = upgrade_sql(&ours).join(";\n");
         assert!(sql.contains("ADD COLUMN IF NOT EXISTS migration_file text"));
