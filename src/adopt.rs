@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use stonescriptdb_gateway::catalog::pg_api;
+use stonescriptdb_gateway::catalog::{Catalog, pg_api};
 use stonescriptdb_gateway::config::Config;
 use stonescriptdb_gateway::deploy::upstream;
 use stonescriptdb_gateway::error::ApiError;
@@ -169,24 +169,16 @@ fn first(c: &mut Client, sql: &str, params: &[Option<&str>]) -> Result<Option<St
         .and_then(|r| r.into_iter().next().flatten()))
 }
 
-fn open_catalog(su: &ConnectParams, catalog: &str) -> Result<Client, String> {
-    match Client::connect(&su.with_dbname(catalog)) {
-        Ok(mut c) => {
-            c.batch_execute("SET search_path = public, pg_catalog").map_err(|e| e.to_string())?;
-            let has = c
-                .query("SELECT pg_catalog.to_regclass('public.databases') IS NOT NULL", &[])
-                .map_err(|e| e.to_string())?;
-            if has.rows.first().and_then(|r| r[0].as_deref()) != Some("t") {
-                return Err(format!(
-                    "the catalog database {catalog} has no tables yet: start the gateway once, then run this again"
-                ));
-            }
-            Ok(c)
-        }
-        Err(e) => Err(format!(
-            "cannot open the catalog database {catalog} ({e}); start the gateway once (it creates its catalog), then run this again"
-        )),
-    }
+/// The catalog, opened the way the gateway opens it (as its own login, from its settings), so rows
+/// and, on a first run, the catalog itself are the login's.
+fn open_catalog(cfg: &Config) -> Result<Client, String> {
+    let params = cfg.db.connect_params();
+    Catalog::open(&params, &cfg.deploy.catalog_db).map(|c| c.client).map_err(|e| {
+        format!(
+            "cannot open the catalog {} as the gateway's login {} ({}); check DB_USER/DB_PASSWORD/DB_HOST in the env file",
+            cfg.deploy.catalog_db, params.user, e.message
+        )
+    })
 }
 
 /// Line printed per database.
@@ -228,7 +220,7 @@ fn adopt(s: &Setup) -> Result<u8, String> {
             return Err(format!("--from-login {l}: no such role"));
         }
     }
-    let mut cat = open_catalog(&s.su, &catalog_db)?;
+    let mut cat = open_catalog(&s.cfg)?;
     let known = recorded(&mut cat)?;
     let dbs = admin
         .query(
@@ -470,7 +462,6 @@ pub fn release_main(args: &[String]) -> u8 {
 }
 
 fn release(s: &Setup, to: &str) -> Result<u8, String> {
-    let catalog_db = s.cfg.deploy.catalog_db.clone();
     let mut admin = Client::connect(&s.su).map_err(|e| format!("cannot connect as {}: {e}", s.su.user))?;
     if !roles::is_superuser(&mut admin).map_err(|e| e.message)? {
         return Err(format!("{} is not a PostgreSQL superuser; run release as one", s.su.user));
@@ -481,7 +472,7 @@ fn release(s: &Setup, to: &str) -> Result<u8, String> {
     {
         return Err(format!("--to-login {to}: no such role"));
     }
-    let mut cat = open_catalog(&s.su, &catalog_db)?;
+    let mut cat = open_catalog(&s.cfg)?;
     let mut failed = 0;
     for p in &s.platforms {
         let rows = cat

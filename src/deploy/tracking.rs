@@ -78,7 +78,7 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
 pub(crate) fn applied_migrations(cx: &mut Ctx<'_>) -> Result<HashMap<String, String>, ApiError> {
     Ok(cx
         .rows(
-            "SELECT pg_catalog.coalesce(filename, 'migrations/' || migration_file), checksum \
+            "SELECT COALESCE(filename, 'migrations/' || migration_file), checksum \
              FROM public._stonescriptdb_gateway_migrations",
             &[],
             At::step("tracking"),
@@ -137,7 +137,7 @@ pub(crate) fn upsert(cx: &mut Ctx<'_>, table: &str, name: &str, checksum: &str, 
         (
             "type_name",
             ", type_kind",
-            ", pg_catalog.coalesce((SELECT CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'c' THEN 'composite' \
+            ", COALESCE((SELECT CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'c' THEN 'composite' \
              WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range' ELSE 'other' END FROM pg_catalog.pg_type t \
              WHERE t.oid = pg_catalog.to_regtype($1)), 'other')",
         )

@@ -104,11 +104,11 @@ fn fills(table: &str) -> Vec<String> {
         ],
         "types" => vec![
             format!("UPDATE {t} SET name = type_name WHERE name IS NULL AND type_name IS NOT NULL"),
-            format!("UPDATE {t} SET file = pg_catalog.coalesce(source_file, '') WHERE file IS NULL"),
+            format!("UPDATE {t} SET file = COALESCE(source_file, '') WHERE file IS NULL"),
         ],
         "tables" => vec![
             format!("UPDATE {t} SET name = table_name WHERE name IS NULL AND table_name IS NOT NULL"),
-            format!("UPDATE {t} SET file = pg_catalog.coalesce(source_file, '') WHERE file IS NULL"),
+            format!("UPDATE {t} SET file = COALESCE(source_file, '') WHERE file IS NULL"),
         ],
         _ => Vec::new(),
     }
