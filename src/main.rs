@@ -45,6 +45,11 @@ fn main() -> ExitCode {
         eprintln!("stonescriptdb-gateway: cannot open the log file {e}");
         return ExitCode::from(2);
     }
+    // A setting that does nothing is said at start (1.x's DATA_DIR among them).
+    let dotenv = std::fs::read_to_string(cwd.join(".env")).ok();
+    for u in config::unknown::unknown_keys(dotenv.as_deref(), &env) {
+        log::warn("a setting the gateway does not read", &[("key", &u.key), ("in", &u.source), ("note", &u.note)]);
+    }
     let mut cfg = cfg;
     check_open_files(&mut cfg);
     let (mut server, _handle) = match Server::bind(*cfg) {

@@ -123,6 +123,19 @@ fn databases_of_the_old_gateway_are_adopted_served_migrated_and_given_back() {
         common::post_json(g.addr, "/call", &format!(r#"{{"platform":"{p}"{t},"function":"get_items"}}"#))
     };
 
+    // Start-up tells: the databases 1.x made are found, the login's rights are in /health.
+    let found =
+        stonescriptdb_gateway::deploy::upstream::unrecorded_upstream(&common::db::su_params("postgres"), &[], &catalog)
+            .expect("scan");
+    assert!(found.contains(&main) && found.contains(&tenant), "{found:?}");
+    assert!(
+        common::db::eventually(std::time::Duration::from_secs(10), || {
+            common::request(g.addr, "GET", "/health", &[], b"").text().contains(r#""login_rights":{"createdb":true"#)
+        }),
+        "{}",
+        common::request(g.addr, "GET", "/health", &[], b"").text()
+    );
+
     // Before: the messages lead to adopt.
     let r = call(None);
     assert!(r.status >= 400 && r.text().contains("adopt"), "{}", r.text());

@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod limits;
+pub mod unknown;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -212,6 +212,169 @@ pub fn database_exists(c: &mut crate::pg::blocking::Client, database: &str) -> b
         .is_ok_and(|r| !r.rows.is_empty())
 }
 
+/// What the gateway's own login may do, as checked at start (`/health` shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginRights {
+    pub createdb: bool,
+    pub createrole: bool,
+    pub superuser: bool,
+}
+
+impl LoginRights {
+    /// Whether new platforms and tenants can be made: databases, and a role per platform.
+    pub fn sufficient(&self) -> bool {
+        self.superuser || (self.createdb && self.createrole)
+    }
+
+    /// The rights it lacks, for messages.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if !self.superuser && !self.createdb {
+            m.push("CREATEDB");
+        }
+        if !self.superuser && !self.createrole {
+            m.push("CREATEROLE");
+        }
+        m
+    }
+}
+
+static LOGIN_RIGHTS: std::sync::Mutex<Option<LoginRights>> = std::sync::Mutex::new(None);
+
+/// The rights found by the last check at start; `None` before PostgreSQL answered.
+pub fn login_rights() -> Option<LoginRights> {
+    LOGIN_RIGHTS.lock().ok().and_then(|g| *g)
+}
+
+/// Reads the current login's attributes.
+pub fn check_login(admin: &mut crate::pg::blocking::Client) -> Result<LoginRights, crate::pg::dberror::PgError> {
+    let r = admin.query(
+        "SELECT rolcreatedb::text, rolcreaterole::text, rolsuper::text FROM pg_catalog.pg_roles \
+         WHERE rolname = current_user",
+        &[],
+    )?;
+    let row = r.rows.into_iter().next().unwrap_or_default();
+    let t = |i: usize| row.get(i).and_then(|v| v.as_deref()) == Some("true");
+    Ok(LoginRights { createdb: t(0), createrole: t(1), superuser: t(2) })
+}
+
+/// Platforms to name in the `adopt` command for these database names: `{p}_main` names `p`; a tenant
+/// database goes with a platform whose main database is in the list, else with its first part.
+pub fn suggested_platforms(dbs: &[String]) -> Vec<String> {
+    let mains: Vec<&str> = dbs.iter().filter_map(|d| d.strip_suffix("_main")).filter(|p| !p.is_empty()).collect();
+    let mut out: Vec<String> = Vec::new();
+    for d in dbs {
+        let p = if let Some(p) = d.strip_suffix("_main").filter(|p| !p.is_empty()) {
+            p.to_string()
+        } else if let Some(m) = mains.iter().filter(|m| d.starts_with(&format!("{m}_"))).max_by_key(|m| m.len()) {
+            m.to_string()
+        } else {
+            d.split('_').next().unwrap_or(d).to_string()
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// At most this many unrecorded databases are looked into at start (each costs a connection).
+const SCAN_LIMIT: usize = 500;
+
+/// Databases the catalog does not record that carry the 1.x tracking table.
+pub fn unrecorded_upstream(
+    admin_params: &crate::pg::params::ConnectParams,
+    recorded: &[String],
+    catalog_db: &str,
+) -> Result<Vec<String>, crate::pg::dberror::PgError> {
+    let mut admin = crate::pg::blocking::Client::connect(admin_params)?;
+    let r = admin.query(
+        "SELECT datname::text FROM pg_catalog.pg_database WHERE NOT datistemplate AND datallowconn \
+         AND datname NOT IN ('postgres', $1) ORDER BY datname",
+        &[Some(catalog_db)],
+    )?;
+    admin.close();
+    let mut out = Vec::new();
+    let candidates =
+        r.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).filter(|d| !recorded.contains(d));
+    for db in candidates.take(SCAN_LIMIT) {
+        // A database the login cannot enter is not one it can serve either; it is left alone.
+        let Ok(mut c) = crate::pg::blocking::Client::connect(&admin_params.with_dbname(&db)) else { continue };
+        let has = c.query(
+            "SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' \
+             AND c.relname = '_stonescriptdb_gateway_migrations' AND a.attname = 'migration_file' AND NOT a.attisdropped",
+            &[],
+        );
+        c.close();
+        if has.is_ok_and(|r| !r.rows.is_empty()) {
+            out.push(db);
+        }
+    }
+    Ok(out)
+}
+
+/// Once at start, after the catalog answered: the login's rights (log and `/health`), and databases
+/// of 1.x that are not served until adopted (log, with the command).
+pub fn startup_tells(ctx: &super::service::DeployCtx) {
+    use crate::log;
+    let Ok(mut admin) = crate::pg::blocking::Client::connect(&ctx.admin) else { return };
+    let rights = check_login(&mut admin);
+    admin.close();
+    match rights {
+        Ok(r) => {
+            if let Ok(mut g) = LOGIN_RIGHTS.lock() {
+                *g = Some(r);
+            }
+            if r.sufficient() {
+                log::info("the gateway's login may create databases and roles", &[("user", &ctx.admin.user)]);
+            } else {
+                log::warn(
+                    "the gateway's login lacks rights that new platforms and tenants need; /register of a new \
+                     database will fail until they are granted",
+                    &[
+                        ("user", &ctx.admin.user),
+                        ("missing", &r.missing().join(", ")),
+                        (
+                            "fix",
+                            &"sudo -u postgres stonescriptdb-gateway setup-db (or ALTER ROLE … CREATEDB CREATEROLE)",
+                        ),
+                    ],
+                );
+            }
+        }
+        Err(e) => log::warn("the gateway's login rights could not be read", &[("error", &e)]),
+    }
+    let recorded: Vec<String> = match ctx.catalog() {
+        Ok(mut cat) => {
+            let r = cat.client.query("SELECT name FROM databases", &[]);
+            cat.client.close();
+            match r {
+                Ok(r) => r.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect(),
+                Err(_) => return,
+            }
+        }
+        Err(_) => return,
+    };
+    match unrecorded_upstream(&ctx.admin, &recorded, &ctx.cfg.deploy.catalog_db) {
+        Ok(dbs) if !dbs.is_empty() => {
+            let platforms = suggested_platforms(&dbs);
+            let flags: Vec<String> = platforms.iter().map(|p| format!("--platform {p}")).collect();
+            log::warn(
+                "databases made by stonescriptdb-gateway 1.x are not recorded in the catalog and are not served \
+                 until adopted",
+                &[
+                    ("databases", &dbs.join(", ")),
+                    ("command", &format!("sudo -u postgres stonescriptdb-gateway adopt {}", flags.join(" "))),
+                ],
+            );
+        }
+        Ok(_) => {}
+        Err(e) => log::debug("databases of stonescriptdb-gateway 1.x not looked for", &[("error", &e)]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +433,23 @@ mod tests {
     fn migration_paths_map_to_bare_names() {
         assert_eq!(upstream_migration_name("migrations/001_init.pssql"), "001_init.pssql");
         assert_eq!(upstream_migration_name("migrations/sub/x.sql"), "sub/x.sql");
+    }
+
+    #[test]
+    fn suggested_platforms_follow_main_databases() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            suggested_platforms(&v(&["shop_main", "shop_t1", "my_app_main", "my_app_x", "lone_t"])),
+            v(&["lone", "my_app", "shop"])
+        );
+    }
+
+    #[test]
+    fn rights_name_what_is_missing() {
+        let r = LoginRights { createdb: true, createrole: false, superuser: false };
+        assert!(!r.sufficient());
+        assert_eq!(r.missing(), ["CREATEROLE"]);
+        assert!(LoginRights { createdb: false, createrole: false, superuser: true }.sufficient());
     }
 
     #[test]

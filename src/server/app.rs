@@ -698,6 +698,14 @@ impl App {
         o.u64("waiting_requests", c.waiting as u64);
         o.u64("pipelined_calls", c.pipelined);
         o.u64("event_loops", self.shared.loops.len() as u64);
+        if let Some(r) = crate::deploy::upstream::login_rights() {
+            // Checked at start, so a login that cannot make tenants shows here before a tenant fails.
+            let mut l = o.object("login_rights");
+            l.bool("createdb", r.createdb);
+            l.bool("createrole", r.createrole);
+            l.bool("superuser", r.superuser);
+            l.bool("sufficient", r.sufficient());
+        }
         {
             // Every server and replica as the health monitor last saw it.
             let mut a = o.array("servers");

@@ -514,6 +514,7 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                         for (p, e) in &r.role_problems {
                             log::warn("platform role refused", &[("platform", p), ("error", e)]);
                         }
+                        crate::deploy::upstream::startup_tells(&ctx);
                     }
                     Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
                 }
