@@ -325,11 +325,15 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
     assert_eq!(text(&v, "status"), "ready");
     assert_eq!(text(&v, "database"), w.main_db());
     assert_eq!(at(&v, "created").as_bool(), Some(true));
-    let mut ext = strs(&v, "extensions_installed");
+    let mut ext = strs(&v, "extensions_installed_names");
     ext.sort();
     assert_eq!(ext, ["pg_trgm", "pgcrypto", "uuid-ossp"]);
-    assert_eq!(len(&v, "types_deployed"), 3);
-    assert_eq!(len(&v, "tables_created"), 4);
+    // Counts, as 1.x answered; the lists beside them.
+    assert_eq!(num(&v, "extensions_installed"), 3);
+    assert_eq!(num(&v, "types_deployed"), 3);
+    assert_eq!(len(&v, "types_deployed_names"), 3);
+    assert_eq!(num(&v, "tables_created"), 4);
+    assert_eq!(len(&v, "tables_created_names"), 4);
     assert_eq!(
         strs(&v, "migrations_applied_names"),
         ["migrations/001_settings.sql", "migrations/002_more.sql", "migrations/010_index.sql"]
@@ -353,10 +357,13 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
     let v = expect(&w.register(&[], &archive), 200);
     assert_eq!(text(&v, "status"), "ready");
     assert_eq!(at(&v, "created").as_bool(), Some(false));
+    for k in ["extensions_installed", "types_deployed", "tables_created"] {
+        assert_eq!(num(&v, k), 0, "{k}: {}", v.to_json());
+    }
     for k in [
-        "extensions_installed",
-        "types_deployed",
-        "tables_created",
+        "extensions_installed_names",
+        "types_deployed_names",
+        "tables_created_names",
         "migrations_applied_names",
         "functions_changed_names",
         "functions_dropped",
@@ -388,7 +395,7 @@ fn gnu_tar_with_directories_and_ustar_without_both_register() {
         let v = expect(&w.register(&[("tenant_id", tenant)], &common::archive::gzip(&tar)), 200);
         assert_eq!(text(&v, "database"), format!("{}_{tenant}", w.platform));
         assert_eq!(num(&v, "functions_deployed"), 13, "{tenant}");
-        assert_eq!(len(&v, "tables_created"), 4, "{tenant}");
+        assert_eq!(num(&v, "tables_created"), 4, "{tenant}");
         assert_eq!(len(&v, "migrations_applied_names"), 3, "{tenant}");
         assert_eq!(num(&v, "migrations_applied"), 3, "{tenant}");
         let c = expect(&w.call(Some(tenant), "product_count", "[]"), 200);
@@ -692,8 +699,9 @@ fn enum_value_drift_seeds_and_dry_run_through_migrate() {
     assert_eq!(r.error_code(), "schema_drift");
     let v = expect(&w.migrate(&[("force", "true")], &tgz(&drifted)), 200);
     assert_eq!(text(&v, "status"), "completed");
-    assert_eq!(len(&v, "schema_validation"), 1, "{}", v.to_json());
-    assert!(len(&v, "schema_validation.0.dataloss") >= 1);
+    assert_eq!(len(&v, "schema_validation_databases"), 1, "{}", v.to_json());
+    assert!(len(&v, "schema_validation_databases.0.dataloss") >= 1);
+    assert!(len(&v, "schema_validation.dataloss_changes") >= 1, "{}", v.to_json());
     // Forcing accepts the drift; it drops nothing.
     assert_eq!(
         one(

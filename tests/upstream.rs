@@ -287,3 +287,128 @@ fn a_database_two_named_platforms_could_claim_is_skipped_and_usage_errors_exit_2
     assert_eq!(run(&["release", "--platform", &a, "--catalog-db", &catalog]).status.code(), Some(2));
     drop(g);
 }
+
+/// The JSON type of a value, as a client written for 1.x tests it.
+fn kind(v: Option<&Value>) -> &'static str {
+    match v {
+        None => "missing",
+        Some(Value::Null) => "null",
+        Some(Value::Bool(_)) => "bool",
+        Some(Value::Number(_)) => "number",
+        Some(Value::String(_)) => "string",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Object(_)) => "object",
+    }
+}
+
+/// Every field 1.x answered with, and its type there.
+fn assert_shape(what: &str, v: &Value, fields: &[(&str, &str)]) {
+    for (f, want) in fields {
+        assert_eq!(kind(v.get(f)), *want, "{what}: field {f}: {}", v.to_json());
+    }
+}
+
+#[test]
+fn an_unchanged_archive_whose_migration_fills_a_seeded_table_deploys_again_and_old_answers_keep_their_shape() {
+    let uniq = std::process::id();
+    let p = format!("upshape_{uniq}");
+    let catalog = format!("cat_upshape_{uniq}");
+    let _cleanup = Cleanup { dbs: vec![format!("{p}_main"), catalog.clone()], roles: vec![format!("ssdb_{p}")] };
+    let g = common::start(&[("CATALOG_DB", &catalog)]);
+    // As written for 1.x: the seeder and a migration both put rows into `statuses`.
+    let archive = common::archive::tgz([
+        ("tables/statuses.pssql", "CREATE TABLE statuses (id int PRIMARY KEY, name text NOT NULL);"),
+        ("migrations/001_first_status.pssql", "INSERT INTO statuses VALUES (1, 'open');"),
+        ("seeders/statuses.pssql", "INSERT INTO statuses VALUES (1, 'open'), (2, 'closed');"),
+        (
+            "functions/list_statuses.pssql",
+            "CREATE FUNCTION list_statuses() RETURNS TABLE (id int, name text) LANGUAGE sql AS $$ SELECT id, name FROM statuses ORDER BY id $$;",
+        ),
+    ]);
+    let r = form(g.addr, "/register", &p, None, &archive);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_shape(
+        "/register",
+        &v,
+        &[
+            ("status", "string"),
+            ("database", "string"),
+            ("extensions_installed", "number"),
+            ("types_deployed", "number"),
+            ("tables_created", "number"),
+            ("functions_deployed", "number"),
+            ("seeders", "array"),
+            ("execution_time_ms", "number"),
+            ("tables_created_names", "array"),
+        ],
+    );
+    assert_eq!(v.get("tables_created"), Some(&Value::Number("1".into())));
+    let seeder = &v.get("seeders").and_then(Value::as_array).expect("seeders")[0];
+    assert_shape("/register seeders[0]", seeder, &[("table", "string"), ("inserted", "number"), ("skipped", "number")]);
+    assert_eq!(
+        common::db::query_col(&format!("{p}_main"), "SELECT name FROM statuses ORDER BY id"),
+        vec![Some("open".into()), Some("closed".into())],
+        "the seed row the migration did not add is there, the one it added is not doubled"
+    );
+
+    // The very same archive again, through /migrate: no missing seed rows, no refusal.
+    let r = form(g.addr, "/migrate", &p, None, &archive);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_shape(
+        "/migrate",
+        &v,
+        &[
+            ("status", "string"),
+            ("platform", "string"),
+            ("databases_updated", "array"),
+            ("migrations_applied", "number"),
+            ("tables_created", "number"),
+            ("functions_updated", "number"),
+            ("seeder_validations", "array"),
+            ("schema_validation", "object"),
+            ("verification", "object"),
+            ("execution_time_ms", "number"),
+        ],
+    );
+    let sv = v.get("schema_validation").expect("schema_validation");
+    assert_shape(
+        "/migrate schema_validation",
+        sv,
+        &[("safe_changes", "array"), ("dataloss_changes", "array"), ("incompatible_changes", "array")],
+    );
+    let ver = v.get("verification").expect("verification");
+    assert_shape(
+        "/migrate verification",
+        ver,
+        &[
+            ("passed", "bool"),
+            ("extensions_verified", "bool"),
+            ("types_verified", "bool"),
+            ("tables_verified", "bool"),
+            ("seeders_verified", "bool"),
+            ("error_log", "null"),
+        ],
+    );
+    assert_eq!(ver.get("passed"), Some(&Value::Bool(true)), "{}", v.to_json());
+
+    let r =
+        common::post_json(g.addr, "/call", &format!(r#"{{"platform":"{p}","function":"list_statuses","params":[]}}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_shape("/call", &r.json(), &[("rows", "array"), ("row_count", "number"), ("execution_time_ms", "number")]);
+
+    let r = common::request(g.addr, "GET", "/health", &[], b"");
+    assert_shape(
+        "/health",
+        &r.json(),
+        &[
+            ("status", "string"),
+            ("version", "string"),
+            ("postgres_connected", "bool"),
+            ("active_pools", "number"),
+            ("total_connections", "number"),
+            ("uptime_seconds", "number"),
+        ],
+    );
+}

@@ -130,9 +130,14 @@ pub(crate) fn changes(o: &mut ObjectWriter<'_>, key: &str, v: &[Change]) {
 impl DeployReport {
     /// Writes the `/register` response members except `status`, `database` and `created`.
     pub fn write_fields(&self, o: &mut ObjectWriter) {
-        names(&mut o.array("extensions_installed"), &self.extensions_installed);
-        names(&mut o.array("types_deployed"), &self.types_deployed);
-        names(&mut o.array("tables_created"), &self.tables_created);
+        // Counts, as stonescriptdb-gateway 1.x answered (clients compare them with numbers); the
+        // names beside them in `*_names`.
+        o.u64("extensions_installed", self.extensions_installed.len() as u64);
+        names(&mut o.array("extensions_installed_names"), &self.extensions_installed);
+        o.u64("types_deployed", self.types_deployed.len() as u64);
+        names(&mut o.array("types_deployed_names"), &self.types_deployed);
+        o.u64("tables_created", self.tables_created.len() as u64);
+        names(&mut o.array("tables_created_names"), &self.tables_created);
         // A count, as in every other answer (clients compare it with -ge); the names beside it.
         o.u64("migrations_applied", self.migrations_applied.len() as u64);
         names(&mut o.array("migrations_applied_names"), &self.migrations_applied);

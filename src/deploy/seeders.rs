@@ -108,6 +108,25 @@ fn is_insert(stmt: &Statement) -> bool {
     kw.first().is_some_and(|k| k == "INSERT")
 }
 
+/// Whether `rel` was created by the running deploy: in the tables step, or by a migration (its row
+/// type was written by this transaction; an `ALTER TABLE` rewrites the table's `pg_class` row but not
+/// that one).
+fn new_in_this_deploy(cx: &mut Ctx<'_>, rel: &str, created_now: bool, at: At<'_>) -> Result<bool, ApiError> {
+    if created_now {
+        return Ok(true);
+    }
+    let r = cx.rows(
+        &format!(
+            "SELECT (t.xmin = pg_catalog.pg_current_xact_id()::xid)::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_type t ON t.oid = c.reltype WHERE c.oid = '{}'::regclass",
+            rel.replace('\'', "''")
+        ),
+        &[],
+        at,
+    )?;
+    Ok(r.first().is_some_and(|row| row[0] == "true"))
+}
+
 pub(crate) fn run(
     cx: &mut Ctx<'_>,
     archive: &SchemaArchive,
@@ -141,6 +160,7 @@ pub(crate) fn run(
             // A table this very deploy created (a new table, or a database that never had its schema,
             // e.g. made by /admin/create-tenant) is seeded as on first creation, even on /migrate.
             let created_now = report.tables_created.iter().any(|c| *c == t.1 || *c == shown);
+            let mut filling = false;
             if !verify || created_now {
                 let empty = match empty_at_start.get(&rel) {
                     Some(e) => *e,
@@ -154,14 +174,20 @@ pub(crate) fn run(
                     let r = cx.run_file_stmt(Kind::MigrationFailed, at)?;
                     results[idx].inserted += r.rows_affected;
                     inserted_any = true;
-                } else {
+                    continue;
+                }
+                // A table this deploy created that a migration of the same deploy already filled (as
+                // archives written for 1.x do, which seeded at /register and migrated later): its seed
+                // rows are added by key below, so the next /migrate of the same archive finds them.
+                if !new_in_this_deploy(cx, &rel, created_now, at)? || key_columns(cx, &rel, at)?.is_empty() {
                     counter += 1;
                     let tmp = evaluate(cx, &t, counter, at)?;
                     let n = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0].clone();
                     results[idx].skipped += n.parse::<u64>().unwrap_or(0);
                     cx.exec(&format!("DROP TABLE {tmp}"), at)?;
+                    continue;
                 }
-                continue;
+                filling = true;
             }
             counter += 1;
             let tmp = evaluate(cx, &t, counter, at)?;
@@ -180,7 +206,7 @@ pub(crate) fn run(
                 .into_iter()
                 .map(|mut r| r.remove(0))
                 .collect();
-            if !missing.is_empty() && opts.reseed {
+            if !missing.is_empty() && (opts.reseed || filling) {
                 let cols = insertable_columns(cx, &rel, at)?.join(", ");
                 let scols = cols.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
                 let r = cx.query(
@@ -189,8 +215,10 @@ pub(crate) fn run(
                     at,
                 )?;
                 results[idx].inserted += r.rows_affected;
-                report.seed_validation.reseeded += r.rows_affected;
-                cx.log_change("seed", &shown, "reseed", None)?;
+                if !filling {
+                    report.seed_validation.reseeded += r.rows_affected;
+                }
+                cx.log_change("seed", &shown, if filling { "insert-missing" } else { "reseed" }, None)?;
             } else if !missing.is_empty() {
                 match report.seed_validation.missing.iter_mut().find(|m| m.table == shown) {
                     Some(m) => m.keys.extend(missing.iter().cloned()),

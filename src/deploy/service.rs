@@ -933,8 +933,27 @@ pub fn migrate_response(
             }
         }
     }
+    o.u64("tables_created", reps.iter().map(|r| r.tables_created.len() as u64).sum());
     {
-        let mut a = o.array("schema_validation");
+        // 1.x's shape: one object of three lists (each change names its database here).
+        let mut sv = o.object("schema_validation");
+        for (k, pick) in [("safe_changes", 0usize), ("dataloss_changes", 1), ("incompatible_changes", 2)] {
+            let mut l = sv.array(k);
+            for r in &reps {
+                let v = &r.schema_validation;
+                for c in [&v.safe, &v.dataloss, &v.incompatible][pick].iter() {
+                    let mut x = l.object();
+                    x.str("database", &r.database);
+                    x.str("table", &c.table);
+                    x.opt_str("column", c.column.as_deref());
+                    x.str("change", &c.description);
+                    x.bool("applied", c.applied);
+                }
+            }
+        }
+    }
+    {
+        let mut a = o.array("schema_validation_databases");
         for r in &reps {
             let v = &r.schema_validation;
             if v.safe.is_empty() && v.dataloss.is_empty() && v.incompatible.is_empty() {
@@ -953,6 +972,21 @@ pub fn migrate_response(
                 }
             }
         }
+    }
+    {
+        // 1.x's verification summary: a database that deployed has what its files declare; what is
+        // left is seed rows reported missing.
+        let seeds_ok = reps.iter().all(|r| r.seed_validation.missing.is_empty());
+        let mut v = o.object("verification");
+        v.bool("passed", failed.is_empty() && seeds_ok);
+        v.bool("extensions_verified", failed.is_empty());
+        v.bool("types_verified", failed.is_empty());
+        v.bool("tables_verified", failed.is_empty());
+        v.bool("seeders_verified", seeds_ok);
+        match failed.first() {
+            Some(e) => v.str("error_log", &e.message),
+            None => v.null("error_log"),
+        };
     }
     o.u64("execution_time_ms", started.elapsed().as_millis() as u64);
     o.finish();
