@@ -284,10 +284,16 @@ fn extensions_land_outside_the_reach_of_call() {
     for (f, params) in [("gen_salt", r#"["bf"]"#), ("gen_random_bytes", "[4]"), ("similarity", r#"["a","b"]"#)] {
         assert_eq!(code(&call(g.addr, &p, f, params, None)), (404, "function_not_found".into()), "{f}");
     }
-    // A pin into a /call schema is refused before anything changes.
+    // A pin into a /call schema (archives written for 1.x have them) goes to the extensions schema
+    // instead, with a warning; /call still cannot run its functions.
     let r = deploy(g.addr, "/migrate", &p, None, &[("extensions/citext.sql", "-- schema: public\n")], None);
-    assert_eq!(code(&r), (403, "extension_not_allowed".into()), "{}", r.text());
-    assert_eq!(one(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'citext'"), "0");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("installed into schema extensions instead"), "{}", r.text());
+    assert_eq!(
+        one(&db, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'"),
+        "extensions"
+    );
+    assert_eq!(code(&call(g.addr, &p, "citext_larger", r#"["a","b"]"#, None)), (404, "function_not_found".into()));
 }
 
 #[test]

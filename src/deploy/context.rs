@@ -108,6 +108,9 @@ pub struct DeployReport {
     pub schema_validation: SchemaValidation,
     pub dry_run: bool,
     pub execution_time_ms: u64,
+    /// What the deploy did other than the archive said (an extension pinned into a `/call` schema
+    /// installed into `extensions`), for the answer's `warnings`.
+    pub warnings: Vec<String>,
 }
 
 fn names(a: &mut ArrayWriter<'_>, v: &[String]) {
@@ -172,6 +175,7 @@ impl DeployReport {
             changes(&mut sv, "dataloss", &self.schema_validation.dataloss);
             changes(&mut sv, "incompatible", &self.schema_validation.incompatible);
         }
+        names(&mut o.array("warnings"), &self.warnings);
         o.bool("dry_run", self.dry_run);
         o.u64("execution_time_ms", self.execution_time_ms);
     }

@@ -288,16 +288,21 @@ fn extensions(
             let version = w.version.as_ref().map(|v| format!(" VERSION {}", quote_literal(v)));
             match installed {
                 None => {
-                    let schema = w.schema.as_deref().unwrap_or(EXTENSION_SCHEMA);
+                    let mut schema = w.schema.as_deref().unwrap_or(EXTENSION_SCHEMA);
                     if opts.protected_schemas.iter().any(|p| p == schema) {
-                        return Err(cx.fail(
-                            Kind::ExtensionNotAllowed,
-                            at,
-                            format!(
-                                "extension {} may not go into schema {schema}: /call could run its functions there",
-                                w.name
-                            ),
-                        ));
+                        // `/call` would reach its functions there. Archives written for 1.x pin
+                        // `-- schema: public`; the database's search path still finds `extensions`.
+                        let msg = format!(
+                            "{}: extension {} is pinned to schema {schema}, where /call could run its functions; \
+                             installed into schema {EXTENSION_SCHEMA} instead",
+                            file.path, w.name
+                        );
+                        crate::log::warn(
+                            "extension pinned into a /call schema installed into the extensions schema",
+                            &[("database", &cx.db), ("extension", &w.name), ("pinned", &schema)],
+                        );
+                        report.warnings.push(msg);
+                        schema = EXTENSION_SCHEMA;
                     }
                     let mut sql = String::new();
                     sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema)));
