@@ -851,6 +851,22 @@ pub fn write_db_result(o: &mut ObjectWriter<'_>, r: &DbResult) {
     }
 }
 
+/// The members of 1.x's `verification` object, from a migrate's results: a database that deployed has
+/// what its files declare; what may be left is seed rows reported missing.
+pub fn write_verification(v: &mut ObjectWriter<'_>, results: &[DbResult]) {
+    let failed = results.iter().find_map(|r| r.result.as_ref().err());
+    let seeds_ok = results.iter().filter_map(|r| r.result.as_ref().ok()).all(|r| r.seed_validation.missing.is_empty());
+    v.bool("passed", failed.is_none() && seeds_ok);
+    v.bool("extensions_verified", failed.is_none());
+    v.bool("types_verified", failed.is_none());
+    v.bool("tables_verified", failed.is_none());
+    v.bool("seeders_verified", seeds_ok);
+    match failed {
+        Some(e) => v.str("error_log", &e.message),
+        None => v.null("error_log"),
+    };
+}
+
 /// The body and status of a migrate over `results`.
 /// A dry run's statuses say that nothing changed.
 pub fn migrate_response(
@@ -975,21 +991,6 @@ pub fn migrate_response(
             }
         }
     }
-    {
-        // 1.x's verification summary: a database that deployed has what its files declare; what is
-        // left is seed rows reported missing.
-        let seeds_ok = reps.iter().all(|r| r.seed_validation.missing.is_empty());
-        let mut v = o.object("verification");
-        v.bool("passed", failed.is_empty() && seeds_ok);
-        v.bool("extensions_verified", failed.is_empty());
-        v.bool("types_verified", failed.is_empty());
-        v.bool("tables_verified", failed.is_empty());
-        v.bool("seeders_verified", seeds_ok);
-        match failed.first() {
-            Some(e) => v.str("error_log", &e.message),
-            None => v.null("error_log"),
-        };
-    }
     o.u64("execution_time_ms", started.elapsed().as_millis() as u64);
     o.finish();
     Response::json(http, b)
@@ -1096,6 +1097,7 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
                 o.str("platform_given", &platform);
             }
             o.str("run_id", &run);
+            write_verification(&mut o.object("verification"), &results);
         });
         Ok((resp, changed))
     };

@@ -524,6 +524,7 @@ pub fn run_migrate(
         v.u64("databases_succeeded", results.iter().filter(|r| r.result.is_ok()).count() as u64);
         v.u64("databases_failed", results.iter().filter(|r| r.result.is_err()).count() as u64);
         v.u64("databases_not_started", not_started as u64);
+        super::service::write_verification(&mut v, &results);
     });
     (resp, changed)
 }
