@@ -275,7 +275,11 @@ pub fn help_text() -> String {
          The Debian package sets LOG_DIR=/var/log/stonescriptdb-gateway, so:\n    \
          tail -f /var/log/stonescriptdb-gateway/{DEFAULT_LOG_FILE_NAME}\n\n\
          SUBCOMMANDS:\n  stonescriptdb-gateway setup-db [--help]\n    create or update the gateway's least-rights \
-         PostgreSQL login; run once as a PostgreSQL superuser\n"
+         PostgreSQL login; run once as a PostgreSQL superuser\n  \
+         stonescriptdb-gateway adopt --platform NAME [--dry-run] [--help]\n    take over the databases \
+         stonescriptdb-gateway 1.x made (README: Moving from stonescriptdb-gateway 1.x)\n  \
+         stonescriptdb-gateway release --platform NAME --to-login ROLE [--help]\n    the way back: give them to \
+         1.x's login again\n"
     ));
     s
 }
