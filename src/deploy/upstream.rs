@@ -280,7 +280,7 @@ pub fn suggested_platforms(dbs: &[String]) -> Vec<String> {
 }
 
 /// At most this many unrecorded databases are looked into at start (each costs a connection).
-const SCAN_LIMIT: usize = 500;
+const SCAN_LIMIT: usize = 200;
 
 /// Databases the catalog does not record that carry the 1.x tracking table.
 pub fn unrecorded_upstream(

@@ -514,7 +514,12 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                         for (p, e) in &r.role_problems {
                             log::warn("platform role refused", &[("platform", p), ("error", e)]);
                         }
-                        crate::deploy::upstream::startup_tells(&ctx);
+                        // On a thread of its own: it may open a connection per database, and the
+                        // owners must reach the loops meanwhile.
+                        let tells = ctx.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("upstream-tells".into())
+                            .spawn(move || crate::deploy::upstream::startup_tells(&tells));
                     }
                     Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
                 }
