@@ -136,9 +136,27 @@ fn databases_of_the_old_gateway_are_adopted_served_migrated_and_given_back() {
         common::request(g.addr, "GET", "/health", &[], b"").text()
     );
 
-    // Before: the messages lead to adopt.
+    // Before: the messages lead to adopt, and nothing is touched.
     let r = call(None);
-    assert!(r.status >= 400 && r.text().contains("adopt"), "{}", r.text());
+    assert!(r.status == 404 && r.text().contains(&format!("adopt --platform {p}")), "{}", r.text());
+    let probe = common::archive::tgz([("migrations/001_init.pssql", M001)]);
+    let r = form(g.addr, "/register", &p, None, &probe);
+    assert!(r.status == 409 && r.text().contains(&format!("adopt --platform {p}")), "{}", r.text());
+    for t in [None, Some("t1")] {
+        let r = form(g.addr, "/migrate", &p, t, &probe);
+        assert!(
+            r.status == 404 && r.text().contains("exists but this gateway's catalog does not record it"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        one(
+            &main,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = '_stonescriptdb_gateway_migrations'"
+        ),
+        "4"
+    );
 
     // A dry run prints the plan and changes nothing.
     let o = run(&["adopt", "--platform", &p, "--dry-run", "--catalog-db", &catalog]);
