@@ -137,10 +137,10 @@ fn setup(cmd: &str, args: &[String], login_flag: &str) -> Result<Setup, u8> {
             platforms.push(n);
         }
     }
-    if let Some(l) = &a.login {
-        if l.is_empty() || l.len() > names::MAX_IDENTIFIER_BYTES {
-            return Err(usage(&format!("{cmd}: {login_flag} needs a role name")));
-        }
+    if let Some(l) = &a.login
+        && (l.is_empty() || l.len() > names::MAX_IDENTIFIER_BYTES)
+    {
+        return Err(usage(&format!("{cmd}: {login_flag} needs a role name")));
     }
     let env: HashMap<String, String> = std::env::vars().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
@@ -212,13 +212,12 @@ fn adopt(s: &Setup) -> Result<u8, String> {
     if !roles::is_superuser(&mut admin).map_err(|e| e.message)? {
         return Err(format!("{} is not a PostgreSQL superuser; run adopt as one (e.g. sudo -u postgres …)", s.su.user));
     }
-    if let Some(l) = &s.login {
-        if first(&mut admin, "SELECT 't' FROM pg_catalog.pg_roles WHERE rolname = $1", &[Some(l)])
+    if let Some(l) = &s.login
+        && first(&mut admin, "SELECT 't' FROM pg_catalog.pg_roles WHERE rolname = $1", &[Some(l)])
             .map_err(|e| e.message)?
             .is_none()
-        {
-            return Err(format!("--from-login {l}: no such role"));
-        }
+    {
+        return Err(format!("--from-login {l}: no such role"));
     }
     let mut cat = open_catalog(&s.cfg)?;
     let known = recorded(&mut cat)?;
@@ -265,11 +264,12 @@ fn adopt(s: &Setup) -> Result<u8, String> {
                 continue;
             }
         };
-        if let Some(l) = &s.login {
-            if &owner != l && owner != role.0 {
-                line("skipped", &db, &format!("{what}, but owned by {owner}, not --from-login {l}"));
-                continue;
-            }
+        if let Some(l) = &s.login
+            && &owner != l
+            && owner != role.0
+        {
+            line("skipped", &db, &format!("{what}, but owned by {owner}, not --from-login {l}"));
+            continue;
         }
         let history = match count_history(&s.su, &db) {
             Ok(n) => n,

@@ -48,7 +48,7 @@ RESET ROLE;"
 fn run(args: &[&str]) -> Output {
     let (host, port, _) = common::pg_env();
     let port = port.to_string();
-    let out = Command::new(BIN)
+    Command::new(BIN)
         .env_clear()
         .current_dir(std::env::temp_dir())
         .args(args)
@@ -56,8 +56,7 @@ fn run(args: &[&str]) -> Output {
         .args(["--platform-secret", SECRET])
         .stdin(Stdio::null())
         .output()
-        .expect("run the binary");
-    out
+        .expect("run the binary")
 }
 
 fn text(o: &Output) -> String {
