@@ -429,3 +429,27 @@ fn an_unchanged_archive_whose_migration_fills_a_seeded_table_deploys_again_and_o
         ],
     );
 }
+
+#[test]
+fn start_up_names_the_old_data_dir_and_other_keys_the_gateway_does_not_read() {
+    let dir = std::env::temp_dir().join(format!("ssdb-upstream-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".env"), "DATA_DIR=/opt/stonescriptdb-gateway/data\nGATEWAY_PORT=9\nSOMETHING_ELSE=1\n")
+        .unwrap();
+    // An address this host does not have: the gateway stops right after reading its settings.
+    let o = Command::new(BIN)
+        .env_clear()
+        .env("GATEWAY_HOST", "192.0.2.1")
+        .env("GATEWAY_THREDS", "2")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the gateway");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let warned = |key: &str| err.lines().any(|l| l.contains("does not read") && l.contains(&format!("key={key} ")));
+    assert!(warned("DATA_DIR") && err.contains("no longer used"), "{err}");
+    assert!(warned("SOMETHING_ELSE") && warned("GATEWAY_THREDS"), "{err}");
+    assert!(!warned("GATEWAY_PORT") && !warned("GATEWAY_HOST"), "{err}");
+}
