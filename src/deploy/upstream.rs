@@ -301,6 +301,12 @@ pub fn unrecorded_upstream(
     for db in candidates.take(SCAN_LIMIT) {
         // A database the login cannot enter is not one it can serve either; it is left alone.
         let Ok(mut c) = crate::pg::blocking::Client::connect(&admin_params.with_dbname(&db)) else { continue };
+        // Someone else's database: nothing its owner defined (an operator, a function on its search
+        // path) may be evaluated by the gateway's login.
+        if c.batch_execute("SET search_path = pg_catalog, pg_temp").is_err() {
+            c.close();
+            continue;
+        }
         let has = c.query(
             "SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' \
