@@ -198,6 +198,11 @@ pub const KEYS: &[Key] = &[
     ),
     key("KEEPALIVE_TIMEOUT_MS", "75000", "idle keep-alive connections are closed after this"),
     key("SHUTDOWN_GRACE_SECS", "30", "on SIGTERM/SIGINT, in-flight requests get this long to finish"),
+    key(
+        "SHUTDOWN_IDLE_MS",
+        "500",
+        "during the drain, a connection with nothing in flight is closed after this long without a byte",
+    ),
     key("ARCHIVE_MAX_EXPANDED_BYTES", "209715200", "bytes a schema archive may expand to"),
     key("ARCHIVE_MAX_ENTRIES", "10000", "entries in one schema archive"),
     key("ARCHIVE_MAX_FILE_BYTES", "10485760", "bytes of one file in a schema archive"),
