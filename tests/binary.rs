@@ -322,3 +322,36 @@ fn sigterm_under_keep_alive_load_answers_every_request() {
         assert!(status.success(), "exit status {status:?}");
     }
 }
+
+/// `--help` has a line for every subcommand `main.rs` dispatches on, and each of them takes `--help`.
+#[test]
+fn help_lists_every_subcommand() {
+    use stonescriptdb_gateway::config::keys::SUBCOMMANDS;
+    let main = include_str!("../src/main.rs");
+    let dispatched: Vec<&str> = main.split("Some(\"").skip(1).filter_map(|s| s.split('"').next()).collect();
+    assert!(dispatched.len() >= 3, "{dispatched:?}");
+    for name in &dispatched {
+        assert!(SUBCOMMANDS.iter().any(|(n, _)| n == name), "subcommand {name} has no --help line");
+    }
+    let d = TempDir::new("help-sub");
+    let o = run(cmd(&d).arg("--help"));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for (name, line) in SUBCOMMANDS {
+        assert!(out.contains(&format!("stonescriptdb-gateway {name:<9} {line}")), "{name} missing:\n{out}");
+        let o = run(cmd(&d).args([*name, "--help"]));
+        assert!(o.status.success(), "{name} --help: {}", stderr(&o));
+    }
+}
+
+/// A port already taken: the error names the address and the key that changes it.
+#[test]
+fn a_taken_port_names_the_address_and_gateway_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let d = TempDir::new("taken");
+    let o = run(cmd(&d).env("GATEWAY_PORT", &port).env("GATEWAY_HOST", "127.0.0.1"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("GATEWAY_PORT"), "{err}");
+}

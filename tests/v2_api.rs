@@ -765,7 +765,7 @@ fn errors_names_conflicts_and_failed_creates() {
     broken.insert("migrations/002_boom.sql".into(), "SELECT 1 / 0;\n".into());
     ok(&upload(g.addr, &p, "broken_db", &broken), 201);
     let r = create(g.addr, &p, "broken_db", "b1");
-    assert_eq!(code(&r), (500, "migration_failed".into()), "{}", r.text());
+    assert_eq!(code(&r), (422, "migration_failed".into()), "{}", r.text());
     assert!(!exists(&format!("{p}_broken_db_b1")));
     let v = ok(&get(g.addr, &format!("/platform/{p}/databases?schema=broken_db")), 200);
     assert_eq!(n(&v, "count"), 0);

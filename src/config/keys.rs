@@ -262,6 +262,13 @@ pub fn flag_name(name: &str) -> String {
 }
 
 /// The `--help` text.
+/// Every subcommand of the binary with its one line for `--help` (`main.rs` dispatches on these names).
+pub const SUBCOMMANDS: &[(&str, &str)] = &[
+    ("setup-db", "create or update the gateway's least-rights PostgreSQL login; run once as a PostgreSQL superuser"),
+    ("deploy", "pack a postgresql/ folder and deploy it to one database of a running gateway (/register)"),
+    ("migrate", "pack a postgresql/ folder and migrate every database of a platform on a running gateway (/migrate)"),
+];
+
 pub fn help_text() -> String {
     let mut s = String::new();
     s.push_str(&format!(
@@ -278,9 +285,10 @@ pub fn help_text() -> String {
         "\nLOGS:\n  Every line goes to stderr (under systemd: journalctl -u stonescriptdb-gateway -f) and, when\n  \
          LOG_DIR is set, is also appended to LOG_DIR/LOG_FILE_NAME (default {DEFAULT_LOG_FILE_NAME}).\n  \
          The Debian package sets LOG_DIR=/var/log/stonescriptdb-gateway, so:\n    \
-         tail -f /var/log/stonescriptdb-gateway/{DEFAULT_LOG_FILE_NAME}\n\n\
-         SUBCOMMANDS:\n  stonescriptdb-gateway setup-db [--help]\n    create or update the gateway's least-rights \
-         PostgreSQL login; run once as a PostgreSQL superuser\n"
+         tail -f /var/log/stonescriptdb-gateway/{DEFAULT_LOG_FILE_NAME}\n\nSUBCOMMANDS (each takes --help):\n"
     ));
+    for (name, line) in SUBCOMMANDS {
+        s.push_str(&format!("  stonescriptdb-gateway {name:<9} {line}\n"));
+    }
     s
 }
