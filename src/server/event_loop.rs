@@ -222,9 +222,6 @@ impl Loop {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        // A signal reaches one loop; every loop drains.
-        let me = self.app.id;
-        self.app.shared.loops.send_others(me, || Message::Shutdown);
         self.shutdown_deadline = Some(self.now + self.cfg.shutdown_grace);
         self.drain_started = Some(self.now);
         // Connections the kernel already completed are in the backlog, and their clients may have sent
@@ -234,6 +231,11 @@ impl Loop {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        // A signal reaches one loop; every loop drains. Told only now that the listener is closed: their
+        // answers say `Connection: close`, and a client that reconnects then is refused, never queued
+        // behind a listener about to close.
+        let me = self.app.id;
+        self.app.shared.loops.send_others(me, || Message::Shutdown);
         // Idle keep-alive connections: a request may already be on its way. What is there is read
         // (and answered 503 shutting_down, `Connection: close`); a connection that stays without a
         // byte for SHUTDOWN_IDLE_MS is then closed by the janitor.
