@@ -825,8 +825,9 @@ BEGIN
     PERFORM set_config('application_name', 'leaked', false);
     PERFORM set_config('work_mem', '1MB', false);
     -- Long enough never to fire: the session reset runs in this call's transaction, after this
-    -- function, under whatever statement_timeout the function left (a 1ms value cancelled the reset
-    -- itself, and with it the call, whenever the backend was descheduled for a millisecond).
+    -- function, under whatever statement_timeout the function left. With 1ms, a backend held up for a
+    -- millisecond between the reset's Bind (which starts the timer) and its Execute (which checks it)
+    -- cancelled the reset and with it the call (504, seen once in a full run under load).
     PERFORM set_config('statement_timeout', '1h', false);
     RETURN 1;
 END $$;
