@@ -12,6 +12,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib/pg-cluster.sh
 source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=scripts/lib/listen-addr.sh
+source "${ROOT}/scripts/lib/listen-addr.sh"
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 die() { printf '[run.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -181,16 +183,17 @@ fi
 log "building: cargo build --release ${locked[*]}"
 cargo build --release "${locked[@]}"
 
-host="$(setting GATEWAY_HOST)"
-port="$(setting GATEWAY_PORT)"
-host="${host:-127.0.0.1}"
-port="${port:-9000}"
-case "${host}" in
-    0.0.0.0 | "") host=127.0.0.1 ;;
-    :: | "[::]") host="[::1]" ;;
-    \[*) ;;
-    *:*) host="[${host}]" ;;
-esac
-log "starting the gateway; try:"
-log "  curl -s http://${host}:${port}/health"
+# The address the gateway will really use: flags beat the environment, which beats .env.
+url="$(listen_url "$(setting GATEWAY_HOST)" "$(setting GATEWAY_PORT)" "$@")"
+if [[ "${url}" == *:0 ]]; then
+    log "starting the gateway on a free port (${url%:0}:…): its 'listening addr=' line names it"
+else
+    log "starting the gateway on ${url}; try:"
+    log "  curl -s ${url}/health"
+    if [[ -n "$(setting ADMIN_TOKEN)" ]]; then
+        log "  status page: ${url}/status (any user name, ADMIN_TOKEN as password)"
+    else
+        log "  status page: start with ADMIN_TOKEN set (ADMIN_TOKEN=\$(openssl rand -hex 16) scripts/run.sh), then open ${url}/status"
+    fi
+fi
 exec "${CARGO_TARGET_DIR:-target}/release/stonescriptdb-gateway" "$@"

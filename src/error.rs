@@ -45,6 +45,12 @@ pub enum Kind {
     MigrationFailed,
     MigrationChecksumMismatch,
     FunctionDeployFailed,
+    TableDeployFailed,
+    TypeDeployFailed,
+    SeederFailed,
+    ExtensionDeployFailed,
+    DeployFailed,
+    IsolationIncomplete,
     ExtensionNotAvailable,
     ExtensionNotAllowed,
     RoleNotAllowed,
@@ -117,6 +123,12 @@ impl Kind {
         Kind::MigrationFailed,
         Kind::MigrationChecksumMismatch,
         Kind::FunctionDeployFailed,
+        Kind::TableDeployFailed,
+        Kind::TypeDeployFailed,
+        Kind::SeederFailed,
+        Kind::ExtensionDeployFailed,
+        Kind::DeployFailed,
+        Kind::IsolationIncomplete,
         Kind::ExtensionNotAvailable,
         Kind::ExtensionNotAllowed,
         Kind::RoleNotAllowed,
@@ -227,7 +239,14 @@ impl Kind {
             ),
             Kind::ShuttingDown => row(503, "shutting_down", true, "the gateway is stopping"),
             Kind::QueryFailed => row(500, "query_failed", false, "any other PostgreSQL error"),
-            Kind::MigrationFailed => row(500, "migration_failed", false, "a deploy step failed; nothing was kept"),
+            // A platform's SQL that PostgreSQL refused is the platform's input that is wrong (422, one
+            // code per deploy step); 500 is kept for the gateway's own faults (`deploy_failed`).
+            Kind::MigrationFailed => row(
+                422,
+                "migration_failed",
+                false,
+                "the platform's migration file failed (step migrations, file, line, sqlstate); nothing was kept",
+            ),
             Kind::MigrationChecksumMismatch => {
                 row(409, "migration_checksum_mismatch", false, "an applied migration file was edited")
             }
@@ -235,6 +254,36 @@ impl Kind {
             Kind::FunctionDeployFailed => {
                 row(422, "function_deploy_failed", false, "a function could not be created, replaced or dropped")
             }
+            Kind::TableDeployFailed => row(
+                422,
+                "table_deploy_failed",
+                false,
+                "the platform's table file (or a change the gateway derived from it) failed; nothing was kept",
+            ),
+            Kind::TypeDeployFailed => {
+                row(422, "type_deploy_failed", false, "the platform's type file failed; nothing was kept")
+            }
+            Kind::SeederFailed => {
+                row(422, "seeder_failed", false, "the platform's seeder file failed; nothing was kept")
+            }
+            Kind::ExtensionDeployFailed => row(
+                422,
+                "extension_deploy_failed",
+                false,
+                "an extension the schema declares could not be created or updated; nothing was kept",
+            ),
+            Kind::DeployFailed => row(
+                500,
+                "deploy_failed",
+                false,
+                "the gateway's own deploy statements (transaction, savepoints, tracking tables) failed; nothing was kept",
+            ),
+            Kind::IsolationIncomplete => row(
+                500,
+                "isolation_incomplete",
+                false,
+                "POST /admin/isolate could not confine every database or role; the body is the full report",
+            ),
             Kind::ExtensionNotAvailable => row(
                 400,
                 "extension_not_available",
@@ -275,7 +324,7 @@ impl Kind {
                 "a deploy file holds transaction control or COPY FROM STDIN; refused before anything ran (file, line)",
             ),
             Kind::TransactionEscaped => row(
-                500,
+                422,
                 "deploy_transaction_escaped",
                 false,
                 "a statement ended the deploy's transaction; the message says what was kept",

@@ -228,3 +228,130 @@ fn sigterm_when_idle_exits_at_once() {
     let status = wait_exit(&mut g, Duration::from_secs(5));
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Reads one response from `s` (Content-Length framing): its status, whether it said
+/// `Connection: close`, and its body. `Err` when the connection ended (EOF or reset) before it was
+/// complete.
+fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool, String), String> {
+    let mut tmp = [0u8; 4096];
+    let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>| match s.read(&mut tmp) {
+        Ok(0) => Err("EOF before a full response".to_string()),
+        Ok(n) => {
+            buf.extend_from_slice(&tmp[..n]);
+            Ok(())
+        }
+        Err(e) => Err(format!("read: {e}")),
+    };
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        fill(s, buf)?;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status: u16 = head.split(' ').nth(1).and_then(|x| x.parse().ok()).ok_or("no status")?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    let close = head.lines().any(|l| l.starts_with("connection:") && l.contains("close"));
+    while buf.len() < end + len {
+        fill(s, buf)?;
+    }
+    let body = String::from_utf8_lossy(&buf[end..end + len]).into_owned();
+    buf.drain(..end + len);
+    Ok((status, close, body))
+}
+
+/// One keep-alive client: requests back to back on one connection, a new connection after each
+/// `Connection: close`, until connecting is refused. Returns the requests it sent that got no answer.
+fn keep_alive_client(addr: SocketAddr, answered: &std::sync::atomic::AtomicUsize) -> Vec<String> {
+    let mut lost = Vec::new();
+    while let Ok(mut s) = TcpStream::connect(addr) {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = Vec::new();
+        loop {
+            if let Err(e) = s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n") {
+                lost.push(format!("write: {e}"));
+                break;
+            }
+            match read_one(&mut s, &mut buf) {
+                Ok((status, close, body)) => {
+                    let ok = status == 200 || (status == 503 && body.contains("\"shutting_down\"") && close);
+                    assert!(ok, "unexpected answer {status} (close: {close}): {body}");
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if close {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    lost.push(e);
+                    break;
+                }
+            }
+        }
+    }
+    lost
+}
+
+/// SIGTERM under keep-alive load: every request a client sent is answered (served, or 503
+/// `shutting_down` with `Connection: close`); connections end only after such an answer, and new ones
+/// are refused. Repeated, as the moment the signal lands differs each time.
+#[test]
+fn sigterm_under_keep_alive_load_answers_every_request() {
+    for round in 0..4 {
+        let mut g = spawn_gateway(&format!("drain-load-{round}"));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let (addr, answered) = (g.addr, answered.clone());
+                std::thread::spawn(move || keep_alive_client(addr, &answered))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < 400 {
+            assert!(Instant::now() < deadline, "the load did not get going");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = g.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let lost: Vec<String> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert!(lost.is_empty(), "round {round}: {} requests got no answer: {lost:?}", lost.len());
+        let status = wait_exit(&mut g, Duration::from_secs(10));
+        assert!(status.success(), "exit status {status:?}");
+    }
+}
+
+/// `--help` has a line for every subcommand `main.rs` dispatches on, and each of them takes `--help`.
+#[test]
+fn help_lists_every_subcommand() {
+    use stonescriptdb_gateway::config::keys::SUBCOMMANDS;
+    let main = include_str!("../src/main.rs");
+    let dispatched: Vec<&str> = main.split("Some(\"").skip(1).filter_map(|s| s.split('"').next()).collect();
+    assert!(dispatched.len() >= 3, "{dispatched:?}");
+    for name in &dispatched {
+        assert!(SUBCOMMANDS.iter().any(|(n, _)| n == name), "subcommand {name} has no --help line");
+    }
+    let d = TempDir::new("help-sub");
+    let o = run(cmd(&d).arg("--help"));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for (name, line) in SUBCOMMANDS {
+        assert!(out.contains(&format!("stonescriptdb-gateway {name:<9} {line}")), "{name} missing:\n{out}");
+        let o = run(cmd(&d).args([*name, "--help"]));
+        assert!(o.status.success(), "{name} --help: {}", stderr(&o));
+    }
+}
+
+/// A port already taken: the error names the address and the key that changes it.
+#[test]
+fn a_taken_port_names_the_address_and_gateway_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let d = TempDir::new("taken");
+    let o = run(cmd(&d).env("GATEWAY_PORT", &port).env("GATEWAY_HOST", "127.0.0.1"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("GATEWAY_PORT"), "{err}");
+}

@@ -112,7 +112,7 @@ fn deploy_succeeds_then_a_broken_migration_exits_1() {
     let o = run(&url(&gw), &["deploy", "--platform", "cli_one", broken.to_str().unwrap()]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
-    assert!(out.contains("deploy failed (HTTP 500): migration_failed"), "{out}");
+    assert!(out.contains("deploy failed (HTTP 422): migration_failed"), "{out}");
     assert!(out.contains("002_broken.sql"), "{out}");
     drop_db("cli_one_main");
 }

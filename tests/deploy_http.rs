@@ -518,7 +518,8 @@ fn migration_failing_halfway_changes_nothing() {
     let archive = tgz(&files);
 
     let r = w.register(&[], &archive);
-    let v = expect(&r, 500);
+    // The platform's SQL is what is wrong: 422, not a 500 that pages someone.
+    let v = expect(&r, 422);
     assert_eq!(r.error_code(), "migration_failed");
     assert_eq!(text(&v, "step"), "migrations");
     assert_eq!(text(&v, "file"), "migrations/030_bad.sql");
@@ -527,7 +528,7 @@ fn migration_failing_halfway_changes_nothing() {
     assert_eq!(text(&v, "database"), db);
     assert_eq!(state(&db), before);
 
-    let v = expect(&w.migrate(&[], &archive), 500);
+    let v = expect(&w.migrate(&[], &archive), 422);
     assert_eq!(text(&v, "error"), "migration_failed");
     assert_eq!(text(&v, "results.0.error.step"), "migrations");
     assert_eq!(text(&v, "results.0.error.file"), "migrations/030_bad.sql");
@@ -601,7 +602,7 @@ fn fleet_of_twenty_with_one_broken_tenant() {
     let mut files2 = files.clone();
     files2.insert("migrations/060_fleet.sql".into(), "CREATE TABLE fleet_extra (id int, note text);\n".into());
     let r = w.migrate(&[], &tgz(&files2));
-    let v = expect(&r, 500);
+    let v = expect(&r, 422);
     assert_eq!(text(&v, "status"), "completed_with_errors");
     assert_eq!(text(&v, "error"), "migration_failed");
     assert_eq!(num(&v, "failed_count"), 1);
@@ -1008,4 +1009,120 @@ fn a_broken_function_file_is_422_with_file_and_line() {
     assert!(r.text().contains("functions/bad.sql"), "{}", r.text());
     assert!(r.text().contains("line 3"), "{}", r.text());
     assert!(!db_exists(&w.main_db()), "the new database was not kept");
+}
+
+/// A platform's SQL that PostgreSQL refuses in any deploy step is the platform's fault: 422 with the
+/// step's own code (and step, file, line), never a 500 that pages someone.
+#[test]
+fn a_platforms_sql_error_in_any_step_is_422_with_the_steps_code() {
+    let w = World::new("steps", &[]);
+    let files = platform_files();
+    expect(&w.register(&[], &tgz(&files)), 200);
+    let db = w.main_db();
+    let before = state(&db);
+    let cases = [
+        (
+            "tables/broken.sql",
+            "CREATE TABLE broken (id integer,\n  note no_such_type);\n",
+            "table_deploy_failed",
+            "tables",
+        ),
+        ("types/broken.sql", "CREATE TYPE broken AS (a no_such_type);\n", "type_deploy_failed", "types"),
+        ("migrations/090_broken.sql", "SELECT 1;\nSELECT 1/0;\n", "migration_failed", "migrations"),
+        ("seeders/broken.sql", "INSERT INTO no_such_table (id) VALUES (1);\n", "seeder_failed", "seeders"),
+    ];
+    for (file, sql, code, step) in cases {
+        let mut f = files.clone();
+        f.insert(file.into(), sql.into());
+        let v = expect(&w.migrate(&[], &tgz(&f)), 422);
+        assert_eq!(text(&v, "error"), code, "{file}: {}", v.to_json());
+        assert_eq!(text(&v, "results.0.error.error"), code, "{file}");
+        assert_eq!(text(&v, "results.0.error.step"), step, "{file}");
+        assert_eq!(text(&v, "results.0.error.file"), file, "{file}");
+        assert!(num(&v, "results.0.error.line") >= 1, "{file}");
+        assert_eq!(state(&db), before, "{file} left something behind");
+    }
+}
+
+/// Runs tell what happened: all databases failed → `failed` (as the answer said), a dry run is
+/// recorded as one and leaves each database's last deploy alone, a failed `/register` records which
+/// database failed where, and `GET /runs/{id}` has the times and each failed database's step, file,
+/// line and message.
+#[test]
+fn runs_record_what_happened() {
+    let w = World::new("runs", &[]);
+    let mut files = platform_files();
+    let v = expect(&w.register(&[], &tgz(&files)), 200);
+    let db = w.main_db();
+    let last_run = |w: &World| one(&w.catalog, &format!("SELECT last_run_id FROM databases WHERE name = '{db}'"));
+    let registered = last_run(&w);
+    assert!(registered.starts_with("run-"), "{registered} ({})", v.to_json());
+    let admin = format!("Bearer {TOKEN}");
+    let get_run = |run: &str| {
+        let r = common::request(w.addr(), "GET", &format!("/runs/{run}"), &[("Authorization", &admin)], b"");
+        expect(&r, 200)
+    };
+
+    // One database, and it failed: the run is `failed`, as the answer says.
+    let mut bad = files.clone();
+    bad.insert("migrations/090_bad.sql".into(), "SELECT 1;\n\nSELECT 1/0;\n".into());
+    let v = expect(&w.migrate(&[], &tgz(&bad)), 422);
+    assert_eq!(text(&v, "status"), "failed");
+    let run = text(&v, "run_id").to_string();
+    let r = get_run(&run);
+    assert_eq!(text(&r, "status"), "failed");
+    assert!(text(&r, "started_at").ends_with('Z') && text(&r, "finished_at").ends_with('Z'), "{}", r.to_json());
+    assert_eq!((num(&r, "done"), num(&r, "failed")), (1, 1));
+    assert_eq!(text(&r, "results.0.database"), db);
+    assert_eq!(text(&r, "results.0.error.step"), "migrations");
+    assert_eq!(text(&r, "results.0.error.file"), "migrations/090_bad.sql");
+    assert_eq!(num(&r, "results.0.error.line"), 3);
+    assert!(text(&r, "results.0.error.message").contains("division by zero"), "{}", r.to_json());
+
+    // A dry run: recorded as a dry run, and the database's last deploy is still the failed run's.
+    files.insert("migrations/091_fine.sql".into(), "CREATE TABLE fine (id int);\n".into());
+    let v = expect(&w.migrate(&[("dry_run", "true")], &tgz(&files)), 200);
+    assert_eq!(text(&v, "status"), "dry_run");
+    let dry = text(&v, "run_id").to_string();
+    let r = get_run(&dry);
+    assert_eq!(text(&r, "status"), "dry_run");
+    assert_eq!(at(&r, "dry_run").as_bool(), Some(true));
+    assert_eq!(at(&r, "results.0.dry_run").as_bool(), Some(true), "{}", r.to_json());
+    assert_eq!(one(&w.catalog, &format!("SELECT status FROM run_results WHERE run_id = '{dry}'")), "dry_run");
+    assert_eq!(last_run(&w), run, "a dry run is not the database's last deploy");
+    let v = expect(&w.migrate(&[], &tgz(&files)), 200);
+    assert_eq!(text(&get_run(text(&v, "run_id")), "status"), "completed");
+
+    // A /register whose first deploy fails: its database is gone again, the run says what failed.
+    let other = format!("{}_x", w.platform);
+    let r = post_form(w.addr(), "/register", &[("platform", &other)], Some(&tgz(&bad)));
+    expect(&r, 422);
+    let run = one(
+        &w.catalog,
+        &format!(
+            "SELECT id FROM runs WHERE platform = '{other}' AND kind = 'register' ORDER BY started_at DESC LIMIT 1"
+        ),
+    );
+    let r = get_run(&run);
+    assert_eq!(text(&r, "status"), "failed");
+    assert_eq!((num(&r, "done"), num(&r, "failed")), (1, 1), "{}", r.to_json());
+    assert_eq!(text(&r, "results.0.error.file"), "migrations/090_bad.sql");
+    drop_db(&format!("{other}_main"));
+}
+
+/// A migration adds a column the table file does not declare yet: the drift message says which file
+/// to declare it in (and that force keeps it undeclared), not that data would be lost.
+#[test]
+fn an_undeclared_new_column_names_the_file_to_declare_it_in() {
+    let w = World::new("undecl", &[]);
+    let mut files = platform_files();
+    expect(&w.register(&[], &tgz(&files)), 200);
+    files.insert("migrations/095_extra.sql".into(), "ALTER TABLE products ADD COLUMN extra text;\n".into());
+    let v = expect(&w.migrate(&[], &tgz(&files)), 409);
+    assert_eq!(text(&v, "error"), "schema_drift");
+    let message = text(&v, "results.0.error.message");
+    assert!(message.contains("products.extra"), "{message}");
+    assert!(message.contains("tables/products.sql does not declare it"), "{message}");
+    assert!(message.contains("force=true"), "{message}");
+    assert!(!message.contains("no longer declared"), "{message}");
 }

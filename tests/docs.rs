@@ -35,3 +35,30 @@ fn readme_shows_the_two_commands() {
     let ci = read(".ci/run");
     assert!(ci.contains("scripts/test.sh"), ".ci/run must call the README's test command");
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    let t = heading.trim_start_matches('#').trim().to_lowercase();
+    t.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .collect::<String>()
+        .replace(' ', "-")
+}
+
+#[test]
+fn readme_contents_links_every_section() {
+    let readme = read("README.md");
+    let contents = readme.split("\n## Contents\n").nth(1).expect("a Contents section").split("\n## ").next().unwrap();
+    let quick = readme.find("\n## Quick start\n").expect("a Quick start section");
+    assert!(quick < readme.find("\n## Contents\n").unwrap(), "Contents comes right after the quick start");
+    let headings: Vec<&str> = readme.lines().filter(|l| l.starts_with("## ") || l.starts_with("### ")).collect();
+    for h in &headings {
+        if h.starts_with("## ") && !matches!(*h, "## Quick start" | "## Contents") {
+            assert!(contents.contains(&format!("](#{})", anchor(h))), "Contents lacks {h}");
+        }
+    }
+    // Every link in it leads somewhere.
+    for link in contents.split("](#").skip(1).map(|s| s.split(')').next().unwrap()) {
+        assert!(headings.iter().any(|h| anchor(h) == link), "Contents links to #{link}, which is no heading");
+    }
+}

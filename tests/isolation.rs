@@ -475,6 +475,18 @@ fn an_installation_deployed_before_platform_roles_is_brought_under_them() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().get("status").and_then(Value::as_str), Some("completed"), "{}", r.text());
     assert_eq!(request(g.addr, "POST", "/admin/isolate", &[], b"").status, 401);
+    // A pass that cannot confine a database is not a plain 200: it says so, with the whole report.
+    exec("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"));
+    let r = request(g.addr, "POST", "/admin/isolate", &[("Authorization", &admin)], b"");
+    exec("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"));
+    assert_eq!((r.status, r.error_code().as_str()), (500, "isolation_incomplete"), "{}", r.text());
+    let v = r.json();
+    assert_eq!(v.get("status").and_then(Value::as_str), Some("completed_with_errors"), "{}", r.text());
+    let failed = v.get("databases").and_then(Value::as_array).unwrap().iter().find(|d| {
+        d.get("database").and_then(Value::as_str) == Some(db.as_str())
+            && d.get("status").and_then(Value::as_str) == Some("failed")
+    });
+    assert!(failed.is_some(), "{}", r.text());
 }
 
 #[test]

@@ -185,12 +185,12 @@ fn register_then_migrate_through_the_scripts() {
         assert_eq!(one(&main, "SELECT to_regclass('from_script') IS NOT NULL"), "t");
         assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());
 
-        // A failed migration is reported and exits non-zero (once: 500 is not retried).
+        // A failed migration is reported and exits non-zero (once: 422 is not retried).
         std::fs::write(s.dir.join("src/postgresql/migrations/021_bad.sql"), "SELECT 1/0;\n").unwrap();
         let o = s.run("migrate-schema.sh", &env);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-        assert!(err.contains("HTTP 500"), "{}", show(&o));
+        assert!(err.contains("HTTP 422"), "{}", show(&o));
         assert!(err.contains("migration_failed"), "{}", show(&o));
         assert!(!err.contains("retrying"), "{}", show(&o));
         assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());
@@ -296,4 +296,36 @@ fn unreachable_gateway_is_retried_then_fails() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(s.tmp_entries().is_empty(), "{:?}", s.tmp_entries());
+}
+
+/// `scripts/run.sh` prints the address the gateway really listens on: `GATEWAY_HOST`/`GATEWAY_PORT`
+/// (environment or `.env`), overridden by the flags given to the gateway, wildcards shown as loopback.
+#[test]
+fn run_sh_prints_the_address_the_gateway_uses() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let run_sh = std::fs::read_to_string(format!("{root}/scripts/run.sh")).unwrap();
+    assert!(
+        run_sh.contains(r#"url="$(listen_url "$(setting GATEWAY_HOST)" "$(setting GATEWAY_PORT)" "$@")""#),
+        "run.sh must print the address from listen_url with the gateway's own arguments"
+    );
+    let url = |host: &str, port: &str, args: &[&str]| {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source {root}/scripts/lib/listen-addr.sh && listen_url \"$@\""))
+            .arg("bash")
+            .args([host, port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(url("", "", &[]), "http://127.0.0.1:9000");
+    assert_eq!(url("", "9100", &[]), "http://127.0.0.1:9100");
+    assert_eq!(url("", "9100", &["--gateway-port", "9200"]), "http://127.0.0.1:9200");
+    assert_eq!(url("10.0.0.5", "9100", &["--log-level=info", "--gateway-port=9300"]), "http://10.0.0.5:9300");
+    assert_eq!(url("0.0.0.0", "", &[]), "http://127.0.0.1:9000");
+    assert_eq!(url("", "", &["--gateway-host", "::"]), "http://[::1]:9000");
+    assert_eq!(url("::1", "9000", &[]), "http://[::1]:9000");
+    assert_eq!(url("", "0", &[]), "http://127.0.0.1:0");
 }

@@ -157,3 +157,45 @@ fn status_page_shows_a_fleet_migration_moving_in_headless_chromium() {
         exec("postgres", &format!("DROP DATABASE IF EXISTS \"{PLATFORM}_tenant_db_t{t}\" WITH (FORCE)"));
     }
 }
+
+/// A failed run is shown red, and its details (each failed database with step, file, line and
+/// message) open on the page; `/status#run=ID` opens them at once, which is how this test looks.
+#[test]
+fn status_page_opens_a_failed_runs_details() {
+    let Some(bin) = tools::require("chromium", "chromium") else { return };
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page-run");
+    let platform = "sp_failed_run";
+    exec("postgres", &format!("DROP DATABASE IF EXISTS \"{platform}_main\" WITH (FORCE)"));
+    let gw = start(&[("ADMIN_TOKEN", TOKEN)]);
+    let entries = vec![pack::Entry {
+        path: "postgresql/migrations/001_bad.sql".into(),
+        data: b"SELECT 1;\nSELECT 1/0;\n".to_vec(),
+    }];
+    let tgz = pack::gzip(&pack::tar(&entries).unwrap());
+    let (ct, body) = multipart(&[("platform", platform.as_bytes()), ("schema", &tgz)]);
+    let r = request(gw.addr, "POST", "/register", &[("Content-Type", &ct)], &body);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let a = auth();
+    let data = request(gw.addr, "GET", "/status/data", &[(a.0, &a.1)], b"").json();
+    let run = data
+        .get("runs")
+        .and_then(|v| v.as_array())
+        .and_then(|runs| runs.iter().find(|r| r.get("platform").and_then(|p| p.as_str()) == Some(platform)))
+        .and_then(|r| r.get("run_id"))
+        .and_then(|v| v.as_str())
+        .expect("the failed run is listed")
+        .to_string();
+    let url = format!("http://ops:{TOKEN}@{}/status#run={run}", gw.addr);
+    let (dom, err) = chromium(&bin, &work, &["--virtual-time-budget=5000", "--dump-dom", &url]);
+    assert!(console_lines(&err).is_empty(), "console output:\n{}", console_lines(&err).join("\n"));
+    let tag = dom
+        .split("<div class=\"run failed\"")
+        .skip(1)
+        .find(|t| t.contains(&format!("data-run=\"{run}\"")))
+        .unwrap_or_else(|| panic!("run {run} is not shown as failed:\n{dom}"));
+    assert_eq!(attr(tag, "data-status"), Some("failed"));
+    let detail = tag.split("class=\"detail\"").nth(1).unwrap_or_else(|| panic!("no details open:\n{tag}"));
+    for part in [&format!("{platform}_main"), "migrations/001_bad.sql", "line 2", "division by zero"] {
+        assert!(detail.contains(part), "details lack {part}:\n{detail}");
+    }
+}

@@ -473,6 +473,26 @@ impl Catalog {
             .map_err(|e| pg_api(e, "cannot record the run result"))
     }
 
+    /// Records one database's result of a dry run: the run's own record only, as nothing was deployed
+    /// (the database's last deploy stays what it was).
+    pub fn record_dry_result(
+        &mut self,
+        run: &str,
+        database: &str,
+        status: &str,
+        result_json: &str,
+    ) -> Result<(), ApiError> {
+        self.client
+            .query(
+                "INSERT INTO run_results (run_id, database, status, result) VALUES ($1, $2, $3, $4::jsonb) \
+                 ON CONFLICT (run_id, database) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result, \
+                 finished_at = now()",
+                &[Some(run), Some(database), Some(status), Some(result_json)],
+            )
+            .map(|_| ())
+            .map_err(|e| pg_api(e, "cannot record the run result"))
+    }
+
     /// Records the end of a run and releases its advisory lock (see [`Catalog::start_run_as`]).
     pub fn finish_run(&mut self, run: &str, status: &str) -> Result<(), ApiError> {
         let r = self

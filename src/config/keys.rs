@@ -198,6 +198,11 @@ pub const KEYS: &[Key] = &[
     ),
     key("KEEPALIVE_TIMEOUT_MS", "75000", "idle keep-alive connections are closed after this"),
     key("SHUTDOWN_GRACE_SECS", "30", "on SIGTERM/SIGINT, in-flight requests get this long to finish"),
+    key(
+        "SHUTDOWN_IDLE_MS",
+        "500",
+        "during the drain, a connection with nothing in flight is closed after this long without a byte",
+    ),
     key("ARCHIVE_MAX_EXPANDED_BYTES", "209715200", "bytes a schema archive may expand to"),
     key("ARCHIVE_MAX_ENTRIES", "10000", "entries in one schema archive"),
     key("ARCHIVE_MAX_FILE_BYTES", "10485760", "bytes of one file in a schema archive"),
@@ -257,6 +262,15 @@ pub fn flag_name(name: &str) -> String {
 }
 
 /// The `--help` text.
+/// Every subcommand of the binary with its one line for `--help` (`main.rs` dispatches on these names).
+pub const SUBCOMMANDS: &[(&str, &str)] = &[
+    ("setup-db", "create or update the gateway's least-rights PostgreSQL login; run once as a PostgreSQL superuser"),
+    ("deploy", "pack a postgresql/ folder and deploy it to one database of a running gateway (/register)"),
+    ("migrate", "pack a postgresql/ folder and migrate every database of a platform on a running gateway (/migrate)"),
+    ("adopt", "take over the databases stonescriptdb-gateway 1.x made (README: Moving from stonescriptdb-gateway 1.x)"),
+    ("release", "the way back: give adopted databases to stonescriptdb-gateway 1.x's login again"),
+];
+
 pub fn help_text() -> String {
     let mut s = String::new();
     s.push_str(&format!(
@@ -273,13 +287,10 @@ pub fn help_text() -> String {
         "\nLOGS:\n  Every line goes to stderr (under systemd: journalctl -u stonescriptdb-gateway -f) and, when\n  \
          LOG_DIR is set, is also appended to LOG_DIR/LOG_FILE_NAME (default {DEFAULT_LOG_FILE_NAME}).\n  \
          The Debian package sets LOG_DIR=/var/log/stonescriptdb-gateway, so:\n    \
-         tail -f /var/log/stonescriptdb-gateway/{DEFAULT_LOG_FILE_NAME}\n\n\
-         SUBCOMMANDS:\n  stonescriptdb-gateway setup-db [--help]\n    create or update the gateway's least-rights \
-         PostgreSQL login; run once as a PostgreSQL superuser\n  \
-         stonescriptdb-gateway adopt --platform NAME [--dry-run] [--help]\n    take over the databases \
-         stonescriptdb-gateway 1.x made (README: Moving from stonescriptdb-gateway 1.x)\n  \
-         stonescriptdb-gateway release --platform NAME --to-login ROLE [--help]\n    the way back: give them to \
-         1.x's login again\n"
+         tail -f /var/log/stonescriptdb-gateway/{DEFAULT_LOG_FILE_NAME}\n\nSUBCOMMANDS (each takes --help):\n"
     ));
+    for (name, line) in SUBCOMMANDS {
+        s.push_str(&format!("  stonescriptdb-gateway {name:<9} {line}\n"));
+    }
     s
 }

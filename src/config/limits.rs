@@ -25,6 +25,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// `KEEPALIVE_TIMEOUT_MS`: idle time between requests before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// `SHUTDOWN_IDLE_MS`: during the drain, how long a connection with nothing in flight waits for a
+    /// request that may already be on its way before it is closed.
+    pub shutdown_idle: Duration,
     /// `MAX_CONNECTIONS_PER_ADDRESS`: client sockets from one IP (0 = no cap).
     pub max_connections_per_address: usize,
     /// `BODY_TOTAL_TIMEOUT_MS`: from the end of a head to the end of its body, however it trickles.
@@ -48,6 +51,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
+            shutdown_idle: Duration::from_millis(500),
             max_connections_per_address: 1000,
             body_total_timeout: Duration::from_secs(300),
             max_uploads_in_flight_bytes: 256 * 1024 * 1024,

@@ -651,6 +651,7 @@ impl Config {
             head_timeout: millis(s, "HEAD_TIMEOUT_MS")?,
             body_timeout: millis(s, "BODY_TIMEOUT_MS")?,
             keepalive_timeout: millis(s, "KEEPALIVE_TIMEOUT_MS")?,
+            shutdown_idle: millis(s, "SHUTDOWN_IDLE_MS")?,
             max_connections_per_address: num(s, "MAX_CONNECTIONS_PER_ADDRESS", 0usize, 1_000_000)?,
             body_total_timeout: millis(s, "BODY_TOTAL_TIMEOUT_MS")?,
             max_uploads_in_flight_bytes: num(s, "MAX_UPLOADS_IN_FLIGHT_BYTES", 1024usize, 1 << 40)?,

@@ -420,7 +420,11 @@ impl<'a> Ctx<'a> {
             (PgError::Db(d), _) if d.code.starts_with("08") || d.code.starts_with("57P") => Kind::ConnectionFailed,
             // The platform's SQL asked for a right its role does not have: its input is wrong, not us.
             (PgError::Db(d), _) if d.code == "42501" => Kind::PermissionDenied,
-            (_, k) => k,
+            // A deferred constraint the platform's SQL broke fails at COMMIT: still the platform's.
+            (PgError::Db(d), Kind::MigrationFailed) if at.step == "commit" && d.code.starts_with("23") => {
+                Kind::MigrationFailed
+            }
+            (_, k) => step_kind(k, at.step),
         };
         let line = at.stmt.map(|s| {
             let pos = db.as_ref().and_then(|d| d.position).map(|p| (p as i64 - 1 - shift).max(0) as usize);
@@ -452,7 +456,7 @@ impl<'a> Ctx<'a> {
     /// An error of ours (not PostgreSQL's) at a place in the deploy.
     pub fn fail(&self, kind: Kind, at: At<'_>, msg: impl Into<String>) -> ApiError {
         let line = at.stmt.map(|s| s.line);
-        located(ApiError::new(kind, msg).with_database(self.db), at, line)
+        located(ApiError::new(step_kind(kind, at.step), msg).with_database(self.db), at, line)
     }
 
     pub fn log_change(
@@ -471,6 +475,25 @@ impl<'a> Ctx<'a> {
             At::step("tracking"),
         )?;
         Ok(())
+    }
+}
+
+/// The kind of a deploy failure by the step it happened in: the engine names every failure
+/// `MigrationFailed`, and this says whose it is. A step that runs the platform's files has its own 422
+/// code; the engine's own statements (transaction, savepoints, tracking tables, lock) failing is the
+/// gateway's fault, 500 `deploy_failed`. Every other kind passes as it is.
+pub(crate) fn step_kind(kind: Kind, step: &str) -> Kind {
+    if kind != Kind::MigrationFailed {
+        return kind;
+    }
+    match step {
+        "migrations" => Kind::MigrationFailed,
+        "tables" | "schema_validation" => Kind::TableDeployFailed,
+        "types" => Kind::TypeDeployFailed,
+        "seeders" => Kind::SeederFailed,
+        "extensions" => Kind::ExtensionDeployFailed,
+        "functions" => Kind::FunctionDeployFailed,
+        _ => Kind::DeployFailed,
     }
 }
 

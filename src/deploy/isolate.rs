@@ -5,7 +5,7 @@
 
 use super::service::{DeployCtx, Outcome};
 use crate::catalog::{Catalog, pg_api};
-use crate::error::ApiError;
+use crate::error::{ApiError, Kind};
 use crate::http::response::Response;
 use crate::json::ObjectWriter;
 use crate::pg::blocking::Client;
@@ -115,9 +115,23 @@ pub fn isolate_route(ctx: &DeployCtx) -> Outcome {
         ctx.require_admin("isolating platforms")?;
         let r = isolate_all(ctx, true)?;
         let failed = r.databases.iter().filter(|d| d.result.as_ref().map_or(true, |c| !c.problems.is_empty())).count();
+        let complete = failed == 0 && r.role_problems.is_empty();
         let mut b = Vec::with_capacity(1024);
         let mut o = ObjectWriter::new(&mut b);
-        o.str("status", if failed == 0 && r.role_problems.is_empty() { "completed" } else { "completed_with_errors" });
+        o.str("status", if complete { "completed" } else { "completed_with_errors" });
+        if !complete {
+            // Not a plain 200: a monitor or script sees that the pass left work undone.
+            o.str("error", Kind::IsolationIncomplete.code());
+            o.str(
+                "message",
+                &format!(
+                    "{failed} of {} databases and {} of {} platform roles could not be confined; see databases and role_problems",
+                    r.databases.len(),
+                    r.role_problems.len(),
+                    r.roles_refreshed + r.role_problems.len()
+                ),
+            );
+        }
         o.u64("passwords_removed", r.passwords_removed);
         o.u64("roles_refreshed", r.roles_refreshed as u64);
         {
@@ -159,7 +173,12 @@ pub fn isolate_route(ctx: &DeployCtx) -> Outcome {
         }
         o.u64("failed_count", failed as u64);
         o.finish();
-        Ok((Response::json(200, b), r.databases.iter().map(|d| d.database.clone()).collect()))
+        let status = if complete { 200 } else { Kind::IsolationIncomplete.status() };
+        let mut resp = Response::json(status, b);
+        if !complete {
+            resp.error = Some(Kind::IsolationIncomplete);
+        }
+        Ok((resp, r.databases.iter().map(|d| d.database.clone()).collect()))
     };
     run().unwrap_or_else(|e| (Response::error(&e), Vec::new()))
 }

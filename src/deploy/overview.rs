@@ -62,7 +62,8 @@ fn read_catalog(ctx: &DeployCtx) -> Result<(String, String), ApiError> {
                    SELECT id AS run_id, kind, platform, schema_name, status, total, \
                           (SELECT count(*) FROM run_results x WHERE x.run_id = runs.id) AS done, \
                           (SELECT count(*) FROM run_results x WHERE x.run_id = runs.id AND x.status = 'failed') AS failed, \
-                          to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS started_at \
+                          to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS started_at, \
+                          to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS finished_at \
                    FROM runs ORDER BY runs.started_at DESC LIMIT {RUNS_SHOWN}) r"
             ),
             &[],

@@ -628,17 +628,18 @@ pub fn create_and_deploy(
             crate::log::warn("could not mark a new database ready", &[("database", &name), ("error", &e)]);
         }
     }
-    let status = if result.is_ok() { "success" } else { "failed" };
+    let failed = usize::from(result.is_err());
     if let Ok(run) = cat.start_run(
         if must_be_new { "create" } else { "register" },
         Some(&owner.platform),
         owner.schema_name.as_deref(),
         1,
     ) {
-        if !undo {
-            let _ = cat.record_result(&run, name, status, &result_json(name, &result));
-        }
-        let _ = cat.finish_run(&run, status);
+        // A failed first deploy is recorded too (its database is gone again, so the record is the
+        // run's only), so the run says what failed where.
+        let json = result_json(name, &result);
+        record_db_result(&mut cat, &run, name, result.is_ok(), opts.dry_run || undo, &json);
+        let _ = cat.finish_run(&run, run_status(failed, 1 - failed, opts.dry_run));
     }
     admin.close();
     result.map(|r| (created, r, ctx.server.clone())).map_err(|e| e.with_database(name))
@@ -867,6 +868,30 @@ pub fn write_verification(v: &mut ObjectWriter<'_>, results: &[DbResult]) {
     };
 }
 
+/// A run's status from what happened to its databases: the same word in the answer and in the run's
+/// record. A dry run's statuses say that nothing changed.
+pub fn run_status(failed: usize, ok: usize, dry_run: bool) -> &'static str {
+    match (failed == 0, ok == 0, dry_run) {
+        (true, _, false) => "completed",
+        (false, true, false) => "failed",
+        (false, false, false) => "completed_with_errors",
+        (true, _, true) => "dry_run",
+        (false, true, true) => "dry_run_failed",
+        (false, false, true) => "dry_run_with_errors",
+    }
+}
+
+/// Records one database's outcome in run `run`: `success` or `failed`, or for a dry run `dry_run` or
+/// `failed` without touching the database's last deploy.
+pub fn record_db_result(cat: &mut Catalog, run: &str, database: &str, ok: bool, dry_run: bool, json: &str) {
+    let _ = match (ok, dry_run) {
+        (true, false) => cat.record_result(run, database, "success", json),
+        (false, false) => cat.record_result(run, database, "failed", json),
+        (true, true) => cat.record_dry_result(run, database, "dry_run", json),
+        (false, true) => cat.record_dry_result(run, database, "failed", json),
+    };
+}
+
 /// The body and status of a migrate over `results`.
 /// A dry run's statuses say that nothing changed.
 pub fn migrate_response(
@@ -877,14 +902,7 @@ pub fn migrate_response(
 ) -> Response {
     let failed: Vec<&ApiError> = results.iter().filter_map(|r| r.result.as_ref().err()).collect();
     let ok: Vec<&DbResult> = results.iter().filter(|r| r.result.is_ok()).collect();
-    let status = match (failed.is_empty(), ok.is_empty(), dry_run) {
-        (true, _, false) => "completed",
-        (false, true, false) => "failed",
-        (false, false, false) => "completed_with_errors",
-        (true, _, true) => "dry_run",
-        (false, true, true) => "dry_run_failed",
-        (false, false, true) => "dry_run_with_errors",
-    };
+    let status = run_status(failed.len(), ok.len(), dry_run);
     let http = if failed.is_empty() {
         200
     } else if failed.iter().all(|e| e.status() == 409) {
@@ -1079,11 +1097,11 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         };
         let results = migrate_many(ctx, &databases, &archive, &opts, &untrusted, false, &progress);
         for r in &results {
-            let status = if r.result.is_ok() { "success" } else { "failed" };
-            let _ = cat.record_result(&run, &r.database, status, &result_json(&r.database, &r.result));
+            let json = result_json(&r.database, &r.result);
+            record_db_result(&mut cat, &run, &r.database, r.result.is_ok(), opts.dry_run, &json);
         }
-        let any_failed = results.iter().any(|r| r.result.is_err());
-        let status = if any_failed { "completed_with_errors" } else { "completed" };
+        let failed = results.iter().filter(|r| r.result.is_err()).count();
+        let status = run_status(failed, results.len() - failed, opts.dry_run);
         let _ = cat.finish_run(&run, status);
         ctx.metrics.fleet_finished(&run, status);
         let changed: Vec<String> = if opts.dry_run {

@@ -46,6 +46,8 @@ pub(crate) struct DeclaredTable {
     pub columns: Vec<Column>,
     /// Created by this deploy, so identical by construction.
     pub created: bool,
+    /// The table file that declares it (`tables/x.sql`), named in drift messages.
+    pub file: String,
 }
 
 /// What the table files declare, as PostgreSQL read it.
@@ -166,7 +168,8 @@ pub(crate) fn declare_and_create(
         for t in &r.created {
             let cols = columns(cx, &format!("{SCRATCH}.{}", quote_ident(t)))?;
             owner.insert(t.clone(), r.file);
-            tables.push(DeclaredTable { name: t.clone(), columns: cols, created: false });
+            let file = archive.tables.get(r.file).map(|f| f.path.clone()).unwrap_or_default();
+            tables.push(DeclaredTable { name: t.clone(), columns: cols, created: false, file });
         }
     }
     cx.exec(&format!("SET LOCAL search_path TO {path}; DROP SCHEMA {SCRATCH} CASCADE"), at)?;
@@ -373,10 +376,17 @@ pub(crate) fn validate(cx: &mut Ctx<'_>, declared: &Declared, report: &mut Deplo
         let v = &mut report.schema_validation;
         for l in &live {
             if !t.columns.iter().any(|c| c.name == l.name) {
+                // Most often a migration just added it and the table file was not updated yet; or
+                // the file dropped it. Either way the fix is in that file, or force to keep it as is.
                 v.dataloss.push(change(
                     &t.name,
                     Some(&l.name),
-                    "column exists but is no longer declared".into(),
+                    format!(
+                        "column exists in the database but {} does not declare it: declare it there (a \
+                         migration that adds a column needs it in the table file too), or deploy with \
+                         force=true to keep it undeclared (force never drops it)",
+                        if t.file.is_empty() { "the table file" } else { t.file.as_str() }
+                    ),
                     false,
                 ));
             }

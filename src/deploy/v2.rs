@@ -475,7 +475,6 @@ pub fn run_migrate(
     let cat = Mutex::new(c);
     let run_id = run_id.as_str();
     let on_done = |r: &DbResult, done: usize, total: usize| {
-        let status = if r.result.is_ok() { "success" } else { "failed" };
         let mut line = Vec::with_capacity(256);
         {
             let mut o = ObjectWriter::new(&mut line);
@@ -484,7 +483,8 @@ pub fn run_migrate(
             o.u64("total", total as u64);
         }
         if let Ok(mut c) = cat.lock() {
-            let _ = c.record_result(run_id, &r.database, status, &String::from_utf8_lossy(&line));
+            let json = String::from_utf8_lossy(&line);
+            super::service::record_db_result(&mut c, run_id, &r.database, r.result.is_ok(), plan.opts.dry_run, &json);
         }
         plan.ctx.metrics.fleet_progress(run_id, done, r.result.is_err());
         if let Progress::Lines(send) = &progress {
@@ -501,9 +501,9 @@ pub fn run_migrate(
         plan.stop_on_error,
         &on_done,
     );
-    let failed = results.iter().any(|r| r.result.is_err());
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
     let not_started = plan.databases.len() - results.len();
-    let status = if failed { "completed_with_errors" } else { "completed" };
+    let status = super::service::run_status(failed, results.len() - failed, plan.opts.dry_run);
     if let Ok(mut c) = cat.lock() {
         let _ = c.finish_run(run_id, status);
     }
@@ -545,6 +545,7 @@ pub fn get_run(ctx: &DeployCtx, id: &str) -> Outcome {
         o.opt_str("platform", r.platform.as_deref());
         o.opt_str("schema_name", r.schema_name.as_deref());
         o.str("status", &r.status);
+        o.bool("dry_run", r.status.starts_with("dry_run"));
         o.i64("total", r.total);
         o.u64("done", r.results.len() as u64);
         o.u64("failed", r.results.iter().filter(|x| x.1 == "failed").count() as u64);

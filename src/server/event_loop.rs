@@ -174,7 +174,10 @@ impl Loop {
                 s.publish_counts(&self.app.calls.counts());
             }
             if let Some(deadline) = self.shutdown_deadline {
-                let busy = self.clients.iter().any(|(_, c)| c.busy()) || self.app.busy();
+                // Every connection counts, idle ones too: each ends after an answer with
+                // `Connection: close` or after SHUTDOWN_IDLE_MS without a byte (see the janitor), never
+                // under a request that is already on its way.
+                let busy = !self.clients.is_empty() || self.app.busy();
                 if !busy || self.now >= deadline {
                     if busy {
                         log::warn("shutdown deadline reached with requests in flight", &[("loop", &self.app.id)]);
@@ -219,25 +222,31 @@ impl Loop {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        // A signal reaches one loop; every loop drains.
-        let me = self.app.id;
-        self.app.shared.loops.send_others(me, || Message::Shutdown);
         self.shutdown_deadline = Some(self.now + self.cfg.shutdown_grace);
         self.drain_started = Some(self.now);
+        // Connections the kernel already completed are in the backlog, and their clients may have sent
+        // a request: closing the listener would reset them. They are taken here (by this loop, as the
+        // others may be about to exit) and drained like the rest.
+        self.accept_all();
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        // A signal reaches one loop; every loop drains. Told only now that the listener is closed: their
+        // answers say `Connection: close`, and a client that reconnects then is refused, never queued
+        // behind a listener about to close.
+        let me = self.app.id;
+        self.app.shared.loops.send_others(me, || Message::Shutdown);
         // Idle keep-alive connections: a request may already be on its way. What is there is read
-        // (and answered 503 shutting_down); a connection with nothing in flight is then closed,
-        // after a FIN so the client sees an orderly end rather than a reset.
+        // (and answered 503 shutting_down, `Connection: close`); a connection that stays without a
+        // byte for SHUTDOWN_IDLE_MS is then closed by the janitor.
+        let idle_end = self.now + self.cfg.limits.shutdown_idle;
         for key in self.clients.keys() {
             if self.clients.get(key).is_some_and(|c| !c.busy()) {
                 self.client_readable(key, true);
             }
             if let Some(c) = self.clients.get_mut(key) {
                 if !c.busy() {
-                    let _ = c.sock.shutdown(std::net::Shutdown::Write);
-                    self.close(key);
+                    c.deadline = c.deadline.min(idle_end);
                 }
             }
         }
@@ -317,8 +326,11 @@ impl Loop {
             self.app.shared.release_address(peer.ip());
             return;
         }
-        let deadline = self.now + self.cfg.limits.keepalive_timeout;
-        let k = self.clients.insert(Client::new(sock, peer, deadline));
+        let wait = match self.shutdown_deadline {
+            Some(_) => self.cfg.limits.shutdown_idle.min(self.cfg.limits.keepalive_timeout),
+            None => self.cfg.limits.keepalive_timeout,
+        };
+        let k = self.clients.insert(Client::new(sock, peer, self.now + wait));
         debug_assert_eq!(k, key);
     }
 
@@ -352,7 +364,8 @@ impl Loop {
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
-                    let target = shared.least_loaded();
+                    // While draining, connections stay here: another loop may already have exited.
+                    let target = if self.shutdown_deadline.is_some() { self.app.id } else { shared.least_loaded() };
                     if let Some(s) = shared.stats.get(target) {
                         s.clients.fetch_add(1, Ordering::Relaxed);
                     }
@@ -826,7 +839,16 @@ impl Loop {
                 continue;
             }
             match &c.phase {
-                Phase::Head if c.rbuf.is_empty() && c.wbuf.is_empty() => self.close(key),
+                Phase::Head if c.rbuf.is_empty() && c.wbuf.is_empty() => {
+                    if self.shutdown_deadline.is_some() {
+                        // A request that arrived since the last turn is answered rather than cut off.
+                        self.client_readable(key, true);
+                        if self.clients.get(key).is_none_or(|c| c.busy()) {
+                            continue;
+                        }
+                    }
+                    self.close(key)
+                }
                 Phase::Head => {
                     let e = ApiError::new(Kind::RequestTimeout, "request head not received in time")
                         .with_cause("head_timeout");

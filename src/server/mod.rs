@@ -49,7 +49,16 @@ impl Server {
     pub fn bind(cfg: Config) -> io::Result<(Server, Handle)> {
         let cfg = Arc::new(cfg);
         let n = cfg.threads.max(1);
-        let listener = TcpListener::bind(cfg.listen)?;
+        // "Address already in use" alone names neither the address nor what to change.
+        let listener = TcpListener::bind(cfg.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {}: {e}; choose another port with GATEWAY_PORT (or GATEWAY_HOST)",
+                    cfg.listen
+                ),
+            )
+        })?;
         let addr = listener.local_addr()?;
         let mut parts = Vec::with_capacity(n);
         let mut notifiers = Vec::with_capacity(n);
