@@ -450,6 +450,7 @@ impl DbSettings {
             dbname: self.name.clone(),
             application_name: "stonescriptdb-gateway".into(),
             connect_timeout: self.connect_timeout,
+            options: None,
         }
     }
 }

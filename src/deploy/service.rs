@@ -303,7 +303,7 @@ impl DeployCtx {
     /// cannot), into the extensions schema.
     fn install_untrusted(&self, database: &str, names: &[String]) -> Result<(), ApiError> {
         let role = self.role.as_deref().unwrap_or_default();
-        let mut c = Client::connect(&self.admin.with_dbname(database))
+        let mut c = Client::connect(&self.admin.in_foreign_database(database))
             .map_err(|e| pg_api(e, &format!("cannot connect to database '{database}'")).with_database(database))?;
         let mut sql = format!(
             "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r};",

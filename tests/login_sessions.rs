@@ -1,0 +1,225 @@
+//! The gateway's own login in platform databases, tried as a platform's owner would: every hook a
+//! database owner can plant (operators and functions that shadow pg_catalog's with closer argument
+//! types, views, triggers, rules, defaults, domains, policies) records who ran it, and none may ever
+//! run as the login; and a refused request changes no role.
+
+mod common;
+
+use std::time::Duration;
+
+use common::db::{eventually, exec, query_col, su};
+use common::{multipart, request, start};
+use stonescriptdb_gateway::json::Value;
+
+const TOKEN: &str = "login-sessions-admin-token-0123456789";
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn one(db: &str, sql: &str) -> String {
+    query_col(db, sql).into_iter().next().flatten().unwrap_or_default()
+}
+
+/// Drops the databases when the test ends.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut c = su("postgres");
+        for d in &self.0 {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"));
+        }
+    }
+}
+
+fn deploy(addr: std::net::SocketAddr, path: &str, platform: &str, files: &[(&str, &str)]) -> common::Resp {
+    let archive = common::archive::tgz(files.iter().copied());
+    let fields: Vec<(&str, &[u8])> = vec![("platform", platform.as_bytes()), ("schema", &archive)];
+    let (ct, body) = multipart(&fields);
+    let auth = format!("Bearer {TOKEN}");
+    request(addr, "POST", path, &[("Content-Type", ct.as_str()), ("Authorization", auth.as_str())], &body)
+}
+
+fn admin_post(addr: std::net::SocketAddr, path: &str, body: &str) -> common::Resp {
+    let auth = format!("Bearer {TOKEN}");
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json"), ("Authorization", auth.as_str())],
+        body.as_bytes(),
+    )
+}
+
+/// Everything a database owner can leave for a privileged reader. Each hook writes the session user
+/// into `hook_log` (open to everyone) before doing what the shadowed object does.
+const HOOKS: &str = r#"
+CREATE TABLE public.hook_log (who text, what text);
+GRANT INSERT ON public.hook_log TO PUBLIC;
+CREATE FUNCTION public.hook(what text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.hook_log VALUES (session_user, what); RETURN true; END $$;
+-- Operators whose argument types match the catalog queries more closely than pg_catalog's.
+CREATE FUNCTION public.eq_oid_regclass(oid, regclass) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hook('=(oid,regclass)'); RETURN $1 OPERATOR(pg_catalog.=) $2::oid; END $$;
+CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.eq_oid_regclass);
+CREATE FUNCTION public.ne_oid_regrole(oid, regrole) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hook('<>(oid,regrole)'); RETURN $1 OPERATOR(pg_catalog.<>) $2::oid; END $$;
+CREATE OPERATOR public.<> (LEFTARG = oid, RIGHTARG = regrole, FUNCTION = public.ne_oid_regrole);
+CREATE FUNCTION public.eq_regclass_oid(regclass, oid) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hook('=(regclass,oid)'); RETURN $1::oid OPERATOR(pg_catalog.=) $2; END $$;
+CREATE OPERATOR public.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = public.eq_regclass_oid);
+-- Functions that shadow pg_catalog's for a closer argument type.
+CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hook('quote_ident(name)'); RETURN pg_catalog.quote_ident($1::text); END $$;
+CREATE FUNCTION public.has_database_privilege(name, name, text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hook('has_database_privilege'); RETURN true; END $$;
+-- Objects that run code when read or written.
+CREATE DOMAIN public.watched AS int CHECK (public.hook('domain'));
+CREATE TABLE public.items (id int DEFAULT (CASE WHEN public.hook('default') THEN 1 END), w public.watched);
+CREATE FUNCTION public.trg() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM public.hook('trigger'); RETURN NEW; END $$;
+CREATE TRIGGER items_hook BEFORE INSERT OR UPDATE OR DELETE ON public.items FOR EACH ROW EXECUTE FUNCTION public.trg();
+CREATE RULE items_rule AS ON UPDATE TO public.items DO ALSO SELECT public.hook('rule');
+ALTER TABLE public.items ENABLE ROW LEVEL SECURITY;
+CREATE POLICY items_policy ON public.items USING (public.hook('policy'));
+CREATE VIEW public.v AS SELECT public.hook('view') AS h;
+CREATE SCHEMA app;
+CREATE TABLE app.t (x int DEFAULT 1);
+"#;
+
+/// Every path on which the gateway's login opens a session in a platform database (the confine pass
+/// at start and on demand, installs of allowed extensions) runs nothing the platform defined.
+#[test]
+fn the_login_never_runs_what_a_platform_planted() {
+    let p = uniq("lgh");
+    let cat = uniq("cat_lgh");
+    let db = format!("{p}_main");
+    let role = format!("ssdb_{p}");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let settings = [("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("EXTENSIONS_ALLOWED", "dblink")];
+    let g = start(&settings);
+    let r = deploy(g.addr, "/register", &p, &[("migrations/001_hooks.sql", HOOKS)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The hooks are live: a privileged session with the database's default path runs them.
+    let mut c = su(&db);
+    c.batch_execute(
+        "SET search_path = public; SELECT count(*) FROM pg_depend d WHERE d.classid = 'pg_class'::regclass; \
+         SELECT count(*) FROM pg_namespace n WHERE n.nspowner <> 'pg_database_owner'::regrole",
+    )
+    .unwrap();
+    c.close();
+    assert_eq!(
+        one(&db, "SELECT count(DISTINCT what) FROM hook_log WHERE who = 'postgres'"),
+        "2",
+        "the planted operators work"
+    );
+    exec(&db, "TRUNCATE hook_log");
+
+    // Objects the login must reassign (made by a superuser, as an old installation left them).
+    exec(
+        &db,
+        "CREATE TABLE public.old_items (id int DEFAULT 1); CREATE SCHEMA old; CREATE FUNCTION old.f() RETURNS int \
+         LANGUAGE sql AS 'SELECT 1'; CREATE EXTENSION pgcrypto SCHEMA public",
+    );
+
+    // 1. On demand.
+    let r = admin_post(g.addr, "/admin/isolate", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().get("status").and_then(Value::as_str), Some("completed"), "{}", r.text());
+    assert_eq!(
+        one(&db, &format!("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'old_items'")),
+        role,
+        "the pass did its work"
+    );
+    assert_eq!(
+        one(&db, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pgcrypto'"),
+        "extensions"
+    );
+
+    // 2. An allowed untrusted extension, installed by the login.
+    let r = deploy(g.addr, "/migrate", &p, &[("extensions/dblink.sql", "")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(one(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'dblink'"), "1");
+
+    // 3. The pass at start, for a database not yet confined.
+    drop(g);
+    exec(&db, "CREATE TABLE public.older (id int)");
+    exec(&cat, "UPDATE databases SET confined_at = NULL");
+    let g = start(&settings);
+    assert!(
+        eventually(Duration::from_secs(20), || one(&cat, "SELECT count(*) FROM databases WHERE confined_at IS NULL")
+            == "0"),
+        "the start pass ran"
+    );
+    assert_eq!(one(&db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'older'"), role);
+    drop(g);
+
+    let fired = query_col(&db, &format!("SELECT DISTINCT who || ': ' || what FROM hook_log WHERE who <> '{role}'"));
+    assert!(fired.is_empty(), "platform code ran as the gateway's login: {fired:?}");
+}
+
+fn authid(roles: &[&str]) -> Vec<Option<String>> {
+    let list = roles.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(",");
+    query_col(
+        "postgres",
+        &format!(
+            "SELECT string_agg(row(rolname, rolpassword, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, \
+             rolvaliduntil, s.setconfig)::text, ' | ' ORDER BY rolname) FROM pg_authid a \
+             LEFT JOIN pg_db_role_setting s ON s.setrole = a.oid AND s.setdatabase = 0 WHERE rolname IN ({list})"
+        ),
+    )
+}
+
+/// `db_user` naming a role a platform must not run as (the gateway's own login, a superuser, one with
+/// CREATEDB) is refused before anything changes: passwords and attributes stay as they were.
+fn refused_roles_keep_their_passwords(login: Option<&str>) {
+    let cat = uniq("cat_lgr");
+    let _clean = Cleanup(vec![cat.clone()]);
+    let victim = uniq("victim");
+    exec("postgres", &format!("CREATE ROLE {victim} LOGIN CREATEDB PASSWORD 'victim-password'"));
+    let me = login.unwrap_or("postgres").to_string();
+    let mut settings = vec![("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)];
+    if let Some(l) = login {
+        settings.push(("DB_USER", l));
+    }
+    let g = start(&settings);
+    let watched = [me.as_str(), "postgres", victim.as_str()];
+    let before = authid(&watched);
+    for target in [me.as_str(), "postgres", victim.as_str()] {
+        let p = uniq("lgr");
+        let r = admin_post(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}","db_user":"{target}"}}"#));
+        assert_eq!((r.status, r.error_code().as_str()), (403, "role_not_allowed"), "{target}: {}", r.text());
+        assert_eq!(authid(&watched), before, "refusing '{target}' changed a role");
+    }
+    // The gateway still logs in and works.
+    assert_eq!(request(g.addr, "GET", "/health", &[], b"").status, 200);
+    drop(g);
+    // The legacy column takes the same path at start.
+    let p = uniq("lgl");
+    exec(&cat, &format!("INSERT INTO platforms (name, db_user) VALUES ('{p}', '{victim}')"));
+    let g = start(&settings);
+    assert!(eventually(Duration::from_secs(20), || {
+        one(&cat, &format!("SELECT count(*) FROM platform_roles WHERE platform = '{p}'")) == "1"
+    }));
+    // The role check follows the row at once; give it a moment to have run.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(g);
+    assert_eq!(authid(&watched), before, "the start pass changed a legacy db_user that is not fit");
+    exec("postgres", &format!("DROP ROLE {victim}"));
+}
+
+#[test]
+fn a_refused_db_user_keeps_its_password_with_a_superuser_login() {
+    refused_roles_keep_their_passwords(None);
+}
+
+#[test]
+fn a_refused_db_user_keeps_its_password_with_the_least_rights_login() {
+    let login = uniq("gw_least");
+    exec("postgres", &format!("CREATE ROLE {login} LOGIN CREATEDB CREATEROLE PASSWORD 'login-password'"));
+    refused_roles_keep_their_passwords(Some(&login));
+}
