@@ -223,3 +223,28 @@ fn a_refused_db_user_keeps_its_password_with_the_least_rights_login() {
     exec("postgres", &format!("CREATE ROLE {login} LOGIN CREATEDB CREATEROLE PASSWORD 'login-password'"));
     refused_roles_keep_their_passwords(Some(&login));
 }
+
+/// A deploy that renames its session, turns off the dead-client check and swallows every cancel is
+/// still ended at its limit: by pid and backend start, and the 504 comes once the backend is gone.
+#[test]
+fn a_deploy_that_renames_itself_and_ignores_cancels_is_ended() {
+    let p = uniq("lgd");
+    let cat = uniq("cat_lgd");
+    let db = format!("{p}_main");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("DEPLOY_TIMEOUT_SECS", "1")]);
+    let base = ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';");
+    assert_eq!(deploy(g.addr, "/register", &p, &[base]).status, 200);
+    let stubborn = "SET application_name = 'stonescriptdb-gateway';\nSET client_connection_check_interval = 0;\n\
+                    SET statement_timeout = 0;\nCREATE TABLE t1 (i int);\n\
+                    DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.2); \
+                    EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$;\n";
+    let r = deploy(g.addr, "/migrate", &p, &[base, ("migrations/002_stubborn.sql", stubborn)]);
+    assert_eq!(r.error_code(), "deploy_timeout", "{}", r.text());
+    let left = query_col(
+        "postgres",
+        &format!("SELECT pid::text || ' ' || application_name FROM pg_stat_activity WHERE datname = '{db}'"),
+    );
+    assert!(left.is_empty(), "the deploy's backend outlived the answer: {left:?}");
+    assert_eq!(one(&db, "SELECT count(*) FROM pg_class WHERE relname = 't1'"), "0");
+}
