@@ -248,3 +248,29 @@ fn a_deploy_that_renames_itself_and_ignores_cancels_is_ended() {
     assert!(left.is_empty(), "the deploy's backend outlived the answer: {left:?}");
     assert_eq!(one(&db, "SELECT count(*) FROM pg_class WHERE relname = 't1'"), "0");
 }
+
+fn call(addr: std::net::SocketAddr, platform: &str, function: &str) -> common::Resp {
+    let body = format!(r#"{{"platform":"{platform}","function":"{function}","params":[]}}"#);
+    request(addr, "POST", "/call", &[("Content-Type", "application/json")], body.as_bytes())
+}
+
+/// A `WITH HOLD` cursor a call declares does not outlive the call's session reset.
+#[test]
+fn a_cursor_with_hold_does_not_outlive_its_call() {
+    let p = uniq("lgc");
+    let cat = uniq("cat_lgc");
+    let db = format!("{p}_main");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("MAX_CONNECTIONS_PER_POOL", "1")]);
+    let fns = "CREATE FUNCTION hold() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+               EXECUTE 'DECLARE leak CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 1000) g'; RETURN 1; END $$;\n\
+               CREATE FUNCTION held_cursors() RETURNS text LANGUAGE sql AS $$ SELECT string_agg(name, ',') FROM pg_cursors WHERE is_holdable $$;\n\
+               CREATE FUNCTION backend() RETURNS int LANGUAGE sql AS $$ SELECT pg_backend_pid() $$;";
+    assert_eq!(deploy(g.addr, "/register", &p, &[("functions/f.sql", fns)]).status, 200);
+    let pid = common::db::scalar(&call(g.addr, &p, "backend"));
+    let r = call(g.addr, &p, "hold");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(common::db::scalar(&call(g.addr, &p, "backend")), pid, "the calls share one connection");
+    let r = call(g.addr, &p, "held_cursors");
+    assert_eq!(common::db::scalar(&r), Value::Null, "{}", r.text());
+}

@@ -284,8 +284,8 @@ const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text), \
 /// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
 /// connection: settings (`RESET ALL` leaves the role alone, it is marked not to be reset by it, hence
 /// the second), temporary tables a function made (they would shadow real tables for the next call),
-/// session advisory locks with a look for prepared statements made with SQL `PREPARE`, and
-/// `LISTEN`s. (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it
+/// session advisory locks with a look for prepared statements made with SQL `PREPARE`,
+/// `LISTEN`s, and cursors (`WITH HOLD` ones outlive the transaction). (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it
 /// would drop our prepared statements too.)
 ///
 /// SQL-level prepared statements share one namespace with ours, so the only way to drop them all is
@@ -299,12 +299,14 @@ const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text), \
 /// overload check, see [`OVERLOAD_SQL`]; until known, and after every deploy, the look runs). Then
 /// the lock reset is [`LOOK_STMT`] instead of `r_locks`. Prepared statements a function dropped are
 /// handled where they show: a 26000 makes the connection prepare everything again.
-pub const RESET_STMTS: [(&str, &str); 5] = [
+pub const RESET_STMTS: [(&str, &str); 6] = [
     ("r_all", "RESET ALL"),
     ("r_role", "RESET ROLE"),
     ("r_temp", "DISCARD TEMP"),
     ("r_locks", "SELECT pg_catalog.pg_advisory_unlock_all()"),
     ("r_listen", "UNLISTEN *"),
+    // A `WITH HOLD` cursor outlives the call's transaction (and holds its rows in memory).
+    ("r_cursors", "CLOSE ALL"),
 ];
 
 /// The lock reset with the look for SQL-level prepared statements, in place of `r_locks` (see
