@@ -274,3 +274,48 @@ fn a_cursor_with_hold_does_not_outlive_its_call() {
     let r = call(g.addr, &p, "held_cursors");
     assert_eq!(common::db::scalar(&r), Value::Null, "{}", r.text());
 }
+
+/// A call that swallows its cancel gets its 504, then its backend is ended (by the login, matched
+/// by pid and start), and until PostgreSQL reports it gone its connection still counts against the
+/// pool's cap: no second backend is opened beside it.
+#[test]
+fn a_call_that_ignores_its_cancel_is_ended_and_counted_until_gone() {
+    let p = uniq("lgt");
+    let cat = uniq("cat_lgt");
+    let db = format!("{p}_main");
+    let role = format!("ssdb_{p}");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[
+        ("CATALOG_DB", cat.as_str()),
+        ("ADMIN_TOKEN", TOKEN),
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_TIMEOUT_MS", "300"),
+        ("CALL_TERMINATE_AFTER_MS", "1500"),
+        ("POOL_WAIT_TIMEOUT_MS", "20000"),
+    ]);
+    let fns = "CREATE FUNCTION stubborn() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+               PERFORM set_config('application_name', 'stonescriptdb-gateway deploy', false); \
+               FOR i IN 1..120 LOOP BEGIN PERFORM pg_sleep(0.25); EXCEPTION WHEN query_canceled THEN NULL; END; \
+               END LOOP; RETURN 1; END $$;\n\
+               CREATE FUNCTION quick() RETURNS int LANGUAGE sql AS 'SELECT 1';";
+    assert_eq!(deploy(g.addr, "/register", &p, &[("functions/f.sql", fns)]).status, 200);
+    let backends = || one("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"));
+    let r = call(g.addr, &p, "stubborn");
+    assert_eq!((r.status, r.error_code().as_str()), (504, "timeout"), "{}", r.text());
+    let stuck = one("postgres", &format!("SELECT pid FROM pg_stat_activity WHERE usename = '{role}'"));
+    assert!(!stuck.is_empty(), "the stubborn backend runs on after the 504");
+
+    // A call meanwhile waits for the one slot instead of opening a second backend beside it.
+    let addr = g.addr;
+    let p2 = p.clone();
+    let quick = std::thread::spawn(move || call(addr, &p2, "quick"));
+    let mut most = 0;
+    let gone = eventually(Duration::from_secs(15), || {
+        most = most.max(backends().parse::<u32>().unwrap_or(0));
+        one("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {stuck}")) == "0"
+    });
+    assert!(gone, "the backend that ignored its cancel was not ended");
+    let r = quick.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(most <= 1, "a second backend was opened while the first still ran ({most})");
+}

@@ -1014,6 +1014,9 @@ impl CallEngine {
     /// Removes a backend: its slot is given back, and calls still on it are answered.
     fn close_conn(&mut self, poll: &mut Poll, key: usize) {
         let Some(mut b) = self.backends.remove(key) else { return };
+        if let Some(s) = &b.conn.session {
+            super::terminate::forget(s.process_id, s.secret_key);
+        }
         if matches!(b.conn.state, ConnState::Idle) {
             let mut t = BytesMut::new();
             frontend::terminate(&mut t);
@@ -1102,6 +1105,10 @@ impl CallEngine {
                     let pool = b.pool;
                     if let Some(p) = self.pools.pools.get_mut(pool) {
                         p.note_connect_success();
+                        // Its start time, so that it can be ended by pid and start if it ever hangs.
+                        if let Some(c) = super::terminate::conn_of(&self.servers, p, b) {
+                            super::terminate::learn(c);
+                        }
                     }
                     self.connects += 1;
                     self.set_state(key, ConnState::Idle);
@@ -1372,7 +1379,7 @@ impl CallEngine {
                 b.session.time_out_queued(&self.cfg, now, &mut self.done);
             }
             let Some(j) = b.session.job.as_mut() else { continue };
-            match j.timer.poll(now) {
+            match j.timer.poll(now, self.cfg.call.terminate_after) {
                 Due::Nothing => {}
                 Due::Cancel => to_cancel.push(k),
                 Due::GiveUp => to_kill.push(k),
@@ -1387,6 +1394,11 @@ impl CallEngine {
                 self.done.push(answer);
             }
             let pool = b.pool;
+            // Closing our end does not stop a backend that ignores cancels: it is ended by the
+            // login, and its slots stay taken until PostgreSQL reports it gone.
+            if let Some(c) = self.pools.pools.get(pool).and_then(|p| super::terminate::conn_of(&self.servers, p, b)) {
+                super::terminate::end(c, b.take_permit());
+            }
             self.close_conn(poll, k);
             self.hand_out(poll, pool, now);
         }

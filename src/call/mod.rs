@@ -16,4 +16,5 @@ pub mod render;
 pub mod request;
 pub mod session;
 pub mod stmt;
+pub mod terminate;
 pub mod types;

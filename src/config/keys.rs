@@ -94,9 +94,14 @@ pub const KEYS: &[Key] = &[
     ),
     key("CALL_TIMEOUT_MS", "30000", "statement timeout of one /call; the backend query is cancelled after it"),
     key(
+        "CALL_TERMINATE_AFTER_MS",
+        "2000",
+        "a /call backend still running this long after its cancel is ended with pg_terminate_backend (its connection counts against the caps until it is gone)",
+    ),
+    key(
         "CALL_RESET_SESSION",
         "true",
-        "reset the session behind every call (settings, role, temporary tables, advisory locks, LISTEN, SQL-prepared statements) so nothing leaks to the next call",
+        "reset the session behind every call (settings, role, temporary tables, advisory locks, LISTEN, cursors, SQL-prepared statements) so nothing leaks to the next call",
     ),
     key("CALL_PIPELINE_DEPTH", "4", "calls in flight on one backend connection under load; 1 turns pipelining off"),
     key(

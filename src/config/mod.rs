@@ -225,6 +225,8 @@ pub struct PoolConfig {
 #[derive(Debug, Clone)]
 pub struct CallConfig {
     pub timeout: Duration,
+    /// `CALL_TERMINATE_AFTER_MS`: from the first cancel to `pg_terminate_backend`.
+    pub terminate_after: Duration,
     /// `CALL_RESET_SESSION`: run `RESET ALL` and `RESET ROLE` behind every call.
     pub reset_session: bool,
     pub schemas: Vec<String>,
@@ -553,6 +555,7 @@ impl Config {
         }
         let call = CallConfig {
             timeout: millis(s, "CALL_TIMEOUT_MS")?,
+            terminate_after: millis(s, "CALL_TERMINATE_AFTER_MS")?,
             reset_session: boolean(s, "CALL_RESET_SESSION")?,
             schemas,
             pipeline_depth: num(s, "CALL_PIPELINE_DEPTH", 1usize, 64)?,
