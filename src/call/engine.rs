@@ -867,6 +867,7 @@ impl CallEngine {
         let Some(p) = self.pools.pools.get_mut(pool) else { return false };
         match BackendConn::connect(&p.params, p.tcp_addr, now) {
             Ok(mut c) => {
+                c.max_message = super::answers::max_message(&self.cfg);
                 let key = self.backends.vacant_key();
                 if let Err(e) = c.sock.register(poll.registry(), Token(self.token_base + key)) {
                     self.connect_failed(poll, pool, &PgError::Io(e), now);
@@ -1157,15 +1158,28 @@ impl CallEngine {
         let (pool, was_startup) = (b.pool, b.conn.session.is_none());
         self.set_state(key, ConnState::Broken);
         let jobs = self.backends.get_mut(key).map(|b| b.session.take_unanswered()).unwrap_or_default();
+        let refused = self.backends.get(key).and_then(|b| b.conn.refused_message);
+        if refused.is_some() {
+            // The backend is still sending the message we refused: stop it, the socket goes below.
+            self.send_cancel(key);
+        }
+        let mut refused = refused.map(|len| super::answers::refused(len, &self.cfg));
         let on_replica = self.pools.pools.get(pool).and_then(|p| p.replica.map(|_| p.params.user.clone()));
         for job in jobs {
-            if let Some(role) = &on_replica {
+            if let Some(role) = on_replica.as_ref().filter(|_| refused.is_none()) {
                 // Reads only: running it again on the primary cannot do anything twice.
                 let w = job.to_waiter(now + self.cfg.pool.wait_timeout, false);
                 self.reroute(poll, w, role, now);
                 continue;
             }
             let e = match &err {
+                // The call whose answer was refused (the first still unanswered) says so.
+                _ if refused.is_some() => {
+                    refused.take().map(|e| e.with_database(&job.req.database)).unwrap_or_else(|| {
+                        ApiError::new(Kind::ConnectionFailed, "PostgreSQL connection lost")
+                            .with_database(&job.req.database)
+                    })
+                }
                 PgError::Db(d) => api_from_db(d, &job.req.database),
                 _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
                     .with_database(&job.req.database),

@@ -3,6 +3,7 @@
 //! [`session`] decides), pools and the limits shared by all loops ([`pool`], [`budget`]),
 //! cancellation ([`cancel`]), the type registry, parameter encoding and row rendering.
 
+pub mod answers;
 pub mod backend;
 pub mod budget;
 pub mod cancel;
