@@ -38,3 +38,22 @@ fn a_row_longer_than_the_answer_limit_is_refused_unread() {
     let r = db.call(g.addr, "small", "[]");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Answers being built share one budget: an answer that would take it past
+/// `MAX_ANSWERS_IN_FLIGHT_BYTES` gets a retryable 503, and what it held is given back.
+#[test]
+fn answers_being_built_share_one_budget() {
+    let db = TestDb::new(
+        &uniq("bb_budget"),
+        "CREATE FUNCTION two_mb() RETURNS text LANGUAGE sql AS $$ SELECT repeat('y', 2000000) $$;
+         CREATE FUNCTION half_mb() RETURNS text LANGUAGE sql AS $$ SELECT repeat('z', 500000) $$;",
+    );
+    let g = start(&[("CATALOG_DB", common::db::DEFAULT_CATALOG), ("MAX_ANSWERS_IN_FLIGHT_BYTES", "1048576")]);
+    let r = db.call(g.addr, "two_mb", "[]");
+    let v = expect_error(&r, 503, "answers_busy");
+    assert_eq!(v.get("retryable").and_then(|b| b.as_bool()), Some(true), "{}", r.text());
+    for _ in 0..3 {
+        let r = db.call(g.addr, "half_mb", "[]");
+        assert_eq!(r.status, 200, "the budget was given back: {}", &r.text()[..200.min(r.text().len())]);
+    }
+}

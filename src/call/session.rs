@@ -126,6 +126,10 @@ pub struct Job {
     retried: bool,
     /// The result outgrew `MAX_RESPONSE_BYTES`: the answer is an error.
     too_large: bool,
+    /// With `too_large`: it was `MAX_ANSWERS_IN_FLIGHT_BYTES` that had no room (503, retryable).
+    over_budget: bool,
+    /// The answer's share of `MAX_ANSWERS_IN_FLIGHT_BYTES`.
+    answer: super::answers::Share,
     /// See [`Waiter::requeued`].
     requeued: bool,
     /// When the backend began this call (sent it, or finished the one before it in the pipeline).
@@ -146,6 +150,8 @@ impl Job {
             answered: false,
             retried: false,
             too_large: false,
+            over_budget: false,
+            answer: super::answers::Share::default(),
             requeued: w.requeued,
             run_start: now,
             timer: CancelTimer::new(now + timeout),
@@ -607,6 +613,11 @@ impl Session {
                             // Stop here and give the memory back; the rest of the rows are read and dropped.
                             job.too_large = true;
                             *body = Vec::new();
+                            job.answer.release();
+                        } else if !job.answer.cover(body.capacity(), cx.cfg.limits.max_answers_in_flight_bytes) {
+                            job.too_large = true;
+                            job.over_budget = true;
+                            *body = Vec::new();
                         }
                     }
                     Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1 => {
@@ -904,6 +915,10 @@ impl Session {
             return self.fail(cx, api);
         }
         stmt.note_run(now.saturating_duration_since(job.run_start));
+        if job.over_budget {
+            let e = super::answers::busy(cx.cfg).with_database(&job.req.database);
+            return self.fail(cx, e);
+        }
         if job.too_large {
             let e = ApiError::new(
                 Kind::ResponseTooLarge,

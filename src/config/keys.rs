@@ -186,6 +186,11 @@ pub const KEYS: &[Key] = &[
         "33554432",
         "bytes of one /call answer; a function returning more gets 500 response_too_large, and rendering stops there",
     ),
+    key(
+        "MAX_ANSWERS_IN_FLIGHT_BYTES",
+        "268435456",
+        "bytes of /call answers being built at once, over all connections; a call that would take more gets 503 answers_busy",
+    ),
     key("MAX_UPLOAD_BYTES", "52428800", "body bytes of schema uploads (multipart routes)"),
     key(
         "MAX_UPLOADS_IN_FLIGHT_BYTES",

@@ -658,6 +658,7 @@ impl Config {
             body_total_timeout: millis(s, "BODY_TOTAL_TIMEOUT_MS")?,
             max_uploads_in_flight_bytes: num(s, "MAX_UPLOADS_IN_FLIGHT_BYTES", 1024usize, 1 << 40)?,
             max_response_bytes: num(s, "MAX_RESPONSE_BYTES", 1024usize, 1 << 34)?,
+            max_answers_in_flight_bytes: num(s, "MAX_ANSWERS_IN_FLIGHT_BYTES", 1024usize, 1 << 40)?,
         };
         let workers = num(s, "DEPLOY_WORKERS", 1usize, 256)?;
         let deploy = DeployConfig {
