@@ -232,6 +232,12 @@ pub const KEYS: &[Key] = &[
          transaction waits this long for the gateway; 0 = no limit",
     ),
     key(
+        "DEPLOY_MAX_RESULT_BYTES",
+        "67108864",
+        "bytes one statement of a deploy may bring back (its rows, or its largest message); past it the deploy fails and \
+         is rolled back",
+    ),
+    key(
         "DEPLOY_TIMEOUT_SECS",
         "900",
         "time one deploy of one database may take in all; past it the deploy is cancelled and rolled back \

@@ -329,6 +329,9 @@ pub struct DeployConfig {
     pub idle_timeout: Duration,
     /// `DEPLOY_TIMEOUT_SECS`: one deploy of one database in all.
     pub timeout: Duration,
+    /// `DEPLOY_MAX_RESULT_BYTES`: what one statement of a deploy session may bring back (rows, or
+    /// its largest message).
+    pub max_result_bytes: usize,
     /// `DEPLOY_CONNECTION_CHECK_MS`; zero = off.
     pub connection_check: Duration,
     /// `MAX_DATABASES_PER_PLATFORM`; 0 = no limit.
@@ -667,6 +670,7 @@ impl Config {
             statement_timeout: Duration::from_millis(num::<u64>(s, "DEPLOY_STATEMENT_TIMEOUT_MS", 0, 86_400_000)?),
             idle_timeout: Duration::from_millis(num::<u64>(s, "DEPLOY_IDLE_TIMEOUT_MS", 0, 86_400_000)?),
             timeout: secs(s, "DEPLOY_TIMEOUT_SECS")?,
+            max_result_bytes: num(s, "DEPLOY_MAX_RESULT_BYTES", 65536usize, 1 << 30)?,
             connection_check: Duration::from_millis(num::<u64>(s, "DEPLOY_CONNECTION_CHECK_MS", 0, 86_400_000)?),
             max_databases_per_platform: num(s, "MAX_DATABASES_PER_PLATFORM", 0usize, 1_000_000)?,
             queue: num(s, "DEPLOY_QUEUE", 1usize, 100_000)?,

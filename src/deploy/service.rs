@@ -246,6 +246,8 @@ impl DeployCtx {
             }
             a.with_database(database)
         })?;
+        // What the platform's statements send back is bounded like everything else it sends.
+        c.set_max_result_bytes(self.cfg.deploy.max_result_bytes);
         let setup = session_limits(&self.cfg.deploy, c.session().server_version_num);
         if let Err(e) = c.batch_execute(&setup) {
             c.close();
