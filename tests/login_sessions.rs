@@ -207,6 +207,11 @@ fn refused_roles_keep_their_passwords(login: Option<&str>) {
     }));
     // The role check follows the row at once; give it a moment to have run.
     std::thread::sleep(Duration::from_secs(1));
+    // On demand the same role is refused again, and the report does not say `completed`.
+    let r = admin_post(g.addr, "/admin/isolate", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().get("status").and_then(Value::as_str), Some("completed_with_errors"), "{}", r.text());
+    assert!(r.text().contains("role_not_allowed"), "{}", r.text());
     drop(g);
     assert_eq!(authid(&watched), before, "the start pass changed a legacy db_user that is not fit");
     exec("postgres", &format!("DROP ROLE {victim}"));
