@@ -324,3 +324,37 @@ fn a_call_that_ignores_its_cancel_is_ended_and_counted_until_gone() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(most <= 1, "a second backend was opened while the first still ran ({most})");
 }
+
+/// An allowed untrusted extension is installed by the login with schema `extensions` first on the
+/// script's path; the platform owns that schema, so what it planted there is refused first, and the
+/// schema is the platform's again afterwards either way.
+#[test]
+fn an_extension_is_never_installed_beside_objects_the_platform_planted() {
+    let p = uniq("lge");
+    let cat = uniq("cat_lge");
+    let db = format!("{p}_main");
+    let role = format!("ssdb_{p}");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("EXTENSIONS_ALLOWED", "dblink")]);
+    let plant = "CREATE SCHEMA IF NOT EXISTS extensions;\n\
+                 CREATE FUNCTION extensions.texteq(text, name) RETURNS boolean LANGUAGE sql AS 'SELECT true';\n\
+                 CREATE OPERATOR extensions.= (LEFTARG = text, RIGHTARG = name, FUNCTION = extensions.texteq);\n";
+    let base = ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';");
+    let r = deploy(g.addr, "/register", &p, &[base, ("migrations/001_plant.sql", plant)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = deploy(g.addr, "/migrate", &p, &[base, ("migrations/001_plant.sql", plant), ("extensions/dblink.sql", "")]);
+    assert_eq!(r.error_code(), "extension_not_allowed", "{}", r.text());
+    assert_eq!(one(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'dblink'"), "0");
+    let owner = "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'extensions'";
+    assert_eq!(one(&db, owner), role, "the schema went back to the platform");
+    // Once the platform's own objects are gone, the install goes through.
+    let clean = "DROP OPERATOR extensions.= (text, name); DROP FUNCTION extensions.texteq(text, name);\n";
+    let files = [base, ("migrations/001_plant.sql", plant), ("migrations/002_clean.sql", clean)];
+    let r = deploy(g.addr, "/migrate", &p, &files);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // (Allowed extensions are installed before the migrations run.)
+    let r = deploy(g.addr, "/migrate", &p, &[files[0], files[1], files[2], ("extensions/dblink.sql", "")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(one(&db, "SELECT count(*) FROM pg_extension WHERE extname = 'dblink'"), "1");
+    assert_eq!(one(&db, owner), role);
+}

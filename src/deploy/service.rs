@@ -307,22 +307,8 @@ impl DeployCtx {
         let role = self.role.as_deref().unwrap_or_default();
         let mut c = Client::connect(&self.admin.in_foreign_database(database))
             .map_err(|e| pg_api(e, &format!("cannot connect to database '{database}'")).with_database(database))?;
-        let mut sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r};",
-            s = roles::ident(roles::EXTENSION_SCHEMA),
-            r = roles::ident(role)
-        );
-        for n in names {
-            sql.push_str(&format!(
-                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};",
-                roles::ident(n),
-                roles::ident(roles::EXTENSION_SCHEMA)
-            ));
-        }
-        let r = c.batch_execute(&sql).map_err(|e| {
-            pg_api(e, "cannot install an allowed extension (the gateway's login may lack the right to)")
-                .with_database(database)
-        });
+        let r = roles::install_extensions(&mut c, role, names, Duration::from_secs(10))
+            .map_err(|e| e.with_database(database));
         c.close();
         r
     }

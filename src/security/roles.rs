@@ -320,6 +320,117 @@ pub fn create_platform_database(
     Ok(created)
 }
 
+/// Installs untrusted extensions (`EXTENSIONS_ALLOWED`) into [`EXTENSION_SCHEMA`] from `db`, a session
+/// of the gateway's login in the platform's database. An extension script runs with that schema first
+/// on its path, and the schema is the platform role's: an operator or function planted there would run
+/// as the login. So the schema is taken from the role first (committed, so no new object can appear in
+/// it), transactions that began before are waited for, the install is refused while the schema holds
+/// anything that is not part of an extension, and the schema goes back to the role in every case.
+pub fn install_extensions(
+    db: &mut Client,
+    role: &str,
+    names: &[String],
+    wait: std::time::Duration,
+) -> Result<(), ApiError> {
+    let (s, r) = (ident(EXTENSION_SCHEMA), ident(role));
+    db.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r}; ALTER SCHEMA {s} OWNER TO CURRENT_USER; \
+         REVOKE CREATE ON SCHEMA {s} FROM PUBLIC, {r}"
+    ))
+    .map_err(|e| pg_api(e, "cannot take the extensions schema for the install"))?;
+    let installed = install_in_taken_schema(db, names, wait);
+    let back = db
+        .batch_execute(&format!("ALTER SCHEMA {s} OWNER TO {r}"))
+        .map_err(|e| pg_api(e, "cannot give the extensions schema back to the platform's role"));
+    installed.and(back)
+}
+
+fn install_in_taken_schema(db: &mut Client, names: &[String], wait: std::time::Duration) -> Result<(), ApiError> {
+    // A transaction that passed its privilege check before the schema changed hands may still add
+    // an object to it: wait until every transaction older than that change has ended.
+    let taken = db
+        .query("SELECT pg_catalog.clock_timestamp()::pg_catalog.text", &[])
+        .map_err(|e| pg_api(e, "cannot read the clock"))?
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .unwrap_or_default();
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let r = db
+            .query(
+                "SELECT pg_catalog.count(*)::pg_catalog.text FROM pg_catalog.pg_stat_activity a \
+                 WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+                 AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+                 AND a.xact_start OPERATOR(pg_catalog.<) $1::pg_catalog.timestamptz",
+                &[Some(&taken)],
+            )
+            .map_err(|e| pg_api(e, "cannot list the database's sessions"))?;
+        if r.rows.first().and_then(|row| row[0].as_deref()) == Some("0") {
+            break;
+        }
+        if std::time::Instant::now() >= until {
+            return Err(ApiError::new(
+                Kind::DeployPlatformBusy,
+                "transactions of the platform kept running while an allowed extension was to be installed; retry",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let foreign = |cat: &str, col: &str, extra: &str| {
+        format!(
+            "SELECT x.oid FROM pg_catalog.{cat} x WHERE x.{col} OPERATOR(pg_catalog.=) n.oid {extra} \
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.{cat}'::pg_catalog.regclass::pg_catalog.oid \
+                 AND d.objid OPERATOR(pg_catalog.=) x.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog.char)"
+        )
+    };
+    let sql = format!(
+        "SELECT pg_catalog.count(*)::pg_catalog.text FROM pg_catalog.pg_namespace n, LATERAL ({} UNION ALL {} UNION ALL {} \
+         UNION ALL {} UNION ALL {} UNION ALL {}) o WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+        foreign("pg_proc", "pronamespace", ""),
+        foreign("pg_operator", "oprnamespace", ""),
+        foreign("pg_class", "relnamespace", ""),
+        // Row types follow their relation and array types their element.
+        foreign(
+            "pg_type",
+            "typnamespace",
+            "AND x.typrelid OPERATOR(pg_catalog.=) 0::pg_catalog.oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e \
+             WHERE e.typarray OPERATOR(pg_catalog.=) x.oid)"
+        ),
+        foreign("pg_collation", "collnamespace", ""),
+        foreign("pg_conversion", "connamespace", ""),
+    );
+    let n = db
+        .query(&sql, &[Some(EXTENSION_SCHEMA)])
+        .map_err(|e| pg_api(e, "cannot check the extensions schema"))?
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .unwrap_or_default();
+    if n != "0" {
+        return Err(ApiError::new(
+            Kind::ExtensionNotAllowed,
+            format!(
+                "schema {EXTENSION_SCHEMA} holds {n} objects that belong to no extension (made by the platform); an \
+                 extension the gateway's login installs is never created beside them: move them to another schema"
+            ),
+        ));
+    }
+    let mut sql = String::new();
+    for name in names {
+        sql.push_str(&format!(
+            "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};",
+            ident(name),
+            ident(EXTENSION_SCHEMA)
+        ));
+    }
+    db.batch_execute(&sql)
+        .map_err(|e| pg_api(e, "cannot install an allowed extension (the gateway's login may lack the right to)"))
+}
+
 /// What [`confine_objects`] changed in one database.
 #[derive(Debug, Default, Clone)]
 pub struct Confined {
