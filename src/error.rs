@@ -38,6 +38,7 @@ pub enum Kind {
     PoolExhausted,
     DeployQueueFull,
     UploadsBusy,
+    AnswersBusy,
     ResponseTooLarge,
     DeployPlatformBusy,
     ShuttingDown,
@@ -116,6 +117,7 @@ impl Kind {
         Kind::PoolExhausted,
         Kind::DeployQueueFull,
         Kind::UploadsBusy,
+        Kind::AnswersBusy,
         Kind::ResponseTooLarge,
         Kind::DeployPlatformBusy,
         Kind::ShuttingDown,
@@ -227,6 +229,9 @@ impl Kind {
             Kind::DeployQueueFull => row(503, "deploy_queue_full", true, "too many deploys are queued"),
             Kind::UploadsBusy => {
                 row(503, "uploads_busy", true, "request bodies being received use up MAX_UPLOADS_IN_FLIGHT_BYTES")
+            }
+            Kind::AnswersBusy => {
+                row(503, "answers_busy", true, "answers being built use up MAX_ANSWERS_IN_FLIGHT_BYTES")
             }
             Kind::ResponseTooLarge => {
                 row(500, "response_too_large", false, "a function's result is larger than MAX_RESPONSE_BYTES")

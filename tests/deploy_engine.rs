@@ -30,6 +30,7 @@ fn params(db: &str) -> ConnectParams {
         dbname: db.to_string(),
         application_name: "deploy_engine_test".into(),
         connect_timeout: Duration::from_secs(10),
+        options: None,
     }
 }
 

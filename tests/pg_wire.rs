@@ -47,6 +47,7 @@ fn params(user: &str, password: Option<&str>, tcp: bool) -> ConnectParams {
         dbname: "ssdb_test".to_string(),
         application_name: "pg_wire_test".to_string(),
         connect_timeout: Duration::from_secs(5),
+        options: None,
     }
 }
 

@@ -13,8 +13,8 @@ use bytes::BytesMut;
 use crate::pg::params::{ConnectParams, Host};
 
 /// After the first CancelRequest, how long a backend may take to stop before its connection is
-/// closed under it (which also ends the call).
-pub const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
+/// closed under it and the backend is ended (`CALL_TERMINATE_AFTER_MS`, this by default).
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(2);
 /// A CancelRequest only stops what runs when it arrives; one that lands between two messages of a
 /// pipeline is dropped by the server, so it is repeated this often until the call ends.
 pub const RESEND_EVERY: Duration = Duration::from_millis(300);
@@ -63,14 +63,15 @@ impl CancelTimer {
         now >= self.deadline + ANSWER_GRACE
     }
 
-    /// Decides what is due at `now`, recording a cancel it asks for.
-    pub fn poll(&mut self, now: Instant) -> Due {
+    /// Decides what is due at `now`, recording a cancel it asks for; `give_up` after the first
+    /// cancel the backend is ended.
+    pub fn poll(&mut self, now: Instant, give_up: Duration) -> Due {
         match (self.first, self.last) {
             (None, _) if now >= self.deadline => {
                 self.mark_sent(now);
                 Due::Cancel
             }
-            (Some(f), _) if now >= f + GIVE_UP_AFTER => Due::GiveUp,
+            (Some(f), _) if now >= f + give_up => Due::GiveUp,
             (Some(_), Some(l)) if now >= l + RESEND_EVERY => {
                 self.last = Some(now);
                 Due::Cancel
@@ -145,13 +146,13 @@ mod tests {
     fn timer_cancels_at_the_deadline_then_repeats_then_gives_up() {
         let t0 = Instant::now();
         let mut t = CancelTimer::new(t0 + Duration::from_millis(100));
-        assert_eq!(t.poll(t0), Due::Nothing);
-        assert_eq!(t.poll(t0 + Duration::from_millis(100)), Due::Cancel);
+        assert_eq!(t.poll(t0, GIVE_UP_AFTER), Due::Nothing);
+        assert_eq!(t.poll(t0 + Duration::from_millis(100), GIVE_UP_AFTER), Due::Cancel);
         assert!(t.sent());
-        assert_eq!(t.poll(t0 + Duration::from_millis(200)), Due::Nothing);
-        assert_eq!(t.poll(t0 + Duration::from_millis(400)), Due::Cancel);
-        assert_eq!(t.poll(t0 + Duration::from_millis(500)), Due::Nothing);
-        assert_eq!(t.poll(t0 + Duration::from_millis(100) + GIVE_UP_AFTER), Due::GiveUp);
+        assert_eq!(t.poll(t0 + Duration::from_millis(200), GIVE_UP_AFTER), Due::Nothing);
+        assert_eq!(t.poll(t0 + Duration::from_millis(400), GIVE_UP_AFTER), Due::Cancel);
+        assert_eq!(t.poll(t0 + Duration::from_millis(500), GIVE_UP_AFTER), Due::Nothing);
+        assert_eq!(t.poll(t0 + Duration::from_millis(100) + GIVE_UP_AFTER, GIVE_UP_AFTER), Due::GiveUp);
     }
 
     #[test]
@@ -167,8 +168,8 @@ mod tests {
         let t0 = Instant::now();
         let mut t = CancelTimer::new(t0 + Duration::from_secs(60));
         t.mark_sent(t0);
-        assert_eq!(t.poll(t0 + RESEND_EVERY), Due::Cancel);
-        assert_eq!(t.poll(t0 + GIVE_UP_AFTER), Due::GiveUp);
+        assert_eq!(t.poll(t0 + RESEND_EVERY, GIVE_UP_AFTER), Due::Cancel);
+        assert_eq!(t.poll(t0 + GIVE_UP_AFTER, GIVE_UP_AFTER), Due::GiveUp);
     }
 
     #[test]

@@ -867,6 +867,7 @@ impl CallEngine {
         let Some(p) = self.pools.pools.get_mut(pool) else { return false };
         match BackendConn::connect(&p.params, p.tcp_addr, now) {
             Ok(mut c) => {
+                c.max_message = super::answers::max_message(&self.cfg);
                 let key = self.backends.vacant_key();
                 if let Err(e) = c.sock.register(poll.registry(), Token(self.token_base + key)) {
                     self.connect_failed(poll, pool, &PgError::Io(e), now);
@@ -1014,6 +1015,9 @@ impl CallEngine {
     /// Removes a backend: its slot is given back, and calls still on it are answered.
     fn close_conn(&mut self, poll: &mut Poll, key: usize) {
         let Some(mut b) = self.backends.remove(key) else { return };
+        if let Some(s) = &b.conn.session {
+            super::terminate::forget(s.process_id, s.secret_key);
+        }
         if matches!(b.conn.state, ConnState::Idle) {
             let mut t = BytesMut::new();
             frontend::terminate(&mut t);
@@ -1102,6 +1106,10 @@ impl CallEngine {
                     let pool = b.pool;
                     if let Some(p) = self.pools.pools.get_mut(pool) {
                         p.note_connect_success();
+                        // Its start time, so that it can be ended by pid and start if it ever hangs.
+                        if let Some(c) = super::terminate::conn_of(&self.servers, p, b) {
+                            super::terminate::learn(c);
+                        }
                     }
                     self.connects += 1;
                     self.set_state(key, ConnState::Idle);
@@ -1150,15 +1158,28 @@ impl CallEngine {
         let (pool, was_startup) = (b.pool, b.conn.session.is_none());
         self.set_state(key, ConnState::Broken);
         let jobs = self.backends.get_mut(key).map(|b| b.session.take_unanswered()).unwrap_or_default();
+        let refused = self.backends.get(key).and_then(|b| b.conn.refused_message);
+        if refused.is_some() {
+            // The backend is still sending the message we refused: stop it, the socket goes below.
+            self.send_cancel(key);
+        }
+        let mut refused = refused.map(|len| super::answers::refused(len, &self.cfg));
         let on_replica = self.pools.pools.get(pool).and_then(|p| p.replica.map(|_| p.params.user.clone()));
         for job in jobs {
-            if let Some(role) = &on_replica {
+            if let Some(role) = on_replica.as_ref().filter(|_| refused.is_none()) {
                 // Reads only: running it again on the primary cannot do anything twice.
                 let w = job.to_waiter(now + self.cfg.pool.wait_timeout, false);
                 self.reroute(poll, w, role, now);
                 continue;
             }
             let e = match &err {
+                // The call whose answer was refused (the first still unanswered) says so.
+                _ if refused.is_some() => {
+                    refused.take().map(|e| e.with_database(&job.req.database)).unwrap_or_else(|| {
+                        ApiError::new(Kind::ConnectionFailed, "PostgreSQL connection lost")
+                            .with_database(&job.req.database)
+                    })
+                }
                 PgError::Db(d) => api_from_db(d, &job.req.database),
                 _ => ApiError::new(Kind::ConnectionFailed, format!("PostgreSQL connection lost: {err}"))
                     .with_database(&job.req.database),
@@ -1372,7 +1393,7 @@ impl CallEngine {
                 b.session.time_out_queued(&self.cfg, now, &mut self.done);
             }
             let Some(j) = b.session.job.as_mut() else { continue };
-            match j.timer.poll(now) {
+            match j.timer.poll(now, self.cfg.call.terminate_after) {
                 Due::Nothing => {}
                 Due::Cancel => to_cancel.push(k),
                 Due::GiveUp => to_kill.push(k),
@@ -1387,6 +1408,11 @@ impl CallEngine {
                 self.done.push(answer);
             }
             let pool = b.pool;
+            // Closing our end does not stop a backend that ignores cancels: it is ended by the
+            // login, and its slots stay taken until PostgreSQL reports it gone.
+            if let Some(c) = self.pools.pools.get(pool).and_then(|p| super::terminate::conn_of(&self.servers, p, b)) {
+                super::terminate::end(c, b.take_permit());
+            }
             self.close_conn(poll, k);
             self.hand_out(poll, pool, now);
         }

@@ -3,6 +3,7 @@
 //! [`session`] decides), pools and the limits shared by all loops ([`pool`], [`budget`]),
 //! cancellation ([`cancel`]), the type registry, parameter encoding and row rendering.
 
+pub mod answers;
 pub mod backend;
 pub mod budget;
 pub mod cancel;
@@ -16,4 +17,5 @@ pub mod render;
 pub mod request;
 pub mod session;
 pub mod stmt;
+pub mod terminate;
 pub mod types;

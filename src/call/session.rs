@@ -126,6 +126,10 @@ pub struct Job {
     retried: bool,
     /// The result outgrew `MAX_RESPONSE_BYTES`: the answer is an error.
     too_large: bool,
+    /// With `too_large`: it was `MAX_ANSWERS_IN_FLIGHT_BYTES` that had no room (503, retryable).
+    over_budget: bool,
+    /// The answer's share of `MAX_ANSWERS_IN_FLIGHT_BYTES`.
+    answer: super::answers::Share,
     /// See [`Waiter::requeued`].
     requeued: bool,
     /// When the backend began this call (sent it, or finished the one before it in the pipeline).
@@ -146,6 +150,8 @@ impl Job {
             answered: false,
             retried: false,
             too_large: false,
+            over_budget: false,
+            answer: super::answers::Share::default(),
             requeued: w.requeued,
             run_start: now,
             timer: CancelTimer::new(now + timeout),
@@ -284,8 +290,8 @@ const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text), \
 /// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
 /// connection: settings (`RESET ALL` leaves the role alone, it is marked not to be reset by it, hence
 /// the second), temporary tables a function made (they would shadow real tables for the next call),
-/// session advisory locks with a look for prepared statements made with SQL `PREPARE`, and
-/// `LISTEN`s. (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it
+/// session advisory locks with a look for prepared statements made with SQL `PREPARE`,
+/// `LISTEN`s, and cursors (`WITH HOLD` ones outlive the transaction). (`DISCARD ALL` would do all of it but cannot run inside the call's transaction, and it
 /// would drop our prepared statements too.)
 ///
 /// SQL-level prepared statements share one namespace with ours, so the only way to drop them all is
@@ -299,12 +305,14 @@ const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text), \
 /// overload check, see [`OVERLOAD_SQL`]; until known, and after every deploy, the look runs). Then
 /// the lock reset is [`LOOK_STMT`] instead of `r_locks`. Prepared statements a function dropped are
 /// handled where they show: a 26000 makes the connection prepare everything again.
-pub const RESET_STMTS: [(&str, &str); 5] = [
+pub const RESET_STMTS: [(&str, &str); 6] = [
     ("r_all", "RESET ALL"),
     ("r_role", "RESET ROLE"),
     ("r_temp", "DISCARD TEMP"),
     ("r_locks", "SELECT pg_catalog.pg_advisory_unlock_all()"),
     ("r_listen", "UNLISTEN *"),
+    // A `WITH HOLD` cursor outlives the call's transaction (and holds its rows in memory).
+    ("r_cursors", "CLOSE ALL"),
 ];
 
 /// The lock reset with the look for SQL-level prepared statements, in place of `r_locks` (see
@@ -605,6 +613,11 @@ impl Session {
                             // Stop here and give the memory back; the rest of the rows are read and dropped.
                             job.too_large = true;
                             *body = Vec::new();
+                            job.answer.release();
+                        } else if !job.answer.cover(body.capacity(), cx.cfg.limits.max_answers_in_flight_bytes) {
+                            job.too_large = true;
+                            job.over_budget = true;
+                            *body = Vec::new();
                         }
                     }
                     Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1 => {
@@ -902,6 +915,10 @@ impl Session {
             return self.fail(cx, api);
         }
         stmt.note_run(now.saturating_duration_since(job.run_start));
+        if job.over_budget {
+            let e = super::answers::busy(cx.cfg).with_database(&job.req.database);
+            return self.fail(cx, e);
+        }
         if job.too_large {
             let e = ApiError::new(
                 Kind::ResponseTooLarge,

@@ -94,9 +94,14 @@ pub const KEYS: &[Key] = &[
     ),
     key("CALL_TIMEOUT_MS", "30000", "statement timeout of one /call; the backend query is cancelled after it"),
     key(
+        "CALL_TERMINATE_AFTER_MS",
+        "2000",
+        "a /call backend still running this long after its cancel is ended with pg_terminate_backend (its connection counts against the caps until it is gone)",
+    ),
+    key(
         "CALL_RESET_SESSION",
         "true",
-        "reset the session behind every call (settings, role, temporary tables, advisory locks, LISTEN, SQL-prepared statements) so nothing leaks to the next call",
+        "reset the session behind every call (settings, role, temporary tables, advisory locks, LISTEN, cursors, SQL-prepared statements) so nothing leaks to the next call",
     ),
     key("CALL_PIPELINE_DEPTH", "4", "calls in flight on one backend connection under load; 1 turns pipelining off"),
     key(
@@ -181,6 +186,11 @@ pub const KEYS: &[Key] = &[
         "33554432",
         "bytes of one /call answer; a function returning more gets 500 response_too_large, and rendering stops there",
     ),
+    key(
+        "MAX_ANSWERS_IN_FLIGHT_BYTES",
+        "268435456",
+        "bytes of /call answers being built at once, over all connections; a call that would take more gets 503 answers_busy",
+    ),
     key("MAX_UPLOAD_BYTES", "52428800", "body bytes of schema uploads (multipart routes)"),
     key(
         "MAX_UPLOADS_IN_FLIGHT_BYTES",
@@ -225,6 +235,12 @@ pub const KEYS: &[Key] = &[
         "60000",
         "idle_in_transaction_session_timeout of deploy sessions: PostgreSQL ends a deploy session whose \
          transaction waits this long for the gateway; 0 = no limit",
+    ),
+    key(
+        "DEPLOY_MAX_RESULT_BYTES",
+        "67108864",
+        "bytes one statement of a deploy may bring back (its rows, or its largest message); past it the deploy fails and \
+         is rolled back",
     ),
     key(
         "DEPLOY_TIMEOUT_SECS",

@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_uploads_in_flight_bytes: usize,
     /// `MAX_RESPONSE_BYTES`: one `/call` answer (500 `response_too_large` beyond).
     pub max_response_bytes: usize,
+    /// `MAX_ANSWERS_IN_FLIGHT_BYTES`: `/call` answers being built, over all loops (503 beyond).
+    pub max_answers_in_flight_bytes: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             body_total_timeout: Duration::from_secs(300),
             max_uploads_in_flight_bytes: 256 * 1024 * 1024,
             max_response_bytes: 32 * 1024 * 1024,
+            max_answers_in_flight_bytes: 256 * 1024 * 1024,
         }
     }
 }

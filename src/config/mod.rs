@@ -226,6 +226,8 @@ pub struct PoolConfig {
 #[derive(Debug, Clone)]
 pub struct CallConfig {
     pub timeout: Duration,
+    /// `CALL_TERMINATE_AFTER_MS`: from the first cancel to `pg_terminate_backend`.
+    pub terminate_after: Duration,
     /// `CALL_RESET_SESSION`: run `RESET ALL` and `RESET ROLE` behind every call.
     pub reset_session: bool,
     pub schemas: Vec<String>,
@@ -328,6 +330,9 @@ pub struct DeployConfig {
     pub idle_timeout: Duration,
     /// `DEPLOY_TIMEOUT_SECS`: one deploy of one database in all.
     pub timeout: Duration,
+    /// `DEPLOY_MAX_RESULT_BYTES`: what one statement of a deploy session may bring back (rows, or
+    /// its largest message).
+    pub max_result_bytes: usize,
     /// `DEPLOY_CONNECTION_CHECK_MS`; zero = off.
     pub connection_check: Duration,
     /// `MAX_DATABASES_PER_PLATFORM`; 0 = no limit.
@@ -451,6 +456,7 @@ impl DbSettings {
             dbname: self.name.clone(),
             application_name: "stonescriptdb-gateway".into(),
             connect_timeout: self.connect_timeout,
+            options: None,
         }
     }
 }
@@ -553,6 +559,7 @@ impl Config {
         }
         let call = CallConfig {
             timeout: millis(s, "CALL_TIMEOUT_MS")?,
+            terminate_after: millis(s, "CALL_TERMINATE_AFTER_MS")?,
             reset_session: boolean(s, "CALL_RESET_SESSION")?,
             schemas,
             pipeline_depth: num(s, "CALL_PIPELINE_DEPTH", 1usize, 64)?,
@@ -656,6 +663,7 @@ impl Config {
             body_total_timeout: millis(s, "BODY_TOTAL_TIMEOUT_MS")?,
             max_uploads_in_flight_bytes: num(s, "MAX_UPLOADS_IN_FLIGHT_BYTES", 1024usize, 1 << 40)?,
             max_response_bytes: num(s, "MAX_RESPONSE_BYTES", 1024usize, 1 << 34)?,
+            max_answers_in_flight_bytes: num(s, "MAX_ANSWERS_IN_FLIGHT_BYTES", 1024usize, 1 << 40)?,
         };
         let workers = num(s, "DEPLOY_WORKERS", 1usize, 256)?;
         let deploy = DeployConfig {
@@ -664,6 +672,7 @@ impl Config {
             statement_timeout: Duration::from_millis(num::<u64>(s, "DEPLOY_STATEMENT_TIMEOUT_MS", 0, 86_400_000)?),
             idle_timeout: Duration::from_millis(num::<u64>(s, "DEPLOY_IDLE_TIMEOUT_MS", 0, 86_400_000)?),
             timeout: secs(s, "DEPLOY_TIMEOUT_SECS")?,
+            max_result_bytes: num(s, "DEPLOY_MAX_RESULT_BYTES", 65536usize, 1 << 30)?,
             connection_check: Duration::from_millis(num::<u64>(s, "DEPLOY_CONNECTION_CHECK_MS", 0, 86_400_000)?),
             max_databases_per_platform: num(s, "MAX_DATABASES_PER_PLATFORM", 0usize, 1_000_000)?,
             queue: num(s, "DEPLOY_QUEUE", 1usize, 100_000)?,

@@ -102,7 +102,7 @@ fn confine_one(
     let pctx = ctx.as_platform(cat, platform)?;
     let role = pctx.role.unwrap_or_default();
     roles::confine_database(admin, database, &role, &ctx.cfg.call.schemas)?;
-    let mut db = Client::connect(&ctx.admin.with_dbname(database))
+    let mut db = Client::connect(&ctx.admin.in_foreign_database(database))
         .map_err(|e| pg_api(e, &format!("cannot connect to database '{database}'")).with_database(database))?;
     let r = roles::confine_objects(&mut db, &role, &ctx.cfg.call.schemas);
     db.close();

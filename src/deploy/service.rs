@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::archive::{ArchiveLimits, SchemaArchive, read_archive};
 use super::context::{DeployOptions, DeployReport, SeedMode};
@@ -246,6 +246,8 @@ impl DeployCtx {
             }
             a.with_database(database)
         })?;
+        // What the platform's statements send back is bounded like everything else it sends.
+        c.set_max_result_bytes(self.cfg.deploy.max_result_bytes);
         let setup = session_limits(&self.cfg.deploy, c.session().server_version_num);
         if let Err(e) = c.batch_execute(&setup) {
             c.close();
@@ -297,24 +299,10 @@ impl DeployCtx {
     /// cannot), into the extensions schema.
     fn install_untrusted(&self, database: &str, names: &[String]) -> Result<(), ApiError> {
         let role = self.role.as_deref().unwrap_or_default();
-        let mut c = Client::connect(&self.admin.with_dbname(database))
+        let mut c = Client::connect(&self.admin.in_foreign_database(database))
             .map_err(|e| pg_api(e, &format!("cannot connect to database '{database}'")).with_database(database))?;
-        let mut sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r};",
-            s = roles::ident(roles::EXTENSION_SCHEMA),
-            r = roles::ident(role)
-        );
-        for n in names {
-            sql.push_str(&format!(
-                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};",
-                roles::ident(n),
-                roles::ident(roles::EXTENSION_SCHEMA)
-            ));
-        }
-        let r = c.batch_execute(&sql).map_err(|e| {
-            pg_api(e, "cannot install an allowed extension (the gateway's login may lack the right to)")
-                .with_database(database)
-        });
+        let r = roles::install_extensions(&mut c, role, names, Duration::from_secs(10))
+            .map_err(|e| e.with_database(database));
         c.close();
         r
     }
@@ -331,20 +319,21 @@ impl DeployCtx {
             self.install_untrusted(database, untrusted)?;
         }
         let mut c = self.connect(database)?;
-        let pid = c.session().process_id;
+        // Read before the platform's SQL runs: the session can change its name and settings, never
+        // its pid and start time.
+        let backend = match crate::pg::terminate::own_backend(&mut c) {
+            Ok(b) => b,
+            Err(e) => {
+                c.close();
+                return Err(pg_api(e, "cannot identify the deploy session").with_database(database));
+            }
+        };
         let r = deploy(&mut c, database, archive, opts);
         c.close();
         if r.as_ref().is_err_and(|e| e.kind == Kind::DeployTimeout) {
             // The backend may still be busy if the statement ignored the cancel (the watchdog cut our
-            // socket); end it so its locks go too. Only a deploy session of ours is ever signalled.
-            if let Ok(mut admin) = self.admin_client() {
-                let _ = admin.query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int \
-                     AND application_name = $2 AND datname = $3",
-                    &[Some(&pid.to_string()), Some(DEPLOY_APPLICATION_NAME), Some(database)],
-                );
-                admin.close();
-            }
+            // socket); end it so its locks go too, and answer only once it is gone.
+            self.end_backend(database, &backend);
         }
         if let Ok(rep) = &r {
             if !rep.dry_run {
@@ -352,6 +341,27 @@ impl DeployCtx {
             }
         }
         r
+    }
+
+    /// Ends a deploy backend that outlived its limit, by pid and start time, and waits for it to go.
+    fn end_backend(&self, database: &str, b: &crate::pg::terminate::Backend) {
+        let wait = Duration::from_secs(10);
+        let gone = self.admin_client().map_err(|e| e.to_string()).and_then(|mut admin| {
+            let r = crate::pg::terminate::terminate(&mut admin, b, wait).map_err(|e| e.to_string());
+            admin.close();
+            r
+        });
+        match gone {
+            Ok(true) => {}
+            Ok(false) => crate::log::warn(
+                "a timed-out deploy's backend is still listed after its termination",
+                &[("database", &database), ("pid", &b.pid)],
+            ),
+            Err(e) => crate::log::warn(
+                "could not end a timed-out deploy's backend",
+                &[("database", &database), ("pid", &b.pid), ("error", &e)],
+            ),
+        }
     }
 
     /// Creates `name` for `owner` (the caller holds the name's create lock on `admin`), recorded as

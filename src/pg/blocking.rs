@@ -19,6 +19,13 @@ use super::startup::{SessionInfo, Startup, StartupStep, cancel_request, startup_
 /// How much the read buffer grows per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What one request may bring back unless [`Client::set_max_result_bytes`] says otherwise: the
+/// largest message, and all rows of a result together.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+/// Notices and notifications kept until drained; later ones are counted and dropped (a statement can
+/// raise them without end).
+const MAX_KEPT_ASYNC: usize = 100;
+
 /// Either kind of socket the server may listen on.
 enum Stream {
     /// TCP, with TCP_NODELAY set.
@@ -116,6 +123,8 @@ struct Wire {
     rbuf: BytesMut,
     /// Encoded messages not yet written.
     wbuf: BytesMut,
+    /// The largest message taken: a longer one is refused from its header, before its body is read.
+    max_message: usize,
 }
 
 impl Wire {
@@ -129,6 +138,13 @@ impl Wire {
 
     fn recv(&mut self) -> Result<Backend, PgError> {
         loop {
+            if let Err(len) = super::frame::scan_lengths(&self.rbuf, 0, self.max_message) {
+                self.rbuf = BytesMut::new();
+                return Err(PgError::Protocol(format!(
+                    "the server sent a message of {len} bytes, more than the {} this session takes",
+                    self.max_message
+                )));
+            }
             if let Some(m) = read_message(&mut self.rbuf)? {
                 return Ok(m);
             }
@@ -250,6 +266,10 @@ pub struct Client {
     notices: Vec<DbError>,
     /// NotificationResponses not yet drained.
     notifications: Vec<Notification>,
+    /// Notices and notifications dropped because [`MAX_KEPT_ASYNC`] were kept already.
+    dropped_async: u64,
+    /// Bytes of rows one request may bring back (and the largest message).
+    max_result_bytes: usize,
     /// Set when the protocol position is unknown (I/O error, timeout, protocol violation, FATAL).
     broken: bool,
 }
@@ -261,7 +281,12 @@ impl Client {
         let stream = Stream::open(&params.host, params.port, params.connect_timeout)?;
         stream.set_read_timeout(Some(params.connect_timeout))?;
         stream.set_write_timeout(Some(params.connect_timeout))?;
-        let mut wire = Wire { stream, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024) };
+        let mut wire = Wire {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(1024),
+            max_message: DEFAULT_MAX_RESULT_BYTES,
+        };
         startup_message(params, &mut wire.wbuf);
         wire.flush()?;
         let mut startup = Startup::new(params);
@@ -284,6 +309,8 @@ impl Client {
             last_tag: String::new(),
             notices: Vec::new(),
             notifications: Vec::new(),
+            dropped_async: 0,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             broken: false,
         })
     }
@@ -297,15 +324,31 @@ impl Client {
         Ok(())
     }
 
+    /// Bounds what one request may bring back: its largest message and its rows together. Past it
+    /// the request fails and the client is broken (the rest is never read).
+    pub fn set_max_result_bytes(&mut self, max: usize) {
+        self.max_result_bytes = max;
+        self.wire.max_message = max;
+    }
+
+    /// Notices and notifications that were dropped rather than kept.
+    pub fn dropped_async(&self) -> u64 {
+        self.dropped_async
+    }
+
+    fn too_much(&self) -> PgError {
+        PgError::Protocol(format!("the result is larger than the {} bytes this session takes", self.max_result_bytes))
+    }
+
     /// Runs one or more `;`-separated statements with the simple query protocol.
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
-        self.simple(sql, |_| {}).map(|_| ())
+        self.simple(sql, false, |_| {}).map(|_| ())
     }
 
     /// Runs `sql` with the simple query protocol and returns the rows of the last result set.
     pub fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
         let mut rows = Vec::new();
-        self.simple(sql, |event| match event {
+        self.simple(sql, true, |event| match event {
             SimpleEvent::NewResult => rows.clear(),
             SimpleEvent::Row(r) => rows.push(r),
         })?;
@@ -448,6 +491,11 @@ impl Client {
     fn next(&mut self) -> Result<Backend, PgError> {
         loop {
             match self.wire.recv()? {
+                Backend::Notice(_) | Backend::Message(Message::NotificationResponse(_))
+                    if self.notices.len() + self.notifications.len() >= MAX_KEPT_ASYNC =>
+                {
+                    self.dropped_async += 1;
+                }
                 Backend::Notice(n) => self.notices.push(n),
                 Backend::Message(Message::NotificationResponse(body)) => {
                     let channel = body.channel().map_err(bad)?.to_string();
@@ -467,7 +515,8 @@ impl Client {
         }
     }
 
-    fn simple(&mut self, sql: &str, mut sink: impl FnMut(SimpleEvent)) -> Result<(), PgError> {
+    /// `keep`: the sink keeps the rows, so they count against `max_result_bytes`.
+    fn simple(&mut self, sql: &str, keep: bool, mut sink: impl FnMut(SimpleEvent)) -> Result<(), PgError> {
         self.check()?;
         frontend::query(sql, &mut self.wire.wbuf).map_err(|e| {
             self.wire.wbuf.clear();
@@ -476,6 +525,7 @@ impl Client {
         self.guard(|c| {
             c.wire.flush()?;
             let mut error = None;
+            let mut bytes = 0usize;
             loop {
                 match c.next()? {
                     Backend::Message(Message::ReadyForQuery(b)) => {
@@ -489,6 +539,10 @@ impl Client {
                     Backend::Error(e) => error = Some(e),
                     Backend::RowDescription(_) => sink(SimpleEvent::NewResult),
                     Backend::Message(Message::DataRow(row)) => {
+                        bytes += row.buffer().len() + 64;
+                        if keep && bytes > c.max_result_bytes {
+                            return Err(c.too_much());
+                        }
                         sink(SimpleEvent::Row(text_row(&row)?));
                     }
                     Backend::Message(Message::CommandComplete(body)) => {
@@ -512,6 +566,7 @@ impl Client {
         self.wire.flush()?;
         let mut result = QueryResult::default();
         let mut error = None;
+        let mut bytes = 0usize;
         loop {
             match self.next()? {
                 Backend::Message(Message::ReadyForQuery(b)) => {
@@ -530,7 +585,14 @@ impl Client {
                 Backend::RowDescription(cols) => {
                     result.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();
                 }
-                Backend::Message(Message::DataRow(row)) => result.rows.push(text_row(&row)?),
+                Backend::Message(Message::DataRow(row)) => {
+                    // What a row takes here: its bytes and a little for the vectors around them.
+                    bytes += row.buffer().len() + 64;
+                    if bytes > self.max_result_bytes {
+                        return Err(self.too_much());
+                    }
+                    result.rows.push(text_row(&row)?);
+                }
                 Backend::Message(Message::CommandComplete(body)) => {
                     result.rows_affected = rows_affected(&body)?;
                     self.last_tag = body.tag().map_err(bad)?.to_string();

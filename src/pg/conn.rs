@@ -96,6 +96,11 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// Last ReadyForQuery transaction status.
     pub tx_status: u8,
+    /// The largest message this connection takes: one declared longer is refused from its header,
+    /// before its body is read (see [`BackendConn::read_all`]).
+    pub max_message: usize,
+    /// The declared length of the message that was refused; the connection is then unusable.
+    pub refused_message: Option<usize>,
 }
 
 impl BackendConn {
@@ -123,6 +128,8 @@ impl BackendConn {
             session: None,
             created: now,
             last_used: now,
+            max_message: crate::pg::frame::MAX_FRAME_LEN,
+            refused_message: None,
             tx_status: b'I',
         })
     }
@@ -152,11 +159,23 @@ impl BackendConn {
     /// edge-triggered readiness reports any later byte, so the read that would only say `WouldBlock`
     /// is saved. Pass `drain` when the event also reported a hang-up, so the EOF is seen now.
     pub fn read_all(&mut self, scratch: &mut [u8], drain: bool) -> Result<(), PgError> {
+        // rbuf starts with a whole message (read_message takes whole ones only).
+        let mut scan = 0;
         loop {
             match self.sock.read(scratch) {
                 Ok(0) => return Err(PgError::Closed),
                 Ok(n) => {
                     self.rbuf.extend_from_slice(&scratch[..n]);
+                    // Each header is looked at once, as soon as it is in: a message declared
+                    // longer than the limit is refused before its body fills memory.
+                    match crate::pg::frame::scan_lengths(&self.rbuf, scan, self.max_message) {
+                        Ok(next) => scan = next,
+                        Err(len) => {
+                            self.refused_message = Some(len);
+                            self.rbuf = BytesMut::new();
+                            return Err(PgError::Protocol(format!("a message of {len} bytes was refused")));
+                        }
+                    }
                     if n < scratch.len() && !drain {
                         return Ok(());
                     }

@@ -87,6 +87,21 @@ pub fn read_message(buf: &mut BytesMut) -> Result<Option<Backend>, PgError> {
     Ok(Some(decoded))
 }
 
+/// Walks the message headers in `buf` from offset `at` (a message start) as far as they have
+/// arrived. `Ok(next)`: every header seen declares at most `max` bytes; `next` is where the next
+/// unseen header starts (past the end of `buf` while a body is still arriving). `Err(len)`: a
+/// message declares `len` bytes, more than `max`, and should be refused before its body is read.
+pub fn scan_lengths(buf: &[u8], mut at: usize, max: usize) -> Result<usize, usize> {
+    while buf.len() >= at + 5 {
+        let len = i32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]).max(4) as usize;
+        if len > max {
+            return Err(len);
+        }
+        at += len + 1;
+    }
+    Ok(at)
+}
+
 /// The column values of a DataRow, `None` for SQL NULL, borrowed from the message.
 pub fn data_row_fields(row: &DataRowBody) -> Result<Vec<Option<&[u8]>>, PgError> {
     // The body after the column count: per column an i32 length (-1 = NULL) then the bytes.

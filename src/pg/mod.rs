@@ -8,3 +8,4 @@ pub mod dberror;
 pub mod frame;
 pub mod params;
 pub mod startup;
+pub mod terminate;

@@ -39,6 +39,9 @@ pub struct ConnectParams {
     pub application_name: String,
     /// Bound on the TCP connect (per address tried).
     pub connect_timeout: Duration,
+    /// Command-line options for the backend (the startup packet's `options`), set before the session
+    /// runs anything, so nothing in the database can race them.
+    pub options: Option<String>,
 }
 
 /// Secrets must never reach logs, so `Debug` masks the password.
@@ -52,11 +55,14 @@ impl fmt::Debug for ConnectParams {
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("options", &self.options)
             .finish()
     }
 }
 
 const DEFAULT_PORT: u16 = 5432;
+/// The backend options of a session of the gateway's login in a platform's database.
+pub const PINNED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp";
 const DEFAULT_APPLICATION_NAME: &str = "stonescriptdb-gateway";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,12 +138,20 @@ impl ConnectParams {
         }
         let host = host.unwrap_or_else(|| Host::Tcp("localhost".to_string()));
         let dbname = dbname.unwrap_or_else(|| user.clone());
-        Ok(ConnectParams { host, port, user, password, dbname, application_name, connect_timeout })
+        Ok(ConnectParams { host, port, user, password, dbname, application_name, connect_timeout, options: None })
     }
 
     /// Same server and credentials, another database.
     pub fn with_dbname(&self, db: &str) -> ConnectParams {
         ConnectParams { dbname: db.to_string(), ..self.clone() }
+    }
+
+    /// The gateway's own login in a database someone else (a platform) owns: the search path holds
+    /// only `pg_catalog` and `pg_temp` from the first message on, so no function, operator, type or
+    /// table the owner put in a schema of theirs can be picked by name resolution and run with the
+    /// login's rights. Queries in such a session still qualify operators (`OPERATOR(pg_catalog.=)`).
+    pub fn in_foreign_database(&self, db: &str) -> ConnectParams {
+        ConnectParams { dbname: db.to_string(), options: Some(PINNED_SEARCH_PATH.to_string()), ..self.clone() }
     }
 
     /// Where the server is, for messages: `host:port` or the socket file's path (no credentials).

@@ -20,7 +20,8 @@ use super::params::ConnectParams;
 /// The session settings pin what our text decoding relies on: UTF-8, ISO dates, UTC, and
 /// round-trippable floats.
 pub fn startup_message(params: &ConnectParams, out: &mut BytesMut) {
-    let pairs = [
+    let options = params.options.as_deref().unwrap_or("");
+    let all = [
         ("user", params.user.as_str()),
         ("database", params.dbname.as_str()),
         ("application_name", params.application_name.as_str()),
@@ -29,7 +30,10 @@ pub fn startup_message(params: &ConnectParams, out: &mut BytesMut) {
         ("TimeZone", "UTC"),
         ("extra_float_digits", "3"),
         ("bytea_output", "hex"),
+        ("options", options),
     ];
+    // An empty `options` is left out rather than sent empty.
+    let pairs = all.into_iter().filter(|(k, v)| *k != "options" || !v.is_empty());
     // Only fails on an interior NUL. Truncating at the NUL could log us in as a different
     // role or database, so fail closed: a startup packet without a user is refused by the
     // server with a clear FATAL.

@@ -205,6 +205,9 @@ fn ensure_locked(admin: &mut Client, platform: &str, role: &str, secret: &[u8], 
                 ),
             ));
         }
+        // Checked before the password changes: a refused role keeps the password it had (naming the
+        // gateway's own login, or `postgres`, must not lock anyone out).
+        check_fit(admin, role, &f)?;
         admin
             // INHERIT: the owner's rights on its database's `public` schema come through the implicit
             // pg_database_owner membership, which only an inheriting role receives.
@@ -212,21 +215,7 @@ fn ensure_locked(admin: &mut Client, platform: &str, role: &str, secret: &[u8], 
             .map_err(|e| pg_api(e, &format!("cannot set the password of role '{role}'")))?;
     }
     let f = facts.ok_or_else(|| ApiError::new(Kind::Internal, format!("role '{role}' vanished while created")))?;
-    // The gateway itself may be a member (it needs that to give databases to the role); anything
-    // else the role belongs to is a right the platform would gain.
-    let unfit = f.unfit();
-    let current: Vec<String> = {
-        let r = admin.query("SELECT current_user::text", &[]).map_err(|e| pg_api(e, "cannot read current_user"))?;
-        r.rows.first().and_then(|row| row[0].clone()).into_iter().collect()
-    };
-    let unfit: Vec<String> =
-        unfit.into_iter().filter(|u| !current.iter().any(|c| *u == format!("member of {c}"))).collect();
-    if !unfit.is_empty() {
-        return Err(ApiError::new(
-            Kind::RoleNotAllowed,
-            format!("role '{role}' has rights a platform must not have: {}", unfit.join(", ")),
-        ));
-    }
+    check_fit(admin, role, &f)?;
     if !is_superuser(admin)? {
         // CREATE DATABASE … OWNER and ALTER … OWNER TO need the caller to be able to act as the new
         // owner. The grant goes to the gateway's login only, never to another platform's role.
@@ -238,6 +227,32 @@ fn ensure_locked(admin: &mut Client, platform: &str, role: &str, secret: &[u8], 
                 .batch_execute(&format!("GRANT {} TO CURRENT_USER", ident(role)))
                 .map_err(|e| pg_api(e, &format!("cannot let the gateway act as role '{role}'")))?;
         }
+    }
+    Ok(())
+}
+
+/// Refuses a role a platform must not run as: the gateway's own login, or one with an attribute or
+/// membership a platform must not have.
+fn check_fit(admin: &mut Client, role: &str, f: &RoleFacts) -> Result<(), ApiError> {
+    let r = admin
+        .query("SELECT current_user::text, session_user::text", &[])
+        .map_err(|e| pg_api(e, "cannot read current_user"))?;
+    let me: Vec<String> = r.rows.into_iter().next().unwrap_or_default().into_iter().flatten().collect();
+    if me.iter().any(|m| m == role) {
+        return Err(ApiError::new(
+            Kind::RoleNotAllowed,
+            format!("role '{role}' is the gateway's own login; a platform cannot run as it"),
+        ));
+    }
+    // The gateway itself may be a member (it needs that to give databases to the role); anything
+    // else the role belongs to is a right the platform would gain.
+    let unfit: Vec<String> =
+        f.unfit().into_iter().filter(|u| !me.iter().any(|c| *u == format!("member of {c}"))).collect();
+    if !unfit.is_empty() {
+        return Err(ApiError::new(
+            Kind::RoleNotAllowed,
+            format!("role '{role}' has rights a platform must not have: {}", unfit.join(", ")),
+        ));
     }
     Ok(())
 }
@@ -305,6 +320,117 @@ pub fn create_platform_database(
     Ok(created)
 }
 
+/// Installs untrusted extensions (`EXTENSIONS_ALLOWED`) into [`EXTENSION_SCHEMA`] from `db`, a session
+/// of the gateway's login in the platform's database. An extension script runs with that schema first
+/// on its path, and the schema is the platform role's: an operator or function planted there would run
+/// as the login. So the schema is taken from the role first (committed, so no new object can appear in
+/// it), transactions that began before are waited for, the install is refused while the schema holds
+/// anything that is not part of an extension, and the schema goes back to the role in every case.
+pub fn install_extensions(
+    db: &mut Client,
+    role: &str,
+    names: &[String],
+    wait: std::time::Duration,
+) -> Result<(), ApiError> {
+    let (s, r) = (ident(EXTENSION_SCHEMA), ident(role));
+    db.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r}; ALTER SCHEMA {s} OWNER TO CURRENT_USER; \
+         REVOKE CREATE ON SCHEMA {s} FROM PUBLIC, {r}"
+    ))
+    .map_err(|e| pg_api(e, "cannot take the extensions schema for the install"))?;
+    let installed = install_in_taken_schema(db, names, wait);
+    let back = db
+        .batch_execute(&format!("ALTER SCHEMA {s} OWNER TO {r}"))
+        .map_err(|e| pg_api(e, "cannot give the extensions schema back to the platform's role"));
+    installed.and(back)
+}
+
+fn install_in_taken_schema(db: &mut Client, names: &[String], wait: std::time::Duration) -> Result<(), ApiError> {
+    // A transaction that passed its privilege check before the schema changed hands may still add
+    // an object to it: wait until every transaction older than that change has ended.
+    let taken = db
+        .query("SELECT pg_catalog.clock_timestamp()::pg_catalog.text", &[])
+        .map_err(|e| pg_api(e, "cannot read the clock"))?
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .unwrap_or_default();
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let r = db
+            .query(
+                "SELECT pg_catalog.count(*)::pg_catalog.text FROM pg_catalog.pg_stat_activity a \
+                 WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+                 AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+                 AND a.xact_start OPERATOR(pg_catalog.<) $1::pg_catalog.timestamptz",
+                &[Some(&taken)],
+            )
+            .map_err(|e| pg_api(e, "cannot list the database's sessions"))?;
+        if r.rows.first().and_then(|row| row[0].as_deref()) == Some("0") {
+            break;
+        }
+        if std::time::Instant::now() >= until {
+            return Err(ApiError::new(
+                Kind::DeployPlatformBusy,
+                "transactions of the platform kept running while an allowed extension was to be installed; retry",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let foreign = |cat: &str, col: &str, extra: &str| {
+        format!(
+            "SELECT x.oid FROM pg_catalog.{cat} x WHERE x.{col} OPERATOR(pg_catalog.=) n.oid {extra} \
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.{cat}'::pg_catalog.regclass::pg_catalog.oid \
+                 AND d.objid OPERATOR(pg_catalog.=) x.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog.char)"
+        )
+    };
+    let sql = format!(
+        "SELECT pg_catalog.count(*)::pg_catalog.text FROM pg_catalog.pg_namespace n, LATERAL ({} UNION ALL {} UNION ALL {} \
+         UNION ALL {} UNION ALL {} UNION ALL {}) o WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+        foreign("pg_proc", "pronamespace", ""),
+        foreign("pg_operator", "oprnamespace", ""),
+        foreign("pg_class", "relnamespace", ""),
+        // Row types follow their relation and array types their element.
+        foreign(
+            "pg_type",
+            "typnamespace",
+            "AND x.typrelid OPERATOR(pg_catalog.=) 0::pg_catalog.oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e \
+             WHERE e.typarray OPERATOR(pg_catalog.=) x.oid)"
+        ),
+        foreign("pg_collation", "collnamespace", ""),
+        foreign("pg_conversion", "connamespace", ""),
+    );
+    let n = db
+        .query(&sql, &[Some(EXTENSION_SCHEMA)])
+        .map_err(|e| pg_api(e, "cannot check the extensions schema"))?
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .unwrap_or_default();
+    if n != "0" {
+        return Err(ApiError::new(
+            Kind::ExtensionNotAllowed,
+            format!(
+                "schema {EXTENSION_SCHEMA} holds {n} objects that belong to no extension (made by the platform); an \
+                 extension the gateway's login installs is never created beside them: move them to another schema"
+            ),
+        ));
+    }
+    let mut sql = String::new();
+    for name in names {
+        sql.push_str(&format!(
+            "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {};",
+            ident(name),
+            ident(EXTENSION_SCHEMA)
+        ));
+    }
+    db.batch_execute(&sql)
+        .map_err(|e| pg_api(e, "cannot install an allowed extension (the gateway's login may lack the right to)"))
+}
+
 /// What [`confine_objects`] changed in one database.
 #[derive(Debug, Default, Clone)]
 pub struct Confined {
@@ -319,43 +445,59 @@ pub struct Confined {
 /// a `/call` schema move to [`EXTENSION_SCHEMA`]. For databases deployed before platforms had roles.
 pub fn confine_objects(db: &mut Client, role: &str, call_schemas: &[String]) -> Result<Confined, ApiError> {
     let mut out = Confined::default();
-    let user_schemas = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'";
+    // The session's search path is pinned to pg_catalog (see `ConnectParams::in_foreign_database`);
+    // operators are qualified all the same, so these queries resolve to the catalog's alone whatever
+    // path a session has.
+    let user_schemas = "n.nspname OPERATOR(pg_catalog.!~~) 'pg\\_%' \
+                        AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.name";
     let not_ext = |cls: &str, col: &str| {
         format!(
-            "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{cls}'::regclass AND d.objid = {col} \
-             AND d.deptype = 'e')"
+            "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+             WHERE d.classid OPERATOR(pg_catalog.=) '{cls}'::pg_catalog.regclass::pg_catalog.oid \
+             AND d.objid OPERATOR(pg_catalog.=) {col} AND d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog.char)"
         )
     };
-    let owner_is_not = "<> (SELECT oid FROM pg_roles WHERE rolname = $1)";
+    let owner_is_not = "OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r \
+                        WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.name)";
     let queries = [
         format!(
-            "SELECT 'SCHEMA ' || quote_ident(n.nspname) FROM pg_namespace n WHERE {user_schemas} \
-             AND n.nspowner {owner_is_not} AND n.nspowner <> 'pg_database_owner'::regrole AND {}",
-            not_ext("pg_namespace", "n.oid")
+            "SELECT 'SCHEMA ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_namespace n \
+             WHERE {user_schemas} AND n.nspowner {owner_is_not} \
+             AND n.nspowner OPERATOR(pg_catalog.<>) 'pg_database_owner'::pg_catalog.regrole::pg_catalog.oid AND {}",
+            not_ext("pg_catalog.pg_namespace", "n.oid")
         ),
         // Sequences that belong to a column follow their table.
         format!(
             "SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE ' WHEN 'v' THEN 'VIEW ' WHEN 'm' THEN 'MATERIALIZED VIEW ' \
-                    WHEN 'f' THEN 'FOREIGN TABLE ' ELSE 'TABLE ' END || c.oid::regclass::text \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {user_schemas} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.relowner {owner_is_not} \
-             AND {} AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                 AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))",
-            not_ext("pg_class", "c.oid")
+                    WHEN 'f' THEN 'FOREIGN TABLE ' ELSE 'TABLE ' END \
+                    OPERATOR(pg_catalog.||) c.oid::pg_catalog.regclass::pg_catalog.text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE {user_schemas} AND c.relkind OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m,S,f}}'::pg_catalog.char[]) \
+             AND c.relowner {owner_is_not} AND {} \
+             AND NOT (c.relkind OPERATOR(pg_catalog.=) 'S'::pg_catalog.char AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
+                 AND d.objid OPERATOR(pg_catalog.=) c.oid \
+                 AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
+                 AND d.deptype OPERATOR(pg_catalog.=) ANY ('{{a,i}}'::pg_catalog.char[])))",
+            not_ext("pg_catalog.pg_class", "c.oid")
         ),
         format!(
-            "SELECT 'ROUTINE ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+            "SELECT 'ROUTINE ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::pg_catalog.text \
+             FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
              WHERE {user_schemas} AND p.proowner {owner_is_not} AND {}",
-            not_ext("pg_proc", "p.oid")
+            not_ext("pg_catalog.pg_proc", "p.oid")
         ),
         // Enums, ranges, domains and standalone composite types; array and table row types follow.
         format!(
-            "SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN ' ELSE 'TYPE ' END || t.oid::regtype::text \
-             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-             WHERE {user_schemas} AND t.typowner {owner_is_not} AND t.typelem = 0 \
-             AND (t.typtype IN ('e', 'r', 'd') OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) \
+            "SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN ' ELSE 'TYPE ' END \
+                    OPERATOR(pg_catalog.||) t.oid::pg_catalog.regtype::pg_catalog.text \
+             FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace \
+             WHERE {user_schemas} AND t.typowner {owner_is_not} AND t.typelem OPERATOR(pg_catalog.=) 0::pg_catalog.oid \
+             AND (t.typtype OPERATOR(pg_catalog.=) ANY ('{{e,r,d}}'::pg_catalog.char[]) \
+                  OR (t.typtype OPERATOR(pg_catalog.=) 'c'::pg_catalog.char AND (SELECT k.relkind FROM pg_catalog.pg_class k \
+                      WHERE k.oid OPERATOR(pg_catalog.=) t.typrelid) OPERATOR(pg_catalog.=) 'c'::pg_catalog.char)) \
              AND {}",
-            not_ext("pg_type", "t.oid")
+            not_ext("pg_catalog.pg_type", "t.oid")
         ),
     ];
     for q in &queries {
@@ -371,8 +513,9 @@ pub fn confine_objects(db: &mut Client, role: &str, call_schemas: &[String]) -> 
     let list = format!("{{{}}}", call_schemas.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
     let r = db
         .query(
-            "SELECT e.extname, e.extrelocatable FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-             WHERE n.nspname = ANY($1::text[])",
+            "SELECT e.extname, e.extrelocatable FROM pg_catalog.pg_extension e \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+             WHERE n.nspname OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.name[])",
             &[Some(&list)],
         )
         .map_err(|e| pg_api(e, "cannot list extensions"))?;
