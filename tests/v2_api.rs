@@ -438,7 +438,7 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
     let started = Instant::now();
     sock.write_all(
         format!(
-            "POST /v2/migrate HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n\
+            "POST /v2/migrate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
              Accept: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )

@@ -776,6 +776,51 @@ impl Catalog {
             .collect())
     }
 
+    /// Whether `platform` exists in any form: a v2 record, recorded databases, stored schemas, keys, a
+    /// recorded role, its role `role` in PostgreSQL, or a database named `main_db`.
+    pub fn platform_exists_anywhere(&mut self, platform: &str, role: &str, main_db: &str) -> Result<bool, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT (EXISTS (SELECT 1 FROM platforms WHERE name = $1) \
+                      OR EXISTS (SELECT 1 FROM databases WHERE platform = $1) \
+                      OR EXISTS (SELECT 1 FROM schemas WHERE platform = $1) \
+                      OR EXISTS (SELECT 1 FROM platform_keys WHERE platform = $1) \
+                      OR EXISTS (SELECT 1 FROM platform_roles WHERE platform = $1) \
+                      OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $2) \
+                      OR EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $3))::text",
+                &[Some(platform), Some(role), Some(main_db)],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.first().and_then(|row| row[0].as_deref()) == Some("true"))
+    }
+
+    /// Platforms the catalog records (v2 records and platforms with databases).
+    pub fn platform_count(&mut self) -> Result<usize, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT count(*)::text FROM (SELECT name FROM platforms UNION SELECT platform FROM databases) p",
+                &[],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.first().and_then(|row| row[0].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Stored schema names of a platform, and whether `name` is one of them.
+    pub fn schema_count(&mut self, platform: &str, name: &str) -> Result<(usize, bool), ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT count(*)::text, bool_or(name = $2)::text FROM schemas WHERE platform = $1",
+                &[Some(platform), Some(name)],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        let row = r.rows.first();
+        let n = row.and_then(|row| row[0].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((n, row.and_then(|row| row[1].as_deref()) == Some("true")))
+    }
+
     /// The role recorded for a platform: (role, adopted).
     pub fn platform_role(&mut self, platform: &str) -> Result<Option<(String, bool)>, ApiError> {
         let r = self

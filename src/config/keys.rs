@@ -150,6 +150,28 @@ pub const KEYS: &[Key] = &[
         "true: every platform route needs the platform's key (Authorization: Bearer) or the admin token",
     ),
     key(
+        "PLATFORM_REGISTRATION",
+        "",
+        "who may create a platform with POST /platform/register: admin (the admin token) or open (anyone the \
+         address allowlist lets in); unset: admin when REQUIRE_PLATFORM_KEYS is true, else open",
+    ),
+    key(
+        "MAX_PLATFORMS",
+        "1000",
+        "platforms the gateway records; registering more → 409 platform_limit_reached (0 = no cap)",
+    ),
+    key(
+        "MAX_SCHEMAS_PER_PLATFORM",
+        "100",
+        "stored schema names per platform; a new name past it → 409 schema_limit_reached (0 = no cap)",
+    ),
+    key(
+        "ALLOWED_HOSTS",
+        "",
+        "comma-separated host names the gateway answers to in the Host header besides IP literals and localhost \
+         (against DNS rebinding); * = any",
+    ),
+    key(
         "LOG_DIR",
         "",
         "when set, logs are also appended to LOG_DIR/LOG_FILE_NAME (the Debian package sets /var/log/stonescriptdb-gateway)",

@@ -24,7 +24,7 @@ use crate::error::{ApiError, Kind};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{BodyFraming, Method, parse_head};
 use crate::http::response::{self, CONTINUE, Response};
-use crate::http::router::{self, BodyKind, Route};
+use crate::http::router::{self, BodyKind};
 use crate::log;
 use crate::security;
 use crate::slab::Slab;
@@ -619,11 +619,8 @@ impl Loop {
             security::client_ip(peer.ip(), head.x_forwarded_for.as_deref(), &self.cfg.security).map_err(fail)?;
         security::check_allowed(client_ip, &self.cfg.security).map_err(fail)?;
         let route = router::route(head.method, &head.path).map_err(fail)?;
-        if route.needs_admin(&head.path) {
-            security::check_admin(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
-        } else if route == Route::Metrics {
-            security::check_metrics(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
-        }
+        // The one authorization decision (security/authz.rs), before the body is read.
+        let cred = security::authz::check_head(&route, &head, client_ip, &self.cfg.security).map_err(fail)?;
         let limit = match route.body_kind() {
             BodyKind::Multipart => self.cfg.limits.max_upload_bytes,
             BodyKind::Json | BodyKind::None => self.cfg.limits.max_call_body_bytes,
@@ -658,6 +655,7 @@ impl Loop {
             head,
             route,
             client_ip,
+            cred,
             body: Vec::with_capacity(cap),
             chunked,
             remaining,
@@ -906,6 +904,17 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         ("duration_us", &us),
     ];
     let code = r.error.map(|k| k.code()).unwrap_or("");
+    if r.status >= 400 {
+        // Refusals repeat as fast as a client sends them: summarised per peer and code.
+        match log::refusal(peer.ip(), if code.is_empty() { "http_error" } else { code }) {
+            log::Refusal::Write => {}
+            log::Refusal::WriteAfter(n) => log::warn(
+                "refusals left out of the log",
+                &[("peer", &peer.ip()), ("error", &code), ("status", &r.status), ("suppressed", &n)],
+            ),
+            log::Refusal::Suppress => return,
+        }
+    }
     if r.error.is_some() {
         fields.push(("error", &code));
     }
