@@ -191,6 +191,12 @@ pub const KEYS: &[Key] = &[
     key("LOG_SLOW_MS", "1000", "a request slower than this gets a line under LOG_REQUESTS=errors"),
     key("MAX_CLIENT_CONNECTIONS", "10000", "open client connections; more are refused at accept"),
     key(
+        "ADMIN_RESERVED_CONNECTIONS",
+        "16",
+        "client connections kept free for peers in ALLOWED_ADMIN_IPS: others are refused this many short of \
+         MAX_CLIENT_CONNECTIONS, so /health and admin routes stay reachable (at most half of it)",
+    ),
+    key(
         "MAX_CONNECTIONS_PER_ADDRESS",
         "1000",
         "open client connections from one IP address; more are refused at accept (0 = no cap)",

@@ -262,6 +262,8 @@ pub struct SecurityConfig {
     pub max_schemas_per_platform: usize,
     /// `ALLOWED_HOSTS`: Host names answered besides IP literals and `localhost`, lower-case; `*` = any.
     pub allowed_hosts: Vec<String>,
+    /// `ADMIN_RESERVED_CONNECTIONS`: client connections only peers in `ALLOWED_ADMIN_IPS` may take.
+    pub admin_reserved_connections: usize,
 }
 
 /// Who may create a platform (`PLATFORM_REGISTRATION`).
@@ -289,6 +291,7 @@ impl std::fmt::Debug for SecurityConfig {
             .field("max_platforms", &self.max_platforms)
             .field("max_schemas_per_platform", &self.max_schemas_per_platform)
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("admin_reserved_connections", &self.admin_reserved_connections)
             .finish()
     }
 }
@@ -656,6 +659,7 @@ impl Config {
                 }
                 list
             },
+            admin_reserved_connections: num(s, "ADMIN_RESERVED_CONNECTIONS", 0usize, 100_000)?,
         };
         let level = match s.get("LOG_LEVEL").trim().to_ascii_lowercase().as_str() {
             "error" => Level::Error,

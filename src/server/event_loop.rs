@@ -342,13 +342,17 @@ impl Loop {
             match listener.accept() {
                 Ok((sock, peer)) => {
                     let shared = &self.app.shared;
-                    if shared.clients() >= self.cfg.limits.max_client_connections {
+                    if shared.clients() >= client_cap(&self.cfg, peer.ip()) {
                         // Over the limit: dropping the socket closes it; the client sees a reset.
-                        log::warn("client connection refused: MAX_CLIENT_CONNECTIONS", &[("peer", &peer)]);
+                        if log::refusal(peer.ip(), "max_client_connections") != log::Refusal::Suppress {
+                            log::warn("client connection refused: MAX_CLIENT_CONNECTIONS", &[("peer", &peer)]);
+                        }
                         continue;
                     }
                     if !shared.take_address(peer.ip()) {
-                        log::warn("client connection refused: MAX_CONNECTIONS_PER_ADDRESS", &[("peer", &peer)]);
+                        if log::refusal(peer.ip(), "max_connections_per_address") != log::Refusal::Suppress {
+                            log::warn("client connection refused: MAX_CONNECTIONS_PER_ADDRESS", &[("peer", &peer)]);
+                        }
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
@@ -893,6 +897,19 @@ fn uploads_busy() -> ApiError {
 
 /// Writes a request line. For a `/call` it names the platform, database and function, read again from
 /// the body only now: most answers get no line, so the hot path copies nothing for it.
+/// The client connections a new peer may find open: all of `MAX_CLIENT_CONNECTIONS` for a peer in
+/// `ALLOWED_ADMIN_IPS` (the peer's own address: a forwarded one cannot be known before the request), that
+/// less `ADMIN_RESERVED_CONNECTIONS` (at most half of it) for everyone else, so a flood of connections
+/// leaves the operator a way in to `/health` and the admin routes.
+fn client_cap(cfg: &crate::config::Config, peer: std::net::IpAddr) -> usize {
+    let max = cfg.limits.max_client_connections;
+    if crate::security::cidr::any_contains(&cfg.security.admin_ips, peer) {
+        max
+    } else {
+        max - cfg.security.admin_reserved_connections.min(max / 2)
+    }
+}
+
 fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
     let (method, bytes) = (i.method.as_str(), r.body.len());
     let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
