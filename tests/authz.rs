@@ -66,7 +66,7 @@ fn keyed_json(addr: SocketAddr, path: &str, key: &str, body: &str) -> Resp {
 /// A v1 deploy of one function `hello()` to the platform's main database.
 fn deploy_v1(addr: SocketAddr, platform: &str, auth: Option<&str>) -> Resp {
     let archive = common::archive::tgz([(
-        "postgresql/functions/hello.sql",
+        "functions/hello.sql",
         "CREATE OR REPLACE FUNCTION hello() RETURNS int LANGUAGE sql AS 'SELECT 1';",
     )]);
     let (ct, body) = common::multipart(&[("platform", platform.as_bytes()), ("schema", &archive)]);
@@ -193,7 +193,8 @@ fn platforms_and_stored_schemas_are_capped() {
         ("MAX_SCHEMAS_PER_PLATFORM", "1"),
     ]);
     for p in [&a, &b] {
-        assert_eq!(post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}"}}"#)).status, 201);
+        let r = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}"}}"#));
+        assert_eq!(r.status, 201, "{}", r.text());
     }
     let r = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{c}"}}"#));
     assert_eq!(code(&r), (409, "platform_limit_reached".into()), "{}", r.text());
@@ -201,10 +202,8 @@ fn platforms_and_stored_schemas_are_capped() {
     assert_eq!(code(&deploy_v1(g.addr, &c, None)), (409, "platform_limit_reached".into()));
 
     let upload = |name: &str| {
-        let archive = common::archive::tgz([(
-            "postgresql/functions/f.sql",
-            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
-        )]);
+        let archive =
+            common::archive::tgz([("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';")]);
         let (ct, body) = common::multipart(&[("schema_name", name.as_bytes()), ("schema", &archive)]);
         request(g.addr, "POST", &format!("/platform/{a}/schema"), &[("Content-Type", &ct)], &body)
     };
@@ -305,9 +304,13 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
     let dir = std::env::temp_dir().join(format!("ssdb-authz-log-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let catalog = uniq("authzcat");
+    let platform = uniq("logesc");
+    let _c = Cleanup { catalog: catalog.clone(), platforms: vec![platform.clone()] };
     let mut child = Command::new(BIN)
         .env_clear()
         .current_dir(&dir)
+        .env("CATALOG_DB", &catalog)
         .env("GATEWAY_PORT", "0")
         .env("DB_HOST", &host)
         .env("DB_PORT", port.to_string())
@@ -320,7 +323,14 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
         .spawn()
         .expect("start the gateway");
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = common::listening_addr(&mut stderr);
+    // The text format's first lines: `… listening addr=127.0.0.1:PORT …`.
+    let addr = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "gateway exited early");
+        if let Some(rest) = line.split(" addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
     // Keep stderr drained so the gateway never blocks on it.
     let drain = std::thread::spawn(move || {
         let mut sink = Vec::new();
@@ -331,21 +341,24 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
     let refused: usize = (0..20).map(|_| flood(&addr, req, 1000)).sum();
     assert_eq!(refused, 20_000);
 
-    // A request whose text holds escape sequences and a new line: logged, but never raw.
-    let body = r#"{"platform":"nope","function":"f\u001b[2J\nfake line","params":[]}"#;
+    // A migration whose error message holds an escape sequence and a new line: logged, never raw.
+    let archive = common::archive::tgz([(
+        "migrations/001_boom.sql",
+        r"DO $$ BEGIN RAISE EXCEPTION E'boom\033[2J\nfake line'; END $$;",
+    )]);
+    let (ct, body) = common::multipart(&[("platform", platform.as_bytes()), ("schema", &archive)]);
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        format!(
-            "POST /call HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut raw = format!(
+        "POST /register HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
-    .unwrap();
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    s.write_all(&raw).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(out.starts_with("HTTP/1.1 500"), "{out}");
 
     let mut m = TcpStream::connect(&addr).unwrap();
     m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -354,7 +367,7 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
     let _ = m.read_to_string(&mut metrics);
     let suppressed: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("log_lines_suppressed_total "))
+        .find_map(|l| l.strip_prefix("stonescriptdb_gateway_log_lines_suppressed_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no log_lines_suppressed_total in {metrics}"));
     assert!(suppressed >= 19_000.0, "{suppressed}");
@@ -366,7 +379,7 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
     assert!(log.len() <= 256 * 1024, "20,000 refusals wrote {} bytes of log", log.len());
     assert!(!log.contains(&0x1b), "an escape character reached the log");
     let text = String::from_utf8_lossy(&log);
-    assert!(text.contains("function=\"f\\u{1b}[2J\\u{a}fake line\""), "{text}");
+    assert!(text.contains(r"boom\u{1b}[2J\nfake line"), "{text}");
     assert!(!text.lines().any(|l| l.starts_with("fake line")), "a request forged a log line");
     let _ = std::fs::remove_dir_all(&dir);
 }
