@@ -107,7 +107,12 @@ pub fn effective(entry: &Entry, path: &str) -> Who {
 fn host_name(value: &str) -> String {
     let v = value.trim();
     let host = if let Some(rest) = v.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
+        // `[v6]` or `[v6]:port`, nothing else: `[::1].evil.example` is not an address.
+        match rest.split_once(']') {
+            Some((addr, "")) => addr,
+            Some((addr, port)) if port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) => addr,
+            _ => return v.to_ascii_lowercase(),
+        }
     } else {
         match v.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -371,7 +376,9 @@ mod tests {
         for ok in ["127.0.0.1", "127.0.0.1:9000", "[::1]:9000", "localhost", "LOCALHOST.:80", "10.1.2.3"] {
             assert!(check_host(Some(ok), &c).is_ok(), "{ok}");
         }
-        for refused in ["evil.example", "rebind.attacker.example:9000", "gw.internal"] {
+        for refused in
+            ["evil.example", "rebind.attacker.example:9000", "gw.internal", "[::1].evil.example", "[::1]x:80"]
+        {
             assert_eq!(check_host(Some(refused), &c).unwrap_err().kind, Kind::HostNotAllowed, "{refused}");
         }
         c.allowed_hosts = vec!["gw.internal".into()];
