@@ -77,7 +77,9 @@ fi
 echo "== registration and takeover (REQUIRE_PLATFORM_KEYS=${KEYS})"
 check "register an existing keyless platform, upper case" 401 "${JSON[@]}" -d '{"platform":"OWNED","require_key":true}' "${GW}/platform/register"
 # Names that sanitise to another name ("owned " → "owned_") make another platform, not this one.
-check "register 'owned ' (sanitised to a new platform owned_)" 201 "${JSON[@]}" -d '{"platform":"owned ","require_key":true}' "${GW}/platform/register"
+NEW=201
+[[ "${KEYS}" == true ]] && NEW=401 # PLATFORM_REGISTRATION defaults to admin then
+check "register 'owned ' (sanitised to a new platform owned_)" "${NEW}" "${JSON[@]}" -d '{"platform":"owned ","require_key":true}' "${GW}/platform/register"
 check "register 'owned' + zero-width space (→ owned_, now keyed)" 401 "${JSON[@]}" -d '{"platform":"owned\u200b","require_key":true}' "${GW}/platform/register"
 check "register it with Basic admin credentials" 401 -H "Authorization: Basic $(printf 'x:%s' "${TOKEN}" | base64 -w0)" "${JSON[@]}" -d '{"platform":"owned","require_key":true}' "${GW}/platform/register"
 check "register it with X-Forwarded-For of an admin address" 401 -H "X-Forwarded-For: 127.0.0.1" "${JSON[@]}" -d '{"platform":"owned","require_key":true}' "${GW}/platform/register"
@@ -135,6 +137,38 @@ fi
 check "the owner's keyless calls after all of the above" "200|401" "${JSON[@]}" -d '{"platform":"owned","function":"hello"}' "${GW}/call"
 check "admin token in the query string" 401 "${GW}/admin/servers?token=${TOKEN}"
 check "path with an encoded new line (log forging)" 404 "${GW}/health%0a2026-01-01T00:00:00Z%20info%20forged"
+
+echo "== what PostgreSQL shows a platform (as its role, in its own database)"
+AS_PLATFORM=("${PG_BINDIR}/psql" -X -q -At -h "${SOCK}" -p "${PGPORT_}" -U ssdb_owned -d owned_main)
+# A session of another role that stays open while the platform looks.
+"${PG_BINDIR}/psql" -X -q -h "${SOCK}" -p "${PGPORT_}" -U postgres -d postgres -c "SELECT 'secret-query-text', pg_sleep(3)" >/dev/null &
+SLEEPER=$!
+sleep 1
+OTHERS="$("${AS_PLATFORM[@]}" -c "SELECT count(*) FILTER (WHERE query LIKE '%secret-query-text%') || '/' || count(*) FROM pg_stat_activity WHERE usename IS DISTINCT FROM current_user" || echo error)"
+wait "${SLEEPER}" || true
+if [[ "${OTHERS}" == 0/* ]]; then
+    printf 'HELD    %-58s %s\n' "other sessions' query text (visible/rows)" "${OTHERS}"
+else
+    printf 'BROKEN  %-58s %s\n' "other sessions' query text (visible/rows)" "${OTHERS}"
+    FAILED=1
+fi
+NAMES="$("${AS_PLATFORM[@]}" -c "SELECT count(*) FROM pg_database WHERE datname = 'a_b_main'")"
+printf 'KNOWN   %-58s %s\n' "other platforms' database names visible (documented)" "${NAMES}"
+if ERR="$("${PG_BINDIR}/psql" -X -q -At -h "${SOCK}" -p "${PGPORT_}" -U ssdb_owned -d a_b_main -c "SELECT 1" 2>&1)"; then
+    printf 'BROKEN  %-58s\n' "connect to another platform's database"
+    FAILED=1
+else
+    printf 'HELD    %-58s %s\n' "connect to another platform's database" "$(head -1 <<<"${ERR}")"
+fi
+if ERR="$("${AS_PLATFORM[@]}" -c "ALTER ROLE ssdb_a_b PASSWORD 'x'" 2>&1)"; then
+    printf 'BROKEN  %-58s\n' "change another platform role's password"
+    FAILED=1
+else
+    printf 'HELD    %-58s %s\n' "change another platform role's password" "$(head -1 <<<"${ERR}")"
+fi
+if "${AS_PLATFORM[@]}" -c "ALTER ROLE ssdb_owned SET work_mem = '64kB'" >/dev/null 2>&1; then
+    printf 'KNOWN   %-58s\n' "ALTER ROLE on its own role (documented: hurts only itself)"
+fi
 
 echo "== floods"
 for _ in $(seq 1 2000); do printf 'GET /admin/servers HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer wrong\r\n\r\n'; done >"${DIR}/flood"
