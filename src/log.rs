@@ -241,7 +241,7 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
         line.extend_from_slice(b",\"level\":");
         write_string(&mut line, level_name(level));
         line.extend_from_slice(b",\"msg\":");
-        write_string(&mut line, msg);
+        write_string(&mut line, &json_safe(msg));
         for (k, v) in fields {
             line.push(b',');
             write_string(&mut line, k);
@@ -251,7 +251,7 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
                 // Counts, durations, statuses and flags keep their JSON types.
                 line.extend_from_slice(v.as_bytes());
             } else {
-                write_string(&mut line, &v);
+                write_string(&mut line, &json_safe(&v));
             }
         }
         line.extend_from_slice(b"}\n");
@@ -316,6 +316,12 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// For the JSON format: JSON escapes C0 controls itself; DEL, C1 controls and bidi overrides, which
+/// it leaves as they are, are escaped as [`escape`] does.
+fn json_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(|c| hostile(c) && c >= '\u{7f}') { escape(s) } else { std::borrow::Cow::Borrowed(s) }
 }
 
 /// Refusal lines of one peer and error code written in full per interval before the rest are only
@@ -450,6 +456,9 @@ mod tests {
         assert_eq!(escape("x\u{202e}y\\"), "x\\u{202e}y\\\\");
         assert_eq!(escape("\u{85}\u{7f}"), "\\u{85}\\u{7f}");
         assert!(!escape("tab\there").contains('\t'));
+        // JSON keeps its own escapes for C0 and gets ours for what it would leave raw.
+        assert_eq!(json_safe("a\nb"), "a\nb");
+        assert_eq!(json_safe("a\u{9b}31m"), "a\\u{9b}31m");
     }
 
     #[test]

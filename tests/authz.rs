@@ -322,6 +322,14 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the gateway");
+    // Stopped also when an assertion below fails, so no gateway outlives the test.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+    let _stop = Stop(child.id());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     // The text format's first lines: `… listening addr=127.0.0.1:PORT …`.
     let addr = loop {
