@@ -204,7 +204,14 @@ pub fn check_head(route: &Route, head: &Head, ip: IpAddr, cfg: &SecurityConfig) 
             Ok(Credential::from_header(auth, true))
         }
         Who::Platform | Who::PlatformKeyed | Who::Registration => {
-            Ok(Credential::from_header(auth, bearer_admin(ip, auth, cfg)))
+            // Reading (the status page polls `/runs/{id}`) may use the browser's Basic login; changing
+            // may not.
+            let admin = if entry.changes_state {
+                bearer_admin(ip, auth, cfg)
+            } else {
+                auth.is_some() && check_admin(ip, auth, cfg).is_ok()
+            };
+            Ok(Credential::from_header(auth, admin))
         }
     }
 }
@@ -398,6 +405,8 @@ mod tests {
         assert!(!c.admin);
         let bearer = format!("Bearer {TOKEN}");
         assert!(check(Method::Post, "/call", &[("Host", "localhost"), ("Authorization", &bearer)]).unwrap().admin);
+        // The status page reads runs with it.
+        assert!(check(Method::Get, "/runs/r1", &[("Host", "localhost"), ("Authorization", &basic)]).unwrap().admin);
         // /admin/database/create is an admin route whatever /database/create's row says.
         assert_eq!(
             check(Method::Post, "/admin/database/create", &[("Host", "localhost")]).unwrap_err().kind,
