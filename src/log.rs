@@ -387,7 +387,39 @@ impl Refusals {
     }
 }
 
+impl Refusals {
+    /// Peers and codes whose interval ended with lines left out: (peer, code, count). Their count
+    /// starts again; entries with nothing left out and an ended interval are forgotten.
+    pub fn due(&mut self, now: std::time::Instant) -> Vec<(std::net::IpAddr, &'static str, u64)> {
+        let mut out = Vec::new();
+        self.map.retain(|(peer, code), st| {
+            if now.saturating_duration_since(st.since) < REFUSAL_INTERVAL {
+                return true;
+            }
+            if st.suppressed == 0 {
+                return false;
+            }
+            out.push((*peer, *code, std::mem::take(&mut st.suppressed)));
+            // The summary used this interval's line: the next refusals are counted, not written.
+            st.since = now;
+            st.written = REFUSALS_IN_FULL;
+            true
+        });
+        out
+    }
+}
+
 static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// Writes the summary lines of refusal floods that stopped (a flood that goes on gets its summary with
+/// its next line). Called from the event loops' periodic work.
+pub fn summarise_refusals() {
+    let Some(m) = REFUSALS.get() else { return };
+    let due = m.lock().unwrap_or_else(|p| p.into_inner()).due(std::time::Instant::now());
+    for (peer, code, n) in due {
+        warn("refusals left out of the log", &[("peer", &peer), ("error", &code), ("suppressed", &n)]);
+    }
+}
 
 static REFUSALS: OnceLock<std::sync::Mutex<Refusals>> = OnceLock::new();
 
@@ -475,6 +507,23 @@ mod tests {
         let later = t0 + REFUSAL_INTERVAL;
         assert_eq!(r.note(a, "invalid_token", later), Refusal::WriteAfter(1000 - REFUSALS_IN_FULL as u64));
         assert_eq!(r.note(a, "invalid_token", later), Refusal::Write);
+    }
+
+    #[test]
+    fn a_flood_that_stops_still_gets_its_summary() {
+        let mut r = Refusals::default();
+        let t0 = std::time::Instant::now();
+        let a: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..50 {
+            r.note(a, "invalid_token", t0);
+        }
+        assert!(r.due(t0).is_empty(), "not before the interval ends");
+        let later = t0 + REFUSAL_INTERVAL;
+        assert_eq!(r.due(later), vec![(a, "invalid_token", 50 - REFUSALS_IN_FULL as u64)]);
+        // Said once; the next interval without refusals forgets the peer.
+        assert!(r.due(later).is_empty());
+        assert!(r.due(later + REFUSAL_INTERVAL).is_empty());
+        assert!(r.map.is_empty());
     }
 
     #[test]

@@ -487,6 +487,9 @@ impl App {
     }
 
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
+        if self.id == 0 {
+            crate::log::summarise_refusals();
+        }
         let recoveries = self.shared.health.recoveries.load(Ordering::Acquire);
         if recoveries != self.recoveries_seen {
             self.recoveries_seen = recoveries;
