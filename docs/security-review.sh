@@ -33,11 +33,13 @@ PSQL=("${PG_BINDIR}/psql" -X -q -v ON_ERROR_STOP=1 -h "${SOCK}" -p "${PGPORT_}" 
 TOKEN="review-admin-token-0123456789abcdef"
 PORT="$(pg_free_port)"
 GW="http://127.0.0.1:${PORT}"
-(cd "${DIR}" && env -i PATH="${PATH}" GATEWAY_PORT="${PORT}" DB_HOST="${SOCK}" DB_PORT="${PGPORT_}" \
+(cd "${DIR}" && exec env -i PATH="${PATH}" GATEWAY_PORT="${PORT}" DB_HOST="${SOCK}" DB_PORT="${PGPORT_}" \
     DB_USER=stonescriptdb_gateway ADMIN_TOKEN="${TOKEN}" PLATFORM_SECRET="review-platform-secret-0123456789abcdef" \
     REQUIRE_PLATFORM_KEYS="${KEYS}" LOG_DIR="${DIR}/logs" "${BIN}" 2>"${DIR}/gateway.err") &
 GW_PID=$!
-for _ in $(seq 1 100); do curl -fs "${GW}/health" >/dev/null 2>&1 && break; sleep 0.1; done
+UP=0
+for _ in $(seq 1 300); do curl -fs "${GW}/health" >/dev/null 2>&1 && { UP=1; break; }; sleep 0.1; done
+[[ "${UP}" == 1 ]] || { echo "the gateway did not start:" >&2; cat "${DIR}/gateway.err" >&2; exit 2; }
 
 FAILED=0
 # check NAME EXPECTED-STATUS[|ALT] CURL-ARGS...: HELD when the status is one of the expected ones.
