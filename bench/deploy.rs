@@ -75,7 +75,7 @@ fn post(addr: SocketAddr, path: &str, fields: &[(&str, &str)], archive: &[u8]) -
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(1800))).unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );

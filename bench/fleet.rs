@@ -78,7 +78,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8]) -> (u
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use stonescriptdb_gateway::config::{Config, Settings, Source};
 use stonescriptdb_gateway::server::Server;
 
-const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");

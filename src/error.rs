@@ -62,6 +62,10 @@ pub enum Kind {
     TransactionEscaped,
     DeployTimeout,
     DatabaseLimitReached,
+    PlatformLimitReached,
+    SchemaLimitReached,
+    OriginNotAllowed,
+    HostNotAllowed,
     ServerNotFound,
     ServerAlreadyExists,
     ServerInUse,
@@ -141,6 +145,10 @@ impl Kind {
         Kind::TransactionEscaped,
         Kind::DeployTimeout,
         Kind::DatabaseLimitReached,
+        Kind::PlatformLimitReached,
+        Kind::SchemaLimitReached,
+        Kind::OriginNotAllowed,
+        Kind::HostNotAllowed,
         Kind::ServerNotFound,
         Kind::ServerAlreadyExists,
         Kind::ServerInUse,
@@ -345,6 +353,31 @@ impl Kind {
                 "database_limit_reached",
                 false,
                 "the platform has MAX_DATABASES_PER_PLATFORM databases; no more are created",
+            ),
+            Kind::PlatformLimitReached => row(
+                409,
+                "platform_limit_reached",
+                false,
+                "the gateway has MAX_PLATFORMS platforms; no more are registered",
+            ),
+            Kind::SchemaLimitReached => row(
+                409,
+                "schema_limit_reached",
+                false,
+                "the platform stores MAX_SCHEMAS_PER_PLATFORM schemas; a new name is refused (new versions are not)",
+            ),
+            Kind::OriginNotAllowed => row(
+                403,
+                "origin_not_allowed",
+                false,
+                "a request that changes state came from a web page of another origin (Origin header), or an admin \
+                 change used HTTP Basic instead of Authorization: Bearer",
+            ),
+            Kind::HostNotAllowed => row(
+                421,
+                "host_not_allowed",
+                false,
+                "the Host header names neither an IP address, localhost nor a name in ALLOWED_HOSTS",
             ),
             Kind::ServerNotFound => {
                 row(404, "server_not_found", false, "no PostgreSQL server of that name is recorded")

@@ -241,7 +241,7 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
         line.extend_from_slice(b",\"level\":");
         write_string(&mut line, level_name(level));
         line.extend_from_slice(b",\"msg\":");
-        write_string(&mut line, msg);
+        write_string(&mut line, &json_safe(msg));
         for (k, v) in fields {
             line.push(b',');
             write_string(&mut line, k);
@@ -251,15 +251,16 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
                 // Counts, durations, statuses and flags keep their JSON types.
                 line.extend_from_slice(v.as_bytes());
             } else {
-                write_string(&mut line, &v);
+                write_string(&mut line, &json_safe(&v));
             }
         }
         line.extend_from_slice(b"}\n");
     } else {
-        let _ = write!(line, "{} {:<5} {}", timestamp(), level_name(level), msg);
+        let _ = write!(line, "{} {:<5} {}", timestamp(), level_name(level), escape(msg));
         for (k, v) in fields {
             let v = v.to_string();
-            if v.contains(' ') || v.is_empty() {
+            // Quoted (and so escaped) whenever the value could end the line or fake another field.
+            if v.contains([' ', '"', '=']) || v.is_empty() || needs_escape(&v) {
                 let _ = write!(line, " {k}={v:?}");
             } else {
                 let _ = write!(line, " {k}={v}");
@@ -284,6 +285,153 @@ pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn std::fmt::Display)])
             let _ = std::io::stderr().write_all(&line);
         }
     }
+}
+
+/// Characters that must not reach a log or a terminal raw: C0 and C1 controls and DEL (new lines,
+/// escape sequences), and the bidirectional overrides that reorder what a reader sees.
+fn hostile(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Whether `s` holds a character [`escape`] rewrites.
+pub fn needs_escape(s: &str) -> bool {
+    s.chars().any(hostile)
+}
+
+/// Text from a request, PostgreSQL or a name, made safe for one log line or a terminal: every control
+/// or bidi character becomes `\u{XX}`; a backslash is doubled only when something was escaped, so
+/// ordinary text reads as it was.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !needs_escape(s) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if hostile(c) {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{{{:x}}}", c as u32));
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// For the JSON format: JSON escapes C0 controls itself; DEL, C1 controls and bidi overrides, which
+/// it leaves as they are, are escaped as [`escape`] does.
+fn json_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(|c| hostile(c) && c >= '\u{7f}') { escape(s) } else { std::borrow::Cow::Borrowed(s) }
+}
+
+/// Refusal lines of one peer and error code written in full per interval before the rest are only
+/// counted.
+pub const REFUSALS_IN_FULL: u32 = 5;
+
+/// The interval of [`REFUSALS_IN_FULL`]; at most one summary line per peer and code per interval.
+pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Peers and codes tracked at once; past it, the quietest are forgotten.
+const REFUSAL_KEYS: usize = 4096;
+
+struct RefusalState {
+    since: std::time::Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+/// What to do with one refusal line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Write it.
+    Write,
+    /// Write it, with a summary of this many lines left out in the interval that ended.
+    WriteAfter(u64),
+    /// Count it only.
+    Suppress,
+}
+
+/// Decides, per peer address and error code, which refusal lines are written: the first
+/// [`REFUSALS_IN_FULL`] per [`REFUSAL_INTERVAL`], then none until the interval ends, when the next one
+/// is written with the count left out. A client with no credential cannot fill a disk.
+#[derive(Default)]
+pub struct Refusals {
+    map: std::collections::HashMap<(std::net::IpAddr, &'static str), RefusalState>,
+}
+
+impl Refusals {
+    pub fn note(&mut self, peer: std::net::IpAddr, code: &'static str, now: std::time::Instant) -> Refusal {
+        if self.map.len() >= REFUSAL_KEYS && !self.map.contains_key(&(peer, code)) {
+            self.map.retain(|_, st| now.saturating_duration_since(st.since) < REFUSAL_INTERVAL);
+            if self.map.len() >= REFUSAL_KEYS {
+                // Many peers at once: they share what is written rather than growing the map.
+                SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+                return Refusal::Suppress;
+            }
+        }
+        let st = self.map.entry((peer, code)).or_insert(RefusalState { since: now, written: 0, suppressed: 0 });
+        if now.saturating_duration_since(st.since) >= REFUSAL_INTERVAL {
+            let left_out = std::mem::take(&mut st.suppressed);
+            st.since = now;
+            st.written = 1;
+            return if left_out > 0 { Refusal::WriteAfter(left_out) } else { Refusal::Write };
+        }
+        if st.written < REFUSALS_IN_FULL {
+            st.written += 1;
+            Refusal::Write
+        } else {
+            st.suppressed += 1;
+            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+            Refusal::Suppress
+        }
+    }
+}
+
+impl Refusals {
+    /// Peers and codes whose interval ended with lines left out: (peer, code, count). Their count
+    /// starts again; entries with nothing left out and an ended interval are forgotten.
+    pub fn due(&mut self, now: std::time::Instant) -> Vec<(std::net::IpAddr, &'static str, u64)> {
+        let mut out = Vec::new();
+        self.map.retain(|(peer, code), st| {
+            if now.saturating_duration_since(st.since) < REFUSAL_INTERVAL {
+                return true;
+            }
+            if st.suppressed == 0 {
+                return false;
+            }
+            out.push((*peer, *code, std::mem::take(&mut st.suppressed)));
+            // The summary used this interval's line: the next refusals are counted, not written.
+            st.since = now;
+            st.written = REFUSALS_IN_FULL;
+            true
+        });
+        out
+    }
+}
+
+static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// Writes the summary lines of refusal floods that stopped (a flood that goes on gets its summary with
+/// its next line). Called from the event loops' periodic work.
+pub fn summarise_refusals() {
+    let Some(m) = REFUSALS.get() else { return };
+    let due = m.lock().unwrap_or_else(|p| p.into_inner()).due(std::time::Instant::now());
+    for (peer, code, n) in due {
+        warn("refusals left out of the log", &[("peer", &peer), ("error", &code), ("suppressed", &n)]);
+    }
+}
+
+static REFUSALS: OnceLock<std::sync::Mutex<Refusals>> = OnceLock::new();
+
+/// [`Refusals::note`] over every event loop of the process.
+pub fn refusal(peer: std::net::IpAddr, code: &'static str) -> Refusal {
+    let m = REFUSALS.get_or_init(Default::default);
+    m.lock().unwrap_or_else(|p| p.into_inner()).note(peer, code, std::time::Instant::now())
+}
+
+/// Refusal lines left out since the start (`/metrics`).
+pub fn suppressed_lines() -> u64 {
+    SUPPRESSED.load(Ordering::Relaxed)
 }
 
 /// Lines a sink dropped since the start because its queue was full.
@@ -330,6 +478,52 @@ mod tests {
         for v in ["", "-", "007", "1.", ".5", "1e3", "127.0.0.1", "12ab", "1.2.3"] {
             assert!(!is_plain_number(v), "{v}");
         }
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(escape("plain text \\ ok"), "plain text \\ ok");
+        assert_eq!(escape("a\nb"), "a\\u{a}b");
+        assert_eq!(escape("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(escape("x\u{202e}y\\"), "x\\u{202e}y\\\\");
+        assert_eq!(escape("\u{85}\u{7f}"), "\\u{85}\\u{7f}");
+        assert!(!escape("tab\there").contains('\t'));
+        // JSON keeps its own escapes for C0 and gets ours for what it would leave raw.
+        assert_eq!(json_safe("a\nb"), "a\nb");
+        assert_eq!(json_safe("a\u{9b}31m"), "a\\u{9b}31m");
+    }
+
+    #[test]
+    fn refusals_of_one_peer_and_code_are_summarised_per_interval() {
+        let mut r = Refusals::default();
+        let t0 = std::time::Instant::now();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let written = (0..1000).filter(|_| r.note(a, "invalid_token", t0) != Refusal::Suppress).count();
+        assert_eq!(written, REFUSALS_IN_FULL as usize);
+        // Another peer, another code: lines of their own.
+        assert_eq!(r.note(b, "invalid_token", t0), Refusal::Write);
+        assert_eq!(r.note(a, "not_found", t0), Refusal::Write);
+        let later = t0 + REFUSAL_INTERVAL;
+        assert_eq!(r.note(a, "invalid_token", later), Refusal::WriteAfter(1000 - REFUSALS_IN_FULL as u64));
+        assert_eq!(r.note(a, "invalid_token", later), Refusal::Write);
+    }
+
+    #[test]
+    fn a_flood_that_stops_still_gets_its_summary() {
+        let mut r = Refusals::default();
+        let t0 = std::time::Instant::now();
+        let a: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..50 {
+            r.note(a, "invalid_token", t0);
+        }
+        assert!(r.due(t0).is_empty(), "not before the interval ends");
+        let later = t0 + REFUSAL_INTERVAL;
+        assert_eq!(r.due(later), vec![(a, "invalid_token", 50 - REFUSALS_IN_FULL as u64)]);
+        // Said once; the next interval without refusals forgets the peer.
+        assert!(r.due(later).is_empty());
+        assert!(r.due(later + REFUSAL_INTERVAL).is_empty());
+        assert!(r.map.is_empty());
     }
 
     #[test]

@@ -180,7 +180,7 @@ fn signal_finishes_in_flight_request(sig: &str) {
     let mut g = spawn_gateway(&sig.to_ascii_lowercase());
     let mut s = TcpStream::connect(g.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345").unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n12345").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let pid = g.child.id().to_string();
     let st = Command::new("kill").args([&format!("-{sig}"), &pid]).status().expect("kill");
@@ -220,7 +220,7 @@ fn sigterm_when_idle_exits_at_once() {
     let mut g = spawn_gateway("idle");
     // An idle keep-alive connection must not hold up the exit.
     let mut s = TcpStream::connect(g.addr).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut b = [0u8; 512];
     assert!(s.read(&mut b).unwrap() > 0);
     let pid = g.child.id().to_string();

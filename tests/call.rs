@@ -719,7 +719,7 @@ fn client_disconnect_cancels_the_backend_query() {
     let body = db.body("slow", Some("[20]"));
     let mut c = Conn::open(gw.addr);
     let req = format!(
-        "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     c.send(req.as_bytes());
@@ -941,7 +941,7 @@ fn reset_all_cost() {
         let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "1"), ("CALL_RESET_SESSION", reset)]);
         let body = db.body("answer", Some("[]"));
         let req = format!(
-            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let mut c = Conn::open(gw.addr);
@@ -962,7 +962,7 @@ fn reset_all_cost() {
         let mut call = |function: &str| {
             let body = db.body(function, Some("[]"));
             let req = format!(
-                "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
             c.send(req.as_bytes());
@@ -1075,7 +1075,7 @@ fn client_disconnect_at_any_moment_leaves_no_running_query() {
     let gw = start(&[("MAX_CONNECTIONS_PER_POOL", "4")]);
     let body = db.body("slow", Some("[30]"));
     let req = format!(
-        "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     for i in 0..24u64 {

@@ -173,7 +173,7 @@ fn a_queued_call_whose_client_left_is_cancelled_when_it_starts() {
     let mut gone = common::Conn::open(addr);
     gone.send(
         format!(
-            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),

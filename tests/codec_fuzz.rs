@@ -115,7 +115,7 @@ fn with_prefix(prefix: &[u8], body: &[u8]) -> Vec<u8> {
 #[test]
 fn http_head() {
     let heads: &[&[u8]] = &[
-        b"GET /health?x=1 HTTP/1.1\r\nHost: x\r\n\r\nrest",
+        b"GET /health?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\nrest",
         b"POST /call HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\n{}",
         b"POST /register HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
         b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: ::1\r\n\r\n",

@@ -54,7 +54,7 @@ fn stays_open(c: &mut Conn, wait: Duration) -> bool {
     open
 }
 
-const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 fn status_of(addr: SocketAddr, req: &str) -> Resp {
     let mut c = open(addr);
@@ -86,8 +86,8 @@ fn pipelined_requests_are_answered_in_order() {
     let mut c = open(g.addr);
     let mut batch = Vec::new();
     batch.extend_from_slice(HEALTH);
-    batch.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
-    batch.extend_from_slice(b"PUT /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    batch.extend_from_slice(b"PUT /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
     batch.extend_from_slice(HEALTH);
     c.send(&batch);
     expect_status(&mut c, 200);
@@ -102,7 +102,9 @@ fn pipelined_requests_with_bodies_stay_framed() {
     let g = start(&[]);
     let mut c = open(g.addr);
     let mut batch = Vec::new();
-    batch.extend_from_slice(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\nGET /nope HTTP/1.1\r\n\r\n");
+    batch.extend_from_slice(
+        b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 21\r\n\r\nGET /nope HTTP/1.1\r\n\r\n",
+    );
     batch.extend_from_slice(HEALTH);
     c.send(&batch);
     let first = c.read_response();
@@ -117,7 +119,7 @@ fn pipelined_requests_with_bodies_stay_framed() {
 fn connection_close_is_honoured() {
     let g = start(&[]);
     let mut c = open(g.addr);
-    c.send(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    c.send(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let r = expect_status(&mut c, 200);
     assert_eq!(r.header("connection"), Some("close"));
     expect_eof(&mut c);
@@ -148,9 +150,9 @@ fn http10_with_keep_alive_stays_open() {
 #[test]
 fn head_has_headers_but_no_body() {
     let g = start(&[]);
-    let get = status_of(g.addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let get = status_of(g.addr, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut c = open(g.addr);
-    c.send(b"HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    c.send(b"HEAD /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
     c.sock.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8(raw).unwrap();
@@ -168,7 +170,7 @@ fn head_has_headers_but_no_body() {
 #[test]
 fn unknown_path_is_404_json() {
     let g = start(&[]);
-    let r = status_of(g.addr, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = status_of(g.addr, "GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "not_found");
 }
@@ -176,10 +178,10 @@ fn unknown_path_is_404_json() {
 #[test]
 fn wrong_method_is_405_with_allow() {
     let g = start(&[]);
-    let r = status_of(g.addr, "GET /call HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = status_of(g.addr, "GET /call HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
-    let r = status_of(g.addr, "DELETE /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = status_of(g.addr, "DELETE /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
@@ -194,7 +196,7 @@ fn expect_continue_then_large_body() {
     let len = 2 * 1024 * 1024;
     c.send(
         format!(
-            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
+            "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
              Expect: 100-continue\r\n\r\n"
         )
         .as_bytes(),
@@ -221,7 +223,7 @@ fn expect_continue_then_large_body() {
 fn refused_before_body(addr: SocketAddr, method: &str, path: &str, extra: &str, len: usize) -> Resp {
     let mut c = open(addr);
     c.send(
-        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n{extra}\r\n")
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n{extra}\r\n")
             .as_bytes(),
     );
     let r = c.read_response();
@@ -267,7 +269,8 @@ fn refusal_with_body_already_sent_still_delivers_the_answer() {
     for _ in 0..20 {
         let mut c = open(g.addr);
         let body = vec![b'x'; 200 * 1024];
-        let mut req = format!("POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        let mut req =
+            format!("POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         req.extend_from_slice(&body[..32 * 1024]);
         c.send(&req);
         std::thread::sleep(Duration::from_millis(20));
@@ -285,7 +288,7 @@ fn chunked_body_across_writes_with_extensions_and_trailers() {
     let g = start(&[]);
     let mut c = open(g.addr);
     let parts: [&[u8]; 7] = [
-        b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"5;name=value\r\n{\"pla",
         b"\r\n",
         b"28\r",
@@ -307,7 +310,7 @@ fn chunked_body_across_writes_with_extensions_and_trailers() {
 
     // Same on a route that ignores its body, pipelined in one write.
     let mut c = open(g.addr);
-    let mut batch = b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut batch = b"GET /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     batch.extend_from_slice(b"a\r\n0123456789\r\n0\r\n\r\n");
     batch.extend_from_slice(HEALTH);
     c.send(&batch);
@@ -319,7 +322,7 @@ fn chunked_body_across_writes_with_extensions_and_trailers() {
 fn chunked_body_over_the_limit_is_413() {
     let g = start(&[("MAX_CALL_BODY_BYTES", "1024")]);
     let mut c = open(g.addr);
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
     for _ in 0..4 {
         c.send(b"200\r\n");
         c.send(&[b'x'; 0x200]);
@@ -335,7 +338,7 @@ fn chunked_body_over_the_limit_is_413() {
 fn malformed_chunk_size_is_400_and_close() {
     let g = start(&[]);
     let mut c = open(g.addr);
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
     expect_status(&mut c, 400);
     expect_eof(&mut c);
 }
@@ -346,14 +349,14 @@ fn malformed_chunk_size_is_400_and_close() {
 #[test]
 fn smuggling_shapes_are_refused_and_closed() {
     let g = start(&[]);
-    let smuggled = "GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+    let smuggled = "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
     for head in [
-        "POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-        "POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-        "POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 4\r\n\r\n",
-        "POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
-        "POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-        "POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3, 4\r\n\r\n",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        "POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
         "POST /call HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
     ] {
         let mut c = open(g.addr);
@@ -373,7 +376,7 @@ fn smuggling_shapes_are_refused_and_closed() {
 #[test]
 fn too_many_headers_is_431() {
     let g = start(&[("MAX_HEADERS", "8")]);
-    let mut req = String::from("GET /health HTTP/1.1\r\nHost: t\r\n");
+    let mut req = String::from("GET /health HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..10 {
         req.push_str(&format!("X-H{i}: v\r\n"));
     }
@@ -384,7 +387,7 @@ fn too_many_headers_is_431() {
     assert_eq!(r.error_code(), "headers_too_large");
     expect_eof(&mut c);
     // At the limit is fine.
-    let mut req = String::from("GET /health HTTP/1.1\r\nHost: t\r\n");
+    let mut req = String::from("GET /health HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..7 {
         req.push_str(&format!("X-H{i}: v\r\n"));
     }
@@ -396,11 +399,12 @@ fn too_many_headers_is_431() {
 fn oversized_head_is_431() {
     let g = start(&[("MAX_HEAD_BYTES", "2048")]);
     // Complete but too big.
-    let r = status_of(g.addr, &format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(3000)));
+    let r =
+        status_of(g.addr, &format!("GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(3000)));
     assert_eq!(r.status, 431);
     // Incomplete and already too big: refused without waiting for the end of the head.
     let mut c = open(g.addr);
-    c.send(format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}", "a".repeat(3000)).as_bytes());
+    c.send(format!("GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}", "a".repeat(3000)).as_bytes());
     expect_status(&mut c, 431);
     expect_eof(&mut c);
 }
@@ -409,7 +413,7 @@ fn oversized_head_is_431() {
 fn body_over_the_limit_is_413() {
     let g = start(&[("MAX_CALL_BODY_BYTES", "1024")]);
     let mut c = open(g.addr);
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1025\r\n\r\n");
     let r = expect_status(&mut c, 413);
     assert_eq!(r.error_code(), "payload_too_large");
     assert!(r.text().contains("limit of 1024 bytes set by MAX_CALL_BODY_BYTES"), "{}", r.text());
@@ -437,7 +441,7 @@ fn slow_body_gets_408() {
     let g = start(&[("BODY_TIMEOUT_MS", "300")]);
     let mut c = open(g.addr);
     let t = Instant::now();
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n12345");
     let r = expect_status(&mut c, 408);
     assert_eq!(r.error_code(), "request_timeout");
     assert!(t.elapsed() >= Duration::from_millis(290));
@@ -463,7 +467,7 @@ fn idle_keep_alive_is_closed_silently() {
 // Allowlist and admin token
 
 fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Resp {
-    status_of(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}\r\n"))
+    status_of(addr, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n"))
 }
 
 #[test]
@@ -553,7 +557,7 @@ fn shutdown_lets_an_in_flight_request_finish() {
     expect_status(&mut idle, 200);
 
     let mut c = open(g.addr);
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\":");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\":");
     std::thread::sleep(Duration::from_millis(100));
     g.handle.shutdown();
     wait_refused(g.addr);
@@ -611,7 +615,7 @@ fn bare_lf_in_chunked_trailer_is_refused() {
     // it is swallowed as a trailer: a desync between us and such a front proxy. Refuse it.
     let g = start(&[]);
     let mut c = open(g.addr);
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\nGET /admin/databases HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\nGET /admin/databases HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let r = expect_status(&mut c, 400);
     assert_eq!(r.header("connection"), Some("close"));
     expect_eof(&mut c);
@@ -690,7 +694,7 @@ fn connections_per_address_are_capped() {
 fn a_body_trickling_in_ends_at_the_total_body_timeout() {
     let g = start(&[("BODY_TIMEOUT_MS", "5000"), ("BODY_TOTAL_TIMEOUT_MS", "1000")]);
     let mut c = open(g.addr);
-    c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
+    c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n");
     let t = Instant::now();
     // One byte every 200 ms: never silent for BODY_TIMEOUT_MS, never done either.
     let mut w = c.sock.try_clone().unwrap();
@@ -715,11 +719,11 @@ fn bodies_in_flight_share_one_memory_budget() {
     let g = start(&[("MAX_UPLOADS_IN_FLIGHT_BYTES", "2048")]);
     // An unfinished body of 1500 bytes holds its share …
     let mut first = open(g.addr);
-    first.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1500\r\n\r\n{\"platform\":");
+    first.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1500\r\n\r\n{\"platform\":");
     std::thread::sleep(Duration::from_millis(200));
     // … so a second one that would pass the budget is refused, retryable.
     let mut second = open(g.addr);
-    second.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1500\r\n\r\n");
+    second.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1500\r\n\r\n");
     let r = second.read_response();
     assert_eq!((r.status, r.error_code().as_str()), (503, "uploads_busy"), "{}", r.text());
     assert!(r.header("retry-after").is_some());
@@ -727,7 +731,7 @@ fn bodies_in_flight_share_one_memory_budget() {
     drop(first);
     let ok = common::db::eventually(Duration::from_secs(2), || {
         let mut c = open(g.addr);
-        c.send(b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 1500\r\n\r\n");
+        c.send(b"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1500\r\n\r\n");
         c.send(&[b' '; 1500]);
         c.try_read_response().is_some_and(|r| r.status != 503)
     });

@@ -55,7 +55,10 @@ fn log_lines_carry_requests_but_no_secrets() {
     let body = format!(r#"{{"platform":"{platform}","function":"nothing_here","params":["{param}"]}}"#);
     let r = request(
         &addr,
-        format!("POST /call HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        format!(
+            "POST /call HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     );
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     // A deploy that works and one that fails: one line each.
@@ -63,7 +66,7 @@ fn log_lines_carry_requests_but_no_secrets() {
         let archive = common::archive::tgz(files.iter().copied());
         let (ct, body) = common::multipart(&[("platform", platform.as_bytes()), ("schema", &archive)]);
         let mut raw =
-            format!("POST /register HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n", body.len())
+            format!("POST /register HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n", body.len())
                 .into_bytes();
         raw.extend_from_slice(&body);
         let mut s = TcpStream::connect(&addr).expect("connect");
@@ -81,7 +84,10 @@ fn log_lines_carry_requests_but_no_secrets() {
     let body = format!(r#"{{"platform":"{platform}","function":"f"}}"#);
     let r = request(
         &addr,
-        format!("POST /call HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        format!(
+            "POST /call HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let r = deploy(&[("functions/g.sql", "CREATE FUNCTION g() RETURNS int LANGUAGE sql AS 'SELEC 1';")]);
@@ -89,13 +95,13 @@ fn log_lines_carry_requests_but_no_secrets() {
     let r = request(
         &addr,
         format!(
-            "GET /admin/databases?platform=logtest HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            "GET /admin/databases?platform=logtest HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
         ),
     );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let r = request(
         &addr,
-        "GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong-SECRET-guess\r\nConnection: close\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer wrong-SECRET-guess\r\nConnection: close\r\n\r\n"
             .into(),
     );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -274,7 +280,7 @@ fn a_stalled_log_reader_never_blocks_requests() {
     let started = Instant::now();
     let mut buf = [0u8; 4096];
     for i in 0..25_000 {
-        c.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
         let n = c.read(&mut buf).unwrap_or_else(|e| panic!("request {i} was not answered: {e}"));
         assert!(n > 0 && buf.starts_with(b"HTTP/1.1 "), "request {i}");
     }
@@ -310,9 +316,9 @@ fn sighup_reopens_the_log_file_and_request_lines_can_be_errors_only() {
         std::thread::sleep(Duration::from_millis(500));
         assert!(child.try_wait().unwrap().is_none(), "{sig} ended the gateway");
     }
-    let ok = request(&addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into());
+    let ok = request(&addr, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into());
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    let missing = request(&addr, "GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".into());
+    let missing = request(&addr, "GET /nowhere HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into());
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success());

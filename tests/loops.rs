@@ -52,7 +52,7 @@ fn call_on(c: &mut Conn, platform: &str, function: &str) -> common::Resp {
     let body = call_body(platform, function);
     c.send(
         format!(
-            "POST /call HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),

@@ -438,7 +438,7 @@ fn ndjson_progress_lines_arrive_while_the_run_is_still_going() {
     let started = Instant::now();
     sock.write_all(
         format!(
-            "POST /v2/migrate HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n\
+            "POST /v2/migrate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
              Accept: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
@@ -671,11 +671,23 @@ fn errors_names_conflicts_and_failed_creates() {
     let code = |r: &Resp| (r.status, r.error_code());
 
     register(g.addr, &p);
+    // Naming a platform that exists is the admin's (or its key holder's) business: anonymously 401,
+    // with the token 409.
     let r = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{p}"}}"#));
-    assert_eq!(code(&r), (409, "platform_already_exists".into()));
+    assert_eq!(code(&r), (401, "invalid_token".into()));
+    let admin_register = |name: &str| {
+        let auth = format!("Bearer {TOKEN}");
+        request(
+            g.addr,
+            "POST",
+            "/platform/register",
+            &[("Content-Type", "application/json"), ("Authorization", &auth)],
+            format!(r#"{{"platform":"{name}"}}"#).as_bytes(),
+        )
+    };
+    assert_eq!(code(&admin_register(&p)), (409, "platform_already_exists".into()));
     // Sanitised to the same name: also a duplicate.
-    let r = post_json(g.addr, "/platform/register", &format!(r#"{{"platform":"{}"}}"#, p.to_uppercase()));
-    assert_eq!(code(&r), (409, "platform_already_exists".into()));
+    assert_eq!(code(&admin_register(&p.to_uppercase())), (409, "platform_already_exists".into()));
     ok(&upload(g.addr, &p, "tenant_db", &tenant_v1()), 201);
 
     // Unknown platform: upload, list, create, migrate.

@@ -135,6 +135,12 @@ impl Owners {
     /// catalog records, for this platform and tenant (platform `a` tenant `b_main` and platform `a_b` both
     /// give `a_b_main`), and the caller must bring the platform's key when it has one.
     pub fn admit(&self, req: &CallRequest, cred: &Credential, now: Instant) -> Admission {
+        // The named platform's key comes first: without it, nothing is said about which of its
+        // tenants exist (401 whether the database is there or not).
+        let named = self.keys.get(&req.platform).map(Vec::as_slice).unwrap_or(&[]);
+        if let Err(e) = cred.allows(&req.platform, named, self.require_keys) {
+            return Admission::Refused(e);
+        }
         let Some(o) = self.owners.get(&req.database) else {
             return match self.unknown.get(&req.database) {
                 Some(at) if now.saturating_duration_since(*at) < UNKNOWN_TTL => Admission::Refused(not_recorded(req)),
@@ -217,6 +223,31 @@ mod tests {
         }
         assert!(matches!(o.admit(&call("x", Some("t2")), &anyone, now + UNKNOWN_TTL), Admission::AskCatalog));
         assert_eq!(o.role_of("x_t1").as_deref(), Some("ssdb_x"));
+    }
+
+    #[test]
+    fn a_keyed_platform_answers_401_before_saying_whether_a_tenant_exists() {
+        let mut o = Owners::new("ssdb_", false);
+        let now = Instant::now();
+        o.set_owners(vec![owner("k_t1", "k", Some("t1"))]);
+        o.set_keys(
+            vec![("k".into(), vec![StoredKey { hash: crate::security::keys::hash("key1"), valid_until: None }])],
+            true,
+        );
+        o.set_unknown("k_t9", now);
+        let anyone = Credential::from_header(None, false);
+        for tenant in ["t1", "t9", "never_asked"] {
+            match o.admit(&call("k", Some(tenant)), &anyone, now) {
+                Admission::Refused(e) => assert_eq!(e.kind, Kind::InvalidPlatformKey, "{tenant}"),
+                other => panic!("{tenant}: {other:?}"),
+            }
+        }
+        let keyed = Credential::from_header(Some("Bearer key1"), false);
+        assert!(matches!(o.admit(&call("k", Some("t1")), &keyed, now), Admission::Go));
+        match o.admit(&call("k", Some("t9")), &keyed, now) {
+            Admission::Refused(e) => assert_eq!(e.kind, Kind::DatabaseNotFound),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

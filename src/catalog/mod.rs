@@ -20,6 +20,9 @@ pub mod servers;
 /// database created by this very `open` has no tables yet whatever another catalog had.
 static READY: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
+/// Held while one thread sets up a catalog's tables.
+static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ready_key(p: &ConnectParams) -> String {
     format!("{:?}|{}|{}", p.host, p.port, p.dbname)
 }
@@ -263,11 +266,17 @@ impl Catalog {
             Err(e) => return Err(pg_api(e, "cannot connect to the catalog")),
         };
         if !is_ready(&key) {
-            // Two gateways may create the tables at once; a transaction-level lock serialises them.
-            let sql =
-                format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;");
-            client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
-            set_ready(key, true);
+            // One thread of this process sets the tables up while the others wait: a query of another
+            // thread running beside the set-up's ALTER TABLEs could deadlock with them.
+            let _one = SETUP.lock().unwrap_or_else(|p| p.into_inner());
+            if !is_ready(&key) {
+                // Two gateways may create the tables at once; a transaction-level lock serialises them.
+                let sql = format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:catalog')); {SCHEMA_SQL} COMMIT;"
+                );
+                client.batch_execute(&sql).map_err(|e| pg_api(e, "cannot create the catalog tables"))?;
+                set_ready(key, true);
+            }
         }
         Ok(Catalog { client })
     }
@@ -794,6 +803,55 @@ impl Catalog {
                 server: row[4].clone().unwrap_or_else(|| crate::servers::DEFAULT_SERVER.to_string()),
             })
             .collect())
+    }
+
+    /// Whether `platform` exists in any form: a v2 record, recorded databases, stored schemas, keys, a
+    /// recorded role, its role `role` in PostgreSQL, or a database named `main_db`.
+    pub fn platform_exists_anywhere(&mut self, platform: &str, role: &str, main_db: &str) -> Result<bool, ApiError> {
+        // One table per statement: a statement that waits for one table while holding another could
+        // deadlock with another gateway's catalog set-up.
+        let checks: [(&str, &str); 7] = [
+            ("SELECT 1 FROM platforms WHERE name = $1", platform),
+            ("SELECT 1 FROM databases WHERE platform = $1 LIMIT 1", platform),
+            ("SELECT 1 FROM schemas WHERE platform = $1 LIMIT 1", platform),
+            ("SELECT 1 FROM platform_keys WHERE platform = $1 LIMIT 1", platform),
+            ("SELECT 1 FROM platform_roles WHERE platform = $1", platform),
+            ("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1", role),
+            ("SELECT 1 FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1", main_db),
+        ];
+        for (sql, arg) in checks {
+            let r = self.client.query(sql, &[Some(arg)]).map_err(|e| pg_api(e, "catalog lookup failed"))?;
+            if !r.rows.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Platforms the catalog records (v2 records and platforms with databases).
+    pub fn platform_count(&mut self) -> Result<usize, ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT count(*)::text FROM (SELECT name FROM platforms UNION SELECT platform FROM databases) p",
+                &[],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.first().and_then(|row| row[0].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Stored schema names of a platform, and whether `name` is one of them.
+    pub fn schema_count(&mut self, platform: &str, name: &str) -> Result<(usize, bool), ApiError> {
+        let r = self
+            .client
+            .query(
+                "SELECT count(*)::text, bool_or(name = $2)::text FROM schemas WHERE platform = $1",
+                &[Some(platform), Some(name)],
+            )
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        let row = r.rows.first();
+        let n = row.and_then(|row| row[0].as_deref()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((n, row.and_then(|row| row[1].as_deref()) == Some("true")))
     }
 
     /// The role recorded for a platform: (role, adopted).

@@ -294,7 +294,7 @@ fn v1(o: &Opts, archive: &[u8], out: &mut Out) -> Result<u8, Stop> {
     }
     if a.status >= 300 {
         out.say(&format!("deploy failed (HTTP {}): {}", a.status, error_line(&v)));
-        eprintln!("{}", String::from_utf8_lossy(&a.body));
+        eprintln!("{}", shown(&String::from_utf8_lossy(&a.body)));
         return Ok(EXIT_FAILED);
     }
     out.say(&format!(
@@ -411,12 +411,18 @@ impl Out {
     }
 
     fn say(&mut self, line: &str) {
-        println!("{line}");
+        println!("{}", shown(line));
     }
 
     fn note(&mut self, line: &str) {
-        eprintln!("{line}");
+        eprintln!("{}", shown(line));
     }
+}
+
+/// A line as the terminal gets it: text the gateway sent (PostgreSQL's messages, names) may hold escape
+/// sequences or new lines that would rewrite the screen or fake output; they are shown escaped.
+fn shown(line: &str) -> std::borrow::Cow<'_, str> {
+    crate::log::escape(line)
 }
 
 /// Fleet progress: a bar redrawn in place on a terminal, one plain line per database otherwise.
@@ -448,14 +454,14 @@ impl Progress {
                 "\r\x1b[2K[{bar}] {done}/{total}{} {:.0}s {}",
                 if self.failed > 0 { format!(" ({} failed)", self.failed) } else { String::new() },
                 self.started.elapsed().as_secs_f64(),
-                s(v, "database"),
+                shown(s(v, "database")),
             );
             self.drawn = true;
         } else {
             let _ = writeln!(
                 stdout,
                 "[{done}/{total}] {} {}{}",
-                s(v, "database"),
+                shown(s(v, "database")),
                 if ok { "success" } else { "failed" },
                 if ok {
                     format!(" ({} migrations, {} functions)", n(v, "migrations_applied"), n(v, "functions_updated"))
@@ -482,6 +488,17 @@ mod tests {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         parse(true, &args, &|k| env.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn server_text_reaches_the_terminal_escaped() {
+        let v = json::parse(
+            br#"{"error":"migration_failed","message":"boom\u001b]0;owned\u0007\nfake: ok","database":"d\u001b[2J"}"#,
+        )
+        .unwrap();
+        let line = shown(&error_line(&v)).into_owned();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("\\u{1b}") && line.contains("\\u{a}"), "{line:?}");
     }
 
     #[test]

@@ -155,6 +155,28 @@ pub const KEYS: &[Key] = &[
         "true: every platform route needs the platform's key (Authorization: Bearer) or the admin token",
     ),
     key(
+        "PLATFORM_REGISTRATION",
+        "",
+        "who may create a platform with POST /platform/register: admin (the admin token) or open (anyone the \
+         address allowlist lets in); unset: admin when REQUIRE_PLATFORM_KEYS is true, else open",
+    ),
+    key(
+        "MAX_PLATFORMS",
+        "1000",
+        "platforms the gateway records; registering more → 409 platform_limit_reached (0 = no cap)",
+    ),
+    key(
+        "MAX_SCHEMAS_PER_PLATFORM",
+        "100",
+        "stored schema names per platform; a new name past it → 409 schema_limit_reached (0 = no cap)",
+    ),
+    key(
+        "ALLOWED_HOSTS",
+        "",
+        "comma-separated host names the gateway answers to in the Host header besides IP literals and localhost \
+         (against DNS rebinding); * = any",
+    ),
+    key(
         "LOG_DIR",
         "",
         "when set, logs are also appended to LOG_DIR/LOG_FILE_NAME (the Debian package sets /var/log/stonescriptdb-gateway)",
@@ -173,6 +195,12 @@ pub const KEYS: &[Key] = &[
     ),
     key("LOG_SLOW_MS", "1000", "a request slower than this gets a line under LOG_REQUESTS=errors"),
     key("MAX_CLIENT_CONNECTIONS", "10000", "open client connections; more are refused at accept"),
+    key(
+        "ADMIN_RESERVED_CONNECTIONS",
+        "16",
+        "client connections kept free for peers in ALLOWED_ADMIN_IPS: others are refused this many short of \
+         MAX_CLIENT_CONNECTIONS, so /health and admin routes stay reachable (at most half of it)",
+    ),
     key(
         "MAX_CONNECTIONS_PER_ADDRESS",
         "1000",

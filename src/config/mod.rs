@@ -257,6 +257,25 @@ pub struct SecurityConfig {
     pub require_platform_keys: bool,
     /// `METRICS_TOKEN`: when set, `/metrics` wants it (or the admin token).
     pub metrics_token: Option<String>,
+    /// `PLATFORM_REGISTRATION`: whether creating a platform needs the admin token.
+    pub registration: Registration,
+    /// `MAX_PLATFORMS`: platforms recorded (0 = no cap).
+    pub max_platforms: usize,
+    /// `MAX_SCHEMAS_PER_PLATFORM`: stored schema names per platform (0 = no cap).
+    pub max_schemas_per_platform: usize,
+    /// `ALLOWED_HOSTS`: Host names answered besides IP literals and `localhost`, lower-case; `*` = any.
+    pub allowed_hosts: Vec<String>,
+    /// `ADMIN_RESERVED_CONNECTIONS`: client connections only peers in `ALLOWED_ADMIN_IPS` may take.
+    pub admin_reserved_connections: usize,
+}
+
+/// Who may create a platform (`PLATFORM_REGISTRATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Only with the admin token.
+    Admin,
+    /// Anyone the address allowlist lets in.
+    Open,
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -271,6 +290,11 @@ impl std::fmt::Debug for SecurityConfig {
             .field("extensions_allowed", &self.extensions_allowed)
             .field("require_platform_keys", &self.require_platform_keys)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
+            .field("registration", &self.registration)
+            .field("max_platforms", &self.max_platforms)
+            .field("max_schemas_per_platform", &self.max_schemas_per_platform)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("admin_reserved_connections", &self.admin_reserved_connections)
             .finish()
     }
 }
@@ -615,6 +639,35 @@ impl Config {
                 }
                 t => t,
             },
+            registration: match s.get("PLATFORM_REGISTRATION").trim().to_ascii_lowercase().as_str() {
+                "admin" => Registration::Admin,
+                "open" => Registration::Open,
+                "" if boolean(s, "REQUIRE_PLATFORM_KEYS")? => Registration::Admin,
+                "" => Registration::Open,
+                _ => return Err(invalid(s, "PLATFORM_REGISTRATION", "admin or open")),
+            },
+            max_platforms: num(s, "MAX_PLATFORMS", 0usize, 10_000_000)?,
+            max_schemas_per_platform: num(s, "MAX_SCHEMAS_PER_PLATFORM", 0usize, 1_000_000)?,
+            allowed_hosts: {
+                let list: Vec<String> = s
+                    .get("ALLOWED_HOSTS")
+                    .split(',')
+                    .map(|x| x.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .filter(|x| !x.is_empty())
+                    .collect();
+                if list
+                    .iter()
+                    .any(|h| h != "*" && !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+                {
+                    return Err(invalid(
+                        s,
+                        "ALLOWED_HOSTS",
+                        "comma-separated host names (letters, digits, '-', '.') or *",
+                    ));
+                }
+                list
+            },
+            admin_reserved_connections: num(s, "ADMIN_RESERVED_CONNECTIONS", 0usize, 100_000)?,
         };
         let level = match s.get("LOG_LEVEL").trim().to_ascii_lowercase().as_str() {
             "error" => Level::Error,

@@ -157,6 +157,26 @@ impl DeployCtx {
         self.cred.allows(platform, &keys, self.cfg.security.require_platform_keys)
     }
 
+    /// Whether `platform` exists in any form; when it does not, whether this request may create it
+    /// (`PLATFORM_REGISTRATION`, `MAX_PLATFORMS`).
+    pub fn check_platform_creation(&self, cat: &mut Catalog, platform: &str) -> Result<bool, ApiError> {
+        let (role, _) = self.role_of(cat, platform)?;
+        if cat.platform_exists_anywhere(platform, &role, &format!("{platform}_main"))? {
+            return Ok(true);
+        }
+        if self.cfg.security.registration == crate::config::Registration::Admin {
+            self.require_admin(&format!("creating platform '{platform}' (PLATFORM_REGISTRATION=admin)"))?;
+        }
+        let cap = self.cfg.security.max_platforms;
+        if cap > 0 && cat.platform_count()? >= cap {
+            return Err(ApiError::new(
+                Kind::PlatformLimitReached,
+                format!("this gateway has {cap} platforms, the most MAX_PLATFORMS allows; no more are created"),
+            ));
+        }
+        Ok(false)
+    }
+
     /// Admin-only operations.
     pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
         if self.cred.admin {
@@ -730,7 +750,11 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let form = DeployForm::parse(content_type, body, ctx.cfg.limits.max_multipart_parts)?;
         let platform = form.require_platform()?.to_string();
         let (name, owner) = v1_owner(&platform, form.tenant_id.as_deref())?;
-        ctx.authorize(&mut ctx.catalog()?, &owner.platform)?;
+        {
+            let mut cat = ctx.catalog()?;
+            ctx.authorize(&mut cat, &owner.platform)?;
+            ctx.check_platform_creation(&mut cat, &owner.platform)?;
+        }
         let _slot = ctx.claim(&owner.platform)?;
         let archive = ctx.read(form.require_archive()?)?;
         let opts = DeployOptions {

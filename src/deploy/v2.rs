@@ -87,12 +87,23 @@ pub fn register_platform(ctx: &DeployCtx, body: &Value) -> Outcome {
                 return Err(crate::catalog::servers::not_found(s));
             }
         }
+        // Who may name this platform, decided before anything is changed: an existing platform (in any
+        // form) only its key holder or the admin; a keyless one (which a key would take over) only the
+        // admin; a new one as PLATFORM_REGISTRATION says, up to MAX_PLATFORMS.
+        if ctx.check_platform_creation(&mut cat, &p)? && !ctx.cred.admin {
+            if cat.platform_keys(Some(&p))?.is_empty() {
+                return Err(ApiError::new(
+                    Kind::AdminTokenInvalid,
+                    format!(
+                        "platform '{p}' exists and has no key; registering it or giving it a key needs the admin \
+                         token (Authorization: Bearer <ADMIN_TOKEN>)"
+                    ),
+                ));
+            }
+            ctx.authorize(&mut cat, &p)?;
+        }
         if cat.platform(&p)?.is_some() {
             return Err(ApiError::new(Kind::PlatformAlreadyExists, format!("platform '{p}' is already registered")));
-        }
-        if !ctx.cred.admin && !cat.platform_keys(Some(&p))?.is_empty() {
-            // A v1 platform that has a key already: only its owner may register it for v2.
-            ctx.authorize(&mut cat, &p)?;
         }
         if let Some(u) = user {
             if cat.platform_role(&p)?.is_some_and(|(r, _)| r != u) {
@@ -200,6 +211,17 @@ pub fn upload_schema(ctx: &DeployCtx, platform: &str, content_type: &str, body: 
             !archive.migrations.is_empty(),
             !archive.seeders.is_empty(),
         ];
+        let cap = ctx.cfg.security.max_schemas_per_platform;
+        let (stored, known) = cat.schema_count(&p, &name)?;
+        if cap > 0 && !known && stored >= cap {
+            return Err(ApiError::new(
+                Kind::SchemaLimitReached,
+                format!(
+                    "platform '{p}' stores {stored} schemas, the most MAX_SCHEMAS_PER_PLATFORM allows; upload a new \
+                     version of one of them instead"
+                ),
+            ));
+        }
         let version = cat.store_schema(&p, &name, upload, &archive.checksum, has)?;
         let mut b = Vec::new();
         let mut o = ObjectWriter::new(&mut b);

@@ -69,6 +69,10 @@ pub struct Head {
     pub accept: Option<String>,
     /// `X-Consistency` (for `/call`: `primary` keeps a read on the primary).
     pub consistency: Option<String>,
+    /// `Host`, as sent.
+    pub host: Option<String>,
+    /// `Origin`, which browsers send with cross-site requests.
+    pub origin: Option<String>,
 }
 
 impl Head {
@@ -165,6 +169,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
     let mut xff: Option<String> = None;
     let mut accept = None;
     let mut consistency = None;
+    let mut host: Option<String> = None;
+    let mut origin: Option<String> = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -215,6 +221,17 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
             accept = Some(header_value(h.value)?.to_string());
         } else if name.eq_ignore_ascii_case("x-consistency") {
             consistency = Some(header_value(h.value)?.trim().to_ascii_lowercase());
+        } else if name.eq_ignore_ascii_case("host") {
+            // Two Host fields could be read differently by a proxy and by the Host check.
+            if host.is_some() {
+                return Err(bad("more than one Host header"));
+            }
+            host = Some(header_value(h.value)?.to_string());
+        } else if name.eq_ignore_ascii_case("origin") {
+            if origin.is_some() {
+                return Err(bad("more than one Origin header"));
+            }
+            origin = Some(header_value(h.value)?.to_string());
         }
     }
 
@@ -249,6 +266,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
             authorization,
             x_forwarded_for: xff,
             accept,
+            host,
+            origin,
         },
         n,
     )))

@@ -100,11 +100,6 @@ impl Route {
         }
     }
 
-    /// True for routes under `/admin/` (token and admin allowlist required).
-    pub fn is_admin(&self, path: &str) -> bool {
-        path.starts_with("/admin/")
-    }
-
     /// Index into [`ROUTE_NAMES`] and the per-route counters.
     pub fn slot(&self) -> usize {
         match self {
@@ -138,11 +133,6 @@ impl Route {
 
     pub fn name(&self) -> &'static str {
         ROUTE_NAMES[self.slot()]
-    }
-
-    /// Routes that take the admin token (or, for the status page, HTTP Basic with it as password).
-    pub fn needs_admin(&self, path: &str) -> bool {
-        self.is_admin(path) || matches!(self, Route::Status | Route::StatusData)
     }
 }
 

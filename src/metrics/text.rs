@@ -135,6 +135,12 @@ pub fn render(s: &Scrape<'_>) -> String {
     o.sample("event_loops", &[], s.event_loops as f64);
     o.family("client_connections", "gauge", "Open client connections.");
     o.sample("client_connections", &[], s.clients as f64);
+    o.family(
+        "log_lines_suppressed_total",
+        "counter",
+        "Refusal log lines left out because one peer repeated one error (a summary line counts them).",
+    );
+    o.sample("log_lines_suppressed_total", &[], crate::log::suppressed_lines() as f64);
 
     o.family("http_requests_total", "counter", "Answered HTTP requests by route and status class.");
     for (r, row) in s.requests.requests.iter().enumerate() {

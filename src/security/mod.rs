@@ -1,6 +1,7 @@
 //! Who may talk to the gateway: the client-address allowlist (with `X-Forwarded-For` only from trusted
 //! proxies), the admin token and admin allowlist, and the naming rules that keep platforms apart.
 
+pub mod authz;
 pub mod cidr;
 pub mod keys;
 pub mod names;

@@ -487,6 +487,9 @@ impl App {
     }
 
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Vec<(usize, u64, Response)> {
+        if self.id == 0 {
+            crate::log::summarise_refusals();
+        }
         let recoveries = self.shared.health.recoveries.load(Ordering::Acquire);
         if recoveries != self.recoveries_seen {
             self.recoveries_seen = recoveries;
@@ -534,11 +537,8 @@ impl App {
         note: &mut Option<Vec<u8>>,
     ) -> Option<Response> {
         let cfg = self.shared.cfg.clone();
-        // A bearer value is either a platform key or the admin token; the admin check also wants the
-        // address in ALLOWED_ADMIN_IPS.
-        let auth = inc.head.authorization.as_deref();
-        let admin = auth.is_some() && crate::security::check_admin(inc.client_ip, auth, &cfg.security).is_ok();
-        let cred = Credential::from_header(auth, admin);
+        // Judged from the head by the authorization table (security/authz.rs).
+        let cred = inc.cred.clone();
         let depth = cfg.limits.max_json_depth;
         let result = match &inc.route {
             Route::Health => Ok(self.health(now)),

@@ -16,6 +16,8 @@ pub struct Incoming {
     pub head: Head,
     pub route: Route,
     pub client_ip: IpAddr,
+    /// What the head presented, as the authorization table judged it.
+    pub cred: crate::security::keys::Credential,
     pub body: Vec<u8>,
     /// `Some` for chunked bodies.
     pub chunked: Option<ChunkedDecoder>,

@@ -24,7 +24,7 @@ use crate::error::{ApiError, Kind};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{BodyFraming, Method, parse_head};
 use crate::http::response::{self, CONTINUE, Response};
-use crate::http::router::{self, BodyKind, Route};
+use crate::http::router::{self, BodyKind};
 use crate::log;
 use crate::security;
 use crate::slab::Slab;
@@ -354,13 +354,17 @@ impl Loop {
             match listener.accept() {
                 Ok((sock, peer)) => {
                     let shared = &self.app.shared;
-                    if shared.clients() >= self.cfg.limits.max_client_connections {
+                    if shared.clients() >= client_cap(&self.cfg, peer.ip()) {
                         // Over the limit: dropping the socket closes it; the client sees a reset.
-                        log::warn("client connection refused: MAX_CLIENT_CONNECTIONS", &[("peer", &peer)]);
+                        if log::refusal(peer.ip(), "max_client_connections") != log::Refusal::Suppress {
+                            log::warn("client connection refused: MAX_CLIENT_CONNECTIONS", &[("peer", &peer)]);
+                        }
                         continue;
                     }
                     if !shared.take_address(peer.ip()) {
-                        log::warn("client connection refused: MAX_CONNECTIONS_PER_ADDRESS", &[("peer", &peer)]);
+                        if log::refusal(peer.ip(), "max_connections_per_address") != log::Refusal::Suppress {
+                            log::warn("client connection refused: MAX_CONNECTIONS_PER_ADDRESS", &[("peer", &peer)]);
+                        }
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
@@ -632,11 +636,8 @@ impl Loop {
             security::client_ip(peer.ip(), head.x_forwarded_for.as_deref(), &self.cfg.security).map_err(fail)?;
         security::check_allowed(client_ip, &self.cfg.security).map_err(fail)?;
         let route = router::route(head.method, &head.path).map_err(fail)?;
-        if route.needs_admin(&head.path) {
-            security::check_admin(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
-        } else if route == Route::Metrics {
-            security::check_metrics(client_ip, head.authorization.as_deref(), &self.cfg.security).map_err(fail)?;
-        }
+        // The one authorization decision (security/authz.rs), before the body is read.
+        let cred = security::authz::check_head(&route, &head, client_ip, &self.cfg.security).map_err(fail)?;
         let limit = match route.body_kind() {
             BodyKind::Multipart => self.cfg.limits.max_upload_bytes,
             BodyKind::Json | BodyKind::None => self.cfg.limits.max_call_body_bytes,
@@ -671,6 +672,7 @@ impl Loop {
             head,
             route,
             client_ip,
+            cred,
             body: Vec::with_capacity(cap),
             chunked,
             remaining,
@@ -917,6 +919,19 @@ fn uploads_busy() -> ApiError {
 
 /// Writes a request line. For a `/call` it names the platform, database and function, read again from
 /// the body only now: most answers get no line, so the hot path copies nothing for it.
+/// The client connections a new peer may find open: all of `MAX_CLIENT_CONNECTIONS` for a peer in
+/// `ALLOWED_ADMIN_IPS` (the peer's own address: a forwarded one cannot be known before the request), that
+/// less `ADMIN_RESERVED_CONNECTIONS` (at most half of it) for everyone else, so a flood of connections
+/// leaves the operator a way in to `/health` and the admin routes.
+fn client_cap(cfg: &crate::config::Config, peer: std::net::IpAddr) -> usize {
+    let max = cfg.limits.max_client_connections;
+    if crate::security::cidr::any_contains(&cfg.security.admin_ips, peer) {
+        max
+    } else {
+        max - cfg.security.admin_reserved_connections.min(max / 2)
+    }
+}
+
 fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
     let (method, bytes) = (i.method.as_str(), r.body.len());
     let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
@@ -928,6 +943,17 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         ("duration_us", &us),
     ];
     let code = r.error.map(|k| k.code()).unwrap_or("");
+    if r.status >= 400 {
+        // Refusals repeat as fast as a client sends them: summarised per peer and code.
+        match log::refusal(peer.ip(), if code.is_empty() { "http_error" } else { code }) {
+            log::Refusal::Write => {}
+            log::Refusal::WriteAfter(n) => log::warn(
+                "refusals left out of the log",
+                &[("peer", &peer.ip()), ("error", &code), ("status", &r.status), ("suppressed", &n)],
+            ),
+            log::Refusal::Suppress => return,
+        }
+    }
     if r.error.is_some() {
         fields.push(("error", &code));
     }
