@@ -66,6 +66,13 @@ fn percent(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
+/// What follows the tag that holds `marker` (its content and everything after).
+fn section<'a>(dom: &'a str, marker: &str) -> &'a str {
+    let at = dom.find(marker).unwrap_or_else(|| panic!("no {marker} in:\n{dom}"));
+    let rest = &dom[at..];
+    &rest[rest.find('>').map_or(rest.len(), |i| i + 1)..]
+}
+
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
     tag[start..].split('"').next()
@@ -112,6 +119,20 @@ fn status_page_shows_a_fleet_migration_moving_in_headless_chromium() {
         );
         assert_eq!(r.status, 201, "{}", r.text());
     }
+    // Traffic for the errors panel and the functions table: three calls of a real function, two of a
+    // missing one.
+    let call = |function: &str| {
+        let body =
+            format!(r#"{{"platform":"{PLATFORM}","tenant_id":"tenant_db_t1","function":"{function}","params":[]}}"#);
+        post_json(gw.addr, "/call", &body)
+    };
+    for _ in 0..3 {
+        assert_eq!(call("note_count").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(call("no_such_function").error_code(), "function_not_found");
+    }
+
     // Version 2: a migration that takes 0.6 s per database, one database at a time.
     entries.push(pack::Entry {
         path: "postgresql/migrations/002_slow.sql".into(),
@@ -142,6 +163,32 @@ fn status_page_shows_a_fleet_migration_moving_in_headless_chromium() {
     for t in 1..=TENANTS {
         assert!(dom.contains(&format!("{PLATFORM}_tenant_db_t{t}")), "database t{t} not listed:\n{dom}");
     }
+    // The errors panel: by code and by platform, in the last minute and since the start.
+    for when in ["minute", "start"] {
+        let code = section(&dom, &format!("id=\"err-code-{when}\""));
+        assert!(code.starts_with(r#"<tr data-code="function_not_found"><td><code>function_not_found</code></td><td class="num bad-n">2</td>"#), "{code}");
+        let platform = section(&dom, &format!("id=\"err-platform-{when}\""));
+        assert!(platform.starts_with(&format!(r#"<tr data-platform="{PLATFORM}"><td>{PLATFORM}</td><td class="num bad-n">2</td><td><code>function_not_found</code>"#)), "{platform}");
+    }
+    assert!(dom.contains(r#"id="err-minute" class="bad-n">2<"#), "{dom}");
+    // The headline is the minute's: 5 calls, at least one per second's worth, never a blank.
+    assert!(!section(&dom, r#"id="rps""#).starts_with('–'), "{dom}");
+    assert!(!section(&dom, r#"id="p99""#).starts_with('–'), "{dom}");
+    // The functions table names the function that ran, not the missing one.
+    let fns = section(&dom, r#"id="fn-rows""#);
+    assert!(fns.starts_with(&format!(r#"<tr data-function="{PLATFORM}/note_count"><td>{PLATFORM}</td><td><code>note_count</code></td><td class="num">3</td><td class="num">0</td>"#)), "{fns}");
+    assert!(!fns.contains("no_such_function"), "{fns}");
+    // The sparklines' axes carry values: a top figure and how far back they reach.
+    for chart in ["rps", "lat"] {
+        let top = section(&dom, &format!("id=\"spark-{chart}-max\""));
+        assert!(top.starts_with(|c: char| c.is_ascii_digit()), "{chart}: {top}");
+        let from = section(&dom, &format!("id=\"spark-{chart}-from\""));
+        assert!(
+            from.split_once(" s ago").is_some_and(|(n, _)| n.parse::<u64>().is_ok_and(|n| n > 0)),
+            "{chart}: {from}"
+        );
+    }
+
     let tag = dom
         .split("<div class=\"run\"")
         .skip(1)

@@ -698,6 +698,10 @@ impl Loop {
             let us = Instant::now().saturating_duration_since(i.started).as_micros();
             if let Some(s) = self.app.shared.stats.get(self.app.id) {
                 s.counters.request(i.route, r.status, i.route == CALL_SLOT, us as u64, r.error);
+                if i.route == CALL_SLOT {
+                    let names = i.call.as_ref().map(|n| (n.platform.as_str(), n.function.as_str()));
+                    s.counters.calls.record(names, us as u64, r.error, self.cfg.metrics_tracked_names);
+                }
             }
             if log::request_wanted(r.status, us) {
                 log_request(c.peer, i, &r, us);
@@ -909,7 +913,12 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
     if r.error.is_some() {
         fields.push(("error", &code));
     }
-    let call = i.call.as_deref().and_then(|b| crate::json::parse(b).ok()).and_then(|v| CallRequest::from_json(v).ok());
+    let call = i
+        .call
+        .as_ref()
+        .map(|n| n.body.as_slice())
+        .and_then(|b| crate::json::parse(b).ok())
+        .and_then(|v| CallRequest::from_json(v).ok());
     if let Some(call) = &call {
         fields.push(("platform", &call.platform));
         fields.push(("database", &call.database));
