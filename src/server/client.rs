@@ -94,6 +94,8 @@ pub struct ReqInfo {
     pub keep_alive: bool,
     /// A `/call` that parsed: what its answer is counted under, and its body.
     pub call: Option<CallNote>,
+    /// The client's address as a proxy in `TRUSTED_PROXIES` named it, when that is not the peer's.
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 /// A parsed `/call`'s names, for the per-function figures, and its body, kept (moved, not copied) so

@@ -475,6 +475,7 @@ impl Loop {
                                     minor_version: 1,
                                     keep_alive: false,
                                     call: None,
+                                    forwarded_for: None,
                                 });
                             }
                             return;
@@ -495,6 +496,7 @@ impl Loop {
                                 minor_version: head.minor_version,
                                 keep_alive: head.keep_alive,
                                 call: None,
+                                forwarded_for: None,
                             });
                             // Unique over the server's life, so a late answer for a closed connection can
                             // never reach a new connection that reuses its slot.
@@ -520,6 +522,7 @@ impl Loop {
                                     let Some(c) = self.clients.get_mut(key) else { return };
                                     if let Some(i) = c.req.as_mut() {
                                         i.route = inc.route.slot();
+                                        i.forwarded_for = Some(inc.client_ip).filter(|ip| *ip != peer.ip());
                                     }
                                     let has_body = inc.remaining > 0 || inc.chunked.is_some();
                                     if inc.head.expect_continue && has_body && c.rbuf.is_empty() {
@@ -845,6 +848,7 @@ impl Loop {
                                 minor_version: 1,
                                 keep_alive: false,
                                 call: None,
+                                forwarded_for: None,
                             });
                         }
                     }
@@ -909,6 +913,9 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         ("bytes", &bytes),
         ("duration_us", &us),
     ];
+    if let Some(ip) = &i.forwarded_for {
+        fields.push(("client", ip));
+    }
     let code = r.error.map(|k| k.code()).unwrap_or("");
     if r.error.is_some() {
         fields.push(("error", &code));
