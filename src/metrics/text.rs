@@ -315,6 +315,42 @@ mod tests {
     }
 
     #[test]
+    fn call_errors_carry_the_platform_and_the_rest_has_none() {
+        let mut totals = RequestTotals::default();
+        let nf = Kind::FunctionNotFound as usize;
+        totals.call_errors[nf] = 5;
+        totals.call_errors[Kind::InvalidJson as usize] = 1;
+        let mut acme = vec![0; Kind::ALL.len()];
+        acme[nf] = 4;
+        let dep = DeploySnapshot::default();
+        let s = Scrape {
+            version: "1",
+            uptime_seconds: 1.0,
+            start_time_seconds: 0.0,
+            postgres_up: true,
+            event_loops: 1,
+            clients: 0,
+            requests: &totals,
+            pools: &[],
+            connects: 0,
+            connect_failures: 0,
+            deploy: &dep,
+            process: ProcessStats::default(),
+            served: &[],
+            servers: &[],
+            platform_errors: &[("acme".to_string(), acme)],
+            functions: &[],
+        };
+        let t = render(&s);
+        let p = "stonescriptdb_gateway_call_errors_total";
+        assert!(t.contains(&format!("{p}{{code=\"function_not_found\",platform=\"acme\"}} 4\n")), "{t}");
+        // The fifth named no platform (or was counted before the platform rows were read).
+        assert!(t.contains(&format!("{p}{{code=\"function_not_found\"}} 1\n")), "{t}");
+        assert!(t.contains(&format!("{p}{{code=\"invalid_json\"}} 1\n")), "{t}");
+        assert!(t.contains(&format!("{p}{{code=\"timeout\"}} 0\n")), "{t}");
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_and_count_matches_inf() {
         let totals = RequestTotals::default();
         let mut totals2 = totals.clone();
