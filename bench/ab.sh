@@ -3,7 +3,12 @@
 # against each build in turn, several rounds, the order flipped every round so that neither build
 # always runs right after the other. Ratios are against the first build (the baseline).
 #
-#   bash bench/ab.sh NAME=BINARY NAME=BINARY [NAME=BINARY ...]
+#   bash bench/ab.sh NAME=BINARY[+KEY=VALUE...] NAME=BINARY[+KEY=VALUE...] [...]
+#
+# A build may carry settings of its own after `+`, so one binary can be compared with itself under
+# two settings in the same run, e.g. the per-function figures on and off:
+#   bash bench/ab.sh on=target/bench-release/stonescriptdb-gateway \
+#       off=target/bench-release/stonescriptdb-gateway+METRICS_TRACKED_NAMES=0
 #
 # e.g. keep a build of main as the baseline, then compare the working tree against it:
 #   cargo build --profile bench-release && cp target/bench-release/stonescriptdb-gateway /tmp/gw-main
@@ -41,11 +46,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
 
 NAMES=()
 BINS=()
+ENVS=()
 for arg in "$@"; do
     [[ "${arg}" == *=* ]] || die "not NAME=BINARY: ${arg}"
     NAMES+=("${arg%%=*}")
-    BINS+=("$(realpath "${arg#*=}")")
-    [[ -x "${BINS[-1]}" ]] || die "not an executable: ${arg#*=}"
+    rest="${arg#*=}"
+    bin="${rest%%+*}"
+    # The settings after the binary, `+` between them, become KEY=VALUE words for that gateway only.
+    settings=""
+    [[ "${rest}" == *+* ]] && settings="${rest#*+}"
+    ENVS+=("${settings//+/ }")
+    BINS+=("$(realpath "${bin}")")
+    [[ -x "${BINS[-1]}" ]] || die "not an executable: ${bin}"
 done
 
 CLUSTER_DIR=""
@@ -97,9 +109,9 @@ for i in "${!NAMES[@]}"; do
     bin="${WORK}/ssdb-ab-${NAMES[i]}"
     cp "${BINS[i]}" "${bin}"
     port="$(pg_free_port)"
-    # shellcheck disable=SC2086  # GATEWAY_EXTRA_ENV is a list of KEY=VALUE words
+    # shellcheck disable=SC2086  # GATEWAY_EXTRA_ENV and ENVS hold lists of KEY=VALUE words
     (cd "${WORK}" && exec env DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER="${DB_USER}" GATEWAY_HOST=127.0.0.1 \
-        GATEWAY_PORT="${port}" LOG_LEVEL=warn ${GATEWAY_EXTRA_ENV:-} "${bin}" >"${WORK}/${NAMES[i]}.log" 2>&1) &
+        GATEWAY_PORT="${port}" LOG_LEVEL=warn ${GATEWAY_EXTRA_ENV:-} ${ENVS[i]} "${bin}" >"${WORK}/${NAMES[i]}.log" 2>&1) &
     PIDS+=("$!")
     PORTS+=("${port}")
     for _ in $(seq 100); do
@@ -140,7 +152,8 @@ summary() {
     printf 'load:     %s, %s connections on 2 threads, %ss measured + %ss warmup per run, %s rounds %s\n' \
         "${FN}" "${C}" "${D}" "${W}" "${ROUNDS}" "${GATEWAY_EXTRA_ENV:-}"
     for i in "${!NAMES[@]}"; do
-        printf 'build %-12s %s (sha256 %s)\n' "${NAMES[i]}" "${BINS[i]}" "$(sha256sum "${BINS[i]}" | cut -c1-12)"
+        printf 'build %-12s %s (sha256 %s) %s\n' "${NAMES[i]}" "${BINS[i]}" "$(sha256sum "${BINS[i]}" | cut -c1-12)" \
+            "${ENVS[i]}"
     done
     printf '\n'
     awk -v base="${NAMES[0]}" -v names="${NAMES[*]}" '

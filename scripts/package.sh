@@ -69,7 +69,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/ssdb-package.XXXXXX")"
 trap 'rm -rf -- "${work}"' EXIT
 stage="${work}/root"
 mkdir -p "${stage}/DEBIAN" "${stage}/usr/bin" "${stage}/lib/systemd/system" "${stage}/etc/${NAME}" \
-    "${stage}/usr/share/${NAME}" "${stage}/usr/share/doc/${NAME}"
+    "${stage}/usr/share/${NAME}/nginx" "${stage}/usr/share/doc/${NAME}"
 
 install -m 0755 "${binary}" "${stage}/usr/bin/${NAME}"
 if command -v strip >/dev/null 2>&1; then
@@ -80,6 +80,8 @@ else
 fi
 install -m 0644 "${ROOT}/scripts/${NAME}.service" "${stage}/lib/systemd/system/${NAME}.service"
 install -m 0644 "${ROOT}/scripts/gateway-login.sql" "${stage}/usr/share/${NAME}/gateway-login.sql"
+# An example nginx site that terminates TLS in front of the gateway (README, "TLS"); not enabled.
+install -m 0644 "${ROOT}/scripts/nginx/${NAME}.conf" "${stage}/usr/share/${NAME}/nginx/${NAME}.conf"
 install -m 0644 "${ROOT}/README.md" "${stage}/usr/share/doc/${NAME}/README.md"
 cat >"${stage}/usr/share/doc/${NAME}/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -141,7 +143,7 @@ Architecture: ${arch}
 Maintainer: ${maintainer}
 Installed-Size: ${installed_size}
 Depends: ${depends}
-Suggests: postgresql
+Suggests: postgresql, nginx
 Section: database
 Priority: optional
 Description: HTTP gateway beside PostgreSQL for SaaS platforms
@@ -150,7 +152,8 @@ Description: HTTP gateway beside PostgreSQL for SaaS platforms
  HTTP/1.1 with JSON, each platform confined to its own PostgreSQL role
  and databases. Runs as a hardened systemd service; settings in
  /etc/stonescriptdb-gateway/env, database set-up with
- "stonescriptdb-gateway setup-db".
+ "stonescriptdb-gateway setup-db". An example nginx site for TLS in
+ front is in /usr/share/stonescriptdb-gateway/nginx.
 EOF
 (cd "${stage}" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) \
     >"${stage}/DEBIAN/md5sums"

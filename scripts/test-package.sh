@@ -7,7 +7,9 @@
 # inspects it with dpkg-deb, installs it into this machine's / with dpkg -i, checks the user, paths and
 # modes, sets up a throwaway PostgreSQL cluster with setup-db, runs the installed binary the way the
 # unit does (its User, EnvironmentFile, WorkingDirectory, LimitNOFILE) for /health, an admin route, a
-# deploy and a call, upgrades with a changed env file (kept), removes and purges (gone), and checks
+# deploy and a call, calls it over https through the package's example nginx site (nginx and openssl
+# installed from Debian's packages when missing; a throwaway certificate) and finds the client's address
+# in the gateway's log, upgrades with a changed env file (kept), removes and purges (gone), and checks
 # which service actions the maintainer scripts ask for while systemd seems to run.
 #
 # Needs root and dpkg; otherwise prints SKIP and exits 0. Refuses (SKIP) to touch a machine where the
@@ -54,12 +56,15 @@ fi
 
 # shellcheck source=scripts/lib/pg-cluster.sh
 source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=scripts/lib/test-tools.sh
+source "${ROOT}/scripts/lib/test-tools.sh"
 pg_ensure_installed
 
 WORK="$(mktemp -d /tmp/ssdb-test-package.XXXXXX)"
 chmod 0755 "${WORK}"
 CLUSTER_DIR=""
 GATEWAY_PID=""
+NGINX_PID=""
 INSTALLED=0
 TOUCHED=0
 # shellcheck disable=SC2317  # invoked via trap
@@ -69,6 +74,10 @@ cleanup() {
     if [[ -n "${GATEWAY_PID}" ]]; then
         kill -TERM "${GATEWAY_PID}" 2>/dev/null || true
         wait "${GATEWAY_PID}" 2>/dev/null || true
+    fi
+    if [[ -n "${NGINX_PID}" ]]; then
+        kill -QUIT "${NGINX_PID}" 2>/dev/null || true
+        wait "${NGINX_PID}" 2>/dev/null || true
     fi
     if [[ "${INSTALLED}" -eq 1 ]]; then
         log "purging ${NAME} (cleanup)"
@@ -112,6 +121,7 @@ check "package name and architecture" \
     test "$(field Package) $(field Architecture)" = "${NAME} $(dpkg --print-architecture)"
 check "Depends is libc6 only: '$(field Depends)'" grep -Eqx 'libc6 \(>= [0-9.]+\)' <<<"$(field Depends)"
 check "no Pre-Depends or Recommends" test -z "$(field Pre-Depends)$(field Recommends)"
+check "Suggests: postgresql, nginx" test "$(field Suggests)" = "postgresql, nginx"
 
 dpkg-deb --contents "${deb1}" | awk '{ print $1, $2, $6 }' | sed 's#\./#/#' | grep -v '/$' | sort -k3 >"${WORK}/contents"
 expected_files="-rw-r----- root/root /etc/${NAME}/env
@@ -119,7 +129,8 @@ expected_files="-rw-r----- root/root /etc/${NAME}/env
 -rwxr-xr-x root/root /usr/bin/${NAME}
 -rw-r--r-- root/root /usr/share/doc/${NAME}/README.md
 -rw-r--r-- root/root /usr/share/doc/${NAME}/copyright
--rw-r--r-- root/root /usr/share/${NAME}/gateway-login.sql"
+-rw-r--r-- root/root /usr/share/${NAME}/gateway-login.sql
+-rw-r--r-- root/root /usr/share/${NAME}/nginx/${NAME}.conf"
 check "files, owners and modes in the package" \
     diff <(sort -k3 <<<"${expected_files}") "${WORK}/contents"
 
@@ -269,6 +280,8 @@ check "setup-db a second time keeps the password" bash -c \
 {
     printf '\n# test-package.sh: this machine'"'"'s PostgreSQL\nDB_HOST=127.0.0.1\nDB_PORT=%s\nGATEWAY_PORT=%s\n' \
         "${pg_port}" "${gw_port}"
+    # nginx on this machine terminates TLS in front (README, "TLS"); every request gets a line.
+    printf 'TRUSTED_PROXIES=127.0.0.1/32\nLOG_REQUESTS=all\n'
     cat "${WORK}/setup-db.out"
 } >>"${ENV_FILE}"
 cp -p "${ENV_FILE}" "${WORK}/env.changed"
@@ -329,14 +342,94 @@ check "/register deploys: ${register:0:120}" grep -q '"status":"ready"' <<<"${re
 call="$(curl -sS -H 'Content-Type: application/json' "http://127.0.0.1:${gw_port}/call" \
     -d '{"platform":"pkgtest","function":"pkg_hello","params":["vm"]}')"
 check "/call runs as the platform's role: ${call}" grep -q '"pkg_hello":"hello vm from ssdb_pkgtest"' <<<"${call}"
+
+# --- TLS in front: the package's nginx site, a throwaway certificate, a client on 127.0.0.2 ----------
+
+nginx_ensure() {
+    command -v nginx >/dev/null 2>&1 && return 0
+    # Installing nginx must not start Debian's own nginx service on port 80 here: a policy-rc.d that
+    # says no, for the install only, unless the machine has one already.
+    local policy=/usr/sbin/policy-rc.d added=0 status=0
+    if [[ ! -e "${policy}" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"${policy}" && chmod 0755 "${policy}" && added=1
+    fi
+    tool_ensure nginx nginx || status=1
+    if [[ "${added}" -eq 1 ]]; then rm -f -- "${policy}"; fi
+    return "${status}"
+}
+TLS_TESTED=0
+if nginx_ensure && tool_ensure openssl openssl; then
+    TLS_TESTED=1
+    tls="${WORK}/tls"
+    mkdir -p "${tls}/logs" "${tls}/tmp"
+    chmod 0777 "${tls}/tmp"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=gateway.test" \
+        -addext "subjectAltName=IP:127.0.0.1" -keyout "${tls}/key.pem" -out "${tls}/cert.pem" 2>"${tls}/openssl.err" \
+        || { cat "${tls}/openssl.err" >&2; fail "openssl could not make a throwaway certificate"; }
+    site="/usr/share/${NAME}/nginx/${NAME}.conf"
+    check "the package installed the nginx site ${site}" test -f "${site}"
+    https_port="$(pg_free_port)"
+    # The shipped site as an operator would edit it: the certificate's paths and the ports.
+    sed -e "s#/etc/ssl/certs/${NAME}.pem#${tls}/cert.pem#" -e "s#/etc/ssl/private/${NAME}.key#${tls}/key.pem#" \
+        -e "s#listen 443 ssl;#listen 127.0.0.1:${https_port} ssl;#" -e '/listen \[::\]:443 ssl;/d' \
+        -e "s#server 127.0.0.1:9000;#server 127.0.0.1:${gw_port};#" "${site}" >"${tls}/site.conf"
+    for edited in "${tls}/cert.pem" "${tls}/key.pem" "127.0.0.1:${https_port} ssl" "127.0.0.1:${gw_port};"; do
+        grep -qF "${edited}" "${tls}/site.conf" || fail "the site has no line to edit for ${edited}"
+    done
+    # A private nginx for the site alone, beside (never instead of) any nginx of this machine.
+    cat >"${tls}/nginx.conf" <<NGINX
+worker_processes 1;
+pid ${tls}/nginx.pid;
+error_log ${tls}/logs/error.log;
+events { worker_connections 64; }
+http {
+    access_log ${tls}/logs/access.log;
+    client_body_temp_path ${tls}/tmp/body;
+    proxy_temp_path ${tls}/tmp/proxy;
+    fastcgi_temp_path ${tls}/tmp/fastcgi;
+    uwsgi_temp_path ${tls}/tmp/uwsgi;
+    scgi_temp_path ${tls}/tmp/scgi;
+    include ${tls}/site.conf;
+}
+NGINX
+    nginx -t -q -p "${tls}" -c "${tls}/nginx.conf" 2>"${tls}/nginx-t.err" \
+        || { cat "${tls}/nginx-t.err" >&2; fail "nginx -t rejects the shipped site"; }
+    log "ok: nginx -t accepts the shipped site"
+    nginx -p "${tls}" -c "${tls}/nginx.conf" -g 'daemon off;' 2>>"${tls}/logs/error.log" &
+    NGINX_PID=$!
+    for ((i = 0; i < 50; i++)); do
+        curl -fsS --cacert "${tls}/cert.pem" -o /dev/null "https://127.0.0.1:${https_port}/health" 2>/dev/null && break
+        kill -0 "${NGINX_PID}" 2>/dev/null || { cat "${tls}/logs/error.log" >&2; fail "nginx exited"; }
+        sleep 0.2
+    done
+    # The client connects from 127.0.0.2; nginx, on 127.0.0.1 towards the gateway, names it in
+    # X-Forwarded-For, which the gateway believes from TRUSTED_PROXIES.
+    call="$(curl -sS --cacert "${tls}/cert.pem" --interface 127.0.0.2 -H 'Content-Type: application/json' \
+        "https://127.0.0.1:${https_port}/call" -d '{"platform":"pkgtest","function":"pkg_hello","params":["tls"]}')" \
+        || fail "curl over https through nginx"
+    check "/call over https through nginx: ${call}" grep -q '"pkg_hello":"hello tls from ssdb_pkgtest"' <<<"${call}"
+    check "the certificate is checked (one from an unknown CA is refused)" \
+        bash -c "! curl -sS -o /dev/null 'https://127.0.0.1:${https_port}/health' 2>/dev/null"
+    kill -QUIT "${NGINX_PID}" 2>/dev/null || true
+    wait "${NGINX_PID}" 2>/dev/null || true
+    NGINX_PID=""
+elif [[ "${CI:-}" == true ]]; then
+    fail "nginx or openssl could not be installed (CI=true: the TLS part may not be skipped)"
+else
+    log "note: nginx or openssl missing and not installable; the TLS part is not checked"
+fi
 stop_gateway
 
 logfile="/var/log/${NAME}/${NAME}.log"
 check "the log file is ${logfile}" test -f "${logfile}"
 check "... owned by ${SVC_USER}" test "$(stat -c '%U' "${logfile}")" = "${SVC_USER}"
-# Request lines are for errors and slow requests by default (LOG_REQUESTS=errors); the deploy has its line.
+# The deploy has its line (and, with LOG_REQUESTS=all set above, every request).
 check "... with the deploy in it" grep -q 'deploy applied database=pkgtest_main' "${logfile}"
 check "... and no secret" bash -c "! grep -q -e '${admin_token}' -e '${platform_secret}' '${logfile}'"
+if [[ "${TLS_TESTED}" -eq 1 ]]; then
+    check "... and the https call's line names the client (client=127.0.0.2) behind the proxy (peer=127.0.0.1)" \
+        bash -c "grep 'path=/call' '${logfile}' | grep 'peer=127.0.0.1:' | grep -q 'client=127.0.0.2'"
+fi
 
 # --- upgrade: the changed env file is kept, the service restarted ------------------------------------
 

@@ -329,3 +329,35 @@ fn sighup_reopens_the_log_file_and_request_lines_can_be_errors_only() {
     assert!(new.contains("stopped"), "{new}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Behind a proxy in `TRUSTED_PROXIES` (nginx terminating TLS), a request line names the client the
+/// proxy says it serves (`client=`) besides the proxy's own address (`peer=`); from anyone else the
+/// header is not believed and no `client` is written.
+#[test]
+fn request_lines_name_the_client_a_trusted_proxy_forwards() {
+    let dir = std::env::temp_dir().join(format!("ssdb-log-proxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (trusted, expect) in [("127.0.0.1/32", true), ("10.99.0.0/16", false)] {
+        let (mut child, addr) = spawn_with_file_log(&dir, &[("LOG_REQUESTS", "all"), ("TRUSTED_PROXIES", trusted)]);
+        let mut stderr = child.stderr.take().unwrap();
+        let drain = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+        });
+        let r = request(
+            &addr,
+            "GET /health HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close\r\n\r\n".into(),
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(child.wait().unwrap().success());
+        drain.join().unwrap();
+        let log = std::fs::read_to_string(dir.join("logs/stonescriptdb-gateway.log")).unwrap();
+        let line = log.lines().find(|l| l.contains("path=/health")).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        assert_eq!(line.contains("client=10.1.2.3"), expect, "TRUSTED_PROXIES={trusted}: {line}");
+        let _ = std::fs::remove_dir_all(dir.join("logs"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -76,8 +76,24 @@ fn metrics_pass_promtool_and_follow_the_calls() {
     let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no sample {s} in\n{text}"));
     assert_eq!(get(r#"stonescriptdb_gateway_http_requests_total{route="call",class="2xx"}"#), 5.0);
     assert_eq!(get(r#"stonescriptdb_gateway_http_requests_total{route="call",class="4xx"}"#), 2.0);
-    assert_eq!(get(r#"stonescriptdb_gateway_call_errors_total{code="function_not_found"}"#), 1.0);
+    // By code and platform; a request that named no platform has no platform label.
+    let p = &db.platform;
+    assert_eq!(
+        get(&format!(r#"stonescriptdb_gateway_call_errors_total{{code="function_not_found",platform="{p}"}}"#)),
+        1.0
+    );
+    assert_eq!(sample(&text, r#"stonescriptdb_gateway_call_errors_total{code="function_not_found"}"#), None, "{text}");
     assert_eq!(get(r#"stonescriptdb_gateway_call_errors_total{code="invalid_json"}"#), 1.0);
+    assert_eq!(get(r#"stonescriptdb_gateway_call_errors_total{code="timeout"}"#), 0.0);
+    // Per function: the real one has a row, the missing name none (names of missing functions are
+    // the caller's to choose, so they are not kept).
+    let f = format!(r#"platform="{p}",function="slowish""#);
+    assert_eq!(get(&format!("stonescriptdb_gateway_function_calls_total{{{f}}}")), 5.0);
+    assert_eq!(get(&format!("stonescriptdb_gateway_function_errors_total{{{f}}}")), 0.0);
+    assert_eq!(get(&format!("stonescriptdb_gateway_function_duration_seconds_count{{{f}}}")), 5.0);
+    assert_eq!(get(&format!(r#"stonescriptdb_gateway_function_duration_seconds_bucket{{{f},le="0.025"}}"#)), 0.0);
+    assert!(get(&format!("stonescriptdb_gateway_function_duration_seconds_sum{{{f}}}")) >= 0.15);
+    assert!(!text.contains("no_such_function"), "{text}");
     assert_eq!(get("stonescriptdb_gateway_call_duration_seconds_count"), 7.0);
     // Five calls slept 30 ms each: none of them is in a bucket below 25 ms.
     assert!(get(r#"stonescriptdb_gateway_call_duration_seconds_bucket{le="0.025"}"#) <= 2.0);
@@ -109,6 +125,47 @@ fn databases_beyond_the_top_n_are_folded_into_other() {
     promtool_check(&text);
     assert!(text.contains(&format!("database=\"{}\"", a.name)), "the busiest database is named:\n{text}");
     assert!(!text.contains(&format!("database=\"{}\"", b.name)), "the quieter one is folded:\n{text}");
+}
+
+#[test]
+fn functions_and_platforms_beyond_the_top_n_are_folded_into_other() {
+    let a = TestDb::new(
+        "mt_fn_a",
+        "CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(0.05)';
+         CREATE FUNCTION quick() RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION fails() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no'; END $$;",
+    );
+    let b = TestDb::new("mt_fn_b", "CREATE FUNCTION quick() RETURNS int LANGUAGE sql AS 'SELECT 1';");
+    let gw = start(&[("METRICS_TOP_DATABASES", "1"), ("GATEWAY_THREADS", "2")]);
+    for _ in 0..2 {
+        rows(&a.call(gw.addr, "slow", "[]"));
+    }
+    for _ in 0..3 {
+        rows(&a.call(gw.addr, "quick", "[]"));
+        rows(&b.call(gw.addr, "quick", "[]"));
+    }
+    // Errors: three on a, one on b, so a is the platform named.
+    for _ in 0..2 {
+        assert_eq!(a.call(gw.addr, "fails", "[]").status / 100, 4);
+    }
+    assert_eq!(a.call(gw.addr, "missing", "[]").error_code(), "function_not_found");
+    assert_eq!(b.call(gw.addr, "missing", "[]").error_code(), "function_not_found");
+    let text = scrape(gw.addr);
+    promtool_check(&text);
+    let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no sample {s} in\n{text}"));
+    // The function with the most time is named; the rest (a.quick, a.fails, b.quick) is one row.
+    let slow = format!(r#"platform="{}",function="slow""#, a.platform);
+    assert_eq!(get(&format!("stonescriptdb_gateway_function_calls_total{{{slow}}}")), 2.0);
+    let other = r#"platform="other",function="other""#;
+    assert_eq!(get(&format!("stonescriptdb_gateway_function_calls_total{{{other}}}")), 8.0);
+    assert_eq!(get(&format!("stonescriptdb_gateway_function_errors_total{{{other}}}")), 2.0);
+    assert_eq!(text.matches("stonescriptdb_gateway_function_calls_total{").count(), 2, "{text}");
+    // Errors by platform: a named, b folded into other.
+    let code = "function_not_found";
+    let pa = &a.platform;
+    assert_eq!(get(&format!(r#"stonescriptdb_gateway_call_errors_total{{code="{code}",platform="{pa}"}}"#)), 1.0);
+    assert_eq!(get(&format!(r#"stonescriptdb_gateway_call_errors_total{{code="{code}",platform="other"}}"#)), 1.0);
+    assert!(!text.contains(&format!("platform=\"{}\"", b.platform)), "{text}");
 }
 
 #[test]

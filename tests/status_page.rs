@@ -1,6 +1,7 @@
 //! The status page in a real headless browser (Debian's `chromium`): it loads with HTTP Basic
 //! credentials, shows health, the platform's databases and a running fleet migration whose progress
-//! the page sees move, logs nothing to the console, and leaves a screenshot in
+//! the page sees move, logs nothing to the console (chromium's stderr) and counts no error of its own
+//! (the DOM), and leaves a screenshot in
 //! `target/test-artifacts/status.png`.
 
 mod common;
@@ -60,6 +61,18 @@ fn console_lines(stderr: &str) -> Vec<&str> {
     stderr.lines().filter(|l| l.contains(":CONSOLE")).collect()
 }
 
+/// Every byte but ASCII letters and digits as `%XX`, for a data: URL.
+fn percent(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// What follows the tag that holds `marker` (its content and everything after).
+fn section<'a>(dom: &'a str, marker: &str) -> &'a str {
+    let at = dom.find(marker).unwrap_or_else(|| panic!("no {marker} in:\n{dom}"));
+    let rest = &dom[at..];
+    &rest[rest.find('>').map_or(rest.len(), |i| i + 1)..]
+}
+
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
     tag[start..].split('"').next()
@@ -70,17 +83,25 @@ fn status_page_shows_a_fleet_migration_moving_in_headless_chromium() {
     let Some(bin) = tools::require("chromium", "chromium") else { return };
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page");
     // The detector must see an error when there is one, or its silence below proves nothing.
-    let (_, err) = chromium(
-        &bin,
-        &work.join("probe"),
-        &["--dump-dom", "data:text/html,<script>console.error('probe-error')</script>"],
-    );
+    // Percent-encoded: chromium 148 loads nothing at all for a data: URL with a bare quote in it.
+    let probe = format!("data:text/html,{}", percent("<script>console.error('probe-error')</script>"));
+    let (_, err) = chromium(&bin, &work.join("probe"), &["--dump-dom", &probe]);
     assert!(console_lines(&err).iter().any(|l| l.contains("probe-error")), "console detector is blind:\n{err}");
 
     for t in 1..=TENANTS {
         exec("postgres", &format!("DROP DATABASE IF EXISTS \"{PLATFORM}_tenant_db_t{t}\" WITH (FORCE)"));
     }
     let gw = start(&[("ADMIN_TOKEN", TOKEN), ("DEPLOY_PARALLELISM", "1")]);
+    // The page's own error count must see an error too: its HTML with a broken script added.
+    let a = auth();
+    let page = request(gw.addr, "GET", "/status", &[(a.0, &a.1)], b"");
+    assert_eq!(page.status, 200);
+    let broken = work.join("broken.html");
+    let html = page.text().replace("</body>", "<script>noSuchFunction()</script></body>");
+    std::fs::write(&broken, html).unwrap();
+    let (dom, _) = chromium(&bin, &work.join("broken"), &["--dump-dom", &format!("file://{}", broken.display())]);
+    assert!(dom.contains("data-page-errors=\"1\""), "the page's error count is blind:\n{dom}");
+
     let r = post_json(gw.addr, "/platform/register", &format!(r#"{{"platform":"{PLATFORM}"}}"#));
     assert!(r.status == 201 || r.error_code() == "platform_already_exists", "{}", r.text());
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2/tenant_db/postgresql");
@@ -98,6 +119,20 @@ fn status_page_shows_a_fleet_migration_moving_in_headless_chromium() {
         );
         assert_eq!(r.status, 201, "{}", r.text());
     }
+    // Traffic for the errors panel and the functions table: three calls of a real function, two of a
+    // missing one.
+    let call = |function: &str| {
+        let body =
+            format!(r#"{{"platform":"{PLATFORM}","tenant_id":"tenant_db_t1","function":"{function}","params":[]}}"#);
+        post_json(gw.addr, "/call", &body)
+    };
+    for _ in 0..3 {
+        assert_eq!(call("note_count").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(call("no_such_function").error_code(), "function_not_found");
+    }
+
     // Version 2: a migration that takes 0.6 s per database, one database at a time.
     entries.push(pack::Entry {
         path: "postgresql/migrations/002_slow.sql".into(),
@@ -120,11 +155,40 @@ fn status_page_shows_a_fleet_migration_moving_in_headless_chromium() {
     let url = format!("http://ops:{TOKEN}@{}/status", gw.addr);
     let (dom, err) = chromium(&bin, &work.join("watch"), &["--virtual-time-budget=60000", "--dump-dom", &url]);
     assert!(console_lines(&err).is_empty(), "console output:\n{}", console_lines(&err).join("\n"));
+    // The page's own count of what went wrong in it, read from the DOM: this holds even where a
+    // chromium build logs nothing to stderr.
+    assert!(dom.contains("<html") && !dom.contains("data-page-errors=\""), "the page saw errors:\n{dom}");
     assert!(dom.contains(r#"id="health" class="pill ok">healthy<"#), "{dom}");
     assert!(dom.contains(r#"id="pg" class="pill ok">reachable<"#), "{dom}");
     for t in 1..=TENANTS {
         assert!(dom.contains(&format!("{PLATFORM}_tenant_db_t{t}")), "database t{t} not listed:\n{dom}");
     }
+    // The errors panel: by code and by platform, in the last minute and since the start.
+    for when in ["minute", "start"] {
+        let code = section(&dom, &format!("id=\"err-code-{when}\""));
+        assert!(code.starts_with(r#"<tr data-code="function_not_found"><td><code>function_not_found</code></td><td class="num bad-n">2</td>"#), "{code}");
+        let platform = section(&dom, &format!("id=\"err-platform-{when}\""));
+        assert!(platform.starts_with(&format!(r#"<tr data-platform="{PLATFORM}"><td>{PLATFORM}</td><td class="num bad-n">2</td><td><code>function_not_found</code>"#)), "{platform}");
+    }
+    assert!(dom.contains(r#"id="err-minute" class="bad-n">2<"#), "{dom}");
+    // The headline is the minute's: 5 calls, at least one per second's worth, never a blank.
+    assert!(!section(&dom, r#"id="rps""#).starts_with('–'), "{dom}");
+    assert!(!section(&dom, r#"id="p99""#).starts_with('–'), "{dom}");
+    // The functions table names the function that ran, not the missing one.
+    let fns = section(&dom, r#"id="fn-rows""#);
+    assert!(fns.starts_with(&format!(r#"<tr data-function="{PLATFORM}/note_count"><td>{PLATFORM}</td><td><code>note_count</code></td><td class="num">3</td><td class="num">0</td>"#)), "{fns}");
+    assert!(!fns.contains("no_such_function"), "{fns}");
+    // The sparklines' axes carry values: a top figure and how far back they reach.
+    for chart in ["rps", "lat"] {
+        let top = section(&dom, &format!("id=\"spark-{chart}-max\""));
+        assert!(top.starts_with(|c: char| c.is_ascii_digit()), "{chart}: {top}");
+        let from = section(&dom, &format!("id=\"spark-{chart}-from\""));
+        assert!(
+            from.split_once(" s ago").is_some_and(|(n, _)| n.parse::<u64>().is_ok_and(|n| n > 0)),
+            "{chart}: {from}"
+        );
+    }
+
     let tag = dom
         .split("<div class=\"run\"")
         .skip(1)

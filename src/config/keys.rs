@@ -131,7 +131,14 @@ pub const KEYS: &[Key] = &[
     key(
         "METRICS_TOP_DATABASES",
         "20",
-        "databases named in the per-database pool metrics, those with the most calls; the rest are summed as other",
+        "databases named in the per-database pool metrics, those with the most calls, and likewise the platforms \
+         with the most /call errors and the functions with the most /call time; the rest are summed as other",
+    ),
+    key(
+        "METRICS_TRACKED_NAMES",
+        "1000",
+        "platforms, and functions, each event loop keeps /call figures for (names come from requests); \
+         later names are counted as other; 0: no figures by name",
     ),
     secret(
         "PLATFORM_SECRET",

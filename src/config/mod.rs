@@ -383,6 +383,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `METRICS_TOP_DATABASES`: databases named in `/metrics` pool figures; the rest are `other`.
     pub metrics_top_databases: usize,
+    /// `METRICS_TRACKED_NAMES`: platforms, and functions, each loop keeps `/call` figures for; later
+    /// names are counted as `other`; 0: no figures by name.
+    pub metrics_tracked_names: usize,
     pub servers: ServersConfig,
 }
 
@@ -750,6 +753,7 @@ impl Config {
             deploy,
             shutdown_grace: secs(s, "SHUTDOWN_GRACE_SECS")?,
             metrics_top_databases: num(s, "METRICS_TOP_DATABASES", 1usize, 1000)?,
+            metrics_tracked_names: num(s, "METRICS_TRACKED_NAMES", 0usize, 100_000)?,
             servers: ServersConfig {
                 default_replicas: s
                     .get("DB_REPLICAS")

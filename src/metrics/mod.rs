@@ -6,6 +6,7 @@
 //! Deploys are rare and run on worker threads; their counts ([`DeployMetrics`]) sit behind a mutex.
 //! This module owns no sockets and knows nothing of the loops; `server/` hands it what it gathered.
 
+pub mod calls;
 pub mod process;
 pub mod text;
 
@@ -131,6 +132,8 @@ pub struct LoopCounters {
     requests: [[AtomicU64; 5]; ROUTE_SLOTS],
     call_latency: Histogram,
     call_errors: [AtomicU64; KIND_SLOTS],
+    /// `/call` figures by platform and function.
+    pub calls: calls::CallBook,
 }
 
 impl Default for LoopCounters {
@@ -139,6 +142,7 @@ impl Default for LoopCounters {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             call_latency: Histogram::default(),
             call_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            calls: calls::CallBook::default(),
         }
     }
 }
@@ -430,14 +434,27 @@ pub struct History {
 struct HistoryInner {
     last: Option<HistogramSnapshot>,
     seconds: VecDeque<Second>,
+    /// Totals once a second, oldest first, reaching a minute back: what the last minute is the
+    /// difference of.
+    window: VecDeque<(u64, HistogramSnapshot, calls::CallFigures)>,
 }
 
 /// Seconds kept.
 pub const HISTORY_SECONDS: usize = 60;
 
+/// `/call` traffic over the last minute (or since start, when that is shorter).
+#[derive(Clone, Debug, Default)]
+pub struct Minute {
+    /// Seconds the figures cover.
+    pub seconds: u64,
+    pub latency: HistogramSnapshot,
+    /// Errors only (see [`calls::CallFigures::errors_since`]).
+    pub errors: calls::CallFigures,
+}
+
 impl History {
-    /// Called once a second with the current totals.
-    pub fn sample(&self, at: u64, now: HistogramSnapshot) {
+    /// Called once a second with the current totals: `/call` latency and errors by platform.
+    pub fn sample(&self, at: u64, now: HistogramSnapshot, errors: calls::CallFigures) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(last) = &g.last {
             let d = now.minus(last);
@@ -447,6 +464,10 @@ impl History {
                 g.seconds.pop_front();
             }
         }
+        g.window.push_back((at, now.clone(), errors));
+        while g.window.len() > HISTORY_SECONDS + 1 {
+            g.window.pop_front();
+        }
         g.last = Some(now);
     }
 
@@ -454,6 +475,21 @@ impl History {
     pub fn read(&self) -> (Vec<Second>, Option<HistogramSnapshot>) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         (g.seconds.iter().cloned().collect(), g.last.clone())
+    }
+
+    /// The last minute as one span: from the oldest sample kept to the newest. `None` before the
+    /// second sample.
+    pub fn minute(&self) -> Option<Minute> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, last) = (g.window.front()?, g.window.back()?);
+        if g.window.len() < 2 {
+            return None;
+        }
+        Some(Minute {
+            seconds: last.0.saturating_sub(first.0).max(1),
+            latency: last.1.minus(&first.1),
+            errors: last.2.errors_since(&first.2),
+        })
     }
 }
 
@@ -503,6 +539,23 @@ mod tests {
         assert_eq!(folded[1].idle, 3);
         assert_eq!(folded[2].idle, 7);
         assert_eq!(fold_pools(vec![snap("x", 1, 1)], 2).len(), 1);
+    }
+
+    #[test]
+    fn the_minute_spans_the_samples_kept_and_forgets_older_calls() {
+        let h = History::default();
+        let mut totals = HistogramSnapshot::default();
+        assert!(h.minute().is_none());
+        totals.counts[0] = 500; // calls long before the minute
+        h.sample(0, totals.clone(), calls::CallFigures::default());
+        for at in 1..=(HISTORY_SECONDS as u64 + 5) {
+            totals.counts[3] += 2;
+            h.sample(at, totals.clone(), calls::CallFigures::default());
+        }
+        let m = h.minute().unwrap();
+        assert_eq!(m.seconds, HISTORY_SECONDS as u64);
+        assert_eq!(m.latency.count(), 2 * HISTORY_SECONDS as u64);
+        assert_eq!(m.latency.counts[0], 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! samples together, label values escaped, histograms as cumulative `_bucket{le=…}` plus `_sum` and
 //! `_count`. No I/O: the caller gathers a [`Scrape`] and sends the bytes.
 
+use super::calls::FunctionRow;
 use super::process::ProcessStats;
 use super::{
     DEPLOY_BOUNDS_US, DeploySnapshot, LATENCY_BOUNDS_US, PoolSnapshot, RequestTotals, ServedCount, ServerHealth,
@@ -34,6 +35,11 @@ pub struct Scrape<'a> {
     /// Calls per server and replica, summed over loops.
     pub served: &'a [ServedCount],
     pub servers: &'a [ServerHealth],
+    /// `/call` errors per platform (top-N and `other`; "" for requests that named none) and code.
+    pub platform_errors: &'a [(String, Vec<u64>)],
+    /// The functions that took the most time, then `other` (see
+    /// [`super::calls::CallFigures::top_functions`]).
+    pub functions: &'a [FunctionRow],
 }
 
 struct Out {
@@ -157,9 +163,48 @@ pub fn render(s: &Scrape<'_>) -> String {
     let h = &s.requests.call_latency;
     o.histogram("call_duration_seconds", &[], &LATENCY_BOUNDS_US, &h.counts, h.sum_us);
 
-    o.family("call_errors_total", "counter", "/call answers that were errors, by stable error code.");
+    o.family(
+        "call_errors_total",
+        "counter",
+        "/call answers that were errors, by stable error code and platform (none: the request named no platform).",
+    );
     for k in Kind::ALL {
-        o.sample("call_errors_total", &[("code", k.code())], s.requests.call_errors[*k as usize] as f64);
+        let i = *k as usize;
+        let mut named = 0;
+        for (platform, counts) in s.platform_errors.iter().filter(|(p, _)| !p.is_empty()) {
+            let n = counts.get(i).copied().unwrap_or(0);
+            if n > 0 {
+                o.sample("call_errors_total", &[("code", k.code()), ("platform", platform)], n as f64);
+                named += n;
+            }
+        }
+        // Without a platform label: errors of requests that named none, and every code from the start
+        // (the platform rows appear with their first error).
+        let unnamed = s.requests.call_errors.get(i).copied().unwrap_or(0).saturating_sub(named);
+        if unnamed > 0 || named == 0 {
+            o.sample("call_errors_total", &[("code", k.code())], unnamed as f64);
+        }
+    }
+
+    o.family(
+        "function_calls_total",
+        "counter",
+        "/call answers per function, for the functions that took the most time in all (the rest: other).",
+    );
+    for f in s.functions {
+        let l = [("platform", f.platform.as_str()), ("function", f.function.as_str())];
+        o.sample("function_calls_total", &l, f.figures.latency.count() as f64);
+    }
+    o.family("function_errors_total", "counter", "/call answers per function that were errors.");
+    for f in s.functions {
+        let l = [("platform", f.platform.as_str()), ("function", f.function.as_str())];
+        o.sample("function_errors_total", &l, f.figures.errors as f64);
+    }
+    o.family("function_duration_seconds", "histogram", "/call duration per function, first byte to answer.");
+    for f in s.functions {
+        let l = [("platform", f.platform.as_str()), ("function", f.function.as_str())];
+        let h = &f.figures.latency;
+        o.histogram("function_duration_seconds", &l, &LATENCY_BOUNDS_US, &h.counts, h.sum_us);
     }
 
     o.family("pool_connections", "gauge", "Backend connections of the /call pools by database and state.");
@@ -276,6 +321,42 @@ mod tests {
     }
 
     #[test]
+    fn call_errors_carry_the_platform_and_the_rest_has_none() {
+        let mut totals = RequestTotals::default();
+        let nf = Kind::FunctionNotFound as usize;
+        totals.call_errors[nf] = 5;
+        totals.call_errors[Kind::InvalidJson as usize] = 1;
+        let mut acme = vec![0; Kind::ALL.len()];
+        acme[nf] = 4;
+        let dep = DeploySnapshot::default();
+        let s = Scrape {
+            version: "1",
+            uptime_seconds: 1.0,
+            start_time_seconds: 0.0,
+            postgres_up: true,
+            event_loops: 1,
+            clients: 0,
+            requests: &totals,
+            pools: &[],
+            connects: 0,
+            connect_failures: 0,
+            deploy: &dep,
+            process: ProcessStats::default(),
+            served: &[],
+            servers: &[],
+            platform_errors: &[("acme".to_string(), acme)],
+            functions: &[],
+        };
+        let t = render(&s);
+        let p = "stonescriptdb_gateway_call_errors_total";
+        assert!(t.contains(&format!("{p}{{code=\"function_not_found\",platform=\"acme\"}} 4\n")), "{t}");
+        // The fifth named no platform (or was counted before the platform rows were read).
+        assert!(t.contains(&format!("{p}{{code=\"function_not_found\"}} 1\n")), "{t}");
+        assert!(t.contains(&format!("{p}{{code=\"invalid_json\"}} 1\n")), "{t}");
+        assert!(t.contains(&format!("{p}{{code=\"timeout\"}} 0\n")), "{t}");
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_and_count_matches_inf() {
         let totals = RequestTotals::default();
         let mut totals2 = totals.clone();
@@ -298,6 +379,8 @@ mod tests {
             process: ProcessStats::default(),
             served: &[ServedCount { server: "s2".into(), replica: "10.0.0.3:5432".into(), calls: 5, write_retries: 1 }],
             servers: &[],
+            platform_errors: &[],
+            functions: &[],
         };
         let t = render(&s);
         assert!(t.contains("stonescriptdb_gateway_call_duration_seconds_bucket{le=\"0.0001\"} 2\n"), "{t}");

@@ -534,7 +534,7 @@ impl App {
         key: usize,
         generation: u64,
         inc: Incoming,
-        note: &mut Option<Vec<u8>>,
+        note: &mut Option<super::client::CallNote>,
     ) -> Option<Response> {
         let cfg = self.shared.cfg.clone();
         // Judged from the head by the authorization table (security/authz.rs).
@@ -563,7 +563,14 @@ impl App {
                 Ok(r)
             }) {
                 Ok(req) => {
-                    *note = Some(inc.body);
+                    // The names are copied only when something counts them (METRICS_TRACKED_NAMES > 0).
+                    let counted = cfg.metrics_tracked_names > 0;
+                    let name = |s: &String| if counted { s.clone() } else { String::new() };
+                    *note = Some(super::client::CallNote {
+                        platform: name(&req.platform),
+                        function: name(&req.function),
+                        body: inc.body,
+                    });
                     return self.call(poll, key, generation, req, cred, now);
                 }
                 Err(e) => Err(e),

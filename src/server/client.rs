@@ -94,9 +94,19 @@ pub struct ReqInfo {
     pub started: Instant,
     pub minor_version: u8,
     pub keep_alive: bool,
-    /// A `/call`'s body, kept (moved, not copied) so that a request line, when one is written,
-    /// can name the platform, database and function; read only then.
-    pub call: Option<Vec<u8>>,
+    /// A `/call` that parsed: what its answer is counted under, and its body.
+    pub call: Option<CallNote>,
+    /// The client's address as a proxy in `TRUSTED_PROXIES` named it, when that is not the peer's.
+    pub forwarded_for: Option<std::net::IpAddr>,
+}
+
+/// A parsed `/call`'s names, for the per-function figures, and its body, kept (moved, not copied) so
+/// that a request line, when one is written, can name the database too; the body is read only then.
+#[derive(Debug, Clone)]
+pub struct CallNote {
+    pub platform: String,
+    pub function: String,
+    pub body: Vec<u8>,
 }
 
 /// A client connection.

@@ -492,6 +492,7 @@ impl Loop {
                                     minor_version: 1,
                                     keep_alive: false,
                                     call: None,
+                                    forwarded_for: None,
                                 });
                             }
                             return;
@@ -512,6 +513,7 @@ impl Loop {
                                 minor_version: head.minor_version,
                                 keep_alive: head.keep_alive,
                                 call: None,
+                                forwarded_for: None,
                             });
                             // Unique over the server's life, so a late answer for a closed connection can
                             // never reach a new connection that reuses its slot.
@@ -537,6 +539,7 @@ impl Loop {
                                     let Some(c) = self.clients.get_mut(key) else { return };
                                     if let Some(i) = c.req.as_mut() {
                                         i.route = inc.route.slot();
+                                        i.forwarded_for = Some(inc.client_ip).filter(|ip| *ip != peer.ip());
                                     }
                                     let has_body = inc.remaining > 0 || inc.chunked.is_some();
                                     if inc.head.expect_continue && has_body && c.rbuf.is_empty() {
@@ -713,6 +716,10 @@ impl Loop {
             let us = Instant::now().saturating_duration_since(i.started).as_micros();
             if let Some(s) = self.app.shared.stats.get(self.app.id) {
                 s.counters.request(i.route, r.status, i.route == CALL_SLOT, us as u64, r.error);
+                if i.route == CALL_SLOT {
+                    let names = i.call.as_ref().map(|n| (n.platform.as_str(), n.function.as_str()));
+                    s.counters.calls.record(names, us as u64, r.error, self.cfg.metrics_tracked_names);
+                }
             }
             if log::request_wanted(r.status, us) {
                 log_request(c.peer, i, &r, us);
@@ -865,6 +872,7 @@ impl Loop {
                                 minor_version: 1,
                                 keep_alive: false,
                                 call: None,
+                                forwarded_for: None,
                             });
                         }
                     }
@@ -942,6 +950,9 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         ("bytes", &bytes),
         ("duration_us", &us),
     ];
+    if let Some(ip) = &i.forwarded_for {
+        fields.push(("client", ip));
+    }
     let code = r.error.map(|k| k.code()).unwrap_or("");
     if r.status >= 400 {
         // Refusals repeat as fast as a client sends them: summarised per peer and code.
@@ -957,7 +968,12 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
     if r.error.is_some() {
         fields.push(("error", &code));
     }
-    let call = i.call.as_deref().and_then(|b| crate::json::parse(b).ok()).and_then(|v| CallRequest::from_json(v).ok());
+    let call = i
+        .call
+        .as_ref()
+        .map(|n| n.body.as_slice())
+        .and_then(|b| crate::json::parse(b).ok())
+        .and_then(|v| CallRequest::from_json(v).ok());
     if let Some(call) = &call {
         fields.push(("platform", &call.platform));
         fields.push(("database", &call.database));

@@ -332,6 +332,15 @@ impl Shared {
         h
     }
 
+    /// `/call` figures by platform (and by function when `functions`), summed over every loop.
+    pub fn call_figures(&self, functions: bool) -> crate::metrics::calls::CallFigures {
+        let mut f = crate::metrics::calls::CallFigures::default();
+        for s in &self.stats {
+            s.counters.calls.add_to(&mut f, functions);
+        }
+        f
+    }
+
     /// Every loop's pools as last published, summed per database and folded to the top-N.
     pub fn pools(&self) -> Vec<PoolSnapshot> {
         let mut all = Vec::new();
@@ -439,7 +448,7 @@ impl Shared {
     }
 }
 
-/// Once a second: the `/call` latency totals go into the one-minute history. Holds only a weak
+/// Once a second: the `/call` latency and error totals go into the one-minute history. Holds only a weak
 /// reference, so it ends with the server.
 fn start_sampler(shared: std::sync::Weak<Shared>) {
     let _ = std::thread::Builder::new().name("stats-sampler".into()).spawn(move || {
@@ -448,7 +457,7 @@ fn start_sampler(shared: std::sync::Weak<Shared>) {
             if s.stop.load(Ordering::Relaxed) {
                 return;
             }
-            s.history.sample(s.started.elapsed().as_secs(), s.call_latency());
+            s.history.sample(s.started.elapsed().as_secs(), s.call_latency(), s.call_figures(false));
             drop(s);
             std::thread::sleep(Duration::from_secs(1));
         }

@@ -5,8 +5,10 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::shared::Shared;
+use crate::error::Kind;
 use crate::http::response::Response;
 use crate::json::ObjectWriter;
+use crate::metrics::calls::CallFigures;
 use crate::metrics::{self, text};
 
 /// The status page: HTML, CSS and script in one file, nothing fetched from elsewhere.
@@ -25,6 +27,7 @@ pub fn metrics(shared: &Shared, now: Instant) -> Response {
     let requests = shared.request_totals();
     let pools = shared.pools();
     let deploy = shared.deploy.metrics.snapshot();
+    let figures = shared.call_figures(true);
     let uptime = now.saturating_duration_since(shared.started).as_secs_f64();
     let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let scrape = text::Scrape {
@@ -42,6 +45,8 @@ pub fn metrics(shared: &Shared, now: Instant) -> Response {
         process: metrics::process::read(),
         served: &shared.served(),
         servers: &shared.server_health(),
+        platform_errors: &figures.top_platform_errors(shared.cfg.metrics_top_databases),
+        functions: &figures.top_functions(shared.cfg.metrics_top_databases),
     };
     Response::with_type(200, text::CONTENT_TYPE, text::render(&scrape).into_bytes())
 }
@@ -93,6 +98,36 @@ pub fn live(shared: &Shared, now: Instant) -> Vec<u8> {
             };
         }
     }
+    let top = shared.cfg.metrics_top_databases;
+    {
+        // The headline figures: the last minute as one span, not its last second.
+        let minute = shared.history.minute().unwrap_or_default();
+        let mut m = o.object("minute");
+        let calls = minute.latency.count();
+        m.u64("seconds", minute.seconds);
+        m.u64("calls", calls);
+        m.f64("calls_per_second", rounded(calls as f64 / minute.seconds.max(1) as f64));
+        m.u64("error_count", minute.errors.errors_by_code().iter().sum());
+        ms(&mut m, "p50_ms", minute.latency.quantile_us(0.5));
+        ms(&mut m, "p99_ms", minute.latency.quantile_us(0.99));
+        errors(&mut m.object("errors"), &minute.errors, top);
+    }
+    let figures = shared.call_figures(true);
+    errors(&mut o.object("errors_since_start"), &figures, top);
+    {
+        // The functions that took the most time since the start, then the rest as one row.
+        let mut a = o.array("functions");
+        for f in figures.top_functions(top) {
+            let mut e = a.object();
+            e.str("platform", &f.platform);
+            e.str("function", &f.function);
+            e.u64("calls", f.figures.latency.count());
+            e.u64("errors", f.figures.errors);
+            e.f64("total_ms", rounded(f.figures.latency.sum_us as f64 / 1000.0));
+            ms(&mut e, "p50_ms", f.figures.latency.quantile_us(0.5));
+            ms(&mut e, "p99_ms", f.figures.latency.quantile_us(0.99));
+        }
+    }
     {
         let mut a = o.array("fleet_runs");
         for r in &deploy.fleet {
@@ -108,4 +143,46 @@ pub fn live(shared: &Shared, now: Instant) -> Vec<u8> {
     }
     o.finish();
     b
+}
+
+fn rounded(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Microseconds as milliseconds with two decimals, or null.
+fn ms(o: &mut ObjectWriter<'_>, key: &str, us: Option<f64>) {
+    match us {
+        Some(v) => o.f64(key, rounded(v / 1000.0)),
+        None => o.null(key),
+    };
+}
+
+/// `{"by_code": [{code, count}], "by_platform": [{platform, count}]}`, most first, only what is not
+/// zero; platforms folded to the top-N (`""`: requests that named none).
+fn errors(o: &mut ObjectWriter<'_>, f: &CallFigures, top: usize) {
+    let by_code = f.errors_by_code();
+    let mut codes: Vec<(&str, u64)> =
+        Kind::ALL.iter().map(|k| (k.code(), by_code.get(*k as usize).copied().unwrap_or(0))).collect();
+    codes.retain(|c| c.1 > 0);
+    codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    {
+        let mut a = o.array("by_code");
+        for (code, n) in codes {
+            let mut e = a.object();
+            e.str("code", code);
+            e.u64("count", n);
+        }
+    }
+    let mut a = o.array("by_platform");
+    for (platform, counts) in f.top_platform_errors(top) {
+        let mut e = a.object();
+        e.str("platform", &platform);
+        e.u64("count", counts.iter().sum());
+        // Its most frequent code, for a glance at what goes wrong there.
+        if let Some((i, _)) =
+            counts.iter().enumerate().filter(|(_, n)| **n > 0).max_by_key(|(i, n)| (**n, usize::MAX - i))
+        {
+            e.str("top_code", Kind::ALL.get(i).map_or("", |k| k.code()));
+        }
+    }
 }
