@@ -366,7 +366,7 @@ fn twenty_thousand_refusals_write_a_bounded_and_escaped_log() {
     s.write_all(&raw).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 500"), "{out}");
+    assert!(out.starts_with("HTTP/1.1 422"), "{out}");
 
     let mut m = TcpStream::connect(&addr).unwrap();
     m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

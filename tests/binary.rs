@@ -272,7 +272,7 @@ fn keep_alive_client(addr: SocketAddr, answered: &std::sync::atomic::AtomicUsize
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut buf = Vec::new();
         loop {
-            if let Err(e) = s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n") {
+            if let Err(e) = s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n") {
                 lost.push(format!("write: {e}"));
                 break;
             }

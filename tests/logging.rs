@@ -347,7 +347,7 @@ fn request_lines_name_the_client_a_trusted_proxy_forwards() {
         });
         let r = request(
             &addr,
-            "GET /health HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close\r\n\r\n".into(),
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close\r\n\r\n".into(),
         );
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

@@ -209,7 +209,8 @@ fn refused_roles_keep_their_passwords(login: Option<&str>) {
     std::thread::sleep(Duration::from_secs(1));
     // On demand the same role is refused again, and the report does not say `completed`.
     let r = admin_post(g.addr, "/admin/isolate", "{}");
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.error_code(), "isolation_incomplete", "{}", r.text());
     assert_eq!(r.json().get("status").and_then(Value::as_str), Some("completed_with_errors"), "{}", r.text());
     assert!(r.text().contains("role_not_allowed"), "{}", r.text());
     drop(g);

@@ -77,6 +77,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         421 => "Misdirected Request",
+        422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -163,6 +164,14 @@ pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_the_error_table_answers_has_its_reason_phrase() {
+        for k in crate::error::Kind::ALL {
+            assert_ne!(reason(k.status()), "Unknown", "{:?} answers {}", k, k.status());
+        }
+        assert_eq!(reason(422), "Unprocessable Content");
+    }
 
     #[test]
     fn serialises() {
