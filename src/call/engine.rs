@@ -59,12 +59,16 @@ pub struct Stats {
     pub connects: u64,
     /// Connection attempts that failed since the start.
     pub connect_failures: u64,
+    /// Closes and what this loop asked of the others.
+    pub traffic: crate::metrics::LoopTraffic,
 }
 
 /// The `/call` engine: pools, backend connections and the calls running on them.
 pub struct CallEngine {
     /// This loop's index.
     loop_id: usize,
+    /// How many loops share the connection limits.
+    loops: usize,
     cfg: Arc<Config>,
     base: ConnectParams,
     tcp_addr: Option<SocketAddr>,
@@ -93,6 +97,7 @@ pub struct CallEngine {
     /// See [`Stats::connects`] and [`Stats::connect_failures`].
     connects: u64,
     connect_failures: u64,
+    traffic: crate::metrics::LoopTraffic,
     /// Who may call which database (see [`Owners::admit`]).
     pub owners: Owners,
     /// Requests for room to send to the other loops.
@@ -156,6 +161,7 @@ impl CallEngine {
         let owners = Owners::new(&cfg.security.role_prefix, cfg.security.require_platform_keys);
         CallEngine {
             loop_id,
+            loops: loops.max(1),
             forwards: Vec::new(),
             owed: VecDeque::new(),
             cfg,
@@ -170,6 +176,7 @@ impl CallEngine {
             pipelined: 0,
             connects: 0,
             connect_failures: 0,
+            traffic: Default::default(),
             unflushed: Vec::new(),
             scratch: vec![0; 64 * 1024],
             done: Vec::new(),
@@ -238,6 +245,7 @@ impl CallEngine {
             pipelined: self.pipelined,
             connects: self.connects,
             connect_failures: self.connect_failures,
+            traffic: self.traffic,
             ..Stats::default()
         }
     }
@@ -662,6 +670,7 @@ impl CallEngine {
         pool.tcp_addr =
             if target.replica.is_none() && &*target.server == DEFAULT_SERVER { self.tcp_addr } else { addr };
         pool.target = target.clone();
+        pool.quota = super::budget::quota(self.budget.max_per_pool(), self.loops, self.loop_id);
         let k = self.pools.pools.insert(pool);
         self.pools.by_key.insert(key, k);
         Ok(k)
@@ -679,6 +688,10 @@ impl CallEngine {
             }
             let share = p.share.clone();
             let local = p.size();
+            if local >= p.quota && share.short_besides(self.loop_id).is_some() {
+                // Loops short of their quota of this pool take the free slots first.
+                return;
+            }
             match self.budget.try_take(&share) {
                 Ok(permit) => {
                     if !self.open_conn(poll, pool, permit, now) {
@@ -686,16 +699,19 @@ impl CallEngine {
                     }
                 }
                 Err(Full::Pool) => {
-                    if local == 0 {
-                        // Other loops hold every connection this pool may have: hand the calls to
-                        // one of them rather than wait for a slot it may never give up while busy.
-                        if let Some(to) = share.holder_besides(self.loop_id) {
-                            self.forward_waiters(pool, to);
-                            return;
+                    // Below its quota, this loop marks itself short: loops over theirs give
+                    // connections back as they finish calls (see `drained`), and meanwhile its
+                    // calls wait for its own. With no quota at all (a cap below the number of
+                    // loops) and no connection, its calls go to a loop that holds some.
+                    if let Some(p) = self.pools.pools.get_mut(pool) {
+                        if p.mark_short(self.loop_id) {
+                            self.traffic.room_requests += 1;
                         }
-                    }
-                    if share.conns() > local {
-                        self.ask_room(pool, true, now);
+                        if local == 0 && p.quota == 0 {
+                            if let Some(to) = share.holder_besides(self.loop_id) {
+                                self.forward_waiters(pool, to);
+                            }
+                        }
                     }
                     return;
                 }
@@ -763,7 +779,7 @@ impl CallEngine {
                         }
                         None => {
                             if self.budget.total() > self.backends.len() {
-                                self.ask_room(pool, false, now);
+                                self.ask_room(pool, now);
                             }
                             return;
                         }
@@ -775,6 +791,7 @@ impl CallEngine {
 
     /// Hands the waiting calls of `pool` that have not travelled yet to loop `to`.
     fn forward_waiters(&mut self, pool: usize, to: usize) {
+        let id = self.loop_id;
         let Some(p) = self.pools.pools.get_mut(pool) else { return };
         let role: Arc<str> = Arc::from(p.params.user.as_str());
         let mut stay = Vec::new();
@@ -782,22 +799,26 @@ impl CallEngine {
             if w.forwarded {
                 stay.push(w);
             } else {
+                self.traffic.calls_forwarded += 1;
                 self.forwards.push((to, Waiter { forwarded: true, ..w }, role.clone()));
             }
         }
         for w in stay {
             p.push_waiter(w);
         }
+        p.sync_short(id);
     }
 
-    /// Asks the other loops for room for `pool` (at most every [`ROOM_ASK_EVERY`] per pool).
-    fn ask_room(&mut self, pool: usize, this_pool: bool, now: Instant) {
+    /// Asks the other loops for room under the total cap for `pool` (at most every
+    /// [`ROOM_ASK_EVERY`] per pool).
+    fn ask_room(&mut self, pool: usize, now: Instant) {
         let Some(p) = self.pools.pools.get_mut(pool) else { return };
         if p.room_asked.is_some_and(|at| now.saturating_duration_since(at) < ROOM_ASK_EVERY) {
             return;
         }
         p.room_asked = Some(now);
-        self.room_asks.push(RoomAsk { pool: this_pool.then(|| p.key.clone()), server: None });
+        self.traffic.room_requests += 1;
+        self.room_asks.push(RoomAsk { pool: None, server: None });
     }
 
     /// Asks the other loops for a slot on the server of `pool` (at most every [`ROOM_ASK_EVERY`]).
@@ -807,6 +828,7 @@ impl CallEngine {
             return;
         }
         p.room_asked = Some(now);
+        self.traffic.room_requests += 1;
         self.room_asks.push(RoomAsk { pool: None, server: Some(p.server.clone()) });
     }
 
@@ -834,6 +856,7 @@ impl CallEngine {
                 if let Some(b) = self.backends.get_mut(c) {
                     b.room_for = Some(for_loop);
                 }
+                self.traffic.room_closes += 1;
                 self.retire_conn(poll, c, now);
             }
             return;
@@ -860,6 +883,7 @@ impl CallEngine {
         if let Some(b) = self.backends.get_mut(c) {
             b.room_for = Some(for_loop);
         }
+        self.traffic.room_closes += 1;
         self.retire_conn(poll, c, now);
     }
 
@@ -945,6 +969,10 @@ impl CallEngine {
     fn maybe_drop_pool(&mut self, pool: usize) {
         let Some(p) = self.pools.pools.get(pool) else { return };
         if p.size() == 0 && p.waiting().is_empty() {
+            if let Some(p) = self.pools.pools.get_mut(pool) {
+                p.sync_short(self.loop_id);
+            }
+            let Some(p) = self.pools.pools.get(pool) else { return };
             let (key, database) = (p.key.clone(), p.database.clone());
             self.pools.by_key.remove(&key);
             self.pools.pools.remove(pool);
@@ -1014,6 +1042,7 @@ impl CallEngine {
     /// Removes a backend: its slot is given back, and calls still on it are answered.
     fn close_conn(&mut self, poll: &mut Poll, key: usize) {
         let Some(mut b) = self.backends.remove(key) else { return };
+        self.traffic.closes += 1;
         if matches!(b.conn.state, ConnState::Idle) {
             let mut t = BytesMut::new();
             frontend::terminate(&mut t);
@@ -1036,6 +1065,7 @@ impl CallEngine {
             // The slot goes to the loop it was given up for, held on the way, so that no other loop
             // can take it in between (under load that could starve the asking loop for long).
             if let Some(p) = b.take_permit() {
+                self.traffic.slot_handovers += 1;
                 self.room_freed.push((l, p.into_total_slot()));
             }
         }
@@ -1247,9 +1277,20 @@ impl CallEngine {
                 && self.pools.pools.iter().any(|(k, q)| {
                     k != pool && !q.waiting().is_empty() && q.size() == 0 && (full || q.params.user == role)
                 });
-        if let Some(l) = self.owed.pop_front() {
+        let short_loop = self.pools.pools.get(pool).and_then(|p| {
+            let over = p.size() > p.quota && p.share.conns() >= self.budget.max_per_pool();
+            over.then(|| p.share.short_besides(self.loop_id)).flatten()
+        });
+        if let Some(l) = short_loop {
+            // This loop holds more than its quota of a full pool and another loop is short of its
+            // own: this connection goes, its slot handed to that loop.
+            b.room_for = Some(l);
+            self.traffic.room_closes += 1;
+            self.retire_conn(poll, key, now);
+        } else if let Some(l) = self.owed.pop_front() {
             // Another loop starves under the total cap: its turn (this one served a call first).
             b.room_for = Some(l);
+            self.traffic.room_closes += 1;
             self.retire_conn(poll, key, now);
         } else if starved_here {
             // Under the total cap another pool of this loop has calls waiting and no connection at
@@ -1343,7 +1384,9 @@ impl CallEngine {
     /// Timeouts: waits (503), call deadlines (cancel, then 504), idle and old connections, unused
     /// pools, connects that hang; and pools still short of connections try again.
     pub fn janitor(&mut self, poll: &mut Poll, now: Instant) -> Done {
+        self.lend_idle(poll, now);
         for (_, p) in self.pools.pools.iter_mut() {
+            p.sync_short(self.loop_id);
             while p.waiting().front().is_some_and(|w| now >= w.deadline) {
                 let Some(w) = p.pop_waiter() else { break };
                 let e = ApiError::new(
@@ -1453,6 +1496,27 @@ impl CallEngine {
         // Room may have come free in another loop without a word reaching this one.
         self.grow_starved(poll, now);
         self.take_done()
+    }
+
+    /// Pools of which this loop holds more than its quota, full over all loops while another loop
+    /// is short of its own: an idle connection goes, its slot handed to that loop. (Busy ones go as
+    /// they finish a call, see `drained`.)
+    fn lend_idle(&mut self, poll: &mut Poll, now: Instant) {
+        let max = self.budget.max_per_pool();
+        let give: Vec<(usize, usize)> = self
+            .pools
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.idle.is_empty() && p.size() > p.quota && p.share.conns() >= max)
+            .filter_map(|(_, p)| Some((p.idle[0], p.share.short_besides(self.loop_id)?)))
+            .collect();
+        for (c, l) in give {
+            if let Some(b) = self.backends.get_mut(c) {
+                b.room_for = Some(l);
+            }
+            self.traffic.room_closes += 1;
+            self.retire_conn(poll, c, now);
+        }
     }
 
     /// Closes every connection (shutdown).
