@@ -118,7 +118,7 @@ stop_gw() {
     RUN=$((RUN + 1))
     mkdir -p "${WORK}/logs" && cp "${WORK}/gw.log" "${WORK}/logs/run-${RUN}.log"
 }
-# counters: "connects closes room_request room_close slot_handover call_forwarded slot_lent connect_failures"
+# counters: "connects closes room_request room_close slot_handover call_forwarded 0 connect_failures"
 counters() {
     curl -fsS "http://127.0.0.1:${PORT}/metrics" 2>/dev/null | awk '
         /^stonescriptdb_gateway_backend_connects_total / { c = $2 }
@@ -127,7 +127,6 @@ counters() {
         /^stonescriptdb_gateway_loop_traffic_total\{kind="room_close"\}/ { b = $2 }
         /^stonescriptdb_gateway_loop_traffic_total\{kind="slot_handover"\}/ { h = $2 }
         /^stonescriptdb_gateway_loop_traffic_total\{kind="call_forwarded"\}/ { f = $2 }
-        /^stonescriptdb_gateway_loop_traffic_total\{kind="slot_lent"\}/ { l = $2 }
         /^stonescriptdb_gateway_backend_connect_failures_total / { e = $2 }
         END { printf "%d %d %d %d %d %d %d %d\n", c, x, a, b, h, f, l, e }'
 }
@@ -156,7 +155,7 @@ for round in $(seq "${ROUNDS}"); do
             m0="$(counters)"
             # After the warmup and just before the end of the load (clients leaving cancel their calls,
             # which may close connections): what moves between the two is the steady state.
-            (sleep "${W}"; counters >"${WORK}/mid"; sleep "$(awk -v d="${D}" 'BEGIN { print d - 0.4 }')"
+            (sleep "${W}"; counters >"${WORK}/mid"; sleep "$(awk -v d="${D}" 'BEGIN { print d - 1 }')"
                 counters >"${WORK}/late") &
             mid_pid=$!
             t0="$(cpu_ticks "${GW_PID}")"
@@ -190,8 +189,8 @@ summary() {
     printf 'gateway:  %s (sha256 %s); every gateway: %s\n' "${GW_BIN}" "$(sha256sum "${GW_BIN}" | cut -c1-12)" "${BASE}"
     printf 'load:     bench_get_item, %ss measured + %ss warmup per run, %s loadgen threads, %s rounds\n' \
         "${D}" "${W}" "${LT}" "${ROUNDS}"
-    printf 'columns:  connects/closes and loop traffic (room requests, room closes, slot hand-overs, forwarded calls,\n'
-    printf '          lent slots) counted over the whole run, "steady" = from the end of the warmup to 0.4 s before the end of the load\n\n'
+    printf 'columns:  connects/closes and loop traffic (room requests, room closes, slot hand-overs, forwarded calls)\n'
+    printf '          counted over the whole run, "steady" = from the end of the warmup to 1 s before the end of the load\n\n'
     awk -F' [|] ' '
         {
             split($1, a, " "); split($2, m0, " "); split($3, m1, " "); for (j = 1; j <= 8; j++) ml[j] = m1[j + 8]; split($4, m2, " ");
@@ -202,17 +201,16 @@ summary() {
         }
         END {
             printf "%-5s %-48s %9s %9s %7s %6s %15s %15s %30s\n", "C", "settings", "req/s", "p99 us", "us/call",
-                "/best", "conn/close/fail", "steady", "room req/close/handover/fwd/lent";
+                "/best", "conn/close/fail", "steady", "room req/close/handover/fwd";
             for (i = 1; i <= k; i++) {
                 key = order[i]; m = n[key]; split(key, kk, " ");
                 best_c = 0; for (j = 1; j <= k; j++) if (c[order[j]] == c[key] && rps[order[j]] / n[order[j]] > best_c) best_c = rps[order[j]] / n[order[j]];
-                printf "%-5s %-48s %9.0f %9.0f %7.1f %6.2f %5d/%d/%-5d %7d/%-7d %6d/%d/%d/%d/%d\n", c[key], kk[2],
+                printf "%-5s %-48s %9.0f %9.0f %7.1f %6.2f %5d/%d/%-5d %7d/%-7d %6d/%d/%d/%d\n", c[key], kk[2],
                     rps[key] / m, p99[key] / m, us[key] / m, rps[key] / m / best_c, all[key, 1] / m, all[key, 2] / m, all[key, 8] / m,
-                    st[key, 1] / m, st[key, 2] / m, all[key, 3] / m, all[key, 4] / m, all[key, 5] / m, all[key, 6] / m,
-                    all[key, 7] / m;
+                    st[key, 1] / m, st[key, 2] / m, all[key, 3] / m, all[key, 4] / m, all[key, 5] / m, all[key, 6] / m;
             }
         }' "${RESULTS}"
-    printf '\nraw (round C settings rps p50 p99 us/call errors | counters at start | after warmup, 0.4 s before the end | at end):\n'
+    printf '\nraw (round C settings rps p50 p99 us/call errors | counters at start | after warmup, 1 s before the end | at end):\n'
     cat "${RESULTS}"
 }
 summary | tee "${SWEEP_OUT:-/dev/null}"

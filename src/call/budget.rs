@@ -67,8 +67,11 @@ impl PoolShare {
             return false;
         }
         let bit = 1u64 << id;
-        let before =
-            if short { self.short.fetch_or(bit, Ordering::AcqRel) } else { self.short.fetch_and(!bit, Ordering::AcqRel) };
+        let before = if short {
+            self.short.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.short.fetch_and(!bit, Ordering::AcqRel)
+        };
         (before & bit != 0) != short
     }
 

@@ -248,8 +248,6 @@ pub struct LoopTraffic {
     pub slot_handovers: u64,
     /// Calls handed to another loop to run.
     pub calls_forwarded: u64,
-    /// Slots of a cap lent to this loop by another (see `call::budget`).
-    pub slots_lent: u64,
 }
 
 impl LoopTraffic {
@@ -259,17 +257,15 @@ impl LoopTraffic {
         self.room_closes += o.room_closes;
         self.slot_handovers += o.slot_handovers;
         self.calls_forwarded += o.calls_forwarded;
-        self.slots_lent += o.slots_lent;
     }
 
     /// `(label, count)` of every kind of cross-loop traffic, as `/metrics` names them.
-    pub fn kinds(&self) -> [(&'static str, u64); 5] {
+    pub fn kinds(&self) -> [(&'static str, u64); 4] {
         [
             ("room_request", self.room_requests),
             ("room_close", self.room_closes),
             ("slot_handover", self.slot_handovers),
             ("call_forwarded", self.calls_forwarded),
-            ("slot_lent", self.slots_lent),
         ]
     }
 }

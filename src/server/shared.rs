@@ -100,7 +100,7 @@ pub struct LoopStats {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     /// See [`crate::metrics::LoopTraffic`], in its field order.
-    traffic: [AtomicU64; 6],
+    traffic: [AtomicU64; 5],
     /// Client connections this loop serves (the accepting loop counts a hand-over at once).
     pub clients: AtomicUsize,
     /// Requests this loop answered, `/call` latency and errors; only this loop writes them.
@@ -128,7 +128,7 @@ impl LoopStats {
         self.connects.store(s.connects, Ordering::Relaxed);
         self.connect_failures.store(s.connect_failures, Ordering::Relaxed);
         let t = &s.traffic;
-        let v = [t.closes, t.room_requests, t.room_closes, t.slot_handovers, t.calls_forwarded, t.slots_lent];
+        let v = [t.closes, t.room_requests, t.room_closes, t.slot_handovers, t.calls_forwarded];
         for (a, v) in self.traffic.iter().zip(v) {
             a.store(v, Ordering::Relaxed);
         }
@@ -152,16 +152,9 @@ impl LoopStats {
             connects: self.connects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             traffic: {
-                let [closes, room_requests, room_closes, slot_handovers, calls_forwarded, slots_lent] =
+                let [closes, room_requests, room_closes, slot_handovers, calls_forwarded] =
                     self.traffic.each_ref().map(|a| a.load(Ordering::Relaxed));
-                crate::metrics::LoopTraffic {
-                    closes,
-                    room_requests,
-                    room_closes,
-                    slot_handovers,
-                    calls_forwarded,
-                    slots_lent,
-                }
+                crate::metrics::LoopTraffic { closes, room_requests, room_closes, slot_handovers, calls_forwarded }
             },
         }
     }
