@@ -19,6 +19,7 @@
 #   SWEEP_DURATION  measured seconds per run (default 5); SWEEP_WARMUP unmeasured seconds before (2)
 #   SWEEP_THREADS   load generator threads (default 2)
 #   GW_BIN          the gateway binary (default target/bench-release/stonescriptdb-gateway, built here)
+#   LOADGEN         a built bench/loadgen.rs (default: built here with `cargo bench --no-run`)
 #   SWEEP_OUT       also write the summary to this file
 #   SWEEP_KEEP      1: keep the work directory (every run's gateway log is in logs/)
 # Each run starts its own gateway and stops it afterwards (the cluster allows 300 connections).
@@ -75,8 +76,8 @@ if [[ -z "${GW_BIN:-}" ]]; then
     GW_BIN="${CARGO_TARGET_DIR}/bench-release/stonescriptdb-gateway"
 fi
 GW_BIN="$(realpath "${GW_BIN}")"
-log "building the load generator"
-LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
+[[ -n "${LOADGEN:-}" ]] || log "building the load generator"
+[[ -n "${LOADGEN:-}" ]] || LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
     | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
 [[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
 

@@ -26,36 +26,21 @@ impl CallEngine {
         // While fewer backends are busy than this loop's share of the cores, an idle connection runs
         // the call at once. Beyond that, more busy backends only take turns on the same cores;
         // queuing the call behind a short one on a busy connection saves a backend wake-up per call.
-        let (has_idle, queued) = (!p.idle.is_empty(), !p.waiting().is_empty());
-        if has_idle && !queued && self.busy_connections() < self.busy_target {
+        let has_idle = !p.idle.is_empty();
+        if has_idle && self.busy_connections() < self.busy_target {
             let conn = self.pools.pools.get_mut(pool).and_then(|p| p.idle.pop())?;
             self.start_job(poll, conn, waiter, now);
             return None;
-        }
-        if queued {
-            // Calls wait here already: this one goes behind them, and those at the front join the
-            // pipelines that have room, in arrival order.
-            return self.enqueue(poll, pool, waiter, now);
         }
         let waiter = match self.try_pipeline(poll, pool, waiter, now) {
             Ok(()) => return None,
             Err(w) => w,
         };
-        if self.hold_back(pool, now) {
-            return self.enqueue(poll, pool, waiter, now);
-        }
         let p = self.pools.pools.get_mut(pool)?;
         if let Some(conn) = p.idle.pop() {
             self.start_job(poll, conn, waiter, now);
             return None;
         }
-        self.enqueue(poll, pool, waiter, now)
-    }
-
-    /// Queues a call for a connection of `pool` (or a place in one of its pipelines), unless the
-    /// pool backs off or too many calls wait already.
-    pub(super) fn enqueue(&mut self, poll: &mut Poll, pool: usize, waiter: Waiter, now: Instant) -> Option<Response> {
-        let p = self.pools.pools.get_mut(pool)?;
         if let Some(until) = p.backoff_until.filter(|u| now < *u) {
             let e = ApiError::new(
                 Kind::ConnectionFailed,
@@ -83,54 +68,15 @@ impl CallEngine {
             return Some(Response::error(&e));
         }
         p.push_waiter(waiter);
-        self.hand_out(poll, pool, now);
+        self.grow(poll, pool, now);
         None
-    }
-
-    /// Beyond this loop's busy target, while every busy connection of `pool` runs short calls that
-    /// have run before (all expected to be done within `CALL_PIPELINE_MAX_WAIT_US`), a call waits
-    /// for a place on one of them rather than waking another backend (an idle one, or a new one):
-    /// more backends would only take turns on the same cores, and a bigger pool would be slower.
-    pub(super) fn hold_back(&self, pool: usize, now: Instant) -> bool {
-        if self.cfg.call.pipeline_depth <= 1 || self.busy_connections() < self.busy_target {
-            return false;
-        }
-        let Some(p) = self.pools.pools.get(pool) else { return false };
-        let max_wait = self.cfg.call.pipeline_max_wait;
-        let max_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
-        !p.busy.is_empty()
-            && p.busy.iter().all(|&conn| {
-                let Some(b) = self.backends.get(conn) else { return false };
-                let Some(head) = b.session.job.as_ref() else { return false };
-                if head.running_for(now) > max_wait {
-                    return false;
-                }
-                let mut wait = Some(0u64);
-                for j in std::iter::once(head).chain(b.session.queued.iter()) {
-                    wait = wait.zip(j.expected_us()).map(|(a, b)| a + b);
-                }
-                wait.is_some_and(|w| w <= max_us)
-            })
-    }
-
-    /// Moves the calls at the front of `pool`'s queue into pipelines with room, in arrival order.
-    pub(super) fn pipeline_waiters(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
-        loop {
-            let Some(w) = self.pools.pools.get_mut(pool).and_then(|p| p.pop_waiter()) else { return };
-            if let Err(w) = self.try_pipeline(poll, pool, w, now) {
-                if let Some(p) = self.pools.pools.get_mut(pool) {
-                    p.push_waiter_front(w);
-                }
-                return;
-            }
-        }
     }
 
     /// Sends the call behind others on the busy connection of `pool` with the shortest expected
     /// wait, if one qualifies: its statement is prepared there, the pipeline is shorter than
     /// `CALL_PIPELINE_DEPTH`, every call in it has a known recent run time and together they are
-    /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Callers keep arrival order: a new call
-    /// comes here only when none waits. `Err` gives the waiter back.
+    /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Not while calls wait for this pool:
+    /// connections must drain to serve them in turn. `Err` gives the waiter back.
     pub(super) fn try_pipeline(
         &mut self,
         poll: &mut Poll,
@@ -140,7 +86,7 @@ impl CallEngine {
     ) -> Result<(), Waiter> {
         let depth = self.cfg.call.pipeline_depth;
         let Some(p) = self.pools.pools.get(pool) else { return Err(waiter) };
-        if depth <= 1 || p.busy.is_empty() {
+        if depth <= 1 || p.busy.is_empty() || !p.waiting().is_empty() {
             return Err(waiter);
         }
         let Some(schema) = self.cfg.call.schemas.first() else { return Err(waiter) };
@@ -214,26 +160,14 @@ impl CallEngine {
     /// Gives idle connections of `pool` to its waiters in arrival order; opens more if waiters remain.
     pub(super) fn hand_out(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
         loop {
-            let Some(p) = self.pools.pools.get(pool) else { return };
-            let Some(&conn) = p.idle.last() else { break };
-            if p.waiting().is_empty() {
-                break;
-            }
-            // A backend that finished a call in this turn is awake: it takes the next call. Another
-            // idle one is woken only when the busy ones would not be free soon (see `hold_back`).
-            let awake = self.backends.get(conn).is_some_and(|b| b.conn.last_used == now);
-            if !awake && self.hold_back(pool, now) {
-                break;
-            }
             let Some(p) = self.pools.pools.get_mut(pool) else { return };
-            let Some(conn) = p.idle.pop() else { break };
-            let Some(w) = p.pop_waiter() else {
-                p.idle.push(conn);
+            if p.idle.is_empty() {
                 break;
-            };
+            }
+            let Some(w) = p.pop_waiter() else { break };
+            let conn = p.idle.pop().unwrap_or_else(|| unreachable!());
             self.start_job(poll, conn, w, now);
         }
-        self.pipeline_waiters(poll, pool, now);
         let Some(p) = self.pools.pools.get(pool) else { return };
         if !p.waiting().is_empty() {
             self.grow(poll, pool, now);

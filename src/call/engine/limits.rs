@@ -11,7 +11,7 @@ impl CallEngine {
         loop {
             let Some(p) = self.pools.pools.get(pool) else { return };
             let want = p.waiting().len().saturating_sub(p.connecting.len());
-            if want == 0 || p.backoff_until.is_some_and(|u| now < u) || self.hold_back(pool, now) {
+            if want == 0 || p.backoff_until.is_some_and(|u| now < u) {
                 return;
             }
             let share = p.share.clone();
