@@ -35,10 +35,11 @@ impl CallEngine {
                         if p.mark_short(self.loop_id) {
                             self.traffic.room_requests += 1;
                         }
-                        if local == 0 && p.quota == 0 {
-                            if let Some(to) = share.holder_besides(self.loop_id) {
-                                self.forward_waiters(pool, to);
-                            }
+                        if local == 0
+                            && p.quota == 0
+                            && let Some(to) = share.holder_besides(self.loop_id)
+                        {
+                            self.forward_waiters(pool, to);
                         }
                     }
                     return;
