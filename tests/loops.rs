@@ -1,6 +1,7 @@
 //! Several event loops: client connections are spread over them, the connection limits hold in sum
-//! over all of them (a loop without a connection of a full pool hands its calls to one that has), and
-//! a deploy's invalidation reaches every loop before its answer. Runs against the cluster of
+//! over all of them (each loop keeps its quota of a pool's cap; a loop without quota or connection
+//! hands its calls to one that has some), steady load moves no connection between loops, and a
+//! deploy's invalidation reaches every loop before its answer. Runs against the cluster of
 //! `scripts/test.sh`.
 
 mod common;

@@ -19,7 +19,7 @@ pub struct PoolShare {
     /// Calls waiting for a connection.
     waiting: AtomicUsize,
     /// Bit `i` set while loop `i` (below 64) holds connections of this pool: where a loop without
-    /// any can hand its calls when the pool's cap is taken.
+    /// any, and without a quota of the pool's cap, hands its calls when the cap is taken.
     holders: AtomicU64,
     /// Bit `i` set while loop `i` (below 64) has calls waiting for this pool and holds fewer of its
     /// connections than its quota (see [`quota`]): loops over their quota give connections back to

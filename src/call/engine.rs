@@ -44,11 +44,11 @@ pub type Done = Vec<(Caller, Response)>;
 /// How often a loop short of room asks the other loops again, per pool.
 const ROOM_ASK_EVERY: Duration = Duration::from_millis(20);
 
-/// A request to the other loops: close an idle connection (of `pool`, of any pool on `server`, or of
-/// any pool when both are `None`) so that this loop can open one under the shared limits.
+/// A request to the other loops: close an idle connection (of any pool on `server`, or of any pool
+/// when `None`) so that this loop can open one under the total or that server's cap. (A pool's own
+/// cap needs no request: see the quotas in `engine/limits.rs`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomAsk {
-    pub pool: Option<String>,
     pub server: Option<Arc<str>>,
 }
 

@@ -147,7 +147,7 @@ impl CallEngine {
         }
         p.room_asked = Some(now);
         self.traffic.room_requests += 1;
-        self.room_asks.push(RoomAsk { pool: None, server: None });
+        self.room_asks.push(RoomAsk { server: None });
     }
 
     /// Asks the other loops for a slot on the server of `pool` (at most every [`ROOM_ASK_EVERY`]).
@@ -158,19 +158,12 @@ impl CallEngine {
         }
         p.room_asked = Some(now);
         self.traffic.room_requests += 1;
-        self.room_asks.push(RoomAsk { pool: None, server: Some(p.server.clone()) });
+        self.room_asks.push(RoomAsk { server: Some(p.server.clone()) });
     }
 
     /// Another loop (`for_loop`) needs room: closes this loop's oldest idle connection of `pool` (of
     /// the least recently used pool when `None`), if there is one.
-    pub fn make_room(
-        &mut self,
-        poll: &mut Poll,
-        pool: Option<&str>,
-        server: Option<&str>,
-        for_loop: usize,
-        now: Instant,
-    ) {
+    pub fn make_room(&mut self, poll: &mut Poll, server: Option<&str>, for_loop: usize, now: Instant) {
         if let Some(server) = server {
             // Under one server's cap: this loop's least recently used idle connection to that server
             // goes, if it has one; nothing is owed (the asking loop's janitor asks again).
@@ -190,19 +183,9 @@ impl CallEngine {
             }
             return;
         }
-        let victim = match pool {
-            Some(key) => self
-                .pools
-                .by_key
-                .get(key)
-                .copied()
-                .filter(|k| self.pools.pools.get(*k).is_some_and(|p| !p.idle.is_empty() && p.waiting().is_empty())),
-            None => self.pools.lru_pool_with_idle(usize::MAX),
-        };
-        let Some(v) = victim else {
-            // Nothing idle now: the next connection that finishes a call goes (see `drained`). Calls
-            // for one pool are handed to loops that hold it instead, so only the total cap owes.
-            if pool.is_none() && !self.owed.contains(&for_loop) {
+        let Some(v) = self.pools.lru_pool_with_idle(usize::MAX) else {
+            // Nothing idle now: the next connection that finishes a call goes (see `drained`).
+            if !self.owed.contains(&for_loop) {
                 self.owed.push_back(for_loop);
             }
             return;
