@@ -22,6 +22,7 @@
 #   AB_CONNS      keep-alive connections of the load generator     (default 16)
 #   AB_FUNCTION   bench_get_item (1 row) or bench_list_items        (default bench_get_item)
 #   AB_OUT        also write the summary to this file
+#   LOADGEN       a built bench/loadgen.rs (default: built here with `cargo bench --no-run`)
 #   GATEWAY_EXTRA_ENV  KEY=VALUE words for every gateway
 # Each build runs as its own gateway (default event loops, LOG_LEVEL=warn, PostgreSQL over its Unix
 # socket); the ones not being measured sit idle. Everything started here is stopped on exit.
@@ -98,8 +99,8 @@ PSQL=psql
 [[ -n "${PG_BINDIR}" && -x "${PG_BINDIR}/psql" ]] && PSQL="${PG_BINDIR}/psql"
 PG_VERSION="$("${PSQL}" -X -At -h "${DB_HOST}" -p "${DB_PORT}" -U "${DB_USER}" -d postgres -c 'SHOW server_version')"
 
-log "building the load generator"
-LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
+[[ -n "${LOADGEN:-}" ]] || log "building the load generator"
+[[ -n "${LOADGEN:-}" ]] || LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
     | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
 [[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
 

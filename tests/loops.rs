@@ -1,6 +1,7 @@
 //! Several event loops: client connections are spread over them, the connection limits hold in sum
-//! over all of them (a loop without a connection of a full pool hands its calls to one that has), and
-//! a deploy's invalidation reaches every loop before its answer. Runs against the cluster of
+//! over all of them (each loop keeps its quota of a pool's cap; a loop without quota or connection
+//! hands its calls to one that has some), steady load moves no connection between loops, and a
+//! deploy's invalidation reaches every loop before its answer. Runs against the cluster of
 //! `scripts/test.sh`.
 
 mod common;
@@ -301,4 +302,72 @@ fn waiting_calls_are_capped_per_platform() {
         assert_eq!(status, 200, "{text}");
     }
     common::db::exec("postgres", &format!("DROP DATABASE IF EXISTS \"{tenant}\" WITH (FORCE)"));
+}
+
+/// `/metrics` counters of backend connects and closes: `(connects, closes)`, once two reads in a row
+/// agree (each loop publishes its counts at the end of its turn).
+fn connects_and_closes(addr: SocketAddr) -> (u64, u64) {
+    let read = || {
+        let r = request(addr, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        let get = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}")) as u64
+        };
+        (get("stonescriptdb_gateway_backend_connects_total"), get("stonescriptdb_gateway_backend_closes_total"))
+    };
+    let mut last = read();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Sixteen clients on four loops keep calling one database whose pool may have eight connections
+/// (two per loop): once the loops have settled on their quotas, further rounds of the same load open
+/// and close no backend connection at all — no loop takes connections from another while both are
+/// busy.
+#[test]
+fn steady_load_opens_and_closes_no_connection_after_warm_up() {
+    let g = start(&[("GATEWAY_THREADS", "4"), ("MAX_CONNECTIONS_PER_POOL", "8"), ("POOL_WAIT_TIMEOUT_MS", "30000")]);
+    let p = register(g.addr, &[("functions/nap.sql", NAP)]);
+    let rounds = [40, 60, 60];
+    let barrier = Arc::new(std::sync::Barrier::new(17));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, platform, barrier) = (g.addr, p.0.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                for n in rounds {
+                    barrier.wait();
+                    for _ in 0..n {
+                        let r = call_on(&mut c, &platform, "nap");
+                        assert_eq!(r.status, 200, "{}", r.text());
+                    }
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for _ in rounds {
+        barrier.wait();
+        barrier.wait();
+        counts.push(connects_and_closes(g.addr));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (connects, closes) = counts[0];
+    assert!(connects >= 4, "every loop opened its own connections: {counts:?}");
+    assert!(connects - closes <= 8, "{counts:?}");
+    assert_eq!(counts[1..], [counts[0], counts[0]], "connects/closes moved under steady load after the warm-up");
 }

@@ -19,8 +19,12 @@ pub struct PoolShare {
     /// Calls waiting for a connection.
     waiting: AtomicUsize,
     /// Bit `i` set while loop `i` (below 64) holds connections of this pool: where a loop without
-    /// any can hand its calls when the pool's cap is taken.
+    /// any, and without a quota of the pool's cap, hands its calls when the cap is taken.
     holders: AtomicU64,
+    /// Bit `i` set while loop `i` (below 64) has calls waiting for this pool and holds fewer of its
+    /// connections than its quota (see [`quota`]): loops over their quota give connections back to
+    /// it as they finish calls, and take no free slot themselves meanwhile.
+    short: AtomicU64,
     /// Connections of every pool of the same platform (role), for `MAX_CONNECTIONS_PER_PLATFORM`.
     platform: Arc<AtomicUsize>,
     /// Calls waiting in every pool of the same platform, for `MAX_WAITING_PER_PLATFORM`.
@@ -53,13 +57,27 @@ impl PoolShare {
     /// A loop other than `id` that holds connections of this pool, the next one after `id` first (so
     /// that several loops without connections do not all pick the same one).
     pub fn holder_besides(&self, id: usize) -> Option<usize> {
-        let mask = self.holders.load(Ordering::Acquire) & !(1u64.checked_shl(id as u32).unwrap_or(0));
-        if mask == 0 {
-            return None;
+        pick_after(self.holders.load(Ordering::Acquire), id)
+    }
+
+    /// Records whether loop `id` is short of its quota of this pool with calls waiting; true when
+    /// that changed.
+    pub fn set_short(&self, id: usize, short: bool) -> bool {
+        if id >= 64 {
+            return false;
         }
-        let shift = ((id + 1) % 64) as u32;
-        let rotated = mask.rotate_right(shift);
-        Some((rotated.trailing_zeros() + shift) as usize % 64)
+        let bit = 1u64 << id;
+        let before = if short {
+            self.short.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.short.fetch_and(!bit, Ordering::AcqRel)
+        };
+        (before & bit != 0) != short
+    }
+
+    /// A loop other than `id` short of its quota of this pool, the next one after `id` first.
+    pub fn short_besides(&self, id: usize) -> Option<usize> {
+        pick_after(self.short.load(Ordering::Acquire), id)
     }
 
     /// Records a change in the number of this loop's waiters.
@@ -77,6 +95,25 @@ impl PoolShare {
     pub fn platform_waiting(&self) -> usize {
         self.platform_waiting.load(Ordering::Acquire)
     }
+}
+
+/// The set bit of `mask` other than `id`'s that comes next after `id`, wrapping around.
+fn pick_after(mask: u64, id: usize) -> Option<usize> {
+    let mask = mask & !(1u64.checked_shl(id as u32).unwrap_or(0));
+    if mask == 0 {
+        return None;
+    }
+    let shift = ((id + 1) % 64) as u32;
+    let rotated = mask.rotate_right(shift);
+    Some((rotated.trailing_zeros() + shift) as usize % 64)
+}
+
+/// Loop `id`'s quota of a cap of `cap` connections shared by `loops` loops: an even split, the
+/// remainder to the first loops, so the quotas add up to the cap (a loop's quota is 0 when the
+/// cap is smaller than the number of loops).
+pub fn quota(cap: usize, loops: usize, id: usize) -> usize {
+    let loops = loops.max(1);
+    cap / loops + usize::from(id < cap % loops)
 }
 
 /// Why a connection could not be opened now.
@@ -334,6 +371,27 @@ mod tests {
         assert_eq!(s.holder_besides(2), Some(63));
         s.set_holder(70, true);
         assert_eq!(s.holder_besides(63), Some(2), "loops past 63 are not tracked");
+    }
+
+    #[test]
+    fn quotas_add_up_to_the_cap() {
+        for (cap, loops) in [(64, 8), (16, 3), (2, 4), (0, 2), (7, 1), (280, 16)] {
+            let q: Vec<usize> = (0..loops).map(|i| quota(cap, loops, i)).collect();
+            assert_eq!(q.iter().sum::<usize>(), cap, "{cap} over {loops}: {q:?}");
+            assert!(q.iter().max().unwrap() - q.iter().min().unwrap() <= 1, "{q:?}");
+        }
+        assert_eq!((quota(2, 4, 1), quota(2, 4, 2)), (1, 0));
+    }
+
+    #[test]
+    fn short_loops_are_found_and_flags_report_changes() {
+        let s = PoolShare::default();
+        assert!(s.set_short(3, true));
+        assert!(!s.set_short(3, true), "no change");
+        assert_eq!(s.short_besides(3), None, "not itself");
+        assert_eq!(s.short_besides(0), Some(3));
+        assert!(s.set_short(3, false));
+        assert_eq!(s.short_besides(0), None);
     }
 
     #[test]

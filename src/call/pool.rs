@@ -71,6 +71,10 @@ pub struct Pool<W> {
     pub room_asked: Option<Instant>,
     /// This loop is marked in the share as holding connections of this pool.
     holder: bool,
+    /// This loop's quota of `MAX_CONNECTIONS_PER_POOL` (see [`super::budget::quota`]).
+    pub quota: usize,
+    /// This loop is marked in the share as short of its quota with calls waiting.
+    short: bool,
     /// Calls this pool took on this loop since it was opened (ranks databases in `/metrics`).
     pub calls: u64,
 }
@@ -103,6 +107,8 @@ impl<W> Pool<W> {
             server_away: false,
             room_asked: None,
             holder: false,
+            quota: usize::MAX,
+            short: false,
             calls: 0,
         }
     }
@@ -140,6 +146,25 @@ impl<W> Pool<W> {
         if holds != self.holder {
             self.holder = holds;
             self.share.set_holder(id, holds);
+        }
+        self.sync_short(id);
+    }
+
+    /// Marks loop `id` short of its quota of this pool (its calls wait while the pool's cap is
+    /// taken); true when the mark is new.
+    pub fn mark_short(&mut self, id: usize) -> bool {
+        if self.short || self.size() >= self.quota || self.waiting.is_empty() {
+            return false;
+        }
+        self.short = true;
+        self.share.set_short(id, true)
+    }
+
+    /// Clears the mark once nothing waits here or the loop holds its quota.
+    pub fn sync_short(&mut self, id: usize) {
+        if self.short && (self.waiting.is_empty() || self.size() >= self.quota) {
+            self.short = false;
+            self.share.set_short(id, false);
         }
     }
 

@@ -238,6 +238,42 @@ pub struct ServerHealth {
     pub lag_ms: Option<u64>,
 }
 
+/// What the `/call` engines of the loops did with backend connections and with each other, counted
+/// since the start: where the cost of sharing the connection limits over loops shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoopTraffic {
+    /// Backend connections closed (for any reason).
+    pub closes: u64,
+    /// Requests for room sent to other loops.
+    pub room_requests: u64,
+    /// Connections closed because another loop asked for room.
+    pub room_closes: u64,
+    /// Slots of the total cap handed to another loop.
+    pub slot_handovers: u64,
+    /// Calls handed to another loop to run.
+    pub calls_forwarded: u64,
+}
+
+impl LoopTraffic {
+    pub fn add(&mut self, o: &LoopTraffic) {
+        self.closes += o.closes;
+        self.room_requests += o.room_requests;
+        self.room_closes += o.room_closes;
+        self.slot_handovers += o.slot_handovers;
+        self.calls_forwarded += o.calls_forwarded;
+    }
+
+    /// `(label, count)` of every kind of cross-loop traffic, as `/metrics` names them.
+    pub fn kinds(&self) -> [(&'static str, u64); 4] {
+        [
+            ("room_request", self.room_requests),
+            ("room_close", self.room_closes),
+            ("slot_handover", self.slot_handovers),
+            ("call_forwarded", self.calls_forwarded),
+        ]
+    }
+}
+
 /// One pool of one loop, as the loop last published it (every janitor turn).
 #[derive(Clone, Debug, Default)]
 pub struct PoolSnapshot {

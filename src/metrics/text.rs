@@ -30,6 +30,8 @@ pub struct Scrape<'a> {
     pub pools: &'a [PoolSnapshot],
     pub connects: u64,
     pub connect_failures: u64,
+    /// Backend closes and the traffic between loops, summed over loops.
+    pub traffic: super::LoopTraffic,
     pub deploy: &'a DeploySnapshot,
     pub process: ProcessStats,
     /// Calls per server and replica, summed over loops.
@@ -228,6 +230,16 @@ pub fn render(s: &Scrape<'_>) -> String {
     o.sample("backend_connects_total", &[], s.connects as f64);
     o.family("backend_connect_failures_total", "counter", "Backend connection attempts that failed.");
     o.sample("backend_connect_failures_total", &[], s.connect_failures as f64);
+    o.family("backend_closes_total", "counter", "Backend connections the /call pools closed.");
+    o.sample("backend_closes_total", &[], s.traffic.closes as f64);
+    o.family(
+        "loop_traffic_total",
+        "counter",
+        "What event loops asked of each other for the connection limits, by kind.",
+    );
+    for (kind, n) in s.traffic.kinds() {
+        o.sample("loop_traffic_total", &[("kind", kind)], n as f64);
+    }
 
     o.family(
         "server_calls_total",
@@ -346,6 +358,7 @@ mod tests {
             servers: &[],
             platform_errors: &[("acme".to_string(), acme)],
             functions: &[],
+            traffic: Default::default(),
         };
         let t = render(&s);
         let p = "stonescriptdb_gateway_call_errors_total";
@@ -375,6 +388,7 @@ mod tests {
             pools: &[],
             connects: 0,
             connect_failures: 0,
+            traffic: Default::default(),
             deploy: &dep,
             process: ProcessStats::default(),
             served: &[ServedCount { server: "s2".into(), replica: "10.0.0.3:5432".into(), calls: 5, write_retries: 1 }],

@@ -148,27 +148,13 @@ impl App {
             let from = self.id;
             if let Some(server) = ask.server {
                 // Under one server's cap: any loop may hold an idle connection to it.
-                self.shared.loops.send_others(from, || Message::RoomWanted {
-                    from,
-                    pool: None,
-                    server: Some(server.clone()),
-                });
+                self.shared.loops.send_others(from, || Message::RoomWanted { from, server: Some(server.clone()) });
                 continue;
             }
-            match ask.pool {
-                // Idle connections of that pool elsewhere may go; any loop may have one.
-                Some(pool) => self.shared.loops.send_others(from, || Message::RoomWanted {
-                    from,
-                    pool: Some(pool.clone()),
-                    server: None,
-                }),
-                // Under the total cap, one slot is wanted: asked of the loop holding the most, which
-                // owes it when it has nothing idle (so several loops do not all give one up).
-                None => {
-                    if let Some(n) = self.shared.fullest_besides(from).and_then(|l| self.shared.loops.get(l)) {
-                        n.send(Message::RoomWanted { from, pool: None, server: None });
-                    }
-                }
+            // Under the total cap, one slot is wanted: asked of the loop holding the most, which owes
+            // it when it has nothing idle (so several loops do not all give one up).
+            if let Some(n) = self.shared.fullest_besides(from).and_then(|l| self.shared.loops.get(l)) {
+                n.send(Message::RoomWanted { from, server: None });
             }
         }
         for (l, slot) in self.calls.take_room_freed() {

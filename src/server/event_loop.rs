@@ -303,8 +303,8 @@ impl Loop {
                     let answers = self.app.resolved(&mut self.poll, &r, self.now);
                     self.deliver(answers);
                 }
-                Message::RoomWanted { from, pool, server } => {
-                    self.app.calls.make_room(&mut self.poll, pool.as_deref(), server.as_deref(), from, self.now);
+                Message::RoomWanted { from, server } => {
+                    self.app.calls.make_room(&mut self.poll, server.as_deref(), from, self.now);
                 }
                 Message::RoomFreed(slot) => self.app.calls.take_slot(&mut self.poll, slot, self.now),
                 Message::Shutdown => self.begin_shutdown(),

@@ -33,9 +33,9 @@ pub enum Message {
     Keys { keys: Arc<Vec<(String, Vec<StoredKey>)>>, complete: bool },
     /// The catalog's answer about a database some loop's calls were waiting on.
     Resolved(Arc<Resolved>),
-    /// Loop `from` needs room under the connection limits: close an idle connection (of `pool`, or
-    /// of any pool) if there is one.
-    RoomWanted { from: usize, pool: Option<String>, server: Option<std::sync::Arc<str>> },
+    /// Loop `from` needs room under the total cap (or `server`'s): close an idle connection (of any
+    /// pool, or of one on that server) if there is one.
+    RoomWanted { from: usize, server: Option<std::sync::Arc<str>> },
     /// A slot this loop asked for is free.
     RoomFreed(crate::call::budget::TotalSlot),
     /// Begin graceful shutdown.

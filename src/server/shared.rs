@@ -99,6 +99,8 @@ pub struct LoopStats {
     pipelined: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
+    /// See [`crate::metrics::LoopTraffic`], in its field order.
+    traffic: [AtomicU64; 5],
     /// Client connections this loop serves (the accepting loop counts a hand-over at once).
     pub clients: AtomicUsize,
     /// Requests this loop answered, `/call` latency and errors; only this loop writes them.
@@ -125,6 +127,11 @@ impl LoopStats {
         self.pipelined.store(s.pipelined, Ordering::Relaxed);
         self.connects.store(s.connects, Ordering::Relaxed);
         self.connect_failures.store(s.connect_failures, Ordering::Relaxed);
+        let t = &s.traffic;
+        let v = [t.closes, t.room_requests, t.room_closes, t.slot_handovers, t.calls_forwarded];
+        for (a, v) in self.traffic.iter().zip(v) {
+            a.store(v, Ordering::Relaxed);
+        }
     }
 
     pub fn publish_pools(&self, pools: Vec<PoolSnapshot>) {
@@ -144,6 +151,11 @@ impl LoopStats {
             pipelined: self.pipelined.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            traffic: {
+                let [closes, room_requests, room_closes, slot_handovers, calls_forwarded] =
+                    self.traffic.each_ref().map(|a| a.load(Ordering::Relaxed));
+                crate::metrics::LoopTraffic { closes, room_requests, room_closes, slot_handovers, calls_forwarded }
+            },
         }
     }
 }
@@ -393,6 +405,7 @@ impl Shared {
             t.pipelined += s.pipelined;
             t.connects += s.connects;
             t.connect_failures += s.connect_failures;
+            t.traffic.add(&s.traffic);
         }
         t
     }

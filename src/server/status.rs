@@ -41,6 +41,7 @@ pub fn metrics(shared: &Shared, now: Instant) -> Response {
         pools: &pools,
         connects: totals.connects,
         connect_failures: totals.connect_failures,
+        traffic: totals.traffic,
         deploy: &deploy,
         process: metrics::process::read(),
         served: &shared.served(),
