@@ -209,12 +209,12 @@ fn recorded(cat: &mut Client) -> Result<BTreeMap<String, String>, String> {
 fn adopt(s: &Setup) -> Result<u8, String> {
     let catalog_db = s.cfg.deploy.catalog_db.clone();
     let mut admin = Client::connect(&s.su).map_err(|e| format!("cannot connect as {}: {e}", s.su.user))?;
-    if !roles::is_superuser(&mut admin).map_err(|e| e.message)? {
+    if !roles::is_superuser(&mut admin).map_err(|e| e.into_message())? {
         return Err(format!("{} is not a PostgreSQL superuser; run adopt as one (e.g. sudo -u postgres …)", s.su.user));
     }
     if let Some(l) = &s.login
         && first(&mut admin, "SELECT 't' FROM pg_catalog.pg_roles WHERE rolname = $1", &[Some(l)])
-            .map_err(|e| e.message)?
+            .map_err(|e| e.into_message())?
             .is_none()
     {
         return Err(format!("--from-login {l}: no such role"));
@@ -334,7 +334,7 @@ fn platform_role(cat: &mut Client, cfg: &Config, platform: &str) -> Result<(Stri
     if let Some(row) = r.rows.into_iter().next() {
         return Ok((row[0].clone().unwrap_or_default(), row[1].as_deref() == Some("t")));
     }
-    Ok((roles::role_name(&cfg.security.role_prefix, platform).map_err(|e| e.message)?, false))
+    Ok((roles::role_name(&cfg.security.role_prefix, platform).map_err(|e| e.into_message())?, false))
 }
 
 /// Makes sure of the platform, its role, the catalog's record of the role, and that the gateway's
@@ -354,7 +354,7 @@ fn ensure_role(
         "SELECT pg_catalog.pg_has_role($1, $2, 'MEMBER')::text FROM pg_catalog.pg_roles WHERE rolname = $1",
         &[Some(login), Some(&role.0)],
     )
-    .map_err(|e| e.message)?;
+    .map_err(|e| e.into_message())?;
     match member.as_deref() {
         Some("true") => {}
         Some(_) => admin
@@ -399,7 +399,7 @@ fn adopt_one(
     claim: &Claim,
     role: &str,
 ) -> Result<roles::Confined, String> {
-    let mut c = connect_pinned(&s.su, db).map_err(|e| e.message)?;
+    let mut c = connect_pinned(&s.su, db).map_err(|e| e.into_message())?;
     let inside = (|| -> Result<roles::Confined, String> {
         c.batch_execute("BEGIN").map_err(|e| e.to_string())?;
         let cols = upstream::fold(
@@ -417,7 +417,7 @@ fn adopt_one(
         for stmt in sql {
             c.batch_execute(&stmt).map_err(|e| format!("tracking tables: {e}"))?;
         }
-        let done = roles::confine_objects(&mut c, role, &s.cfg.call.schemas).map_err(|e| e.message)?;
+        let done = roles::confine_objects(&mut c, role, &s.cfg.call.schemas).map_err(|e| e.into_message())?;
         if !done.problems.is_empty() {
             return Err(format!("nothing changed: {}", done.problems.join("; ")));
         }
@@ -429,7 +429,7 @@ fn adopt_one(
     }
     c.close();
     let done = inside?;
-    roles::confine_database(admin, db, role, &s.cfg.call.schemas).map_err(|e| e.message)?;
+    roles::confine_database(admin, db, role, &s.cfg.call.schemas).map_err(|e| e.into_message())?;
     cat.query(
         "INSERT INTO public.databases (name, platform, kind, tenant_id, confined_at) VALUES ($1, $2, $3, $4, now()) \
          ON CONFLICT (name) DO NOTHING",
@@ -463,11 +463,11 @@ pub fn release_main(args: &[String]) -> u8 {
 
 fn release(s: &Setup, to: &str) -> Result<u8, String> {
     let mut admin = Client::connect(&s.su).map_err(|e| format!("cannot connect as {}: {e}", s.su.user))?;
-    if !roles::is_superuser(&mut admin).map_err(|e| e.message)? {
+    if !roles::is_superuser(&mut admin).map_err(|e| e.into_message())? {
         return Err(format!("{} is not a PostgreSQL superuser; run release as one", s.su.user));
     }
     if first(&mut admin, "SELECT 't' FROM pg_catalog.pg_roles WHERE rolname = $1", &[Some(to)])
-        .map_err(|e| e.message)?
+        .map_err(|e| e.into_message())?
         .is_none()
     {
         return Err(format!("--to-login {to}: no such role"));
@@ -512,7 +512,7 @@ fn release(s: &Setup, to: &str) -> Result<u8, String> {
 }
 
 fn release_one(s: &Setup, admin: &mut Client, cat: &mut Client, db: &str, role: &str, to: &str) -> Result<(), String> {
-    let mut c = connect_pinned(&s.su, db).map_err(|e| e.message)?;
+    let mut c = connect_pinned(&s.su, db).map_err(|e| e.into_message())?;
     let inside = (|| -> Result<(), String> {
         c.batch_execute("BEGIN").map_err(|e| e.to_string())?;
         // Objects only: the role's databases are given one at a time below, and its other databases

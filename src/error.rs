@@ -441,9 +441,14 @@ pub struct DbDetail {
     pub hint: Option<String>,
 }
 
-/// An error on its way to a client.
+/// An error on its way to a client. The fields live behind one box ([`ErrorFields`], reached through
+/// `Deref`), so a `Result<_, ApiError>` stays one word wide on the paths that succeed.
 #[derive(Clone, Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorFields>);
+
+/// What an [`ApiError`] says.
+#[derive(Clone, Debug)]
+pub struct ErrorFields {
     pub kind: Kind,
     pub message: String,
     /// The database the request was aimed at, when known.
@@ -458,6 +463,19 @@ pub struct ApiError {
     /// A status other than the table's, for the one documented case: `schema_extraction_failed` is 413
     /// when an archive breaches a size limit.
     pub status_override: Option<u16>,
+}
+
+impl std::ops::Deref for ApiError {
+    type Target = ErrorFields;
+    fn deref(&self) -> &ErrorFields {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorFields {
+        &mut self.0
+    }
 }
 
 /// Longest text an error body repeats from PostgreSQL or a cause: a function can raise a message of
@@ -478,7 +496,7 @@ fn cut(s: &str) -> std::borrow::Cow<'_, str> {
 
 impl ApiError {
     pub fn new(kind: Kind, message: impl Into<String>) -> ApiError {
-        ApiError {
+        ApiError(Box::new(ErrorFields {
             kind,
             message: message.into(),
             database: None,
@@ -487,7 +505,18 @@ impl ApiError {
             allow: None,
             extra: Vec::new(),
             status_override: None,
-        }
+        }))
+    }
+
+    /// Its message, for callers that report text only (the command-line tools).
+    pub fn into_message(self) -> String {
+        self.0.message
+    }
+
+    /// The same error under another kind (e.g. a FATAL during a call is a connection failure).
+    pub fn with_kind(mut self, kind: Kind) -> ApiError {
+        self.kind = kind;
+        self
     }
 
     pub fn with_database(mut self, db: impl Into<String>) -> ApiError {

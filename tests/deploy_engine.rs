@@ -400,7 +400,7 @@ fn concurrent_deploys_apply_each_migration_once() {
             std::thread::spawn(move || {
                 let mut c = Client::connect(&params(&name)).unwrap();
                 let r = deploy(&mut c, &name, &archive(&files), &opts(SeedMode::RunIfEmpty));
-                r.map(|r| r.migrations_applied.len()).map_err(|e| e.message)
+                r.map(|r| r.migrations_applied.len()).map_err(|e| e.into_message())
             })
         })
         .collect();
@@ -595,7 +595,7 @@ fn a_transaction_the_caller_left_open_is_not_committed_by_the_deploy() {
     assert_eq!(c.transaction_status(), b'T');
     let r = deploy(&mut c, &db.name, &archive(&files), &opts(SeedMode::RunIfEmpty));
     c.close();
-    assert!(r.is_ok(), "{:?}", r.err().map(|e| e.message));
+    assert!(r.is_ok(), "{:?}", r.err().map(|e| e.into_message()));
     assert_eq!(one(&db, "SELECT to_regclass('left_open') IS NULL"), "t", "the caller's open work was committed");
     assert_eq!(one(&db, "SELECT count(*) FROM products"), "3");
 }

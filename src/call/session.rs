@@ -585,7 +585,7 @@ impl Session {
         match msg {
             Backend::Error(e) => {
                 if e.severity == "FATAL" || e.severity == "PANIC" {
-                    return Err(PgError::Db(e));
+                    return Err(PgError::Db(Box::new(e)));
                 }
                 job.error.get_or_insert(e);
             }

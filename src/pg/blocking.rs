@@ -534,9 +534,9 @@ impl Client {
                     }
                     // A FATAL ends the session; no ReadyForQuery will come.
                     Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
-                        return Err(PgError::Db(e));
+                        return Err(PgError::Db(Box::new(e)));
                     }
-                    Backend::Error(e) => error = Some(e),
+                    Backend::Error(e) => error = Some(Box::new(e)),
                     Backend::RowDescription(_) => sink(SimpleEvent::NewResult),
                     Backend::Message(Message::DataRow(row)) => {
                         bytes += row.buffer().len() + 64;
@@ -577,10 +577,10 @@ impl Client {
                     };
                 }
                 Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
-                    return Err(PgError::Db(e));
+                    return Err(PgError::Db(Box::new(e)));
                 }
                 // After an error the server skips to Sync; keep reading until ReadyForQuery.
-                Backend::Error(e) => error = Some(e),
+                Backend::Error(e) => error = Some(Box::new(e)),
                 Backend::Message(Message::ParseComplete | Message::BindComplete | Message::NoData) => {}
                 Backend::RowDescription(cols) => {
                     result.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();

@@ -109,7 +109,7 @@ pub enum PgError {
     /// The socket failed (includes timeouts).
     Io(io::Error),
     /// The server reported an error.
-    Db(DbError),
+    Db(Box<DbError>),
     /// The server sent something the protocol does not allow here.
     Protocol(String),
     /// Authentication could not proceed on our side (no password, unsupported method, bad server proof).
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(e.constraint.as_deref(), Some("t_pkey"));
         assert_eq!(e.where_.as_deref(), Some("PL/pgSQL function f()"));
         assert_eq!(e.routine.as_deref(), Some("_bt_check_unique"));
-        let pe = PgError::Db(e);
+        let pe = PgError::Db(Box::new(e));
         assert_eq!(pe.sqlstate(), Some("23505"));
         assert!(pe.to_string().contains("duplicate key"));
     }

@@ -125,7 +125,7 @@ impl Startup {
         let cont = StartupStep::Continue;
         match (state, msg) {
             (State::Finished, m) => Err(PgError::Protocol(format!("{} after startup finished", describe(&m)))),
-            (_, Backend::Error(e)) => Err(PgError::Db(e)),
+            (_, Backend::Error(e)) => Err(PgError::Db(Box::new(e))),
             // Notices during startup carry nothing a caller can act on.
             (s, Backend::Notice(_)) => Ok((s, cont)),
 

@@ -416,7 +416,7 @@ impl App {
             }
             Ok(None) => self.calls.set_unknown(&r.database, now),
             Err(e) => {
-                let e = ApiError { kind: Kind::ConnectionFailed, ..e.clone() };
+                let e = e.clone().with_kind(Kind::ConnectionFailed);
                 return waiting.into_iter().map(|w| (w.client, w.generation, Response::error(&e))).collect();
             }
         }

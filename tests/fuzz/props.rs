@@ -197,7 +197,7 @@ fn run_chunked(body: &[u8], cuts: &[usize], max: usize) -> (Vec<u8>, ChunkedOutc
                 }
                 used += n;
             }
-            Err(e) => return (out, ChunkedOutcome::Err(e.kind, e.message)),
+            Err(e) => return (out, ChunkedOutcome::Err(e.kind, e.into_message())),
         }
         start = end;
     }

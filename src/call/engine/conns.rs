@@ -232,7 +232,7 @@ impl CallEngine {
                     // usually a FATAL before the server closes it.
                     match b.conn.next_message()? {
                         None => return Ok(()),
-                        Some(Msg::Error(e)) => return Err(PgError::Db(e)),
+                        Some(Msg::Error(e)) => return Err(PgError::Db(Box::new(e))),
                         Some(_) => {}
                     }
                 }
@@ -297,7 +297,7 @@ impl CallEngine {
             };
             // A FATAL like 57P01 during a call is a connection failure, not the call's fault.
             let e = if matches!(&err, PgError::Db(d) if d.severity == "FATAL" || d.severity == "PANIC") {
-                ApiError { kind: Kind::ConnectionFailed, ..e }
+                e.with_kind(Kind::ConnectionFailed)
             } else {
                 e
             };

@@ -32,10 +32,10 @@ impl CallEngine {
             self.start_job(poll, conn, waiter, now);
             return None;
         }
-        let waiter = match self.try_pipeline(poll, pool, waiter, now) {
-            Ok(()) => return None,
-            Err(w) => w,
-        };
+        if let Some((conn, stmt)) = self.pipeline_place(pool, &waiter, now) {
+            self.pipeline_onto(poll, conn, stmt, waiter, now);
+            return None;
+        }
         let p = self.pools.pools.get_mut(pool)?;
         if let Some(conn) = p.idle.pop() {
             self.start_job(poll, conn, waiter, now);
@@ -76,20 +76,14 @@ impl CallEngine {
     /// wait, if one qualifies: its statement is prepared there, the pipeline is shorter than
     /// `CALL_PIPELINE_DEPTH`, every call in it has a known recent run time and together they are
     /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Not while calls wait for this pool:
-    /// connections must drain to serve them in turn. `Err` gives the waiter back.
-    pub(super) fn try_pipeline(
-        &mut self,
-        poll: &mut Poll,
-        pool: usize,
-        waiter: Waiter,
-        now: Instant,
-    ) -> Result<(), Waiter> {
+    /// connections must drain to serve them in turn. Chooses only: [`Self::pipeline_onto`] sends.
+    pub(super) fn pipeline_place(&self, pool: usize, waiter: &Waiter, now: Instant) -> Option<(usize, Arc<Stmt>)> {
         let depth = self.cfg.call.pipeline_depth;
-        let Some(p) = self.pools.pools.get(pool) else { return Err(waiter) };
+        let p = self.pools.pools.get(pool)?;
         if depth <= 1 || p.busy.is_empty() || !p.waiting().is_empty() {
-            return Err(waiter);
+            return None;
         }
-        let Some(schema) = self.cfg.call.schemas.first() else { return Err(waiter) };
+        let schema = self.cfg.call.schemas.first()?;
         let max_wait = u64::try_from(self.cfg.call.pipeline_max_wait.as_micros()).unwrap_or(u64::MAX);
         let mut best: Option<(usize, u64, Arc<Stmt>)> = None;
         for &conn in &p.busy {
@@ -119,13 +113,16 @@ impl CallEngine {
                 best = Some((conn, wait, stmt.clone()));
             }
         }
-        let Some((conn, _, stmt)) = best else { return Err(waiter) };
+        best.map(|(conn, _, stmt)| (conn, stmt))
+    }
+
+    /// Sends the call behind the others on `conn`, the place [`Self::pipeline_place`] chose.
+    fn pipeline_onto(&mut self, poll: &mut Poll, conn: usize, stmt: Arc<Stmt>, waiter: Waiter, now: Instant) {
         let job = Job::new(waiter, self.cfg.call.timeout, now);
         if self.with_session(poll, conn, now, |s, cx| s.pipeline(cx, job, stmt)) == Some(true) {
             self.pipelined += 1;
             self.defer_flush(conn);
         }
-        Ok(())
     }
 
     pub(super) fn defer_flush(&mut self, conn: usize) {
