@@ -224,7 +224,7 @@ fn main() {
                             ),
                         );
                         assert_eq!(st, 201, "{}", v.to_json());
-                        if (i + 1) % 100 == 0 {
+                        if (i + 1).is_multiple_of(100) {
                             println!("  created {} databases ({:.0} s)", i + 1, t0.elapsed().as_secs_f64());
                         }
                     }

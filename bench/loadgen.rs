@@ -576,10 +576,10 @@ fn worker_mux(
             let i = ev.token().0;
             let Some(Some(sl)) = slots.get_mut(i) else { continue };
             let mut failed: Option<String> = None;
-            if sl.written.is_some() {
-                if let Err(e) = sl.write() {
-                    failed = Some(e);
-                }
+            if sl.written.is_some()
+                && let Err(e) = sl.write()
+            {
+                failed = Some(e);
             }
             // Drain the socket, then answer every complete response in the buffer.
             loop {
@@ -603,10 +603,10 @@ fn worker_mux(
                         r.record(resp, sl.t0, t1, (measure_from, measure_to));
                         if close {
                             failed = Some("server closed the keep-alive connection".into());
-                        } else if t1 < measure_to {
-                            if let Err(e) = sl.send_next() {
-                                failed = Some(e);
-                            }
+                        } else if t1 < measure_to
+                            && let Err(e) = sl.send_next()
+                        {
+                            failed = Some(e);
                         }
                     }
                     Err(e) => failed = Some(e),

@@ -620,8 +620,8 @@ impl Session {
                             *body = Vec::new();
                         }
                     }
-                    Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1 => {
-                        if data_row_fields(&row)?.get(1).copied().flatten() == Some(b"t".as_slice()) {
+                    Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1
+                        && data_row_fields(&row)?.get(1).copied().flatten() == Some(b"t".as_slice()) => {
                             // A prepared statement made with SQL PREPARE outlives the call: the
                             // connection drops them all before its next call (see RESET_STMTS). Its
                             // cache of our statements is emptied now, so no call is pipelined onto it
@@ -629,7 +629,6 @@ impl Session {
                             self.deallocate = true;
                             self.stmts.clear();
                         }
-                    }
                     Phase::Preparing(p) if job.error.is_none() => {
                         let vals = data_row_fields(&row)?;
                         p.overloads = vals
@@ -669,15 +668,14 @@ impl Session {
                         p.param_oids = oids;
                     }
                 }
-                Message::ParameterStatus(body) => {
+                Message::ParameterStatus(body)
                     // SET SESSION AUTHORIZATION survives the resets: a connection whose session user
                     // changed is not reused (the server reports every change of this setting).
                     if body.name().ok() == Some("session_authorization")
                         && self.session_user.as_deref() != body.value().ok()
-                    {
+                    => {
                         self.retire = true;
                     }
-                }
                 Message::NoData => {
                     if let Phase::Preparing(p) = &mut job.phase {
                         p.columns.clear();
@@ -729,10 +727,10 @@ impl Session {
             }
             if e.code == "42725" && untyped {
                 // Untyped is ambiguous and declared matched nothing: the declared error says more.
-                if let Typing::Untyped(d) = &mut job.typing {
-                    if let Some(d) = d.take() {
-                        e = d;
-                    }
+                if let Typing::Untyped(d) = &mut job.typing
+                    && let Some(d) = d.take()
+                {
+                    e = d;
                 }
             }
             if e.code == "42883" && job.schema_idx + 1 < schemas.len() && !job.answered {
@@ -958,11 +956,11 @@ impl Session {
     }
 
     fn fail(&mut self, cx: &mut Ctx<'_>, e: ApiError) {
-        if let Some(job) = self.job.as_mut() {
-            if !job.answered {
-                job.answered = true;
-                cx.answer(job, Response::error(&e));
-            }
+        if let Some(job) = self.job.as_mut()
+            && !job.answered
+        {
+            job.answered = true;
+            cx.answer(job, Response::error(&e));
         }
     }
 

@@ -134,12 +134,13 @@ impl Settings {
                 self.set(k.name, v, Source::Env);
             }
         }
-        if !env.contains_key("LOG_LEVEL") && self.source("LOG_LEVEL") == Source::Default {
-            if let Some(v) = env.get("RUST_LOG") {
-                // RUST_LOG may be `info` or `crate=debug,info`: take the last bare level.
-                if let Some(level) = v.split(',').filter(|p| !p.contains('=')).last() {
-                    self.set("LOG_LEVEL", level.trim(), Source::Env);
-                }
+        if !env.contains_key("LOG_LEVEL")
+            && self.source("LOG_LEVEL") == Source::Default
+            && let Some(v) = env.get("RUST_LOG")
+        {
+            // RUST_LOG may be `info` or `crate=debug,info`: take the last bare level.
+            if let Some(level) = v.split(',').rfind(|p| !p.contains('=')) {
+                self.set("LOG_LEVEL", level.trim(), Source::Env);
             }
         }
     }
@@ -464,11 +465,11 @@ fn db_name(s: &Settings, key: &str) -> Result<String, ConfigError> {
 impl DbSettings {
     /// Connection parameters for the administrative database (`DB_NAME` or the URL's database).
     pub fn connect_params(&self) -> ConnectParams {
-        if let Some(u) = &self.url {
-            if let Ok(mut p) = ConnectParams::from_url(u) {
-                p.connect_timeout = self.connect_timeout;
-                return p;
-            }
+        if let Some(u) = &self.url
+            && let Ok(mut p) = ConnectParams::from_url(u)
+        {
+            p.connect_timeout = self.connect_timeout;
+            return p;
         }
         let host = if self.host.starts_with('/') {
             Host::Unix(PathBuf::from(&self.host))
@@ -500,10 +501,10 @@ impl Config {
             .map_err(|_| invalid(s, "GATEWAY_HOST", "an IPv4 or IPv6 address literal"))?;
         let port = num::<u16>(s, "GATEWAY_PORT", 0, 65535)?;
         let url = opt(s, "DATABASE_URL");
-        if let Some(u) = &url {
-            if let Err(e) = ConnectParams::from_url(u) {
-                return Err(invalid(s, "DATABASE_URL", &format!("a postgres:// or postgresql:// URL ({e})")));
-            }
+        if let Some(u) = &url
+            && let Err(e) = ConnectParams::from_url(u)
+        {
+            return Err(invalid(s, "DATABASE_URL", &format!("a postgres:// or postgresql:// URL ({e})")));
         }
         let db = DbSettings {
             url,

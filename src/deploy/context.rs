@@ -391,25 +391,19 @@ impl<'a> Ctx<'a> {
                 return self.timed_out(at, limit);
             }
         }
-        if let PgError::Db(d) = &e {
-            if d.code == "57014" {
-                if d.message.contains("statement timeout") {
-                    let kept =
-                        if self.in_tx { "it was rolled back, nothing was kept" } else { "the file is not recorded" };
-                    return self
-                        .fail(
-                            Kind::DeployTimeout,
-                            at,
-                            format!("{} ran past DEPLOY_STATEMENT_TIMEOUT_MS ({}); {kept}", describe(at), d.message),
-                        )
-                        .with_cause("statement_timeout")
-                        .with_db(DbDetail {
-                            sqlstate: d.code.clone(),
-                            detail: d.detail.clone(),
-                            hint: d.hint.clone(),
-                        });
-                }
-            }
+        if let PgError::Db(d) = &e
+            && d.code == "57014"
+            && d.message.contains("statement timeout")
+        {
+            let kept = if self.in_tx { "it was rolled back, nothing was kept" } else { "the file is not recorded" };
+            return self
+                .fail(
+                    Kind::DeployTimeout,
+                    at,
+                    format!("{} ran past DEPLOY_STATEMENT_TIMEOUT_MS ({}); {kept}", describe(at), d.message),
+                )
+                .with_cause("statement_timeout")
+                .with_db(DbDetail { sqlstate: d.code.clone(), detail: d.detail.clone(), hint: d.hint.clone() });
         }
         let db = match &e {
             PgError::Db(d) => Some(d.clone()),

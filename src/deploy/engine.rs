@@ -272,18 +272,18 @@ fn extensions(
             )?;
             let row = &available[0];
             let installed = (!row[0].is_empty()).then(|| row[0].clone());
-            if installed.is_none() || w.version.as_ref().is_some_and(|v| Some(v) != installed.as_ref()) {
-                if row[1] != "t" {
-                    let what = match &w.version {
-                        Some(v) => format!("{} version {v}", w.name),
-                        None => w.name.clone(),
-                    };
-                    return Err(cx.fail(
-                        Kind::ExtensionNotAvailable,
-                        at,
-                        format!("extension {what} is not available on the server (pg_available_extensions)"),
-                    ));
-                }
+            if (installed.is_none() || w.version.as_ref().is_some_and(|v| Some(v) != installed.as_ref()))
+                && row[1] != "t"
+            {
+                let what = match &w.version {
+                    Some(v) => format!("{} version {v}", w.name),
+                    None => w.name.clone(),
+                };
+                return Err(cx.fail(
+                    Kind::ExtensionNotAvailable,
+                    at,
+                    format!("extension {what} is not available on the server (pg_available_extensions)"),
+                ));
             }
             let version = w.version.as_ref().map(|v| format!(" VERSION {}", quote_literal(v)));
             match installed {
@@ -354,17 +354,17 @@ fn migrations<'f>(
     let applied = tracking::applied_migrations(cx)?;
     // Refuse before applying anything: an edited file means the history is no longer what ran.
     for file in &archive.migrations {
-        if let Some(old) = applied.get(&file.path) {
-            if !same_migration(old, file) {
-                return Err(cx.fail(
-                    Kind::MigrationChecksumMismatch,
-                    At::file("migrations", file),
-                    format!(
-                        "migration {} was edited after it was applied (checksum differs); add a new migration instead",
-                        file.path
-                    ),
-                ));
-            }
+        if let Some(old) = applied.get(&file.path)
+            && !same_migration(old, file)
+        {
+            return Err(cx.fail(
+                Kind::MigrationChecksumMismatch,
+                At::file("migrations", file),
+                format!(
+                    "migration {} was edited after it was applied (checksum differs); add a new migration instead",
+                    file.path
+                ),
+            ));
         }
     }
     let mut pending = Vec::new();
@@ -372,14 +372,14 @@ fn migrations<'f>(
         if applied.contains_key(&file.path) {
             continue;
         }
-        if let Some(d) = sql::first_line_directive(&file.content) {
-            if !d.eq_ignore_ascii_case("no-transaction") {
-                return Err(cx.fail(
-                    Kind::MigrationFailed,
-                    At::file("migrations", file),
-                    format!("unknown directive `-- gateway: {d}`"),
-                ));
-            }
+        if let Some(d) = sql::first_line_directive(&file.content)
+            && !d.eq_ignore_ascii_case("no-transaction")
+        {
+            return Err(cx.fail(
+                Kind::MigrationFailed,
+                At::file("migrations", file),
+                format!("unknown directive `-- gateway: {d}`"),
+            ));
         }
         if is_no_transaction(file) {
             pending.push(file);

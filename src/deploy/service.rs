@@ -355,10 +355,10 @@ impl DeployCtx {
             // socket); end it so its locks go too, and answer only once it is gone.
             self.end_backend(database, &backend);
         }
-        if let Ok(rep) = &r {
-            if !rep.dry_run {
-                self.metrics.applied(rep.migrations_applied.len(), rep.functions_changed.len());
-            }
+        if let Ok(rep) = &r
+            && !rep.dry_run
+        {
+            self.metrics.applied(rep.migrations_applied.len(), rep.functions_changed.len());
         }
         r
     }

@@ -158,10 +158,10 @@ impl LoopCounters {
         }
         if call {
             self.call_latency.observe(latency_us);
-            if let Some(k) = error {
-                if let Some(c) = self.call_errors.get(k as usize) {
-                    bump(c, 1);
-                }
+            if let Some(k) = error
+                && let Some(c) = self.call_errors.get(k as usize)
+            {
+                bump(c, 1);
             }
         }
     }

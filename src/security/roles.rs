@@ -311,11 +311,9 @@ pub fn create_platform_database(
     call_schemas: &[String],
 ) -> Result<bool, ApiError> {
     let created = crate::catalog::create_database(admin, database)?;
-    if created {
-        if let Err(e) = confine_database(admin, database, role, call_schemas) {
-            let _ = crate::catalog::drop_database(admin, database);
-            return Err(e);
-        }
+    if created && let Err(e) = confine_database(admin, database, role, call_schemas) {
+        let _ = crate::catalog::drop_database(admin, database);
+        return Err(e);
     }
     Ok(created)
 }

@@ -458,10 +458,10 @@ impl App {
         self.pending_count = self.pending_count.saturating_sub(removed);
         let caller = Caller { loop_id: self.id, client: key, generation };
         self.calls.client_gone(caller);
-        if let Some(to) = self.forwarded.remove(&(key, generation)) {
-            if let Some(n) = self.shared.loops.get(to) {
-                n.send(Message::CallGone(caller));
-            }
+        if let Some(to) = self.forwarded.remove(&(key, generation))
+            && let Some(n) = self.shared.loops.get(to)
+        {
+            n.send(Message::CallGone(caller));
         }
     }
 

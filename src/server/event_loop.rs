@@ -244,10 +244,10 @@ impl Loop {
             if self.clients.get(key).is_some_and(|c| !c.busy()) {
                 self.client_readable(key, true);
             }
-            if let Some(c) = self.clients.get_mut(key) {
-                if !c.busy() {
-                    c.deadline = c.deadline.min(idle_end);
-                }
+            if let Some(c) = self.clients.get_mut(key)
+                && !c.busy()
+            {
+                c.deadline = c.deadline.min(idle_end);
             }
         }
         log::info("draining", &[("in_flight", &self.clients.len())]);
@@ -375,13 +375,13 @@ impl Loop {
                     }
                     if target == self.app.id {
                         self.adopt(sock, peer);
-                    } else if let Some(n) = shared.loops.get(target) {
-                        if !n.send(Message::Adopt(sock, peer)) {
-                            if let Some(s) = shared.stats.get(target) {
-                                s.clients.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            shared.release_address(peer.ip());
+                    } else if let Some(n) = shared.loops.get(target)
+                        && !n.send(Message::Adopt(sock, peer))
+                    {
+                        if let Some(s) = shared.stats.get(target) {
+                            s.clients.fetch_sub(1, Ordering::Relaxed);
                         }
+                        shared.release_address(peer.ip());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -284,10 +284,10 @@ impl Servers {
             };
             next.insert(s.def.name.clone(), s);
         }
-        if !next.contains_key(DEFAULT_SERVER) {
-            if let Some(d) = default {
-                next.insert(DEFAULT_SERVER.to_string(), d);
-            }
+        if !next.contains_key(DEFAULT_SERVER)
+            && let Some(d) = default
+        {
+            next.insert(DEFAULT_SERVER.to_string(), d);
         }
         let Ok(mut m) = self.map.write() else { return };
         *m = next;

@@ -443,7 +443,7 @@ pub fn fuzz_tar(src: &mut Src<'_>) -> Vec<u8> {
         }
         tar_push(&mut tar, &tar_header(name.as_bytes(), b"", kind, size, gnu), &data);
     }
-    if src.u8() % 8 != 0 {
+    if !src.u8().is_multiple_of(8) {
         tar.resize(tar.len() + 1024, 0);
     }
     tar

@@ -42,10 +42,10 @@ impl CallEngine {
         if let Some(i) = p.replica {
             // A replica that cannot be reached takes no reads until the monitor sees it well again;
             // the calls waiting for it go to the primary instead of failing.
-            if let Some(s) = self.servers.get(&p.target.server) {
-                if let Some(r) = s.replicas.get(i) {
-                    r.mark_failed(&format!("connect failed: {}", e.message));
-                }
+            if let Some(s) = self.servers.get(&p.target.server)
+                && let Some(r) = s.replicas.get(i)
+            {
+                r.mark_failed(&format!("connect failed: {}", e.message));
             }
             crate::log::warn(
                 "replica connect failed; its reads go to the primary",
@@ -194,10 +194,10 @@ impl CallEngine {
             self.conn_broken(poll, key, e, now);
             return;
         }
-        if let Some(b) = self.backends.get_mut(key) {
-            if let Err(e) = b.conn.flush() {
-                self.conn_broken(poll, key, e, now);
-            }
+        if let Some(b) = self.backends.get_mut(key)
+            && let Err(e) = b.conn.flush()
+        {
+            self.conn_broken(poll, key, e, now);
         }
     }
 

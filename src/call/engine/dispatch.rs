@@ -126,11 +126,11 @@ impl CallEngine {
     }
 
     pub(super) fn defer_flush(&mut self, conn: usize) {
-        if let Some(b) = self.backends.get_mut(conn) {
-            if !b.flush_queued {
-                b.flush_queued = true;
-                self.unflushed.push(conn);
-            }
+        if let Some(b) = self.backends.get_mut(conn)
+            && !b.flush_queued
+        {
+            b.flush_queued = true;
+            self.unflushed.push(conn);
         }
     }
 

@@ -67,12 +67,11 @@ impl CallEngine {
         let mut close = Vec::new();
         for (_, p) in self.pools.pools.iter() {
             for &c in &p.idle {
-                if let Some(b) = self.backends.get(c) {
-                    if now.saturating_duration_since(b.conn.last_used) >= self.cfg.pool.connection_idle_timeout
-                        || now.saturating_duration_since(b.conn.created) >= self.cfg.pool.max_lifetime
-                    {
-                        close.push(c);
-                    }
+                if let Some(b) = self.backends.get(c)
+                    && (now.saturating_duration_since(b.conn.last_used) >= self.cfg.pool.connection_idle_timeout
+                        || now.saturating_duration_since(b.conn.created) >= self.cfg.pool.max_lifetime)
+                {
+                    close.push(c);
                 }
             }
         }

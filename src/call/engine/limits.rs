@@ -66,11 +66,11 @@ impl CallEngine {
                     return;
                 }
                 Err(Full::Platform) => {
-                    if local == 0 {
-                        if let Some(to) = share.holder_besides(self.loop_id) {
-                            self.forward_waiters(pool, to);
-                            return;
-                        }
+                    if local == 0
+                        && let Some(to) = share.holder_besides(self.loop_id)
+                    {
+                        self.forward_waiters(pool, to);
+                        return;
                     }
                     // Room among this platform's own connections: an idle one of its least recently
                     // used other pool here goes; otherwise the calls wait for one to drain.
@@ -89,11 +89,11 @@ impl CallEngine {
                     return;
                 }
                 Err(Full::Total) => {
-                    if local == 0 {
-                        if let Some(to) = share.holder_besides(self.loop_id) {
-                            self.forward_waiters(pool, to);
-                            return;
-                        }
+                    if local == 0
+                        && let Some(to) = share.holder_besides(self.loop_id)
+                    {
+                        self.forward_waiters(pool, to);
+                        return;
                     }
                     // Connections already on their way out free a slot when their backend has exited.
                     if self.closing_count() >= want {
