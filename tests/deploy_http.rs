@@ -424,7 +424,7 @@ fn migrate_applies_replaces_and_drops_exactly_what_changed() {
         list.to_json()
     );
     assert_eq!(text(&v, "platform"), w.platform);
-    assert_eq!(strs(&v, "databases_updated"), [db.clone()]);
+    assert_eq!(strs(&v, "databases_updated"), std::slice::from_ref(&db));
     assert_eq!(num(&v, "migrations_applied"), 1);
     assert_eq!(num(&v, "functions_updated"), 1);
     assert_eq!(num(&v, "functions_dropped"), 1);

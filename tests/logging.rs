@@ -243,6 +243,8 @@ fn a_low_open_files_limit_is_reported_at_start() {
 
 /// Starts the binary on the test cluster with `env`; returns the child (stderr piped, unread) and the
 /// address it listens on, read from the log file in `dir`.
+// The child is handed to the caller, which waits for it; the lint cannot follow it there.
+#[allow(clippy::zombie_processes)]
 fn spawn_with_file_log(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let (host, port) = (std::env::var("TEST_PG_HOST").unwrap(), std::env::var("TEST_PG_PORT").unwrap());
     let mut c = Command::new(BIN);
@@ -251,7 +253,8 @@ fn spawn_with_file_log(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::pro
     for (k, v) in env {
         c.env(k, v);
     }
-    let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the gateway");
+    let mut child =
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the gateway");
     let log = dir.join("logs/stonescriptdb-gateway.log");
     let started = Instant::now();
     loop {
@@ -260,7 +263,11 @@ fn spawn_with_file_log(dir: &std::path::Path, env: &[(&str, &str)]) -> (std::pro
         {
             return (child, i.split_whitespace().next().unwrap().to_string());
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "no listening line in {}", log.display());
+        if started.elapsed() >= Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no listening line in {}", log.display());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -131,7 +131,7 @@ fn the_login_never_runs_what_a_platform_planted() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().get("status").and_then(Value::as_str), Some("completed"), "{}", r.text());
     assert_eq!(
-        one(&db, &"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'old_items'".to_string()),
+        one(&db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'old_items'"),
         role,
         "the pass did its work"
     );

@@ -129,6 +129,9 @@ pub enum Full {
     Server,
 }
 
+/// A platform's connections and its waiting calls, over all its pools and loops.
+type PlatformCounts = (Arc<AtomicUsize>, Arc<AtomicUsize>);
+
 /// The shared limits.
 #[derive(Debug)]
 pub struct Budget {
@@ -140,7 +143,7 @@ pub struct Budget {
     /// Pool key → its share; entries are created on first use and kept (a few bytes per pool).
     shares: Mutex<HashMap<String, Arc<PoolShare>>>,
     /// Platform (role) → its connections and its waiting calls over all its pools.
-    platforms: Mutex<HashMap<String, (Arc<AtomicUsize>, Arc<AtomicUsize>)>>,
+    platforms: Mutex<HashMap<String, PlatformCounts>>,
     /// Server (or replica) → its connections over all pools.
     servers: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }

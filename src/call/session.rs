@@ -105,7 +105,7 @@ enum Typing {
     Auto,
     /// Untyped even though the shape is ambiguous: the declared types matched no overload. The error
     /// of the declared attempt is kept, as it explains more when the untyped one is ambiguous too.
-    Untyped(Option<DbError>),
+    Untyped(Option<Box<DbError>>),
 }
 
 /// A call on a connection.
@@ -722,7 +722,7 @@ impl Session {
             if e.code == "42883" && p.declared && !job.answered {
                 // No overload takes the declared types (e.g. a string for a date): let PostgreSQL
                 // resolve the call with untyped arguments after all.
-                job.typing = Typing::Untyped(Some(e));
+                job.typing = Typing::Untyped(Some(Box::new(e)));
                 return self.begin(cx);
             }
             if e.code == "42725" && untyped {
@@ -730,7 +730,7 @@ impl Session {
                 if let Typing::Untyped(d) = &mut job.typing
                     && let Some(d) = d.take()
                 {
-                    e = d;
+                    e = *d;
                 }
             }
             if e.code == "42883" && job.schema_idx + 1 < schemas.len() && !job.answered {

@@ -198,6 +198,9 @@ enum Stop {
 }
 
 /// Sends a request with the helper scripts' retry rules.
+// Each argument is one part of the request or of where its output goes; a struct for one private
+// caller set would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn send(
     o: &Opts,
     out: &mut Out,
@@ -447,7 +450,7 @@ impl Progress {
         let mut stdout = std::io::stdout();
         if self.tty {
             const WIDTH: usize = 30;
-            let filled = if total > 0 { done * WIDTH / total } else { WIDTH };
+            let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
             let bar: String = "#".repeat(filled) + &".".repeat(WIDTH - filled);
             let _ = write!(
                 stdout,

@@ -353,11 +353,11 @@ pub fn refused_statement(stmt: &str) -> Option<String> {
         .collect();
     let word = |i: usize| words.get(i).filter(|(k, _)| *k == Kind::Word).map(|(_, w)| w.as_str());
     let first = word(0)?;
-    let control = match (first, word(1)) {
-        ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE", _) => true,
-        ("PREPARE", Some("TRANSACTION")) => true,
-        _ => false,
-    };
+    let control = matches!(
+        (first, word(1)),
+        ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE", _)
+            | ("PREPARE", Some("TRANSACTION"))
+    );
     if control {
         return Some(format!(
             "{first} is transaction control: a deploy runs in one transaction that the gateway opens and ends, \

@@ -709,7 +709,7 @@ impl Loop {
         };
         // A peer that half-closed after pipelining still gets an answer to every complete request it sent;
         // the connection closes after the last one.
-        let keep = keep_alive && !r.close && !shutting_down && !(c.peer_closed && c.rbuf.is_empty());
+        let keep = keep_alive && !r.close && !shutting_down && (!c.peer_closed || !c.rbuf.is_empty());
         response::write(&mut c.wbuf, &r, keep, minor, head_only);
         if let Some(i) = &info {
             // The turn's clock is coarse for quick requests; the log line reads a fresh one.
