@@ -15,6 +15,7 @@ pub mod seeders;
 pub mod servers;
 pub mod service;
 pub mod sql;
+pub mod startup;
 pub mod tables;
 pub mod tracking;
 pub mod types;

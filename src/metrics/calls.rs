@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{HistogramSnapshot, KIND_SLOTS, LATENCY_BOUNDS_US, OTHER};
+use super::histogram::{HistogramSnapshot, KIND_SLOTS, LATENCY_BOUNDS_US, OTHER};
 use crate::error::Kind;
 
 /// One function's figures.

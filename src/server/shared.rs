@@ -541,7 +541,7 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                         let tells = ctx.clone();
                         let _ = std::thread::Builder::new()
                             .name("upstream-tells".into())
-                            .spawn(move || crate::deploy::upstream::startup_tells(&tells));
+                            .spawn(move || crate::deploy::startup::startup_tells(&tells));
                     }
                     Err(e) => log::debug("isolation pass postponed", &[("error", &e)]),
                 }
