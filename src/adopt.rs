@@ -57,29 +57,18 @@ struct Args {
 
 fn split_args(args: &[String], login_flag: &str) -> Result<Args, String> {
     let mut a = Args { platforms: Vec::new(), login: None, dry_run: false, rest: Vec::new() };
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let value = |i: &mut usize| -> Result<String, String> {
-            if let Some(v) = &inline {
-                return Ok(v.clone());
-            }
-            *i += 1;
-            args.get(*i).cloned().ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name {
-            "--platform" => a.platforms.push(value(&mut i)?),
-            n if n == login_flag => a.login = Some(value(&mut i)?),
-            "--dry-run" if inline.is_none() => a.dry_run = true,
-            "--login" | "--new-password" => return Err(format!("{name} belongs to setup-db")),
-            _ => a.rest.push(arg.to_string()),
+    // Flags of neither command's own (the connection options, settings) and their values go on to
+    // setup-db's parser one argument at a time, as given.
+    crate::setup_db::each_flag(args, |fl| {
+        match fl.name {
+            "--platform" => a.platforms.push(fl.value()?),
+            n if n == login_flag => a.login = Some(fl.value()?),
+            "--dry-run" if fl.inline.is_none() => a.dry_run = true,
+            "--login" | "--new-password" => return Err(format!("{} belongs to setup-db", fl.name)),
+            _ => a.rest.push(fl.arg.to_string()),
         }
-        i += 1;
-    }
+        Ok(())
+    })?;
     Ok(a)
 }
 

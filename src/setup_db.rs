@@ -66,44 +66,72 @@ pub(crate) struct Options {
     pub(crate) help: bool,
 }
 
-pub(crate) fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
+/// One command-line argument of a subcommand, as [`each_flag`] hands it over: `--name=value` and
+/// `--name value` read the same.
+pub(crate) struct Flag<'a> {
+    /// The argument as given.
+    pub arg: &'a str,
+    /// The flag's name (`--port` of `--port=5432`), or the whole argument when it is no `--x=y`.
+    pub name: &'a str,
+    /// The value after `=`, when the argument carried one.
+    pub inline: Option<&'a str>,
+    args: &'a [String],
+    i: usize,
+}
+
+impl Flag<'_> {
+    /// The flag's value: after `=`, or else the next argument (which is then consumed).
+    pub fn value(&mut self) -> Result<String, String> {
+        if let Some(v) = self.inline {
+            return Ok(v.to_string());
+        }
+        self.i += 1;
+        self.args.get(self.i).cloned().ok_or_else(|| format!("{} needs a value", self.name))
+    }
+}
+
+/// Calls `f` with each argument in turn; a value `f` takes with [`Flag::value`] is not seen again.
+pub(crate) fn each_flag(args: &[String], mut f: impl FnMut(&mut Flag<'_>) -> Result<(), String>) -> Result<(), String> {
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
         let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
             _ => (arg, None),
         };
-        let value = |i: &mut usize| -> Result<String, String> {
-            if let Some(v) = &inline {
-                return Ok(v.clone());
-            }
-            *i += 1;
-            args.get(*i).cloned().ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut flag = Flag { arg, name, inline, args, i };
+        f(&mut flag)?;
+        i = flag.i + 1;
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    each_flag(args, |fl| {
+        let (arg, name, inline) = (fl.arg, fl.name, fl.inline);
         match name {
             "-h" | "--help" => o.help = true,
             "--new-password" if inline.is_none() => o.new_password = true,
-            "--superuser" => o.superuser = Some(value(&mut i)?),
-            "--host" => o.host = Some(value(&mut i)?),
+            "--superuser" => o.superuser = Some(fl.value()?),
+            "--host" => o.host = Some(fl.value()?),
             "--port" => {
-                let v = value(&mut i)?;
+                let v = fl.value()?;
                 o.port = Some(v.parse().map_err(|_| format!("--port: '{v}' is not a port number"))?);
             }
-            "--login" => o.login = Some(value(&mut i)?),
-            "--env-file" => o.env_file = Some(PathBuf::from(value(&mut i)?)),
+            "--login" => o.login = Some(fl.value()?),
+            "--env-file" => o.env_file = Some(PathBuf::from(fl.value()?)),
             _ if name.starts_with("--") => {
                 o.settings.push(arg.to_string());
                 if inline.is_none() {
-                    i += 1;
-                    o.settings.push(args.get(i).cloned().ok_or_else(|| format!("{name} needs a value"))?);
+                    let v = fl.value()?;
+                    o.settings.push(v);
                 }
             }
             _ => return Err(format!("unexpected argument '{arg}' (see setup-db --help)")),
         }
-        i += 1;
-    }
+        Ok(())
+    })?;
     Ok(o)
 }
 
