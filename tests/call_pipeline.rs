@@ -324,6 +324,35 @@ fn calls_pipelined_behind_a_frozen_call_are_answered_at_their_own_timeout() {
     );
 }
 
+/// Calls that wait for a pool at its cap go behind a short call as soon as a connection takes the
+/// first of them, instead of each waiting for a connection of its own to drain: with depth 2 on one
+/// connection, A goes behind the slow call, B and C wait; when the connection is free again B starts
+/// and C joins it at once (two pipelined calls; one when waiting calls are never pipelined).
+#[test]
+fn waiting_calls_are_pipelined_once_a_connection_takes_the_first() {
+    let db = TestDb::new("ct_pipe_wait", NAP);
+    let gw = one_connection(&[("CALL_PIPELINE_DEPTH", "2")]);
+    let addr = gw.addr;
+    // The statement prepared and timed on the one connection.
+    assert_eq!(scalar(&db.call(addr, "nap", "[0]")), json("0"));
+    let before = pipelined_calls(addr);
+    let calls: Vec<_> = [(400, 0), (0, 100), (0, 150), (0, 200)]
+        .into_iter()
+        .map(|(ms, after)| {
+            let body = db.body("nap", Some(&format!("[{ms}]")));
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(after));
+                common::post_json(addr, "/call", &body)
+            })
+        })
+        .collect();
+    for c in calls {
+        let r = c.join().expect("client thread");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(pipelined_calls(addr) - before, 2, "the waiting call was not pipelined behind the one that started");
+}
+
 /// The backend pid running a `nap_pid` call of `db`, once one is running.
 fn running_backend(db: &TestDb) -> String {
     let active = format!(

