@@ -78,6 +78,8 @@ fn apply(
     let pending = match main_transaction(&mut cx, archive, opts, &mut report) {
         Ok(p) => p,
         Err(e) => {
+            // Whatever failed, the tracking tables' layout is read again next time.
+            tracking::forget_layout(cx.c, database);
             cx.abandon();
             return Err(e);
         }
@@ -133,8 +135,15 @@ fn main_transaction<'f>(
     report: &mut DeployReport,
 ) -> Result<Vec<&'f SqlFile>, ApiError> {
     let db = cx.db.to_string();
-    cx.query("SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))", &[Some(&db)], At::step("lock"))?;
-    tracking::ensure_tables(cx)?;
+    let locked = cx.rows(
+        "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))::text, \
+         (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) \
+          pg_catalog.current_database())::text",
+        &[Some(&db)],
+        At::step("lock"),
+    )?;
+    let oid = locked.first().and_then(|r| r.get(1)).cloned().unwrap_or_default();
+    tracking::ensure_tables(cx, &oid)?;
     extensions(cx, archive, opts, report)?;
     types::deploy_types(cx, archive, report)?;
     let declared = tables::declare_and_create(cx, archive, report)?;
