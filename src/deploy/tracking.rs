@@ -82,9 +82,22 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
     let known = !oid.is_empty()
         && LAYOUT_COMPLETE.lock().map(|g| g.as_ref().is_some_and(|s| s.contains(&key))).unwrap_or(false);
     if known {
+        // In a savepoint with a probe of every table: one dropped by hand since means the full path.
         let all: HashMap<String, HashSet<String>> =
             upstream::TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
-        return cx.exec(&upstream::fill_sql(&all).join(";\n"), at);
+        let probe = upstream::TABLES.iter().map(|t| upstream::qualified(t)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SAVEPOINT ssdb_tracking; {}; SELECT 1 FROM {probe} WHERE false; RELEASE SAVEPOINT ssdb_tracking",
+            upstream::fill_sql(&all).join("; ")
+        );
+        match cx.c.batch_execute(&sql) {
+            Ok(()) => return cx.check_tx(at),
+            Err(crate::pg::dberror::PgError::Db(d)) if d.code == "42P01" || d.code == "42703" => {
+                cx.exec("ROLLBACK TO SAVEPOINT ssdb_tracking; RELEASE SAVEPOINT ssdb_tracking", at)?;
+                forget_layout(cx.c, cx.db);
+            }
+            Err(e) => return Err(cx.pg_error(crate::error::Kind::MigrationFailed, at, e, 0)),
+        }
     }
     let before = upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?);
     // Complete before this deploy touched anything, so true whether it commits or rolls back.
