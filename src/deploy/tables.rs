@@ -246,11 +246,12 @@ fn remember(key: ScratchKey, run: &ScratchRun) {
 
 const MAX_REMEMBERED_SCRATCH_RUNS: usize = 10_000;
 
-/// Makes the next deploy of `database` (on the server `client` is on) run the table files in the
+/// Makes the next deploy of `database` (on the server `client` is on) count seed rows and run the table files in the
 /// scratch schema again: after a migration (it may have changed a type or function the files use) or
 /// a failed deploy.
 pub(crate) fn forget_scratch_run(client: &crate::pg::blocking::Client, database: &str) {
     let server = client.server_key();
+    super::seeders::forget_counts(&server, database);
     if let Ok(mut g) = SCRATCH_RUNS.lock() {
         if let Some(m) = g.as_mut() {
             m.retain(|k, _| !(k.0 == server && k.1 == database));
