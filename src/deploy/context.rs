@@ -194,6 +194,9 @@ pub(crate) struct Ctx<'a> {
     pub in_tx: bool,
     /// When the whole deploy must be over, and the limit it came from (for the message).
     pub deadline: Option<(Instant, Duration)>,
+    /// The database's OID once the deploy's lock is held (empty before, or when unknown): keys what
+    /// this process remembers of the database between deploys.
+    pub db_oid: String,
 }
 
 /// Where a failure happened, for the error body.

@@ -68,8 +68,16 @@ fn apply(
     let deadline = opts.time_limit.map(|l| (started + l, l));
     // Cancelled at the deadline, cut a little later: see `watchdog`.
     let _watch = deadline.map(|(end, _)| watchdog::watch(end, client.cancel_token(), client.abort_handle().ok()));
-    let mut cx =
-        Ctx { c: client, db: database, run_id: &opts.run_id, force: opts.force, savepoints: 0, in_tx: false, deadline };
+    let mut cx = Ctx {
+        c: client,
+        db: database,
+        run_id: &opts.run_id,
+        force: opts.force,
+        savepoints: 0,
+        in_tx: false,
+        deadline,
+        db_oid: String::new(),
+    };
     if cx.c.transaction_status() != b'I' {
         // A caller left a transaction open; ours must not nest into it.
         let _ = cx.c.batch_execute("ROLLBACK");
@@ -78,10 +86,17 @@ fn apply(
     let pending = match main_transaction(&mut cx, archive, opts, &mut report) {
         Ok(p) => p,
         Err(e) => {
+            // Whatever failed, the tracking tables' layout and the table files are read again next time.
+            tracking::forget_layout(cx.c, database);
+            tables::forget_scratch_run(cx.c, database);
             cx.abandon();
             return Err(e);
         }
     };
+    if !pending.is_empty() || !report.migrations_applied.is_empty() {
+        // A migration may change a type or function the table files use.
+        tables::forget_scratch_run(cx.c, database);
+    }
     if opts.dry_run {
         cx.end(false, At::step("rollback"))?;
         report.no_transaction_migrations = pending.iter().map(|f| f.path.clone()).collect();
@@ -133,8 +148,16 @@ fn main_transaction<'f>(
     report: &mut DeployReport,
 ) -> Result<Vec<&'f SqlFile>, ApiError> {
     let db = cx.db.to_string();
-    cx.query("SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))", &[Some(&db)], At::step("lock"))?;
-    tracking::ensure_tables(cx)?;
+    let locked = cx.rows(
+        "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))::text, \
+         (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) \
+          pg_catalog.current_database())::text",
+        &[Some(&db)],
+        At::step("lock"),
+    )?;
+    cx.db_oid = locked.first().and_then(|r| r.get(1)).cloned().unwrap_or_default();
+    let oid = cx.db_oid.clone();
+    tracking::ensure_tables(cx, &oid)?;
     extensions(cx, archive, opts, report)?;
     types::deploy_types(cx, archive, report)?;
     let declared = tables::declare_and_create(cx, archive, report)?;

@@ -13,6 +13,7 @@
 //! during that evaluation; seeders should give their keys explicitly.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use super::archive::SchemaArchive;
 use super::context::{At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident};
@@ -103,6 +104,106 @@ fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Res
     Ok(tmp)
 }
 
+/// (server, database, OID, statement) → rows the statement defines, for seeders on tables that have
+/// rows: counted once per process while the database's tables, types and migrations stay as they were.
+type CountKey = (String, String, String, String);
+
+static COUNTS: Mutex<Option<HashMap<CountKey, u64>>> = Mutex::new(None);
+
+/// Bounded like the scratch runs: a process with very many databases starts over rather than grow.
+const MAX_REMEMBERED_COUNTS: usize = 10_000;
+
+fn counted(key: &CountKey) -> Option<u64> {
+    COUNTS.lock().ok()?.as_ref()?.get(key).copied()
+}
+
+fn remember_count(key: CountKey, n: u64) {
+    if let Ok(mut g) = COUNTS.lock() {
+        let m = g.get_or_insert_with(HashMap::new);
+        if m.len() >= MAX_REMEMBERED_COUNTS {
+            m.clear();
+        }
+        m.insert(key, n);
+    }
+}
+
+/// Forgets the counts of `database` on `server` (a migration ran, or a deploy failed).
+pub(crate) fn forget_counts(server: &str, database: &str) {
+    if let Ok(mut g) = COUNTS.lock() {
+        if let Some(m) = g.as_mut() {
+            m.retain(|k, _| !(k.0 == server && k.1 == database));
+        }
+    }
+}
+
+/// How many rows an INSERT defines, evaluated like [`evaluate`] but only counted: a seeder skipped
+/// on a table that has rows needs no more, and this takes no temporary table.
+fn count_rows(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<u64, ApiError> {
+    let rel = qualified(t);
+    let real = format!("_ssdb_seed_real_{n}");
+    let sp = cx.savepoint()?;
+    let r = (|| {
+        cx.exec(
+            &format!(
+                "ALTER TABLE {rel} RENAME TO {real}; CREATE TABLE {rel} (LIKE {}.{real} \
+                 INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED INCLUDING INDEXES)",
+                quote_ident(&t.0)
+            ),
+            at,
+        )?;
+        cx.run_file_stmt(Kind::MigrationFailed, at)?;
+        let rows = cx.query(&format!("SELECT count(*)::text FROM {rel}"), &[], at)?;
+        Ok(rows.rows[0][0].as_deref().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0))
+    })();
+    cx.rollback_to(&sp)?;
+    r
+}
+
+/// The rows an INSERT defines (count) and the keys of those the real table lacks, in key order:
+/// evaluated like [`evaluate`], then compared with the real table (renamed inside the savepoint).
+fn missing_keys(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<(u64, Vec<String>), ApiError> {
+    let rel = qualified(t);
+    let keys = key_columns(cx, &rel, at)?;
+    let real = format!("_ssdb_seed_real_{n}");
+    let real_rel = format!("{}.{real}", quote_ident(&t.0));
+    let sp = cx.savepoint()?;
+    let r = (|| {
+        cx.exec(
+            &format!(
+                "ALTER TABLE {rel} RENAME TO {real}; CREATE TABLE {rel} (LIKE {real_rel} \
+                 INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED INCLUDING INDEXES)"
+            ),
+            at,
+        )?;
+        cx.run_file_stmt(Kind::MigrationFailed, at)?;
+        let cond = keys.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
+        let key_text = if keys.len() == 1 {
+            format!("s.{}::text", keys[0])
+        } else {
+            format!("ROW({})::text", keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
+        };
+        let rows = cx.rows(
+            &format!(
+                "SELECT (SELECT count(*) FROM {rel})::text, \
+                 (SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k FROM {rel} s \
+                  WHERE NOT EXISTS (SELECT 1 FROM {real_rel} r WHERE {cond})) m)"
+            ),
+            &[],
+            at,
+        )?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        let total = row.first().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
+        let missing = row
+            .get(1)
+            .and_then(|j| json::parse(j.as_bytes()).ok())
+            .and_then(|v| v.as_array().map(|a| a.iter().map(|k| k.as_str().unwrap_or_default().to_string()).collect()))
+            .unwrap_or_default();
+        Ok((total, missing))
+    })();
+    cx.rollback_to(&sp)?;
+    r
+}
+
 fn is_insert(stmt: &Statement) -> bool {
     let kw = sql::leading_keywords(&stmt.text, 1);
     kw.first().is_some_and(|k| k == "INSERT")
@@ -181,15 +282,48 @@ pub(crate) fn run(
                 // rows are added by key below, so the next /migrate of the same archive finds them.
                 if !new_in_this_deploy(cx, &rel, created_now, at)? || key_columns(cx, &rel, at)?.is_empty() {
                     counter += 1;
-                    let tmp = evaluate(cx, &t, counter, at)?;
-                    let n = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0].clone();
-                    results[idx].skipped += n.parse::<u64>().unwrap_or(0);
-                    cx.exec(&format!("DROP TABLE {tmp}"), at)?;
+                    // Rows given as literal VALUES count the same as last time while nothing the
+                    // table's shape depends on changed (see `forget_counts`).
+                    let still = report.types_deployed.is_empty()
+                        && report.extensions_installed.is_empty()
+                        && report.tables_created.is_empty()
+                        && report.migrations_applied.is_empty()
+                        && !cx.db_oid.is_empty()
+                        && !stmt.text.to_ascii_uppercase().contains("SELECT");
+                    let key = (cx.c.server_key(), cx.db.to_string(), cx.db_oid.clone(), stmt.text.clone());
+                    let known = if still { counted(&key) } else { None };
+                    let n = match known {
+                        Some(n) => n,
+                        None => {
+                            let n = count_rows(cx, &t, counter, at)?;
+                            if still {
+                                remember_count(key, n);
+                            }
+                            n
+                        }
+                    };
+                    results[idx].skipped += n;
                     continue;
                 }
                 filling = true;
             }
             counter += 1;
+            if !opts.reseed && !filling {
+                // Only checked: the stand-in's rows are compared with the real table inside the
+                // savepoint, without a temporary table.
+                let (total, missing) = missing_keys(cx, &t, counter, at)?;
+                if !missing.is_empty() {
+                    match report.seed_validation.missing.iter_mut().find(|m| m.table == shown) {
+                        Some(m) => m.keys.extend(missing.iter().cloned()),
+                        None => report
+                            .seed_validation
+                            .missing
+                            .push(MissingSeedRows { table: shown.clone(), keys: missing.clone() }),
+                    }
+                }
+                results[idx].skipped += total - missing.len() as u64;
+                continue;
+            }
             let tmp = evaluate(cx, &t, counter, at)?;
             let keys = key_columns(cx, &rel, at)?;
             let cond =

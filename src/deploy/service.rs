@@ -18,6 +18,7 @@ use crate::http::response::Response;
 use crate::json::{ObjectWriter, Value};
 use crate::metrics::DeployMetrics;
 use crate::pg::blocking::Client;
+use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 use crate::security::keys::{Credential, StoredKey};
 use crate::security::{names, roles};
@@ -200,13 +201,34 @@ impl DeployCtx {
     /// Makes sure the platform's role exists and is fit (creating it on a first deploy), and returns a
     /// context whose deploys log in as that role.
     pub fn as_platform(&self, cat: &mut Catalog, platform: &str) -> Result<DeployCtx, ApiError> {
-        let (role, adopted) = self.role_of(cat, platform)?;
         let mut admin = self.admin_client()?;
-        let r = roles::ensure_platform_role(&mut admin, platform, &role, &self.cfg.security.platform_secret, adopted);
+        let r = self.as_platform_on(cat, &mut admin, platform);
         admin.close();
-        r?;
+        r
+    }
+
+    /// [`DeployCtx::as_platform`] with an admin session on this context's server that the caller
+    /// already holds.
+    pub fn as_platform_on(&self, cat: &mut Catalog, admin: &mut Client, platform: &str) -> Result<DeployCtx, ApiError> {
+        let (role, adopted) = self.role_of(cat, platform)?;
+        self.ensure_role(admin, platform, &role, adopted)?;
         cat.record_platform_role(platform, &role, adopted)?;
         Ok(DeployCtx { role: Some(role), platform: Some(platform.to_string()), ..self.clone() })
+    }
+
+    /// Creates or checks the platform's role on this context's server; its password is set once per
+    /// process (see [`roles::ensure_platform_role_known`]).
+    fn ensure_role(&self, admin: &mut Client, platform: &str, role: &str, adopted: bool) -> Result<(), ApiError> {
+        let secret = &self.cfg.security.platform_secret;
+        roles::ensure_platform_role_known(
+            admin,
+            &self.admin.target(),
+            &self.admin.user,
+            platform,
+            role,
+            secret,
+            adopted,
+        )
     }
 
     /// A database name that no platform may use: PostgreSQL's own databases and the catalog.
@@ -249,7 +271,7 @@ impl DeployCtx {
     }
 
     /// A session in `database` as the platform role. Platform SQL runs only in such sessions.
-    fn connect(&self, database: &str) -> Result<Client, ApiError> {
+    fn connect(&self, database: &str) -> Result<(Client, crate::pg::terminate::Backend), ApiError> {
         let role = self.role.as_deref().ok_or_else(|| {
             ApiError::new(Kind::Internal, "a deploy session was asked for without a platform role")
                 .with_database(database)
@@ -258,7 +280,24 @@ impl DeployCtx {
         params.user = role.to_string();
         params.password = Some(roles::password(&self.cfg.security.platform_secret, role));
         params.application_name = DEPLOY_APPLICATION_NAME.to_string();
-        let mut c = Client::connect(&params).map_err(|e| {
+        let mut login = Client::connect(&params);
+        if let Err(PgError::Db(d)) = &login {
+            if d.code == "28P01" {
+                // The password this process set once was changed by someone else (another gateway
+                // with another secret): set it again, then log in once more.
+                let secret = &self.cfg.security.platform_secret;
+                roles::forget_password(&self.admin.target(), &self.admin.user, role, secret);
+                if let (Some(platform), Ok(mut admin)) = (self.platform.as_deref(), self.admin_client()) {
+                    let adopted = self.catalog().and_then(|mut cat| self.role_of(&mut cat, platform)).map(|(_, a)| a);
+                    let again = adopted.and_then(|a| self.ensure_role(&mut admin, platform, role, a));
+                    admin.close();
+                    if again.is_ok() {
+                        login = Client::connect(&params);
+                    }
+                }
+            }
+        }
+        let mut c = login.map_err(|e| {
             let mut a = pg_api(e, &format!("cannot connect to database '{database}' as role '{role}'"));
             if a.db.as_ref().is_some_and(|d| d.sqlstate == "3D000") {
                 a.kind = Kind::DatabaseNotFound;
@@ -269,11 +308,16 @@ impl DeployCtx {
         // What the platform's statements send back is bounded like everything else it sends.
         c.set_max_result_bytes(self.cfg.deploy.max_result_bytes);
         let setup = session_limits(&self.cfg.deploy, c.session().server_version_num);
-        if let Err(e) = c.batch_execute(&setup) {
-            c.close();
-            return Err(pg_api(e, "cannot set the deploy session's time limits").with_database(database));
+        // Read before the platform's SQL runs: the session can change its name and settings, never
+        // its pid and start time. One round trip with the limits.
+        match crate::pg::terminate::own_backend_after(&mut c, &setup) {
+            Ok(b) => Ok((c, b)),
+            Err(e) => {
+                c.close();
+                Err(pg_api(e, "cannot set up the deploy session (time limits, backend identity)")
+                    .with_database(database))
+            }
         }
-        Ok(c)
     }
 
     /// Checks the archive's extensions before anything changes: trusted ones are installed by the platform
@@ -338,16 +382,7 @@ impl DeployCtx {
         if !untrusted.is_empty() && !opts.dry_run {
             self.install_untrusted(database, untrusted)?;
         }
-        let mut c = self.connect(database)?;
-        // Read before the platform's SQL runs: the session can change its name and settings, never
-        // its pid and start time.
-        let backend = match crate::pg::terminate::own_backend(&mut c) {
-            Ok(b) => b,
-            Err(e) => {
-                c.close();
-                return Err(pg_api(e, "cannot identify the deploy session").with_database(database));
-            }
-        };
+        let (mut c, backend) = self.connect(database)?;
         let r = deploy(&mut c, database, archive, opts);
         c.close();
         if r.as_ref().is_err_and(|e| e.kind == Kind::DeployTimeout) {
@@ -468,7 +503,7 @@ impl DeployCtx {
     pub fn ensure_role_here(&self) -> Result<(), ApiError> {
         let (Some(role), Some(platform)) = (self.role.as_deref(), self.platform.as_deref()) else { return Ok(()) };
         let mut admin = self.admin_client()?;
-        let r = roles::ensure_platform_role(&mut admin, platform, role, &self.cfg.security.platform_secret, false);
+        let r = self.ensure_role(&mut admin, platform, role, false);
         admin.close();
         r
     }
@@ -611,16 +646,48 @@ pub fn create_and_deploy(
 ) -> Result<(bool, DeployReport, String), ApiError> {
     ctx.check_reserved(name)?;
     let mut cat = ctx.catalog()?;
+    create_and_deploy_in(ctx, &mut cat, name, owner, archive, opts, must_be_new, server)
+}
+
+/// [`create_and_deploy`] on a catalog session the caller opened (and holds no create lock on).
+#[allow(clippy::too_many_arguments)]
+pub fn create_and_deploy_in(
+    ctx: &DeployCtx,
+    cat: &mut Catalog,
+    name: &str,
+    owner: &Owner,
+    archive: &SchemaArchive,
+    opts: &DeployOptions,
+    must_be_new: bool,
+    server: Option<&str>,
+) -> Result<(bool, DeployReport, String), ApiError> {
+    ctx.check_reserved(name)?;
     cat.check_owner(name, owner)?;
     // One create-and-first-deploy per database name at a time, across gateways and servers:
     // otherwise a request whose first deploy fails could drop the database another request is
-    // deploying to. The lock is the catalog session's and ends with it.
-    lock_name(&mut cat, name)?;
+    // deploying to. The lock is the catalog session's: released here, or when the session ends.
+    lock_name(cat, name)?;
+    let r = locked_create_and_deploy(ctx, cat, name, owner, archive, opts, must_be_new, server);
+    unlock_name(cat, name);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn locked_create_and_deploy(
+    ctx: &DeployCtx,
+    cat: &mut Catalog,
+    name: &str,
+    owner: &Owner,
+    archive: &SchemaArchive,
+    opts: &DeployOptions,
+    must_be_new: bool,
+    server: Option<&str>,
+) -> Result<(bool, DeployReport, String), ApiError> {
     let recorded = cat.owner_of(name)?.is_some();
     // Everything that can be refused is refused before anything is created.
     let untrusted = ctx.check_extensions(archive)?;
-    let (placed, mut admin) = place(ctx, &mut cat, name, &owner.platform, server)?;
-    let ctx = &placed.as_platform(&mut cat, &owner.platform)?;
+    let (placed, mut admin) = place(ctx, cat, name, &owner.platform, server)?;
+    let ctx = &placed.as_platform_on(cat, &mut admin, &owner.platform)?;
     let exists = catalog::database_exists(&mut admin, name)?;
     if exists && !recorded {
         // Not the gateway's: serving it would hand someone else's database to this platform.
@@ -632,7 +699,7 @@ pub fn create_and_deploy(
             ApiError::new(Kind::DatabaseAlreadyExists, format!("database '{name}' already exists")).with_database(name)
         );
     }
-    let created = !exists && ctx.create_recorded(&mut cat, &mut admin, name, owner, recorded)?;
+    let created = !exists && ctx.create_recorded(cat, &mut admin, name, owner, recorded)?;
     if must_be_new && !created {
         // Another request created it between the check and CREATE DATABASE: it is theirs.
         return Err(
@@ -668,7 +735,7 @@ pub fn create_and_deploy(
         // A failed first deploy is recorded too (its database is gone again, so the record is the
         // run's only), so the run says what failed where.
         let json = result_json(name, &result);
-        record_db_result(&mut cat, &run, name, result.is_ok(), opts.dry_run || undo, &json);
+        record_db_result(cat, &run, name, result.is_ok(), opts.dry_run || undo, &json);
         let _ = cat.finish_run(&run, run_status(failed, 1 - failed, opts.dry_run));
     }
     admin.close();
@@ -750,11 +817,10 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         let form = DeployForm::parse(content_type, body, ctx.cfg.limits.max_multipart_parts)?;
         let platform = form.require_platform()?.to_string();
         let (name, owner) = v1_owner(&platform, form.tenant_id.as_deref())?;
-        {
-            let mut cat = ctx.catalog()?;
-            ctx.authorize(&mut cat, &owner.platform)?;
-            ctx.check_platform_creation(&mut cat, &owner.platform)?;
-        }
+        // One catalog session for the checks and the deploy's records.
+        let mut cat = ctx.catalog()?;
+        ctx.authorize(&mut cat, &owner.platform)?;
+        ctx.check_platform_creation(&mut cat, &owner.platform)?;
         let _slot = ctx.claim(&owner.platform)?;
         let archive = ctx.read(form.require_archive()?)?;
         let opts = DeployOptions {
@@ -767,7 +833,8 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             time_limit: Some(ctx.cfg.deploy.timeout),
         };
         let (created, report, server) =
-            create_and_deploy(ctx, &name, &owner, &archive, &opts, false, form.server.as_deref())?;
+            create_and_deploy_in(ctx, &mut cat, &name, &owner, &archive, &opts, false, form.server.as_deref())?;
+        drop(cat);
         let mut b = Vec::with_capacity(1024);
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", if opts.dry_run { "dry_run" } else { "ready" });

@@ -7,7 +7,9 @@
 //! cycle as the unresolvable statement's own error (declare cycle-closing foreign keys in a
 //! migration). The scratch catalog (`format_type`, `attnotnull`, defaults) is read into memory and
 //! the scratch schema dropped. Missing tables are then created by running their file's statements
-//! for real in that order.
+//! for real in that order. What a scratch run read is remembered per database (OID) for as long as the
+//! type, extension and table files, the path and the database's migrations stay the same, so an
+//! unchanged redeploy does not run it again.
 //!
 //! Limits (documented choices): names are compared in the schema that is current for the
 //! deploy session (`current_schema()`, normally `public`); a statement with a schema-qualified table
@@ -21,6 +23,9 @@
 //! changing a column type rewrites the table and deserves a migration.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
 
 use super::archive::SchemaArchive;
 use super::context::{At, Change, Ctx, DeployReport, quote_ident};
@@ -113,66 +118,31 @@ pub(crate) fn declare_and_create(
         return Ok(Declared { schema, tables: Vec::new(), removed: Vec::new() });
     }
     let files: Vec<Vec<Statement>> = archive.tables.iter().map(|f| sql::split_statements(&f.content)).collect();
-    cx.exec(
-        &format!("DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}; SET LOCAL search_path TO {SCRATCH}, {path}"),
-        at,
-    )?;
-    let mut pending: Vec<(usize, &Statement)> =
-        files.iter().enumerate().flat_map(|(i, v)| v.iter().map(move |s| (i, s))).collect();
-    let mut ran: Vec<Ran<'_>> = Vec::new();
-    let mut known: HashSet<String> = HashSet::new();
-    loop {
-        let mut progress = false;
-        let mut retry = Vec::new();
-        let mut last_err = None;
-        for (i, stmt) in pending {
-            let sp = cx.savepoint()?;
-            match cx.c.query(&stmt.text, &[]) {
-                Ok(_) => {
-                    cx.check_tx(At::stmt("tables", &archive.tables[i], stmt))?;
-                    cx.release(&sp)?;
-                    let now = scratch_tables(cx)?;
-                    let created: Vec<String> = now.into_iter().filter(|t| known.insert(t.clone())).collect();
-                    ran.push(Ran { file: i, stmt, created });
-                    progress = true;
-                }
-                // Qualified name of a table that exists: not ours to compare (see module docs).
-                Err(PgError::Db(d)) if d.code == "42P07" => cx.rollback_to(&sp)?,
-                Err(PgError::Db(d)) if matches!(d.code.as_str(), "42P01" | "42704" | "3F000") => {
-                    cx.rollback_to(&sp)?;
-                    retry.push((i, stmt));
-                    last_err = Some((i, stmt, PgError::Db(d)));
-                }
-                Err(e) => {
-                    let err = cx.pg_error(Kind::MigrationFailed, At::stmt("tables", &archive.tables[i], stmt), e, 0);
-                    return Err(err);
-                }
+    // The scratch run depends on the files, the path, and the types and extensions they may use: when
+    // none of those changed, what it read last time is what it would read now.
+    let unchanged_types = report.types_deployed.is_empty() && report.extensions_installed.is_empty();
+    let key = scratch_key(cx, archive, &path, &schema);
+    let cached = if unchanged_types { key.as_ref().and_then(remembered) } else { None };
+    let (ran_at, mut tables) = match cached {
+        Some(c) => c,
+        None => {
+            let fresh = scratch_run(cx, archive, &files, &path)?;
+            if let (true, Some(k)) = (unchanged_types, key) {
+                remember(k, &fresh);
             }
+            fresh
         }
-        pending = retry;
-        if pending.is_empty() {
-            break;
-        }
-        if !progress {
-            let (i, stmt, e) = last_err.expect("a pending statement failed");
-            let mut err = cx.pg_error(Kind::MigrationFailed, At::stmt("tables", &archive.tables[i], stmt), e, 0);
-            err.message.push_str(
-                " (a foreign-key cycle or a reference to a table no file declares; close cycles with ALTER TABLE in a migration)",
-            );
-            return Err(err);
-        }
-    }
-    let mut tables = Vec::new();
+    };
+    let ran: Vec<Ran<'_>> = ran_at
+        .into_iter()
+        .filter_map(|(file, at, created)| Some(Ran { file, stmt: files.get(file)?.get(at)?, created }))
+        .collect();
     let mut owner: HashMap<String, usize> = HashMap::new();
     for r in &ran {
         for t in &r.created {
-            let cols = columns(cx, &format!("{SCRATCH}.{}", quote_ident(t)))?;
             owner.insert(t.clone(), r.file);
-            let file = archive.tables.get(r.file).map(|f| f.path.clone()).unwrap_or_default();
-            tables.push(DeclaredTable { name: t.clone(), columns: cols, created: false, file });
         }
     }
-    cx.exec(&format!("SET LOCAL search_path TO {path}; DROP SCHEMA {SCRATCH} CASCADE"), at)?;
 
     let mut missing: HashSet<String> = HashSet::new();
     for t in &tables {
@@ -230,6 +200,132 @@ pub(crate) fn declare_and_create(
     let mut removed: Vec<String> = tracked.keys().filter(|t| !declared.contains(t)).cloned().collect();
     removed.sort();
     Ok(Declared { schema, tables, removed })
+}
+
+/// Statements that created tables in the scratch run, as (file, statement index, tables created),
+/// in the order they succeeded; and the tables declared, as PostgreSQL read them.
+type ScratchRun = (Vec<(usize, usize, Vec<String>)>, Vec<DeclaredTable>);
+
+/// (server, database, its OID, search path, current schema, digest of the type, extension and table
+/// files) → what the scratch run read.
+type ScratchKey = (String, String, String, String, String, String);
+
+static SCRATCH_RUNS: Mutex<Option<HashMap<ScratchKey, ScratchRun>>> = Mutex::new(None);
+
+fn scratch_key(cx: &Ctx<'_>, archive: &SchemaArchive, path: &str, schema: &str) -> Option<ScratchKey> {
+    if cx.db_oid.is_empty() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    for f in archive.extensions.iter().chain(&archive.types).chain(&archive.tables) {
+        for part in [f.path.as_bytes(), f.content.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    let digest = crate::security::random::hex(&h.finalize());
+    Some((cx.c.server_key(), cx.db.to_string(), cx.db_oid.clone(), path.to_string(), schema.to_string(), digest))
+}
+
+fn remembered(key: &ScratchKey) -> Option<ScratchRun> {
+    SCRATCH_RUNS.lock().ok()?.as_ref()?.get(key).cloned()
+}
+
+fn remember(key: ScratchKey, run: &ScratchRun) {
+    if let Ok(mut g) = SCRATCH_RUNS.lock() {
+        let m = g.get_or_insert_with(HashMap::new);
+        // Bounded: one entry per database is what a process needs; a long-lived one with very many
+        // databases starts over rather than grow.
+        if m.len() >= MAX_REMEMBERED_SCRATCH_RUNS {
+            m.clear();
+        }
+        m.retain(|k, _| !(k.0 == key.0 && k.1 == key.1));
+        m.insert(key, run.clone());
+    }
+}
+
+const MAX_REMEMBERED_SCRATCH_RUNS: usize = 10_000;
+
+/// Makes the next deploy of `database` (on the server `client` is on) count seed rows and run the table files in the
+/// scratch schema again: after a migration (it may have changed a type or function the files use) or
+/// a failed deploy.
+pub(crate) fn forget_scratch_run(client: &crate::pg::blocking::Client, database: &str) {
+    let server = client.server_key();
+    super::seeders::forget_counts(&server, database);
+    if let Ok(mut g) = SCRATCH_RUNS.lock() {
+        if let Some(m) = g.as_mut() {
+            m.retain(|k, _| !(k.0 == server && k.1 == database));
+        }
+    }
+}
+
+/// Runs the table files in the scratch schema (see the module docs) and reads what they declare.
+fn scratch_run(
+    cx: &mut Ctx<'_>,
+    archive: &SchemaArchive,
+    files: &[Vec<Statement>],
+    path: &str,
+) -> Result<ScratchRun, ApiError> {
+    let at = At::step("tables");
+    cx.exec(
+        &format!("DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}; SET LOCAL search_path TO {SCRATCH}, {path}"),
+        at,
+    )?;
+    let mut pending: Vec<(usize, usize, &Statement)> =
+        files.iter().enumerate().flat_map(|(i, v)| v.iter().enumerate().map(move |(j, s)| (i, j, s))).collect();
+    let mut ran: Vec<(usize, usize, Vec<String>)> = Vec::new();
+    let mut known: HashSet<String> = HashSet::new();
+    loop {
+        let mut progress = false;
+        let mut retry = Vec::new();
+        let mut last_err = None;
+        for (i, j, stmt) in pending {
+            let sp = cx.savepoint()?;
+            match cx.c.query(&stmt.text, &[]) {
+                Ok(_) => {
+                    cx.check_tx(At::stmt("tables", &archive.tables[i], stmt))?;
+                    cx.release(&sp)?;
+                    let now = scratch_tables(cx)?;
+                    let created: Vec<String> = now.into_iter().filter(|t| known.insert(t.clone())).collect();
+                    ran.push((i, j, created));
+                    progress = true;
+                }
+                // Qualified name of a table that exists: not ours to compare (see module docs).
+                Err(PgError::Db(d)) if d.code == "42P07" => cx.rollback_to(&sp)?,
+                Err(PgError::Db(d)) if matches!(d.code.as_str(), "42P01" | "42704" | "3F000") => {
+                    cx.rollback_to(&sp)?;
+                    retry.push((i, j, stmt));
+                    last_err = Some((i, stmt, PgError::Db(d)));
+                }
+                Err(e) => {
+                    let err = cx.pg_error(Kind::MigrationFailed, At::stmt("tables", &archive.tables[i], stmt), e, 0);
+                    return Err(err);
+                }
+            }
+        }
+        pending = retry;
+        if pending.is_empty() {
+            break;
+        }
+        if !progress {
+            let (i, stmt, e) = last_err.expect("a pending statement failed");
+            let mut err = cx.pg_error(Kind::MigrationFailed, At::stmt("tables", &archive.tables[i], stmt), e, 0);
+            err.message.push_str(
+                " (a foreign-key cycle or a reference to a table no file declares; close cycles with ALTER TABLE in a migration)",
+            );
+            return Err(err);
+        }
+    }
+    let mut tables = Vec::new();
+    for (file, _, created) in &ran {
+        for t in created {
+            let cols = columns(cx, &format!("{SCRATCH}.{}", quote_ident(t)))?;
+            let file = archive.tables.get(*file).map(|f| f.path.clone()).unwrap_or_default();
+            tables.push(DeclaredTable { name: t.clone(), columns: cols, created: false, file });
+        }
+    }
+    cx.exec(&format!("SET LOCAL search_path TO {path}; DROP SCHEMA {SCRATCH} CASCADE"), at)?;
+    Ok((ran, tables))
 }
 
 /// How a column type change is classified.

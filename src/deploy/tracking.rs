@@ -2,7 +2,8 @@
 //! the engine makes on them. They live in `public` next to the schema they describe and are written
 //! in the deploy's own transaction, so a rolled-back deploy leaves no trace in them either.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use super::context::{At, Ctx};
 use super::upstream;
@@ -48,14 +49,59 @@ CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_changelog (
 );
 ";
 
+/// Databases (server, name, OID) whose tracking tables this process found complete in the superset
+/// layout. Nothing the gateway does takes a column away, so the layout is not read again; a deploy
+/// that fails there forgets its database ([`forget_layout`]), and a database dropped and made again
+/// has another OID.
+static LAYOUT_COMPLETE: Mutex<Option<HashSet<(String, String, String)>>> = Mutex::new(None);
+
+fn layout_key(cx: &Ctx<'_>, oid: &str) -> (String, String, String) {
+    (cx.c.server_key(), cx.db.to_string(), oid.to_string())
+}
+
+/// Makes the next deploy of `database` on the server `client` is on read its tracking tables' layout
+/// again.
+pub(crate) fn forget_layout(client: &crate::pg::blocking::Client, database: &str) {
+    let server = client.server_key();
+    if let Ok(mut g) = LAYOUT_COMPLETE.lock() {
+        if let Some(s) = g.as_mut() {
+            s.retain(|(srv, db, _)| !(*srv == server && db == database));
+        }
+    }
+}
+
 /// Creates the tables when missing. Called after the advisory lock is held, so two first deploys
-/// cannot race on the catalog.
+/// cannot race on the catalog. `oid` is the database's (empty when unknown: nothing is remembered).
 ///
 /// Tables the 1.x gateway left (or ours, before the old columns were added) are then brought to the
-/// shared superset layout ([`upstream::upgrade_sql`]); rows one side wrote get the other side's keys.
-pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
+/// shared superset layout ([`upstream::upgrade_sql`]); rows one side wrote get the other side's keys
+/// (in one round trip: the 1.x gateway may write rows between two deploys, never columns).
+pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError> {
     let at = At::step("tracking");
+    let key = layout_key(cx, oid);
+    let known = !oid.is_empty()
+        && LAYOUT_COMPLETE.lock().map(|g| g.as_ref().is_some_and(|s| s.contains(&key))).unwrap_or(false);
+    if known {
+        // In a savepoint with a probe of every table: one dropped by hand since means the full path.
+        let all: HashMap<String, HashSet<String>> =
+            upstream::TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
+        let probe = upstream::TABLES.iter().map(|t| upstream::qualified(t)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SAVEPOINT ssdb_tracking; {}; SELECT 1 FROM {probe} WHERE false; RELEASE SAVEPOINT ssdb_tracking",
+            upstream::fill_sql(&all).join("; ")
+        );
+        match cx.c.batch_execute(&sql) {
+            Ok(()) => return cx.check_tx(at),
+            Err(crate::pg::dberror::PgError::Db(d)) if d.code == "42P01" || d.code == "42703" => {
+                cx.exec("ROLLBACK TO SAVEPOINT ssdb_tracking; RELEASE SAVEPOINT ssdb_tracking", at)?;
+                forget_layout(cx.c, cx.db);
+            }
+            Err(e) => return Err(cx.pg_error(crate::error::Kind::MigrationFailed, at, e, 0)),
+        }
+    }
     let before = upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?);
+    // Complete before this deploy touched anything, so true whether it commits or rolls back.
+    let complete = before.len() == upstream::TABLES.len() && upstream::upgrade_sql(&before).is_empty();
     if before.len() < upstream::TABLES.len() {
         cx.exec(DDL, at)?;
     }
@@ -67,9 +113,18 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
     let mut sql = upstream::upgrade_sql(&cols);
     if sql.is_empty() {
         sql = upstream::fill_sql(&cols);
+        if !sql.is_empty() {
+            cx.exec(&sql.join(";\n"), at)?;
+        }
+    } else {
+        for stmt in sql {
+            cx.exec(&stmt, at)?;
+        }
     }
-    for stmt in sql {
-        cx.exec(&stmt, at)?;
+    if complete && !oid.is_empty() {
+        if let Ok(mut g) = LAYOUT_COMPLETE.lock() {
+            g.get_or_insert_with(Default::default).insert(key);
+        }
     }
     Ok(())
 }

@@ -452,6 +452,12 @@ impl Client {
         self.session.server_params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// Which server this session is on (host or socket directory, and port), for keys of what a
+    /// process remembers per server.
+    pub fn server_key(&self) -> String {
+        format!("{:?}:{}", self.host, self.port)
+    }
+
     /// True once the connection can no longer be used; the pool must drop it.
     pub fn is_broken(&self) -> bool {
         self.broken

@@ -20,12 +20,17 @@ pub struct Backend {
 /// The backend behind `c`, read before anything else runs in it. Every name is qualified, so an
 /// object the database's owner made cannot answer in place of the catalog.
 pub fn own_backend(c: &mut Client) -> Result<Backend, PgError> {
-    let r = c.query(
-        "SELECT a.backend_start::pg_catalog.text FROM pg_catalog.pg_stat_activity a \
-         WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()",
-        &[],
-    )?;
-    let started = r.rows.into_iter().next().and_then(|row| row.into_iter().next().flatten()).unwrap_or_default();
+    own_backend_after(c, "")
+}
+
+const OWN_BACKEND_SQL: &str = "SELECT a.backend_start::pg_catalog.text FROM pg_catalog.pg_stat_activity a \
+     WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()";
+
+/// [`own_backend`] in the same round trip as `setup` (statements ending in `;`, or empty), which
+/// runs first.
+pub fn own_backend_after(c: &mut Client, setup: &str) -> Result<Backend, PgError> {
+    let rows = c.simple_query(&format!("{setup} {OWN_BACKEND_SQL}"))?;
+    let started = rows.into_iter().next().and_then(|row| row.into_iter().next().flatten()).unwrap_or_default();
     Ok(Backend { pid: c.session().process_id, started })
 }
 

@@ -238,6 +238,11 @@ fn check_fit(admin: &mut Client, role: &str, f: &RoleFacts) -> Result<(), ApiErr
         .query("SELECT current_user::text, session_user::text", &[])
         .map_err(|e| pg_api(e, "cannot read current_user"))?;
     let me: Vec<String> = r.rows.into_iter().next().unwrap_or_default().into_iter().flatten().collect();
+    check_fit_as(&me, role, f)
+}
+
+/// [`check_fit`] with the gateway's `current_user` and `session_user` already read.
+fn check_fit_as(me: &[String], role: &str, f: &RoleFacts) -> Result<(), ApiError> {
     if me.iter().any(|m| m == role) {
         return Err(ApiError::new(
             Kind::RoleNotAllowed,
@@ -255,6 +260,93 @@ fn check_fit(admin: &mut Client, role: &str, f: &RoleFacts) -> Result<(), ApiErr
         ));
     }
     Ok(())
+}
+
+/// Where a role's password was set by this process with which secret: (server, gateway login, role,
+/// first bytes of the secret's hash).
+type Known = (String, String, String, String);
+
+/// Roles whose password this process has set on a server: a later deploy only checks the role.
+static PASSWORD_SET: std::sync::Mutex<Option<std::collections::HashSet<Known>>> = std::sync::Mutex::new(None);
+
+fn known_key(target: &str, login: &str, role: &str, secret: &[u8]) -> Known {
+    (target.to_string(), login.to_string(), role.to_string(), hex(&Sha256::digest(secret)[..8]))
+}
+
+/// What a deploy needs to know of a role whose password this process already set, in one round trip:
+/// its facts, whether it still inherits, who the gateway is, and whether the gateway may act as it.
+const RECHECK_SQL: &str = "SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication, r.rolbypassrls, \
+     r.rolcanlogin, pg_catalog.shobj_description(r.oid, 'pg_authid'), \
+     (SELECT pg_catalog.string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m \
+      JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid WHERE m.member OPERATOR(pg_catalog.=) r.oid), \
+     r.rolinherit, current_user::text, session_user::text, \
+     (SELECT s.rolsuper FROM pg_catalog.pg_roles s WHERE s.rolname OPERATOR(pg_catalog.=) current_user), \
+     pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') \
+     FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1";
+
+/// [`ensure_platform_role`], but the password is set only once per process, server and secret (it is
+/// derived, so it cannot have changed unless someone else set it: then [`forget_password`] and call
+/// again). Every call still checks the role as the full path does (its mark, its attributes and
+/// memberships, `INHERIT`, the gateway's membership), in one round trip; anything that is not as the
+/// full path leaves it goes through the full path, which repairs or refuses it.
+pub fn ensure_platform_role_known(
+    admin: &mut Client,
+    target: &str,
+    login: &str,
+    platform: &str,
+    role: &str,
+    secret: &[u8],
+    adopted: bool,
+) -> Result<(), ApiError> {
+    let key = known_key(target, login, role, secret);
+    let known = PASSWORD_SET.lock().map(|g| g.as_ref().is_some_and(|s| s.contains(&key))).unwrap_or(false);
+    if known && recheck(admin, platform, role, adopted)? {
+        return Ok(());
+    }
+    forget_password(target, login, role, secret);
+    ensure_platform_role(admin, platform, role, secret, adopted)?;
+    if let Ok(mut g) = PASSWORD_SET.lock() {
+        g.get_or_insert_with(Default::default).insert(key);
+    }
+    Ok(())
+}
+
+/// Makes the next [`ensure_platform_role_known`] of `role` set its password again (a login as the
+/// role was refused: another process set another one).
+pub fn forget_password(target: &str, login: &str, role: &str, secret: &[u8]) {
+    let key = known_key(target, login, role, secret);
+    if let Ok(mut g) = PASSWORD_SET.lock() {
+        if let Some(s) = g.as_mut() {
+            s.remove(&key);
+        }
+    }
+}
+
+/// `Ok(true)`: the role is as the full path left it. `Ok(false)`: it is gone or needs the full path
+/// (which repairs what it can and refuses the rest with its own errors). `Err`: refused here.
+fn recheck(admin: &mut Client, platform: &str, role: &str, adopted: bool) -> Result<bool, ApiError> {
+    let r = admin.query(RECHECK_SQL, &[Some(role)]).map_err(|e| pg_api(e, "cannot look up roles"))?;
+    let Some(row) = r.rows.into_iter().next() else { return Ok(false) };
+    let t = |i: usize| row[i].as_deref() == Some("t");
+    let f = RoleFacts {
+        superuser: t(0),
+        createdb: t(1),
+        createrole: t(2),
+        replication: t(3),
+        bypassrls: t(4),
+        login: t(5),
+        comment: row[6].clone(),
+        member_of: row[7].as_deref().map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
+    };
+    let marked_for_other =
+        f.comment.as_deref().is_some_and(|c| c.starts_with(&mark("")) && c != mark(platform).as_str());
+    if marked_for_other || (!adopted && f.comment.as_deref() != Some(mark(platform).as_str())) {
+        return Ok(false);
+    }
+    let me: Vec<String> = [row[9].clone(), row[10].clone()].into_iter().flatten().collect();
+    check_fit_as(&me, role, &f)?;
+    // Not inheriting, or the gateway no longer a member: the full path sets both again.
+    Ok(t(8) && (t(11) || t(12)))
 }
 
 /// Roles whose password this process has set with its secret (role, first bytes of the secret's hash).

@@ -1,0 +1,141 @@
+//! Repeated deploys of one database in one process: what the gateway remembers between them (the
+//! platform role's password, the tracking tables' layout, what the table files declare) never
+//! stands in for a check whose answer may have changed.
+
+mod common;
+
+use common::db::{exec, query_col, su};
+use common::{multipart, request, start};
+use stonescriptdb_gateway::json::Value;
+
+const TOKEN: &str = "deploy-repeat-admin-token-0123456789";
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn one(db: &str, sql: &str) -> String {
+    query_col(db, sql).into_iter().next().flatten().unwrap_or_default()
+}
+
+/// Drops the databases when the test ends.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut c = su("postgres");
+        for d in &self.0 {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"));
+        }
+    }
+}
+
+fn deploy(addr: std::net::SocketAddr, path: &str, platform: &str, files: &[(&str, &str)]) -> common::Resp {
+    let archive = common::archive::tgz(files.iter().copied());
+    let fields: Vec<(&str, &[u8])> = vec![("platform", platform.as_bytes()), ("schema", &archive)];
+    let (ct, body) = multipart(&fields);
+    let auth = format!("Bearer {TOKEN}");
+    request(addr, "POST", path, &[("Content-Type", ct.as_str()), ("Authorization", auth.as_str())], &body)
+}
+
+const SCHEMA: [(&str, &str); 3] = [
+    ("tables/items.sql", "CREATE TABLE items (id integer PRIMARY KEY, name text NOT NULL);"),
+    ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';"),
+    ("seeders/items.sql", "INSERT INTO items (id, name) VALUES (1, 'one'), (2, 'two');"),
+];
+
+fn number(r: &common::Resp, k: &str) -> String {
+    match r.json().get(k) {
+        Some(Value::Number(n)) => n.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The password is set once per process; every later deploy still checks the role and is refused,
+/// changing nothing, when the role gained a right a platform must not have; a role that lost
+/// `INHERIT` is repaired.
+#[test]
+fn a_redeploy_sets_the_password_once_and_still_checks_the_role() {
+    let p = uniq("drp");
+    let cat = uniq("cat_drp");
+    let db = format!("{p}_main");
+    let role = format!("ssdb_{p}");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
+    let password = || one("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"));
+    assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
+    let first = password();
+    assert!(first.starts_with("SCRAM-SHA-256$"), "{first}");
+    let r = deploy(g.addr, "/register", &p, &SCHEMA);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A verifier has a random salt: setting the same password again would change it.
+    assert_eq!(password(), first, "an unchanged redeploy set the role's password again");
+
+    exec("postgres", &format!("ALTER ROLE {role} CREATEDB"));
+    let r = deploy(g.addr, "/register", &p, &SCHEMA);
+    assert_eq!((r.status, r.error_code().as_str()), (403, "role_not_allowed"), "{}", r.text());
+    assert_eq!(one("postgres", &format!("SELECT rolcreatedb::text FROM pg_roles WHERE rolname = '{role}'")), "true");
+    assert_eq!(password(), first, "a refused deploy changed the role");
+
+    exec("postgres", &format!("ALTER ROLE {role} NOCREATEDB NOINHERIT"));
+    let r = deploy(g.addr, "/register", &p, &SCHEMA);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(one("postgres", &format!("SELECT rolinherit::text FROM pg_roles WHERE rolname = '{role}'")), "true");
+}
+
+/// A tracking table dropped by hand between two deploys is made again by the next one, although the
+/// process found the layout complete before.
+#[test]
+fn a_tracking_table_dropped_between_deploys_is_made_again() {
+    let p = uniq("drt");
+    let cat = uniq("cat_drt");
+    let db = format!("{p}_main");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
+    assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
+    assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
+    exec(&db, "DROP TABLE public._stonescriptdb_gateway_changelog");
+    let changed =
+        [SCHEMA[0], ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2';"), SCHEMA[2]];
+    let r = deploy(g.addr, "/register", &p, &changed);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let logged =
+        query_col(&db, "SELECT kind || ' ' || object || ' ' || action FROM public._stonescriptdb_gateway_changelog");
+    assert!(!logged.is_empty(), "nothing logged: {}", r.text());
+}
+
+/// An unchanged redeploy still counts the seed rows, creates a table dropped by hand, and compares
+/// the live tables (changed by a migration) with what the files declare.
+#[test]
+fn declared_tables_follow_migrations_and_dropped_tables() {
+    let p = uniq("drd");
+    let cat = uniq("cat_drd");
+    let db = format!("{p}_main");
+    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
+    assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
+    let r = deploy(g.addr, "/register", &p, &SCHEMA);
+    assert_eq!((r.status, number(&r, "functions_skipped")), (200, "1".to_string()), "{}", r.text());
+    let seeded = r.json().get("seeders").map(|s| s.to_json()).unwrap_or_default();
+    assert!(seeded.contains("\"skipped\":2"), "{seeded}");
+
+    exec(&db, "DROP TABLE items");
+    let r = deploy(g.addr, "/register", &p, &SCHEMA);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"tables_created_names\":[\"items\"]"), "{}", r.text());
+    assert_eq!(one(&db, "SELECT count(*) FROM items"), "2");
+
+    // A migration narrows a column the table file declares wider: the next deploy sees the drift.
+    let migrated = [
+        SCHEMA[0],
+        SCHEMA[1],
+        SCHEMA[2],
+        ("migrations/001_narrow.sql", "ALTER TABLE items ALTER COLUMN id TYPE smallint;"),
+    ];
+    assert_eq!(deploy(g.addr, "/migrate", &p, &migrated).status, 200);
+    let r = deploy(g.addr, "/migrate", &p, &migrated);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("smallint"), "the drift after the migration is not seen: {}", r.text());
+}
