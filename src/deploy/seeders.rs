@@ -129,10 +129,10 @@ fn remember_count(key: CountKey, n: u64) {
 
 /// Forgets the counts of `database` on `server` (a migration ran, or a deploy failed).
 pub(crate) fn forget_counts(server: &str, database: &str) {
-    if let Ok(mut g) = COUNTS.lock() {
-        if let Some(m) = g.as_mut() {
-            m.retain(|k, _| !(k.0 == server && k.1 == database));
-        }
+    if let Ok(mut g) = COUNTS.lock()
+        && let Some(m) = g.as_mut()
+    {
+        m.retain(|k, _| !(k.0 == server && k.1 == database));
     }
 }
 

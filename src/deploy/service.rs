@@ -281,19 +281,19 @@ impl DeployCtx {
         params.password = Some(roles::password(&self.cfg.security.platform_secret, role));
         params.application_name = DEPLOY_APPLICATION_NAME.to_string();
         let mut login = Client::connect(&params);
-        if let Err(PgError::Db(d)) = &login {
-            if d.code == "28P01" {
-                // The password this process set once was changed by someone else (another gateway
-                // with another secret): set it again, then log in once more.
-                let secret = &self.cfg.security.platform_secret;
-                roles::forget_password(&self.admin.target(), &self.admin.user, role, secret);
-                if let (Some(platform), Ok(mut admin)) = (self.platform.as_deref(), self.admin_client()) {
-                    let adopted = self.catalog().and_then(|mut cat| self.role_of(&mut cat, platform)).map(|(_, a)| a);
-                    let again = adopted.and_then(|a| self.ensure_role(&mut admin, platform, role, a));
-                    admin.close();
-                    if again.is_ok() {
-                        login = Client::connect(&params);
-                    }
+        if let Err(PgError::Db(d)) = &login
+            && d.code == "28P01"
+        {
+            // The password this process set once was changed by someone else (another gateway
+            // with another secret): set it again, then log in once more.
+            let secret = &self.cfg.security.platform_secret;
+            roles::forget_password(&self.admin.target(), &self.admin.user, role, secret);
+            if let (Some(platform), Ok(mut admin)) = (self.platform.as_deref(), self.admin_client()) {
+                let adopted = self.catalog().and_then(|mut cat| self.role_of(&mut cat, platform)).map(|(_, a)| a);
+                let again = adopted.and_then(|a| self.ensure_role(&mut admin, platform, role, a));
+                admin.close();
+                if again.is_ok() {
+                    login = Client::connect(&params);
                 }
             }
         }

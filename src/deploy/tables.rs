@@ -252,10 +252,10 @@ const MAX_REMEMBERED_SCRATCH_RUNS: usize = 10_000;
 pub(crate) fn forget_scratch_run(client: &crate::pg::blocking::Client, database: &str) {
     let server = client.server_key();
     super::seeders::forget_counts(&server, database);
-    if let Ok(mut g) = SCRATCH_RUNS.lock() {
-        if let Some(m) = g.as_mut() {
-            m.retain(|k, _| !(k.0 == server && k.1 == database));
-        }
+    if let Ok(mut g) = SCRATCH_RUNS.lock()
+        && let Some(m) = g.as_mut()
+    {
+        m.retain(|k, _| !(k.0 == server && k.1 == database));
     }
 }
 

@@ -63,10 +63,10 @@ fn layout_key(cx: &Ctx<'_>, oid: &str) -> (String, String, String) {
 /// again.
 pub(crate) fn forget_layout(client: &crate::pg::blocking::Client, database: &str) {
     let server = client.server_key();
-    if let Ok(mut g) = LAYOUT_COMPLETE.lock() {
-        if let Some(s) = g.as_mut() {
-            s.retain(|(srv, db, _)| !(*srv == server && db == database));
-        }
+    if let Ok(mut g) = LAYOUT_COMPLETE.lock()
+        && let Some(s) = g.as_mut()
+    {
+        s.retain(|(srv, db, _)| !(*srv == server && db == database));
     }
 }
 
@@ -121,10 +121,11 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
             cx.exec(&stmt, at)?;
         }
     }
-    if complete && !oid.is_empty() {
-        if let Ok(mut g) = LAYOUT_COMPLETE.lock() {
-            g.get_or_insert_with(Default::default).insert(key);
-        }
+    if complete
+        && !oid.is_empty()
+        && let Ok(mut g) = LAYOUT_COMPLETE.lock()
+    {
+        g.get_or_insert_with(Default::default).insert(key);
     }
     Ok(())
 }

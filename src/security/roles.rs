@@ -315,10 +315,10 @@ pub fn ensure_platform_role_known(
 /// role was refused: another process set another one).
 pub fn forget_password(target: &str, login: &str, role: &str, secret: &[u8]) {
     let key = known_key(target, login, role, secret);
-    if let Ok(mut g) = PASSWORD_SET.lock() {
-        if let Some(s) = g.as_mut() {
-            s.remove(&key);
-        }
+    if let Ok(mut g) = PASSWORD_SET.lock()
+        && let Some(s) = g.as_mut()
+    {
+        s.remove(&key);
     }
 }
 
