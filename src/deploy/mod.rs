@@ -9,6 +9,7 @@ pub mod form;
 pub mod functions;
 pub mod gzip;
 pub mod isolate;
+pub mod memo;
 pub mod overview;
 pub mod pack;
 pub mod seeders;

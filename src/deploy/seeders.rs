@@ -13,7 +13,6 @@
 //! during that evaluation; seeders should give their keys explicitly.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use super::archive::SchemaArchive;
 use super::context::{At, Ctx, DeployOptions, DeployReport, MissingSeedRows, SeedMode, SeederResult, quote_ident};
@@ -104,36 +103,13 @@ fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Res
     Ok(tmp)
 }
 
-/// (server, database, OID, statement) → rows the statement defines, for seeders on tables that have
-/// rows: counted once per process while the database's tables, types and migrations stay as they were.
-type CountKey = (String, String, String, String);
-
-static COUNTS: Mutex<Option<HashMap<CountKey, u64>>> = Mutex::new(None);
-
-/// Bounded like the scratch runs: a process with very many databases starts over rather than grow.
-const MAX_REMEMBERED_COUNTS: usize = 10_000;
-
-fn counted(key: &CountKey) -> Option<u64> {
-    COUNTS.lock().ok()?.as_ref()?.get(key).copied()
-}
-
-fn remember_count(key: CountKey, n: u64) {
-    if let Ok(mut g) = COUNTS.lock() {
-        let m = g.get_or_insert_with(HashMap::new);
-        if m.len() >= MAX_REMEMBERED_COUNTS {
-            m.clear();
-        }
-        m.insert(key, n);
-    }
-}
+/// (database OID, statement) → rows the statement defines, for seeders on tables that have rows:
+/// counted once per process while the database's tables, types and migrations stay as they were.
+static COUNTS: super::memo::DbMemo<(String, String), u64> = super::memo::DbMemo::new();
 
 /// Forgets the counts of `database` on `server` (a migration ran, or a deploy failed).
 pub(crate) fn forget_counts(server: &str, database: &str) {
-    if let Ok(mut g) = COUNTS.lock()
-        && let Some(m) = g.as_mut()
-    {
-        m.retain(|k, _| !(k.0 == server && k.1 == database));
-    }
+    COUNTS.forget(server, database);
 }
 
 /// How many rows an INSERT defines, evaluated like [`evaluate`] but only counted: a seeder skipped
@@ -290,14 +266,15 @@ pub(crate) fn run(
                         && report.migrations_applied.is_empty()
                         && !cx.db_oid.is_empty()
                         && !stmt.text.to_ascii_uppercase().contains("SELECT");
-                    let key = (cx.c.server_key(), cx.db.to_string(), cx.db_oid.clone(), stmt.text.clone());
-                    let known = if still { counted(&key) } else { None };
+                    let server = cx.c.server_key();
+                    let key = (cx.db_oid.clone(), stmt.text.clone());
+                    let known = if still { COUNTS.get(&server, cx.db, &key) } else { None };
                     let n = match known {
                         Some(n) => n,
                         None => {
                             let n = count_rows(cx, &t, counter, at)?;
                             if still {
-                                remember_count(key, n);
+                                COUNTS.put(&server, cx.db, key, n, false);
                             }
                             n
                         }

@@ -23,7 +23,6 @@
 //! changing a column type rewrites the table and deserves a migration.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -122,13 +121,14 @@ pub(crate) fn declare_and_create(
     // none of those changed, what it read last time is what it would read now.
     let unchanged_types = report.types_deployed.is_empty() && report.extensions_installed.is_empty();
     let key = scratch_key(cx, archive, &path, &schema);
-    let cached = if unchanged_types { key.as_ref().and_then(remembered) } else { None };
+    let server = cx.c.server_key();
+    let cached = if unchanged_types { key.as_ref().and_then(|k| SCRATCH_RUNS.get(&server, cx.db, k)) } else { None };
     let (ran_at, mut tables) = match cached {
         Some(c) => c,
         None => {
             let fresh = scratch_run(cx, archive, &files, &path)?;
             if let (true, Some(k)) = (unchanged_types, key) {
-                remember(k, &fresh);
+                SCRATCH_RUNS.put(&server, cx.db, k, fresh.clone(), true);
             }
             fresh
         }
@@ -206,11 +206,11 @@ pub(crate) fn declare_and_create(
 /// in the order they succeeded; and the tables declared, as PostgreSQL read them.
 type ScratchRun = (Vec<(usize, usize, Vec<String>)>, Vec<DeclaredTable>);
 
-/// (server, database, its OID, search path, current schema, digest of the type, extension and table
-/// files) → what the scratch run read.
-type ScratchKey = (String, String, String, String, String, String);
+/// (the database's OID, search path, current schema, digest of the type, extension and table files)
+/// → what the scratch run read; one entry a database.
+type ScratchKey = (String, String, String, String);
 
-static SCRATCH_RUNS: Mutex<Option<HashMap<ScratchKey, ScratchRun>>> = Mutex::new(None);
+static SCRATCH_RUNS: super::memo::DbMemo<ScratchKey, ScratchRun> = super::memo::DbMemo::new();
 
 fn scratch_key(cx: &Ctx<'_>, archive: &SchemaArchive, path: &str, schema: &str) -> Option<ScratchKey> {
     if cx.db_oid.is_empty() {
@@ -224,27 +224,8 @@ fn scratch_key(cx: &Ctx<'_>, archive: &SchemaArchive, path: &str, schema: &str) 
         }
     }
     let digest = crate::security::random::hex(&h.finalize());
-    Some((cx.c.server_key(), cx.db.to_string(), cx.db_oid.clone(), path.to_string(), schema.to_string(), digest))
+    Some((cx.db_oid.clone(), path.to_string(), schema.to_string(), digest))
 }
-
-fn remembered(key: &ScratchKey) -> Option<ScratchRun> {
-    SCRATCH_RUNS.lock().ok()?.as_ref()?.get(key).cloned()
-}
-
-fn remember(key: ScratchKey, run: &ScratchRun) {
-    if let Ok(mut g) = SCRATCH_RUNS.lock() {
-        let m = g.get_or_insert_with(HashMap::new);
-        // Bounded: one entry per database is what a process needs; a long-lived one with very many
-        // databases starts over rather than grow.
-        if m.len() >= MAX_REMEMBERED_SCRATCH_RUNS {
-            m.clear();
-        }
-        m.retain(|k, _| !(k.0 == key.0 && k.1 == key.1));
-        m.insert(key, run.clone());
-    }
-}
-
-const MAX_REMEMBERED_SCRATCH_RUNS: usize = 10_000;
 
 /// Makes the next deploy of `database` (on the server `client` is on) count seed rows and run the table files in the
 /// scratch schema again: after a migration (it may have changed a type or function the files use) or
@@ -252,11 +233,7 @@ const MAX_REMEMBERED_SCRATCH_RUNS: usize = 10_000;
 pub(crate) fn forget_scratch_run(client: &crate::pg::blocking::Client, database: &str) {
     let server = client.server_key();
     super::seeders::forget_counts(&server, database);
-    if let Ok(mut g) = SCRATCH_RUNS.lock()
-        && let Some(m) = g.as_mut()
-    {
-        m.retain(|k, _| !(k.0 == server && k.1 == database));
-    }
+    SCRATCH_RUNS.forget(&server, database);
 }
 
 /// Runs the table files in the scratch schema (see the module docs) and reads what they declare.

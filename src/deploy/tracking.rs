@@ -3,7 +3,6 @@
 //! in the deploy's own transaction, so a rolled-back deploy leaves no trace in them either.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use super::context::{At, Ctx};
 use super::upstream;
@@ -49,25 +48,16 @@ CREATE TABLE IF NOT EXISTS public._stonescriptdb_gateway_changelog (
 );
 ";
 
-/// Databases (server, name, OID) whose tracking tables this process found complete in the superset
-/// layout. Nothing the gateway does takes a column away, so the layout is not read again; a deploy
-/// that fails there forgets its database ([`forget_layout`]), and a database dropped and made again
-/// has another OID.
-static LAYOUT_COMPLETE: Mutex<Option<HashSet<(String, String, String)>>> = Mutex::new(None);
-
-fn layout_key(cx: &Ctx<'_>, oid: &str) -> (String, String, String) {
-    (cx.c.server_key(), cx.db.to_string(), oid.to_string())
-}
+/// Databases (by OID) whose tracking tables this process found complete in the superset layout.
+/// Nothing the gateway does takes a column away, so the layout is not read again; a deploy that fails
+/// there forgets its database ([`forget_layout`]), and a database dropped and made again has another
+/// OID.
+static LAYOUT_COMPLETE: super::memo::DbMemo<String, ()> = super::memo::DbMemo::new();
 
 /// Makes the next deploy of `database` on the server `client` is on read its tracking tables' layout
 /// again.
 pub(crate) fn forget_layout(client: &crate::pg::blocking::Client, database: &str) {
-    let server = client.server_key();
-    if let Ok(mut g) = LAYOUT_COMPLETE.lock()
-        && let Some(s) = g.as_mut()
-    {
-        s.retain(|(srv, db, _)| !(*srv == server && db == database));
-    }
+    LAYOUT_COMPLETE.forget(&client.server_key(), database);
 }
 
 /// Creates the tables when missing. Called after the advisory lock is held, so two first deploys
@@ -78,9 +68,8 @@ pub(crate) fn forget_layout(client: &crate::pg::blocking::Client, database: &str
 /// (in one round trip: the 1.x gateway may write rows between two deploys, never columns).
 pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError> {
     let at = At::step("tracking");
-    let key = layout_key(cx, oid);
-    let known = !oid.is_empty()
-        && LAYOUT_COMPLETE.lock().map(|g| g.as_ref().is_some_and(|s| s.contains(&key))).unwrap_or(false);
+    let server = cx.c.server_key();
+    let known = !oid.is_empty() && LAYOUT_COMPLETE.get(&server, cx.db, &oid.to_string()).is_some();
     if known {
         // In a savepoint with a probe of every table: one dropped by hand since means the full path.
         let all: HashMap<String, HashSet<String>> =
@@ -121,11 +110,8 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
             cx.exec(&stmt, at)?;
         }
     }
-    if complete
-        && !oid.is_empty()
-        && let Ok(mut g) = LAYOUT_COMPLETE.lock()
-    {
-        g.get_or_insert_with(Default::default).insert(key);
+    if complete && !oid.is_empty() {
+        LAYOUT_COMPLETE.put(&server, cx.db, oid.to_string(), (), false);
     }
     Ok(())
 }
