@@ -4,40 +4,14 @@
 
 mod common;
 
-use common::db::{exec, query_col, su};
-use common::{multipart, request, start};
+use common::db::{DropDatabases, exec, one, query_col, uniq};
+use common::start;
 use stonescriptdb_gateway::json::Value;
 
 const TOKEN: &str = "deploy-repeat-admin-token-0123456789";
 
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn one(db: &str, sql: &str) -> String {
-    query_col(db, sql).into_iter().next().flatten().unwrap_or_default()
-}
-
-/// Drops the databases when the test ends.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut c = su("postgres");
-        for d in &self.0 {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"));
-        }
-    }
-}
-
 fn deploy(addr: std::net::SocketAddr, path: &str, platform: &str, files: &[(&str, &str)]) -> common::Resp {
-    let archive = common::archive::tgz(files.iter().copied());
-    let fields: Vec<(&str, &[u8])> = vec![("platform", platform.as_bytes()), ("schema", &archive)];
-    let (ct, body) = multipart(&fields);
-    let auth = format!("Bearer {TOKEN}");
-    request(addr, "POST", path, &[("Content-Type", ct.as_str()), ("Authorization", auth.as_str())], &body)
+    common::deploy_files(addr, path, platform, files, TOKEN)
 }
 
 const SCHEMA: [(&str, &str); 3] = [
@@ -62,7 +36,7 @@ fn a_redeploy_sets_the_password_once_and_still_checks_the_role() {
     let cat = uniq("cat_drp");
     let db = format!("{p}_main");
     let role = format!("ssdb_{p}");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
     let password = || one("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"));
     assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
@@ -92,7 +66,7 @@ fn a_tracking_table_dropped_between_deploys_is_made_again() {
     let p = uniq("drt");
     let cat = uniq("cat_drt");
     let db = format!("{p}_main");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
     assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
     assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
@@ -113,7 +87,7 @@ fn declared_tables_follow_migrations_and_dropped_tables() {
     let p = uniq("drd");
     let cat = uniq("cat_drd");
     let db = format!("{p}_main");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
     assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
     let r = deploy(g.addr, "/register", &p, &SCHEMA);

@@ -7,21 +7,11 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::db::{exec, query_col, su};
+use common::db::{exec, one, su, uniq};
 use common::{multipart, post_json, request, start};
 use stonescriptdb_gateway::json::Value;
 
 const TOKEN: &str = "isolation-admin-token-0123456789";
-
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn one(db: &str, sql: &str) -> String {
-    query_col(db, sql).into_iter().next().flatten().unwrap_or_default()
-}
 
 fn db_exists(name: &str) -> bool {
     one("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")) == "1"

@@ -7,40 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::db::{eventually, exec, query_col, su};
-use common::{multipart, request, start};
+use common::db::{DropDatabases, eventually, exec, one, query_col, su, uniq};
+use common::{request, start};
 use stonescriptdb_gateway::json::Value;
 
 const TOKEN: &str = "login-sessions-admin-token-0123456789";
 
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn one(db: &str, sql: &str) -> String {
-    query_col(db, sql).into_iter().next().flatten().unwrap_or_default()
-}
-
-/// Drops the databases when the test ends.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut c = su("postgres");
-        for d in &self.0 {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"));
-        }
-    }
-}
-
 fn deploy(addr: std::net::SocketAddr, path: &str, platform: &str, files: &[(&str, &str)]) -> common::Resp {
-    let archive = common::archive::tgz(files.iter().copied());
-    let fields: Vec<(&str, &[u8])> = vec![("platform", platform.as_bytes()), ("schema", &archive)];
-    let (ct, body) = multipart(&fields);
-    let auth = format!("Bearer {TOKEN}");
-    request(addr, "POST", path, &[("Content-Type", ct.as_str()), ("Authorization", auth.as_str())], &body)
+    common::deploy_files(addr, path, platform, files, TOKEN)
 }
 
 fn admin_post(addr: std::net::SocketAddr, path: &str, body: &str) -> common::Resp {
@@ -98,7 +72,7 @@ fn the_login_never_runs_what_a_platform_planted() {
     let cat = uniq("cat_lgh");
     let db = format!("{p}_main");
     let role = format!("ssdb_{p}");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let settings = [("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("EXTENSIONS_ALLOWED", "dblink")];
     let g = start(&settings);
     let r = deploy(g.addr, "/register", &p, &[("migrations/001_hooks.sql", HOOKS)]);
@@ -178,7 +152,7 @@ fn authid(roles: &[&str]) -> Vec<Option<String>> {
 /// CREATEDB) is refused before anything changes: passwords and attributes stay as they were.
 fn refused_roles_keep_their_passwords(login: Option<&str>) {
     let cat = uniq("cat_lgr");
-    let _clean = Cleanup(vec![cat.clone()]);
+    let _clean = DropDatabases(vec![cat.clone()]);
     let victim = uniq("victim");
     exec("postgres", &format!("CREATE ROLE {victim} LOGIN CREATEDB PASSWORD 'victim-password'"));
     let me = login.unwrap_or("postgres").to_string();
@@ -237,7 +211,7 @@ fn a_deploy_that_renames_itself_and_ignores_cancels_is_ended() {
     let p = uniq("lgd");
     let cat = uniq("cat_lgd");
     let db = format!("{p}_main");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("DEPLOY_TIMEOUT_SECS", "1")]);
     let base = ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';");
     assert_eq!(deploy(g.addr, "/register", &p, &[base]).status, 200);
@@ -266,7 +240,7 @@ fn a_cursor_with_hold_does_not_outlive_its_call() {
     let p = uniq("lgc");
     let cat = uniq("cat_lgc");
     let db = format!("{p}_main");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("MAX_CONNECTIONS_PER_POOL", "1")]);
     let fns = "CREATE FUNCTION hold() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
                EXECUTE 'DECLARE leak CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 1000) g'; RETURN 1; END $$;\n\
@@ -290,7 +264,7 @@ fn a_call_that_ignores_its_cancel_is_ended_and_counted_until_gone() {
     let cat = uniq("cat_lgt");
     let db = format!("{p}_main");
     let role = format!("ssdb_{p}");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[
         ("CATALOG_DB", cat.as_str()),
         ("ADMIN_TOKEN", TOKEN),
@@ -335,7 +309,7 @@ fn an_extension_is_never_installed_beside_objects_the_platform_planted() {
     let cat = uniq("cat_lge");
     let db = format!("{p}_main");
     let role = format!("ssdb_{p}");
-    let _clean = Cleanup(vec![cat.clone(), db.clone()]);
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN), ("EXTENSIONS_ALLOWED", "dblink")]);
     let plant = "CREATE SCHEMA IF NOT EXISTS extensions;\n\
                  CREATE FUNCTION extensions.texteq(text, name) RETURNS boolean LANGUAGE sql AS 'SELECT true';\n\

@@ -71,13 +71,18 @@ fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, A
     if pk.is_empty() { insertable_columns(cx, rel, at) } else { Ok(pk) }
 }
 
-/// Evaluates an INSERT into a stand-in table and returns the temporary table holding its rows.
-fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<String, ApiError> {
+/// Runs the current seeder statement against an empty stand-in of table `t` (same columns, defaults,
+/// identity and indexes) inside a savepoint, reads what `read` asks of the stand-in, and rolls back:
+/// the real table is never touched.
+fn in_stand_in<T>(
+    cx: &mut Ctx<'_>,
+    t: &(String, String),
+    n: usize,
+    at: At<'_>,
+    read: impl FnOnce(&mut Ctx<'_>, &str) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let rel = qualified(t);
-    let tmp = format!("pg_temp._ssdb_seed_{n}");
     let real = format!("_ssdb_seed_real_{n}");
-    let cols = insertable_columns(cx, &rel, at)?.join(", ");
-    cx.exec(&format!("CREATE TEMP TABLE _ssdb_seed_{n} (LIKE {rel} INCLUDING DEFAULTS) ON COMMIT DROP"), at)?;
     let sp = cx.savepoint()?;
     let r = (|| {
         cx.exec(
@@ -89,12 +94,23 @@ fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Res
             at,
         )?;
         cx.run_file_stmt(Kind::MigrationFailed, at)?;
-        // The rows leave the savepoint as JSON text: anything written inside it is rolled back.
-        let rows = cx.query(&format!("SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s"), &[], at)?;
-        Ok(rows.rows[0][0].clone().unwrap_or_else(|| "[]".into()))
+        read(cx, &rel)
     })();
     cx.rollback_to(&sp)?;
-    let json = r?;
+    r
+}
+
+/// Evaluates an INSERT into a stand-in table and returns the temporary table holding its rows.
+fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<String, ApiError> {
+    let rel = qualified(t);
+    let tmp = format!("pg_temp._ssdb_seed_{n}");
+    let cols = insertable_columns(cx, &rel, at)?.join(", ");
+    cx.exec(&format!("CREATE TEMP TABLE _ssdb_seed_{n} (LIKE {rel} INCLUDING DEFAULTS) ON COMMIT DROP"), at)?;
+    // The rows leave the savepoint as JSON text: anything written inside it is rolled back.
+    let json = in_stand_in(cx, t, n, at, |cx, rel| {
+        let rows = cx.query(&format!("SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s"), &[], at)?;
+        Ok(rows.rows[0][0].clone().unwrap_or_else(|| "[]".into()))
+    })?;
     cx.query(
         &format!("INSERT INTO {tmp} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{tmp}, $1::json)"),
         &[Some(&json)],
@@ -115,24 +131,10 @@ pub(crate) fn forget_counts(server: &str, database: &str) {
 /// How many rows an INSERT defines, evaluated like [`evaluate`] but only counted: a seeder skipped
 /// on a table that has rows needs no more, and this takes no temporary table.
 fn count_rows(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<u64, ApiError> {
-    let rel = qualified(t);
-    let real = format!("_ssdb_seed_real_{n}");
-    let sp = cx.savepoint()?;
-    let r = (|| {
-        cx.exec(
-            &format!(
-                "ALTER TABLE {rel} RENAME TO {real}; CREATE TABLE {rel} (LIKE {}.{real} \
-                 INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED INCLUDING INDEXES)",
-                quote_ident(&t.0)
-            ),
-            at,
-        )?;
-        cx.run_file_stmt(Kind::MigrationFailed, at)?;
+    in_stand_in(cx, t, n, at, |cx, rel| {
         let rows = cx.query(&format!("SELECT count(*)::text FROM {rel}"), &[], at)?;
         Ok(rows.rows[0][0].as_deref().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0))
-    })();
-    cx.rollback_to(&sp)?;
-    r
+    })
 }
 
 /// The rows an INSERT defines (count) and the keys of those the real table lacks, in key order:

@@ -119,9 +119,14 @@ pub fn role_facts(admin: &mut Client, role: &str) -> Result<Option<RoleFacts>, A
             &[Some(role)],
         )
         .map_err(|e| pg_api(e, "cannot look up roles"))?;
-    let Some(row) = r.rows.into_iter().next() else { return Ok(None) };
+    Ok(r.rows.into_iter().next().map(|row| facts_from_row(&row)))
+}
+
+/// A role's facts from the first eight columns both role queries share: the attributes as `t`/`f`,
+/// the comment, and the roles it is a member of, comma-separated.
+fn facts_from_row(row: &[Option<String>]) -> RoleFacts {
     let t = |i: usize| row[i].as_deref() == Some("t");
-    Ok(Some(RoleFacts {
+    RoleFacts {
         superuser: t(0),
         createdb: t(1),
         createrole: t(2),
@@ -130,7 +135,7 @@ pub fn role_facts(admin: &mut Client, role: &str) -> Result<Option<RoleFacts>, A
         login: t(5),
         comment: row[6].clone(),
         member_of: row[7].as_deref().map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
-    }))
+    }
 }
 
 /// Whether the session user of `admin` is a superuser.
@@ -328,16 +333,7 @@ fn recheck(admin: &mut Client, platform: &str, role: &str, adopted: bool) -> Res
     let r = admin.query(RECHECK_SQL, &[Some(role)]).map_err(|e| pg_api(e, "cannot look up roles"))?;
     let Some(row) = r.rows.into_iter().next() else { return Ok(false) };
     let t = |i: usize| row[i].as_deref() == Some("t");
-    let f = RoleFacts {
-        superuser: t(0),
-        createdb: t(1),
-        createrole: t(2),
-        replication: t(3),
-        bypassrls: t(4),
-        login: t(5),
-        comment: row[6].clone(),
-        member_of: row[7].as_deref().map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
-    };
+    let f = facts_from_row(&row);
     let marked_for_other =
         f.comment.as_deref().is_some_and(|c| c.starts_with(&mark("")) && c != mark(platform).as_str());
     if marked_for_other || (!adopted && f.comment.as_deref() != Some(mark(platform).as_str())) {

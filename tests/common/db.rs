@@ -193,3 +193,27 @@ pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `tag` made unique to this test process and call, for database and platform names.
+pub fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The first column of the first row of `sql` in `dbname`, as text ("" for none or NULL).
+pub fn one(dbname: &str, sql: &str) -> String {
+    query_col(dbname, sql).into_iter().next().flatten().unwrap_or_default()
+}
+
+/// Drops the named databases when the test ends, whatever happened.
+pub struct DropDatabases(pub Vec<String>);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        let mut c = su("postgres");
+        for d in &self.0 {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"));
+        }
+    }
+}

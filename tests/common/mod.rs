@@ -262,3 +262,13 @@ pub fn listening_addr(stderr: &mut impl std::io::BufRead) -> String {
         assert!(started.elapsed() < Duration::from_secs(10), "no listening line");
     }
 }
+
+/// Uploads `files` as a tar.gz `schema` field for `platform` to `path` (`/register`, `/migrate`) with
+/// the admin token `token`.
+pub fn deploy_files(addr: SocketAddr, path: &str, platform: &str, files: &[(&str, &str)], token: &str) -> Resp {
+    let archive = archive::tgz(files.iter().copied());
+    let fields: Vec<(&str, &[u8])> = vec![("platform", platform.as_bytes()), ("schema", &archive)];
+    let (ct, body) = multipart(&fields);
+    let auth = format!("Bearer {token}");
+    request(addr, "POST", path, &[("Content-Type", ct.as_str()), ("Authorization", auth.as_str())], &body)
+}
