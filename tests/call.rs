@@ -783,6 +783,46 @@ fn temp_tables_locks_listens_and_deallocate_do_not_leak() {
     assert_eq!(db.gateway_backends().len(), 1, "the same connection went on serving");
 }
 
+/// What the session reset behind each call runs depends on the words the database's function
+/// sources mention, read by PostgreSQL's own regular expressions: a database whose functions mention
+/// none of them needs `RESET ALL` only (look-alike words do not count), and each word turns on the
+/// statement that undoes it.
+#[test]
+fn the_reset_a_database_needs_follows_the_words_its_functions_mention() {
+    use stonescriptdb_gateway::call::session::RESET_NEEDS_SQL;
+    let db = TestDb::new(
+        "ct_needs",
+        "CREATE FUNCTION plain(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1';
+         CREATE FUNCTION lookalikes() RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN RETURN 'template attempts roles holder listener'; END $$;",
+    );
+    let bits = || common::db::one(&db.name, RESET_NEEDS_SQL).parse::<u8>().expect("a number");
+    assert_eq!(bits(), 1, "a plain database needs RESET ALL only");
+    let words = [
+        ("SET ROLE someone", 2),
+        ("SELECT set_config(''role'', ''x'', false)", 2),
+        ("CREATE TEMP TABLE t (i int)", 4),
+        ("CREATE TEMPORARY TABLE t (i int)", 4),
+        ("SELECT pg_temp.helper()", 4),
+        ("SELECT pg_advisory_lock(1)", 8),
+        ("LISTEN channel", 16),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", 32),
+        ("PREPARE p AS SELECT 1", 64),
+    ];
+    for (i, (text, bit)) in words.into_iter().enumerate() {
+        common::db::exec(
+            &db.name,
+            &format!(
+                "SET ROLE {role}; CREATE FUNCTION w{i}() RETURNS int LANGUAGE plpgsql AS $$ \
+                 BEGIN EXECUTE '{text}'; RETURN 1; END $$; RESET ROLE",
+                role = db.role
+            ),
+        );
+        assert_eq!(bits(), 1 | bit, "{text}");
+        common::db::exec(&db.name, &format!("DROP FUNCTION w{i}()"));
+    }
+}
+
 const SQL_PREPARE: &str = "
 CREATE FUNCTION prepare_x() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN EXECUTE 'PREPARE x AS SELECT 1'; RETURN 1; END $$;

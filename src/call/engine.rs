@@ -338,7 +338,7 @@ impl CallEngine {
             actions: &mut self.actions,
             now,
             replica: p.replica.is_some(),
-            look_for_prepared: p.may_prepare,
+            reset_needs: p.reset_needs,
         };
         let r = f(&mut b.session, &mut cx);
         self.apply(poll, key, now);
@@ -374,10 +374,10 @@ impl CallEngine {
                 Action::Cancel => self.send_cancel(key),
                 Action::Drained => self.drained(poll, key, now),
                 Action::Broken(e) => self.conn_broken(poll, key, e, now),
-                Action::Learned { function, read_only, may_prepare } => {
+                Action::Learned { function, read_only, reset_needs } => {
                     let pool = self.backends.get(key).and_then(|b| self.pools.pools.get_mut(b.pool));
                     if let Some(p) = pool {
-                        p.may_prepare = may_prepare;
+                        p.reset_needs = reset_needs;
                         if self.cfg.servers.read_replicas {
                             let db = p.database.clone();
                             self.read_only.entry(db).or_default().insert(function, read_only);
@@ -617,8 +617,8 @@ impl CallEngine {
             let (idle, busy) = match self.pools.pools.get_mut(pool) {
                 Some(p) => {
                     p.types = super::types::TypeRegistry::new();
-                    // The deploy may have brought functions that prepare statements.
-                    p.may_prepare = true;
+                    // The deploy may have brought functions that need more of the reset.
+                    p.reset_needs = super::session::ResetNeeds::ALL;
                     (std::mem::take(&mut p.idle), p.busy.clone())
                 }
                 None => continue,

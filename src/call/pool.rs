@@ -36,9 +36,9 @@ pub struct Pool<W> {
     pub target: CallTarget,
     /// The TCP address to dial, resolved off the loop (`None` for a Unix socket).
     pub tcp_addr: Option<std::net::SocketAddr>,
-    /// Some function of the database can leave an SQL-level prepared statement behind (it mentions
-    /// PREPARE), so the session reset looks for them; `true` until a prepare says otherwise.
-    pub may_prepare: bool,
+    /// The reset statements this database's functions could need (every one until a prepare has
+    /// looked).
+    pub reset_needs: crate::call::session::ResetNeeds,
     /// How to connect (database and role filled in).
     pub params: ConnectParams,
     /// Connections whose connect or startup is under way.
@@ -93,7 +93,7 @@ impl<W> Pool<W> {
             replica: None,
             target: CallTarget { server: Arc::from(crate::servers::DEFAULT_SERVER), replica: None },
             tcp_addr: None,
-            may_prepare: true,
+            reset_needs: crate::call::session::ResetNeeds::ALL,
             params,
             connecting: Vec::new(),
             idle: Vec::new(),

@@ -67,8 +67,8 @@ pub struct Pending {
     overloads: Option<i64>,
     /// The most volatile of those candidates (`i`, `s` or `v`), from the same check.
     volatility: Option<u8>,
-    /// Some function of the database mentions PREPARE (same check).
-    may_prepare: bool,
+    /// What the session reset needs in this database (same check).
+    reset_needs: ResetNeeds,
     /// Type lookups done for this statement so far.
     introspect_rounds: u8,
     introspect_rows: Vec<Vec<Option<String>>>,
@@ -87,6 +87,9 @@ pub enum Phase {
         /// CommandCompletes so far: the call's own first, then one per reset statement. Rows after the
         /// first are the reset's, not the answer's; which reset they belong to is told by this count.
         completes: u8,
+        /// The count of CommandCompletes before the row of the look for SQL-level prepared
+        /// statements ([`LOOK_STMT`]), when this call's reset has it.
+        look_after: Option<u8>,
     },
     /// The function does not exist: the functions of the call schemas are being listed, so the answer
     /// can name the ones that look meant.
@@ -209,8 +212,8 @@ pub enum Action {
     /// The connection cannot be used any more: close it and fail what runs on it.
     Broken(PgError),
     /// A prepare found out whether `function` only reads (STABLE/IMMUTABLE) in this database, and
-    /// whether any function there can prepare statements (see [`OVERLOAD_SQL`]).
-    Learned { function: String, read_only: bool, may_prepare: bool },
+    /// which reset statements its database needs (see [`OVERLOAD_SQL`]).
+    Learned { function: String, read_only: bool, reset_needs: ResetNeeds },
     /// A call a replica could not run: run it again on the primary. `wrote`: the replica refused a
     /// write (25006, the function's STABLE/IMMUTABLE label is wrong); otherwise the replica lacks
     /// something the primary has (class 42: a function or table it has not replayed yet).
@@ -229,8 +232,8 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// The connection is to a replica (reads only).
     pub replica: bool,
-    /// The reset looks for SQL-level prepared statements (see [`LOOK_STMT`]).
-    pub look_for_prepared: bool,
+    /// The reset statements the pool's database needs behind a call (see [`ResetNeeds`]).
+    pub reset_needs: ResetNeeds,
 }
 
 impl Ctx<'_> {
@@ -277,15 +280,37 @@ const BODY_HEAD: &[u8] = b"{\"rows\":[";
 /// preferences (an unknown argument prefers the string category: `f(int)`/`f(text)` called with `1`
 /// picks `f(text)`), so the call is prepared with types declared from the JSON values instead. The
 /// second column is the most volatile of them (`v` > `s` > `i`): only a function that cannot write
-/// (STABLE or IMMUTABLE) may be sent to a replica. The third says whether any function of the
-/// database outside `pg_catalog` written in SQL or a procedural language mentions `PREPARE` (see
-/// [`LOOK_STMT`]): only then can a call leave an SQL-level prepared statement behind.
-const OVERLOAD_SQL: &str = "SELECT count(*), max(p.provolatile::text), \
-     (SELECT EXISTS (SELECT FROM pg_catalog.pg_proc q WHERE q.prolang NOT IN (12, 13) \
-        AND q.pronamespace <> 'pg_catalog'::regnamespace AND q.prosrc ~* 'prepare')) \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+/// (STABLE or IMMUTABLE) may be sent to a replica. The third is the [`ResetNeeds`] of the database:
+/// which reset statements its functions written in SQL or a procedural language (outside
+/// `pg_catalog` and `information_schema`) could need, by the words their source mentions.
+const OVERLOAD_SQL: &str = concat!(
+    "SELECT count(*), max(p.provolatile::text), ",
+    reset_needs_sql!(),
+    " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs - p.pronargdefaults <= $3::int \
-     AND (p.pronargs >= $3::int OR p.provariadic <> 0)";
+     AND (p.pronargs >= $3::int OR p.provariadic <> 0)"
+);
+
+/// The [`ResetNeeds`] bits of the database, as one scalar subquery (`\m`/`\M`: word boundaries).
+macro_rules! reset_needs_sql {
+    () => {
+        "(SELECT 1 | COALESCE(pg_catalog.bit_or( \
+              CASE WHEN q.prosrc ~* '\\mrole\\M' THEN 2 ELSE 0 END \
+            | CASE WHEN q.prosrc ~* '\\mtemp(orary)?\\M|pg_temp' THEN 4 ELSE 0 END \
+            | CASE WHEN q.prosrc ~* 'advisory' THEN 8 ELSE 0 END \
+            | CASE WHEN q.prosrc ~* '\\mlisten\\M' THEN 16 ELSE 0 END \
+            | CASE WHEN q.prosrc ~* '\\mhold\\M' THEN 32 ELSE 0 END \
+            | CASE WHEN q.prosrc ~* 'prepare' THEN 64 ELSE 0 END), 0) \
+          FROM pg_catalog.pg_proc q WHERE q.prolang NOT IN (12, 13) \
+            AND q.pronamespace <> 'pg_catalog'::regnamespace \
+            AND q.pronamespace <> 'information_schema'::regnamespace)"
+    };
+}
+use reset_needs_sql;
+
+/// The [`ResetNeeds`] bits of the connected database on their own (what the overload check's third
+/// column says).
+pub const RESET_NEEDS_SQL: &str = concat!("SELECT ", reset_needs_sql!());
 
 /// The session reset behind every call (`CALL_RESET_SESSION`), as statements prepared once per
 /// connection: settings (`RESET ALL` leaves the role alone, it is marked not to be reset by it, hence
@@ -323,10 +348,55 @@ pub const LOOK_STMT: (&str, &str) = (
      EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)",
 );
 
-/// Index in [`RESET_STMTS`] of the statement whose row says (second column `t`) that SQL-level
-/// prepared statements exist: its row arrives after this many reset CommandCompletes (plus the
-/// call's own).
+/// Index in [`RESET_STMTS`] of the lock reset, which [`LOOK_STMT`] replaces where functions can
+/// prepare statements.
 const PREPARED_CHECK: usize = 3;
+
+/// Which statements of [`RESET_STMTS`] a database's functions could need behind a call, one bit per
+/// statement in that order, and bit 6 for [`LOOK_STMT`]. `RESET ALL` always runs (settings change
+/// under too many spellings to look for); each other statement runs only where some function's
+/// source mentions what it undoes: `role` (`SET ROLE`, `set_config('role', …)`), `temp`/`temporary`/
+/// `pg_temp`, `advisory` (session locks), `listen`, `hold` (`WITH HOLD` cursors) and `prepare`. Most
+/// databases need none of them, and every statement skipped is a Bind/Execute less for PostgreSQL on
+/// every call (`bench/results/2026-12-04T2115Z-reset-needs-ab-2cores.txt`). Functions in C or
+/// `internal` are not looked at (their source is a symbol name); a function that builds such a
+/// statement from fragments of words is not recognised either, and leaves its state to its own next
+/// calls only (pools are per database and role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetNeeds(u8);
+
+impl ResetNeeds {
+    /// Every reset: until the first prepare has looked, and after every deploy.
+    pub const ALL: ResetNeeds = ResetNeeds(0x7f);
+    const LOOK: u8 = 1 << 6;
+
+    /// The check's column: a bit mask; anything else means every reset.
+    fn parse(v: Option<&[u8]>) -> ResetNeeds {
+        match v.and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| t.parse::<u8>().ok()) {
+            Some(bits) => ResetNeeds((bits & Self::ALL.0) | 1),
+            None => Self::ALL,
+        }
+    }
+
+    /// The names of the prepared reset statements to run, in order.
+    fn statements(self) -> impl Iterator<Item = &'static str> {
+        RESET_STMTS.into_iter().enumerate().filter_map(move |(i, (name, _))| {
+            if i == PREPARED_CHECK && self.0 & Self::LOOK != 0 {
+                return Some(LOOK_STMT.0);
+            }
+            (self.0 & (1 << i) != 0).then_some(name)
+        })
+    }
+
+    /// How many CommandCompletes (the call's own included) arrive before the look's row.
+    fn look_after(self) -> Option<u8> {
+        if self.0 & Self::LOOK == 0 {
+            return None;
+        }
+        let before = (0..PREPARED_CHECK).filter(|i| self.0 & (1 << i) != 0).count();
+        u8::try_from(before + 1).ok()
+    }
+}
 
 /// Errors after which a call that ran on a replica runs again on the primary: a refused write
 /// (25006), or class 42 (an object the replica has not replayed yet, e.g. a function just deployed).
@@ -498,7 +568,7 @@ impl Session {
             columns: Vec::new(),
             overloads: None,
             volatility: None,
-            may_prepare: true,
+            reset_needs: ResetNeeds::ALL,
             introspect_rounds: 0,
             introspect_rows: Vec::new(),
         });
@@ -563,8 +633,7 @@ impl Session {
             // call fails, PostgreSQL skips to Sync and the rollback already undoes what the call set;
             // if a reset itself fails (a late cancel), the whole transaction rolls back and the call is
             // answered with that error. SET SESSION AUTHORIZATION is caught by its ParameterStatus.
-            for (i, (name, _)) in RESET_STMTS.into_iter().enumerate() {
-                let name = if i == PREPARED_CHECK && cx.look_for_prepared { LOOK_STMT.0 } else { name };
+            for name in cx.reset_needs.statements() {
                 cx.wbuf.extend_from_slice(EXECUTE);
                 write_bind(cx.wbuf, name, std::iter::empty(), &[]);
             }
@@ -573,7 +642,8 @@ impl Session {
         job.error = None;
         let mut body = Vec::with_capacity(512);
         body.extend_from_slice(BODY_HEAD);
-        job.phase = Phase::Executing { stmt, body, rows: 0, completes: 0 };
+        let look_after = if reset { cx.reset_needs.look_after() } else { None };
+        job.phase = Phase::Executing { stmt, body, rows: 0, completes: 0, look_after };
         Ok(())
     }
 
@@ -600,7 +670,7 @@ impl Session {
             }
             Backend::Message(m) => match m {
                 Message::DataRow(row) => match &mut job.phase {
-                    Phase::Executing { stmt, body, rows, completes: 0 }
+                    Phase::Executing { stmt, body, rows, completes: 0, .. }
                         if job.error.is_none() && !job.answered && !job.too_large =>
                     {
                         let vals = data_row_fields(&row)?;
@@ -620,7 +690,7 @@ impl Session {
                             *body = Vec::new();
                         }
                     }
-                    Phase::Executing { completes, .. } if usize::from(*completes) == PREPARED_CHECK + 1
+                    Phase::Executing { completes, look_after, .. } if *look_after == Some(*completes)
                         && data_row_fields(&row)?.get(1).copied().flatten() == Some(b"t".as_slice()) => {
                             // A prepared statement made with SQL PREPARE outlives the call: the
                             // connection drops them all before its next call (see RESET_STMTS). Its
@@ -638,7 +708,7 @@ impl Session {
                             .and_then(|b| std::str::from_utf8(b).ok())
                             .and_then(|t| t.parse().ok());
                         p.volatility = vals.get(1).copied().flatten().and_then(|b| b.first().copied());
-                        p.may_prepare = vals.get(2).copied().flatten() != Some(b"f".as_slice());
+                        p.reset_needs = ResetNeeds::parse(vals.get(2).copied().flatten());
                     }
                     Phase::Introspecting(p) => {
                         let vals = data_row_fields(&row)?;
@@ -755,7 +825,7 @@ impl Session {
             cx.actions.push(Action::Learned {
                 function: job.req.function.clone(),
                 read_only: v == b's' || v == b'i',
-                may_prepare: p.may_prepare,
+                reset_needs: p.reset_needs,
             });
         }
         if !p.declared && !untyped && p.overloads.take().is_some_and(|n| n > 1) && !job.answered {

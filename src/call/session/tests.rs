@@ -39,8 +39,8 @@ struct Rig {
     next_client: usize,
     /// The connection is to a replica.
     replica: bool,
-    /// The pool's database may leave SQL-level prepared statements (the reset looks for them).
-    look: bool,
+    /// The reset statements the pool's database needs.
+    needs: ResetNeeds,
 }
 
 impl Rig {
@@ -56,7 +56,7 @@ impl Rig {
             s: Session::new(Some("ssdb_acme".into())),
             next_client: 0,
             replica: false,
-            look: true,
+            needs: ResetNeeds::ALL,
         }
     }
 
@@ -70,7 +70,7 @@ impl Rig {
             actions: &mut self.actions,
             now: self.now,
             replica: self.replica,
-            look_for_prepared: self.look,
+            reset_needs: self.needs,
         };
         f(&mut self.s, &mut cx)
     }
@@ -866,7 +866,7 @@ fn binds(sent: &[u8], name: &str) -> bool {
 fn the_reset_looks_for_prepared_statements_only_where_a_function_can_prepare() {
     for look in [true, false] {
         let mut r = warmed(&[]);
-        r.look = look;
+        r.needs = if look { ResetNeeds::ALL } else { ResetNeeds(ResetNeeds::ALL.0 & !ResetNeeds::LOOK) };
         r.start(req("f", vec![Value::Number("2".into())]));
         let sent = r.wbuf.to_vec();
         assert_eq!(binds(&sent, LOOK_STMT.0), look, "look {look}");
@@ -877,21 +877,82 @@ fn the_reset_looks_for_prepared_statements_only_where_a_function_can_prepare() {
     }
 }
 
+/// The replies to Bind/Execute of a call answering `value`, then to the reset statements `names`
+/// (the look's row saying whether SQL-level prepared statements were left), then Sync.
+fn execute_with_resets(value: &str, names: &[&str], left: bool) -> Vec<u8> {
+    let mut v = vec![bind_complete(), data_row(&[Some(value)]), command("SELECT 1")];
+    for name in names {
+        v.push(bind_complete());
+        if *name == LOOK_STMT.0 {
+            v.push(data_row(&[Some(""), Some(if left { "t" } else { "f" })]));
+            v.push(command("SELECT 1"));
+        } else if *name == "r_locks" {
+            v.push(data_row(&[Some("")]));
+            v.push(command("SELECT 1"));
+        } else {
+            v.push(command("RESET"));
+        }
+    }
+    v.push(rfq(b'I'));
+    cat(&v)
+}
+
 #[test]
-fn a_prepare_tells_whether_any_function_of_the_database_mentions_prepare() {
-    for (col, may) in [("f", false), ("t", true)] {
+fn the_reset_runs_only_the_statements_the_database_functions_need() {
+    // (bits of the check's column, the reset statements bound behind the call, in order)
+    let cases: [(&str, &[&str]); 6] = [
+        ("1", &["r_all"]),
+        ("0", &["r_all"]),
+        ("2", &["r_all", "r_role"]),
+        ("12", &["r_all", "r_temp", "r_locks"]),
+        ("48", &["r_all", "r_listen", "r_cursors"]),
+        ("64", &["r_all", LOOK_STMT.0]),
+    ];
+    for (bits, want) in cases {
+        let needs = ResetNeeds::parse(Some(bits.as_bytes()));
+        assert_eq!(needs.statements().collect::<Vec<_>>(), want, "bits {bits}");
+        let mut r = warmed(&[]);
+        r.needs = needs;
+        r.start(req("f", vec![Value::Number("2".into())]));
+        let sent = r.wbuf.to_vec();
+        for (name, _) in RESET_STMTS.iter().chain([&LOOK_STMT]) {
+            assert_eq!(binds(&sent, name), want.contains(name), "bits {bits}: {name}");
+        }
+        let mut tags = b"B".to_vec();
+        for _ in want {
+            tags.extend_from_slice(b"EB");
+        }
+        tags.extend_from_slice(b"ES");
+        assert_eq!(r.sent(), tags, "bits {bits}");
+        // A look that finds statements a function prepared is read at its place in the shorter reset.
+        r.reply(execute_with_resets("2", want, true)).unwrap();
+        let ans = answers(&r.take_actions());
+        assert_eq!(ans.len(), 1, "bits {bits}");
+        assert!(ans[0].2.starts_with(r#"{"rows":[{"id":2}]"#), "bits {bits}: {}", ans[0].2);
+        assert_eq!(r.s.deallocate, want.contains(&LOOK_STMT.0), "bits {bits}");
+    }
+    // Anything but a number from the check means every reset.
+    for odd in [None, Some(b"t".as_slice()), Some(b"".as_slice()), Some(b"999".as_slice())] {
+        assert_eq!(ResetNeeds::parse(odd), ResetNeeds::ALL, "{odd:?}");
+    }
+    assert_eq!(ResetNeeds::ALL.statements().count(), RESET_STMTS.len());
+}
+
+#[test]
+fn a_prepare_tells_which_resets_the_database_functions_need() {
+    for (col, want) in [("1", ResetNeeds(1)), ("65", ResetNeeds(65)), ("f", ResetNeeds::ALL)] {
         let mut r = Rig::new(&[]);
         r.start(req("f", vec![Value::Number("1".into())]));
         r.sent();
         r.reply(prepare_reply(&[Some("1"), Some("s"), Some(col)])).unwrap();
-        let got: Vec<bool> = r
+        let got: Vec<ResetNeeds> = r
             .take_actions()
             .iter()
             .filter_map(|a| match a {
-                Action::Learned { may_prepare, .. } => Some(*may_prepare),
+                Action::Learned { reset_needs, .. } => Some(*reset_needs),
                 _ => None,
             })
             .collect();
-        assert_eq!(got, vec![may], "third column {col}");
+        assert_eq!(got, vec![want], "third column {col}");
     }
 }
