@@ -358,7 +358,7 @@ const PREPARED_CHECK: usize = 3;
 /// source mentions what it undoes: `role` (`SET ROLE`, `set_config('role', …)`), `temp`/`temporary`/
 /// `pg_temp`, `advisory` (session locks), `listen`, `hold` (`WITH HOLD` cursors) and `prepare`. Most
 /// databases need none of them, and every statement skipped is a Bind/Execute less for PostgreSQL on
-/// every call (`bench/results/2026-12-04T2115Z-reset-needs-ab-2cores.txt`). Functions in C or
+/// every call (`bench/results/2026-12-04T2046Z-reset-needs-ab-2cores.txt`). Functions in C or
 /// `internal` are not looked at (their source is a symbol name); a function that builds such a
 /// statement from fragments of words is not recognised either, and leaves its state to its own next
 /// calls only (pools are per database and role).
