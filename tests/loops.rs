@@ -86,7 +86,7 @@ const NAP: &str = "CREATE FUNCTION nap() RETURNS int LANGUAGE sql AS 'SELECT 1 F
 /// the database: right after the answer, each connection's next call runs on a new backend.
 #[test]
 fn a_deploy_reaches_every_loop_before_its_answer() {
-    let g = start(&[("GATEWAY_THREADS", "4")]);
+    let g = start(&[("GATEWAY_THREADS", "4"), ("CLIENT_PLACEMENT", "spread")]);
     assert_eq!(health_num(g.addr, "event_loops"), 4);
     let p = register(g.addr, &[("functions/whoami.sql", WHOAMI)]);
     let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(g.addr)).collect();
@@ -125,7 +125,12 @@ fn watch_backends(databases: Vec<String>, stop: Arc<AtomicBool>) -> std::thread:
 /// answered 200, and PostgreSQL never sees more than two of the gateway's backends on it.
 #[test]
 fn one_pools_cap_holds_over_all_loops() {
-    let g = start(&[("GATEWAY_THREADS", "4"), ("MAX_CONNECTIONS_PER_POOL", "2"), ("POOL_WAIT_TIMEOUT_MS", "30000")]);
+    let g = start(&[
+        ("GATEWAY_THREADS", "4"),
+        ("CLIENT_PLACEMENT", "spread"),
+        ("MAX_CONNECTIONS_PER_POOL", "2"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
     let p = register(g.addr, &[("functions/nap.sql", NAP)]);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_backends(vec![format!("{}_main", p.0)], stop.clone());
@@ -159,6 +164,7 @@ fn one_pools_cap_holds_over_all_loops() {
 fn the_total_cap_holds_over_all_loops_and_pools() {
     let g = start(&[
         ("GATEWAY_THREADS", "4"),
+        ("CLIENT_PLACEMENT", "spread"),
         ("MAX_TOTAL_CONNECTIONS", "2"),
         ("MAX_CONNECTIONS_PER_POOL", "2"),
         ("POOL_WAIT_TIMEOUT_MS", "30000"),
@@ -337,7 +343,18 @@ fn connects_and_closes(addr: SocketAddr) -> (u64, u64) {
 /// busy.
 #[test]
 fn steady_load_opens_and_closes_no_connection_after_warm_up() {
-    let g = start(&[("GATEWAY_THREADS", "4"), ("MAX_CONNECTIONS_PER_POOL", "8"), ("POOL_WAIT_TIMEOUT_MS", "30000")]);
+    for placement in ["spread", "pack"] {
+        steady_load_with(placement);
+    }
+}
+
+fn steady_load_with(placement: &str) {
+    let g = start(&[
+        ("GATEWAY_THREADS", "4"),
+        ("CLIENT_PLACEMENT", placement),
+        ("MAX_CONNECTIONS_PER_POOL", "8"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
     let p = register(g.addr, &[("functions/nap.sql", NAP)]);
     let rounds = [40, 60, 60];
     let barrier = Arc::new(std::sync::Barrier::new(17));
@@ -367,7 +384,87 @@ fn steady_load_opens_and_closes_no_connection_after_warm_up() {
         c.join().unwrap();
     }
     let (connects, closes) = counts[0];
-    assert!(connects >= 4, "every loop opened its own connections: {counts:?}");
+    if placement == "spread" {
+        assert!(connects >= 4, "every loop opened its own connections: {counts:?}");
+    }
     assert!(connects - closes <= 8, "{counts:?}");
-    assert_eq!(counts[1..], [counts[0], counts[0]], "connects/closes moved under steady load after the warm-up");
+    assert_eq!(
+        counts[1..],
+        [counts[0], counts[0]],
+        "{placement}: connects/closes moved under steady load after the warm-up"
+    );
+}
+
+/// One gauge of `/metrics` by its `loop` label.
+fn loop_gauge(addr: SocketAddr, name: &str, lp: usize) -> f64 {
+    let r = request(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    let prefix = format!("stonescriptdb_gateway_{name}{{loop=\"{lp}\"}} ");
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().parse::<f64>().unwrap()))
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+}
+
+fn counter(addr: SocketAddr, name: &str) -> f64 {
+    let r = request(addr, "GET", "/metrics", &[], b"");
+    let prefix = format!("stonescriptdb_gateway_{name} ");
+    r.text().lines().find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().parse::<f64>().unwrap())).unwrap()
+}
+
+/// With `CLIENT_PLACEMENT=pack` (the default), new connections go to a loop with CPU to spare, and
+/// once the load drops, a light loop hands its idle keep-alive connections to a busier lower one:
+/// the connections keep working across the move, and the light loop ends with none.
+#[test]
+fn light_loops_hand_their_connections_to_a_busier_one() {
+    let g = start(&[("GATEWAY_THREADS", "2")]);
+    let health = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    fn ask(c: &mut Conn, req: &[u8]) {
+        c.send(req);
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Opened while every loop is idle, so on loop 0; then loaded with pipelined requests until
+    // loop 0 uses most of a core. (One connection: a loop gives connections away only while it
+    // keeps one.)
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let (addr, stop) = (g.addr, stop.clone());
+        std::thread::spawn(move || {
+            let mut c = Conn::open(addr);
+            let batch = health.repeat(64);
+            while !stop.load(Ordering::Relaxed) {
+                c.send(&batch);
+                for _ in 0..64 {
+                    assert_eq!(c.read_response().status, 200);
+                }
+            }
+            c
+        })
+    };
+    let hot = common::db::eventually(Duration::from_secs(20), || loop_gauge(g.addr, "loop_cpu_ratio", 0) >= 0.65);
+    assert!(hot, "loop 0 never got busy: {}", loop_gauge(g.addr, "loop_cpu_ratio", 0));
+    // Loop 0 is busy: new connections go to loop 1.
+    let mut light: Vec<Conn> = (0..3).map(|_| Conn::open(g.addr)).collect();
+    for c in &mut light {
+        ask(c, health);
+    }
+    let on_1 = loop_gauge(g.addr, "loop_client_connections", 1);
+    assert!(on_1 >= 3.0, "the new connections did not go to the idle loop: {on_1}");
+    let moves_before = counter(g.addr, "client_moves_total");
+    stop.store(true, Ordering::Relaxed);
+    let mut anchor = hammer.join().unwrap();
+    // Light load from now on: loop 1 gives its connections to loop 0, and they keep answering.
+    let packed = common::db::eventually(Duration::from_secs(20), || {
+        ask(&mut anchor, health);
+        for c in &mut light {
+            ask(c, health);
+        }
+        loop_gauge(g.addr, "loop_client_connections", 1) == 0.0
+    });
+    assert!(packed, "loop 1 kept {} connections", loop_gauge(g.addr, "loop_client_connections", 1));
+    for c in &mut light {
+        ask(c, health);
+    }
+    assert!(counter(g.addr, "client_moves_total") >= moves_before + 3.0);
 }

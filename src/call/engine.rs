@@ -422,7 +422,7 @@ impl CallEngine {
             return Some(Response::error(&not_recorded(&req)));
         };
         let deadline = now + self.cfg.pool.wait_timeout;
-        let waiter = Waiter { caller, req, started: now, deadline, requeued: false, forwarded: false };
+        let waiter = Waiter { caller, req, started: now, deadline, requeued: false, hops: 0 };
         self.run(poll, waiter, &role, now)
     }
 

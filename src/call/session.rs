@@ -38,6 +38,9 @@ pub struct Caller {
     pub generation: u64,
 }
 
+/// How often one call may be handed from loop to loop (see [`Waiter::hops`]).
+pub const MAX_HOPS: u8 = 8;
+
 /// A call waiting for a connection.
 #[derive(Debug)]
 pub struct Waiter {
@@ -49,9 +52,10 @@ pub struct Waiter {
     pub deadline: Instant,
     /// Sent back to the pool once already after a cancel meant for another call stopped it.
     pub requeued: bool,
-    /// Handed from one loop to another because only that loop had connections of the pool; a call
-    /// is handed on at most once, so it cannot travel in circles.
-    pub forwarded: bool,
+    /// Times handed from one loop to another because only that loop had connections of the pool. A
+    /// loop that can never serve a call (no connection, no quota) hands it on again, but at most
+    /// [`MAX_HOPS`] times in all, so it cannot travel in circles.
+    pub hops: u8,
 }
 
 /// A statement being prepared.
@@ -183,14 +187,7 @@ impl Job {
     /// The same call as a fresh waiter (it goes back to its pool to be sent again).
     pub fn to_waiter(&self, deadline: Instant, requeued: bool) -> Waiter {
         // It is sent again on this loop, which has connections of its pool: never handed on.
-        Waiter {
-            caller: self.caller,
-            req: self.req.clone(),
-            started: self.started,
-            deadline,
-            requeued,
-            forwarded: true,
-        }
+        Waiter { caller: self.caller, req: self.req.clone(), started: self.started, deadline, requeued, hops: MAX_HOPS }
     }
 
     fn is(&self, caller: Caller) -> bool {

@@ -39,6 +39,11 @@ pub const KEYS: &[Key] = &[
         "0",
         "event loops, each on its own thread with its own client and PostgreSQL connections; 0 = CPU count",
     ),
+    key(
+        "CLIENT_PLACEMENT",
+        "pack",
+        "where client connections live: pack = on as few event loops as keep up with the load (fewer wake-ups per call; idle keep-alive connections move as loads change), spread = evenly by count, never moved",
+    ),
     secret("DATABASE_URL", "postgres://user:password@host:port/dbname; when set it wins over the DB_* keys"),
     key("DB_HOST", "localhost", "PostgreSQL host name or address; a value starting with / is a Unix-socket directory"),
     key("DB_PORT", "5432", "PostgreSQL port"),
@@ -101,7 +106,7 @@ pub const KEYS: &[Key] = &[
     key(
         "CALL_RESET_SESSION",
         "true",
-        "reset the session behind every call (settings, role, temporary tables, advisory locks, LISTEN, cursors, SQL-prepared statements) so nothing leaks to the next call",
+        "reset the session behind every call (settings always; role, temporary tables, advisory locks, LISTEN, cursors, SQL-prepared statements where the database's functions mention them) so nothing leaks to the next call",
     ),
     key("CALL_PIPELINE_DEPTH", "4", "calls in flight on one backend connection under load; 1 turns pipelining off"),
     key(

@@ -374,6 +374,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `GATEWAY_THREADS` with 0 resolved to the CPU count.
     pub threads: usize,
+    /// `CLIENT_PLACEMENT=pack`: client connections live on as few loops as keep up (see
+    /// `server::balance`); `spread`: evenly by count, never moved.
+    pub pack_loops: bool,
     pub db: DbSettings,
     pub pool: PoolConfig,
     pub call: CallConfig,
@@ -753,6 +756,11 @@ impl Config {
             limits,
             deploy,
             shutdown_grace: secs(s, "SHUTDOWN_GRACE_SECS")?,
+            pack_loops: match s.get("CLIENT_PLACEMENT") {
+                "pack" => true,
+                "spread" => false,
+                _ => return Err(invalid(s, "CLIENT_PLACEMENT", "pack or spread")),
+            },
             metrics_top_databases: num(s, "METRICS_TOP_DATABASES", 1usize, 1000)?,
             metrics_tracked_names: num(s, "METRICS_TRACKED_NAMES", 0usize, 100_000)?,
             servers: ServersConfig {

@@ -32,6 +32,10 @@ pub struct Scrape<'a> {
     pub connect_failures: u64,
     /// Backend closes and the traffic between loops, summed over loops.
     pub traffic: super::LoopTraffic,
+    /// Per event loop: its CPU share (per mille of a core) and its client connections.
+    pub loops: &'a [(u32, usize)],
+    /// Client connections handed from one loop to another.
+    pub client_moves: u64,
     pub deploy: &'a DeploySnapshot,
     pub process: ProcessStats,
     /// Calls per server and replica, summed over loops.
@@ -240,6 +244,20 @@ pub fn render(s: &Scrape<'_>) -> String {
     for (kind, n) in s.traffic.kinds() {
         o.sample("loop_traffic_total", &[("kind", kind)], n as f64);
     }
+    o.family("loop_cpu_ratio", "gauge", "Each event loop's share of one core over its last 100 ms.");
+    for (i, (load, _)) in s.loops.iter().enumerate() {
+        o.sample("loop_cpu_ratio", &[("loop", &i.to_string())], f64::from(*load) / 1000.0);
+    }
+    o.family("loop_client_connections", "gauge", "Client connections each event loop serves.");
+    for (i, (_, clients)) in s.loops.iter().enumerate() {
+        o.sample("loop_client_connections", &[("loop", &i.to_string())], *clients as f64);
+    }
+    o.family(
+        "client_moves_total",
+        "counter",
+        "Idle client connections handed from one event loop to another (packing light loops, spreading a saturated one).",
+    );
+    o.sample("client_moves_total", &[], s.client_moves as f64);
 
     o.family(
         "server_calls_total",
@@ -359,6 +377,8 @@ mod tests {
             platform_errors: &[("acme".to_string(), acme)],
             functions: &[],
             traffic: Default::default(),
+            loops: &[(250, 3), (0, 0)],
+            client_moves: 7,
         };
         let t = render(&s);
         let p = "stonescriptdb_gateway_call_errors_total";
@@ -389,6 +409,8 @@ mod tests {
             connects: 0,
             connect_failures: 0,
             traffic: Default::default(),
+            loops: &[(250, 3), (0, 0)],
+            client_moves: 7,
             deploy: &dep,
             process: ProcessStats::default(),
             served: &[ServedCount { server: "s2".into(), replica: "10.0.0.3:5432".into(), calls: 5, write_retries: 1 }],

@@ -134,14 +134,18 @@ impl App {
     /// their room is free. Returns answers for calls that could not be handed over.
     pub fn send_to_loops(&mut self) -> Vec<(usize, u64, Response)> {
         let mut failed = Vec::new();
-        for (to, w, role) in self.calls.take_forwards() {
+        let forwards = self.calls.take_forwards();
+        for (to, w, role) in forwards {
             let c = w.caller;
             let sent = self.shared.loops.get(to).is_some_and(|n| n.send(Message::Call { waiter: Box::new(w), role }));
             if sent {
-                self.forwarded.insert((c.client, c.generation), to);
+                // Only this loop's own clients: a call passed on again belongs to another loop's.
+                if c.loop_id == self.id {
+                    self.forwarded.insert((c.client, c.generation), to);
+                }
             } else {
                 let e = ApiError::new(Kind::PoolExhausted, "no connection became free for this call; retry shortly");
-                failed.push((c.client, c.generation, Response::error(&e)));
+                failed.push((c, Response::error(&e)));
             }
         }
         for ask in self.calls.take_room_asks() {
@@ -163,7 +167,7 @@ impl App {
                 n.send(Message::RoomFreed(slot));
             }
         }
-        failed
+        self.local(failed)
     }
 
     /// An event on a backend socket; returns finished client responses.

@@ -1,8 +1,9 @@
 //! One event loop: a mio `Poll` owning its client sockets and its `/call` backend sockets, run to
 //! completion on its own thread. Each turn reads the clock once, dispatches events (draining to
 //! `WouldBlock`), then runs a throttled janitor. Loop 0 also owns the listener and hands accepted
-//! connections to the loop with the fewest. Other threads reach a loop only through its channel and
-//! its `Waker` (see [`super::notify`]).
+//! connections to a loop with CPU to spare; loops hand idle connections on to pack or spread the load
+//! (see [`super::balance`]). Other threads reach a loop only through its channel and its `Waker`
+//! (see [`super::notify`]).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -63,6 +64,8 @@ pub struct Loop {
     last_janitor: Instant,
     /// Source of request ids (`generation`), increasing over all connections.
     next_generation: u64,
+    /// This loop's CPU share, for where client connections live.
+    meter: super::balance::Meter,
     app: App,
 }
 
@@ -95,6 +98,7 @@ impl Loop {
             scratch: vec![0; SCRATCH],
             last_janitor: now,
             next_generation: 0,
+            meter: super::balance::Meter::default(),
         }
     }
 
@@ -344,10 +348,9 @@ impl Loop {
         }
     }
 
-    /// Accepts every pending connection and gives each to the loop with the fewest clients. One
-    /// accepting loop rather than a listener per loop: the standard library cannot set
-    /// `SO_REUSEPORT`, and the kernel's hash spreads a few long-lived keep-alive connections unevenly,
-    /// while counting clients spreads them exactly.
+    /// Accepts every pending connection and gives each to the first loop with CPU to spare (see
+    /// [`super::balance::place`]). One accepting loop rather than a listener per loop: the standard
+    /// library cannot set `SO_REUSEPORT`, and the kernel's hash cannot know which loops are busy.
     fn accept_all(&mut self) {
         loop {
             let Some(listener) = &self.listener else { return };
@@ -369,7 +372,7 @@ impl Loop {
                     }
                     let _ = sock.set_nodelay(true);
                     // While draining, connections stay here: another loop may already have exited.
-                    let target = if self.shutdown_deadline.is_some() { self.app.id } else { shared.least_loaded() };
+                    let target = if self.shutdown_deadline.is_some() { self.app.id } else { shared.place() };
                     if let Some(s) = shared.stats.get(target) {
                         s.clients.fetch_add(1, Ordering::Relaxed);
                     }
@@ -893,6 +896,7 @@ impl Loop {
         self.app.catch_up(&mut self.poll);
         let done = self.app.janitor(&mut self.poll, now);
         self.deliver(done);
+        self.balance();
         if let Some(s) = self.app.shared.stats.get(self.app.id) {
             s.publish(&self.app.calls.stats());
         }
@@ -900,6 +904,65 @@ impl Loop {
             s.publish_pools(self.app.calls.pool_snapshots(now));
             s.publish_served(self.app.calls.served());
         }
+    }
+}
+
+impl Loop {
+    /// Publishes this loop's load, then packs or spreads its idle client connections as
+    /// [`super::balance::decide`] says. Only connections between requests move (nothing buffered,
+    /// nothing in flight); the receiving loop registers the socket, and a request that arrived
+    /// meanwhile shows as readable there.
+    fn balance(&mut self) {
+        use super::balance::{Move, decide};
+        let me = self.app.id;
+        let shared = self.app.shared.clone();
+        let Some(stats) = shared.stats.get(me) else { return };
+        if let Some(load) = self.meter.sample(self.now) {
+            stats.load.store(load, Ordering::Relaxed);
+        }
+        if !self.cfg.pack_loops || self.shutdown_deadline.is_some() || !self.meter.may_move() {
+            return;
+        }
+        let (loads, clients) = shared.loads();
+        let Move::Give { to, count } = decide(me, &loads, &clients) else { return };
+        let Some(target) = shared.loops.get(to) else { return };
+        let idle: Vec<usize> = self
+            .clients
+            .keys()
+            .into_iter()
+            .filter(|&k| {
+                self.clients.get(k).is_some_and(|c| {
+                    matches!(c.phase, Phase::Head)
+                        && !c.busy()
+                        && c.wbuf.is_empty()
+                        && c.req.is_none()
+                        && !c.peer_closed
+                        && !c.read_paused
+                })
+            })
+            .take(count)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        for key in idle {
+            let Some(mut c) = self.clients.remove(key) else { continue };
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            stats.clients.fetch_sub(1, Ordering::Relaxed);
+            if let Some(t) = shared.stats.get(to) {
+                t.clients.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.moves.fetch_add(1, Ordering::Relaxed);
+            let peer = c.peer;
+            if !target.send(Message::Adopt(c.sock, peer)) {
+                // The other loop is gone (shutting down): the socket closed with the message.
+                if let Some(t) = shared.stats.get(to) {
+                    t.clients.fetch_sub(1, Ordering::Relaxed);
+                }
+                shared.release_address(peer.ip());
+            }
+        }
+        self.meter.moved();
     }
 }
 

@@ -3,6 +3,7 @@
 //! starts them and waits for them; it is the only one that knows all of them.
 
 pub mod app;
+pub mod balance;
 pub mod client;
 pub mod event_loop;
 pub mod notify;

@@ -6,7 +6,7 @@
 //! ([`LoopStats::counters`], written only by that loop).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,11 @@ pub struct LoopStats {
     traffic: [AtomicU64; 5],
     /// Client connections this loop serves (the accepting loop counts a hand-over at once).
     pub clients: AtomicUsize,
+    /// This loop's CPU share over its last janitor turn, per mille of one core (see
+    /// [`super::balance`]).
+    pub load: AtomicU32,
+    /// Client connections this loop handed to another (packing or spilling).
+    pub moves: AtomicU64,
     /// Requests this loop answered, `/call` latency and errors; only this loop writes them.
     pub counters: LoopCounters,
     /// This loop's pools as of its last janitor turn (every 100 ms): a lock taken ten times a
@@ -415,9 +420,24 @@ impl Shared {
         self.stats.iter().map(|s| s.clients.load(Ordering::Relaxed)).sum()
     }
 
-    /// The loop with the fewest client connections.
-    pub fn least_loaded(&self) -> usize {
-        self.stats.iter().enumerate().min_by_key(|(_, s)| s.clients.load(Ordering::Relaxed)).map_or(0, |(i, _)| i)
+    /// Every loop's load (per mille of a core) and client connections, in loop order.
+    pub fn loads(&self) -> (Vec<u32>, Vec<usize>) {
+        self.stats.iter().map(|s| (s.load.load(Ordering::Relaxed), s.clients.load(Ordering::Relaxed))).unzip()
+    }
+
+    /// The loop a new client connection goes to: see [`super::balance::place`], or the one with
+    /// the fewest clients with `CLIENT_PLACEMENT=spread`.
+    pub fn place(&self) -> usize {
+        let (loads, clients) = self.loads();
+        if !self.cfg.pack_loops {
+            return (0..clients.len()).min_by_key(|&k| clients[k]).unwrap_or(0);
+        }
+        super::balance::place(&loads, &clients)
+    }
+
+    /// Client connections handed from one loop to another so far.
+    pub fn client_moves(&self) -> u64 {
+        self.stats.iter().map(|s| s.moves.load(Ordering::Relaxed)).sum()
     }
 
     /// Counts a client connection from `ip`; false (nothing counted) when that address already has

@@ -42,6 +42,11 @@ pub fn metrics(shared: &Shared, now: Instant) -> Response {
         connects: totals.connects,
         connect_failures: totals.connect_failures,
         traffic: totals.traffic,
+        loops: &{
+            let (loads, clients) = shared.loads();
+            loads.into_iter().zip(clients).collect::<Vec<_>>()
+        },
+        client_moves: shared.client_moves(),
         deploy: &deploy,
         process: metrics::process::read(),
         served: &shared.served(),

@@ -118,18 +118,21 @@ impl CallEngine {
         }
     }
 
-    /// Hands the waiting calls of `pool` that have not travelled yet to loop `to`.
+    /// Hands the waiting calls of `pool` to loop `to`, which holds connections of it while this loop
+    /// holds none and has no quota. A call that travelled before goes on too (the loop that took it
+    /// may have given its connection away since), up to `MAX_HOPS`; before, a call stranded that way
+    /// waited for its 503.
     pub(super) fn forward_waiters(&mut self, pool: usize, to: usize) {
         let id = self.loop_id;
         let Some(p) = self.pools.pools.get_mut(pool) else { return };
         let role: Arc<str> = Arc::from(p.params.user.as_str());
         let mut stay = Vec::new();
         for w in p.drain_waiters() {
-            if w.forwarded {
+            if w.hops >= crate::call::session::MAX_HOPS {
                 stay.push(w);
             } else {
                 self.traffic.calls_forwarded += 1;
-                self.forwards.push((to, Waiter { forwarded: true, ..w }, role.clone()));
+                self.forwards.push((to, Waiter { hops: w.hops + 1, ..w }, role.clone()));
             }
         }
         for w in stay {

@@ -83,7 +83,7 @@ impl Rig {
             started: self.now,
             deadline: self.now + Duration::from_secs(5),
             requeued: false,
-            forwarded: false,
+            hops: 0,
         };
         Job::new(w, self.cfg.call.timeout, self.now)
     }
