@@ -704,3 +704,58 @@ fn racing_deploys_with_different_texts_of_a_no_transaction_migration_refuse_the_
     assert!(e.message.contains("050_race.sql"), "{}", e.message);
     assert_eq!(one(&db, "SELECT to_regclass('race_first') IS NOT NULL AND to_regclass('race_second') IS NULL"), "t");
 }
+
+/// A deploy on a fresh session of `db`, with the round trips it took (requests answered, counted by
+/// the client).
+fn run_counted(
+    db: &TestDb,
+    files: &BTreeMap<String, String>,
+    o: &DeployOptions,
+) -> (Result<DeployReport, ApiError>, u64) {
+    let mut c = db.client();
+    let before = c.round_trips();
+    let r = deploy(&mut c, &db.name, &archive(files), o);
+    let n = c.round_trips() - before;
+    c.close();
+    (r, n)
+}
+
+/// Issue 23: an unchanged `/migrate` of a database took about twenty round trips (one per catalog or
+/// tracking read, and a stand-in table for every seeder). Once a database was deployed twice in the
+/// process, its reads go ahead in one pipeline; state changed by hand since is still found.
+#[test]
+fn an_unchanged_redeploy_reads_ahead_in_few_round_trips() {
+    let db = TestDb::new("ahead");
+    let files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    for _ in 0..2 {
+        let (r, _) = run_counted(&db, &files, &opts(SeedMode::Verify));
+        r.expect("unchanged migrate");
+    }
+    let (r, trips) = run_counted(&db, &files, &opts(SeedMode::Verify));
+    let r = r.expect("unchanged migrate");
+    assert!(r.functions_changed.is_empty() && r.migrations_applied.is_empty(), "{r:?}");
+    assert!(r.seed_validation.missing.is_empty(), "{r:?}");
+    // BEGIN with the lock, the tracking tables' fill, the reads ahead, COMMIT.
+    assert!(trips <= 4, "an unchanged migrate took {trips} round trips");
+
+    // A seed row deleted by hand is still missed, a routine dropped by hand is made again.
+    q(&db, "DELETE FROM products WHERE id = 2");
+    let (e, _) = run_counted(&db, &files, &opts(SeedMode::Verify));
+    let e = e.unwrap_err();
+    assert_eq!(e.kind, Kind::SeedDataMissing, "{}", e.message);
+    assert!(e.message.contains("public.products 2"), "{}", e.message);
+    q(&db, "INSERT INTO products (id, name) VALUES (2, 'Gadget')");
+    let sig = one(&db, "SELECT signature FROM _stonescriptdb_gateway_functions ORDER BY signature LIMIT 1");
+    q(&db, &format!("DROP ROUTINE {sig}"));
+    let r = ok(&db, &files, &opts(SeedMode::Verify));
+    assert_eq!(r.functions_changed, [sig], "{r:?}");
+    // The deploy after a change reads as usual (what it reads is remembered again), the next goes ahead.
+    let mut trips = Vec::new();
+    for _ in 0..2 {
+        let (r, n) = run_counted(&db, &files, &opts(SeedMode::Verify));
+        assert!(r.expect("unchanged migrate").functions_changed.is_empty());
+        trips.push(n);
+    }
+    assert!(trips[1] <= 4, "round trips after a change: {trips:?}");
+}

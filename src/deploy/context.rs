@@ -197,6 +197,8 @@ pub(crate) struct Ctx<'a> {
     /// The database's OID once the deploy's lock is held (empty before, or when unknown): keys what
     /// this process remembers of the database between deploys.
     pub db_oid: String,
+    /// Reads fetched ahead in one round trip, and the reads recorded for the next deploy.
+    pub ahead: super::readahead::ReadAhead,
 }
 
 /// Where a failure happened, for the error body.
@@ -336,8 +338,43 @@ impl<'a> Ctx<'a> {
     /// Rows of a query whose columns are all non-null text (missing values become "").
     pub fn rows(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<Vec<Vec<String>>, ApiError> {
         Ok(self
-            .query(sql, params, at)?
-            .rows
+            .read(sql, params, at, Kind::MigrationFailed, 0)?
+            .into_iter()
+            .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+            .collect())
+    }
+
+    /// Rows of a statement that only reads: answered from the read-ahead when it was fetched there
+    /// (see `readahead`), and recorded for the next deploy. Errors map like [`Ctx::pg_error`].
+    pub fn read(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        at: At<'_>,
+        kind: Kind,
+        shift: i64,
+    ) -> Result<Vec<Vec<Option<String>>>, ApiError> {
+        let before = self.c.round_trips();
+        if let Some(rows) = self.ahead.take(sql, params, before) {
+            self.ahead.note(sql, params, before, before);
+            return Ok(rows);
+        }
+        let r = self.c.query(sql, params).map_err(|e| self.pg_error(kind, at, e, shift))?;
+        self.check_tx(at)?;
+        self.ahead.note(sql, params, before, self.c.round_trips());
+        Ok(r.rows)
+    }
+
+    /// Opens the engine's transaction and runs `sql` (a read) in it, in one round trip.
+    pub fn begin_with(&mut self, sql: &str, params: &[Option<&str>], at: At<'_>) -> Result<Vec<Vec<String>>, ApiError> {
+        self.in_tx = false;
+        let r = self.c.pipeline(&[("BEGIN", &[]), (sql, params)]);
+        self.in_tx = self.c.transaction_status() != b'I';
+        let mut r = r.map_err(|(_, e)| self.pg_error(Kind::MigrationFailed, at, e, 0))?;
+        self.check_tx(at)?;
+        Ok(r.pop()
+            .map(|q| q.rows)
+            .unwrap_or_default()
             .into_iter()
             .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
             .collect())

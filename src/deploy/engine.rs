@@ -18,7 +18,7 @@ use super::archive::{SchemaArchive, SqlFile};
 use super::context::{At, Ctx, SchemaValidation, changes, quote_ident, quote_literal};
 pub use super::context::{DeployOptions, DeployReport, SeedMode};
 use super::sql;
-use super::{functions, seeders, tables, tracking, types, watchdog};
+use super::{functions, readahead, seeders, tables, tracking, types, watchdog};
 use crate::error::{ApiError, Kind};
 use crate::json::ObjectWriter;
 use crate::pg::blocking::Client;
@@ -77,18 +77,20 @@ fn apply(
         in_tx: false,
         deadline,
         db_oid: String::new(),
+        ahead: Default::default(),
     };
     if cx.c.transaction_status() != b'I' {
         // A caller left a transaction open; ours must not nest into it.
         let _ = cx.c.batch_execute("ROLLBACK");
     }
-    cx.begin(At::step("begin"))?;
     let pending = match main_transaction(&mut cx, archive, opts, &mut report) {
         Ok(p) => p,
         Err(e) => {
-            // Whatever failed, the tracking tables' layout and the table files are read again next time.
+            // Whatever failed, the tracking tables' layout, the table files and the reads it starts
+            // with are read again next time.
             tracking::forget_layout(cx.c, database);
             tables::forget_scratch_run(cx.c, database);
+            readahead::forget(&cx.c.server_key(), database);
             cx.abandon();
             return Err(e);
         }
@@ -97,6 +99,10 @@ fn apply(
         // A migration may change a type or function the table files use.
         tables::forget_scratch_run(cx.c, database);
     }
+    // The reads this deploy started with are what the next one sends ahead (reads only: they hold
+    // whether this transaction commits or rolls back).
+    let (server, oid) = (cx.c.server_key(), cx.db_oid.clone());
+    cx.ahead.keep(&server, database, &oid);
     if opts.dry_run {
         cx.end(false, At::step("rollback"))?;
         report.no_transaction_migrations = pending.iter().map(|f| f.path.clone()).collect();
@@ -148,7 +154,7 @@ fn main_transaction<'f>(
     report: &mut DeployReport,
 ) -> Result<Vec<&'f SqlFile>, ApiError> {
     let db = cx.db.to_string();
-    let locked = cx.rows(
+    let locked = cx.begin_with(
         "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))::text, \
          (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) \
           pg_catalog.current_database())::text",
@@ -158,6 +164,7 @@ fn main_transaction<'f>(
     cx.db_oid = locked.first().and_then(|r| r.get(1)).cloned().unwrap_or_default();
     let oid = cx.db_oid.clone();
     tracking::ensure_tables(cx, &oid)?;
+    read_ahead(cx, &oid)?;
     extensions(cx, archive, opts, report)?;
     types::deploy_types(cx, archive, report)?;
     let declared = tables::declare_and_create(cx, archive, report)?;
@@ -186,6 +193,41 @@ fn main_transaction<'f>(
     seeders::run(cx, archive, opts, report)?;
     extensions_out_of_reach(cx, &opts.protected_schemas)?;
     Ok(pending)
+}
+
+/// Sends the reads the last deploy of this database started with in one round trip, inside a
+/// savepoint (one that fails, e.g. a table dropped by hand since, is rolled back and nothing is
+/// fetched ahead), then records the reads this deploy starts with (see `readahead`).
+fn read_ahead(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError> {
+    let at = At::step("tracking");
+    let server = cx.c.server_key();
+    if let Some(reads) = (!oid.is_empty()).then(|| readahead::remembered(&server, cx.db, oid)).flatten() {
+        let mut stmts: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(reads.len() + 2);
+        stmts.push(("SAVEPOINT ssdb_ahead", Vec::new()));
+        for (sql, params) in &reads {
+            stmts.push((sql, params.iter().map(|p| p.as_deref()).collect()));
+        }
+        stmts.push(("RELEASE SAVEPOINT ssdb_ahead", Vec::new()));
+        let list: Vec<(&str, &[Option<&str>])> = stmts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+        match cx.c.pipeline(&list) {
+            Ok(mut answers) => {
+                answers.pop();
+                let rows = answers.into_iter().skip(1).map(|q| q.rows).collect();
+                cx.ahead.fill(reads, rows, cx.c.round_trips());
+                cx.check_tx(at)?;
+            }
+            // The savepoint was made: a read that fails now is rolled back and the deploy reads as usual.
+            Err((i, crate::pg::dberror::PgError::Db(d)))
+                if i > 0 && !matches!(d.severity.as_str(), "FATAL" | "PANIC") =>
+            {
+                readahead::forget(&server, cx.db);
+                cx.exec("ROLLBACK TO SAVEPOINT ssdb_ahead; RELEASE SAVEPOINT ssdb_ahead", at)?;
+            }
+            Err((_, e)) => return Err(cx.pg_error(Kind::MigrationFailed, at, e, 0)),
+        }
+    }
+    cx.ahead.record_from(cx.c.round_trips());
+    Ok(())
 }
 
 /// After every step: an extension that a migration created in a `/call` schema is moved out of it, or

@@ -12,6 +12,7 @@ pub mod isolate;
 pub mod memo;
 pub mod overview;
 pub mod pack;
+pub mod readahead;
 pub mod seeders;
 pub mod servers;
 pub mod service;

@@ -23,10 +23,9 @@ use crate::json;
 /// (schema, relation) of an INSERT's target.
 fn target(cx: &mut Ctx<'_>, at: At<'_>) -> Result<(String, String), ApiError> {
     let stmt = at.stmt.expect("seeder statement");
-    let res =
-        cx.c.query(&format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", stmt.text), &[])
-            .map_err(|e| cx.pg_error(Kind::MigrationFailed, at, e, 31))?;
-    let text = res.rows.into_iter().flatten().flatten().collect::<Vec<String>>().join("\n");
+    // Planned, not run: a read, so it can be fetched ahead (see `readahead`).
+    let res = cx.read(&format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", stmt.text), &[], at, Kind::MigrationFailed, 31)?;
+    let text = res.into_iter().flatten().flatten().collect::<Vec<String>>().join("\n");
     let plan = json::parse(text.as_bytes()).ok();
     let node = plan.as_ref().and_then(|v| v.as_array()).and_then(|a| a.first()).and_then(|v| v.get("Plan"));
     let rel = node.and_then(|n| n.get("Relation Name")).and_then(|v| v.as_str());
@@ -123,9 +122,51 @@ fn evaluate(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Res
 /// counted once per process while the database's tables, types and migrations stay as they were.
 static COUNTS: super::memo::DbMemo<(String, String), u64> = super::memo::DbMemo::new();
 
+/// (database OID, statement) → the key columns of its table and the rows it defines (JSON), for
+/// `/migrate`'s check of literal-VALUES seeders: evaluated in the stand-in once per process while the
+/// database's tables, types and migrations stay as they were, then compared with the real table
+/// directly (one read, no DDL).
+static DEFINED: super::memo::DbMemo<(String, String), (Vec<String>, String)> = super::memo::DbMemo::new();
+
+/// Rows a remembered evaluation may hold: past this the stand-in is used every time.
+const MAX_DEFINED_JSON: usize = 64 * 1024;
+
 /// Forgets the counts of `database` on `server` (a migration ran, or a deploy failed).
 pub(crate) fn forget_counts(server: &str, database: &str) {
     COUNTS.forget(server, database);
+    DEFINED.forget(server, database);
+}
+
+/// Whether what a literal-VALUES seeder defines is what it defined last time: nothing the table's
+/// shape depends on changed in this deploy (see `forget_counts` for what changes between deploys).
+fn same_as_last_time(cx: &Ctx<'_>, report: &DeployReport, stmt: &Statement) -> bool {
+    report.types_deployed.is_empty()
+        && report.extensions_installed.is_empty()
+        && report.tables_created.is_empty()
+        && report.migrations_applied.is_empty()
+        && !cx.db_oid.is_empty()
+        && !stmt.text.to_ascii_uppercase().contains("SELECT")
+}
+
+/// The comparison of a seeder's rows `s` with the real table `r` by key, and a key's text.
+fn key_match(keys: &[String]) -> (String, String) {
+    let cond = keys.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
+    let key_text = if keys.len() == 1 {
+        format!("s.{}::text", keys[0])
+    } else {
+        format!("ROW({})::text", keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
+    };
+    (cond, key_text)
+}
+
+fn parse_missing(row: &[String]) -> (u64, Vec<String>) {
+    let total = row.first().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
+    let missing = row
+        .get(1)
+        .and_then(|j| json::parse(j.as_bytes()).ok())
+        .and_then(|v| v.as_array().map(|a| a.iter().map(|k| k.as_str().unwrap_or_default().to_string()).collect()))
+        .unwrap_or_default();
+    (total, missing)
 }
 
 /// How many rows an INSERT defines, evaluated like [`evaluate`] but only counted: a seeder skipped
@@ -139,8 +180,32 @@ fn count_rows(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> R
 
 /// The rows an INSERT defines (count) and the keys of those the real table lacks, in key order:
 /// evaluated like [`evaluate`], then compared with the real table (renamed inside the savepoint).
-fn missing_keys(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) -> Result<(u64, Vec<String>), ApiError> {
+/// With `remember`, what the statement defined is kept and, next time, compared directly.
+fn missing_keys(
+    cx: &mut Ctx<'_>,
+    t: &(String, String),
+    n: usize,
+    at: At<'_>,
+    remember: bool,
+) -> Result<(u64, Vec<String>), ApiError> {
     let rel = qualified(t);
+    let server = cx.c.server_key();
+    let stmt = at.stmt.expect("seeder statement");
+    let memo_key = (cx.db_oid.clone(), stmt.text.clone());
+    if let Some((keys, rows)) = remember.then(|| DEFINED.get(&server, cx.db, &memo_key)).flatten() {
+        let (cond, key_text) = key_match(&keys);
+        let found = cx.rows(
+            &format!(
+                "SELECT (SELECT count(*) FROM pg_catalog.json_populate_recordset(NULL::{rel}, $1::json))::text, \
+                 (SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k \
+                  FROM pg_catalog.json_populate_recordset(NULL::{rel}, $1::json) s \
+                  WHERE NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})) m)"
+            ),
+            &[Some(&rows)],
+            at,
+        )?;
+        return Ok(parse_missing(&found.into_iter().next().unwrap_or_default()));
+    }
     let keys = key_columns(cx, &rel, at)?;
     let real = format!("_ssdb_seed_real_{n}");
     let real_rel = format!("{}.{real}", quote_ident(&t.0));
@@ -154,29 +219,22 @@ fn missing_keys(cx: &mut Ctx<'_>, t: &(String, String), n: usize, at: At<'_>) ->
             at,
         )?;
         cx.run_file_stmt(Kind::MigrationFailed, at)?;
-        let cond = keys.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
-        let key_text = if keys.len() == 1 {
-            format!("s.{}::text", keys[0])
-        } else {
-            format!("ROW({})::text", keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
-        };
+        let (cond, key_text) = key_match(&keys);
         let rows = cx.rows(
             &format!(
                 "SELECT (SELECT count(*) FROM {rel})::text, \
                  (SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k FROM {rel} s \
-                  WHERE NOT EXISTS (SELECT 1 FROM {real_rel} r WHERE {cond})) m)"
+                  WHERE NOT EXISTS (SELECT 1 FROM {real_rel} r WHERE {cond})) m), \
+                 (SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s)"
             ),
             &[],
             at,
         )?;
         let row = rows.into_iter().next().unwrap_or_default();
-        let total = row.first().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
-        let missing = row
-            .get(1)
-            .and_then(|j| json::parse(j.as_bytes()).ok())
-            .and_then(|v| v.as_array().map(|a| a.iter().map(|k| k.as_str().unwrap_or_default().to_string()).collect()))
-            .unwrap_or_default();
-        Ok((total, missing))
+        if remember && row.get(2).is_some_and(|j| j.len() <= MAX_DEFINED_JSON) {
+            DEFINED.put(&server, cx.db, memo_key.clone(), (keys.clone(), row[2].clone()), false);
+        }
+        Ok(parse_missing(&row))
     })();
     cx.rollback_to(&sp)?;
     r
@@ -262,12 +320,7 @@ pub(crate) fn run(
                     counter += 1;
                     // Rows given as literal VALUES count the same as last time while nothing the
                     // table's shape depends on changed (see `forget_counts`).
-                    let still = report.types_deployed.is_empty()
-                        && report.extensions_installed.is_empty()
-                        && report.tables_created.is_empty()
-                        && report.migrations_applied.is_empty()
-                        && !cx.db_oid.is_empty()
-                        && !stmt.text.to_ascii_uppercase().contains("SELECT");
+                    let still = same_as_last_time(cx, report, stmt);
                     let server = cx.c.server_key();
                     let key = (cx.db_oid.clone(), stmt.text.clone());
                     let known = if still { COUNTS.get(&server, cx.db, &key) } else { None };
@@ -290,7 +343,8 @@ pub(crate) fn run(
             if !opts.reseed && !filling {
                 // Only checked: the stand-in's rows are compared with the real table inside the
                 // savepoint, without a temporary table.
-                let (total, missing) = missing_keys(cx, &t, counter, at)?;
+                let remember = same_as_last_time(cx, report, stmt);
+                let (total, missing) = missing_keys(cx, &t, counter, at, remember)?;
                 if !missing.is_empty() {
                     match report.seed_validation.missing.iter_mut().find(|m| m.table == shown) {
                         Some(m) => m.keys.extend(missing.iter().cloned()),

@@ -92,8 +92,7 @@ const COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypm
 
 fn columns(cx: &mut Ctx<'_>, rel: &str) -> Result<Vec<Column>, ApiError> {
     Ok(cx
-        .query(COLUMNS, &[Some(rel)], At::step("tables"))?
-        .rows
+        .read(COLUMNS, &[Some(rel)], At::step("tables"), Kind::MigrationFailed, 0)?
         .into_iter()
         .map(|r| Column {
             name: r[0].clone().unwrap_or_default(),

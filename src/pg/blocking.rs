@@ -272,6 +272,9 @@ pub struct Client {
     max_result_bytes: usize,
     /// Set when the protocol position is unknown (I/O error, timeout, protocol violation, FATAL).
     broken: bool,
+    /// Requests sent and answered (one Query, or one Sync behind a statement or a pipeline): what a
+    /// deploy's cost in round trips is counted in, and how a caller tells that nothing else was sent.
+    round_trips: u64,
 }
 
 impl Client {
@@ -312,6 +315,7 @@ impl Client {
             dropped_async: 0,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             broken: false,
+            round_trips: 0,
         })
     }
 
@@ -403,6 +407,99 @@ impl Client {
         params: &[Option<&str>],
     ) -> Result<Option<Vec<Option<String>>>, PgError> {
         Ok(self.query(sql, params)?.rows.into_iter().next())
+    }
+
+    /// Requests this client has sent since it connected (see the field).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+
+    /// Runs several statements with the extended protocol behind one Sync: one round trip for all.
+    /// The server stops at the first error (the rest are skipped); the error comes back with the index
+    /// of the statement that failed. Results are those of [`Client::query`], one a statement.
+    pub fn pipeline(&mut self, stmts: &[(&str, &[Option<&str>])]) -> Result<Vec<QueryResult>, (usize, PgError)> {
+        self.check().map_err(|e| (0, e))?;
+        let w = &mut self.wire.wbuf;
+        let start = w.len();
+        for (i, (sql, params)) in stmts.iter().enumerate() {
+            let encoded = frontend::parse("", sql, [], w)
+                .map_err(|e| PgError::Protocol(format!("cannot encode Parse: {e}")))
+                .and_then(|()| {
+                    frontend::bind(
+                        "",
+                        "",
+                        [0i16],
+                        params.iter().copied(),
+                        |v, buf| match v {
+                            Some(s) => {
+                                buf.put_slice(s.as_bytes());
+                                Ok(IsNull::No)
+                            }
+                            None => Ok(IsNull::Yes),
+                        },
+                        [0i16],
+                        w,
+                    )
+                    .map_err(|_| PgError::Protocol("cannot encode Bind (too many parameters?)".into()))
+                })
+                .and_then(|()| {
+                    frontend::describe(b'P', "", w)
+                        .and_then(|()| frontend::execute("", 0, w))
+                        .map_err(|e| PgError::Protocol(format!("cannot encode Execute: {e}")))
+                });
+            if let Err(e) = encoded {
+                // Nothing was sent, so the session is still in sync.
+                w.truncate(start);
+                return Err((i, e));
+            }
+        }
+        frontend::sync(w);
+        let n = stmts.len();
+        let mut done: Vec<QueryResult> = Vec::with_capacity(n);
+        let r = self.guard(|c| {
+            c.round_trips += 1;
+            c.wire.flush()?;
+            let mut cur = QueryResult::default();
+            let mut error = None;
+            let mut bytes = 0usize;
+            loop {
+                match c.next()? {
+                    Backend::Message(Message::ReadyForQuery(b)) => {
+                        c.tx_status = b.status();
+                        return error.map_or(Ok(()), |e| Err(PgError::Db(e)));
+                    }
+                    Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
+                        return Err(PgError::Db(Box::new(e)));
+                    }
+                    // The server skips to Sync: the statements after this one never ran.
+                    Backend::Error(e) => error = Some(Box::new(e)),
+                    Backend::Message(Message::ParseComplete | Message::BindComplete | Message::NoData) => {}
+                    Backend::RowDescription(cols) => {
+                        cur.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();
+                    }
+                    Backend::Message(Message::DataRow(row)) => {
+                        bytes += row.buffer().len() + 64;
+                        if bytes > c.max_result_bytes {
+                            return Err(c.too_much());
+                        }
+                        cur.rows.push(text_row(&row)?);
+                    }
+                    Backend::Message(Message::CommandComplete(body)) => {
+                        cur.rows_affected = rows_affected(&body)?;
+                        c.last_tag = body.tag().map_err(bad)?.to_string();
+                        done.push(std::mem::take(&mut cur));
+                    }
+                    Backend::Message(Message::EmptyQueryResponse) => done.push(std::mem::take(&mut cur)),
+                    // No COPY is sent here; a statement that starts one is refused like any other.
+                    other => return Err(unexpected(&other)),
+                }
+            }
+        });
+        match r {
+            Ok(()) if done.len() == n => Ok(done),
+            Ok(()) => Err((done.len(), PgError::Protocol("a pipeline ended before every statement answered".into()))),
+            Err(e) => Err((done.len().min(n.saturating_sub(1)), e)),
+        }
     }
 
     /// `b'I'` idle, `b'T'` in a transaction, `b'E'` in a failed transaction.
@@ -529,6 +626,7 @@ impl Client {
             PgError::Protocol(format!("cannot encode Query: {e}"))
         })?;
         self.guard(|c| {
+            c.round_trips += 1;
             c.wire.flush()?;
             let mut error = None;
             let mut bytes = 0usize;
@@ -569,6 +667,7 @@ impl Client {
     }
 
     fn run_extended(&mut self) -> Result<QueryResult, PgError> {
+        self.round_trips += 1;
         self.wire.flush()?;
         let mut result = QueryResult::default();
         let mut error = None;

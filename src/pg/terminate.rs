@@ -23,8 +23,10 @@ pub fn own_backend(c: &mut Client) -> Result<Backend, PgError> {
     own_backend_after(c, "")
 }
 
-const OWN_BACKEND_SQL: &str = "SELECT a.backend_start::pg_catalog.text FROM pg_catalog.pg_stat_activity a \
-     WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()";
+/// The function behind `pg_stat_activity`, asked for this backend only: the view reads every
+/// backend's entry and joins the role and database catalogs, a cold first read in a new session.
+const OWN_BACKEND_SQL: &str = "SELECT a.backend_start::pg_catalog.text \
+     FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a";
 
 /// [`own_backend`] in the same round trip as `setup` (statements ending in `;`, or empty), which
 /// runs first.
