@@ -468,3 +468,45 @@ fn light_loops_hand_their_connections_to_a_busier_one() {
     }
     assert!(counter(g.addr, "client_moves_total") >= moves_before + 3.0);
 }
+
+/// Past `CALL_BUSY_CAP` busy connections, calls pipeline deeper than `CALL_PIPELINE_DEPTH` instead
+/// of waiting for (or waking) more backends: with one connection allowed, eight calls stuck behind
+/// a lock all travel on it, none waits in the pool's queue, and all are answered once it is free.
+#[test]
+fn past_the_busy_cap_pipelines_deepen() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "1"),
+        ("MAX_CONNECTIONS_PER_POOL", "1"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_BUSY_CAP", "1"),
+        ("CALL_PIPELINE_DEPTH", "2"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
+    let gate = "CREATE FUNCTION gate() RETURNS int LANGUAGE plpgsql AS $$ \
+                BEGIN PERFORM pg_advisory_xact_lock_shared(4711); RETURN 1; END $$;";
+    let p = register(g.addr, &[("functions/gate.sql", gate)]);
+    // The connection learns the function's run time (nothing joins a call with none).
+    let mut c = Conn::open(g.addr);
+    for _ in 0..3 {
+        assert_eq!(scalar(&call_on(&mut c, &p.0, "gate")), "1");
+    }
+    let mut holder = common::db::su(&format!("{}_main", p.0));
+    holder.batch_execute("SELECT pg_advisory_lock(4711)").unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, platform) = (g.addr, p.0.clone());
+            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "gate")))
+        })
+        .collect();
+    let all_sent = common::db::eventually(Duration::from_secs(10), || health_num(g.addr, "pipelined_calls") == 7);
+    let (pipelined, waiting) = (health_num(g.addr, "pipelined_calls"), health_num(g.addr, "waiting_requests"));
+    let health = request(g.addr, "GET", "/health", &[], b"").text();
+    holder.batch_execute("SELECT pg_advisory_unlock(4711)").unwrap();
+    for t in calls {
+        assert_eq!(t.join().unwrap(), "1");
+    }
+    assert!(all_sent, "pipelined {pipelined}, waiting {waiting}: the pipeline stayed at CALL_PIPELINE_DEPTH: {health}");
+    assert_eq!(waiting, 0, "{health}");
+    assert_eq!(health_num(g.addr, "total_connections"), 1);
+}

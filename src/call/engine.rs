@@ -43,6 +43,9 @@ pub type Done = Vec<(Caller, Response)>;
 
 /// How often a loop short of room asks the other loops again, per pool.
 const ROOM_ASK_EVERY: Duration = Duration::from_millis(20);
+/// Busy connections per `busy_target` before pipelines deepen, and by how much they do.
+const BUSY_CAP_PER_TARGET: usize = 8;
+const DEEP_PIPELINE: usize = 4;
 
 /// A request to the other loops: close an idle connection (of any pool on `server`, or of any pool
 /// when `None`) so that this loop can open one under the total or that server's cap. (A pool's own
@@ -86,6 +89,8 @@ pub struct CallEngine {
     /// Busy backends of this loop beyond which calls rather queue behind a short one (its share of
     /// `CALL_BUSY_TARGET`).
     busy_target: usize,
+    /// Busy connections of this loop past which pipelines deepen (see `pipeline_depth_now`).
+    busy_cap: usize,
     scratch: Vec<u8>,
     /// Answers produced while handling events, handed to the server afterwards.
     done: Done,
@@ -163,6 +168,10 @@ impl CallEngine {
             Host::Unix(_) => None,
         };
         let busy_target = cfg.call.busy_target.div_ceil(loops.max(1)).max(1);
+        let busy_cap = match cfg.call.busy_cap {
+            0 => busy_target.saturating_mul(BUSY_CAP_PER_TARGET),
+            n => n,
+        };
         let owners = Owners::new(&cfg.security.role_prefix, cfg.security.require_platform_keys);
         CallEngine {
             loop_id,
@@ -178,6 +187,7 @@ impl CallEngine {
             budget,
             canceller,
             busy_target,
+            busy_cap,
             pipelined: 0,
             connects: 0,
             connect_failures: 0,

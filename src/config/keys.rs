@@ -119,6 +119,11 @@ pub const KEYS: &[Key] = &[
         "0",
         "busy backend connections (all pools) before calls prefer pipelining to idle connections; 0 = CPU count",
     ),
+    key(
+        "CALL_BUSY_CAP",
+        "0",
+        "busy backend connections (all pools of one event loop) past which calls pipeline up to 4 x CALL_PIPELINE_DEPTH deep rather than wake more backends; 0 = 8 x each loop's share of CALL_BUSY_TARGET",
+    ),
     key("CALL_SCHEMAS", "public", "comma-separated schemas whose functions /call may run"),
     key("ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, "comma-separated CIDRs allowed to use the gateway"),
     key("TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed"),

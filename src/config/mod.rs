@@ -239,6 +239,8 @@ pub struct CallConfig {
     /// `CALL_BUSY_TARGET` with 0 resolved to the CPU count: below this many busy backend
     /// connections a call takes an idle connection rather than a place in a pipeline.
     pub busy_target: usize,
+    /// `CALL_BUSY_CAP`: busy connections of one loop past which pipelines deepen (0: automatic).
+    pub busy_cap: usize,
 }
 
 /// Allowlists and the admin token.
@@ -599,6 +601,7 @@ impl Config {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,
             },
+            busy_cap: num(s, "CALL_BUSY_CAP", 0usize, 100_000)?,
         };
         let security = SecurityConfig {
             allowed_networks: cidrs(s, "ALLOWED_NETWORKS")?,
