@@ -11,6 +11,7 @@
 //! that Sync, so the phase's first error is kept and acted on there.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -400,6 +401,13 @@ impl ResetNeeds {
 /// Reads only ran there, so running them again does nothing twice.
 fn replica_lacks(sqlstate: &str) -> bool {
     sqlstate == "25006" || sqlstate.starts_with("42")
+}
+
+/// `d` in milliseconds with three decimals, as `{:.3}` of the float would print it, by integer
+/// arithmetic: float formatting with a precision was 3 % of the gateway's own time per 1-row call.
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let us = (d.as_nanos() + 500) / 1000;
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
 /// Execute of the unnamed portal, all rows.
@@ -998,10 +1006,9 @@ impl Session {
         if !job.answered {
             job.answered = true;
             body.extend_from_slice(b"],\"row_count\":");
-            body.extend_from_slice(rows.to_string().as_bytes());
+            let _ = write!(body, "{rows}");
             body.extend_from_slice(b",\"execution_time_ms\":");
-            let ms = now.saturating_duration_since(job.started).as_secs_f64() * 1000.0;
-            body.extend_from_slice(format!("{ms:.3}").as_bytes());
+            push_millis(&mut body, now.saturating_duration_since(job.started));
             body.push(b'}');
             cx.answer(job, Response::json(200, body));
         }

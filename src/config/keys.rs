@@ -40,6 +40,11 @@ pub const KEYS: &[Key] = &[
         "event loops, each on its own thread with its own client and PostgreSQL connections; 0 = CPU count",
     ),
     key(
+        "CLIENT_PACK_BELOW_PERCENT",
+        "60",
+        "with CLIENT_PLACEMENT=pack, a new connection goes to the first event loop using less than this percentage of a core, else to the least loaded (0: always the least loaded)",
+    ),
+    key(
         "CLIENT_PLACEMENT",
         "pack",
         "where client connections live: pack = on as few event loops as keep up with the load (fewer wake-ups per call; idle keep-alive connections move as loads change), spread = evenly by count, never moved",

@@ -379,6 +379,8 @@ pub struct Config {
     /// `CLIENT_PLACEMENT=pack`: client connections live on as few loops as keep up (see
     /// `server::balance`); `spread`: evenly by count, never moved.
     pub pack_loops: bool,
+    /// `CLIENT_PACK_BELOW_PERCENT` as per mille of a core.
+    pub pack_below_permille: u32,
     pub db: DbSettings,
     pub pool: PoolConfig,
     pub call: CallConfig,
@@ -764,6 +766,7 @@ impl Config {
                 "spread" => false,
                 _ => return Err(invalid(s, "CLIENT_PLACEMENT", "pack or spread")),
             },
+            pack_below_permille: num::<u32>(s, "CLIENT_PACK_BELOW_PERCENT", 0, 100)? * 10,
             metrics_top_databases: num(s, "METRICS_TOP_DATABASES", 1usize, 1000)?,
             metrics_tracked_names: num(s, "METRICS_TRACKED_NAMES", 0usize, 100_000)?,
             servers: ServersConfig {

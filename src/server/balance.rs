@@ -10,8 +10,6 @@
 
 use std::time::Instant;
 
-/// Load (per mille of one core) under which a loop takes new connections, lowest index first.
-const ACCEPT_BELOW: u32 = 600;
 /// A loop above this hands some of its idle connections to the least loaded loop...
 const SPILL_ABOVE: u32 = 900;
 /// ... if that one is under this, moving enough to come down to about `SPILL_TO`.
@@ -60,10 +58,10 @@ pub fn decide(me: usize, loads: &[u32], clients: &[usize]) -> Move {
     }
 }
 
-/// Where a new connection goes: the first loop under `ACCEPT_BELOW`, else the least loaded one
-/// (fewest clients among equals).
-pub fn place(loads: &[u32], clients: &[usize]) -> usize {
-    if let Some(i) = loads.iter().position(|&l| l < ACCEPT_BELOW) {
+/// Where a new connection goes: the first loop under `accept_below` per mille of a core
+/// (`CLIENT_PACK_BELOW_PERCENT`), else the least loaded one (fewest clients among equals).
+pub fn place(loads: &[u32], clients: &[usize], accept_below: u32) -> usize {
+    if let Some(i) = loads.iter().position(|&l| l < accept_below) {
         return i;
     }
     (0..loads.len()).min_by_key(|&k| (loads[k], clients.get(k).copied())).unwrap_or(0)
@@ -156,10 +154,12 @@ mod tests {
 
     #[test]
     fn new_connections_go_to_the_first_loop_with_cpu_to_spare() {
-        assert_eq!(place(&[0, 0, 0], &[0, 0, 0]), 0);
-        assert_eq!(place(&[700, 100, 0], &[10, 2, 0]), 1);
-        assert_eq!(place(&[900, 800, 700], &[10, 9, 5]), 2);
-        assert_eq!(place(&[900, 700, 700], &[10, 9, 5]), 2);
+        assert_eq!(place(&[0, 0, 0], &[0, 0, 0], 600), 0);
+        assert_eq!(place(&[700, 100, 0], &[10, 2, 0], 600), 1);
+        assert_eq!(place(&[900, 800, 700], &[10, 9, 5], 600), 2);
+        assert_eq!(place(&[900, 700, 700], &[10, 9, 5], 600), 2);
+        // 0: always the least loaded, fewest clients among equals.
+        assert_eq!(place(&[0, 0, 0], &[1, 0, 1], 0), 1);
     }
 
     #[test]

@@ -432,7 +432,7 @@ impl Shared {
         if !self.cfg.pack_loops {
             return (0..clients.len()).min_by_key(|&k| clients[k]).unwrap_or(0);
         }
-        super::balance::place(&loads, &clients)
+        super::balance::place(&loads, &clients, self.cfg.pack_below_permille)
     }
 
     /// Client connections handed from one loop to another so far.

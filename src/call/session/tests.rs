@@ -956,3 +956,24 @@ fn a_prepare_tells_which_resets_the_database_functions_need() {
         assert_eq!(got, vec![want], "third column {col}");
     }
 }
+
+#[test]
+fn execution_time_is_milliseconds_with_three_decimals() {
+    use std::time::Duration;
+    for (d, want) in [
+        (Duration::ZERO, "0.000"),
+        (Duration::from_nanos(1_499), "0.001"),
+        (Duration::from_micros(999), "0.999"),
+        (Duration::from_micros(1_000), "1.000"),
+        (Duration::from_micros(12_345), "12.345"),
+        (Duration::from_nanos(2_000_500), "2.001"),
+        (Duration::from_secs(75), "75000.000"),
+    ] {
+        let mut out = Vec::new();
+        push_millis(&mut out, d);
+        assert_eq!(String::from_utf8(out).unwrap(), want, "{d:?}");
+        let float = format!("{:.3}", d.as_secs_f64() * 1000.0);
+        // The float's own rounding may differ by the last digit at exact halves.
+        assert!((float.parse::<f64>().unwrap() - want.parse::<f64>().unwrap()).abs() <= 0.001, "{d:?}: {float}");
+    }
+}
