@@ -9,6 +9,7 @@ mod janitor;
 mod limits;
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +93,8 @@ pub struct CallEngine {
     /// Busy connections of this loop past which pipelines deepen (see `pipeline_depth_now`).
     busy_cap: usize,
     scratch: Vec<u8>,
+    /// The pool key of the call being routed (see `pool_for`).
+    key_buf: String,
     /// Answers produced while handling events, handed to the server afterwards.
     done: Done,
     /// What sessions asked for, carried out by [`CallEngine::apply`].
@@ -194,6 +197,7 @@ impl CallEngine {
             traffic: Default::default(),
             unflushed: Vec::new(),
             scratch: vec![0; 64 * 1024],
+            key_buf: String::new(),
             done: Vec::new(),
             actions: Vec::new(),
             owners,
@@ -501,12 +505,16 @@ impl CallEngine {
     /// The pool of `database` as `role` on `target`: a platform's calls log in as the platform's role,
     /// never as the gateway's login, so nothing a function does can reach beyond that role's rights.
     fn pool_for(&mut self, database: &str, role: &str, target: &CallTarget, now: Instant) -> Result<usize, ApiError> {
-        let key = match (&*target.server, target.replica) {
-            (DEFAULT_SERVER, None) => format!("{database}@{role}"),
-            (s, None) => format!("{s}/{database}@{role}"),
-            (s, Some(i)) => format!("{s}~{i}/{database}@{role}"),
+        // Built in a buffer kept from call to call: the lookup is on every call.
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        let _ = match (&*target.server, target.replica) {
+            (DEFAULT_SERVER, None) => write!(key, "{database}@{role}"),
+            (s, None) => write!(key, "{s}/{database}@{role}"),
+            (s, Some(i)) => write!(key, "{s}~{i}/{database}@{role}"),
         };
-        if let Some(&k) = self.pools.by_key.get(&key) {
+        if let Some(&k) = self.pools.by_key.get(key.as_str()) {
+            self.key_buf = key;
             return Ok(k);
         }
         let Some(server) = self.servers.get(&target.server) else {

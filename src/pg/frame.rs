@@ -106,7 +106,8 @@ pub fn scan_lengths(buf: &[u8], mut at: usize, max: usize) -> Result<usize, usiz
 pub fn data_row_fields(row: &DataRowBody) -> Result<Vec<Option<&[u8]>>, PgError> {
     // The body after the column count: per column an i32 length (-1 = NULL) then the bytes.
     let mut rest = row.buffer();
-    let mut out = Vec::new();
+    // Most results are a few columns: one allocation, no growth.
+    let mut out = Vec::with_capacity(8);
     while !rest.is_empty() {
         let (len, after) = take_i32(rest)?;
         if len < 0 {

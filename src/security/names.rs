@@ -48,14 +48,16 @@ pub fn platform(p: &str) -> Result<String, ApiError> {
 
 /// v1 names: no tenant (or empty) → `{platform}_main`, else `{platform}_{tenant}`.
 pub fn v1_database(platform_name: &str, tenant: Option<&str>) -> Result<String, ApiError> {
-    let p = platform(platform_name)?;
+    let mut p = platform(platform_name)?;
     match tenant {
-        None | Some("") => finish(format!("{p}_main")),
+        None | Some("") => p.push_str("_main"),
         Some(t) => {
             check_part("tenant_id", t)?;
-            finish(format!("{p}_{}", sanitize(t)))
+            p.push('_');
+            p.push_str(&sanitize(t));
         }
     }
+    finish(p)
 }
 
 /// v2 names: `{platform}_{schema}_{id}`.
