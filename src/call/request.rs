@@ -138,8 +138,8 @@ impl CallRequest {
         k.push_str(&self.function);
         match &self.args {
             Args::Positional => {
-                k.push('/');
-                k.push_str(&self.params.len().to_string());
+                use std::fmt::Write as _;
+                let _ = write!(k, "/{}", self.params.len());
             }
             Args::Named(n) => {
                 k.push('(');

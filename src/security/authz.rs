@@ -104,14 +104,14 @@ pub fn effective(entry: &Entry, path: &str) -> Who {
 }
 
 /// The host part of a `Host` header value (no port, no brackets, lower-case, no trailing dot).
-fn host_name(value: &str) -> String {
+fn host_name(value: &str) -> std::borrow::Cow<'_, str> {
     let v = value.trim();
     let host = if let Some(rest) = v.strip_prefix('[') {
         // `[v6]` or `[v6]:port`, nothing else: `[::1].evil.example` is not an address.
         match rest.split_once(']') {
             Some((addr, "")) => addr,
             Some((addr, port)) if port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) => addr,
-            _ => return v.to_ascii_lowercase(),
+            _ => return lower(v),
         }
     } else {
         match v.rsplit_once(':') {
@@ -119,7 +119,12 @@ fn host_name(value: &str) -> String {
             _ => v,
         }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    lower(host.trim_end_matches('.'))
+}
+
+/// Lower case, copied only when there is an upper-case letter (every request has a `Host`).
+fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) { s.to_ascii_lowercase().into() } else { s.into() }
 }
 
 /// The gateway answers to IP literals, `localhost` and `ALLOWED_HOSTS` only, so a web page that rebinds
@@ -130,7 +135,7 @@ pub fn check_host(host: Option<&str>, cfg: &SecurityConfig) -> Result<(), ApiErr
     let ok = name.parse::<IpAddr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
-        || cfg.allowed_hosts.iter().any(|h| h == "*" || *h == name);
+        || cfg.allowed_hosts.iter().any(|h| h == "*" || *h == *name);
     if ok {
         Ok(())
     } else {

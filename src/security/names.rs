@@ -8,12 +8,12 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// Lower-cases ASCII letters and turns every other non `[a-z0-9_]` character into `_`.
 pub fn sanitize(part: &str) -> String {
-    part.chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }
-        })
-        .collect()
+    let mut out = String::with_capacity(part.len());
+    out.extend(part.chars().map(|c| {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }
+    }));
+    out
 }
 
 fn check_part(what: &str, v: &str) -> Result<(), ApiError> {
