@@ -262,19 +262,26 @@ fn execute_ok(values: &[&str]) -> Vec<u8> {
 }
 
 /// As [`execute_ok`], the function having left SQL-level prepared statements (`left`, names; only
-/// whether there are any reaches the gateway).
+/// whether there are any reaches the gateway), behind every reset statement.
 fn execute_leaving(values: &[&str], left: &[&str]) -> Vec<u8> {
+    let all: Vec<&str> = ResetNeeds::ALL.statements().collect();
+    execute_reply(values, &all, !left.is_empty())
+}
+
+/// The replies to Bind/Execute of a call answering one row per value, then to the reset statements
+/// `names` (the look's row saying whether SQL-level prepared statements were left), then Sync.
+fn execute_reply(values: &[&str], names: &[&str], left: bool) -> Vec<u8> {
     let mut v = vec![bind_complete()];
     for x in values {
         v.push(data_row(&[Some(x)]));
     }
     v.push(command(&format!("SELECT {}", values.len())));
-    for (i, (_, sql)) in RESET_STMTS.iter().enumerate() {
+    for name in names {
         v.push(bind_complete());
-        if i == PREPARED_CHECK {
-            v.push(data_row(&[Some(""), Some(if left.is_empty() { "f" } else { "t" })]));
+        if *name == LOOK_STMT.0 {
+            v.push(data_row(&[Some(""), Some(if left { "t" } else { "f" })]));
             v.push(command("SELECT 1"));
-        } else if sql.starts_with("SELECT") {
+        } else if *name == "r_locks" {
             // The reset's own row must not end up in the answer.
             v.push(data_row(&[Some("")]));
             v.push(command("SELECT 1"));
@@ -877,26 +884,6 @@ fn the_reset_looks_for_prepared_statements_only_where_a_function_can_prepare() {
     }
 }
 
-/// The replies to Bind/Execute of a call answering `value`, then to the reset statements `names`
-/// (the look's row saying whether SQL-level prepared statements were left), then Sync.
-fn execute_with_resets(value: &str, names: &[&str], left: bool) -> Vec<u8> {
-    let mut v = vec![bind_complete(), data_row(&[Some(value)]), command("SELECT 1")];
-    for name in names {
-        v.push(bind_complete());
-        if *name == LOOK_STMT.0 {
-            v.push(data_row(&[Some(""), Some(if left { "t" } else { "f" })]));
-            v.push(command("SELECT 1"));
-        } else if *name == "r_locks" {
-            v.push(data_row(&[Some("")]));
-            v.push(command("SELECT 1"));
-        } else {
-            v.push(command("RESET"));
-        }
-    }
-    v.push(rfq(b'I'));
-    cat(&v)
-}
-
 #[test]
 fn the_reset_runs_only_the_statements_the_database_functions_need() {
     // (bits of the check's column, the reset statements bound behind the call, in order)
@@ -925,7 +912,7 @@ fn the_reset_runs_only_the_statements_the_database_functions_need() {
         tags.extend_from_slice(b"ES");
         assert_eq!(r.sent(), tags, "bits {bits}");
         // A look that finds statements a function prepared is read at its place in the shorter reset.
-        r.reply(execute_with_resets("2", want, true)).unwrap();
+        r.reply(execute_reply(&["2"], want, true)).unwrap();
         let ans = answers(&r.take_actions());
         assert_eq!(ans.len(), 1, "bits {bits}");
         assert!(ans[0].2.starts_with(r#"{"rows":[{"id":2}]"#), "bits {bits}: {}", ans[0].2);
