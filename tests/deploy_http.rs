@@ -380,6 +380,71 @@ fn register_new_then_unchanged_redeploy_runs_no_changes() {
     assert_eq!(state(&db), before);
 }
 
+/// Issue 23: an unchanged redeploy used to open a new catalog session (and a new admin session) for
+/// every request, paying a backend start and cold caches each time. The session a clean request
+/// leaves is kept for the next one: the same backend serves every redeploy, and each run is still
+/// recorded whole (its result, its end, the database's last deploy).
+#[test]
+fn unchanged_redeploys_reuse_the_catalog_session_and_record_every_run() {
+    let w = World::new("keep", &[]);
+    let archive = tgz(&platform_files());
+    expect(&w.register(&[], &archive), 200);
+    // Catalog sessions left open between requests (before: none, each request closed its own).
+    let kept = || {
+        q(
+            "postgres",
+            &format!(
+                "SELECT pid::text || '@' || backend_start::text FROM pg_stat_activity \
+                 WHERE datname = '{}' AND state = 'idle' AND application_name = 'stonescriptdb-gateway' ORDER BY 1",
+                w.catalog
+            ),
+        )
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect::<Vec<_>>()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let v = expect(&w.register(&[], &archive), 200);
+        assert_eq!(num(&v, "functions_changed"), 0, "{}", v.to_json());
+        seen.push(kept());
+    }
+    assert!(!seen[0].is_empty(), "a catalog session kept after a redeploy: {seen:?}");
+    assert!(seen.iter().all(|s| *s == seen[0]), "the later redeploys started no catalog backend: {seen:?}");
+
+    let runs = q(
+        &w.catalog,
+        "SELECT count(*)::text, count(*) FILTER (WHERE status = 'completed' AND finished_at IS NOT NULL)::text \
+         FROM runs WHERE kind = 'register'",
+    );
+    assert_eq!(runs[0], [Some("4".to_string()), Some("4".to_string())], "every register recorded and finished");
+    let results = one(
+        &w.catalog,
+        "SELECT count(*) FROM run_results rr JOIN runs r ON r.id = rr.run_id \
+         WHERE r.kind = 'register' AND rr.status = 'success'",
+    );
+    assert_eq!(results, "4");
+    let last = one(
+        &w.catalog,
+        &format!(
+            "SELECT (d.last_run_id = (SELECT id FROM runs WHERE kind = 'register' ORDER BY started_at DESC, id DESC \
+             LIMIT 1))::text FROM databases d WHERE d.name = '{}'",
+            w.main_db()
+        ),
+    );
+    assert_eq!(last, "true", "the database's last deploy is the last register");
+    // No lock of the name outlives its request: a kept session holds none.
+    let held = one(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND a.datname = '{}'",
+            w.catalog
+        ),
+    );
+    assert_eq!(held, "0");
+}
+
 #[test]
 fn gnu_tar_with_directories_and_ustar_without_both_register() {
     let w = World::new("tarfmt", &[]);

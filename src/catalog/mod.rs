@@ -3,7 +3,7 @@
 //! schemas. Shared safely by several gateway instances; used from worker threads with the blocking
 //! client, never from the event loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
@@ -12,6 +12,7 @@ use crate::pg::blocking::Client;
 use crate::pg::dberror::PgError;
 use crate::pg::params::ConnectParams;
 
+pub mod idle;
 pub mod lookup;
 pub mod servers;
 
@@ -206,6 +207,13 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// A `text[]` literal of `items`, each quoted (a bound parameter, never spliced into SQL).
+fn text_array(items: &[String]) -> String {
+    let quoted: Vec<String> =
+        items.iter().map(|x| format!("\"{}\"", x.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
 /// Whether a database of that name exists on the server.
 pub fn database_exists(admin: &mut Client, name: &str) -> Result<bool, ApiError> {
     let r = admin
@@ -238,17 +246,46 @@ pub fn drop_database(admin: &mut Client, name: &str) -> Result<bool, ApiError> {
     Ok(true)
 }
 
+/// One database's result of a run, and its last deploy.
+const RESULT_SQL: &str = "WITH r AS (INSERT INTO run_results (run_id, database, status, result) \
+     VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (run_id, database) DO UPDATE SET status = EXCLUDED.status, \
+     result = EXCLUDED.result, finished_at = now() RETURNING 1) \
+     UPDATE databases SET last_run_id = $1, last_status = $3, last_deploy_at = now() WHERE name = $2";
+/// One database's result of a dry run: the run's record only.
+const DRY_RESULT_SQL: &str = "INSERT INTO run_results (run_id, database, status, result) VALUES ($1, $2, $3, $4::jsonb) \
+     ON CONFLICT (run_id, database) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result, \
+     finished_at = now()";
+
+/// What [`Catalog::record_results`] records of one database: name, status, result JSON.
+pub type ResultRow = (String, &'static str, String);
+
 /// A connection to the catalog database.
 pub struct Catalog {
     pub client: Client,
+    /// Where `client` is connected: a clean session goes back to [`idle`] under it.
+    params: ConnectParams,
+    /// Session-level advisory locks taken through this catalog and not yet released: a session
+    /// holding any is never kept for another request.
+    pub(crate) locks_held: u32,
 }
 
 impl Catalog {
     /// Connects, creating the catalog database and its tables on first use.
     pub fn open(admin_params: &ConnectParams, catalog_db: &str) -> Result<Catalog, ApiError> {
+        Catalog::open_as(admin_params, catalog_db, false)
+    }
+
+    /// [`Catalog::open`], taking a session an earlier request kept (see [`Catalog::keep`]) when there
+    /// is one: what deploy requests use. Background work opens its own, so it never takes theirs.
+    pub fn open_kept(admin_params: &ConnectParams, catalog_db: &str) -> Result<Catalog, ApiError> {
+        Catalog::open_as(admin_params, catalog_db, true)
+    }
+
+    fn open_as(admin_params: &ConnectParams, catalog_db: &str, kept: bool) -> Result<Catalog, ApiError> {
         let params = admin_params.with_dbname(catalog_db);
         let key = ready_key(&params);
-        let mut client = match Client::connect(&params) {
+        let first = if kept { idle::connect(&params) } else { Client::connect(&params) };
+        let mut client = match first {
             Ok(c) => c,
             Err(PgError::Db(d)) if d.code == "3D000" => {
                 set_ready(key.clone(), false);
@@ -278,7 +315,22 @@ impl Catalog {
                 set_ready(key, true);
             }
         }
-        Ok(Catalog { client })
+        Ok(Catalog { client, params, locks_held: 0 })
+    }
+
+    /// Ends this catalog session, keeping it for the next request when it is clean (see [`idle`]).
+    pub fn keep(self) {
+        idle::give_back(&self.params, self.client, self.locks_held);
+    }
+
+    /// The server each of `names` is recorded on, in one round trip (a fleet run's placements).
+    pub fn servers_of(&mut self, names: &[String]) -> Result<HashMap<String, String>, ApiError> {
+        let list = text_array(names);
+        let r = self
+            .client
+            .query("SELECT name, server FROM databases WHERE name = ANY($1::text[])", &[Some(&list)])
+            .map_err(|e| pg_api(e, "catalog lookup failed"))?;
+        Ok(r.rows.into_iter().filter_map(|row| Some((row[0].clone()?, row[1].clone()?))).collect())
     }
 
     /// Who owns `name`, if the catalog knows it.
@@ -451,12 +503,15 @@ impl Catalog {
         self.client
             .query("SELECT pg_advisory_lock(hashtext($1))", &[Some(id)])
             .map_err(|e| pg_api(e, "cannot lock the run"))?;
+        self.locks_held += 1;
         let r = self.client.query(
             "INSERT INTO runs (id, kind, platform, schema_name, total, gateway_pid) VALUES ($1, $2, $3, $4, $5::int, $6::int)",
             &[Some(id), Some(kind), platform, schema, Some(&total), Some(&pid)],
         );
         if let Err(e) = r {
-            let _ = self.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(id)]);
+            if self.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(id)]).is_ok() {
+                self.locks_held -= 1;
+            }
             return Err(pg_api(e, "cannot record the run"));
         }
         Ok(())
@@ -471,13 +526,7 @@ impl Catalog {
         result_json: &str,
     ) -> Result<(), ApiError> {
         self.client
-            .query(
-                "WITH r AS (INSERT INTO run_results (run_id, database, status, result) VALUES ($1, $2, $3, $4::jsonb) \
-                 ON CONFLICT (run_id, database) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result, \
-                 finished_at = now() RETURNING 1) \
-                 UPDATE databases SET last_run_id = $1, last_status = $3, last_deploy_at = now() WHERE name = $2",
-                &[Some(run), Some(database), Some(status), Some(result_json)],
-            )
+            .query(RESULT_SQL, &[Some(run), Some(database), Some(status), Some(result_json)])
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot record the run result"))
     }
@@ -492,14 +541,68 @@ impl Catalog {
         result_json: &str,
     ) -> Result<(), ApiError> {
         self.client
-            .query(
-                "INSERT INTO run_results (run_id, database, status, result) VALUES ($1, $2, $3, $4::jsonb) \
-                 ON CONFLICT (run_id, database) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result, \
-                 finished_at = now()",
-                &[Some(run), Some(database), Some(status), Some(result_json)],
-            )
+            .query(DRY_RESULT_SQL, &[Some(run), Some(database), Some(status), Some(result_json)])
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot record the run result"))
+    }
+
+    /// Records a whole run of one database after the fact, in one round trip: the run, its result and
+    /// its end in one implicit transaction (so nobody ever sees it running, and it needs no lock),
+    /// then `then` (e.g. releasing a lock) in the same round trip. Returns the run's id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_run_once(
+        &mut self,
+        kind: &str,
+        platform: Option<&str>,
+        schema: Option<&str>,
+        database: &str,
+        result: (&str, &str),
+        run_status: &str,
+        dry_run: bool,
+        then: (&str, &[Option<&str>]),
+    ) -> Result<String, ApiError> {
+        let id = new_run_id();
+        let pid = std::process::id().to_string();
+        let run = [Some(id.as_str()), Some(kind), platform, schema, Some("1"), Some(pid.as_str())];
+        let res = [Some(id.as_str()), Some(database), Some(result.0), Some(result.1)];
+        let fin = [Some(id.as_str()), Some(run_status)];
+        let stmts: [(&str, &[Option<&str>]); 4] = [
+            (
+                "INSERT INTO runs (id, kind, platform, schema_name, total, gateway_pid) \
+                 VALUES ($1, $2, $3, $4, $5::int, $6::int)",
+                &run,
+            ),
+            (if dry_run { DRY_RESULT_SQL } else { RESULT_SQL }, &res),
+            ("UPDATE runs SET finished_at = now(), status = $2 WHERE id = $1", &fin),
+            then,
+        ];
+        match self.client.pipeline(&stmts) {
+            Ok(_) => Ok(id),
+            Err((i, e)) => {
+                // The statements after the failed one never ran: `then` runs on its own.
+                if i < 3 {
+                    let _ = self.client.query(then.0, then.1);
+                }
+                Err(pg_api(e, "cannot record the run"))
+            }
+        }
+    }
+
+    /// Records the results of many databases of run `run` in one round trip (a fleet run's end).
+    /// They go in as one implicit transaction; if that fails, each is recorded on its own, so one bad
+    /// row does not cost the others their record.
+    pub fn record_results(&mut self, run: &str, rows: &[ResultRow], dry_run: bool) {
+        let sql = if dry_run { DRY_RESULT_SQL } else { RESULT_SQL };
+        let params: Vec<[Option<&str>; 4]> =
+            rows.iter().map(|(db, st, json)| [Some(run), Some(db.as_str()), Some(*st), Some(json.as_str())]).collect();
+        let stmts: Vec<(&str, &[Option<&str>])> = params.iter().map(|p| (sql, &p[..])).collect();
+        for chunk in stmts.chunks(500) {
+            if self.client.pipeline(chunk).is_err() {
+                for (sql, p) in chunk {
+                    let _ = self.client.query(sql, p);
+                }
+            }
+        }
     }
 
     /// Records the end of a run and releases its advisory lock (see [`Catalog::start_run_as`]).
@@ -509,7 +612,9 @@ impl Catalog {
             .query("UPDATE runs SET finished_at = now(), status = $2 WHERE id = $1", &[Some(run), Some(status)])
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot finish the run"));
-        let _ = self.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(run)]);
+        if self.client.query("SELECT pg_advisory_unlock(hashtext($1))", &[Some(run)]).is_ok() {
+            self.locks_held = self.locks_held.saturating_sub(1);
+        }
         r
     }
 

@@ -163,8 +163,12 @@ fn main_transaction<'f>(
     )?;
     cx.db_oid = locked.first().and_then(|r| r.get(1)).cloned().unwrap_or_default();
     let oid = cx.db_oid.clone();
-    tracking::ensure_tables(cx, &oid)?;
-    read_ahead(cx, &oid)?;
+    // A database deployed before in this process: the tracking tables' fill goes in the read-ahead's
+    // round trip; if it fails (a table dropped by hand), the full path runs and the reads go after.
+    if !read_ahead(cx, &oid, true)? {
+        tracking::ensure_tables(cx, &oid)?;
+        read_ahead(cx, &oid, false)?;
+    }
     extensions(cx, archive, opts, report)?;
     types::deploy_types(cx, archive, report)?;
     let declared = tables::declare_and_create(cx, archive, report)?;
@@ -198,36 +202,60 @@ fn main_transaction<'f>(
 /// Sends the reads the last deploy of this database started with in one round trip, inside a
 /// savepoint (one that fails, e.g. a table dropped by hand since, is rolled back and nothing is
 /// fetched ahead), then records the reads this deploy starts with (see `readahead`).
-fn read_ahead(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError> {
+///
+/// With `with_tracking`, the tracking tables are made sure of first: by the known layout's fill in the
+/// same round trip (see `tracking::known_fill`), else by `tracking::ensure_tables` on its own. `Ok(false)`:
+/// the fill found a table gone and was rolled back; nothing was read, the caller takes the full path.
+fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, ApiError> {
     let at = At::step("tracking");
     let server = cx.c.server_key();
-    if let Some(reads) = (!oid.is_empty()).then(|| readahead::remembered(&server, cx.db, oid)).flatten() {
-        let mut stmts: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(reads.len() + 2);
-        stmts.push(("SAVEPOINT ssdb_ahead", Vec::new()));
-        for (sql, params) in &reads {
-            stmts.push((sql, params.iter().map(|p| p.as_deref()).collect()));
+    let reads = (!oid.is_empty()).then(|| readahead::remembered(&server, cx.db, oid)).flatten();
+    let Some(reads) = reads else {
+        if with_tracking {
+            tracking::ensure_tables(cx, oid)?;
         }
-        stmts.push(("RELEASE SAVEPOINT ssdb_ahead", Vec::new()));
-        let list: Vec<(&str, &[Option<&str>])> = stmts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
-        match cx.c.pipeline(&list) {
-            Ok(mut answers) => {
-                answers.pop();
-                let rows = answers.into_iter().skip(1).map(|q| q.rows).collect();
-                cx.ahead.fill(reads, rows, cx.c.round_trips());
-                cx.check_tx(at)?;
-            }
-            // The savepoint was made: a read that fails now is rolled back and the deploy reads as usual.
-            Err((i, crate::pg::dberror::PgError::Db(d)))
-                if i > 0 && !matches!(d.severity.as_str(), "FATAL" | "PANIC") =>
-            {
-                readahead::forget(&server, cx.db);
-                cx.exec("ROLLBACK TO SAVEPOINT ssdb_ahead; RELEASE SAVEPOINT ssdb_ahead", at)?;
-            }
-            Err((_, e)) => return Err(cx.pg_error(Kind::MigrationFailed, at, e, 0)),
+        cx.ahead.record_from(cx.c.round_trips());
+        return Ok(true);
+    };
+    let fill = if with_tracking { tracking::known_fill(cx.c, cx.db, oid) } else { None };
+    if with_tracking && fill.is_none() {
+        tracking::ensure_tables(cx, oid)?;
+    }
+    let fill = fill.unwrap_or_default();
+    let mut stmts: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(fill.len() + reads.len() + 2);
+    for sql in &fill {
+        stmts.push((sql, Vec::new()));
+    }
+    stmts.push(("SAVEPOINT ssdb_ahead", Vec::new()));
+    for (sql, params) in &reads {
+        stmts.push((sql, params.iter().map(|p| p.as_deref()).collect()));
+    }
+    stmts.push(("RELEASE SAVEPOINT ssdb_ahead", Vec::new()));
+    let list: Vec<(&str, &[Option<&str>])> = stmts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+    let first_read = fill.len();
+    match cx.c.pipeline(&list) {
+        Ok(mut answers) => {
+            answers.pop();
+            let rows = answers.into_iter().skip(first_read + 1).map(|q| q.rows).collect();
+            cx.ahead.fill(reads, rows, cx.c.round_trips());
+            cx.check_tx(at)?;
         }
+        // The tracking fill failed: nothing after it ran (the reads neither).
+        Err((i, e)) if i < first_read => {
+            tracking::known_fill_failed(cx, e)?;
+            return Ok(false);
+        }
+        // The savepoint was made: a read that fails now is rolled back and the deploy reads as usual.
+        Err((i, crate::pg::dberror::PgError::Db(d)))
+            if i > first_read && !matches!(d.severity.as_str(), "FATAL" | "PANIC") =>
+        {
+            readahead::forget(&server, cx.db);
+            cx.exec("ROLLBACK TO SAVEPOINT ssdb_ahead; RELEASE SAVEPOINT ssdb_ahead", at)?;
+        }
+        Err((_, e)) => return Err(cx.pg_error(Kind::MigrationFailed, at, e, 0)),
     }
     cx.ahead.record_from(cx.c.round_trips());
-    Ok(())
+    Ok(true)
 }
 
 /// After every step: an extension that a migration created in a `/call` schema is moved out of it, or

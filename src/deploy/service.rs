@@ -201,9 +201,9 @@ impl DeployCtx {
     /// Makes sure the platform's role exists and is fit (creating it on a first deploy), and returns a
     /// context whose deploys log in as that role.
     pub fn as_platform(&self, cat: &mut Catalog, platform: &str) -> Result<DeployCtx, ApiError> {
-        let mut admin = self.admin_client()?;
+        let mut admin = self.admin_session()?;
         let r = self.as_platform_on(cat, &mut admin, platform);
-        admin.close();
+        self.keep_admin(admin);
         r
     }
 
@@ -268,6 +268,17 @@ impl DeployCtx {
 
     fn admin_client(&self) -> Result<Client, ApiError> {
         Client::connect(&self.admin).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))
+    }
+
+    /// An admin session on this context's server, one kept from an earlier request when there is one
+    /// (see `catalog::idle`); hand it back with [`DeployCtx::keep_admin`].
+    fn admin_session(&self) -> Result<Client, ApiError> {
+        crate::catalog::idle::connect(&self.admin).map_err(|e| pg_api(e, "cannot connect to PostgreSQL"))
+    }
+
+    /// Keeps an admin session that holds no lock for the next request (closed when not clean).
+    fn keep_admin(&self, admin: Client) {
+        crate::catalog::idle::give_back(&self.admin, admin, 0);
     }
 
     /// A session in `database` as the platform role. Platform SQL runs only in such sessions.
@@ -478,7 +489,7 @@ impl DeployCtx {
 
     /// The catalog (always on the default server).
     pub fn catalog(&self) -> Result<Catalog, ApiError> {
-        Catalog::open(&self.catalog_admin, &self.cfg.deploy.catalog_db)
+        Catalog::open_kept(&self.catalog_admin, &self.cfg.deploy.catalog_db)
     }
 
     /// The same context working on server `name`. A server this process has not heard of yet (another
@@ -514,12 +525,16 @@ impl DeployCtx {
 fn lock_name(cat: &mut Catalog, name: &str) -> Result<(), ApiError> {
     cat.client
         .query("SELECT pg_advisory_lock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)])
-        .map(|_| ())
+        .map(|_| cat.locks_held += 1)
         .map_err(|e| pg_api(e, "cannot lock the database name"))
 }
 
+const UNLOCK_NAME_SQL: &str = "SELECT pg_advisory_unlock(hashtext('stonescriptdb:create:' || $1))";
+
 fn unlock_name(cat: &mut Catalog, name: &str) {
-    let _ = cat.client.query("SELECT pg_advisory_unlock(hashtext('stonescriptdb:create:' || $1))", &[Some(name)]);
+    if cat.client.query(UNLOCK_NAME_SQL, &[Some(name)]).is_ok() {
+        cat.locks_held = cat.locks_held.saturating_sub(1);
+    }
 }
 
 /// The server database `name` lives on, or goes to, with an admin session there. A recorded
@@ -537,7 +552,7 @@ fn place(
     let defs = cat.servers()?;
     ctx.servers.replace(defs.clone());
     let connect = |c: &DeployCtx| {
-        c.admin_client().map_err(|e| {
+        c.admin_session().map_err(|e| {
             ApiError::new(
                 Kind::ConnectionFailed,
                 format!("server '{}' ({}) cannot be reached: {}", c.server, c.admin.target(), e.message),
@@ -667,8 +682,11 @@ pub fn create_and_deploy_in(
     // otherwise a request whose first deploy fails could drop the database another request is
     // deploying to. The lock is the catalog session's: released here, or when the session ends.
     lock_name(cat, name)?;
-    let r = locked_create_and_deploy(ctx, cat, name, owner, archive, opts, must_be_new, server);
-    unlock_name(cat, name);
+    let mut released = false;
+    let r = locked_create_and_deploy(ctx, cat, name, owner, archive, opts, must_be_new, server, &mut released);
+    if !released {
+        unlock_name(cat, name);
+    }
     r
 }
 
@@ -682,6 +700,7 @@ fn locked_create_and_deploy(
     opts: &DeployOptions,
     must_be_new: bool,
     server: Option<&str>,
+    released: &mut bool,
 ) -> Result<(bool, DeployReport, String), ApiError> {
     let recorded = cat.owner_of(name)?.is_some();
     // Everything that can be refused is refused before anything is created.
@@ -726,19 +745,34 @@ fn locked_create_and_deploy(
         }
     }
     let failed = usize::from(result.is_err());
-    if let Ok(run) = cat.start_run(
+    // A failed first deploy is recorded too (its database is gone again, so the record is the run's
+    // only), so the run says what failed where. The run, its result and the name's release go in
+    // one round trip.
+    let json = result_json(name, &result);
+    let status = if result.is_ok() { if opts.dry_run || undo { "dry_run" } else { "success" } } else { "failed" };
+    let recorded_run = cat.record_run_once(
         if must_be_new { "create" } else { "register" },
         Some(&owner.platform),
         owner.schema_name.as_deref(),
-        1,
-    ) {
-        // A failed first deploy is recorded too (its database is gone again, so the record is the
-        // run's only), so the run says what failed where.
-        let json = result_json(name, &result);
-        record_db_result(cat, &run, name, result.is_ok(), opts.dry_run || undo, &json);
-        let _ = cat.finish_run(&run, run_status(failed, 1 - failed, opts.dry_run));
+        name,
+        (status, &json),
+        run_status(failed, 1 - failed, opts.dry_run),
+        opts.dry_run || undo,
+        (UNLOCK_NAME_SQL, &[Some(name)]),
+    );
+    // The pipeline's last statement released the name; when it failed, its stand-in tried, and the
+    // session is not kept (ending it releases whatever it may still hold).
+    *released = true;
+    match recorded_run {
+        Ok(_) => cat.locks_held = cat.locks_held.saturating_sub(1),
+        Err(e) => crate::log::warn("could not record a deploy run", &[("database", &name), ("error", &e)]),
     }
-    admin.close();
+    if created {
+        admin.close();
+    } else {
+        // Only the role check and the existence check ran on it: the next request may use it.
+        ctx.keep_admin(admin);
+    }
     result.map(|r| (created, r, ctx.server.clone())).map_err(|e| e.with_database(name))
 }
 
@@ -834,7 +868,7 @@ pub fn register(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
         };
         let (created, report, server) =
             create_and_deploy_in(ctx, &mut cat, &name, &owner, &archive, &opts, false, form.server.as_deref())?;
-        drop(cat);
+        cat.keep();
         let mut b = Vec::with_capacity(1024);
         let mut o = ObjectWriter::new(&mut b);
         o.str("status", if opts.dry_run { "dry_run" } else { "ready" });
@@ -884,11 +918,11 @@ pub fn migrate_many(
     let workers = ctx.cfg.deploy.parallelism.clamp(1, databases.len().max(1));
     // Each database is deployed on its own server; the platform's role is made sure of once per
     // server other than the one the context was made on.
+    // Where each database lives, read in one round trip for the whole fleet.
     let placed: Result<HashMap<String, String>, ApiError> = ctx.catalog().and_then(|mut c| {
-        databases
-            .iter()
-            .map(|d| Ok((d.clone(), c.server_of(d)?.unwrap_or_else(|| DEFAULT_SERVER.to_string()))))
-            .collect()
+        let m = c.servers_of(databases);
+        c.keep();
+        m
     });
     let on_servers: Mutex<HashMap<String, Result<DeployCtx, ApiError>>> = Mutex::new(HashMap::new());
     let ctx_for = |db: &str| -> Result<DeployCtx, ApiError> {
@@ -991,6 +1025,22 @@ pub fn record_db_result(cat: &mut Catalog, run: &str, database: &str, ok: bool, 
         (true, true) => cat.record_dry_result(run, database, "dry_run", json),
         (false, true) => cat.record_dry_result(run, database, "failed", json),
     };
+}
+
+/// Records every database's outcome of run `run` as [`record_db_result`] does, in one round trip.
+pub fn record_db_results(cat: &mut Catalog, run: &str, results: &[DbResult], dry_run: bool) {
+    let rows: Vec<crate::catalog::ResultRow> = results
+        .iter()
+        .map(|r| {
+            let status = match (r.result.is_ok(), dry_run) {
+                (true, false) => "success",
+                (true, true) => "dry_run",
+                (false, _) => "failed",
+            };
+            (r.database.clone(), status, result_json(&r.database, &r.result))
+        })
+        .collect();
+    cat.record_results(run, &rows, dry_run);
 }
 
 /// The body and status of a migrate over `results`.
@@ -1197,13 +1247,11 @@ pub fn migrate(ctx: &DeployCtx, content_type: &str, body: &[u8]) -> Outcome {
             ctx.metrics.fleet_progress(&run, done, r.result.is_err());
         };
         let results = migrate_many(ctx, &databases, &archive, &opts, &untrusted, false, &progress);
-        for r in &results {
-            let json = result_json(&r.database, &r.result);
-            record_db_result(&mut cat, &run, &r.database, r.result.is_ok(), opts.dry_run, &json);
-        }
+        record_db_results(&mut cat, &run, &results, opts.dry_run);
         let failed = results.iter().filter(|r| r.result.is_err()).count();
         let status = run_status(failed, results.len() - failed, opts.dry_run);
         let _ = cat.finish_run(&run, status);
+        cat.keep();
         ctx.metrics.fleet_finished(&run, status);
         let changed: Vec<String> = if opts.dry_run {
             Vec::new()

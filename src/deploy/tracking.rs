@@ -69,23 +69,10 @@ pub(crate) fn forget_layout(client: &crate::pg::blocking::Client, database: &str
 pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError> {
     let at = At::step("tracking");
     let server = cx.c.server_key();
-    let known = !oid.is_empty() && LAYOUT_COMPLETE.get(&server, cx.db, &oid.to_string()).is_some();
-    if known {
-        // In a savepoint with a probe of every table: one dropped by hand since means the full path.
-        let all: HashMap<String, HashSet<String>> =
-            upstream::TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
-        let probe = upstream::TABLES.iter().map(|t| upstream::qualified(t)).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SAVEPOINT ssdb_tracking; {}; SELECT 1 FROM {probe} WHERE false; RELEASE SAVEPOINT ssdb_tracking",
-            upstream::fill_sql(&all).join("; ")
-        );
-        match cx.c.batch_execute(&sql) {
+    if let Some(stmts) = known_fill(cx.c, cx.db, oid) {
+        match cx.c.batch_execute(&stmts.join("; ")) {
             Ok(()) => return cx.check_tx(at),
-            Err(crate::pg::dberror::PgError::Db(d)) if d.code == "42P01" || d.code == "42703" => {
-                cx.exec("ROLLBACK TO SAVEPOINT ssdb_tracking; RELEASE SAVEPOINT ssdb_tracking", at)?;
-                forget_layout(cx.c, cx.db);
-            }
-            Err(e) => return Err(cx.pg_error(crate::error::Kind::MigrationFailed, at, e, 0)),
+            Err(e) => known_fill_failed(cx, e)?,
         }
     }
     let before = upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?);
@@ -114,6 +101,40 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
         LAYOUT_COMPLETE.put(&server, cx.db, oid.to_string(), (), false);
     }
     Ok(())
+}
+
+/// When this process knows the tracking tables' layout to be complete, the statements that fill the
+/// keys the other gateway's rows lack, in a savepoint with a probe of every table (one dropped by hand
+/// since makes them fail, see [`known_fill_failed`]); each statement stands alone, so they can go in a
+/// pipeline. `None`: the full path of [`ensure_tables`] must run.
+pub(crate) fn known_fill(client: &crate::pg::blocking::Client, database: &str, oid: &str) -> Option<Vec<String>> {
+    let known = !oid.is_empty() && LAYOUT_COMPLETE.get(&client.server_key(), database, &oid.to_string()).is_some();
+    if !known {
+        return None;
+    }
+    let all: HashMap<String, HashSet<String>> =
+        upstream::TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
+    let probe = upstream::TABLES.iter().map(|t| upstream::qualified(t)).collect::<Vec<_>>().join(", ");
+    let mut stmts = vec!["SAVEPOINT ssdb_tracking".to_string()];
+    stmts.extend(upstream::fill_sql(&all));
+    stmts.push(format!("SELECT 1 FROM {probe} WHERE false"));
+    stmts.push("RELEASE SAVEPOINT ssdb_tracking".to_string());
+    Some(stmts)
+}
+
+/// The [`known_fill`] statements failed with `e`: a table or column gone since (rolled back to the
+/// savepoint; the layout is forgotten and the full path of [`ensure_tables`] runs next), or anything
+/// else (the deploy fails).
+pub(crate) fn known_fill_failed(cx: &mut Ctx<'_>, e: crate::pg::dberror::PgError) -> Result<(), ApiError> {
+    let at = At::step("tracking");
+    match e {
+        crate::pg::dberror::PgError::Db(d) if d.code == "42P01" || d.code == "42703" => {
+            cx.exec("ROLLBACK TO SAVEPOINT ssdb_tracking; RELEASE SAVEPOINT ssdb_tracking", at)?;
+            forget_layout(cx.c, cx.db);
+            Ok(())
+        }
+        e => Err(cx.pg_error(crate::error::Kind::MigrationFailed, at, e, 0)),
+    }
 }
 
 /// File name → checksum of every recorded migration.

@@ -502,6 +502,23 @@ impl Client {
         }
     }
 
+    /// Whether this session can serve another request as it is: in sync, outside a transaction, and
+    /// its socket neither closed by the server (a restart, `pg_terminate_backend`) nor holding bytes
+    /// nobody asked for (a FATAL sent before closing). Looks without waiting.
+    pub fn is_reusable(&mut self) -> bool {
+        if self.broken || self.tx_status != b'I' || !self.wire.rbuf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        // UnixStream has no stable peek: a non-blocking read tells the same, and a byte read here
+        // would be one nobody expects anyway (the session is then not reused).
+        let (looked, restored) = match &self.wire.stream {
+            Stream::Tcp(s) => (s.set_nonblocking(true).and_then(|()| s.peek(&mut b)), s.set_nonblocking(false)),
+            Stream::Unix(s) => (s.set_nonblocking(true).and_then(|()| (&*s).read(&mut b)), s.set_nonblocking(false)),
+        };
+        matches!(looked, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock) && restored.is_ok()
+    }
+
     /// `b'I'` idle, `b'T'` in a transaction, `b'E'` in a failed transaction.
     pub fn transaction_status(&self) -> u8 {
         self.tx_status

@@ -358,7 +358,7 @@ impl App {
                 // Databases this deploy created or changed, keys it set: tell /call right away.
                 if let Ok(mut cat) = ctx.catalog() {
                     send_catalog_state(&mut cat, &shared.loops);
-                    cat.client.close();
+                    cat.keep();
                 }
             }
             // Recorded before the answer goes out: see `Invalidations`.

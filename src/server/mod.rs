@@ -118,6 +118,8 @@ impl Server {
         // Deploys still running get what is left of the grace period; past it the process exits
         // under them and PostgreSQL rolls their transactions back.
         self.shared.shutdown(deadline.unwrap_or_else(std::time::Instant::now));
+        // The login sessions kept between deploys end with the gateway.
+        crate::catalog::idle::clear();
         log::info("stopped", &[("uptime_s", &self.shared.started.elapsed().as_secs())]);
         match failure {
             Some(e) => Err(e),

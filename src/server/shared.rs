@@ -573,7 +573,7 @@ fn start_catalog_sync(ctx: DeployCtx, loops: Loops, stop: Arc<AtomicBool>) {
                     Err(e) => log::debug("servers not read from the catalog", &[("error", &e)]),
                 }
                 send_catalog_state(&mut cat, &loops);
-                cat.client.close();
+                cat.keep();
             }
             for _ in 0..150 {
                 if stop.load(Ordering::Relaxed) {
