@@ -366,38 +366,15 @@ impl Client {
         self.check()?;
         let w = &mut self.wire.wbuf;
         let start = w.len();
-        let encoded = frontend::parse("", sql, [], w)
-            .map_err(|e| PgError::Protocol(format!("cannot encode Parse: {e}")))
-            .and_then(|()| {
-                frontend::bind(
-                    "",
-                    "",
-                    [0i16],
-                    params.iter().copied(),
-                    |v, buf| match v {
-                        Some(s) => {
-                            buf.put_slice(s.as_bytes());
-                            Ok(IsNull::No)
-                        }
-                        None => Ok(IsNull::Yes),
-                    },
-                    [0i16],
-                    w,
-                )
-                .map_err(|_| PgError::Protocol("cannot encode Bind (too many parameters?)".into()))
-            })
-            .and_then(|()| {
-                frontend::describe(b'P', "", w)
-                    .and_then(|()| frontend::execute("", 0, w))
-                    .map_err(|e| PgError::Protocol(format!("cannot encode Execute: {e}")))
-            });
-        if let Err(e) = encoded {
+        if let Err(e) = encode_statement(sql, params, w) {
             // Nothing was sent, so the session is still in sync.
             w.truncate(start);
             return Err(e);
         }
         frontend::sync(w);
-        self.guard(|c| c.run_extended())
+        let mut done = Vec::with_capacity(1);
+        self.guard(|c| c.run_extended(&mut done))?;
+        Ok(done.pop().unwrap_or_default())
     }
 
     /// The first row of [`Client::query`], or `None` when it returned no rows.
@@ -422,32 +399,7 @@ impl Client {
         let w = &mut self.wire.wbuf;
         let start = w.len();
         for (i, (sql, params)) in stmts.iter().enumerate() {
-            let encoded = frontend::parse("", sql, [], w)
-                .map_err(|e| PgError::Protocol(format!("cannot encode Parse: {e}")))
-                .and_then(|()| {
-                    frontend::bind(
-                        "",
-                        "",
-                        [0i16],
-                        params.iter().copied(),
-                        |v, buf| match v {
-                            Some(s) => {
-                                buf.put_slice(s.as_bytes());
-                                Ok(IsNull::No)
-                            }
-                            None => Ok(IsNull::Yes),
-                        },
-                        [0i16],
-                        w,
-                    )
-                    .map_err(|_| PgError::Protocol("cannot encode Bind (too many parameters?)".into()))
-                })
-                .and_then(|()| {
-                    frontend::describe(b'P', "", w)
-                        .and_then(|()| frontend::execute("", 0, w))
-                        .map_err(|e| PgError::Protocol(format!("cannot encode Execute: {e}")))
-                });
-            if let Err(e) = encoded {
+            if let Err(e) = encode_statement(sql, params, w) {
                 // Nothing was sent, so the session is still in sync.
                 w.truncate(start);
                 return Err((i, e));
@@ -456,45 +408,7 @@ impl Client {
         frontend::sync(w);
         let n = stmts.len();
         let mut done: Vec<QueryResult> = Vec::with_capacity(n);
-        let r = self.guard(|c| {
-            c.round_trips += 1;
-            c.wire.flush()?;
-            let mut cur = QueryResult::default();
-            let mut error = None;
-            let mut bytes = 0usize;
-            loop {
-                match c.next()? {
-                    Backend::Message(Message::ReadyForQuery(b)) => {
-                        c.tx_status = b.status();
-                        return error.map_or(Ok(()), |e| Err(PgError::Db(e)));
-                    }
-                    Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
-                        return Err(PgError::Db(Box::new(e)));
-                    }
-                    // The server skips to Sync: the statements after this one never ran.
-                    Backend::Error(e) => error = Some(Box::new(e)),
-                    Backend::Message(Message::ParseComplete | Message::BindComplete | Message::NoData) => {}
-                    Backend::RowDescription(cols) => {
-                        cur.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();
-                    }
-                    Backend::Message(Message::DataRow(row)) => {
-                        bytes += row.buffer().len() + 64;
-                        if bytes > c.max_result_bytes {
-                            return Err(c.too_much());
-                        }
-                        cur.rows.push(text_row(&row)?);
-                    }
-                    Backend::Message(Message::CommandComplete(body)) => {
-                        cur.rows_affected = rows_affected(&body)?;
-                        c.last_tag = body.tag().map_err(bad)?.to_string();
-                        done.push(std::mem::take(&mut cur));
-                    }
-                    Backend::Message(Message::EmptyQueryResponse) => done.push(std::mem::take(&mut cur)),
-                    // No COPY is sent here; a statement that starts one is refused like any other.
-                    other => return Err(unexpected(&other)),
-                }
-            }
-        });
+        let r = self.guard(|c| c.run_extended(&mut done));
         match r {
             Ok(()) if done.len() == n => Ok(done),
             Ok(()) => Err((done.len(), PgError::Protocol("a pipeline ended before every statement answered".into()))),
@@ -683,29 +597,28 @@ impl Client {
         })
     }
 
-    fn run_extended(&mut self) -> Result<QueryResult, PgError> {
+    /// Reads the answers to the statements sent behind one Sync, up to its ReadyForQuery: each
+    /// statement's result goes to `done` at its CommandComplete. After an error the server skips to
+    /// the Sync, so the statements behind it have no result; the error is returned at the end.
+    fn run_extended(&mut self, done: &mut Vec<QueryResult>) -> Result<(), PgError> {
         self.round_trips += 1;
         self.wire.flush()?;
-        let mut result = QueryResult::default();
+        let mut cur = QueryResult::default();
         let mut error = None;
         let mut bytes = 0usize;
         loop {
             match self.next()? {
                 Backend::Message(Message::ReadyForQuery(b)) => {
                     self.tx_status = b.status();
-                    return match error {
-                        Some(e) => Err(PgError::Db(e)),
-                        None => Ok(result),
-                    };
+                    return error.map_or(Ok(()), |e| Err(PgError::Db(e)));
                 }
                 Backend::Error(e) if e.severity == "FATAL" || e.severity == "PANIC" => {
                     return Err(PgError::Db(Box::new(e)));
                 }
-                // After an error the server skips to Sync; keep reading until ReadyForQuery.
                 Backend::Error(e) => error = Some(Box::new(e)),
                 Backend::Message(Message::ParseComplete | Message::BindComplete | Message::NoData) => {}
                 Backend::RowDescription(cols) => {
-                    result.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();
+                    cur.columns = cols.into_iter().map(|Column { name, type_oid }| (name, type_oid)).collect();
                 }
                 Backend::Message(Message::DataRow(row)) => {
                     // What a row takes here: its bytes and a little for the vectors around them.
@@ -713,13 +626,15 @@ impl Client {
                     if bytes > self.max_result_bytes {
                         return Err(self.too_much());
                     }
-                    result.rows.push(text_row(&row)?);
+                    cur.rows.push(text_row(&row)?);
                 }
                 Backend::Message(Message::CommandComplete(body)) => {
-                    result.rows_affected = rows_affected(&body)?;
+                    cur.rows_affected = rows_affected(&body)?;
                     self.last_tag = body.tag().map_err(bad)?.to_string();
+                    done.push(std::mem::take(&mut cur));
                 }
-                Backend::Message(Message::EmptyQueryResponse | Message::PortalSuspended) => {}
+                Backend::Message(Message::EmptyQueryResponse) => done.push(std::mem::take(&mut cur)),
+                Backend::Message(Message::PortalSuspended) => {}
                 // The Sync sent behind Execute was swallowed by copy-in mode (the server ignores Sync
                 // there), and after CopyFail an extended-protocol COPY waits for a Sync before it
                 // answers ReadyForQuery: send one more, or both sides wait for each other forever.
@@ -742,6 +657,31 @@ enum SimpleEvent {
     NewResult,
     /// One row of the current result set.
     Row(Vec<Option<String>>),
+}
+
+/// Parse + Bind + Describe + Execute of one statement of the unnamed portal, text in and out. On
+/// error the caller truncates what was written (nothing was sent).
+fn encode_statement(sql: &str, params: &[Option<&str>], w: &mut BytesMut) -> Result<(), PgError> {
+    frontend::parse("", sql, [], w).map_err(|e| PgError::Protocol(format!("cannot encode Parse: {e}")))?;
+    frontend::bind(
+        "",
+        "",
+        [0i16],
+        params.iter().copied(),
+        |v, buf| match v {
+            Some(s) => {
+                buf.put_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        },
+        [0i16],
+        w,
+    )
+    .map_err(|_| PgError::Protocol("cannot encode Bind (too many parameters?)".into()))?;
+    frontend::describe(b'P', "", w)
+        .and_then(|()| frontend::execute("", 0, w))
+        .map_err(|e| PgError::Protocol(format!("cannot encode Execute: {e}")))
 }
 
 fn text_row(row: &postgres_protocol::message::backend::DataRowBody) -> Result<Vec<Option<String>>, PgError> {
