@@ -27,7 +27,8 @@ impl CallEngine {
         // the call at once. Beyond that, more busy backends only take turns on the same cores;
         // queuing the call behind a short one on a busy connection saves a backend wake-up per call.
         let has_idle = !p.idle.is_empty();
-        if has_idle && self.busy_connections() < self.busy_target {
+        let busy = self.busy_connections();
+        if has_idle && busy < self.busy_target {
             let conn = self.pools.pools.get_mut(pool).and_then(|p| p.idle.pop())?;
             self.start_job(poll, conn, waiter, now);
             return None;
@@ -36,7 +37,7 @@ impl CallEngine {
         // oldest first; the new call joins a pipeline only once none waits before it.
         self.pipeline_waiters(poll, pool, now);
         let queue_empty = self.pools.pools.get(pool).is_some_and(|p| p.waiting().is_empty());
-        let depth = self.pipeline_depth_now();
+        let depth = self.pipeline_depth(busy);
         if let Some((conn, stmt)) = self.pipeline_place(pool, &waiter, now, depth).filter(|_| queue_empty) {
             self.pipeline_onto(poll, conn, stmt, waiter, now);
             return None;
@@ -141,13 +142,16 @@ impl CallEngine {
     /// serving each waiting call on a connection of its own as one drains (one backend wake-up per
     /// call rather than per batch: half the throughput at 64 clients on a pool of 16).
     pub(super) fn pipeline_waiters(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        // Pipelining adds no busy connection: the depth, read once there is a waiter, holds for the
+        // whole round.
+        let mut depth = None;
         loop {
             let Some(p) = self.pools.pools.get_mut(pool) else { return };
             if p.busy.is_empty() {
                 return;
             }
             let Some(w) = p.pop_waiter() else { return };
-            let depth = self.pipeline_depth_now();
+            let depth = *depth.get_or_insert_with(|| self.pipeline_depth(self.busy_connections()));
             match self.pipeline_place(pool, &w, now, depth) {
                 Some((conn, stmt)) => self.pipeline_onto(poll, conn, stmt, w, now),
                 None => {
@@ -160,16 +164,16 @@ impl CallEngine {
         }
     }
 
-    /// How many calls one busy connection may carry now: `CALL_PIPELINE_DEPTH`, and
-    /// [`DEEP_PIPELINE`] times that once this loop has `busy_cap` busy connections. Every backend
+    /// How many calls one busy connection may carry with `busy` connections of this loop busy:
+    /// `CALL_PIPELINE_DEPTH`, and [`DEEP_PIPELINE`] times that from `busy_cap` on. Every backend
     /// woken for one short call costs PostgreSQL a context switch the machine's cores pay for; past
     /// a few per core, more busy backends only take turns (256 clients on 2 cores: 15-21k req/s with
     /// pool 256 and depth 4, 70k with depth 16 — the same pool, a sixth of the busy backends). Slow
     /// calls still get connections of their own: nothing joins a call that has run longer than
     /// `CALL_PIPELINE_MAX_WAIT_US`, nor a pipeline expected to take longer.
-    pub(super) fn pipeline_depth_now(&self) -> usize {
+    pub(super) fn pipeline_depth(&self, busy: usize) -> usize {
         let depth = self.cfg.call.pipeline_depth;
-        if depth > 1 && self.busy_connections() >= self.busy_cap {
+        if depth > 1 && busy >= self.busy_cap {
             return depth.saturating_mul(DEEP_PIPELINE).min(64);
         }
         depth
