@@ -312,19 +312,20 @@ fn waiting_calls_are_capped_per_platform() {
 
 /// `/metrics` counters of backend connects and closes: `(connects, closes)`, once two reads in a row
 /// agree (each loop publishes its counts at the end of its turn).
+/// The value of one series of `/metrics` (`series`: the name after the prefix, with its labels).
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let r = request(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let prefix = format!("stonescriptdb_gateway_{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
 fn connects_and_closes(addr: SocketAddr) -> (u64, u64) {
-    let read = || {
-        let r = request(addr, "GET", "/metrics", &[], b"");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let text = r.text();
-        let get = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("no {name} in\n{text}")) as u64
-        };
-        (get("stonescriptdb_gateway_backend_connects_total"), get("stonescriptdb_gateway_backend_closes_total"))
-    };
+    let read = || (metric(addr, "backend_connects_total") as u64, metric(addr, "backend_closes_total") as u64);
     let mut last = read();
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(20));
@@ -397,19 +398,7 @@ fn steady_load_with(placement: &str) {
 
 /// One gauge of `/metrics` by its `loop` label.
 fn loop_gauge(addr: SocketAddr, name: &str, lp: usize) -> f64 {
-    let r = request(addr, "GET", "/metrics", &[], b"");
-    assert_eq!(r.status, 200);
-    let prefix = format!("stonescriptdb_gateway_{name}{{loop=\"{lp}\"}} ");
-    r.text()
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().parse::<f64>().unwrap()))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-}
-
-fn counter(addr: SocketAddr, name: &str) -> f64 {
-    let r = request(addr, "GET", "/metrics", &[], b"");
-    let prefix = format!("stonescriptdb_gateway_{name} ");
-    r.text().lines().find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().parse::<f64>().unwrap())).unwrap()
+    metric(addr, &format!("{name}{{loop=\"{lp}\"}}"))
 }
 
 /// With `CLIENT_PLACEMENT=pack`, a light loop hands its idle keep-alive connections to a busier
@@ -429,7 +418,7 @@ fn light_loops_hand_their_connections_to_a_busier_one() {
     for c in &mut conns {
         ask(c, health);
     }
-    let moves_before = counter(g.addr, "client_moves_total");
+    let moves_before = metric(g.addr, "client_moves_total");
     let on_0 = loop_gauge(g.addr, "loop_client_connections", 0);
     assert!(on_0 <= 3.0, "the connections did not start spread: {on_0} on loop 0");
     // Light load: loop 1 gives its connections to loop 0 (the scrape's own connection, opened on
@@ -444,7 +433,7 @@ fn light_loops_hand_their_connections_to_a_busier_one() {
     for c in &mut conns {
         ask(c, health);
     }
-    assert!(counter(g.addr, "client_moves_total") >= moves_before + 1.0);
+    assert!(metric(g.addr, "client_moves_total") >= moves_before + 1.0);
 }
 
 /// Past `CALL_BUSY_CAP` busy connections, calls pipeline deeper than `CALL_PIPELINE_DEPTH` instead

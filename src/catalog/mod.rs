@@ -517,31 +517,19 @@ impl Catalog {
         Ok(())
     }
 
-    /// Records one database's result of a run and the database's last deploy.
+    /// Records one database's result of a run and, unless it was a dry run (nothing was deployed),
+    /// the database's last deploy.
     pub fn record_result(
         &mut self,
         run: &str,
         database: &str,
         status: &str,
         result_json: &str,
+        dry: bool,
     ) -> Result<(), ApiError> {
+        let sql = if dry { DRY_RESULT_SQL } else { RESULT_SQL };
         self.client
-            .query(RESULT_SQL, &[Some(run), Some(database), Some(status), Some(result_json)])
-            .map(|_| ())
-            .map_err(|e| pg_api(e, "cannot record the run result"))
-    }
-
-    /// Records one database's result of a dry run: the run's own record only, as nothing was deployed
-    /// (the database's last deploy stays what it was).
-    pub fn record_dry_result(
-        &mut self,
-        run: &str,
-        database: &str,
-        status: &str,
-        result_json: &str,
-    ) -> Result<(), ApiError> {
-        self.client
-            .query(DRY_RESULT_SQL, &[Some(run), Some(database), Some(status), Some(result_json)])
+            .query(sql, &[Some(run), Some(database), Some(status), Some(result_json)])
             .map(|_| ())
             .map_err(|e| pg_api(e, "cannot record the run result"))
     }

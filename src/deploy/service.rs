@@ -1020,10 +1020,10 @@ pub fn run_status(failed: usize, ok: usize, dry_run: bool) -> &'static str {
 /// `failed` without touching the database's last deploy.
 pub fn record_db_result(cat: &mut Catalog, run: &str, database: &str, ok: bool, dry_run: bool, json: &str) {
     let _ = match (ok, dry_run) {
-        (true, false) => cat.record_result(run, database, "success", json),
-        (false, false) => cat.record_result(run, database, "failed", json),
-        (true, true) => cat.record_dry_result(run, database, "dry_run", json),
-        (false, true) => cat.record_dry_result(run, database, "failed", json),
+        (true, false) => cat.record_result(run, database, "success", json, false),
+        (false, false) => cat.record_result(run, database, "failed", json, false),
+        (true, true) => cat.record_result(run, database, "dry_run", json, true),
+        (false, true) => cat.record_result(run, database, "failed", json, true),
     };
 }
 

@@ -58,13 +58,14 @@ pub fn decide(me: usize, loads: &[u32], clients: &[usize]) -> Move {
     }
 }
 
-/// Where a new connection goes: the first loop under `accept_below` per mille of a core
-/// (`CLIENT_PACK_BELOW_PERCENT`), else the least loaded one (fewest clients among equals).
-pub fn place(loads: &[u32], clients: &[usize], accept_below: u32) -> usize {
-    if let Some(i) = loads.iter().position(|&l| l < accept_below) {
+/// Where a new connection goes among `n` loops, `at(k)` being loop k's load and clients: the first
+/// loop under `accept_below` per mille of a core (`CLIENT_PACK_BELOW_PERCENT`), else the least
+/// loaded one (fewest clients among equals). Read in place: it runs for every accepted connection.
+pub fn place(n: usize, at: impl Fn(usize) -> (u32, usize), accept_below: u32) -> usize {
+    if let Some(i) = (0..n).find(|&k| at(k).0 < accept_below) {
         return i;
     }
-    (0..loads.len()).min_by_key(|&k| (loads[k], clients.get(k).copied())).unwrap_or(0)
+    (0..n).min_by_key(|&k| at(k)).unwrap_or(0)
 }
 
 /// One loop's measure of itself.
@@ -154,12 +155,13 @@ mod tests {
 
     #[test]
     fn new_connections_go_to_the_first_loop_with_cpu_to_spare() {
-        assert_eq!(place(&[0, 0, 0], &[0, 0, 0], 600), 0);
-        assert_eq!(place(&[700, 100, 0], &[10, 2, 0], 600), 1);
-        assert_eq!(place(&[900, 800, 700], &[10, 9, 5], 600), 2);
-        assert_eq!(place(&[900, 700, 700], &[10, 9, 5], 600), 2);
+        let place_in = |loads: &[u32], clients: &[usize], below| place(loads.len(), |k| (loads[k], clients[k]), below);
+        assert_eq!(place_in(&[0, 0, 0], &[0, 0, 0], 600), 0);
+        assert_eq!(place_in(&[700, 100, 0], &[10, 2, 0], 600), 1);
+        assert_eq!(place_in(&[900, 800, 700], &[10, 9, 5], 600), 2);
+        assert_eq!(place_in(&[900, 700, 700], &[10, 9, 5], 600), 2);
         // 0: always the least loaded, fewest clients among equals.
-        assert_eq!(place(&[0, 0, 0], &[1, 0, 1], 0), 1);
+        assert_eq!(place_in(&[0, 0, 0], &[1, 0, 1], 0), 1);
     }
 
     #[test]

@@ -428,11 +428,12 @@ impl Shared {
     /// The loop a new client connection goes to: see [`super::balance::place`], or the one with
     /// the fewest clients with `CLIENT_PLACEMENT=spread`.
     pub fn place(&self) -> usize {
-        let (loads, clients) = self.loads();
+        let clients = |k: usize| self.stats[k].clients.load(Ordering::Relaxed);
         if !self.cfg.pack_loops {
-            return (0..clients.len()).min_by_key(|&k| clients[k]).unwrap_or(0);
+            return (0..self.stats.len()).min_by_key(|&k| clients(k)).unwrap_or(0);
         }
-        super::balance::place(&loads, &clients, self.cfg.pack_below_permille)
+        let at = |k: usize| (self.stats[k].load.load(Ordering::Relaxed), clients(k));
+        super::balance::place(self.stats.len(), at, self.cfg.pack_below_permille)
     }
 
     /// Client connections handed from one loop to another so far.
