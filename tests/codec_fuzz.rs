@@ -436,3 +436,39 @@ fn deploy_form() {
     ];
     run("deploy_form", 0xF0E4_0009, 10_000, &seeds, tokens, props::deploy_form);
 }
+
+#[test]
+fn call_body() {
+    let bodies: &[&[u8]] = &[
+        br#"{"platform":"acme","tenant_id":"t1","function":"get_user","params":[1,"x",null]}"#,
+        br#" { "platform" : "Acme" , "function" : "f" , "params" : { "a" : 1 , "b" : [ true ] } } "#,
+        br#"{"platform":"a","tenant_id":7,"function":"f","consistency":"primary","params":[]}"#,
+        br#"{"pl\u0061tform":"a\n","function":"f","function":"g","params":[{"x":[1]}],"params":[2]}"#,
+        br#"{"platform":"a","function":"f","params":"x","extra":{"deep":[[[[1]]]]}}"#,
+    ];
+    let mut seeds = Vec::new();
+    for b in bodies {
+        for depth in [1u8, 2, 3, 7] {
+            seeds.push(with_prefix(&[depth], b));
+        }
+    }
+    let tokens: &[&[u8]] = &[
+        b"\"platform\":",
+        b"\"tenant_id\":",
+        b"\"function\":",
+        b"\"params\":",
+        b"\"consistency\":",
+        b"\"any\"",
+        b"\\u0066",
+        b"\\\"",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b"null",
+        b"-1.5e3",
+        b"\xc3\xa9",
+    ];
+    run("call_body", 0xCA11_B0D1, 20_000, &seeds, tokens, props::call_body);
+}

@@ -2,7 +2,9 @@
 //! SQL text it prepares and the key its prepared statement is cached under.
 
 use crate::error::{ApiError, Kind};
-use crate::json::Value;
+use std::borrow::Cow;
+
+use crate::json::{self, Member, Value};
 use crate::security::names;
 
 /// PostgreSQL's FUNC_MAX_ARGS: no function takes more arguments.
@@ -50,31 +52,77 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(Kind::InvalidRequest, msg)
 }
 
-fn opt_string<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+/// The members of a call body that matter, last one of a name winning (as [`Value::get`] does).
+#[derive(Default)]
+struct Fields<'a> {
+    platform: Option<Member<'a>>,
+    tenant: Option<Member<'a>>,
+    function: Option<Member<'a>>,
+    consistency: Option<Member<'a>>,
+    params: Option<Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn set(&mut self, key: &str, value: Member<'a>) {
+        let slot = match key {
+            "platform" => &mut self.platform,
+            "tenant_id" => &mut self.tenant,
+            "function" => &mut self.function,
+            "consistency" => &mut self.consistency,
+            "params" => {
+                self.params = Some(match value {
+                    Member::Str(s) => Value::String(s.into_owned()),
+                    Member::Other(v) => v,
+                });
+                return;
+            }
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+}
+
+fn opt_string<'f>(value: &'f Option<Member<'_>>, key: &str) -> Result<Option<&'f str>, ApiError> {
+    match value {
+        None | Some(Member::Other(Value::Null)) => Ok(None),
+        Some(Member::Str(s)) => Ok(Some(s)),
         // Numeric tenant ids are common in existing clients; accept their text.
-        Some(Value::Number(n)) if key == "tenant_id" => Ok(Some(n)),
-        Some(v) => Err(invalid(format!("'{key}' must be a string, got {}", v.type_name()))),
+        Some(Member::Other(Value::Number(n))) if key == "tenant_id" => Ok(Some(n)),
+        Some(Member::Other(v)) => Err(invalid(format!("'{key}' must be a string, got {}", v.type_name()))),
     }
 }
 
 impl CallRequest {
-    /// Takes the body apart: argument values are moved out, not copied.
-    pub fn from_json(mut body: Value) -> Result<CallRequest, ApiError> {
-        let params_value = match &mut body {
-            Value::Object(members) => {
-                members.iter_mut().rev().find(|(k, _)| k == "params").map(|(_, v)| std::mem::replace(v, Value::Null))
+    /// Reads a body straight from its bytes, building no tree for the members around `params`.
+    /// `None` when the body is not a well-formed JSON object within `max_depth`: the caller's
+    /// generic reader words that error.
+    pub fn from_body(body: &[u8], max_depth: usize) -> Option<Result<CallRequest, ApiError>> {
+        let mut fields = Fields::default();
+        json::object_members(body, max_depth, |k, v| fields.set(&k, v)).ok()?;
+        Some(Self::from_fields(fields))
+    }
+
+    /// Takes a parsed body apart: argument values are moved out, not copied.
+    pub fn from_json(body: Value) -> Result<CallRequest, ApiError> {
+        let mut fields = Fields::default();
+        if let Value::Object(members) = body {
+            for (k, v) in members {
+                let v = match v {
+                    Value::String(s) => Member::Str(Cow::Owned(s)),
+                    other => Member::Other(other),
+                };
+                fields.set(&k, v);
             }
-            _ => None,
-        };
-        let body = &body;
-        let platform = opt_string(body, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
-        let tenant = opt_string(body, "tenant_id")?;
+        }
+        Self::from_fields(fields)
+    }
+
+    fn from_fields(fields: Fields<'_>) -> Result<CallRequest, ApiError> {
+        let platform = opt_string(&fields.platform, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
+        let tenant = opt_string(&fields.tenant, "tenant_id")?;
         let database = names::v1_database(platform, tenant)?;
-        let function = opt_string(body, "function")?.ok_or_else(|| invalid("'function' is required"))?;
-        let primary = match opt_string(body, "consistency")? {
+        let function = opt_string(&fields.function, "function")?.ok_or_else(|| invalid("'function' is required"))?;
+        let primary = match opt_string(&fields.consistency, "consistency")? {
             Some(c) => consistency_primary(c)?,
             None => false,
         };
@@ -84,6 +132,7 @@ impl CallRequest {
                 function.chars().take(80).collect::<String>()
             )));
         }
+        let params_value = fields.params;
         // Counted before anything else is done per parameter: the work below must not grow with a
         // hostile number of names.
         let count = match &params_value {

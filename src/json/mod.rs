@@ -6,7 +6,7 @@
 mod parse;
 mod write;
 
-pub use parse::{DEFAULT_MAX_DEPTH, JsonError, parse, parse_with_depth};
+pub use parse::{DEFAULT_MAX_DEPTH, JsonError, Member, object_members, parse, parse_with_depth};
 pub use write::{ArrayWriter, ObjectWriter, write_string};
 
 /// A parsed JSON document.

@@ -4,6 +4,7 @@
 //! limit can make it overflow the thread's stack.
 
 use super::Value;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Nesting limit used by [`parse`]: far deeper than any real request body, far shallower than
@@ -41,6 +42,70 @@ pub fn parse_with_depth(input: &[u8], max_depth: usize) -> Result<Value, JsonErr
     Reader { text, bytes: input, pos: 0 }.document(max_depth)
 }
 
+/// A member value handed out by [`object_members`]: strings borrowed from the input when they hold
+/// no escape, every other value parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Member<'a> {
+    Str(Cow<'a, str>),
+    Other(Value),
+}
+
+/// Reads a document that must be an object, handing each member to `each` in input order without
+/// building the object. Accepts and refuses exactly what [`parse_with_depth`] does for objects, so
+/// a caller may fall back to it for the wording of an error; any other document is an error here.
+pub fn object_members<'a>(
+    input: &'a [u8],
+    max_depth: usize,
+    mut each: impl FnMut(Cow<'a, str>, Member<'a>),
+) -> Result<(), JsonError> {
+    let text =
+        std::str::from_utf8(input).map_err(|e| JsonError { offset: e.valid_up_to(), message: "invalid UTF-8" })?;
+    let mut r = Reader { text, bytes: input, pos: 0 };
+    r.skip_ws();
+    if r.peek() != Some(b'{') {
+        return r.err("expected an object");
+    }
+    if max_depth == 0 {
+        return r.err("nesting too deep");
+    }
+    r.pos += 1;
+    r.skip_ws();
+    if r.peek() == Some(b'}') {
+        r.pos += 1;
+    } else {
+        loop {
+            if r.peek() != Some(b'"') {
+                return r.err("expected a string key");
+            }
+            let key = r.string()?;
+            r.skip_ws();
+            r.expect(b':', "expected ':' after key")?;
+            r.skip_ws();
+            let value =
+                if r.peek() == Some(b'"') { Member::Str(r.string()?) } else { Member::Other(r.value(max_depth - 1)?) };
+            each(key, value);
+            r.skip_ws();
+            match r.peek() {
+                Some(b',') => {
+                    r.pos += 1;
+                    r.skip_ws();
+                }
+                Some(b'}') => {
+                    r.pos += 1;
+                    break;
+                }
+                None => return r.err("unexpected end of input in object"),
+                Some(_) => return r.err("expected ',' or '}'"),
+            }
+        }
+    }
+    r.skip_ws();
+    if r.pos != r.bytes.len() {
+        return r.err("trailing characters after the value");
+    }
+    Ok(())
+}
+
 /// An open container waiting for its next element.
 enum Frame {
     Array(Vec<Value>),
@@ -54,7 +119,7 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn err<T>(&self, message: &'static str) -> Result<T, JsonError> {
         Err(JsonError { offset: self.pos, message })
     }
@@ -79,6 +144,15 @@ impl Reader<'_> {
     }
 
     fn document(mut self, max_depth: usize) -> Result<Value, JsonError> {
+        let value = self.value(max_depth)?;
+        if self.pos != self.bytes.len() {
+            return self.err("trailing characters after the value");
+        }
+        Ok(value)
+    }
+
+    /// Reads one value and the whitespace after it.
+    fn value(&mut self, max_depth: usize) -> Result<Value, JsonError> {
         let mut stack: Vec<Frame> = Vec::new();
         'value: loop {
             self.skip_ws();
@@ -107,7 +181,7 @@ impl Reader<'_> {
                         continue 'value;
                     }
                 }
-                Some(b'"') => Value::String(self.string()?),
+                Some(b'"') => Value::String(self.string()?.into_owned()),
                 Some(b'-' | b'0'..=b'9') => Value::Number(self.number()?),
                 Some(b't') => self.literal("true", Value::Bool(true))?,
                 Some(b'f') => self.literal("false", Value::Bool(false))?,
@@ -119,12 +193,7 @@ impl Reader<'_> {
             loop {
                 self.skip_ws();
                 match stack.last_mut() {
-                    None => {
-                        if self.pos != self.bytes.len() {
-                            return self.err("trailing characters after the value");
-                        }
-                        return Ok(value);
-                    }
+                    None => return Ok(value),
                     Some(Frame::Array(items)) => {
                         items.push(value);
                         match self.peek() {
@@ -166,7 +235,7 @@ impl Reader<'_> {
         if self.peek() != Some(b'"') {
             return self.err("expected a string key");
         }
-        let key = self.string()?;
+        let key = self.string()?.into_owned();
         self.skip_ws();
         self.expect(b':', "expected ':' after key")?;
         Ok(key)
@@ -224,22 +293,29 @@ impl Reader<'_> {
         Ok(self.text[start..self.pos].to_owned())
     }
 
-    /// Reads a string starting at its opening quote.
-    fn string(&mut self) -> Result<String, JsonError> {
+    /// Reads a string starting at its opening quote: borrowed from the input unless it has escapes.
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.pos += 1;
         let mut out = String::new();
         let mut run_start = self.pos;
+        let start = self.pos;
+        let mut escaped = false;
         loop {
             let Some(b) = self.peek() else {
                 return self.err("unterminated string");
             };
             match b {
                 b'"' => {
-                    out.push_str(&self.text[run_start..self.pos]);
+                    let end = self.pos;
                     self.pos += 1;
-                    return Ok(out);
+                    if !escaped {
+                        return Ok(Cow::Borrowed(&self.text[start..end]));
+                    }
+                    out.push_str(&self.text[run_start..end]);
+                    return Ok(Cow::Owned(out));
                 }
                 b'\\' => {
+                    escaped = true;
                     out.push_str(&self.text[run_start..self.pos]);
                     self.pos += 1;
                     self.escape(&mut out)?;
@@ -426,5 +502,20 @@ mod tests {
         assert_eq!(v.as_str(), Some("\"\\/\u{8}\u{c}\n\r\tA\u{e9}\u{20ac}"));
         let v = parse("\"plain \u{e9}\u{1F600} text\"".as_bytes()).unwrap();
         assert_eq!(v.as_str(), Some("plain \u{e9}\u{1F600} text"));
+    }
+
+    #[test]
+    fn object_members_borrow_plain_strings_and_parse_the_rest() {
+        let mut seen = Vec::new();
+        object_members(br#" {"a":"x","b\u0063":"y\n","c":[1,{"d":null}]} "#, 3, |k, v| seen.push((k, v))).unwrap();
+        assert!(matches!(&seen[0], (Cow::Borrowed("a"), Member::Str(Cow::Borrowed("x")))), "{seen:?}");
+        assert!(matches!(&seen[1], (Cow::Owned(k), Member::Str(Cow::Owned(v))) if k == "bc" && v == "y\n"), "{seen:?}");
+        assert_eq!(seen[2].1, Member::Other(parse(br#"[1,{"d":null}]"#).unwrap()));
+        // The depth counts the object itself, as parse_with_depth does.
+        assert!(object_members(br#"{"c":[1,{"d":null}]}"#, 2, |_, _| {}).is_err());
+        assert!(parse_with_depth(br#"{"c":[1,{"d":null}]}"#, 2).is_err());
+        for bad in [&b"[]"[..], b"{} x", b"{\"a\":1,}", b"", b"{\"a\" 1}", b"\"s\""] {
+            assert!(object_members(bad, 8, |_, _| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

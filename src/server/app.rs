@@ -546,12 +546,14 @@ impl App {
                     (r, changed)
                 });
             }
-            Route::Call => match json_object(&inc.body, depth).and_then(CallRequest::from_json).and_then(|mut r| {
-                if let Some(c) = inc.head.consistency.as_deref() {
-                    r.primary |= crate::call::request::consistency_primary(c)?;
-                }
-                Ok(r)
-            }) {
+            Route::Call => match CallRequest::from_body(&inc.body, depth)
+                .unwrap_or_else(|| json_object(&inc.body, depth).and_then(CallRequest::from_json))
+                .and_then(|mut r| {
+                    if let Some(c) = inc.head.consistency.as_deref() {
+                        r.primary |= crate::call::request::consistency_primary(c)?;
+                    }
+                    Ok(r)
+                }) {
                 Ok(req) => {
                     // The names are copied only when something counts them (METRICS_TRACKED_NAMES > 0).
                     let counted = cfg.metrics_tracked_names > 0;

@@ -1035,8 +1035,8 @@ fn log_request(peer: SocketAddr, i: &ReqInfo, r: &Response, us: u128) {
         .call
         .as_ref()
         .map(|n| n.body.as_slice())
-        .and_then(|b| crate::json::parse(b).ok())
-        .and_then(|v| CallRequest::from_json(v).ok());
+        .and_then(|b| CallRequest::from_body(b, crate::json::DEFAULT_MAX_DEPTH))
+        .and_then(Result::ok);
     if let Some(call) = &call {
         fields.push(("platform", &call.platform));
         fields.push(("database", &call.database));

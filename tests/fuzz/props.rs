@@ -17,6 +17,7 @@ use postgres_protocol::message::backend::Message;
 use stonescriptdb_gateway::call::encode::encode_param;
 use stonescriptdb_gateway::call::literal::{ArrayEvent, walk_array};
 use stonescriptdb_gateway::call::render::{column_format, render_value};
+use stonescriptdb_gateway::call::request::CallRequest;
 use stonescriptdb_gateway::call::types::{self, TypeInfo, TypeKind, TypeRegistry};
 use stonescriptdb_gateway::config::Limits;
 use stonescriptdb_gateway::deploy::archive::{ArchiveLimits, Folder, read_archive};
@@ -848,4 +849,29 @@ pub fn deploy_form(data: &[u8]) -> bool {
         }
     }
     parsed.is_ok()
+}
+
+/// `CallRequest::from_body` (members read straight from the bytes) agrees with the generic reader
+/// followed by `CallRequest::from_json`: it declines exactly the bodies that are not a JSON object
+/// within the depth limit (the first byte picks it, 0-7), and otherwise gives the same request or
+/// the same refusal. Accepted: both read it as an object.
+pub fn call_body(data: &[u8]) -> bool {
+    let mut src = Src::new(data);
+    let depth = usize::from(src.u8() % 8);
+    let body = src.rest();
+    let generic = json::parse_with_depth(body, depth).ok().filter(|v| matches!(v, Value::Object(_)));
+    let direct = CallRequest::from_body(body, depth);
+    match (generic, direct) {
+        (None, None) => false,
+        (Some(tree), Some(direct)) => {
+            let generic = CallRequest::from_json(tree);
+            match (&generic, &direct) {
+                (Ok(g), Ok(d)) => assert_eq!(format!("{g:?}"), format!("{d:?}"), "{:?}", String::from_utf8_lossy(body)),
+                (Err(g), Err(d)) => assert_eq!((g.kind, &g.message), (d.kind, &d.message)),
+                _ => panic!("readers disagree on {:?}: {generic:?} / {direct:?}", String::from_utf8_lossy(body)),
+            }
+            true
+        }
+        (g, d) => panic!("only one reader took {:?} as an object: {g:?} / {d:?}", String::from_utf8_lossy(body)),
+    }
 }
