@@ -479,7 +479,7 @@ impl CallEngine {
         let mut t = CallTarget { server, replica: None };
         if self.cfg.servers.read_replicas
             && !req.primary
-            && self.read_only.get(&req.database).and_then(|f| f.get(&req.function)) == Some(&true)
+            && self.read_only.get(&req.database).and_then(|f| f.get(&*req.function)) == Some(&true)
         {
             let turn = self.replica_turn;
             self.replica_turn = turn.wrapping_add(1);

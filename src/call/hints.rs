@@ -47,7 +47,7 @@ pub fn not_found(req: &CallRequest, schemas: &[String], found: &[(String, String
     } else {
         format!("schemas {} (CALL_SCHEMAS)", schemas.join(", "))
     };
-    let same: Vec<String> = found.iter().filter(|(n, _)| n == f).map(|(n, a)| format!("{n}({a})")).collect();
+    let same: Vec<String> = found.iter().filter(|(n, _)| **n == **f).map(|(n, a)| format!("{n}({a})")).collect();
     if !same.is_empty() {
         let shown: Vec<&str> = same.iter().take(MAX_SUGGESTIONS).map(String::as_str).collect();
         return format!(

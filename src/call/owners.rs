@@ -137,7 +137,7 @@ impl Owners {
     pub fn admit(&self, req: &CallRequest, cred: &Credential, now: Instant) -> Admission {
         // The named platform's key comes first: without it, nothing is said about which of its
         // tenants exist (401 whether the database is there or not).
-        let named = self.keys.get(&req.platform).map(Vec::as_slice).unwrap_or(&[]);
+        let named = self.keys.get(&*req.platform).map(Vec::as_slice).unwrap_or(&[]);
         if let Err(e) = cred.allows(&req.platform, named, self.require_keys) {
             return Admission::Refused(e);
         }
@@ -147,7 +147,7 @@ impl Owners {
                 _ => Admission::AskCatalog,
             };
         };
-        if o.platform != req.platform || o.tenant != req.tenant {
+        if *o.platform != *req.platform || o.tenant != req.tenant {
             return Admission::Refused(
                 ApiError::new(
                     Kind::NameConflict,

@@ -165,9 +165,9 @@ pub fn render_row_object(
 }
 
 /// Like [`render_row_object`] with keys escaped in advance.
-pub fn render_row_prepared(
+pub fn render_row_prepared<'v>(
     columns: &[PreparedColumn],
-    values: &[Option<&[u8]>],
+    values: impl IntoIterator<Item = Option<&'v [u8]>>,
     types: &TypeRegistry,
     out: &mut Vec<u8>,
 ) {
@@ -177,7 +177,7 @@ pub fn render_row_prepared(
             out.push(b',');
         }
         out.extend_from_slice(&col.key);
-        render_value(col.oid, col.format, *value, types, out);
+        render_value(col.oid, col.format, value, types, out);
     }
     out.push(b'}');
 }
@@ -1251,7 +1251,8 @@ mod tests {
         let cols = [PreparedColumn::new("b", types::BYTEA, &reg), PreparedColumn::new("t", 1009, &reg)];
         assert_eq!(cols[0].format, 1);
         let mut out = Vec::new();
-        render_row_prepared(&cols, &[Some(b"\x01"), Some(&hex("000000000000000000000019"))], &reg, &mut out);
+        let t = hex("000000000000000000000019");
+        render_row_prepared(&cols, [Some(&b"\x01"[..]), Some(&t[..])], &reg, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"b":"\\x01","t":[]}"#);
     }
 

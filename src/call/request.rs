@@ -3,6 +3,7 @@
 
 use crate::error::{ApiError, Kind};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::json::{self, Member, Value};
 use crate::security::names;
@@ -22,12 +23,13 @@ pub enum Args {
 /// A validated call.
 #[derive(Debug, Clone)]
 pub struct CallRequest {
-    /// The platform as database names use it (lower-cased, other characters `_`).
-    pub platform: String,
+    /// The platform as database names use it (lower-cased, other characters `_`). Shared, so that
+    /// the per-function figures keep it without a copy.
+    pub platform: Arc<str>,
     /// The tenant as database names use it (`None` for the main database).
     pub tenant: Option<String>,
     pub database: String,
-    pub function: String,
+    pub function: Arc<str>,
     pub args: Args,
     /// Argument values in `$n` order.
     pub params: Vec<Value>,
@@ -119,8 +121,9 @@ impl CallRequest {
 
     fn from_fields(fields: Fields<'_>) -> Result<CallRequest, ApiError> {
         let platform = opt_string(&fields.platform, "platform")?.ok_or_else(|| invalid("'platform' is required"))?;
+        let platform = names::platform(platform)?;
         let tenant = opt_string(&fields.tenant, "tenant_id")?;
-        let database = names::v1_database(platform, tenant)?;
+        let database = names::v1_database_of(&platform, tenant)?;
         let function = opt_string(&fields.function, "function")?.ok_or_else(|| invalid("'function' is required"))?;
         let primary = match opt_string(&fields.consistency, "consistency")? {
             Some(c) => consistency_primary(c)?,
@@ -169,10 +172,10 @@ impl CallRequest {
             }
         };
         Ok(CallRequest {
-            platform: names::platform(platform)?,
+            platform: platform.into(),
             tenant: tenant.filter(|t| !t.is_empty()).map(names::sanitize),
             database,
-            function: function.to_string(),
+            function: function.into(),
             args,
             params,
             primary,
@@ -182,6 +185,13 @@ impl CallRequest {
     /// What identifies the prepared statement on a connection: function, schema and argument shape.
     pub fn shape_key(&self, schema: &str) -> String {
         let mut k = String::with_capacity(self.function.len() + schema.len() + 16);
+        self.write_shape_key(schema, &mut k);
+        k
+    }
+
+    /// [`CallRequest::shape_key`] into `k` (cleared first), for a buffer kept from call to call.
+    pub fn write_shape_key(&self, schema: &str, k: &mut String) {
+        k.clear();
         k.push_str(schema);
         k.push('.');
         k.push_str(&self.function);
@@ -192,23 +202,32 @@ impl CallRequest {
             }
             Args::Named(n) => {
                 k.push('(');
-                k.push_str(&n.join(","));
+                for (i, name) in n.iter().enumerate() {
+                    if i > 0 {
+                        k.push(',');
+                    }
+                    k.push_str(name);
+                }
                 k.push(')');
             }
         }
-        k
     }
 
     /// A key refined by the JSON kinds of the arguments, for overloaded functions where PostgreSQL
     /// needs declared parameter types to choose.
     pub fn typed_key(&self, schema: &str) -> String {
         let mut k = self.shape_key(schema);
+        self.push_kinds(&mut k);
+        k
+    }
+
+    /// Turns a shape key in `k` into the typed key.
+    pub fn push_kinds(&self, k: &mut String) {
         k.push('|');
         for v in &self.params {
             k.push_str(json_kind_type(v).1);
             k.push(',');
         }
-        k
     }
 
     /// `SELECT * FROM "schema"."fn"($1, …)` or with `name => $n`. Names were validated as identifiers.

@@ -28,8 +28,13 @@ use crate::config::Config;
 use crate::error::{ApiError, DbDetail, Kind};
 use crate::http::response::Response;
 use crate::pg::dberror::{DbError, PgError};
-use crate::pg::frame::{Backend, Column, data_row_fields};
+use crate::pg::frame::{Backend, Column, data_row_fields, row_values};
 
+thread_local! {
+    /// The statement-cache key of the call being placed: rebuilt for every call, allocated once per
+    /// event loop.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
 /// Who waits for a call's answer: a client connection of an event loop, and which of its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -496,8 +501,18 @@ impl Session {
 
     /// The prepared statement a pipelined call of this shape would use, if this connection has it.
     pub fn cached_for(&self, req: &CallRequest, schema: &str) -> Option<&Arc<Stmt>> {
-        let shape = req.shape_key(schema);
-        if self.ambiguous.contains(&shape) { self.stmts.get(&req.typed_key(schema)) } else { self.stmts.get(&shape) }
+        KEY.with_borrow_mut(|k| self.lookup(req, schema, k).0)
+    }
+
+    /// The cached statement for `req` and whether its function is overloaded; leaves the key in `k`.
+    fn lookup(&self, req: &CallRequest, schema: &str, k: &mut String) -> (Option<&Arc<Stmt>>, bool) {
+        req.write_shape_key(schema, k);
+        let overloaded = self.ambiguous.contains(k.as_str());
+        if overloaded {
+            // Cached per JSON kinds: `f(1)` and `f("x")` are different statements.
+            req.push_kinds(k);
+        }
+        (self.stmts.get(k.as_str()), overloaded)
     }
 
     /// Sends `job` behind the running call with the cached `stmt`. Returns false (with the answer
@@ -531,14 +546,15 @@ impl Session {
             write_bind(cx.wbuf, "", std::iter::empty(), &[]);
             cx.wbuf.extend_from_slice(EXECUTE);
         }
-        let mut key = job.req.shape_key(schema);
-        let overloaded = self.ambiguous.contains(&key);
-        if overloaded {
-            // Cached per JSON kinds: `f(1)` and `f("x")` are different statements.
-            key = job.req.typed_key(schema);
-        }
+        let (found, overloaded, key) = KEY.with_borrow_mut(|k| {
+            let (found, overloaded) = self.lookup(&job.req, schema, k);
+            let found = found.cloned();
+            // The key is kept only for a statement about to be prepared.
+            let key = if found.is_none() { k.clone() } else { String::new() };
+            (found, overloaded, key)
+        });
         let declared = overloaded && matches!(job.typing, Typing::Auto);
-        match self.stmts.get(&key).cloned() {
+        match found {
             Some(stmt) => self.send_execute(cx, stmt),
             None => self.send_prepare(cx, key, declared, !overloaded),
         }
@@ -678,11 +694,11 @@ impl Session {
                     Phase::Executing { stmt, body, rows, completes: 0, .. }
                         if job.error.is_none() && !job.answered && !job.too_large =>
                     {
-                        let vals = data_row_fields(&row)?;
+                        let vals = row_values(&row)?;
                         if *rows > 0 {
                             body.push(b',');
                         }
-                        render_row_prepared(&stmt.columns, &vals, cx.types, body);
+                        render_row_prepared(&stmt.columns, vals, cx.types, body);
                         *rows += 1;
                         if body.len() > cx.cfg.limits.max_response_bytes {
                             // Stop here and give the memory back; the rest of the rows are read and dropped.
@@ -828,7 +844,7 @@ impl Session {
         }
         if let Some(v) = p.volatility.take() {
             cx.actions.push(Action::Learned {
-                function: job.req.function.clone(),
+                function: job.req.function.to_string(),
                 read_only: v == b's' || v == b'i',
                 reset_needs: p.reset_needs,
             });

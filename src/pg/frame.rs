@@ -104,25 +104,45 @@ pub fn scan_lengths(buf: &[u8], mut at: usize, max: usize) -> Result<usize, usiz
 
 /// The column values of a DataRow, `None` for SQL NULL, borrowed from the message.
 pub fn data_row_fields(row: &DataRowBody) -> Result<Vec<Option<&[u8]>>, PgError> {
-    // The body after the column count: per column an i32 length (-1 = NULL) then the bytes.
-    let mut rest = row.buffer();
-    // Most results are a few columns: one allocation, no growth.
-    let mut out = Vec::with_capacity(8);
-    while !rest.is_empty() {
-        let (len, after) = take_i32(rest)?;
-        if len < 0 {
-            out.push(None);
-            rest = after;
-        } else {
-            let len = len as usize;
-            if after.len() < len {
-                return Err(PgError::Protocol("DataRow value overruns frame".into()));
+    Ok(row_values(row)?.collect())
+}
+
+/// The column values of a DataRow as an iterator, for the hot path that renders them as they come
+/// (no vector per row). The whole row is checked first, so the iterator itself cannot fail.
+pub fn row_values(row: &DataRowBody) -> Result<RowValues<'_>, PgError> {
+    let mut check = RowValues(row.buffer());
+    while !check.0.is_empty() {
+        let (len, after) = take_i32(check.0)?;
+        let len = usize::try_from(len).unwrap_or(0);
+        if after.len() < len {
+            return Err(PgError::Protocol("DataRow value overruns frame".into()));
+        }
+        check.0 = &after[len..];
+    }
+    Ok(RowValues(row.buffer()))
+}
+
+/// See [`row_values`]: the body after the column count, per column an i32 length (-1 = NULL) then
+/// the bytes.
+pub struct RowValues<'a>(&'a [u8]);
+
+impl<'a> Iterator for RowValues<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (len, after) = take_i32(self.0).ok()?;
+        match usize::try_from(len) {
+            Err(_) => {
+                self.0 = after;
+                Some(None)
             }
-            out.push(Some(&after[..len]));
-            rest = &after[len..];
+            Ok(len) => {
+                let (value, rest) = after.split_at_checked(len)?;
+                self.0 = rest;
+                Some(Some(value))
+            }
         }
     }
-    Ok(out)
 }
 
 /// Short name of a message, for protocol error texts.
@@ -294,6 +314,29 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         }
         assert!(buf.is_empty());
+    }
+
+    fn data_row(fields: &[&[u8]]) -> DataRowBody {
+        let mut body = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            body.extend_from_slice(f);
+        }
+        match read_message(&mut frame(b'D', &body)).unwrap() {
+            Some(Backend::Message(Message::DataRow(r))) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn row_values_are_checked_whole_before_any_is_handed_out() {
+        let row = data_row(&[b"\0\0\0\x02ab", b"\xff\xff\xff\xff", b"\xff\xff\xff\xfe", b"\0\0\0\0"]);
+        let vals: Vec<_> = row_values(&row).unwrap().collect();
+        assert_eq!(vals, vec![Some(&b"ab"[..]), None, None, Some(&b""[..])]);
+        // A value running past the frame, or a length cut short, fails the row before rendering starts.
+        for bad in [&[&b"\0\0\0\x01x"[..], b"\0\0\0\x09ab"][..], &[b"\0\0\0\x01x", b"\0\0"]] {
+            assert!(row_values(&data_row(bad)).is_err());
+            assert!(data_row_fields(&data_row(bad)).is_err());
+        }
     }
 
     #[test]

@@ -9,11 +9,15 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 /// Lower-cases ASCII letters and turns every other non `[a-z0-9_]` character into `_`.
 pub fn sanitize(part: &str) -> String {
     let mut out = String::with_capacity(part.len());
+    push_sanitized(&mut out, part);
+    out
+}
+
+fn push_sanitized(out: &mut String, part: &str) {
     out.extend(part.chars().map(|c| {
         let c = c.to_ascii_lowercase();
         if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' }
     }));
-    out
 }
 
 fn check_part(what: &str, v: &str) -> Result<(), ApiError> {
@@ -48,13 +52,20 @@ pub fn platform(p: &str) -> Result<String, ApiError> {
 
 /// v1 names: no tenant (or empty) → `{platform}_main`, else `{platform}_{tenant}`.
 pub fn v1_database(platform_name: &str, tenant: Option<&str>) -> Result<String, ApiError> {
-    let mut p = platform(platform_name)?;
+    v1_database_of(&platform(platform_name)?, tenant)
+}
+
+/// [`v1_database`] of a platform name [`platform`] already gave.
+pub fn v1_database_of(platform: &str, tenant: Option<&str>) -> Result<String, ApiError> {
+    let suffix = tenant.map_or(0, str::len).max(4);
+    let mut p = String::with_capacity(platform.len() + 1 + suffix);
+    p.push_str(platform);
     match tenant {
         None | Some("") => p.push_str("_main"),
         Some(t) => {
             check_part("tenant_id", t)?;
             p.push('_');
-            p.push_str(&sanitize(t));
+            push_sanitized(&mut p, t);
         }
     }
     finish(p)

@@ -555,12 +555,9 @@ impl App {
                     Ok(r)
                 }) {
                 Ok(req) => {
-                    // The names are copied only when something counts them (METRICS_TRACKED_NAMES > 0).
-                    let counted = cfg.metrics_tracked_names > 0;
-                    let name = |s: &String| if counted { s.clone() } else { String::new() };
                     *note = Some(super::client::CallNote {
-                        platform: name(&req.platform),
-                        function: name(&req.function),
+                        platform: req.platform.clone(),
+                        function: req.function.clone(),
                         body: inc.body,
                     });
                     return self.call(poll, key, generation, req, cred, now);

@@ -104,8 +104,8 @@ pub struct ReqInfo {
 /// that a request line, when one is written, can name the database too; the body is read only then.
 #[derive(Debug, Clone)]
 pub struct CallNote {
-    pub platform: String,
-    pub function: String,
+    pub platform: std::sync::Arc<str>,
+    pub function: std::sync::Arc<str>,
     pub body: Vec<u8>,
 }
 

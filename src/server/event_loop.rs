@@ -720,7 +720,7 @@ impl Loop {
             if let Some(s) = self.app.shared.stats.get(self.app.id) {
                 s.counters.request(i.route, r.status, i.route == CALL_SLOT, us as u64, r.error);
                 if i.route == CALL_SLOT {
-                    let names = i.call.as_ref().map(|n| (n.platform.as_str(), n.function.as_str()));
+                    let names = i.call.as_ref().map(|n| (&*n.platform, &*n.function));
                     s.counters.calls.record(names, us as u64, r.error, self.cfg.metrics_tracked_names);
                 }
             }
