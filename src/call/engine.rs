@@ -39,6 +39,10 @@ use crate::security::keys::{Credential, StoredKey};
 use crate::servers::{DEFAULT_SERVER, Servers};
 use crate::slab::Slab;
 
+/// `application_name` of the `/call` connections: the sessions the connection caps count, told apart
+/// in `pg_stat_activity` from the gateway's other sessions (deploy, health, terminator, scan).
+pub const CALL_APPLICATION_NAME: &str = "stonescriptdb-gateway";
+
 /// Finished requests and their answers.
 pub type Done = Vec<(Caller, Response)>;
 
@@ -536,7 +540,7 @@ impl CallEngine {
             }
         };
         params.dbname = database.to_string();
-        params.application_name = "stonescriptdb-gateway".into();
+        params.application_name = CALL_APPLICATION_NAME.into();
         params.user = role.to_string();
         params.password = Some(crate::security::roles::password(&self.cfg.security.platform_secret, role));
         let share = self.budget.share_on(&key, role, &budget_key);

@@ -289,6 +289,17 @@ pub fn suggested_platforms(dbs: &[String]) -> Vec<String> {
 /// At most this many unrecorded databases are looked into at start (each costs a connection).
 const SCAN_LIMIT: usize = 200;
 
+/// `application_name` of the sessions that look into unrecorded databases at start: in
+/// `pg_stat_activity` they are not mistaken for `/call` connections, which are counted against the
+/// connection caps (another gateway of the same cluster may be serving those databases).
+pub const SCAN_APPLICATION_NAME: &str = "stonescriptdb-gateway scan";
+
+fn scan_params(admin_params: &crate::pg::params::ConnectParams, db: &str) -> crate::pg::params::ConnectParams {
+    let mut params = admin_params.with_dbname(db);
+    params.application_name = SCAN_APPLICATION_NAME.to_string();
+    params
+}
+
 /// Databases the catalog does not record that carry the 1.x tracking table.
 pub fn unrecorded_upstream(
     admin_params: &crate::pg::params::ConnectParams,
@@ -307,7 +318,7 @@ pub fn unrecorded_upstream(
         r.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).filter(|d| !recorded.contains(d));
     for db in candidates.take(SCAN_LIMIT) {
         // A database the login cannot enter is not one it can serve either; it is left alone.
-        let Ok(mut c) = crate::pg::blocking::Client::connect(&admin_params.with_dbname(&db)) else { continue };
+        let Ok(mut c) = crate::pg::blocking::Client::connect(&scan_params(admin_params, &db)) else { continue };
         // Someone else's database: nothing its owner defined (an operator, a function on its search
         // path) may be evaluated by the gateway's login.
         if c.batch_execute("SET search_path = pg_catalog, pg_temp").is_err() {
@@ -334,6 +345,18 @@ mod tests {
 
     fn layout(t: &[(&str, &[&str])]) -> HashMap<String, HashSet<String>> {
         t.iter().map(|(n, c)| (n.to_string(), c.iter().map(|s| s.to_string()).collect())).collect()
+    }
+
+    /// The start-up scan enters databases another gateway of the cluster may serve: its sessions must
+    /// not look like that gateway's `/call` connections, which the connection caps count.
+    #[test]
+    fn the_start_scan_is_not_mistaken_for_call_connections() {
+        let admin = crate::pg::params::ConnectParams::from_url("postgres://gw@/postgres?host=/tmp").unwrap();
+        let p = scan_params(&admin, "acme_main");
+        assert_eq!(p.dbname, "acme_main");
+        assert_eq!(p.application_name, SCAN_APPLICATION_NAME);
+        assert_ne!(p.application_name, crate::call::engine::CALL_APPLICATION_NAME);
+        assert_ne!(p.application_name, crate::deploy::service::DEPLOY_APPLICATION_NAME);
     }
 
     #[test]
