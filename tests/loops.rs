@@ -477,3 +477,49 @@ fn past_the_busy_cap_pipelines_deepen() {
     assert_eq!(waiting, 0, "{health}");
     assert_eq!(health_num(g.addr, "total_connections"), 1);
 }
+
+/// Past `CALL_BUSY_CAP`, calls that find the pipelines full wait for one to drain rather than wake
+/// more backends while those pipelines are of short calls: with room for 8 connections, ten calls
+/// stuck behind a lock use one (eight on its pipeline, two waiting), and all are answered once it
+/// is free. Without the hold-back the two waiting calls each opened a connection.
+#[test]
+fn full_short_pipelines_past_the_busy_cap_are_waited_for_not_grown() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "1"),
+        ("MAX_CONNECTIONS_PER_POOL", "8"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_BUSY_CAP", "1"),
+        ("CALL_PIPELINE_DEPTH", "2"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
+    let gate = "CREATE FUNCTION gate() RETURNS int LANGUAGE plpgsql AS $$ \
+                BEGIN PERFORM pg_advisory_xact_lock_shared(4712); RETURN 1; END $$;";
+    let p = register(g.addr, &[("functions/gate.sql", gate)]);
+    let mut c = Conn::open(g.addr);
+    for _ in 0..3 {
+        assert_eq!(scalar(&call_on(&mut c, &p.0, "gate")), "1");
+    }
+    assert_eq!(health_num(g.addr, "total_connections"), 1);
+    let mut holder = common::db::su(&format!("{}_main", p.0));
+    holder.batch_execute("SELECT pg_advisory_lock(4712)").unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let (addr, platform) = (g.addr, p.0.clone());
+            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "gate")))
+        })
+        .collect();
+    let settled = common::db::eventually(Duration::from_secs(10), || {
+        health_num(g.addr, "pipelined_calls") == 7 && health_num(g.addr, "waiting_requests") == 2
+    });
+    // Give a wrongly grown connection time to show.
+    std::thread::sleep(Duration::from_millis(300));
+    let (total, waiting) = (health_num(g.addr, "total_connections"), health_num(g.addr, "waiting_requests"));
+    let health = request(g.addr, "GET", "/health", &[], b"").text();
+    holder.batch_execute("SELECT pg_advisory_unlock(4712)").unwrap();
+    for t in calls {
+        assert_eq!(t.join().unwrap(), "1");
+    }
+    assert!(settled, "{health}");
+    assert_eq!((total, waiting), (1, 2), "{health}");
+}

@@ -8,6 +8,9 @@ impl CallEngine {
     /// is made by closing an idle connection of this loop's least recently used other pool; when
     /// this loop has none, or the pool's own cap is held by other loops, they are asked for room.
     pub(super) fn grow(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        if self.pipelines_absorb(pool, now) {
+            return;
+        }
         loop {
             let Some(p) = self.pools.pools.get(pool) else { return };
             let want = p.waiting().len().saturating_sub(p.connecting.len());
@@ -228,6 +231,28 @@ impl CallEngine {
         }
         drop(slot);
         self.grow_starved(poll, now);
+    }
+
+    /// Past the busy cap, calls that find every pipeline of their pool full wait for one to drain
+    /// instead of waking one more backend, while some pipeline there is of short calls (each with a
+    /// known run time, none running past `CALL_PIPELINE_MAX_WAIT_US`): such a connection is free
+    /// again within about that long, and its drain hands it to the oldest waiting call. Otherwise
+    /// each burst of such calls opened connections for good (a pool of 256 at 256 clients grew to
+    /// 256 backends and kept connecting long after warm-up). Pools of slow calls grow as before.
+    fn pipelines_absorb(&self, pool: usize, now: Instant) -> bool {
+        if self.cfg.call.pipeline_depth <= 1 || self.busy_connections() < self.busy_cap {
+            return false;
+        }
+        let Some(p) = self.pools.pools.get(pool) else { return false };
+        let max_wait = self.cfg.call.pipeline_max_wait;
+        p.busy.iter().any(|&c| {
+            self.backends.get(c).is_some_and(|b| {
+                !b.session.retire
+                    && b.session.job.as_ref().is_some_and(|j| {
+                        j.executing_only() && j.expected_us().is_some() && j.running_for(now) <= max_wait
+                    })
+            })
+        })
     }
 
     pub fn grow_starved(&mut self, poll: &mut Poll, now: Instant) {
