@@ -523,3 +523,48 @@ fn full_short_pipelines_past_the_busy_cap_are_waited_for_not_grown() {
     assert!(settled, "{health}");
     assert_eq!((total, waiting), (1, 2), "{health}");
 }
+
+/// Past the busy cap, a call that has waited long enough (the connections are held by slow calls)
+/// still opens a connection of its own: three slow calls with a cap of one busy connection end up
+/// running side by side on three connections, not one after another on one.
+#[test]
+fn slow_calls_past_the_busy_cap_still_get_connections() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "1"),
+        ("MAX_CONNECTIONS_PER_POOL", "4"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_BUSY_CAP", "1"),
+        ("CALL_PIPELINE_MAX_WAIT_US", "1000"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
+    let nap = "CREATE FUNCTION nap() RETURNS int LANGUAGE plpgsql AS $$ \
+               BEGIN PERFORM pg_advisory_xact_lock_shared(4713); RETURN 1; END $$;";
+    let p = register(g.addr, &[("functions/nap.sql", nap)]);
+    assert_eq!(scalar(&call_on(&mut Conn::open(g.addr), &p.0, "nap")), "1");
+    let mut holder = common::db::su(&format!("{}_main", p.0));
+    holder.batch_execute("SELECT pg_advisory_lock(4713)").unwrap();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, platform) = (g.addr, p.0.clone());
+            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "nap")))
+        })
+        .collect();
+    let db = format!("{}_main", p.0);
+    let side_by_side = common::db::eventually(Duration::from_secs(10), || {
+        common::db::query_col(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event_type = 'Lock' \
+                 AND application_name = 'stonescriptdb-gateway'"
+            ),
+        )[0]
+        .as_deref()
+            == Some("3")
+    });
+    let health = request(g.addr, "GET", "/health", &[], b"").text();
+    holder.batch_execute("SELECT pg_advisory_unlock(4713)").unwrap();
+    for t in calls {
+        assert_eq!(t.join().unwrap(), "1");
+    }
+    assert!(side_by_side, "the calls did not run side by side: {health}");
+}
