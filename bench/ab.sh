@@ -29,8 +29,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib/pg-cluster.sh
-source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=bench/lib.sh
+source "${ROOT}/bench/lib.sh"
 
 log() { printf '[ab.sh] %s\n' "$*" >&2; }
 die() { printf '[ab.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -61,7 +61,6 @@ for arg in "$@"; do
     [[ -x "${BINS[-1]}" ]] || die "not an executable: ${bin}"
 done
 
-CLUSTER_DIR=""
 WORK=""
 PIDS=()
 # shellcheck disable=SC2317  # invoked via trap
@@ -74,10 +73,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "${pid}" 2>/dev/null || true
     done
-    if [[ -n "${CLUSTER_DIR}" ]]; then
-        pg_cluster_stop "${CLUSTER_DIR}" || true
-        rm -rf -- "${CLUSTER_DIR}"
-    fi
+    bench_pg_stop
     [[ -n "${WORK}" ]] && rm -rf -- "${WORK}"
     exit "${status}"
 }
@@ -88,40 +84,23 @@ trap 'exit 143' TERM
 WORK="$(mktemp -d /tmp/ssdb-ab.XXXXXX)"
 chmod 0755 "${WORK}"
 
-pg_ensure_installed
-CLUSTER_DIR="$(mktemp -d /tmp/ssdb-ab-pg.XXXXXX)"
-pg_cluster_init "${CLUSTER_DIR}" test
-DB_PORT="$(pg_cluster_start_free "${CLUSTER_DIR}")" || die "could not start the throwaway cluster"
-DB_HOST="$(pg_socketdir "${CLUSTER_DIR}")"
-DB_USER=postgres
-export DB_HOST DB_PORT DB_USER
-PSQL=psql
-[[ -n "${PG_BINDIR}" && -x "${PG_BINDIR}/psql" ]] && PSQL="${PG_BINDIR}/psql"
+bench_pg_start ab
 PG_VERSION="$("${PSQL}" -X -At -h "${DB_HOST}" -p "${DB_PORT}" -U "${DB_USER}" -d postgres -c 'SHOW server_version')"
 
-[[ -n "${LOADGEN:-}" ]] || log "building the load generator"
-[[ -n "${LOADGEN:-}" ]] || LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
-[[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
+bench_loadgen
 
 PORTS=()
 for i in "${!NAMES[@]}"; do
-    # A copy under its own name (see compare.sh: other people's by-name kills on a shared machine).
+    # A copy under its own name (why: bench/lib.sh).
     bin="${WORK}/ssdb-ab-${NAMES[i]}"
     cp "${BINS[i]}" "${bin}"
-    port="$(pg_free_port)"
     # shellcheck disable=SC2086  # GATEWAY_EXTRA_ENV and ENVS hold lists of KEY=VALUE words
-    (cd "${WORK}" && exec env DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER="${DB_USER}" GATEWAY_HOST=127.0.0.1 \
-        GATEWAY_PORT="${port}" LOG_LEVEL=warn ${GATEWAY_EXTRA_ENV:-} ${ENVS[i]} "${bin}" >"${WORK}/${NAMES[i]}.log" 2>&1) &
-    PIDS+=("$!")
-    PORTS+=("${port}")
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:${port}/health" 2>/dev/null && break
-        kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "${WORK}/${NAMES[i]}.log" >&2; die "gateway ${NAMES[i]} exited"; }
-        sleep 0.1
-    done
+    bench_gateway_start "${bin}" "${WORK}/${NAMES[i]}.log" ${GATEWAY_EXTRA_ENV:-} ${ENVS[i]}
+    PIDS+=("${BENCH_GW_PID}")
+    PORTS+=("${BENCH_GW_PORT}")
+    bench_gateway_wait "gateway ${NAMES[i]}"
     if [[ "${i}" == 0 ]]; then
-        GATEWAY_URL="http://127.0.0.1:${port}" PSQL="${PSQL}" bash "${ROOT}/bench/setup.sh"
+        GATEWAY_URL="http://127.0.0.1:${PORTS[i]}" PSQL="${PSQL}" bash "${ROOT}/bench/setup.sh"
     fi
 done
 

@@ -22,6 +22,7 @@
 #   BENCH_KEEP_WORK   1: keep the work directory (logs, pgbench logs, perf data)
 #   GATEWAY_EXTRA_ENV extra KEY=VALUE words put in the gateway's environment (e.g. CALL_RESET_SESSION=false)
 #   BENCH_LOADGEN_THREADS  per-connection: the load generator's older mode, a blocking thread per connection
+#   LOADGEN           a built bench/loadgen.rs (default: built here with `cargo bench --no-run`)
 #
 # Two gateways run side by side on the same PostgreSQL: the main one (one event loop per core unless
 # BENCH_THREADS says otherwise) and one with a single loop; the idle one costs no CPU.
@@ -36,8 +37,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib/pg-cluster.sh
-source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=bench/lib.sh
+source "${ROOT}/bench/lib.sh"
 
 log() { printf '[compare.sh] %s\n' "$*" >&2; }
 die() { printf '[compare.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -54,7 +55,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
 
 # --- cleanup -----------------------------------------------------------------------
 
-CLUSTER_DIR=""
+GW_PIDS=()
 GW_PID=""
 GW1_PID=""
 SAMPLER_PID=""
@@ -67,7 +68,7 @@ cleanup() {
         kill "${SAMPLER_PID}" 2>/dev/null || true
         wait "${SAMPLER_PID}" 2>/dev/null || true
     fi
-    for pid in ${GW_PID} ${GW1_PID}; do
+    for pid in "${GW_PIDS[@]}"; do
         kill -TERM "${pid}" 2>/dev/null || true
         for _ in $(seq 50); do
             kill -0 "${pid}" 2>/dev/null || break
@@ -76,10 +77,7 @@ cleanup() {
         kill -KILL "${pid}" 2>/dev/null || true
         wait "${pid}" 2>/dev/null || true
     done
-    if [[ -n "${CLUSTER_DIR}" ]]; then
-        pg_cluster_stop "${CLUSTER_DIR}" || true
-        rm -rf -- "${CLUSTER_DIR}"
-    fi
+    bench_pg_stop
     if [[ -n "${WORK}" ]]; then
         if [[ "${BENCH_KEEP_WORK:-0}" == 1 || "${BENCH_PERF:-0}" == 1 ]]; then
             log "work directory kept: ${WORK}"
@@ -98,79 +96,54 @@ chmod 0755 "${WORK}"
 
 # --- PostgreSQL ----------------------------------------------------------------------
 
-if [[ -n "${DB_HOST:-}" && -n "${DB_PORT:-}" ]]; then
-    DB_USER="${DB_USER:-postgres}"
-    pg_find_bindir || true
-    log "using the given PostgreSQL at ${DB_HOST}:${DB_PORT} as ${DB_USER}"
-else
-    pg_ensure_installed
-    CLUSTER_DIR="$(mktemp -d /tmp/ssdb-bench-pg.XXXXXX)"
-    pg_cluster_init "${CLUSTER_DIR}" test
-    DB_PORT="$(pg_cluster_start_free "${CLUSTER_DIR}")" || die "could not start the throwaway cluster"
-    DB_HOST="$(pg_socketdir "${CLUSTER_DIR}")"
-    DB_USER=postgres
-fi
-export DB_HOST DB_PORT DB_USER
+bench_pg_given_or_start bench
 if [[ -n "${DB_PASSWORD:-}" ]]; then
     export PGPASSWORD="${DB_PASSWORD}"
 fi
-PSQL=psql
 PGBENCH=pgbench
 if [[ -n "${PG_BINDIR}" && -x "${PG_BINDIR}/pgbench" ]]; then
-    PSQL="${PG_BINDIR}/psql"
     PGBENCH="${PG_BINDIR}/pgbench"
 fi
 command -v "${PGBENCH}" >/dev/null || die "pgbench not found (apt-get install postgresql-contrib / postgresql-client)"
-export PSQL
 
 PG_VERSION="$("${PSQL}" -X -At -h "${DB_HOST}" -p "${DB_PORT}" -U "${DB_USER}" -d postgres -c 'SHOW server_version')"
 
 # --- build ---------------------------------------------------------------------------
 
-log "building the gateway (cargo build --profile bench-release) and the load generator"
+log "building the gateway (cargo build --profile bench-release)"
 (cd "${ROOT}" && cargo build --profile bench-release --quiet)
 GW_BIN="${CARGO_TARGET_DIR}/bench-release/stonescriptdb-gateway"
-LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
 [[ -x "${GW_BIN}" ]] || die "no gateway binary at ${GW_BIN}"
-[[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
+bench_loadgen
 
 # --- gateway -------------------------------------------------------------------------
 
-# Run a copy under its own name: on a shared machine other people's `pkill stonescriptdb-gateway`
-# (seen here: the gateway exited 0 = graceful SIGTERM mid-run, log empty) must not end our run.
+# Run a copy under its own name (why: bench/lib.sh).
 cp "${GW_BIN}" "${WORK}/ssdb-bench-gw"
 GW_BIN="${WORK}/ssdb-bench-gw"
-# start_gateway LOG_NAME EXTRA_WORDS...: starts a gateway on a free port; prints "PID PORT".
+# start_gateway LOG_NAME EXTRA_WORDS...: starts a gateway on a free port (BENCH_GW_PID, BENCH_GW_PORT)
+# and waits until it answers.
 start_gateway() {
-    local name="$1" port pid
+    local name="$1"
     shift
-    port="$(pg_free_port)"
-    local -a env_words=(DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER="${DB_USER}" GATEWAY_HOST=127.0.0.1
-        GATEWAY_PORT="${port}" LOG_LEVEL=warn)
-    [[ -n "${POOL}" ]] && env_words+=(MAX_CONNECTIONS_PER_POOL="${POOL}")
+    local -a words=()
+    [[ -n "${POOL}" ]] && words+=(MAX_CONNECTIONS_PER_POOL="${POOL}")
     # shellcheck disable=SC2086  # GATEWAY_EXTRA_ENV is a list of KEY=VALUE words
-    (cd "${WORK}" && exec env "${env_words[@]}" ${GATEWAY_EXTRA_ENV:-} "$@" "${GW_BIN}" >"${WORK}/${name}.log" 2>&1) &
-    pid=$!
-    for _ in $(seq 100); do
-        if curl -fsS -o /dev/null "http://127.0.0.1:${port}/health" 2>/dev/null; then
-            break
-        fi
-        kill -0 "${pid}" 2>/dev/null || { cat "${WORK}/${name}.log" >&2; die "the gateway (${name}) exited"; }
-        sleep 0.1
-    done
-    curl -fsS -o /dev/null "http://127.0.0.1:${port}/health" || die "the gateway (${name}) does not answer /health"
-    printf '%s %s\n' "${pid}" "${port}"
+    bench_gateway_start "${GW_BIN}" "${WORK}/${name}.log" "${words[@]}" ${GATEWAY_EXTRA_ENV:-} "$@"
+    GW_PIDS+=("${BENCH_GW_PID}")
+    bench_gateway_wait "the gateway (${name})"
 }
 main_env=()
 [[ -n "${THREADS}" ]] && main_env+=(GATEWAY_THREADS="${THREADS}")
 log "starting the main gateway (${THREADS:-one loop per core}, pool ${POOL:-default}, ${GATEWAY_EXTRA_ENV:-no extra env})"
-read -r GW_PID GW_PORT < <(start_gateway gateway "${main_env[@]}")
+start_gateway gateway "${main_env[@]}"
+GW_PID="${BENCH_GW_PID}" GW_PORT="${BENCH_GW_PORT}"
 GATEWAY_URL="http://127.0.0.1:${GW_PORT}" PSQL="${PSQL}" bash "${ROOT}/bench/setup.sh"
 GW_LOOPS="$(curl -fsS "http://127.0.0.1:${GW_PORT}/health" | sed -n 's/.*"event_loops":\([0-9]*\).*/\1/p')"
 if [[ "${BENCH_ONE_LOOP:-1}" == 1 ]]; then
     log "starting the single-loop gateway"
-    read -r GW1_PID GW1_PORT < <(start_gateway gateway-1loop GATEWAY_THREADS=1)
+    start_gateway gateway-1loop GATEWAY_THREADS=1
+    GW1_PID="${BENCH_GW_PID}" GW1_PORT="${BENCH_GW_PORT}"
 fi
 # The loadgen runs use these; switched to the single-loop gateway for its runs.
 MAIN_PID="${GW_PID}"

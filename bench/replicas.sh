@@ -7,15 +7,16 @@
 #   bash bench/replicas.sh
 #
 # Environment (optional): BENCH_DURATION (8 s per run), BENCH_WARMUP (2 s), BENCH_REPEAT (3 rounds),
-# BENCH_CONNS (16), BENCH_CLIENT_THREADS (2), BENCH_KEEP_WORK=1.
+# BENCH_CONNS (16), BENCH_CLIENT_THREADS (2), BENCH_KEEP_WORK=1, LOADGEN (a built bench/loadgen.rs;
+# default: built here with `cargo bench --no-run`).
 # Starts a throwaway primary and a replica of it (pg_basebackup -R), stops everything on exit. On a
 # small machine primary, replica, gateways and the load share the same cores: the replica adds work
 # there, it does not add capacity; the ratio shows what routing costs or gains here, not on a fleet.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib/pg-cluster.sh
-source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=bench/lib.sh
+source "${ROOT}/bench/lib.sh"
 
 log() { printf '[replicas.sh] %s\n' "$*" >&2; }
 die() { printf '[replicas.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -27,7 +28,7 @@ C="${BENCH_CONNS:-16}"
 T="${BENCH_CLIENT_THREADS:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
 
-PRIMARY="" REPLICA="" WORK="" PIDS=()
+REPLICA="" WORK="" PIDS=()
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     local status=$?
@@ -36,12 +37,11 @@ cleanup() {
         kill -TERM "${pid}" 2>/dev/null || true
         wait "${pid}" 2>/dev/null || true
     done
-    for dir in "${REPLICA}" "${PRIMARY}"; do
-        if [[ -n "${dir}" ]]; then
-            pg_cluster_stop "${dir}" || true
-            rm -rf -- "${dir}"
-        fi
-    done
+    if [[ -n "${REPLICA}" ]]; then
+        pg_cluster_stop "${REPLICA}" || true
+        rm -rf -- "${REPLICA}"
+    fi
+    bench_pg_stop
     if [[ -n "${WORK}" && "${BENCH_KEEP_WORK:-0}" != 1 ]]; then
         rm -rf -- "${WORK}"
     fi
@@ -53,49 +53,37 @@ trap 'exit 143' TERM
 
 WORK="$(mktemp -d /tmp/ssdb-bench.XXXXXX)"
 chmod 0755 "${WORK}"
-pg_ensure_installed
 
 # --- primary and replica -----------------------------------------------------------------
 
-PRIMARY="$(mktemp -d /tmp/ssdb-bench-pg.XXXXXX)"
-pg_cluster_init "${PRIMARY}" test
-PPORT="$(pg_cluster_start_free "${PRIMARY}")" || die "could not start the primary"
+# The primary is the throwaway cluster of bench/lib.sh: DB_HOST, DB_PORT and DB_USER name it.
+bench_pg_start bench
 REPLICA="$(mktemp -d /tmp/ssdb-bench-replica.XXXXXX)"
-pg_replica_init "${PRIMARY}" "${PPORT}" "${REPLICA}" || die "could not make the replica"
+pg_replica_init "${BENCH_PG_DIR}" "${DB_PORT}" "${REPLICA}" || die "could not make the replica"
 RPORT="$(pg_cluster_start_free "${REPLICA}")" || die "could not start the replica"
-DB_HOST="$(pg_socketdir "${PRIMARY}")"
-PSQL="${PG_BINDIR}/psql"
-export PSQL
 
 # --- build and gateways ----------------------------------------------------------------------
 
-log "building the gateway (bench-release) and the load generator"
+log "building the gateway (bench-release)"
 (cd "${ROOT}" && cargo build --profile bench-release --quiet)
-LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
-[[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
+bench_loadgen
+# A copy under its own name (why: bench/lib.sh).
 cp "${CARGO_TARGET_DIR}/bench-release/stonescriptdb-gateway" "${WORK}/ssdb-bench-gw"
 
-# start_gateway NAME KEY=VALUE...: prints its port.
+# start_gateway NAME KEY=VALUE...: a gateway on the primary that knows the replica, on a free port
+# (BENCH_GW_PORT); waits until it answers.
 start_gateway() {
-    local name="$1" port
+    local name="$1"
     shift
-    port="$(pg_free_port)"
-    (cd "${WORK}" && exec env DB_HOST="${DB_HOST}" DB_PORT="${PPORT}" DB_USER=postgres GATEWAY_HOST=127.0.0.1 \
-        GATEWAY_PORT="${port}" LOG_LEVEL=warn DB_REPLICAS="127.0.0.1:${RPORT}" "$@" \
-        "${WORK}/ssdb-bench-gw" >"${WORK}/${name}.log" 2>&1) &
-    PIDS+=("$!")
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:${port}/health" 2>/dev/null && break
-        sleep 0.1
-    done
-    printf '%s\n' "${port}"
+    bench_gateway_start "${WORK}/ssdb-bench-gw" "${WORK}/${name}.log" DB_REPLICAS="127.0.0.1:${RPORT}" "$@"
+    PIDS+=("${BENCH_GW_PID}")
+    bench_gateway_wait "gateway '${name}'"
 }
-OFF="$(start_gateway off READ_REPLICAS=off)"
-ON="$(start_gateway on READ_REPLICAS=on)"
-curl -fsS -o /dev/null "http://127.0.0.1:${OFF}/health" || die "gateway 'off' does not answer"
-curl -fsS -o /dev/null "http://127.0.0.1:${ON}/health" || die "gateway 'on' does not answer"
-GATEWAY_URL="http://127.0.0.1:${OFF}" DB_HOST="${DB_HOST}" DB_PORT="${PPORT}" DB_USER=postgres bash "${ROOT}/bench/setup.sh"
+start_gateway off READ_REPLICAS=off
+OFF="${BENCH_GW_PORT}"
+start_gateway on READ_REPLICAS=on
+ON="${BENCH_GW_PORT}"
+GATEWAY_URL="http://127.0.0.1:${OFF}" bash "${ROOT}/bench/setup.sh"
 for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:${ON}/health" | grep -q '"usable":true' && break
     sleep 0.1
@@ -130,7 +118,7 @@ done
 served="$(curl -fsS "http://127.0.0.1:${ON}/metrics" | grep '^stonescriptdb_gateway_server_calls_total')"
 {
     printf '\nPostgreSQL %s, %s cores, %s connections, %s loadgen threads, %s s per run (+%s s warm-up)\n' \
-        "$("${PSQL}" -X -At -h "${DB_HOST}" -p "${PPORT}" -U postgres -d postgres -c 'SHOW server_version')" \
+        "$("${PSQL}" -X -At -h "${DB_HOST}" -p "${DB_PORT}" -U postgres -d postgres -c 'SHOW server_version')" \
         "$(nproc)" "${C}" "${T}" "${D}" "${W}"
     cat "${WORK}/table"
     awk 'NR > 1 {k = $2 " " $3; s[k] += $4; n[k]++}

@@ -9,12 +9,13 @@
 # pairs, and prints each run, the throughput ratio with/without and the scrape times.
 #
 # Environment: BENCH_DURATION (10), BENCH_WARMUP (2), BENCH_REPEAT (3), BENCH_CONNS (16),
-# BENCH_CLIENT_THREADS (2), BENCH_SCRAPE_EVERY (1 second).
+# BENCH_CLIENT_THREADS (2), BENCH_SCRAPE_EVERY (1 second), LOADGEN (a built bench/loadgen.rs;
+# default: built here with `cargo bench --no-run`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib/pg-cluster.sh
-source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=bench/lib.sh
+source "${ROOT}/bench/lib.sh"
 log() { printf '[scrape_cost.sh] %s\n' "$*" >&2; }
 die() { printf '[scrape_cost.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -26,7 +27,7 @@ CT="${BENCH_CLIENT_THREADS:-2}"
 EVERY="${BENCH_SCRAPE_EVERY:-1}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
 
-CLUSTER_DIR="" GW_PID="" SCRAPER_PID="" WORK=""
+GW_PID="" SCRAPER_PID="" WORK=""
 cleanup() {
     local status=$?
     trap '' INT TERM
@@ -35,10 +36,7 @@ cleanup() {
         kill -TERM "${GW_PID}" 2>/dev/null || true
         wait "${GW_PID}" 2>/dev/null || true
     fi
-    if [[ -n "${CLUSTER_DIR}" ]]; then
-        pg_cluster_stop "${CLUSTER_DIR}" || true
-        rm -rf -- "${CLUSTER_DIR}"
-    fi
+    bench_pg_stop
     [[ -n "${WORK}" ]] && rm -rf -- "${WORK}"
     exit "${status}"
 }
@@ -48,40 +46,18 @@ trap 'exit 143' TERM
 WORK="$(mktemp -d /tmp/ssdb-scrape.XXXXXX)"
 chmod 0755 "${WORK}"
 
-if [[ -n "${DB_HOST:-}" && -n "${DB_PORT:-}" ]]; then
-    DB_USER="${DB_USER:-postgres}"
-    pg_find_bindir || true
-else
-    pg_ensure_installed
-    CLUSTER_DIR="$(mktemp -d /tmp/ssdb-scrape-pg.XXXXXX)"
-    pg_cluster_init "${CLUSTER_DIR}" test
-    DB_PORT="$(pg_free_port)"
-    pg_cluster_start "${CLUSTER_DIR}" "${DB_PORT}" || die "could not start the throwaway cluster"
-    DB_HOST="$(pg_socketdir "${CLUSTER_DIR}")"
-    DB_USER=postgres
-fi
-export DB_HOST DB_PORT DB_USER
-PSQL=psql
-[[ -n "${PG_BINDIR}" && -x "${PG_BINDIR}/psql" ]] && PSQL="${PG_BINDIR}/psql"
-export PSQL
+bench_pg_given_or_start scrape
 
-log "building the gateway (bench-release) and the load generator"
+log "building the gateway (bench-release)"
 (cd "${ROOT}" && cargo build --profile bench-release --quiet)
-LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
-[[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
+bench_loadgen
 # A copy with its own name, so nobody's by-name kill of the gateway ends this run.
 cp "${CARGO_TARGET_DIR}/bench-release/stonescriptdb-gateway" "${WORK}/ssdb-scrape-gw"
 
-PORT="$(pg_free_port)"
-(cd "${WORK}" && exec env DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER="${DB_USER}" GATEWAY_HOST=127.0.0.1 \
-    GATEWAY_PORT="${PORT}" LOG_LEVEL=warn "${WORK}/ssdb-scrape-gw" >"${WORK}/gateway.log" 2>&1) &
-GW_PID=$!
-for _ in $(seq 100); do
-    curl -fsS -o /dev/null "http://127.0.0.1:${PORT}/health" 2>/dev/null && break
-    kill -0 "${GW_PID}" 2>/dev/null || { cat "${WORK}/gateway.log" >&2; die "the gateway exited"; }
-    sleep 0.1
-done
+bench_gateway_start "${WORK}/ssdb-scrape-gw" "${WORK}/gateway.log"
+GW_PID="${BENCH_GW_PID}"
+PORT="${BENCH_GW_PORT}"
+bench_gateway_wait "the gateway"
 GATEWAY_URL="http://127.0.0.1:${PORT}" PSQL="${PSQL}" bash "${ROOT}/bench/setup.sh"
 
 # Scrapes /metrics every EVERY seconds; one line per scrape: seconds it took, bytes.

@@ -11,11 +11,12 @@
 #   malformed  a garbage request, a bad JSON body and a request over the body limit, every second
 #   slowloris  20 connections that send one header byte every 5 s and never finish
 # One line per slice: req/s, p50, p99, errors, RSS, open fds, threads. Everything is stopped on exit.
+# LOADGEN=path reuses a built bench/loadgen.rs (default: built here with `cargo bench --no-run`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib/pg-cluster.sh
-source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=bench/lib.sh
+source "${ROOT}/bench/lib.sh"
 
 log() { printf '[soak.sh] %s\n' "$*" >&2; }
 die() { printf '[soak.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -24,7 +25,6 @@ SECS="${SOAK_SECS:-600}"
 SLICE="${SOAK_SLICE:-30}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
 
-CLUSTER_DIR=""
 GW_PID=""
 WORK="$(mktemp -d /tmp/ssdb-soak.XXXXXX)"
 chmod 0755 "${WORK}"
@@ -37,10 +37,7 @@ cleanup() {
         kill -TERM "${GW_PID}" 2>/dev/null || true
         wait "${GW_PID}" 2>/dev/null || true
     fi
-    if [[ -n "${CLUSTER_DIR}" ]]; then
-        pg_cluster_stop "${CLUSTER_DIR}" || true
-        rm -rf -- "${CLUSTER_DIR}"
-    fi
+    bench_pg_stop
     rm -rf -- "${WORK}"
     exit "${status}"
 }
@@ -48,32 +45,20 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-pg_ensure_installed
-CLUSTER_DIR="$(mktemp -d /tmp/ssdb-soak-pg.XXXXXX)"
-pg_cluster_init "${CLUSTER_DIR}" test
-DB_PORT="$(pg_free_port)"
-pg_cluster_start "${CLUSTER_DIR}" "${DB_PORT}" || die "could not start the cluster"
-DB_HOST="$(pg_socketdir "${CLUSTER_DIR}")"
-PSQL=psql
-[[ -n "${PG_BINDIR}" && -x "${PG_BINDIR}/psql" ]] && PSQL="${PG_BINDIR}/psql"
+bench_pg_start soak
 
-log "building (bench-release) and the load generator"
+log "building the gateway (bench-release)"
 (cd "${ROOT}" && cargo build --profile bench-release --quiet)
-LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
+bench_loadgen
+# A copy under its own name (why: bench/lib.sh).
 cp "${CARGO_TARGET_DIR}/bench-release/stonescriptdb-gateway" "${WORK}/ssdb-soak-gw"
 
-PORT="$(pg_free_port)"
-(cd "${WORK}" && exec env DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER=postgres GATEWAY_HOST=127.0.0.1 \
-    GATEWAY_PORT="${PORT}" LOG_LEVEL=warn MAX_CALL_BODY_BYTES=65536 "${WORK}/ssdb-soak-gw" >"${WORK}/gateway.log" 2>&1) &
-GW_PID=$!
-for _ in $(seq 100); do
-    curl -fsS -o /dev/null "http://127.0.0.1:${PORT}/health" 2>/dev/null && break
-    sleep 0.1
-done
+bench_gateway_start "${WORK}/ssdb-soak-gw" "${WORK}/gateway.log" MAX_CALL_BODY_BYTES=65536
+GW_PID="${BENCH_GW_PID}"
+PORT="${BENCH_GW_PORT}"
+bench_gateway_wait "the gateway"
 URL="http://127.0.0.1:${PORT}"
-GATEWAY_URL="${URL}" DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER=postgres PSQL="${PSQL}" \
-    bash "${ROOT}/bench/setup.sh"
+GATEWAY_URL="${URL}" PSQL="${PSQL}" bash "${ROOT}/bench/setup.sh"
 tar -czf "${WORK}/schema.tgz" -C "${ROOT}/bench/schema" tables migrations functions
 
 deploys() {

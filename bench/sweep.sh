@@ -26,8 +26,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib/pg-cluster.sh
-source "${ROOT}/scripts/lib/pg-cluster.sh"
+# shellcheck source=bench/lib.sh
+source "${ROOT}/bench/lib.sh"
 
 log() { printf '[sweep.sh] %s\n' "$*" >&2; }
 die() { printf '[sweep.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -47,7 +47,6 @@ W="${SWEEP_WARMUP:-2}"
 LT="${SWEEP_THREADS:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
 
-CLUSTER_DIR=""
 WORK=""
 GW_PID=""
 # shellcheck disable=SC2317  # invoked via trap
@@ -58,10 +57,7 @@ cleanup() {
         kill -TERM "${GW_PID}" 2>/dev/null || true
         wait "${GW_PID}" 2>/dev/null || true
     fi
-    if [[ -n "${CLUSTER_DIR}" ]]; then
-        pg_cluster_stop "${CLUSTER_DIR}" || true
-        rm -rf -- "${CLUSTER_DIR}"
-    fi
+    bench_pg_stop
     if [[ -n "${WORK}" && "${SWEEP_KEEP:-0}" != 1 ]]; then rm -rf -- "${WORK}"; fi
     [[ "${SWEEP_KEEP:-0}" == 1 ]] && log "work directory kept: ${WORK}"
     exit "${status}"
@@ -76,40 +72,22 @@ if [[ -z "${GW_BIN:-}" ]]; then
     GW_BIN="${CARGO_TARGET_DIR}/bench-release/stonescriptdb-gateway"
 fi
 GW_BIN="$(realpath "${GW_BIN}")"
-[[ -n "${LOADGEN:-}" ]] || log "building the load generator"
-[[ -n "${LOADGEN:-}" ]] || LOADGEN="$(cd "${ROOT}" && cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
-    | grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/')"
-[[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "could not build bench/loadgen.rs"
+bench_loadgen
 
 WORK="$(mktemp -d /tmp/ssdb-sweep.XXXXXX)"
 chmod 0755 "${WORK}"
-pg_ensure_installed
-CLUSTER_DIR="$(mktemp -d /tmp/ssdb-sweep-pg.XXXXXX)"
-pg_cluster_init "${CLUSTER_DIR}" test
-DB_PORT="$(pg_cluster_start_free "${CLUSTER_DIR}")" || die "could not start the throwaway cluster"
-DB_HOST="$(pg_socketdir "${CLUSTER_DIR}")"
-DB_USER=postgres
-export DB_HOST DB_PORT DB_USER
-PSQL=psql
-[[ -n "${PG_BINDIR}" && -x "${PG_BINDIR}/psql" ]] && PSQL="${PG_BINDIR}/psql"
-PORT="$(pg_free_port)"
+bench_pg_start sweep
 
-# start_gw BIN WORDS...: a gateway on PORT (a copy under its own name: see compare.sh).
+# start_gw BIN WORDS...: a gateway on a free port, PORT (a copy under its own name: see bench/lib.sh).
 start_gw() {
     local bin="$1"
     shift
     cp "${bin}" "${WORK}/ssdb-sweep-gw"
-    # shellcheck disable=SC2086,SC2068
-    (cd "${WORK}" && exec env DB_HOST="${DB_HOST}" DB_PORT="${DB_PORT}" DB_USER="${DB_USER}" GATEWAY_HOST=127.0.0.1 \
-        GATEWAY_PORT="${PORT}" LOG_LEVEL=warn ALLOWED_ADMIN_IPS=127.0.0.1/32 ${BASE} $@ "${WORK}/ssdb-sweep-gw" \
-        >"${WORK}/gw.log" 2>&1) &
-    GW_PID=$!
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:${PORT}/health" 2>/dev/null && return 0
-        kill -0 "${GW_PID}" 2>/dev/null || { cat "${WORK}/gw.log" >&2; die "gateway exited ($*)"; }
-        sleep 0.1
-    done
-    die "gateway did not answer /health ($*)"
+    # shellcheck disable=SC2086  # BASE is a list of KEY=VALUE words
+    bench_gateway_start "${WORK}/ssdb-sweep-gw" "${WORK}/gw.log" ALLOWED_ADMIN_IPS=127.0.0.1/32 ${BASE} "$@"
+    GW_PID="${BENCH_GW_PID}"
+    PORT="${BENCH_GW_PORT}"
+    bench_gateway_wait "gateway ($*)"
 }
 RUN=0
 stop_gw() {
