@@ -86,16 +86,14 @@ pub(crate) fn deploy_types(
     let tracked = tracking::tracked(cx, "types")?;
     let known: HashSet<&str> = tracked.values().map(|(ck, _)| ck.as_str()).collect();
     for file in &archive.types {
-        let stmts = sql::split_statements(&file.content);
         let mut others: Vec<&Statement> = Vec::new();
         let mut changed = false;
-        for stmt in &stmts {
+        for (stmt, ck) in file.statements().iter().zip(file.statement_checksums()) {
             if !creates_type(&stmt.text) {
                 others.push(stmt);
                 continue;
             }
             let at = At::stmt("types", file, stmt);
-            let ck = sql::checksum(&sql::normalize_for_checksum(&stmt.text));
             if known.contains(ck.as_str()) {
                 continue;
             }
