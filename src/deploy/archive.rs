@@ -487,6 +487,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_a_file_yields_is_what_its_text_gives() {
+        let text = "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$;\n\
+                    COMMENT ON FUNCTION f() IS 'x';\n\nCOMMIT;\nSELECT 2;";
+        let f = SqlFile::new(Folder::Functions, "functions/f.sql".into(), "f.sql".into(), text.into());
+        let direct = sql::split_statements(text);
+        assert_eq!(f.statements(), direct.as_slice());
+        assert_eq!(f.statements().len(), 4);
+        let sums: Vec<String> = direct.iter().map(|s| sql::checksum(&sql::normalize_for_checksum(&s.text))).collect();
+        assert_eq!(f.statement_checksums(), sums.as_slice());
+        let (line, why) = f.refused().expect("COMMIT is refused");
+        assert_eq!((*line, why.as_str()), (4, sql::refused_statement("COMMIT").unwrap().as_str()));
+        // Worked out or not, two files with the same text are the same file.
+        let fresh = SqlFile::new(Folder::Functions, "functions/f.sql".into(), "f.sql".into(), text.into());
+        assert_eq!(f, fresh);
+        assert_eq!(f.clone().statements(), direct.as_slice());
+        let clean = SqlFile::new(Folder::Functions, "functions/g.sql".into(), "g.sql".into(), "SELECT 1;".into());
+        assert_eq!(clean.refused(), None);
+    }
+
+    #[test]
     fn natural_order() {
         let mut v = vec![
             "migrations/10_add.sql",
