@@ -172,8 +172,8 @@ pub(crate) fn deploy_functions(
                     "the statement ran but no function or procedure was created",
                 ));
             };
-            tracking::upsert_function(cx, &sig, &kind, &ck, &file.path)?;
-            cx.log_change("function", &sig, action, Some(&ck))?;
+            tracking::upsert_function(cx, &sig, &kind, ck, &file.path)?;
+            cx.log_change("function", &sig, action, Some(ck))?;
             seen.insert(sig.clone());
             report.functions_changed.push(sig);
             report.functions_total += 1;

@@ -104,16 +104,16 @@ pub(crate) fn deploy_types(
                     cx.check_tx(at)?;
                     cx.release(&sp)?;
                     for name in created_since(cx, &before)? {
-                        tracking::upsert(cx, "types", &name, &ck, &file.path)?;
-                        cx.log_change("type", &name, "create", Some(&ck))?;
+                        tracking::upsert(cx, "types", &name, ck, &file.path)?;
+                        cx.log_change("type", &name, "create", Some(ck))?;
                         report.types_deployed.push(name);
                     }
                     changed = true;
                 }
                 Err(PgError::Db(d)) if d.code == "42710" => {
                     cx.rollback_to(&sp)?;
-                    if let Some(name) = alter_existing(cx, at, &ck)? {
-                        tracking::upsert(cx, "types", &name, &ck, &file.path)?;
+                    if let Some(name) = alter_existing(cx, at, ck)? {
+                        tracking::upsert(cx, "types", &name, ck, &file.path)?;
                         report.types_deployed.push(name);
                         changed = true;
                     }
