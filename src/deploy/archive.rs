@@ -3,11 +3,13 @@
 //! Nothing is ever written to disk; the `tar` crate is used only as a parser.
 
 use super::gzip::{GzipErrorKind, gunzip};
+use super::sql::{self, Statement};
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
+use std::sync::OnceLock;
 use tar::EntryType;
 
 /// Resource limits applied while reading an upload.
@@ -80,6 +82,60 @@ pub struct SqlFile {
     pub name: String,
     /// UTF-8 text with any byte-order mark removed.
     pub content: String,
+    /// What the deploy steps read out of `content`, worked out on first use.
+    pub derived: Derived,
+}
+
+impl SqlFile {
+    pub fn new(folder: Folder, path: String, name: String, content: String) -> SqlFile {
+        SqlFile { folder, path, name, content, derived: Derived::default() }
+    }
+
+    /// The file's statements (see [`sql::split_statements`]).
+    pub fn statements(&self) -> &[Statement] {
+        self.derived.statements.get_or_init(|| sql::split_statements(&self.content))
+    }
+
+    /// Each statement's checksum as the tracking tables record it, in the order of
+    /// [`SqlFile::statements`].
+    pub fn statement_checksums(&self) -> &[String] {
+        self.derived.checksums.get_or_init(|| {
+            self.statements().iter().map(|s| sql::checksum(&sql::normalize_for_checksum(&s.text))).collect()
+        })
+    }
+
+    /// The first statement a deploy never runs, with its line and the reason
+    /// (see [`sql::refused_statement`]).
+    pub fn refused(&self) -> Option<&(usize, String)> {
+        self.derived
+            .refused
+            .get_or_init(|| self.statements().iter().find_map(|s| sql::refused_statement(&s.text).map(|w| (s.line, w))))
+            .as_ref()
+    }
+}
+
+/// What a file's text yields to the deploy steps (statements, checksums, refusals). A fleet run
+/// deploys one archive to every database; this is worked out once per upload instead of once per
+/// database. Always equal to what `content` gives, so it takes no part in comparisons.
+#[derive(Clone, Default)]
+pub struct Derived {
+    statements: OnceLock<Vec<Statement>>,
+    checksums: OnceLock<Vec<String>>,
+    refused: OnceLock<Option<(usize, String)>>,
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
+
+impl fmt::Debug for Derived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Derived")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -335,7 +391,7 @@ fn arrange(raw: Vec<RawFile>, checksum: String) -> Result<SchemaArchive, Archive
             }
         };
         let name = rel[rel.len() - 1].clone();
-        out.files_mut(folder).push(SqlFile { folder, path: rel.join("/"), name, content });
+        out.files_mut(folder).push(SqlFile::new(folder, rel.join("/"), name, content));
     }
     if Folder::ALL.iter().all(|&f| out.files(f).is_empty()) {
         return Err(ArchiveError::bad(
@@ -429,6 +485,26 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_file_yields_is_what_its_text_gives() {
+        let text = "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$;\n\
+                    COMMENT ON FUNCTION f() IS 'x';\n\nCOMMIT;\nSELECT 2;";
+        let f = SqlFile::new(Folder::Functions, "functions/f.sql".into(), "f.sql".into(), text.into());
+        let direct = sql::split_statements(text);
+        assert_eq!(f.statements(), direct.as_slice());
+        assert_eq!(f.statements().len(), 4);
+        let sums: Vec<String> = direct.iter().map(|s| sql::checksum(&sql::normalize_for_checksum(&s.text))).collect();
+        assert_eq!(f.statement_checksums(), sums.as_slice());
+        let (line, why) = f.refused().expect("COMMIT is refused");
+        assert_eq!((*line, why.as_str()), (4, sql::refused_statement("COMMIT").unwrap().as_str()));
+        // Worked out or not, two files with the same text are the same file.
+        let fresh = SqlFile::new(Folder::Functions, "functions/f.sql".into(), "f.sql".into(), text.into());
+        assert_eq!(f, fresh);
+        assert_eq!(f.clone().statements(), direct.as_slice());
+        let clean = SqlFile::new(Folder::Functions, "functions/g.sql".into(), "g.sql".into(), "SELECT 1;".into());
+        assert_eq!(clean.refused(), None);
+    }
 
     #[test]
     fn natural_order() {

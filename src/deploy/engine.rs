@@ -124,15 +124,11 @@ fn apply(
 fn refuse_statements(database: &str, archive: &SchemaArchive) -> Result<(), ApiError> {
     let files = [&archive.types, &archive.tables, &archive.migrations, &archive.functions, &archive.seeders];
     for file in files.into_iter().flatten() {
-        for stmt in sql::split_statements(&file.content) {
-            if let Some(why) = sql::refused_statement(&stmt.text) {
-                let e = ApiError::new(
-                    Kind::StatementNotAllowed,
-                    format!("{} line {}: {why}; nothing was run", file.path, stmt.line),
-                )
-                .with_database(database);
-                return Err(with_place(e, file, stmt.line));
-            }
+        if let Some((line, why)) = file.refused() {
+            let e =
+                ApiError::new(Kind::StatementNotAllowed, format!("{} line {line}: {why}; nothing was run", file.path))
+                    .with_database(database);
+            return Err(with_place(e, file, *line));
         }
     }
     Ok(())
@@ -534,12 +530,7 @@ mod tests {
     use crate::deploy::archive::Folder;
 
     fn file(name: &str, content: &str) -> SqlFile {
-        SqlFile {
-            folder: Folder::Extensions,
-            path: format!("extensions/{name}"),
-            name: name.to_string(),
-            content: content.to_string(),
-        }
+        SqlFile::new(Folder::Extensions, format!("extensions/{name}"), name.to_string(), content.to_string())
     }
 
     #[test]

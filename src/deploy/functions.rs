@@ -7,7 +7,7 @@
 //! table and nothing is executed for them. Statements of a function file that create no routine
 //! (`COMMENT ON`, `GRANT`, …) run only when some routine of the same file was (re)created.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::archive::SchemaArchive;
 use super::context::{At, Ctx, DeployReport};
@@ -89,19 +89,23 @@ pub(crate) fn deploy_functions(
     report: &mut DeployReport,
 ) -> Result<(), ApiError> {
     let tracked = tracking::tracked_functions(cx)?;
+    // Checksum → the first existing tracked routine with it (what a scan in signature order finds).
+    let mut by_checksum: HashMap<&str, &tracking::TrackedFunction> = HashMap::with_capacity(tracked.len());
+    for t in tracked.iter().filter(|t| t.exists) {
+        by_checksum.entry(t.checksum.as_str()).or_insert(t);
+    }
     let mut seen: HashSet<String> = HashSet::new();
     for file in &archive.functions {
-        let stmts = sql::split_statements(&file.content);
         let mut others: Vec<&Statement> = Vec::new();
         let mut file_changed = false;
-        for stmt in &stmts {
+        for (stmt, ck) in file.statements().iter().zip(file.statement_checksums()) {
             let Some(add_or_replace) = creates_routine(&stmt.text) else {
                 others.push(stmt);
                 continue;
             };
             let at = At::stmt("functions", file, stmt);
-            let ck = sql::checksum(&sql::normalize_for_checksum(&stmt.text));
-            if let Some(t) = tracked.iter().find(|t| t.checksum == ck && t.exists) {
+            let ck = ck.as_str();
+            if let Some(t) = by_checksum.get(ck) {
                 seen.insert(t.signature.clone());
                 report.functions_skipped += 1;
                 report.functions_total += 1;
@@ -168,8 +172,8 @@ pub(crate) fn deploy_functions(
                     "the statement ran but no function or procedure was created",
                 ));
             };
-            tracking::upsert_function(cx, &sig, &kind, &ck, &file.path)?;
-            cx.log_change("function", &sig, action, Some(&ck))?;
+            tracking::upsert_function(cx, &sig, &kind, ck, &file.path)?;
+            cx.log_change("function", &sig, action, Some(ck))?;
             seen.insert(sig.clone());
             report.functions_changed.push(sig);
             report.functions_total += 1;

@@ -275,10 +275,9 @@ pub(crate) fn run(
     let mut counter = 0usize;
     let verify = opts.seed_mode == SeedMode::Verify;
     for file in &archive.seeders {
-        let stmts = sql::split_statements(&file.content);
         let mut inserted_any = false;
         let mut others = Vec::new();
-        for stmt in &stmts {
+        for stmt in file.statements() {
             if !is_insert(stmt) {
                 others.push(stmt);
                 continue;

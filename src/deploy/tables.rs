@@ -115,7 +115,7 @@ pub(crate) fn declare_and_create(
     if archive.tables.is_empty() {
         return Ok(Declared { schema, tables: Vec::new(), removed: Vec::new() });
     }
-    let files: Vec<Vec<Statement>> = archive.tables.iter().map(|f| sql::split_statements(&f.content)).collect();
+    let files: Vec<&[Statement]> = archive.tables.iter().map(|f| f.statements()).collect();
     // The scratch run depends on the files, the path, and the types and extensions they may use: when
     // none of those changed, what it read last time is what it would read now.
     let unchanged_types = report.types_deployed.is_empty() && report.extensions_installed.is_empty();
@@ -239,7 +239,7 @@ pub(crate) fn forget_scratch_run(client: &crate::pg::blocking::Client, database:
 fn scratch_run(
     cx: &mut Ctx<'_>,
     archive: &SchemaArchive,
-    files: &[Vec<Statement>],
+    files: &[&[Statement]],
     path: &str,
 ) -> Result<ScratchRun, ApiError> {
     let at = At::step("tables");

@@ -86,16 +86,14 @@ pub(crate) fn deploy_types(
     let tracked = tracking::tracked(cx, "types")?;
     let known: HashSet<&str> = tracked.values().map(|(ck, _)| ck.as_str()).collect();
     for file in &archive.types {
-        let stmts = sql::split_statements(&file.content);
         let mut others: Vec<&Statement> = Vec::new();
         let mut changed = false;
-        for stmt in &stmts {
+        for (stmt, ck) in file.statements().iter().zip(file.statement_checksums()) {
             if !creates_type(&stmt.text) {
                 others.push(stmt);
                 continue;
             }
             let at = At::stmt("types", file, stmt);
-            let ck = sql::checksum(&sql::normalize_for_checksum(&stmt.text));
             if known.contains(ck.as_str()) {
                 continue;
             }
@@ -106,16 +104,16 @@ pub(crate) fn deploy_types(
                     cx.check_tx(at)?;
                     cx.release(&sp)?;
                     for name in created_since(cx, &before)? {
-                        tracking::upsert(cx, "types", &name, &ck, &file.path)?;
-                        cx.log_change("type", &name, "create", Some(&ck))?;
+                        tracking::upsert(cx, "types", &name, ck, &file.path)?;
+                        cx.log_change("type", &name, "create", Some(ck))?;
                         report.types_deployed.push(name);
                     }
                     changed = true;
                 }
                 Err(PgError::Db(d)) if d.code == "42710" => {
                     cx.rollback_to(&sp)?;
-                    if let Some(name) = alter_existing(cx, at, &ck)? {
-                        tracking::upsert(cx, "types", &name, &ck, &file.path)?;
+                    if let Some(name) = alter_existing(cx, at, ck)? {
+                        tracking::upsert(cx, "types", &name, ck, &file.path)?;
                         report.types_deployed.push(name);
                         changed = true;
                     }
