@@ -436,6 +436,35 @@ fn light_loops_hand_their_connections_to_a_busier_one() {
     assert!(metric(g.addr, "client_moves_total") >= moves_before + 1.0);
 }
 
+/// Registers `gate()`, which waits for advisory lock `key`, runs it `warm` times on one connection
+/// (so that its run time is known there), takes the lock and starts `n` calls of it, each on a
+/// connection of its own. The calls end once the returned session lets the lock go.
+fn calls_behind_a_lock(
+    addr: SocketAddr,
+    key: u32,
+    warm: usize,
+    n: usize,
+) -> (Platform, stonescriptdb_gateway::pg::blocking::Client, Vec<std::thread::JoinHandle<String>>) {
+    let gate = format!(
+        "CREATE FUNCTION gate() RETURNS int LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_advisory_xact_lock_shared({key}); RETURN 1; END $$;"
+    );
+    let p = register(addr, &[("functions/gate.sql", &gate)]);
+    let mut c = Conn::open(addr);
+    for _ in 0..warm {
+        assert_eq!(scalar(&call_on(&mut c, &p.0, "gate")), "1");
+    }
+    let mut holder = common::db::su(&format!("{}_main", p.0));
+    holder.batch_execute(&format!("SELECT pg_advisory_lock({key})")).unwrap();
+    let calls = (0..n)
+        .map(|_| {
+            let platform = p.0.clone();
+            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "gate")))
+        })
+        .collect();
+    (p, holder, calls)
+}
+
 /// Past `CALL_BUSY_CAP` busy connections, calls pipeline deeper than `CALL_PIPELINE_DEPTH` instead
 /// of waiting for (or waking) more backends: with one connection allowed, eight calls stuck behind
 /// a lock all travel on it, none waits in the pool's queue, and all are answered once it is free.
@@ -450,22 +479,8 @@ fn past_the_busy_cap_pipelines_deepen() {
         ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
         ("POOL_WAIT_TIMEOUT_MS", "30000"),
     ]);
-    let gate = "CREATE FUNCTION gate() RETURNS int LANGUAGE plpgsql AS $$ \
-                BEGIN PERFORM pg_advisory_xact_lock_shared(4711); RETURN 1; END $$;";
-    let p = register(g.addr, &[("functions/gate.sql", gate)]);
     // The connection learns the function's run time (nothing joins a call with none).
-    let mut c = Conn::open(g.addr);
-    for _ in 0..3 {
-        assert_eq!(scalar(&call_on(&mut c, &p.0, "gate")), "1");
-    }
-    let mut holder = common::db::su(&format!("{}_main", p.0));
-    holder.batch_execute("SELECT pg_advisory_lock(4711)").unwrap();
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let (addr, platform) = (g.addr, p.0.clone());
-            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "gate")))
-        })
-        .collect();
+    let (_platform, mut holder, calls) = calls_behind_a_lock(g.addr, 4711, 3, 8);
     let all_sent = common::db::eventually(Duration::from_secs(10), || health_num(g.addr, "pipelined_calls") == 7);
     let (pipelined, waiting) = (health_num(g.addr, "pipelined_calls"), health_num(g.addr, "waiting_requests"));
     let health = request(g.addr, "GET", "/health", &[], b"").text();
@@ -493,22 +508,7 @@ fn full_short_pipelines_past_the_busy_cap_are_waited_for_not_grown() {
         ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
         ("POOL_WAIT_TIMEOUT_MS", "30000"),
     ]);
-    let gate = "CREATE FUNCTION gate() RETURNS int LANGUAGE plpgsql AS $$ \
-                BEGIN PERFORM pg_advisory_xact_lock_shared(4712); RETURN 1; END $$;";
-    let p = register(g.addr, &[("functions/gate.sql", gate)]);
-    let mut c = Conn::open(g.addr);
-    for _ in 0..3 {
-        assert_eq!(scalar(&call_on(&mut c, &p.0, "gate")), "1");
-    }
-    assert_eq!(health_num(g.addr, "total_connections"), 1);
-    let mut holder = common::db::su(&format!("{}_main", p.0));
-    holder.batch_execute("SELECT pg_advisory_lock(4712)").unwrap();
-    let calls: Vec<_> = (0..10)
-        .map(|_| {
-            let (addr, platform) = (g.addr, p.0.clone());
-            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "gate")))
-        })
-        .collect();
+    let (_platform, mut holder, calls) = calls_behind_a_lock(g.addr, 4712, 3, 10);
     let settled = common::db::eventually(Duration::from_secs(10), || {
         health_num(g.addr, "pipelined_calls") == 7 && health_num(g.addr, "waiting_requests") == 2
     });
@@ -537,18 +537,7 @@ fn slow_calls_past_the_busy_cap_still_get_connections() {
         ("CALL_PIPELINE_MAX_WAIT_US", "1000"),
         ("POOL_WAIT_TIMEOUT_MS", "30000"),
     ]);
-    let nap = "CREATE FUNCTION nap() RETURNS int LANGUAGE plpgsql AS $$ \
-               BEGIN PERFORM pg_advisory_xact_lock_shared(4713); RETURN 1; END $$;";
-    let p = register(g.addr, &[("functions/nap.sql", nap)]);
-    assert_eq!(scalar(&call_on(&mut Conn::open(g.addr), &p.0, "nap")), "1");
-    let mut holder = common::db::su(&format!("{}_main", p.0));
-    holder.batch_execute("SELECT pg_advisory_lock(4713)").unwrap();
-    let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, platform) = (g.addr, p.0.clone());
-            std::thread::spawn(move || scalar(&call_on(&mut Conn::open(addr), &platform, "nap")))
-        })
-        .collect();
+    let (p, mut holder, calls) = calls_behind_a_lock(g.addr, 4713, 1, 3);
     let db = format!("{}_main", p.0);
     let side_by_side = common::db::eventually(Duration::from_secs(10), || {
         common::db::query_col(
