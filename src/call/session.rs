@@ -35,6 +35,7 @@ thread_local! {
     /// event loop.
     static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
+
 /// Who waits for a call's answer: a client connection of an event loop, and which of its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
