@@ -524,9 +524,10 @@ fn full_short_pipelines_past_the_busy_cap_are_waited_for_not_grown() {
     assert_eq!((total, waiting), (1, 2), "{health}");
 }
 
-/// Past the busy cap, a call that has waited long enough (the connections are held by slow calls)
-/// still opens a connection of its own: three slow calls with a cap of one busy connection end up
-/// running side by side on three connections, not one after another on one.
+/// Past the busy cap, calls whose pipelines are held by a call running longer than
+/// `CALL_PIPELINE_MAX_WAIT_US` (a lock here) still open connections of their own: three such calls
+/// with a cap of one busy connection end up running side by side on three connections, not one
+/// after another on one.
 #[test]
 fn slow_calls_past_the_busy_cap_still_get_connections() {
     let g = start(&[

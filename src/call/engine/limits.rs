@@ -3,20 +3,17 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// How many times `CALL_PIPELINE_MAX_WAIT_US` a call waits, past the busy cap, before it opens a
-/// connection (see [`CallEngine::connections_wanted`]). Not the run time of the calls ahead: on
-/// saturated cores every call runs long, and more backends would only make that worse, while
-/// drained connections still reach the waiting calls within a few milliseconds.
-const GROW_PATIENCE: u32 = 25;
-
 impl CallEngine {
     /// Opens connections for waiting calls while the shared limits allow. Under the total cap, room
     /// is made by closing an idle connection of this loop's least recently used other pool; when
     /// this loop has none, or the pool's own cap is held by other loops, they are asked for room.
     pub(super) fn grow(&mut self, poll: &mut Poll, pool: usize, now: Instant) {
+        if self.pipelines_absorb(pool, now) {
+            return;
+        }
         loop {
             let Some(p) = self.pools.pools.get(pool) else { return };
-            let want = self.connections_wanted(p, now);
+            let want = p.waiting().len().saturating_sub(p.connecting.len());
             if want == 0 || p.backoff_until.is_some_and(|u| now < u) {
                 return;
             }
@@ -236,23 +233,26 @@ impl CallEngine {
         self.grow_starved(poll, now);
     }
 
-    /// How many more connections `p`'s waiting calls should open. Up to the loop's busy cap, one per
-    /// waiting call (at least one for a pool with no connection); past it pipelines deepen instead,
-    /// and a drained connection goes to the oldest waiting call, so a call waits on for a while:
-    /// only calls that have waited [`GROW_PATIENCE`] × `CALL_PIPELINE_MAX_WAIT_US` (the connections
-    /// are held by slow calls or a lock) open more. Opening one per waiting call past the cap made
-    /// every burst of short calls open connections for good: a pool of 256 at 256 clients grew to
-    /// 256 backends and was still connecting after warm-up. Without pipelining every waiting call
-    /// opens one, as before.
-    fn connections_wanted(&self, p: &Pool<Waiter>, now: Instant) -> usize {
-        let (waiting, connecting) = (p.waiting().len(), p.connecting.len());
-        if self.cfg.call.pipeline_depth <= 1 {
-            return waiting.saturating_sub(connecting);
+    /// Past the busy cap, calls that find every pipeline of their pool full wait for one to drain
+    /// instead of waking one more backend, while some pipeline there is of short calls (each with a
+    /// known run time, none running past `CALL_PIPELINE_MAX_WAIT_US`): such a connection is free
+    /// again within about that long, and its drain hands it to the oldest waiting call. Otherwise
+    /// each burst of such calls opened connections for good (a pool of 256 at 256 clients grew to
+    /// 256 backends and kept connecting long after warm-up). Pools of slow calls grow as before.
+    fn pipelines_absorb(&self, pool: usize, now: Instant) -> bool {
+        if self.cfg.call.pipeline_depth <= 1 || self.busy_connections() < self.busy_cap {
+            return false;
         }
-        let room = self.busy_cap.saturating_sub(self.busy_connections()).max(usize::from(p.size() == 0));
-        let patience = self.cfg.call.pipeline_max_wait * GROW_PATIENCE;
-        let waited = p.waiting().iter().take_while(|w| now.saturating_duration_since(w.started) >= patience).count();
-        waiting.min(room).max(waited).saturating_sub(connecting)
+        let Some(p) = self.pools.pools.get(pool) else { return false };
+        let max_wait = self.cfg.call.pipeline_max_wait;
+        p.busy.iter().any(|&c| {
+            self.backends.get(c).is_some_and(|b| {
+                !b.session.retire
+                    && b.session.job.as_ref().is_some_and(|j| {
+                        j.executing_only() && j.expected_us().is_some() && j.running_for(now) <= max_wait
+                    })
+            })
+        })
     }
 
     pub fn grow_starved(&mut self, poll: &mut Poll, now: Instant) {
