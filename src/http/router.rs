@@ -145,11 +145,21 @@ fn segment(s: &str) -> Result<String, ApiError> {
     Ok(d)
 }
 
+/// The most path segments a route has (`/admin/servers/{name}/drain`).
+const MAX_SEGMENTS: usize = 4;
+
 /// Resolves a request. `HEAD` is accepted wherever `GET` is.
 pub fn route(method: Method, path: &str) -> Result<Route, ApiError> {
     let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
-    let parts: Vec<&str> = path.split('/').skip(1).collect();
-    let (route, allow): (Route, &'static str) = match parts.as_slice() {
+    // No route has more than MAX_SEGMENTS segments: one more read is enough to match none, and the
+    // segments fit on the stack (this runs for every request).
+    let mut segments = [""; MAX_SEGMENTS + 1];
+    let mut n = 0;
+    for s in path.split('/').skip(1).take(MAX_SEGMENTS + 1) {
+        segments[n] = s;
+        n += 1;
+    }
+    let (route, allow): (Route, &'static str) = match &segments[..n] {
         ["health"] => (Route::Health, "GET, HEAD"),
         ["call"] => (Route::Call, "POST"),
         ["register"] => (Route::Register, "POST"),
@@ -202,6 +212,10 @@ mod tests {
             Route::PlatformSchemaUpload("my app".into())
         );
         assert_eq!(route(Method::Get, "/nope").unwrap_err().kind, Kind::NotFound);
+        // Longer than any route, with a route's segments in front: still no route.
+        assert_eq!(route(Method::Post, "/admin/servers/b/drain").unwrap(), Route::AdminServerDrain("b".into()));
+        assert_eq!(route(Method::Post, "/admin/servers/b/drain/x").unwrap_err().kind, Kind::NotFound);
+        assert_eq!(route(Method::Post, "/admin/servers/b/drain/x/y/z").unwrap_err().kind, Kind::NotFound);
         let e = route(Method::Get, "/call").unwrap_err();
         assert_eq!(e.kind, Kind::MethodNotAllowed);
         assert_eq!(e.allow, Some("POST"));
