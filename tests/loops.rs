@@ -558,3 +558,40 @@ fn slow_calls_past_the_busy_cap_still_get_connections() {
     }
     assert!(side_by_side, "the calls did not run side by side: {health}");
 }
+
+/// A burst of calls on a cold pool opens connections a few at a time (at most the busy cap
+/// connecting at once): the first ones up take the waiting calls, and their pipelines more, so the
+/// burst does not leave a backend per client behind. Without the limit all 32 calls, arriving
+/// before any connection is up, opened one each.
+#[test]
+fn a_burst_opens_connections_a_few_at_a_time() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "1"),
+        ("MAX_CONNECTIONS_PER_POOL", "32"),
+        ("CALL_BUSY_TARGET", "1"),
+        ("CALL_BUSY_CAP", "2"),
+        // Pipelines take the waiting calls however slowly a loaded machine runs them.
+        ("CALL_PIPELINE_MAX_WAIT_US", "10000000"),
+        ("POOL_WAIT_TIMEOUT_MS", "30000"),
+    ]);
+    let p = register(
+        g.addr,
+        &[("functions/answer.sql", "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS $$ SELECT 42 $$;")],
+    );
+    let go = Arc::new(std::sync::Barrier::new(32));
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, platform, go) = (g.addr, p.0.clone(), go.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                go.wait();
+                (0..5).map(|_| scalar(&call_on(&mut c, &platform, "answer"))).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in calls {
+        assert_eq!(t.join().unwrap(), vec!["42"; 5]);
+    }
+    let total = health_num(g.addr, "total_connections");
+    assert!((1..=20).contains(&total), "{total} connections for a burst of 32 calls with CALL_BUSY_CAP=2");
+}

@@ -14,6 +14,11 @@ impl CallEngine {
         loop {
             let Some(p) = self.pools.pools.get(pool) else { return };
             let want = p.waiting().len().saturating_sub(p.connecting.len());
+            // At most busy-cap connects at once per pool: the connections that come up take waiting
+            // calls, and their pipelines more, before the next ones are opened. Opening one per
+            // waiting call at once left a backend per client of a burst behind (a pool of 256 under
+            // 256 clients: 234-256 backends, and still connecting after warm-up).
+            let want = want.min(self.busy_cap.saturating_sub(p.connecting.len()));
             if want == 0 || p.backoff_until.is_some_and(|u| now < u) {
                 return;
             }
