@@ -242,8 +242,9 @@ impl CallEngine {
     /// instead of waking one more backend, while some pipeline there is of short calls (each with a
     /// known run time, none running past `CALL_PIPELINE_MAX_WAIT_US`): such a connection is free
     /// again within about that long, and its drain hands it to the oldest waiting call. Otherwise
-    /// each burst of such calls opened connections for good (a pool of 256 at 256 clients grew to
-    /// 256 backends and kept connecting long after warm-up). Pools of slow calls grow as before.
+    /// every such call past the cap woke one more backend, for good. Pools of slow calls grow as
+    /// before (a stricter rule held short calls behind slow ones of the same pool:
+    /// `bench/results/2026-12-04T2325Z-growth-rules-mixed-pool-2cores.txt`).
     fn pipelines_absorb(&self, pool: usize, now: Instant) -> bool {
         if self.cfg.call.pipeline_depth <= 1 || self.busy_connections() < self.busy_cap {
             return false;
