@@ -213,15 +213,8 @@ impl CallRequest {
         }
     }
 
-    /// A key refined by the JSON kinds of the arguments, for overloaded functions where PostgreSQL
-    /// needs declared parameter types to choose.
-    pub fn typed_key(&self, schema: &str) -> String {
-        let mut k = self.shape_key(schema);
-        self.push_kinds(&mut k);
-        k
-    }
-
-    /// Turns a shape key in `k` into the typed key.
+    /// Turns a shape key in `k` into the key refined by the JSON kinds of the arguments, for
+    /// overloaded functions where PostgreSQL needs declared parameter types to choose.
     pub fn push_kinds(&self, k: &mut String) {
         k.push('|');
         for v in &self.params {
@@ -317,7 +310,9 @@ mod tests {
         let r = req(r#"{"platform":"a","function":"get_user","params":[1,"x"]}"#).unwrap();
         assert_eq!(r.sql("public"), r#"SELECT * FROM "public"."get_user"($1, $2)"#);
         assert_eq!(r.shape_key("public"), "public.get_user/2");
-        assert_eq!(r.typed_key("public"), "public.get_user/2|int4,text,");
+        let mut typed = r.shape_key("public");
+        r.push_kinds(&mut typed);
+        assert_eq!(typed, "public.get_user/2|int4,text,");
         let r = req(r#"{"platform":"a","function":"f","params":{"b":1,"a":2}}"#).unwrap();
         assert_eq!(r.sql("public"), r#"SELECT * FROM "public"."f"("b" => $1, "a" => $2)"#);
         assert_eq!(r.shape_key("public"), "public.f(b,a)");
