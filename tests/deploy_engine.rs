@@ -108,7 +108,7 @@ fn opts(mode: SeedMode) -> DeployOptions {
 
 fn run(db: &TestDb, files: &BTreeMap<String, String>, o: &DeployOptions) -> Result<DeployReport, ApiError> {
     let mut c = db.client();
-    let r = deploy(&mut c, &db.name, &archive(files), o);
+    let r = deploy(&mut c, &db.name, "", &archive(files), o);
     c.close();
     r
 }
@@ -399,7 +399,7 @@ fn concurrent_deploys_apply_each_migration_once() {
             let name = name.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&params(&name)).unwrap();
-                let r = deploy(&mut c, &name, &archive(&files), &opts(SeedMode::RunIfEmpty));
+                let r = deploy(&mut c, &name, "", &archive(&files), &opts(SeedMode::RunIfEmpty));
                 r.map(|r| r.migrations_applied.len()).map_err(|e| e.into_message())
             })
         })
@@ -593,7 +593,7 @@ fn a_transaction_the_caller_left_open_is_not_committed_by_the_deploy() {
     let mut c = db.client();
     c.batch_execute("BEGIN; CREATE TABLE left_open (id int); INSERT INTO left_open VALUES (1)").unwrap();
     assert_eq!(c.transaction_status(), b'T');
-    let r = deploy(&mut c, &db.name, &archive(&files), &opts(SeedMode::RunIfEmpty));
+    let r = deploy(&mut c, &db.name, "", &archive(&files), &opts(SeedMode::RunIfEmpty));
     c.close();
     assert!(r.is_ok(), "{:?}", r.err().map(|e| e.into_message()));
     assert_eq!(one(&db, "SELECT to_regclass('left_open') IS NULL"), "t", "the caller's open work was committed");
@@ -624,7 +624,7 @@ fn race(
             let mut p = params(&name);
             p.application_name = app;
             let mut c = Client::connect(&p).expect("connect");
-            let r = deploy(&mut c, &name, &archive, &opts(SeedMode::RunIfEmpty));
+            let r = deploy(&mut c, &name, "", &archive, &opts(SeedMode::RunIfEmpty));
             c.close();
             r
         })
@@ -714,7 +714,7 @@ fn run_counted(
 ) -> (Result<DeployReport, ApiError>, u64) {
     let mut c = db.client();
     let before = c.round_trips();
-    let r = deploy(&mut c, &db.name, &archive(files), o);
+    let r = deploy(&mut c, &db.name, "", &archive(files), o);
     let n = c.round_trips() - before;
     c.close();
     (r, n)

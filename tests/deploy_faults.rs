@@ -119,7 +119,7 @@ fn opts() -> DeployOptions {
 
 fn run(db: &TestDb, files: &[(&str, &str)]) -> Result<(), ApiError> {
     let mut c = Client::connect(&su_params(&db.name)).expect("connect");
-    let r = deploy(&mut c, &db.name, &archive(files), &opts()).map(|_| ());
+    let r = deploy(&mut c, &db.name, "", &archive(files), &opts()).map(|_| ());
     c.close();
     r
 }

@@ -94,6 +94,22 @@ fn session_settings_from_startup() {
     assert_eq!(one(&mut c, "SHOW IntervalStyle").as_deref(), Some("postgres"));
 }
 
+/// What a deploy session learns of itself in its first round trip: its pid and start time as
+/// `pg_stat_activity` lists them, and its database's OID, after the setup statements ran.
+#[test]
+fn own_backend_names_the_session_and_its_database() {
+    let mut c = Client::connect(&params("ssdb_trust", None, false)).expect("connect");
+    let (b, oid) = stonescriptdb_gateway::pg::terminate::own_backend_after(&mut c, "SET statement_timeout = 1234;")
+        .expect("own backend");
+    assert_eq!(b.pid, c.session().process_id);
+    assert_eq!(one(&mut c, "SHOW statement_timeout").as_deref(), Some("1234ms"), "the setup ran");
+    let mut su = superuser();
+    let listed =
+        format!("SELECT backend_start::text FROM pg_stat_activity WHERE pid = {} AND datname = 'ssdb_test'", b.pid);
+    assert_eq!(one(&mut su, &listed), Some(b.started.clone()));
+    assert_eq!(one(&mut su, "SELECT oid::text FROM pg_database WHERE datname = 'ssdb_test'"), Some(oid));
+}
+
 #[test]
 fn wrong_or_missing_password() {
     for tcp in [true, false] {

@@ -344,6 +344,19 @@ impl<'a> Ctx<'a> {
             .collect())
     }
 
+    /// Rows of a read the engine makes only because a write follows (a catalog snapshot before a
+    /// `CREATE`, the keys of a stand-in table): it ends the recording of reads for the next deploy,
+    /// which would otherwise fetch it ahead every time although an unchanged deploy never asks.
+    pub fn rows_before_write(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        at: At<'_>,
+    ) -> Result<Vec<Vec<String>>, ApiError> {
+        self.ahead.stop();
+        self.rows(sql, params, at)
+    }
+
     /// Rows of a statement that only reads: answered from the read-ahead when it was fetched there
     /// (see `readahead`), and recorded for the next deploy. Errors map like [`Ctx::pg_error`].
     pub fn read(

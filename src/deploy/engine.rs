@@ -25,15 +25,17 @@ use crate::pg::blocking::Client;
 use crate::security::roles::EXTENSION_SCHEMA;
 
 /// Applies `archive` to `database`, which `client` is connected to, and logs one line saying what
-/// was applied and how long it took, or which file failed and why.
+/// was applied and how long it took, or which file failed and why. `database_oid`: the database's
+/// OID as the session found it (empty: read under the lock).
 pub fn deploy(
     client: &mut Client,
     database: &str,
+    database_oid: &str,
     archive: &SchemaArchive,
     opts: &DeployOptions,
 ) -> Result<DeployReport, ApiError> {
     let started = Instant::now();
-    let result = apply(client, database, archive, opts, started);
+    let result = apply(client, database, database_oid, archive, opts, started);
     let ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(r) => crate::log::info(
@@ -59,6 +61,7 @@ pub fn deploy(
 fn apply(
     client: &mut Client,
     database: &str,
+    database_oid: &str,
     archive: &SchemaArchive,
     opts: &DeployOptions,
     started: Instant,
@@ -76,7 +79,7 @@ fn apply(
         savepoints: 0,
         in_tx: false,
         deadline,
-        db_oid: String::new(),
+        db_oid: database_oid.to_string(),
         ahead: Default::default(),
     };
     if cx.c.transaction_status() != b'I' {
@@ -150,16 +153,22 @@ fn main_transaction<'f>(
     report: &mut DeployReport,
 ) -> Result<Vec<&'f SqlFile>, ApiError> {
     let db = cx.db.to_string();
-    let locked = cx.begin_with(
-        "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))::text, \
-         (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) \
-          pg_catalog.current_database())::text",
-        &[Some(&db)],
-        At::step("lock"),
-    )?;
-    cx.db_oid = locked.first().and_then(|r| r.get(1)).cloned().unwrap_or_default();
+    const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('stonescriptdb:' || $1))::text";
+    if cx.db_oid.is_empty() {
+        let locked = cx.begin_with(
+            &format!(
+                "{LOCK}, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) \
+                 pg_catalog.current_database())::text"
+            ),
+            &[Some(&db)],
+            At::step("lock"),
+        )?;
+        cx.db_oid = locked.first().and_then(|r| r.get(1)).cloned().unwrap_or_default();
+    } else {
+        cx.begin_with(LOCK, &[Some(&db)], At::step("lock"))?;
+    }
     let oid = cx.db_oid.clone();
-    // A database deployed before in this process: the tracking tables' fill goes in the read-ahead's
+    // A database deployed before in this process: the tracking tables' check goes in the read-ahead's
     // round trip; if it fails (a table dropped by hand), the full path runs and the reads go after.
     if !read_ahead(cx, &oid, true)? {
         tracking::ensure_tables(cx, &oid)?;
@@ -199,9 +208,9 @@ fn main_transaction<'f>(
 /// savepoint (one that fails, e.g. a table dropped by hand since, is rolled back and nothing is
 /// fetched ahead), then records the reads this deploy starts with (see `readahead`).
 ///
-/// With `with_tracking`, the tracking tables are made sure of first: by the known layout's fill in the
+/// With `with_tracking`, the tracking tables are made sure of first: by the known layout's check in the
 /// same round trip (see `tracking::known_fill`), else by `tracking::ensure_tables` on its own. `Ok(false)`:
-/// the fill found a table gone and was rolled back; nothing was read, the caller takes the full path.
+/// the check found a table gone and was rolled back; nothing was read, the caller takes the full path.
 fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, ApiError> {
     let at = At::step("tracking");
     let server = cx.c.server_key();
@@ -231,12 +240,18 @@ fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, 
     let first_read = fill.len();
     match cx.c.pipeline(&list) {
         Ok(mut answers) => {
-            answers.pop();
-            let rows = answers.into_iter().skip(first_read + 1).map(|q| q.rows).collect();
-            cx.ahead.fill(reads, rows, cx.c.round_trips());
             cx.check_tx(at)?;
+            if first_read > 0 && tracking::fill_wanted(&answers[..first_read]) {
+                // The reads ran before the keys were filled and may have missed the other gateway's
+                // rows: their answers are dropped and the engine reads again.
+                tracking::fill_keys(cx)?;
+            } else {
+                answers.pop();
+                let rows = answers.into_iter().skip(first_read + 1).map(|q| q.rows).collect();
+                cx.ahead.fill(reads, rows, cx.c.round_trips());
+            }
         }
-        // The tracking fill failed: nothing after it ran (the reads neither).
+        // The tracking check failed: nothing after it ran (the reads neither).
         Err((i, e)) if i < first_read => {
             tracking::known_fill_failed(cx, e)?;
             return Ok(false);

@@ -31,7 +31,11 @@ const SNAPSHOT: &str = "SELECT oid::text || ':' || xmin::text FROM pg_proc \
      WHERE pronamespace <> 'pg_catalog'::regnamespace AND pronamespace <> 'information_schema'::regnamespace";
 
 fn snapshot(cx: &mut Ctx<'_>) -> Result<HashSet<String>, ApiError> {
-    Ok(cx.rows(SNAPSHOT, &[], At::step("functions"))?.into_iter().map(|mut r| r.pop().unwrap_or_default()).collect())
+    Ok(cx
+        .rows_before_write(SNAPSHOT, &[], At::step("functions"))?
+        .into_iter()
+        .map(|mut r| r.pop().unwrap_or_default())
+        .collect())
 }
 
 /// Signature and kind (`f`, `p`, …) of the routines whose catalog rows changed since `before`.

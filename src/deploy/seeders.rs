@@ -40,10 +40,11 @@ fn qualified(t: &(String, String)) -> String {
     format!("{}.{}", quote_ident(&t.0), quote_ident(&t.1))
 }
 
-/// Insertable columns (not generated, not dropped), quoted, in order.
+/// Insertable columns (not generated, not dropped), quoted, in order. Read only on the way to a
+/// stand-in or temporary table, so not fetched ahead next time.
 fn insertable_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, ApiError> {
     Ok(cx
-        .rows(
+        .rows_before_write(
             "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 \
              AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             &[Some(rel)],
@@ -56,7 +57,7 @@ fn insertable_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<Str
 
 fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, ApiError> {
     let pk: Vec<String> = cx
-        .rows(
+        .rows_before_write(
             "SELECT quote_ident(a.attname) FROM pg_index i JOIN pg_attribute a \
              ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) \
              WHERE i.indrelid = $1::regclass AND i.indisprimary \
@@ -126,7 +127,15 @@ static COUNTS: super::memo::DbMemo<(String, String), u64> = super::memo::DbMemo:
 /// `/migrate`'s check of literal-VALUES seeders: evaluated in the stand-in once per process while the
 /// database's tables, types and migrations stay as they were, then compared with the real table
 /// directly (one read, no DDL).
-static DEFINED: super::memo::DbMemo<(String, String), (Vec<String>, String)> = super::memo::DbMemo::new();
+static DEFINED: super::memo::DbMemo<(String, String), Defined> = super::memo::DbMemo::new();
+
+/// What a literal-VALUES seeder defined: its table's key columns, its rows as JSON, and how many.
+#[derive(Clone)]
+struct Defined {
+    keys: Vec<String>,
+    rows: String,
+    count: u64,
+}
 
 /// Rows a remembered evaluation may hold: past this the stand-in is used every time.
 const MAX_DEFINED_JSON: usize = 64 * 1024;
@@ -192,19 +201,19 @@ fn missing_keys(
     let server = cx.c.server_key();
     let stmt = at.stmt.expect("seeder statement");
     let memo_key = (cx.db_oid.clone(), stmt.text.clone());
-    if let Some((keys, rows)) = remember.then(|| DEFINED.get(&server, cx.db, &memo_key)).flatten() {
-        let (cond, key_text) = key_match(&keys);
+    if let Some(d) = remember.then(|| DEFINED.get(&server, cx.db, &memo_key)).flatten() {
+        let (cond, key_text) = key_match(&d.keys);
         let found = cx.rows(
             &format!(
-                "SELECT (SELECT count(*) FROM pg_catalog.json_populate_recordset(NULL::{rel}, $1::json))::text, \
-                 (SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k \
-                  FROM pg_catalog.json_populate_recordset(NULL::{rel}, $1::json) s \
-                  WHERE NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})) m)"
+                "SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k \
+                 FROM pg_catalog.json_populate_recordset(NULL::{rel}, $1::json) s \
+                 WHERE NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})) m"
             ),
-            &[Some(&rows)],
+            &[Some(&d.rows)],
             at,
         )?;
-        return Ok(parse_missing(&found.into_iter().next().unwrap_or_default()));
+        let missing = found.into_iter().next().and_then(|mut r| r.pop()).unwrap_or_default();
+        return Ok(parse_missing(&[d.count.to_string(), missing]));
     }
     let keys = key_columns(cx, &rel, at)?;
     let real = format!("_ssdb_seed_real_{n}");
@@ -231,10 +240,12 @@ fn missing_keys(
             at,
         )?;
         let row = rows.into_iter().next().unwrap_or_default();
+        let (count, missing) = parse_missing(&row);
         if remember && row.get(2).is_some_and(|j| j.len() <= MAX_DEFINED_JSON) {
-            DEFINED.put(&server, cx.db, memo_key.clone(), (keys.clone(), row[2].clone()), false);
+            let d = Defined { keys: keys.clone(), rows: row[2].clone(), count };
+            DEFINED.put(&server, cx.db, memo_key.clone(), d, false);
         }
-        Ok(parse_missing(&row))
+        Ok((count, missing))
     })();
     cx.rollback_to(&sp)?;
     r

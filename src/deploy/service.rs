@@ -281,8 +281,9 @@ impl DeployCtx {
         crate::catalog::idle::give_back(&self.admin, admin, 0);
     }
 
-    /// A session in `database` as the platform role. Platform SQL runs only in such sessions.
-    fn connect(&self, database: &str) -> Result<(Client, crate::pg::terminate::Backend), ApiError> {
+    /// A session in `database` as the platform role (platform SQL runs only in such sessions), its
+    /// backend (to end it past the deploy's time limit) and the database's OID.
+    fn connect(&self, database: &str) -> Result<(Client, crate::pg::terminate::Backend, String), ApiError> {
         let role = self.role.as_deref().ok_or_else(|| {
             ApiError::new(Kind::Internal, "a deploy session was asked for without a platform role")
                 .with_database(database)
@@ -322,7 +323,7 @@ impl DeployCtx {
         // Read before the platform's SQL runs: the session can change its name and settings, never
         // its pid and start time. One round trip with the limits.
         match crate::pg::terminate::own_backend_after(&mut c, &setup) {
-            Ok(b) => Ok((c, b)),
+            Ok((b, oid)) => Ok((c, b, oid)),
             Err(e) => {
                 c.close();
                 Err(pg_api(e, "cannot set up the deploy session (time limits, backend identity)")
@@ -393,8 +394,8 @@ impl DeployCtx {
         if !untrusted.is_empty() && !opts.dry_run {
             self.install_untrusted(database, untrusted)?;
         }
-        let (mut c, backend) = self.connect(database)?;
-        let r = deploy(&mut c, database, archive, opts);
+        let (mut c, backend, oid) = self.connect(database)?;
+        let r = deploy(&mut c, database, &oid, archive, opts);
         c.close();
         if r.as_ref().is_err_and(|e| e.kind == Kind::DeployTimeout) {
             // The backend may still be busy if the statement ignored the cancel (the watchdog cut our

@@ -70,9 +70,13 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
     let at = At::step("tracking");
     let server = cx.c.server_key();
     if let Some(stmts) = known_fill(cx.c, cx.db, oid) {
-        match cx.c.batch_execute(&stmts.join("; ")) {
-            Ok(()) => return cx.check_tx(at),
-            Err(e) => known_fill_failed(cx, e)?,
+        let list: Vec<(&str, &[Option<&str>])> = stmts.iter().map(|s| (s.as_str(), &[][..])).collect();
+        match cx.c.pipeline(&list) {
+            Ok(answers) => {
+                cx.check_tx(at)?;
+                return if fill_wanted(&answers) { fill_keys(cx) } else { Ok(()) };
+            }
+            Err((_, e)) => known_fill_failed(cx, e)?,
         }
     }
     let before = upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?);
@@ -103,23 +107,41 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
     Ok(())
 }
 
-/// When this process knows the tracking tables' layout to be complete, the statements that fill the
-/// keys the other gateway's rows lack, in a savepoint with a probe of every table (one dropped by hand
-/// since makes them fail, see [`known_fill_failed`]); each statement stands alone, so they can go in a
-/// pipeline. `None`: the full path of [`ensure_tables`] must run.
+/// When this process knows the tracking tables' layout to be complete, the statements that check
+/// whether the other gateway's rows need their keys filled ([`upstream::fill_check_sql`], in a
+/// savepoint: a table or column dropped by hand since makes it fail, see [`known_fill_failed`]).
+/// They can go in a pipeline; the check's answer is at [`FILL_CHECK_AT`], and when it says so
+/// [`fill_keys`] runs the fills. `None`: the full path of [`ensure_tables`] must run.
 pub(crate) fn known_fill(client: &crate::pg::blocking::Client, database: &str, oid: &str) -> Option<Vec<String>> {
     let known = !oid.is_empty() && LAYOUT_COMPLETE.get(&client.server_key(), database, &oid.to_string()).is_some();
     if !known {
         return None;
     }
+    Some(vec![
+        "SAVEPOINT ssdb_tracking".to_string(),
+        upstream::fill_check_sql(),
+        "RELEASE SAVEPOINT ssdb_tracking".to_string(),
+    ])
+}
+
+/// Where the check's answer is among the answers to the [`known_fill`] statements.
+pub(crate) const FILL_CHECK_AT: usize = 1;
+
+/// Whether the answers to the [`known_fill`] statements say some key needs filling.
+pub(crate) fn fill_wanted(answers: &[crate::pg::blocking::QueryResult]) -> bool {
+    // No answer where one should be: filling is never wrong, only slower.
+    answers
+        .get(FILL_CHECK_AT)
+        .and_then(|q| q.rows.first())
+        .and_then(|r| r.first())
+        .is_none_or(|v| v.as_deref() != Some("false"))
+}
+
+/// Fills the keys rows of the other gateway lack (see [`upstream::fill_sql`]).
+pub(crate) fn fill_keys(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
     let all: HashMap<String, HashSet<String>> =
         upstream::TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
-    let probe = upstream::TABLES.iter().map(|t| upstream::qualified(t)).collect::<Vec<_>>().join(", ");
-    let mut stmts = vec!["SAVEPOINT ssdb_tracking".to_string()];
-    stmts.extend(upstream::fill_sql(&all));
-    stmts.push(format!("SELECT 1 FROM {probe} WHERE false"));
-    stmts.push("RELEASE SAVEPOINT ssdb_tracking".to_string());
-    Some(stmts)
+    cx.exec(&upstream::fill_sql(&all).join(";\n"), At::step("tracking"))
 }
 
 /// The [`known_fill`] statements failed with `e`: a table or column gone since (rolled back to the

@@ -32,7 +32,11 @@ const SNAPSHOT: &str = "SELECT t.oid::text || ':' || t.xmin::text FROM pg_type t
      WHERE t.typnamespace <> 'pg_catalog'::regnamespace AND t.typnamespace <> 'information_schema'::regnamespace";
 
 fn snapshot(cx: &mut Ctx<'_>) -> Result<HashSet<String>, ApiError> {
-    Ok(cx.rows(SNAPSHOT, &[], At::step("types"))?.into_iter().map(|mut r| r.pop().unwrap_or_default()).collect())
+    Ok(cx
+        .rows_before_write(SNAPSHOT, &[], At::step("types"))?
+        .into_iter()
+        .map(|mut r| r.pop().unwrap_or_default())
+        .collect())
 }
 
 /// Qualified names of the types created since `before`, leaving out the implicit array types.

@@ -88,30 +88,50 @@ fn relaxed(table: &str) -> &'static [&'static str] {
 }
 
 /// Copies a row's key from the side that wrote it to the side that did not, so each gateway finds
-/// every row. Idempotent (`WHERE … IS NULL`) and cheap on tables that are already whole.
+/// every row: `(SET, WHERE)` of each `UPDATE`. Idempotent (`WHERE … IS NULL`).
+fn fill_parts(table: &str) -> &'static [(&'static str, &'static str)] {
+    match table {
+        // 1.x recorded bare file names of `migrations/`; our paths are relative to `postgresql/`.
+        "migrations" => &[
+            ("filename = 'migrations/' || migration_file", "filename IS NULL AND migration_file IS NOT NULL"),
+            (
+                "migration_file = pg_catalog.regexp_replace(filename, '^migrations/', '')",
+                "migration_file IS NULL AND filename IS NOT NULL",
+            ),
+        ],
+        "types" => &[
+            ("name = type_name", "name IS NULL AND type_name IS NOT NULL"),
+            ("file = COALESCE(source_file, '')", "file IS NULL"),
+        ],
+        "tables" => &[
+            ("name = table_name", "name IS NULL AND table_name IS NOT NULL"),
+            ("file = COALESCE(source_file, '')", "file IS NULL"),
+        ],
+        _ => &[],
+    }
+}
+
 fn fills(table: &str) -> Vec<String> {
     let t = qualified(table);
-    match table {
-        "migrations" => vec![
-            // 1.x recorded bare file names of `migrations/`; our paths are relative to `postgresql/`.
-            format!(
-                "UPDATE {t} SET filename = 'migrations/' || migration_file WHERE filename IS NULL AND migration_file IS NOT NULL"
-            ),
-            format!(
-                "UPDATE {t} SET migration_file = pg_catalog.regexp_replace(filename, '^migrations/', '') \
-                 WHERE migration_file IS NULL AND filename IS NOT NULL"
-            ),
-        ],
-        "types" => vec![
-            format!("UPDATE {t} SET name = type_name WHERE name IS NULL AND type_name IS NOT NULL"),
-            format!("UPDATE {t} SET file = COALESCE(source_file, '') WHERE file IS NULL"),
-        ],
-        "tables" => vec![
-            format!("UPDATE {t} SET name = table_name WHERE name IS NULL AND table_name IS NOT NULL"),
-            format!("UPDATE {t} SET file = COALESCE(source_file, '') WHERE file IS NULL"),
-        ],
-        _ => Vec::new(),
-    }
+    fill_parts(table).iter().map(|(set, cond)| format!("UPDATE {t} SET {set} WHERE {cond}")).collect()
+}
+
+/// One read that says (`true`/`false`) whether any [`fill_sql`] statement has a row to fill, for
+/// tables already in the superset layout. It names every tracking table and every column the fills
+/// use, so a table or column dropped since makes it fail (42P01, 42703) as the fills would. Rows
+/// the other gateway wrote are rare (only after a move back), so an unchanged deploy reads instead
+/// of planning and running six `UPDATE`s.
+pub fn fill_check_sql() -> String {
+    let any = TABLES
+        .iter()
+        .map(|t| {
+            let conds: Vec<String> = fill_parts(t).iter().map(|(_, c)| format!("({c})")).collect();
+            let cond = if conds.is_empty() { "false".to_string() } else { conds.join(" OR ") };
+            format!("EXISTS (SELECT 1 FROM {} WHERE {cond})", qualified(t))
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!("SELECT ({any})::text")
 }
 
 /// Unique indexes the superset needs for the keys the other side's writes rely on.

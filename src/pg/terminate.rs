@@ -17,23 +17,22 @@ pub struct Backend {
     pub started: String,
 }
 
-/// The backend behind `c`, read before anything else runs in it. Every name is qualified, so an
-/// object the database's owner made cannot answer in place of the catalog.
-pub fn own_backend(c: &mut Client) -> Result<Backend, PgError> {
-    own_backend_after(c, "")
-}
-
 /// The function behind `pg_stat_activity`, asked for this backend only: the view reads every
 /// backend's entry and joins the role and database catalogs, a cold first read in a new session.
-const OWN_BACKEND_SQL: &str = "SELECT a.backend_start::pg_catalog.text \
+/// Every name is qualified, so an object the database's owner made cannot answer in place of the
+/// catalog.
+const OWN_BACKEND_SQL: &str = "SELECT a.backend_start::pg_catalog.text, a.datid::pg_catalog.text \
      FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a";
 
-/// [`own_backend`] in the same round trip as `setup` (statements ending in `;`, or empty), which
-/// runs first.
-pub fn own_backend_after(c: &mut Client, setup: &str) -> Result<Backend, PgError> {
+/// The backend behind `c`, and the OID of the database it is connected to (which cannot be dropped,
+/// or dropped and made again, while the session lasts), read before anything else runs in it, in
+/// the same round trip as `setup` (statements ending in `;`, or empty), which runs first.
+pub fn own_backend_after(c: &mut Client, setup: &str) -> Result<(Backend, String), PgError> {
     let rows = c.simple_query(&format!("{setup} {OWN_BACKEND_SQL}"))?;
-    let started = rows.into_iter().next().and_then(|row| row.into_iter().next().flatten()).unwrap_or_default();
-    Ok(Backend { pid: c.session().process_id, started })
+    let mut row = rows.into_iter().next().unwrap_or_default().into_iter();
+    let started = row.next().flatten().unwrap_or_default();
+    let database_oid = row.next().flatten().unwrap_or_default();
+    Ok((Backend { pid: c.session().process_id, started }, database_oid))
 }
 
 const STILL_THERE: &str = "SELECT pg_catalog.count(*)::pg_catalog.text FROM pg_catalog.pg_stat_activity a \
