@@ -114,3 +114,39 @@ fn declared_tables_follow_migrations_and_dropped_tables() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("smallint"), "the drift after the migration is not seen: {}", r.text());
 }
+
+/// The reads a changed deploy made only because it was about to write (the `pg_proc` snapshot
+/// taken before a `CREATE FUNCTION`) are not fetched ahead by the next deploy, which changes
+/// nothing: PostgreSQL counts no scan of `pg_proc` in it, while the changed deploy made some.
+#[test]
+fn an_unchanged_deploy_after_a_changed_one_does_not_read_the_catalog_snapshot() {
+    let p = uniq("drs");
+    let cat = uniq("cat_drs");
+    let db = format!("{p}_main");
+    let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
+    let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
+    // A backend's counts are flushed as it exits, before it leaves pg_stat_activity: once no other
+    // session is on the database, a fresh one reads every deploy's counts.
+    let scans = || {
+        let alone = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid()";
+        assert!(common::db::eventually(std::time::Duration::from_secs(10), || one(&db, alone) == "0"));
+        one(&db, "SELECT seq_scan::text FROM pg_stat_sys_tables WHERE relid = 'pg_catalog.pg_proc'::regclass")
+            .parse::<i64>()
+            .expect("a count")
+    };
+    for _ in 0..2 {
+        assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
+    }
+    let changed =
+        [SCHEMA[0], ("functions/f.sql", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2';"), SCHEMA[2]];
+    let before = scans();
+    let r = deploy(g.addr, "/register", &p, &changed);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after_changed = scans();
+    assert!(after_changed > before, "the changed deploy took its snapshots: {before} -> {after_changed}");
+    let r = deploy(g.addr, "/register", &p, &changed);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(number(&r, "functions_changed"), "0", "{}", r.text());
+    assert_eq!(scans(), after_changed, "the unchanged deploy scanned pg_proc");
+}
