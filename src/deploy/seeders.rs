@@ -55,7 +55,15 @@ fn insertable_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<Str
         .collect())
 }
 
-fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, ApiError> {
+/// The columns a seed row is matched by: the primary key, else every insertable column.
+#[derive(Clone)]
+struct Keys {
+    cols: Vec<String>,
+    /// Whether `cols` is the primary key (never NULL, indexed).
+    primary: bool,
+}
+
+fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Keys, ApiError> {
     let pk: Vec<String> = cx
         .rows_before_write(
             "SELECT quote_ident(a.attname) FROM pg_index i JOIN pg_attribute a \
@@ -68,7 +76,11 @@ fn key_columns(cx: &mut Ctx<'_>, rel: &str, at: At<'_>) -> Result<Vec<String>, A
         .into_iter()
         .map(|mut r| r.remove(0))
         .collect();
-    if pk.is_empty() { insertable_columns(cx, rel, at) } else { Ok(pk) }
+    if pk.is_empty() {
+        Ok(Keys { cols: insertable_columns(cx, rel, at)?, primary: false })
+    } else {
+        Ok(Keys { cols: pk, primary: true })
+    }
 }
 
 /// Runs the current seeder statement against an empty stand-in of table `t` (same columns, defaults,
@@ -132,7 +144,7 @@ static DEFINED: super::memo::DbMemo<(String, String), Defined> = super::memo::Db
 /// What a literal-VALUES seeder defined: its table's key columns, its rows as JSON, and how many.
 #[derive(Clone)]
 struct Defined {
-    keys: Vec<String>,
+    keys: Keys,
     rows: String,
     count: u64,
 }
@@ -157,15 +169,26 @@ fn same_as_last_time(cx: &Ctx<'_>, report: &DeployReport, stmt: &Statement) -> b
         && !stmt.text.to_ascii_uppercase().contains("SELECT")
 }
 
-/// The comparison of a seeder's rows `s` with the real table `r` by key, and a key's text.
-fn key_match(keys: &[String]) -> (String, String) {
-    let cond = keys.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
-    let key_text = if keys.len() == 1 {
-        format!("s.{}::text", keys[0])
+/// The condition that a seeder's row `s` is absent from the real table `real` (compared by key), and
+/// a key's text. A primary key is looked up row by row in a subquery the planner keeps as one (an
+/// index probe per seed row, whatever it guesses of a stand-in's size); `IS NOT DISTINCT FROM`,
+/// which columns that may be NULL need, is never answered by an index, so there the planner chooses
+/// how to join.
+fn key_match(keys: &Keys, real: &str) -> (String, String) {
+    let absent = if keys.primary {
+        let cond = keys.cols.iter().map(|k| format!("r.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+        format!("(SELECT true FROM {real} r WHERE {cond} LIMIT 1) IS NULL")
     } else {
-        format!("ROW({})::text", keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
+        let cond =
+            keys.cols.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
+        format!("NOT EXISTS (SELECT 1 FROM {real} r WHERE {cond})")
     };
-    (cond, key_text)
+    let key_text = if keys.cols.len() == 1 {
+        format!("s.{}::text", keys.cols[0])
+    } else {
+        format!("ROW({})::text", keys.cols.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
+    };
+    (absent, key_text)
 }
 
 fn parse_missing(row: &[String]) -> (u64, Vec<String>) {
@@ -202,12 +225,12 @@ fn missing_keys(
     let stmt = at.stmt.expect("seeder statement");
     let memo_key = (cx.db_oid.clone(), stmt.text.clone());
     if let Some(d) = remember.then(|| DEFINED.get(&server, cx.db, &memo_key)).flatten() {
-        let (cond, key_text) = key_match(&d.keys);
+        let (absent, key_text) = key_match(&d.keys, &rel);
         let found = cx.rows(
             &format!(
                 "SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k \
                  FROM pg_catalog.json_populate_recordset(NULL::{rel}, $1::json) s \
-                 WHERE NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})) m"
+                 WHERE {absent}) m"
             ),
             &[Some(&d.rows)],
             at,
@@ -228,12 +251,12 @@ fn missing_keys(
             at,
         )?;
         cx.run_file_stmt(Kind::MigrationFailed, at)?;
-        let (cond, key_text) = key_match(&keys);
+        let (absent, key_text) = key_match(&keys, &real_rel);
         let rows = cx.rows(
             &format!(
                 "SELECT (SELECT count(*) FROM {rel})::text, \
                  (SELECT json_agg(k ORDER BY k)::text FROM (SELECT {key_text} AS k FROM {rel} s \
-                  WHERE NOT EXISTS (SELECT 1 FROM {real_rel} r WHERE {cond})) m), \
+                  WHERE {absent}) m), \
                  (SELECT coalesce(json_agg(s), '[]')::text FROM {rel} s)"
             ),
             &[],
@@ -326,7 +349,7 @@ pub(crate) fn run(
                 // A table this deploy created that a migration of the same deploy already filled (as
                 // archives written for 1.x do, which seeded at /register and migrated later): its seed
                 // rows are added by key below, so the next /migrate of the same archive finds them.
-                if !new_in_this_deploy(cx, &rel, created_now, at)? || key_columns(cx, &rel, at)?.is_empty() {
+                if !new_in_this_deploy(cx, &rel, created_now, at)? || key_columns(cx, &rel, at)?.cols.is_empty() {
                     counter += 1;
                     // Rows given as literal VALUES count the same as last time while nothing the
                     // table's shape depends on changed (see `forget_counts`).
@@ -369,15 +392,8 @@ pub(crate) fn run(
             }
             let tmp = evaluate(cx, &t, counter, at)?;
             let keys = key_columns(cx, &rel, at)?;
-            let cond =
-                keys.iter().map(|k| format!("r.{k} IS NOT DISTINCT FROM s.{k}")).collect::<Vec<_>>().join(" AND ");
-            let absent = format!("NOT EXISTS (SELECT 1 FROM {rel} r WHERE {cond})");
+            let (absent, key_text) = key_match(&keys, &rel);
             let total = cx.rows(&format!("SELECT count(*) FROM {tmp}"), &[], at)?[0][0].parse::<u64>().unwrap_or(0);
-            let key_text = if keys.len() == 1 {
-                format!("s.{}::text", keys[0])
-            } else {
-                format!("ROW({})::text", keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "))
-            };
             let missing: Vec<String> = cx
                 .rows(&format!("SELECT {key_text} FROM {tmp} s WHERE {absent} ORDER BY 1"), &[], at)?
                 .into_iter()
