@@ -758,4 +758,19 @@ fn an_unchanged_redeploy_reads_ahead_in_few_round_trips() {
         trips.push(n);
     }
     assert!(trips[1] <= 3, "round trips after a change: {trips:?}");
+
+    // The routines' catalog rows are remembered now: one renamed by hand is found missing and made
+    // again under its name; one granted by hand (its row changed, the routine did not) is left be.
+    let sigs: Vec<String> = q(&db, "SELECT signature FROM _stonescriptdb_gateway_functions ORDER BY signature")
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    assert!(sigs.len() >= 2, "{sigs:?}");
+    q(&db, &format!("ALTER ROUTINE {} RENAME TO renamed_by_hand", sigs[0]));
+    q(&db, &format!("GRANT EXECUTE ON ROUTINE {} TO PUBLIC", sigs[1]));
+    let r = ok(&db, &files, &opts(SeedMode::Verify));
+    assert_eq!(r.functions_changed, [sigs[0].clone()], "{r:?}");
+    assert_eq!(one(&db, &format!("SELECT to_regprocedure('{}') IS NOT NULL", sigs[0])), "t");
+    let r = ok(&db, &files, &opts(SeedMode::Verify));
+    assert!(r.functions_changed.is_empty(), "{r:?}");
 }
