@@ -115,6 +115,16 @@ fn declared_tables_follow_migrations_and_dropped_tables() {
     assert!(r.text().contains("smallint"), "the drift after the migration is not seen: {}", r.text());
 }
 
+/// A statistics counter of `db` (`sql` reads one number) once every deploy session has ended: a
+/// backend's counts are flushed as it exits, before it leaves `pg_stat_activity`, so once no other
+/// session is on the database a fresh one reads them all.
+fn count_after_sessions(db: &str, sql: &str) -> i64 {
+    let alone = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid()";
+    assert!(common::db::eventually(std::time::Duration::from_secs(10), || one(db, alone) == "0"));
+    one(db, &format!("SELECT ({sql})::text")).parse::<i64>().expect("a count")
+}
+
 /// The reads a changed deploy made only because it was about to write (the `pg_proc` snapshot
 /// taken before a `CREATE FUNCTION`) are not fetched ahead by the next deploy, which changes
 /// nothing: PostgreSQL counts no scan of `pg_proc` in it, while the changed deploy made some.
@@ -125,15 +135,11 @@ fn an_unchanged_deploy_after_a_changed_one_does_not_read_the_catalog_snapshot() 
     let db = format!("{p}_main");
     let _clean = DropDatabases(vec![cat.clone(), db.clone()]);
     let g = start(&[("CATALOG_DB", cat.as_str()), ("ADMIN_TOKEN", TOKEN)]);
-    // A backend's counts are flushed as it exits, before it leaves pg_stat_activity: once no other
-    // session is on the database, a fresh one reads every deploy's counts.
     let scans = || {
-        let alone = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
-                     AND pid <> pg_backend_pid()";
-        assert!(common::db::eventually(std::time::Duration::from_secs(10), || one(&db, alone) == "0"));
-        one(&db, "SELECT seq_scan::text FROM pg_stat_sys_tables WHERE relid = 'pg_catalog.pg_proc'::regclass")
-            .parse::<i64>()
-            .expect("a count")
+        count_after_sessions(
+            &db,
+            "SELECT seq_scan FROM pg_stat_sys_tables WHERE relid = 'pg_catalog.pg_proc'::regclass",
+        )
     };
     for _ in 0..2 {
         assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
@@ -164,12 +170,7 @@ fn the_seed_check_finds_rows_by_primary_key_without_reading_the_table() {
     assert_eq!(deploy(g.addr, "/register", &p, &SCHEMA).status, 200);
     exec(&db, "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(3, 50000) g; ANALYZE items");
     let read = || {
-        let alone = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
-                     AND pid <> pg_backend_pid()";
-        assert!(common::db::eventually(std::time::Duration::from_secs(10), || one(&db, alone) == "0"));
-        one(&db, "SELECT seq_tup_read::text FROM pg_stat_user_tables WHERE relid = 'public.items'::regclass")
-            .parse::<i64>()
-            .expect("a count")
+        count_after_sessions(&db, "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relid = 'public.items'::regclass")
     };
     for run in ["first", "second"] {
         let before = read();
