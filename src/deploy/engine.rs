@@ -209,7 +209,7 @@ fn main_transaction<'f>(
 /// fetched ahead), then records the reads this deploy starts with (see `readahead`).
 ///
 /// With `with_tracking`, the tracking tables are made sure of first: by the known layout's check in the
-/// same round trip (see `tracking::known_fill`), else by `tracking::ensure_tables` on its own. `Ok(false)`:
+/// same round trip (see `tracking::known_check`), else by `tracking::ensure_tables` on its own. `Ok(false)`:
 /// the check found a table gone and was rolled back; nothing was read, the caller takes the full path.
 fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, ApiError> {
     let at = At::step("tracking");
@@ -222,13 +222,13 @@ fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, 
         cx.ahead.record_from(cx.c.round_trips());
         return Ok(true);
     };
-    let fill = if with_tracking { tracking::known_fill(cx.c, cx.db, oid) } else { None };
-    if with_tracking && fill.is_none() {
+    let check = if with_tracking { tracking::known_check(cx.c, cx.db, oid) } else { None };
+    if with_tracking && check.is_none() {
         tracking::ensure_tables(cx, oid)?;
     }
-    let fill = fill.unwrap_or_default();
-    let mut stmts: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(fill.len() + reads.len() + 2);
-    for sql in &fill {
+    let check = check.unwrap_or_default();
+    let mut stmts: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(check.len() + reads.len() + 2);
+    for sql in &check {
         stmts.push((sql, Vec::new()));
     }
     stmts.push(("SAVEPOINT ssdb_ahead", Vec::new()));
@@ -237,7 +237,7 @@ fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, 
     }
     stmts.push(("RELEASE SAVEPOINT ssdb_ahead", Vec::new()));
     let list: Vec<(&str, &[Option<&str>])> = stmts.iter().map(|(s, p)| (*s, p.as_slice())).collect();
-    let first_read = fill.len();
+    let first_read = check.len();
     match cx.c.pipeline(&list) {
         Ok(mut answers) => {
             cx.check_tx(at)?;
@@ -253,7 +253,7 @@ fn read_ahead(cx: &mut Ctx<'_>, oid: &str, with_tracking: bool) -> Result<bool, 
         }
         // The tracking check failed: nothing after it ran (the reads neither).
         Err((i, e)) if i < first_read => {
-            tracking::known_fill_failed(cx, e)?;
+            tracking::known_check_failed(cx, e)?;
             return Ok(false);
         }
         // The savepoint was made: a read that fails now is rolled back and the deploy reads as usual.

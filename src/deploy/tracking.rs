@@ -69,14 +69,14 @@ pub(crate) fn forget_layout(client: &crate::pg::blocking::Client, database: &str
 pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError> {
     let at = At::step("tracking");
     let server = cx.c.server_key();
-    if let Some(stmts) = known_fill(cx.c, cx.db, oid) {
+    if let Some(stmts) = known_check(cx.c, cx.db, oid) {
         let list: Vec<(&str, &[Option<&str>])> = stmts.iter().map(|s| (s.as_str(), &[][..])).collect();
         match cx.c.pipeline(&list) {
             Ok(answers) => {
                 cx.check_tx(at)?;
                 return if fill_wanted(&answers) { fill_keys(cx) } else { Ok(()) };
             }
-            Err((_, e)) => known_fill_failed(cx, e)?,
+            Err((_, e)) => known_check_failed(cx, e)?,
         }
     }
     let before = upstream::fold(cx.rows(upstream::COLUMNS_SQL, &[], at)?);
@@ -109,10 +109,10 @@ pub(crate) fn ensure_tables(cx: &mut Ctx<'_>, oid: &str) -> Result<(), ApiError>
 
 /// When this process knows the tracking tables' layout to be complete, the statements that check
 /// whether the other gateway's rows need their keys filled ([`upstream::fill_check_sql`], in a
-/// savepoint: a table or column dropped by hand since makes it fail, see [`known_fill_failed`]).
-/// They can go in a pipeline; the check's answer is at [`FILL_CHECK_AT`], and when it says so
+/// savepoint: a table or column dropped by hand since makes it fail, see [`known_check_failed`]).
+/// They can go in a pipeline; [`fill_wanted`] reads the answers, and when it says so
 /// [`fill_keys`] runs the fills. `None`: the full path of [`ensure_tables`] must run.
-pub(crate) fn known_fill(client: &crate::pg::blocking::Client, database: &str, oid: &str) -> Option<Vec<String>> {
+pub(crate) fn known_check(client: &crate::pg::blocking::Client, database: &str, oid: &str) -> Option<Vec<String>> {
     let known = !oid.is_empty() && LAYOUT_COMPLETE.get(&client.server_key(), database, &oid.to_string()).is_some();
     if !known {
         return None;
@@ -124,10 +124,10 @@ pub(crate) fn known_fill(client: &crate::pg::blocking::Client, database: &str, o
     ])
 }
 
-/// Where the check's answer is among the answers to the [`known_fill`] statements.
-pub(crate) const FILL_CHECK_AT: usize = 1;
+/// Where the check's answer is among the answers to the [`known_check`] statements.
+const FILL_CHECK_AT: usize = 1;
 
-/// Whether the answers to the [`known_fill`] statements say some key needs filling.
+/// Whether the answers to the [`known_check`] statements say some key needs filling.
 pub(crate) fn fill_wanted(answers: &[crate::pg::blocking::QueryResult]) -> bool {
     // No answer where one should be: filling is never wrong, only slower.
     answers
@@ -144,10 +144,10 @@ pub(crate) fn fill_keys(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
     cx.exec(&upstream::fill_sql(&all).join(";\n"), At::step("tracking"))
 }
 
-/// The [`known_fill`] statements failed with `e`: a table or column gone since (rolled back to the
+/// The [`known_check`] statements failed with `e`: a table or column gone since (rolled back to the
 /// savepoint; the layout is forgotten and the full path of [`ensure_tables`] runs next), or anything
 /// else (the deploy fails).
-pub(crate) fn known_fill_failed(cx: &mut Ctx<'_>, e: crate::pg::dberror::PgError) -> Result<(), ApiError> {
+pub(crate) fn known_check_failed(cx: &mut Ctx<'_>, e: crate::pg::dberror::PgError) -> Result<(), ApiError> {
     let at = At::step("tracking");
     match e {
         crate::pg::dberror::PgError::Db(d) if d.code == "42P01" || d.code == "42703" => {
