@@ -104,6 +104,14 @@ impl SqlFile {
         })
     }
 
+    /// The whole file's checksums: of its normalised text (what this gateway records for a
+    /// migration) and of its exact text (what 1.x recorded).
+    pub fn file_checksums(&self) -> &(String, String) {
+        self.derived
+            .file_checksums
+            .get_or_init(|| (sql::checksum(&sql::normalize_for_checksum(&self.content)), sql::checksum(&self.content)))
+    }
+
     /// The first statement a deploy never runs, with its line and the reason
     /// (see [`sql::refused_statement`]).
     pub fn refused(&self) -> Option<&(usize, String)> {
@@ -122,6 +130,7 @@ pub struct Derived {
     statements: OnceLock<Vec<Statement>>,
     checksums: OnceLock<Vec<String>>,
     refused: OnceLock<Option<(usize, String)>>,
+    file_checksums: OnceLock<(String, String)>,
 }
 
 impl PartialEq for Derived {

@@ -437,13 +437,14 @@ fn extensions(
 }
 
 fn migration_checksum(file: &SqlFile) -> String {
-    sql::checksum(&sql::normalize_for_checksum(&file.content))
+    file.file_checksums().0.clone()
 }
 
 /// Whether a recorded checksum is this file's: ours (of the normalised text), or the one
 /// stonescriptdb-gateway 1.x recorded (SHA-256 of the file's exact text).
 fn same_migration(recorded: &str, file: &SqlFile) -> bool {
-    recorded == migration_checksum(file) || recorded == sql::checksum(&file.content)
+    let (ours, exact) = file.file_checksums();
+    recorded == ours || recorded == exact
 }
 
 fn is_no_transaction(file: &SqlFile) -> bool {

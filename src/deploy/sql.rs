@@ -60,11 +60,28 @@ fn is_ident_char(b: u8) -> bool {
 /// Splits `sql` into tokens. Token boundaries always fall on ASCII bytes or the
 /// ends of the text, so every `start..end` is a valid `str` slice.
 fn tokenize(sql: &str) -> Vec<Token> {
-    let s = sql.as_bytes();
-    let n = s.len();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < n {
+    tokens(sql).collect()
+}
+
+/// The tokens of `sql` one at a time, for callers that stop early (a statement's first keywords).
+fn tokens(sql: &str) -> Tokens<'_> {
+    Tokens { s: sql.as_bytes(), i: 0 }
+}
+
+struct Tokens<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        let (s, n) = (self.s, self.s.len());
+        let mut i = self.i;
+        if i >= n {
+            return None;
+        }
         let start = i;
         let b = s[i];
         let kind = if b.is_ascii_whitespace() {
@@ -120,9 +137,9 @@ fn tokenize(sql: &str) -> Vec<Token> {
             i += 1;
             Kind::Punct
         };
-        out.push(Token { kind, start, end: i });
+        self.i = i;
+        Some(Token { kind, start, end: i })
     }
-    out
 }
 
 fn skip_block_comment(s: &[u8], mut i: usize) -> usize {
@@ -271,7 +288,7 @@ fn bytecount_newlines(s: &[u8]) -> usize {
 pub fn normalize_for_checksum(stmt: &str) -> String {
     let mut out = String::with_capacity(stmt.len());
     let mut pending_space = false;
-    for t in tokenize(stmt) {
+    for t in tokens(stmt) {
         if !is_significant(&t) {
             // A comment separates tokens just like whitespace does (`a/**/b` is `a b`).
             pending_space = true;
@@ -319,7 +336,7 @@ pub fn first_line_directive(content: &str) -> Option<&str> {
 /// longer classify the statement.
 pub fn leading_keywords(stmt: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
-    for t in tokenize(stmt) {
+    for t in tokens(stmt) {
         if out.len() >= n {
             break;
         }
