@@ -79,6 +79,23 @@ fn a_tracking_table_dropped_between_deploys_is_made_again() {
     let logged =
         query_col(&db, "SELECT kind || ' ' || object || ' ' || action FROM public._stonescriptdb_gateway_changelog");
     assert!(!logged.is_empty(), "nothing logged: {}", r.text());
+
+    // A column the tracking check names, dropped by hand: the check fails, and the deploy brings the
+    // layout back instead of failing.
+    for _ in 0..2 {
+        assert_eq!(deploy(g.addr, "/register", &p, &changed).status, 200);
+    }
+    exec(&db, "ALTER TABLE public._stonescriptdb_gateway_migrations DROP COLUMN migration_file");
+    let r = deploy(g.addr, "/register", &p, &changed);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(*)::text FROM information_schema.columns \
+             WHERE table_name = '_stonescriptdb_gateway_migrations' AND column_name = 'migration_file'"
+        ),
+        "1"
+    );
 }
 
 /// An unchanged redeploy still counts the seed rows, creates a table dropped by hand, and compares
