@@ -191,14 +191,18 @@ fn key_match(keys: &Keys, real: &str) -> (String, String) {
     (absent, key_text)
 }
 
+/// (rows defined, keys missing) from a row of (count, JSON array of key texts).
 fn parse_missing(row: &[String]) -> (u64, Vec<String>) {
     let total = row.first().and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
-    let missing = row
-        .get(1)
-        .and_then(|j| json::parse(j.as_bytes()).ok())
+    (total, parse_keys(row.get(1).map_or("", String::as_str)))
+}
+
+/// Key texts from a JSON array of them (SQL NULL, i.e. nothing missing, reads as empty).
+fn parse_keys(json_array: &str) -> Vec<String> {
+    json::parse(json_array.as_bytes())
+        .ok()
         .and_then(|v| v.as_array().map(|a| a.iter().map(|k| k.as_str().unwrap_or_default().to_string()).collect()))
-        .unwrap_or_default();
-    (total, missing)
+        .unwrap_or_default()
 }
 
 /// How many rows an INSERT defines, evaluated like [`evaluate`] but only counted: a seeder skipped
@@ -236,7 +240,7 @@ fn missing_keys(
             at,
         )?;
         let missing = found.into_iter().next().and_then(|mut r| r.pop()).unwrap_or_default();
-        return Ok(parse_missing(&[d.count.to_string(), missing]));
+        return Ok((d.count, parse_keys(&missing)));
     }
     let keys = key_columns(cx, &rel, at)?;
     let real = format!("_ssdb_seed_real_{n}");

@@ -2,7 +2,7 @@
 //! the engine makes on them. They live in `public` next to the schema they describe and are written
 //! in the deploy's own transaction, so a rolled-back deploy leaves no trace in them either.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::context::{At, Ctx};
 use super::upstream;
@@ -139,9 +139,7 @@ pub(crate) fn fill_wanted(answers: &[crate::pg::blocking::QueryResult]) -> bool 
 
 /// Fills the keys rows of the other gateway lack (see [`upstream::fill_sql`]).
 pub(crate) fn fill_keys(cx: &mut Ctx<'_>) -> Result<(), ApiError> {
-    let all: HashMap<String, HashSet<String>> =
-        upstream::TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
-    cx.exec(&upstream::fill_sql(&all).join(";\n"), At::step("tracking"))
+    cx.exec(&upstream::all_fill_sql().join(";\n"), At::step("tracking"))
 }
 
 /// The [`known_check`] statements failed with `e`: a table or column gone since (rolled back to the

@@ -205,6 +205,11 @@ pub fn fill_sql(cols: &HashMap<String, HashSet<String>>) -> Vec<String> {
     TABLES.iter().filter(|t| cols.contains_key(**t)).flat_map(|t| fills(t)).collect()
 }
 
+/// [`fill_sql`] for every tracking table (a layout known to be complete).
+pub fn all_fill_sql() -> Vec<String> {
+    TABLES.iter().flat_map(|t| fills(t)).collect()
+}
+
 /// The file name 1.x would record for one of our migration paths.
 pub fn upstream_migration_name(path: &str) -> &str {
     path.strip_prefix("migrations/").unwrap_or(path)
@@ -423,6 +428,20 @@ mod tests {
         whole.get_mut("migrations").unwrap().extend(["migration_file".to_string(), "id".to_string()]);
         assert!(upgrade_sql(&whole).is_empty());
         assert_eq!(fill_sql(&whole).len(), 2);
+    }
+
+    #[test]
+    fn the_fill_check_asks_what_every_fill_would_change() {
+        let all: HashMap<String, HashSet<String>> = TABLES.iter().map(|t| (t.to_string(), HashSet::new())).collect();
+        assert_eq!(all_fill_sql(), fill_sql(&all));
+        let check = fill_check_sql();
+        for t in TABLES {
+            assert!(check.contains(&format!("FROM {} WHERE", qualified(t))), "{t} not probed: {check}");
+        }
+        for stmt in all_fill_sql() {
+            let cond = stmt.split(" WHERE ").nth(1).expect("a WHERE");
+            assert!(check.contains(&format!("({cond})")), "{cond} not checked: {check}");
+        }
     }
 
     #[test]
