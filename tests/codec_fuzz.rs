@@ -296,6 +296,21 @@ fn pg_frame() {
     run("pg_frame", 0x96F2_0006, 20_000, &seeds, tokens, props::pg_frame);
 }
 
+#[test]
+fn scram() {
+    let n = props::SCRAM_NONCE;
+    let mut seeds = Vec::new();
+    for (salt, i) in [("W22ZaJ0SNY7soEsUEjb6gQ==", 1), ("c2FsdA==", 2), ("", 3), ("QUJD", 16)] {
+        let first = format!("r={n}srv%$x,s={salt},i={i}");
+        for last in ["v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=", "e=invalid-proof", ""] {
+            seeds.push(format!("{first}\0{last}").into_bytes());
+        }
+        seeds.push(format!("{first},x=ext").into_bytes());
+    }
+    let tokens: &[&[u8]] = &[b"r=", b"s=", b"i=", b",", b"=", b"m=", b"v=", b"e=", b"\0", b"9", n.as_bytes()];
+    run("scram", 0x5C7A_0001, 5_000, &seeds, tokens, props::scram);
+}
+
 /// The two selector bytes that make the call checks use `oid`.
 fn oid_prefix(oid: u32) -> [u8; 2] {
     let i = props::type_oids().iter().position(|&o| o == oid).expect("oid in the registry");

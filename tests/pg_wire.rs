@@ -277,3 +277,40 @@ fn fatal_error_breaks_the_client() {
     let err = victim.simple_query("SELECT 1").unwrap_err();
     assert!(victim.is_broken(), "{err}");
 }
+
+/// The salt and iteration count of a role's SCRAM verifier (`SCRAM-SHA-256$<i>:<salt>$<keys>`).
+fn verifier_salt(role: &str) -> (Vec<u8>, u32) {
+    let v = one(&mut superuser(), &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")).unwrap();
+    let (head, _) = v.strip_prefix("SCRAM-SHA-256$").expect(&v).split_once('$').unwrap();
+    let (i, salt) = head.split_once(':').unwrap();
+    (stonescriptdb_gateway::security::base64::decode(salt).unwrap(), i.parse().unwrap())
+}
+
+/// A SCRAM login leaves the keys its verifier's salt gives remembered; a new verifier (same password,
+/// new salt) is a different entry, so the next login derives again and still gets in.
+#[test]
+fn scram_logins_remember_keys_per_verifier() {
+    use stonescriptdb_gateway::pg::scram::remembers;
+    let (salt, i) = verifier_salt("ssdb_scram");
+    for tcp in [true, false] {
+        let mut c = Client::connect(&params("ssdb_scram", Some("scram_secret"), tcp)).expect("scram login");
+        assert_eq!(one(&mut c, "SELECT current_user").as_deref(), Some("ssdb_scram"));
+        c.close();
+        assert!(remembers("scram_secret", &salt, i));
+    }
+    superuser()
+        .simple_query("SET password_encryption = 'scram-sha-256'; ALTER ROLE ssdb_scram PASSWORD 'scram_secret'")
+        .unwrap();
+    let (salt2, i2) = verifier_salt("ssdb_scram");
+    assert_ne!(salt, salt2, "a new verifier has a new salt");
+    assert!(!remembers("scram_secret", &salt2, i2));
+    let mut c = Client::connect(&params("ssdb_scram", Some("scram_secret"), true)).expect("login after a new verifier");
+    assert_eq!(one(&mut c, "SELECT current_user").as_deref(), Some("ssdb_scram"));
+    c.close();
+    assert!(remembers("scram_secret", &salt2, i2));
+    // Remembered keys of the right password do not let a wrong one in.
+    match Client::connect(&params("ssdb_scram", Some("not the secret"), true)) {
+        Err(e) => assert_eq!(e.sqlstate(), Some("28P01"), "{e}"),
+        Ok(_) => panic!("a wrong password logged in"),
+    }
+}

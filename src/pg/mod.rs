@@ -7,5 +7,6 @@ pub mod conn;
 pub mod dberror;
 pub mod frame;
 pub mod params;
+pub mod scram;
 pub mod startup;
 pub mod terminate;

@@ -7,13 +7,14 @@
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::dberror::PgError;
 use super::frame::{Backend, message_name};
 use super::params::ConnectParams;
+use super::scram::Scram;
 
 /// Appends the StartupMessage for `params`.
 ///
@@ -76,9 +77,9 @@ enum State {
     /// StartupMessage sent; waiting for the server's authentication request.
     AwaitAuthRequest,
     /// SASLInitialResponse sent; waiting for the server-first-message.
-    SaslContinue(Box<ScramSha256>),
+    SaslContinue(Box<Scram>),
     /// Client proof sent; waiting for the server signature.
-    SaslFinal(Box<ScramSha256>),
+    SaslFinal(Box<Scram>),
     /// Credentials sent (and the server verified, for SCRAM); waiting for AuthenticationOk.
     AwaitAuthOk,
     /// Authenticated; collecting ParameterStatus and BackendKeyData until ReadyForQuery.
@@ -149,20 +150,21 @@ impl Startup {
                         mechanisms.join(", ")
                     )));
                 }
-                let pw = self.password()?;
-                let scram = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out).map_err(encode)?;
+                let (scram, first) = Scram::start(self.password()?).map_err(PgError::Auth)?;
+                frontend::sasl_initial_response(SCRAM_SHA_256, &first, out).map_err(encode)?;
                 Ok((State::SaslContinue(Box::new(scram)), cont))
             }
             (State::SaslContinue(mut scram), Backend::Message(Message::AuthenticationSaslContinue(body))) => {
-                scram.update(body.data()).map_err(|e| PgError::Auth(format!("bad SCRAM server-first-message: {e}")))?;
-                frontend::sasl_response(scram.message(), out).map_err(encode)?;
+                let reply = scram
+                    .server_first(body.data())
+                    .map_err(|e| PgError::Auth(format!("bad SCRAM server-first-message: {e}")))?;
+                frontend::sasl_response(&reply, out).map_err(encode)?;
                 Ok((State::SaslFinal(scram), cont))
             }
             (State::SaslFinal(mut scram), Backend::Message(Message::AuthenticationSaslFinal(body))) => {
                 // A server that cannot prove it knows the password may be an impostor.
                 scram
-                    .finish(body.data())
+                    .server_final(body.data())
                     .map_err(|e| PgError::Auth(format!("server SCRAM signature did not verify: {e}")))?;
                 Ok((State::AwaitAuthOk, cont))
             }

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::pg_api;
 use crate::error::{ApiError, Kind};
 use crate::pg::blocking::Client;
+use crate::security::digest::hmac_sha256;
 use crate::security::names::MAX_IDENTIFIER_BYTES;
 use crate::security::random::hex;
 
@@ -41,25 +42,6 @@ pub fn role_name(prefix: &str, platform: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(r)
-}
-
-/// HMAC-SHA256 (RFC 2104) over SHA-256's 64-byte block.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&outer.finalize());
-    out
 }
 
 /// A platform role's password: derived, so it is stored nowhere and the same on every instance that
@@ -630,20 +612,6 @@ pub fn confine_objects(db: &mut Client, role: &str, call_schemas: &[String]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_matches_rfc_4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-    }
-
-    #[test]
-    fn hmac_with_a_long_key_hashes_it_first() {
-        // RFC 4231 test case 6: a 131-byte key.
-        let key = [0xaau8; 131];
-        let mac = hmac_sha256(&key, b"Test Using Larger Than Block-Size Key - Hash Key First");
-        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-    }
 
     #[test]
     fn passwords_depend_on_secret_and_role() {

@@ -29,6 +29,7 @@ use stonescriptdb_gateway::http::chunked::ChunkedDecoder;
 use stonescriptdb_gateway::http::request::parse_head;
 use stonescriptdb_gateway::json::{self, Value};
 use stonescriptdb_gateway::pg::frame::{Backend, data_row_fields, read_message};
+use stonescriptdb_gateway::pg::scram::{MAX_ITERATIONS, Scram};
 
 /// Reads choices off the front of a fuzz input; past the end every read yields zeros.
 pub struct Src<'a>(&'a [u8]);
@@ -641,6 +642,38 @@ pub fn pg_frame(data: &[u8]) -> bool {
     }
     assert_eq!(whole, pieces, "messages depend on read boundaries (step {step})");
     whole.iter().any(|m| !m.starts_with("error"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SCRAM
+
+/// The nonce `scram` logs in with.
+pub const SCRAM_NONCE: &str = "fuzzNonce0123456789abcde";
+
+/// A server-first-message, a NUL, a server-final-message. `Scram`'s exchange never panics; a proof
+/// goes out only for a nonce that extends ours, a decodable salt and 1..=MAX_ITERATIONS rounds, and
+/// has the RFC's shape; no server-final-message is taken without the signature the keys give.
+pub fn scram(data: &[u8]) -> bool {
+    let (first, last) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let (mut s, _) = Scram::with_nonce("pencil", "", SCRAM_NONCE);
+    let Ok(reply) = s.server_first(first) else { return false };
+    let text = std::str::from_utf8(first).expect("accepted server-first-message is UTF-8");
+    let mut fields = text.split(',');
+    let nonce = fields.next().and_then(|f| f.strip_prefix("r=")).expect("accepted without r=");
+    assert!(nonce.starts_with(SCRAM_NONCE) && nonce.len() > SCRAM_NONCE.len(), "{text}");
+    let iterations: u32 = fields.nth(1).and_then(|f| f.strip_prefix("i=")).and_then(|i| i.parse().ok()).expect("i=");
+    assert!((1..=MAX_ITERATIONS).contains(&iterations), "{text}");
+    let reply = String::from_utf8(reply).expect("proof is ASCII");
+    let proof = reply.strip_prefix(&format!("c=biws,r={nonce},p=")).expect(&reply);
+    assert_eq!(proof.len(), 44, "{reply}");
+    if s.server_final(last).is_ok() {
+        // A mutation can hardly hit the signature; a forged one that passed is a broken check.
+        panic!("server-final-message {last:?} accepted for server-first {text:?}");
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
