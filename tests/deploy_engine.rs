@@ -774,3 +774,26 @@ fn an_unchanged_redeploy_reads_ahead_in_few_round_trips() {
     let r = ok(&db, &files, &opts(SeedMode::Verify));
     assert!(r.functions_changed.is_empty(), "{r:?}");
 }
+
+/// A deploy that runs the tables' scratch run (nothing is remembered of it after a migration) goes on
+/// recording the reads after it: the scratch run leaves nothing behind and the next deploy skips it,
+/// so that deploy finds the table, migration and routine reads fetched ahead as well.
+#[test]
+fn reads_after_a_scratch_run_are_fetched_ahead_by_the_next_deploy() {
+    let db = TestDb::new("ahead_scratch");
+    let mut files = platform();
+    ok(&db, &files, &opts(SeedMode::RunIfEmpty));
+    ok(&db, &files, &opts(SeedMode::Verify));
+    files.insert("migrations/020_note.sql".into(), "COMMENT ON TABLE products IS 'noted';\n".into());
+    assert_eq!(ok(&db, &files, &opts(SeedMode::Verify)).migrations_applied.len(), 1);
+    // The migration made the next deploy run the scratch run again; a routine changes in it too.
+    let math = files["functions/math.sql"].replace("SELECT a + b + c", "SELECT c + b + a");
+    files.insert("functions/math.sql".into(), math);
+    let r = ok(&db, &files, &opts(SeedMode::Verify));
+    assert_eq!(r.functions_changed.len(), 1, "{r:?}");
+    let (r, trips) = run_counted(&db, &files, &opts(SeedMode::Verify));
+    assert!(r.expect("unchanged migrate").functions_changed.is_empty());
+    // The reads up to the routines' come ahead; only the seed checks that followed the changed routine
+    // are read one by one (8 round trips; 18 when the recording ended at the scratch run).
+    assert!(trips <= 9, "after the scratch run: {trips} round trips");
+}

@@ -2,7 +2,8 @@
 //!
 //! An unchanged redeploy spends most of its time waiting on one small catalog or tracking-table read
 //! after another, each its own round trip. The reads the engine made right after taking the
-//! database's lock, up to the first statement that was not one of them, are remembered per database
+//! database's lock, up to the first statement that was not one of them (work the next deploy skips and
+//! that leaves nothing behind, the tables step's scratch run, is stepped over), are remembered per database
 //! (keyed by its OID); the next deploy sends the same statements with the same parameters behind the
 //! lock, as one pipeline inside a savepoint. Each answer is handed out only when the engine asks for
 //! exactly that statement next and nothing else was sent on the session since the pipeline (the
@@ -104,6 +105,24 @@ impl ReadAhead {
         self.recorded_at = after;
     }
 
+    /// Leaves what runs until [`ReadAhead::resume`] out of the recording without ending it: work that
+    /// leaves nothing behind and that the next deploy skips (the tables step's scratch run makes and
+    /// drops its schema in this transaction, and is remembered), so the reads after it are the ones
+    /// that deploy makes at this point. Returns whether the recording was going.
+    pub fn pause(&mut self) -> bool {
+        let going = self.recording.is_some() && self.recorded_at != u64::MAX;
+        self.recorded_at = u64::MAX;
+        going
+    }
+
+    /// Goes on recording after a [`ReadAhead::pause`] that returned `going`; `rt` is the client's
+    /// count now.
+    pub fn resume(&mut self, going: bool, rt: u64) {
+        if going {
+            self.recorded_at = rt;
+        }
+    }
+
     /// Ends the recording where it is (a write, a savepoint, platform SQL).
     pub fn stop(&mut self) {
         if let Some(list) = self.recording.take() {
@@ -157,5 +176,29 @@ mod tests {
         w.note("INSERT INTO t VALUES (1)", &[], 0, 1);
         w.note("SELECT a", &[], 1, 2);
         assert_eq!(w.recording.as_ref().map(Vec::len), Some(0), "only reads are recorded");
+    }
+
+    #[test]
+    fn a_pause_leaves_out_what_runs_in_it_and_only_resumes_a_going_recording() {
+        let mut r = ReadAhead::default();
+        r.record_from(0);
+        r.note("SELECT a", &[], 0, 1);
+        let going = r.pause();
+        assert!(going);
+        r.note("SELECT scratch", &[], 3, 4);
+        r.resume(going, 9);
+        r.note("SELECT b", &[], 9, 10);
+        let names: Vec<&str> = r.recording.as_ref().unwrap().iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["SELECT a", "SELECT b"]);
+
+        let mut stopped = ReadAhead::default();
+        stopped.record_from(0);
+        stopped.note("SELECT a", &[], 0, 1);
+        stopped.note("SELECT b", &[], 2, 3);
+        let going = stopped.pause();
+        assert!(!going);
+        stopped.resume(going, 5);
+        stopped.note("SELECT c", &[], 5, 6);
+        assert_eq!(stopped.recording.as_ref().map(Vec::len), Some(1), "a stopped recording stays stopped");
     }
 }

@@ -125,7 +125,12 @@ pub(crate) fn declare_and_create(
     let (ran_at, mut tables) = match cached {
         Some(c) => c,
         None => {
+            // A run that is remembered is skipped by the next deploy: what is read after it is what
+            // that deploy reads at this point.
+            let remembered = unchanged_types && key.is_some();
+            let going = remembered && cx.ahead.pause();
             let fresh = scratch_run(cx, archive, &files, &path)?;
+            cx.ahead.resume(going, cx.c.round_trips());
             if let (true, Some(k)) = (unchanged_types, key) {
                 SCRATCH_RUNS.put(&server, cx.db, k, fresh.clone(), true);
             }
