@@ -25,6 +25,10 @@ pub const MAX_ITERATIONS: u32 = 100_000;
 /// Key pairs remembered at most (one per role and verifier); when full the memo starts afresh.
 pub const MAX_REMEMBERED: usize = 4096;
 
+/// Longest salt whose keys are remembered. PostgreSQL's are 16 bytes; a server sending long ones
+/// could otherwise fill the memo with them (its keys are then derived on every login).
+pub const MAX_REMEMBERED_SALT: usize = 64;
+
 /// Random bytes in the client nonce (24 base64 characters).
 const NONCE_BYTES: usize = 18;
 
@@ -195,14 +199,17 @@ pub fn remembers(password: &str, salt: &[u8], iterations: u32) -> bool {
 
 /// The keys of `password` under `salt` and `iterations`, remembered.
 fn keys(password: &str, salt: &[u8], iterations: u32) -> Keys {
+    if salt.len() > MAX_REMEMBERED_SALT {
+        DERIVATIONS.fetch_add(1, Ordering::Relaxed);
+        return derive(password, salt, iterations);
+    }
     let id = memo_key(password, salt, iterations);
     if let Some(k) = MEMO.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|m| m.get(&id)) {
         return *k;
     }
     // Derived outside the lock: two first logins of one role may both derive, nothing waits on it.
     DERIVATIONS.fetch_add(1, Ordering::Relaxed);
-    let salted = HmacKey::new(&pbkdf2_sha256(password.as_bytes(), salt, iterations));
-    let k = Keys { client: salted.mac(&[b"Client Key"]), server: salted.mac(&[b"Server Key"]) };
+    let k = derive(password, salt, iterations);
     let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
     let memo = memo.get_or_insert_with(HashMap::new);
     if memo.len() >= MAX_REMEMBERED {
@@ -210,6 +217,12 @@ fn keys(password: &str, salt: &[u8], iterations: u32) -> Keys {
     }
     memo.insert(id, k);
     k
+}
+
+/// PBKDF2 of the password, then the two keys (RFC 5802 §3).
+fn derive(password: &str, salt: &[u8], iterations: u32) -> Keys {
+    let salted = HmacKey::new(&pbkdf2_sha256(password.as_bytes(), salt, iterations));
+    Keys { client: salted.mac(&[b"Client Key"]), server: salted.mac(&[b"Server Key"]) }
 }
 
 #[cfg(test)]
@@ -294,6 +307,10 @@ mod tests {
             let salted = HmacKey::new(&pbkdf2_sha256(b"a password only this test uses", b"salt-1", 64));
             salted.mac(&[b"Client Key"])
         });
+        let long_salt = [7u8; MAX_REMEMBERED_SALT + 1];
+        let long = keys("a password only this test uses", &long_salt, 64);
+        assert!(!remembered("a password only this test uses", &long_salt, 64), "long salts are not remembered");
+        assert_ne!(long.client, a.client);
         let other_salt = keys("a password only this test uses", b"salt-2", 64);
         let other_count = keys("a password only this test uses", b"salt-1", 65);
         let other_password = keys("another password this test uses", b"salt-1", 64);
