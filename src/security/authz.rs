@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn admin_changes_need_bearer_json_and_no_foreign_origin() {
         let bearer = format!("Bearer {TOKEN}");
-        let basic = format!("Basic {}", base64(&format!("ops:{TOKEN}")));
+        let basic = format!("Basic {}", crate::security::base64::encode(format!("ops:{TOKEN}").as_bytes()));
         let ok = [("Host", "127.0.0.1:9000"), ("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
         assert!(check(Method::Post, "/admin/isolate", &ok).unwrap().admin);
         // A form post from another site, with the Basic login the browser keeps.
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn basic_credentials_never_make_a_platform_request_an_admin_one() {
-        let basic = format!("Basic {}", base64(&format!("ops:{TOKEN}")));
+        let basic = format!("Basic {}", crate::security::base64::encode(format!("ops:{TOKEN}").as_bytes()));
         let c = check(Method::Post, "/call", &[("Host", "localhost"), ("Authorization", &basic)]).unwrap();
         assert!(!c.admin);
         let bearer = format!("Bearer {TOKEN}");
@@ -418,22 +418,5 @@ mod tests {
             Kind::AdminTokenInvalid
         );
         assert!(check(Method::Post, "/database/create", &[("Host", "localhost")]).is_ok());
-    }
-
-    fn base64(s: &str) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let b = s.as_bytes();
-        let mut out = String::new();
-        for c in b.chunks(3) {
-            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
     }
 }
