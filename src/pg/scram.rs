@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use sha2::{Digest, Sha256};
@@ -62,14 +61,6 @@ enum Step {
         server_signature: [u8; 32],
     },
     Done,
-}
-
-/// PBKDF2 runs so far in this process (remembered keys are not counted).
-static DERIVATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// How many times this process has run PBKDF2 for a login.
-pub fn derivations() -> u64 {
-    DERIVATIONS.load(Ordering::Relaxed)
 }
 
 impl Scram {
@@ -200,7 +191,6 @@ pub fn remembers(password: &str, salt: &[u8], iterations: u32) -> bool {
 /// The keys of `password` under `salt` and `iterations`, remembered.
 fn keys(password: &str, salt: &[u8], iterations: u32) -> Keys {
     if salt.len() > MAX_REMEMBERED_SALT {
-        DERIVATIONS.fetch_add(1, Ordering::Relaxed);
         return derive(password, salt, iterations);
     }
     let id = memo_key(password, salt, iterations);
@@ -208,7 +198,6 @@ fn keys(password: &str, salt: &[u8], iterations: u32) -> Keys {
         return *k;
     }
     // Derived outside the lock: two first logins of one role may both derive, nothing waits on it.
-    DERIVATIONS.fetch_add(1, Ordering::Relaxed);
     let k = derive(password, salt, iterations);
     let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
     let memo = memo.get_or_insert_with(HashMap::new);
