@@ -314,3 +314,25 @@ fn scram_logins_remember_keys_per_verifier() {
         Ok(_) => panic!("a wrong password logged in"),
     }
 }
+
+/// SCRAM passwords that are not plain: one SASLprep normalises (non-ASCII, goes through the library's
+/// exchange, and its NFKC twin logs in too) and one SASLprep refuses (a control character; PostgreSQL
+/// then takes the bytes as they are, and so does our exchange for ASCII).
+#[test]
+fn scram_logins_with_passwords_saslprep_changes_or_refuses() {
+    for tcp in [true, false] {
+        for (user, pw) in
+            [("ssdb_scram_uni", "pässwörd Ⅸ"), ("ssdb_scram_uni", "pässwörd IX"), ("ssdb_scram_ctl", "ctl\tpw")]
+        {
+            let mut c = Client::connect(&params(user, Some(pw), tcp)).unwrap_or_else(|e| panic!("{user} {pw:?}: {e}"));
+            assert_eq!(one(&mut c, "SELECT current_user").as_deref(), Some(user));
+            c.close();
+        }
+        for (user, pw) in [("ssdb_scram_uni", "passwoerd IX"), ("ssdb_scram_ctl", "ctl pw")] {
+            match Client::connect(&params(user, Some(pw), tcp)) {
+                Err(e) => assert_eq!(e.sqlstate(), Some("28P01"), "{user} {pw:?}: {e}"),
+                Ok(_) => panic!("{user} logged in with {pw:?}"),
+            }
+        }
+    }
+}

@@ -236,14 +236,20 @@ pg_cluster_init() {
         {
             printf 'local all ssdb_md5   md5\n'
             printf 'local all ssdb_scram scram-sha-256\n'
+            printf 'local all ssdb_scram_uni scram-sha-256\n'
+            printf 'local all ssdb_scram_ctl scram-sha-256\n'
             printf 'local all ssdb_clear password\n'
             printf 'local all all        trust\n'
             printf 'host  all ssdb_md5   127.0.0.1/32 md5\n'
             printf 'host  all ssdb_scram 127.0.0.1/32 scram-sha-256\n'
+            printf 'host  all ssdb_scram_uni 127.0.0.1/32 scram-sha-256\n'
+            printf 'host  all ssdb_scram_ctl 127.0.0.1/32 scram-sha-256\n'
             printf 'host  all ssdb_clear 127.0.0.1/32 password\n'
             printf 'host  all all        127.0.0.1/32 trust\n'
             printf 'host  all ssdb_md5   ::1/128 md5\n'
             printf 'host  all ssdb_scram ::1/128 scram-sha-256\n'
+            printf 'host  all ssdb_scram_uni ::1/128 scram-sha-256\n'
+            printf 'host  all ssdb_scram_ctl ::1/128 scram-sha-256\n'
             printf 'host  all ssdb_clear ::1/128 password\n'
             printf 'host  all all        ::1/128 trust\n'
         } >"${hba}"
@@ -422,18 +428,22 @@ pg_test_roles() {
     socketdir="$(pg_socketdir "${dir}")"
     local -a psql=("${PG_BINDIR}/psql" -X -q -v ON_ERROR_STOP=1 -h "${socketdir}" -p "${port}" -U postgres)
     "${psql[@]}" -d postgres <<'SQL'
+SET client_encoding = 'UTF8';
 SET password_encryption = 'md5';
 CREATE ROLE ssdb_md5 LOGIN PASSWORD 'md5_secret';
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE ssdb_scram LOGIN PASSWORD 'scram_secret';
+-- SCRAM passwords that SASLprep changes (NFKC: U+2168 is IX) and that it refuses (a tab).
+CREATE ROLE ssdb_scram_uni LOGIN PASSWORD 'pässwörd Ⅸ';
+CREATE ROLE ssdb_scram_ctl LOGIN PASSWORD E'ctl\tpw';
 CREATE ROLE ssdb_clear LOGIN PASSWORD 'clear_secret';
 CREATE ROLE ssdb_trust LOGIN CREATEDB;
 CREATE DATABASE ssdb_test OWNER ssdb_trust;
-GRANT ALL ON DATABASE ssdb_test TO ssdb_md5, ssdb_scram, ssdb_clear;
+GRANT ALL ON DATABASE ssdb_test TO ssdb_md5, ssdb_scram, ssdb_clear, ssdb_scram_uni, ssdb_scram_ctl;
 SQL
     # PostgreSQL 15 no longer lets everyone create in schema public.
     "${psql[@]}" -d ssdb_test <<'SQL'
 GRANT ALL ON SCHEMA public TO ssdb_trust, ssdb_md5, ssdb_scram, ssdb_clear;
 SQL
-    pg_log "created roles ssdb_trust, ssdb_md5, ssdb_scram, ssdb_clear and database ssdb_test"
+    pg_log "created roles ssdb_trust, ssdb_md5, ssdb_scram, ssdb_scram_uni, ssdb_scram_ctl, ssdb_clear and database ssdb_test"
 }
