@@ -2,9 +2,9 @@
 //! binding, an empty user name (the startup packet names the role). Bytes in, messages out.
 //!
 //! The two keys a password yields under one salt and iteration count are remembered for the life of
-//! the process. Deriving them is PBKDF2 over 4096 rounds by PostgreSQL's default, about a millisecond
-//! of CPU, and every backend the gateway opens logs in: each database of a fleet deploy, each pool
-//! connect. A changed password or a new verifier (new salt) is a different entry, so nothing
+//! the process. Deriving them is PBKDF2 over 4096 rounds by PostgreSQL's default (0.6 ms of CPU here,
+//! 1.1 ms with the library's exchange), and every backend the gateway opens logs in: each database of
+//! a fleet deploy, each pool connect (on an event loop). A changed password or a new verifier (new salt) is a different entry, so nothing
 //! remembered can outlive the password it came from.
 
 use std::collections::HashMap;
