@@ -4,8 +4,11 @@
 //!
 //! PostgreSQL comes from TEST_PG_HOST/TEST_PG_PORT/TEST_PG_SUPERUSER (what `scripts/test.sh --keep`
 //! prints) or else the gateway's own DB_* / DATABASE_URL environment. Knobs: BENCH_REDEPLOYS (default
-//! 10), BENCH_TENANTS (default 200). Every database it creates (platform `bench_deploy_<pid>`) and its
-//! catalog database are dropped at the end.
+//! 10), BENCH_TENANTS (default 200), BENCH_STEADY=1 (two unchanged `/migrate` runs of the fleet before
+//! the changed one, as in a fleet deployed often: the changed run then finds what a process remembers
+//! of each database, as it does in steady operation, instead of being the process's first).
+//! Every database it creates (platform `bench_deploy_<pid>`) and its catalog database are dropped at
+//! the end.
 
 #[path = "../tests/common/archive.rs"]
 mod test_archive;
@@ -179,6 +182,17 @@ fn main() {
             setup.as_secs_f64(),
             setup.as_secs_f64() * 1000.0 / tenants as f64
         );
+        if std::env::var("BENCH_STEADY").is_ok_and(|v| v == "1") {
+            for round in 1..=2 {
+                let t = Instant::now();
+                let (st, v) = post(addr, "/migrate", &[("platform", &platform)], &v0);
+                assert_eq!(st, 200, "{}", v.to_json());
+                println!(
+                    "(b) steady: unchanged /migrate {round} before the change: {:.1} ms per database",
+                    t.elapsed().as_secs_f64() * 1000.0 / (tenants + 1) as f64
+                );
+            }
+        }
         let v1 = test_archive::tgz(schema(100, 1));
         let t = Instant::now();
         let (st, v) = post(addr, "/migrate", &[("platform", &platform)], &v1);
