@@ -1,5 +1,6 @@
-//! What the gateway tells once at start about the cluster it finds: its login's rights and the
-//! databases of stonescriptdb-gateway 1.x it does not serve until they are adopted.
+//! What the gateway tells once at start about the cluster it finds: its login's rights, whether
+//! PostgreSQL's shared memory is in huge pages, and the databases of stonescriptdb-gateway 1.x it
+//! does not serve until they are adopted.
 
 use super::service::DeployCtx;
 use super::upstream;
@@ -10,7 +11,24 @@ pub fn startup_tells(ctx: &DeployCtx) {
     use crate::log;
     let Ok(mut admin) = crate::pg::blocking::Client::connect(&ctx.admin) else { return };
     let rights = upstream::check_login(&mut admin);
+    let huge = admin.simple_query("SELECT current_setting('huge_pages'), current_setting('huge_pages_status', true)");
     admin.close();
+    if let Ok(row) = huge.as_deref().map(|rows| rows.first().cloned().unwrap_or_default()) {
+        let setting = row.first().cloned().flatten().unwrap_or_default();
+        let status = row.get(1).cloned().flatten();
+        let local = is_local(&ctx.admin.host).then(local_huge_pages).flatten();
+        if huge_pages_missing(&setting, status.as_deref(), local) {
+            log::info(
+                "PostgreSQL's shared memory is not in huge pages: every new backend (each database of a fleet \
+                 deploy, each pool connect) pays page faults for it; an unchanged fleet /migrate cost it 15-29 % \
+                 more CPU per database in bench/ (README, \"Fleet runs\")",
+                &[
+                    ("huge_pages", &setting),
+                    ("fix", &"vm.nr_hugepages >= SHOW shared_memory_size_in_huge_pages, huge_pages = on, restart"),
+                ],
+            );
+        }
+    }
     match rights {
         Ok(r) => {
             upstream::remember_login_rights(r);
@@ -59,5 +77,68 @@ pub fn startup_tells(ctx: &DeployCtx) {
         }
         Ok(_) => {}
         Err(e) => log::debug("databases of stonescriptdb-gateway 1.x not looked for", &[("error", &e)]),
+    }
+}
+
+/// Whether PostgreSQL's shared memory is (most likely) not in huge pages: its `huge_pages` setting,
+/// `huge_pages_status` where the server has it (PostgreSQL 17+), and `HugePages_Total` of this
+/// machine when the server runs here. `try` without that status is only known to fall back when this
+/// machine has none to give.
+pub(crate) fn huge_pages_missing(setting: &str, status: Option<&str>, local_total: Option<u64>) -> bool {
+    match status {
+        Some(s) => s == "off",
+        None => setting == "off" || (setting == "try" && local_total == Some(0)),
+    }
+}
+
+/// A server reached through a Unix socket or a loopback address runs on this machine.
+fn is_local(host: &crate::pg::params::Host) -> bool {
+    use crate::pg::params::Host;
+    match host {
+        Host::Unix(_) => true,
+        Host::Tcp(h) => h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+    }
+}
+
+/// `HugePages_Total` of this machine, from `/proc/meminfo`.
+fn local_huge_pages() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    hugepages_total(&text)
+}
+
+fn hugepages_total(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| l.strip_prefix("HugePages_Total:")).and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_pages_are_missing_only_when_the_server_or_this_machine_says_so() {
+        // PostgreSQL 17+ says what it got.
+        assert!(huge_pages_missing("try", Some("off"), Some(100)));
+        assert!(!huge_pages_missing("try", Some("on"), Some(0)));
+        assert!(!huge_pages_missing("try", Some("unknown"), None));
+        // Older servers: the setting, and this machine's pages when the server runs here.
+        assert!(huge_pages_missing("off", None, None));
+        assert!(huge_pages_missing("try", None, Some(0)));
+        assert!(!huge_pages_missing("try", None, Some(80)));
+        assert!(!huge_pages_missing("try", None, None), "a remote server is not guessed at");
+        assert!(!huge_pages_missing("on", None, Some(0)), "on: PostgreSQL would not have started without");
+    }
+
+    #[test]
+    fn meminfo_and_local_hosts() {
+        let m = "MemTotal:       24683268 kB\nHugePages_Total:     100\nHugePages_Free:       89\n";
+        assert_eq!(hugepages_total(m), Some(100));
+        assert_eq!(hugepages_total("MemTotal: 1 kB\n"), None);
+        use crate::pg::params::Host;
+        assert!(is_local(&Host::Unix("/run/postgresql".into())));
+        assert!(is_local(&Host::Tcp("127.0.0.1".into())));
+        assert!(is_local(&Host::Tcp("::1".into())));
+        assert!(is_local(&Host::Tcp("localhost".into())));
+        assert!(!is_local(&Host::Tcp("10.0.0.5".into())));
+        assert!(!is_local(&Host::Tcp("db.example".into())));
     }
 }
