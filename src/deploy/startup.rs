@@ -13,9 +13,10 @@ pub fn startup_tells(ctx: &DeployCtx) {
     let rights = upstream::check_login(&mut admin);
     let huge = admin.simple_query("SELECT current_setting('huge_pages'), current_setting('huge_pages_status', true)");
     admin.close();
-    if let Ok(row) = huge.as_deref().map(|rows| rows.first().cloned().unwrap_or_default()) {
-        let setting = row.first().cloned().flatten().unwrap_or_default();
-        let status = row.get(1).cloned().flatten();
+    if let Some(row) = huge.ok().and_then(|rows| rows.into_iter().next()) {
+        let mut cols = row.into_iter();
+        let setting = cols.next().flatten().unwrap_or_default();
+        let status = cols.next().flatten();
         let local = is_local(&ctx.admin.host).then(local_huge_pages).flatten();
         if huge_pages_missing(&setting, status.as_deref(), local) {
             log::info(
