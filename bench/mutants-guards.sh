@@ -3,9 +3,9 @@
 # turned around, a check returning Ok(()), a `||` made `&&`) and runs the tests that cover it. A
 # mutant no test catches is a guard that could be switched off unnoticed.
 #
-#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call (default: all)
+#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram (default: all)
 #
-# A habit, not a CI step: a run of all three groups takes about 45 minutes on 2 cores. The survivors
+# A habit, not a CI step: a run of every group takes about an hour on 2 cores. The survivors
 # of each group, with the counts and the exact command, go to bench/results/mutants-guards.txt
 # (rewritten by every run that covers all groups; a run of some groups writes
 # bench/results/mutants-guards-partial.txt). Review them in bench/results/mutants-guards-review.md:
@@ -39,14 +39,14 @@ command -v cargo-mutants >/dev/null 2>&1 ||
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest not found; install it with: cargo install cargo-nextest --locked"
 
-GROUPS_ALL=(security deploy archive call)
+GROUPS_ALL=(security deploy archive call scram)
 if [[ $# -eq 0 ]]; then
     set -- "${GROUPS_ALL[@]}"
 fi
 for g in "$@"; do
     case "${g}" in
-        security | deploy | archive | call) ;;
-        *) die "unknown group '${g}' (security, deploy, archive, call)" ;;
+        security | deploy | archive | call | scram) ;;
+        *) die "unknown group '${g}' (security, deploy, archive, call, scram)" ;;
     esac
 done
 
@@ -61,6 +61,7 @@ group_files() {
         deploy) echo "src/deploy/engine.rs src/catalog/mod.rs src/deploy/service.rs" ;;
         archive) echo "src/deploy/archive.rs src/deploy/gzip.rs" ;;
         call) echo "src/call/owners.rs src/call/session.rs" ;;
+        scram) echo "src/pg/scram.rs src/security/digest.rs src/security/base64.rs" ;;
     esac
 }
 
@@ -80,6 +81,9 @@ group_re() {
         # /call's ownership check and the session reset (and the cancel bookkeeping that retires a
         # connection a late cancel could hit), judged by their scripted-reply unit tests.
         call) echo '(in |replace )(Owners::admit|Session::write_execute|Session::finish_if_done|Session::mark_cancelled|Session::reusable)( |$)' ;;
+        # The SCRAM login (the server's signature, nonce and bounds checks, the remembered keys)
+        # and the HMAC/PBKDF2 and base64 under it: every mutant of the three files.
+        scram) echo '' ;;
     esac
 }
 
@@ -89,6 +93,7 @@ group_targets() {
         deploy) echo "--test deploy_engine --test isolation --test deploy_http" ;;
         archive) echo "--lib --test archive_reader" ;;
         call) echo "--lib" ;;
+        scram) echo "--lib --test pg_wire" ;;
     esac
 }
 
@@ -98,6 +103,7 @@ group_filter() {
         deploy) echo 'binary(deploy_engine) | (binary(isolation) & test(/catalog_and_databases|a_call_reaches|platform_keys_lock|keys_can_be_required/)) | (binary(deploy_http) & test(/conflict|failed_first_deploy|migration_failing|edited_applied|hostile/))' ;;
         archive) echo '(kind(lib) & test(/^deploy::(gzip|archive)::/)) | binary(archive_reader)' ;;
         call) echo 'kind(lib) & test(/^call::(owners|session)::/)' ;;
+        scram) echo '(kind(lib) & test(/^(pg::scram|security::)/)) | (binary(pg_wire) & test(/scram/))' ;;
     esac
 }
 

@@ -243,6 +243,20 @@ mod tests {
             s.server_first(SERVER_FIRST.as_bytes()).unwrap();
             assert!(s.server_final(bad.as_bytes()).is_err(), "{bad}");
         }
+        // Near misses of the right signature: the same bit flipped in two bytes (differences that
+        // cancel if they were summed with XOR instead of collected with OR), one byte more, one less.
+        let right = base64::decode(SERVER_FINAL.strip_prefix("v=").unwrap()).unwrap();
+        let mut twice = right.clone();
+        twice[0] ^= 1;
+        twice[1] ^= 1;
+        let mut longer = right.clone();
+        longer.push(0);
+        for bad in [twice, longer, right[..31].to_vec()] {
+            let (mut s, _) = Scram::with_nonce("pencil", "user", NONCE);
+            s.server_first(SERVER_FIRST.as_bytes()).unwrap();
+            let msg = format!("v={}", base64::encode(&bad));
+            assert!(s.server_final(msg.as_bytes()).is_err(), "{msg}");
+        }
         // The right signature for another password is wrong too.
         let (mut s, _) = Scram::with_nonce("pen", "user", NONCE);
         s.server_first(SERVER_FIRST.as_bytes()).unwrap();
@@ -277,6 +291,13 @@ mod tests {
     }
 
     #[test]
+    fn the_bounds_themselves_are_allowed() {
+        let most = format!("r=rOprNGfwEbeRWgbNEkqOx,s=W22ZaJ0SNY7soEsUEjb6gQ==,i={MAX_ITERATIONS}");
+        assert_eq!(parse_server_first(&most).map(|(_, _, i)| i), Ok(MAX_ITERATIONS));
+        assert_eq!(parse_server_first("r=x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1").map(|(_, _, i)| i), Ok(1));
+    }
+
+    #[test]
     fn extensions_after_the_iteration_count_are_ignored() {
         let (mut s, _) = Scram::with_nonce("pencil", "user", NONCE);
         let with_ext = format!("{SERVER_FIRST},x=later");
@@ -296,6 +317,9 @@ mod tests {
             let salted = HmacKey::new(&pbkdf2_sha256(b"a password only this test uses", b"salt-1", 64));
             salted.mac(&[b"Client Key"])
         });
+        let longest_salt = [6u8; MAX_REMEMBERED_SALT];
+        keys("a password only this test uses", &longest_salt, 64);
+        assert!(remembered("a password only this test uses", &longest_salt, 64), "the longest salt remembered");
         let long_salt = [7u8; MAX_REMEMBERED_SALT + 1];
         let long = keys("a password only this test uses", &long_salt, 64);
         assert!(!remembered("a password only this test uses", &long_salt, 64), "long salts are not remembered");
@@ -307,6 +331,9 @@ mod tests {
             assert_ne!(k.client, a.client);
             assert_ne!(k.server, a.server);
         }
+        // Far below the bound, entries stay side by side.
+        assert!(remembered("a password only this test uses", b"salt-1", 64), "the first entry kept");
+        assert!(remembered("a password only this test uses", b"salt-2", 64));
     }
 
     #[test]
