@@ -3,7 +3,7 @@
 # turned around, a check returning Ok(()), a `||` made `&&`) and runs the tests that cover it. A
 # mutant no test catches is a guard that could be switched off unnoticed.
 #
-#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram (default: all)
+#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram readahead (default: all)
 #
 # A habit, not a CI step: a run of every group takes about an hour on 2 cores. The survivors
 # of each group, with the counts and the exact command, go to bench/results/mutants-guards.txt
@@ -39,14 +39,14 @@ command -v cargo-mutants >/dev/null 2>&1 ||
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest not found; install it with: cargo install cargo-nextest --locked"
 
-GROUPS_ALL=(security deploy archive call scram)
+GROUPS_ALL=(security deploy archive call scram readahead)
 if [[ $# -eq 0 ]]; then
     set -- "${GROUPS_ALL[@]}"
 fi
 for g in "$@"; do
     case "${g}" in
-        security | deploy | archive | call | scram) ;;
-        *) die "unknown group '${g}' (security, deploy, archive, call, scram)" ;;
+        security | deploy | archive | call | scram | readahead) ;;
+        *) die "unknown group '${g}' (security, deploy, archive, call, scram, readahead)" ;;
     esac
 done
 
@@ -62,6 +62,7 @@ group_files() {
         archive) echo "src/deploy/archive.rs src/deploy/gzip.rs" ;;
         call) echo "src/call/owners.rs src/call/session.rs" ;;
         scram) echo "src/pg/scram.rs src/security/digest.rs src/security/base64.rs" ;;
+        readahead) echo "src/deploy/readahead.rs src/deploy/memo.rs" ;;
     esac
 }
 
@@ -84,6 +85,10 @@ group_re() {
         # The SCRAM login (the server's signature, nonce and bounds checks, the remembered keys)
         # and the HMAC/PBKDF2 and base64 under it: every mutant of the three files.
         scram) echo '' ;;
+        # The deploy's read-ahead (an answer fetched early is only handed out while nothing else was
+        # sent on the session) and the per-database memo under it (keyed by the database's OID):
+        # a bug there hands a deploy a stale catalog read.
+        readahead) echo '' ;;
     esac
 }
 
@@ -94,6 +99,7 @@ group_targets() {
         archive) echo "--lib --test archive_reader" ;;
         call) echo "--lib" ;;
         scram) echo "--lib --test pg_wire" ;;
+        readahead) echo "--lib --test deploy_engine" ;;
     esac
 }
 
@@ -104,6 +110,7 @@ group_filter() {
         archive) echo '(kind(lib) & test(/^deploy::(gzip|archive)::/)) | binary(archive_reader)' ;;
         call) echo 'kind(lib) & test(/^call::(owners|session)::/)' ;;
         scram) echo '(kind(lib) & test(/^(pg::scram|security::)/)) | (binary(pg_wire) & test(/scram/))' ;;
+        readahead) echo '(kind(lib) & test(/^deploy::(readahead|memo)::/)) | binary(deploy_engine)' ;;
     esac
 }
 

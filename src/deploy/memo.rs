@@ -75,9 +75,13 @@ mod tests {
         assert_eq!(m.get("s1", "a", &"k1".into()), None);
         assert_eq!(m.get("s1", "a", &"k2".into()), None);
         assert_eq!(m.get("s2", "a", &"k1".into()), Some(3));
+        m.put("s1", "a", "k1".into(), 4, false);
+        m.put("s2", "b", "k1".into(), 5, false);
         m.put("s2", "a", "k9".into(), 9, true);
         assert_eq!(m.get("s2", "a", &"k1".into()), None, "only keeps one entry of the database");
         assert_eq!(m.get("s2", "a", &"k9".into()), Some(9));
+        assert_eq!(m.get("s1", "a", &"k1".into()), Some(4), "the same database on another server stays");
+        assert_eq!(m.get("s2", "b", &"k1".into()), Some(5), "another database on the server stays");
     }
 
     #[test]

@@ -201,4 +201,69 @@ mod tests {
         stopped.note("SELECT c", &[], 5, 6);
         assert_eq!(stopped.recording.as_ref().map(Vec::len), Some(1), "a stopped recording stays stopped");
     }
+
+    fn recorded(r: &ReadAhead) -> usize {
+        r.recording.as_ref().map_or(0, Vec::len)
+    }
+
+    #[test]
+    fn the_recording_stops_at_its_bounds_and_not_before() {
+        let mut r = ReadAhead::default();
+        r.record_from(0);
+        for i in 0..=MAX_READS as u64 {
+            r.note("SELECT 1", &[], i, i + 1);
+        }
+        assert_eq!(recorded(&r), MAX_READS, "reads past MAX_READS are not recorded");
+
+        // Parameter bytes: exactly the bound in one read is kept; more, alone or summed, is not.
+        let at_bound = "x".repeat(MAX_PARAM_BYTES);
+        let mut r = ReadAhead::default();
+        r.record_from(0);
+        r.note("SELECT $1", &[Some(&at_bound)], 0, 1);
+        assert_eq!(recorded(&r), 1);
+        r.note("SELECT 2", &[Some("y")], 1, 2);
+        assert_eq!(recorded(&r), 1, "one byte past the bound");
+
+        let over = "x".repeat(MAX_PARAM_BYTES + 10);
+        let mut r = ReadAhead::default();
+        r.record_from(0);
+        r.note("SELECT $1", &[Some(&over)], 0, 1);
+        assert_eq!(recorded(&r), 0, "one read over the bound");
+
+        let most = "x".repeat(MAX_PARAM_BYTES * 3 / 5);
+        let mut r = ReadAhead::default();
+        r.record_from(0);
+        r.note("SELECT $1", &[Some(&most)], 0, 1);
+        r.note("SELECT $1", &[Some(&most)], 1, 2);
+        assert_eq!(recorded(&r), 1, "two reads over the bound together");
+    }
+
+    #[test]
+    fn kept_reads_are_remembered_per_oid_until_forgotten() {
+        let (server, db) = ("readahead-test-server", "readahead_test_db");
+        let mut r = ReadAhead::default();
+        r.record_from(0);
+        r.note("SELECT a", &[], 0, 1);
+        r.keep(server, db, "101");
+        assert_eq!(remembered(server, db, "101"), Some(vec![read("SELECT a", &[])]));
+        assert_eq!(remembered(server, db, "102"), None, "another OID is another database");
+        forget(server, db);
+        assert_eq!(remembered(server, db, "101"), None);
+
+        // Nothing recorded, or no OID known: what was remembered goes instead of staying stale.
+        for (reads, oid) in [(0, "101"), (1, "")] {
+            let mut r = ReadAhead::default();
+            r.record_from(0);
+            r.note("SELECT a", &[], 0, 1);
+            r.keep(server, db, "101");
+            assert!(remembered(server, db, "101").is_some());
+            let mut r = ReadAhead::default();
+            r.record_from(0);
+            if reads > 0 {
+                r.note("SELECT b", &[], 0, 1);
+            }
+            r.keep(server, db, oid);
+            assert_eq!(remembered(server, db, "101"), None, "reads {reads}, oid {oid:?}");
+        }
+    }
 }
