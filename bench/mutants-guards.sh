@@ -3,7 +3,7 @@
 # turned around, a check returning Ok(()), a `||` made `&&`) and runs the tests that cover it. A
 # mutant no test catches is a guard that could be switched off unnoticed.
 #
-#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram readahead (default: all)
+#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram readahead pool (default: all)
 #
 # A habit, not a CI step: a run of every group takes about an hour on 2 cores. The survivors
 # of each group, with the counts and the exact command, go to bench/results/mutants-guards.txt
@@ -39,14 +39,14 @@ command -v cargo-mutants >/dev/null 2>&1 ||
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest not found; install it with: cargo install cargo-nextest --locked"
 
-GROUPS_ALL=(security deploy archive call scram readahead)
+GROUPS_ALL=(security deploy archive call scram readahead pool)
 if [[ $# -eq 0 ]]; then
     set -- "${GROUPS_ALL[@]}"
 fi
 for g in "$@"; do
     case "${g}" in
-        security | deploy | archive | call | scram | readahead) ;;
-        *) die "unknown group '${g}' (security, deploy, archive, call, scram, readahead)" ;;
+        security | deploy | archive | call | scram | readahead | pool) ;;
+        *) die "unknown group '${g}' (security, deploy, archive, call, scram, readahead, pool)" ;;
     esac
 done
 
@@ -63,6 +63,7 @@ group_files() {
         call) echo "src/call/owners.rs src/call/session.rs" ;;
         scram) echo "src/pg/scram.rs src/security/digest.rs src/security/base64.rs" ;;
         readahead) echo "src/deploy/readahead.rs src/deploy/memo.rs" ;;
+        pool) echo "src/call/budget.rs src/call/pool.rs" ;;
     esac
 }
 
@@ -89,6 +90,10 @@ group_re() {
         # sent on the session) and the per-database memo under it (keyed by the database's OID):
         # a bug there hands a deploy a stale catalog read.
         readahead) echo '' ;;
+        # The connection caps shared by the event loops (exact in sum over the loops, a slot given
+        # back when its connection goes) and one loop's pool membership: a bug there lets a platform
+        # past its cap or leaks a slot until the pool starves.
+        pool) echo '' ;;
     esac
 }
 
@@ -100,6 +105,7 @@ group_targets() {
         call) echo "--lib" ;;
         scram) echo "--lib --test pg_wire" ;;
         readahead) echo "--lib --test deploy_engine" ;;
+        pool) echo "--lib" ;;
     esac
 }
 
@@ -111,6 +117,7 @@ group_filter() {
         call) echo 'kind(lib) & test(/^call::(owners|session)::/)' ;;
         scram) echo '(kind(lib) & test(/^(pg::scram|security::)/)) | (binary(pg_wire) & test(/scram/))' ;;
         readahead) echo '(kind(lib) & test(/^deploy::(readahead|memo)::/)) | binary(deploy_engine)' ;;
+        pool) echo 'kind(lib) & test(/^call::/)' ;;
     esac
 }
 
