@@ -210,9 +210,7 @@ impl<W> Pool<W> {
         if self.backoff_until.is_some_and(|u| now < u) {
             return;
         }
-        let step = self.backoff.as_micros() as u64;
-        let wait = step - step / 4 * jitter(now) / 1000;
-        self.backoff_until = Some(now + Duration::from_micros(wait));
+        self.backoff_until = Some(now + backoff_wait(self.backoff, jitter(now)));
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
@@ -228,6 +226,12 @@ impl<W> Pool<W> {
     pub fn same_server(&self, other: &Pool<W>) -> bool {
         self.params.host == other.params.host && self.params.port == other.params.port
     }
+}
+
+/// The wait for a backoff `step` with `jitter` (0..1000): from the whole step at 0 down to 75 % of it.
+fn backoff_wait(step: Duration, jitter: u64) -> Duration {
+    let step = step.as_micros() as u64;
+    Duration::from_micros(step - step / 4 * jitter.min(999) / 1000)
 }
 
 /// 0..1000, different from call to call (the clock's low bits; good enough to spread retries).
@@ -250,10 +254,6 @@ impl<W> Default for Pools<W> {
 }
 
 impl<W> Pools<W> {
-    pub fn idle_total(&self) -> usize {
-        self.pools.iter().map(|(_, p)| p.idle.len()).sum()
-    }
-
     pub fn waiting_total(&self) -> usize {
         self.pools.iter().map(|(_, p)| p.waiting.len()).sum()
     }
@@ -383,5 +383,95 @@ mod tests {
         p.note_connect_failure(until, "refused".into());
         assert_eq!(p.backoff, BACKOFF_MIN * 4);
         assert_eq!(p.last_failure.as_deref(), Some("refused"));
+    }
+    #[test]
+    fn the_holder_mark_follows_the_pools_size() {
+        let mut p = pool();
+        p.sync_holder(3);
+        assert_eq!(p.share.holder_besides(0), None, "an empty pool holds nothing");
+        p.place(1, &ConnState::Connecting);
+        p.sync_holder(3);
+        assert_eq!(p.share.holder_besides(0), Some(3));
+        p.place(1, &ConnState::Idle);
+        p.sync_holder(3);
+        assert_eq!(p.share.holder_besides(0), Some(3), "still held");
+        p.place(1, &ConnState::Closing);
+        p.sync_holder(3);
+        assert_eq!(p.share.holder_besides(0), None, "the last connection gone");
+    }
+
+    #[test]
+    fn a_loop_is_short_while_calls_wait_and_it_holds_less_than_its_quota() {
+        let mut p = pool();
+        p.quota = 2;
+        assert!(!p.mark_short(3), "nothing waits");
+        assert_eq!(p.share.short_besides(0), None);
+        p.push_waiter(7);
+        assert_eq!(p.waiting().len(), 1);
+        assert!(p.mark_short(3), "a waiter and no connection");
+        assert_eq!(p.share.short_besides(0), Some(3));
+        assert!(!p.mark_short(3), "the mark is not new");
+        p.place(1, &ConnState::Busy);
+        p.sync_short(3);
+        assert_eq!(p.share.short_besides(0), Some(3), "one of two: still short");
+        p.place(2, &ConnState::Busy);
+        p.sync_short(3);
+        assert_eq!(p.share.short_besides(0), None, "the quota held");
+        assert!(!p.mark_short(3), "at its quota with calls waiting");
+        assert_eq!(p.share.short_besides(0), None);
+        p.place(2, &ConnState::Closing);
+        assert!(p.mark_short(3), "below its quota again");
+        assert_eq!(p.pop_waiter(), Some(7));
+        p.sync_holder(3);
+        assert_eq!(p.share.short_besides(0), None, "nothing waits any more");
+        assert_eq!(p.share.holder_besides(0), Some(3));
+    }
+
+    #[test]
+    fn the_backoff_wait_is_three_quarters_to_all_of_the_step() {
+        let step = Duration::from_millis(400);
+        assert_eq!(backoff_wait(step, 0), step);
+        assert_eq!(backoff_wait(step, 500), Duration::from_millis(350));
+        assert_eq!(backoff_wait(step, 999), Duration::from_micros(300_100));
+    }
+
+    #[test]
+    fn jitter_spreads_over_its_range() {
+        let seen: Vec<u64> = (0..400)
+            .map(|_| {
+                std::thread::sleep(Duration::from_micros(3));
+                jitter(Instant::now())
+            })
+            .collect();
+        assert!(seen.iter().all(|&j| j < 1000), "{seen:?}");
+        let distinct: std::collections::HashSet<u64> = seen.iter().copied().collect();
+        assert!(distinct.len() > 100, "{} distinct values", distinct.len());
+        let low = seen.iter().filter(|&&j| j < 500).count();
+        assert!((100..=300).contains(&low), "{low} of 400 below 500");
+    }
+
+    #[test]
+    fn totals_and_the_pool_to_take_an_idle_connection_from() {
+        let mut pools: Pools<u32> = Pools::default();
+        let start = Instant::now();
+        for (age, idle, waiters) in [(5u64, 0usize, 2u32), (3, 1, 0), (1, 1, 1), (0, 0, 0), (2, 2, 0)] {
+            let mut p = pool();
+            p.last_used = start - Duration::from_secs(age);
+            for c in 0..idle {
+                p.place(c, &ConnState::Idle);
+            }
+            for w in 0..waiters {
+                p.push_waiter(w);
+            }
+            pools.pools.insert(p);
+        }
+        assert_eq!(pools.waiting_total(), 3);
+        assert_eq!(pools.lru_pool_with_idle(usize::MAX), Some(1), "the oldest with an idle connection");
+        assert_eq!(pools.lru_pool_with_idle(1), Some(4), "the next oldest, the asking pool left out");
+        for k in [1, 2, 4] {
+            pools.pools.get_mut(k).unwrap().place(0, &ConnState::Busy);
+            pools.pools.get_mut(k).unwrap().place(1, &ConnState::Busy);
+        }
+        assert_eq!(pools.lru_pool_with_idle(usize::MAX), None, "no idle connection anywhere");
     }
 }
