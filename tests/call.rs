@@ -890,10 +890,12 @@ $$;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO ct_session_role;
 ";
 
-/// Superuser part of [`SESSION_SETUP`]: another role the platform's role may switch to.
+/// Superuser part of [`SESSION_SETUP`]: another role the platform's role may switch to. Two tests
+/// share it; when both create it at once, the loser sees the catalog's unique index, not
+/// `duplicate_object`.
 fn session_su(role: &str) -> String {
     format!(
-        "DO $$ BEGIN CREATE ROLE ct_session_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "DO $$ BEGIN CREATE ROLE ct_session_role; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
          GRANT ct_session_role TO \"{role}\";"
     )
 }
