@@ -39,14 +39,14 @@ command -v cargo-mutants >/dev/null 2>&1 ||
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest not found; install it with: cargo install cargo-nextest --locked"
 
-GROUPS_ALL=(security deploy archive call scram readahead pool)
+GROUPS_ALL=(security deploy archive call scram readahead pool engine)
 if [[ $# -eq 0 ]]; then
     set -- "${GROUPS_ALL[@]}"
 fi
 for g in "$@"; do
     case "${g}" in
-        security | deploy | archive | call | scram | readahead | pool) ;;
-        *) die "unknown group '${g}' (security, deploy, archive, call, scram, readahead, pool)" ;;
+        security | deploy | archive | call | scram | readahead | pool | engine) ;;
+        *) die "unknown group '${g}' (security, deploy, archive, call, scram, readahead, pool, engine)" ;;
     esac
 done
 
@@ -64,6 +64,7 @@ group_files() {
         scram) echo "src/pg/scram.rs src/security/digest.rs src/security/base64.rs" ;;
         readahead) echo "src/deploy/readahead.rs src/deploy/memo.rs" ;;
         pool) echo "src/call/budget.rs src/call/pool.rs" ;;
+        engine) echo "src/call/engine/limits.rs" ;;
     esac
 }
 
@@ -94,6 +95,10 @@ group_re() {
         # back when its connection goes) and one loop's pool membership: a bug there lets a platform
         # past its cap or leaks a slot until the pool starves.
         pool) echo '' ;;
+        # How a loop grows a pool under the shared caps: its quota of a pool's cap, short loops and
+        # the connections handed back to them, room under the total and per-server caps, calls
+        # handed to another loop. Judged by the multi-loop integration tests (PostgreSQL).
+        engine) echo '' ;;
     esac
 }
 
@@ -106,6 +111,7 @@ group_targets() {
         scram) echo "--lib --test pg_wire" ;;
         readahead) echo "--lib --test deploy_engine" ;;
         pool) echo "--lib" ;;
+        engine) echo "--test loops --test call" ;;
     esac
 }
 
@@ -118,6 +124,7 @@ group_filter() {
         scram) echo '(kind(lib) & test(/^(pg::scram|security::)/)) | (binary(pg_wire) & test(/scram/))' ;;
         readahead) echo '(kind(lib) & test(/^deploy::(readahead|memo)::/)) | binary(deploy_engine)' ;;
         pool) echo 'kind(lib) & test(/^call::/)' ;;
+        engine) echo 'binary(loops) | (binary(call) & test(/limit|pool_wait|health_reports_pools/))' ;;
     esac
 }
 

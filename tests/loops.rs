@@ -156,6 +156,15 @@ fn one_pools_cap_holds_over_all_loops() {
     assert_eq!(ok.load(Ordering::Relaxed), 300);
     assert!((1..=2).contains(&max), "{max} backends on a pool capped at 2");
     assert!(health_num(g.addr, "total_connections") <= 2);
+    // Loops 2 and 3 have no quota of a cap of 2: while neither holds a connection, their calls can
+    // only run where the connections are, and /metrics counts each one handed over.
+    assert!(
+        common::db::eventually(Duration::from_secs(2), || metric(
+            g.addr,
+            "loop_traffic_total{kind=\"call_forwarded\"}"
+        ) >= 1.0),
+        "no call was handed to another loop"
+    );
 }
 
 /// Three databases, clients on every loop, and room for two connections in all: every call is
@@ -190,6 +199,42 @@ fn the_total_cap_holds_over_all_loops_and_pools() {
     stop.store(true, Ordering::Relaxed);
     let max = watcher.join().unwrap();
     assert!((1..=2).contains(&max), "{max} backends under a total cap of 2");
+}
+
+/// Room for one connection in all, held idle by one loop: a call on the other loop, which holds no
+/// connection and no idle one to close, asks for room; the first loop closes its idle connection and
+/// hands the slot over, and the call is answered at once (before, it waited for the idle timeout of
+/// half an hour, or for its own 503).
+#[test]
+fn a_loop_without_connections_is_given_room_by_the_loop_that_holds_them() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "2"),
+        ("CLIENT_PLACEMENT", "spread"),
+        ("MAX_TOTAL_CONNECTIONS", "1"),
+        ("POOL_WAIT_TIMEOUT_MS", "5000"),
+    ]);
+    let (a, b) = (register(g.addr, &[("functions/nap.sql", NAP)]), register(g.addr, &[("functions/nap.sql", NAP)]));
+    let mut on_first = Conn::open(g.addr);
+    let mut on_second = Conn::open(g.addr);
+    assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
+    assert_eq!(health_num(g.addr, "total_connections"), 1, "the first loop keeps its connection idle");
+    let started = std::time::Instant::now();
+    let r = call_on(&mut on_second, &b.0, "nap");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(3), "the call waited {:?}", started.elapsed());
+    let traffic = |kind: &str| metric(g.addr, &format!("loop_traffic_total{{kind=\"{kind}\"}}"));
+    assert!(
+        common::db::eventually(Duration::from_secs(2), || traffic("room_request") >= 1.0
+            && traffic("room_close") >= 1.0
+            && traffic("slot_handover") >= 1.0),
+        "room_request {}, room_close {}, slot_handover {}",
+        traffic("room_request"),
+        traffic("room_close"),
+        traffic("slot_handover")
+    );
+    // And back: the first loop, now without a connection, gets the slot again the same way.
+    assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
+    assert!(health_num(g.addr, "total_connections") <= 1);
 }
 
 const SLOW_AND_QUICK: &str = "CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(4)';
