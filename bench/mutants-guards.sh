@@ -97,7 +97,8 @@ group_re() {
         pool) echo '' ;;
         # How a loop grows a pool under the shared caps: its quota of a pool's cap, short loops and
         # the connections handed back to them, room under the total and per-server caps, calls
-        # handed to another loop. Judged by the multi-loop integration tests (PostgreSQL).
+        # handed to another loop. Judged by the multi-loop integration tests, the per-server cap test
+        # and the restart tests (back-off), all against PostgreSQL.
         engine) echo '' ;;
     esac
 }
@@ -111,7 +112,7 @@ group_targets() {
         scram) echo "--lib --test pg_wire" ;;
         readahead) echo "--lib --test deploy_engine" ;;
         pool) echo "--lib" ;;
-        engine) echo "--test loops --test call" ;;
+        engine) echo "--test loops --test call --test servers --test call_restart" ;;
     esac
 }
 
@@ -124,7 +125,7 @@ group_filter() {
         scram) echo '(kind(lib) & test(/^(pg::scram|security::)/)) | (binary(pg_wire) & test(/scram/))' ;;
         readahead) echo '(kind(lib) & test(/^deploy::(readahead|memo)::/)) | binary(deploy_engine)' ;;
         pool) echo 'kind(lib) & test(/^call::/)' ;;
-        engine) echo 'binary(loops) | (binary(call) & test(/limit|pool_wait|health_reports_pools/))' ;;
+        engine) echo 'binary(loops) | (binary(call) & test(/limit|pool_wait|health_reports_pools/)) | (binary(servers) & test(/connections_to_one_server/)) | binary(call_restart)' ;;
     esac
 }
 

@@ -237,6 +237,38 @@ fn a_loop_without_connections_is_given_room_by_the_loop_that_holds_them() {
     assert!(health_num(g.addr, "total_connections") <= 1);
 }
 
+/// The same under the per-server cap: one connection allowed to the server, held idle by one loop;
+/// a call of another database on the other loop asks that loop for room on the server and is
+/// answered at once.
+#[test]
+fn a_loop_without_connections_is_given_room_on_the_server_by_the_loop_that_holds_them() {
+    let g = start(&[
+        ("GATEWAY_THREADS", "2"),
+        ("CLIENT_PLACEMENT", "spread"),
+        ("MAX_CONNECTIONS_PER_SERVER", "1"),
+        ("POOL_WAIT_TIMEOUT_MS", "5000"),
+    ]);
+    let (a, b) = (register(g.addr, &[("functions/nap.sql", NAP)]), register(g.addr, &[("functions/nap.sql", NAP)]));
+    let mut on_first = Conn::open(g.addr);
+    let mut on_second = Conn::open(g.addr);
+    assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
+    assert_eq!(health_num(g.addr, "total_connections"), 1, "the first loop keeps its connection idle");
+    let started = std::time::Instant::now();
+    let r = call_on(&mut on_second, &b.0, "nap");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(3), "the call waited {:?}", started.elapsed());
+    let traffic = |kind: &str| metric(g.addr, &format!("loop_traffic_total{{kind=\"{kind}\"}}"));
+    assert!(
+        common::db::eventually(Duration::from_secs(2), || traffic("room_request") >= 1.0
+            && traffic("room_close") >= 1.0),
+        "room_request {}, room_close {}",
+        traffic("room_request"),
+        traffic("room_close")
+    );
+    assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
+    assert!(health_num(g.addr, "total_connections") <= 1);
+}
+
 const SLOW_AND_QUICK: &str = "CREATE FUNCTION slow() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_sleep(4)';
 CREATE FUNCTION quick() RETURNS int LANGUAGE sql AS 'SELECT 2';";
 
