@@ -207,70 +207,49 @@ fn the_total_cap_holds_over_all_loops_and_pools() {
 /// half an hour, or for its own 503).
 #[test]
 fn a_loop_without_connections_is_given_room_by_the_loop_that_holds_them() {
-    let g = start(&[
-        ("GATEWAY_THREADS", "2"),
-        ("CLIENT_PLACEMENT", "spread"),
-        ("MAX_TOTAL_CONNECTIONS", "1"),
-        ("POOL_WAIT_TIMEOUT_MS", "5000"),
-    ]);
-    let (a, b) = (register(g.addr, &[("functions/nap.sql", NAP)]), register(g.addr, &[("functions/nap.sql", NAP)]));
-    let mut on_first = Conn::open(g.addr);
-    let mut on_second = Conn::open(g.addr);
-    assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
-    assert_eq!(health_num(g.addr, "total_connections"), 1, "the first loop keeps its connection idle");
-    let started = std::time::Instant::now();
-    let r = call_on(&mut on_second, &b.0, "nap");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(3), "the call waited {:?}", started.elapsed());
-    let traffic = |kind: &str| metric(g.addr, &format!("loop_traffic_total{{kind=\"{kind}\"}}"));
-    assert!(
-        common::db::eventually(Duration::from_secs(2), || traffic("room_request") >= 1.0
-            && traffic("room_close") >= 1.0
-            && traffic("slot_handover") >= 1.0),
-        "room_request {}, room_close {}, slot_handover {}",
-        traffic("room_request"),
-        traffic("room_close"),
-        traffic("slot_handover")
-    );
-    // And back: the first loop, now without a connection, gets the slot again the same way.
-    assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
-    assert!(health_num(g.addr, "total_connections") <= 1);
+    room_across_loops("MAX_TOTAL_CONNECTIONS", false, &["room_request", "room_close", "slot_handover"]);
 }
 
 /// The same under the per-server cap: one connection allowed to the server, held idle by one loop;
 /// a call of another database on the other loop asks that loop for room on the server and is
-/// answered at once.
+/// answered at once. On its own loop first, the call to `a` makes room by closing the idle
+/// connection of `b` there, whose pool stays behind empty: the room later made for the other loop
+/// must not pick it.
 #[test]
 fn a_loop_without_connections_is_given_room_on_the_server_by_the_loop_that_holds_them() {
+    room_across_loops("MAX_CONNECTIONS_PER_SERVER", true, &["room_request", "room_close"]);
+}
+
+/// Two loops, `cap` = 1, two databases; `kinds`: the cross-loop traffic `/metrics` must have counted.
+fn room_across_loops(cap: &str, room_on_own_loop_first: bool, kinds: &[&str]) {
     let g = start(&[
         ("GATEWAY_THREADS", "2"),
         ("CLIENT_PLACEMENT", "spread"),
-        ("MAX_CONNECTIONS_PER_SERVER", "1"),
+        (cap, "1"),
         ("POOL_WAIT_TIMEOUT_MS", "5000"),
     ]);
     let (a, b) = (register(g.addr, &[("functions/nap.sql", NAP)]), register(g.addr, &[("functions/nap.sql", NAP)]));
     let mut on_first = Conn::open(g.addr);
     let mut on_second = Conn::open(g.addr);
-    // On its own loop first: the call to `a` makes room by closing the idle connection of `b` there,
-    // whose pool stays behind empty (the room later made for the other loop must not pick it).
-    assert_eq!(call_on(&mut on_first, &b.0, "nap").status, 200);
-    let started = std::time::Instant::now();
-    let r = call_on(&mut on_first, &a.0, "nap");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(3), "the call waited {:?}", started.elapsed());
+    let served_at_once = |c: &mut Conn, p: &Platform| {
+        let started = std::time::Instant::now();
+        let r = call_on(c, &p.0, "nap");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(started.elapsed() < Duration::from_secs(3), "the call waited {:?}", started.elapsed());
+    };
+    if room_on_own_loop_first {
+        assert_eq!(call_on(&mut on_first, &b.0, "nap").status, 200);
+    }
+    served_at_once(&mut on_first, &a);
     assert_eq!(health_num(g.addr, "total_connections"), 1, "the first loop keeps its connection idle");
-    let started = std::time::Instant::now();
-    let r = call_on(&mut on_second, &b.0, "nap");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(3), "the call waited {:?}", started.elapsed());
+    served_at_once(&mut on_second, &b);
     let traffic = |kind: &str| metric(g.addr, &format!("loop_traffic_total{{kind=\"{kind}\"}}"));
     assert!(
-        common::db::eventually(Duration::from_secs(2), || traffic("room_request") >= 1.0
-            && traffic("room_close") >= 1.0),
-        "room_request {}, room_close {}",
-        traffic("room_request"),
-        traffic("room_close")
+        common::db::eventually(Duration::from_secs(2), || kinds.iter().all(|k| traffic(k) >= 1.0)),
+        "{:?}",
+        kinds.iter().map(|k| (k, traffic(k))).collect::<Vec<_>>()
     );
+    // And back: the first loop, now without a connection, gets the slot again the same way.
     assert_eq!(call_on(&mut on_first, &a.0, "nap").status, 200);
     assert!(health_num(g.addr, "total_connections") <= 1);
 }
