@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn limits_hold_and_permits_give_back() {
         let b = Budget::new(3, 2, 3);
-        assert_eq!((b.max_total(), b.max_per_pool()), (3, 2), "the caps as /metrics reads them");
+        assert_eq!((b.max_total(), b.max_per_pool()), (3, 2), "the caps the loops read (quotas, lending)");
         let a = b.share("a@r", "r");
         let c = b.share("c@q", "q");
         let p1 = b.try_take(&a).unwrap();

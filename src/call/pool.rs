@@ -384,6 +384,7 @@ mod tests {
         assert_eq!(p.backoff, BACKOFF_MIN * 4);
         assert_eq!(p.last_failure.as_deref(), Some("refused"));
     }
+
     #[test]
     fn the_holder_mark_follows_the_pools_size() {
         let mut p = pool();
