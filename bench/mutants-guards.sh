@@ -3,7 +3,7 @@
 # turned around, a check returning Ok(()), a `||` made `&&`) and runs the tests that cover it. A
 # mutant no test catches is a guard that could be switched off unnoticed.
 #
-#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram readahead pool (default: all)
+#   bash bench/mutants-guards.sh [GROUP...]      groups: security deploy archive call scram readahead pool engine (default: all)
 #
 # A habit, not a CI step: a run of every group takes about an hour on 2 cores. The survivors
 # of each group, with the counts and the exact command, go to bench/results/mutants-guards.txt

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::db::query_col;
-use common::{Conn, multipart, request, start};
+use common::{Conn, metric, multipart, request, start};
 use stonescriptdb_gateway::json::Value;
 
 fn uniq(tag: &str) -> String {
@@ -374,18 +374,6 @@ fn waiting_calls_are_capped_per_platform() {
 
 /// `/metrics` counters of backend connects and closes: `(connects, closes)`, once two reads in a row
 /// agree (each loop publishes its counts at the end of its turn).
-/// The value of one series of `/metrics` (`series`: the name after the prefix, with its labels).
-fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let r = request(addr, "GET", "/metrics", &[], b"");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let text = r.text();
-    let prefix = format!("stonescriptdb_gateway_{series} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-}
-
 fn connects_and_closes(addr: SocketAddr) -> (u64, u64) {
     let read = || (metric(addr, "backend_connects_total") as u64, metric(addr, "backend_closes_total") as u64);
     let mut last = read();

@@ -200,6 +200,19 @@ impl Conn {
     }
 }
 
+/// The value of one series of the gateway's `/metrics` (`series`: the name after the
+/// `stonescriptdb_gateway_` prefix, with its labels); panics when it is missing.
+pub fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let r = request(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let prefix = format!("stonescriptdb_gateway_{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
 /// One request on a new connection with `Connection: close`.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut c = Conn::open(addr);
